@@ -1,0 +1,393 @@
+//! Frame header and the incremental decoder.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic       b"FHSM"
+//!      4     1  version     PROTOCOL_VERSION
+//!      5     1  flags       bit 0 RESPONSE, bit 1 ERROR, bits 2..7 reserved (must be 0)
+//!      6     2  opcode      u16 little-endian (see `Opcode`)
+//!      8     8  request_id  u64 little-endian, echoed in the response
+//!     16     4  body_len    u32 little-endian, checked against the cap before allocation
+//!     20     -  body        postcard-encoded message
+//! ```
+
+use thiserror::Error;
+
+use crate::PROTOCOL_VERSION;
+
+/// Frame magic.
+pub const MAGIC: [u8; 4] = *b"FHSM";
+/// Size of the fixed header in bytes.
+pub const HEADER_LEN: usize = 4 + 1 + 1 + 2 + 8 + 4;
+/// Flag: this frame is a response.
+pub const FLAG_RESPONSE: u8 = 0b01;
+/// Flag: this response is an error; its body is an [`crate::ErrorBody`].
+pub const FLAG_ERROR: u8 = 0b10;
+const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_ERROR;
+
+/// Every message kind. Responses use the opcode of their request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum Opcode {
+    /// Handshake: client hello (version, client name).
+    Hello = 1,
+    /// Handshake: server challenge.
+    Challenge = 2,
+    /// Handshake: client proof.
+    Proof = 3,
+    /// Handshake: server welcome (session id, limits).
+    Welcome = 4,
+    /// Session-level liveness check, answered by the session itself.
+    Ping = 16,
+    /// Random bytes from the server's CSPRNG.
+    Random = 17,
+    /// SHA-2 digest of the body.
+    Digest = 18,
+    /// Generate a key.
+    Generate = 32,
+    /// List the caller's keys.
+    List = 33,
+    /// Describe one key.
+    Info = 34,
+    /// Public half of an asymmetric key.
+    PublicKey = 35,
+    /// Raw key bytes of an exportable key.
+    Export = 36,
+    /// Delete a key.
+    Delete = 37,
+    /// Sign a message.
+    Sign = 48,
+    /// Verify a signature.
+    Verify = 49,
+    /// AEAD encrypt.
+    Encrypt = 50,
+    /// AEAD decrypt.
+    Decrypt = 51,
+    /// HMAC compute.
+    Mac = 52,
+    /// HMAC verify.
+    MacVerify = 53,
+    /// X25519 + HKDF into a new key.
+    Derive = 54,
+}
+
+impl Opcode {
+    const ALL: [Opcode; 20] = [
+        Opcode::Hello,
+        Opcode::Challenge,
+        Opcode::Proof,
+        Opcode::Welcome,
+        Opcode::Ping,
+        Opcode::Random,
+        Opcode::Digest,
+        Opcode::Generate,
+        Opcode::List,
+        Opcode::Info,
+        Opcode::PublicKey,
+        Opcode::Export,
+        Opcode::Delete,
+        Opcode::Sign,
+        Opcode::Verify,
+        Opcode::Encrypt,
+        Opcode::Decrypt,
+        Opcode::Mac,
+        Opcode::MacVerify,
+        Opcode::Derive,
+    ];
+
+    /// Looks up a wire opcode.
+    pub fn from_u16(v: u16) -> Option<Opcode> {
+        Opcode::ALL.iter().copied().find(|o| *o as u16 == v)
+    }
+}
+
+/// A decoded frame header. The opcode stays numeric here so that an unknown opcode can still be
+/// answered with an error frame carrying the request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Flag bits (only known bits are ever set in a decoded header).
+    pub flags: u8,
+    /// Raw opcode.
+    pub opcode: u16,
+    /// Request id chosen by the client, echoed by the server.
+    pub request_id: u64,
+    /// Body length in bytes.
+    pub body_len: u32,
+}
+
+impl Header {
+    /// Whether the RESPONSE flag is set.
+    pub fn is_response(&self) -> bool {
+        self.flags & FLAG_RESPONSE != 0
+    }
+
+    /// Whether the ERROR flag is set.
+    pub fn is_error(&self) -> bool {
+        self.flags & FLAG_ERROR != 0
+    }
+
+    /// Writes the 20 header bytes.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&MAGIC);
+        out.push(PROTOCOL_VERSION);
+        out.push(self.flags);
+        out.extend_from_slice(&self.opcode.to_le_bytes());
+        out.extend_from_slice(&self.request_id.to_le_bytes());
+        out.extend_from_slice(&self.body_len.to_le_bytes());
+    }
+
+    /// Parses and checks exactly [`HEADER_LEN`] bytes.
+    pub fn parse(b: &[u8; HEADER_LEN], max_body: u32) -> Result<Header, FrameError> {
+        let (magic, rest) = b.split_at(4);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        let (version, flags) = (rest[0], rest[1]);
+        if version != PROTOCOL_VERSION {
+            return Err(FrameError::UnsupportedVersion(version));
+        }
+        if flags & !FLAGS_KNOWN != 0 {
+            return Err(FrameError::ReservedFlags(flags));
+        }
+        let opcode = u16::from_le_bytes([b[6], b[7]]);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&b[8..16]);
+        let body_len = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
+        if body_len > max_body {
+            return Err(FrameError::BodyTooLarge {
+                len: body_len,
+                max: max_body,
+            });
+        }
+        Ok(Header {
+            flags,
+            opcode,
+            request_id: u64::from_le_bytes(id),
+            body_len,
+        })
+    }
+}
+
+/// One whole frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The header; `body_len` equals `body.len()`.
+    pub header: Header,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    /// Builds a frame around a body. Panics only if the body exceeds `u32::MAX` bytes, which no
+    /// caller can produce under any configured cap.
+    pub fn new(flags: u8, opcode: u16, request_id: u64, body: Vec<u8>) -> Frame {
+        // Invariant: bodies are built from messages bounded by the body cap (<= u32::MAX).
+        let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        Frame {
+            header: Header {
+                flags,
+                opcode,
+                request_id,
+                body_len,
+            },
+            body,
+        }
+    }
+
+    /// The frame's wire bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.body.len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the frame's wire bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.header.encode(out);
+        out.extend_from_slice(&self.body);
+    }
+}
+
+/// Result of one decode attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Not a whole frame yet; at least this many more bytes are needed.
+    Incomplete(usize),
+    /// A whole frame and the number of input bytes it used.
+    Frame(Frame, usize),
+}
+
+/// Why bytes are not a valid frame. Any of these ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The magic number is wrong (not a FerroHSM peer, or a lost frame boundary).
+    #[error("bad frame magic")]
+    BadMagic,
+    /// The version byte is not ours.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// Reserved flag bits were set.
+    #[error("reserved flag bits set: {0:#04x}")]
+    ReservedFlags(u8),
+    /// The announced body is larger than the cap.
+    #[error("frame body of {len} bytes exceeds the limit of {max} bytes")]
+    BodyTooLarge {
+        /// Announced length.
+        len: u32,
+        /// Configured cap.
+        max: u32,
+    },
+}
+
+impl FrameError {
+    /// The wire status for this error.
+    pub fn status(&self) -> crate::Status {
+        match self {
+            FrameError::BadMagic | FrameError::ReservedFlags(_) => crate::Status::MalformedFrame,
+            FrameError::UnsupportedVersion(_) => crate::Status::UnsupportedVersion,
+            FrameError::BodyTooLarge { .. } => crate::Status::BodyTooLarge,
+        }
+    }
+}
+
+/// Incremental frame decoder: feed it the bytes buffered so far.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDecoder {
+    max_body: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses bodies larger than `max_body` bytes.
+    pub fn new(max_body: u32) -> FrameDecoder {
+        FrameDecoder { max_body }
+    }
+
+    /// The configured cap.
+    pub fn max_body(&self) -> u32 {
+        self.max_body
+    }
+
+    /// Decodes the first frame in `buf`. Step one checks whether the header is buffered and
+    /// valid (so an oversize length is refused before anything is allocated); step two checks
+    /// whether the whole body is buffered and only then copies it out.
+    pub fn decode(&self, buf: &[u8]) -> Result<Decoded, FrameError> {
+        let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+            // Reject garbage as early as possible: a wrong magic prefix is visible before the
+            // whole header arrives.
+            let n = buf.len().min(MAGIC.len());
+            if buf[..n] != MAGIC[..n] {
+                return Err(FrameError::BadMagic);
+            }
+            return Ok(Decoded::Incomplete(HEADER_LEN - buf.len()));
+        };
+        let header = Header::parse(head, self.max_body)?;
+        let total = HEADER_LEN + header.body_len as usize;
+        if buf.len() < total {
+            return Ok(Decoded::Incomplete(total - buf.len()));
+        }
+        let body = buf[HEADER_LEN..total].to_vec();
+        Ok(Decoded::Frame(Frame { header, body }, total))
+    }
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new(crate::DEFAULT_MAX_BODY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(flags: u8, opcode: u16, id: u64, body: Vec<u8>) -> Frame {
+        Frame::new(flags, opcode, id, body)
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_any_split(flags in 0u8..4, opcode: u16, id: u64,
+                                body in proptest::collection::vec(any::<u8>(), 0..300),
+                                split in 0usize..400) {
+            let f = frame(flags, opcode, id, body);
+            let bytes = f.encode();
+            let dec = FrameDecoder::new(1024);
+            let cut = split.min(bytes.len());
+            if cut < bytes.len() {
+                match dec.decode(&bytes[..cut]).unwrap() {
+                    Decoded::Incomplete(n) => prop_assert!(n >= 1 && n <= bytes.len() - cut),
+                    other => prop_assert!(false, "expected incomplete, got {other:?}"),
+                }
+            }
+            prop_assert_eq!(dec.decode(&bytes).unwrap(), Decoded::Frame(f, bytes.len()));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = FrameDecoder::new(16).decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn two_frames_back_to_back() {
+        let a = frame(0, 16, 1, vec![]);
+        let b = frame(0, 17, 2, vec![1, 2, 3]);
+        let mut bytes = a.encode();
+        bytes.extend(b.encode());
+        let dec = FrameDecoder::default();
+        let Decoded::Frame(fa, n) = dec.decode(&bytes).unwrap() else {
+            panic!("first frame")
+        };
+        assert_eq!(fa, a);
+        assert_eq!(
+            dec.decode(&bytes[n..]).unwrap(),
+            Decoded::Frame(b, bytes.len() - n)
+        );
+    }
+
+    #[test]
+    fn bad_magic_version_flags_and_oversize() {
+        let good = frame(0, 16, 9, vec![0; 8]).encode();
+        let dec = FrameDecoder::new(8);
+        let mut b = good.clone();
+        b[0] = b'X';
+        assert_eq!(dec.decode(&b), Err(FrameError::BadMagic));
+        assert_eq!(dec.decode(b"GET / HTTP/1.1"), Err(FrameError::BadMagic));
+        let mut b = good.clone();
+        b[4] = 99;
+        assert_eq!(dec.decode(&b), Err(FrameError::UnsupportedVersion(99)));
+        let mut b = good.clone();
+        b[5] = 0x80;
+        assert_eq!(dec.decode(&b), Err(FrameError::ReservedFlags(0x80)));
+        // Oversize is refused from the header alone, before the body arrives.
+        let big = frame(0, 16, 9, vec![0; 9]).encode();
+        assert_eq!(
+            dec.decode(&big[..HEADER_LEN]),
+            Err(FrameError::BodyTooLarge { len: 9, max: 8 })
+        );
+        let mut huge = good[..HEADER_LEN].to_vec();
+        huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            dec.decode(&huge),
+            Err(FrameError::BodyTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_reports_missing_bytes() {
+        let bytes = frame(0, 16, 9, vec![7; 10]).encode();
+        let dec = FrameDecoder::default();
+        assert_eq!(dec.decode(&[]).unwrap(), Decoded::Incomplete(HEADER_LEN));
+        assert_eq!(
+            dec.decode(&bytes[..3]).unwrap(),
+            Decoded::Incomplete(HEADER_LEN - 3)
+        );
+        assert_eq!(
+            dec.decode(&bytes[..HEADER_LEN + 4]).unwrap(),
+            Decoded::Incomplete(6)
+        );
+    }
+}

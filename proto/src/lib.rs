@@ -1,0 +1,42 @@
+//! The FerroHSM wire protocol, sans-IO.
+//!
+//! This crate contains no networking code: no sockets, no async runtime, no TLS. It turns bytes
+//! into typed frames and messages and back, and every transport (TCP, TLS, shared memory) and
+//! both sides (server and client) use it the same way.
+//!
+//! ```text
+//!  bytes from a transport                                  bytes to a transport
+//!        |                                                        ^
+//!        v                                                        |
+//!  FrameDecoder::decode  -> Frame { header, body } -> Request::decode / Response::decode
+//!  (header checked, body cap enforced before allocation)   Frame::encode <- Request::encode
+//! ```
+//!
+//! Key types:
+//! - [`frame`]: the fixed 20-byte little-endian [`frame::Header`] and the incremental
+//!   [`frame::FrameDecoder`] that answers "need more bytes" until a whole frame is buffered.
+//! - [`message`]: [`message::Request`] and [`message::Response`] bodies (postcard), and the value
+//!   types that cannot hold invalid data ([`message::Label`], [`message::UsageSet`], ...).
+//! - [`status`]: the stable numeric [`status::Status`] codes carried by error frames.
+//! - [`handshake`]: hello / challenge / proof / welcome and the signed transcript.
+//! - [`pem`]: SubjectPublicKeyInfo and PKCS#8 encodings of the key types, as OpenSSL reads them.
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod pem;
+pub mod status;
+
+pub use frame::{Decoded, Frame, FrameDecoder, FrameError, Header, Opcode};
+pub use message::{
+    DigestAlg, KeyInfo, KeyRef, KeyType, Label, Lifetime, Request, Response, Usage, UsageSet,
+};
+pub use status::{ErrorBody, Status};
+
+/// Protocol version spoken by this crate (header byte and handshake field).
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Default cap on a frame body; either side may configure a smaller or larger one.
+pub const DEFAULT_MAX_BODY: u32 = 1024 * 1024;
+/// Largest `random` request, in bytes.
+pub const MAX_RANDOM: u32 = 65536;
