@@ -30,7 +30,8 @@ pub mod status;
 
 pub use frame::{Decoded, Frame, FrameDecoder, FrameError, Header, Opcode};
 pub use message::{
-    DigestAlg, KeyInfo, KeyRef, KeyType, Label, Lifetime, Request, Response, Usage, UsageSet,
+    DigestAlg, KeyInfo, KeyRef, KeySpec, KeyType, Label, Lifetime, Request, Response, Usage,
+    UsageSet,
 };
 pub use status::{ErrorBody, Status};
 

@@ -1,1 +1,134 @@
-fn main() {}
+//! `hsmd`: the FerroHSM daemon. Thin CLI over the `ferrohsm_server` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferrohsm_server::init::{DEFAULT_TCP, InitOptions, init};
+use ferrohsm_server::{Config, ServerError};
+
+/// FerroHSM server. With no arguments: initialise ./hsm-data (client "default") on first run,
+/// then serve from it.
+#[derive(Debug, Parser)]
+#[command(name = "hsmd", version)]
+struct Cli {
+    /// Server configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a server config, client auth keys and client profiles in a directory.
+    Init {
+        /// Target directory (created if missing; must be empty unless --force).
+        #[arg(long, value_name = "D")]
+        dir: PathBuf,
+        /// Comma-separated client names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        clients: Vec<String>,
+        /// Plain TCP listen address.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_TCP)]
+        tcp: SocketAddr,
+        /// Re-initialise a non-empty directory (existing keys are kept).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hsmd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<(), ServerError> {
+    match cli.command {
+        Some(Command::Init {
+            dir,
+            clients,
+            tcp,
+            force,
+        }) => {
+            let report = init(&InitOptions {
+                dir,
+                clients,
+                tcp,
+                force,
+            })?;
+            println!("wrote {}", report.config.display());
+            for (name, path) in &report.profiles {
+                println!("client {name}: hsmctl --profile {} ping", path.display());
+            }
+            Ok(())
+        }
+        None => {
+            let (config_path, hint) = match cli.config {
+                Some(p) => (p, None),
+                None => default_data_dir()?,
+            };
+            let config = Config::load(&config_path)?;
+            ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| {
+                if let Some(addr) = bound.tcp {
+                    println!("hsmd: listening on tcp {addr}");
+                }
+                if let Some(h) = hint {
+                    println!("hsmd: connect with: hsmctl --profile {h} ping");
+                }
+            })
+        }
+    }
+}
+
+/// `./hsm-data`: initialised with client "default" on first run.
+fn default_data_dir() -> Result<(PathBuf, Option<String>), ServerError> {
+    let dir = PathBuf::from("hsm-data");
+    let config = dir.join("hsmd.toml");
+    if !config.exists() {
+        init(&InitOptions {
+            dir: dir.clone(),
+            clients: vec!["default".into()],
+            tcp: DEFAULT_TCP
+                .parse()
+                .map_err(|_| ServerError::Config("bad default".into()))?,
+            force: false,
+        })?;
+        eprintln!(
+            "hsmd: initialised {} with client \"default\"",
+            dir.display()
+        );
+    }
+    Ok((
+        config,
+        Some(dir.join("clients/default.toml").display().to_string()),
+    ))
+}
+
+fn init_logging() {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "debug" => LevelFilter::DEBUG,
+        "trace" => LevelFilter::TRACE,
+        "off" => LevelFilter::OFF,
+        _ => LevelFilter::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+}

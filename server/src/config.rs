@@ -1,0 +1,284 @@
+//! `hsmd.toml`: parsed with serde, then validated into types. Errors name the file, the key and
+//! what was expected.
+//!
+//! ```toml
+//! [server]
+//! workers = 0               # crypto worker threads; 0 = one per CPU
+//! pool_queue = 1024         # crypto jobs queued or running, at most
+//! window = 32               # requests in flight per session
+//! max_body = 1048576        # largest frame body, bytes
+//! max_connections = 1024
+//! handshake_timeout_ms = 10000
+//!
+//! [tcp]
+//! addr = "127.0.0.1:7301"
+//! allow_insecure_remote = false   # plain TCP off loopback needs this
+//!
+//! [clients.alice]
+//! auth_public_key = "<64 hex digits: the Ed25519 public half of clients/alice.key>"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+
+use crate::error::ServerError;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    workers: Option<usize>,
+    pool_queue: Option<usize>,
+    window: Option<u32>,
+    max_body: Option<u32>,
+    max_connections: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    addr: String,
+    #[serde(default)]
+    allow_insecure_remote: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    auth_public_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    tcp: Option<RawTcp>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawClient>,
+}
+
+/// Plain TCP listener settings.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// Address to bind (port 0 picks a free port).
+    pub addr: SocketAddr,
+}
+
+/// One configured client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Ed25519 public key that proves the client's name on TCP (and, later, shm).
+    pub auth_key: VerifyingKey,
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Crypto worker threads.
+    pub workers: usize,
+    /// Crypto jobs queued or running, at most.
+    pub pool_queue: usize,
+    /// Requests in flight per session.
+    pub window: u32,
+    /// Largest accepted frame body.
+    pub max_body: u32,
+    /// Concurrent connections, at most.
+    pub max_connections: usize,
+    /// A connection that has not authenticated by then is closed.
+    pub handshake_timeout: Duration,
+    /// Plain TCP listener.
+    pub tcp: Option<TcpConfig>,
+    /// Clients by name.
+    pub clients: BTreeMap<String, ClientConfig>,
+}
+
+impl Config {
+    /// A configuration with defaults and no listeners or clients (for tests and `init`).
+    pub fn empty() -> Config {
+        Config {
+            workers: default_workers(),
+            pool_queue: 1024,
+            window: 32,
+            max_body: ferrohsm_proto::DEFAULT_MAX_BODY,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            tcp: None,
+            clients: BTreeMap::new(),
+        }
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ServerError::Config(format!("cannot read config {}: {e}", path.display()))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ServerError> {
+        let err = |msg: String| ServerError::Config(format!("{}: {msg}", path.display()));
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut c = Config::empty();
+        let s = raw.server;
+        if let Some(w) = s.workers {
+            c.workers = if w == 0 { default_workers() } else { w };
+        }
+        c.pool_queue = positive(s.pool_queue, c.pool_queue, "server.pool_queue").map_err(err)?;
+        c.window = positive(s.window, c.window, "server.window").map_err(err)?;
+        c.max_body = positive(s.max_body, c.max_body, "server.max_body").map_err(err)?;
+        if c.max_body < 1024 {
+            return Err(err("server.max_body: expected at least 1024 bytes".into()));
+        }
+        c.max_connections = positive(
+            s.max_connections,
+            c.max_connections,
+            "server.max_connections",
+        )
+        .map_err(err)?;
+        if let Some(ms) = s.handshake_timeout_ms {
+            c.handshake_timeout = Duration::from_millis(
+                positive(Some(ms), 1, "server.handshake_timeout_ms").map_err(err)?,
+            );
+        }
+        if let Some(t) = raw.tcp {
+            let addr: SocketAddr = t.addr.parse().map_err(|_| {
+                err(format!(
+                    "tcp.addr: expected an IP address and port, got {:?}",
+                    t.addr
+                ))
+            })?;
+            if !addr.ip().is_loopback() && !t.allow_insecure_remote {
+                return Err(err(format!(
+                    "tcp.addr {addr} is not a loopback address; plain TCP is not confidential, \
+                     so set tcp.allow_insecure_remote = true to allow it (or use TLS)"
+                )));
+            }
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "plain TCP listener on a non-loopback address: traffic is not confidential");
+            }
+            c.tcp = Some(TcpConfig { addr });
+        }
+        for (name, rc) in raw.clients {
+            validate_client_name(&name).map_err(|m| err(format!("clients.{name}: {m}")))?;
+            let auth_key = parse_public_key(&rc.auth_public_key)
+                .map_err(|m| err(format!("clients.{name}.auth_public_key: {m}")))?;
+            c.clients.insert(name, ClientConfig { auth_key });
+        }
+        if c.tcp.is_none() {
+            return Err(err(
+                "no listener configured: expected a [tcp] section".into()
+            ));
+        }
+        Ok(c)
+    }
+}
+
+fn positive<T: PartialOrd + Default + Copy>(
+    v: Option<T>,
+    default: T,
+    key: &str,
+) -> Result<T, String> {
+    match v {
+        Some(v) if v <= T::default() => Err(format!("{key}: expected a positive number")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+/// Client names follow the label rule: `[A-Za-z][A-Za-z0-9._-]{0,63}`.
+pub fn validate_client_name(name: &str) -> Result<(), String> {
+    name.parse::<ferrohsm_proto::Label>()
+        .map(|_| ())
+        .map_err(|_| {
+            format!(
+                "invalid client name {name:?}: expected a letter then up to 63 of [A-Za-z0-9._-]"
+            )
+        })
+}
+
+fn parse_public_key(hex: &str) -> Result<VerifyingKey, String> {
+    let bytes = decode_hex(hex.trim()).ok_or("expected 64 hex digits")?;
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "expected 64 hex digits (32 bytes)")?;
+    VerifyingKey::from_bytes(&arr).map_err(|_| "not a valid Ed25519 public key".to_string())
+}
+
+/// Lowercase or uppercase hex to bytes.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Bytes to lowercase hex.
+pub fn encode_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// The directory a config file lives in (for relative paths).
+pub fn config_dir(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    #[test]
+    fn parses_and_reports_errors_by_key() {
+        let p = Path::new("t.toml");
+        let ok = format!(
+            "[tcp]\naddr = \"127.0.0.1:0\"\n[clients.alice]\nauth_public_key = \"{KEY}\"\n"
+        );
+        let c = Config::parse(&ok, p).unwrap();
+        assert_eq!(c.clients.len(), 1);
+        assert_eq!(c.window, 32);
+        let e = Config::parse("[tcp]\naddr = \"0.0.0.0:1\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allow_insecure_remote"), "{e}");
+        assert!(
+            Config::parse(
+                "[tcp]\naddr = \"0.0.0.0:1\"\nallow_insecure_remote = true\n",
+                p
+            )
+            .is_ok()
+        );
+        let e = Config::parse("[tcp]\naddr = \"nope\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml: tcp.addr"), "{e}");
+        let e = Config::parse(&ok.replace(KEY, "abcd"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("clients.alice.auth_public_key"), "{e}");
+        let e = Config::parse("[server]\nwindow = 0\n[tcp]\naddr=\"127.0.0.1:0\"\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.window"), "{e}");
+        let e = Config::parse("[server]\nbogus = 1\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}
