@@ -1,1 +1,460 @@
+//! The FerroHSM client library: an async [`Client`] and a [`BlockingClient`] over one
+//! connection that pipelines requests, and the `hsmctl` command built on them.
+//!
+//! ```text
+//!  call()/submit() --frame--> writer task --> transport
+//!        ^                                        |
+//!        +-- oneshot <-- pending[request id] <-- reader task (responses in any order)
+//! ```
+//! A connection authenticates once (Ed25519 challenge-response on TCP); afterwards any number
+//! of tasks may issue requests on it concurrently, up to the server's in-flight window, and
+//! each gets its own response whatever order the server answers in.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), ferrohsm_client::ClientError> {
+//! use ferrohsm_client::{BlockingClient, profile::Profile};
+//! let profile = Profile::load("hsm-data/clients/default.toml".as_ref())?;
+//! let hsm = BlockingClient::connect(&profile, None)?;
+//! let key = hsm.generate(&"k1".parse().unwrap(), ferrohsm_proto::KeyType::Ed25519)?;
+//! let sig = hsm.sign(&ferrohsm_proto::KeyRef::Id(key.id), b"hello")?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
 
+pub mod connect;
+pub mod error;
+pub mod profile;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferrohsm_proto::frame::Decoded;
+use ferrohsm_proto::handshake::{Hello, Proof, Welcome, transcript};
+use ferrohsm_proto::message::{BodyError, KeySpec, decode_error};
+use ferrohsm_proto::{
+    DigestAlg, ErrorBody, Frame, FrameDecoder, KeyInfo, KeyRef, KeyType, Label, PROTOCOL_VERSION,
+    Request, Response,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+pub use error::ClientError;
+use profile::{Identity, Profile, Transport};
+
+type Reply = Result<Response, ClientError>;
+type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+struct Inner {
+    tx: mpsc::Sender<Frame>,
+    pending: PendingMap,
+    next_id: AtomicU64,
+    window: Arc<Semaphore>,
+    welcome: Welcome,
+}
+
+/// An authenticated connection. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("session", &self.inner.welcome.session_id).finish()
+    }
+}
+
+/// A request that has been sent; await [`Pending::wait`] for its response.
+#[derive(Debug)]
+pub struct Pending {
+    rx: oneshot::Receiver<Reply>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    /// The response.
+    pub async fn wait(self) -> Reply {
+        self.rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+}
+
+fn closed() -> ClientError {
+    ClientError::Connection("the server closed the connection".into())
+}
+
+fn protocol(e: BodyError) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {r:?}"))
+}
+
+/// Reads exactly one frame (handshake phase, before the reader task runs).
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    dec: &FrameDecoder,
+) -> Result<Frame, ClientError> {
+    loop {
+        match dec.decode(buf).map_err(|e| ClientError::Protocol(e.to_string()))? {
+            Decoded::Frame(f, used) => {
+                buf.drain(..used);
+                return Ok(f);
+            }
+            Decoded::Incomplete(_) => {
+                let n = rd.read_buf(buf).await.map_err(|e| ClientError::Connection(e.to_string()))?;
+                if n == 0 {
+                    return Err(closed());
+                }
+            }
+        }
+    }
+}
+
+/// Decodes a response frame: an error frame becomes `ClientError::Server`.
+fn decode_response(frame: &Frame) -> Reply {
+    if frame.header.is_error() {
+        let body = decode_error(frame.header.opcode, &frame.body).map_err(protocol)?;
+        return Err(ClientError::Server(body));
+    }
+    Response::decode(frame.header.opcode, &frame.body).map_err(protocol)
+}
+
+async fn handshake_step<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut Vec<u8>,
+    dec: &FrameDecoder,
+    req: Request,
+) -> Result<Response, ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let io = |e: std::io::Error| ClientError::Connection(e.to_string());
+    wr.write_all(&req.to_frame(0).encode()).await.map_err(io)?;
+    wr.flush().await.map_err(io)?;
+    let frame = read_frame(rd, buf, dec).await?;
+    decode_response(&frame).map_err(|e| match e {
+        ClientError::Server(b) => ClientError::Auth(b),
+        other => other,
+    })
+}
+
+impl Client {
+    /// Authenticates over an established byte stream and starts the reader and writer tasks
+    /// (on the current tokio runtime).
+    pub async fn handshake<R, W>(mut rd: R, mut wr: W, id: &Identity) -> Result<Client, ClientError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let dec = FrameDecoder::new(ferrohsm_proto::DEFAULT_MAX_BODY);
+        let mut buf = Vec::with_capacity(4096);
+        let hello = Request::Hello(Hello { version: PROTOCOL_VERSION, client: id.name.clone() });
+        let challenge = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, hello).await? {
+            Response::Challenge(c) => c,
+            other => return Err(unexpected(other)),
+        };
+        let t = transcript(&id.name, challenge.session_id, &challenge.nonce);
+        let signature = ed25519_dalek::Signer::sign(&id.auth_key, &t).to_bytes().to_vec();
+        let proof = Request::Proof(Proof { signature });
+        let welcome = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, proof).await? {
+            Response::Welcome(w) => w,
+            other => return Err(unexpected(other)),
+        };
+        Ok(Client::start(rd, wr, buf, welcome))
+    }
+
+    fn start<R, W>(rd: R, wr: W, buf: Vec<u8>, welcome: Welcome) -> Client
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let window = welcome.window.max(1) as usize;
+        let (tx, rx) = mpsc::channel::<Frame>(window);
+        let pending: PendingMap = Arc::default();
+        tokio::spawn(write_loop(wr, rx));
+        tokio::spawn(read_loop(rd, buf, pending.clone(), welcome.max_body));
+        Client {
+            inner: Arc::new(Inner {
+                tx,
+                pending,
+                next_id: AtomicU64::new(1),
+                window: Arc::new(Semaphore::new(window)),
+                welcome,
+            }),
+        }
+    }
+
+    /// Session id and limits the server granted.
+    pub fn welcome(&self) -> &Welcome {
+        &self.inner.welcome
+    }
+
+    /// Sends a request without waiting for its response (pipelining). Waits only when the
+    /// server's in-flight window is full.
+    pub async fn submit(&self, req: Request) -> Result<Pending, ClientError> {
+        let slot = self.inner.window.clone().acquire_owned().await.map_err(|_| closed())?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = req.to_frame(id);
+        if frame.body.len() > self.inner.welcome.max_body as usize {
+            return Err(ClientError::Local(format!(
+                "request of {} bytes exceeds the server's limit of {} bytes",
+                frame.body.len(),
+                self.inner.welcome.max_body
+            )));
+        }
+        let (reply_tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id, reply_tx);
+        if self.inner.tx.send(frame).await.is_err() {
+            self.lock_pending().remove(&id);
+            return Err(closed());
+        }
+        Ok(Pending { rx, _slot: slot })
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+        // A poisoned map only means another task panicked mid-insert; the map is still valid.
+        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn call(&self, req: Request) -> Reply {
+        self.submit(req).await?.wait().await
+    }
+
+    async fn bytes(&self, req: Request) -> Result<Vec<u8>, ClientError> {
+        match self.call(req).await? {
+            Response::Bytes(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn done(&self, req: Request) -> Result<(), ClientError> {
+        match self.call(req).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn key(&self, req: Request) -> Result<KeyInfo, ClientError> {
+        match self.call(req).await? {
+            Response::Key(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Round trip through the session.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.done(Request::Ping).await
+    }
+    /// `len` random bytes.
+    pub async fn random(&self, len: u32) -> Result<Vec<u8>, ClientError> {
+        self.bytes(Request::Random { len }).await
+    }
+    /// Digest of `data`.
+    pub async fn digest(&self, alg: DigestAlg, data: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.bytes(Request::Digest { alg, data }).await
+    }
+    /// Generates a key.
+    pub async fn generate_spec(&self, spec: KeySpec) -> Result<KeyInfo, ClientError> {
+        self.key(Request::Generate(spec)).await
+    }
+    /// Lists keys.
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        match self.call(Request::List).await? {
+            Response::Keys(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
+    }
+    /// Describes a key.
+    pub async fn info(&self, key: &KeyRef) -> Result<KeyInfo, ClientError> {
+        self.key(Request::Info(key.clone())).await
+    }
+    /// Raw public key and type.
+    pub async fn public_key(&self, key: &KeyRef) -> Result<(KeyType, Vec<u8>), ClientError> {
+        match self.call(Request::PublicKey(key.clone())).await? {
+            Response::PublicKey { key_type, bytes } => Ok((key_type, bytes)),
+            other => Err(unexpected(other)),
+        }
+    }
+    /// Raw key bytes of an exportable key.
+    pub async fn export(&self, key: &KeyRef) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+        self.bytes(Request::Export(key.clone())).await.map(zeroize::Zeroizing::new)
+    }
+    /// Deletes a key.
+    pub async fn delete(&self, key: &KeyRef) -> Result<(), ClientError> {
+        self.done(Request::Delete(key.clone())).await
+    }
+    /// Signs.
+    pub async fn sign(&self, key: &KeyRef, data: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.bytes(Request::Sign { key: key.clone(), data }).await
+    }
+    /// Verifies; a bad signature is `Err(Server(bad_signature))`.
+    pub async fn verify(&self, key: &KeyRef, data: Vec<u8>, signature: Vec<u8>) -> Result<(), ClientError> {
+        self.done(Request::Verify { key: key.clone(), data, signature }).await
+    }
+    /// AEAD encrypts.
+    pub async fn encrypt(&self, key: &KeyRef, plaintext: Vec<u8>, aad: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.bytes(Request::Encrypt { key: key.clone(), plaintext, aad }).await
+    }
+    /// AEAD decrypts.
+    pub async fn decrypt(
+        &self,
+        key: &KeyRef,
+        ciphertext: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+        self.bytes(Request::Decrypt { key: key.clone(), ciphertext, aad }).await.map(zeroize::Zeroizing::new)
+    }
+    /// HMAC.
+    pub async fn mac(&self, key: &KeyRef, data: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.bytes(Request::Mac { key: key.clone(), data }).await
+    }
+    /// HMAC verify; a mismatch is `Err(Server(bad_mac))`.
+    pub async fn mac_verify(&self, key: &KeyRef, data: Vec<u8>, mac: Vec<u8>) -> Result<(), ClientError> {
+        self.done(Request::MacVerify { key: key.clone(), data, mac }).await
+    }
+    /// X25519 + HKDF into a new key.
+    pub async fn derive(&self, key: &KeyRef, peer: Vec<u8>, spec: KeySpec) -> Result<KeyInfo, ClientError> {
+        self.key(Request::Derive { key: key.clone(), peer, spec }).await
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Frame>) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        first.encode_into(&mut buf);
+        // Coalesce pipelined requests into one write.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => f.encode_into(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, mut buf: Vec<u8>, pending: PendingMap, max_body: u32) {
+    // Responses may be a little larger than the request cap (a ciphertext adds 30 bytes).
+    let dec = FrameDecoder::new(max_body.saturating_add(4096));
+    let fail_all = |err: &dyn Fn() -> ClientError| {
+        let mut map = pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, tx) in map.drain() {
+            let _ = tx.send(Err(err()));
+        }
+    };
+    loop {
+        let frame = match read_frame(&mut rd, &mut buf, &dec).await {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = e.to_string();
+                fail_all(&|| ClientError::Connection(msg.clone()));
+                return;
+            }
+        };
+        let rid = frame.header.request_id;
+        if rid == 0 {
+            // A connection-level error (the server is about to close).
+            let reply = decode_response(&frame);
+            let body = match reply {
+                Err(ClientError::Server(b)) => b,
+                _ => ErrorBody::new(ferrohsm_proto::Status::MalformedFrame, "unexpected frame"),
+            };
+            fail_all(&|| ClientError::Server(body.clone()));
+            return;
+        }
+        let tx = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
+        if let Some(tx) = tx {
+            let _ = tx.send(decode_response(&frame));
+        }
+    }
+}
+
+/// A blocking client: the async [`Client`] on a private single-thread runtime.
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl std::fmt::Debug for BlockingClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.client.fmt(f)
+    }
+}
+
+impl BlockingClient {
+    /// Connects with a profile over `transport` (or the profile's default).
+    pub fn connect(profile: &Profile, transport: Option<Transport>) -> Result<BlockingClient, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Local(format!("cannot start runtime: {e}")))?;
+        let client = rt.block_on(connect::connect(profile, transport))?;
+        Ok(BlockingClient { rt, client })
+    }
+
+    /// The async client (use it from [`BlockingClient::block_on`]).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs a future on this client's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Sends every request before waiting for any response; responses in request order.
+    pub fn pipeline(&self, reqs: Vec<Request>) -> Vec<Reply> {
+        self.rt.block_on(async {
+            let mut pending = Vec::with_capacity(reqs.len());
+            let mut out = Vec::with_capacity(reqs.len());
+            for r in reqs {
+                // With the window full, `submit` waits; drain the oldest first to make room.
+                if pending.len() >= self.client.welcome().window as usize {
+                    let p: Result<Pending, ClientError> = pending.remove(0);
+                    out.push(match p { Ok(p) => p.wait().await, Err(e) => Err(e) });
+                }
+                pending.push(self.client.submit(r).await);
+            }
+            for p in pending {
+                out.push(match p { Ok(p) => p.wait().await, Err(e) => Err(e) });
+            }
+            out
+        })
+    }
+
+    /// Any request.
+    pub fn call(&self, req: Request) -> Reply {
+        self.rt.block_on(self.client.call(req))
+    }
+    /// Ping.
+    pub fn ping(&self) -> Result<(), ClientError> {
+        self.rt.block_on(self.client.ping())
+    }
+    /// Generates a persistent key with default usage.
+    pub fn generate(&self, label: &Label, key_type: KeyType) -> Result<KeyInfo, ClientError> {
+        let spec = KeySpec { key_type, label: label.clone(), usage: None, exportable: false, session: false };
+        self.rt.block_on(self.client.generate_spec(spec))
+    }
+    /// Signs.
+    pub fn sign(&self, key: &KeyRef, data: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.rt.block_on(self.client.sign(key, data.to_vec()))
+    }
+    /// Verifies.
+    pub fn verify(&self, key: &KeyRef, data: &[u8], sig: &[u8]) -> Result<(), ClientError> {
+        self.rt.block_on(self.client.verify(key, data.to_vec(), sig.to_vec()))
+    }
+    /// Lists keys.
+    pub fn list(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        self.rt.block_on(self.client.list())
+    }
+}

@@ -1,1 +1,355 @@
-fn main() {}
+//! `hsmctl`: the FerroHSM command line. Thin: parse, connect, one call, print.
+//!
+//! Exit codes: 0 success; 1 the server answered with an error status; 2 usage error;
+//! 3 connection, TLS or authentication failure.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use ferrohsm_client::profile::{Profile, Transport};
+use ferrohsm_client::{Client, ClientError};
+use ferrohsm_proto::message::KeySpec;
+use ferrohsm_proto::{DigestAlg, KeyInfo, KeyRef, KeyType, Label, UsageSet, pem};
+use serde_json::json;
+
+/// FerroHSM client.
+#[derive(Debug, Parser)]
+#[command(name = "hsmctl", version)]
+struct Cli {
+    /// Client profile (written by `hsmd init` as D/clients/NAME.toml).
+    #[arg(long, value_name = "P")]
+    profile: PathBuf,
+    /// Transport: tcp, tls, tls-psk or shm (default: the profile's default_transport).
+    #[arg(long)]
+    transport: Option<Transport>,
+    /// Print one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct NewKeyArgs {
+    /// Label, unique among your keys.
+    #[arg(long)]
+    label: Label,
+    /// Comma-separated usages (default: every usage that fits the type).
+    #[arg(long)]
+    usage: Option<UsageSet>,
+    /// Allow `export` of the raw key.
+    #[arg(long)]
+    exportable: bool,
+    /// Session key: deleted when the connection ends.
+    #[arg(long)]
+    session: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Round trip to the server.
+    Ping,
+    /// N random bytes (1..=65536), printed as hex.
+    Random { n: u32 },
+    /// Digest of a file, printed as hex.
+    Digest {
+        #[arg(long)]
+        alg: DigestAlg,
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+    /// Generate a key; prints `<id> <label>`.
+    Keygen {
+        #[arg(long = "type")]
+        key_type: KeyType,
+        #[command(flatten)]
+        new: NewKeyArgs,
+    },
+    /// List your keys.
+    List,
+    /// Describe a key.
+    Info { key: KeyRef },
+    /// Public key as hex, or SubjectPublicKeyInfo PEM with --pem.
+    Pubkey {
+        key: KeyRef,
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Write an exportable key's raw bytes to a file.
+    Export {
+        key: KeyRef,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Delete a key.
+    Delete { key: KeyRef },
+    /// Sign a file.
+    Sign {
+        key: KeyRef,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a signature; prints `ok`.
+    Verify {
+        key: KeyRef,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        sig: PathBuf,
+    },
+    /// AEAD-encrypt a file.
+    Encrypt {
+        key: KeyRef,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Associated data (UTF-8 text).
+        #[arg(long)]
+        aad: Option<String>,
+    },
+    /// AEAD-decrypt a file.
+    Decrypt {
+        key: KeyRef,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Associated data (UTF-8 text).
+        #[arg(long)]
+        aad: Option<String>,
+    },
+    /// HMAC of a file.
+    Mac {
+        key: KeyRef,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an HMAC; prints `ok`.
+    MacVerify {
+        key: KeyRef,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        mac: PathBuf,
+    },
+    /// X25519 with a peer's public key (SPKI PEM), HKDF into a new key; prints `<id> <label>`.
+    Derive {
+        key: KeyRef,
+        #[arg(long)]
+        peer: PathBuf,
+        #[arg(long = "type")]
+        key_type: KeyType,
+        #[command(flatten)]
+        new: NewKeyArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&ClientError::Local(format!("cannot start runtime: {e}"))),
+    };
+    match rt.block_on(run(cli)) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            if !out.is_empty() && writeln!(stdout, "{out}").is_err() {
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    match e {
+        ClientError::Server(b) | ClientError::Auth(b) => {
+            eprintln!("hsmctl: {}: {}", b.label(), b.message)
+        }
+        other => eprintln!("hsmctl: {other}"),
+    }
+    ExitCode::from(e.exit_code())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Writes via a temporary file and a rename, so a failure leaves no partial output file.
+fn write_out(path: &Path, data: &[u8], secret: bool) -> Result<(), ClientError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let err = |e: std::io::Error| ClientError::Local(format!("cannot write {}: {e}", path.display()));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".hsmctl-tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(err)?;
+    let res = f.write_all(data).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn info_json(k: &KeyInfo) -> serde_json::Value {
+    let created = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(k.created));
+    json!({
+        "id": k.id,
+        "label": k.label.as_str(),
+        "type": k.key_type.name(),
+        "usage": k.usage.names(),
+        "exportable": k.exportable,
+        "lifetime": k.lifetime.name(),
+        "created": created.to_string(),
+    })
+}
+
+fn spec(key_type: KeyType, a: NewKeyArgs) -> KeySpec {
+    KeySpec { key_type, label: a.label, usage: a.usage, exportable: a.exportable, session: a.session }
+}
+
+fn aad(a: Option<String>) -> Vec<u8> {
+    a.map(String::into_bytes).unwrap_or_default()
+}
+
+/// Runs one command; returns what to print on stdout.
+async fn run(cli: Cli) -> Result<String, ClientError> {
+    let profile = Profile::load(&cli.profile)?;
+    // Read local inputs before connecting, so a typo costs no round trip.
+    let hsm = || ferrohsm_client::connect::connect(&profile, cli.transport);
+    let json = cli.json;
+    let ok = || if json { json!({"ok": true}).to_string() } else { "ok".to_string() };
+    let new_key = |k: KeyInfo| if json { info_json(&k).to_string() } else { format!("{} {}", k.id, k.label) };
+    Ok(match cli.command {
+        Command::Ping => {
+            let c: Client = hsm().await?;
+            c.ping().await?;
+            ok()
+        }
+        Command::Random { n } => {
+            let b = hsm().await?.random(n).await?;
+            if json { json!({"hex": hex(&b)}).to_string() } else { hex(&b) }
+        }
+        Command::Digest { alg, input } => {
+            let data = read(&input)?;
+            let d = hsm().await?.digest(alg, data).await?;
+            if json { json!({"hex": hex(&d)}).to_string() } else { hex(&d) }
+        }
+        Command::Keygen { key_type, new } => new_key(hsm().await?.generate_spec(spec(key_type, new)).await?),
+        Command::List => {
+            let keys = hsm().await?.list().await?;
+            if json {
+                serde_json::Value::Array(keys.iter().map(info_json).collect()).to_string()
+            } else {
+                keys.iter().map(info_line).collect::<Vec<_>>().join("\n")
+            }
+        }
+        Command::Info { key } => {
+            let k = hsm().await?.info(&key).await?;
+            if json { info_json(&k).to_string() } else { info_line(&k) }
+        }
+        Command::Pubkey { key, pem: as_pem } => {
+            let (t, raw) = hsm().await?.public_key(&key).await?;
+            let pem_text = pem::spki_der(t, &raw).map(|der| pem::pem_encode("PUBLIC KEY", &der));
+            let pem_text = pem_text.ok_or_else(|| ClientError::Protocol("bad public key".into()))?;
+            if json {
+                json!({"type": t.name(), "hex": hex(&raw), "pem": pem_text}).to_string()
+            } else if as_pem {
+                pem_text.trim_end().to_string()
+            } else {
+                hex(&raw)
+            }
+        }
+        Command::Export { key, out } => {
+            let raw = hsm().await?.export(&key).await?;
+            write_out(&out, &raw, true)?;
+            String::new()
+        }
+        Command::Delete { key } => {
+            hsm().await?.delete(&key).await?;
+            ok()
+        }
+        Command::Sign { key, input, out } => {
+            let data = read(&input)?;
+            let sig = hsm().await?.sign(&key, data).await?;
+            write_out(&out, &sig, false)?;
+            String::new()
+        }
+        Command::Verify { key, input, sig } => {
+            let (data, sig) = (read(&input)?, read(&sig)?);
+            hsm().await?.verify(&key, data, sig).await?;
+            ok()
+        }
+        Command::Encrypt { key, input, out, aad: a } => {
+            let data = read(&input)?;
+            let ct = hsm().await?.encrypt(&key, data, aad(a)).await?;
+            write_out(&out, &ct, false)?;
+            String::new()
+        }
+        Command::Decrypt { key, input, out, aad: a } => {
+            let data = read(&input)?;
+            let pt = hsm().await?.decrypt(&key, data, aad(a)).await?;
+            write_out(&out, &pt, true)?;
+            String::new()
+        }
+        Command::Mac { key, input, out } => {
+            let data = read(&input)?;
+            let tag = hsm().await?.mac(&key, data).await?;
+            write_out(&out, &tag, false)?;
+            String::new()
+        }
+        Command::MacVerify { key, input, mac } => {
+            let (data, tag) = (read(&input)?, read(&mac)?);
+            hsm().await?.mac_verify(&key, data, tag).await?;
+            ok()
+        }
+        Command::Derive { key, peer, key_type, new } => {
+            let text = String::from_utf8(read(&peer)?)
+                .map_err(|_| ClientError::Local(format!("{}: not a PEM file", peer.display())))?;
+            let raw = pem::pem_decode("PUBLIC KEY", &text)
+                .and_then(|der| pem::parse_spki(&der))
+                .filter(|(t, _)| *t == KeyType::X25519)
+                .map(|(_, raw)| raw)
+                .ok_or_else(|| {
+                    ClientError::Local(format!(
+                        "{}: expected an X25519 public key in SubjectPublicKeyInfo PEM",
+                        peer.display()
+                    ))
+                })?;
+            new_key(hsm().await?.derive(&key, raw, spec(key_type, new)).await?)
+        }
+    })
+}
+
+fn info_line(k: &KeyInfo) -> String {
+    let created = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(k.created));
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        k.id,
+        k.label,
+        k.key_type,
+        k.usage.names().join(","),
+        if k.exportable { "exportable" } else { "non-exportable" },
+        k.lifetime.name(),
+        created
+    )
+}

@@ -1,0 +1,135 @@
+//! Client profiles (`D/clients/NAME.toml`, written by `hsmd init`). Paths inside a profile are
+//! relative to the profile file.
+//!
+//! ```toml
+//! name = "alice"
+//! auth_key = "alice.key"          # Ed25519 PKCS#8 PEM
+//! default_transport = "tcp"
+//! [tcp]
+//! addr = "127.0.0.1:7301"
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use ferrohsm_proto::pem;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::error::ClientError;
+
+#[derive(Debug, Deserialize)]
+struct RawTcp {
+    addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawProfile {
+    name: String,
+    auth_key: Option<PathBuf>,
+    default_transport: Option<String>,
+    tcp: Option<RawTcp>,
+}
+
+/// Transports a profile can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// TLS with certificates (not in this build yet).
+    Tls,
+    /// TLS 1.3 with a pre-shared key (not in this build yet).
+    TlsPsk,
+    /// Shared memory (not in this build yet).
+    Shm,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "tls" => Ok(Transport::Tls),
+            "tls-psk" => Ok(Transport::TlsPsk),
+            "shm" => Ok(Transport::Shm),
+            _ => Err(format!("unknown transport {s:?}; expected tcp, tls, tls-psk or shm")),
+        }
+    }
+}
+
+/// A client's name and auth key. `Debug` never prints the key.
+#[derive(Clone)]
+pub struct Identity {
+    /// Client name.
+    pub name: String,
+    /// Ed25519 auth key (dalek zeroizes it on drop).
+    pub auth_key: SigningKey,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity").field("name", &self.name).field("auth_key", &"..").finish()
+    }
+}
+
+impl Identity {
+    /// Reads an Ed25519 PKCS#8 PEM private key file.
+    pub fn from_key_file(name: &str, path: &Path) -> Result<Identity, ClientError> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Local(format!("cannot read auth key {}: {e}", path.display()))
+        })?);
+        let der = Zeroizing::new(pem::pem_decode("PRIVATE KEY", &text).unwrap_or_default());
+        let seed = Zeroizing::new(pem::parse_ed25519_pkcs8(&der).ok_or_else(|| {
+            ClientError::Local(format!(
+                "auth key {}: expected an Ed25519 PKCS#8 PEM private key",
+                path.display()
+            ))
+        })?);
+        Ok(Identity { name: name.to_owned(), auth_key: SigningKey::from_bytes(&seed) })
+    }
+}
+
+/// A loaded profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Client name.
+    pub name: String,
+    /// Auth key path (resolved).
+    pub auth_key: Option<PathBuf>,
+    /// Transport used when none is given.
+    pub default_transport: Transport,
+    /// TCP address.
+    pub tcp_addr: Option<String>,
+}
+
+impl Profile {
+    /// Loads and checks a profile file.
+    pub fn load(path: &Path) -> Result<Profile, ClientError> {
+        let err = |m: String| ClientError::Local(format!("profile {}: {m}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let raw: RawProfile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let default_transport = match raw.default_transport {
+            Some(t) => t.parse().map_err(|m| err(format!("default_transport: {m}")))?,
+            None => Transport::Tcp,
+        };
+        Ok(Profile {
+            path: path.to_path_buf(),
+            name: raw.name,
+            auth_key: raw.auth_key.map(|p| dir.join(p)),
+            default_transport,
+            tcp_addr: raw.tcp.map(|t| t.addr),
+        })
+    }
+
+    /// The identity for challenge-response transports (TCP, shm).
+    pub fn identity(&self) -> Result<Identity, ClientError> {
+        let path = self.auth_key.as_ref().ok_or_else(|| {
+            ClientError::Local(format!("profile {}: auth_key is not set", self.path.display()))
+        })?;
+        Identity::from_key_file(&self.name, path)
+    }
+}
