@@ -61,7 +61,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("session", &self.inner.welcome.session_id).finish()
+        f.debug_struct("Client")
+            .field("session", &self.inner.welcome.session_id)
+            .finish()
     }
 }
 
@@ -98,13 +100,19 @@ async fn read_frame<R: AsyncRead + Unpin>(
     dec: &FrameDecoder,
 ) -> Result<Frame, ClientError> {
     loop {
-        match dec.decode(buf).map_err(|e| ClientError::Protocol(e.to_string()))? {
+        match dec
+            .decode(buf)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
             Decoded::Frame(f, used) => {
                 buf.drain(..used);
                 return Ok(f);
             }
             Decoded::Incomplete(_) => {
-                let n = rd.read_buf(buf).await.map_err(|e| ClientError::Connection(e.to_string()))?;
+                let n = rd
+                    .read_buf(buf)
+                    .await
+                    .map_err(|e| ClientError::Connection(e.to_string()))?;
                 if n == 0 {
                     return Err(closed());
                 }
@@ -153,13 +161,18 @@ impl Client {
     {
         let dec = FrameDecoder::new(ferrohsm_proto::DEFAULT_MAX_BODY);
         let mut buf = Vec::with_capacity(4096);
-        let hello = Request::Hello(Hello { version: PROTOCOL_VERSION, client: id.name.clone() });
+        let hello = Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client: id.name.clone(),
+        });
         let challenge = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, hello).await? {
             Response::Challenge(c) => c,
             other => return Err(unexpected(other)),
         };
         let t = transcript(&id.name, challenge.session_id, &challenge.nonce);
-        let signature = ed25519_dalek::Signer::sign(&id.auth_key, &t).to_bytes().to_vec();
+        let signature = ed25519_dalek::Signer::sign(&id.auth_key, &t)
+            .to_bytes()
+            .to_vec();
         let proof = Request::Proof(Proof { signature });
         let welcome = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, proof).await? {
             Response::Welcome(w) => w,
@@ -197,7 +210,13 @@ impl Client {
     /// Sends a request without waiting for its response (pipelining). Waits only when the
     /// server's in-flight window is full.
     pub async fn submit(&self, req: Request) -> Result<Pending, ClientError> {
-        let slot = self.inner.window.clone().acquire_owned().await.map_err(|_| closed())?;
+        let slot = self
+            .inner
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = req.to_frame(id);
         if frame.body.len() > self.inner.welcome.max_body as usize {
@@ -283,7 +302,9 @@ impl Client {
     }
     /// Raw key bytes of an exportable key.
     pub async fn export(&self, key: &KeyRef) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
-        self.bytes(Request::Export(key.clone())).await.map(zeroize::Zeroizing::new)
+        self.bytes(Request::Export(key.clone()))
+            .await
+            .map(zeroize::Zeroizing::new)
     }
     /// Deletes a key.
     pub async fn delete(&self, key: &KeyRef) -> Result<(), ClientError> {
@@ -291,15 +312,39 @@ impl Client {
     }
     /// Signs.
     pub async fn sign(&self, key: &KeyRef, data: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        self.bytes(Request::Sign { key: key.clone(), data }).await
+        self.bytes(Request::Sign {
+            key: key.clone(),
+            data,
+        })
+        .await
     }
     /// Verifies; a bad signature is `Err(Server(bad_signature))`.
-    pub async fn verify(&self, key: &KeyRef, data: Vec<u8>, signature: Vec<u8>) -> Result<(), ClientError> {
-        self.done(Request::Verify { key: key.clone(), data, signature }).await
+    pub async fn verify(
+        &self,
+        key: &KeyRef,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.done(Request::Verify {
+            key: key.clone(),
+            data,
+            signature,
+        })
+        .await
     }
     /// AEAD encrypts.
-    pub async fn encrypt(&self, key: &KeyRef, plaintext: Vec<u8>, aad: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        self.bytes(Request::Encrypt { key: key.clone(), plaintext, aad }).await
+    pub async fn encrypt(
+        &self,
+        key: &KeyRef,
+        plaintext: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.bytes(Request::Encrypt {
+            key: key.clone(),
+            plaintext,
+            aad,
+        })
+        .await
     }
     /// AEAD decrypts.
     pub async fn decrypt(
@@ -308,19 +353,49 @@ impl Client {
         ciphertext: Vec<u8>,
         aad: Vec<u8>,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
-        self.bytes(Request::Decrypt { key: key.clone(), ciphertext, aad }).await.map(zeroize::Zeroizing::new)
+        self.bytes(Request::Decrypt {
+            key: key.clone(),
+            ciphertext,
+            aad,
+        })
+        .await
+        .map(zeroize::Zeroizing::new)
     }
     /// HMAC.
     pub async fn mac(&self, key: &KeyRef, data: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        self.bytes(Request::Mac { key: key.clone(), data }).await
+        self.bytes(Request::Mac {
+            key: key.clone(),
+            data,
+        })
+        .await
     }
     /// HMAC verify; a mismatch is `Err(Server(bad_mac))`.
-    pub async fn mac_verify(&self, key: &KeyRef, data: Vec<u8>, mac: Vec<u8>) -> Result<(), ClientError> {
-        self.done(Request::MacVerify { key: key.clone(), data, mac }).await
+    pub async fn mac_verify(
+        &self,
+        key: &KeyRef,
+        data: Vec<u8>,
+        mac: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.done(Request::MacVerify {
+            key: key.clone(),
+            data,
+            mac,
+        })
+        .await
     }
     /// X25519 + HKDF into a new key.
-    pub async fn derive(&self, key: &KeyRef, peer: Vec<u8>, spec: KeySpec) -> Result<KeyInfo, ClientError> {
-        self.key(Request::Derive { key: key.clone(), peer, spec }).await
+    pub async fn derive(
+        &self,
+        key: &KeyRef,
+        peer: Vec<u8>,
+        spec: KeySpec,
+    ) -> Result<KeyInfo, ClientError> {
+        self.key(Request::Derive {
+            key: key.clone(),
+            peer,
+            spec,
+        })
+        .await
     }
 }
 
@@ -343,7 +418,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Fra
     let _ = wr.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, mut buf: Vec<u8>, pending: PendingMap, max_body: u32) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut buf: Vec<u8>,
+    pending: PendingMap,
+    max_body: u32,
+) {
     // Responses may be a little larger than the request cap (a ciphertext adds 30 bytes).
     let dec = FrameDecoder::new(max_body.saturating_add(4096));
     let fail_all = |err: &dyn Fn() -> ClientError| {
@@ -372,7 +452,10 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, mut buf: Vec<u8>, pending: P
             fail_all(&|| ClientError::Server(body.clone()));
             return;
         }
-        let tx = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
+        let tx = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rid);
         if let Some(tx) = tx {
             let _ = tx.send(decode_response(&frame));
         }
@@ -393,7 +476,10 @@ impl std::fmt::Debug for BlockingClient {
 
 impl BlockingClient {
     /// Connects with a profile over `transport` (or the profile's default).
-    pub fn connect(profile: &Profile, transport: Option<Transport>) -> Result<BlockingClient, ClientError> {
+    pub fn connect(
+        profile: &Profile,
+        transport: Option<Transport>,
+    ) -> Result<BlockingClient, ClientError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -421,12 +507,18 @@ impl BlockingClient {
                 // With the window full, `submit` waits; drain the oldest first to make room.
                 if pending.len() >= self.client.welcome().window as usize {
                     let p: Result<Pending, ClientError> = pending.remove(0);
-                    out.push(match p { Ok(p) => p.wait().await, Err(e) => Err(e) });
+                    out.push(match p {
+                        Ok(p) => p.wait().await,
+                        Err(e) => Err(e),
+                    });
                 }
                 pending.push(self.client.submit(r).await);
             }
             for p in pending {
-                out.push(match p { Ok(p) => p.wait().await, Err(e) => Err(e) });
+                out.push(match p {
+                    Ok(p) => p.wait().await,
+                    Err(e) => Err(e),
+                });
             }
             out
         })
@@ -442,7 +534,13 @@ impl BlockingClient {
     }
     /// Generates a persistent key with default usage.
     pub fn generate(&self, label: &Label, key_type: KeyType) -> Result<KeyInfo, ClientError> {
-        let spec = KeySpec { key_type, label: label.clone(), usage: None, exportable: false, session: false };
+        let spec = KeySpec {
+            key_type,
+            label: label.clone(),
+            usage: None,
+            exportable: false,
+            session: false,
+        };
         self.rt.block_on(self.client.generate_spec(spec))
     }
     /// Signs.
@@ -451,7 +549,8 @@ impl BlockingClient {
     }
     /// Verifies.
     pub fn verify(&self, key: &KeyRef, data: &[u8], sig: &[u8]) -> Result<(), ClientError> {
-        self.rt.block_on(self.client.verify(key, data.to_vec(), sig.to_vec()))
+        self.rt
+            .block_on(self.client.verify(key, data.to_vec(), sig.to_vec()))
     }
     /// Lists keys.
     pub fn list(&self) -> Result<Vec<KeyInfo>, ClientError> {

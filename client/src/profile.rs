@@ -53,7 +53,9 @@ impl std::str::FromStr for Transport {
             "tls" => Ok(Transport::Tls),
             "tls-psk" => Ok(Transport::TlsPsk),
             "shm" => Ok(Transport::Shm),
-            _ => Err(format!("unknown transport {s:?}; expected tcp, tls, tls-psk or shm")),
+            _ => Err(format!(
+                "unknown transport {s:?}; expected tcp, tls, tls-psk or shm"
+            )),
         }
     }
 }
@@ -69,7 +71,10 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("name", &self.name).field("auth_key", &"..").finish()
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("auth_key", &"..")
+            .finish()
     }
 }
 
@@ -86,7 +91,10 @@ impl Identity {
                 path.display()
             ))
         })?);
-        Ok(Identity { name: name.to_owned(), auth_key: SigningKey::from_bytes(&seed) })
+        Ok(Identity {
+            name: name.to_owned(),
+            auth_key: SigningKey::from_bytes(&seed),
+        })
     }
 }
 
@@ -113,7 +121,9 @@ impl Profile {
         let raw: RawProfile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let default_transport = match raw.default_transport {
-            Some(t) => t.parse().map_err(|m| err(format!("default_transport: {m}")))?,
+            Some(t) => t
+                .parse()
+                .map_err(|m| err(format!("default_transport: {m}")))?,
             None => Transport::Tcp,
         };
         Ok(Profile {
@@ -128,7 +138,10 @@ impl Profile {
     /// The identity for challenge-response transports (TCP, shm).
     pub fn identity(&self) -> Result<Identity, ClientError> {
         let path = self.auth_key.as_ref().ok_or_else(|| {
-            ClientError::Local(format!("profile {}: auth_key is not set", self.path.display()))
+            ClientError::Local(format!(
+                "profile {}: auth_key is not set",
+                self.path.display()
+            ))
         })?;
         Identity::from_key_file(&self.name, path)
     }

@@ -154,7 +154,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&ClientError::Local(format!("cannot start runtime: {e}"))),
     };
@@ -181,13 +184,15 @@ fn fail(e: &ClientError) -> ExitCode {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Writes via a temporary file and a rename, so a failure leaves no partial output file.
 fn write_out(path: &Path, data: &[u8], secret: bool) -> Result<(), ClientError> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let err = |e: std::io::Error| ClientError::Local(format!("cannot write {}: {e}", path.display()));
+    let err =
+        |e: std::io::Error| ClientError::Local(format!("cannot write {}: {e}", path.display()));
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".hsmctl-tmp");
     let tmp = PathBuf::from(tmp);
@@ -198,7 +203,10 @@ fn write_out(path: &Path, data: &[u8], secret: bool) -> Result<(), ClientError> 
         .mode(if secret { 0o600 } else { 0o644 })
         .open(&tmp)
         .map_err(err)?;
-    let res = f.write_all(data).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    let res = f
+        .write_all(data)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(err(e));
@@ -224,7 +232,13 @@ fn info_json(k: &KeyInfo) -> serde_json::Value {
 }
 
 fn spec(key_type: KeyType, a: NewKeyArgs) -> KeySpec {
-    KeySpec { key_type, label: a.label, usage: a.usage, exportable: a.exportable, session: a.session }
+    KeySpec {
+        key_type,
+        label: a.label,
+        usage: a.usage,
+        exportable: a.exportable,
+        session: a.session,
+    }
 }
 
 fn aad(a: Option<String>) -> Vec<u8> {
@@ -237,8 +251,20 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
     // Read local inputs before connecting, so a typo costs no round trip.
     let hsm = || ferrohsm_client::connect::connect(&profile, cli.transport);
     let json = cli.json;
-    let ok = || if json { json!({"ok": true}).to_string() } else { "ok".to_string() };
-    let new_key = |k: KeyInfo| if json { info_json(&k).to_string() } else { format!("{} {}", k.id, k.label) };
+    let ok = || {
+        if json {
+            json!({"ok": true}).to_string()
+        } else {
+            "ok".to_string()
+        }
+    };
+    let new_key = |k: KeyInfo| {
+        if json {
+            info_json(&k).to_string()
+        } else {
+            format!("{} {}", k.id, k.label)
+        }
+    };
     Ok(match cli.command {
         Command::Ping => {
             let c: Client = hsm().await?;
@@ -247,14 +273,24 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
         }
         Command::Random { n } => {
             let b = hsm().await?.random(n).await?;
-            if json { json!({"hex": hex(&b)}).to_string() } else { hex(&b) }
+            if json {
+                json!({"hex": hex(&b)}).to_string()
+            } else {
+                hex(&b)
+            }
         }
         Command::Digest { alg, input } => {
             let data = read(&input)?;
             let d = hsm().await?.digest(alg, data).await?;
-            if json { json!({"hex": hex(&d)}).to_string() } else { hex(&d) }
+            if json {
+                json!({"hex": hex(&d)}).to_string()
+            } else {
+                hex(&d)
+            }
         }
-        Command::Keygen { key_type, new } => new_key(hsm().await?.generate_spec(spec(key_type, new)).await?),
+        Command::Keygen { key_type, new } => {
+            new_key(hsm().await?.generate_spec(spec(key_type, new)).await?)
+        }
         Command::List => {
             let keys = hsm().await?.list().await?;
             if json {
@@ -265,12 +301,17 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
         }
         Command::Info { key } => {
             let k = hsm().await?.info(&key).await?;
-            if json { info_json(&k).to_string() } else { info_line(&k) }
+            if json {
+                info_json(&k).to_string()
+            } else {
+                info_line(&k)
+            }
         }
         Command::Pubkey { key, pem: as_pem } => {
             let (t, raw) = hsm().await?.public_key(&key).await?;
             let pem_text = pem::spki_der(t, &raw).map(|der| pem::pem_encode("PUBLIC KEY", &der));
-            let pem_text = pem_text.ok_or_else(|| ClientError::Protocol("bad public key".into()))?;
+            let pem_text =
+                pem_text.ok_or_else(|| ClientError::Protocol("bad public key".into()))?;
             if json {
                 json!({"type": t.name(), "hex": hex(&raw), "pem": pem_text}).to_string()
             } else if as_pem {
@@ -299,13 +340,23 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             hsm().await?.verify(&key, data, sig).await?;
             ok()
         }
-        Command::Encrypt { key, input, out, aad: a } => {
+        Command::Encrypt {
+            key,
+            input,
+            out,
+            aad: a,
+        } => {
             let data = read(&input)?;
             let ct = hsm().await?.encrypt(&key, data, aad(a)).await?;
             write_out(&out, &ct, false)?;
             String::new()
         }
-        Command::Decrypt { key, input, out, aad: a } => {
+        Command::Decrypt {
+            key,
+            input,
+            out,
+            aad: a,
+        } => {
             let data = read(&input)?;
             let pt = hsm().await?.decrypt(&key, data, aad(a)).await?;
             write_out(&out, &pt, true)?;
@@ -322,7 +373,12 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             hsm().await?.mac_verify(&key, data, tag).await?;
             ok()
         }
-        Command::Derive { key, peer, key_type, new } => {
+        Command::Derive {
+            key,
+            peer,
+            key_type,
+            new,
+        } => {
             let text = String::from_utf8(read(&peer)?)
                 .map_err(|_| ClientError::Local(format!("{}: not a PEM file", peer.display())))?;
             let raw = pem::pem_decode("PUBLIC KEY", &text)
@@ -348,7 +404,11 @@ fn info_line(k: &KeyInfo) -> String {
         k.label,
         k.key_type,
         k.usage.names().join(","),
-        if k.exportable { "exportable" } else { "non-exportable" },
+        if k.exportable {
+            "exportable"
+        } else {
+            "non-exportable"
+        },
         k.lifetime.name(),
         created
     )

@@ -7,7 +7,10 @@ use crate::profile::{Profile, Transport};
 use crate::{Client, ClientError};
 
 /// Connects and authenticates with `profile` over `transport` (default: the profile's).
-pub async fn connect(profile: &Profile, transport: Option<Transport>) -> Result<Client, ClientError> {
+pub async fn connect(
+    profile: &Profile,
+    transport: Option<Transport>,
+) -> Result<Client, ClientError> {
     match transport.unwrap_or(profile.default_transport) {
         Transport::Tcp => {
             let addr = profile.tcp_addr.as_deref().ok_or_else(|| {

@@ -1,0 +1,101 @@
+//! Shared helpers for the client integration tests: a real server on 127.0.0.1:0 with
+//! credentials from the real `hsmd init`, and raw-socket helpers for hostile-peer tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferrohsm_client::BlockingClient;
+use ferrohsm_client::profile::Profile;
+use ferrohsm_proto::frame::Decoded;
+use ferrohsm_proto::{Frame, FrameDecoder};
+use ferrohsm_server::init::{InitOptions, init};
+use ferrohsm_server::{Config, ServerHandle};
+
+/// A running server and its credentials directory.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub handle: Option<ServerHandle>,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    pub fn start(clients: &[&str]) -> TestServer {
+        TestServer::start_with(clients, |_| {})
+    }
+
+    /// `tweak` may change the config (window, limits) before the server starts.
+    pub fn start_with(clients: &[&str], tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = init(&InitOptions {
+            dir: dir.path().to_path_buf(),
+            clients: clients.iter().map(|s| s.to_string()).collect(),
+            tcp: "127.0.0.1:0".parse().expect("addr"),
+            force: false,
+        })
+        .expect("hsmd init");
+        let mut config = Config::load(&report.config).expect("config");
+        tweak(&mut config);
+        let handle = ferrohsm_server::start(config).expect("server starts");
+        let addr = handle.tcp_addr().expect("tcp bound");
+        // init wrote port 0 into the profiles; point them at the real port.
+        for (_, p) in &report.profiles {
+            let text = std::fs::read_to_string(p).expect("profile");
+            std::fs::write(p, text.replace("127.0.0.1:0", &addr.to_string())).expect("profile");
+        }
+        TestServer {
+            dir,
+            handle: Some(handle),
+            addr,
+        }
+    }
+
+    pub fn profile_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("clients").join(format!("{name}.toml"))
+    }
+
+    pub fn profile(&self, name: &str) -> Profile {
+        Profile::load(&self.profile_path(name)).expect("profile loads")
+    }
+
+    pub fn connect(&self, name: &str) -> BlockingClient {
+        BlockingClient::connect(&self.profile(name), None).expect("client connects")
+    }
+
+    pub fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("raw connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    }
+}
+
+/// Reads one frame from a raw socket; `None` if the server closed the connection first.
+pub fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Frame> {
+    let dec = FrameDecoder::new(2 * 1024 * 1024);
+    loop {
+        if let Ok(Decoded::Frame(f, n)) = dec.decode(buf) {
+            buf.drain(..n);
+            return Some(f);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Whether the server closes the connection (reads EOF) within the read timeout.
+pub fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    while read_frame(s, &mut buf).is_some() {}
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+pub fn send(s: &mut TcpStream, f: &Frame) {
+    s.write_all(&f.encode()).expect("write");
+}
