@@ -1,4 +1,6 @@
 //! Every operation through the client library against a real server on 127.0.0.1:0.
+// Tests may panic on unexpected results: that is how they fail.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

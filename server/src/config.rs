@@ -213,7 +213,7 @@ fn parse_public_key(hex: &str) -> Result<VerifyingKey, String> {
 
 /// Lowercase or uppercase hex to bytes.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

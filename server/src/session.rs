@@ -154,7 +154,7 @@ enum State {
     AwaitProof {
         client: String,
         nonce: [u8; 32],
-        key: Option<ed25519_dalek::VerifyingKey>,
+        key: Option<Box<ed25519_dalek::VerifyingKey>>,
     },
     Ready(Caller),
     Closed,
@@ -242,7 +242,11 @@ impl Session {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|_| OpError::internal("OS random source failed"))?;
         // An unknown name still gets a challenge, so the handshake reveals no client names.
-        let key = self.shared.clients.get(&h.client).map(|c| c.auth_key);
+        let key = self
+            .shared
+            .clients
+            .get(&h.client)
+            .map(|c| Box::new(c.auth_key));
         self.state = State::AwaitProof {
             client: h.client,
             nonce,
@@ -261,7 +265,7 @@ impl Session {
                 "proof without hello",
             ));
         };
-        let ok = key.is_some_and(|k| {
+        let ok = key.as_ref().is_some_and(|k| {
             ed25519_dalek::Signature::from_slice(signature).is_ok_and(|sig| {
                 k.verify_strict(&transcript(client, self.id, nonce), &sig)
                     .is_ok()

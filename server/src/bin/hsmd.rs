@@ -78,11 +78,12 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             };
             let config = Config::load(&config_path)?;
             ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| {
-                if let Some(addr) = bound.tcp {
-                    println!("hsmd: listening on tcp {addr}");
-                }
-                if let Some(h) = hint {
-                    println!("hsmd: connect with: hsmctl --profile {h} ping");
+                let addr = bound.tcp.map(|a| a.to_string()).unwrap_or_default();
+                match hint {
+                    Some(h) => println!(
+                        "hsmd: listening on tcp {addr}; connect with: hsmctl --profile {h} ping"
+                    ),
+                    None => println!("hsmd: listening on tcp {addr}"),
                 }
             })
         }

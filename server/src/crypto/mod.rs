@@ -42,7 +42,7 @@ pub enum JobOutput {
     /// A finished response.
     Response(Response),
     /// A new key for the key manager to store.
-    NewKey(KeySpec, UsageSet, KeyMaterial),
+    NewKey(KeySpec, UsageSet, Box<KeyMaterial>),
 }
 
 impl CryptoJob {
@@ -64,11 +64,11 @@ impl CryptoJob {
             }
             CryptoJob::Generate(spec, usage) => {
                 let m = KeyMaterial::generate(spec.key_type)?;
-                Ok(JobOutput::NewKey(spec, usage, m))
+                Ok(JobOutput::NewKey(spec, usage, Box::new(m)))
             }
             CryptoJob::Derive(k, peer, spec, usage) => {
                 let m = ops::derive(&k, &peer, spec.key_type)?;
-                Ok(JobOutput::NewKey(spec, usage, m))
+                Ok(JobOutput::NewKey(spec, usage, Box::new(m)))
             }
         }
     }

@@ -69,7 +69,7 @@ pub struct Insert {
     /// Resolved usage.
     pub usage: UsageSet,
     /// The secret.
-    pub material: KeyMaterial,
+    pub material: Box<KeyMaterial>,
 }
 
 /// The actor.
@@ -258,7 +258,7 @@ impl KeyManager {
             NewKey {
                 info,
                 session,
-                material: Arc::new(material),
+                material: Arc::from(material),
             },
         )?;
         tracing::debug!(client = %caller.client, id = entry.info.id, key_type = %entry.info.key_type, "key stored");
