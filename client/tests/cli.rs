@@ -146,6 +146,20 @@ fn openssl() -> Option<&'static str> {
     None
 }
 
+/// Signs DIR/msg with `key` into DIR/KEY.sig and writes its public key to DIR/KEY.pem.
+fn sign_and_export_pem(ctl: &Ctl, key: &str, dir: &Path) -> (String, String) {
+    let path = |ext: &str| {
+        dir.join(format!("{key}.{ext}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let msg = dir.join("msg").to_str().unwrap().to_string();
+    ctl.ok(&["sign", key, "--in", &msg, "--out", &path("sig")]);
+    std::fs::write(path("pem"), ctl.ok(&["pubkey", key, "--pem"]) + "\n").unwrap();
+    (path("sig"), path("pem"))
+}
+
 fn setup() -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hsm");
@@ -251,23 +265,9 @@ fn every_foundation_command_through_the_binaries() {
 
     // sign / verify, both curves
     for key in ["ed", "ec"] {
-        alice.ok(&[
-            "sign",
-            key,
-            "--in",
-            &p("msg"),
-            "--out",
-            &p(&format!("{key}.sig")),
-        ]);
+        let (sig, _) = sign_and_export_pem(&alice, key, tmp.path());
         assert_eq!(
-            alice.ok(&[
-                "verify",
-                key,
-                "--in",
-                &p("msg"),
-                "--sig",
-                &p(&format!("{key}.sig"))
-            ]),
+            alice.ok(&["verify", key, "--in", &p("msg"), "--sig", &sig]),
             "ok"
         );
         let pem = alice.ok(&["pubkey", key, "--pem"]);
@@ -456,19 +456,7 @@ fn openssl_verifies_signatures_and_reads_keys() {
     alice.ok(&["keygen", "--type", "ed25519", "--label", "ed"]);
     alice.ok(&["keygen", "--type", "p256", "--label", "ec"]);
     for key in ["ed", "ec"] {
-        std::fs::write(
-            t(&format!("{key}.pem")),
-            alice.ok(&["pubkey", key, "--pem"]) + "\n",
-        )
-        .unwrap();
-        alice.ok(&[
-            "sign",
-            key,
-            "--in",
-            &p("msg"),
-            "--out",
-            &p(&format!("{key}.sig")),
-        ]);
+        sign_and_export_pem(&alice, key, tmp.path());
     }
     let run = |args: &[&str]| Command::new(ossl).args(args).output().unwrap();
     let ed = run(&[

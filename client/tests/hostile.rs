@@ -24,18 +24,19 @@ fn error_status(f: &Frame) -> Status {
         .unwrap()
 }
 
+fn hello(s: &mut std::net::TcpStream, name: &str) {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client: name.into(),
+    };
+    send(s, &Request::Hello(hello).to_frame(1));
+}
+
 /// Handshakes by hand on a raw socket; returns the socket and the proof it sent.
 fn raw_login(srv: &TestServer, id: &Identity) -> (std::net::TcpStream, Vec<u8>, Vec<u8>) {
     let mut s = srv.raw();
     let mut buf = Vec::new();
-    send(
-        &mut s,
-        &Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            client: id.name.clone(),
-        })
-        .to_frame(1),
-    );
+    hello(&mut s, &id.name);
     let f = read_frame(&mut s, &mut buf).expect("challenge");
     let Response::Challenge(c) = Response::decode(f.header.opcode, &f.body).unwrap() else {
         panic!()
@@ -109,14 +110,7 @@ fn a_replayed_proof_is_refused() {
     // Same proof on a fresh connection: the new challenge differs, so it must fail.
     let mut s = srv.raw();
     let mut buf2 = Vec::new();
-    send(
-        &mut s,
-        &Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            client: "alice".into(),
-        })
-        .to_frame(1),
-    );
+    hello(&mut s, "alice");
     read_frame(&mut s, &mut buf2).unwrap();
     send(
         &mut s,

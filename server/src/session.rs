@@ -468,11 +468,27 @@ where
 
 async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
-    mut rd: R,
+    rd: R,
     session: actix::Addr<Session>,
     out: mpsc::Sender<Outbound>,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
     peer: String,
+) {
+    pump(&shared, rd, &session, &out, stop, &peer).await;
+    // However reading ended (EOF, error, malformed frame, shutdown), the session ends with it;
+    // if the session itself asked us to stop, it is gone already and this is a no-op.
+    let _ = session.send(Close).await;
+}
+
+/// Reads frames and hands them to the session, one window ticket each, until the peer hangs
+/// up, sends a malformed frame, the session stops us, or the server shuts down.
+async fn pump<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    mut rd: R,
+    session: &actix::Addr<Session>,
+    out: &mpsc::Sender<Outbound>,
+    mut stop: oneshot::Receiver<()>,
+    peer: &str,
 ) {
     let decoder = FrameDecoder::new(shared.max_body);
     let window = Arc::new(Semaphore::new(shared.window as usize));
@@ -488,7 +504,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     let permit = tokio::select! {
                         p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                         _ = &mut stop => return,
-                        _ = shutdown.wait_for(|s| *s) => return session.do_send(Close),
+                        _ = shutdown.wait_for(|s| *s) => return,
                     };
                     let ticket = Ticket {
                         _window: permit,
@@ -513,7 +529,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             _ticket: None,
                         })
                         .await;
-                    session.do_send(Close);
                     return;
                 }
             }
@@ -521,13 +536,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let n = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = &mut stop => return,
-            _ = shutdown.wait_for(|s| *s) => { session.do_send(Close); return; }
+            _ = shutdown.wait_for(|s| *s) => return,
         };
         match n {
-            Ok(0) | Err(_) => {
-                session.do_send(Close);
-                return;
-            }
+            Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
     }

@@ -214,6 +214,28 @@ fn write_out(path: &Path, data: &[u8], secret: bool) -> Result<(), ClientError> 
     Ok(())
 }
 
+/// Reads `input` (before connecting), runs `op` on it, writes the result to `out`.
+async fn file_to_file<T: AsRef<[u8]>>(
+    input: &Path,
+    out: &Path,
+    secret: bool,
+    op: impl AsyncFnOnce(Vec<u8>) -> Result<T, ClientError>,
+) -> Result<String, ClientError> {
+    let result = op(read(input)?).await?;
+    write_out(out, result.as_ref(), secret)?;
+    Ok(String::new())
+}
+
+/// Reads two inputs (data and a signature or MAC), then runs `op` on them.
+async fn two_files(
+    input: &Path,
+    other: &Path,
+    op: impl AsyncFnOnce(Vec<u8>, Vec<u8>) -> Result<(), ClientError>,
+) -> Result<(), ClientError> {
+    let (data, other) = (read(input)?, read(other)?);
+    op(data, other).await
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -330,14 +352,16 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             ok()
         }
         Command::Sign { key, input, out } => {
-            let data = read(&input)?;
-            let sig = hsm().await?.sign(&key, data).await?;
-            write_out(&out, &sig, false)?;
-            String::new()
+            file_to_file(&input, &out, false, async |d| {
+                hsm().await?.sign(&key, d).await
+            })
+            .await?
         }
         Command::Verify { key, input, sig } => {
-            let (data, sig) = (read(&input)?, read(&sig)?);
-            hsm().await?.verify(&key, data, sig).await?;
+            two_files(&input, &sig, async |d, s| {
+                hsm().await?.verify(&key, d, s).await
+            })
+            .await?;
             ok()
         }
         Command::Encrypt {
@@ -346,10 +370,8 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             out,
             aad: a,
         } => {
-            let data = read(&input)?;
-            let ct = hsm().await?.encrypt(&key, data, aad(a)).await?;
-            write_out(&out, &ct, false)?;
-            String::new()
+            let op = async |d| hsm().await?.encrypt(&key, d, aad(a)).await;
+            file_to_file(&input, &out, false, op).await?
         }
         Command::Decrypt {
             key,
@@ -357,20 +379,20 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             out,
             aad: a,
         } => {
-            let data = read(&input)?;
-            let pt = hsm().await?.decrypt(&key, data, aad(a)).await?;
-            write_out(&out, &pt, true)?;
-            String::new()
+            let op = async |d| hsm().await?.decrypt(&key, d, aad(a)).await;
+            file_to_file(&input, &out, true, op).await?
         }
         Command::Mac { key, input, out } => {
-            let data = read(&input)?;
-            let tag = hsm().await?.mac(&key, data).await?;
-            write_out(&out, &tag, false)?;
-            String::new()
+            file_to_file(&input, &out, false, async |d| {
+                hsm().await?.mac(&key, d).await
+            })
+            .await?
         }
         Command::MacVerify { key, input, mac } => {
-            let (data, tag) = (read(&input)?, read(&mac)?);
-            hsm().await?.mac_verify(&key, data, tag).await?;
+            two_files(&input, &mac, async |d, m| {
+                hsm().await?.mac_verify(&key, d, m).await
+            })
+            .await?;
             ok()
         }
         Command::Derive {

@@ -128,8 +128,11 @@ fn init_logging() {
         "off" => LevelFilter::OFF,
         _ => LevelFilter::INFO,
     };
+    use std::io::IsTerminal as _;
+    // Colour only on a terminal: logs redirected to files or journald stay plain text.
     tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
