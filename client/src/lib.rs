@@ -436,7 +436,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let frame = match read_frame(&mut rd, &mut buf, &dec).await {
             Ok(f) => f,
             Err(e) => {
-                let msg = e.to_string();
+                let msg = match e {
+                    ClientError::Connection(m) => m,
+                    other => other.to_string(),
+                };
                 fail_all(&|| ClientError::Connection(msg.clone()));
                 return;
             }

@@ -343,3 +343,46 @@ fn oversized_request_is_refused_locally_and_by_server() {
     assert!(e.to_string().contains("4096"), "{e}");
     hsm.ping().unwrap();
 }
+
+#[test]
+fn shutdown_finishes_requests_already_in_flight() {
+    let mut srv = TestServer::start_with(&["alice"], |c| {
+        c.window = 80;
+        c.workers = 1;
+    });
+    let hsm = srv.connect("alice");
+    let c = hsm.client().clone();
+    let data = vec![0x42u8; 256 * 1024];
+    let expected = hsm
+        .block_on(c.digest(DigestAlg::Sha256, data.clone()))
+        .unwrap();
+    let handle = srv.handle.take().unwrap();
+    let (results, stopped) = hsm.block_on(async {
+        // 64 digests queue behind one crypto worker (~10 ms of work). A ping after them comes
+        // back only once the session has taken every one of them in.
+        let mut pending = Vec::new();
+        for _ in 0..64 {
+            let req = ferrohsm_proto::Request::Digest {
+                alg: DigestAlg::Sha256,
+                data: data.clone(),
+            };
+            pending.push(c.submit(req).await.unwrap());
+        }
+        c.ping().await.unwrap();
+        let stopper = std::thread::spawn(move || handle.shutdown());
+        let mut results = Vec::new();
+        for p in pending {
+            results.push(p.wait().await);
+        }
+        (results, stopper.join().unwrap())
+    });
+    stopped.unwrap();
+    for r in results {
+        assert_eq!(
+            r.unwrap(),
+            ferrohsm_proto::Response::Bytes(expected.clone())
+        );
+    }
+    // And the server is gone now.
+    assert!(hsm.block_on(c.ping()).is_err());
+}
