@@ -3,10 +3,13 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+
+#[path = "support/daemon.rs"]
+mod daemon;
+
+use daemon::{Daemon, free_port};
 
 fn hsmctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hsmctl"))
@@ -20,78 +23,6 @@ fn hsmd_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real `hsmd` process; killed on drop if still running.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    /// Starts `hsmd ARGS` in `cwd` and waits for its "listening" line.
-    fn start(cwd: &Path, args: &[&str]) -> (Daemon, Vec<String>) {
-        let mut child = Command::new(hsmd_bin())
-            .args(args)
-            .current_dir(cwd)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("hsmd starts");
-        let mut lines = Vec::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        loop {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                panic!(
-                    "hsmd exited before listening: {lines:?}, status {:?}",
-                    child.wait()
-                );
-            }
-            lines.push(line.trim_end().to_string());
-            if line.contains("listening on tcp") {
-                break;
-            }
-        }
-        // Keep draining stdout so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in out.lines() {});
-        (Daemon { child }, lines)
-    }
-
-    /// SIGTERM, then the exit status (must come within 10 s).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "hsmd did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Ctl {
@@ -183,7 +114,11 @@ fn setup() -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
         String::from_utf8_lossy(&o.stderr)
     );
     let config = dir.join("hsmd.toml");
-    let (d, lines) = Daemon::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let (d, lines) = Daemon::start(
+        &hsmd_bin(),
+        tmp.path(),
+        &["--config", config.to_str().unwrap()],
+    );
     assert!(lines.iter().any(|l| l.contains(&addr)), "{lines:?}");
     let alice = Ctl {
         profile: dir.join("clients/alice.toml"),
@@ -521,56 +456,4 @@ fn openssl_verifies_signatures_and_reads_keys() {
         x.status.success() && String::from_utf8_lossy(&x.stdout).contains("X25519"),
         "{x:?}"
     );
-}
-
-#[test]
-fn hsmd_init_refuses_non_empty_dir_without_force() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("d");
-    let init = |extra: &[&str]| {
-        Command::new(hsmd_bin())
-            .args(["init", "--dir", d.to_str().unwrap(), "--clients", "alice"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    assert!(init(&[]).status.success());
-    let key = std::fs::read(d.join("clients/alice.key")).unwrap();
-    let again = init(&[]);
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    assert!(init(&["--force"]).status.success());
-    assert_eq!(
-        std::fs::read(d.join("clients/alice.key")).unwrap(),
-        key,
-        "--force keeps keys"
-    );
-    let bad = init(&["--force", "--tcp", "not-an-address"]);
-    assert_eq!(bad.status.code(), Some(2));
-}
-
-#[test]
-fn hsmd_without_arguments_initialises_hsm_data_and_serves() {
-    let tmp = tempfile::tempdir().unwrap();
-    if std::net::TcpListener::bind("127.0.0.1:7301").is_err() {
-        eprintln!(
-            "SKIPPED: port 7301 (hsmd's default) is busy on this machine; default-start not checked"
-        );
-        return;
-    }
-    let (daemon, lines) = Daemon::start(tmp.path(), &[]);
-    let hint = lines
-        .iter()
-        .find(|l| l.contains("hsmctl --profile"))
-        .expect("a connect hint");
-    assert!(hint.contains("hsm-data/clients/default.toml"), "{hint}");
-    let ctl = Ctl {
-        profile: tmp.path().join("hsm-data/clients/default.toml"),
-    };
-    assert_eq!(ctl.ok(&["ping"]), "ok");
-    assert_eq!(daemon.terminate().code(), Some(0));
-    // Second start reuses the directory.
-    let (daemon, _) = Daemon::start(tmp.path(), &[]);
-    assert_eq!(ctl.ok(&["ping"]), "ok");
-    assert_eq!(daemon.terminate().code(), Some(0));
 }

@@ -1,0 +1,79 @@
+//! A real `hsmd` process for tests, shared by the client and server test suites.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `hsmd` process; killed on drop if still running.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    /// Starts `hsmd ARGS` in `cwd` and waits for its "listening" line.
+    pub fn start(bin: &Path, cwd: &Path, args: &[&str]) -> (Daemon, Vec<String>) {
+        let mut child = Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hsmd starts");
+        let mut lines = Vec::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!(
+                    "hsmd exited before listening: {lines:?}, status {:?}",
+                    child.wait()
+                );
+            }
+            lines.push(line.trim_end().to_string());
+            if line.contains("listening on tcp") {
+                break;
+            }
+        }
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        (Daemon { child }, lines)
+    }
+
+    /// SIGTERM, then the exit status (must come within 10 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "hsmd did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
