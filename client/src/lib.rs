@@ -112,7 +112,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
                 let n = rd
                     .read_buf(buf)
                     .await
-                    .map_err(|e| ClientError::Connection(e.to_string()))?;
+                    .map_err(|e| ClientError::Connection(ferrohsm_tls::client::describe(&e)))?;
                 if n == 0 {
                     return Err(closed());
                 }
@@ -141,7 +141,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let io = |e: std::io::Error| ClientError::Connection(e.to_string());
+    let io = |e: std::io::Error| ClientError::Connection(ferrohsm_tls::client::describe(&e));
     wr.write_all(&req.to_frame(0).encode()).await.map_err(io)?;
     wr.flush().await.map_err(io)?;
     let frame = read_frame(rd, buf, dec).await?;
@@ -165,17 +165,25 @@ impl Client {
             version: PROTOCOL_VERSION,
             client: id.name.clone(),
         });
-        let challenge = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, hello).await? {
-            Response::Challenge(c) => c,
-            other => return Err(unexpected(other)),
-        };
-        let t = transcript(&id.name, challenge.session_id, &challenge.nonce);
-        let signature = ed25519_dalek::Signer::sign(&id.auth_key, &t)
-            .to_bytes()
-            .to_vec();
-        let proof = Request::Proof(Proof { signature });
-        let welcome = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, proof).await? {
+        // On TLS the credential already proved the name and the server welcomes us at once;
+        // elsewhere it sends a challenge for our auth key.
+        let welcome = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, hello).await? {
             Response::Welcome(w) => w,
+            Response::Challenge(challenge) => {
+                let key = id.auth_key.as_ref().ok_or_else(|| {
+                    ClientError::Connection(
+                        "the server asked for an auth-key proof but the profile has no auth_key"
+                            .into(),
+                    )
+                })?;
+                let t = transcript(&id.name, challenge.session_id, &challenge.nonce);
+                let signature = ed25519_dalek::Signer::sign(key, &t).to_bytes().to_vec();
+                let proof = Request::Proof(Proof { signature });
+                match handshake_step(&mut rd, &mut wr, &mut buf, &dec, proof).await? {
+                    Response::Welcome(w) => w,
+                    other => return Err(unexpected(other)),
+                }
+            }
             other => return Err(unexpected(other)),
         };
         Ok(Client::start(rd, wr, buf, welcome))

@@ -3,10 +3,20 @@
 //!
 //! ```toml
 //! name = "alice"
-//! auth_key = "alice.key"          # Ed25519 PKCS#8 PEM
-//! default_transport = "tcp"
+//! auth_key = "alice.key"          # Ed25519 PKCS#8 PEM (TCP)
+//! default_transport = "tcp"       # tcp | tls | tls-psk | shm
 //! [tcp]
 //! addr = "127.0.0.1:7301"
+//! [tls]
+//! addr = "127.0.0.1:7302"
+//! server_name = "localhost"       # must match the server certificate
+//! ca = "../pki/ca.pem"            # trust anchor for the server certificate
+//! cert = "alice.pem"              # our client certificate and its key
+//! key = "alice.tls.key"
+//! [tls_psk]
+//! addr = "127.0.0.1:7303"
+//! identity = "alice"
+//! key_file = "alice.psk"          # the PSK as hex
 //! ```
 
 use std::fmt;
@@ -25,11 +35,55 @@ struct RawTcp {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    addr: String,
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPsk {
+    addr: String,
+    identity: Option<String>,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
 struct RawProfile {
     name: String,
     auth_key: Option<PathBuf>,
     default_transport: Option<String>,
     tcp: Option<RawTcp>,
+    tls: Option<RawTls>,
+    tls_psk: Option<RawPsk>,
+}
+
+/// Certificate TLS settings of a profile (paths resolved).
+#[derive(Debug, Clone)]
+pub struct TlsProfile {
+    /// Server address.
+    pub addr: String,
+    /// Name the server certificate must carry.
+    pub server_name: String,
+    /// CA for the server certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key; `None` connects without one (the server will refuse).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// TLS-PSK settings of a profile (paths resolved).
+#[derive(Debug, Clone)]
+pub struct PskProfile {
+    /// Server address.
+    pub addr: String,
+    /// PSK identity.
+    pub identity: String,
+    /// File holding the PSK as hex.
+    pub key_file: PathBuf,
 }
 
 /// Transports a profile can name.
@@ -65,8 +119,8 @@ impl std::str::FromStr for Transport {
 pub struct Identity {
     /// Client name.
     pub name: String,
-    /// Ed25519 auth key (dalek zeroizes it on drop).
-    pub auth_key: SigningKey,
+    /// Ed25519 auth key (dalek zeroizes it on drop); needed on TCP, not on TLS.
+    pub auth_key: Option<SigningKey>,
 }
 
 impl fmt::Debug for Identity {
@@ -93,7 +147,7 @@ impl Identity {
         })?);
         Ok(Identity {
             name: name.to_owned(),
-            auth_key: SigningKey::from_bytes(&seed),
+            auth_key: Some(SigningKey::from_bytes(&seed)),
         })
     }
 }
@@ -111,6 +165,10 @@ pub struct Profile {
     pub default_transport: Transport,
     /// TCP address.
     pub tcp_addr: Option<String>,
+    /// Certificate TLS.
+    pub tls: Option<TlsProfile>,
+    /// TLS-PSK.
+    pub tls_psk: Option<PskProfile>,
 }
 
 impl Profile {
@@ -128,11 +186,37 @@ impl Profile {
         };
         Ok(Profile {
             path: path.to_path_buf(),
-            name: raw.name,
+            name: raw.name.clone(),
             auth_key: raw.auth_key.map(|p| dir.join(p)),
             default_transport,
             tcp_addr: raw.tcp.map(|t| t.addr),
+            tls: match raw.tls {
+                Some(t) => Some(TlsProfile {
+                    addr: t.addr,
+                    server_name: t.server_name.unwrap_or_else(|| "localhost".into()),
+                    ca: dir.join(t.ca),
+                    identity: match (t.cert, t.key) {
+                        (Some(c), Some(k)) => Some((dir.join(c), dir.join(k))),
+                        (None, None) => None,
+                        _ => return Err(err("[tls]: cert and key go together".into())),
+                    },
+                }),
+                None => None,
+            },
+            tls_psk: raw.tls_psk.map(|p| PskProfile {
+                addr: p.addr,
+                identity: p.identity.unwrap_or_else(|| raw.name.clone()),
+                key_file: dir.join(p.key_file),
+            }),
         })
+    }
+
+    /// The name alone, for transports whose credential proves it (TLS).
+    pub fn name_only(&self) -> Identity {
+        Identity {
+            name: self.name.clone(),
+            auth_key: None,
+        }
     }
 
     /// The identity for challenge-response transports (TCP, shm).

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 #[path = "support/daemon.rs"]
 mod daemon;
 
-use daemon::{Daemon, free_port};
+use daemon::{Daemon, Ports};
 
 fn hsmctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hsmctl"))
@@ -94,18 +94,11 @@ fn sign_and_export_pem(ctl: &Ctl, key: &str, dir: &Path) -> (String, String) {
 fn setup() -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hsm");
-    let addr = format!("127.0.0.1:{}", free_port());
+    let ports = Ports::new();
     let dir_s = dir.to_str().unwrap();
     let o = Command::new(hsmd_bin())
-        .args([
-            "init",
-            "--dir",
-            dir_s,
-            "--clients",
-            "alice,bob",
-            "--tcp",
-            &addr,
-        ])
+        .args(["init", "--dir", dir_s, "--clients", "alice,bob"])
+        .args(ports.args())
         .output()
         .unwrap();
     assert!(
@@ -119,7 +112,7 @@ fn setup() -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
         tmp.path(),
         &["--config", config.to_str().unwrap()],
     );
-    assert!(lines.iter().any(|l| l.contains(&addr)), "{lines:?}");
+    assert_eq!(lines.last(), Some(&ports.ready_line()), "{lines:?}");
     let alice = Ctl {
         profile: dir.join("clients/alice.toml"),
     };

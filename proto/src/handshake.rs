@@ -7,6 +7,8 @@
 //!   Proof { Ed25519 signature over transcript(client, session_id, nonce) } ->
 //!                                  <-      Welcome { session_id, max_body, window }
 //! ```
+//! On TLS the credential has proved the client already: the server checks that the hello names
+//! that client and answers it with the welcome directly (see [`HelloReply`]).
 //! The signature covers a domain-separation prefix, the session id, the server's fresh nonce
 //! and the client name, so a proof is good for exactly one connection and one name: replaying
 //! it on another connection fails because that connection has another nonce.
@@ -29,6 +31,16 @@ pub struct Challenge {
     pub session_id: u64,
     /// 32 fresh random bytes.
     pub nonce: [u8; 32],
+}
+
+/// The answer to a hello: a challenge to sign, or, when the transport already proved the
+/// client (TLS certificate or PSK), the welcome straight away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Sign this (plain TCP, shared memory).
+    Challenge(Challenge),
+    /// Session open (TLS).
+    Welcome(Welcome),
 }
 
 /// Handshake step 3: the client's proof of its auth key.

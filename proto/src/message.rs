@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::frame::{FLAG_ERROR, FLAG_RESPONSE, Frame, Opcode};
-use crate::handshake::{Challenge, Hello, Proof, Welcome};
+use crate::handshake::{Challenge, Hello, HelloReply, Proof, Welcome};
 use crate::status::{ErrorBody, Status};
 
 /// A key label: `[A-Za-z][A-Za-z0-9._-]{0,63}`, so a label never looks like a numeric id.
@@ -726,7 +726,7 @@ impl Response {
     /// The postcard body of this response.
     pub fn encode_body(&self) -> Vec<u8> {
         match self {
-            Response::Challenge(c) => to_body(c),
+            Response::Challenge(c) => to_body(&HelloReply::Challenge(c.clone())),
             Response::Welcome(w) => to_body(w),
             Response::Done => Vec::new(),
             Response::Bytes(b) => to_body(b),
@@ -738,14 +738,25 @@ impl Response {
 
     /// A response frame answering `opcode` / `request_id`.
     pub fn to_frame(&self, opcode: u16, request_id: u64) -> Frame {
-        Frame::new(FLAG_RESPONSE, opcode, request_id, self.encode_body())
+        let body = match self {
+            // A hello is answered by a HelloReply: a challenge, or (when the transport already
+            // proved the client) the welcome itself.
+            Response::Welcome(w) if opcode == Opcode::Hello as u16 => {
+                to_body(&HelloReply::Welcome(w.clone()))
+            }
+            other => other.encode_body(),
+        };
+        Frame::new(FLAG_RESPONSE, opcode, request_id, body)
     }
 
     /// Decodes a successful response to a request with `opcode`.
     pub fn decode(opcode: u16, body: &[u8]) -> Result<Response, BodyError> {
         let op = Opcode::from_u16(opcode).ok_or(BodyError::UnknownOpcode(opcode))?;
         Ok(match op {
-            Opcode::Hello => Response::Challenge(from_body(opcode, body)?),
+            Opcode::Hello => match from_body(opcode, body)? {
+                HelloReply::Challenge(c) => Response::Challenge(c),
+                HelloReply::Welcome(w) => Response::Welcome(w),
+            },
             Opcode::Proof => Response::Welcome(from_body(opcode, body)?),
             Opcode::Ping | Opcode::Delete | Opcode::Verify | Opcode::MacVerify => {
                 empty_body(opcode, body).map(|_| Response::Done)?
@@ -872,6 +883,29 @@ mod tests {
         };
         let cases = [
             (Opcode::Ping, Response::Done),
+            (
+                Opcode::Hello,
+                Response::Challenge(Challenge {
+                    session_id: 3,
+                    nonce: [7; 32],
+                }),
+            ),
+            (
+                Opcode::Hello,
+                Response::Welcome(Welcome {
+                    session_id: 3,
+                    max_body: 9,
+                    window: 2,
+                }),
+            ),
+            (
+                Opcode::Proof,
+                Response::Welcome(Welcome {
+                    session_id: 4,
+                    max_body: 9,
+                    window: 2,
+                }),
+            ),
             (Opcode::Sign, Response::Bytes(vec![1, 2, 3])),
             (Opcode::Info, Response::Key(info.clone())),
             (Opcode::List, Response::Keys(vec![info.clone(), info])),

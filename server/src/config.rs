@@ -10,13 +10,29 @@
 //! max_connections = 1024
 //! handshake_timeout_ms = 10000
 //!
+//! max_connections_per_client = 64
+//!
 //! [tcp]
 //! addr = "127.0.0.1:7301"
 //! allow_insecure_remote = false   # plain TCP off loopback needs this
 //!
+//! [tls]                           # mutual-certificate TLS (rustls)
+//! addr = "127.0.0.1:7302"
+//! ca = "pki/ca.pem"               # client certificates must chain to this CA
+//! cert = "pki/server.pem"         # server certificate chain
+//! key = "pki/server.key"
+//! allow_tls12 = false
+//!
+//! [tls_psk]                       # TLS 1.3 with a pre-shared key (OpenSSL)
+//! addr = "127.0.0.1:7303"
+//!
 //! [clients.alice]
 //! auth_public_key = "<64 hex digits: the Ed25519 public half of clients/alice.key>"
+//! tls_names = ["alice"]           # certificate CN/SAN names meaning alice (default: [name])
+//! psk_identity = "alice"          # default: the client name
+//! psk_file = "clients/alice.psk"  # the PSK as hex; no file, no PSK login
 //! ```
+//! Paths are relative to the config file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +53,24 @@ struct RawServer {
     max_body: Option<u32>,
     max_connections: Option<usize>,
     handshake_timeout_ms: Option<u64>,
+    max_connections_per_client: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    addr: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    allow_tls12: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPsk {
+    addr: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,7 +84,10 @@ struct RawTcp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
-    auth_public_key: String,
+    auth_public_key: Option<String>,
+    tls_names: Option<Vec<String>>,
+    psk_identity: Option<String>,
+    psk_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +96,8 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     tcp: Option<RawTcp>,
+    tls: Option<RawTls>,
+    tls_psk: Option<RawPsk>,
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
 }
@@ -70,11 +109,48 @@ pub struct TcpConfig {
     pub addr: SocketAddr,
 }
 
-/// One configured client.
+/// Certificate TLS listener settings.
 #[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// CA that client certificates must chain to.
+    pub ca: PathBuf,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// Also accept TLS 1.2.
+    pub allow_tls12: bool,
+}
+
+/// TLS-PSK listener settings.
+#[derive(Debug, Clone)]
+pub struct PskConfig {
+    /// Address to bind.
+    pub addr: SocketAddr,
+}
+
+/// One configured client.
+#[derive(Clone)]
 pub struct ClientConfig {
-    /// Ed25519 public key that proves the client's name on TCP (and, later, shm).
-    pub auth_key: VerifyingKey,
+    /// Ed25519 public key that proves the client's name on TCP (and shm); `None`: the client
+    /// may only use TLS.
+    pub auth_key: Option<VerifyingKey>,
+    /// Certificate names (subject CN or DNS SAN) that identify this client.
+    pub tls_names: Vec<String>,
+    /// PSK identity and key, if the client may use TLS-PSK.
+    pub psk: Option<(String, ferrohsm_tls::psk::Psk)>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("auth_key", &self.auth_key)
+            .field("tls_names", &self.tls_names)
+            .field("psk_identity", &self.psk.as_ref().map(|(id, _)| id))
+            .finish()
+    }
 }
 
 /// Validated server configuration.
@@ -92,8 +168,14 @@ pub struct Config {
     pub max_connections: usize,
     /// A connection that has not authenticated by then is closed.
     pub handshake_timeout: Duration,
+    /// Concurrent sessions per client, at most.
+    pub max_connections_per_client: usize,
     /// Plain TCP listener.
     pub tcp: Option<TcpConfig>,
+    /// Certificate TLS listener.
+    pub tls: Option<TlsConfig>,
+    /// TLS-PSK listener.
+    pub tls_psk: Option<PskConfig>,
     /// Clients by name.
     pub clients: BTreeMap<String, ClientConfig>,
 }
@@ -108,7 +190,10 @@ impl Config {
             max_body: ferrohsm_proto::DEFAULT_MAX_BODY,
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
+            max_connections_per_client: 64,
             tcp: None,
+            tls: None,
+            tls_psk: None,
             clients: BTreeMap::new(),
         }
     }
@@ -147,13 +232,15 @@ impl Config {
                 positive(Some(ms), 1, "server.handshake_timeout_ms").map_err(err)?,
             );
         }
+        c.max_connections_per_client = positive(
+            s.max_connections_per_client,
+            c.max_connections_per_client,
+            "server.max_connections_per_client",
+        )
+        .map_err(err)?;
+        let dir = config_dir(path);
         if let Some(t) = raw.tcp {
-            let addr: SocketAddr = t.addr.parse().map_err(|_| {
-                err(format!(
-                    "tcp.addr: expected an IP address and port, got {:?}",
-                    t.addr
-                ))
-            })?;
+            let addr = parse_addr(&t.addr, "tcp.addr").map_err(err)?;
             if !addr.ip().is_loopback() && !t.allow_insecure_remote {
                 return Err(err(format!(
                     "tcp.addr {addr} is not a loopback address; plain TCP is not confidential, \
@@ -165,19 +252,93 @@ impl Config {
             }
             c.tcp = Some(TcpConfig { addr });
         }
-        for (name, rc) in raw.clients {
-            validate_client_name(&name).map_err(|m| err(format!("clients.{name}: {m}")))?;
-            let auth_key = parse_public_key(&rc.auth_public_key)
-                .map_err(|m| err(format!("clients.{name}.auth_public_key: {m}")))?;
-            c.clients.insert(name, ClientConfig { auth_key });
+        if let Some(t) = raw.tls {
+            let file = |p: PathBuf, key: &str| existing(&dir, p, &format!("tls.{key}"));
+            c.tls = Some(TlsConfig {
+                addr: parse_addr(&t.addr, "tls.addr").map_err(err)?,
+                ca: file(t.ca, "ca").map_err(err)?,
+                cert: file(t.cert, "cert").map_err(err)?,
+                key: file(t.key, "key").map_err(err)?,
+                allow_tls12: t.allow_tls12,
+            });
         }
-        if c.tcp.is_none() {
+        if let Some(t) = raw.tls_psk {
+            c.tls_psk = Some(PskConfig {
+                addr: parse_addr(&t.addr, "tls_psk.addr").map_err(err)?,
+            });
+        }
+        for (name, rc) in raw.clients {
+            let at = |key: &str, m: String| err(format!("clients.{name}.{key}: {m}"));
+            validate_client_name(&name).map_err(|m| err(format!("clients.{name}: {m}")))?;
+            let auth_key = match &rc.auth_public_key {
+                Some(k) => Some(parse_public_key(k).map_err(|m| at("auth_public_key", m))?),
+                None => None,
+            };
+            let psk = match rc.psk_file {
+                Some(f) => {
+                    let f = existing(&dir, f, &format!("clients.{name}.psk_file")).map_err(err)?;
+                    let key = ferrohsm_tls::psk::load_psk(&f)
+                        .map_err(|e| at("psk_file", e.to_string()))?;
+                    Some((rc.psk_identity.unwrap_or_else(|| name.clone()), key))
+                }
+                None => None,
+            };
+            let tls_names = rc.tls_names.unwrap_or_else(|| vec![name.clone()]);
+            c.clients.insert(
+                name,
+                ClientConfig {
+                    auth_key,
+                    tls_names,
+                    psk,
+                },
+            );
+        }
+        check_unique(&c).map_err(err)?;
+        if c.tcp.is_none() && c.tls.is_none() && c.tls_psk.is_none() {
             return Err(err(
-                "no listener configured: expected a [tcp] section".into()
+                "no listener configured: expected a [tcp], [tls] or [tls_psk] section".into(),
             ));
         }
         Ok(c)
     }
+}
+
+fn parse_addr(s: &str, key: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{key}: expected an IP address and port, got {s:?}"))
+}
+
+/// Resolves `p` against the config directory and checks that it exists.
+fn existing(dir: &Path, p: PathBuf, key: &str) -> Result<PathBuf, String> {
+    let full = dir.join(p);
+    if full.exists() {
+        Ok(full)
+    } else {
+        Err(format!("{key}: {} does not exist", full.display()))
+    }
+}
+
+/// No certificate name or PSK identity may mean two clients.
+fn check_unique(c: &Config) -> Result<(), String> {
+    let mut names = std::collections::HashMap::new();
+    let mut ids = std::collections::HashMap::new();
+    for (client, cc) in &c.clients {
+        for n in &cc.tls_names {
+            if let Some(other) = names.insert(n.as_str(), client) {
+                return Err(format!(
+                    "tls name {n:?} is claimed by clients {other} and {client}"
+                ));
+            }
+        }
+        if let Some((id, _)) = &cc.psk {
+            if let Some(other) = ids.insert(id.as_str(), client) {
+                return Err(format!(
+                    "psk identity {id:?} is claimed by clients {other} and {client}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn positive<T: PartialOrd + Default + Copy>(

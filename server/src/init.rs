@@ -1,14 +1,19 @@
-//! `hsmd init`: a server config, an Ed25519 auth key pair per client, and a client profile per
-//! client, so `hsmctl --profile D/clients/NAME.toml ping` works straight away.
+//! `hsmd init`: a server config, credentials for every client on every transport, and a client
+//! profile per client, so `hsmctl --profile D/clients/NAME.toml [--transport T] ping` works
+//! straight away.
 //!
 //! ```text
-//! D/hsmd.toml            server config (client public keys, listeners)
-//! D/clients/NAME.key     client auth key, PKCS#8 PEM (OpenSSL reads it), mode 0600
-//! D/clients/NAME.toml    client profile: name, auth_key, default_transport, [tcp] addr
+//! D/hsmd.toml            server config (listeners, clients)
+//! D/pki/ca.pem, ca.key   development CA (key 0600): signs the server and client certificates
+//! D/pki/server.pem, .key server certificate for localhost, 127.0.0.1, ::1 (key 0600)
+//! D/clients/NAME.key     Ed25519 auth key for TCP, PKCS#8 PEM (OpenSSL reads it), 0600
+//! D/clients/NAME.pem     client certificate (CN and DNS SAN = NAME); NAME.tls.key its key, 0600
+//! D/clients/NAME.psk     256-bit TLS pre-shared key as hex, 0600
+//! D/clients/NAME.toml    client profile: name, auth_key, default_transport, [tcp], [tls], [tls_psk]
 //! ```
 //! An existing empty directory is accepted; a non-empty one needs `force`. `force` rewrites the
-//! config and profiles but keeps every existing auth key file (and will never touch a key
-//! store), so existing profiles and keys stay valid.
+//! config and profiles but keeps every existing key, certificate and PSK file (and will never
+//! touch a key store), so credentials already handed out stay valid.
 
 use std::fs;
 use std::io::Write as _;
@@ -17,6 +22,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use ferrohsm_proto::pem;
+use ferrohsm_tls::pki::Role;
 use zeroize::Zeroizing;
 
 use crate::config::{encode_hex, validate_client_name};
@@ -24,6 +30,12 @@ use crate::error::ServerError;
 
 /// Default plain TCP address.
 pub const DEFAULT_TCP: &str = "127.0.0.1:7301";
+/// Default certificate TLS address.
+pub const DEFAULT_TLS: &str = "127.0.0.1:7302";
+/// Default TLS-PSK address.
+pub const DEFAULT_TLS_PSK: &str = "127.0.0.1:7303";
+/// How long development leaf certificates last.
+const LEAF_DAYS: u64 = 825;
 
 /// What to initialise.
 #[derive(Debug, Clone)]
@@ -34,6 +46,10 @@ pub struct InitOptions {
     pub clients: Vec<String>,
     /// Plain TCP address.
     pub tcp: SocketAddr,
+    /// Certificate TLS address.
+    pub tls: SocketAddr,
+    /// TLS-PSK address.
+    pub tls_psk: SocketAddr,
     /// Re-initialise a non-empty directory (keeping existing keys).
     pub force: bool,
 }
@@ -92,25 +108,40 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          max_connections = 1024\n\
          handshake_timeout_ms = 10000\n\n",
     );
+    let ca = pki(dir, opts.tls)?;
     config.push_str(&format!(
-        "[tcp]\naddr = \"{}\"\nallow_insecure_remote = false\n\n",
-        opts.tcp
+        "[tcp]\naddr = \"{}\"\nallow_insecure_remote = false\n\n\
+         [tls]\naddr = \"{}\"\nca = \"pki/ca.pem\"          # client certificates must chain to it\n\
+         cert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nallow_tls12 = false\n\n\
+         [tls_psk]\naddr = \"{}\"\n\n",
+        opts.tcp, opts.tls, opts.tls_psk
     ));
     let mut profiles = Vec::new();
     for name in &opts.clients {
         let key_path = clients_dir.join(format!("{name}.key"));
         let seed = load_or_create_key(&key_path)?;
         let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+        client_cert(&ca, &clients_dir, name)?;
+        let psk_path = clients_dir.join(format!("{name}.psk"));
+        if !psk_path.exists() {
+            let psk =
+                ferrohsm_tls::pki::new_psk_hex().map_err(|e| ServerError::Init(e.to_string()))?;
+            write_new(&psk_path, format!("{}\n", psk.as_str()).as_bytes(), 0o600)?;
+        }
         config.push_str(&format!(
-            "[clients.{name}]\nauth_public_key = \"{}\"\n\n",
+            "[clients.{name}]\nauth_public_key = \"{}\"\ntls_names = [\"{name}\"]\n\
+             psk_identity = \"{name}\"\npsk_file = \"clients/{name}.psk\"\n\n",
             encode_hex(public.as_bytes())
         ));
         let profile_path = clients_dir.join(format!("{name}.toml"));
         let profile = format!(
             "# FerroHSM client profile for {name} (paths are relative to this file)\n\
              name = \"{name}\"\nauth_key = \"{name}.key\"\ndefault_transport = \"tcp\"\n\n\
-             [tcp]\naddr = \"{}\"\n",
-            opts.tcp
+             [tcp]\naddr = \"{}\"\n\n\
+             [tls]\naddr = \"{}\"\nserver_name = \"localhost\"\nca = \"../pki/ca.pem\"\n\
+             cert = \"{name}.pem\"\nkey = \"{name}.tls.key\"\n\n\
+             [tls_psk]\naddr = \"{}\"\nidentity = \"{name}\"\nkey_file = \"{name}.psk\"\n",
+            opts.tcp, opts.tls, opts.tls_psk
         );
         write_file(&profile_path, profile.as_bytes(), 0o644)?;
         profiles.push((name.clone(), profile_path));
@@ -121,6 +152,74 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
         config: config_path,
         profiles,
     })
+}
+
+/// The development CA and server certificate, made once and kept on `--force`. Returns the CA
+/// (certificate and key PEM) for issuing client certificates.
+fn pki(dir: &Path, tls: SocketAddr) -> Result<(String, Zeroizing<String>), ServerError> {
+    let pki = dir.join("pki");
+    fs::create_dir_all(&pki).map_err(io_err(format!("cannot create {}", pki.display())))?;
+    let _ = fs::set_permissions(&pki, fs::Permissions::from_mode(0o700));
+    let tls_err = |e: ferrohsm_tls::TlsError| ServerError::Init(e.to_string());
+    let (ca_cert, ca_key) = (pki.join("ca.pem"), pki.join("ca.key"));
+    if !ca_cert.exists() || !ca_key.exists() {
+        let ca = ferrohsm_tls::pki::new_ca("FerroHSM development CA").map_err(tls_err)?;
+        write_new(&ca_key, ca.key_pem.as_bytes(), 0o600)?;
+        write_file(&ca_cert, ca.cert_pem.as_bytes(), 0o644)?;
+    }
+    let read =
+        |p: &Path| fs::read_to_string(p).map_err(io_err(format!("cannot read {}", p.display())));
+    let ca = (read(&ca_cert)?, Zeroizing::new(read(&ca_key)?));
+    let (cert, key) = (pki.join("server.pem"), pki.join("server.key"));
+    if !cert.exists() || !key.exists() {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        let ip = tls.ip().to_string();
+        if !tls.ip().is_unspecified() && !names.contains(&ip) {
+            names.push(ip);
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (from, until) = ferrohsm_tls::pki::validity(LEAF_DAYS);
+        let issued = ferrohsm_tls::pki::issue(&ca.0, &ca.1, Role::Server, &names, from, until)
+            .map_err(tls_err)?;
+        write_new(&key, issued.key_pem.as_bytes(), 0o600)?;
+        write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
+    }
+    Ok(ca)
+}
+
+/// `clients/NAME.pem` and `NAME.tls.key`, unless both exist.
+fn client_cert(
+    ca: &(String, Zeroizing<String>),
+    clients: &Path,
+    name: &str,
+) -> Result<(), ServerError> {
+    let (cert, key) = (
+        clients.join(format!("{name}.pem")),
+        clients.join(format!("{name}.tls.key")),
+    );
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let (from, until) = ferrohsm_tls::pki::validity(LEAF_DAYS);
+    let issued = ferrohsm_tls::pki::issue(&ca.0, &ca.1, Role::Client, &[name], from, until)
+        .map_err(|e| ServerError::Init(e.to_string()))?;
+    let _ = fs::remove_file(&key);
+    write_new(&key, issued.key_pem.as_bytes(), 0o600)?;
+    write_file(&cert, issued.cert_pem.as_bytes(), 0o644)
+}
+
+/// Creates a new secret file with `mode` from the start (never briefly world-readable).
+fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), ServerError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(format!("cannot create {}", path.display())))?;
+    f.write_all(data)
+        .map_err(io_err(format!("cannot write {}", path.display())))?;
+    f.sync_all()
+        .map_err(io_err(format!("cannot sync {}", path.display())))
 }
 
 fn load_or_create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, ServerError> {
@@ -143,14 +242,7 @@ fn load_or_create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, ServerError> {
         .map_err(|_| ServerError::Init("OS random source failed".into()))?;
     let der = Zeroizing::new(pem::ed25519_pkcs8(&seed));
     let text = Zeroizing::new(pem::pem_encode("PRIVATE KEY", &der));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(format!("cannot create {}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(io_err(format!("cannot write {}", path.display())))?;
+    write_new(path, text.as_bytes(), 0o600)?;
     Ok(seed)
 }
 
@@ -179,6 +271,8 @@ mod tests {
             dir: dir.to_path_buf(),
             clients: vec!["alice".into(), "bob".into()],
             tcp: "127.0.0.1:7301".parse().unwrap(),
+            tls: "127.0.0.1:7302".parse().unwrap(),
+            tls_psk: "127.0.0.1:7303".parse().unwrap(),
             force,
         }
     }

@@ -2,8 +2,12 @@
 //!
 //! # Layout
 //! ```text
-//!  listener/tcp.rs  accept -> session::serve (reader task, Session actor, writer task)
-//!  session.rs       handshake (Ed25519 challenge-response), identity, in-flight window, ping
+//!  listener/        accept loop (mod.rs); tcp.rs, tls.rs (rustls, certificate names the
+//!                   client), psk.rs (OpenSSL TLS 1.3 PSK, identity names the client)
+//!       |  session::serve(stream, proven identity or none)
+//!       v
+//!  session.rs       handshake (TLS-proven name, or Ed25519 challenge-response), identity,
+//!                   per-client limit, in-flight window, ping
 //!       |  Resolve{caller, request}
 //!       v
 //!  keys/manager.rs  KeyManager actor: store (keys/store.rs), namespaces, policy (keys/policy.rs)
@@ -46,6 +50,34 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Bound {
     /// Plain TCP listener.
     pub tcp: Option<SocketAddr>,
+    /// Certificate TLS listener.
+    pub tls: Option<SocketAddr>,
+    /// TLS-PSK listener.
+    pub tls_psk: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Bound {
+    /// `tcp 127.0.0.1:7301, tls 127.0.0.1:7302, tls-psk 127.0.0.1:7303`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            ("tcp", self.tcp),
+            ("tls", self.tls),
+            ("tls-psk", self.tls_psk),
+        ]
+        .into_iter()
+        .filter_map(|(n, a)| a.map(|a| format!("{n} {a}")))
+        .collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Runs the server until `shutdown` resolves, then stops taking work, lets in-flight requests
@@ -68,27 +100,38 @@ where
         .map_err(|e| ServerError::io("cannot start crypto workers", e))?;
     let km = keys::manager::KeyManager::new(Box::new(keys::store::MemoryStore::default())).start();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(session::Shared::new(
-        config.clients.clone(),
-        km,
-        pool,
-        config.window,
-        config.max_body,
-        config.handshake_timeout,
-        stop_rx,
-    ));
+    let shared = Arc::new(session::Shared::new(&config, km, pool, stop_rx));
+    // Build every acceptor before binding anything, so a bad certificate or key fails fast.
+    let cert_tls = match &config.tls {
+        Some(t) => Some(listener::tls::CertTls::new(
+            ferrohsm_tls::server::CertAcceptor::new(&t.ca, &t.cert, &t.key, t.allow_tls12)
+                .map_err(|e| ServerError::Config(format!("[tls]: {e}")))?,
+            &shared,
+        )),
+        None => None,
+    };
+    let psk = match &config.tls_psk {
+        Some(_) => Some(listener::psk::TlsPsk::new(&shared)?),
+        None => None,
+    };
+    let max = config.max_connections;
     let mut bound = Bound::default();
     if let Some(tcp) = &config.tcp {
-        let l = tokio::net::TcpListener::bind(tcp.addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: tcp.addr.to_string(),
-                source,
-            })?;
+        let l = bind(tcp.addr).await?;
         bound.tcp = l.local_addr().ok();
-        listener::tcp::TcpListenerActor::new(l, shared.clone(), config.max_connections).start();
+        listener::Listener::new(l, shared.clone(), max, listener::tcp::Tcp).start();
     }
-    tracing::info!(tcp = ?bound.tcp, clients = config.clients.len(), workers = config.workers, "hsmd ready");
+    if let (Some(t), Some(transport)) = (&config.tls, cert_tls) {
+        let l = bind(t.addr).await?;
+        bound.tls = l.local_addr().ok();
+        listener::Listener::new(l, shared.clone(), max, transport).start();
+    }
+    if let (Some(t), Some(transport)) = (&config.tls_psk, psk) {
+        let l = bind(t.addr).await?;
+        bound.tls_psk = l.local_addr().ok();
+        listener::Listener::new(l, shared.clone(), max, transport).start();
+    }
+    tracing::info!(listening = %bound, clients = config.clients.len(), workers = config.workers, "hsmd ready");
     ready(&bound);
     shutdown.await;
     tracing::info!("shutting down: no new work; finishing requests in flight");
@@ -116,6 +159,16 @@ impl ServerHandle {
     /// The TCP address, if a TCP listener runs.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.bound.tcp
+    }
+
+    /// The certificate TLS address, if that listener runs.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.bound.tls
+    }
+
+    /// The TLS-PSK address, if that listener runs.
+    pub fn tls_psk_addr(&self) -> Option<SocketAddr> {
+        self.bound.tls_psk
     }
 
     /// Graceful shutdown; waits for the server thread.

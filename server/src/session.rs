@@ -16,8 +16,9 @@
 //! writer blocks, tickets are not returned and the reader stops too. Nothing is dropped and
 //! memory stays bounded by the window.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, WrapFuture};
 use ferrohsm_proto::frame::Decoded;
@@ -83,11 +84,14 @@ pub struct Shared {
     pub max_body: u32,
     /// Handshake deadline.
     pub handshake_timeout: std::time::Duration,
+    /// Sessions per client, at most.
+    pub max_per_client: usize,
     /// Global in-flight count.
     pub inflight: Arc<InFlight>,
     /// Flips to true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
     next_session: AtomicU64,
+    per_client: Mutex<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -99,27 +103,49 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Bundles the shared state.
-    #[allow(clippy::too_many_arguments)]
+    /// Bundles the shared state from a validated config.
     pub fn new(
-        clients: std::collections::BTreeMap<String, ClientConfig>,
+        config: &crate::Config,
         km: actix::Addr<KeyManager>,
         pool: CryptoPool,
-        window: u32,
-        max_body: u32,
-        handshake_timeout: std::time::Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Shared {
         Shared {
-            clients: Arc::new(clients),
+            clients: Arc::new(config.clients.clone()),
             km,
             pool,
-            window,
-            max_body,
-            handshake_timeout,
+            window: config.window,
+            max_body: config.max_body,
+            handshake_timeout: config.handshake_timeout,
+            max_per_client: config.max_connections_per_client,
             inflight: Arc::new(InFlight::default()),
             shutdown,
             next_session: AtomicU64::new(1),
+            per_client: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a new session of `client`; refuses one over the per-client limit.
+    fn enter_client(&self, client: &str) -> Result<(), OpError> {
+        let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(client.to_owned()).or_insert(0);
+        if *n >= self.max_per_client {
+            return Err(OpError::new(
+                Status::Busy,
+                format!("client {client} already has {n} connections, the most allowed"),
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn leave_client(&self, client: &str) {
+        let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(client);
+            }
         }
     }
 }
@@ -149,6 +175,14 @@ struct Inbound {
 #[rtype(result = "()")]
 struct Close;
 
+/// What a hello leads to.
+enum Hello2 {
+    /// Prove the name: sign this challenge.
+    Challenge(Challenge),
+    /// The transport proved the name already.
+    Open(Caller),
+}
+
 enum State {
     AwaitHello,
     AwaitProof {
@@ -166,6 +200,8 @@ pub struct Session {
     peer: String,
     shared: Arc<Shared>,
     state: State,
+    // The client the transport already proved (TLS certificate or PSK), if any.
+    proven: Option<Arc<str>>,
     out: mpsc::Sender<Outbound>,
     // Dropping this tells the reader task to stop.
     stop_reader: Option<oneshot::Sender<()>>,
@@ -195,6 +231,7 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         if let State::Ready(caller) = std::mem::replace(&mut self.state, State::Closed) {
             tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "session ended");
+            self.shared.leave_client(&caller.client);
             let km = self.shared.km.clone();
             // `send` (not `do_send`) so the bounded mailbox applies.
             actix::spawn(async move {
@@ -229,7 +266,9 @@ impl Session {
         ctx.stop();
     }
 
-    fn handle_hello(&mut self, h: Hello) -> Result<Response, OpError> {
+    /// Hello: on a transport that proved the client already, the name must match and the
+    /// session opens; otherwise the client gets a fresh challenge.
+    fn handle_hello(&mut self, h: Hello) -> Result<Hello2, OpError> {
         if h.version != PROTOCOL_VERSION {
             return Err(OpError::new(
                 Status::UnsupportedVersion,
@@ -239,6 +278,23 @@ impl Session {
                 ),
             ));
         }
+        if let Some(proven) = &self.proven {
+            if h.client != **proven {
+                tracing::info!(peer = %self.peer, proven = %proven, claimed = %h.client, "hello names another client than the TLS credential");
+                return Err(OpError::new(
+                    Status::AuthFailed,
+                    format!(
+                        "this connection's TLS credential does not belong to client {}",
+                        h.client
+                    ),
+                ));
+            }
+            let client = proven.clone();
+            return Ok(Hello2::Open(Caller {
+                client,
+                session: self.id,
+            }));
+        }
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|_| OpError::internal("OS random source failed"))?;
         // An unknown name still gets a challenge, so the handshake reveals no client names.
@@ -246,16 +302,57 @@ impl Session {
             .shared
             .clients
             .get(&h.client)
-            .map(|c| Box::new(c.auth_key));
+            .and_then(|c| c.auth_key)
+            .map(Box::new);
         self.state = State::AwaitProof {
             client: h.client,
             nonce,
             key,
         };
-        Ok(Response::Challenge(Challenge {
+        Ok(Hello2::Challenge(Challenge {
             session_id: self.id,
             nonce,
         }))
+    }
+
+    /// Opens the session for a proven caller: per-client limit, registration with the key
+    /// manager, then the welcome. `wait` holds back later frames until the registration is
+    /// done, so no key operation can race it.
+    fn open(
+        &mut self,
+        caller: Caller,
+        opcode: u16,
+        rid: u64,
+        ticket: Ticket,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(e) = self.shared.enter_client(&caller.client) {
+            tracing::warn!(peer = %self.peer, client = %caller.client, "per-client connection limit reached");
+            self.reply(opcode, rid, Err(e), Some(ticket));
+            return self.close(ctx);
+        }
+        tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "authenticated");
+        self.state = State::Ready(caller.clone());
+        let welcome = Welcome {
+            session_id: self.id,
+            max_body: self.shared.max_body,
+            window: self.shared.window,
+        };
+        let km = self.shared.km.clone();
+        let out = self.out.clone();
+        ctx.wait(
+            async move {
+                let _ = km.send(OpenSession(caller)).await;
+                let frame = Response::Welcome(welcome).to_frame(opcode, rid);
+                let _ = out
+                    .send(Outbound {
+                        frame,
+                        _ticket: Some(ticket),
+                    })
+                    .await;
+            }
+            .into_actor(self),
+        );
     }
 
     fn handle_proof(&mut self, signature: &[u8]) -> Result<Caller, OpError> {
@@ -322,48 +419,27 @@ impl Handler<Inbound> for Session {
         };
         let caller = match (&self.state, request) {
             (State::AwaitHello, Request::Hello(h)) => {
-                let r = self.handle_hello(h);
-                let failed = r.is_err();
-                self.reply(opcode, rid, r, Some(ticket));
-                if failed {
-                    self.close(ctx);
+                match self.handle_hello(h) {
+                    Ok(Hello2::Challenge(c)) => {
+                        self.reply(opcode, rid, Ok(Response::Challenge(c)), Some(ticket))
+                    }
+                    Ok(Hello2::Open(caller)) => self.open(caller, opcode, rid, ticket, ctx),
+                    Err(e) => {
+                        self.reply(opcode, rid, Err(e), Some(ticket));
+                        self.close(ctx);
+                    }
                 }
                 return;
             }
             (State::AwaitProof { .. }, Request::Proof(p)) => {
                 match self.handle_proof(&p.signature) {
-                    Ok(caller) => {
-                        tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "authenticated");
-                        self.state = State::Ready(caller.clone());
-                        let welcome = Welcome {
-                            session_id: self.id,
-                            max_body: self.shared.max_body,
-                            window: self.shared.window,
-                        };
-                        let km = self.shared.km.clone();
-                        let out = self.out.clone();
-                        // Register the session before answering; `wait` holds back later frames
-                        // until then, so no key operation can race the registration.
-                        ctx.wait(
-                            async move {
-                                let _ = km.send(OpenSession(caller)).await;
-                                let frame = Response::Welcome(welcome).to_frame(opcode, rid);
-                                let _ = out
-                                    .send(Outbound {
-                                        frame,
-                                        _ticket: Some(ticket),
-                                    })
-                                    .await;
-                            }
-                            .into_actor(self),
-                        );
-                        return;
-                    }
+                    Ok(caller) => self.open(caller, opcode, rid, ticket, ctx),
                     Err(e) => {
                         self.reply(opcode, rid, Err(e), Some(ticket));
-                        return self.close(ctx);
+                        self.close(ctx);
                     }
                 }
+                return;
             }
             (State::Ready(_), Request::Hello(_) | Request::Proof(_)) => {
                 let e = OpError::new(Status::ProtocolViolation, "already authenticated");
@@ -444,9 +520,17 @@ async fn dispatch(shared: &Shared, caller: Caller, request: Request) -> Result<R
 }
 
 /// Serves one connection until it closes. The transport has already been accepted (and, for
-/// TLS, handshaken); `peer` names it in logs. `conn_slot` is released when the connection ends.
-pub fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W, peer: String, conn_slot: OwnedSemaphorePermit)
-where
+/// TLS, handshaken); `peer` names it in logs; `proven` is the client the transport's credential
+/// proved (TLS certificate or PSK), or `None` when the client must answer a challenge.
+/// `conn_slot` is released when the connection ends.
+pub fn serve<R, W>(
+    shared: Arc<Shared>,
+    rd: R,
+    wr: W,
+    peer: String,
+    proven: Option<Arc<str>>,
+    conn_slot: OwnedSemaphorePermit,
+) where
     R: AsyncRead + Unpin + 'static,
     W: AsyncWrite + Unpin + 'static,
 {
@@ -458,6 +542,7 @@ where
         peer: peer.clone(),
         shared: shared.clone(),
         state: State::AwaitHello,
+        proven,
         out: out_tx.clone(),
         stop_reader: Some(stop_tx),
     }

@@ -8,7 +8,7 @@ mod daemon;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use daemon::{Daemon, free_port};
+use daemon::{Daemon, Ports};
 use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::Profile;
 
@@ -108,7 +108,7 @@ fn bad_configs_are_refused_with_the_file_and_key_named() {
 fn sigterm_stops_the_daemon_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("d");
-    let addr = format!("127.0.0.1:{}", free_port());
+    let ports = Ports::new();
     let o = run(
         tmp.path(),
         &[
@@ -117,8 +117,12 @@ fn sigterm_stops_the_daemon_cleanly() {
             d.to_str().unwrap(),
             "--clients",
             "alice",
-            "--tcp",
-            &addr,
+            ports.args()[0],
+            ports.args()[1],
+            ports.args()[2],
+            ports.args()[3],
+            ports.args()[4],
+            ports.args()[5],
         ],
     );
     assert!(o.status.success());
@@ -127,10 +131,7 @@ fn sigterm_stops_the_daemon_cleanly() {
         tmp.path(),
         &["--config", d.join("hsmd.toml").to_str().unwrap()],
     );
-    assert_eq!(
-        lines.last().unwrap(),
-        &format!("hsmd: listening on tcp {addr}")
-    );
+    assert_eq!(lines.last().unwrap(), &ports.ready_line());
     ping(&d.join("clients/alice.toml"));
     assert_eq!(daemon.terminate().code(), Some(0));
 }

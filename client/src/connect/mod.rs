@@ -1,10 +1,35 @@
-//! Transports on the client side. Each one produces a byte stream; [`crate::Client::handshake`]
-//! does the rest.
+//! Transports on the client side. Each one produces an authenticated byte stream;
+//! [`crate::Client::handshake`] does the rest.
 
+pub mod psk;
 pub mod tcp;
+pub mod tls;
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
 
 use crate::profile::{Profile, Transport};
 use crate::{Client, ClientError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a TCP connection (bounded wait, Nagle off).
+pub(crate) async fn tcp_stream(addr: &str) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::Connection(format!("timed out connecting to {addr}")))?
+        .map_err(|e| ClientError::Connection(format!("cannot connect to {addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+fn missing(profile: &Profile, section: &str) -> ClientError {
+    ClientError::Local(format!(
+        "profile {}: no [{section}] section",
+        profile.path.display()
+    ))
+}
 
 /// Connects and authenticates with `profile` over `transport` (default: the profile's).
 pub async fn connect(
@@ -13,13 +38,28 @@ pub async fn connect(
 ) -> Result<Client, ClientError> {
     match transport.unwrap_or(profile.default_transport) {
         Transport::Tcp => {
-            let addr = profile.tcp_addr.as_deref().ok_or_else(|| {
-                ClientError::Local(format!("profile {}: no [tcp] addr", profile.path.display()))
-            })?;
+            let addr = profile
+                .tcp_addr
+                .as_deref()
+                .ok_or_else(|| missing(profile, "tcp"))?;
             tcp::connect(addr, &profile.identity()?).await
         }
-        other => Err(ClientError::Local(format!(
-            "transport {other:?} is not available in this build yet"
-        ))),
+        Transport::Tls => {
+            let t = profile
+                .tls
+                .as_ref()
+                .ok_or_else(|| missing(profile, "tls"))?;
+            tls::connect(t, &profile.name_only()).await
+        }
+        Transport::TlsPsk => {
+            let p = profile
+                .tls_psk
+                .as_ref()
+                .ok_or_else(|| missing(profile, "tls_psk"))?;
+            psk::connect(p, &profile.name_only()).await
+        }
+        Transport::Shm => Err(ClientError::Local(
+            "transport shm is not available in this build yet".into(),
+        )),
     }
 }

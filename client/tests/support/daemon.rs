@@ -14,6 +14,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Free loopback addresses for the three listeners, as `hsmd init` flags.
+pub struct Ports {
+    pub tcp: String,
+    pub tls: String,
+    pub tls_psk: String,
+}
+
+impl Ports {
+    pub fn new() -> Ports {
+        let a = || format!("127.0.0.1:{}", free_port());
+        Ports {
+            tcp: a(),
+            tls: a(),
+            tls_psk: a(),
+        }
+    }
+
+    pub fn args(&self) -> [&str; 6] {
+        [
+            "--tcp",
+            &self.tcp,
+            "--tls",
+            &self.tls,
+            "--tls-psk",
+            &self.tls_psk,
+        ]
+    }
+
+    /// The line `hsmd` prints once it listens.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "hsmd: listening on tcp {}, tls {}, tls-psk {}",
+            self.tcp, self.tls, self.tls_psk
+        )
+    }
+}
+
 /// A real `hsmd` process; killed on drop if still running.
 pub struct Daemon {
     pub child: Child,

@@ -33,6 +33,8 @@ impl TestServer {
             dir: dir.path().to_path_buf(),
             clients: clients.iter().map(|s| s.to_string()).collect(),
             tcp: "127.0.0.1:0".parse().expect("addr"),
+            tls: "127.0.0.1:0".parse().expect("addr"),
+            tls_psk: "127.0.0.1:0".parse().expect("addr"),
             force: false,
         })
         .expect("hsmd init");
@@ -40,10 +42,23 @@ impl TestServer {
         tweak(&mut config);
         let handle = ferrohsm_server::start(config).expect("server starts");
         let addr = handle.tcp_addr().expect("tcp bound");
-        // init wrote port 0 into the profiles; point them at the real port.
+        // init wrote port 0 into the profiles; point them at the real ports.
+        let bound = handle.bound.clone();
         for (_, p) in &report.profiles {
-            let text = std::fs::read_to_string(p).expect("profile");
-            std::fs::write(p, text.replace("127.0.0.1:0", &addr.to_string())).expect("profile");
+            let mut t: toml::Table = std::fs::read_to_string(p)
+                .expect("profile")
+                .parse()
+                .expect("toml");
+            for (section, a) in [
+                ("tcp", bound.tcp),
+                ("tls", bound.tls),
+                ("tls_psk", bound.tls_psk),
+            ] {
+                if let (Some(toml::Value::Table(sec)), Some(a)) = (t.get_mut(section), a) {
+                    sec.insert("addr".into(), toml::Value::String(a.to_string()));
+                }
+            }
+            std::fs::write(p, t.to_string()).expect("profile");
         }
         TestServer {
             dir,

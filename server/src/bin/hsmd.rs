@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ferrohsm_server::init::{DEFAULT_TCP, InitOptions, init};
+use ferrohsm_server::init::{DEFAULT_TCP, DEFAULT_TLS, DEFAULT_TLS_PSK, InitOptions, init};
 use ferrohsm_server::{Config, ServerError};
 
 /// FerroHSM server. With no arguments: initialise ./hsm-data (client "default") on first run,
@@ -33,6 +33,12 @@ enum Command {
         /// Plain TCP listen address.
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_TCP)]
         tcp: SocketAddr,
+        /// Mutual-certificate TLS listen address.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_TLS)]
+        tls: SocketAddr,
+        /// TLS 1.3 PSK listen address.
+        #[arg(long = "tls-psk", value_name = "ADDR", default_value = DEFAULT_TLS_PSK)]
+        tls_psk: SocketAddr,
         /// Re-initialise a non-empty directory (existing keys are kept).
         #[arg(long)]
         force: bool,
@@ -57,12 +63,16 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             dir,
             clients,
             tcp,
+            tls,
+            tls_psk,
             force,
         }) => {
             let report = init(&InitOptions {
                 dir,
                 clients,
                 tcp,
+                tls,
+                tls_psk,
                 force,
             })?;
             println!("wrote {}", report.config.display());
@@ -77,14 +87,11 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 None => default_data_dir()?,
             };
             let config = Config::load(&config_path)?;
-            ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| {
-                let addr = bound.tcp.map(|a| a.to_string()).unwrap_or_default();
-                match hint {
-                    Some(h) => println!(
-                        "hsmd: listening on tcp {addr}; connect with: hsmctl --profile {h} ping"
-                    ),
-                    None => println!("hsmd: listening on tcp {addr}"),
+            ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| match hint {
+                Some(h) => {
+                    println!("hsmd: listening on {bound}; connect with: hsmctl --profile {h} ping")
                 }
+                None => println!("hsmd: listening on {bound}"),
             })
         }
     }
@@ -98,9 +105,9 @@ fn default_data_dir() -> Result<(PathBuf, Option<String>), ServerError> {
         init(&InitOptions {
             dir: dir.clone(),
             clients: vec!["default".into()],
-            tcp: DEFAULT_TCP
-                .parse()
-                .map_err(|_| ServerError::Config("bad default".into()))?,
+            tcp: default_addr(DEFAULT_TCP)?,
+            tls: default_addr(DEFAULT_TLS)?,
+            tls_psk: default_addr(DEFAULT_TLS_PSK)?,
             force: false,
         })?;
         eprintln!(
@@ -112,6 +119,11 @@ fn default_data_dir() -> Result<(PathBuf, Option<String>), ServerError> {
         config,
         Some(dir.join("clients/default.toml").display().to_string()),
     ))
+}
+
+fn default_addr(a: &str) -> Result<SocketAddr, ServerError> {
+    a.parse()
+        .map_err(|_| ServerError::Config(format!("bad built-in address {a}")))
 }
 
 fn init_logging() {

@@ -1,15 +1,121 @@
 //! Transport listeners: accept connections and hand each to [`crate::session::serve`]. A
-//! listener only moves bytes and names the peer; identity and policy live in the session.
+//! listener only moves bytes and names the peer (and, for TLS, the client its credential
+//! proves); identity policy and everything after live in the session.
+//!
+//! One generic [`Listener`] actor runs the accept loop (shutdown, per-listener connection
+//! limit); a [`Transport`] decides what happens to an accepted socket.
 
+pub mod psk;
 pub mod tcp;
+pub mod tls;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::{Actor, AsyncContext, Context, WrapFuture};
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{ErrorBody, Status};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::session::Shared;
 
 /// Tells a refused peer why, in one error frame, then closes.
 pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, message: &str) {
     let frame = error_frame(0, 0, &ErrorBody::new(status, message));
     let _ = wr.write_all(&frame.encode()).await;
     let _ = wr.shutdown().await;
+}
+
+/// What a listener does with an accepted connection.
+pub trait Transport: Unpin + 'static {
+    /// Name for logs (`tcp`, `tls`, `tls-psk`).
+    const NAME: &'static str;
+    /// Takes over an accepted socket; `slot` must live as long as the connection.
+    fn start(
+        &self,
+        shared: &Arc<Shared>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+    );
+}
+
+/// Accepts connections until shutdown, at most `max_connections` at once.
+pub struct Listener<T: Transport> {
+    listener: Option<TcpListener>,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    transport: Option<T>,
+}
+
+impl<T: Transport> std::fmt::Debug for Listener<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("transport", &T::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Listener<T> {
+    /// A listener over an already bound socket.
+    pub fn new(
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        max_connections: usize,
+        transport: T,
+    ) -> Self {
+        Listener {
+            listener: Some(listener),
+            shared,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            transport: Some(transport),
+        }
+    }
+}
+
+impl<T: Transport> Actor for Listener<T> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (Some(listener), Some(transport)) = (self.listener.take(), self.transport.take())
+        else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let connections = self.connections.clone();
+        let mut shutdown = shared.shutdown.clone();
+        ctx.spawn(
+            async move {
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    };
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(transport = T::NAME, error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Small frames, request/response: latency matters more than packet count.
+                    let _ = stream.set_nodelay(true);
+                    match connections.clone().try_acquire_owned() {
+                        Ok(slot) => transport.start(&shared, stream, peer, slot),
+                        Err(_) => {
+                            tracing::warn!(transport = T::NAME, %peer, "connection limit reached; refusing");
+                            // Plain TCP peers get a readable error frame; for TLS the bytes are
+                            // not TLS, so the peer just sees the connection close.
+                            actix::spawn(refuse(stream, Status::Busy, "too many connections"));
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
 }

@@ -1,0 +1,18 @@
+//! TLS 1.3 with a pre-shared key: the PSK proves the name.
+
+use crate::profile::{Identity, PskProfile};
+use crate::{Client, ClientError};
+
+/// Connects over TLS-PSK with the profile's identity and key file.
+pub async fn connect(p: &PskProfile, id: &Identity) -> Result<Client, ClientError> {
+    let key =
+        ferrohsm_tls::psk::load_psk(&p.key_file).map_err(|e| ClientError::Local(e.to_string()))?;
+    let ctx = ferrohsm_tls::psk::client_context(&p.identity, key)
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+    let tcp = super::tcp_stream(&p.addr).await?;
+    let stream = ferrohsm_tls::psk::connect(&ctx, tcp)
+        .await
+        .map_err(|e| ClientError::Connection(format!("TLS-PSK to {}: {e}", p.addr)))?;
+    let (rd, wr) = tokio::io::split(stream);
+    Client::handshake(rd, wr, id).await
+}
