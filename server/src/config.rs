@@ -330,12 +330,12 @@ fn check_unique(c: &Config) -> Result<(), String> {
                 ));
             }
         }
-        if let Some((id, _)) = &cc.psk {
-            if let Some(other) = ids.insert(id.as_str(), client) {
-                return Err(format!(
-                    "psk identity {id:?} is claimed by clients {other} and {client}"
-                ));
-            }
+        if let Some((id, _)) = &cc.psk
+            && let Some(other) = ids.insert(id.as_str(), client)
+        {
+            return Err(format!(
+                "psk identity {id:?} is claimed by clients {other} and {client}"
+            ));
         }
     }
     Ok(())
