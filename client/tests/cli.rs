@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 #[path = "support/daemon.rs"]
 mod daemon;
+mod support;
 
 use daemon::{Daemon, Ports};
 
@@ -27,6 +28,7 @@ fn hsmd_bin() -> PathBuf {
 
 struct Ctl {
     profile: PathBuf,
+    transport: &'static str,
 }
 
 impl Ctl {
@@ -34,6 +36,7 @@ impl Ctl {
         Command::new(hsmctl_bin())
             .arg("--profile")
             .arg(&self.profile)
+            .args(["--transport", self.transport])
             .args(args)
             .output()
             .unwrap()
@@ -60,22 +63,6 @@ impl Ctl {
     }
 }
 
-/// `openssl`, or a loud skip (a failure under CI=true, where .ci/run installs it).
-fn openssl() -> Option<&'static str> {
-    if Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Some("openssl");
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "openssl is missing under CI=true"
-    );
-    eprintln!("SKIPPED: the `openssl` command is not installed; OpenSSL interop not checked");
-    None
-}
 
 /// Signs DIR/msg with `key` into DIR/KEY.sig and writes its public key to DIR/KEY.pem.
 fn sign_and_export_pem(ctl: &Ctl, key: &str, dir: &Path) -> (String, String) {
@@ -91,7 +78,7 @@ fn sign_and_export_pem(ctl: &Ctl, key: &str, dir: &Path) -> (String, String) {
     (path("sig"), path("pem"))
 }
 
-fn setup() -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
+fn setup(transport: &'static str) -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hsm");
     let ports = Ports::new();
@@ -115,16 +102,33 @@ fn setup() -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
     assert_eq!(lines.last(), Some(&ports.ready_line()), "{lines:?}");
     let alice = Ctl {
         profile: dir.join("clients/alice.toml"),
+        transport,
     };
     let bob = Ctl {
         profile: dir.join("clients/bob.toml"),
+        transport,
     };
     (tmp, d, alice, bob)
 }
 
 #[test]
-fn every_foundation_command_through_the_binaries() {
-    let (tmp, daemon, alice, bob) = setup();
+fn every_foundation_command_over_tcp() {
+    every_foundation_command_over("tcp");
+}
+
+#[test]
+fn every_foundation_command_over_tls() {
+    every_foundation_command_over("tls");
+}
+
+#[test]
+fn every_foundation_command_over_tls_psk() {
+    every_foundation_command_over("tls-psk");
+}
+
+/// The whole command-line contract through the real binaries, over one transport.
+fn every_foundation_command_over(transport: &'static str) {
+    let (tmp, daemon, alice, bob) = setup(transport);
     let t = |name: &str| tmp.path().join(name);
     let p = |name: &str| t(name).to_str().unwrap().to_string();
     std::fs::write(t("msg"), b"the quick brown fox\n").unwrap();
@@ -359,13 +363,13 @@ fn every_foundation_command_through_the_binaries() {
     );
     alice.fails(&["frobnicate"], 2);
 
-    // a wrong auth key is an authentication failure: exit 3
+    // a wrong auth key is an authentication failure: exit 3 (TLS variants: see tests/tls.rs)
     let forged = tmp.path().join("hsm/clients/forged.toml");
     let text = std::fs::read_to_string(&alice.profile)
         .unwrap()
         .replace("alice.key", "bob.key");
     std::fs::write(&forged, text).unwrap();
-    let err = Ctl { profile: forged }.fails(&["ping"], 3);
+    let err = Ctl { profile: forged, transport: "tcp" }.fails(&["ping"], 3);
     assert!(err.starts_with("hsmctl: auth_failed (10): "), "{err}");
 
     // graceful stop: SIGTERM -> exit 0; then connecting fails with exit 3
@@ -376,8 +380,8 @@ fn every_foundation_command_through_the_binaries() {
 
 #[test]
 fn openssl_verifies_signatures_and_reads_keys() {
-    let Some(ossl) = openssl() else { return };
-    let (tmp, _daemon, alice, _) = setup();
+    let Some(ossl) = support::openssl() else { return };
+    let (tmp, _daemon, alice, _) = setup("tcp");
     let t = |name: &str| tmp.path().join(name);
     let p = |name: &str| t(name).to_str().unwrap().to_string();
     std::fs::write(t("msg"), b"interop with the real openssl\n").unwrap();

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use ferrohsm_client::BlockingClient;
@@ -113,4 +114,21 @@ pub fn closed_by_server(s: &mut TcpStream) -> bool {
 
 pub fn send(s: &mut TcpStream, f: &Frame) {
     s.write_all(&f.encode()).expect("write");
+}
+
+/// `openssl`, or a loud skip (a failure under CI=true, where .ci/run installs it).
+pub fn openssl() -> Option<&'static str> {
+    if Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("openssl");
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "openssl is missing under CI=true"
+    );
+    eprintln!("SKIPPED: the `openssl` command is not installed; OpenSSL interop not checked");
+    None
 }
