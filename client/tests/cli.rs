@@ -63,7 +63,6 @@ impl Ctl {
     }
 }
 
-
 /// Signs DIR/msg with `key` into DIR/KEY.sig and writes its public key to DIR/KEY.pem.
 fn sign_and_export_pem(ctl: &Ctl, key: &str, dir: &Path) -> (String, String) {
     let path = |ext: &str| {
@@ -369,7 +368,11 @@ fn every_foundation_command_over(transport: &'static str) {
         .unwrap()
         .replace("alice.key", "bob.key");
     std::fs::write(&forged, text).unwrap();
-    let err = Ctl { profile: forged, transport: "tcp" }.fails(&["ping"], 3);
+    let err = Ctl {
+        profile: forged,
+        transport: "tcp",
+    }
+    .fails(&["ping"], 3);
     assert!(err.starts_with("hsmctl: auth_failed (10): "), "{err}");
 
     // graceful stop: SIGTERM -> exit 0; then connecting fails with exit 3
@@ -380,7 +383,9 @@ fn every_foundation_command_over(transport: &'static str) {
 
 #[test]
 fn openssl_verifies_signatures_and_reads_keys() {
-    let Some(ossl) = support::openssl() else { return };
+    let Some(ossl) = support::openssl() else {
+        return;
+    };
     let (tmp, _daemon, alice, _) = setup("tcp");
     let t = |name: &str| tmp.path().join(name);
     let p = |name: &str| t(name).to_str().unwrap().to_string();

@@ -43,7 +43,10 @@ fn issue(
     tag: &str,
 ) -> (PathBuf, PathBuf) {
     let c = pki::issue(ca.0, ca.1, Role::Client, &[name], valid.0, valid.1).unwrap();
-    let (cert, key) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
+    let (cert, key) = (
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    );
     std::fs::write(&cert, &c.cert_pem).unwrap();
     std::fs::write(&key, c.key_pem.as_bytes()).unwrap();
     (cert, key)
@@ -64,7 +67,9 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     let alice = srv.profile("alice");
     let bob = srv.profile("bob");
     let bob_client = connect(&bob, Transport::Tls).unwrap();
-    let secret = bob_client.generate(&"bobs".parse().unwrap(), KeyType::Ed25519).unwrap();
+    let secret = bob_client
+        .generate(&"bobs".parse().unwrap(), KeyType::Ed25519)
+        .unwrap();
     let (ca_cert, ca_key) = dev_ca(&srv);
     let with_cert = |ident: Option<(PathBuf, PathBuf)>| {
         let mut p = alice.clone();
@@ -79,23 +84,45 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
 
     // A certificate for alice from another CA.
     let evil = pki::new_ca("Evil CA").unwrap();
-    let forged = issue(tmp.path(), (&evil.cert_pem, &evil.key_pem), "alice", pki::validity(30), "evil");
+    let forged = issue(
+        tmp.path(),
+        (&evil.cert_pem, &evil.key_pem),
+        "alice",
+        pki::validity(30),
+        "evil",
+    );
     let e = tls_msg(&with_cert(Some(forged)));
     assert!(e.contains("server rejected our certificate"), "{e}");
 
     // An expired certificate from the right CA.
     let now = time::OffsetDateTime::now_utc();
-    let past = (now - Duration::from_secs(10 * 86_400), now - Duration::from_secs(86_400));
+    let past = (
+        now - Duration::from_secs(10 * 86_400),
+        now - Duration::from_secs(86_400),
+    );
     let expired = issue(tmp.path(), (&ca_cert, &ca_key), "alice", past, "expired");
     let e = tls_msg(&with_cert(Some(expired)));
-    assert!(e.contains("server rejected our certificate") && e.contains("Expired"), "{e}");
+    assert!(
+        e.contains("server rejected our certificate") && e.contains("Expired"),
+        "{e}"
+    );
 
     // A valid certificate for a name that is not a configured client.
-    let mallory = issue(tmp.path(), (&ca_cert, &ca_key), "mallory", pki::validity(30), "mallory");
+    let mallory = issue(
+        tmp.path(),
+        (&ca_cert, &ca_key),
+        "mallory",
+        pki::validity(30),
+        "mallory",
+    );
     match refused(connect(&with_cert(Some(mallory)), Transport::Tls)) {
         ClientError::Auth(b) => {
             assert_eq!(b.status(), Some(Status::AuthFailed));
-            assert!(b.message.contains("names no configured client"), "{}", b.message);
+            assert!(
+                b.message.contains("names no configured client"),
+                "{}",
+                b.message
+            );
         }
         other => panic!("expected auth_failed, got {other:?}"),
     }
@@ -118,7 +145,10 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     let wrong_key = tmp.path().join("wrong.psk");
     std::fs::write(&wrong_key, "00".repeat(32)).unwrap();
     let wrong = psk(&|p| p.key_file = wrong_key.clone());
-    assert!(unknown.contains("PSK rejected: unknown identity or wrong key"), "{unknown}");
+    assert!(
+        unknown.contains("PSK rejected: unknown identity or wrong key"),
+        "{unknown}"
+    );
     assert_eq!(unknown.replace("mallory", ""), wrong.replace("mallory", ""));
     let bob_psk = bob.tls_psk.clone().unwrap();
     let crossed = psk(&|p| *p = bob_psk.clone());
@@ -131,7 +161,9 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     for t in [Transport::Tls, Transport::TlsPsk] {
         let a = connect(&alice, t).unwrap();
         a.ping().unwrap();
-        let e = a.block_on(a.client().info(&KeyRef::Id(secret.id))).unwrap_err();
+        let e = a
+            .block_on(a.client().info(&KeyRef::Id(secret.id)))
+            .unwrap_err();
         assert_eq!(e.status(), Some(Status::KeyNotFound));
         let b = connect(&bob, t).unwrap();
         let sig = b.sign(&KeyRef::Id(secret.id), b"m").unwrap();
@@ -147,7 +179,10 @@ fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 return false;
             }
             Err(_) => return true,
@@ -157,23 +192,38 @@ fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
 
 #[test]
 fn plain_bytes_and_stalled_handshakes_on_tls_ports_are_dropped() {
-    let srv = TestServer::start_with(&["alice"], |c| c.handshake_timeout = Duration::from_millis(400));
+    let srv = TestServer::start_with(&["alice"], |c| {
+        c.handshake_timeout = Duration::from_millis(400)
+    });
     let b = srv.handle.as_ref().unwrap().bound.clone();
     for addr in [b.tls.unwrap(), b.tls_psk.unwrap()] {
         // Plain protocol bytes instead of a ClientHello.
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(&Request::Ping.to_frame(1).encode()).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        assert!(closed_within(&mut s, Duration::from_secs(5)), "{addr}: garbage not dropped");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "{addr}: garbage not dropped"
+        );
         // Connected, then silent: dropped after the handshake timeout.
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         let t = Instant::now();
-        assert!(closed_within(&mut s, Duration::from_secs(5)), "{addr}: idle handshake kept");
-        assert!(t.elapsed() >= Duration::from_millis(300), "{addr}: closed before the timeout");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "{addr}: idle handshake kept"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{addr}: closed before the timeout"
+        );
         // Half a ClientHello, then silence.
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]).unwrap();
-        assert!(closed_within(&mut s, Duration::from_secs(5)), "{addr}: half handshake kept");
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+            .unwrap();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "{addr}: half handshake kept"
+        );
     }
     let alice = srv.profile("alice");
     connect(&alice, Transport::Tls).unwrap().ping().unwrap();
@@ -193,7 +243,10 @@ fn per_client_connection_limit_applies_across_transports() {
         }
         other => panic!("expected busy, got {other:?}"),
     }
-    connect(&srv.profile("bob"), Transport::Tls).unwrap().ping().unwrap();
+    connect(&srv.profile("bob"), Transport::Tls)
+        .unwrap()
+        .ping()
+        .unwrap();
     a1.ping().unwrap();
     drop(a2);
     // The slot comes back once the server has seen the close.
@@ -216,8 +269,15 @@ fn s_client(ossl: &str, args: &[&str]) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let hello = Request::Hello(Hello { version: PROTOCOL_VERSION, client: "alice".into() });
-    let _ = child.stdin.as_mut().unwrap().write_all(&hello.to_frame(1).encode());
+    let hello = Request::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client: "alice".into(),
+    });
+    let _ = child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&hello.to_frame(1).encode());
     let mut out = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -241,31 +301,77 @@ fn s_client(ossl: &str, args: &[&str]) -> (bool, String) {
     let status = child.wait().unwrap();
     let got = reader.join().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let framed = got.windows(4).any(|w| w == b"FHSM");
-    (framed, format!("status {status}; stdout {:?}; stderr {err}", String::from_utf8_lossy(&got)))
+    (
+        framed,
+        format!(
+            "status {status}; stdout {:?}; stderr {err}",
+            String::from_utf8_lossy(&got)
+        ),
+    )
 }
 
 #[test]
 fn openssl_s_client_interoperates_with_both_tls_modes() {
-    let Some(ossl) = support::openssl() else { return };
+    let Some(ossl) = support::openssl() else {
+        return;
+    };
     let srv = TestServer::start(&["alice"]);
     let b = srv.handle.as_ref().unwrap().bound.clone();
     let f = |p: &str| srv.dir.path().join(p).to_str().unwrap().to_string();
     let (tls, psk) = (b.tls.unwrap().to_string(), b.tls_psk.unwrap().to_string());
-    let (ca, cert, key) = (f("pki/ca.pem"), f("clients/alice.pem"), f("clients/alice.tls.key"));
-    let base = ["-connect", &tls, "-CAfile", &ca, "-servername", "localhost", "-verify_return_error"];
+    let (ca, cert, key) = (
+        f("pki/ca.pem"),
+        f("clients/alice.pem"),
+        f("clients/alice.tls.key"),
+    );
+    let base = [
+        "-connect",
+        &tls,
+        "-CAfile",
+        &ca,
+        "-servername",
+        "localhost",
+        "-verify_return_error",
+    ];
 
-    let with_cert: Vec<&str> = base.iter().copied().chain(["-cert", &cert, "-key", &key]).collect();
+    let with_cert: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["-cert", &cert, "-key", &key])
+        .collect();
     let (ok, log) = s_client(ossl, &with_cert);
-    assert!(ok, "s_client with alice's certificate got no welcome: {log}");
+    assert!(
+        ok,
+        "s_client with alice's certificate got no welcome: {log}"
+    );
     let (ok, log) = s_client(ossl, &base);
     assert!(!ok, "s_client without a certificate was served: {log}");
     assert!(log.contains("alert"), "expected a TLS alert: {log}");
 
-    let hex = std::fs::read_to_string(f("clients/alice.psk")).unwrap().trim().to_string();
+    let hex = std::fs::read_to_string(f("clients/alice.psk"))
+        .unwrap()
+        .trim()
+        .to_string();
     let psk_args = |key: &str| -> Vec<String> {
-        ["-connect", &psk, "-tls1_3", "-psk_identity", "alice", "-psk", key].iter().map(|s| s.to_string()).collect()
+        [
+            "-connect",
+            &psk,
+            "-tls1_3",
+            "-psk_identity",
+            "alice",
+            "-psk",
+            key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let args = psk_args(&hex);
     let (ok, log) = s_client(ossl, &args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -274,5 +380,25 @@ fn openssl_s_client_interoperates_with_both_tls_modes() {
     let (ok, log) = s_client(ossl, &wrong.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok, "s_client with a wrong PSK was served: {log}");
     // The server survived all of it.
-    connect(&srv.profile("alice"), Transport::TlsPsk).unwrap().ping().unwrap();
+    connect(&srv.profile("alice"), Transport::TlsPsk)
+        .unwrap()
+        .ping()
+        .unwrap();
+}
+
+#[test]
+fn listener_connection_limit_is_a_readable_busy_over_tls() {
+    let srv = TestServer::start_with(&["alice", "bob"], |c| c.max_connections = 1);
+    let (alice, bob) = (srv.profile("alice"), srv.profile("bob"));
+    for t in [Transport::Tls, Transport::TlsPsk, Transport::Tcp] {
+        let held = connect(&alice, t).unwrap();
+        match refused(connect(&bob, t)) {
+            ClientError::Auth(b) | ClientError::Server(b) => {
+                assert_eq!(b.status(), Some(Status::Busy), "{t:?}: {b:?}");
+                assert!(b.message.contains("too many connections"));
+            }
+            other => panic!("{t:?}: expected busy, got {other:?}"),
+        }
+        held.ping().unwrap();
+    }
 }

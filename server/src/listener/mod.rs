@@ -40,13 +40,28 @@ pub trait Transport: Unpin + 'static {
         peer: SocketAddr,
         slot: OwnedSemaphorePermit,
     );
+
+    /// Tells a peer over the connection limit why it is refused, in a form it can read (TLS
+    /// transports finish the handshake first). `slot` bounds how many refusals run at once.
+    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        let _ = shared;
+        actix::spawn(async move {
+            refuse(stream, Status::Busy, "too many connections").await;
+            drop(slot);
+        });
+    }
 }
+
+/// Refusals (handshake + error frame) in progress at once, per listener; beyond this an
+/// over-limit connection is closed without a word.
+const MAX_REFUSALS: usize = 16;
 
 /// Accepts connections until shutdown, at most `max_connections` at once.
 pub struct Listener<T: Transport> {
     listener: Option<TcpListener>,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
     transport: Option<T>,
 }
 
@@ -70,6 +85,7 @@ impl<T: Transport> Listener<T> {
             listener: Some(listener),
             shared,
             connections: Arc::new(Semaphore::new(max_connections)),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             transport: Some(transport),
         }
     }
@@ -85,6 +101,7 @@ impl<T: Transport> Actor for Listener<T> {
         };
         let shared = self.shared.clone();
         let connections = self.connections.clone();
+        let refusals = self.refusals.clone();
         let mut shutdown = shared.shutdown.clone();
         ctx.spawn(
             async move {
@@ -108,9 +125,9 @@ impl<T: Transport> Actor for Listener<T> {
                         Ok(slot) => transport.start(&shared, stream, peer, slot),
                         Err(_) => {
                             tracing::warn!(transport = T::NAME, %peer, "connection limit reached; refusing");
-                            // Plain TCP peers get a readable error frame; for TLS the bytes are
-                            // not TLS, so the peer just sees the connection close.
-                            actix::spawn(refuse(stream, Status::Busy, "too many connections"));
+                            if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                                transport.refuse(&shared, stream, slot);
+                            }
                         }
                     }
                 }

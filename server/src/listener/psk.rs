@@ -43,6 +43,17 @@ impl TlsPsk {
 impl Transport for TlsPsk {
     const NAME: &'static str = "tls-psk";
 
+    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        let acceptor = self.acceptor.clone();
+        let timeout = shared.handshake_timeout;
+        actix::spawn(async move {
+            if let Ok((tls, _)) = acceptor.accept(stream, timeout).await {
+                super::refuse(tls, ferrohsm_proto::Status::Busy, "too many connections").await;
+            }
+            drop(slot);
+        });
+    }
+
     fn start(
         &self,
         shared: &Arc<Shared>,

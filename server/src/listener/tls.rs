@@ -46,6 +46,17 @@ impl CertTls {
 impl Transport for CertTls {
     const NAME: &'static str = "tls";
 
+    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        let acceptor = self.acceptor.clone();
+        let timeout = shared.handshake_timeout;
+        actix::spawn(async move {
+            if let Ok((tls, _)) = acceptor.accept(stream, timeout).await {
+                refuse(tls, Status::Busy, "too many connections").await;
+            }
+            drop(slot);
+        });
+    }
+
     fn start(
         &self,
         shared: &Arc<Shared>,
