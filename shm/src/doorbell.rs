@@ -1,0 +1,80 @@
+//! Futex doorbells in the shared mapping, and the spin budget.
+//!
+//! A waiting side spins briefly (only one thread per process at a time may spin, so all
+//! sessions together never burn more than about one core), then announces that it sleeps and
+//! waits on its bell's futex with a timeout. The other side, after publishing data or space,
+//! rings the bell only when the sleeper flag is set: a busy pair of processes makes no system
+//! calls at all. Shared (not process-private) futexes, since the word lives in a memfd mapping.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::thread::futex;
+
+use crate::segment::Bell;
+
+/// How long a waiter spins before sleeping.
+pub const SPIN: Duration = Duration::from_micros(50);
+
+// One spinner per process.
+static SPINNING: AtomicBool = AtomicBool::new(false);
+
+/// Wakes the peer if it is asleep on `bell`.
+pub fn ring(bell: &Bell) {
+    if bell.sleeping.load(Ordering::SeqCst) != 0 {
+        bell.ring.fetch_add(1, Ordering::SeqCst);
+        // A failed wake (EFAULT cannot happen for a live mapping) only delays the peer until
+        // its wait times out.
+        let _ = futex::wake(&bell.ring, futex::Flags::empty(), 1);
+    }
+}
+
+/// Waits until `ready()` holds or `timeout` passes: when `spin` is set, spins first (if no
+/// other thread of this process is spinning), then sleeps on `bell`. Returns whether `ready()`
+/// held.
+pub fn wait(bell: &Bell, timeout: Duration, spin: bool, ready: impl Fn() -> bool) -> bool {
+    if ready() {
+        return true;
+    }
+    if spin
+        && SPINNING
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    {
+        let start = Instant::now();
+        let mut hit = false;
+        'spin: while start.elapsed() < SPIN {
+            for _ in 0..64 {
+                if ready() {
+                    hit = true;
+                    break 'spin;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        SPINNING.store(false, Ordering::Release);
+        if hit {
+            return true;
+        }
+    }
+    // Announce the sleep, then re-check: the peer publishes before it looks at `sleeping`
+    // (both SeqCst), so either it sees the flag and rings, or we see its data here.
+    bell.sleeping.store(1, Ordering::SeqCst);
+    let seen = bell.ring.load(Ordering::SeqCst);
+    let ok = ready() || {
+        let ts = rustix::thread::futex::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        // EAGAIN (the bell moved), EINTR and ETIMEDOUT all just mean "look again".
+        let _ = futex::wait(&bell.ring, futex::Flags::empty(), seen, Some(&ts));
+        ready()
+    };
+    bell.sleeping.store(0, Ordering::SeqCst);
+    ok
+}
+
+/// Wakes this side's own watcher (after registering something it should look at).
+pub fn kick(own: &Bell) {
+    ring(own)
+}

@@ -1,0 +1,424 @@
+//! [`ShmStream`]: the two rings of a segment as a tokio `AsyncRead` + `AsyncWrite` pair.
+//!
+//! Reading and writing copy straight between the caller's buffer and the ring, in the caller's
+//! task. Only when a ring is empty (reader) or full (writer) does the caller park: it leaves its
+//! waker and a per-endpoint watcher thread waits on this side's futex bell (spinning briefly
+//! first) and wakes the task when the peer has published. An idle endpoint's watcher sleeps.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::doorbell;
+use crate::segment::{Segment, Side};
+
+/// How long the watcher sleeps before looking again on its own (closing, lost wake-ups).
+const WATCH_TIMEOUT: Duration = Duration::from_millis(100);
+
+struct Inner {
+    seg: Segment,
+    side: Side,
+    closed: AtomicBool,
+    error: Mutex<Option<String>>,
+    read_waker: Mutex<Option<Waker>>,
+    write_waker: Mutex<Option<Waker>>,
+    read_waiting: AtomicBool,
+    write_waiting: AtomicBool,
+    // Copies of the private positions, for the watcher's readiness checks.
+    read_pos: AtomicU64,
+    write_pos: AtomicU64,
+    halves: AtomicUsize,
+    on_close: tokio::sync::Notify,
+}
+
+impl Inner {
+    fn lock(m: &Mutex<Option<Waker>>) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        // A poisoned waker slot only means a waker's clone panicked; the slot is still usable.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, why: String) {
+        self.error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
+        self.close();
+    }
+
+    fn error(&self) -> Option<io::Error> {
+        let e = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        e.as_ref()
+            .map(|m| io::Error::new(io::ErrorKind::InvalidData, m.clone()))
+    }
+
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            self.on_close.notify_waiters();
+            self.on_close.notify_one();
+        }
+        for slot in [&self.read_waker, &self.write_waker] {
+            if let Some(w) = Self::lock(slot).take() {
+                w.wake();
+            }
+        }
+        doorbell::kick(self.seg.bells(self.side).0);
+    }
+
+    /// Data (or a corrupt ring) for a waiting reader.
+    fn read_ready(&self) -> bool {
+        let (rx, _) = self.seg.rings(self.side);
+        self.read_waiting.load(Ordering::SeqCst)
+            && rx
+                .readable(self.read_pos.load(Ordering::Relaxed))
+                .map_or(true, |n| n > 0)
+    }
+
+    /// Space (or a corrupt ring) for a waiting writer.
+    fn write_ready(&self) -> bool {
+        let (_, tx) = self.seg.rings(self.side);
+        self.write_waiting.load(Ordering::SeqCst)
+            && tx
+                .writable(self.write_pos.load(Ordering::Relaxed))
+                .map_or(true, |n| n > 0)
+    }
+
+    fn wake_ready(&self) {
+        if self.read_ready() || self.is_closed() {
+            self.read_waiting.store(false, Ordering::SeqCst);
+            if let Some(w) = Self::lock(&self.read_waker).take() {
+                w.wake();
+            }
+        }
+        if self.write_ready() || self.is_closed() {
+            self.write_waiting.store(false, Ordering::SeqCst);
+            if let Some(w) = Self::lock(&self.write_waker).take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+fn watch(inner: Arc<Inner>) {
+    let (mine, _) = inner.seg.bells(inner.side);
+    while !inner.is_closed() {
+        let waiting =
+            inner.read_waiting.load(Ordering::SeqCst) || inner.write_waiting.load(Ordering::SeqCst);
+        doorbell::wait(mine, WATCH_TIMEOUT, waiting, || {
+            inner.is_closed() || inner.read_ready() || inner.write_ready()
+        });
+        inner.wake_ready();
+    }
+    inner.wake_ready();
+}
+
+/// Builds the endpoint of one side.
+#[derive(Debug)]
+pub struct ShmStream;
+
+impl ShmStream {
+    /// Starts the watcher thread and returns the reading half, the writing half and a handle
+    /// for whoever watches liveness (the Unix socket). Closing happens when both halves are
+    /// dropped, when [`Closer::close`] is called, or when the peer corrupts a ring.
+    pub fn start(seg: Segment, side: Side) -> io::Result<(ShmReader, ShmWriter, Closer)> {
+        let (rx, tx) = seg.rings(side);
+        // Start from the positions in the segment (zero for a fresh one); from here on they
+        // are private and only published.
+        let (tail, head) = (rx_pos(&seg, side, true), rx_pos(&seg, side, false));
+        let _ = (rx, tx);
+        let inner = Arc::new(Inner {
+            seg,
+            side,
+            closed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            read_waker: Mutex::new(None),
+            write_waker: Mutex::new(None),
+            read_waiting: AtomicBool::new(false),
+            write_waiting: AtomicBool::new(false),
+            read_pos: AtomicU64::new(tail),
+            write_pos: AtomicU64::new(head),
+            halves: AtomicUsize::new(2),
+            on_close: tokio::sync::Notify::new(),
+        });
+        let w = inner.clone();
+        std::thread::Builder::new()
+            .name(format!(
+                "shm-{}",
+                if side == Side::Server { "srv" } else { "cli" }
+            ))
+            .spawn(move || watch(w))?;
+        Ok((
+            ShmReader {
+                inner: inner.clone(),
+                tail,
+            },
+            ShmWriter {
+                inner: inner.clone(),
+                head,
+            },
+            Closer { inner },
+        ))
+    }
+}
+
+/// The starting position of this side's read ring (`read`) or write ring.
+fn rx_pos(seg: &Segment, side: Side, read: bool) -> u64 {
+    use crate::segment::offsets::*;
+    let off = match (side, read) {
+        (Side::Server, true) => REQ_TAIL,
+        (Side::Server, false) => RESP_HEAD,
+        (Side::Client, true) => RESP_TAIL,
+        (Side::Client, false) => REQ_HEAD,
+    };
+    let mut b = [0u8; 8];
+    seg.read_bytes(off, &mut b);
+    u64::from_ne_bytes(b)
+}
+
+/// Closes the endpoint from outside (the peer's socket closed) and tells when it closed.
+#[derive(Clone)]
+pub struct Closer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closer")
+            .field("closed", &self.inner.is_closed())
+            .finish()
+    }
+}
+
+impl Closer {
+    /// Ends the stream: readers see end-of-file, writers an error.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Resolves once the stream is closed (both halves dropped, closed, or corrupted).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.inner.on_close.notified();
+            if self.inner.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Why the stream failed, if the peer corrupted it.
+    pub fn error(&self) -> Option<String> {
+        self.inner
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn half_dropped(inner: &Inner) {
+    if inner.halves.fetch_sub(1, Ordering::SeqCst) == 1 {
+        inner.close();
+    }
+}
+
+/// Reading half.
+pub struct ShmReader {
+    inner: Arc<Inner>,
+    tail: u64,
+}
+
+/// Writing half.
+pub struct ShmWriter {
+    inner: Arc<Inner>,
+    head: u64,
+}
+
+impl std::fmt::Debug for ShmReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmReader")
+            .field("tail", &self.tail)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ShmWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmWriter")
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
+impl Drop for ShmReader {
+    fn drop(&mut self) {
+        half_dropped(&self.inner);
+    }
+}
+
+impl Drop for ShmWriter {
+    fn drop(&mut self) {
+        half_dropped(&self.inner);
+    }
+}
+
+impl AsyncRead for ShmReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let inner = &*this.inner;
+        if let Some(e) = inner.error() {
+            return Poll::Ready(Err(e));
+        }
+        for attempt in 0..2 {
+            let (rx, _) = inner.seg.rings(inner.side);
+            match rx.read(&mut this.tail, buf.initialize_unfilled()) {
+                Err(e) => {
+                    inner.fail(e.to_string());
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    )));
+                }
+                Ok(0) if inner.is_closed() => return Poll::Ready(Ok(())),
+                Ok(0) if attempt == 0 => {
+                    // Park, then look once more: data published in between is not lost,
+                    // since the watcher also checks after we registered.
+                    *Inner::lock(&inner.read_waker) = Some(cx.waker().clone());
+                    inner.read_waiting.store(true, Ordering::SeqCst);
+                    doorbell::kick(inner.seg.bells(inner.side).0);
+                }
+                Ok(0) => return Poll::Pending,
+                Ok(n) => {
+                    buf.advance(n);
+                    inner.read_pos.store(this.tail, Ordering::Relaxed);
+                    inner.read_waiting.store(false, Ordering::SeqCst);
+                    // The peer may be waiting for space.
+                    doorbell::ring(inner.seg.bells(inner.side).1);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for ShmWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        src: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let inner = &*this.inner;
+        if let Some(e) = inner.error() {
+            return Poll::Ready(Err(e));
+        }
+        for attempt in 0..2 {
+            if inner.is_closed() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "shared-memory session closed",
+                )));
+            }
+            let (_, tx) = inner.seg.rings(inner.side);
+            match tx.write(&mut this.head, src) {
+                Err(e) => {
+                    inner.fail(e.to_string());
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    )));
+                }
+                Ok(0) if !src.is_empty() && attempt == 0 => {
+                    *Inner::lock(&inner.write_waker) = Some(cx.waker().clone());
+                    inner.write_waiting.store(true, Ordering::SeqCst);
+                    doorbell::kick(inner.seg.bells(inner.side).0);
+                }
+                Ok(0) if !src.is_empty() => return Poll::Pending,
+                Ok(n) => {
+                    inner.write_pos.store(this.head, Ordering::Relaxed);
+                    inner.write_waiting.store(false, Ordering::SeqCst);
+                    doorbell::ring(inner.seg.bells(inner.side).1);
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bytes_flow_both_ways_across_wraps_and_backpressure() {
+        let server_seg = Segment::create(crate::segment::MIN_RING).unwrap();
+        let client_seg = Segment::open(server_seg.fd().try_clone_to_owned().unwrap()).unwrap();
+        let (mut srd, mut swr, _sc) = ShmStream::start(server_seg, Side::Server).unwrap();
+        let (mut crd, mut cwr, cc) = ShmStream::start(client_seg, Side::Client).unwrap();
+        // 1 MiB each way through 4 KiB rings: many wraps, and the writer must wait for space.
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+        let expect = data.clone();
+        let echo = tokio::spawn(async move {
+            let mut buf = vec![0u8; 3000];
+            let mut total = 0;
+            while total < 1 << 20 {
+                let n = srd.read(&mut buf).await.unwrap();
+                swr.write_all(&buf[..n]).await.unwrap();
+                total += n;
+            }
+            (srd, swr)
+        });
+        let writer = tokio::spawn(async move {
+            cwr.write_all(&data).await.unwrap();
+            cwr
+        });
+        let mut got = vec![0u8; 1 << 20];
+        crd.read_exact(&mut got).await.unwrap();
+        assert!(got == expect, "bytes differ");
+        let _cwr = writer.await.unwrap();
+        let (_srd, _swr) = echo.await.unwrap();
+        // Closing one side's endpoint makes its reader see EOF.
+        cc.close();
+        let mut b = [0u8; 1];
+        assert_eq!(crd.read(&mut b).await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_scribbled_head_fails_the_reader() {
+        let server_seg = Segment::create(crate::segment::MIN_RING).unwrap();
+        let hostile = Segment::open(server_seg.fd().try_clone_to_owned().unwrap()).unwrap();
+        let (mut srd, _swr, closer) = ShmStream::start(server_seg, Side::Server).unwrap();
+        hostile.write_bytes(crate::segment::offsets::REQ_HEAD, &u64::MAX.to_ne_bytes());
+        doorbell::ring(hostile.bells(Side::Client).1);
+        let mut b = [0u8; 16];
+        let e = tokio::time::timeout(Duration::from_secs(5), srd.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(closer.error().unwrap().contains("corrupted"));
+    }
+}
