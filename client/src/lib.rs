@@ -43,7 +43,14 @@ pub use error::ClientError;
 use profile::{Identity, Profile, Transport};
 
 type Reply = Result<Response, ClientError>;
-type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+/// Requests waiting for their response, and whether the connection has ended (after which
+/// nothing will ever answer, so new requests must fail instead of waiting).
+#[derive(Default)]
+struct PendingState {
+    map: HashMap<u64, oneshot::Sender<Reply>>,
+    closed: Option<ClientError>,
+}
+type PendingMap = Arc<Mutex<PendingState>>;
 
 struct Inner {
     tx: mpsc::Sender<Frame>,
@@ -235,15 +242,24 @@ impl Client {
             )));
         }
         let (reply_tx, rx) = oneshot::channel();
-        self.lock_pending().insert(id, reply_tx);
+        {
+            let mut p = self.lock_pending();
+            if let Some(e) = &p.closed {
+                return Err(ClientError::Connection(match e {
+                    ClientError::Connection(m) => m.clone(),
+                    other => other.to_string(),
+                }));
+            }
+            p.map.insert(id, reply_tx);
+        }
         if self.inner.tx.send(frame).await.is_err() {
-            self.lock_pending().remove(&id);
+            self.lock_pending().map.remove(&id);
             return Err(closed());
         }
         Ok(Pending { rx, _slot: slot })
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingState> {
         // A poisoned map only means another task panicked mid-insert; the map is still valid.
         self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -434,9 +450,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     // Responses may be a little larger than the request cap (a ciphertext adds 30 bytes).
     let dec = FrameDecoder::new(max_body.saturating_add(4096));
+    // Marks the connection closed and fails every waiting request, under one lock, so a
+    // request submitted concurrently either sees `closed` or is failed here.
     let fail_all = |err: &dyn Fn() -> ClientError| {
-        let mut map = pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, tx) in map.drain() {
+        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.closed = Some(err());
+        for (_, tx) in p.map.drain() {
             let _ = tx.send(Err(err()));
         }
     };
@@ -466,6 +485,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let tx = pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .map
             .remove(&rid);
         if let Some(tx) = tx {
             let _ = tx.send(decode_response(&frame));
