@@ -23,6 +23,7 @@
 //! addresses (tests use it with port 0).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;

@@ -22,12 +22,13 @@ use std::sync::{Arc, Mutex};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, WrapFuture};
 use ferrohsm_proto::frame::Decoded;
-use ferrohsm_proto::handshake::{Challenge, Hello, Welcome, transcript};
+use ferrohsm_proto::handshake::{Challenge, Hello, Welcome};
 use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{ErrorBody, Frame, FrameDecoder, PROTOCOL_VERSION, Request, Response, Status};
+use ferrohsm_proto::{ErrorBody, Frame, FrameDecoder, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use crate::auth::PendingProof;
 use crate::config::ClientConfig;
 use crate::crypto::pool::CryptoPool;
 use crate::crypto::{CryptoJob, JobOutput};
@@ -125,6 +126,11 @@ impl Shared {
         }
     }
 
+    /// A fresh session id.
+    pub fn new_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Counts a new session of `client`; refuses one over the per-client limit.
     fn enter_client(&self, client: &str) -> Result<(), OpError> {
         let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,6 +154,20 @@ impl Shared {
             }
         }
     }
+}
+
+/// What a transport knows about an accepted connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The peer, for logs (`tcp:127.0.0.1:5000`, `shm:pid=..,uid=..`).
+    pub peer: String,
+    /// The client the transport's credential proved (TLS certificate, PSK, or the shm set-up
+    /// handshake), or `None` when the client must answer a challenge in the session.
+    pub proven: Option<Arc<str>>,
+    /// A session id already announced to the client (shm), else a fresh one is taken.
+    pub session_id: Option<u64>,
+    /// The listener's connection slot, released when the connection ends.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// Held from decode to write: one window slot and one global in-flight count.
@@ -185,11 +205,7 @@ enum Hello2 {
 
 enum State {
     AwaitHello,
-    AwaitProof {
-        client: String,
-        nonce: [u8; 32],
-        key: Option<Box<ed25519_dalek::VerifyingKey>>,
-    },
+    AwaitProof(PendingProof),
     Ready(Caller),
     Closed,
 }
@@ -269,15 +285,7 @@ impl Session {
     /// Hello: on a transport that proved the client already, the name must match and the
     /// session opens; otherwise the client gets a fresh challenge.
     fn handle_hello(&mut self, h: Hello) -> Result<Hello2, OpError> {
-        if h.version != PROTOCOL_VERSION {
-            return Err(OpError::new(
-                Status::UnsupportedVersion,
-                format!(
-                    "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
-                    h.version
-                ),
-            ));
-        }
+        crate::auth::check_version(&h)?;
         if let Some(proven) = &self.proven {
             if h.client != **proven {
                 tracing::info!(peer = %self.peer, proven = %proven, claimed = %h.client, "hello names another client than the TLS credential");
@@ -295,24 +303,9 @@ impl Session {
                 session: self.id,
             }));
         }
-        let mut nonce = [0u8; 32];
-        getrandom::fill(&mut nonce).map_err(|_| OpError::internal("OS random source failed"))?;
-        // An unknown name still gets a challenge, so the handshake reveals no client names.
-        let key = self
-            .shared
-            .clients
-            .get(&h.client)
-            .and_then(|c| c.auth_key)
-            .map(Box::new);
-        self.state = State::AwaitProof {
-            client: h.client,
-            nonce,
-            key,
-        };
-        Ok(Hello2::Challenge(Challenge {
-            session_id: self.id,
-            nonce,
-        }))
+        let (pending, challenge) = crate::auth::challenge(&self.shared, self.id, h.client)?;
+        self.state = State::AwaitProof(pending);
+        Ok(Hello2::Challenge(challenge))
     }
 
     /// Opens the session for a proven caller: per-client limit, registration with the key
@@ -356,27 +349,15 @@ impl Session {
     }
 
     fn handle_proof(&mut self, signature: &[u8]) -> Result<Caller, OpError> {
-        let State::AwaitProof { client, nonce, key } = &self.state else {
+        let State::AwaitProof(pending) = &self.state else {
             return Err(OpError::new(
                 Status::ProtocolViolation,
                 "proof without hello",
             ));
         };
-        let ok = key.as_ref().is_some_and(|k| {
-            ed25519_dalek::Signature::from_slice(signature).is_ok_and(|sig| {
-                k.verify_strict(&transcript(client, self.id, nonce), &sig)
-                    .is_ok()
-            })
-        });
-        if !ok {
-            tracing::info!(peer = %self.peer, claimed = %client, "authentication failed");
-            return Err(OpError::new(
-                Status::AuthFailed,
-                "authentication failed: unknown client or proof not made with its auth key for this session",
-            ));
-        }
+        let client = pending.verify(signature, &self.peer)?;
         Ok(Caller {
-            client: Arc::from(client.as_str()),
+            client,
             session: self.id,
         })
     }
@@ -431,7 +412,7 @@ impl Handler<Inbound> for Session {
                 }
                 return;
             }
-            (State::AwaitProof { .. }, Request::Proof(p)) => {
+            (State::AwaitProof(_), Request::Proof(p)) => {
                 match self.handle_proof(&p.signature) {
                     Ok(caller) => self.open(caller, opcode, rid, ticket, ctx),
                     Err(e) => {
@@ -523,18 +504,18 @@ async fn dispatch(shared: &Shared, caller: Caller, request: Request) -> Result<R
 /// TLS, handshaken); `peer` names it in logs; `proven` is the client the transport's credential
 /// proved (TLS certificate or PSK), or `None` when the client must answer a challenge.
 /// `conn_slot` is released when the connection ends.
-pub fn serve<R, W>(
-    shared: Arc<Shared>,
-    rd: R,
-    wr: W,
-    peer: String,
-    proven: Option<Arc<str>>,
-    conn_slot: OwnedSemaphorePermit,
-) where
+pub fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W, conn: Conn)
+where
     R: AsyncRead + Unpin + 'static,
     W: AsyncWrite + Unpin + 'static,
 {
-    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let Conn {
+        peer,
+        proven,
+        session_id,
+        slot: conn_slot,
+    } = conn;
+    let id = session_id.unwrap_or_else(|| shared.new_session_id());
     let (out_tx, out_rx) = mpsc::channel::<Outbound>(shared.window as usize + 2);
     let (stop_tx, stop_rx) = oneshot::channel();
     let session = Session {

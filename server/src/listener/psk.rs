@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::Transport;
 use crate::error::ServerError;
-use crate::session::{Shared, serve};
+use crate::session::{Conn, Shared, serve};
 
 /// The TLS-PSK transport.
 #[derive(Debug, Clone)]
@@ -79,14 +79,13 @@ impl Transport for TlsPsk {
                 return;
             };
             let (rd, wr) = tokio::io::split(tls);
-            serve(
-                shared,
-                rd,
-                wr,
-                format!("tls-psk:{peer}"),
-                Some(client),
+            let conn = Conn {
+                peer: format!("tls-psk:{peer}"),
+                proven: Some(client),
+                session_id: None,
                 slot,
-            );
+            };
+            serve(shared, rd, wr, conn);
         });
     }
 }

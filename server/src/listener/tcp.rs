@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Transport;
-use crate::session::{Shared, serve};
+use crate::session::{Conn, Shared, serve};
 
 /// The plain TCP transport.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +24,16 @@ impl Transport for Tcp {
         slot: OwnedSemaphorePermit,
     ) {
         let (rd, wr) = stream.into_split();
-        serve(shared.clone(), rd, wr, format!("tcp:{peer}"), None, slot);
+        serve(
+            shared.clone(),
+            rd,
+            wr,
+            Conn {
+                peer: format!("tcp:{peer}"),
+                proven: None,
+                session_id: None,
+                slot,
+            },
+        );
     }
 }

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Transport, refuse};
-use crate::session::{Shared, serve};
+use crate::session::{Conn, Shared, serve};
 
 /// The certificate TLS transport.
 #[derive(Debug, Clone)]
@@ -76,7 +76,15 @@ impl Transport for CertTls {
             };
             let (rd, wr) = tokio::io::split(tls);
             match this.client_for(&names) {
-                Some(client) => serve(shared, rd, wr, format!("tls:{peer}"), Some(client), slot),
+                Some(client) => {
+                    let conn = Conn {
+                        peer: format!("tls:{peer}"),
+                        proven: Some(client),
+                        session_id: None,
+                        slot,
+                    };
+                    serve(shared, rd, wr, conn)
+                }
                 None => {
                     tracing::warn!(%peer, ?names, "client certificate names no configured client");
                     refuse(
