@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferrohsm_proto::frame::Decoded;
-use ferrohsm_proto::handshake::{Hello, Proof, Welcome, transcript};
+use ferrohsm_proto::handshake::{Challenge, Hello, Proof, Welcome, transcript};
 use ferrohsm_proto::message::{BodyError, KeySpec, decode_error};
 use ferrohsm_proto::{
     DigestAlg, ErrorBody, Frame, FrameDecoder, KeyInfo, KeyRef, KeyType, Label, PROTOCOL_VERSION,
@@ -129,7 +129,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Decodes a response frame: an error frame becomes `ClientError::Server`.
-fn decode_response(frame: &Frame) -> Reply {
+pub(crate) fn decode_response(frame: &Frame) -> Reply {
     if frame.header.is_error() {
         let body = decode_error(frame.header.opcode, &frame.body).map_err(protocol)?;
         return Err(ClientError::Server(body));
@@ -137,7 +137,7 @@ fn decode_response(frame: &Frame) -> Reply {
     Response::decode(frame.header.opcode, &frame.body).map_err(protocol)
 }
 
-async fn handshake_step<R, W>(
+pub(crate) async fn handshake_step<R, W>(
     rd: &mut R,
     wr: &mut W,
     buf: &mut Vec<u8>,
@@ -156,6 +156,18 @@ where
         ClientError::Server(b) => ClientError::Auth(b),
         other => other,
     })
+}
+
+/// Signs a challenge with the identity's auth key.
+pub(crate) fn prove(id: &Identity, challenge: &Challenge) -> Result<Proof, ClientError> {
+    let key = id.auth_key.as_ref().ok_or_else(|| {
+        ClientError::Connection(
+            "the server asked for an auth-key proof but the profile has no auth_key".into(),
+        )
+    })?;
+    let t = transcript(&id.name, challenge.session_id, &challenge.nonce);
+    let signature = ed25519_dalek::Signer::sign(key, &t).to_bytes().to_vec();
+    Ok(Proof { signature })
 }
 
 impl Client {
@@ -177,15 +189,7 @@ impl Client {
         let welcome = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, hello).await? {
             Response::Welcome(w) => w,
             Response::Challenge(challenge) => {
-                let key = id.auth_key.as_ref().ok_or_else(|| {
-                    ClientError::Connection(
-                        "the server asked for an auth-key proof but the profile has no auth_key"
-                            .into(),
-                    )
-                })?;
-                let t = transcript(&id.name, challenge.session_id, &challenge.nonce);
-                let signature = ed25519_dalek::Signer::sign(key, &t).to_bytes().to_vec();
-                let proof = Request::Proof(Proof { signature });
+                let proof = Request::Proof(prove(id, &challenge)?);
                 match handshake_step(&mut rd, &mut wr, &mut buf, &dec, proof).await? {
                     Response::Welcome(w) => w,
                     other => return Err(unexpected(other)),

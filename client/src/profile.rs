@@ -17,6 +17,8 @@
 //! addr = "127.0.0.1:7303"
 //! identity = "alice"
 //! key_file = "alice.psk"          # the PSK as hex
+//! [shm]
+//! socket = "../hsmd.sock"         # the server's shared-memory set-up socket
 //! ```
 
 use std::fmt;
@@ -53,6 +55,12 @@ struct RawPsk {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShm {
+    socket: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
 struct RawProfile {
     name: String,
     auth_key: Option<PathBuf>,
@@ -60,6 +68,7 @@ struct RawProfile {
     tcp: Option<RawTcp>,
     tls: Option<RawTls>,
     tls_psk: Option<RawPsk>,
+    shm: Option<RawShm>,
 }
 
 /// Certificate TLS settings of a profile (paths resolved).
@@ -169,6 +178,8 @@ pub struct Profile {
     pub tls: Option<TlsProfile>,
     /// TLS-PSK.
     pub tls_psk: Option<PskProfile>,
+    /// Shared-memory set-up socket.
+    pub shm_socket: Option<PathBuf>,
 }
 
 impl Profile {
@@ -208,6 +219,7 @@ impl Profile {
                 identity: p.identity.unwrap_or_else(|| raw.name.clone()),
                 key_file: dir.join(p.key_file),
             }),
+            shm_socket: raw.shm.map(|s| dir.join(s.socket)),
         })
     }
 

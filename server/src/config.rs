@@ -26,11 +26,17 @@
 //! [tls_psk]                       # TLS 1.3 with a pre-shared key (OpenSSL)
 //! addr = "127.0.0.1:7303"
 //!
+//! [shm]                           # shared memory for processes on this host
+//! socket = "hsmd.sock"            # Unix socket where sessions are set up
+//! mode = "0660"                   # socket file permissions: who may connect at all
+//! ring_kib = 256                  # bytes per ring (power of two), per session
+//!
 //! [clients.alice]
 //! auth_public_key = "<64 hex digits: the Ed25519 public half of clients/alice.key>"
 //! tls_names = ["alice"]           # certificate CN/SAN names meaning alice (default: [name])
 //! psk_identity = "alice"          # default: the client name
 //! psk_file = "clients/alice.psk"  # the PSK as hex; no file, no PSK login
+//! allowed_uids = [1000]           # shm: peer uids allowed for alice (absent: any uid)
 //! ```
 //! Paths are relative to the config file.
 
@@ -75,6 +81,14 @@ struct RawPsk {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawShm {
+    socket: PathBuf,
+    mode: Option<String>,
+    ring_kib: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTcp {
     addr: String,
     #[serde(default)]
@@ -88,6 +102,7 @@ struct RawClient {
     tls_names: Option<Vec<String>>,
     psk_identity: Option<String>,
     psk_file: Option<PathBuf>,
+    allowed_uids: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +113,7 @@ struct RawConfig {
     tcp: Option<RawTcp>,
     tls: Option<RawTls>,
     tls_psk: Option<RawPsk>,
+    shm: Option<RawShm>,
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
 }
@@ -131,6 +147,17 @@ pub struct PskConfig {
     pub addr: SocketAddr,
 }
 
+/// Shared-memory listener settings.
+#[derive(Debug, Clone)]
+pub struct ShmConfig {
+    /// Unix socket path.
+    pub socket: PathBuf,
+    /// Socket file mode.
+    pub mode: u32,
+    /// Bytes per ring.
+    pub ring_size: u32,
+}
+
 /// One configured client.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -141,6 +168,8 @@ pub struct ClientConfig {
     pub tls_names: Vec<String>,
     /// PSK identity and key, if the client may use TLS-PSK.
     pub psk: Option<(String, ferrohsm_tls::psk::Psk)>,
+    /// Unix uids allowed to use this client over shared memory (`None`: any).
+    pub allowed_uids: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -149,6 +178,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("auth_key", &self.auth_key)
             .field("tls_names", &self.tls_names)
             .field("psk_identity", &self.psk.as_ref().map(|(id, _)| id))
+            .field("allowed_uids", &self.allowed_uids)
             .finish()
     }
 }
@@ -176,6 +206,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// TLS-PSK listener.
     pub tls_psk: Option<PskConfig>,
+    /// Shared-memory listener.
+    pub shm: Option<ShmConfig>,
     /// Clients by name.
     pub clients: BTreeMap<String, ClientConfig>,
 }
@@ -194,6 +226,7 @@ impl Config {
             tcp: None,
             tls: None,
             tls_psk: None,
+            shm: None,
             clients: BTreeMap::new(),
         }
     }
@@ -267,6 +300,35 @@ impl Config {
                 addr: parse_addr(&t.addr, "tls_psk.addr").map_err(err)?,
             });
         }
+        if let Some(t) = raw.shm {
+            let mode = match t.mode.as_deref() {
+                None => 0o660,
+                Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "shm.mode: expected octal permissions like \"0660\", got {m:?}"
+                        ))
+                    })?,
+            };
+            let kib = t.ring_kib.unwrap_or(256);
+            let ring_size = kib.checked_mul(1024).filter(|r| {
+                r.is_power_of_two()
+                    && (ferrohsm_shm::segment::MIN_RING..=ferrohsm_shm::segment::MAX_RING)
+                        .contains(r)
+            });
+            let ring_size = ring_size.ok_or_else(|| {
+                err(format!(
+                    "shm.ring_kib: expected a power of two from 4 to 65536, got {kib}"
+                ))
+            })?;
+            c.shm = Some(ShmConfig {
+                socket: dir.join(t.socket),
+                mode,
+                ring_size,
+            });
+        }
         for (name, rc) in raw.clients {
             let at = |key: &str, m: String| err(format!("clients.{name}.{key}: {m}"));
             validate_client_name(&name).map_err(|m| err(format!("clients.{name}: {m}")))?;
@@ -290,13 +352,15 @@ impl Config {
                     auth_key,
                     tls_names,
                     psk,
+                    allowed_uids: rc.allowed_uids,
                 },
             );
         }
         check_unique(&c).map_err(err)?;
-        if c.tcp.is_none() && c.tls.is_none() && c.tls_psk.is_none() {
+        if c.tcp.is_none() && c.tls.is_none() && c.tls_psk.is_none() && c.shm.is_none() {
             return Err(err(
-                "no listener configured: expected a [tcp], [tls] or [tls_psk] section".into(),
+                "no listener configured: expected a [tcp], [tls], [tls_psk] or [shm] section"
+                    .into(),
             ));
         }
         Ok(c)

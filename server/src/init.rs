@@ -9,7 +9,10 @@
 //! D/clients/NAME.key     Ed25519 auth key for TCP, PKCS#8 PEM (OpenSSL reads it), 0600
 //! D/clients/NAME.pem     client certificate (CN and DNS SAN = NAME); NAME.tls.key its key, 0600
 //! D/clients/NAME.psk     256-bit TLS pre-shared key as hex, 0600
-//! D/clients/NAME.toml    client profile: name, auth_key, default_transport, [tcp], [tls], [tls_psk]
+//! D/clients/NAME.toml    client profile: name, auth_key, default_transport, [tcp], [tls],
+//!                        [tls_psk], [shm]
+//! D/hsmd.sock            shared-memory set-up socket (created by hsmd; allowed_uids = the
+//!                        uid running init)
 //! ```
 //! An existing empty directory is accepted; a non-empty one needs `force`. `force` rewrites the
 //! config and profiles but keeps every existing key, certificate and PSK file (and will never
@@ -50,6 +53,8 @@ pub struct InitOptions {
     pub tls: SocketAddr,
     /// TLS-PSK address.
     pub tls_psk: SocketAddr,
+    /// Shared-memory socket (default `DIR/hsmd.sock`).
+    pub shm_socket: Option<PathBuf>,
     /// Re-initialise a non-empty directory (keeping existing keys).
     pub force: bool,
 }
@@ -109,12 +114,28 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          handshake_timeout_ms = 10000\n\n",
     );
     let ca = pki(dir, opts.tls)?;
+    // The socket path as the config (relative to D) and the profiles (relative to D/clients)
+    // write it; an explicit path is made absolute.
+    let (shm_in_config, shm_in_profile) = match &opts.shm_socket {
+        None => ("hsmd.sock".to_string(), "../hsmd.sock".to_string()),
+        Some(p) => {
+            let abs = std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.clone());
+            (abs.display().to_string(), abs.display().to_string())
+        }
+    };
+    // Shared-memory sessions are allowed for the user running init; add others as needed.
+    let uid = std::os::unix::fs::MetadataExt::uid(
+        &fs::metadata(dir).map_err(io_err(format!("cannot read {}", dir.display())))?,
+    );
     config.push_str(&format!(
         "[tcp]\naddr = \"{}\"\nallow_insecure_remote = false\n\n\
          [tls]\naddr = \"{}\"\nca = \"pki/ca.pem\"          # client certificates must chain to it\n\
          cert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nallow_tls12 = false\n\n\
-         [tls_psk]\naddr = \"{}\"\n\n",
-        opts.tcp, opts.tls, opts.tls_psk
+         [tls_psk]\naddr = \"{}\"\n\n\
+         [shm]\nsocket = {:?}\nmode = \"0660\"            # who may connect at all\nring_kib = 256\n\n",
+        opts.tcp, opts.tls, opts.tls_psk, shm_in_config
     ));
     let mut profiles = Vec::new();
     for name in &opts.clients {
@@ -130,7 +151,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
         }
         config.push_str(&format!(
             "[clients.{name}]\nauth_public_key = \"{}\"\ntls_names = [\"{name}\"]\n\
-             psk_identity = \"{name}\"\npsk_file = \"clients/{name}.psk\"\n\n",
+             psk_identity = \"{name}\"\npsk_file = \"clients/{name}.psk\"\nallowed_uids = [{uid}]\n\n",
             encode_hex(public.as_bytes())
         ));
         let profile_path = clients_dir.join(format!("{name}.toml"));
@@ -140,8 +161,9 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
              [tcp]\naddr = \"{}\"\n\n\
              [tls]\naddr = \"{}\"\nserver_name = \"localhost\"\nca = \"../pki/ca.pem\"\n\
              cert = \"{name}.pem\"\nkey = \"{name}.tls.key\"\n\n\
-             [tls_psk]\naddr = \"{}\"\nidentity = \"{name}\"\nkey_file = \"{name}.psk\"\n",
-            opts.tcp, opts.tls, opts.tls_psk
+             [tls_psk]\naddr = \"{}\"\nidentity = \"{name}\"\nkey_file = \"{name}.psk\"\n\n\
+             [shm]\nsocket = {:?}\n",
+            opts.tcp, opts.tls, opts.tls_psk, shm_in_profile
         );
         write_file(&profile_path, profile.as_bytes(), 0o644)?;
         profiles.push((name.clone(), profile_path));
@@ -273,6 +295,7 @@ mod tests {
             tcp: "127.0.0.1:7301".parse().unwrap(),
             tls: "127.0.0.1:7302".parse().unwrap(),
             tls_psk: "127.0.0.1:7303".parse().unwrap(),
+            shm_socket: None,
             force,
         }
     }

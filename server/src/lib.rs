@@ -55,10 +55,12 @@ pub struct Bound {
     pub tls: Option<SocketAddr>,
     /// TLS-PSK listener.
     pub tls_psk: Option<SocketAddr>,
+    /// Shared-memory set-up socket.
+    pub shm: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Display for Bound {
-    /// `tcp 127.0.0.1:7301, tls 127.0.0.1:7302, tls-psk 127.0.0.1:7303`
+    /// `tcp 127.0.0.1:7301, tls 127.0.0.1:7302, tls-psk 127.0.0.1:7303, shm D/hsmd.sock`
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts: Vec<String> = [
             ("tcp", self.tcp),
@@ -67,6 +69,7 @@ impl std::fmt::Display for Bound {
         ]
         .into_iter()
         .filter_map(|(n, a)| a.map(|a| format!("{n} {a}")))
+        .chain(self.shm.as_ref().map(|p| format!("shm {}", p.display())))
         .collect();
         f.write_str(&parts.join(", "))
     }
@@ -132,6 +135,11 @@ where
         bound.tls_psk = l.local_addr().ok();
         listener::Listener::new(l, shared.clone(), max, transport).start();
     }
+    if let Some(t) = &config.shm {
+        let l = listener::shm::bind(&t.socket, t.mode)?;
+        bound.shm = Some(t.socket.clone());
+        listener::shm::ShmListener::new(l, shared.clone(), max, t.ring_size).start();
+    }
     tracing::info!(listening = %bound, clients = config.clients.len(), workers = config.workers, "hsmd ready");
     ready(&bound);
     shutdown.await;
@@ -165,6 +173,11 @@ impl ServerHandle {
     /// The certificate TLS address, if that listener runs.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.bound.tls
+    }
+
+    /// The shared-memory socket, if that listener runs.
+    pub fn shm_socket(&self) -> Option<&std::path::Path> {
+        self.bound.shm.as_deref()
     }
 
     /// The TLS-PSK address, if that listener runs.

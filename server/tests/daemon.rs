@@ -131,7 +131,10 @@ fn sigterm_stops_the_daemon_cleanly() {
         tmp.path(),
         &["--config", d.join("hsmd.toml").to_str().unwrap()],
     );
-    assert_eq!(lines.last().unwrap(), &ports.ready_line());
+    assert!(
+        lines.last().unwrap().starts_with(&ports.ready_line()),
+        "{lines:?}"
+    );
     ping(&d.join("clients/alice.toml"));
     assert_eq!(daemon.terminate().code(), Some(0));
 }

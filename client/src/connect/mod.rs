@@ -2,6 +2,7 @@
 //! [`crate::Client::handshake`] does the rest.
 
 pub mod psk;
+pub mod shm;
 pub mod tcp;
 pub mod tls;
 
@@ -58,8 +59,12 @@ pub async fn connect(
                 .ok_or_else(|| missing(profile, "tls_psk"))?;
             psk::connect(p, &profile.name_only()).await
         }
-        Transport::Shm => Err(ClientError::Local(
-            "transport shm is not available in this build yet".into(),
-        )),
+        Transport::Shm => {
+            let socket = profile
+                .shm_socket
+                .as_ref()
+                .ok_or_else(|| missing(profile, "shm"))?;
+            shm::connect(socket, &profile.identity()?).await
+        }
     }
 }

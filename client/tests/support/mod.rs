@@ -36,6 +36,7 @@ impl TestServer {
             tcp: "127.0.0.1:0".parse().expect("addr"),
             tls: "127.0.0.1:0".parse().expect("addr"),
             tls_psk: "127.0.0.1:0".parse().expect("addr"),
+            shm_socket: None,
             force: false,
         })
         .expect("hsmd init");

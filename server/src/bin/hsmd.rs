@@ -39,6 +39,9 @@ enum Command {
         /// TLS 1.3 PSK listen address.
         #[arg(long = "tls-psk", value_name = "ADDR", default_value = DEFAULT_TLS_PSK)]
         tls_psk: SocketAddr,
+        /// Shared-memory socket path (default: DIR/hsmd.sock).
+        #[arg(long = "shm-socket", value_name = "PATH")]
+        shm_socket: Option<PathBuf>,
         /// Re-initialise a non-empty directory (existing keys are kept).
         #[arg(long)]
         force: bool,
@@ -65,6 +68,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             tcp,
             tls,
             tls_psk,
+            shm_socket,
             force,
         }) => {
             let report = init(&InitOptions {
@@ -73,6 +77,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 tcp,
                 tls,
                 tls_psk,
+                shm_socket,
                 force,
             })?;
             println!("wrote {}", report.config.display());
@@ -108,6 +113,7 @@ fn default_data_dir() -> Result<(PathBuf, Option<String>), ServerError> {
             tcp: default_addr(DEFAULT_TCP)?,
             tls: default_addr(DEFAULT_TLS)?,
             tls_psk: default_addr(DEFAULT_TLS_PSK)?,
+            shm_socket: None,
             force: false,
         })?;
         eprintln!(

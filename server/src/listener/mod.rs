@@ -6,6 +6,7 @@
 //! limit); a [`Transport`] decides what happens to an accepted socket.
 
 pub mod psk;
+pub mod shm;
 pub mod tcp;
 pub mod tls;
 
