@@ -21,6 +21,32 @@ fn conn(e: impl std::fmt::Display) -> ClientError {
 
 /// Connects through the set-up socket at `socket` and authenticates as `id`.
 pub async fn connect(socket: &Path, id: &Identity) -> Result<Client, ClientError> {
+    let (mut s, seg) = set_up(socket, id).await?;
+    let (rd, wr, closer) = ShmStream::start(seg, Side::Client).map_err(conn)?;
+    // Liveness: the server closing the socket ends our stream; our stream ending (client
+    // dropped) closes the socket, which ends the server's session.
+    tokio::spawn(async move {
+        let mut b = [0u8; 64];
+        tokio::select! {
+            _ = async { while matches!(s.read(&mut b).await, Ok(n) if n > 0) {} } => closer.close(),
+            _ = closer.closed() => {}
+        }
+    });
+    Client::handshake(
+        rd,
+        wr,
+        &Identity {
+            name: id.name.clone(),
+            auth_key: None,
+        },
+    )
+    .await
+}
+
+/// The set-up half of [`connect`]: authenticates on the socket and maps the segment the server
+/// sends. Returns the socket (keep it open: closing it ends the session) and the segment.
+/// Public so tests can play a misbehaving client on a real segment.
+pub async fn set_up(socket: &Path, id: &Identity) -> Result<(UnixStream, Segment), ClientError> {
     let mut s = UnixStream::connect(socket)
         .await
         .map_err(|e| conn(format!("cannot connect to {}: {e}", socket.display())))?;
@@ -72,23 +98,5 @@ pub async fn connect(socket: &Path, id: &Identity) -> Result<Client, ClientError
     }
     let fd = fd.ok_or_else(|| ClientError::Protocol("the welcome carried no segment".into()))?;
     let seg = Segment::open(fd).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let (rd, wr, closer) = ShmStream::start(seg, Side::Client).map_err(conn)?;
-    // Liveness: the server closing the socket ends our stream; our stream ending (client
-    // dropped) closes the socket, which ends the server's session.
-    tokio::spawn(async move {
-        let mut b = [0u8; 64];
-        tokio::select! {
-            _ = async { while matches!(s.read(&mut b).await, Ok(n) if n > 0) {} } => closer.close(),
-            _ = closer.closed() => {}
-        }
-    });
-    Client::handshake(
-        rd,
-        wr,
-        &Identity {
-            name: id.name.clone(),
-            auth_key: None,
-        },
-    )
-    .await
+    Ok((s, seg))
 }

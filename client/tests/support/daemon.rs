@@ -59,12 +59,27 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `hsmd ARGS` in `cwd` and waits for its "listening" line.
     pub fn start(bin: &Path, cwd: &Path, args: &[&str]) -> (Daemon, Vec<String>) {
+        Daemon::spawn(bin, cwd, args, Stdio::inherit())
+    }
+
+    /// Like `start`, with the daemon's log (stderr) going to `log`.
+    pub fn start_logged(
+        bin: &Path,
+        cwd: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> (Daemon, Vec<String>) {
+        let file = std::fs::File::create(log).expect("log file");
+        Daemon::spawn(bin, cwd, args, Stdio::from(file))
+    }
+
+    fn spawn(bin: &Path, cwd: &Path, args: &[&str], stderr: Stdio) -> (Daemon, Vec<String>) {
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(cwd)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("hsmd starts");
         let mut lines = Vec::new();
