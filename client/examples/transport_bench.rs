@@ -1,7 +1,8 @@
 //! Quick transport check against a running `hsmd` (a separate process): for plain TCP, TLS
-//! with certificates and TLS-PSK, full connections (handshake + authentication) per second,
-//! and ping and Ed25519 sign with 1 and 16 requests in flight; next to in-process Ed25519
-//! signing on one thread in the same run. The full benchmark is `hsm-stress bench`.
+//! with certificates, TLS-PSK and shared memory, full connections (handshake +
+//! authentication) per second, ping round-trip p50/p99 with one request in flight, and ping
+//! and Ed25519 sign throughput with 1 and 16 in flight; next to in-process Ed25519 signing on
+//! one thread in the same run. The full benchmark is `hsm-stress bench`.
 //!
 //! ```text
 //! cargo run --release --bin hsmd -- init --dir /tmp/b --clients bench
@@ -68,6 +69,7 @@ fn main() -> Result<(), ClientError> {
             ("tcp", Transport::Tcp),
             ("tls", Transport::Tls),
             ("tls-psk", Transport::TlsPsk),
+            ("shm", Transport::Shm),
         ] {
             // Full connection set-up: TCP connect, TLS handshake, authentication, one ping.
             let start = Instant::now();
@@ -93,6 +95,23 @@ fn main() -> Result<(), ClientError> {
                 session: true,
             };
             let key = KeyRef::Id(c.generate_spec(spec).await?.id);
+            // Round-trip latency, one ping at a time.
+            let mut lat = Vec::new();
+            let start = Instant::now();
+            while start.elapsed().as_secs_f64() < secs / 2.0 {
+                let t0 = Instant::now();
+                c.ping().await?;
+                lat.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            lat.sort_by(f64::total_cmp);
+            let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+            println!(
+                "{name:<10} {:<28} {:>8} {:>12} {:>10}",
+                "ping rtt p50 / p99 (us)",
+                "1",
+                format!("{:.1}", pct(0.5)),
+                format!("{:.1}", pct(0.99))
+            );
             for inflight in [1, 16] {
                 let ping = measure(&c, || Request::Ping, inflight, secs).await?;
                 row(name, "ping", &inflight.to_string(), ping);

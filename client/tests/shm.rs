@@ -419,3 +419,23 @@ fn a_client_of_a_disallowed_uid_is_refused_by_the_uid_check() {
         "{logged}"
     );
 }
+
+#[test]
+fn dropping_a_client_ends_its_shm_session() {
+    let srv = TestServer::start_with(&["alice"], |c| c.max_connections_per_client = 1);
+    let alice = srv.profile("alice");
+    for _ in 0..20 {
+        // Each connection must be gone from the server before the next one fits.
+        let t = Instant::now();
+        let c = loop {
+            match shm(&alice) {
+                Ok(c) => break c,
+                Err(_) if t.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("previous session still open after 2 s: {e}"),
+            }
+        };
+        c.ping().unwrap();
+    }
+}

@@ -43,14 +43,14 @@ pub fn wait(bell: &Bell, timeout: Duration, spin: bool, ready: impl Fn() -> bool
     {
         let start = Instant::now();
         let mut hit = false;
-        'spin: while start.elapsed() < SPIN {
-            for _ in 0..64 {
-                if ready() {
-                    hit = true;
-                    break 'spin;
-                }
-                std::hint::spin_loop();
+        // Yielding between checks keeps the spin polite: on a busy machine the threads doing
+        // real work (crypto workers, the peer) get the core, on an idle one we stay hot.
+        while start.elapsed() < SPIN {
+            if ready() {
+                hit = true;
+                break;
             }
+            std::thread::yield_now();
         }
         SPINNING.store(false, Ordering::Release);
         if hit {

@@ -126,8 +126,9 @@ pub struct ShmStream;
 
 impl ShmStream {
     /// Starts the watcher thread and returns the reading half, the writing half and a handle
-    /// for whoever watches liveness (the Unix socket). Closing happens when both halves are
-    /// dropped, when [`Closer::close`] is called, or when the peer corrupts a ring.
+    /// for whoever watches liveness (the Unix socket). Closing happens when the writing half is
+    /// shut down or dropped, when both halves are dropped, when [`Closer::close`] is called, or
+    /// when the peer corrupts a ring.
     pub fn start(seg: Segment, side: Side) -> io::Result<(ShmReader, ShmWriter, Closer)> {
         let (rx, tx) = seg.rings(side);
         // Start from the positions in the segment (zero for a fresh one); from here on they
@@ -265,7 +266,10 @@ impl Drop for ShmReader {
 }
 
 impl Drop for ShmWriter {
+    /// The writer going away means no more requests (client) or responses (server) will come:
+    /// the stream closes, as a TCP half-close would end the peer's session.
     fn drop(&mut self) {
+        self.inner.close();
         half_dropped(&self.inner);
     }
 }
@@ -363,6 +367,7 @@ impl AsyncWrite for ShmWriter {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.close();
         Poll::Ready(Ok(()))
     }
 }
