@@ -18,7 +18,7 @@ use crate::doorbell;
 use crate::segment::{Segment, Side};
 
 /// How long the watcher sleeps before looking again on its own (closing, lost wake-ups).
-const WATCH_TIMEOUT: Duration = Duration::from_millis(100);
+const WATCH_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Inner {
     seg: Segment,
