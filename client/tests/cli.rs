@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 mod daemon;
 mod support;
 
-use daemon::{Daemon, Ports};
+use daemon::Daemon;
 
 fn hsmctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hsmctl"))
@@ -80,24 +80,8 @@ fn sign_and_export_pem(ctl: &Ctl, key: &str, dir: &Path) -> (String, String) {
 fn setup(transport: &'static str) -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hsm");
-    let ports = Ports::new();
-    let dir_s = dir.to_str().unwrap();
-    let o = Command::new(hsmd_bin())
-        .args(["init", "--dir", dir_s, "--clients", "alice,bob"])
-        .args(ports.args())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let config = dir.join("hsmd.toml");
-    let (d, lines) = Daemon::start(
-        &hsmd_bin(),
-        tmp.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let (d, ports, lines) =
+        Daemon::init_and_start(&hsmd_bin(), tmp.path(), &dir, "alice,bob", &|_| {}, None);
     assert!(
         lines.last().unwrap().starts_with(&ports.ready_line()),
         "{lines:?}"

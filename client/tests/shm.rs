@@ -347,44 +347,36 @@ fn a_client_of_a_disallowed_uid_is_refused_by_the_uid_check() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("hsm");
-    let ports = daemon::Ports::new();
     let hsmd = PathBuf::from(env!("CARGO_BIN_EXE_hsmctl")).with_file_name("hsmd");
-    let o = Command::new(&hsmd)
-        .args(["init", "--dir", dir.to_str().unwrap(), "--clients", "alice"])
-        .args(ports.args())
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let config = dir.join("hsmd.toml");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("mode = \"0660\"", "mode = \"0666\"");
-    std::fs::write(&config, text).unwrap();
-    // A copy of alice's profile and key that uid 65534 can read.
     let open = tmp.path().join("open");
-    std::fs::create_dir(&open).unwrap();
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-    world_readable(&dir.join("clients/alice.key"), &open.join("alice.key"));
-    let profile = format!(
-        "name = \"alice\"\nauth_key = \"alice.key\"\n[shm]\nsocket = {:?}\n",
-        dir.join("hsmd.sock")
-    );
-    std::fs::write(open.join("alice.toml"), profile).unwrap();
-    std::fs::set_permissions(
-        open.join("alice.toml"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
-    for d in [&dir, &dir.join("clients")] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let prepare = |dir: &Path| {
+        let config = dir.join("hsmd.toml");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("mode = \"0660\"", "mode = \"0666\"");
+        std::fs::write(&config, text).unwrap();
+        // A copy of alice's profile and key that uid 65534 can read.
+        let _ = std::fs::remove_dir_all(&open);
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        world_readable(&dir.join("clients/alice.key"), &open.join("alice.key"));
+        let profile = format!(
+            "name = \"alice\"\nauth_key = \"alice.key\"\n[shm]\nsocket = {:?}\n",
+            dir.join("hsmd.sock")
+        );
+        std::fs::write(open.join("alice.toml"), profile).unwrap();
+        std::fs::set_permissions(
+            open.join("alice.toml"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        for d in [dir, &dir.join("clients")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    };
     let log = tmp.path().join("hsmd.log");
-    let (_daemon, _) = daemon::Daemon::start_logged(
-        &hsmd,
-        tmp.path(),
-        &["--config", config.to_str().unwrap()],
-        &log,
-    );
+    let (_daemon, _, _) =
+        daemon::Daemon::init_and_start(&hsmd, tmp.path(), &dir, "alice", &prepare, Some(&log));
     let hsmctl = env!("CARGO_BIN_EXE_hsmctl");
     let ping = |extra: &[&str]| {
         let mut c = Command::new("setpriv");

@@ -8,7 +8,7 @@ mod daemon;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use daemon::{Daemon, Ports};
+use daemon::Daemon;
 use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::Profile;
 
@@ -108,29 +108,8 @@ fn bad_configs_are_refused_with_the_file_and_key_named() {
 fn sigterm_stops_the_daemon_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("d");
-    let ports = Ports::new();
-    let o = run(
-        tmp.path(),
-        &[
-            "init",
-            "--dir",
-            d.to_str().unwrap(),
-            "--clients",
-            "alice",
-            ports.args()[0],
-            ports.args()[1],
-            ports.args()[2],
-            ports.args()[3],
-            ports.args()[4],
-            ports.args()[5],
-        ],
-    );
-    assert!(o.status.success());
-    let (daemon, lines) = Daemon::start(
-        &hsmd(),
-        tmp.path(),
-        &["--config", d.join("hsmd.toml").to_str().unwrap()],
-    );
+    let (daemon, ports, lines) =
+        Daemon::init_and_start(&hsmd(), tmp.path(), &d, "alice", &|_| {}, None);
     assert!(
         lines.last().unwrap().starts_with(&ports.ready_line()),
         "{lines:?}"

@@ -59,7 +59,47 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `hsmd ARGS` in `cwd` and waits for its "listening" line.
     pub fn start(bin: &Path, cwd: &Path, args: &[&str]) -> (Daemon, Vec<String>) {
-        Daemon::spawn(bin, cwd, args, Stdio::inherit())
+        Daemon::spawn(bin, cwd, args, Stdio::inherit()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `hsmd init --dir DIR --clients CLIENTS` on free ports, `prepare(DIR)`, then `hsmd
+    /// --config DIR/hsmd.toml`. Free ports are only free until someone else binds them, so a
+    /// start that fails is retried with fresh ports.
+    pub fn init_and_start(
+        bin: &Path,
+        cwd: &Path,
+        dir: &Path,
+        clients: &str,
+        prepare: &dyn Fn(&Path),
+        log: Option<&Path>,
+    ) -> (Daemon, Ports, Vec<String>) {
+        let mut last = String::new();
+        for _ in 0..8 {
+            let _ = std::fs::remove_dir_all(dir);
+            let ports = Ports::new();
+            let o = Command::new(bin)
+                .args(["init", "--dir", dir.to_str().unwrap(), "--clients", clients])
+                .args(ports.args())
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "init: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            prepare(dir);
+            let config = dir.join("hsmd.toml");
+            let args = ["--config", config.to_str().unwrap()];
+            let stderr = match log {
+                Some(l) => Stdio::from(std::fs::File::create(l).expect("log file")),
+                None => Stdio::inherit(),
+            };
+            match Daemon::spawn(bin, cwd, &args, stderr) {
+                Ok((d, lines)) => return (d, ports, lines),
+                Err(e) => last = e,
+            }
+        }
+        panic!("hsmd never started: {last}");
     }
 
     /// Like `start`, with the daemon's log (stderr) going to `log`.
@@ -70,10 +110,15 @@ impl Daemon {
         log: &Path,
     ) -> (Daemon, Vec<String>) {
         let file = std::fs::File::create(log).expect("log file");
-        Daemon::spawn(bin, cwd, args, Stdio::from(file))
+        Daemon::spawn(bin, cwd, args, Stdio::from(file)).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn(bin: &Path, cwd: &Path, args: &[&str], stderr: Stdio) -> (Daemon, Vec<String>) {
+    fn spawn(
+        bin: &Path,
+        cwd: &Path,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> Result<(Daemon, Vec<String>), String> {
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(cwd)
@@ -87,10 +132,10 @@ impl Daemon {
         loop {
             let mut line = String::new();
             if out.read_line(&mut line).unwrap_or(0) == 0 {
-                panic!(
+                return Err(format!(
                     "hsmd exited before listening: {lines:?}, status {:?}",
                     child.wait()
-                );
+                ));
             }
             lines.push(line.trim_end().to_string());
             if line.contains("listening on tcp") {
@@ -99,7 +144,7 @@ impl Daemon {
         }
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in out.lines() {});
-        (Daemon { child }, lines)
+        Ok((Daemon { child }, lines))
     }
 
     /// SIGTERM, then the exit status (must come within 10 s).

@@ -1,0 +1,403 @@
+//! `hsm-stress bench`: per transport, operation, in-flight depth and client count: ops/s and
+//! p50/p99 latency, next to the same crypto done in-process on one thread in the same run.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferrohsm_client::profile::{Profile, Transport};
+use ferrohsm_client::{Client, ClientError};
+use ferrohsm_proto::message::KeySpec;
+use ferrohsm_proto::{KeyRef, KeyType, Request};
+use hdrhistogram::Histogram;
+
+use crate::transport_name;
+
+/// The benchmarked operations (names as in reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchOp {
+    /// Session round trip.
+    Ping,
+    /// 32 random bytes.
+    Random32,
+    /// Ed25519 signature of 32 bytes.
+    Ed25519Sign,
+    /// ECDSA P-256 signature of 32 bytes.
+    P256Sign,
+    /// ChaCha20-Poly1305 encryption of 64 bytes.
+    ChaCha64,
+    /// ChaCha20-Poly1305 encryption of 16 KiB.
+    ChaCha16k,
+    /// HMAC-SHA256 of 1 KiB.
+    Hmac1k,
+}
+
+impl BenchOp {
+    /// Every operation, in report order.
+    pub const ALL: [BenchOp; 7] = [
+        BenchOp::Ping,
+        BenchOp::Random32,
+        BenchOp::Ed25519Sign,
+        BenchOp::P256Sign,
+        BenchOp::ChaCha64,
+        BenchOp::ChaCha16k,
+        BenchOp::Hmac1k,
+    ];
+
+    /// Report name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchOp::Ping => "ping",
+            BenchOp::Random32 => "random-32",
+            BenchOp::Ed25519Sign => "ed25519-sign",
+            BenchOp::P256Sign => "p256-sign",
+            BenchOp::ChaCha64 => "chacha20poly1305-encrypt-64",
+            BenchOp::ChaCha16k => "chacha20poly1305-encrypt-16k",
+            BenchOp::Hmac1k => "hmac-sha256-1k",
+        }
+    }
+
+    fn request(self, keys: &Keys) -> Request {
+        match self {
+            BenchOp::Ping => Request::Ping,
+            BenchOp::Random32 => Request::Random { len: 32 },
+            BenchOp::Ed25519Sign => Request::Sign {
+                key: keys.ed.clone(),
+                data: vec![0x5a; 32],
+            },
+            BenchOp::P256Sign => Request::Sign {
+                key: keys.p256.clone(),
+                data: vec![0x5a; 32],
+            },
+            BenchOp::ChaCha64 => Request::Encrypt {
+                key: keys.aead.clone(),
+                plaintext: vec![1; 64],
+                aad: vec![],
+            },
+            BenchOp::ChaCha16k => Request::Encrypt {
+                key: keys.aead.clone(),
+                plaintext: vec![1; 16384],
+                aad: vec![],
+            },
+            BenchOp::Hmac1k => Request::Mac {
+                key: keys.hmac.clone(),
+                data: vec![2; 1024],
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for BenchOp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        BenchOp::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = BenchOp::ALL.iter().map(|o| o.name()).collect();
+                format!("unknown op {s:?}; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The client profile.
+    pub profile: PathBuf,
+    /// Transports.
+    pub transports: Vec<Transport>,
+    /// Operations.
+    pub ops: Vec<BenchOp>,
+    /// In-flight depths.
+    pub inflight: Vec<usize>,
+    /// Client counts.
+    pub clients: Vec<usize>,
+    /// Timed seconds per measurement (a tenth more is warm-up).
+    pub secs: f64,
+}
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Transport name.
+    pub transport: String,
+    /// Op name.
+    pub op: String,
+    /// Requests in flight per client.
+    pub inflight: usize,
+    /// Clients (connections).
+    pub clients: usize,
+    /// Throughput.
+    pub ops_per_sec: f64,
+    /// Median latency.
+    pub p50_us: f64,
+    /// 99th percentile latency.
+    pub p99_us: f64,
+    /// `ops_per_sec` / the in-process baseline, where there is one.
+    pub ratio: Option<f64>,
+}
+
+/// In-process, one thread.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// Op name.
+    pub op: String,
+    /// Throughput.
+    pub ops_per_sec: f64,
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// CPUs of this machine.
+    pub cpus: usize,
+    /// `debug` or `release`.
+    pub profile: &'static str,
+    /// Over the transports.
+    pub results: Vec<BenchResult>,
+    /// In-process.
+    pub baseline: Vec<Baseline>,
+}
+
+#[derive(Clone)]
+struct Keys {
+    ed: KeyRef,
+    p256: KeyRef,
+    aead: KeyRef,
+    hmac: KeyRef,
+}
+
+fn rt() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
+    let mut out = Vec::new();
+    for t in [
+        KeyType::Ed25519,
+        KeyType::P256,
+        KeyType::ChaCha20Poly1305,
+        KeyType::HmacSha256,
+    ] {
+        let label = format!("bench-{}-{tag}-{}", std::process::id(), t.name());
+        let spec = KeySpec {
+            key_type: t,
+            label: label.parse().map_err(ClientError::Local)?,
+            usage: None,
+            exportable: false,
+            session: false,
+        };
+        out.push(KeyRef::Id(c.generate_spec(spec).await?.id));
+    }
+    Ok(Keys {
+        ed: out[0].clone(),
+        p256: out[1].clone(),
+        aead: out[2].clone(),
+        hmac: out[3].clone(),
+    })
+}
+
+/// One client: keeps `inflight` requests outstanding for `warm + secs`, recording the timed
+/// part. Returns (completed in the timed part, latencies).
+fn client_loop(
+    profile: &Profile,
+    t: Transport,
+    op: BenchOp,
+    keys: &Keys,
+    inflight: usize,
+    secs: f64,
+) -> Result<(u64, Histogram<u64>), String> {
+    let rt = rt()?;
+    rt.block_on(async {
+        let c = ferrohsm_client::connect::connect(profile, Some(t))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut h =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        let warm_until = Instant::now() + Duration::from_secs_f64(secs / 10.0);
+        let end = warm_until + Duration::from_secs_f64(secs);
+        let mut q = VecDeque::with_capacity(inflight);
+        let mut done = 0u64;
+        for _ in 0..inflight {
+            q.push_back((
+                Instant::now(),
+                c.submit(op.request(keys))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+        while let Some((t0, p)) = q.pop_front() {
+            p.wait().await.map_err(|e| format!("{}: {e}", op.name()))?;
+            let now = Instant::now();
+            if now > warm_until && now <= end {
+                done += 1;
+                let _ = h.record((now - t0).as_micros().max(1) as u64);
+            }
+            if now < end {
+                q.push_back((
+                    Instant::now(),
+                    c.submit(op.request(keys))
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ));
+            }
+        }
+        Ok((done, h))
+    })
+}
+
+/// Measures every combination, then the in-process baselines.
+pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
+    let profile = Profile::load(&opts.profile).map_err(|e| e.to_string())?;
+    let mut results = Vec::new();
+    let baseline: Vec<Baseline> = opts
+        .ops
+        .iter()
+        .filter_map(|op| {
+            in_process(*op, opts.secs).map(|v| Baseline {
+                op: op.name().into(),
+                ops_per_sec: v,
+            })
+        })
+        .collect();
+    for &t in &opts.transports {
+        let rt = rt()?;
+        let setup = rt.block_on(async {
+            let c = ferrohsm_client::connect::connect(&profile, Some(t)).await?;
+            let k = keys(&c, transport_name(t)).await?;
+            Ok::<_, ClientError>((c, k))
+        });
+        let (setup_client, keys) = setup.map_err(|e| format!("{}: {e}", transport_name(t)))?;
+        for &op in &opts.ops {
+            for &clients in &opts.clients {
+                for &inflight in &opts.inflight {
+                    let handles: Vec<_> = (0..clients.max(1))
+                        .map(|_| {
+                            let (p, k) = (profile.clone(), keys.clone());
+                            let secs = opts.secs;
+                            std::thread::spawn(move || {
+                                client_loop(&p, t, op, &k, inflight.max(1), secs)
+                            })
+                        })
+                        .collect();
+                    let mut total = 0u64;
+                    let mut h = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+                    for j in handles {
+                        let (n, hh) = j
+                            .join()
+                            .map_err(|_| "bench client panicked".to_string())??;
+                        total += n;
+                        let _ = h.add(hh);
+                    }
+                    let ops_per_sec = total as f64 / opts.secs;
+                    let ratio = baseline
+                        .iter()
+                        .find(|b| b.op == op.name())
+                        .map(|b| ops_per_sec / b.ops_per_sec);
+                    results.push(BenchResult {
+                        transport: transport_name(t).into(),
+                        op: op.name().into(),
+                        inflight,
+                        clients,
+                        ops_per_sec,
+                        p50_us: h.value_at_quantile(0.5) as f64,
+                        p99_us: h.value_at_quantile(0.99) as f64,
+                        ratio,
+                    });
+                }
+            }
+        }
+        // Leave the server as we found it.
+        rt.block_on(async {
+            for k in [&keys.ed, &keys.p256, &keys.aead, &keys.hmac] {
+                let _ = setup_client.delete(k).await;
+            }
+        });
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    Ok(BenchReport {
+        cpus,
+        profile,
+        results,
+        baseline,
+    })
+}
+
+/// The same crypto in this process on one thread (ops/s); `None` for ping (nothing to do).
+pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {
+    use ed25519_dalek::Signer as _;
+    use hmac::{KeyInit, Mac};
+    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let mut work: Box<dyn FnMut()> = match op {
+        BenchOp::Ping => return None,
+        BenchOp::Random32 => Box::new(|| {
+            let mut b = [0u8; 32];
+            let _ = getrandom::fill(&mut b);
+            std::hint::black_box(b);
+        }),
+        BenchOp::Ed25519Sign => {
+            let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            Box::new(move || {
+                std::hint::black_box(k.sign(std::hint::black_box(&[0x5a; 32])));
+            })
+        }
+        BenchOp::P256Sign => {
+            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).ok()?;
+            let k = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref(), &rng)
+                .ok()?;
+            Box::new(move || {
+                std::hint::black_box(k.sign(&rng, &[0x5a; 32]).ok());
+            })
+        }
+        BenchOp::ChaCha64 | BenchOp::ChaCha16k => {
+            let n = if op == BenchOp::ChaCha64 { 64 } else { 16384 };
+            let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[9; 32]).ok()?);
+            let mut buf = vec![1u8; n];
+            Box::new(move || {
+                // As the server does: a fresh random nonce per message.
+                let mut nonce = [0u8; 12];
+                let _ = getrandom::fill(&mut nonce);
+                let tag = k.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut buf,
+                );
+                std::hint::black_box(tag.ok());
+            })
+        }
+        BenchOp::Hmac1k => {
+            let data = vec![2u8; 1024];
+            Box::new(move || {
+                if let Ok(mut m) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&[3; 32]) {
+                    m.update(&data);
+                    std::hint::black_box(m.finalize());
+                }
+            })
+        }
+    };
+    for _ in 0..100 {
+        work();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..16 {
+            work();
+        }
+        n += 16;
+    }
+    Some(n as f64 / start.elapsed().as_secs_f64())
+}

@@ -1,0 +1,305 @@
+//! Reports: a summary table, a JSON document and an SVG chart.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::bench::BenchReport;
+use crate::run::Outcome;
+
+fn pct(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "p50_us": h.value_at_quantile(0.50),
+        "p90_us": h.value_at_quantile(0.90),
+        "p99_us": h.value_at_quantile(0.99),
+        "max_us": h.max(),
+    })
+}
+
+/// The run summary as a table.
+pub fn run_table(o: &Outcome) -> String {
+    let mut s = format!(
+        "{:<9} {:<9} {:>9} {:>7} {:>9} {:>9} {:>9} {:>10}\n",
+        "transport", "op", "count", "errors", "p50 us", "p90 us", "p99 us", "max us"
+    );
+    for ((t, op), h) in &o.stats.ops {
+        let errors = o
+            .stats
+            .errors
+            .get(&(t.clone(), op.clone()))
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "{t:<9} {op:<9} {:>9} {errors:>7} {:>9} {:>9} {:>9} {:>10}",
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.max()
+        );
+    }
+    let _ = write!(
+        s,
+        "\n{} ops in {:.1} s ({:.0} ops/s); wrong results {}, isolation violations {}, unexpected errors {}, fault events {}",
+        o.total_ops,
+        o.elapsed.as_secs_f64(),
+        o.total_ops as f64 / o.elapsed.as_secs_f64().max(1e-9),
+        o.wrong_results,
+        o.isolation_violations,
+        o.unexpected_errors,
+        o.fault_events
+    );
+    s
+}
+
+/// The run summary as JSON.
+pub fn run_json(o: &Outcome, server_peak_rss_kib: Option<u64>) -> Value {
+    let mut per_transport = serde_json::Map::new();
+    for (t, tl) in &o.stats.timeline {
+        let mut all = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+        for h in tl {
+            let _ = all.add(h);
+        }
+        per_transport.insert(t.clone(), pct(&all));
+    }
+    let ops: Vec<Value> = o
+        .stats
+        .ops
+        .iter()
+        .map(|((t, op), h)| {
+            let mut v = pct(h);
+            v["transport"] = json!(t);
+            v["op"] = json!(op);
+            v["errors"] = json!(
+                o.stats
+                    .errors
+                    .get(&(t.clone(), op.clone()))
+                    .copied()
+                    .unwrap_or(0)
+            );
+            v
+        })
+        .collect();
+    json!({
+        "total_ops": o.total_ops,
+        "wrong_results": o.wrong_results,
+        "isolation_violations": o.isolation_violations,
+        "unexpected_errors": o.unexpected_errors,
+        "fault_events": o.fault_events,
+        "elapsed_s": o.elapsed.as_secs_f64(),
+        "ops_per_sec": o.total_ops as f64 / o.elapsed.as_secs_f64().max(1e-9),
+        "transports": per_transport,
+        "operations": ops,
+        "problems": o.problems,
+        "server_peak_rss_kib": server_peak_rss_kib,
+    })
+}
+
+const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Throughput and p99 latency over time per transport, as two stacked line charts.
+pub fn run_svg(o: &Outcome) -> String {
+    let (w, h, pad) = (800.0, 260.0, 50.0);
+    let secs = o
+        .stats
+        .timeline
+        .values()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n",
+        2.0 * h + 40.0
+    );
+    for (row, (title, pick)) in [
+        ("operations per second", 0usize),
+        ("p99 latency (us)", 1usize),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let y0 = row as f64 * (h + 20.0) + 20.0;
+        let series: Vec<(&String, Vec<f64>)> = o
+            .stats
+            .timeline
+            .iter()
+            .map(|(t, tl)| {
+                (
+                    t,
+                    tl.iter()
+                        .map(|hh| {
+                            if pick == 0 {
+                                hh.len() as f64
+                            } else {
+                                hh.value_at_quantile(0.99) as f64
+                            }
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let max = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .fold(1.0, f64::max);
+        let _ = writeln!(
+            out,
+            "<text x=\"{pad}\" y=\"{}\">{} (max {max:.0})</text>",
+            y0 + 12.0,
+            esc(title)
+        );
+        let _ = writeln!(
+            out,
+            "<rect x=\"{pad}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>",
+            y0 + 20.0,
+            w - 2.0 * pad,
+            h - 40.0
+        );
+        for (i, (t, v)) in series.iter().enumerate() {
+            let pts: Vec<String> = v
+                .iter()
+                .enumerate()
+                .map(|(x, y)| {
+                    let px = pad + x as f64 / (secs - 1) as f64 * (w - 2.0 * pad);
+                    let py = y0 + 20.0 + (h - 40.0) * (1.0 - y / max);
+                    format!("{px:.1},{py:.1}")
+                })
+                .collect();
+            let c = COLORS[i % COLORS.len()];
+            let _ = writeln!(
+                out,
+                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+                pts.join(" ")
+            );
+            let _ = writeln!(
+                out,
+                "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{}</text>",
+                w - pad + 4.0,
+                y0 + 34.0 + 14.0 * i as f64,
+                esc(t)
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The bench results as a table.
+pub fn bench_table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "cpus {}, profile {}\n{:<9} {:<28} {:>8} {:>7} {:>11} {:>9} {:>9} {:>7}\n",
+        r.cpus,
+        r.profile,
+        "transport",
+        "op",
+        "inflight",
+        "clients",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "ratio"
+    );
+    for x in &r.results {
+        let ratio = x
+            .ratio
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<9} {:<28} {:>8} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>7}",
+            x.transport, x.op, x.inflight, x.clients, x.ops_per_sec, x.p50_us, x.p99_us, ratio
+        );
+    }
+    for b in &r.baseline {
+        let _ = writeln!(
+            s,
+            "{:<9} {:<28} {:>8} {:>7} {:>11.0}",
+            "in-proc", b.op, 1, 1, b.ops_per_sec
+        );
+    }
+    s
+}
+
+/// The bench results as JSON (`results`, `baseline`, `cpus`, `profile`).
+pub fn bench_json(r: &BenchReport) -> Value {
+    json!({
+        "cpus": r.cpus,
+        "profile": r.profile,
+        "results": r.results.iter().map(|x| json!({
+            "transport": x.transport, "op": x.op, "inflight": x.inflight, "clients": x.clients,
+            "ops_per_sec": x.ops_per_sec, "p50_us": x.p50_us, "p99_us": x.p99_us, "ratio": x.ratio,
+        })).collect::<Vec<_>>(),
+        "baseline": r.baseline.iter().map(|b| json!({"op": b.op, "ops_per_sec": b.ops_per_sec})).collect::<Vec<_>>(),
+    })
+}
+
+/// Horizontal bars: ops/s per result, the baseline of its op drawn as a tick.
+pub fn bench_svg(r: &BenchReport) -> String {
+    let (w, bar, pad) = (900.0, 16.0, 260.0);
+    let h = 40.0 + bar * 1.4 * r.results.len() as f64;
+    let max = r
+        .results
+        .iter()
+        .map(|x| x.ops_per_sec)
+        .chain(r.baseline.iter().map(|b| b.ops_per_sec))
+        .fold(1.0, f64::max);
+    let scale = |v: f64| v / max * (w - pad - 80.0);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"4\" y=\"14\">ops/s (black tick: in-process baseline); cpus {}, {} build</text>\n",
+        r.cpus, r.profile
+    );
+    let transports: Vec<&str> = {
+        let mut t: Vec<&str> = r.results.iter().map(|x| x.transport.as_str()).collect();
+        t.dedup();
+        t
+    };
+    for (i, x) in r.results.iter().enumerate() {
+        let y = 30.0 + bar * 1.4 * i as f64;
+        let c = COLORS[transports
+            .iter()
+            .position(|t| *t == x.transport)
+            .unwrap_or(0)
+            % COLORS.len()];
+        let _ = writeln!(
+            out,
+            "<text x=\"4\" y=\"{}\">{} {} x{} c{}</text>",
+            y + 12.0,
+            esc(&x.transport),
+            esc(&x.op),
+            x.inflight,
+            x.clients
+        );
+        let _ = writeln!(
+            out,
+            "<rect x=\"{pad}\" y=\"{y}\" width=\"{:.1}\" height=\"{bar}\" fill=\"{c}\"/>",
+            scale(x.ops_per_sec)
+        );
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\">{:.0}</text>",
+            pad + scale(x.ops_per_sec) + 4.0,
+            y + 12.0,
+            x.ops_per_sec
+        );
+        if let Some(b) = r.baseline.iter().find(|b| b.op == x.op) {
+            let bx = pad + scale(b.ops_per_sec);
+            let _ = writeln!(
+                out,
+                "<line x1=\"{bx:.1}\" x2=\"{bx:.1}\" y1=\"{y}\" y2=\"{}\" stroke=\"black\" stroke-width=\"2\"/>",
+                y + bar
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}

@@ -1,0 +1,151 @@
+//! `--spawn`: a real `hsmd` on loopback with fresh credentials, stopped (SIGTERM) on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `hsmd` started by us.
+pub struct Spawned {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// Client names, each with a profile in `clients/`.
+    pub clients: Vec<String>,
+}
+
+impl std::fmt::Debug for Spawned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawned")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// The `hsmd` beside the running executable.
+pub fn default_hsmd() -> PathBuf {
+    std::env::current_exe()
+        .map(|p| p.with_file_name("hsmd"))
+        .unwrap_or_else(|_| "hsmd".into())
+}
+
+impl Spawned {
+    /// `hsmd init` with `clients` identities in a temporary directory, then `hsmd --config`
+    /// (with `extra` TOML lines appended to `[server]`), waiting until it listens.
+    pub fn start(hsmd: &Path, clients: usize, server_extra: &str) -> Result<Spawned, String> {
+        // A port found free may be taken before hsmd binds it: try again with fresh ones.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Spawned::try_start(hsmd, clients, server_extra) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn try_start(hsmd: &Path, clients: usize, server_extra: &str) -> Result<Spawned, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let names: Vec<String> = (0..clients.max(1)).map(|i| format!("s{i}")).collect();
+        let addr = |p: u16| format!("127.0.0.1:{p}");
+        let (tcp, tls, psk) = (addr(free_port()?), addr(free_port()?), addr(free_port()?));
+        let d = dir.path().join("hsm");
+        let o = Command::new(hsmd)
+            .args([
+                "init",
+                "--dir",
+                &d.display().to_string(),
+                "--clients",
+                &names.join(","),
+            ])
+            .args(["--tcp", &tcp, "--tls", &tls, "--tls-psk", &psk])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", hsmd.display()))?;
+        if !o.status.success() {
+            return Err(format!(
+                "hsmd init failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let config = d.join("hsmd.toml");
+        if !server_extra.is_empty() {
+            let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+            let text = text.replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
+            std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        }
+        let mut child = Command::new(hsmd)
+            .args(["--config", &config.display().to_string()])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", hsmd.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        match lines.next() {
+            Some(Ok(l)) if l.contains("listening on") => {}
+            other => {
+                let _ = child.kill();
+                return Err(format!("hsmd did not start: {other:?}"));
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Spawned {
+            child,
+            dir,
+            clients: names,
+        })
+    }
+
+    /// The profile of client `name`.
+    pub fn profile(&self, name: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("hsm/clients")
+            .join(format!("{name}.toml"))
+    }
+
+    /// The directory of client profiles.
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.dir.path().join("hsm/clients")
+    }
+
+    /// The server's process id (for its peak RSS).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait (SIGKILL after 10 s); the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Peak resident memory of a process in KiB (VmHWM), where /proc tells.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,125 @@
+//! `hsm-stress` itself, end to end: a short run over every transport with every fault on
+//! must find nothing wrong, and a quick bench must produce the documented report.
+// Tests may panic on unexpected results: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn stress() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hsm-stress"))
+}
+
+#[test]
+fn a_short_run_with_faults_finds_nothing_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (json, svg) = (tmp.path().join("run.json"), tmp.path().join("run.svg"));
+    let o = stress()
+        .args(["run", "--spawn", "--clients", "8", "--duration", "3s"])
+        .args([
+            "--transports",
+            "tcp,tls,tls-psk,shm",
+            "--faults",
+            "disconnect,reconnect,malformed,slow",
+        ])
+        .args([
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "hsm-stress run failed:\n{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["wrong_results"], 0, "{out}");
+    assert_eq!(r["isolation_violations"], 0, "{out}");
+    assert_eq!(r["unexpected_errors"], 0, "{out}");
+    assert!(r["total_ops"].as_u64().unwrap() > 20, "{out}");
+    assert!(r["fault_events"].as_u64().unwrap() > 0, "{out}");
+    for t in ["tcp", "tls", "tls-psk", "shm"] {
+        let p = &r["transports"][t];
+        assert!(
+            p["count"].as_u64().unwrap() > 0,
+            "no operations over {t}: {out}"
+        );
+        assert!(p["p99_us"].as_u64().unwrap() >= p["p50_us"].as_u64().unwrap());
+    }
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.starts_with("<svg") && plot.contains("polyline"),
+        "{plot}"
+    );
+}
+
+#[test]
+fn a_quick_bench_reports_every_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let o = stress()
+        .args([
+            "bench",
+            "--spawn",
+            "--quick",
+            "--ops",
+            "ping,ed25519-sign",
+            "--inflight",
+            "1,4",
+        ])
+        .args([
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            tmp.path().join("b.svg").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "hsm-stress bench failed:\n{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(r["cpus"].as_u64().unwrap() >= 1);
+    assert!(matches!(r["profile"].as_str(), Some("debug" | "release")));
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4 * 2 * 2, "{out}");
+    for x in results {
+        for f in [
+            "transport",
+            "op",
+            "inflight",
+            "clients",
+            "ops_per_sec",
+            "p50_us",
+            "p99_us",
+            "ratio",
+        ] {
+            assert!(x.get(f).is_some(), "missing {f} in {x}");
+        }
+        assert!(x["ops_per_sec"].as_f64().unwrap() > 0.0, "{x}");
+        // Only ping has no in-process baseline.
+        assert_eq!(x["ratio"].is_null(), x["op"] == "ping", "{x}");
+    }
+    let baseline = r["baseline"].as_array().unwrap();
+    assert_eq!(baseline.len(), 1);
+    assert_eq!(baseline[0]["op"], "ed25519-sign");
+    assert!(baseline[0]["ops_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn usage_errors_exit_nonzero_with_a_message() {
+    let o = stress().args(["run"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = stress()
+        .args(["bench", "--spawn", "--ops", "rsa-sign"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown op"));
+}
