@@ -363,8 +363,12 @@ impl Worker {
                     .or_default()
                     .push(label);
             }
-            "delete" if self.ed.len() > 2 => {
-                let (label, _) = self.ed.remove(1);
+            "delete" => {
+                if self.ed.len() <= 2 {
+                    // Keep two signing keys for the other operations: delete a fresh one.
+                    self.step("keygen", shared)?;
+                }
+                let (label, _) = self.ed.remove(self.ed.len() - 1);
                 self.hsm.block_on(c.delete(&r(&label)))?;
                 match self.hsm.block_on(c.info(&r(&label))) {
                     Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
