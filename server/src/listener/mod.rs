@@ -29,6 +29,21 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, mes
     let _ = wr.shutdown().await;
 }
 
+/// Finishes a TLS handshake (so the peer can read us), then refuses with `busy`; `slot` bounds
+/// how many of these run at once.
+pub(crate) fn refuse_after_handshake<Fut, S>(handshake: Fut, slot: OwnedSemaphorePermit)
+where
+    Fut: std::future::Future<Output = Option<S>> + 'static,
+    S: AsyncWrite + Unpin,
+{
+    actix::spawn(async move {
+        if let Some(tls) = handshake.await {
+            refuse(tls, Status::Busy, "too many connections").await;
+        }
+        drop(slot);
+    });
+}
+
 /// What a listener does with an accepted connection.
 pub trait Transport: Unpin + 'static {
     /// Name for logs (`tcp`, `tls`, `tls-psk`).

@@ -49,12 +49,14 @@ impl Transport for CertTls {
     fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
         let acceptor = self.acceptor.clone();
         let timeout = shared.handshake_timeout;
-        actix::spawn(async move {
-            if let Ok((tls, _)) = acceptor.accept(stream, timeout).await {
-                refuse(tls, Status::Busy, "too many connections").await;
-            }
-            drop(slot);
-        });
+        let handshake = async move {
+            acceptor
+                .accept(stream, timeout)
+                .await
+                .ok()
+                .map(|(tls, _)| tls)
+        };
+        super::refuse_after_handshake(handshake, slot);
     }
 
     fn start(
