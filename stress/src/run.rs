@@ -439,6 +439,25 @@ impl Worker {
                     ("export", self.hsm.block_on(c.export(&key)).map(|_| ())),
                     ("delete", self.hsm.block_on(c.delete(&key))),
                 ];
+                // By id: ids are per client, so whatever an id finds must be in our own
+                // namespace; a key carrying another identity's label prefix means a leak.
+                let id = 1 + (self.next() % 200) as u32;
+                match self.hsm.block_on(c.info(&KeyRef::Id(id))) {
+                    Ok(k)
+                        if self
+                            .others
+                            .iter()
+                            .any(|p| k.label.as_str().starts_with(p.as_str())) =>
+                    {
+                        shared.problem(
+                            &shared.isolation,
+                            format!("[{transport}] id {id} reached {}", k.label),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
+                    Err(e) => return Err(e),
+                }
                 for (what, a) in answers {
                     match a {
                         Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
