@@ -7,7 +7,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -32,7 +32,6 @@ struct Inner {
     // Copies of the private positions, for the watcher's readiness checks.
     read_pos: AtomicU64,
     write_pos: AtomicU64,
-    halves: AtomicUsize,
     on_close: tokio::sync::Notify,
 }
 
@@ -127,14 +126,11 @@ pub struct ShmStream;
 impl ShmStream {
     /// Starts the watcher thread and returns the reading half, the writing half and a handle
     /// for whoever watches liveness (the Unix socket). Closing happens when the writing half is
-    /// shut down or dropped, when both halves are dropped, when [`Closer::close`] is called, or
-    /// when the peer corrupts a ring.
+    /// shut down or dropped, when [`Closer::close`] is called, or when the peer corrupts a ring.
     pub fn start(seg: Segment, side: Side) -> io::Result<(ShmReader, ShmWriter, Closer)> {
-        let (rx, tx) = seg.rings(side);
         // Start from the positions in the segment (zero for a fresh one); from here on they
         // are private and only published.
-        let (tail, head) = (rx_pos(&seg, side, true), rx_pos(&seg, side, false));
-        let _ = (rx, tx);
+        let (tail, head) = (start_pos(&seg, side, true), start_pos(&seg, side, false));
         let inner = Arc::new(Inner {
             seg,
             side,
@@ -146,7 +142,6 @@ impl ShmStream {
             write_waiting: AtomicBool::new(false),
             read_pos: AtomicU64::new(tail),
             write_pos: AtomicU64::new(head),
-            halves: AtomicUsize::new(2),
             on_close: tokio::sync::Notify::new(),
         });
         let w = inner.clone();
@@ -171,7 +166,7 @@ impl ShmStream {
 }
 
 /// The starting position of this side's read ring (`read`) or write ring.
-fn rx_pos(seg: &Segment, side: Side, read: bool) -> u64 {
+fn start_pos(seg: &Segment, side: Side, read: bool) -> u64 {
     use crate::segment::offsets::*;
     let off = match (side, read) {
         (Side::Server, true) => REQ_TAIL,
@@ -204,7 +199,7 @@ impl Closer {
         self.inner.close();
     }
 
-    /// Resolves once the stream is closed (both halves dropped, closed, or corrupted).
+    /// Resolves once the stream is closed (writer gone, closed, or corrupted).
     pub async fn closed(&self) {
         loop {
             let notified = self.inner.on_close.notified();
@@ -222,12 +217,6 @@ impl Closer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-}
-
-fn half_dropped(inner: &Inner) {
-    if inner.halves.fetch_sub(1, Ordering::SeqCst) == 1 {
-        inner.close();
     }
 }
 
@@ -259,18 +248,11 @@ impl std::fmt::Debug for ShmWriter {
     }
 }
 
-impl Drop for ShmReader {
-    fn drop(&mut self) {
-        half_dropped(&self.inner);
-    }
-}
-
 impl Drop for ShmWriter {
     /// The writer going away means no more requests (client) or responses (server) will come:
     /// the stream closes, as a TCP half-close would end the peer's session.
     fn drop(&mut self) {
         self.inner.close();
-        half_dropped(&self.inner);
     }
 }
 
@@ -282,12 +264,17 @@ impl AsyncRead for ShmReader {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let inner = &*this.inner;
-        if let Some(e) = inner.error() {
+        // The error is only ever set together with `closed`: no lock on the common path.
+        if inner.is_closed()
+            && let Some(e) = inner.error()
+        {
             return Poll::Ready(Err(e));
         }
         for attempt in 0..2 {
             let (rx, _) = inner.seg.rings(inner.side);
-            match rx.read(&mut this.tail, buf.initialize_unfilled()) {
+            // Zero-fill only as much of the caller's buffer as we are about to copy into.
+            let want = rx.readable(this.tail).map_or(0, |n| n.min(buf.remaining()));
+            match rx.read(&mut this.tail, buf.initialize_unfilled_to(want)) {
                 Err(e) => {
                     inner.fail(e.to_string());
                     return Poll::Ready(Err(io::Error::new(
@@ -326,7 +313,9 @@ impl AsyncWrite for ShmWriter {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let inner = &*this.inner;
-        if let Some(e) = inner.error() {
+        if inner.is_closed()
+            && let Some(e) = inner.error()
+        {
             return Poll::Ready(Err(e));
         }
         for attempt in 0..2 {
