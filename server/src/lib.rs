@@ -107,15 +107,15 @@ where
     let shared = Arc::new(session::Shared::new(&config, km, pool, stop_rx));
     // Build every acceptor before binding anything, so a bad certificate or key fails fast.
     let cert_tls = match &config.tls {
-        Some(t) => Some(listener::tls::CertTls::new(
+        Some(t) => Some(listener::Secured(listener::tls::CertTls::new(
             ferrohsm_tls::server::CertAcceptor::new(&t.ca, &t.cert, &t.key, t.allow_tls12)
                 .map_err(|e| ServerError::Config(format!("[tls]: {e}")))?,
             &shared,
-        )),
+        ))),
         None => None,
     };
     let psk = match &config.tls_psk {
-        Some(_) => Some(listener::psk::TlsPsk::new(&shared)?),
+        Some(_) => Some(listener::Secured(listener::psk::TlsPsk::new(&shared)?)),
         None => None,
     };
     let max = config.max_connections;

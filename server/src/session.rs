@@ -265,10 +265,7 @@ impl Session {
         resp: Result<Response, OpError>,
         ticket: Option<Ticket>,
     ) {
-        let frame = match resp {
-            Ok(r) => r.to_frame(opcode, request_id),
-            Err(e) => error_frame(opcode, request_id, &e.to_body()),
-        };
+        let frame = response_frame(opcode, request_id, resp);
         // Capacity is window + 2 and every ticketed frame holds a window permit, so this only
         // fails when the writer has gone (peer disconnected): then there is no one to tell.
         let _ = self.out.try_send(Outbound {
@@ -447,11 +444,7 @@ impl Handler<Inbound> for Session {
         // Detached (not ctx.spawn): a request that started finishes even if the session
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
-            let resp = dispatch(&shared, caller, request).await;
-            let frame = match resp {
-                Ok(r) => r.to_frame(opcode, rid),
-                Err(e) => error_frame(opcode, rid, &e.to_body()),
-            };
+            let frame = response_frame(opcode, rid, dispatch(&shared, caller, request).await);
             let _ = out
                 .send(Outbound {
                     frame,
@@ -459,6 +452,14 @@ impl Handler<Inbound> for Session {
                 })
                 .await;
         });
+    }
+}
+
+/// The frame answering `opcode` / `request_id`: the response, or the error with its status.
+fn response_frame(opcode: u16, request_id: u64, resp: Result<Response, OpError>) -> Frame {
+    match resp {
+        Ok(r) => r.to_frame(opcode, request_id),
+        Err(e) => error_frame(opcode, request_id, &e.to_body()),
     }
 }
 

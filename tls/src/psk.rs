@@ -53,6 +53,9 @@ pub fn load_psk(path: &std::path::Path) -> Result<Psk, TlsError> {
         .ok_or_else(|| crate::file_err(path, "expected at least 32 hex digits (the PSK)"))
 }
 
+/// A TLS-PSK stream.
+pub type PskStream = SslStream<TcpStream>;
+
 /// Accepts TLS-PSK connections.
 #[derive(Clone)]
 pub struct PskAcceptor {

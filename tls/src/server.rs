@@ -44,6 +44,9 @@ pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// A server-side certificate-TLS stream.
+pub type ServerStream = TlsStream<TcpStream>;
+
 /// Accepts certificate-TLS connections.
 #[derive(Clone)]
 pub struct CertAcceptor {

@@ -6,7 +6,7 @@ pub mod pool;
 
 use std::sync::Arc;
 
-use ferrohsm_proto::{DigestAlg, KeySpec, KeyType, Response, UsageSet};
+use ferrohsm_proto::{DigestAlg, KeySpec, Response, UsageSet};
 
 use crate::error::OpError;
 use crate::keys::material::KeyMaterial;
@@ -70,14 +70,6 @@ impl CryptoJob {
                 let m = ops::derive(&k, &peer, spec.key_type)?;
                 Ok(JobOutput::NewKey(spec, usage, Box::new(m)))
             }
-        }
-    }
-
-    /// Whether the job creates a key of `t` (used only for logging).
-    pub fn creates(&self) -> Option<KeyType> {
-        match self {
-            CryptoJob::Generate(s, _) | CryptoJob::Derive(_, _, s, _) => Some(s.key_type),
-            _ => None,
         }
     }
 }

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use actix::{Actor, AsyncContext, Context, WrapFuture};
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{ErrorBody, Status};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::session::Shared;
+use crate::session::{Conn, Shared, serve};
 
 /// Tells a refused peer why, in one error frame, then closes.
 pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, message: &str) {
@@ -29,19 +29,78 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, mes
     let _ = wr.shutdown().await;
 }
 
-/// Finishes a TLS handshake (so the peer can read us), then refuses with `busy`; `slot` bounds
-/// how many of these run at once.
-pub(crate) fn refuse_after_handshake<Fut, S>(handshake: Fut, slot: OwnedSemaphorePermit)
-where
-    Fut: std::future::Future<Output = Option<S>> + 'static,
-    S: AsyncWrite + Unpin,
-{
-    actix::spawn(async move {
-        if let Some(tls) = handshake.await {
-            refuse(tls, Status::Busy, "too many connections").await;
-        }
-        drop(slot);
-    });
+/// What differs between the TLS transports: how the handshake runs and which configured
+/// client its credential names. Everything else is [`Secured`].
+pub trait Handshake: Clone + Unpin + 'static {
+    /// Name for logs.
+    const NAME: &'static str;
+    /// The encrypted stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    /// What the handshake proved (certificate names, PSK identity).
+    type Credential;
+    /// Runs the handshake within `timeout`.
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<
+        Output = Result<(Self::Stream, Self::Credential), ferrohsm_tls::TlsError>,
+    > + 'static;
+    /// The configured client the credential names, or why none.
+    fn identify(&self, credential: Self::Credential) -> Result<Arc<str>, &'static str>;
+}
+
+/// A TLS transport: handshake (bounded by the handshake timeout), the client named by the
+/// credential, then the session; over the limit, a readable `busy` after the handshake.
+#[derive(Debug, Clone)]
+pub struct Secured<H>(pub H);
+
+impl<H: Handshake> Transport for Secured<H> {
+    const NAME: &'static str = H::NAME;
+
+    fn start(
+        &self,
+        shared: &Arc<Shared>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let (h, shared) = (self.0.clone(), shared.clone());
+        actix::spawn(async move {
+            let (tls, credential) = match h.handshake(stream, shared.handshake_timeout).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    return tracing::info!(transport = H::NAME, %peer, reason = %e, "TLS handshake failed");
+                }
+            };
+            let (rd, wr) = tokio::io::split(tls);
+            match h.identify(credential) {
+                Ok(client) => {
+                    let conn = Conn {
+                        peer: format!("{}:{peer}", H::NAME),
+                        proven: Some(client),
+                        session_id: None,
+                        slot,
+                    };
+                    serve(shared, rd, wr, conn);
+                }
+                Err(why) => {
+                    tracing::warn!(transport = H::NAME, %peer, "{why}");
+                    refuse(wr, Status::AuthFailed, why).await;
+                }
+            }
+        });
+    }
+
+    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        let handshake = self.0.handshake(stream, shared.handshake_timeout);
+        actix::spawn(async move {
+            if let Ok((tls, _)) = handshake.await {
+                refuse(tls, Status::Busy, "too many connections").await;
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// What a listener does with an accepted connection.

@@ -1,16 +1,18 @@
 //! TLS 1.3 with a pre-shared key: the PSK identity names the client, the key proves it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::future::Future;
+use std::time::Duration;
+
+use ferrohsm_tls::TlsError;
 use ferrohsm_tls::psk::PskAcceptor;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
-use super::Transport;
+use super::Handshake;
 use crate::error::ServerError;
-use crate::session::{Conn, Shared, serve};
+use crate::session::Shared;
 
 /// The TLS-PSK transport.
 #[derive(Debug, Clone)]
@@ -40,54 +42,26 @@ impl TlsPsk {
     }
 }
 
-impl Transport for TlsPsk {
+impl Handshake for TlsPsk {
     const NAME: &'static str = "tls-psk";
+    type Stream = ferrohsm_tls::psk::PskStream;
+    type Credential = Vec<u8>;
 
-    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(Self::Stream, Vec<u8>), TlsError>> + 'static {
         let acceptor = self.acceptor.clone();
-        let timeout = shared.handshake_timeout;
-        let handshake = async move {
-            acceptor
-                .accept(stream, timeout)
-                .await
-                .ok()
-                .map(|(tls, _)| tls)
-        };
-        super::refuse_after_handshake(handshake, slot);
+        async move { acceptor.accept(tcp, timeout).await }
     }
 
-    fn start(
-        &self,
-        shared: &Arc<Shared>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        slot: OwnedSemaphorePermit,
-    ) {
-        let this = self.clone();
-        let shared = shared.clone();
-        actix::spawn(async move {
-            let (tls, identity) = match this.acceptor.accept(stream, shared.handshake_timeout).await
-            {
-                Ok(ok) => ok,
-                Err(e) => {
-                    tracing::info!(%peer, reason = %e, "TLS-PSK handshake failed");
-                    return;
-                }
-            };
-            // The handshake only succeeds with a configured identity's key, so this lookup
-            // cannot miss unless the config changed underneath; refuse quietly if it does.
-            let Some(client) = this.clients.get(&identity).cloned() else {
-                tracing::warn!(%peer, "TLS-PSK identity not configured");
-                return;
-            };
-            let (rd, wr) = tokio::io::split(tls);
-            let conn = Conn {
-                peer: format!("tls-psk:{peer}"),
-                proven: Some(client),
-                session_id: None,
-                slot,
-            };
-            serve(shared, rd, wr, conn);
-        });
+    /// The handshake only succeeds with a configured identity's key, so this lookup cannot
+    /// miss unless the configuration changed underneath.
+    fn identify(&self, identity: Vec<u8>) -> Result<Arc<str>, &'static str> {
+        self.clients
+            .get(&identity)
+            .cloned()
+            .ok_or("TLS-PSK identity not configured")
     }
 }

@@ -1,16 +1,17 @@
 //! Mutual-certificate TLS: the client certificate (chained to the client CA) names the client.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferrohsm_proto::Status;
+use std::future::Future;
+use std::time::Duration;
+
+use ferrohsm_tls::TlsError;
 use ferrohsm_tls::server::CertAcceptor;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Transport, refuse};
-use crate::session::{Conn, Shared, serve};
+use super::Handshake;
+use crate::session::Shared;
 
 /// The certificate TLS transport.
 #[derive(Debug, Clone)]
@@ -43,60 +44,22 @@ impl CertTls {
     }
 }
 
-impl Transport for CertTls {
+impl Handshake for CertTls {
     const NAME: &'static str = "tls";
+    type Stream = ferrohsm_tls::server::ServerStream;
+    type Credential = Vec<String>;
 
-    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(Self::Stream, Vec<String>), TlsError>> + 'static {
         let acceptor = self.acceptor.clone();
-        let timeout = shared.handshake_timeout;
-        let handshake = async move {
-            acceptor
-                .accept(stream, timeout)
-                .await
-                .ok()
-                .map(|(tls, _)| tls)
-        };
-        super::refuse_after_handshake(handshake, slot);
+        async move { acceptor.accept(tcp, timeout).await }
     }
 
-    fn start(
-        &self,
-        shared: &Arc<Shared>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        slot: OwnedSemaphorePermit,
-    ) {
-        let this = self.clone();
-        let shared = shared.clone();
-        actix::spawn(async move {
-            let (tls, names) = match this.acceptor.accept(stream, shared.handshake_timeout).await {
-                Ok(ok) => ok,
-                Err(e) => {
-                    tracing::info!(%peer, reason = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let (rd, wr) = tokio::io::split(tls);
-            match this.client_for(&names) {
-                Some(client) => {
-                    let conn = Conn {
-                        peer: format!("tls:{peer}"),
-                        proven: Some(client),
-                        session_id: None,
-                        slot,
-                    };
-                    serve(shared, rd, wr, conn)
-                }
-                None => {
-                    tracing::warn!(%peer, ?names, "client certificate names no configured client");
-                    refuse(
-                        wr,
-                        Status::AuthFailed,
-                        "the client certificate names no configured client",
-                    )
-                    .await;
-                }
-            }
-        });
+    fn identify(&self, names: Vec<String>) -> Result<Arc<str>, &'static str> {
+        self.client_for(&names)
+            .ok_or("the client certificate names no configured client")
     }
 }
