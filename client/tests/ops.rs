@@ -152,9 +152,11 @@ fn derive_agrees_across_clients_and_secret_stays_inside() {
     let srv = TestServer::start(&["alice", "bob"]);
     let (a, b) = (srv.connect("alice"), srv.connect("bob"));
     let mut out = Vec::new();
-    for (me, other) in [(&a, &b), (&b, &a)] {
-        me.generate(&"x".parse().unwrap(), KeyType::X25519).unwrap();
-        let _ = other;
+    // The bases are exportable: a derived key is never more exportable than its base.
+    for me in [&a, &b] {
+        let mut s = spec(KeyType::X25519, "x");
+        s.exportable = true;
+        me.block_on(me.client().generate_spec(s)).unwrap();
     }
     for (me, other) in [(&a, &b), (&b, &a)] {
         let (_, peer) = other
@@ -170,6 +172,23 @@ fn derive_agrees_across_clients_and_secret_stays_inside() {
     }
     assert_eq!(out[0], out[1], "both sides derive the same key");
     let c = a.client();
+    // Exportability cannot be laundered through derive: from a non-exportable base, an
+    // exportable derived key is refused (the same base and peer give the same key).
+    a.generate(&"locked".parse().unwrap(), KeyType::X25519)
+        .unwrap();
+    let (_, peer) = b.block_on(b.client().public_key(&label("x"))).unwrap();
+    let mut s = spec(KeyType::HmacSha256, "leak");
+    s.exportable = true;
+    assert_eq!(
+        status(a.block_on(c.derive(&label("locked"), peer.clone(), s))),
+        Status::NotExportable
+    );
+    a.block_on(c.derive(&label("locked"), peer, spec(KeyType::HmacSha256, "kept")))
+        .unwrap();
+    assert_eq!(
+        status(a.block_on(c.export(&label("kept")))),
+        Status::NotExportable
+    );
     assert_eq!(
         status(a.block_on(c.derive(&label("x"), vec![0; 32], spec(KeyType::Aes256Gcm, "lo")))),
         Status::InvalidArgument

@@ -48,11 +48,17 @@ pub enum Status {
     ShuttingDown = 41,
     /// An internal server error; details are in the server log.
     Internal = 50,
+    /// The key's stored record failed its integrity check (edited, moved, swapped or
+    /// truncated): the key is refused, never repaired. Other keys keep working.
+    KeyStoreIntegrity = 51,
+    /// The key store could not make the change durable (disk full, I/O error); nothing was
+    /// changed.
+    StoreFailed = 52,
 }
 
 impl Status {
     /// Every status, for tables and tests.
-    pub const ALL: [Status; 20] = [
+    pub const ALL: [Status; 22] = [
         Status::MalformedFrame,
         Status::UnsupportedVersion,
         Status::UnknownOpcode,
@@ -73,6 +79,8 @@ impl Status {
         Status::Busy,
         Status::ShuttingDown,
         Status::Internal,
+        Status::KeyStoreIntegrity,
+        Status::StoreFailed,
     ];
 
     /// The numeric code on the wire.
@@ -108,6 +116,8 @@ impl Status {
             Status::Busy => "busy",
             Status::ShuttingDown => "shutting_down",
             Status::Internal => "internal",
+            Status::KeyStoreIntegrity => "key_store_integrity",
+            Status::StoreFailed => "store_failed",
         }
     }
 }

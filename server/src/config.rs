@@ -12,6 +12,13 @@
 //!
 //! max_connections_per_client = 64
 //!
+//! [store]                         # the durable key store (created by hsmd init)
+//! path = "keys.db"                # SQLite, WAL, synchronous=FULL
+//! key_file = "master.key"         # development: wraps the master key; omit it for a
+//!                                 # passphrase store (HSMD_PASSPHRASE or --passphrase-file)
+//! cache_keys = 4096               # opened keys kept in memory, at most
+//! readers = 2                     # store reader threads
+//!
 //! [tcp]
 //! addr = "127.0.0.1:7301"
 //! allow_insecure_remote = false   # plain TCP off loopback needs this
@@ -75,6 +82,15 @@ struct RawTls {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+    key_file: Option<PathBuf>,
+    cache_keys: Option<usize>,
+    readers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPsk {
     addr: String,
 }
@@ -110,12 +126,28 @@ struct RawClient {
 struct RawConfig {
     #[serde(default)]
     server: RawServer,
+    store: Option<RawStore>,
     tcp: Option<RawTcp>,
     tls: Option<RawTls>,
     tls_psk: Option<RawPsk>,
     shm: Option<RawShm>,
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
+}
+
+/// The durable key store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// The key file that wraps the master key; `None`: a passphrase does.
+    pub key_file: Option<PathBuf>,
+    /// Opened keys cached in memory, at most.
+    pub cache_keys: usize,
+    /// Store reader threads.
+    pub readers: usize,
+    /// The passphrase (from `HSMD_PASSPHRASE` or `--passphrase-file`, never from the file).
+    pub passphrase: Option<crate::keys::seal::Passphrase>,
 }
 
 /// Plain TCP listener settings.
@@ -200,6 +232,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Concurrent sessions per client, at most.
     pub max_connections_per_client: usize,
+    /// The key store.
+    pub store: Option<StoreConfig>,
     /// Plain TCP listener.
     pub tcp: Option<TcpConfig>,
     /// Certificate TLS listener.
@@ -223,6 +257,7 @@ impl Config {
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
             max_connections_per_client: 64,
+            store: None,
             tcp: None,
             tls: None,
             tls_psk: None,
@@ -272,6 +307,15 @@ impl Config {
         )
         .map_err(err)?;
         let dir = config_dir(path);
+        if let Some(st) = raw.store {
+            c.store = Some(StoreConfig {
+                path: dir.join(st.path),
+                key_file: st.key_file.map(|f| dir.join(f)),
+                cache_keys: st.cache_keys.unwrap_or(4096),
+                readers: positive(st.readers, 2, "store.readers").map_err(err)?,
+                passphrase: None,
+            });
+        }
         if let Some(t) = raw.tcp {
             let addr = parse_addr(&t.addr, "tcp.addr").map_err(err)?;
             if !addr.ip().is_loopback() && !t.allow_insecure_remote {
@@ -357,6 +401,17 @@ impl Config {
             );
         }
         check_unique(&c).map_err(err)?;
+        if c.store.is_none() {
+            return Err(err(format!(
+                "no [store] section: hsmd keeps its keys in a durable store; run `hsmd init \
+                 --dir {} --clients ... --force` to add one (existing credentials are kept)",
+                if dir.as_os_str().is_empty() {
+                    ".".to_string()
+                } else {
+                    dir.display().to_string()
+                }
+            )));
+        }
         if c.tcp.is_none() && c.tls.is_none() && c.tls_psk.is_none() && c.shm.is_none() {
             return Err(err(
                 "no listener configured: expected a [tcp], [tls], [tls_psk] or [shm] section"
@@ -473,18 +528,28 @@ mod tests {
     fn parses_and_reports_errors_by_key() {
         let p = Path::new("t.toml");
         let ok = format!(
-            "[tcp]\naddr = \"127.0.0.1:0\"\n[clients.alice]\nauth_public_key = \"{KEY}\"\n"
+            "[store]\npath = \"k.db\"\n[tcp]\naddr = \"127.0.0.1:0\"\n[clients.alice]\nauth_public_key = \"{KEY}\"\n"
         );
         let c = Config::parse(&ok, p).unwrap();
         assert_eq!(c.clients.len(), 1);
         assert_eq!(c.window, 32);
+        let c = Config::parse(&ok, p).unwrap();
+        let st = c.store.unwrap();
+        assert_eq!(
+            (st.path, st.key_file, st.cache_keys),
+            ("k.db".into(), None, 4096)
+        );
+        let e = Config::parse(&ok.replace("[store]\npath = \"k.db\"\n", ""), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no [store] section"), "{e}");
         let e = Config::parse("[tcp]\naddr = \"0.0.0.0:1\"\n", p)
             .unwrap_err()
             .to_string();
         assert!(e.contains("allow_insecure_remote"), "{e}");
         assert!(
             Config::parse(
-                "[tcp]\naddr = \"0.0.0.0:1\"\nallow_insecure_remote = true\n",
+                "[store]\npath = \"k.db\"\n[tcp]\naddr = \"0.0.0.0:1\"\nallow_insecure_remote = true\n",
                 p
             )
             .is_ok()

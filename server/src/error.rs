@@ -61,6 +61,9 @@ pub enum ServerError {
     /// `hsmd init` refused or failed.
     #[error("{0}")]
     Init(String),
+    /// The key store cannot be opened or unlocked.
+    #[error("{0}")]
+    Store(String),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

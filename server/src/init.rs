@@ -3,7 +3,10 @@
 //! straight away.
 //!
 //! ```text
-//! D/hsmd.toml            server config (listeners, clients)
+//! D/hsmd.toml            server config (store, listeners, clients)
+//! D/keys.db              the durable key store (SQLite); its master key is wrapped by a
+//!                        passphrase (HSMD_PASSPHRASE / --passphrase-file given to init) or by
+//! D/master.key           a key file (0600), the development default
 //! D/pki/ca.pem, ca.key   development CA (key 0600): signs the server and client certificates
 //! D/pki/server.pem, .key server certificate for localhost, 127.0.0.1, ::1 (key 0600)
 //! D/clients/NAME.key     Ed25519 auth key for TCP, PKCS#8 PEM (OpenSSL reads it), 0600
@@ -15,8 +18,9 @@
 //!                        uid running init)
 //! ```
 //! An existing empty directory is accepted; a non-empty one needs `force`. `force` rewrites the
-//! config and profiles but keeps every existing key, certificate and PSK file (and will never
-//! touch a key store), so credentials already handed out stay valid.
+//! config and profiles but keeps every existing key, certificate and PSK file, and never
+//! touches an existing key store (the config it writes protects the store the way it already
+//! is), so credentials already handed out stay valid and no key is lost.
 
 use std::fs;
 use std::io::Write as _;
@@ -30,6 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{encode_hex, validate_client_name};
 use crate::error::ServerError;
+use crate::keys::seal::{KeyFileSecret, Passphrase, Unlock};
 
 /// Default plain TCP address.
 pub const DEFAULT_TCP: &str = "127.0.0.1:7301";
@@ -57,6 +62,8 @@ pub struct InitOptions {
     pub shm_socket: Option<PathBuf>,
     /// Re-initialise a non-empty directory (keeping existing keys).
     pub force: bool,
+    /// Protect a new key store with this passphrase instead of a key file.
+    pub passphrase: Option<Passphrase>,
 }
 
 /// What was written.
@@ -113,6 +120,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          max_connections = 1024\n\
          handshake_timeout_ms = 10000\n\n",
     );
+    config.push_str(&store(dir, opts.passphrase.as_ref())?);
     let ca = pki(dir, opts.tls)?;
     // The socket path as the config (relative to D) and the profiles (relative to D/clients)
     // write it; an explicit path is made absolute.
@@ -174,6 +182,39 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
         config: config_path,
         profiles,
     })
+}
+
+/// The key store: created unless it exists (an existing one is never touched), and the
+/// `[store]` section that opens it.
+fn store(dir: &Path, passphrase: Option<&Passphrase>) -> Result<String, ServerError> {
+    let db = dir.join("keys.db");
+    let key_file = dir.join("master.key");
+    let uses_key_file = if db.exists() {
+        crate::keys::store_kdf(&db)? == "keyfile"
+    } else {
+        let unlock = match passphrase {
+            Some(p) if p.is_empty() => {
+                return Err(ServerError::Init("the passphrase is empty".into()));
+            }
+            Some(p) => Unlock::Passphrase(p.clone()),
+            None if key_file.exists() => Unlock::KeyFile(crate::keys::read_key_file(&key_file)?),
+            None => {
+                let k = KeyFileSecret::generate().map_err(|e| ServerError::Init(e.to_string()))?;
+                write_new(&key_file, k.to_text().as_bytes(), 0o600)?;
+                Unlock::KeyFile(k)
+            }
+        };
+        crate::keys::create_store(&db, &unlock)?;
+        passphrase.is_none()
+    };
+    let protection = if uses_key_file {
+        "key_file = \"master.key\"       # wraps the master key (development); keep it 0600\n"
+    } else {
+        "# no key_file: a passphrase wraps the master key (HSMD_PASSPHRASE or --passphrase-file)\n"
+    };
+    Ok(format!(
+        "[store]\npath = \"keys.db\"\n{protection}cache_keys = 4096         # opened keys kept in memory\n\n"
+    ))
 }
 
 /// The development CA and server certificate, made once and kept on `--force`. Returns the CA
@@ -297,6 +338,7 @@ mod tests {
             tls_psk: "127.0.0.1:7303".parse().unwrap(),
             shm_socket: None,
             force,
+            passphrase: None,
         }
     }
 
@@ -311,6 +353,16 @@ mod tests {
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let before = fs::read(&key).unwrap();
+        let db = fs::read(dir.join("keys.db")).unwrap();
+        let master = fs::read(dir.join("master.key")).unwrap();
+        assert_eq!(
+            fs::metadata(dir.join("master.key"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let e = init(&opts(&dir, false)).unwrap_err().to_string();
         assert!(e.contains("not empty") && e.contains("--force"), "{e}");
         init(&opts(&dir, true)).unwrap();
@@ -318,6 +370,20 @@ mod tests {
             fs::read(&key).unwrap(),
             before,
             "--force keeps existing keys"
+        );
+        assert_eq!(
+            fs::read(dir.join("keys.db")).unwrap(),
+            db,
+            "--force keeps the store"
+        );
+        assert_eq!(fs::read(dir.join("master.key")).unwrap(), master);
+        assert!(
+            crate::Config::load(&r.config)
+                .unwrap()
+                .store
+                .unwrap()
+                .key_file
+                .is_some()
         );
         // An existing empty directory is fine.
         let empty = tmp.path().join("e");

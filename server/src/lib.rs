@@ -3,29 +3,33 @@
 //! # Layout
 //! ```text
 //!  listener/        accept loop (mod.rs); tcp.rs, tls.rs (rustls, certificate names the
-//!                   client), psk.rs (OpenSSL TLS 1.3 PSK, identity names the client)
+//!                   client), psk.rs (OpenSSL TLS 1.3 PSK, identity names the client), shm.rs
 //!       |  session::serve(stream, proven identity or none)
 //!       v
 //!  session.rs       handshake (TLS-proven name, or Ed25519 challenge-response), identity,
 //!                   per-client limit, in-flight window, ping
-//!       |  Resolve{caller, request}
+//!       |  (caller, request)
 //!       v
-//!  keys/manager.rs  KeyManager actor: store (keys/store.rs), namespaces, policy (keys/policy.rs)
-//!       |  Plan::Crypto(job)
-//!       v
-//!  crypto/pool.rs   N worker threads, bounded queue; crypto/ops.rs does the algorithms
-//!       |  JobOutput (NewKey goes back to the KeyManager as Insert)
+//!  dispatch.rs      one way: keys::manager authorizes (caller, key, op) -> handle;
+//!                   crypto/pool.rs runs the job (crypto/ops.rs); keys::manager creates new
+//!                   keys (durable before it answers)
+//!       |  response
 //!       v
 //!  session writer   response frame on the wire, window slot returned
+//!
+//!  keys/            manager (namespaces, cache, session keys), policy, seal (master key),
+//!                   service (store threads, group commit), store/sqlite.rs (keys.db)
 //! ```
-//! Actix types stay inside this crate. [`run`] blocks the calling thread with its own actix
-//! system until `shutdown` resolves; [`start`] runs it on a thread and returns the bound
-//! addresses (tests use it with port 0).
+//! Actix types stay inside this crate. [`run`] opens and unlocks the key store (before any
+//! listener is bound), then blocks the calling thread with its own actix system until
+//! `shutdown` resolves; [`start`] runs it on a thread and returns the bound addresses (tests
+//! use it with port 0).
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod dispatch;
 pub mod error;
 pub mod init;
 pub mod keys;
@@ -91,18 +95,41 @@ where
     S: Future<Output = ()> + 'static,
     F: FnOnce(&Bound) + 'static,
 {
+    // Fail closed before anything listens: a store that does not open or unlock stops here.
+    let km = open_keys(&config)?;
     let system = actix::System::new();
-    system.block_on(serve(config, shutdown, ready))
+    system.block_on(serve(config, km, shutdown, ready))
 }
 
-async fn serve<S, F>(config: Config, shutdown: S, ready: F) -> Result<(), ServerError>
+/// Opens the key store, unwraps its master key, and starts the store threads.
+fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerError> {
+    let st = config
+        .store
+        .as_ref()
+        .ok_or_else(|| ServerError::Config("no [store] section in the configuration".into()))?;
+    let unlock = keys::unlock_for(&st.path, st.key_file.as_deref(), st.passphrase.as_ref())?;
+    let (store, master) = keys::open_store(&st.path, &unlock)?;
+    let service = keys::service::StoreService::start(Box::new(store), master, st.readers)
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+    tracing::info!(store = %st.path.display(), cache_keys = st.cache_keys, "key store open");
+    Ok(Arc::new(keys::manager::KeyManager::new(
+        service,
+        st.cache_keys,
+    )))
+}
+
+async fn serve<S, F>(
+    config: Config,
+    km: Arc<keys::manager::KeyManager>,
+    shutdown: S,
+    ready: F,
+) -> Result<(), ServerError>
 where
     S: Future<Output = ()>,
     F: FnOnce(&Bound),
 {
     let pool = crypto::pool::CryptoPool::start(config.workers, config.pool_queue)
         .map_err(|e| ServerError::io("cannot start crypto workers", e))?;
-    let km = keys::manager::KeyManager::new(Box::new(keys::store::MemoryStore::default())).start();
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(session::Shared::new(&config, km, pool, stop_rx));
     // Build every acceptor before binding anything, so a bad certificate or key fails fast.

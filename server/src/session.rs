@@ -6,7 +6,7 @@
 //!                           wait for a window                         ping, dispatch)
 //!                           ticket: backpressure)                          |
 //!                                                            spawned request future:
-//!                                                 KeyManager::Resolve -> CryptoPool -> (Insert)
+//!                                                 dispatch: authorize -> pool -> (create)
 //!                                                                          |
 //!  transport write half <-- writer task <--------(Outbound + ticket)-------+
 //! ```
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use ferrohsm_proto::frame::Decoded;
 use ferrohsm_proto::handshake::{Challenge, Hello, Welcome};
 use ferrohsm_proto::message::error_frame;
@@ -31,9 +31,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch}
 use crate::auth::PendingProof;
 use crate::config::ClientConfig;
 use crate::crypto::pool::CryptoPool;
-use crate::crypto::{CryptoJob, JobOutput};
 use crate::error::OpError;
-use crate::keys::manager::{Caller, EndSession, Insert, KeyManager, OpenSession, Plan, Resolve};
+use crate::keys::manager::{Caller, KeyManager};
 
 /// Counts requests in flight across all sessions, so shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -76,7 +75,7 @@ pub struct Shared {
     /// Configured clients.
     pub clients: Arc<std::collections::BTreeMap<String, ClientConfig>>,
     /// The key manager.
-    pub km: actix::Addr<KeyManager>,
+    pub km: Arc<KeyManager>,
     /// The crypto pool.
     pub pool: CryptoPool,
     /// Requests in flight per session.
@@ -107,7 +106,7 @@ impl Shared {
     /// Bundles the shared state from a validated config.
     pub fn new(
         config: &crate::Config,
-        km: actix::Addr<KeyManager>,
+        km: Arc<KeyManager>,
         pool: CryptoPool,
         shutdown: watch::Receiver<bool>,
     ) -> Shared {
@@ -248,11 +247,7 @@ impl Actor for Session {
         if let State::Ready(caller) = std::mem::replace(&mut self.state, State::Closed) {
             tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "session ended");
             self.shared.leave_client(&caller.client);
-            let km = self.shared.km.clone();
-            // `send` (not `do_send`) so the bounded mailbox applies.
-            actix::spawn(async move {
-                let _ = km.send(EndSession(caller)).await;
-            });
+            self.shared.km.end_session(&caller);
         }
     }
 }
@@ -306,8 +301,7 @@ impl Session {
     }
 
     /// Opens the session for a proven caller: per-client limit, registration with the key
-    /// manager, then the welcome. `wait` holds back later frames until the registration is
-    /// done, so no key operation can race it.
+    /// manager (before any key operation of the session can run), then the welcome.
     fn open(
         &mut self,
         caller: Caller,
@@ -322,27 +316,14 @@ impl Session {
             return self.close(ctx);
         }
         tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "authenticated");
-        self.state = State::Ready(caller.clone());
+        self.shared.km.open_session(&caller);
+        self.state = State::Ready(caller);
         let welcome = Welcome {
             session_id: self.id,
             max_body: self.shared.max_body,
             window: self.shared.window,
         };
-        let km = self.shared.km.clone();
-        let out = self.out.clone();
-        ctx.wait(
-            async move {
-                let _ = km.send(OpenSession(caller)).await;
-                let frame = Response::Welcome(welcome).to_frame(opcode, rid);
-                let _ = out
-                    .send(Outbound {
-                        frame,
-                        _ticket: Some(ticket),
-                    })
-                    .await;
-            }
-            .into_actor(self),
-        );
+        self.reply(opcode, rid, Ok(Response::Welcome(welcome)), Some(ticket));
     }
 
     fn handle_proof(&mut self, signature: &[u8]) -> Result<Caller, OpError> {
@@ -444,7 +425,8 @@ impl Handler<Inbound> for Session {
         // Detached (not ctx.spawn): a request that started finishes even if the session
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
-            let frame = response_frame(opcode, rid, dispatch(&shared, caller, request).await);
+            let resp = crate::dispatch::dispatch(&shared, caller, request).await;
+            let frame = response_frame(opcode, rid, resp);
             let _ = out
                 .send(Outbound {
                     frame,
@@ -460,44 +442,6 @@ fn response_frame(opcode: u16, request_id: u64, resp: Result<Response, OpError>)
     match resp {
         Ok(r) => r.to_frame(opcode, request_id),
         Err(e) => error_frame(opcode, request_id, &e.to_body()),
-    }
-}
-
-/// The request path after the session: key manager (lookup, policy), then the pool, then (for
-/// new keys) the key manager again to store the result.
-async fn dispatch(shared: &Shared, caller: Caller, request: Request) -> Result<Response, OpError> {
-    let mailbox = |_| OpError::internal("key manager unavailable");
-    let plan = match request {
-        Request::Random { len } => Plan::Crypto(CryptoJob::Random(len)),
-        Request::Digest { alg, data } => Plan::Crypto(CryptoJob::Digest(alg, data)),
-        request => shared
-            .km
-            .send(Resolve {
-                caller: caller.clone(),
-                request,
-            })
-            .await
-            .map_err(mailbox)??,
-    };
-    let job = match plan {
-        Plan::Done(r) => return Ok(r),
-        Plan::Crypto(job) => job,
-    };
-    match shared.pool.run(move || job.run()).await? {
-        JobOutput::Response(r) => Ok(r),
-        JobOutput::NewKey(spec, usage, material) => {
-            let info = shared
-                .km
-                .send(Insert {
-                    caller,
-                    spec,
-                    usage,
-                    material,
-                })
-                .await
-                .map_err(mailbox)??;
-            Ok(Response::Key(info))
-        }
     }
 }
 

@@ -247,7 +247,10 @@ impl Worker {
             KeyType::X25519,
             KeyType::X25519,
         ] {
-            let spec = self.spec(t, t.name(), t == KeyType::HmacSha256, false);
+            // The X25519 bases are exportable so their derived keys may be exported and
+            // compared (a derived key is never more exportable than its base).
+            let exportable = matches!(t, KeyType::HmacSha256 | KeyType::X25519);
+            let spec = self.spec(t, t.name(), exportable, false);
             let label = spec.label.to_string();
             let info = self.hsm.block_on(c.generate_spec(spec))?;
             made.push(label.clone());

@@ -38,6 +38,7 @@ impl TestServer {
             tls_psk: "127.0.0.1:0".parse().expect("addr"),
             shm_socket: None,
             force: false,
+            passphrase: None,
         })
         .expect("hsmd init");
         let mut config = Config::load(&report.config).expect("config");

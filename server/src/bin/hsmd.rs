@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferrohsm_server::init::{DEFAULT_TCP, DEFAULT_TLS, DEFAULT_TLS_PSK, InitOptions, init};
+use ferrohsm_server::keys::seal::Passphrase;
 use ferrohsm_server::{Config, ServerError};
 
 /// FerroHSM server. With no arguments: initialise ./hsm-data (client "default") on first run,
@@ -14,8 +15,12 @@ use ferrohsm_server::{Config, ServerError};
 #[command(name = "hsmd", version)]
 struct Cli {
     /// Server configuration file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// File holding the key store's passphrase (else HSMD_PASSPHRASE; a trailing newline is
+    /// not part of it).
+    #[arg(long = "passphrase-file", value_name = "FILE", global = true)]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,6 +51,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Change the key store's passphrase (old: HSMD_PASSPHRASE or --passphrase-file; new:
+    /// HSMD_NEW_PASSPHRASE or --new-passphrase-file). Only the master key is re-wrapped.
+    Passwd {
+        /// File holding the new passphrase.
+        #[arg(long = "new-passphrase-file", value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+}
+
+/// A passphrase from `file`, else from the environment variable `var`.
+fn passphrase(file: Option<&PathBuf>, var: &str) -> Result<Option<Passphrase>, ServerError> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            ServerError::Store(format!("cannot read passphrase file {}: {e}", f.display()))
+        })?;
+        return Ok(Some(Passphrase::new(text)));
+    }
+    Ok(std::env::var(var).ok().map(Passphrase::new))
 }
 
 fn main() -> ExitCode {
@@ -61,6 +84,7 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<(), ServerError> {
+    let pass = passphrase(cli.passphrase_file.as_ref(), "HSMD_PASSPHRASE")?;
     match cli.command {
         Some(Command::Init {
             dir,
@@ -79,6 +103,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 tls_psk,
                 shm_socket,
                 force,
+                passphrase: pass,
             })?;
             println!("wrote {}", report.config.display());
             for (name, path) in &report.profiles {
@@ -86,12 +111,49 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             }
             Ok(())
         }
+        Some(Command::Passwd {
+            new_passphrase_file,
+        }) => {
+            let path = cli
+                .config
+                .ok_or_else(|| ServerError::Config("hsmd passwd needs --config FILE".into()))?;
+            let config = Config::load(&path)?;
+            let st = config
+                .store
+                .ok_or_else(|| ServerError::Config("no [store] section".into()))?;
+            if st.key_file.is_some() {
+                return Err(ServerError::Store(format!(
+                    "the key store {} is protected by a key file, not a passphrase",
+                    st.path.display()
+                )));
+            }
+            let old = pass.ok_or_else(|| {
+                ServerError::Store(
+                    "no current passphrase: set HSMD_PASSPHRASE or pass --passphrase-file".into(),
+                )
+            })?;
+            let new = passphrase(new_passphrase_file.as_ref(), "HSMD_NEW_PASSPHRASE")?.ok_or_else(
+                || {
+                    ServerError::Store(
+                        "no new passphrase: set HSMD_NEW_PASSPHRASE or pass \
+                         --new-passphrase-file"
+                            .into(),
+                    )
+                },
+            )?;
+            ferrohsm_server::keys::change_passphrase(&st.path, &old, &new)?;
+            println!("hsmd: passphrase changed for {}", st.path.display());
+            Ok(())
+        }
         None => {
             let (config_path, hint) = match cli.config {
                 Some(p) => (p, None),
-                None => default_data_dir()?,
+                None => default_data_dir(pass.clone())?,
             };
-            let config = Config::load(&config_path)?;
+            let mut config = Config::load(&config_path)?;
+            if let Some(st) = config.store.as_mut() {
+                st.passphrase = pass;
+            }
             ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| match hint {
                 Some(h) => {
                     println!("hsmd: listening on {bound}; connect with: hsmctl --profile {h} ping")
@@ -103,7 +165,9 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
 }
 
 /// `./hsm-data`: initialised with client "default" on first run.
-fn default_data_dir() -> Result<(PathBuf, Option<String>), ServerError> {
+fn default_data_dir(
+    passphrase: Option<Passphrase>,
+) -> Result<(PathBuf, Option<String>), ServerError> {
     let dir = PathBuf::from("hsm-data");
     let config = dir.join("hsmd.toml");
     if !config.exists() {
@@ -115,6 +179,7 @@ fn default_data_dir() -> Result<(PathBuf, Option<String>), ServerError> {
             tls_psk: default_addr(DEFAULT_TLS_PSK)?,
             shm_socket: None,
             force: false,
+            passphrase,
         })?;
         eprintln!(
             "hsmd: initialised {} with client \"default\"",

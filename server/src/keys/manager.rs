@@ -1,24 +1,28 @@
-//! The key-manager actor: owns the key store, the per-client namespaces and the policy checks.
+//! The key manager: namespaces, authorization and key creation, over the session keys, the
+//! cache and the store threads.
 //!
-//! Its work per request is lookup and policy only (microseconds). Anything that needs crypto
-//! comes back to the session as a [`Plan::Crypto`] job for the worker pool; new keys made by the
-//! pool come back here as [`Insert`]. Session keys are tied to live sessions: [`OpenSession`]
-//! registers one, [`EndSession`] drops (and so zeroizes) its keys, and an [`Insert`] for a
-//! session that has ended is refused, so a key generated while its connection closed cannot
-//! outlive it.
+//! It serves authorization as a concurrent read path (a short lock on the session keys and
+//! on the cache; on a miss, a read on a store thread) rather than as one actor's mailbox, so
+//! it never becomes the serial point of the server; mutations stay ordered by the store's
+//! single writer. No request payload ever reaches it: the dispatcher asks it to
+//! [`KeyManager::authorize`] a `(caller, key, operation)` and gets back a [`KeyHandle`], runs
+//! the crypto itself, and for a new key asks it to [`KeyManager::create`] the result, which
+//! answers only once the key is durable.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix::{Actor, Context, Handler, Message};
-use ferrohsm_proto::{KeyInfo, KeyRef, KeySpec, Lifetime, Request, Response, Status, UsageSet};
+use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, Status};
+use parking_lot::Mutex;
 
-use crate::crypto::CryptoJob;
 use crate::error::OpError;
+use crate::keys::cache::Cache;
 use crate::keys::material::KeyMaterial;
-use crate::keys::policy::{self, Requirement};
-use crate::keys::store::{KeyStore, NewKey};
+use crate::keys::policy::{self, NewKey, Requirement};
+use crate::keys::service::StoreService;
+use crate::keys::session_keys::SessionKeys;
+use crate::keys::store::{KeyRecord, KeyStore, Mutation, SESSION_ID_BASE, Sealed, StoreError};
+use crate::keys::{KeyHandle, seal::MasterKey};
 
 /// Who is asking: the proven client name and its session.
 #[derive(Debug, Clone)]
@@ -29,280 +33,273 @@ pub struct Caller {
     pub session: u64,
 }
 
-/// What the session does next with a request.
-#[derive(Debug)]
-pub enum Plan {
-    /// Answer right away.
-    Done(Response),
-    /// Run this on the crypto pool.
-    Crypto(CryptoJob),
-}
-
-/// A session opened (after authentication).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct OpenSession(pub Caller);
-
-/// A session ended: drop its session keys.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct EndSession(pub Caller);
-
-/// Look up and check a key operation.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Plan, OpError>")]
-pub struct Resolve {
-    /// Caller.
-    pub caller: Caller,
-    /// The request (never ping/handshake).
-    pub request: Request,
-}
-
-/// Store a key made by the pool.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<KeyInfo, OpError>")]
-pub struct Insert {
-    /// Caller.
-    pub caller: Caller,
-    /// Requested key.
-    pub spec: KeySpec,
-    /// Resolved usage.
-    pub usage: UsageSet,
-    /// The secret.
-    pub material: Box<KeyMaterial>,
-}
-
-/// The actor.
+/// The key manager; shared by every session.
 pub struct KeyManager {
-    store: Box<dyn KeyStore>,
-    live_sessions: HashSet<u64>,
+    store: StoreService,
+    cache: Mutex<Cache>,
+    sessions: Mutex<SessionKeys>,
 }
 
 impl std::fmt::Debug for KeyManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyManager")
-            .field("live_sessions", &self.live_sessions.len())
-            .finish()
+            .field("cached", &self.cache.lock().len())
+            .finish_non_exhaustive()
     }
 }
 
+fn info_of(r: &KeyRecord, lifetime: Lifetime) -> KeyInfo {
+    KeyInfo {
+        id: r.id,
+        label: r.label.clone(),
+        key_type: r.key_type,
+        usage: r.usage,
+        exportable: r.exportable,
+        lifetime,
+        created: r.created,
+    }
+}
+
+/// Logs the alarm for a record that failed its integrity check (never its contents).
+fn alarm(e: &StoreError) {
+    if let StoreError::Integrity { owner, id, reason } = e {
+        tracing::error!(client = %owner, id, %reason, "ALARM: key store integrity failure; the key is refused until an operator restores it");
+    }
+}
+
+/// Opens a sealed record into a usable key (on a store thread).
+fn open(master: &MasterKey, s: Sealed) -> Result<KeyHandle, StoreError> {
+    let bad = |reason: &str| StoreError::Integrity {
+        owner: s.record.owner.to_string(),
+        id: s.record.id,
+        reason: reason.into(),
+    };
+    let bytes = master
+        .open_record(&s.record, &s.sealed)
+        .map_err(|_| bad("the sealed material does not authenticate against its record"))?;
+    let material = KeyMaterial::from_stored(s.record.key_type, &bytes)
+        .ok_or_else(|| bad("the material does not form a key of the recorded type"))?;
+    Ok(KeyHandle {
+        owner: s.record.owner.clone(),
+        info: info_of(&s.record, Lifetime::Persistent),
+        origin: s.record.origin,
+        material,
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl KeyManager {
-    /// A manager over `store`.
-    pub fn new(store: Box<dyn KeyStore>) -> Self {
+    /// A manager over the running store service, caching up to `cache_keys` opened keys.
+    pub fn new(store: StoreService, cache_keys: usize) -> KeyManager {
         KeyManager {
             store,
-            live_sessions: HashSet::new(),
+            cache: Mutex::new(Cache::new(cache_keys)),
+            sessions: Mutex::new(SessionKeys::default()),
         }
     }
 
-    fn key(
-        &self,
-        caller: &Caller,
-        key: &KeyRef,
-    ) -> Result<Arc<crate::keys::store::KeyEntry>, OpError> {
-        self.store
-            .find(&caller.client, key)
-            .ok_or_else(|| OpError::not_found(key))
+    /// The store service (for its counters).
+    pub fn store(&self) -> &StoreService {
+        &self.store
     }
 
-    fn material(
+    /// A session opened (after authentication).
+    pub fn open_session(&self, caller: &Caller) {
+        self.sessions.lock().open(caller.session);
+    }
+
+    /// A session ended: its session keys are dropped.
+    pub fn end_session(&self, caller: &Caller) {
+        let n = self.sessions.lock().end(&caller.client, caller.session);
+        if n > 0 {
+            tracing::debug!(client = %caller.client, session = caller.session, keys = n, "session keys dropped");
+        }
+    }
+
+    /// The caller's key, if it may be used for `req`.
+    pub async fn authorize(
         &self,
         caller: &Caller,
         key: &KeyRef,
         req: Requirement,
-    ) -> Result<Arc<KeyMaterial>, OpError> {
-        let entry = self.key(caller, key)?;
-        policy::check(&entry, req)?;
-        Ok(entry.material.clone())
+    ) -> Result<Arc<KeyHandle>, OpError> {
+        let h = self.lookup(caller, key).await?;
+        policy::check(&h.info, req)?;
+        Ok(h)
     }
 
-    fn check_new(&self, caller: &Caller, spec: &KeySpec) -> Result<UsageSet, OpError> {
-        let usage = policy::usage_for_new_key(spec.key_type, spec.usage)?;
-        if self.store.label_in_use(&caller.client, &spec.label) {
-            return Err(OpError::new(
-                Status::LabelInUse,
-                format!("a key labelled {} already exists", spec.label),
-            ));
+    async fn lookup(&self, caller: &Caller, key: &KeyRef) -> Result<Arc<KeyHandle>, OpError> {
+        if let Some(h) = self.sessions.lock().find(&caller.client, key) {
+            return Ok(h);
         }
-        Ok(usage)
-    }
-
-    /// Lookup and policy for one request.
-    pub fn resolve(&mut self, caller: &Caller, request: Request) -> Result<Plan, OpError> {
-        use policy::{DECRYPT, DERIVE, ENCRYPT, MAC, SIGN, VERIFY};
-        let crypto = |job| Ok(Plan::Crypto(job));
-        match request {
-            Request::Generate(spec) => {
-                let usage = self.check_new(caller, &spec)?;
-                crypto(CryptoJob::Generate(spec, usage))
-            }
-            Request::Derive { key, peer, spec } => {
-                let m = self.material(caller, &key, DERIVE)?;
-                if !crate::crypto::ops::derivable(spec.key_type) {
-                    return Err(OpError::invalid(format!(
-                        "cannot derive a {} key; expected chacha20poly1305, aes256gcm or hmac-sha256",
-                        spec.key_type
-                    )));
-                }
-                let usage = self.check_new(caller, &spec)?;
-                crypto(CryptoJob::Derive(m, peer, spec, usage))
-            }
-            Request::List => Ok(Plan::Done(Response::Keys(self.store.list(&caller.client)))),
-            Request::Info(key) => Ok(Plan::Done(Response::Key(
-                self.key(caller, &key)?.info.clone(),
-            ))),
-            Request::PublicKey(key) => {
-                let entry = self.key(caller, &key)?;
-                let bytes = entry.material.public_key().ok_or_else(|| {
-                    OpError::new(
-                        Status::WrongKeyType,
-                        format!(
-                            "key {} of type {} has no public key",
-                            key, entry.info.key_type
-                        ),
-                    )
-                })?;
-                Ok(Plan::Done(Response::PublicKey {
-                    key_type: entry.info.key_type,
-                    bytes,
-                }))
-            }
-            Request::Export(key) => {
-                let entry = self.key(caller, &key)?;
-                if !entry.info.exportable {
-                    return Err(OpError::new(
-                        Status::NotExportable,
-                        format!("key {key} is not exportable"),
-                    ));
-                }
-                Ok(Plan::Done(Response::Bytes(
-                    entry.material.secret_bytes().to_vec(),
-                )))
-            }
-            Request::Delete(key) => match self.store.remove(&caller.client, &key) {
-                Some(_) => Ok(Plan::Done(Response::Done)),
-                None => Err(OpError::not_found(&key)),
-            },
-            Request::Sign { key, data } => {
-                crypto(CryptoJob::Sign(self.material(caller, &key, SIGN)?, data))
-            }
-            Request::Verify {
-                key,
-                data,
-                signature,
-            } => crypto(CryptoJob::Verify(
-                self.material(caller, &key, VERIFY)?,
-                data,
-                signature,
-            )),
-            Request::Encrypt {
-                key,
-                plaintext,
-                aad,
-            } => crypto(CryptoJob::Encrypt(
-                self.material(caller, &key, ENCRYPT)?,
-                zeroize::Zeroizing::new(plaintext),
-                aad,
-            )),
-            Request::Decrypt {
-                key,
-                ciphertext,
-                aad,
-            } => crypto(CryptoJob::Decrypt(
-                self.material(caller, &key, DECRYPT)?,
-                ciphertext,
-                aad,
-            )),
-            Request::Mac { key, data } => {
-                crypto(CryptoJob::Mac(self.material(caller, &key, MAC)?, data))
-            }
-            Request::MacVerify { key, data, mac } => crypto(CryptoJob::MacVerify(
-                self.material(caller, &key, MAC)?,
-                data,
-                mac,
-            )),
-            other => Err(OpError::new(
-                Status::ProtocolViolation,
-                format!("{:?} is not a key operation", other.opcode()),
-            )),
+        if matches!(key, KeyRef::Id(id) if *id >= SESSION_ID_BASE) {
+            return Err(OpError::not_found(key));
         }
-    }
-
-    /// Stores a key the pool made.
-    pub fn insert(&mut self, msg: Insert) -> Result<KeyInfo, OpError> {
-        let Insert {
-            caller,
-            spec,
-            usage,
-            material,
-        } = msg;
-        let session = spec.session.then_some(caller.session);
-        if session.is_some() && !self.live_sessions.contains(&caller.session) {
-            return Err(OpError::new(Status::ShuttingDown, "the session ended"));
-        }
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let info = KeyInfo {
-            id: 0,
-            label: spec.label,
-            key_type: spec.key_type,
-            usage,
-            exportable: spec.exportable,
-            lifetime: Lifetime::Persistent,
-            created,
+        let epoch = {
+            let mut c = self.cache.lock();
+            if let Some(h) = c.get(&caller.client, key) {
+                return Ok(h);
+            }
+            c.epoch()
         };
-        let entry = self.store.insert(
-            &caller.client,
-            NewKey {
-                info,
-                session,
-                material: Arc::from(material),
-            },
-        )?;
-        tracing::debug!(client = %caller.client, id = entry.info.id, key_type = %entry.info.key_type, "key stored");
-        Ok(entry.info.clone())
+        let (owner, k) = (caller.client.clone(), key.clone());
+        let found = self
+            .store
+            .read(move |s: &mut dyn KeyStore, m| match s.find(&owner, &k)? {
+                Some(sealed) => open(m, sealed).map(Some),
+                None => Ok(None),
+            })
+            .await
+            .inspect_err(alarm)?;
+        let h = Arc::new(found.ok_or_else(|| OpError::not_found(key))?);
+        self.cache.lock().insert(h.clone(), epoch);
+        Ok(h)
     }
-}
 
-impl Actor for KeyManager {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Sessions queue work here; a bounded mailbox makes them wait rather than grow memory.
-        ctx.set_mailbox_capacity(1024);
+    /// Stores a new key made by the pool: session keys in memory, persistent keys in the
+    /// store (answering once durable).
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        new: NewKey,
+        material: KeyMaterial,
+    ) -> Result<KeyInfo, OpError> {
+        self.sessions.lock().reserve(&caller.client, &new.label)?;
+        let out = self.create_reserved(caller, &new, material).await;
+        self.sessions.lock().release(&caller.client, &new.label);
+        out
     }
-}
 
-impl Handler<OpenSession> for KeyManager {
-    type Result = ();
-    fn handle(&mut self, msg: OpenSession, _: &mut Context<Self>) {
-        self.live_sessions.insert(msg.0.session);
-    }
-}
-
-impl Handler<EndSession> for KeyManager {
-    type Result = ();
-    fn handle(&mut self, msg: EndSession, _: &mut Context<Self>) {
-        self.live_sessions.remove(&msg.0.session);
-        let n = self.store.remove_session(&msg.0.client, msg.0.session);
-        if n > 0 {
-            tracing::debug!(client = %msg.0.client, session = msg.0.session, keys = n, "session keys dropped");
+    async fn create_reserved(
+        &self,
+        caller: &Caller,
+        new: &NewKey,
+        material: KeyMaterial,
+    ) -> Result<KeyInfo, OpError> {
+        let record = KeyRecord {
+            owner: caller.client.clone(),
+            id: 0,
+            label: new.label.clone(),
+            key_type: new.key_type,
+            usage: new.usage,
+            exportable: new.exportable,
+            origin: new.origin,
+            created: now(),
+            version: 1,
+        };
+        if new.session {
+            let (owner, label) = (caller.client.clone(), new.label.clone());
+            let taken = self
+                .store
+                .read(move |s: &mut dyn KeyStore, _| s.label_in_use(&owner, &label))
+                .await?;
+            if taken {
+                return Err(StoreError::LabelInUse(new.label.clone()).into());
+            }
+            let h = KeyHandle {
+                owner: caller.client.clone(),
+                info: info_of(&record, Lifetime::Session),
+                origin: new.origin,
+                material,
+            };
+            let h = self.sessions.lock().insert(caller.session, h)?;
+            return Ok(h.info.clone());
         }
+        let epoch = self.cache.lock().epoch();
+        let secret = material.to_stored();
+        let record = self
+            .store
+            .write(Mutation::Create { record, secret })
+            .await?;
+        tracing::debug!(client = %caller.client, id = record.id, key_type = %record.key_type, "key stored");
+        let h = Arc::new(KeyHandle {
+            owner: caller.client.clone(),
+            info: info_of(&record, Lifetime::Persistent),
+            origin: record.origin,
+            material,
+        });
+        // A key just made is hot: cache it, so its first use does not unseal it.
+        self.cache.lock().insert(h.clone(), epoch);
+        Ok(h.info.clone())
+    }
+
+    /// Deletes a key of the caller's; a persistent key is gone from disk before this answers.
+    pub async fn delete(&self, caller: &Caller, key: &KeyRef) -> Result<(), OpError> {
+        if self.sessions.lock().remove(&caller.client, key).is_some() {
+            return Ok(());
+        }
+        if matches!(key, KeyRef::Id(id) if *id >= SESSION_ID_BASE) {
+            return Err(OpError::not_found(key));
+        }
+        let record = self
+            .store
+            .write(Mutation::Delete {
+                owner: caller.client.clone(),
+                key: key.clone(),
+            })
+            .await
+            .inspect_err(alarm)?;
+        self.cache.lock().remove(&caller.client, record.id);
+        Ok(())
+    }
+
+    /// The caller's keys: persistent ones (each record's seal checked), then session keys.
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<KeyInfo>, OpError> {
+        let owner = caller.client.clone();
+        let mut keys = self
+            .store
+            .read(move |s: &mut dyn KeyStore, m| {
+                let mut out = Vec::new();
+                for r in s.list(&owner)? {
+                    // A damaged record is not shown as if it were a usable key; the alarm
+                    // names it and it stays in the store, untouched, for the operator.
+                    match r.and_then(|s| {
+                        m.open_record(&s.record, &s.sealed)
+                            .map_err(|e| StoreError::Integrity {
+                                owner: s.record.owner.to_string(),
+                                id: s.record.id,
+                                reason: e.to_string(),
+                            })?;
+                        Ok(s.record)
+                    }) {
+                        Ok(rec) => out.push(info_of(&rec, Lifetime::Persistent)),
+                        Err(e) => alarm(&e),
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        keys.extend(self.sessions.lock().list(&caller.client));
+        Ok(keys)
     }
 }
 
-impl Handler<Resolve> for KeyManager {
-    type Result = Result<Plan, OpError>;
-    fn handle(&mut self, msg: Resolve, _: &mut Context<Self>) -> Self::Result {
-        self.resolve(&msg.caller, msg.request)
-    }
-}
-
-impl Handler<Insert> for KeyManager {
-    type Result = Result<KeyInfo, OpError>;
-    fn handle(&mut self, msg: Insert, _: &mut Context<Self>) -> Self::Result {
-        self.insert(msg)
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> OpError {
+        match e {
+            StoreError::LabelInUse(_) => OpError::new(Status::LabelInUse, e.to_string()),
+            StoreError::NotFound(k) => OpError::new(Status::KeyNotFound, format!("no key {k}")),
+            StoreError::IdsExhausted => OpError::new(Status::Busy, e.to_string()),
+            StoreError::Integrity { id, .. } => OpError::new(
+                Status::KeyStoreIntegrity,
+                format!(
+                    "key {id} failed its integrity check in the key store; it is refused until \
+                     an operator restores it"
+                ),
+            ),
+            StoreError::Backend(_) | StoreError::Open(_) => {
+                tracing::error!(error = %e, "key store failure");
+                OpError::new(
+                    Status::StoreFailed,
+                    "the key store could not complete the request; nothing was changed",
+                )
+            }
+        }
     }
 }

@@ -131,6 +131,48 @@ impl KeyMaterial {
     }
 }
 
+impl KeyMaterial {
+    /// The bytes sealed into the key store: the 32-byte secret, and for P-256 the 65-byte
+    /// public point after it (ring rebuilds a P-256 key pair only from both halves).
+    pub fn to_stored(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = self.secret_bytes();
+        if let KeyMaterial::P256 { pair, .. } = self {
+            out.extend_from_slice(pair.public_key().as_ref());
+        }
+        out
+    }
+
+    /// Rebuilds a key from [`KeyMaterial::to_stored`] bytes; `None` if they do not form a key
+    /// of type `t` (for P-256, if the halves do not belong together).
+    pub fn from_stored(t: KeyType, bytes: &[u8]) -> Option<KeyMaterial> {
+        match t {
+            KeyType::P256 => {
+                if bytes.len() != 32 + 65 {
+                    return None;
+                }
+                let (secret, public) = bytes.split_at(32);
+                let pair = EcdsaKeyPair::from_private_key_and_public_key(
+                    &ECDSA_P256_SHA256_ASN1_SIGNING,
+                    secret,
+                    public,
+                    &ring::rand::SystemRandom::new(),
+                )
+                .ok()?;
+                let mut scalar = Zeroizing::new([0u8; 32]);
+                scalar.copy_from_slice(secret);
+                Some(KeyMaterial::P256 {
+                    scalar,
+                    pair: Box::new(pair),
+                })
+            }
+            _ => {
+                let secret: [u8; 32] = bytes.try_into().ok()?;
+                KeyMaterial::from_secret(t, &Zeroizing::new(secret)).ok()
+            }
+        }
+    }
+}
+
 /// 32 bytes from the OS CSPRNG.
 pub fn random_secret() -> Result<SecretBytes, OpError> {
     let mut s = Zeroizing::new([0u8; 32]);
@@ -152,6 +194,21 @@ mod tests {
             assert_eq!(k.secret_bytes().len(), 32);
             assert_eq!(k.public_key().is_some(), t.is_asymmetric());
         }
+    }
+
+    #[test]
+    fn stored_bytes_rebuild_the_same_key() {
+        for t in KeyType::ALL {
+            let k = KeyMaterial::generate(t).unwrap();
+            let back = KeyMaterial::from_stored(t, &k.to_stored()).unwrap();
+            assert_eq!(back.public_key(), k.public_key());
+            assert_eq!(*back.secret_bytes(), *k.secret_bytes());
+            assert!(KeyMaterial::from_stored(t, &k.to_stored()[1..]).is_none());
+        }
+        let a = KeyMaterial::generate(KeyType::P256).unwrap().to_stored();
+        let b = KeyMaterial::generate(KeyType::P256).unwrap().to_stored();
+        let mixed = [&a[..32], &b[32..]].concat();
+        assert!(KeyMaterial::from_stored(KeyType::P256, &mixed).is_none());
     }
 
     #[test]

@@ -1,6 +1,154 @@
-//! Keys: material (zeroizing secrets), the storage trait, policy, and the key-manager actor.
+//! Keys: material (zeroizing secrets), policy, the key manager, and the durable store under it.
+//!
+//! ```text
+//!  manager.rs      KeyManager: authorize (caller, key, op) -> KeyHandle; create; delete; list
+//!     |   \--------- session_keys.rs  session keys, memory only; label reservations
+//!     |   \--------- cache.rs         bounded LRU of opened persistent keys
+//!     v
+//!  service.rs      store threads: one writer (group commit), readers (find, list, open)
+//!     v
+//!  store/          KeyStore trait; sqlite.rs (keys.db)
+//!  seal.rs         master key (wrapped by argon2id passphrase or key file); record sealing
+//!  policy.rs       every rule about what may be done with a key
+//! ```
 
+pub mod cache;
 pub mod manager;
 pub mod material;
 pub mod policy;
+pub mod seal;
+pub mod service;
+pub mod session_keys;
 pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ferrohsm_proto::KeyInfo;
+
+use crate::error::ServerError;
+use material::KeyMaterial;
+use seal::{Kdf, KeyFileSecret, MasterKey, Passphrase, SealError, Unlock};
+use store::sqlite::SqliteStore;
+use store::{KeyStore, MasterRecord, Origin};
+
+/// An authorized key: its description and its opened material, shared by the cache and any
+/// crypto job using it; the material zeroizes when the last holder drops it.
+pub struct KeyHandle {
+    /// Owning client.
+    pub owner: Arc<str>,
+    /// Public description (id, label, type, usage, exportable, lifetime, created).
+    pub info: KeyInfo,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The secret.
+    pub material: KeyMaterial,
+}
+
+impl std::fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHandle")
+            .field("owner", &self.owner)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a key file: 64 hex digits.
+pub fn read_key_file(path: &Path) -> Result<KeyFileSecret, ServerError> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        ServerError::Store(format!("cannot read key file {}: {e}", path.display()))
+    })?);
+    KeyFileSecret::parse(&text).ok_or_else(|| {
+        ServerError::Store(format!(
+            "key file {} is not 64 hex digits; it is not a FerroHSM master key file",
+            path.display()
+        ))
+    })
+}
+
+fn unlock_error(db: &Path, e: SealError) -> ServerError {
+    ServerError::Store(match e {
+        SealError::WrongUnlock => format!(
+            "the passphrase or key file does not unlock the key store {}: wrong passphrase, \
+             or not this store's key file",
+            db.display()
+        ),
+        SealError::WrongKind { stored, given } => format!(
+            "the key store {} is protected by {stored}, but hsmd.toml gives a {given} \
+             (for a passphrase store, remove key_file from [store] and set HSMD_PASSPHRASE \
+             or --passphrase-file)",
+            db.display()
+        ),
+        other => format!("cannot unlock the key store {}: {other}", db.display()),
+    })
+}
+
+/// What unlocks a store: the key file if one is configured, else the passphrase.
+pub fn unlock_for(
+    db: &Path,
+    key_file: Option<&Path>,
+    passphrase: Option<&Passphrase>,
+) -> Result<Unlock, ServerError> {
+    match (key_file, passphrase) {
+        (Some(f), _) => Ok(Unlock::KeyFile(read_key_file(f)?)),
+        (None, Some(p)) if !p.is_empty() => Ok(Unlock::Passphrase(p.clone())),
+        (None, Some(_)) => Err(ServerError::Store(format!(
+            "the passphrase for the key store {} is empty",
+            db.display()
+        ))),
+        (None, None) => Err(ServerError::Store(format!(
+            "the key store {} is protected by a passphrase: set HSMD_PASSPHRASE or pass \
+             --passphrase-file FILE",
+            db.display()
+        ))),
+    }
+}
+
+fn store_err(e: store::StoreError) -> ServerError {
+    ServerError::Store(e.to_string())
+}
+
+/// Opens the store at `db` and unwraps its master key with `unlock`.
+pub fn open_store(db: &Path, unlock: &Unlock) -> Result<(SqliteStore, MasterKey), ServerError> {
+    let mut s = SqliteStore::open(db).map_err(store_err)?;
+    let rec = s.master_record().map_err(store_err)?;
+    let master =
+        MasterKey::unwrap(&rec.kdf, &rec.wrapped, unlock).map_err(|e| unlock_error(db, e))?;
+    Ok((s, master))
+}
+
+/// Creates a new store at `db` with a fresh master key wrapped for `unlock`.
+pub fn create_store(db: &Path, unlock: &Unlock) -> Result<(), ServerError> {
+    let seal_err = |e: SealError| ServerError::Store(e.to_string());
+    let kdf = match unlock {
+        Unlock::KeyFile(_) => Kdf::KeyFile,
+        Unlock::Passphrase(_) => Kdf::new_argon2id().map_err(seal_err)?,
+    };
+    let master = MasterKey::generate().map_err(seal_err)?;
+    let wrapped = master.wrap(&kdf, unlock).map_err(seal_err)?;
+    SqliteStore::create(db, &MasterRecord { kdf, wrapped }).map_err(store_err)?;
+    Ok(())
+}
+
+/// How an existing store's master key is protected (`keyfile` or `argon2id`).
+pub fn store_kdf(db: &Path) -> Result<&'static str, ServerError> {
+    let mut s = SqliteStore::open(db).map_err(store_err)?;
+    Ok(s.master_record().map_err(store_err)?.kdf.name())
+}
+
+/// Changes a passphrase store's passphrase: the master key is re-wrapped under a new salt, in
+/// one transaction; no key record changes.
+pub fn change_passphrase(db: &Path, old: &Passphrase, new: &Passphrase) -> Result<(), ServerError> {
+    if new.is_empty() {
+        return Err(ServerError::Store("the new passphrase is empty".into()));
+    }
+    let (mut s, master) = open_store(db, &Unlock::Passphrase(old.clone()))?;
+    let seal_err = |e: SealError| ServerError::Store(e.to_string());
+    let kdf = Kdf::new_argon2id().map_err(seal_err)?;
+    let wrapped = master
+        .wrap(&kdf, &Unlock::Passphrase(new.clone()))
+        .map_err(seal_err)?;
+    s.replace_master_record(&MasterRecord { kdf, wrapped })
+        .map_err(store_err)
+}

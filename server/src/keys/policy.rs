@@ -1,85 +1,123 @@
-//! Policy: which key types and usage flags an operation needs. Checked by the key manager for
-//! every operation, before any crypto job is queued.
+//! Policy: every rule about what may be done with a key lives here, so the key manager, the
+//! dispatcher and the crypto code decide nothing themselves. Which key types and usage flags
+//! an operation needs, what may be exported, which types may be derived and from what, the
+//! usage of a new key, and the length of a random request.
 
-use ferrohsm_proto::{KeyType, Status, Usage, UsageSet};
+use ferrohsm_proto::{KeyInfo, KeySpec, KeyType, Label, Status, Usage, UsageSet};
 
 use crate::error::OpError;
-use crate::keys::store::KeyEntry;
+use crate::keys::store::Origin;
 
 /// What an operation requires of its key.
 #[derive(Debug, Clone, Copy)]
 pub struct Requirement {
     /// Verb for messages ("sign", "encrypt", ...).
     pub verb: &'static str,
-    /// Usage flag the key must carry.
-    pub usage: Usage,
+    /// Usage flag the key must carry, if any.
+    pub usage: Option<Usage>,
     /// Key types the operation applies to.
     pub types: &'static [KeyType],
+    /// The key must be exportable.
+    pub exportable: bool,
 }
 
 const SIGNERS: &[KeyType] = &[KeyType::Ed25519, KeyType::P256];
 const AEADS: &[KeyType] = &[KeyType::ChaCha20Poly1305, KeyType::Aes256Gcm];
+const ASYMMETRIC: &[KeyType] = &[KeyType::Ed25519, KeyType::P256, KeyType::X25519];
+/// Types a derive may produce.
+const DERIVABLE: &[KeyType] = &[
+    KeyType::ChaCha20Poly1305,
+    KeyType::Aes256Gcm,
+    KeyType::HmacSha256,
+];
+
+const fn needs(verb: &'static str, usage: Usage, types: &'static [KeyType]) -> Requirement {
+    Requirement {
+        verb,
+        usage: Some(usage),
+        types,
+        exportable: false,
+    }
+}
 
 /// Sign.
-pub const SIGN: Requirement = Requirement {
-    verb: "sign",
-    usage: Usage::Sign,
-    types: SIGNERS,
-};
+pub const SIGN: Requirement = needs("sign", Usage::Sign, SIGNERS);
 /// Verify.
-pub const VERIFY: Requirement = Requirement {
-    verb: "verify",
-    usage: Usage::Verify,
-    types: SIGNERS,
-};
+pub const VERIFY: Requirement = needs("verify", Usage::Verify, SIGNERS);
 /// Encrypt.
-pub const ENCRYPT: Requirement = Requirement {
-    verb: "encrypt",
-    usage: Usage::Encrypt,
-    types: AEADS,
-};
+pub const ENCRYPT: Requirement = needs("encrypt", Usage::Encrypt, AEADS);
 /// Decrypt.
-pub const DECRYPT: Requirement = Requirement {
-    verb: "decrypt",
-    usage: Usage::Decrypt,
-    types: AEADS,
-};
+pub const DECRYPT: Requirement = needs("decrypt", Usage::Decrypt, AEADS);
 /// MAC compute and verify.
-pub const MAC: Requirement = Requirement {
-    verb: "mac",
-    usage: Usage::Mac,
-    types: &[KeyType::HmacSha256],
-};
+pub const MAC: Requirement = needs("mac", Usage::Mac, &[KeyType::HmacSha256]);
 /// Derive.
-pub const DERIVE: Requirement = Requirement {
-    verb: "derive",
-    usage: Usage::Derive,
-    types: &[KeyType::X25519],
+pub const DERIVE: Requirement = needs("derive", Usage::Derive, &[KeyType::X25519]);
+/// Describe (info): any key of the caller's.
+pub const DESCRIBE: Requirement = Requirement {
+    verb: "describe",
+    usage: None,
+    types: &KeyType::ALL,
+    exportable: false,
+};
+/// Read the public half.
+pub const PUBLIC_KEY: Requirement = Requirement {
+    verb: "read the public key of",
+    usage: None,
+    types: ASYMMETRIC,
+    exportable: false,
+};
+/// Export the raw secret.
+pub const EXPORT: Requirement = Requirement {
+    verb: "export",
+    usage: None,
+    types: &KeyType::ALL,
+    exportable: true,
 };
 
-/// Checks that `entry` may be used for `req`: the type first, then the usage flag.
-pub fn check(entry: &KeyEntry, req: Requirement) -> Result<(), OpError> {
-    let t = entry.info.key_type;
+/// Checks that the key described by `info` may be used for `req`: the type first, then the
+/// usage flag, then exportability.
+pub fn check(info: &KeyInfo, req: Requirement) -> Result<(), OpError> {
+    let t = info.key_type;
     if !req.types.contains(&t) {
-        return Err(OpError::new(
-            Status::WrongKeyType,
-            format!(
-                "cannot {} with key {} of type {t}",
-                req.verb, entry.info.label
-            ),
-        ));
+        let msg = if req.types == ASYMMETRIC {
+            format!("key {} of type {t} has no public key", info.label)
+        } else {
+            format!("cannot {} with key {} of type {t}", req.verb, info.label)
+        };
+        return Err(OpError::new(Status::WrongKeyType, msg));
     }
-    if !entry.info.usage.contains(req.usage) {
+    if let Some(u) = req.usage
+        && !info.usage.contains(u)
+    {
         return Err(OpError::new(
             Status::UsageNotPermitted,
-            format!(
-                "key {} does not permit usage {}",
-                entry.info.label,
-                req.usage.name()
-            ),
+            format!("key {} does not permit usage {}", info.label, u.name()),
+        ));
+    }
+    if req.exportable && !info.exportable {
+        return Err(OpError::new(
+            Status::NotExportable,
+            format!("key {} is not exportable", info.label),
         ));
     }
     Ok(())
+}
+
+/// A new key, as policy allows it: everything the key manager needs to create it.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Type.
+    pub key_type: KeyType,
+    /// Label.
+    pub label: Label,
+    /// Resolved usages.
+    pub usage: UsageSet,
+    /// Exportable.
+    pub exportable: bool,
+    /// Session key (memory only) instead of persistent.
+    pub session: bool,
+    /// Where it comes from.
+    pub origin: Origin,
 }
 
 /// The usage set of a new key: the request's, which must be non-empty and fit the type, or
@@ -98,10 +136,71 @@ pub fn usage_for_new_key(t: KeyType, requested: Option<UsageSet>) -> Result<Usag
     }
 }
 
+/// A key to generate.
+pub fn generated(spec: &KeySpec) -> Result<NewKey, OpError> {
+    Ok(NewKey {
+        key_type: spec.key_type,
+        label: spec.label.clone(),
+        usage: usage_for_new_key(spec.key_type, spec.usage)?,
+        exportable: spec.exportable,
+        session: spec.session,
+        origin: Origin::Generated,
+    })
+}
+
+/// A key to derive from `base` (already authorized for [`DERIVE`]). Only symmetric types may
+/// be derived, and a derived key is never more exportable than its base: deriving again from
+/// the same base and peer gives the same key, so an exportable copy would reveal the first.
+pub fn derived(base: &KeyInfo, spec: &KeySpec) -> Result<NewKey, OpError> {
+    if !DERIVABLE.contains(&spec.key_type) {
+        return Err(OpError::invalid(format!(
+            "cannot derive a {} key; expected chacha20poly1305, aes256gcm or hmac-sha256",
+            spec.key_type
+        )));
+    }
+    if spec.exportable && !base.exportable {
+        return Err(OpError::new(
+            Status::NotExportable,
+            format!(
+                "key {} is not exportable, so a key derived from it cannot be either",
+                base.label
+            ),
+        ));
+    }
+    Ok(NewKey {
+        origin: Origin::Derived,
+        ..generated(spec)?
+    })
+}
+
+/// A random request's length: 1..=MAX_RANDOM bytes.
+pub fn random_len(len: u32) -> Result<usize, OpError> {
+    if len == 0 || len > ferrohsm_proto::MAX_RANDOM {
+        return Err(OpError::invalid(format!(
+            "random length {len} is out of range 1..={}",
+            ferrohsm_proto::MAX_RANDOM
+        )));
+    }
+    Ok(len as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrohsm_proto::Lifetime;
     use ferrohsm_proto::Usage::*;
+
+    fn info(t: KeyType, usage: &[Usage], exportable: bool) -> KeyInfo {
+        KeyInfo {
+            id: 1,
+            label: "k".parse().unwrap(),
+            key_type: t,
+            usage: UsageSet::of(usage),
+            exportable,
+            lifetime: Lifetime::Persistent,
+            created: 0,
+        }
+    }
 
     #[test]
     fn new_key_usage_rules() {
@@ -116,5 +215,55 @@ mod tests {
         );
         assert!(usage_for_new_key(ed, Some(UsageSet::of(&[Encrypt]))).is_err());
         assert!(usage_for_new_key(ed, Some(UsageSet::of(&[]))).is_err());
+    }
+
+    #[test]
+    fn requirements_check_type_usage_and_export() {
+        let ed = info(KeyType::Ed25519, &[Verify], false);
+        assert_eq!(
+            check(&ed, SIGN).unwrap_err().status,
+            Status::UsageNotPermitted
+        );
+        assert!(check(&ed, VERIFY).is_ok());
+        assert_eq!(
+            check(&ed, ENCRYPT).unwrap_err().status,
+            Status::WrongKeyType
+        );
+        assert_eq!(
+            check(&ed, EXPORT).unwrap_err().status,
+            Status::NotExportable
+        );
+        assert!(check(&ed, PUBLIC_KEY).is_ok() && check(&ed, DESCRIBE).is_ok());
+        let mac = info(KeyType::HmacSha256, &[Mac], true);
+        assert!(check(&mac, EXPORT).is_ok());
+        assert_eq!(
+            check(&mac, PUBLIC_KEY).unwrap_err().status,
+            Status::WrongKeyType
+        );
+    }
+
+    #[test]
+    fn derived_keys_are_never_more_exportable_than_their_base() {
+        let spec = |t: KeyType, exportable| KeySpec {
+            key_type: t,
+            label: "d".parse().unwrap(),
+            usage: None,
+            exportable,
+            session: false,
+        };
+        let locked = info(KeyType::X25519, &[Derive], false);
+        let open = info(KeyType::X25519, &[Derive], true);
+        assert_eq!(
+            derived(&locked, &spec(KeyType::HmacSha256, true))
+                .unwrap_err()
+                .status,
+            Status::NotExportable
+        );
+        assert!(derived(&locked, &spec(KeyType::HmacSha256, false)).is_ok());
+        let d = derived(&open, &spec(KeyType::Aes256Gcm, true)).unwrap();
+        assert_eq!(d.origin, Origin::Derived);
+        assert!(derived(&open, &spec(KeyType::Ed25519, false)).is_err());
+        assert!(random_len(0).is_err() && random_len(65537).is_err());
+        assert_eq!(random_len(65536).unwrap(), 65536);
     }
 }

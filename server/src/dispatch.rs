@@ -1,0 +1,137 @@
+//! The dispatcher: owns each request once the session has decoded it, and carries it one way.
+//!
+//! ```text
+//!  session --request--> dispatch --(caller, key, op)--> KeyManager::authorize -> KeyHandle
+//!                          |                                (no payload goes there)
+//!                          +--(handle, payload)--> crypto pool -> result
+//!                          |
+//!                          +--(new key)--> KeyManager::create (durable before it answers)
+//!                          v
+//!                       response -> session -> transport
+//! ```
+//! Nothing reaches back up: the key manager never sees a payload and never hands work back.
+//! Every rule (usage, exportable, derivable types, random length) is asked of
+//! [`crate::keys::policy`]; the crypto code only computes.
+
+use ferrohsm_proto::{Request, Response, Status};
+
+use crate::crypto::ops;
+use crate::error::OpError;
+use crate::keys::manager::Caller;
+use crate::keys::material::KeyMaterial;
+use crate::keys::policy;
+use crate::session::Shared;
+
+/// Serves one request of an authenticated caller (never a handshake message or ping).
+pub async fn dispatch(
+    shared: &Shared,
+    caller: Caller,
+    request: Request,
+) -> Result<Response, OpError> {
+    let km = &shared.km;
+    let pool = &shared.pool;
+    let bytes = Response::Bytes;
+    let done = |_| Response::Done;
+    match request {
+        Request::Random { len } => {
+            let n = policy::random_len(len)?;
+            pool.run(move || ops::random(n)).await.map(bytes)
+        }
+        Request::Digest { alg, data } => pool
+            .run(move || Ok(ops::digest(alg, &data)))
+            .await
+            .map(bytes),
+        Request::Generate(spec) => {
+            let new = policy::generated(&spec)?;
+            let t = new.key_type;
+            let material = pool.run(move || KeyMaterial::generate(t)).await?;
+            km.create(&caller, new, material).await.map(Response::Key)
+        }
+        Request::Derive { key, peer, spec } => {
+            let base = km.authorize(&caller, &key, policy::DERIVE).await?;
+            let new = policy::derived(&base.info, &spec)?;
+            let t = new.key_type;
+            let material = pool
+                .run(move || ops::derive(&base.material, &peer, t))
+                .await?;
+            km.create(&caller, new, material).await.map(Response::Key)
+        }
+        Request::List => km.list(&caller).await.map(Response::Keys),
+        Request::Info(key) => {
+            let h = km.authorize(&caller, &key, policy::DESCRIBE).await?;
+            Ok(Response::Key(h.info.clone()))
+        }
+        Request::PublicKey(key) => {
+            let h = km.authorize(&caller, &key, policy::PUBLIC_KEY).await?;
+            let key_type = h.info.key_type;
+            // X25519 computes its public half (a scalar multiplication): on the pool.
+            let bytes = pool
+                .run(move || {
+                    h.material
+                        .public_key()
+                        .ok_or_else(|| OpError::internal("an asymmetric key has no public half"))
+                })
+                .await?;
+            Ok(Response::PublicKey { key_type, bytes })
+        }
+        Request::Export(key) => {
+            let h = km.authorize(&caller, &key, policy::EXPORT).await?;
+            Ok(Response::Bytes(h.material.secret_bytes().to_vec()))
+        }
+        Request::Delete(key) => km.delete(&caller, &key).await.map(|_| Response::Done),
+        Request::Sign { key, data } => {
+            let h = km.authorize(&caller, &key, policy::SIGN).await?;
+            pool.run(move || ops::sign(&h.material, &data))
+                .await
+                .map(bytes)
+        }
+        Request::Verify {
+            key,
+            data,
+            signature,
+        } => {
+            let h = km.authorize(&caller, &key, policy::VERIFY).await?;
+            pool.run(move || ops::verify(&h.material, &data, &signature))
+                .await
+                .map(done)
+        }
+        Request::Encrypt {
+            key,
+            plaintext,
+            aad,
+        } => {
+            let h = km.authorize(&caller, &key, policy::ENCRYPT).await?;
+            let plaintext = zeroize::Zeroizing::new(plaintext);
+            pool.run(move || ops::encrypt(&h.material, &plaintext, &aad))
+                .await
+                .map(bytes)
+        }
+        Request::Decrypt {
+            key,
+            ciphertext,
+            aad,
+        } => {
+            let h = km.authorize(&caller, &key, policy::DECRYPT).await?;
+            // The plaintext leaves its zeroizing buffer only to be encoded into the response.
+            pool.run(move || ops::decrypt(&h.material, &ciphertext, &aad).map(|p| p.to_vec()))
+                .await
+                .map(bytes)
+        }
+        Request::Mac { key, data } => {
+            let h = km.authorize(&caller, &key, policy::MAC).await?;
+            pool.run(move || ops::mac(&h.material, &data))
+                .await
+                .map(bytes)
+        }
+        Request::MacVerify { key, data, mac } => {
+            let h = km.authorize(&caller, &key, policy::MAC).await?;
+            pool.run(move || ops::mac_verify(&h.material, &data, &mac))
+                .await
+                .map(done)
+        }
+        other => Err(OpError::new(
+            Status::ProtocolViolation,
+            format!("{:?} is not a key operation", other.opcode()),
+        )),
+    }
+}

@@ -1,0 +1,145 @@
+//! Session keys: in memory only, never written to disk, gone with their session. Also the
+//! per-client label reservations that keep one label namespace across session keys and
+//! persistent keys while a creation is in progress.
+//!
+//! Session key ids start at [`SESSION_ID_BASE`], so they can never collide with a persistent
+//! key's id.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use ferrohsm_proto::{KeyInfo, KeyRef, Label, Status};
+
+use crate::error::OpError;
+use crate::keys::KeyHandle;
+use crate::keys::store::SESSION_ID_BASE;
+
+#[derive(Debug, Default)]
+struct ClientKeys {
+    next_id: u32,
+    by_id: BTreeMap<u32, (u64, Arc<KeyHandle>)>,
+    by_label: HashMap<Label, u32>,
+    reserved: HashSet<Label>,
+}
+
+/// Session keys of every client, and which sessions are live.
+#[derive(Debug, Default)]
+pub struct SessionKeys {
+    live: HashSet<u64>,
+    clients: HashMap<Arc<str>, ClientKeys>,
+}
+
+fn label_in_use(label: &Label) -> OpError {
+    OpError::new(
+        Status::LabelInUse,
+        format!("a key labelled {label} already exists"),
+    )
+}
+
+impl SessionKeys {
+    /// A session opened.
+    pub fn open(&mut self, session: u64) {
+        self.live.insert(session);
+    }
+
+    /// A session ended: its keys are dropped (and zeroize once no job holds them); returns
+    /// how many.
+    pub fn end(&mut self, client: &str, session: u64) -> usize {
+        self.live.remove(&session);
+        let Some(c) = self.clients.get_mut(client) else {
+            return 0;
+        };
+        let doomed: Vec<u32> = c
+            .by_id
+            .iter()
+            .filter(|(_, (s, _))| *s == session)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &doomed {
+            if let Some((_, h)) = c.by_id.remove(id) {
+                c.by_label.remove(&h.info.label);
+            }
+        }
+        doomed.len()
+    }
+
+    /// Whether `session` is live.
+    pub fn is_live(&self, session: u64) -> bool {
+        self.live.contains(&session)
+    }
+
+    /// A session key of `client`.
+    pub fn find(&self, client: &str, key: &KeyRef) -> Option<Arc<KeyHandle>> {
+        let c = self.clients.get(client)?;
+        let id = match key {
+            KeyRef::Id(id) => *id,
+            KeyRef::Label(l) => *c.by_label.get(l)?,
+        };
+        c.by_id.get(&id).map(|(_, h)| h.clone())
+    }
+
+    /// Reserves `label` for a creation in progress; refuses one held by a session key or by
+    /// another creation in progress.
+    pub fn reserve(&mut self, client: &Arc<str>, label: &Label) -> Result<(), OpError> {
+        let c = self.clients.entry(client.clone()).or_default();
+        if c.by_label.contains_key(label) || !c.reserved.insert(label.clone()) {
+            return Err(label_in_use(label));
+        }
+        Ok(())
+    }
+
+    /// Ends a reservation.
+    pub fn release(&mut self, client: &str, label: &Label) {
+        if let Some(c) = self.clients.get_mut(client) {
+            c.reserved.remove(label);
+            if c.by_id.is_empty() && c.reserved.is_empty() {
+                self.clients.remove(client);
+            }
+        }
+    }
+
+    /// Stores a session key under a reserved label, assigning its id.
+    pub fn insert(&mut self, session: u64, mut h: KeyHandle) -> Result<Arc<KeyHandle>, OpError> {
+        if !self.live.contains(&session) {
+            return Err(OpError::new(Status::ShuttingDown, "the session ended"));
+        }
+        let c = self.clients.entry(h.owner.clone()).or_default();
+        let next = c
+            .next_id
+            .checked_add(1)
+            .filter(|n| *n <= u32::MAX - SESSION_ID_BASE);
+        let Some(next) = next else {
+            return Err(OpError::new(
+                Status::Busy,
+                "session key id space exhausted for this client",
+            ));
+        };
+        c.next_id = next;
+        let id = SESSION_ID_BASE + next - 1;
+        h.info.id = id;
+        let h = Arc::new(h);
+        c.by_label.insert(h.info.label.clone(), id);
+        c.by_id.insert(id, (session, h.clone()));
+        Ok(h)
+    }
+
+    /// Removes a session key of `client`.
+    pub fn remove(&mut self, client: &str, key: &KeyRef) -> Option<Arc<KeyHandle>> {
+        let c = self.clients.get_mut(client)?;
+        let id = match key {
+            KeyRef::Id(id) => *id,
+            KeyRef::Label(l) => *c.by_label.get(l)?,
+        };
+        let (_, h) = c.by_id.remove(&id)?;
+        c.by_label.remove(&h.info.label);
+        Some(h)
+    }
+
+    /// `client`'s session keys, by id.
+    pub fn list(&self, client: &str) -> Vec<KeyInfo> {
+        self.clients
+            .get(client)
+            .map(|c| c.by_id.values().map(|(_, h)| h.info.clone()).collect())
+            .unwrap_or_default()
+    }
+}
