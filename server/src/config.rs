@@ -430,10 +430,12 @@ fn parse_addr(s: &str, key: &str) -> Result<SocketAddr, String> {
 /// Resolves `p` against the config directory and checks that it exists.
 fn existing(dir: &Path, p: PathBuf, key: &str) -> Result<PathBuf, String> {
     let full = dir.join(p);
-    if full.exists() {
-        Ok(full)
-    } else {
-        Err(format!("{key}: {} does not exist", full.display()))
+    match std::fs::metadata(&full) {
+        Ok(_) => Ok(full),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("{key}: {} does not exist", full.display()))
+        }
+        Err(e) => Err(format!("{key}: cannot read {}: {e}", full.display())),
     }
 }
 

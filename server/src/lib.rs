@@ -107,6 +107,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
         .store
         .as_ref()
         .ok_or_else(|| ServerError::Config("no [store] section in the configuration".into()))?;
+    let lock = keys::lock_store(&st.path)?;
     let unlock = keys::unlock_for(&st.path, st.key_file.as_deref(), st.passphrase.as_ref())?;
     let (store, master) = keys::open_store(&st.path, &unlock)?;
     let service = keys::service::StoreService::start(Box::new(store), master, st.readers)
@@ -115,6 +116,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
     Ok(Arc::new(keys::manager::KeyManager::new(
         service,
         st.cache_keys,
+        lock,
     )))
 }
 

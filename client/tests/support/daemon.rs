@@ -113,15 +113,36 @@ impl Daemon {
         Daemon::spawn(bin, cwd, args, Stdio::from(file)).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Like `start`, with extra environment variables (a passphrase, say).
+    pub fn start_env(
+        bin: &Path,
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Daemon, Vec<String>) {
+        Daemon::spawn_env(bin, cwd, args, Stdio::inherit(), env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn spawn(
         bin: &Path,
         cwd: &Path,
         args: &[&str],
         stderr: Stdio,
     ) -> Result<(Daemon, Vec<String>), String> {
+        Daemon::spawn_env(bin, cwd, args, stderr, &[])
+    }
+
+    fn spawn_env(
+        bin: &Path,
+        cwd: &Path,
+        args: &[&str],
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Result<(Daemon, Vec<String>), String> {
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(cwd)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -145,6 +166,12 @@ impl Daemon {
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in out.lines() {});
         Ok((Daemon { child }, lines))
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then the exit status (must come within 10 s).

@@ -38,6 +38,8 @@ pub struct KeyManager {
     store: StoreService,
     cache: Mutex<Cache>,
     sessions: Mutex<SessionKeys>,
+    // Held for the manager's life: this process's exclusive claim on the store.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -95,12 +97,14 @@ fn now() -> u64 {
 }
 
 impl KeyManager {
-    /// A manager over the running store service, caching up to `cache_keys` opened keys.
-    pub fn new(store: StoreService, cache_keys: usize) -> KeyManager {
+    /// A manager over the running store service, caching up to `cache_keys` opened keys;
+    /// `lock` is the store's claim from [`crate::keys::lock_store`].
+    pub fn new(store: StoreService, cache_keys: usize, lock: std::fs::File) -> KeyManager {
         KeyManager {
             store,
             cache: Mutex::new(Cache::new(cache_keys)),
             sessions: Mutex::new(SessionKeys::default()),
+            _lock: lock,
         }
     }
 

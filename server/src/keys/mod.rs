@@ -109,6 +109,35 @@ fn store_err(e: store::StoreError) -> ServerError {
     ServerError::Store(e.to_string())
 }
 
+/// Takes this process's exclusive claim on the store at `db` (held while the returned file is
+/// open): a second `hsmd` on the same data directory is refused instead of serving keys from
+/// a cache the first one could invalidate.
+pub fn lock_store(db: &Path) -> Result<std::fs::File, ServerError> {
+    let f = std::fs::File::open(db).map_err(|e| {
+        ServerError::Store(format!(
+            "cannot open key store {}: {e}{}",
+            db.display(),
+            if e.kind() == std::io::ErrorKind::NotFound {
+                " (hsmd init creates it; if you moved the data directory, check the [store] \
+                 path in hsmd.toml)"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::Store(format!(
+            "key store {} is in use by another hsmd process",
+            db.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ServerError::Store(format!(
+            "cannot lock key store {}: {e}",
+            db.display()
+        ))),
+    }
+}
+
 /// Opens the store at `db` and unwraps its master key with `unlock`.
 pub fn open_store(db: &Path, unlock: &Unlock) -> Result<(SqliteStore, MasterKey), ServerError> {
     let mut s = SqliteStore::open(db).map_err(store_err)?;

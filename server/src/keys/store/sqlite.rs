@@ -186,24 +186,23 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    fn find_sealed(&self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError> {
-        let row = match key {
-            KeyRef::Id(id) => self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id = ?2"
-                ))
-                .and_then(|mut st| st.query_row(params![owner, id], raw_row).optional()),
-            KeyRef::Label(l) => self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND label = ?2"
-                ))
-                .and_then(|mut st| st.query_row(params![owner, l.as_str()], raw_row).optional()),
-        };
-        row.map_err(backend)?.map(RawRow::parse).transpose()
-    }
+/// One key row of `owner`, by id or label.
+fn select_one(conn: &Connection, owner: &str, key: &KeyRef) -> Result<Option<RawRow>, StoreError> {
+    let row = match key {
+        KeyRef::Id(id) => conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id = ?2"
+            ))
+            .and_then(|mut st| st.query_row(params![owner, id], raw_row).optional()),
+        KeyRef::Label(l) => conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND label = ?2"
+            ))
+            .and_then(|mut st| st.query_row(params![owner, l.as_str()], raw_row).optional()),
+    };
+    row.map_err(backend)
 }
 
 /// Applies migrations from `from` to [`SCHEMA_VERSION`] in one transaction.
@@ -354,23 +353,8 @@ fn apply(tx: &Connection, master: &MasterKey, m: Mutation) -> Result<KeyRecord, 
             Ok(record)
         }
         Mutation::Delete { owner, key } => {
-            let row = match &key {
-                KeyRef::Id(id) => tx
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id = ?2"
-                    ))
-                    .and_then(|mut st| st.query_row(params![&*owner, id], raw_row).optional()),
-                KeyRef::Label(l) => tx
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND label = ?2"
-                    ))
-                    .and_then(|mut st| {
-                        st.query_row(params![&*owner, l.as_str()], raw_row)
-                            .optional()
-                    }),
-            }
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+            let row = select_one(tx, &owner, &key)?
+                .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
             let s = row.parse()?;
             // A record that does not open is refused, even to its apparent owner: deleting
             // it would silently drop evidence of damage (or another client's moved key).
@@ -413,7 +397,9 @@ impl KeyStore for SqliteStore {
     }
 
     fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError> {
-        self.find_sealed(owner, key)
+        select_one(&self.conn, owner, key)?
+            .map(RawRow::parse)
+            .transpose()
     }
 
     fn label_in_use(&mut self, owner: &str, label: &Label) -> Result<bool, StoreError> {
