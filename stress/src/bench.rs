@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{Client, ClientError};
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{KeyRef, KeyType, Request};
+use ferrohsm_proto::{KeyRef, KeyType, Request, Response};
 use hdrhistogram::Histogram;
 
 use crate::transport_name;
@@ -30,18 +30,28 @@ pub enum BenchOp {
     ChaCha16k,
     /// HMAC-SHA256 of 1 KiB.
     Hmac1k,
+    /// Ed25519 signature of 32 bytes with a session key (memory only): the reference for
+    /// signing with a cached persistent key.
+    Ed25519SignSession,
+    /// A new persistent Ed25519 key (durable before the answer).
+    KeygenPersistent,
+    /// A new Ed25519 session key (memory only).
+    KeygenSession,
 }
 
 impl BenchOp {
     /// Every operation, in report order.
-    pub const ALL: [BenchOp; 7] = [
+    pub const ALL: [BenchOp; 10] = [
         BenchOp::Ping,
         BenchOp::Random32,
         BenchOp::Ed25519Sign,
+        BenchOp::Ed25519SignSession,
         BenchOp::P256Sign,
         BenchOp::ChaCha64,
         BenchOp::ChaCha16k,
         BenchOp::Hmac1k,
+        BenchOp::KeygenPersistent,
+        BenchOp::KeygenSession,
     ];
 
     /// Report name.
@@ -54,11 +64,31 @@ impl BenchOp {
             BenchOp::ChaCha64 => "chacha20poly1305-encrypt-64",
             BenchOp::ChaCha16k => "chacha20poly1305-encrypt-16k",
             BenchOp::Hmac1k => "hmac-sha256-1k",
+            BenchOp::Ed25519SignSession => "ed25519-sign-session",
+            BenchOp::KeygenPersistent => "keygen-persistent",
+            BenchOp::KeygenSession => "keygen-session",
         }
     }
 
-    fn request(self, keys: &Keys) -> Request {
+    /// The request; `label` names a new key (keygen ops only).
+    fn request(self, keys: &Keys, label: impl FnOnce() -> String) -> Request {
+        let keygen = |session: bool| {
+            Request::Generate(KeySpec {
+                key_type: KeyType::Ed25519,
+                // Labels made here follow the label rule: a letter, then [A-Za-z0-9-].
+                label: label().parse().unwrap_or_else(|_| unreachable!()),
+                usage: None,
+                exportable: false,
+                session,
+            })
+        };
         match self {
+            BenchOp::KeygenPersistent => keygen(false),
+            BenchOp::KeygenSession => keygen(true),
+            BenchOp::Ed25519SignSession => Request::Sign {
+                key: keys.ed_session.clone(),
+                data: vec![0x5a; 32],
+            },
             BenchOp::Ping => Request::Ping,
             BenchOp::Random32 => Request::Random { len: 32 },
             BenchOp::Ed25519Sign => Request::Sign {
@@ -115,6 +145,9 @@ pub struct BenchOptions {
     pub clients: Vec<usize>,
     /// Timed seconds per measurement (a tenth more is warm-up).
     pub secs: f64,
+    /// Where to measure the disk's fsync latency (the floor under persistent keygen): the
+    /// server's data directory when known, else the system temp directory.
+    pub fsync_dir: Option<PathBuf>,
 }
 
 /// One measurement.
@@ -136,6 +169,21 @@ pub struct BenchResult {
     pub p99_us: f64,
     /// `ops_per_sec` / the in-process baseline, where there is one.
     pub ratio: Option<f64>,
+}
+
+/// A target of the durable-keys issue, as a ratio measured in this run.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// Transport and in-flight depth it was measured at.
+    pub transport: String,
+    /// Requests in flight.
+    pub inflight: usize,
+    /// The measured ratio.
+    pub ratio: f64,
+    /// The goal: `ratio >= goal`.
+    pub goal: f64,
 }
 
 /// In-process, one thread.
@@ -160,9 +208,93 @@ pub struct BenchReport {
     pub baseline: Vec<Baseline>,
 }
 
+impl BenchReport {
+    fn find(&self, t: &str, op: BenchOp, inflight: usize) -> Option<&BenchResult> {
+        self.results.iter().find(|r| {
+            r.transport == t && r.op == op.name() && r.inflight == inflight && r.clients == 1
+        })
+    }
+
+    /// The durable-keys targets that this run measured: persistent keygen at 16 in flight
+    /// over session keygen at 16 in flight (>= 0.3, group commit), and signing with a cached
+    /// persistent key over signing with a session key (>= 0.95).
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for r in &self.results {
+            if seen.contains(&(&r.transport, r.inflight)) {
+                continue;
+            }
+            seen.push((&r.transport, r.inflight));
+            let pairs = [
+                (
+                    "keygen-persistent / keygen-session",
+                    BenchOp::KeygenPersistent,
+                    BenchOp::KeygenSession,
+                    0.3,
+                ),
+                (
+                    "ed25519-sign (persistent, cached) / ed25519-sign-session",
+                    BenchOp::Ed25519Sign,
+                    BenchOp::Ed25519SignSession,
+                    0.95,
+                ),
+            ];
+            for (name, a, b, goal) in pairs {
+                if a == BenchOp::KeygenPersistent && r.inflight != 16 {
+                    continue;
+                }
+                if let (Some(x), Some(y)) = (
+                    self.find(&r.transport, a, r.inflight),
+                    self.find(&r.transport, b, r.inflight),
+                ) && y.ops_per_sec > 0.0
+                {
+                    out.push(Target {
+                        name: name.into(),
+                        transport: r.transport.clone(),
+                        inflight: r.inflight,
+                        ratio: x.ops_per_sec / y.ops_per_sec,
+                        goal,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The disk's fsync latency: 4 KiB written and `sync_data`ed, `n` times, in `dir`.
+fn fsync_floor(dir: &std::path::Path, n: usize) -> Result<BenchResult, String> {
+    use std::io::{Seek, Write};
+    let file = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("fsync floor: {e}"))?;
+    let mut f = file.as_file();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let block = [0xa5u8; 4096];
+    let start = Instant::now();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        f.seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| e.to_string())?;
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+    }
+    Ok(BenchResult {
+        transport: "disk".into(),
+        op: "fsync-4k".into(),
+        inflight: 1,
+        clients: 1,
+        ops_per_sec: n as f64 / start.elapsed().as_secs_f64(),
+        p50_us: h.value_at_quantile(0.5) as f64,
+        p99_us: h.value_at_quantile(0.99) as f64,
+        ratio: None,
+    })
+}
+
 #[derive(Clone)]
 struct Keys {
     ed: KeyRef,
+    ed_session: KeyRef,
     p256: KeyRef,
     aead: KeyRef,
     hmac: KeyRef,
@@ -177,32 +309,35 @@ fn rt() -> Result<tokio::runtime::Runtime, String> {
 
 async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
     let mut out = Vec::new();
-    for t in [
-        KeyType::Ed25519,
-        KeyType::P256,
-        KeyType::ChaCha20Poly1305,
-        KeyType::HmacSha256,
+    for (t, session) in [
+        (KeyType::Ed25519, false),
+        (KeyType::Ed25519, true),
+        (KeyType::P256, false),
+        (KeyType::ChaCha20Poly1305, false),
+        (KeyType::HmacSha256, false),
     ] {
-        let label = format!("bench-{}-{tag}-{}", std::process::id(), t.name());
+        let label = format!("bench-{}-{tag}-{}-{session}", std::process::id(), t.name());
         let spec = KeySpec {
             key_type: t,
             label: label.parse().map_err(ClientError::Local)?,
             usage: None,
             exportable: false,
-            session: false,
+            session,
         };
         out.push(KeyRef::Id(c.generate_spec(spec).await?.id));
     }
     Ok(Keys {
         ed: out[0].clone(),
-        p256: out[1].clone(),
-        aead: out[2].clone(),
-        hmac: out[3].clone(),
+        ed_session: out[1].clone(),
+        p256: out[2].clone(),
+        aead: out[3].clone(),
+        hmac: out[4].clone(),
     })
 }
 
 /// One client: keeps `inflight` requests outstanding for `warm + secs`, recording the timed
-/// part. Returns (completed in the timed part, latencies).
+/// part; deletes the persistent keys it made. Returns (completed in the timed part,
+/// latencies).
 fn client_loop(
     profile: &Profile,
     t: Transport,
@@ -210,6 +345,7 @@ fn client_loop(
     keys: &Keys,
     inflight: usize,
     secs: f64,
+    tag: &str,
 ) -> Result<(u64, Histogram<u64>), String> {
     let rt = rt()?;
     rt.block_on(async {
@@ -222,28 +358,45 @@ fn client_loop(
         let end = warm_until + Duration::from_secs_f64(secs);
         let mut q = VecDeque::with_capacity(inflight);
         let mut done = 0u64;
+        let mut n = 0u64;
+        let mut made = Vec::new();
+        let pid = std::process::id();
+        let submit = async |n: &mut u64| {
+            *n += 1;
+            let req = op.request(keys, || format!("bk{pid}-{tag}-{n}"));
+            c.submit(req).await.map_err(|e| e.to_string())
+        };
         for _ in 0..inflight {
-            q.push_back((
-                Instant::now(),
-                c.submit(op.request(keys))
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ));
+            q.push_back((Instant::now(), submit(&mut n).await?));
         }
         while let Some((t0, p)) = q.pop_front() {
-            p.wait().await.map_err(|e| format!("{}: {e}", op.name()))?;
+            let r = p.wait().await.map_err(|e| format!("{}: {e}", op.name()))?;
+            if let (BenchOp::KeygenPersistent, Response::Key(k)) = (op, r) {
+                made.push(k.id);
+            }
             let now = Instant::now();
             if now > warm_until && now <= end {
                 done += 1;
                 let _ = h.record((now - t0).as_micros().max(1) as u64);
             }
             if now < end {
-                q.push_back((
-                    Instant::now(),
-                    c.submit(op.request(keys))
+                q.push_back((Instant::now(), submit(&mut n).await?));
+            }
+        }
+        // Leave the server as we found it: pipelined, but never more in flight than the
+        // window (a submit waits for a window slot that only a waited response frees).
+        let window = (c.welcome().window as usize).clamp(1, 16);
+        for chunk in made.chunks(window) {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                pending.push(
+                    c.submit(Request::Delete(KeyRef::Id(*id)))
                         .await
                         .map_err(|e| e.to_string())?,
-                ));
+                );
+            }
+            for p in pending {
+                p.wait().await.map_err(|e| format!("cleanup: {e}"))?;
             }
         }
         Ok((done, h))
@@ -276,11 +429,12 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
             for &clients in &opts.clients {
                 for &inflight in &opts.inflight {
                     let handles: Vec<_> = (0..clients.max(1))
-                        .map(|_| {
+                        .map(|i| {
                             let (p, k) = (profile.clone(), keys.clone());
                             let secs = opts.secs;
+                            let tag = format!("{}-{inflight}-{i}", transport_name(t));
                             std::thread::spawn(move || {
-                                client_loop(&p, t, op, &k, inflight.max(1), secs)
+                                client_loop(&p, t, op, &k, inflight.max(1), secs, &tag)
                             })
                         })
                         .collect();
@@ -313,10 +467,20 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
         }
         // Leave the server as we found it.
         rt.block_on(async {
-            for k in [&keys.ed, &keys.p256, &keys.aead, &keys.hmac] {
+            for k in [
+                &keys.ed,
+                &keys.ed_session,
+                &keys.p256,
+                &keys.aead,
+                &keys.hmac,
+            ] {
                 let _ = setup_client.delete(k).await;
             }
         });
+    }
+    if opts.ops.contains(&BenchOp::KeygenPersistent) {
+        let dir = opts.fsync_dir.clone().unwrap_or_else(std::env::temp_dir);
+        results.push(fsync_floor(&dir, if opts.secs < 1.0 { 50 } else { 300 })?);
     }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -348,7 +512,13 @@ pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {
             let _ = getrandom::fill(&mut b);
             std::hint::black_box(b);
         }),
-        BenchOp::Ed25519Sign => {
+        BenchOp::KeygenPersistent | BenchOp::KeygenSession => Box::new(|| {
+            let mut seed = [0u8; 32];
+            let _ = getrandom::fill(&mut seed);
+            let k = ed25519_dalek::SigningKey::from_bytes(&seed);
+            std::hint::black_box(k.verifying_key());
+        }),
+        BenchOp::Ed25519Sign | BenchOp::Ed25519SignSession => {
             let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
             Box::new(move || {
                 std::hint::black_box(k.sign(std::hint::black_box(&[0x5a; 32])));

@@ -109,6 +109,11 @@ impl Spawned {
             .join(format!("{name}.toml"))
     }
 
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("hsm")
+    }
+
     /// The directory of client profiles.
     pub fn profiles_dir(&self) -> PathBuf {
         self.dir.path().join("hsm/clients")

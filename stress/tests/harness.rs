@@ -113,6 +113,51 @@ fn a_quick_bench_reports_every_field() {
 }
 
 #[test]
+fn the_keygen_bench_reports_the_fsync_floor_and_the_durable_key_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let o = stress()
+        .args(["bench", "--spawn", "--quick", "--transports", "tcp"])
+        .args([
+            "--ops",
+            "keygen-persistent,keygen-session,ed25519-sign,ed25519-sign-session",
+        ])
+        .args(["--inflight", "16", "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "hsm-stress bench failed:\n{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let results = r["results"].as_array().unwrap();
+    let row = |op: &str| {
+        results
+            .iter()
+            .find(|x| x["op"] == op)
+            .unwrap_or_else(|| panic!("no {op}: {out}"))
+    };
+    for op in [
+        "keygen-persistent",
+        "keygen-session",
+        "ed25519-sign-session",
+    ] {
+        assert!(row(op)["ops_per_sec"].as_f64().unwrap() > 0.0, "{out}");
+        assert!(!row(op)["ratio"].is_null(), "{out}");
+    }
+    let floor = row("fsync-4k");
+    assert_eq!(floor["transport"], "disk");
+    assert!(floor["p50_us"].as_f64().unwrap() >= 1.0);
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2, "{out}");
+    for t in targets {
+        assert!(t["ratio"].as_f64().unwrap() > 0.0 && t["goal"].as_f64().unwrap() > 0.0);
+    }
+    assert!(
+        out.contains("target keygen-persistent / keygen-session over tcp at 16"),
+        "{out}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_nonzero_with_a_message() {
     let o = stress().args(["run"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));

@@ -196,6 +196,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 inflight,
                 clients,
                 secs: if quick { 0.3 } else { 2.0 },
+                fsync_dir: spawned.as_ref().map(|s| s.data_dir()),
             };
             let r = ferrohsm_stress::bench::bench(&opts)?;
             print!("{}", report::bench_table(&r));

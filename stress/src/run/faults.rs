@@ -1,0 +1,141 @@
+//! Faults that run beside the load.
+
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferrohsm_client::Client;
+use ferrohsm_client::profile::{Profile, Transport};
+use ferrohsm_proto::handshake::{Hello, Proof, transcript};
+use ferrohsm_proto::{PROTOCOL_VERSION, Request, Response};
+
+use super::Shared;
+use super::worker::connect;
+
+/// Faults that can run beside the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Clients that disconnect with pipelined requests in flight.
+    Disconnect,
+    /// Connect, ping, drop, as fast as possible.
+    Reconnect,
+    /// Garbage bytes on a plain TCP connection.
+    Malformed,
+    /// Authenticated clients that send requests and never read the responses.
+    Slow,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disconnect" => Ok(Fault::Disconnect),
+            "reconnect" => Ok(Fault::Reconnect),
+            "malformed" => Ok(Fault::Malformed),
+            "slow" => Ok(Fault::Slow),
+            _ => Err(format!(
+                "unknown fault {s:?}; expected disconnect, reconnect, malformed or slow"
+            )),
+        }
+    }
+}
+
+/// Connects raw (plain TCP) and authenticates by hand, for the slow-reader fault.
+fn raw_login(profile: &Profile) -> Option<std::net::TcpStream> {
+    let addr = profile.tcp_addr.as_deref()?;
+    let id = profile.identity().ok()?;
+    let key = id.auth_key.as_ref()?;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(
+        &Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client: id.name.clone(),
+        })
+        .to_frame(1)
+        .encode(),
+    )
+    .ok()?;
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).ok()?;
+    let dec = ferrohsm_proto::FrameDecoder::default();
+    let ferrohsm_proto::Decoded::Frame(f, _) = dec.decode(&buf[..n]).ok()? else {
+        return None;
+    };
+    let Ok(Response::Challenge(c)) = Response::decode(f.header.opcode, &f.body) else {
+        return None;
+    };
+    let sig = ed25519_dalek::Signer::sign(key, &transcript(&id.name, c.session_id, &c.nonce));
+    s.write_all(
+        &Request::Proof(Proof {
+            signature: sig.to_bytes().to_vec(),
+        })
+        .to_frame(2)
+        .encode(),
+    )
+    .ok()?;
+    let _ = s.read(&mut buf).ok()?;
+    Some(s)
+}
+
+pub(super) fn run_fault(
+    fault: Fault,
+    profiles: Vec<Profile>,
+    transports: Vec<Transport>,
+    shared: Arc<Shared>,
+) {
+    let mut i = 0usize;
+    while !shared.done() {
+        i += 1;
+        let p = &profiles[i % profiles.len()];
+        let t = transports[i % transports.len()];
+        match fault {
+            Fault::Disconnect => {
+                if let Ok(hsm) = connect(p, t) {
+                    let c: Client = hsm.client().clone();
+                    hsm.block_on(async {
+                        for n in 0..16u32 {
+                            let _ = c.submit(Request::Random { len: 1024 + n }).await;
+                        }
+                    });
+                    drop(c);
+                    drop(hsm);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Fault::Reconnect => {
+                for _ in 0..10 {
+                    if let Ok(h) = connect(p, t) {
+                        let _ = h.ping();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Fault::Malformed => {
+                if let Some(addr) = &p.tcp_addr
+                    && let Ok(mut s) = std::net::TcpStream::connect(addr)
+                {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = s.write_all(b"\x00\x01garbage that is not a FerroHSM frame\r\n");
+                    let mut b = [0u8; 512];
+                    while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Fault::Slow => {
+                if let Some(mut s) = raw_login(p) {
+                    let frame = Request::Random { len: 65536 }.to_frame(3).encode();
+                    for _ in 0..2000 {
+                        if s.write_all(&frame).is_err() || shared.done() {
+                            break;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+        shared.faults.fetch_add(1, Ordering::Relaxed);
+    }
+}

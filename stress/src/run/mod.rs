@@ -1,0 +1,267 @@
+//! `hsm-stress run`: many clients, a weighted mix of operations, every result checked locally,
+//! isolation probes between identities, and faults on the side.
+
+//!
+//! ```text
+//!  run() --spawns--> worker.rs: one thread per client (connection, identity, checked ops)
+//!        \-spawns--> faults.rs: one thread per fault, beside the load
+//!  Shared: counters, problems, the labels each identity made (for isolation probes)
+//! ```
+
+mod faults;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrohsm_client::profile::{Profile, Transport};
+use hdrhistogram::Histogram;
+
+pub use faults::Fault;
+use faults::run_fault;
+use worker::run_worker;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// One profile per identity.
+    pub profiles: Vec<PathBuf>,
+    /// Transports, spread over the clients.
+    pub transports: Vec<Transport>,
+    /// Client threads (each its own connection).
+    pub clients: usize,
+    /// Stop after this long...
+    pub duration: Option<Duration>,
+    /// ...or after this many operations in total.
+    pub ops: Option<u64>,
+    /// Faults to inject.
+    pub faults: Vec<Fault>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Latency histograms and error counts per (transport, op), and a per-second timeline per
+/// transport.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// (transport, op) -> latencies in µs.
+    pub ops: BTreeMap<(String, String), Histogram<u64>>,
+    /// (transport, op) -> failed operations.
+    pub errors: BTreeMap<(String, String), u64>,
+    /// transport -> per-second latency histograms.
+    pub timeline: BTreeMap<String, Vec<Histogram<u64>>>,
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 µs .. 100 s at 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 100_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+impl Stats {
+    fn record(&mut self, transport: &str, op: &str, second: usize, us: u64) {
+        let h = self
+            .ops
+            .entry((transport.into(), op.into()))
+            .or_insert_with(hist);
+        let _ = h.record(us.max(1));
+        let tl = self.timeline.entry(transport.into()).or_default();
+        while tl.len() <= second {
+            tl.push(hist());
+        }
+        let _ = tl[second].record(us.max(1));
+    }
+
+    fn error(&mut self, transport: &str, op: &str) {
+        *self
+            .errors
+            .entry((transport.into(), op.into()))
+            .or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Stats) {
+        for (k, h) in other.ops {
+            let _ = self.ops.entry(k).or_insert_with(hist).add(h);
+        }
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+        for (t, tl) in other.timeline {
+            let mine = self.timeline.entry(t).or_default();
+            for (i, h) in tl.into_iter().enumerate() {
+                while mine.len() <= i {
+                    mine.push(hist());
+                }
+                let _ = mine[i].add(h);
+            }
+        }
+    }
+}
+
+/// The verdict and the numbers.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Operations completed (checked).
+    pub total_ops: u64,
+    /// Results that failed a local check.
+    pub wrong_results: u64,
+    /// Another identity's key was reachable.
+    pub isolation_violations: u64,
+    /// Errors that no operation should produce.
+    pub unexpected_errors: u64,
+    /// The first few problems, described.
+    pub problems: Vec<String>,
+    /// Fault events injected.
+    pub fault_events: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Latencies.
+    pub stats: Stats,
+}
+
+pub(crate) struct Shared {
+    stop: AtomicBool,
+    ops: AtomicU64,
+    problems_n: AtomicU64,
+    wrong: AtomicU64,
+    isolation: AtomicU64,
+    unexpected: AtomicU64,
+    faults: AtomicU64,
+    problems: Mutex<Vec<String>>,
+    // identity -> labels it created (probed by the other identities).
+    labels: Mutex<BTreeMap<String, Vec<String>>>,
+    start: Instant,
+    max_ops: Option<u64>,
+}
+
+impl Shared {
+    fn problem(&self, counter: &AtomicU64, what: String) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.problems_n.fetch_add(1, Ordering::Relaxed);
+        let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        if p.len() < 20 {
+            p.push(what);
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+            || self
+                .max_ops
+                .is_some_and(|m| self.ops.load(Ordering::Relaxed) >= m)
+    }
+}
+
+/// Runs the load until the duration or operation count is reached.
+pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
+    let profiles: Vec<Profile> = opts
+        .profiles
+        .iter()
+        .map(|p| Profile::load(p).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    if profiles.is_empty() || opts.transports.is_empty() {
+        return Err("need at least one profile and one transport".into());
+    }
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        ops: AtomicU64::new(0),
+        problems_n: AtomicU64::new(0),
+        wrong: AtomicU64::new(0),
+        isolation: AtomicU64::new(0),
+        unexpected: AtomicU64::new(0),
+        faults: AtomicU64::new(0),
+        problems: Mutex::new(Vec::new()),
+        labels: Mutex::new(BTreeMap::new()),
+        start: Instant::now(),
+        max_ops: opts.ops,
+    });
+    let mut workers = Vec::new();
+    for i in 0..opts.clients.max(1) {
+        let p = profiles[i % profiles.len()].clone();
+        let t = opts.transports[i % opts.transports.len()];
+        // Prefixes of the other identities' labels (isolation probes and listing checks).
+        let others = profiles
+            .iter()
+            .filter(|o| o.name != p.name)
+            .map(|o| format!("{}-w", o.name))
+            .collect();
+        let sh = shared.clone();
+        workers.push(std::thread::spawn(move || run_worker(i, p, t, others, sh)));
+    }
+    let faults: Vec<_> = opts
+        .faults
+        .iter()
+        .map(|f| {
+            let (f, p, t, sh) = (
+                *f,
+                profiles.clone(),
+                opts.transports.clone(),
+                shared.clone(),
+            );
+            std::thread::spawn(move || run_fault(f, p, t, sh))
+        })
+        .collect();
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(opts.ops.unwrap_or(0));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let ops = shared.ops.load(Ordering::Relaxed);
+        if let Some(b) = &bar {
+            let rate = (ops - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            b.set_message(format!(
+                "{ops} ops, {rate:.0} ops/s, {} problems, {} fault events",
+                shared.problems_n.load(Ordering::Relaxed),
+                shared.faults.load(Ordering::Relaxed)
+            ));
+            b.tick();
+            last = (Instant::now(), ops);
+        }
+        if opts.duration.is_some_and(|d| shared.start.elapsed() >= d) {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        if shared.done() {
+            shared.stop.store(true, Ordering::Relaxed);
+            break;
+        }
+    }
+    let mut stats = Stats::default();
+    for w in workers {
+        stats.merge(
+            w.join()
+                .map_err(|_| "a client thread panicked".to_string())?,
+        );
+    }
+    for f in faults {
+        let _ = f.join();
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let problems = shared
+        .problems
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Outcome {
+        total_ops: shared.ops.load(Ordering::Relaxed),
+        wrong_results: shared.wrong.load(Ordering::Relaxed),
+        isolation_violations: shared.isolation.load(Ordering::Relaxed),
+        unexpected_errors: shared.unexpected.load(Ordering::Relaxed),
+        problems,
+        fault_events: shared.faults.load(Ordering::Relaxed),
+        elapsed: shared.start.elapsed(),
+        stats,
+    })
+}
