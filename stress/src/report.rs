@@ -43,14 +43,15 @@ pub fn run_table(o: &Outcome) -> String {
     }
     let _ = write!(
         s,
-        "\n{} ops in {:.1} s ({:.0} ops/s); wrong results {}, isolation violations {}, unexpected errors {}, fault events {}",
+        "\n{} ops in {:.1} s ({:.0} ops/s); wrong results {}, isolation violations {}, unexpected errors {}, fault events {}, restarts {}",
         o.total_ops,
         o.elapsed.as_secs_f64(),
         o.total_ops as f64 / o.elapsed.as_secs_f64().max(1e-9),
         o.wrong_results,
         o.isolation_violations,
         o.unexpected_errors,
-        o.fault_events
+        o.fault_events,
+        o.restarts
     );
     s
 }
@@ -89,6 +90,7 @@ pub fn run_json(o: &Outcome, server_peak_rss_kib: Option<u64>) -> Value {
         "isolation_violations": o.isolation_violations,
         "unexpected_errors": o.unexpected_errors,
         "fault_events": o.fault_events,
+        "restarts": o.restarts,
         "elapsed_s": o.elapsed.as_secs_f64(),
         "ops_per_sec": o.total_ops as f64 / o.elapsed.as_secs_f64().max(1e-9),
         "transports": per_transport,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 /// A running `hsmd` started by us.
 pub struct Spawned {
     child: Child,
+    hsmd: PathBuf,
+    config: PathBuf,
     dir: tempfile::TempDir,
     /// Client names, each with a profile in `clients/`.
     pub clients: Vec<String>,
@@ -77,28 +79,40 @@ impl Spawned {
             let text = text.replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
             std::fs::write(&config, text).map_err(|e| e.to_string())?;
         }
-        let mut child = Command::new(hsmd)
-            .args(["--config", &config.display().to_string()])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", hsmd.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        match lines.next() {
-            Some(Ok(l)) if l.contains("listening on") => {}
-            other => {
-                let _ = child.kill();
-                return Err(format!("hsmd did not start: {other:?}"));
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+        let child = launch(hsmd, &config)?;
         Ok(Spawned {
             child,
+            hsmd: hsmd.to_path_buf(),
+            config,
             dir,
             clients: names,
         })
+    }
+
+    /// Stops `hsmd` gracefully (it must exit 0) and starts it again on the same data
+    /// directory and ports.
+    pub fn restart(&mut self) -> Result<(), String> {
+        match self.stop() {
+            Some(0) => {}
+            other => {
+                return Err(format!(
+                    "hsmd did not stop cleanly for a restart: {other:?}"
+                ));
+            }
+        }
+        // The ports were just released; retry briefly if the kernel has not let go yet.
+        let mut last = String::new();
+        for _ in 0..20 {
+            match launch(&self.hsmd, &self.config) {
+                Ok(c) => {
+                    self.child = c;
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last)
     }
 
     /// The profile of client `name`.
@@ -125,7 +139,7 @@ impl Spawned {
     }
 
     /// SIGTERM and wait (SIGKILL after 10 s); the exit code.
-    pub fn stop(mut self) -> Option<i32> {
+    pub fn stop(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -146,6 +160,29 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `hsmd --config CONFIG` and waits until it listens.
+fn launch(hsmd: &Path, config: &Path) -> Result<Child, String> {
+    let mut child = Command::new(hsmd)
+        .args(["--config", &config.display().to_string()])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", hsmd.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(l)) if l.contains("listening on") => {}
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("hsmd did not start: {other:?}"));
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(child)
 }
 
 /// Peak resident memory of a process in KiB (VmHWM), where /proc tells.

@@ -57,6 +57,43 @@ fn a_short_run_with_faults_finds_nothing_wrong() {
 }
 
 #[test]
+fn keys_survive_graceful_restarts_mid_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("run.json");
+    let o = stress()
+        .args(["run", "--spawn", "--clients", "6", "--duration", "4s"])
+        .args([
+            "--transports",
+            "tcp,tls,shm",
+            "--faults",
+            "restart,disconnect",
+        ])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "hsm-stress run failed:\n{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(r["restarts"].as_u64().unwrap() >= 2, "{out}");
+    assert_eq!(r["wrong_results"], 0, "{out}");
+    assert_eq!(r["unexpected_errors"], 0, "{out}");
+    assert!(r["total_ops"].as_u64().unwrap() > 20, "{out}");
+    // Without a server of its own to restart, the fault is refused up front.
+    let o = stress()
+        .args([
+            "run",
+            "--profiles",
+            tmp.path().to_str().unwrap(),
+            "--faults",
+            "restart",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("restart fault needs --spawn"));
+}
+
+#[test]
 fn a_quick_bench_reports_every_field() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("bench.json");

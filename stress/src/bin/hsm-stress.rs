@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferrohsm_stress::bench::{BenchOp, BenchOptions};
-use ferrohsm_stress::run::{Fault, RunOptions};
+use ferrohsm_stress::run::{Fault, Restarter, RunOptions};
 use ferrohsm_stress::spawn::{Spawned, default_hsmd, peak_rss_kib};
 use ferrohsm_stress::{ALL_TRANSPORTS, parse_duration, parse_transports, report};
 
@@ -60,7 +60,7 @@ enum Command {
         /// Stop after this many operations.
         #[arg(long)]
         ops: Option<u64>,
-        /// Faults: disconnect,reconnect,malformed,slow.
+        /// Faults: disconnect,reconnect,malformed,slow,restart (restart needs --spawn).
         #[arg(long, value_delimiter = ',')]
         faults: Vec<Fault>,
     },
@@ -125,9 +125,13 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             ops,
             faults,
         } => {
-            let spawned = spawn(&server, 4.min(clients.max(1)))?;
+            let spawned = spawn(&server, 4.min(clients.max(1)))?
+                .map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
+            let lock = |s: &std::sync::Arc<std::sync::Mutex<Spawned>>| {
+                s.lock().unwrap_or_else(|p| p.into_inner()).profiles_dir()
+            };
             let dir = match (&spawned, profiles) {
-                (Some(s), _) => s.profiles_dir(),
+                (Some(s), _) => lock(s),
                 (None, Some(d)) => d,
                 (None, None) => return Err("give --profiles DIR or --spawn".into()),
             };
@@ -149,9 +153,16 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 ops,
                 faults,
                 progress: true,
+                restart: spawned.clone().map(|s| {
+                    Restarter(std::sync::Arc::new(move || {
+                        s.lock().unwrap_or_else(|p| p.into_inner()).restart()
+                    }))
+                }),
             };
             let outcome = ferrohsm_stress::run::run(&opts)?;
-            let rss = spawned.as_ref().and_then(|s| peak_rss_kib(s.pid()));
+            let rss = spawned
+                .as_ref()
+                .and_then(|s| peak_rss_kib(s.lock().unwrap_or_else(|p| p.into_inner()).pid()));
             println!("{}", report::run_table(&outcome));
             if let Some(kib) = rss {
                 println!("hsmd peak RSS: {} MiB", kib / 1024);
@@ -162,7 +173,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             write(&server.json, &report::run_json(&outcome, rss).to_string())?;
             write(&server.plot, &report::run_svg(&outcome))?;
             if let Some(s) = spawned {
-                let code = s.stop();
+                let code = s.lock().unwrap_or_else(|p| p.into_inner()).stop();
                 if code != Some(0) {
                     return Err(format!("hsmd did not stop cleanly (exit {code:?})"));
                 }

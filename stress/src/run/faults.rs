@@ -10,8 +10,8 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_proto::handshake::{Hello, Proof, transcript};
 use ferrohsm_proto::{PROTOCOL_VERSION, Request, Response};
 
-use super::Shared;
 use super::worker::connect;
+use super::{Restarter, Shared};
 
 /// Faults that can run beside the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub enum Fault {
     Malformed,
     /// Authenticated clients that send requests and never read the responses.
     Slow,
+    /// Graceful restart of the spawned `hsmd` about every second; clients reconnect, and
+    /// every persistent key must still be there afterwards.
+    Restart,
 }
 
 impl std::str::FromStr for Fault {
@@ -34,8 +37,9 @@ impl std::str::FromStr for Fault {
             "reconnect" => Ok(Fault::Reconnect),
             "malformed" => Ok(Fault::Malformed),
             "slow" => Ok(Fault::Slow),
+            "restart" => Ok(Fault::Restart),
             _ => Err(format!(
-                "unknown fault {s:?}; expected disconnect, reconnect, malformed or slow"
+                "unknown fault {s:?}; expected disconnect, reconnect, malformed, slow or restart"
             )),
         }
     }
@@ -85,6 +89,7 @@ pub(super) fn run_fault(
     profiles: Vec<Profile>,
     transports: Vec<Transport>,
     shared: Arc<Shared>,
+    restart: Option<Restarter>,
 ) {
     let mut i = 0usize;
     while !shared.done() {
@@ -123,6 +128,24 @@ pub(super) fn run_fault(
                     while matches!(s.read(&mut b), Ok(n) if n > 0) {}
                 }
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            Fault::Restart => {
+                // Let the load run a while between restarts.
+                for _ in 0..10 {
+                    if shared.done() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let Some(Restarter(restart)) = &restart else {
+                    return;
+                };
+                shared.restarting.store(true, Ordering::SeqCst);
+                if let Err(e) = restart() {
+                    shared.problem(&shared.unexpected, format!("restart failed: {e}"));
+                }
+                shared.restarts.fetch_add(1, Ordering::SeqCst);
+                shared.restarting.store(false, Ordering::SeqCst);
             }
             Fault::Slow => {
                 if let Some(mut s) = raw_login(p) {

@@ -41,6 +41,18 @@ pub struct RunOptions {
     pub faults: Vec<Fault>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Restarts the server gracefully (the `restart` fault; only for a server we started).
+    pub restart: Option<Restarter>,
+}
+
+/// Restarts the server under test; returns once it listens again.
+#[derive(Clone)]
+pub struct Restarter(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for Restarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Restarter(..)")
+    }
 }
 
 /// Latency histograms and error counts per (transport, op), and a per-second timeline per
@@ -116,6 +128,8 @@ pub struct Outcome {
     pub problems: Vec<String>,
     /// Fault events injected.
     pub fault_events: u64,
+    /// Graceful restarts of the server (the `restart` fault).
+    pub restarts: u64,
     /// Wall time.
     pub elapsed: Duration,
     /// Latencies.
@@ -135,6 +149,10 @@ pub(crate) struct Shared {
     labels: Mutex<BTreeMap<String, Vec<String>>>,
     start: Instant,
     max_ops: Option<u64>,
+    // The restart fault: whether it runs, whether a restart is under way, how many finished.
+    restart_fault: bool,
+    restarting: AtomicBool,
+    restarts: AtomicU64,
 }
 
 impl Shared {
@@ -157,6 +175,10 @@ impl Shared {
 
 /// Runs the load until the duration or operation count is reached.
 pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
+    let restart_fault = opts.faults.contains(&Fault::Restart);
+    if restart_fault && opts.restart.is_none() {
+        return Err("the restart fault needs --spawn (it restarts the hsmd it started)".into());
+    }
     let profiles: Vec<Profile> = opts
         .profiles
         .iter()
@@ -165,6 +187,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
     if profiles.is_empty() || opts.transports.is_empty() {
         return Err("need at least one profile and one transport".into());
     }
+
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         ops: AtomicU64::new(0),
@@ -177,6 +200,9 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
         labels: Mutex::new(BTreeMap::new()),
         start: Instant::now(),
         max_ops: opts.ops,
+        restart_fault,
+        restarting: AtomicBool::new(false),
+        restarts: AtomicU64::new(0),
     });
     let mut workers = Vec::new();
     for i in 0..opts.clients.max(1) {
@@ -201,7 +227,8 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
                 opts.transports.clone(),
                 shared.clone(),
             );
-            std::thread::spawn(move || run_fault(f, p, t, sh))
+            let restart = opts.restart.clone();
+            std::thread::spawn(move || run_fault(f, p, t, sh, restart))
         })
         .collect();
     let bar = if opts.progress {
@@ -261,6 +288,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
         unexpected_errors: shared.unexpected.load(Ordering::Relaxed),
         problems,
         fault_events: shared.faults.load(Ordering::Relaxed),
+        restarts: shared.restarts.load(Ordering::Relaxed),
         elapsed: shared.start.elapsed(),
         stats,
     })

@@ -30,6 +30,8 @@ struct Worker {
     session: Vec<String>,
     stats: Stats,
     rng: u64,
+    // The restart generation when this connection was made.
+    conn_gen: u64,
 }
 
 const OPS: [(&str, u32); 12] = [
@@ -46,6 +48,13 @@ const OPS: [(&str, u32); 12] = [
     ("session", 3),
     ("probe", 14),
 ];
+
+/// The connection broke (or the server is shutting down): the operation's outcome is
+/// unknown, which the caller decides about (a restart, or an unexpected error).
+fn cut_off(e: &ClientError) -> bool {
+    matches!(e, ClientError::Connection(_) | ClientError::Protocol(_))
+        || status(e) == Some(Status::ShuttingDown)
+}
 
 fn status(e: &ClientError) -> Option<Status> {
     e.status()
@@ -112,6 +121,91 @@ impl Worker {
         Ok(())
     }
 
+    /// Keys this worker made that must survive a restart (all but session keys).
+    fn persistent(&self) -> HashSet<String> {
+        let mut s = self.mine();
+        for l in &self.session {
+            s.remove(l);
+        }
+        s
+    }
+
+    /// Connects again after a restart of the server: waits until it listens, then forgets the
+    /// session keys, which died with the old connection. `false` if the run ended first.
+    fn reconnect(&mut self, profile: &Profile, t: Transport, shared: &Shared) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let generation = shared.restarts.load(Ordering::SeqCst);
+            if !shared.restarting.load(Ordering::SeqCst)
+                && let Ok(hsm) = connect(profile, t)
+            {
+                self.hsm = hsm;
+                self.conn_gen = generation;
+                self.session.clear();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Whether `e` is what a graceful restart looks like to this connection: it broke, or
+    /// the server said it is shutting down, and a restart began since it was made.
+    fn restart_blip(&self, shared: &Shared, e: &ClientError) -> bool {
+        self.restart_begun(shared) && cut_off(e)
+    }
+
+    /// Whether a restart began since this connection was made.
+    fn restart_begun(&self, shared: &Shared) -> bool {
+        shared.restart_fault
+            && (shared.restarting.load(Ordering::SeqCst)
+                || shared.restarts.load(Ordering::SeqCst) != self.conn_gen)
+    }
+
+    /// After a run with restarts: every persistent key this worker made is still there.
+    fn check_persisted(&mut self, profile: &Profile, t: Transport, shared: &Shared) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while shared.restarting.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..3 {
+            match self.hsm.list() {
+                Ok(listed) => {
+                    let there: HashSet<String> =
+                        listed.iter().map(|k| k.label.to_string()).collect();
+                    let mut gone: Vec<_> = self.persistent().difference(&there).cloned().collect();
+                    gone.sort();
+                    if !gone.is_empty() {
+                        shared.problem(
+                            &shared.wrong,
+                            format!("[{}] keys gone after restarts: {gone:?}", self.transport),
+                        );
+                    }
+                    return;
+                }
+                Err(e) if self.restart_blip(shared, &e) => {
+                    if !self.reconnect(profile, t, shared) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    shared.problem(
+                        &shared.unexpected,
+                        format!("[{}] final list: {e}", self.transport),
+                    );
+                    return;
+                }
+            }
+        }
+        shared.problem(
+            &shared.unexpected,
+            format!(
+                "[{}] could not list keys after the last restart",
+                self.transport
+            ),
+        );
+    }
+
     fn mine(&self) -> HashSet<String> {
         let mut s: HashSet<String> = self.ed.iter().map(|(l, _)| l.clone()).collect();
         s.extend(self.aead.iter().cloned());
@@ -143,6 +237,7 @@ impl Worker {
                     bad[0] ^= 0x80;
                     match self.hsm.block_on(c.verify(&r(&label), msg, bad)) {
                         Err(e) if status(&e) == Some(Status::BadSignature) => {}
+                        Err(e) if cut_off(&e) => return Err(e),
                         other => wrong(format!("tampered signature answered {other:?}")),
                     }
                 }
@@ -165,6 +260,7 @@ impl Worker {
                         .block_on(c.decrypt(&r(&label), ct, b"other".to_vec()))
                     {
                         Err(e) if status(&e) == Some(Status::DecryptFailed) => {}
+                        Err(e) if cut_off(&e) => return Err(e),
                         other => wrong(format!("wrong AAD answered {other:?}")),
                     }
                 }
@@ -213,6 +309,7 @@ impl Worker {
                 self.hsm.block_on(c.delete(&r(&label)))?;
                 match self.hsm.block_on(c.info(&r(&label))) {
                     Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
+                    Err(e) if cut_off(&e) => return Err(e),
                     other => wrong(format!("deleted key {label} still answers {other:?}")),
                 }
             }
@@ -230,7 +327,14 @@ impl Worker {
             }
             "list" => {
                 let listed = self.hsm.block_on(c.list())?;
-                let check = verify::check_list(&self.mine(), &listed, &self.others);
+                // A graceful restart ends every session first, so a list answered while it
+                // drains no longer shows this connection's session keys.
+                let expect = if self.restart_begun(shared) {
+                    self.persistent()
+                } else {
+                    self.mine()
+                };
+                let check = verify::check_list(&expect, &listed, &self.others);
                 if !check.missing.is_empty() {
                     wrong(format!("list lacks our keys {:?}", check.missing));
                 }
@@ -302,6 +406,7 @@ impl Worker {
                 for (what, a) in answers {
                     match a {
                         Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
+                        Err(e) if cut_off(&e) => return Err(e),
                         other => shared.problem(
                             &shared.isolation,
                             format!(
@@ -332,6 +437,7 @@ pub(super) fn run_worker(
     let transport = transport_name(t);
     let prefix = format!("{}-w{i}-", profile.name);
     let mut w = loop {
+        let conn_gen = shared.restarts.load(Ordering::SeqCst);
         match connect(&profile, t) {
             Ok(hsm) => {
                 break Worker {
@@ -348,7 +454,11 @@ pub(super) fn run_worker(
                     session: vec![],
                     stats: Stats::default(),
                     rng: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
+                    conn_gen,
                 };
+            }
+            Err(_) if shared.restart_fault && shared.restarting.load(Ordering::SeqCst) => {
+                std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
                 shared.problem(
@@ -362,12 +472,22 @@ pub(super) fn run_worker(
             }
         }
     };
-    if let Err(e) = w.setup(&shared) {
-        shared.problem(
-            &shared.unexpected,
-            format!("[{transport}] client {i} setup failed: {e}"),
-        );
-        return w.stats;
+    loop {
+        match w.setup(&shared) {
+            Ok(()) => break,
+            Err(e) if w.restart_blip(&shared, &e) => {
+                if !w.reconnect(&profile, t, &shared) {
+                    return w.stats;
+                }
+            }
+            Err(e) => {
+                shared.problem(
+                    &shared.unexpected,
+                    format!("[{transport}] client {i} setup failed: {e}"),
+                );
+                return w.stats;
+            }
+        }
     }
     let total: u32 = OPS.iter().map(|(_, w)| w).sum();
     while !shared.done() {
@@ -393,6 +513,13 @@ pub(super) fn run_worker(
                 w.stats.record(transport, op, second, us);
                 shared.ops.fetch_add(1, Ordering::Relaxed);
             }
+            // A restart cut this operation off: its result is unknown, not wrong. Connect
+            // again and carry on.
+            Err(e) if w.restart_blip(&shared, &e) => {
+                if !w.reconnect(&profile, t, &shared) {
+                    break;
+                }
+            }
             Err(e) => {
                 w.stats.error(transport, op);
                 shared.problem(&shared.unexpected, format!("[{transport}] {op}: {e}"));
@@ -401,6 +528,9 @@ pub(super) fn run_worker(
                 }
             }
         }
+    }
+    if shared.restart_fault {
+        w.check_persisted(&profile, t, &shared);
     }
     w.stats
 }
