@@ -322,15 +322,19 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
     let d = Data::init("alice,bob", &[]);
     let daemon = d.start(&[]);
     let (a, b) = (d.connect("alice"), d.connect("bob"));
-    for l in ["flip", "swapa", "swapb", "moved", "fine"] {
+    // alice: flip 1, swapa 2, swapb 3, moved 4, fine 5, traded 6; bob: bobs 1, five deleted
+    // (2..6, never reused), bobtraded 7.
+    for l in ["flip", "swapa", "swapb", "moved", "fine", "traded"] {
         a.block_on(a.client().generate_spec(spec(KeyType::Ed25519, l, false)))
             .unwrap();
     }
-    b.block_on(
-        b.client()
-            .generate_spec(spec(KeyType::Ed25519, "bobs", false)),
-    )
-    .unwrap();
+    for l in ["bobs", "f2", "f3", "f4", "f5", "f6", "bobtraded"] {
+        b.block_on(b.client().generate_spec(spec(KeyType::Ed25519, l, false)))
+            .unwrap();
+    }
+    for l in ["f2", "f3", "f4", "f5", "f6"] {
+        b.block_on(b.client().delete(&label(l))).unwrap();
+    }
     let fine_sig = a.sign(&label("fine"), b"m").unwrap();
     drop((a, b));
     assert_eq!(daemon.terminate().code(), Some(0));
@@ -357,6 +361,13 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
     let (sa, sb) = (blob("swapa"), blob("swapb"));
     set("swapa", &sb);
     set("swapb", &sa);
+    // Two records' owners swapped (alice has no id 7, bob no id 6).
+    db.execute_batch(
+        "UPDATE keys SET owner = 'tmp' WHERE owner = 'alice' AND label = 'traded';
+         UPDATE keys SET owner = 'alice' WHERE owner = 'bob' AND label = 'bobtraded';
+         UPDATE keys SET owner = 'bob' WHERE owner = 'tmp';",
+    )
+    .unwrap();
     // A record moved to another owner (bob has no key with that id).
     db.execute(
         "UPDATE keys SET owner = 'bob', id = 99 WHERE owner = 'alice' AND label = 'moved'",
@@ -378,6 +389,16 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
             Status::KeyStoreIntegrity
         );
     }
+    // Swapped owners: each side finds a record that is not its own, and refuses it.
+    assert_eq!(
+        status(a.sign(&label("bobtraded"), b"m")),
+        Status::KeyStoreIntegrity
+    );
+    assert_eq!(
+        status(b.sign(&label("traded"), b"m")),
+        Status::KeyStoreIntegrity
+    );
+    assert_eq!(status(a.sign(&label("traded"), b"m")), Status::KeyNotFound);
     // The moved key is neither alice's any more nor usable by bob.
     assert_eq!(status(a.sign(&label("moved"), b"m")), Status::KeyNotFound);
     assert_eq!(
@@ -425,7 +446,7 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
     let n: i64 = sql(&d)
         .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(n, 6);
+    assert_eq!(n, 8);
 }
 
 #[test]
