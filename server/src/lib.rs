@@ -180,6 +180,12 @@ where
     {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
+    let stats = &shared.km.store().stats;
+    tracing::info!(
+        commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+        changes = stats.mutations.load(std::sync::atomic::Ordering::Relaxed),
+        "key store: every acknowledged change is on disk"
+    );
     actix::System::current().stop();
     Ok(())
 }

@@ -229,7 +229,7 @@ pub fn bench_table(r: &BenchReport) -> String {
             "in-proc", b.op, 1, 1, b.ops_per_sec
         );
     }
-    for t in r.targets() {
+    for t in &r.targets {
         let _ = writeln!(
             s,
             "target {} over {} at {} in flight: {:.2} (goal >= {}): {}",
@@ -254,7 +254,7 @@ pub fn bench_json(r: &BenchReport) -> Value {
             "ops_per_sec": x.ops_per_sec, "p50_us": x.p50_us, "p99_us": x.p99_us, "ratio": x.ratio,
         })).collect::<Vec<_>>(),
         "baseline": r.baseline.iter().map(|b| json!({"op": b.op, "ops_per_sec": b.ops_per_sec})).collect::<Vec<_>>(),
-        "targets": r.targets().iter().map(|t| json!({
+        "targets": r.targets.iter().map(|t| json!({
             "name": t.name, "transport": t.transport, "inflight": t.inflight, "ratio": t.ratio,
             "goal": t.goal, "met": t.ratio >= t.goal,
         })).collect::<Vec<_>>(),

@@ -1,5 +1,17 @@
 //! `hsm-stress bench`: per transport, operation, in-flight depth and client count: ops/s and
 //! p50/p99 latency, next to the same crypto done in-process on one thread in the same run.
+//!
+//! ```text
+//!  bench() -- per transport, op, clients, in-flight: client_loop() on N threads -> a row
+//!          \- targets.rs: paired ratios for the durable-key targets, the disk's fsync floor
+//!          \- baseline.rs: the same crypto in-process on one thread
+//! ```
+
+mod baseline;
+mod targets;
+
+pub use baseline::in_process;
+pub use targets::Target;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -171,21 +183,6 @@ pub struct BenchResult {
     pub ratio: Option<f64>,
 }
 
-/// A target of the durable-keys issue, as a ratio measured in this run.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// What is compared.
-    pub name: String,
-    /// Transport and in-flight depth it was measured at.
-    pub transport: String,
-    /// Requests in flight.
-    pub inflight: usize,
-    /// The measured ratio.
-    pub ratio: f64,
-    /// The goal: `ratio >= goal`.
-    pub goal: f64,
-}
-
 /// In-process, one thread.
 #[derive(Debug, Clone)]
 pub struct Baseline {
@@ -206,93 +203,12 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
     /// In-process.
     pub baseline: Vec<Baseline>,
-}
-
-impl BenchReport {
-    fn find(&self, t: &str, op: BenchOp, inflight: usize) -> Option<&BenchResult> {
-        self.results.iter().find(|r| {
-            r.transport == t && r.op == op.name() && r.inflight == inflight && r.clients == 1
-        })
-    }
-
-    /// The durable-keys targets that this run measured: persistent keygen at 16 in flight
-    /// over session keygen at 16 in flight (>= 0.3, group commit), and signing with a cached
-    /// persistent key over signing with a session key (>= 0.95).
-    pub fn targets(&self) -> Vec<Target> {
-        let mut out = Vec::new();
-        let mut seen = Vec::new();
-        for r in &self.results {
-            if seen.contains(&(&r.transport, r.inflight)) {
-                continue;
-            }
-            seen.push((&r.transport, r.inflight));
-            let pairs = [
-                (
-                    "keygen-persistent / keygen-session",
-                    BenchOp::KeygenPersistent,
-                    BenchOp::KeygenSession,
-                    0.3,
-                ),
-                (
-                    "ed25519-sign (persistent, cached) / ed25519-sign-session",
-                    BenchOp::Ed25519Sign,
-                    BenchOp::Ed25519SignSession,
-                    0.95,
-                ),
-            ];
-            for (name, a, b, goal) in pairs {
-                if a == BenchOp::KeygenPersistent && r.inflight != 16 {
-                    continue;
-                }
-                if let (Some(x), Some(y)) = (
-                    self.find(&r.transport, a, r.inflight),
-                    self.find(&r.transport, b, r.inflight),
-                ) && y.ops_per_sec > 0.0
-                {
-                    out.push(Target {
-                        name: name.into(),
-                        transport: r.transport.clone(),
-                        inflight: r.inflight,
-                        ratio: x.ops_per_sec / y.ops_per_sec,
-                        goal,
-                    });
-                }
-            }
-        }
-        out
-    }
-}
-
-/// The disk's fsync latency: 4 KiB written and `sync_data`ed, `n` times, in `dir`.
-fn fsync_floor(dir: &std::path::Path, n: usize) -> Result<BenchResult, String> {
-    use std::io::{Seek, Write};
-    let file = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("fsync floor: {e}"))?;
-    let mut f = file.as_file();
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let block = [0xa5u8; 4096];
-    let start = Instant::now();
-    for _ in 0..n {
-        let t0 = Instant::now();
-        f.seek(std::io::SeekFrom::Start(0))
-            .map_err(|e| e.to_string())?;
-        f.write_all(&block).map_err(|e| e.to_string())?;
-        f.sync_data().map_err(|e| e.to_string())?;
-        let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
-    }
-    Ok(BenchResult {
-        transport: "disk".into(),
-        op: "fsync-4k".into(),
-        inflight: 1,
-        clients: 1,
-        ops_per_sec: n as f64 / start.elapsed().as_secs_f64(),
-        p50_us: h.value_at_quantile(0.5) as f64,
-        p99_us: h.value_at_quantile(0.99) as f64,
-        ratio: None,
-    })
+    /// The durable-key targets, each measured as a paired ratio.
+    pub targets: Vec<Target>,
 }
 
 #[derive(Clone)]
-struct Keys {
+pub(crate) struct Keys {
     ed: KeyRef,
     ed_session: KeyRef,
     p256: KeyRef,
@@ -338,7 +254,7 @@ async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
 /// One client: keeps `inflight` requests outstanding for `warm + secs`, recording the timed
 /// part; deletes the persistent keys it made. Returns (completed in the timed part,
 /// latencies).
-fn client_loop(
+pub(crate) fn client_loop(
     profile: &Profile,
     t: Transport,
     op: BenchOp,
@@ -407,6 +323,7 @@ fn client_loop(
 pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
     let profile = Profile::load(&opts.profile).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
+    let mut targets = Vec::new();
     let baseline: Vec<Baseline> = opts
         .ops
         .iter()
@@ -465,6 +382,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
                 }
             }
         }
+        targets.extend(targets::measure(
+            &profile,
+            t,
+            &keys,
+            &opts.ops,
+            &opts.inflight,
+            opts.secs,
+        )?);
         // Leave the server as we found it.
         rt.block_on(async {
             for k in [
@@ -480,7 +405,10 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
     }
     if opts.ops.contains(&BenchOp::KeygenPersistent) {
         let dir = opts.fsync_dir.clone().unwrap_or_else(std::env::temp_dir);
-        results.push(fsync_floor(&dir, if opts.secs < 1.0 { 50 } else { 300 })?);
+        results.push(targets::fsync_floor(
+            &dir,
+            if opts.secs < 1.0 { 50 } else { 300 },
+        )?);
     }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -495,79 +423,6 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
         profile,
         results,
         baseline,
+        targets,
     })
-}
-
-/// The same crypto in this process on one thread (ops/s); `None` for ping (nothing to do).
-pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {
-    use ed25519_dalek::Signer as _;
-    use hmac::{KeyInit, Mac};
-    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-    let rng = ring::rand::SystemRandom::new();
-    let mut work: Box<dyn FnMut()> = match op {
-        BenchOp::Ping => return None,
-        BenchOp::Random32 => Box::new(|| {
-            let mut b = [0u8; 32];
-            let _ = getrandom::fill(&mut b);
-            std::hint::black_box(b);
-        }),
-        BenchOp::KeygenPersistent | BenchOp::KeygenSession => Box::new(|| {
-            let mut seed = [0u8; 32];
-            let _ = getrandom::fill(&mut seed);
-            let k = ed25519_dalek::SigningKey::from_bytes(&seed);
-            std::hint::black_box(k.verifying_key());
-        }),
-        BenchOp::Ed25519Sign | BenchOp::Ed25519SignSession => {
-            let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-            Box::new(move || {
-                std::hint::black_box(k.sign(std::hint::black_box(&[0x5a; 32])));
-            })
-        }
-        BenchOp::P256Sign => {
-            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).ok()?;
-            let k = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref(), &rng)
-                .ok()?;
-            Box::new(move || {
-                std::hint::black_box(k.sign(&rng, &[0x5a; 32]).ok());
-            })
-        }
-        BenchOp::ChaCha64 | BenchOp::ChaCha16k => {
-            let n = if op == BenchOp::ChaCha64 { 64 } else { 16384 };
-            let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[9; 32]).ok()?);
-            let mut buf = vec![1u8; n];
-            Box::new(move || {
-                // As the server does: a fresh random nonce per message.
-                let mut nonce = [0u8; 12];
-                let _ = getrandom::fill(&mut nonce);
-                let tag = k.seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::empty(),
-                    &mut buf,
-                );
-                std::hint::black_box(tag.ok());
-            })
-        }
-        BenchOp::Hmac1k => {
-            let data = vec![2u8; 1024];
-            Box::new(move || {
-                if let Ok(mut m) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&[3; 32]) {
-                    m.update(&data);
-                    std::hint::black_box(m.finalize());
-                }
-            })
-        }
-    };
-    for _ in 0..100 {
-        work();
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed().as_secs_f64() < secs {
-        for _ in 0..16 {
-            work();
-        }
-        n += 16;
-    }
-    Some(n as f64 / start.elapsed().as_secs_f64())
 }

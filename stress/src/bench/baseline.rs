@@ -1,0 +1,79 @@
+//! The same crypto in this process on one thread: the baseline every ratio is taken against.
+
+use std::time::Instant;
+
+use super::BenchOp;
+
+/// The same crypto in this process on one thread (ops/s); `None` for ping (nothing to do).
+pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {
+    use ed25519_dalek::Signer as _;
+    use hmac::{KeyInit, Mac};
+    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let mut work: Box<dyn FnMut()> = match op {
+        BenchOp::Ping => return None,
+        BenchOp::Random32 => Box::new(|| {
+            let mut b = [0u8; 32];
+            let _ = getrandom::fill(&mut b);
+            std::hint::black_box(b);
+        }),
+        BenchOp::KeygenPersistent | BenchOp::KeygenSession => Box::new(|| {
+            let mut seed = [0u8; 32];
+            let _ = getrandom::fill(&mut seed);
+            let k = ed25519_dalek::SigningKey::from_bytes(&seed);
+            std::hint::black_box(k.verifying_key());
+        }),
+        BenchOp::Ed25519Sign | BenchOp::Ed25519SignSession => {
+            let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            Box::new(move || {
+                std::hint::black_box(k.sign(std::hint::black_box(&[0x5a; 32])));
+            })
+        }
+        BenchOp::P256Sign => {
+            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).ok()?;
+            let k = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref(), &rng)
+                .ok()?;
+            Box::new(move || {
+                std::hint::black_box(k.sign(&rng, &[0x5a; 32]).ok());
+            })
+        }
+        BenchOp::ChaCha64 | BenchOp::ChaCha16k => {
+            let n = if op == BenchOp::ChaCha64 { 64 } else { 16384 };
+            let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[9; 32]).ok()?);
+            let mut buf = vec![1u8; n];
+            Box::new(move || {
+                // As the server does: a fresh random nonce per message.
+                let mut nonce = [0u8; 12];
+                let _ = getrandom::fill(&mut nonce);
+                let tag = k.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut buf,
+                );
+                std::hint::black_box(tag.ok());
+            })
+        }
+        BenchOp::Hmac1k => {
+            let data = vec![2u8; 1024];
+            Box::new(move || {
+                if let Ok(mut m) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&[3; 32]) {
+                    m.update(&data);
+                    std::hint::black_box(m.finalize());
+                }
+            })
+        }
+    };
+    for _ in 0..100 {
+        work();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..16 {
+            work();
+        }
+        n += 16;
+    }
+    Some(n as f64 / start.elapsed().as_secs_f64())
+}
