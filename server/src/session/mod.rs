@@ -15,165 +15,42 @@
 //! full the reader stops reading the socket; when the client stops reading responses the
 //! writer blocks, tickets are not returned and the reader stops too. Nothing is dropped and
 //! memory stays bounded by the window.
+//!
+//! `shared.rs` holds what every session shares (clients, key manager, pool, limits, the
+//! in-flight count); `io.rs` the reader and writer tasks that move frames.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod io;
+mod shared;
+
+use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
-use ferrohsm_proto::frame::Decoded;
 use ferrohsm_proto::handshake::{Challenge, Hello, Welcome};
 use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{ErrorBody, Frame, FrameDecoder, Request, Response, Status};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use ferrohsm_proto::{Frame, Request, Response, Status};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::auth::PendingProof;
-use crate::config::ClientConfig;
-use crate::crypto::pool::CryptoPool;
 use crate::error::OpError;
-use crate::keys::manager::{Caller, KeyManager};
-
-/// Counts requests in flight across all sessions, so shutdown can wait for them.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlight {
-    fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard(self.clone())
-    }
-
-    /// Waits until no request is in flight.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-#[derive(Debug)]
-struct InFlightGuard(Arc<InFlight>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// What every session shares.
-pub struct Shared {
-    /// Configured clients.
-    pub clients: Arc<std::collections::BTreeMap<String, ClientConfig>>,
-    /// The key manager.
-    pub km: Arc<KeyManager>,
-    /// The crypto pool.
-    pub pool: CryptoPool,
-    /// Requests in flight per session.
-    pub window: u32,
-    /// Body cap.
-    pub max_body: u32,
-    /// Handshake deadline.
-    pub handshake_timeout: std::time::Duration,
-    /// Sessions per client, at most.
-    pub max_per_client: usize,
-    /// Global in-flight count.
-    pub inflight: Arc<InFlight>,
-    /// Flips to true when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
-    next_session: AtomicU64,
-    per_client: Mutex<HashMap<String, usize>>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("clients", &self.clients.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    /// Bundles the shared state from a validated config.
-    pub fn new(
-        config: &crate::Config,
-        km: Arc<KeyManager>,
-        pool: CryptoPool,
-        shutdown: watch::Receiver<bool>,
-    ) -> Shared {
-        Shared {
-            clients: Arc::new(config.clients.clone()),
-            km,
-            pool,
-            window: config.window,
-            max_body: config.max_body,
-            handshake_timeout: config.handshake_timeout,
-            max_per_client: config.max_connections_per_client,
-            inflight: Arc::new(InFlight::default()),
-            shutdown,
-            next_session: AtomicU64::new(1),
-            per_client: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// A fresh session id.
-    pub fn new_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Counts a new session of `client`; refuses one over the per-client limit.
-    fn enter_client(&self, client: &str) -> Result<(), OpError> {
-        let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(client.to_owned()).or_insert(0);
-        if *n >= self.max_per_client {
-            return Err(OpError::new(
-                Status::Busy,
-                format!("client {client} already has {n} connections, the most allowed"),
-            ));
-        }
-        *n += 1;
-        Ok(())
-    }
-
-    fn leave_client(&self, client: &str) {
-        let mut map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(client) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(client);
-            }
-        }
-    }
-}
-
-/// What a transport knows about an accepted connection.
-#[derive(Debug)]
-pub struct Conn {
-    /// The peer, for logs (`tcp:127.0.0.1:5000`, `shm:pid=..,uid=..`).
-    pub peer: String,
-    /// The client the transport's credential proved (TLS certificate, PSK, or the shm set-up
-    /// handshake), or `None` when the client must answer a challenge in the session.
-    pub proven: Option<Arc<str>>,
-    /// A session id already announced to the client (shm), else a fresh one is taken.
-    pub session_id: Option<u64>,
-    /// The listener's connection slot, released when the connection ends.
-    pub slot: OwnedSemaphorePermit,
-}
+use crate::keys::manager::Caller;
+use shared::InFlightGuard;
+pub use shared::{Conn, InFlight, Shared};
 
 /// Held from decode to write: one window slot and one global in-flight count.
 #[derive(Debug)]
 struct Ticket {
     _window: OwnedSemaphorePermit,
     _inflight: InFlightGuard,
+}
+
+impl Ticket {
+    fn new(window: OwnedSemaphorePermit, inflight: &Arc<InFlight>) -> Ticket {
+        Ticket {
+            _window: window,
+            _inflight: inflight.enter(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -473,115 +350,6 @@ where
         stop_reader: Some(stop_tx),
     }
     .start();
-    actix::spawn(write_loop(wr, out_rx, conn_slot));
-    actix::spawn(read_loop(shared, rd, session, out_tx, stop_rx, peer));
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(
-    shared: Arc<Shared>,
-    rd: R,
-    session: actix::Addr<Session>,
-    out: mpsc::Sender<Outbound>,
-    stop: oneshot::Receiver<()>,
-    peer: String,
-) {
-    pump(&shared, rd, &session, &out, stop, &peer).await;
-    // However reading ended (EOF, error, malformed frame, shutdown), the session ends with it;
-    // if the session itself asked us to stop, it is gone already and this is a no-op.
-    let _ = session.send(Close).await;
-}
-
-/// Reads frames and hands them to the session, one window ticket each, until the peer hangs
-/// up, sends a malformed frame, the session stops us, or the server shuts down.
-async fn pump<R: AsyncRead + Unpin>(
-    shared: &Shared,
-    mut rd: R,
-    session: &actix::Addr<Session>,
-    out: &mpsc::Sender<Outbound>,
-    mut stop: oneshot::Receiver<()>,
-    peer: &str,
-) {
-    let decoder = FrameDecoder::new(shared.max_body);
-    let window = Arc::new(Semaphore::new(shared.window as usize));
-    let mut shutdown = shared.shutdown.clone();
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut start = 0usize;
-    loop {
-        // Hand over every whole frame already buffered.
-        loop {
-            match decoder.decode(&buf[start..]) {
-                Ok(Decoded::Frame(frame, used)) => {
-                    start += used;
-                    let permit = tokio::select! {
-                        p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                        _ = &mut stop => return,
-                        _ = shutdown.wait_for(|s| *s) => return,
-                    };
-                    let ticket = Ticket {
-                        _window: permit,
-                        _inflight: shared.inflight.enter(),
-                    };
-                    if session.send(Inbound { frame, ticket }).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Decoded::Incomplete(need)) => {
-                    buf.drain(..start);
-                    start = 0;
-                    buf.reserve(need.max(4096));
-                    break;
-                }
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "malformed frame; closing connection");
-                    let frame = error_frame(0, 0, &ErrorBody::new(e.status(), e.to_string()));
-                    let _ = out
-                        .send(Outbound {
-                            frame,
-                            _ticket: None,
-                        })
-                        .await;
-                    return;
-                }
-            }
-        }
-        let n = tokio::select! {
-            r = rd.read_buf(&mut buf) => r,
-            _ = &mut stop => return,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        match n {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Outbound>,
-    _slot: OwnedSemaphorePermit,
-) {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut done = Vec::new();
-    while let Some(first) = rx.recv().await {
-        buf.clear();
-        first.frame.encode_into(&mut buf);
-        done.push(first);
-        // Coalesce whatever else is ready into one write.
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(o) => {
-                    o.frame.encode_into(&mut buf);
-                    done.push(o);
-                }
-                Err(_) => break,
-            }
-        }
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-            break;
-        }
-        // Responses are on the wire: give their window slots back.
-        done.clear();
-    }
-    let _ = wr.shutdown().await;
+    actix::spawn(io::write_loop(wr, out_rx, conn_slot));
+    actix::spawn(io::read_loop(shared, rd, session, out_tx, stop_rx, peer));
 }

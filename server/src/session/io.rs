@@ -1,0 +1,118 @@
+//! The reader and writer tasks of a session: frames in (one window ticket each, so a full
+//! window stops reading the socket), frames out (coalesced into few writes).
+
+use std::sync::Arc;
+
+use ferrohsm_proto::frame::Decoded;
+use ferrohsm_proto::message::error_frame;
+use ferrohsm_proto::{ErrorBody, FrameDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::{Close, Inbound, Outbound, Session, Shared, Ticket};
+
+pub(super) async fn read_loop<R: AsyncRead + Unpin>(
+    shared: Arc<Shared>,
+    rd: R,
+    session: actix::Addr<Session>,
+    out: mpsc::Sender<Outbound>,
+    stop: oneshot::Receiver<()>,
+    peer: String,
+) {
+    pump(&shared, rd, &session, &out, stop, &peer).await;
+    // However reading ended (EOF, error, malformed frame, shutdown), the session ends with it;
+    // if the session itself asked us to stop, it is gone already and this is a no-op.
+    let _ = session.send(Close).await;
+}
+
+/// Reads frames and hands them to the session, one window ticket each, until the peer hangs
+/// up, sends a malformed frame, the session stops us, or the server shuts down.
+async fn pump<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    mut rd: R,
+    session: &actix::Addr<Session>,
+    out: &mpsc::Sender<Outbound>,
+    mut stop: oneshot::Receiver<()>,
+    peer: &str,
+) {
+    let decoder = FrameDecoder::new(shared.max_body);
+    let window = Arc::new(Semaphore::new(shared.window as usize));
+    let mut shutdown = shared.shutdown.clone();
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut start = 0usize;
+    loop {
+        // Hand over every whole frame already buffered.
+        loop {
+            match decoder.decode(&buf[start..]) {
+                Ok(Decoded::Frame(frame, used)) => {
+                    start += used;
+                    let permit = tokio::select! {
+                        p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                        _ = &mut stop => return,
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    };
+                    let ticket = Ticket::new(permit, &shared.inflight);
+                    if session.send(Inbound { frame, ticket }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Decoded::Incomplete(need)) => {
+                    buf.drain(..start);
+                    start = 0;
+                    buf.reserve(need.max(4096));
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "malformed frame; closing connection");
+                    let frame = error_frame(0, 0, &ErrorBody::new(e.status(), e.to_string()));
+                    let _ = out
+                        .send(Outbound {
+                            frame,
+                            _ticket: None,
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = &mut stop => return,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Outbound>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut done = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        first.frame.encode_into(&mut buf);
+        done.push(first);
+        // Coalesce whatever else is ready into one write.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(o) => {
+                    o.frame.encode_into(&mut buf);
+                    done.push(o);
+                }
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            break;
+        }
+        // Responses are on the wire: give their window slots back.
+        done.clear();
+    }
+    let _ = wr.shutdown().await;
+}
