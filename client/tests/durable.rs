@@ -43,6 +43,7 @@ impl Data {
         let o = Command::new(hsmd_bin())
             .args(["init", "--dir", dir.to_str().unwrap(), "--clients", clients])
             .args(ports.args())
+            .env_remove("HSMD_PASSPHRASE")
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -69,6 +70,8 @@ impl Data {
     fn fails(&self, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         let mut child = Command::new(hsmd_bin())
             .args(args)
+            .env_remove("HSMD_PASSPHRASE")
+            .env_remove("HSMD_NEW_PASSPHRASE")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -80,6 +80,7 @@ impl Daemon {
             let o = Command::new(bin)
                 .args(["init", "--dir", dir.to_str().unwrap(), "--clients", clients])
                 .args(ports.args())
+                .env_remove("HSMD_PASSPHRASE")
                 .output()
                 .unwrap();
             assert!(
@@ -142,6 +143,8 @@ impl Daemon {
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(cwd)
+            // Only what the test gives: a passphrase in the developer's shell must not leak in.
+            .env_remove("HSMD_PASSPHRASE")
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
