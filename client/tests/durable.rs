@@ -585,6 +585,28 @@ fn a_passphrase_store_opens_only_with_its_passphrase() {
     let daemon = d.start(&[("HSMD_PASSPHRASE", "new one")]);
     d.connect("alice").info_ok("k");
     assert_eq!(daemon.terminate().code(), Some(0));
+
+    // init --passphrase-file makes a passphrase store too; a key-file store is never
+    // silently left as it is when a passphrase is asked for.
+    let k = Data::init("alice", &[]);
+    let init = |dir: &Path, extra: &[&str]| {
+        Command::new(hsmd_bin())
+            .args(["init", "--dir", dir.to_str().unwrap(), "--clients", "alice"])
+            .args(extra)
+            .env_remove("HSMD_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    let o = init(&k.dir, &["--force", "--passphrase-file", pfs]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("protected by the key file"));
+    let fresh = d.dir.parent().unwrap().join("fresh");
+    assert!(init(&fresh, &["--passphrase-file", pfs]).status.success());
+    assert!(!fresh.join("master.key").exists());
+    let cfg = fresh.join("hsmd.toml").display().to_string();
+    let (code, err) = d.fails(&["--config", &cfg], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("passphrase"), "{err}");
 }
 
 trait InfoOk {

@@ -190,7 +190,17 @@ fn store(dir: &Path, passphrase: Option<&Passphrase>) -> Result<String, ServerEr
     let db = dir.join("keys.db");
     let key_file = dir.join("master.key");
     let uses_key_file = if db.exists() {
-        crate::keys::store_kdf(&db)? == "keyfile"
+        let key_file_store = crate::keys::store_kdf(&db)? == "keyfile";
+        if key_file_store && passphrase.is_some() {
+            return Err(ServerError::Init(format!(
+                "{} already exists and is protected by the key file {}; --force keeps an \
+                 existing store as it is, so the passphrase cannot be applied to it (turning a \
+                 key-file store into a passphrase store is not supported yet)",
+                db.display(),
+                key_file.display()
+            )));
+        }
+        key_file_store
     } else {
         let unlock = match passphrase {
             Some(p) if p.is_empty() => {
