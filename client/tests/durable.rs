@@ -221,7 +221,7 @@ fn keys_survive_a_restart_and_sign_with_the_same_key() {
 #[derive(Default)]
 struct Acked {
     made: BTreeMap<String, (u32, Vec<u8>)>,
-    deleted: Vec<String>,
+    deleted: std::collections::BTreeSet<String>,
 }
 
 fn crash_cycles(cycles: u32) {
@@ -252,7 +252,7 @@ fn crash_cycles(cycles: u32) {
                             acked.lock().unwrap().made.remove(&victim);
                             return;
                         }
-                        acked.lock().unwrap().deleted.push(victim);
+                        acked.lock().unwrap().deleted.insert(victim);
                     }
                 }
             }));
