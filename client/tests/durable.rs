@@ -257,12 +257,22 @@ fn crash_cycles(cycles: u32) {
                 }
             }));
         }
-        // Kill at a different moment each cycle, mid-write.
+        // Kill at a different moment each cycle, mid-write: once this cycle's clients have had
+        // something acknowledged (a loaded machine may take a while to connect them).
+        let tag = format!("-c{cycle}-");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !acked.lock().unwrap().made.keys().any(|l| l.contains(&tag)) {
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: nothing was acknowledged"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        std::thread::sleep(Duration::from_millis(150 + u64::from(nanos % 400)));
+        std::thread::sleep(Duration::from_millis(50 + u64::from(nanos % 400)));
         daemon.kill();
         for t in threads {
             t.join().unwrap();
