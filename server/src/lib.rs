@@ -18,7 +18,7 @@
 //!  session writer   response frame on the wire, window slot returned
 //!
 //!  keys/            manager (namespaces, cache, session keys), policy, seal (master key),
-//!                   service (store threads, group commit), store/sqlite.rs (keys.db)
+//!                   service (store threads, group commit), store/sqlite/ (keys.db)
 //! ```
 //! Actix types stay inside this crate. [`run`] opens and unlocks the key store (before any
 //! listener is bound), then blocks the calling thread with its own actix system until

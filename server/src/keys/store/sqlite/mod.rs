@@ -11,16 +11,16 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ferrohsm_proto::{KeyRef, KeyType, Label, UsageSet};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use ferrohsm_proto::{KeyRef, Label};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{
-    KeyRecord, KeyStore, MasterRecord, Mutation, Origin, SESSION_ID_BASE, Sealed, StoreError,
-};
+use super::{KeyRecord, KeyStore, MasterRecord, Mutation, SESSION_ID_BASE, Sealed, StoreError};
 use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
+use row::{COLUMNS, RawRow, raw_row, select_one};
+
+mod row;
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` i to i + 1.
 const MIGRATIONS: &[&str] = &["
@@ -44,9 +44,6 @@ CREATE UNIQUE INDEX keys_by_label ON keys (owner, label);
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
-
-const COLUMNS: &str =
-    "owner, id, label, key_type, usage, exportable, origin, created, version, sealed";
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -188,23 +185,6 @@ impl SqliteStore {
     }
 }
 
-/// One key row of `owner`, by id or label.
-fn select_one(conn: &Connection, owner: &str, key: &KeyRef) -> Result<Option<RawRow>, StoreError> {
-    let row = match key {
-        KeyRef::Id(id) => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id = ?2"
-            ))
-            .and_then(|mut st| st.query_row(params![owner, id], raw_row).optional()),
-        KeyRef::Label(l) => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND label = ?2"
-            ))
-            .and_then(|mut st| st.query_row(params![owner, l.as_str()], raw_row).optional()),
-    };
-    row.map_err(backend)
-}
-
 /// Applies migrations from `from` to [`SCHEMA_VERSION`] in one transaction.
 fn migrate(conn: &mut Connection, from: u32) -> Result<(), StoreError> {
     if from >= SCHEMA_VERSION {
@@ -217,86 +197,6 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<(), StoreError> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(backend)?;
     tx.commit().map_err(backend)
-}
-
-/// A row as SQLite returned it, before validation.
-struct RawRow {
-    owner: String,
-    id: i64,
-    label: String,
-    key_type: String,
-    usage: i64,
-    exportable: i64,
-    origin: String,
-    created: i64,
-    version: i64,
-    sealed: Vec<u8>,
-}
-
-fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok(RawRow {
-        owner: r.get(0)?,
-        id: r.get(1)?,
-        label: r.get(2)?,
-        key_type: r.get(3)?,
-        usage: r.get(4)?,
-        exportable: r.get(5)?,
-        origin: r.get(6)?,
-        created: r.get(7)?,
-        version: r.get(8)?,
-        sealed: r.get(9)?,
-    })
-}
-
-impl RawRow {
-    /// Validates every field into a typed record; anything out of range is an integrity
-    /// failure of this one row.
-    fn parse(self) -> Result<Sealed, StoreError> {
-        let id = u32::try_from(self.id).unwrap_or(u32::MAX);
-        let bad = |reason: String| StoreError::Integrity {
-            owner: self.owner.clone(),
-            id,
-            reason,
-        };
-        let label: Label = self
-            .label
-            .parse()
-            .map_err(|_| bad("the stored label is not a valid label".into()))?;
-        let key_type: KeyType = self
-            .key_type
-            .parse()
-            .map_err(|_| bad(format!("unknown stored key type {:?}", self.key_type)))?;
-        let usage = u16::try_from(self.usage)
-            .ok()
-            .and_then(|u| UsageSet::try_from(u).ok())
-            .ok_or_else(|| bad(format!("stored usage bits {} are invalid", self.usage)))?;
-        let origin = Origin::from_name(&self.origin)
-            .ok_or_else(|| bad(format!("unknown stored origin {:?}", self.origin)))?;
-        if !(1..i64::from(SESSION_ID_BASE)).contains(&self.id) {
-            return Err(bad(format!("stored id {} is out of range", self.id)));
-        }
-        let record = KeyRecord {
-            owner: Arc::from(self.owner.as_str()),
-            id,
-            label,
-            key_type,
-            usage,
-            exportable: match self.exportable {
-                0 => false,
-                1 => true,
-                v => return Err(bad(format!("stored exportable flag {v} is invalid"))),
-            },
-            origin,
-            created: u64::try_from(self.created)
-                .map_err(|_| bad("stored creation time is negative".into()))?,
-            version: u32::try_from(self.version)
-                .map_err(|_| bad("stored version is out of range".into()))?,
-        };
-        Ok(Sealed {
-            record,
-            sealed: self.sealed,
-        })
-    }
 }
 
 /// One mutation inside the batch transaction.
@@ -521,6 +421,8 @@ impl KeyStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::keys::seal::{KeyFileSecret, Unlock};
+    use crate::keys::store::Origin;
+    use ferrohsm_proto::KeyType;
     use zeroize::Zeroizing;
 
     fn record(owner: &str, label: &str) -> KeyRecord {
