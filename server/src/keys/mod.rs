@@ -7,7 +7,7 @@
 //!     v
 //!  service.rs      store threads: one writer (group commit), readers (find, list, open)
 //!     v
-//!  store/          KeyStore trait; sqlite.rs (keys.db)
+//!  store/          KeyStore trait; sqlite/ (keys.db; row.rs validates rows)
 //!  seal.rs         master key (wrapped by argon2id passphrase or key file); record sealing
 //!  policy.rs       every rule about what may be done with a key
 //! ```
