@@ -63,11 +63,6 @@ impl SessionKeys {
         doomed.len()
     }
 
-    /// Whether `session` is live.
-    pub fn is_live(&self, session: u64) -> bool {
-        self.live.contains(&session)
-    }
-
     /// A session key of `client`.
     pub fn find(&self, client: &str, key: &KeyRef) -> Option<Arc<KeyHandle>> {
         let c = self.clients.get(client)?;

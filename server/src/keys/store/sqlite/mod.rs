@@ -178,11 +178,6 @@ impl SqliteStore {
             path: path.to_path_buf(),
         })
     }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Applies migrations from `from` to [`SCHEMA_VERSION`] in one transaction.
