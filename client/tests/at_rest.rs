@@ -1,0 +1,340 @@
+//! The durable store at rest, with the real `hsmd` and real SQLite files: tampered records are
+//! refused one by one, a damaged or foreign store refuses to start, no file holds a key in
+//! plaintext, and 100,000 keys start fast in memory bounded by the cache.
+// Tests may panic on unexpected results: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/store.rs"]
+mod store;
+
+use ferrohsm_proto::{KeyRef, KeyType, Status};
+use store::{Data, label, spec, sql, status};
+
+#[test]
+fn tampered_records_are_refused_and_every_other_key_still_works() {
+    let d = Data::init("alice,bob", &[]);
+    let daemon = d.start(&[]);
+    let (a, b) = (d.connect("alice"), d.connect("bob"));
+    // alice: flip 1, swapa 2, swapb 3, moved 4, fine 5, traded 6; bob: bobs 1, five deleted
+    // (2..6, never reused), bobtraded 7.
+    for l in ["flip", "swapa", "swapb", "moved", "fine", "traded"] {
+        a.block_on(a.client().generate_spec(spec(KeyType::Ed25519, l, false)))
+            .unwrap();
+    }
+    for l in ["bobs", "f2", "f3", "f4", "f5", "f6", "bobtraded"] {
+        b.block_on(b.client().generate_spec(spec(KeyType::Ed25519, l, false)))
+            .unwrap();
+    }
+    for l in ["f2", "f3", "f4", "f5", "f6"] {
+        b.block_on(b.client().delete(&label(l))).unwrap();
+    }
+    let fine_sig = a.sign(&label("fine"), b"m").unwrap();
+    drop((a, b));
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let db = sql(&d);
+    let blob = |l: &str| -> Vec<u8> {
+        db.query_row("SELECT sealed FROM keys WHERE label = ?1", [l], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let set = |l: &str, v: &[u8]| {
+        db.execute(
+            "UPDATE keys SET sealed = ?1 WHERE label = ?2",
+            rusqlite::params![v, l],
+        )
+        .unwrap();
+    };
+    // A byte flipped in one sealed record.
+    let mut f = blob("flip");
+    f[20] ^= 1;
+    set("flip", &f);
+    // Two records' material swapped.
+    let (sa, sb) = (blob("swapa"), blob("swapb"));
+    set("swapa", &sb);
+    set("swapb", &sa);
+    // Two records' owners swapped (alice has no id 7, bob no id 6).
+    db.execute_batch(
+        "UPDATE keys SET owner = 'tmp' WHERE owner = 'alice' AND label = 'traded';
+         UPDATE keys SET owner = 'alice' WHERE owner = 'bob' AND label = 'bobtraded';
+         UPDATE keys SET owner = 'bob' WHERE owner = 'tmp';",
+    )
+    .unwrap();
+    // A record moved to another owner (bob has no key with that id).
+    db.execute(
+        "UPDATE keys SET owner = 'bob', id = 99 WHERE owner = 'alice' AND label = 'moved'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+
+    let daemon = d.start(&[]);
+    let (a, b) = (d.connect("alice"), d.connect("bob"));
+    for l in ["flip", "swapa", "swapb"] {
+        assert_eq!(
+            status(a.sign(&label(l), b"m")),
+            Status::KeyStoreIntegrity,
+            "{l} must be refused"
+        );
+        assert_eq!(
+            status(a.block_on(a.client().info(&label(l)))),
+            Status::KeyStoreIntegrity
+        );
+    }
+    // Swapped owners: each side finds a record that is not its own, and refuses it.
+    assert_eq!(
+        status(a.sign(&label("bobtraded"), b"m")),
+        Status::KeyStoreIntegrity
+    );
+    assert_eq!(
+        status(b.sign(&label("traded"), b"m")),
+        Status::KeyStoreIntegrity
+    );
+    assert_eq!(status(a.sign(&label("traded"), b"m")), Status::KeyNotFound);
+    // The moved key is neither alice's any more nor usable by bob.
+    assert_eq!(status(a.sign(&label("moved"), b"m")), Status::KeyNotFound);
+    assert_eq!(
+        status(b.sign(&label("moved"), b"m")),
+        Status::KeyStoreIntegrity
+    );
+    assert_eq!(
+        status(b.sign(&KeyRef::Id(99), b"m")),
+        Status::KeyStoreIntegrity
+    );
+    // A damaged record is never dropped, not even by an explicit delete.
+    assert_eq!(
+        status(a.block_on(a.client().delete(&label("flip")))),
+        Status::KeyStoreIntegrity
+    );
+    assert_eq!(
+        status(b.block_on(b.client().delete(&KeyRef::Id(99)))),
+        Status::KeyStoreIntegrity
+    );
+    // Every other key keeps working, with its own material.
+    let sig = a.sign(&label("fine"), b"m").unwrap();
+    assert_eq!(
+        sig, fine_sig,
+        "Ed25519 is deterministic: the same key signed"
+    );
+    b.sign(&label("bobs"), b"m").unwrap();
+    let listed: Vec<String> = a
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.label.to_string())
+        .collect();
+    assert_eq!(listed, ["fine"]);
+    assert_eq!(
+        b.list()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.label.to_string())
+            .collect::<Vec<_>>(),
+        ["bobs"]
+    );
+    drop((a, b));
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // Still there, untouched, for the operator.
+    let n: i64 = sql(&d)
+        .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 8);
+}
+
+#[test]
+fn a_damaged_or_foreign_store_refuses_to_start() {
+    let d = Data::init("alice", &[]);
+    let daemon = d.start(&[]);
+    let a = d.connect("alice");
+    for i in 0..200 {
+        a.generate(&format!("k{i}").parse().unwrap(), KeyType::HmacSha256)
+            .unwrap();
+    }
+    drop(a);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let cfg = d.config();
+    let pristine = std::fs::read(d.db()).unwrap();
+    let _ = std::fs::remove_file(d.dir.join("keys.db-wal"));
+    let _ = std::fs::remove_file(d.dir.join("keys.db-shm"));
+
+    // A second hsmd on a store in use is refused.
+    let daemon = d.start(&[]);
+    let (code, err) = d.fails_while_running(&["--config", &cfg]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("in use by another hsmd"), "{err}");
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // Truncated.
+    std::fs::write(d.db(), &pristine[..pristine.len() / 2]).unwrap();
+    let (code, err) = d.fails(&["--config", &cfg], &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("keys.db") && (err.contains("integrity") || err.contains("malformed")),
+        "{err}"
+    );
+    // A schema from a newer hsmd.
+    std::fs::write(d.db(), &pristine).unwrap();
+    sql(&d).execute_batch("PRAGMA user_version = 7").unwrap();
+    let (code, err) = d.fails(&["--config", &cfg], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("schema version 7"), "{err}");
+    // Missing (for example after moving the data directory without it).
+    std::fs::remove_file(d.db()).unwrap();
+    let (code, err) = d.fails(&["--config", &cfg], &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("keys.db") && err.contains("hsmd init"),
+        "{err}"
+    );
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_file_in_the_data_directory_holds_a_key_in_plaintext() {
+    let d = Data::init("alice", &[]);
+    let daemon = d.start(&[]);
+    let a = d.connect("alice");
+    let c = a.client();
+    let mut secrets = Vec::new();
+    for (i, t) in KeyType::ALL.into_iter().enumerate() {
+        for n in 0..20 {
+            let l = format!("x{i}-{n}");
+            a.block_on(c.generate_spec(spec(t, &l, true))).unwrap();
+            secrets.push((
+                l.clone(),
+                a.block_on(c.export(&label(&l))).unwrap().to_vec(),
+            ));
+        }
+    }
+    // Deleted keys too: secure_delete overwrites their rows.
+    for (l, _) in secrets.iter().step_by(3) {
+        a.block_on(c.delete(&label(l))).unwrap();
+    }
+    let scan = |when: &str| {
+        let files = files_under(&d.dir);
+        assert!(files.iter().any(|f| f.ends_with("keys.db")));
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            for (l, s) in &secrets {
+                assert_eq!(s.len(), 32);
+                assert!(
+                    !contains(&bytes, s),
+                    "{when}: {} holds the plaintext of {l}",
+                    f.display()
+                );
+            }
+        }
+    };
+    scan("while running (WAL present)");
+    drop(a);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    scan("after shutdown");
+}
+
+#[test]
+fn a_hundred_thousand_keys_start_fast_and_memory_follows_the_cache() {
+    const N: u32 = 100_000;
+    let d = Data::init("alice", &[]);
+    // Fill the store through the server's own store code (a real SQLite file, sealed records),
+    // which is much faster than 100,000 keygens over the wire.
+    {
+        use ferrohsm_server::keys::store::{KeyRecord, KeyStore, Mutation, Origin};
+        let unlock =
+            ferrohsm_server::keys::unlock_for(&d.db(), Some(&d.dir.join("master.key")), None)
+                .unwrap();
+        let (mut store, master) = ferrohsm_server::keys::open_store(&d.db(), &unlock).unwrap();
+        let material = ferrohsm_server::keys::material::KeyMaterial::generate(KeyType::Ed25519)
+            .unwrap()
+            .to_stored();
+        for chunk in 0..N / 10_000 {
+            let batch = (0..10_000)
+                .map(|i| Mutation::Create {
+                    record: KeyRecord {
+                        owner: "alice".into(),
+                        id: 0,
+                        label: format!("k{}", chunk * 10_000 + i).parse().unwrap(),
+                        key_type: KeyType::Ed25519,
+                        usage: KeyType::Ed25519.allowed_usage(),
+                        exportable: false,
+                        origin: Origin::Generated,
+                        created: 1,
+                        version: 1,
+                    },
+                    secret: material.clone(),
+                })
+                .collect();
+            for r in store.commit(&master, batch).unwrap() {
+                r.unwrap();
+            }
+        }
+    }
+    let cfg = d.dir.join("hsmd.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("cache_keys = 4096", "cache_keys = 256")).unwrap();
+    let t = Instant::now();
+    let daemon = d.start(&[]);
+    let started = t.elapsed();
+    assert!(
+        started < Duration::from_secs(2),
+        "hsmd took {started:?} to start with {N} keys"
+    );
+    let a = d.connect("alice");
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // Sign with 3,000 different keys (far more than the cache holds), by label and by id.
+    let mut x: u32 = 12345;
+    let mut after_first = 0;
+    for i in 0..3000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let k = x % N;
+        let key = if i % 2 == 0 {
+            label(&format!("k{k}"))
+        } else {
+            KeyRef::Id(k + 1)
+        };
+        let sig = a.sign(&key, b"hundred thousand").unwrap();
+        assert_eq!(sig.len(), 64);
+        if i == 500 {
+            after_first = rss();
+        }
+    }
+    let end = rss();
+    // 100,000 opened keys would take tens of MiB; with 256 cached the growth after the first
+    // 500 signatures stays small.
+    assert!(
+        end < 64 * 1024,
+        "RSS {end} KiB: are all {N} keys in memory?"
+    );
+    assert!(
+        end < after_first + 8 * 1024,
+        "RSS grew from {after_first} KiB to {end} KiB while touching 2,500 more keys"
+    );
+    eprintln!("{N} keys: started in {started:?}; RSS {after_first} KiB -> {end} KiB");
+    drop(a);
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
