@@ -1,14 +1,79 @@
-//! The Ed25519 challenge-response that proves a client's name on transports without a TLS
-//! credential (plain TCP in the session; shared memory on its set-up socket).
+//! The one authenticator: maps what a transport proved (a [`Credential`]) plus the client's
+//! hello and proof to a configured client. Transports only run their handshakes and say what
+//! they proved; every identity rule lives here:
+//!
+//! - a TLS certificate or PSK identity names the client; the hello must name the same one;
+//! - with no credential (plain TCP) or Unix peer credentials (the shm set-up socket), the
+//!   client signs a fresh challenge with its Ed25519 auth key;
+//! - on the shm set-up socket the peer's uid must also be in the client's `allowed_uids`.
+//!
+//! An unknown name gets a challenge like a known one and fails at the proof with the same
+//! message, so the handshake reveals no client names.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use ferrohsm_proto::handshake::{Challenge, Hello, transcript};
 use ferrohsm_proto::{PROTOCOL_VERSION, Status};
+use ferrohsm_shm::handoff::PeerCred;
 
+use crate::config::ClientConfig;
 use crate::error::OpError;
-use crate::session::Shared;
+
+/// What a transport proved about its peer.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// Nothing (plain TCP): the client must prove its name with its auth key.
+    Nothing,
+    /// The names (subject CN, DNS SANs) of a client certificate that chains to the client CA.
+    Certificate(Vec<String>),
+    /// The identity of the TLS 1.3 pre-shared key the handshake succeeded with.
+    PskIdentity(Vec<u8>),
+    /// The kernel's credentials of a Unix-socket peer (shm set-up socket); the client still
+    /// proves its name, and its uid must be allowed.
+    UnixPeer(PeerCred),
+    /// A shared-memory ring whose set-up socket already authenticated `client`.
+    ShmSession {
+        /// The client proven on the set-up socket.
+        client: Arc<str>,
+        /// The peer process.
+        peer: PeerCred,
+    },
+}
+
+/// What a hello leads to.
+#[derive(Debug)]
+pub enum HelloStep {
+    /// Prove the name: sign this challenge.
+    Challenge(PendingProof, Challenge),
+    /// The credential proved the name already: the session opens.
+    Open(Arc<str>),
+}
+
+/// Maps credentials and proofs to configured clients.
+pub struct Authenticator {
+    clients: Arc<BTreeMap<String, ClientConfig>>,
+    // Certificate name (CN or DNS SAN) -> configured client.
+    cert_names: HashMap<String, Arc<str>>,
+    // PSK identity -> configured client.
+    psk_identities: HashMap<Vec<u8>, Arc<str>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn auth_failed() -> OpError {
+    OpError::new(
+        Status::AuthFailed,
+        "authentication failed: unknown client or proof not made with its auth key for this session",
+    )
+}
 
 /// Refuses a hello of another protocol version.
 pub fn check_version(h: &Hello) -> Result<(), OpError> {
@@ -22,6 +87,122 @@ pub fn check_version(h: &Hello) -> Result<(), OpError> {
             h.version
         ),
     ))
+}
+
+impl Authenticator {
+    /// Indexes every configured client's certificate names and PSK identity.
+    pub fn new(clients: Arc<BTreeMap<String, ClientConfig>>) -> Authenticator {
+        let mut cert_names = HashMap::new();
+        let mut psk_identities = HashMap::new();
+        for (name, cc) in clients.iter() {
+            let client: Arc<str> = Arc::from(name.as_str());
+            for n in &cc.tls_names {
+                cert_names.insert(n.clone(), client.clone());
+            }
+            if let Some((identity, _)) = &cc.psk {
+                psk_identities.insert(identity.as_bytes().to_vec(), client.clone());
+            }
+        }
+        Authenticator {
+            clients,
+            cert_names,
+            psk_identities,
+        }
+    }
+
+    /// The client a credential proves by itself, `None` when the client must still prove its
+    /// name, or why the credential is refused outright (a certificate or PSK identity that
+    /// names no configured client).
+    pub fn identify(&self, credential: &Credential) -> Result<Option<Arc<str>>, &'static str> {
+        match credential {
+            Credential::Nothing | Credential::UnixPeer(_) => Ok(None),
+            Credential::Certificate(names) => names
+                .iter()
+                .find_map(|n| self.cert_names.get(n).cloned())
+                .map(Some)
+                .ok_or("the client certificate names no configured client"),
+            Credential::PskIdentity(id) => self
+                .psk_identities
+                .get(id)
+                .cloned()
+                .map(Some)
+                .ok_or("TLS-PSK identity not configured"),
+            Credential::ShmSession { client, .. } => Ok(Some(client.clone())),
+        }
+    }
+
+    /// The answer to a hello on a connection with `credential`: the session opens when the
+    /// credential proved the named client, else a fresh challenge for `session_id`.
+    pub fn hello(
+        &self,
+        credential: &Credential,
+        hello: Hello,
+        session_id: u64,
+        peer: &str,
+    ) -> Result<HelloStep, OpError> {
+        check_version(&hello)?;
+        match self.identify(credential) {
+            Ok(Some(proven)) if *proven == hello.client => Ok(HelloStep::Open(proven)),
+            Ok(Some(proven)) => {
+                tracing::info!(%peer, proven = %proven, claimed = %hello.client, "hello names another client than the credential");
+                Err(OpError::new(
+                    Status::AuthFailed,
+                    format!(
+                        "this connection's credential does not belong to client {}",
+                        hello.client
+                    ),
+                ))
+            }
+            Err(why) => Err(OpError::new(Status::AuthFailed, why)),
+            Ok(None) => {
+                let mut nonce = [0u8; 32];
+                getrandom::fill(&mut nonce)
+                    .map_err(|_| OpError::internal("OS random source failed"))?;
+                let key = self
+                    .clients
+                    .get(&hello.client)
+                    .and_then(|c| c.auth_key)
+                    .map(Box::new);
+                Ok(HelloStep::Challenge(
+                    PendingProof {
+                        client: hello.client,
+                        session_id,
+                        nonce,
+                        key,
+                    },
+                    Challenge { session_id, nonce },
+                ))
+            }
+        }
+    }
+
+    /// Checks a proof against its challenge, then what the credential demands beyond the
+    /// name (the uid allow-list for a Unix peer). The proven client on success.
+    pub fn proof(
+        &self,
+        credential: &Credential,
+        pending: &PendingProof,
+        signature: &[u8],
+        peer: &str,
+    ) -> Result<Arc<str>, OpError> {
+        let client = pending.verify(signature, peer)?;
+        if let Credential::UnixPeer(cred) = credential {
+            let allowed = self
+                .clients
+                .get(&*client)
+                .and_then(|c| c.allowed_uids.as_ref());
+            if let Some(uids) = allowed
+                && !uids.contains(&cred.uid)
+            {
+                tracing::warn!(%peer, %client, uid = cred.uid, "peer uid not allowed for this client; refusing");
+                return Err(OpError::new(
+                    Status::PeerNotAllowed,
+                    format!("peer uid {} is not allowed for client {client}", cred.uid),
+                ));
+            }
+        }
+        Ok(client)
+    }
 }
 
 /// A challenge sent, waiting for its proof.
@@ -40,35 +221,10 @@ impl std::fmt::Debug for PendingProof {
     }
 }
 
-/// A fresh challenge for `client`. An unknown name gets one too (and fails at the proof), so
-/// the handshake reveals no client names.
-pub fn challenge(
-    shared: &Shared,
-    session_id: u64,
-    client: String,
-) -> Result<(PendingProof, Challenge), OpError> {
-    let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce).map_err(|_| OpError::internal("OS random source failed"))?;
-    let key = shared
-        .clients
-        .get(&client)
-        .and_then(|c| c.auth_key)
-        .map(Box::new);
-    Ok((
-        PendingProof {
-            client,
-            session_id,
-            nonce,
-            key,
-        },
-        Challenge { session_id, nonce },
-    ))
-}
-
 impl PendingProof {
     /// Checks the signature over this challenge's transcript; the proven client name on
     /// success. Every failure reads the same, whatever the cause.
-    pub fn verify(&self, signature: &[u8], peer: &str) -> Result<Arc<str>, OpError> {
+    fn verify(&self, signature: &[u8], peer: &str) -> Result<Arc<str>, OpError> {
         let t = transcript(&self.client, self.session_id, &self.nonce);
         let ok = self.key.as_ref().is_some_and(|k| {
             ed25519_dalek::Signature::from_slice(signature)
@@ -76,10 +232,7 @@ impl PendingProof {
         });
         if !ok {
             tracing::info!(%peer, claimed = %self.client, "authentication failed");
-            return Err(OpError::new(
-                Status::AuthFailed,
-                "authentication failed: unknown client or proof not made with its auth key for this session",
-            ));
+            return Err(auth_failed());
         }
         Ok(Arc::from(self.client.as_str()))
     }

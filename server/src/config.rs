@@ -4,6 +4,9 @@
 //! ```toml
 //! [server]
 //! workers = 0               # crypto worker threads; 0 = one per CPU
+//! session_threads = 0       # session arbiters (sockets, framing, cheap ops); 0 = one per CPU
+//! inline_max = 4096         # bytes up to which cheap ops (random, digest, AEAD, HMAC) run on
+//!                           # the session's own thread instead of a crypto worker; 0 = never
 //! pool_queue = 1024         # crypto jobs queued or running, at most
 //! window = 32               # requests in flight per session
 //! max_body = 1048576        # largest frame body, bytes
@@ -61,6 +64,8 @@ use crate::error::ServerError;
 #[serde(deny_unknown_fields)]
 struct RawServer {
     workers: Option<usize>,
+    session_threads: Option<usize>,
+    inline_max: Option<usize>,
     pool_queue: Option<usize>,
     window: Option<u32>,
     max_body: Option<u32>,
@@ -220,6 +225,10 @@ impl std::fmt::Debug for ClientConfig {
 pub struct Config {
     /// Crypto worker threads.
     pub workers: usize,
+    /// Session arbiters (threads that run sessions).
+    pub session_threads: usize,
+    /// Largest input a cheap operation runs inline on the session's thread (0: never).
+    pub inline_max: usize,
     /// Crypto jobs queued or running, at most.
     pub pool_queue: usize,
     /// Requests in flight per session.
@@ -251,6 +260,8 @@ impl Config {
     pub fn empty() -> Config {
         Config {
             workers: default_workers(),
+            session_threads: default_workers(),
+            inline_max: DEFAULT_INLINE_MAX,
             pool_queue: 1024,
             window: 32,
             max_body: ferrohsm_proto::DEFAULT_MAX_BODY,
@@ -282,6 +293,16 @@ impl Config {
         let s = raw.server;
         if let Some(w) = s.workers {
             c.workers = if w == 0 { default_workers() } else { w };
+        }
+        if let Some(n) = s.session_threads {
+            c.session_threads = if n == 0 {
+                default_workers()
+            } else {
+                n.min(256)
+            };
+        }
+        if let Some(n) = s.inline_max {
+            c.inline_max = n;
         }
         c.pool_queue = positive(s.pool_queue, c.pool_queue, "server.pool_queue").map_err(err)?;
         c.window = positive(s.window, c.window, "server.window").map_err(err)?;
@@ -508,6 +529,10 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
 pub fn encode_hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Cheap operations on inputs up to this size run on the session's thread (see BENCHMARKS.md:
+/// below it, a hop to a crypto worker costs more than the operation).
+pub const DEFAULT_INLINE_MAX: usize = 4096;
 
 fn default_workers() -> usize {
     std::thread::available_parallelism()

@@ -22,6 +22,40 @@ use crate::keys::material::KeyMaterial;
 use crate::keys::policy;
 use crate::session::Shared;
 
+/// Where a computation runs: on a crypto worker, or inline on the session's own arbiter
+/// when it costs less than the hop to a worker and back (cheap operations on inputs up to
+/// `inline_max` bytes; the threshold is measured in BENCHMARKS.md).
+struct Compute<'a> {
+    pool: &'a crate::crypto::pool::CryptoPool,
+    inline_max: usize,
+}
+
+impl Compute<'_> {
+    /// Runs `f` inline when `len` is small enough, else on the pool.
+    async fn cheap<T, F>(&self, len: usize, f: F) -> Result<T, OpError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, OpError> + Send + 'static,
+    {
+        if len <= self.inline_max {
+            // The same panic guard as a worker's: a crypto library's panic is `internal`.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .unwrap_or_else(|_| Err(OpError::internal("crypto operation panicked")))
+        } else {
+            self.pool.run(f).await
+        }
+    }
+
+    /// Always on the pool (signatures, key generation, derivation).
+    async fn run<T, F>(&self, f: F) -> Result<T, OpError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, OpError> + Send + 'static,
+    {
+        self.pool.run(f).await
+    }
+}
+
 /// Serves one request of an authenticated caller (never a handshake message or ping).
 pub async fn dispatch(
     shared: &Shared,
@@ -29,16 +63,19 @@ pub async fn dispatch(
     request: Request,
 ) -> Result<Response, OpError> {
     let km = &shared.km;
-    let pool = &shared.pool;
+    let pool = &Compute {
+        pool: &shared.pool,
+        inline_max: shared.inline_max,
+    };
     let bytes = Response::Bytes;
     let done = |_| Response::Done;
     match request {
         Request::Random { len } => {
             let n = policy::random_len(len)?;
-            pool.run(move || ops::random(n)).await.map(bytes)
+            pool.cheap(n, move || ops::random(n)).await.map(bytes)
         }
         Request::Digest { alg, data } => pool
-            .run(move || Ok(ops::digest(alg, &data)))
+            .cheap(data.len(), move || Ok(ops::digest(alg, &data)))
             .await
             .map(bytes),
         Request::Generate(spec) => {
@@ -102,7 +139,8 @@ pub async fn dispatch(
         } => {
             let h = km.authorize(&caller, &key, policy::ENCRYPT).await?;
             let plaintext = zeroize::Zeroizing::new(plaintext);
-            pool.run(move || ops::encrypt(&h.material, &plaintext, &aad))
+            let n = plaintext.len() + aad.len();
+            pool.cheap(n, move || ops::encrypt(&h.material, &plaintext, &aad))
                 .await
                 .map(bytes)
         }
@@ -113,21 +151,26 @@ pub async fn dispatch(
         } => {
             let h = km.authorize(&caller, &key, policy::DECRYPT).await?;
             // The plaintext leaves its zeroizing buffer only to be encoded into the response.
-            pool.run(move || ops::decrypt(&h.material, &ciphertext, &aad).map(|p| p.to_vec()))
-                .await
-                .map(bytes)
+            let n = ciphertext.len() + aad.len();
+            pool.cheap(n, move || {
+                ops::decrypt(&h.material, &ciphertext, &aad).map(|p| p.to_vec())
+            })
+            .await
+            .map(bytes)
         }
         Request::Mac { key, data } => {
             let h = km.authorize(&caller, &key, policy::MAC).await?;
-            pool.run(move || ops::mac(&h.material, &data))
+            pool.cheap(data.len(), move || ops::mac(&h.material, &data))
                 .await
                 .map(bytes)
         }
         Request::MacVerify { key, data, mac } => {
             let h = km.authorize(&caller, &key, policy::MAC).await?;
-            pool.run(move || ops::mac_verify(&h.material, &data, &mac))
-                .await
-                .map(done)
+            pool.cheap(data.len(), move || {
+                ops::mac_verify(&h.material, &data, &mac)
+            })
+            .await
+            .map(done)
         }
         other => Err(OpError::new(
             Status::ProtocolViolation,

@@ -26,6 +26,7 @@
 //! use it with port 0).
 #![forbid(unsafe_code)]
 
+pub mod arbiters;
 pub mod auth;
 pub mod config;
 pub mod crypto;
@@ -133,18 +134,26 @@ where
     let pool = crypto::pool::CryptoPool::start(config.workers, config.pool_queue)
         .map_err(|e| ServerError::io("cannot start crypto workers", e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(session::Shared::new(&config, km, pool, stop_rx));
+    let arbiters = Arc::new(arbiters::SessionArbiters::start(config.session_threads));
+    let shared = Arc::new(session::Shared::new(
+        &config,
+        km,
+        pool,
+        arbiters.clone(),
+        stop_rx,
+    ));
     // Build every acceptor before binding anything, so a bad certificate or key fails fast.
     let cert_tls = match &config.tls {
         Some(t) => Some(listener::Secured(listener::tls::CertTls::new(
             ferrohsm_tls::server::CertAcceptor::new(&t.ca, &t.cert, &t.key, t.allow_tls12)
                 .map_err(|e| ServerError::Config(format!("[tls]: {e}")))?,
-            &shared,
         ))),
         None => None,
     };
     let psk = match &config.tls_psk {
-        Some(_) => Some(listener::Secured(listener::psk::TlsPsk::new(&shared)?)),
+        Some(_) => Some(listener::Secured(listener::psk::TlsPsk::new(
+            &config.clients,
+        )?)),
         None => None,
     };
     let max = config.max_connections;
@@ -167,9 +176,12 @@ where
     if let Some(t) = &config.shm {
         let l = listener::shm::bind(&t.socket, t.mode)?;
         bound.shm = Some(t.socket.clone());
-        listener::shm::ShmListener::new(l, shared.clone(), max, t.ring_size).start();
+        let shm = listener::shm::Shm {
+            ring_size: t.ring_size,
+        };
+        listener::Listener::new(l, shared.clone(), max, shm).start();
     }
-    tracing::info!(listening = %bound, clients = config.clients.len(), workers = config.workers, "hsmd ready");
+    tracing::info!(listening = %bound, clients = config.clients.len(), workers = config.workers, session_threads = arbiters.len(), "hsmd ready");
     ready(&bound);
     shutdown.await;
     tracing::info!("shutting down: no new work; finishing requests in flight");
@@ -186,6 +198,8 @@ where
         changes = stats.mutations.load(std::sync::atomic::Ordering::Relaxed),
         "key store: every acknowledged change is on disk"
     );
+    drop(shared);
+    arbiters.stop();
     actix::System::current().stop();
     Ok(())
 }

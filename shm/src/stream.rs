@@ -1,9 +1,14 @@
 //! [`ShmStream`]: the two rings of a segment as a tokio `AsyncRead` + `AsyncWrite` pair.
 //!
 //! Reading and writing copy straight between the caller's buffer and the ring, in the caller's
-//! task. Only when a ring is empty (reader) or full (writer) does the caller park: it leaves its
-//! waker and a per-endpoint watcher thread waits on this side's futex bell (spinning briefly
-//! first) and wakes the task when the peer has published. An idle endpoint's watcher sleeps.
+//! task. When a ring is empty (reader) or full (writer), the task first spins *in its own
+//! runtime* for [`doorbell::SPIN`]: it wakes itself and returns `Pending`, so the executor that
+//! owns the session (an hsmd session arbiter, the client's runtime) polls the ring again after
+//! its other ready tasks, with no thread hop and no system call on either side. Only after the
+//! spin window does the task park: it leaves its waker, and the endpoint's watcher thread
+//! announces the sleep on this side's futex bell and waits there until the peer rings. While
+//! nothing is parked the watcher sleeps on a process-local park, not on the shared bell, so the
+//! peer never makes a system call for a side that is spinning; an idle endpoint costs nothing.
 
 use std::io;
 use std::pin::Pin;
@@ -33,6 +38,8 @@ struct Inner {
     read_pos: AtomicU64,
     write_pos: AtomicU64,
     on_close: tokio::sync::Notify,
+    // The watcher thread, unparked when a task parks or the stream closes.
+    watcher: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Inner {
@@ -68,6 +75,14 @@ impl Inner {
             if let Some(w) = Self::lock(slot).take() {
                 w.wake();
             }
+        }
+        self.nudge();
+    }
+
+    /// Makes the watcher look: out of its local park, or off the bell if it sleeps there.
+    fn nudge(&self) {
+        if let Some(t) = self.watcher.get() {
+            t.unpark();
         }
         doorbell::kick(self.seg.bells(self.side).0);
     }
@@ -111,12 +126,43 @@ fn watch(inner: Arc<Inner>) {
     while !inner.is_closed() {
         let waiting =
             inner.read_waiting.load(Ordering::SeqCst) || inner.write_waiting.load(Ordering::SeqCst);
-        doorbell::wait(mine, WATCH_TIMEOUT, waiting, || {
+        if !waiting {
+            // Nothing parked: tasks are busy or spinning. Sleep locally, so the peer sees no
+            // sleeper on the bell and publishes without a system call.
+            std::thread::park_timeout(WATCH_TIMEOUT);
+            continue;
+        }
+        // A task parked after its spin window: sleep on the shared bell (no more spinning).
+        doorbell::wait(mine, WATCH_TIMEOUT, || {
             inner.is_closed() || inner.read_ready() || inner.write_ready()
         });
         inner.wake_ready();
     }
     inner.wake_ready();
+}
+
+/// Where a waiting half is in its wait: spinning in its task since an instant, or parked.
+#[derive(Debug, Default)]
+struct Spin(Option<std::time::Instant>);
+
+impl Spin {
+    /// Whether to keep spinning (the task has woken itself): true within the spin window of
+    /// this wait. Yields the thread between polls, so on a busy machine the threads doing real
+    /// work (crypto workers, the peer) get the core.
+    fn keep_spinning(&mut self, cx: &Context<'_>) -> bool {
+        let now = std::time::Instant::now();
+        let since = *self.0.get_or_insert(now);
+        if now.duration_since(since) >= doorbell::SPIN {
+            return false;
+        }
+        std::thread::yield_now();
+        cx.waker().wake_by_ref();
+        true
+    }
+
+    fn reset(&mut self) {
+        self.0 = None;
+    }
 }
 
 /// Builds the endpoint of one side.
@@ -143,22 +189,27 @@ impl ShmStream {
             read_pos: AtomicU64::new(tail),
             write_pos: AtomicU64::new(head),
             on_close: tokio::sync::Notify::new(),
+            watcher: std::sync::OnceLock::new(),
         });
         let w = inner.clone();
-        std::thread::Builder::new()
+        let t = std::thread::Builder::new()
             .name(format!(
                 "shm-{}",
                 if side == Side::Server { "srv" } else { "cli" }
             ))
+            .stack_size(64 * 1024)
             .spawn(move || watch(w))?;
+        let _ = inner.watcher.set(t.thread().clone());
         Ok((
             ShmReader {
                 inner: inner.clone(),
                 tail,
+                spin: Spin::default(),
             },
             ShmWriter {
                 inner: inner.clone(),
                 head,
+                spin: Spin::default(),
             },
             Closer { inner },
         ))
@@ -224,12 +275,14 @@ impl Closer {
 pub struct ShmReader {
     inner: Arc<Inner>,
     tail: u64,
+    spin: Spin,
 }
 
 /// Writing half.
 pub struct ShmWriter {
     inner: Arc<Inner>,
     head: u64,
+    spin: Spin,
 }
 
 impl std::fmt::Debug for ShmReader {
@@ -283,15 +336,21 @@ impl AsyncRead for ShmReader {
                     )));
                 }
                 Ok(0) if inner.is_closed() => return Poll::Ready(Ok(())),
+                Ok(0) if attempt == 0 && this.spin.keep_spinning(cx) => return Poll::Pending,
                 Ok(0) if attempt == 0 => {
                     // Park, then look once more: data published in between is not lost,
                     // since the watcher also checks after we registered.
                     *Inner::lock(&inner.read_waker) = Some(cx.waker().clone());
                     inner.read_waiting.store(true, Ordering::SeqCst);
-                    doorbell::kick(inner.seg.bells(inner.side).0);
+                    inner.nudge();
                 }
-                Ok(0) => return Poll::Pending,
+                Ok(0) => {
+                    // Parked; the next wait starts a fresh spin window.
+                    this.spin.reset();
+                    return Poll::Pending;
+                }
                 Ok(n) => {
+                    this.spin.reset();
                     buf.advance(n);
                     inner.read_pos.store(this.tail, Ordering::Relaxed);
                     inner.read_waiting.store(false, Ordering::SeqCst);
@@ -334,13 +393,20 @@ impl AsyncWrite for ShmWriter {
                         e.to_string(),
                     )));
                 }
+                Ok(0) if !src.is_empty() && attempt == 0 && this.spin.keep_spinning(cx) => {
+                    return Poll::Pending;
+                }
                 Ok(0) if !src.is_empty() && attempt == 0 => {
                     *Inner::lock(&inner.write_waker) = Some(cx.waker().clone());
                     inner.write_waiting.store(true, Ordering::SeqCst);
-                    doorbell::kick(inner.seg.bells(inner.side).0);
+                    inner.nudge();
                 }
-                Ok(0) if !src.is_empty() => return Poll::Pending,
+                Ok(0) if !src.is_empty() => {
+                    this.spin.reset();
+                    return Poll::Pending;
+                }
                 Ok(n) => {
+                    this.spin.reset();
                     inner.write_pos.store(this.head, Ordering::Relaxed);
                     inner.write_waiting.store(false, Ordering::SeqCst);
                     doorbell::ring(inner.seg.bells(inner.side).1);

@@ -1,15 +1,19 @@
-//! Transport listeners: accept connections and hand each to [`crate::session::serve`]. A
-//! listener only moves bytes and names the peer (and, for TLS, the client its credential
-//! proves); identity policy and everything after live in the session.
+//! Transport listeners: thin actix actors that accept connections, place each on a session
+//! arbiter, run the transport's handshake there and hand `(stream, credential)` to
+//! [`crate::session::serve`]. What the credential proves is decided by the one
+//! [`crate::auth::Authenticator`]; a listener only moves bytes and says what its handshake
+//! proved.
 //!
-//! One generic [`Listener`] actor runs the accept loop (shutdown, per-listener connection
-//! limit); a [`Transport`] decides what happens to an accepted socket.
+//! One generic [`Listener`] actor runs every accept loop (TCP and the shm set-up socket alike):
+//! shutdown, the per-listener connection limit, and bounded refusals. An [`Accept`] is the bound
+//! socket; a [`Transport`] decides what happens to an accepted one on its arbiter.
 
 pub mod psk;
 pub mod shm;
 pub mod tcp;
 pub mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,9 +21,11 @@ use actix::{Actor, AsyncContext, Context, WrapFuture};
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{ErrorBody, Status};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::arbiters::Placement;
+use crate::auth::Credential;
 use crate::session::{Conn, Shared, serve};
 
 /// Tells a refused peer why, in one error frame, then closes.
@@ -29,101 +35,174 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, mes
     let _ = wr.shutdown().await;
 }
 
-/// What differs between the TLS transports: how the handshake runs and which configured
-/// client its credential names. Everything else is [`Secured`].
-pub trait Handshake: Clone + Unpin + 'static {
+/// A connection's hold on its listener's limit and on its arbiter's load count; released
+/// when the connection ends.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _placement: Placement,
+}
+
+/// A tokio socket that can leave the runtime it was accepted on and join another.
+pub trait Detach: Sized {
+    /// The runtime-free socket that travels between threads.
+    type Std: Send + 'static;
+    /// Leaves this runtime.
+    fn detach(self) -> std::io::Result<Self::Std>;
+    /// Registers with the current runtime (called on the session arbiter).
+    fn attach(s: Self::Std) -> std::io::Result<Self>;
+}
+
+impl Detach for TcpStream {
+    type Std = std::net::TcpStream;
+    fn detach(self) -> std::io::Result<Self::Std> {
+        self.into_std()
+    }
+    fn attach(s: Self::Std) -> std::io::Result<Self> {
+        TcpStream::from_std(s)
+    }
+}
+
+impl Detach for UnixStream {
+    type Std = std::os::unix::net::UnixStream;
+    fn detach(self) -> std::io::Result<Self::Std> {
+        self.into_std()
+    }
+    fn attach(s: Self::Std) -> std::io::Result<Self> {
+        UnixStream::from_std(s)
+    }
+}
+
+/// A bound socket that accepts connections.
+pub trait Accept: Unpin + 'static {
+    /// An accepted connection.
+    type Socket: Detach;
+    /// Who connected, as the kernel says (for logs and credentials).
+    type Peer: Send + std::fmt::Display + 'static;
+    /// The next connection.
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Socket, Self::Peer)>>;
+}
+
+impl Accept for TcpListener {
+    type Socket = TcpStream;
+    type Peer = SocketAddr;
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let (s, peer) = TcpListener::accept(self).await?;
+        // Small frames, request/response: latency matters more than packet count.
+        let _ = s.set_nodelay(true);
+        Ok((s, peer))
+    }
+}
+
+/// The process at the other end of a Unix socket.
+#[derive(Debug, Clone, Copy)]
+pub struct UnixPeer(pub ferrohsm_shm::handoff::PeerCred);
+
+impl std::fmt::Display for UnixPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid={},uid={}", self.0.pid, self.0.uid)
+    }
+}
+
+impl Accept for UnixListener {
+    type Socket = UnixStream;
+    type Peer = UnixPeer;
+    async fn accept(&self) -> std::io::Result<(UnixStream, UnixPeer)> {
+        loop {
+            let (s, _) = UnixListener::accept(self).await?;
+            // A peer whose credentials cannot be read (gone already) is not served.
+            if let Ok(cred) = ferrohsm_shm::handoff::peer_cred(&s) {
+                return Ok((s, UnixPeer(cred)));
+            }
+        }
+    }
+}
+
+/// What a listener does with an accepted connection, on the session arbiter it was placed on.
+pub trait Transport: Clone + Send + Unpin + 'static {
+    /// Name for logs (`tcp`, `tls`, `tls-psk`, `shm`).
+    const NAME: &'static str;
+    /// The bound socket.
+    type Listen: Accept;
+    /// Handshakes and serves the connection; `slot` must live as long as it.
+    fn start(
+        self,
+        shared: Arc<Shared>,
+        socket: <Self::Listen as Accept>::Socket,
+        peer: <Self::Listen as Accept>::Peer,
+        slot: Slot,
+    ) -> impl Future<Output = ()> + 'static;
+
+    /// Tells a peer over the connection limit why it is refused, in a form it can read (TLS
+    /// transports finish the handshake first). `slot` bounds how many refusals run at once.
+    fn refuse(
+        self,
+        shared: Arc<Shared>,
+        socket: <Self::Listen as Accept>::Socket,
+        slot: Slot,
+    ) -> impl Future<Output = ()> + 'static
+    where
+        <Self::Listen as Accept>::Socket: AsyncWrite + Unpin + 'static,
+    {
+        let _ = shared;
+        async move {
+            refuse(socket, Status::Busy, "too many connections").await;
+            drop(slot);
+        }
+    }
+}
+
+/// What differs between the TLS transports: how the handshake runs. Everything else is
+/// [`Secured`].
+pub trait Handshake: Clone + Send + Unpin + 'static {
     /// Name for logs.
     const NAME: &'static str;
     /// The encrypted stream.
     type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
-    /// What the handshake proved (certificate names, PSK identity).
-    type Credential;
-    /// Runs the handshake within `timeout`.
+    /// Runs the handshake within `timeout`; the stream and what the handshake proved.
     fn handshake(
         &self,
         tcp: TcpStream,
         timeout: std::time::Duration,
-    ) -> impl std::future::Future<
-        Output = Result<(Self::Stream, Self::Credential), ferrohsm_tls::TlsError>,
-    > + 'static;
-    /// The configured client the credential names, or why none.
-    fn identify(&self, credential: Self::Credential) -> Result<Arc<str>, &'static str>;
+    ) -> impl Future<Output = Result<(Self::Stream, Credential), ferrohsm_tls::TlsError>> + 'static;
 }
 
-/// A TLS transport: handshake (bounded by the handshake timeout), the client named by the
-/// credential, then the session; over the limit, a readable `busy` after the handshake.
+/// A TLS transport: handshake (bounded by the handshake timeout), the client the credential
+/// names, then the session; over the limit, a readable `busy` after the handshake.
 #[derive(Debug, Clone)]
 pub struct Secured<H>(pub H);
 
 impl<H: Handshake> Transport for Secured<H> {
     const NAME: &'static str = H::NAME;
+    type Listen = TcpListener;
 
-    fn start(
-        &self,
-        shared: &Arc<Shared>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        slot: OwnedSemaphorePermit,
-    ) {
-        let (h, shared) = (self.0.clone(), shared.clone());
-        actix::spawn(async move {
-            let (tls, credential) = match h.handshake(stream, shared.handshake_timeout).await {
-                Ok(ok) => ok,
-                Err(e) => {
-                    return tracing::info!(transport = H::NAME, %peer, reason = %e, "TLS handshake failed");
-                }
-            };
-            let (rd, wr) = tokio::io::split(tls);
-            match h.identify(credential) {
-                Ok(client) => {
-                    let conn = Conn {
-                        peer: format!("{}:{peer}", H::NAME),
-                        proven: Some(client),
-                        session_id: None,
-                        slot,
-                    };
-                    serve(shared, rd, wr, conn);
-                }
-                Err(why) => {
-                    tracing::warn!(transport = H::NAME, %peer, "{why}");
-                    refuse(wr, Status::AuthFailed, why).await;
-                }
+    async fn start(self, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+        let (tls, credential) = match self.0.handshake(stream, shared.handshake_timeout).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                return tracing::info!(transport = H::NAME, %peer, reason = %e, "TLS handshake failed");
             }
-        });
+        };
+        let (rd, wr) = tokio::io::split(tls);
+        // A credential that names no configured client is refused before any hello.
+        if let Err(why) = shared.auth.identify(&credential) {
+            tracing::warn!(transport = H::NAME, %peer, "{why}");
+            return refuse(wr, Status::AuthFailed, why).await;
+        }
+        let conn = Conn {
+            peer: format!("{}:{peer}", H::NAME),
+            credential,
+            session_id: None,
+            slot,
+        };
+        serve(shared, rd, wr, conn);
     }
 
-    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
-        let handshake = self.0.handshake(stream, shared.handshake_timeout);
-        actix::spawn(async move {
-            if let Ok((tls, _)) = handshake.await {
-                refuse(tls, Status::Busy, "too many connections").await;
-            }
-            drop(slot);
-        });
-    }
-}
-
-/// What a listener does with an accepted connection.
-pub trait Transport: Unpin + 'static {
-    /// Name for logs (`tcp`, `tls`, `tls-psk`).
-    const NAME: &'static str;
-    /// Takes over an accepted socket; `slot` must live as long as the connection.
-    fn start(
-        &self,
-        shared: &Arc<Shared>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        slot: OwnedSemaphorePermit,
-    );
-
-    /// Tells a peer over the connection limit why it is refused, in a form it can read (TLS
-    /// transports finish the handshake first). `slot` bounds how many refusals run at once.
-    fn refuse(&self, shared: &Arc<Shared>, stream: TcpStream, slot: OwnedSemaphorePermit) {
-        let _ = shared;
-        actix::spawn(async move {
-            refuse(stream, Status::Busy, "too many connections").await;
-            drop(slot);
-        });
+    async fn refuse(self, shared: Arc<Shared>, stream: TcpStream, slot: Slot) {
+        if let Ok((tls, _)) = self.0.handshake(stream, shared.handshake_timeout).await {
+            refuse(tls, Status::Busy, "too many connections").await;
+        }
+        drop(slot);
     }
 }
 
@@ -133,11 +212,11 @@ const MAX_REFUSALS: usize = 16;
 
 /// Accepts connections until shutdown, at most `max_connections` at once.
 pub struct Listener<T: Transport> {
-    listener: Option<TcpListener>,
+    listener: Option<T::Listen>,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
-    transport: Option<T>,
+    transport: T,
 }
 
 impl<T: Transport> std::fmt::Debug for Listener<T> {
@@ -151,7 +230,7 @@ impl<T: Transport> std::fmt::Debug for Listener<T> {
 impl<T: Transport> Listener<T> {
     /// A listener over an already bound socket.
     pub fn new(
-        listener: TcpListener,
+        listener: T::Listen,
         shared: Arc<Shared>,
         max_connections: usize,
         transport: T,
@@ -161,19 +240,52 @@ impl<T: Transport> Listener<T> {
             shared,
             connections: Arc::new(Semaphore::new(max_connections)),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
-            transport: Some(transport),
+            transport,
         }
     }
 }
 
-impl<T: Transport> Actor for Listener<T> {
+/// Moves an accepted socket to the least-loaded session arbiter and runs `work` on it there.
+fn place<T: Transport, F, Fut>(
+    shared: &Arc<Shared>,
+    socket: <T::Listen as Accept>::Socket,
+    permit: OwnedSemaphorePermit,
+    work: F,
+) where
+    F: FnOnce(<T::Listen as Accept>::Socket, Slot) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let std = match socket.detach() {
+        Ok(s) => s,
+        Err(e) => {
+            return tracing::warn!(transport = T::NAME, error = %e, "cannot hand over a connection");
+        }
+    };
+    shared.arbiters().place(move |placement| async move {
+        let slot = Slot {
+            _permit: permit,
+            _placement: placement,
+        };
+        match <<T::Listen as Accept>::Socket as Detach>::attach(std) {
+            Ok(socket) => work(socket, slot).await,
+            Err(e) => {
+                tracing::warn!(transport = T::NAME, error = %e, "cannot take over a connection")
+            }
+        }
+    });
+}
+
+impl<T: Transport> Actor for Listener<T>
+where
+    <T::Listen as Accept>::Socket: AsyncWrite + Unpin + 'static,
+{
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (Some(listener), Some(transport)) = (self.listener.take(), self.transport.take())
-        else {
+        let Some(listener) = self.listener.take() else {
             return;
         };
+        let transport = self.transport.clone();
         let shared = self.shared.clone();
         let connections = self.connections.clone();
         let refusals = self.refusals.clone();
@@ -185,7 +297,7 @@ impl<T: Transport> Actor for Listener<T> {
                         a = listener.accept() => a,
                         _ = shutdown.wait_for(|s| *s) => return,
                     };
-                    let (stream, peer) = match accepted {
+                    let (socket, peer) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
                             // Out of file descriptors and the like: back off, keep serving.
@@ -194,14 +306,17 @@ impl<T: Transport> Actor for Listener<T> {
                             continue;
                         }
                     };
-                    // Small frames, request/response: latency matters more than packet count.
-                    let _ = stream.set_nodelay(true);
+                    let (t, sh) = (transport.clone(), shared.clone());
                     match connections.clone().try_acquire_owned() {
-                        Ok(slot) => transport.start(&shared, stream, peer, slot),
+                        Ok(permit) => place::<T, _, _>(&shared, socket, permit, move |s, slot| {
+                            t.start(sh, s, peer, slot)
+                        }),
                         Err(_) => {
                             tracing::warn!(transport = T::NAME, %peer, "connection limit reached; refusing");
-                            if let Ok(slot) = refusals.clone().try_acquire_owned() {
-                                transport.refuse(&shared, stream, slot);
+                            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                                place::<T, _, _>(&shared, socket, permit, move |s, slot| {
+                                    t.refuse(sh, s, slot)
+                                });
                             }
                         }
                     }

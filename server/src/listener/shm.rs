@@ -17,17 +17,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use actix::{Actor, AsyncContext, Context, WrapFuture};
 use ferrohsm_proto::frame::Decoded;
 use ferrohsm_proto::handshake::Welcome;
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{Frame, FrameDecoder, Request, Response, Status};
-use ferrohsm_shm::handoff::{PeerCred, peer_cred, send_with_fd};
+use ferrohsm_shm::handoff::{PeerCred, send_with_fd};
 use ferrohsm_shm::{Segment, ShmStream, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::{Slot, Transport, UnixPeer};
+use crate::auth::{Credential, HelloStep};
 use crate::error::{OpError, ServerError};
 use crate::session::{Conn, Shared, serve};
 
@@ -54,90 +54,26 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     Ok(l)
 }
 
-/// Accepts shared-memory sessions until shutdown.
-pub struct ShmListener {
-    listener: Option<UnixListener>,
-    shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
-    ring_size: u32,
+/// The shared-memory transport: set-up handshake on the Unix socket, then the session on
+/// the rings of a fresh segment.
+#[derive(Debug, Clone, Copy)]
+pub struct Shm {
+    /// Bytes per ring.
+    pub ring_size: u32,
 }
 
-impl std::fmt::Debug for ShmListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShmListener")
-            .field("ring_size", &self.ring_size)
-            .finish_non_exhaustive()
-    }
-}
+impl Transport for Shm {
+    const NAME: &'static str = "shm";
+    type Listen = UnixListener;
 
-impl ShmListener {
-    /// A listener on a bound socket.
-    pub fn new(
-        listener: UnixListener,
+    fn start(
+        self,
         shared: Arc<Shared>,
-        max_connections: usize,
-        ring_size: u32,
-    ) -> Self {
-        ShmListener {
-            listener: Some(listener),
-            shared,
-            connections: Arc::new(Semaphore::new(max_connections)),
-            ring_size,
-        }
-    }
-}
-
-impl Actor for ShmListener {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(listener) = self.listener.take() else {
-            return;
-        };
-        let (shared, connections, ring) = (
-            self.shared.clone(),
-            self.connections.clone(),
-            self.ring_size,
-        );
-        let mut shutdown = shared.shutdown.clone();
-        ctx.spawn(
-            async move {
-                loop {
-                    let stream = tokio::select! {
-                        a = listener.accept() => match a {
-                            Ok((s, _)) => s,
-                            Err(e) => {
-                                tracing::warn!(transport = "shm", error = %e, "accept failed");
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                                continue;
-                            }
-                        },
-                        _ = shutdown.wait_for(|s| *s) => return,
-                    };
-                    let Ok(cred) = peer_cred(&stream) else {
-                        continue;
-                    };
-                    match connections.clone().try_acquire_owned() {
-                        Ok(slot) => {
-                            actix::spawn(set_up(shared.clone(), stream, cred, ring, slot));
-                        }
-                        Err(_) => {
-                            tracing::warn!(
-                                transport = "shm",
-                                pid = cred.pid,
-                                "connection limit reached; refusing"
-                            );
-                            actix::spawn(super::refuse(
-                                stream,
-                                Status::Busy,
-                                "too many connections",
-                            ));
-                        }
-                    }
-                }
-            }
-            .into_actor(self),
-        );
+        socket: UnixStream,
+        peer: UnixPeer,
+        slot: Slot,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        set_up(shared, socket, peer, self.ring_size, slot)
     }
 }
 
@@ -176,14 +112,8 @@ async fn request(
 
 /// Hello, challenge, proof and the uid check on the socket; then the segment goes to the
 /// client and the session starts on it.
-async fn set_up(
-    shared: Arc<Shared>,
-    mut s: UnixStream,
-    cred: PeerCred,
-    ring: u32,
-    slot: OwnedSemaphorePermit,
-) {
-    let peer = format!("shm:pid={},uid={}", cred.pid, cred.uid);
+async fn set_up(shared: Arc<Shared>, mut s: UnixStream, unix: UnixPeer, ring: u32, slot: Slot) {
+    let (peer, cred) = (format!("shm:{unix}"), unix.0);
     let timeout = shared.handshake_timeout;
     let shared2 = shared.clone();
     let outcome = tokio::time::timeout(timeout, handshake(&shared2, &mut s, &cred, &peer)).await;
@@ -245,7 +175,7 @@ async fn set_up(
         wr,
         Conn {
             peer: peer.clone(),
-            proven: Some(client),
+            credential: Credential::ShmSession { client, peer: cred },
             session_id: Some(session_id),
             slot,
         },
@@ -286,10 +216,16 @@ async fn handshake(
             rid,
         ));
     };
-    crate::auth::check_version(&h).map_err(|e| (e, op, rid))?;
     let session_id = shared.new_session_id();
-    let (pending, challenge) =
-        crate::auth::challenge(shared, session_id, h.client).map_err(|e| (e, op, rid))?;
+    let credential = Credential::UnixPeer(*cred);
+    let step = shared
+        .auth
+        .hello(&credential, h, session_id, peer)
+        .map_err(|e| (e, op, rid))?;
+    let HelloStep::Challenge(pending, challenge) = step else {
+        // Unix peer credentials never prove a name by themselves.
+        return Err((OpError::internal("unexpected hello step"), op, rid));
+    };
     let frame = Response::Challenge(challenge).to_frame(op, rid).encode();
     s.write_all(&frame)
         .await
@@ -302,23 +238,10 @@ async fn handshake(
             rid,
         ));
     };
-    let client = pending
-        .verify(&p.signature, peer)
+    // The name, and then that this process may run as that client (allowed_uids).
+    let client = shared
+        .auth
+        .proof(&credential, &pending, &p.signature, peer)
         .map_err(|e| (e, op, rid))?;
-    // The name is proven; now the process must also be one this client may run as.
-    let allowed = shared
-        .clients
-        .get(&*client)
-        .and_then(|c| c.allowed_uids.as_ref());
-    if let Some(uids) = allowed
-        && !uids.contains(&cred.uid)
-    {
-        tracing::warn!(%peer, %client, uid = cred.uid, "peer uid not allowed for this client; refusing");
-        let e = OpError::new(
-            Status::PeerNotAllowed,
-            format!("peer uid {} is not allowed for client {client}", cred.uid),
-        );
-        return Err((e, op, rid));
-    }
     Ok((client, session_id, op, rid))
 }

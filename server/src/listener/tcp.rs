@@ -1,12 +1,13 @@
-//! Plain TCP: the client proves its name with the Ed25519 challenge in the session.
+//! Plain TCP: nothing proven by the transport; the client proves its name with the Ed25519
+//! challenge in the session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::net::{TcpListener, TcpStream};
 
-use super::Transport;
+use super::{Slot, Transport};
+use crate::auth::Credential;
 use crate::session::{Conn, Shared, serve};
 
 /// The plain TCP transport.
@@ -15,25 +16,16 @@ pub struct Tcp;
 
 impl Transport for Tcp {
     const NAME: &'static str = "tcp";
+    type Listen = TcpListener;
 
-    fn start(
-        &self,
-        shared: &Arc<Shared>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        slot: OwnedSemaphorePermit,
-    ) {
+    async fn start(self, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         let (rd, wr) = stream.into_split();
-        serve(
-            shared.clone(),
-            rd,
-            wr,
-            Conn {
-                peer: format!("tcp:{peer}"),
-                proven: None,
-                session_id: None,
-                slot,
-            },
-        );
+        let conn = Conn {
+            peer: format!("tcp:{peer}"),
+            credential: Credential::Nothing,
+            session_id: None,
+            slot,
+        };
+        serve(shared, rd, wr, conn);
     }
 }

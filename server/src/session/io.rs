@@ -7,7 +7,7 @@ use ferrohsm_proto::frame::Decoded;
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{ErrorBody, FrameDecoder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Close, Inbound, Outbound, Session, Shared, Ticket};
 
@@ -90,7 +90,7 @@ async fn pump<R: AsyncRead + Unpin>(
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Outbound>,
-    _slot: OwnedSemaphorePermit,
+    slot: crate::listener::Slot,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut done = Vec::new();
@@ -114,5 +114,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         // Responses are on the wire: give their window slots back.
         done.clear();
     }
+    // The slot is free before the peer can see the close, so a client that saw its old
+    // connection end never finds the slot still taken (listener and session may run on
+    // different threads).
+    drop(slot);
     let _ = wr.shutdown().await;
 }

@@ -25,13 +25,13 @@ mod shared;
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
-use ferrohsm_proto::handshake::{Challenge, Hello, Welcome};
+use ferrohsm_proto::handshake::{Hello, Welcome};
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{Frame, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use crate::auth::PendingProof;
+use crate::auth::{Credential, HelloStep, PendingProof};
 use crate::error::OpError;
 use crate::keys::manager::Caller;
 use shared::InFlightGuard;
@@ -71,14 +71,6 @@ struct Inbound {
 #[rtype(result = "()")]
 struct Close;
 
-/// What a hello leads to.
-enum Hello2 {
-    /// Prove the name: sign this challenge.
-    Challenge(Challenge),
-    /// The transport proved the name already.
-    Open(Caller),
-}
-
 enum State {
     AwaitHello,
     AwaitProof(PendingProof),
@@ -92,8 +84,8 @@ pub struct Session {
     peer: String,
     shared: Arc<Shared>,
     state: State,
-    // The client the transport already proved (TLS certificate or PSK), if any.
-    proven: Option<Arc<str>>,
+    // What the transport proved (see crate::auth).
+    credential: Credential,
     out: mpsc::Sender<Outbound>,
     // Dropping this tells the reader task to stop.
     stop_reader: Option<oneshot::Sender<()>>,
@@ -151,30 +143,14 @@ impl Session {
         ctx.stop();
     }
 
-    /// Hello: on a transport that proved the client already, the name must match and the
-    /// session opens; otherwise the client gets a fresh challenge.
-    fn handle_hello(&mut self, h: Hello) -> Result<Hello2, OpError> {
-        crate::auth::check_version(&h)?;
-        if let Some(proven) = &self.proven {
-            if h.client != **proven {
-                tracing::info!(peer = %self.peer, proven = %proven, claimed = %h.client, "hello names another client than the TLS credential");
-                return Err(OpError::new(
-                    Status::AuthFailed,
-                    format!(
-                        "this connection's TLS credential does not belong to client {}",
-                        h.client
-                    ),
-                ));
-            }
-            let client = proven.clone();
-            return Ok(Hello2::Open(Caller {
-                client,
-                session: self.id,
-            }));
-        }
-        let (pending, challenge) = crate::auth::challenge(&self.shared, self.id, h.client)?;
-        self.state = State::AwaitProof(pending);
-        Ok(Hello2::Challenge(challenge))
+    /// Hello: the authenticator opens the session when the transport's credential proved the
+    /// named client, else the client gets a fresh challenge.
+    fn handle_hello(&mut self, h: Hello) -> Result<HelloStep, OpError> {
+        let step = self
+            .shared
+            .auth
+            .hello(&self.credential, h, self.id, &self.peer)?;
+        Ok(step)
     }
 
     /// Opens the session for a proven caller: per-client limit, registration with the key
@@ -210,7 +186,10 @@ impl Session {
                 "proof without hello",
             ));
         };
-        let client = pending.verify(signature, &self.peer)?;
+        let client = self
+            .shared
+            .auth
+            .proof(&self.credential, pending, signature, &self.peer)?;
         Ok(Caller {
             client,
             session: self.id,
@@ -256,10 +235,17 @@ impl Handler<Inbound> for Session {
         let caller = match (&self.state, request) {
             (State::AwaitHello, Request::Hello(h)) => {
                 match self.handle_hello(h) {
-                    Ok(Hello2::Challenge(c)) => {
+                    Ok(HelloStep::Challenge(pending, c)) => {
+                        self.state = State::AwaitProof(pending);
                         self.reply(opcode, rid, Ok(Response::Challenge(c)), Some(ticket))
                     }
-                    Ok(Hello2::Open(caller)) => self.open(caller, opcode, rid, ticket, ctx),
+                    Ok(HelloStep::Open(client)) => {
+                        let caller = Caller {
+                            client,
+                            session: self.id,
+                        };
+                        self.open(caller, opcode, rid, ticket, ctx)
+                    }
                     Err(e) => {
                         self.reply(opcode, rid, Err(e), Some(ticket));
                         self.close(ctx);
@@ -333,7 +319,7 @@ where
 {
     let Conn {
         peer,
-        proven,
+        credential,
         session_id,
         slot: conn_slot,
     } = conn;
@@ -345,7 +331,7 @@ where
         peer: peer.clone(),
         shared: shared.clone(),
         state: State::AwaitHello,
-        proven,
+        credential,
         out: out_tx.clone(),
         stop_reader: Some(stop_tx),
     }

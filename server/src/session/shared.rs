@@ -5,12 +5,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferrohsm_proto::Status;
-use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
+use tokio::sync::{Notify, watch};
 
+use crate::arbiters::SessionArbiters;
+use crate::auth::{Authenticator, Credential};
 use crate::config::ClientConfig;
 use crate::crypto::pool::CryptoPool;
 use crate::error::OpError;
 use crate::keys::manager::KeyManager;
+use crate::listener::Slot;
 
 /// Counts requests in flight across all sessions, so shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -56,6 +59,11 @@ pub struct Shared {
     pub km: Arc<KeyManager>,
     /// The crypto pool.
     pub pool: CryptoPool,
+    /// Maps credentials and proofs to clients.
+    pub auth: Authenticator,
+    /// Inputs up to this many bytes run cheap operations inline (0: never).
+    pub inline_max: usize,
+    arbiters: Arc<SessionArbiters>,
     /// Requests in flight per session.
     pub window: u32,
     /// Body cap.
@@ -86,12 +94,17 @@ impl Shared {
         config: &crate::Config,
         km: Arc<KeyManager>,
         pool: CryptoPool,
+        arbiters: Arc<SessionArbiters>,
         shutdown: watch::Receiver<bool>,
     ) -> Shared {
+        let clients = Arc::new(config.clients.clone());
         Shared {
-            clients: Arc::new(config.clients.clone()),
+            auth: Authenticator::new(clients.clone()),
+            clients,
             km,
             pool,
+            inline_max: config.inline_max,
+            arbiters,
             window: config.window,
             max_body: config.max_body,
             handshake_timeout: config.handshake_timeout,
@@ -101,6 +114,11 @@ impl Shared {
             next_session: AtomicU64::new(1),
             per_client: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The session arbiters.
+    pub fn arbiters(&self) -> &SessionArbiters {
+        &self.arbiters
     }
 
     /// A fresh session id.
@@ -138,11 +156,10 @@ impl Shared {
 pub struct Conn {
     /// The peer, for logs (`tcp:127.0.0.1:5000`, `shm:pid=..,uid=..`).
     pub peer: String,
-    /// The client the transport's credential proved (TLS certificate, PSK, or the shm set-up
-    /// handshake), or `None` when the client must answer a challenge in the session.
-    pub proven: Option<Arc<str>>,
+    /// What the transport proved; the authenticator decides what it means.
+    pub credential: Credential,
     /// A session id already announced to the client (shm), else a fresh one is taken.
     pub session_id: Option<u64>,
-    /// The listener's connection slot, released when the connection ends.
-    pub slot: OwnedSemaphorePermit,
+    /// The listener's connection slot and arbiter placement, released when it ends.
+    pub slot: Slot,
 }
