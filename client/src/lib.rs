@@ -29,12 +29,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ferrohsm_proto::frame::Decoded;
-use ferrohsm_proto::handshake::{Challenge, Hello, Proof, Welcome, transcript};
+use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, HandshakeError, Welcome};
 use ferrohsm_proto::message::{BodyError, KeySpec, decode_error};
 use ferrohsm_proto::{
-    DigestAlg, ErrorBody, Frame, FrameDecoder, KeyInfo, KeyRef, KeyType, Label, PROTOCOL_VERSION,
-    Request, Response,
+    DigestAlg, ErrorBody, Frame, FrameReader, KeyInfo, KeyRef, KeyType, Label, Request, Response,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -96,34 +94,30 @@ fn protocol(e: BodyError) -> ClientError {
     ClientError::Protocol(e.to_string())
 }
 
+/// A response of the wrong kind. Only its kind is named: a response may carry key material
+/// or plaintext, so it is never formatted whole.
 fn unexpected(r: Response) -> ClientError {
-    ClientError::Protocol(format!("unexpected response {r:?}"))
+    ClientError::Protocol(format!("unexpected response: {}", r.kind()))
 }
 
-/// Reads exactly one frame (handshake phase, before the reader task runs).
-async fn read_frame<R: AsyncRead + Unpin>(
+/// Reads the next frame through `frames` (the one sans-IO frame reader of `proto`).
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
-    buf: &mut Vec<u8>,
-    dec: &FrameDecoder,
+    frames: &mut FrameReader,
 ) -> Result<Frame, ClientError> {
     loop {
-        match dec
-            .decode(buf)
+        if let Some(f) = frames
+            .next_frame()
             .map_err(|e| ClientError::Protocol(e.to_string()))?
         {
-            Decoded::Frame(f, used) => {
-                buf.drain(..used);
-                return Ok(f);
-            }
-            Decoded::Incomplete(_) => {
-                let n = rd
-                    .read_buf(buf)
-                    .await
-                    .map_err(|e| ClientError::Connection(ferrohsm_tls::client::describe(&e)))?;
-                if n == 0 {
-                    return Err(closed());
-                }
-            }
+            return Ok(f);
+        }
+        let n = rd
+            .read_buf(frames.buffer())
+            .await
+            .map_err(|e| ClientError::Connection(ferrohsm_tls::client::describe(&e)))?;
+        if n == 0 {
+            return Err(closed());
         }
     }
 }
@@ -137,37 +131,32 @@ pub(crate) fn decode_response(frame: &Frame) -> Reply {
     Response::decode(frame.header.opcode, &frame.body).map_err(protocol)
 }
 
-pub(crate) async fn handshake_step<R, W>(
-    rd: &mut R,
+pub(crate) async fn send_frame<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    buf: &mut Vec<u8>,
-    dec: &FrameDecoder,
-    req: Request,
-) -> Result<Response, ClientError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+    frame: &Frame,
+) -> Result<(), ClientError> {
     let io = |e: std::io::Error| ClientError::Connection(ferrohsm_tls::client::describe(&e));
-    wr.write_all(&req.to_frame(0).encode()).await.map_err(io)?;
-    wr.flush().await.map_err(io)?;
-    let frame = read_frame(rd, buf, dec).await?;
-    decode_response(&frame).map_err(|e| match e {
-        ClientError::Server(b) => ClientError::Auth(b),
-        other => other,
-    })
+    wr.write_all(&frame.encode()).await.map_err(io)?;
+    wr.flush().await.map_err(io)
 }
 
-/// Signs a challenge with the identity's auth key.
-pub(crate) fn prove(id: &Identity, challenge: &Challenge) -> Result<Proof, ClientError> {
-    let key = id.auth_key.as_ref().ok_or_else(|| {
-        ClientError::Connection(
-            "the server asked for an auth-key proof but the profile has no auth_key".into(),
-        )
-    })?;
-    let t = transcript(&id.name, challenge.session_id, &challenge.nonce);
-    let signature = ed25519_dalek::Signer::sign(key, &t).to_bytes().to_vec();
-    Ok(Proof { signature })
+/// Signs handshake transcript bytes with the identity's auth key.
+pub(crate) fn signer(id: &Identity) -> impl FnOnce(&[u8]) -> Result<Vec<u8>, String> + '_ {
+    move |t| {
+        let key = id.auth_key.as_ref().ok_or_else(|| {
+            "the server asked for an auth-key proof but the profile has no auth_key".to_string()
+        })?;
+        Ok(ed25519_dalek::Signer::sign(key, t).to_bytes().to_vec())
+    }
+}
+
+/// A handshake failure as the client reports it.
+pub(crate) fn handshake_error(e: HandshakeError) -> ClientError {
+    match e {
+        HandshakeError::Refused(b) => ClientError::Auth(b),
+        HandshakeError::Unexpected(m) => ClientError::Protocol(m),
+        HandshakeError::NoProof(m) => ClientError::Connection(m),
+    }
 }
 
 impl Client {
@@ -178,29 +167,23 @@ impl Client {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let dec = FrameDecoder::new(ferrohsm_proto::DEFAULT_MAX_BODY);
-        let mut buf = Vec::with_capacity(4096);
-        let hello = Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            client: id.name.clone(),
-        });
+        let mut frames = FrameReader::new(ferrohsm_proto::DEFAULT_MAX_BODY);
+        let mut hs = ClientHandshake::new(&id.name);
         // On TLS the credential already proved the name and the server welcomes us at once;
         // elsewhere it sends a challenge for our auth key.
-        let welcome = match handshake_step(&mut rd, &mut wr, &mut buf, &dec, hello).await? {
-            Response::Welcome(w) => w,
-            Response::Challenge(challenge) => {
-                let proof = Request::Proof(prove(id, &challenge)?);
-                match handshake_step(&mut rd, &mut wr, &mut buf, &dec, proof).await? {
-                    Response::Welcome(w) => w,
-                    other => return Err(unexpected(other)),
-                }
+        let mut out = hs.start();
+        let welcome = loop {
+            send_frame(&mut wr, &out).await?;
+            let f = read_frame(&mut rd, &mut frames).await?;
+            match hs.on_frame(&f, signer(id)).map_err(handshake_error)? {
+                ClientStep::Send(next) => out = next,
+                ClientStep::Done(w) => break w,
             }
-            other => return Err(unexpected(other)),
         };
-        Ok(Client::start(rd, wr, buf, welcome))
+        Ok(Client::start(rd, wr, frames, welcome))
     }
 
-    fn start<R, W>(rd: R, wr: W, buf: Vec<u8>, welcome: Welcome) -> Client
+    fn start<R, W>(rd: R, wr: W, frames: FrameReader, welcome: Welcome) -> Client
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -209,7 +192,7 @@ impl Client {
         let (tx, rx) = mpsc::channel::<Frame>(window);
         let pending: PendingMap = Arc::default();
         tokio::spawn(write_loop(wr, rx));
-        tokio::spawn(read_loop(rd, buf, pending.clone(), welcome.max_body));
+        tokio::spawn(read_loop(rd, frames, pending.clone(), welcome.max_body));
         Client {
             inner: Arc::new(Inner {
                 tx,
@@ -448,12 +431,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Fra
 
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
-    mut buf: Vec<u8>,
+    mut frames: FrameReader,
     pending: PendingMap,
     max_body: u32,
 ) {
     // Responses may be a little larger than the request cap (a ciphertext adds 30 bytes).
-    let dec = FrameDecoder::new(max_body.saturating_add(4096));
+    frames.set_max_body(max_body.saturating_add(4096));
     // Marks the connection closed and fails every waiting request, under one lock, so a
     // request submitted concurrently either sees `closed` or is failed here.
     let fail_all = |err: &dyn Fn() -> ClientError| {
@@ -464,7 +447,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
     };
     loop {
-        let frame = match read_frame(&mut rd, &mut buf, &dec).await {
+        let frame = match read_frame(&mut rd, &mut frames).await {
             Ok(f) => f,
             Err(e) => {
                 let msg = match e {

@@ -290,7 +290,8 @@ fn hostile_shm_clients_end_only_their_own_session() {
     // 5. A client that sends requests but never reads the responses: the response ring fills,
     //    the server stops reading it, and our writes stall. Nobody else notices.
     let (_s5, seg5) = set_up();
-    let (_rd, mut wr, _closer) = ShmStream::start(seg5, Side::Client).unwrap();
+    let (_rd, mut wr, _closer) =
+        ShmStream::start(seg5, Side::Client, ferrohsm_shm::Waiting::Watcher).unwrap();
     let hello = Request::Hello(ferrohsm_proto::handshake::Hello {
         version: ferrohsm_proto::PROTOCOL_VERSION,
         client: "alice".into(),

@@ -298,6 +298,89 @@ impl Default for FrameDecoder {
     }
 }
 
+/// Reads frames from a byte stream without doing I/O (one frame reader for the server's
+/// sessions, the client library, `hsm-stress` and the tests): the transport appends what it
+/// read to [`FrameReader::buffer`], and [`FrameReader::next_frame`] takes whole frames out.
+///
+/// Consumed bytes are wiped when the buffer is compacted, so a plaintext or key that passed
+/// through does not linger in the reused buffer.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    /// A reader refusing bodies over `max_body` bytes.
+    pub fn new(max_body: u32) -> FrameReader {
+        FrameReader::with_bytes(max_body, Vec::with_capacity(4096))
+    }
+
+    /// A reader that starts with bytes already read (for example after a handshake).
+    pub fn with_bytes(max_body: u32, buf: Vec<u8>) -> FrameReader {
+        FrameReader {
+            buf,
+            start: 0,
+            decoder: FrameDecoder::new(max_body),
+        }
+    }
+
+    /// Changes the body cap (after the welcome announced the session's).
+    pub fn set_max_body(&mut self, max_body: u32) {
+        self.decoder = FrameDecoder::new(max_body);
+    }
+
+    /// The next whole frame, `None` when more bytes are needed first.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        match self.decoder.decode(&self.buf[self.start..])? {
+            Decoded::Frame(f, used) => {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.compact();
+                }
+                Ok(Some(f))
+            }
+            Decoded::Incomplete(need) => {
+                self.compact();
+                self.buf.reserve(need.max(4096));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Where the transport appends the bytes it reads (`read_buf`, `extend_from_slice`).
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// The bytes read but not yet taken as frames.
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        self.compact();
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Moves the unconsumed bytes to the front and wipes what they leave behind.
+    fn compact(&mut self) {
+        use zeroize::Zeroize as _;
+        if self.start == 0 {
+            return;
+        }
+        let (len, rest) = (self.buf.len(), self.buf.len() - self.start);
+        self.buf.copy_within(self.start.., 0);
+        self.buf[rest..len].zeroize();
+        self.buf.truncate(rest);
+        self.start = 0;
+    }
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.buf.zeroize();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,9 +75,184 @@ pub fn transcript(client: &str, session_id: u64, nonce: &[u8; 32]) -> Vec<u8> {
     t
 }
 
+/// Why the client side of a handshake stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The server refused (auth failed, busy, peer not allowed, version...).
+    #[error("{}", .0.message)]
+    Refused(crate::ErrorBody),
+    /// The server answered with something the handshake does not expect.
+    #[error("unexpected handshake answer: {0}")]
+    Unexpected(String),
+    /// The server asked for a proof and no signer could make one.
+    #[error("{0}")]
+    NoProof(String),
+}
+
+/// What the client does next.
+#[derive(Debug)]
+pub enum ClientStep {
+    /// Send this frame, then feed the answer to [`ClientHandshake::on_frame`].
+    Send(crate::Frame),
+    /// The session is open.
+    Done(Welcome),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientState {
+    Start,
+    AwaitHelloReply,
+    AwaitWelcome,
+    Done,
+}
+
+/// The client side of the handshake as a state machine without I/O, shared by the client
+/// library, `hsm-stress` and the tests: [`ClientHandshake::start`] gives the hello frame, and
+/// each frame from the server gives the next step. A challenge is answered through the
+/// `sign` callback, which signs [`transcript`] bytes with the client's auth key.
+#[derive(Debug)]
+pub struct ClientHandshake {
+    name: String,
+    state: ClientState,
+}
+
+impl ClientHandshake {
+    /// A handshake authenticating as `name`.
+    pub fn new(name: &str) -> ClientHandshake {
+        ClientHandshake {
+            name: name.to_owned(),
+            state: ClientState::Start,
+        }
+    }
+
+    /// The hello frame (request id 0), to send first.
+    pub fn start(&mut self) -> crate::Frame {
+        self.state = ClientState::AwaitHelloReply;
+        crate::Request::Hello(Hello {
+            version: crate::PROTOCOL_VERSION,
+            client: self.name.clone(),
+        })
+        .to_frame(0)
+    }
+
+    /// The next step after the server's `frame`. `sign` makes the 64-byte Ed25519 signature
+    /// over the bytes given (or says why it cannot).
+    pub fn on_frame(
+        &mut self,
+        frame: &crate::Frame,
+        sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<ClientStep, HandshakeError> {
+        if frame.header.is_error() {
+            self.state = ClientState::Done;
+            let body = crate::message::decode_error(frame.header.opcode, &frame.body)
+                .map_err(|e| HandshakeError::Unexpected(e.to_string()))?;
+            return Err(HandshakeError::Refused(body));
+        }
+        let resp = crate::Response::decode(frame.header.opcode, &frame.body)
+            .map_err(|e| HandshakeError::Unexpected(e.to_string()))?;
+        match (self.state, resp) {
+            (ClientState::AwaitHelloReply, crate::Response::Challenge(c)) => {
+                let t = transcript(&self.name, c.session_id, &c.nonce);
+                let signature = sign(&t).map_err(HandshakeError::NoProof)?;
+                self.state = ClientState::AwaitWelcome;
+                Ok(ClientStep::Send(
+                    crate::Request::Proof(Proof { signature }).to_frame(0),
+                ))
+            }
+            (
+                ClientState::AwaitHelloReply | ClientState::AwaitWelcome,
+                crate::Response::Welcome(w),
+            ) => {
+                self.state = ClientState::Done;
+                Ok(ClientStep::Done(w))
+            }
+            (_, other) => Err(HandshakeError::Unexpected(format!(
+                "{} in handshake state {:?}",
+                other.kind(),
+                self.state
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(resp: crate::Response, op: crate::Opcode) -> crate::Frame {
+        resp.to_frame(op as u16, 0)
+    }
+
+    #[test]
+    fn client_handshake_signs_the_challenge_then_opens() {
+        let mut h = ClientHandshake::new("alice");
+        let hello = h.start();
+        assert_eq!(hello.header.opcode, crate::Opcode::Hello as u16);
+        let c = Challenge {
+            session_id: 7,
+            nonce: [3; 32],
+        };
+        let mut seen = Vec::new();
+        let step = h
+            .on_frame(
+                &answer(crate::Response::Challenge(c), crate::Opcode::Hello),
+                |t| {
+                    seen = t.to_vec();
+                    Ok(vec![9; 64])
+                },
+            )
+            .unwrap();
+        assert_eq!(seen, transcript("alice", 7, &[3; 32]));
+        let ClientStep::Send(proof) = step else {
+            panic!("expected a proof to send")
+        };
+        assert_eq!(proof.header.opcode, crate::Opcode::Proof as u16);
+        let w = Welcome {
+            session_id: 7,
+            max_body: 1024,
+            window: 4,
+        };
+        let step = h
+            .on_frame(
+                &answer(crate::Response::Welcome(w.clone()), crate::Opcode::Proof),
+                |_| Err("not asked".into()),
+            )
+            .unwrap();
+        assert!(matches!(step, ClientStep::Done(got) if got == w));
+    }
+
+    #[test]
+    fn client_handshake_reports_refusals_and_surprises() {
+        let mut h = ClientHandshake::new("bob");
+        h.start();
+        let refusal = crate::message::error_frame(
+            crate::Opcode::Hello as u16,
+            0,
+            &crate::ErrorBody::new(crate::Status::AuthFailed, "no"),
+        );
+        let e = h.on_frame(&refusal, |_| Ok(vec![])).unwrap_err();
+        assert!(matches!(e, HandshakeError::Refused(b) if b.message == "no"));
+        // A proof request without a key to sign with.
+        let mut h = ClientHandshake::new("bob");
+        h.start();
+        let c = crate::Response::Challenge(Challenge {
+            session_id: 1,
+            nonce: [0; 32],
+        });
+        let e = h
+            .on_frame(&answer(c, crate::Opcode::Hello), |_| Err("no key".into()))
+            .unwrap_err();
+        assert_eq!(e, HandshakeError::NoProof("no key".into()));
+        // Anything but a challenge or welcome.
+        let mut h = ClientHandshake::new("bob");
+        h.start();
+        let e = h
+            .on_frame(&answer(crate::Response::Done, crate::Opcode::Ping), |_| {
+                Ok(vec![])
+            })
+            .unwrap_err();
+        assert!(matches!(e, HandshakeError::Unexpected(_)));
+    }
 
     #[test]
     fn transcript_binds_every_field() {

@@ -28,7 +28,7 @@ pub mod message;
 pub mod pem;
 pub mod status;
 
-pub use frame::{Decoded, Frame, FrameDecoder, FrameError, Header, Opcode};
+pub use frame::{Decoded, Frame, FrameDecoder, FrameError, FrameReader, Header, Opcode};
 pub use message::{
     DigestAlg, KeyInfo, KeyRef, KeySpec, KeyType, Label, Lifetime, Request, Response, Usage,
     UsageSet,

@@ -736,6 +736,20 @@ impl Response {
         }
     }
 
+    /// What kind of response this is, without its contents (for error messages: a response
+    /// may carry key material or plaintext, so it is never formatted whole).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Challenge(_) => "challenge",
+            Response::Welcome(_) => "welcome",
+            Response::Done => "done",
+            Response::Bytes(_) => "bytes",
+            Response::Key(_) => "key info",
+            Response::Keys(_) => "key list",
+            Response::PublicKey { .. } => "public key",
+        }
+    }
+
     /// A response frame answering `opcode` / `request_id`.
     pub fn to_frame(&self, opcode: u16, request_id: u64) -> Frame {
         let body = match self {

@@ -1,13 +1,14 @@
 //! Futex doorbells in the shared mapping, and the spin budget.
 //!
-//! A waiting side spins briefly in its own task (see `stream.rs`: a session arbiter spins at
-//! most one thread, so all sessions together never burn more cores than there are arbiters),
-//! then announces that it sleeps and waits on its bell's futex with a timeout. The other side, after publishing data or space,
+//! A waiting side spins briefly, either in its own task (a session arbiter: see
+//! [`crate::stream::Waiting`]) or here in its watcher thread (only one watcher per process at a
+//! time may spin, so all sessions together never burn more than about one core), then
+//! announces that it sleeps and waits on its bell's futex with a timeout. The other side, after publishing data or space,
 //! rings the bell only when the sleeper flag is set: a busy pair of processes makes no system
 //! calls at all. Shared (not process-private) futexes, since the word lives in a memfd mapping.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
 
@@ -15,6 +16,9 @@ use crate::segment::Bell;
 
 /// How long a waiter spins before sleeping.
 pub const SPIN: Duration = Duration::from_micros(50);
+
+// One spinner per process.
+static SPINNING: AtomicBool = AtomicBool::new(false);
 
 /// Wakes the peer if it is asleep on `bell`.
 pub fn ring(bell: &Bell) {
@@ -26,11 +30,33 @@ pub fn ring(bell: &Bell) {
     }
 }
 
-/// Waits until `ready()` holds or `timeout` passes, asleep on `bell` (the spinning happens
-/// before, in the waiting task: see `stream.rs`). Returns whether `ready()` held.
-pub fn wait(bell: &Bell, timeout: Duration, ready: impl Fn() -> bool) -> bool {
+/// Waits until `ready()` holds or `timeout` passes: when `spin` is set, spins first (if no
+/// other thread of this process is spinning), then sleeps on `bell`. Returns whether `ready()`
+/// held.
+pub fn wait(bell: &Bell, timeout: Duration, spin: bool, ready: impl Fn() -> bool) -> bool {
     if ready() {
         return true;
+    }
+    if spin
+        && SPINNING
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    {
+        let start = Instant::now();
+        let mut hit = false;
+        // Yielding between checks keeps the spin polite: on a busy machine the threads doing
+        // real work (crypto workers, the peer) get the core, on an idle one we stay hot.
+        while start.elapsed() < SPIN {
+            if ready() {
+                hit = true;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        SPINNING.store(false, Ordering::Release);
+        if hit {
+            return true;
+        }
     }
     // Announce the sleep, then re-check: the peer publishes before it looks at `sleeping`
     // (both SeqCst), so either it sees the flag and rings, or we see its data here.

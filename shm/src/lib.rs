@@ -26,7 +26,7 @@ pub mod segment;
 pub mod stream;
 
 pub use segment::{Segment, Side};
-pub use stream::{ShmReader, ShmStream, ShmWriter};
+pub use stream::{ShmReader, ShmStream, ShmWriter, Waiting};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -1,14 +1,20 @@
 //! [`ShmStream`]: the two rings of a segment as a tokio `AsyncRead` + `AsyncWrite` pair.
 //!
 //! Reading and writing copy straight between the caller's buffer and the ring, in the caller's
-//! task. When a ring is empty (reader) or full (writer), the task first spins *in its own
-//! runtime* for [`doorbell::SPIN`]: it wakes itself and returns `Pending`, so the executor that
-//! owns the session (an hsmd session arbiter, the client's runtime) polls the ring again after
-//! its other ready tasks, with no thread hop and no system call on either side. Only after the
-//! spin window does the task park: it leaves its waker, and the endpoint's watcher thread
-//! announces the sleep on this side's futex bell and waits there until the peer rings. While
-//! nothing is parked the watcher sleeps on a process-local park, not on the shared bell, so the
-//! peer never makes a system call for a side that is spinning; an idle endpoint costs nothing.
+//! task. When a ring is empty (reader) or full (writer), the wait has two phases:
+//!
+//! 1. **Spin** for [`doorbell::SPIN`]. With [`Waiting::InTask`] (hsmd's session arbiters) the
+//!    task spins in its own executor: it wakes itself and returns `Pending`, so the arbiter
+//!    that owns the session polls the ring again after its other ready tasks, with no thread
+//!    hop and no system call on either side. With [`Waiting::Watcher`] (clients, whose
+//!    runtime may starve a self-waking task) the task parks at once and its watcher thread
+//!    spins on the ring, waking the task when data or space appears.
+//! 2. **Sleep**: the watcher announces the sleep on this side's futex bell and waits there until
+//!    the peer rings.
+//!
+//! While no task is parked the watcher sleeps on a process-local park, not on the shared bell,
+//! so the peer never makes a system call for a side that is busy or spinning, and an idle
+//! endpoint costs nothing.
 
 use std::io;
 use std::pin::Pin;
@@ -121,8 +127,19 @@ impl Inner {
     }
 }
 
-fn watch(inner: Arc<Inner>) {
+/// Where the spin phase of a wait runs (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The waiting task spins in its own executor, then parks (a FIFO executor that owns the
+    /// session: hsmd's session arbiters).
+    InTask,
+    /// The task parks at once; the watcher thread spins, then sleeps (any executor).
+    Watcher,
+}
+
+fn watch(inner: Arc<Inner>, waiting_mode: Waiting) {
     let (mine, _) = inner.seg.bells(inner.side);
+    let watcher_spins = waiting_mode == Waiting::Watcher;
     while !inner.is_closed() {
         let waiting =
             inner.read_waiting.load(Ordering::SeqCst) || inner.write_waiting.load(Ordering::SeqCst);
@@ -132,8 +149,8 @@ fn watch(inner: Arc<Inner>) {
             std::thread::park_timeout(WATCH_TIMEOUT);
             continue;
         }
-        // A task parked after its spin window: sleep on the shared bell (no more spinning).
-        doorbell::wait(mine, WATCH_TIMEOUT, || {
+        // A task parked: spin here (watcher mode), then sleep on the shared bell.
+        doorbell::wait(mine, WATCH_TIMEOUT, watcher_spins, || {
             inner.is_closed() || inner.read_ready() || inner.write_ready()
         });
         inner.wake_ready();
@@ -142,26 +159,43 @@ fn watch(inner: Arc<Inner>) {
 }
 
 /// Where a waiting half is in its wait: spinning in its task since an instant, or parked.
-#[derive(Debug, Default)]
-struct Spin(Option<std::time::Instant>);
+#[derive(Debug)]
+struct Spin {
+    in_task: bool,
+    since: Option<std::time::Instant>,
+}
 
 impl Spin {
+    fn new(mode: Waiting) -> Spin {
+        Spin {
+            in_task: mode == Waiting::InTask,
+            since: None,
+        }
+    }
+
     /// Whether to keep spinning (the task has woken itself): true within the spin window of
     /// this wait. Yields the thread between polls, so on a busy machine the threads doing real
     /// work (crypto workers, the peer) get the core.
-    fn keep_spinning(&mut self, cx: &Context<'_>) -> bool {
+    fn keep_spinning(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.in_task {
+            return false;
+        }
         let now = std::time::Instant::now();
-        let since = *self.0.get_or_insert(now);
+        let since = *self.since.get_or_insert(now);
         if now.duration_since(since) >= doorbell::SPIN {
             return false;
         }
         std::thread::yield_now();
-        cx.waker().wake_by_ref();
+        // Wake again only after the executor has run its other ready tasks and looked at its
+        // I/O (tokio defers a yielding task's wake-up until then): a plain self-wake would keep
+        // a current-thread runtime from polling its `block_on` future for up to 61 polls.
+        let mut again = std::pin::pin!(tokio::task::yield_now());
+        let _ = std::future::Future::poll(again.as_mut(), cx);
         true
     }
 
     fn reset(&mut self) {
-        self.0 = None;
+        self.since = None;
     }
 }
 
@@ -173,7 +207,11 @@ impl ShmStream {
     /// Starts the watcher thread and returns the reading half, the writing half and a handle
     /// for whoever watches liveness (the Unix socket). Closing happens when the writing half is
     /// shut down or dropped, when [`Closer::close`] is called, or when the peer corrupts a ring.
-    pub fn start(seg: Segment, side: Side) -> io::Result<(ShmReader, ShmWriter, Closer)> {
+    pub fn start(
+        seg: Segment,
+        side: Side,
+        waiting: Waiting,
+    ) -> io::Result<(ShmReader, ShmWriter, Closer)> {
         // Start from the positions in the segment (zero for a fresh one); from here on they
         // are private and only published.
         let (tail, head) = (start_pos(&seg, side, true), start_pos(&seg, side, false));
@@ -198,18 +236,18 @@ impl ShmStream {
                 if side == Side::Server { "srv" } else { "cli" }
             ))
             .stack_size(64 * 1024)
-            .spawn(move || watch(w))?;
+            .spawn(move || watch(w, waiting))?;
         let _ = inner.watcher.set(t.thread().clone());
         Ok((
             ShmReader {
                 inner: inner.clone(),
                 tail,
-                spin: Spin::default(),
+                spin: Spin::new(waiting),
             },
             ShmWriter {
                 inner: inner.clone(),
                 head,
-                spin: Spin::default(),
+                spin: Spin::new(waiting),
             },
             Closer { inner },
         ))
@@ -436,8 +474,10 @@ mod tests {
     async fn bytes_flow_both_ways_across_wraps_and_backpressure() {
         let server_seg = Segment::create(crate::segment::MIN_RING).unwrap();
         let client_seg = Segment::open(server_seg.fd().try_clone_to_owned().unwrap()).unwrap();
-        let (mut srd, mut swr, _sc) = ShmStream::start(server_seg, Side::Server).unwrap();
-        let (mut crd, mut cwr, cc) = ShmStream::start(client_seg, Side::Client).unwrap();
+        let (mut srd, mut swr, _sc) =
+            ShmStream::start(server_seg, Side::Server, Waiting::InTask).unwrap();
+        let (mut crd, mut cwr, cc) =
+            ShmStream::start(client_seg, Side::Client, Waiting::Watcher).unwrap();
         // 1 MiB each way through 4 KiB rings: many wraps, and the writer must wait for space.
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
         let expect = data.clone();
@@ -470,7 +510,8 @@ mod tests {
     async fn a_scribbled_head_fails_the_reader() {
         let server_seg = Segment::create(crate::segment::MIN_RING).unwrap();
         let hostile = Segment::open(server_seg.fd().try_clone_to_owned().unwrap()).unwrap();
-        let (mut srd, _swr, closer) = ShmStream::start(server_seg, Side::Server).unwrap();
+        let (mut srd, _swr, closer) =
+            ShmStream::start(server_seg, Side::Server, Waiting::InTask).unwrap();
         hostile.write_bytes(crate::segment::offsets::REQ_HEAD, &u64::MAX.to_ne_bytes());
         doorbell::ring(hostile.bells(Side::Client).1);
         let mut b = [0u8; 16];

@@ -124,7 +124,17 @@ fn a_quick_bench_reports_every_field() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(r["cpus"].as_u64().unwrap() >= 1);
     assert!(matches!(r["profile"].as_str(), Some("debug" | "release")));
-    let results = r["results"].as_array().unwrap();
+    let all = r["results"].as_array().unwrap();
+    // The raw floors are rows of their own, measured in the same run, with float latencies.
+    let (floors, results): (Vec<_>, Vec<_>) = all.iter().partition(|x| x["transport"] == "floor");
+    let mut floor_ops: Vec<_> = floors.iter().map(|x| x["op"].as_str().unwrap()).collect();
+    floor_ops.sort();
+    assert_eq!(floor_ops, ["floor-shm", "floor-tcp"], "{out}");
+    for f in &floors {
+        let (p50, p99) = (f["p50_us"].as_f64().unwrap(), f["p99_us"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p99 >= p50, "{f}");
+        assert!(f["ops_per_sec"].as_f64().unwrap() > 0.0, "{f}");
+    }
     assert_eq!(results.len(), 4 * 2 * 2, "{out}");
     for x in results {
         for f in [

@@ -4,16 +4,15 @@
 
 use std::path::Path;
 
-use ferrohsm_proto::frame::Decoded;
-use ferrohsm_proto::handshake::Hello;
-use ferrohsm_proto::{FrameDecoder, PROTOCOL_VERSION, Request, Response};
+use ferrohsm_proto::FrameReader;
+use ferrohsm_proto::handshake::{ClientHandshake, ClientStep};
 use ferrohsm_shm::handoff::recv_with_fd;
-use ferrohsm_shm::{Segment, ShmStream, Side};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ferrohsm_shm::{Segment, ShmStream, Side, Waiting};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
 use crate::profile::Identity;
-use crate::{Client, ClientError, decode_response, handshake_step, prove};
+use crate::{Client, ClientError, handshake_error, read_frame, send_frame, signer};
 
 fn conn(e: impl std::fmt::Display) -> ClientError {
     ClientError::Connection(e.to_string())
@@ -22,7 +21,7 @@ fn conn(e: impl std::fmt::Display) -> ClientError {
 /// Connects through the set-up socket at `socket` and authenticates as `id`.
 pub async fn connect(socket: &Path, id: &Identity) -> Result<Client, ClientError> {
     let (mut s, seg) = set_up(socket, id).await?;
-    let (rd, wr, closer) = ShmStream::start(seg, Side::Client).map_err(conn)?;
+    let (rd, wr, closer) = ShmStream::start(seg, Side::Client, Waiting::InTask).map_err(conn)?;
     // Liveness: the server closing the socket ends our stream; our stream ending (client
     // dropped) closes the socket, which ends the server's session.
     tokio::spawn(async move {
@@ -50,23 +49,24 @@ pub async fn set_up(socket: &Path, id: &Identity) -> Result<(UnixStream, Segment
     let mut s = UnixStream::connect(socket)
         .await
         .map_err(|e| conn(format!("cannot connect to {}: {e}", socket.display())))?;
-    let dec = FrameDecoder::new(64 * 1024);
-    let mut buf = Vec::with_capacity(512);
-    let hello = Request::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        client: id.name.clone(),
-    });
+    let mut frames = FrameReader::new(64 * 1024);
+    let mut hs = ClientHandshake::new(&id.name);
     let (mut r, mut w) = s.split();
-    let challenge = match handshake_step(&mut r, &mut w, &mut buf, &dec, hello).await? {
-        Response::Challenge(c) => c,
-        other => {
-            return Err(ClientError::Protocol(format!(
-                "unexpected response {other:?}"
-            )));
+    // Hello, challenge and proof on the socket.
+    send_frame(&mut w, &hs.start()).await?;
+    let challenge = read_frame(&mut r, &mut frames).await?;
+    let proof = match hs
+        .on_frame(&challenge, signer(id))
+        .map_err(handshake_error)?
+    {
+        ClientStep::Send(proof) => proof,
+        ClientStep::Done(_) => {
+            return Err(ClientError::Protocol(
+                "the set-up socket opened a session without a proof".into(),
+            ));
         }
     };
-    let proof = Request::Proof(prove(id, &challenge)?).to_frame(0).encode();
-    w.write_all(&proof).await.map_err(conn)?;
+    send_frame(&mut w, &proof).await?;
     // The welcome arrives in one message with the segment's memfd attached.
     let mut msg = vec![0u8; 4096];
     let (n, fd) = loop {
@@ -78,23 +78,17 @@ pub async fn set_up(socket: &Path, id: &Identity) -> Result<(UnixStream, Segment
             Err(e) => return Err(conn(e)),
         }
     };
-    buf.extend_from_slice(&msg[..n]);
-    let frame = match dec
-        .decode(&buf)
+    frames.buffer().extend_from_slice(&msg[..n]);
+    let welcome = frames
+        .next_frame()
         .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .ok_or_else(|| ClientError::Protocol("truncated welcome".into()))?;
+    match hs
+        .on_frame(&welcome, |_| Err("a second challenge".into()))
+        .map_err(handshake_error)?
     {
-        Decoded::Frame(f, _) => f,
-        Decoded::Incomplete(_) => return Err(ClientError::Protocol("truncated welcome".into())),
-    };
-    match decode_response(&frame) {
-        Ok(Response::Welcome(_)) => {}
-        Ok(other) => {
-            return Err(ClientError::Protocol(format!(
-                "unexpected response {other:?}"
-            )));
-        }
-        Err(ClientError::Server(b)) => return Err(ClientError::Auth(b)),
-        Err(e) => return Err(e),
+        ClientStep::Done(_) => {}
+        ClientStep::Send(_) => return Err(ClientError::Protocol("expected the welcome".into())),
     }
     let fd = fd.ok_or_else(|| ClientError::Protocol("the welcome carried no segment".into()))?;
     let seg = Segment::open(fd).map_err(|e| ClientError::Protocol(e.to_string()))?;

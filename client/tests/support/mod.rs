@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::Profile;
-use ferrohsm_proto::frame::Decoded;
-use ferrohsm_proto::{Frame, FrameDecoder};
+use ferrohsm_proto::{Frame, FrameReader};
 use ferrohsm_server::init::{InitOptions, init};
 use ferrohsm_server::{Config, ServerHandle};
 
@@ -92,18 +91,19 @@ impl TestServer {
 
 /// Reads one frame from a raw socket; `None` if the server closed the connection first.
 pub fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Frame> {
-    let dec = FrameDecoder::new(2 * 1024 * 1024);
-    loop {
-        if let Ok(Decoded::Frame(f, n)) = dec.decode(buf) {
-            buf.drain(..n);
-            return Some(f);
+    let mut frames = FrameReader::with_bytes(2 * 1024 * 1024, std::mem::take(buf));
+    let got = loop {
+        if let Ok(Some(f)) = frames.next_frame() {
+            break Some(f);
         }
         let mut chunk = [0u8; 4096];
         match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(0) | Err(_) => break None,
+            Ok(n) => frames.buffer().extend_from_slice(&chunk[..n]),
         }
-    }
+    };
+    *buf = frames.into_bytes();
+    got
 }
 
 /// Whether the server closes the connection (reads EOF) within the read timeout.

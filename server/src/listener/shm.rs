@@ -17,12 +17,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ferrohsm_proto::frame::Decoded;
 use ferrohsm_proto::handshake::Welcome;
 use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{Frame, FrameDecoder, Request, Response, Status};
+use ferrohsm_proto::{Frame, FrameReader, Request, Response, Status};
 use ferrohsm_shm::handoff::{PeerCred, send_with_fd};
-use ferrohsm_shm::{Segment, ShmStream, Side};
+use ferrohsm_shm::{Segment, ShmStream, Side, Waiting};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -78,21 +77,14 @@ impl Transport for Shm {
 }
 
 /// Reads one frame from the set-up socket.
-async fn read_frame(
-    s: &mut UnixStream,
-    buf: &mut Vec<u8>,
-    dec: &FrameDecoder,
-) -> Result<Frame, OpError> {
+async fn read_frame(s: &mut UnixStream, frames: &mut FrameReader) -> Result<Frame, OpError> {
     loop {
-        match dec.decode(buf) {
-            Ok(Decoded::Frame(f, used)) => {
-                buf.drain(..used);
-                return Ok(f);
-            }
-            Ok(Decoded::Incomplete(_)) => {}
+        match frames.next_frame() {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
             Err(e) => return Err(OpError::new(e.status(), e.to_string())),
         }
-        match s.read_buf(buf).await {
+        match s.read_buf(frames.buffer()).await {
             Ok(0) | Err(_) => return Err(OpError::new(Status::ProtocolViolation, "peer hung up")),
             Ok(_) => {}
         }
@@ -101,10 +93,9 @@ async fn read_frame(
 
 async fn request(
     s: &mut UnixStream,
-    buf: &mut Vec<u8>,
-    dec: &FrameDecoder,
+    frames: &mut FrameReader,
 ) -> Result<(Request, u16, u64), OpError> {
-    let f = read_frame(s, buf, dec).await?;
+    let f = read_frame(s, frames).await?;
     let (op, rid) = (f.header.opcode, f.header.request_id);
     let r = Request::decode(op, &f.body).map_err(|e| OpError::new(e.status(), e.to_string()))?;
     Ok((r, op, rid))
@@ -162,7 +153,7 @@ async fn set_up(shared: Arc<Shared>, mut s: UnixStream, unix: UnixPeer, ring: u3
     if !sent {
         return;
     }
-    let (rd, wr, closer) = match ShmStream::start(seg, Side::Server) {
+    let (rd, wr, closer) = match ShmStream::start(seg, Side::Server, Waiting::InTask) {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(%peer, error = %e, "cannot start the shared-memory watcher");
@@ -203,9 +194,9 @@ async fn handshake(
     cred: &PeerCred,
     peer: &str,
 ) -> Result<(Arc<str>, u64, u16, u64), Fail> {
-    let dec = FrameDecoder::new(4096);
-    let mut buf = Vec::with_capacity(512);
-    let (hello, op, rid) = request(s, &mut buf, &dec).await.map_err(|e| (e, 0, 0))?;
+    // Before authentication, frames are small: a hello or a proof.
+    let mut frames = FrameReader::new(4096);
+    let (hello, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
     let Request::Hello(h) = hello else {
         return Err((
             OpError::new(
@@ -230,7 +221,7 @@ async fn handshake(
     s.write_all(&frame)
         .await
         .map_err(|_| (OpError::internal("write failed"), op, rid))?;
-    let (proof, op, rid) = request(s, &mut buf, &dec).await.map_err(|e| (e, 0, 0))?;
+    let (proof, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
     let Request::Proof(p) = proof else {
         return Err((
             OpError::new(Status::ProtocolViolation, "expected the proof"),

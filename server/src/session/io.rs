@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use ferrohsm_proto::frame::Decoded;
 use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{ErrorBody, FrameDecoder};
+use ferrohsm_proto::{ErrorBody, FrameReader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -35,17 +34,14 @@ async fn pump<R: AsyncRead + Unpin>(
     mut stop: oneshot::Receiver<()>,
     peer: &str,
 ) {
-    let decoder = FrameDecoder::new(shared.max_body);
+    let mut frames = FrameReader::new(shared.max_body);
     let window = Arc::new(Semaphore::new(shared.window as usize));
     let mut shutdown = shared.shutdown.clone();
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut start = 0usize;
     loop {
         // Hand over every whole frame already buffered.
         loop {
-            match decoder.decode(&buf[start..]) {
-                Ok(Decoded::Frame(frame, used)) => {
-                    start += used;
+            match frames.next_frame() {
+                Ok(Some(frame)) => {
                     let permit = tokio::select! {
                         p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                         _ = &mut stop => return,
@@ -56,18 +52,14 @@ async fn pump<R: AsyncRead + Unpin>(
                         return;
                     }
                 }
-                Ok(Decoded::Incomplete(need)) => {
-                    buf.drain(..start);
-                    start = 0;
-                    buf.reserve(need.max(4096));
-                    break;
-                }
+                Ok(None) => break,
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "malformed frame; closing connection");
                     let frame = error_frame(0, 0, &ErrorBody::new(e.status(), e.to_string()));
                     let _ = out
                         .send(Outbound {
                             frame,
+                            secret: false,
                             _ticket: None,
                         })
                         .await;
@@ -76,7 +68,7 @@ async fn pump<R: AsyncRead + Unpin>(
             }
         }
         let n = tokio::select! {
-            r = rd.read_buf(&mut buf) => r,
+            r = rd.read_buf(frames.buffer()) => r,
             _ = &mut stop => return,
             _ = shutdown.wait_for(|s| *s) => return,
         };
@@ -108,11 +100,20 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-            break;
+        let written = wr.write_all(&buf).await.is_ok() && wr.flush().await.is_ok();
+        // Secret bytes (exported keys, plaintexts, random) do not outlive their write: not in
+        // the frames, not in this reused buffer.
+        if done.iter().any(|o| o.secret) {
+            zeroize::Zeroize::zeroize(buf.as_mut_slice());
+            for o in done.iter_mut().filter(|o| o.secret) {
+                zeroize::Zeroize::zeroize(&mut o.frame.body);
+            }
         }
         // Responses are on the wire: give their window slots back.
         done.clear();
+        if !written {
+            break;
+        }
     }
     // The slot is free before the peer can see the close, so a client that saw its old
     // connection end never finds the slot still taken (listener and session may run on

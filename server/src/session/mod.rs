@@ -56,6 +56,9 @@ impl Ticket {
 #[derive(Debug)]
 struct Outbound {
     frame: Frame,
+    // The body carries secret bytes (exported key, plaintext, random): the writer wipes it,
+    // and its own buffer, once it is on the wire.
+    secret: bool,
     _ticket: Option<Ticket>,
 }
 
@@ -129,11 +132,12 @@ impl Session {
         resp: Result<Response, OpError>,
         ticket: Option<Ticket>,
     ) {
-        let frame = response_frame(opcode, request_id, resp);
+        let frame = response_frame(opcode, request_id, resp, false);
         // Capacity is window + 2 and every ticketed frame holds a window permit, so this only
         // fails when the writer has gone (peer disconnected): then there is no one to tell.
         let _ = self.out.try_send(Outbound {
             frame,
+            secret: false,
             _ticket: ticket,
         });
     }
@@ -285,14 +289,19 @@ impl Handler<Inbound> for Session {
         }
         let shared = self.shared.clone();
         let out = self.out.clone();
+        let secret = matches!(
+            request,
+            Request::Export(_) | Request::Decrypt { .. } | Request::Random { .. }
+        );
         // Detached (not ctx.spawn): a request that started finishes even if the session
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
             let resp = crate::dispatch::dispatch(&shared, caller, request).await;
-            let frame = response_frame(opcode, rid, resp);
+            let frame = response_frame(opcode, rid, resp, secret);
             let _ = out
                 .send(Outbound {
                     frame,
+                    secret,
                     _ticket: Some(ticket),
                 })
                 .await;
@@ -301,9 +310,21 @@ impl Handler<Inbound> for Session {
 }
 
 /// The frame answering `opcode` / `request_id`: the response, or the error with its status.
-fn response_frame(opcode: u16, request_id: u64, resp: Result<Response, OpError>) -> Frame {
+/// A `secret` response's bytes are wiped once encoded.
+fn response_frame(
+    opcode: u16,
+    request_id: u64,
+    resp: Result<Response, OpError>,
+    secret: bool,
+) -> Frame {
     match resp {
-        Ok(r) => r.to_frame(opcode, request_id),
+        Ok(r) => {
+            let frame = r.to_frame(opcode, request_id);
+            if let (true, Response::Bytes(mut b)) = (secret, r) {
+                zeroize::Zeroize::zeroize(&mut b);
+            }
+            frame
+        }
         Err(e) => error_frame(opcode, request_id, &e.to_body()),
     }
 }

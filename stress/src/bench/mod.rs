@@ -5,10 +5,17 @@
 //!  bench() -- per transport, op, clients, in-flight: client_loop() on N threads -> a row
 //!          \- targets.rs: paired ratios for the durable-key targets, the disk's fsync floor
 //!          \- baseline.rs: the same crypto in-process on one thread
+//!          \- floors.rs: raw TCP echo and spinning shared-memory round trips
 //! ```
+//! On a shared machine one in-process sample is not enough, so the baselines and floors are
+//! sampled several times, interleaved with the transport rows (before the first transport and
+//! after each one), and the median of the samples is reported and used for every ratio.
 
 mod baseline;
+mod floors;
 mod targets;
+
+pub use floors::shm_echo_child;
 
 pub use baseline::in_process;
 pub use targets::Target;
@@ -160,6 +167,9 @@ pub struct BenchOptions {
     /// Where to measure the disk's fsync latency (the floor under persistent keygen): the
     /// server's data directory when known, else the system temp directory.
     pub fsync_dir: Option<PathBuf>,
+    /// The `hsm-stress` binary, run as the echo child of the `floor-shm` row; `None` leaves
+    /// that row out.
+    pub floor_exe: Option<PathBuf>,
 }
 
 /// One measurement.
@@ -268,8 +278,7 @@ pub(crate) fn client_loop(
         let c = ferrohsm_client::connect::connect(profile, Some(t))
             .await
             .map_err(|e| e.to_string())?;
-        let mut h =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        let mut h = floors::ns_histogram()?;
         let warm_until = Instant::now() + Duration::from_secs_f64(secs / 10.0);
         let end = warm_until + Duration::from_secs_f64(secs);
         let mut q = VecDeque::with_capacity(inflight);
@@ -293,7 +302,7 @@ pub(crate) fn client_loop(
             let now = Instant::now();
             if now > warm_until && now <= end {
                 done += 1;
-                let _ = h.record((now - t0).as_micros().max(1) as u64);
+                let _ = h.record((now - t0).as_nanos().max(1) as u64);
             }
             if now < end {
                 q.push_back((Instant::now(), submit(&mut n).await?));
@@ -319,21 +328,71 @@ pub(crate) fn client_loop(
     })
 }
 
-/// Measures every combination, then the in-process baselines.
+/// Baseline and floor samples, taken between the transport rows.
+#[derive(Default)]
+struct Samples {
+    baseline: Vec<(BenchOp, Vec<f64>)>,
+    floors: Vec<Vec<BenchResult>>,
+}
+
+impl Samples {
+    /// One sample of every baseline and floor, `secs` each.
+    fn take(&mut self, opts: &BenchOptions, secs: f64) -> Result<(), String> {
+        for &op in &opts.ops {
+            if let Some(v) = in_process(op, secs) {
+                match self.baseline.iter_mut().find(|(o, _)| *o == op) {
+                    Some((_, vs)) => vs.push(v),
+                    None => self.baseline.push((op, vec![v])),
+                }
+            }
+        }
+        let mut floors = vec![floors::floor_tcp(secs)?];
+        if let Some(exe) = &opts.floor_exe {
+            floors.push(floors::floor_shm(exe, secs)?);
+        }
+        for (i, f) in floors.into_iter().enumerate() {
+            match self.floors.get_mut(i) {
+                Some(v) => v.push(f),
+                None => self.floors.push(vec![f]),
+            }
+        }
+        Ok(())
+    }
+
+    /// The medians: baselines by throughput, floors by median latency.
+    fn medians(mut self) -> (Vec<Baseline>, Vec<BenchResult>) {
+        let baseline = self
+            .baseline
+            .iter_mut()
+            .map(|(op, vs)| {
+                vs.sort_by(f64::total_cmp);
+                Baseline {
+                    op: op.name().into(),
+                    ops_per_sec: vs[vs.len() / 2],
+                }
+            })
+            .collect();
+        let floors = self
+            .floors
+            .iter_mut()
+            .filter_map(|rows| {
+                rows.sort_by(|a, b| a.p50_us.total_cmp(&b.p50_us));
+                rows.get(rows.len() / 2).cloned()
+            })
+            .collect();
+        (baseline, floors)
+    }
+}
+
+/// Measures every combination, with the in-process baselines and raw floors sampled before
+/// the first transport and after each one.
 pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
     let profile = Profile::load(&opts.profile).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     let mut targets = Vec::new();
-    let baseline: Vec<Baseline> = opts
-        .ops
-        .iter()
-        .filter_map(|op| {
-            in_process(*op, opts.secs).map(|v| Baseline {
-                op: op.name().into(),
-                ops_per_sec: v,
-            })
-        })
-        .collect();
+    let mut samples = Samples::default();
+    let sample_secs = (opts.secs / 4.0).clamp(0.05, 0.5);
+    samples.take(opts, sample_secs)?;
     for &t in &opts.transports {
         let rt = rt()?;
         let setup = rt.block_on(async {
@@ -356,7 +415,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
                         })
                         .collect();
                     let mut total = 0u64;
-                    let mut h = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+                    let mut h = floors::ns_histogram()?;
                     for j in handles {
                         let (n, hh) = j
                             .join()
@@ -364,20 +423,15 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
                         total += n;
                         let _ = h.add(hh);
                     }
-                    let ops_per_sec = total as f64 / opts.secs;
-                    let ratio = baseline
-                        .iter()
-                        .find(|b| b.op == op.name())
-                        .map(|b| ops_per_sec / b.ops_per_sec);
                     results.push(BenchResult {
                         transport: transport_name(t).into(),
                         op: op.name().into(),
                         inflight,
                         clients,
-                        ops_per_sec,
-                        p50_us: h.value_at_quantile(0.5) as f64,
-                        p99_us: h.value_at_quantile(0.99) as f64,
-                        ratio,
+                        ops_per_sec: total as f64 / opts.secs,
+                        p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
+                        p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+                        ratio: None,
                     });
                 }
             }
@@ -402,7 +456,17 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
                 let _ = setup_client.delete(k).await;
             }
         });
+        drop(setup_client);
+        samples.take(opts, sample_secs)?;
     }
+    let (baseline, floor_rows) = samples.medians();
+    for r in &mut results {
+        r.ratio = baseline
+            .iter()
+            .find(|b| b.op == r.op)
+            .map(|b| r.ops_per_sec / b.ops_per_sec);
+    }
+    results.extend(floor_rows);
     if opts.ops.contains(&BenchOp::KeygenPersistent) {
         let dir = opts.fsync_dir.clone().unwrap_or_else(std::env::temp_dir);
         results.push(targets::fsync_floor(

@@ -84,6 +84,13 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The echo child of bench's floor-shm row (started by bench itself).
+    #[command(hide = true)]
+    FloorShmEcho {
+        /// Where bench hands over the segment.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 fn write(path: &Option<PathBuf>, text: &str) -> Result<(), String> {
@@ -208,11 +215,16 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 clients,
                 secs: if quick { 0.3 } else { 2.0 },
                 fsync_dir: spawned.as_ref().map(|s| s.data_dir()),
+                floor_exe: std::env::current_exe().ok(),
             };
             let r = ferrohsm_stress::bench::bench(&opts)?;
             print!("{}", report::bench_table(&r));
             write(&server.json, &report::bench_json(&r).to_string())?;
             write(&server.plot, &report::bench_svg(&r))?;
+            Ok(true)
+        }
+        Command::FloorShmEcho { socket } => {
+            ferrohsm_stress::bench::shm_echo_child(&socket)?;
             Ok(true)
         }
     }

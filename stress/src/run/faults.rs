@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use ferrohsm_client::Client;
 use ferrohsm_client::profile::{Profile, Transport};
-use ferrohsm_proto::handshake::{Hello, Proof, transcript};
-use ferrohsm_proto::{PROTOCOL_VERSION, Request, Response};
+use ferrohsm_proto::Request;
 
 use super::worker::connect;
 use super::{Restarter, Shared};
@@ -53,34 +52,26 @@ fn raw_login(profile: &Profile) -> Option<std::net::TcpStream> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(
-        &Request::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            client: id.name.clone(),
-        })
-        .to_frame(1)
-        .encode(),
-    )
-    .ok()?;
-    let mut buf = vec![0u8; 256];
-    let n = s.read(&mut buf).ok()?;
-    let dec = ferrohsm_proto::FrameDecoder::default();
-    let ferrohsm_proto::Decoded::Frame(f, _) = dec.decode(&buf[..n]).ok()? else {
-        return None;
-    };
-    let Ok(Response::Challenge(c)) = Response::decode(f.header.opcode, &f.body) else {
-        return None;
-    };
-    let sig = ed25519_dalek::Signer::sign(key, &transcript(&id.name, c.session_id, &c.nonce));
-    s.write_all(
-        &Request::Proof(Proof {
-            signature: sig.to_bytes().to_vec(),
-        })
-        .to_frame(2)
-        .encode(),
-    )
-    .ok()?;
-    let _ = s.read(&mut buf).ok()?;
+    // The same handshake state machine as the client library, over a blocking socket.
+    let mut hs = ferrohsm_proto::handshake::ClientHandshake::new(&id.name);
+    let mut frames = ferrohsm_proto::FrameReader::new(4096);
+    let mut out = hs.start();
+    loop {
+        s.write_all(&out.encode()).ok()?;
+        let f = loop {
+            if let Some(f) = frames.next_frame().ok()? {
+                break f;
+            }
+            let mut chunk = [0u8; 512];
+            let n = s.read(&mut chunk).ok().filter(|n| *n > 0)?;
+            frames.buffer().extend_from_slice(&chunk[..n]);
+        };
+        let sign = |t: &[u8]| Ok(ed25519_dalek::Signer::sign(key, t).to_bytes().to_vec());
+        match hs.on_frame(&f, sign).ok()? {
+            ferrohsm_proto::handshake::ClientStep::Send(next) => out = next,
+            ferrohsm_proto::handshake::ClientStep::Done(_) => break,
+        }
+    }
     Some(s)
 }
 
