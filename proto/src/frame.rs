@@ -432,6 +432,40 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_takes_frames_across_any_split_and_keeps_only_the_rest() {
+        let frames: Vec<Frame> = (0..20u64)
+            .map(|i| frame(0, 16, i, vec![0xa5; (i as usize * 37) % 300]))
+            .collect();
+        let wire: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
+        for chunk in [1usize, 7, 64, 1000, wire.len()] {
+            let mut r = FrameReader::new(1024);
+            let mut got = Vec::new();
+            for part in wire.chunks(chunk) {
+                r.buffer().extend_from_slice(part);
+                while let Some(f) = r.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got, frames, "chunk {chunk}");
+            assert!(r.buffer().is_empty(), "chunk {chunk}: bytes left over");
+        }
+        // After a partial frame, the buffer holds exactly the bytes not yet taken (compacted
+        // to the front; what moved is wiped, which safe code cannot observe).
+        let mut r = FrameReader::new(1024);
+        let cut = frames[0].encode().len() + 5;
+        r.buffer().extend_from_slice(&wire[..cut]);
+        assert_eq!(r.next_frame().unwrap(), Some(frames[0].clone()));
+        assert_eq!(r.next_frame().unwrap(), None);
+        assert_eq!(r.buffer().as_slice(), &wire[cut - 5..cut]);
+        assert_eq!(r.into_bytes(), wire[cut - 5..cut].to_vec());
+        // A malformed frame is an error, not a hang.
+        let mut r = FrameReader::new(1024);
+        r.buffer()
+            .extend_from_slice(b"XXXXXXXXXXXXXXXXXXXXXXXXXXXX");
+        assert_eq!(r.next_frame(), Err(FrameError::BadMagic));
+    }
+
+    #[test]
     fn bad_magic_version_flags_and_oversize() {
         let good = frame(0, 16, 9, vec![0; 8]).encode();
         let dec = FrameDecoder::new(8);

@@ -47,6 +47,7 @@ pub enum HelloReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proof {
     /// Ed25519 signature (64 bytes) over [`transcript`].
+    #[serde(with = "crate::wire::bytes")]
     pub signature: Vec<u8>,
 }
 

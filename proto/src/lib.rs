@@ -27,6 +27,7 @@ pub mod handshake;
 pub mod message;
 pub mod pem;
 pub mod status;
+mod wire;
 
 pub use frame::{Decoded, Frame, FrameDecoder, FrameError, FrameReader, Header, Opcode};
 pub use message::{

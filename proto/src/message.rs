@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::frame::{FLAG_ERROR, FLAG_RESPONSE, Frame, Opcode};
 use crate::handshake::{Challenge, Hello, HelloReply, Proof, Welcome};
 use crate::status::{ErrorBody, Status};
+use crate::wire::{Buf, Raw};
 
 /// A key label: `[A-Za-z][A-Za-z0-9._-]{0,63}`, so a label never looks like a numeric id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -482,21 +483,40 @@ pub enum Request {
     },
 }
 
-#[derive(Serialize, Deserialize)]
+// Bodies: encoded from borrowed fields (no clone of a payload), decoded into owned ones; both
+// with the same field order, so the wire format is one.
+#[derive(Serialize)]
+struct KeyDataRef<'a> {
+    key: &'a KeyRef,
+    data: Raw<'a>,
+}
+#[derive(Deserialize)]
 struct KeyData {
     key: KeyRef,
-    data: Vec<u8>,
+    data: Buf,
 }
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
+struct KeyDataTagRef<'a> {
+    key: &'a KeyRef,
+    data: Raw<'a>,
+    tag: Raw<'a>,
+}
+#[derive(Deserialize)]
 struct KeyDataTag {
     key: KeyRef,
-    data: Vec<u8>,
-    tag: Vec<u8>,
+    data: Buf,
+    tag: Buf,
 }
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
+struct DeriveBodyRef<'a> {
+    key: &'a KeyRef,
+    peer: Raw<'a>,
+    spec: &'a KeySpec,
+}
+#[derive(Deserialize)]
 struct DeriveBody {
     key: KeyRef,
-    peer: Vec<u8>,
+    peer: Buf,
     spec: KeySpec,
 }
 
@@ -581,17 +601,17 @@ impl Request {
 
     /// The postcard body of this request.
     pub fn encode_body(&self) -> Vec<u8> {
-        let kd = |key: &KeyRef, data: &Vec<u8>| {
-            to_body(&KeyData {
-                key: key.clone(),
-                data: data.clone(),
+        let kd = |key: &KeyRef, data: &[u8]| {
+            to_body(&KeyDataRef {
+                key,
+                data: Raw(data),
             })
         };
-        let kdt = |key: &KeyRef, data: &Vec<u8>, tag: &Vec<u8>| {
-            to_body(&KeyDataTag {
-                key: key.clone(),
-                data: data.clone(),
-                tag: tag.clone(),
+        let kdt = |key: &KeyRef, data: &[u8], tag: &[u8]| {
+            to_body(&KeyDataTagRef {
+                key,
+                data: Raw(data),
+                tag: Raw(tag),
             })
         };
         match self {
@@ -599,7 +619,7 @@ impl Request {
             Request::Proof(p) => to_body(p),
             Request::Ping | Request::List => Vec::new(),
             Request::Random { len } => to_body(len),
-            Request::Digest { alg, data } => to_body(&(alg, data)),
+            Request::Digest { alg, data } => to_body(&(alg, Raw(data))),
             Request::Generate(spec) => to_body(spec),
             Request::Info(k) | Request::PublicKey(k) | Request::Export(k) | Request::Delete(k) => {
                 to_body(k)
@@ -621,10 +641,10 @@ impl Request {
                 ciphertext,
                 aad,
             } => kdt(key, ciphertext, aad),
-            Request::Derive { key, peer, spec } => to_body(&DeriveBody {
-                key: key.clone(),
-                peer: peer.clone(),
-                spec: spec.clone(),
+            Request::Derive { key, peer, spec } => to_body(&DeriveBodyRef {
+                key,
+                peer: Raw(peer),
+                spec,
             }),
         }
     }
@@ -648,7 +668,7 @@ impl Request {
                 len: from_body(opcode, body)?,
             },
             Opcode::Digest => {
-                let (alg, data) = from_body(opcode, body)?;
+                let (alg, Buf(data)) = from_body(opcode, body)?;
                 Request::Digest { alg, data }
             }
             Opcode::Generate => Request::Generate(from_body(opcode, body)?),
@@ -658,37 +678,37 @@ impl Request {
             Opcode::Delete => Request::Delete(from_body(opcode, body)?),
             Opcode::Sign => kd().map(|b| Request::Sign {
                 key: b.key,
-                data: b.data,
+                data: b.data.0,
             })?,
             Opcode::Mac => kd().map(|b| Request::Mac {
                 key: b.key,
-                data: b.data,
+                data: b.data.0,
             })?,
             Opcode::Verify => kdt().map(|b| Request::Verify {
                 key: b.key,
-                data: b.data,
-                signature: b.tag,
+                data: b.data.0,
+                signature: b.tag.0,
             })?,
             Opcode::MacVerify => kdt().map(|b| Request::MacVerify {
                 key: b.key,
-                data: b.data,
-                mac: b.tag,
+                data: b.data.0,
+                mac: b.tag.0,
             })?,
             Opcode::Encrypt => kdt().map(|b| Request::Encrypt {
                 key: b.key,
-                plaintext: b.data,
-                aad: b.tag,
+                plaintext: b.data.0,
+                aad: b.tag.0,
             })?,
             Opcode::Decrypt => kdt().map(|b| Request::Decrypt {
                 key: b.key,
-                ciphertext: b.data,
-                aad: b.tag,
+                ciphertext: b.data.0,
+                aad: b.tag.0,
             })?,
             Opcode::Derive => {
                 let b: DeriveBody = from_body(opcode, body)?;
                 Request::Derive {
                     key: b.key,
-                    peer: b.peer,
+                    peer: b.peer.0,
                     spec: b.spec,
                 }
             }
@@ -729,10 +749,10 @@ impl Response {
             Response::Challenge(c) => to_body(&HelloReply::Challenge(c.clone())),
             Response::Welcome(w) => to_body(w),
             Response::Done => Vec::new(),
-            Response::Bytes(b) => to_body(b),
+            Response::Bytes(b) => to_body(&Raw(b)),
             Response::Key(k) => to_body(k),
             Response::Keys(k) => to_body(k),
-            Response::PublicKey { key_type, bytes } => to_body(&(key_type, bytes)),
+            Response::PublicKey { key_type, bytes } => to_body(&(key_type, Raw(bytes))),
         }
     }
 
@@ -781,13 +801,13 @@ impl Response {
             | Opcode::Sign
             | Opcode::Encrypt
             | Opcode::Decrypt
-            | Opcode::Mac => Response::Bytes(from_body(opcode, body)?),
+            | Opcode::Mac => Response::Bytes(from_body::<Buf>(opcode, body)?.0),
             Opcode::Generate | Opcode::Info | Opcode::Derive => {
                 Response::Key(from_body(opcode, body)?)
             }
             Opcode::List => Response::Keys(from_body(opcode, body)?),
             Opcode::PublicKey => {
-                let (key_type, bytes) = from_body(opcode, body)?;
+                let (key_type, Buf(bytes)) = from_body(opcode, body)?;
                 Response::PublicKey { key_type, bytes }
             }
             Opcode::Challenge | Opcode::Welcome => return Err(BodyError::UnknownOpcode(opcode)),
