@@ -215,3 +215,41 @@ fn usage_errors_exit_nonzero_with_a_message() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown op"));
 }
+
+#[test]
+fn clients_in_separate_processes_merge_into_one_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("run.json");
+    let o = stress()
+        .args(["run", "--spawn", "--procs", "3", "--clients", "6"])
+        .args(["--duration", "2s", "--transports", "shm,tcp"])
+        .args(["--faults", "disconnect,malformed"])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "hsm-stress run --procs failed:\n{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["wrong_results"], 0, "{out}");
+    assert_eq!(r["isolation_violations"], 0, "{out}");
+    assert_eq!(r["unexpected_errors"], 0, "{out}");
+    assert!(r["fault_events"].as_u64().unwrap() > 0, "{out}");
+    // Both transports' histograms came back from the children and merged.
+    let total: u64 = ["shm", "tcp"]
+        .iter()
+        .map(|t| r["transports"][t]["count"].as_u64().unwrap())
+        .sum();
+    assert!(total > 20, "{out}");
+    assert!(
+        r["transports"]["shm"]["count"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    // The restart fault needs one process that owns the server's clients.
+    let o = stress()
+        .args(["run", "--spawn", "--procs", "2", "--clients", "2"])
+        .args(["--duration", "1s", "--faults", "restart"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot run with --procs"));
+}

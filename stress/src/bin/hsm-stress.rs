@@ -63,6 +63,15 @@ enum Command {
         /// Faults: disconnect,reconnect,malformed,slow,restart (restart needs --spawn).
         #[arg(long, value_delimiter = ',')]
         faults: Vec<Fault>,
+        /// Run the clients as N separate processes and merge their reports.
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
+        /// (child of --procs) the global index of this process's first client.
+        #[arg(long, hide = true, default_value_t = 0)]
+        first_client: usize,
+        /// (child of --procs) write the whole outcome here for the parent to merge.
+        #[arg(long, hide = true, value_name = "F")]
+        outcome_json: Option<PathBuf>,
     },
     /// Per-operation throughput and latency over each transport, against in-process crypto.
     Bench {
@@ -111,6 +120,82 @@ fn spawn(server: &Server, clients: usize) -> Result<Option<Spawned>, String> {
     Spawned::start(&hsmd, clients, "max_connections_per_client = 4096").map(Some)
 }
 
+/// What every child of a `--procs` run shares.
+struct ChildRun<'a> {
+    profiles: &'a std::path::Path,
+    transports: &'a [ferrohsm_client::profile::Transport],
+    duration: Option<std::time::Duration>,
+    ops: Option<u64>,
+    faults: &'a [Fault],
+}
+
+/// Runs `clients` as `procs` child processes of this binary and merges their outcomes. The
+/// faults run in the first child only, so a run injects as many as a single-process one.
+fn run_procs(
+    c: &ChildRun<'_>,
+    clients: usize,
+    procs: usize,
+) -> Result<ferrohsm_stress::run::Outcome, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let names: Vec<&str> = c
+        .transports
+        .iter()
+        .map(|t| ferrohsm_stress::transport_name(*t))
+        .collect();
+    let shares = ferrohsm_stress::run::procs::shares(clients, procs);
+    let mut children = Vec::new();
+    for (k, (first, n)) in shares.iter().enumerate() {
+        let out = tmp.path().join(format!("child-{k}.json"));
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("run")
+            .arg("--profiles")
+            .arg(c.profiles)
+            .args(["--transports", &names.join(",")])
+            .args(["--clients", &n.to_string()])
+            .args(["--first-client", &first.to_string()])
+            .arg("--outcome-json")
+            .arg(&out)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Some(d) = c.duration {
+            cmd.args(["--duration", &format!("{}ms", d.as_millis().max(1))]);
+        }
+        if let Some(total) = c.ops {
+            // Each child's share of the operations, in proportion to its clients.
+            let mine = (total * *n as u64).div_ceil(clients.max(1) as u64).max(1);
+            cmd.args(["--ops", &mine.to_string()]);
+        }
+        if k == 0 && !c.faults.is_empty() {
+            let f: Vec<String> = c.faults.iter().map(|f| f.name().to_string()).collect();
+            cmd.args(["--faults", &f.join(",")]);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start client process {k}: {e}"))?;
+        children.push((k, child, out));
+    }
+    let mut outcomes = Vec::new();
+    let mut failed = Vec::new();
+    for (k, mut child, out) in children {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        match std::fs::read(&out) {
+            Ok(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("client process {k}: {e}"))?;
+                outcomes.push(ferrohsm_stress::run::procs::load(&v)?);
+            }
+            Err(_) => failed.push(format!(
+                "client process {k} exited with {status} and no report"
+            )),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
+    }
+    Ok(ferrohsm_stress::run::procs::merge(outcomes))
+}
+
 fn main() -> ExitCode {
     match real_main(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
@@ -131,6 +216,9 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             duration,
             ops,
             faults,
+            procs,
+            first_client,
+            outcome_json,
         } => {
             let spawned = spawn(&server, 4.min(clients.max(1)))?
                 .map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
@@ -148,25 +236,48 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
                 .collect();
             paths.sort();
-            let opts = RunOptions {
-                profiles: paths,
-                transports: server.transports.clone().unwrap_or(ALL_TRANSPORTS.to_vec()),
-                clients,
-                duration: duration.or(if ops.is_none() {
-                    Some(std::time::Duration::from_secs(10))
-                } else {
-                    None
-                }),
-                ops,
-                faults,
-                progress: true,
-                restart: spawned.clone().map(|s| {
-                    Restarter(std::sync::Arc::new(move || {
-                        s.lock().unwrap_or_else(|p| p.into_inner()).restart()
-                    }))
-                }),
+            let duration = duration.or(if ops.is_none() {
+                Some(std::time::Duration::from_secs(10))
+            } else {
+                None
+            });
+            let transports = server.transports.clone().unwrap_or(ALL_TRANSPORTS.to_vec());
+            let outcome = if procs > 1 {
+                if faults.contains(&Fault::Restart) {
+                    return Err("the restart fault cannot run with --procs yet: it restarts the hsmd under every process's clients".into());
+                }
+                let child = ChildRun {
+                    profiles: &dir,
+                    transports: &transports,
+                    duration,
+                    ops,
+                    faults: &faults,
+                };
+                run_procs(&child, clients, procs)?
+            } else {
+                let opts = RunOptions {
+                    profiles: paths,
+                    transports,
+                    clients,
+                    duration,
+                    ops,
+                    faults,
+                    progress: outcome_json.is_none(),
+                    restart: spawned.clone().map(|s| {
+                        Restarter(std::sync::Arc::new(move || {
+                            s.lock().unwrap_or_else(|p| p.into_inner()).restart()
+                        }))
+                    }),
+                    first_client,
+                };
+                ferrohsm_stress::run::run(&opts)?
             };
-            let outcome = ferrohsm_stress::run::run(&opts)?;
+            if let Some(f) = &outcome_json {
+                // A child of --procs: the parent reports.
+                let dump = ferrohsm_stress::run::procs::dump(&outcome).to_string();
+                write(&Some(f.clone()), &dump)?;
+                return Ok(true);
+            }
             let rss = spawned
                 .as_ref()
                 .and_then(|s| peak_rss_kib(s.lock().unwrap_or_else(|p| p.into_inner()).pid()));

@@ -28,19 +28,36 @@ pub enum Fault {
     Restart,
 }
 
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 5] = [
+        Fault::Disconnect,
+        Fault::Reconnect,
+        Fault::Malformed,
+        Fault::Slow,
+        Fault::Restart,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Disconnect => "disconnect",
+            Fault::Reconnect => "reconnect",
+            Fault::Malformed => "malformed",
+            Fault::Slow => "slow",
+            Fault::Restart => "restart",
+        }
+    }
+}
+
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "disconnect" => Ok(Fault::Disconnect),
-            "reconnect" => Ok(Fault::Reconnect),
-            "malformed" => Ok(Fault::Malformed),
-            "slow" => Ok(Fault::Slow),
-            "restart" => Ok(Fault::Restart),
-            _ => Err(format!(
+        Fault::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            format!(
                 "unknown fault {s:?}; expected disconnect, reconnect, malformed, slow or restart"
-            )),
-        }
+            )
+        })
     }
 }
 

@@ -5,10 +5,12 @@
 //! ```text
 //!  run() --spawns--> worker.rs: one thread per client (connection, identity, checked ops)
 //!        \-spawns--> faults.rs: one thread per fault, beside the load
+//!  procs.rs: `--procs N` runs the clients as N child processes and merges their outcomes
 //!  Shared: counters, problems, the labels each identity made (for isolation probes)
 //! ```
 
 mod faults;
+pub mod procs;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Restarts the server gracefully (the `restart` fault; only for a server we started).
     pub restart: Option<Restarter>,
+    /// The index of this run's first client among all processes of a `--procs` run (labels,
+    /// identities and transports follow the global index), 0 otherwise.
+    pub first_client: usize,
 }
 
 /// Restarts the server under test; returns once it listens again.
@@ -67,7 +72,7 @@ pub struct Stats {
     pub timeline: BTreeMap<String, Vec<Histogram<u64>>>,
 }
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     // 1 µs .. 100 s at 3 significant digits; the bounds are constants, so this cannot fail.
     Histogram::new_with_bounds(1, 100_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
@@ -94,7 +99,7 @@ impl Stats {
             .or_default() += 1;
     }
 
-    fn merge(&mut self, other: Stats) {
+    pub(crate) fn merge(&mut self, other: Stats) {
         for (k, h) in other.ops {
             let _ = self.ops.entry(k).or_insert_with(hist).add(h);
         }
@@ -205,7 +210,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
         restarts: AtomicU64::new(0),
     });
     let mut workers = Vec::new();
-    for i in 0..opts.clients.max(1) {
+    for i in opts.first_client..opts.first_client + opts.clients.max(1) {
         let p = profiles[i % profiles.len()].clone();
         let t = opts.transports[i % opts.transports.len()];
         // Prefixes of the other identities' labels (isolation probes and listing checks).
