@@ -349,6 +349,15 @@ impl FrameReader {
         }
     }
 
+    /// Whether another whole frame is already buffered (no copy, no error: a bad header
+    /// shows at the next [`FrameReader::next_frame`]).
+    pub fn frame_ready(&self) -> bool {
+        let rest = &self.buf[self.start..];
+        rest.first_chunk::<HEADER_LEN>()
+            .and_then(|h| Header::parse(h, self.decoder.max_body()).ok())
+            .is_some_and(|h| rest.len() >= HEADER_LEN + h.body_len as usize)
+    }
+
     /// Where the transport appends the bytes it reads (`read_buf`, `extend_from_slice`).
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.buf
@@ -448,13 +457,16 @@ mod tests {
             }
             assert_eq!(got, frames, "chunk {chunk}");
             assert!(r.buffer().is_empty(), "chunk {chunk}: bytes left over");
+            assert!(!r.frame_ready());
         }
         // After a partial frame, the buffer holds exactly the bytes not yet taken (compacted
         // to the front; what moved is wiped, which safe code cannot observe).
         let mut r = FrameReader::new(1024);
         let cut = frames[0].encode().len() + 5;
         r.buffer().extend_from_slice(&wire[..cut]);
+        assert!(r.frame_ready());
         assert_eq!(r.next_frame().unwrap(), Some(frames[0].clone()));
+        assert!(!r.frame_ready());
         assert_eq!(r.next_frame().unwrap(), None);
         assert_eq!(r.buffer().as_slice(), &wire[cut - 5..cut]);
         assert_eq!(r.into_bytes(), wire[cut - 5..cut].to_vec());

@@ -38,9 +38,7 @@ impl Compute<'_> {
         F: FnOnce() -> Result<T, OpError> + Send + 'static,
     {
         if len <= self.inline_max {
-            // The same panic guard as a worker's: a crypto library's panic is `internal`.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-                .unwrap_or_else(|_| Err(OpError::internal("crypto operation panicked")))
+            guarded(f)
         } else {
             self.pool.run(f).await
         }
@@ -53,6 +51,111 @@ impl Compute<'_> {
         F: FnOnce() -> Result<T, OpError> + Send + 'static,
     {
         self.pool.run(f).await
+    }
+}
+
+/// Runs `f` on this thread under the same panic guard a crypto worker uses.
+fn guarded<T>(f: impl FnOnce() -> Result<T, OpError>) -> Result<T, OpError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(OpError::internal("crypto operation panicked")))
+}
+
+/// Answers `request` at once, on the session's own thread, when that costs less than a hop to
+/// a crypto worker and back: cheap operations (random, digest, AEAD, HMAC) on inputs up to
+/// `inline_max` bytes, and signatures and verifications when nothing else of this session
+/// waits (`alone`: one request in flight, so a worker would only add its wake-up to the
+/// latency; with more in flight the pool spreads them over the cores). The key must be in
+/// memory; otherwise, and for every other request, the request comes back (`Err`) to go
+/// through [`dispatch`].
+pub fn inline(
+    shared: &Shared,
+    caller: &Caller,
+    request: Request,
+    alone: bool,
+) -> Result<Result<Response, OpError>, Request> {
+    let (km, max) = (&shared.km, shared.inline_max);
+    let bytes = Response::Bytes;
+    match request {
+        Request::Random { len } if len as usize <= max => Ok(policy::random_len(len)
+            .and_then(|n| guarded(|| ops::random(n)))
+            .map(bytes)),
+        Request::Digest { alg, data } if data.len() <= max => {
+            Ok(guarded(|| Ok(ops::digest(alg, &data))).map(bytes))
+        }
+        Request::Encrypt {
+            key,
+            plaintext,
+            aad,
+        } if plaintext.len() + aad.len() <= max => {
+            let mut plaintext = zeroize::Zeroizing::new(plaintext);
+            match km.authorize_now(caller, &key, policy::ENCRYPT) {
+                Some(h) => Ok(h
+                    .and_then(|h| guarded(|| ops::encrypt(&h.material, &plaintext, &aad)))
+                    .map(bytes)),
+                None => Err(Request::Encrypt {
+                    key,
+                    plaintext: std::mem::take(&mut *plaintext),
+                    aad,
+                }),
+            }
+        }
+        Request::Decrypt {
+            key,
+            ciphertext,
+            aad,
+        } if ciphertext.len() + aad.len() <= max => {
+            match km.authorize_now(caller, &key, policy::DECRYPT) {
+                Some(h) => Ok(h
+                    .and_then(|h| {
+                        guarded(|| ops::decrypt(&h.material, &ciphertext, &aad).map(|p| p.to_vec()))
+                    })
+                    .map(bytes)),
+                None => Err(Request::Decrypt {
+                    key,
+                    ciphertext,
+                    aad,
+                }),
+            }
+        }
+        Request::Mac { key, data } if data.len() <= max => {
+            match km.authorize_now(caller, &key, policy::MAC) {
+                Some(h) => Ok(h
+                    .and_then(|h| guarded(|| ops::mac(&h.material, &data)))
+                    .map(bytes)),
+                None => Err(Request::Mac { key, data }),
+            }
+        }
+        Request::MacVerify { key, data, mac } if data.len() <= max => {
+            match km.authorize_now(caller, &key, policy::MAC) {
+                Some(h) => Ok(h
+                    .and_then(|h| guarded(|| ops::mac_verify(&h.material, &data, &mac)))
+                    .map(|_| Response::Done)),
+                None => Err(Request::MacVerify { key, data, mac }),
+            }
+        }
+        Request::Sign { key, data } if alone && data.len() <= max => {
+            match km.authorize_now(caller, &key, policy::SIGN) {
+                Some(h) => Ok(h
+                    .and_then(|h| guarded(|| ops::sign(&h.material, &data)))
+                    .map(bytes)),
+                None => Err(Request::Sign { key, data }),
+            }
+        }
+        Request::Verify {
+            key,
+            data,
+            signature,
+        } if alone && data.len() <= max => match km.authorize_now(caller, &key, policy::VERIFY) {
+            Some(h) => Ok(h
+                .and_then(|h| guarded(|| ops::verify(&h.material, &data, &signature)))
+                .map(|_| Response::Done)),
+            None => Err(Request::Verify {
+                key,
+                data,
+                signature,
+            }),
+        },
+        other => Err(other),
     }
 }
 

@@ -72,8 +72,7 @@ fn aead_key(key: &KeyMaterial, op: &str) -> Result<(u8, LessSafeKey), OpError> {
 /// authenticated along with `aad`.
 pub fn encrypt(key: &KeyMaterial, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpError> {
     let (alg_id, k) = aead_key(key, "encrypt")?;
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).map_err(|_| OpError::internal("OS random source failed"))?;
+    let nonce = fresh_nonce()?;
     let header = [CIPHERTEXT_VERSION, alg_id];
     let mut out = Vec::with_capacity(CIPHERTEXT_OVERHEAD + plaintext.len());
     out.extend_from_slice(&header);
@@ -181,7 +180,36 @@ pub fn digest(alg: DigestAlg, data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// `len` bytes from the OS CSPRNG (the length was checked by policy).
+/// Nonces drawn per thread from a pool of OS randomness refilled [`NONCE_POOL`] bytes at a
+/// time: one `getrandom` system call per 341 encryptions instead of one each (it was the
+/// largest single cost of a small encryption). A nonce is public, so a pool of unused ones in
+/// memory reveals nothing, and every pool byte is handed out at most once.
+fn fresh_nonce() -> Result<[u8; NONCE_LEN], OpError> {
+    use std::cell::RefCell;
+    thread_local! {
+        static POOL: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    }
+    POOL.with(|p| {
+        let (buf, used) = &mut *p.borrow_mut();
+        if *used + NONCE_LEN > buf.len() {
+            buf.resize(NONCE_POOL, 0);
+            getrandom::fill(buf).map_err(|_| OpError::internal("OS random source failed"))?;
+            *used = 0;
+        }
+        let mut n = [0u8; NONCE_LEN];
+        n.copy_from_slice(&buf[*used..*used + NONCE_LEN]);
+        // Spent bytes are cleared, so no nonce can come out twice.
+        buf[*used..*used + NONCE_LEN].fill(0);
+        *used += NONCE_LEN;
+        Ok(n)
+    })
+}
+
+/// Bytes of OS randomness per nonce-pool refill (341 nonces).
+const NONCE_POOL: usize = 341 * NONCE_LEN;
+
+/// `len` bytes from the OS CSPRNG (the length was checked by policy). Not from the nonce pool:
+/// these bytes are secret to the caller.
 pub fn random(len: usize) -> Result<Vec<u8>, OpError> {
     let mut out = vec![0u8; len];
     getrandom::fill(&mut out).map_err(|_| OpError::internal("OS random source failed"))?;
@@ -215,6 +243,13 @@ mod tests {
             sign(&key(KeyType::X25519), b"m").unwrap_err().status,
             Status::WrongKeyType
         );
+    }
+
+    #[test]
+    fn pooled_nonces_never_repeat_across_refills() {
+        let n: std::collections::HashSet<[u8; NONCE_LEN]> =
+            (0..3 * 341 + 7).map(|_| fresh_nonce().unwrap()).collect();
+        assert_eq!(n.len(), 3 * 341 + 7);
     }
 
     #[test]

@@ -138,6 +138,24 @@ impl KeyManager {
         Ok(h)
     }
 
+    /// [`KeyManager::authorize`] when the answer is in memory (session keys, the cache):
+    /// `None` when the store would have to be read.
+    pub fn authorize_now(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        req: Requirement,
+    ) -> Option<Result<Arc<KeyHandle>, OpError>> {
+        let h = match self.sessions.lock().find(&caller.client, key) {
+            Some(h) => h,
+            None if matches!(key, KeyRef::Id(id) if *id >= SESSION_ID_BASE) => {
+                return Some(Err(OpError::not_found(key)));
+            }
+            None => self.cache.lock().get(&caller.client, key)?,
+        };
+        Some(policy::check(&h.info, req).map(|_| h))
+    }
+
     async fn lookup(&self, caller: &Caller, key: &KeyRef) -> Result<Arc<KeyHandle>, OpError> {
         if let Some(h) = self.sessions.lock().find(&caller.client, key) {
             return Ok(h);

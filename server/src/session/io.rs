@@ -48,7 +48,16 @@ async fn pump<R: AsyncRead + Unpin>(
                         _ = shutdown.wait_for(|s| *s) => return,
                     };
                     let ticket = Ticket::new(permit, &shared.inflight);
-                    if session.send(Inbound { frame, ticket }).await.is_err() {
+                    let more = frames.frame_ready();
+                    if session
+                        .send(Inbound {
+                            frame,
+                            ticket,
+                            more,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

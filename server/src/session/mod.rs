@@ -67,6 +67,8 @@ struct Outbound {
 struct Inbound {
     frame: Frame,
     ticket: Ticket,
+    // Another whole frame was already buffered behind this one.
+    more: bool,
 }
 
 /// Ends the session (peer closed, transport error, shutdown).
@@ -90,6 +92,9 @@ pub struct Session {
     // What the transport proved (see crate::auth).
     credential: Credential,
     out: mpsc::Sender<Outbound>,
+    // Requests of this session running detached (waiting for the store or a worker). The
+    // session and its request futures share one arbiter thread, so a plain Rc counts them.
+    detached: std::rc::Rc<std::cell::Cell<usize>>,
     // Dropping this tells the reader task to stop.
     stop_reader: Option<oneshot::Sender<()>>,
 }
@@ -132,12 +137,23 @@ impl Session {
         resp: Result<Response, OpError>,
         ticket: Option<Ticket>,
     ) {
-        let frame = response_frame(opcode, request_id, resp, false);
+        self.reply_secret(opcode, request_id, resp, ticket, false)
+    }
+
+    fn reply_secret(
+        &self,
+        opcode: u16,
+        request_id: u64,
+        resp: Result<Response, OpError>,
+        ticket: Option<Ticket>,
+        secret: bool,
+    ) {
+        let frame = response_frame(opcode, request_id, resp, secret);
         // Capacity is window + 2 and every ticketed frame holds a window permit, so this only
         // fails when the writer has gone (peer disconnected): then there is no one to tell.
         let _ = self.out.try_send(Outbound {
             frame,
-            secret: false,
+            secret,
             _ticket: ticket,
         });
     }
@@ -212,7 +228,11 @@ impl Handler<Inbound> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
-        let Inbound { frame, ticket } = msg;
+        let Inbound {
+            frame,
+            ticket,
+            more,
+        } = msg;
         let (opcode, rid) = (frame.header.opcode, frame.header.request_id);
         if matches!(self.state, State::Closed) {
             return;
@@ -287,17 +307,25 @@ impl Handler<Inbound> for Session {
             // Session-level: answered here, never reaching the key manager or the pool.
             return self.reply(opcode, rid, Ok(Response::Done), Some(ticket));
         }
-        let shared = self.shared.clone();
-        let out = self.out.clone();
         let secret = matches!(
             request,
             Request::Export(_) | Request::Decrypt { .. } | Request::Random { .. }
         );
+        // Cheap work, and a lone signature, is answered right here (no task, no hop).
+        let alone = !more && self.detached.get() == 0;
+        let request = match crate::dispatch::inline(&self.shared, &caller, request, alone) {
+            Ok(resp) => return self.reply_secret(opcode, rid, resp, Some(ticket), secret),
+            Err(request) => request,
+        };
+        let shared = self.shared.clone();
+        let out = self.out.clone();
+        let detached = Detached::enter(&self.detached);
         // Detached (not ctx.spawn): a request that started finishes even if the session
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
             let resp = crate::dispatch::dispatch(&shared, caller, request).await;
             let frame = response_frame(opcode, rid, resp, secret);
+            drop(detached);
             let _ = out
                 .send(Outbound {
                     frame,
@@ -306,6 +334,22 @@ impl Handler<Inbound> for Session {
                 })
                 .await;
         });
+    }
+}
+
+/// Counts one detached request of a session while it runs.
+struct Detached(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl Detached {
+    fn enter(n: &std::rc::Rc<std::cell::Cell<usize>>) -> Detached {
+        n.set(n.get() + 1);
+        Detached(n.clone())
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -354,6 +398,7 @@ where
         state: State::AwaitHello,
         credential,
         out: out_tx.clone(),
+        detached: std::rc::Rc::default(),
         stop_reader: Some(stop_tx),
     }
     .start();
