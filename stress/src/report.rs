@@ -199,7 +199,7 @@ pub fn run_svg(o: &Outcome) -> String {
 /// The bench results as a table.
 pub fn bench_table(r: &BenchReport) -> String {
     let mut s = format!(
-        "cpus {}, profile {}\n{:<9} {:<28} {:>8} {:>7} {:>11} {:>9} {:>9} {:>7}\n",
+        "cpus {}, profile {}\n{:<12} {:<28} {:>8} {:>7} {:>11} {:>9} {:>9} {:>7}\n",
         r.cpus,
         r.profile,
         "transport",
@@ -218,27 +218,35 @@ pub fn bench_table(r: &BenchReport) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
-            "{:<9} {:<28} {:>8} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>7}",
+            "{:<12} {:<28} {:>8} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>7}",
             x.transport, x.op, x.inflight, x.clients, x.ops_per_sec, x.p50_us, x.p99_us, ratio
         );
     }
     for b in &r.baseline {
         let _ = writeln!(
             s,
-            "{:<9} {:<28} {:>8} {:>7} {:>11.0}",
+            "{:<12} {:<28} {:>8} {:>7} {:>11.0}",
             "in-proc", b.op, 1, 1, b.ops_per_sec
         );
     }
     for t in &r.targets {
         let _ = writeln!(
             s,
-            "target {} over {} at {} in flight: {:.2} (goal >= {}): {}",
+            "target {} over {} at {} in flight: {:.2} (goal {} {}): {}",
             t.name,
             t.transport,
             t.inflight,
             t.ratio,
+            if t.at_most { "<=" } else { ">=" },
             t.goal,
-            if t.ratio >= t.goal { "met" } else { "MISSED" }
+            if t.met() { "met" } else { "MISSED" }
+        );
+    }
+    if let Some(i) = &r.idle {
+        let _ = writeln!(
+            s,
+            "idle hsmd with {} idle shm sessions: {:.1}% of one core over {:.1} s",
+            i.sessions, i.cpu_percent, i.seconds
         );
     }
     s
@@ -256,8 +264,11 @@ pub fn bench_json(r: &BenchReport) -> Value {
         "baseline": r.baseline.iter().map(|b| json!({"op": b.op, "ops_per_sec": b.ops_per_sec})).collect::<Vec<_>>(),
         "targets": r.targets.iter().map(|t| json!({
             "name": t.name, "transport": t.transport, "inflight": t.inflight, "ratio": t.ratio,
-            "goal": t.goal, "met": t.ratio >= t.goal,
+            "goal": t.goal, "at_most": t.at_most, "met": t.met(),
         })).collect::<Vec<_>>(),
+        "idle": r.idle.as_ref().map(|i| json!({
+            "sessions": i.sessions, "seconds": i.seconds, "cpu_percent": i.cpu_percent,
+        })),
     })
 }
 

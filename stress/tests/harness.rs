@@ -106,6 +106,8 @@ fn a_quick_bench_reports_every_field() {
             "ping,ed25519-sign",
             "--inflight",
             "1,4",
+            "--sessions",
+            "6",
         ])
         .args([
             "--json",
@@ -135,6 +137,11 @@ fn a_quick_bench_reports_every_field() {
         assert!(p50 > 0.0 && p99 >= p50, "{f}");
         assert!(f["ops_per_sec"].as_f64().unwrap() > 0.0, "{f}");
     }
+    // The many-sessions row: every transport at once.
+    let (many, results): (Vec<_>, Vec<_>) = results.into_iter().partition(|x| x["clients"] == 6);
+    assert_eq!(many.len(), 1, "{out}");
+    assert_eq!(many[0]["transport"], "tcp+tls+tls-psk+shm", "{out}");
+    assert!(many[0]["ops_per_sec"].as_f64().unwrap() > 0.0, "{out}");
     assert_eq!(results.len(), 4 * 2 * 2, "{out}");
     for x in results {
         for f in [
@@ -153,6 +160,12 @@ fn a_quick_bench_reports_every_field() {
         // Only ping has no in-process baseline.
         assert_eq!(x["ratio"].is_null(), x["op"] == "ping", "{x}");
     }
+    // 64 idle shm sessions must leave the server idle (spinning is bounded to the spin window
+    // after each request, then every side sleeps on its futex): a spinning session would show
+    // as tens of percent of a core.
+    let idle = &r["idle"];
+    assert_eq!(idle["sessions"], 64, "{out}");
+    assert!(idle["cpu_percent"].as_f64().unwrap() < 20.0, "{out}");
     let baseline = r["baseline"].as_array().unwrap();
     assert_eq!(baseline.len(), 1);
     assert_eq!(baseline[0]["op"], "ed25519-sign");

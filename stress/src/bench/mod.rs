@@ -13,9 +13,11 @@
 
 mod baseline;
 mod floors;
+mod scale;
 mod targets;
 
 pub use floors::shm_echo_child;
+pub use scale::Idle;
 
 pub use baseline::in_process;
 pub use targets::Target;
@@ -170,6 +172,11 @@ pub struct BenchOptions {
     /// The `hsm-stress` binary, run as the echo child of the `floor-shm` row; `None` leaves
     /// that row out.
     pub floor_exe: Option<PathBuf>,
+    /// Also measure ping with this many concurrent sessions spread over the transports.
+    pub sessions: Option<usize>,
+    /// The server's process id and how many idle shm sessions to hold while measuring its
+    /// CPU use (a spawned server; `None` skips the measurement).
+    pub idle: Option<(u32, usize)>,
 }
 
 /// One measurement.
@@ -215,6 +222,8 @@ pub struct BenchReport {
     pub baseline: Vec<Baseline>,
     /// The durable-key targets, each measured as a paired ratio.
     pub targets: Vec<Target>,
+    /// CPU use of the idle server holding idle shm sessions, when measured.
+    pub idle: Option<Idle>,
 }
 
 #[derive(Clone)]
@@ -459,6 +468,16 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
         drop(setup_client);
         samples.take(opts, sample_secs)?;
     }
+    if let Some(n) = opts.sessions {
+        results.push(scale::sessions(&profile, &opts.transports, n, opts.secs)?);
+    }
+    let idle = match opts.idle {
+        Some((pid, n)) if opts.transports.contains(&Transport::Shm) => {
+            let secs = if opts.secs < 1.0 { 1.0 } else { 3.0 };
+            Some(scale::idle_cpu(&profile, pid, n, secs)?)
+        }
+        _ => None,
+    };
     let (baseline, floor_rows) = samples.medians();
     for r in &mut results {
         r.ratio = baseline
@@ -467,6 +486,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
             .map(|b| r.ops_per_sec / b.ops_per_sec);
     }
     results.extend(floor_rows);
+    targets.extend(targets::every_core(&results, &baseline));
     if opts.ops.contains(&BenchOp::KeygenPersistent) {
         let dir = opts.fsync_dir.clone().unwrap_or_else(std::env::temp_dir);
         results.push(targets::fsync_floor(
@@ -488,5 +508,6 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
         results,
         baseline,
         targets,
+        idle,
     })
 }

@@ -19,8 +19,104 @@ pub struct Target {
     pub inflight: usize,
     /// The measured ratio.
     pub ratio: f64,
-    /// The goal: `ratio >= goal`.
+    /// The goal: `ratio >= goal`, or `ratio <= goal` when `at_most`.
     pub goal: f64,
+    /// Whether the goal is an upper bound.
+    pub at_most: bool,
+}
+
+impl Target {
+    /// Whether the ratio meets the goal.
+    pub fn met(&self) -> bool {
+        if self.at_most {
+            self.ratio <= self.goal
+        } else {
+            self.ratio >= self.goal
+        }
+    }
+}
+
+/// The every-core targets, from rows of this run: latency ratios to the raw floors and to
+/// ping plus the in-process crypto, throughput ratios to the in-process baselines.
+pub(super) fn every_core(results: &[BenchResult], baseline: &[super::Baseline]) -> Vec<Target> {
+    let row = |t: &str, op: &str, inflight: usize, clients: usize| {
+        results.iter().find(|r| {
+            r.transport == t && r.op == op && r.inflight == inflight && r.clients == clients
+        })
+    };
+    let base = |op: &str| baseline.iter().find(|b| b.op == op).map(|b| b.ops_per_sec);
+    let mut out = Vec::new();
+    let mut push = |name: String, transport: &str, inflight, ratio: f64, goal, at_most| {
+        out.push(Target {
+            name,
+            transport: transport.into(),
+            inflight,
+            ratio,
+            goal,
+            at_most,
+        })
+    };
+    for (t, floor, goal) in [("shm", "floor-shm", 4.0), ("tcp", "floor-tcp", 1.3)] {
+        if let (Some(p), Some(f)) = (row(t, "ping", 1, 1), row("floor", floor, 1, 1)) {
+            push(
+                format!("ping p50 / {floor} p50"),
+                t,
+                1,
+                p.p50_us / f.p50_us,
+                goal,
+                true,
+            );
+        }
+    }
+    // One request in flight: sign p50 <= ping p50 + 1.2 x one in-process sign.
+    for t in ["tcp", "tls", "shm"] {
+        for op in ["ed25519-sign", "p256-sign"] {
+            if let (Some(s), Some(p), Some(b)) = (row(t, op, 1, 1), row(t, "ping", 1, 1), base(op))
+            {
+                let budget = p.p50_us + 1.2 * 1e6 / b;
+                push(
+                    format!("{op} p50 / (ping p50 + 1.2 x in-process)"),
+                    t,
+                    1,
+                    s.p50_us / budget,
+                    1.0,
+                    true,
+                );
+            }
+        }
+    }
+    for (t, op, inflight, clients, goal) in [
+        ("shm", "chacha20poly1305-encrypt-64", 16, 2, 0.25),
+        ("shm", "chacha20poly1305-encrypt-16k", 16, 1, 0.5),
+        ("tls", "chacha20poly1305-encrypt-16k", 16, 1, 0.35),
+        ("shm", "ed25519-sign", 16, 2, 1.4),
+        ("shm", "p256-sign", 16, 2, 1.4),
+    ] {
+        if let Some(r) = row(t, op, inflight, clients).and_then(|r| r.ratio.map(|x| (r, x))) {
+            push(
+                format!("{op} x{clients} clients / in-process"),
+                t,
+                inflight,
+                r.1,
+                goal,
+                false,
+            );
+        }
+    }
+    for r in results
+        .iter()
+        .filter(|r| r.op == "ping" && r.clients >= 1024)
+    {
+        push(
+            format!("{} sessions ping p99 / p50", r.clients),
+            &r.transport,
+            1,
+            r.p99_us / r.p50_us,
+            10.0,
+            true,
+        );
+    }
+    out
 }
 
 /// The disk's fsync latency: 4 KiB written and `sync_data`ed, `n` times, in `dir`.
@@ -119,6 +215,7 @@ pub(super) fn measure(
                 inflight,
                 ratio,
                 goal,
+                at_most: false,
             });
         }
     }

@@ -92,6 +92,12 @@ enum Command {
         /// Short measurements (0.3 s each instead of 2 s).
         #[arg(long)]
         quick: bool,
+        /// Also measure ping with N concurrent sessions spread over the transports.
+        #[arg(long, value_name = "N")]
+        sessions: Option<usize>,
+        /// Idle shm sessions held while measuring the spawned server's idle CPU use (0: skip).
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        idle_sessions: usize,
     },
     /// The echo child of bench's floor-shm row (started by bench itself).
     #[command(hide = true)]
@@ -307,6 +313,8 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             inflight,
             clients,
             quick,
+            sessions,
+            idle_sessions,
         } => {
             let spawned = spawn(&server, 1)?;
             let profile = match (&spawned, profile) {
@@ -327,6 +335,11 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 secs: if quick { 0.3 } else { 2.0 },
                 fsync_dir: spawned.as_ref().map(|s| s.data_dir()),
                 floor_exe: std::env::current_exe().ok(),
+                sessions,
+                idle: spawned
+                    .as_ref()
+                    .filter(|_| idle_sessions > 0)
+                    .map(|s| (s.pid(), idle_sessions)),
             };
             let r = ferrohsm_stress::bench::bench(&opts)?;
             print!("{}", report::bench_table(&r));
