@@ -163,6 +163,15 @@ fn watch(inner: Arc<Inner>, waiting_mode: Waiting) {
 struct Spin {
     in_task: bool,
     since: Option<std::time::Instant>,
+    polls: u32,
+}
+
+/// What a waiting half does next.
+enum SpinStep {
+    /// Spinning: the task has arranged to be polled again.
+    Pending,
+    /// The spin window is over (or spinning is the watcher's job): park.
+    Park,
 }
 
 impl Spin {
@@ -170,28 +179,36 @@ impl Spin {
         Spin {
             in_task: mode == Waiting::InTask,
             since: None,
+            polls: 0,
         }
     }
 
     /// Whether to keep spinning (the task has woken itself): true within the spin window of
     /// this wait. Yields the thread between polls, so on a busy machine the threads doing real
     /// work (crypto workers, the peer) get the core.
-    fn keep_spinning(&mut self, cx: &mut Context<'_>) -> bool {
+    fn step(&mut self, cx: &mut Context<'_>) -> SpinStep {
         if !self.in_task {
-            return false;
+            return SpinStep::Park;
         }
         let now = std::time::Instant::now();
         let since = *self.since.get_or_insert(now);
         if now.duration_since(since) >= doorbell::SPIN {
-            return false;
+            return SpinStep::Park;
         }
-        std::thread::yield_now();
+        // Now and then give the core away, so on a busy machine the threads doing real work
+        // (crypto workers, the peer) get it. Not on every poll: a system call per look made
+        // the look itself the largest cost of a round trip. (Busy-waiting inside the poll was
+        // measured too, and is worse: it holds up the executor's other tasks.)
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls.is_multiple_of(8) {
+            std::thread::yield_now();
+        }
         // Wake again only after the executor has run its other ready tasks and looked at its
         // I/O (tokio defers a yielding task's wake-up until then): a plain self-wake would keep
         // a current-thread runtime from polling its `block_on` future for up to 61 polls.
         let mut again = std::pin::pin!(tokio::task::yield_now());
         let _ = std::future::Future::poll(again.as_mut(), cx);
-        true
+        SpinStep::Pending
     }
 
     fn reset(&mut self) {
@@ -361,7 +378,8 @@ impl AsyncRead for ShmReader {
         {
             return Poll::Ready(Err(e));
         }
-        for attempt in 0..2 {
+        let mut parked = false;
+        loop {
             let (rx, _) = inner.seg.rings(inner.side);
             // Zero-fill only as much of the caller's buffer as we are about to copy into.
             let want = rx.readable(this.tail).map_or(0, |n| n.min(buf.remaining()));
@@ -374,13 +392,18 @@ impl AsyncRead for ShmReader {
                     )));
                 }
                 Ok(0) if inner.is_closed() => return Poll::Ready(Ok(())),
-                Ok(0) if attempt == 0 && this.spin.keep_spinning(cx) => return Poll::Pending,
-                Ok(0) if attempt == 0 => {
-                    // Park, then look once more: data published in between is not lost,
-                    // since the watcher also checks after we registered.
-                    *Inner::lock(&inner.read_waker) = Some(cx.waker().clone());
-                    inner.read_waiting.store(true, Ordering::SeqCst);
-                    inner.nudge();
+                Ok(0) if !parked => {
+                    match this.spin.step(cx) {
+                        SpinStep::Pending => return Poll::Pending,
+                        SpinStep::Park => {
+                            // Park, then look once more: data published in between is not
+                            // lost, since the watcher also checks after we registered.
+                            *Inner::lock(&inner.read_waker) = Some(cx.waker().clone());
+                            inner.read_waiting.store(true, Ordering::SeqCst);
+                            inner.nudge();
+                            parked = true;
+                        }
+                    }
                 }
                 Ok(0) => {
                     // Parked; the next wait starts a fresh spin window.
@@ -398,7 +421,6 @@ impl AsyncRead for ShmReader {
                 }
             }
         }
-        Poll::Pending
     }
 }
 
@@ -415,7 +437,8 @@ impl AsyncWrite for ShmWriter {
         {
             return Poll::Ready(Err(e));
         }
-        for attempt in 0..2 {
+        let mut parked = false;
+        loop {
             if inner.is_closed() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
@@ -431,14 +454,15 @@ impl AsyncWrite for ShmWriter {
                         e.to_string(),
                     )));
                 }
-                Ok(0) if !src.is_empty() && attempt == 0 && this.spin.keep_spinning(cx) => {
-                    return Poll::Pending;
-                }
-                Ok(0) if !src.is_empty() && attempt == 0 => {
-                    *Inner::lock(&inner.write_waker) = Some(cx.waker().clone());
-                    inner.write_waiting.store(true, Ordering::SeqCst);
-                    inner.nudge();
-                }
+                Ok(0) if !src.is_empty() && !parked => match this.spin.step(cx) {
+                    SpinStep::Pending => return Poll::Pending,
+                    SpinStep::Park => {
+                        *Inner::lock(&inner.write_waker) = Some(cx.waker().clone());
+                        inner.write_waiting.store(true, Ordering::SeqCst);
+                        inner.nudge();
+                        parked = true;
+                    }
+                },
                 Ok(0) if !src.is_empty() => {
                     this.spin.reset();
                     return Poll::Pending;
@@ -452,7 +476,6 @@ impl AsyncWrite for ShmWriter {
                 }
             }
         }
-        Poll::Pending
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
