@@ -51,7 +51,7 @@ struct PendingState {
 type PendingMap = Arc<Mutex<PendingState>>;
 
 struct Inner {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Vec<u8>>,
     pending: PendingMap,
     next_id: AtomicU64,
     window: Arc<Semaphore>,
@@ -122,13 +122,36 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Decodes a response frame: an error frame becomes `ClientError::Server`.
-pub(crate) fn decode_response(frame: &Frame) -> Reply {
-    if frame.header.is_error() {
-        let body = decode_error(frame.header.opcode, &frame.body).map_err(protocol)?;
+/// Decodes a response from its header and body (still in the reader's buffer): an error frame
+/// becomes `ClientError::Server`.
+fn decode_reply(header: &ferrohsm_proto::Header, body: &[u8]) -> Reply {
+    if header.is_error() {
+        let body = decode_error(header.opcode, body).map_err(protocol)?;
         return Err(ClientError::Server(body));
     }
-    Response::decode(frame.header.opcode, &frame.body).map_err(protocol)
+    Response::decode(header.opcode, body).map_err(protocol)
+}
+
+/// Reads the next response, decoded straight from the bytes read: its request id and reply.
+async fn read_reply<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    frames: &mut FrameReader,
+) -> Result<(u64, Reply), ClientError> {
+    loop {
+        if let Some(r) = frames
+            .next_with(|h, body| (h.request_id, decode_reply(h, body)))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            return Ok(r);
+        }
+        let n = rd
+            .read_buf(frames.buffer())
+            .await
+            .map_err(|e| ClientError::Connection(ferrohsm_tls::client::describe(&e)))?;
+        if n == 0 {
+            return Err(closed());
+        }
+    }
 }
 
 pub(crate) async fn send_frame<W: AsyncWrite + Unpin>(
@@ -189,7 +212,7 @@ impl Client {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let window = welcome.window.max(1) as usize;
-        let (tx, rx) = mpsc::channel::<Frame>(window);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(window);
         let pending: PendingMap = Arc::default();
         tokio::spawn(write_loop(wr, rx));
         tokio::spawn(read_loop(rd, frames, pending.clone(), welcome.max_body));
@@ -220,11 +243,12 @@ impl Client {
             .await
             .map_err(|_| closed())?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = req.to_frame(id);
-        if frame.body.len() > self.inner.welcome.max_body as usize {
+        let mut wire = Vec::new();
+        req.encode_into(id, &mut wire);
+        let body_len = wire.len() - ferrohsm_proto::frame::HEADER_LEN;
+        if body_len > self.inner.welcome.max_body as usize {
             return Err(ClientError::Local(format!(
-                "request of {} bytes exceeds the server's limit of {} bytes",
-                frame.body.len(),
+                "request of {body_len} bytes exceeds the server's limit of {} bytes",
                 self.inner.welcome.max_body
             )));
         }
@@ -239,7 +263,7 @@ impl Client {
             }
             p.map.insert(id, reply_tx);
         }
-        if self.inner.tx.send(frame).await.is_err() {
+        if self.inner.tx.send(wire).await.is_err() {
             self.lock_pending().map.remove(&id);
             return Err(closed());
         }
@@ -410,19 +434,40 @@ impl Client {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Frame>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut ready: Vec<Vec<u8>> = Vec::new();
     while let Some(first) = rx.recv().await {
-        buf.clear();
-        first.encode_into(&mut buf);
+        let mut len = first.len();
+        ready.push(first);
         // Coalesce pipelined requests into one write.
-        while buf.len() < 256 * 1024 {
+        while len < 256 * 1024 {
             match rx.try_recv() {
-                Ok(f) => f.encode_into(&mut buf),
+                Ok(w) => {
+                    len += w.len();
+                    ready.push(w);
+                }
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+        // One request goes out from its own bytes; several are gathered into one write.
+        let bytes: &[u8] = if let [one] = ready.as_slice() {
+            one
+        } else {
+            buf.clear();
+            for w in &ready {
+                buf.extend_from_slice(w);
+            }
+            &buf
+        };
+        let written = wr.write_all(bytes).await.is_ok() && wr.flush().await.is_ok();
+        // Requests carry plaintexts: none stays behind in these buffers.
+        zeroize::Zeroize::zeroize(buf.as_mut_slice());
+        for w in ready.iter_mut() {
+            zeroize::Zeroize::zeroize(w);
+        }
+        ready.clear();
+        if !written {
             break;
         }
     }
@@ -447,8 +492,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
     };
     loop {
-        let frame = match read_frame(&mut rd, &mut frames).await {
-            Ok(f) => f,
+        let (rid, reply) = match read_reply(&mut rd, &mut frames).await {
+            Ok(r) => r,
             Err(e) => {
                 let msg = match e {
                     ClientError::Connection(m) => m,
@@ -458,10 +503,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return;
             }
         };
-        let rid = frame.header.request_id;
         if rid == 0 {
             // A connection-level error (the server is about to close).
-            let reply = decode_response(&frame);
             let body = match reply {
                 Err(ClientError::Server(b)) => b,
                 _ => ErrorBody::new(ferrohsm_proto::Status::MalformedFrame, "unexpected frame"),
@@ -475,7 +518,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             .map
             .remove(&rid);
         if let Some(tx) = tx {
-            let _ = tx.send(decode_response(&frame));
+            let _ = tx.send(reply);
         }
     }
 }

@@ -547,6 +547,14 @@ impl BodyError {
     }
 }
 
+/// Appends `v`'s postcard encoding to `out`.
+fn to_body_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
+    // Invariant as for `to_body`: our message types always serialize.
+    if let Ok(done) = postcard::to_extend(v, std::mem::take(out)) {
+        *out = done;
+    }
+}
+
 fn to_body<T: Serialize>(v: &T) -> Vec<u8> {
     // Invariant: serializing our own message types into a Vec cannot fail (no maps with
     // non-string keys, no unsupported types); an empty body would be refused by the peer.
@@ -601,52 +609,76 @@ impl Request {
 
     /// The postcard body of this request.
     pub fn encode_body(&self) -> Vec<u8> {
-        let kd = |key: &KeyRef, data: &[u8]| {
-            to_body(&KeyDataRef {
-                key,
-                data: Raw(data),
-            })
+        let mut out = Vec::new();
+        self.encode_body_into(&mut out);
+        out
+    }
+
+    /// Appends the postcard body of this request to `out`, borrowing every payload.
+    fn encode_body_into(&self, out: &mut Vec<u8>) {
+        let kd = |key: &KeyRef, data: &[u8], out: &mut Vec<u8>| {
+            to_body_into(
+                &KeyDataRef {
+                    key,
+                    data: Raw(data),
+                },
+                out,
+            )
         };
-        let kdt = |key: &KeyRef, data: &[u8], tag: &[u8]| {
-            to_body(&KeyDataTagRef {
-                key,
-                data: Raw(data),
-                tag: Raw(tag),
-            })
+        let kdt = |key: &KeyRef, data: &[u8], tag: &[u8], out: &mut Vec<u8>| {
+            to_body_into(
+                &KeyDataTagRef {
+                    key,
+                    data: Raw(data),
+                    tag: Raw(tag),
+                },
+                out,
+            )
         };
         match self {
-            Request::Hello(h) => to_body(h),
-            Request::Proof(p) => to_body(p),
-            Request::Ping | Request::List => Vec::new(),
-            Request::Random { len } => to_body(len),
-            Request::Digest { alg, data } => to_body(&(alg, Raw(data))),
-            Request::Generate(spec) => to_body(spec),
+            Request::Hello(h) => to_body_into(h, out),
+            Request::Proof(p) => to_body_into(p, out),
+            Request::Ping | Request::List => {}
+            Request::Random { len } => to_body_into(len, out),
+            Request::Digest { alg, data } => to_body_into(&(alg, Raw(data)), out),
+            Request::Generate(spec) => to_body_into(spec, out),
             Request::Info(k) | Request::PublicKey(k) | Request::Export(k) | Request::Delete(k) => {
-                to_body(k)
+                to_body_into(k, out)
             }
-            Request::Sign { key, data } | Request::Mac { key, data } => kd(key, data),
+            Request::Sign { key, data } | Request::Mac { key, data } => kd(key, data, out),
             Request::Verify {
                 key,
                 data,
                 signature,
-            } => kdt(key, data, signature),
-            Request::MacVerify { key, data, mac } => kdt(key, data, mac),
+            } => kdt(key, data, signature, out),
+            Request::MacVerify { key, data, mac } => kdt(key, data, mac, out),
             Request::Encrypt {
                 key,
                 plaintext,
                 aad,
-            } => kdt(key, plaintext, aad),
+            } => kdt(key, plaintext, aad, out),
             Request::Decrypt {
                 key,
                 ciphertext,
                 aad,
-            } => kdt(key, ciphertext, aad),
-            Request::Derive { key, peer, spec } => to_body(&DeriveBodyRef {
-                key,
-                peer: Raw(peer),
-                spec,
-            }),
+            } => kdt(key, ciphertext, aad, out),
+            Request::Derive { key, peer, spec } => to_body_into(
+                &DeriveBodyRef {
+                    key,
+                    peer: Raw(peer),
+                    spec,
+                },
+                out,
+            ),
         }
+    }
+
+    /// Appends the whole request frame with id `request_id` to `out`, the body written in
+    /// place (the same bytes as [`Request::to_frame`] encodes).
+    pub fn encode_into(&self, request_id: u64, out: &mut Vec<u8>) {
+        Frame::encode_with(0, self.opcode() as u16, request_id, out, |out| {
+            self.encode_body_into(out)
+        })
     }
 
     /// A request frame with the given id.
@@ -745,15 +777,33 @@ pub enum Response {
 impl Response {
     /// The postcard body of this response.
     pub fn encode_body(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_body_into(&mut out);
+        out
+    }
+
+    /// Appends the postcard body of this response to `out`.
+    fn encode_body_into(&self, out: &mut Vec<u8>) {
         match self {
-            Response::Challenge(c) => to_body(&HelloReply::Challenge(c.clone())),
-            Response::Welcome(w) => to_body(w),
-            Response::Done => Vec::new(),
-            Response::Bytes(b) => to_body(&Raw(b)),
-            Response::Key(k) => to_body(k),
-            Response::Keys(k) => to_body(k),
-            Response::PublicKey { key_type, bytes } => to_body(&(key_type, Raw(bytes))),
+            Response::Challenge(c) => to_body_into(&HelloReply::Challenge(c.clone()), out),
+            Response::Welcome(w) => to_body_into(w, out),
+            Response::Done => {}
+            Response::Bytes(b) => to_body_into(&Raw(b), out),
+            Response::Key(k) => to_body_into(k, out),
+            Response::Keys(k) => to_body_into(k, out),
+            Response::PublicKey { key_type, bytes } => to_body_into(&(key_type, Raw(bytes)), out),
         }
+    }
+
+    /// Appends the whole response frame answering `opcode` / `request_id` to `out`, the body
+    /// written in place (the same bytes as [`Response::to_frame`] encodes).
+    pub fn encode_into(&self, opcode: u16, request_id: u64, out: &mut Vec<u8>) {
+        Frame::encode_with(FLAG_RESPONSE, opcode, request_id, out, |out| match self {
+            Response::Welcome(w) if opcode == Opcode::Hello as u16 => {
+                to_body_into(&HelloReply::Welcome(w.clone()), out)
+            }
+            other => other.encode_body_into(out),
+        })
     }
 
     /// What kind of response this is, without its contents (for error messages: a response
@@ -820,6 +870,13 @@ pub fn error_frame(opcode: u16, request_id: u64, err: &ErrorBody) -> Frame {
     Frame::new(FLAG_RESPONSE | FLAG_ERROR, opcode, request_id, to_body(err))
 }
 
+/// Appends the error frame answering `opcode` / `request_id` to `out`.
+pub fn error_frame_into(opcode: u16, request_id: u64, err: &ErrorBody, out: &mut Vec<u8>) {
+    Frame::encode_with(FLAG_RESPONSE | FLAG_ERROR, opcode, request_id, out, |out| {
+        to_body_into(err, out)
+    })
+}
+
 /// Decodes an error frame body.
 pub fn decode_error(opcode: u16, body: &[u8]) -> Result<ErrorBody, BodyError> {
     from_body(opcode, body)
@@ -829,6 +886,60 @@ pub fn decode_error(opcode: u16, body: &[u8]) -> Result<ErrorBody, BodyError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn in_place_encoding_matches_frames() {
+        let cases = [
+            (Response::Bytes(vec![7; 300]), Opcode::Sign),
+            (Response::Done, Opcode::Ping),
+            (
+                Response::Welcome(Welcome {
+                    session_id: 3,
+                    max_body: 9,
+                    window: 2,
+                }),
+                Opcode::Hello,
+            ),
+            (
+                Response::PublicKey {
+                    key_type: KeyType::Ed25519,
+                    bytes: vec![1; 32],
+                },
+                Opcode::PublicKey,
+            ),
+        ];
+        for (r, op) in cases {
+            let mut out = vec![0xee];
+            r.encode_into(op as u16, 42, &mut out);
+            assert_eq!(
+                out[1..],
+                r.to_frame(op as u16, 42).encode()[..],
+                "{}",
+                r.kind()
+            );
+        }
+        let reqs = [
+            Request::Ping,
+            Request::Sign {
+                key: KeyRef::Id(3),
+                data: vec![5; 100],
+            },
+            Request::Encrypt {
+                key: KeyRef::Id(4),
+                plaintext: vec![6; 1000],
+                aad: vec![1],
+            },
+        ];
+        for r in reqs {
+            let mut out = Vec::new();
+            r.encode_into(77, &mut out);
+            assert_eq!(out, r.to_frame(77).encode());
+        }
+        let e = ErrorBody::new(Status::KeyNotFound, "no");
+        let mut out = Vec::new();
+        error_frame_into(5, 6, &e, &mut out);
+        assert_eq!(out, error_frame(5, 6, &e).encode());
+    }
 
     fn label() -> impl Strategy<Value = Label> {
         "[A-Za-z][A-Za-z0-9._-]{0,63}".prop_map(|s| s.parse().expect("regex matches label rule"))

@@ -40,8 +40,10 @@ async fn pump<R: AsyncRead + Unpin>(
     loop {
         // Hand over every whole frame already buffered.
         loop {
-            match frames.next_frame() {
-                Ok(Some(frame)) => {
+            let decoded =
+                frames.next_with(|h, body| (*h, ferrohsm_proto::Request::decode(h.opcode, body)));
+            match decoded {
+                Ok(Some((header, request))) => {
                     let permit = tokio::select! {
                         p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                         _ = &mut stop => return,
@@ -51,7 +53,8 @@ async fn pump<R: AsyncRead + Unpin>(
                     let more = frames.frame_ready();
                     if session
                         .send(Inbound {
-                            frame,
+                            header,
+                            request,
                             ticket,
                             more,
                         })
@@ -67,7 +70,7 @@ async fn pump<R: AsyncRead + Unpin>(
                     let frame = error_frame(0, 0, &ErrorBody::new(e.status(), e.to_string()));
                     let _ = out
                         .send(Outbound {
-                            frame,
+                            wire: frame.encode(),
                             secret: false,
                             _ticket: None,
                         })
@@ -94,28 +97,37 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     slot: crate::listener::Slot,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
-    let mut done = Vec::new();
+    let mut done: Vec<Outbound> = Vec::new();
     while let Some(first) = rx.recv().await {
-        buf.clear();
-        first.frame.encode_into(&mut buf);
+        let mut len = first.wire.len();
         done.push(first);
         // Coalesce whatever else is ready into one write.
-        while buf.len() < 256 * 1024 {
+        while len < 256 * 1024 {
             match rx.try_recv() {
                 Ok(o) => {
-                    o.frame.encode_into(&mut buf);
+                    len += o.wire.len();
                     done.push(o);
                 }
                 Err(_) => break,
             }
         }
-        let written = wr.write_all(&buf).await.is_ok() && wr.flush().await.is_ok();
+        // One response goes out from its own bytes; several are gathered into one write.
+        let bytes: &[u8] = if let [one] = done.as_slice() {
+            &one.wire
+        } else {
+            buf.clear();
+            for o in &done {
+                buf.extend_from_slice(&o.wire);
+            }
+            &buf
+        };
+        let written = wr.write_all(bytes).await.is_ok() && wr.flush().await.is_ok();
         // Secret bytes (exported keys, plaintexts, random) do not outlive their write: not in
-        // the frames, not in this reused buffer.
+        // the responses, not in this reused buffer.
         if done.iter().any(|o| o.secret) {
             zeroize::Zeroize::zeroize(buf.as_mut_slice());
             for o in done.iter_mut().filter(|o| o.secret) {
-                zeroize::Zeroize::zeroize(&mut o.frame.body);
+                zeroize::Zeroize::zeroize(&mut o.wire);
             }
         }
         // Responses are on the wire: give their window slots back.

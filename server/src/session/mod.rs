@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use ferrohsm_proto::handshake::{Hello, Welcome};
-use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{Frame, Request, Response, Status};
+use ferrohsm_proto::message::{BodyError, error_frame_into};
+use ferrohsm_proto::{Header, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -55,7 +55,8 @@ impl Ticket {
 
 #[derive(Debug)]
 struct Outbound {
-    frame: Frame,
+    // The whole response frame, encoded in place.
+    wire: Vec<u8>,
     // The body carries secret bytes (exported key, plaintext, random): the writer wipes it,
     // and its own buffer, once it is on the wire.
     secret: bool,
@@ -65,7 +66,9 @@ struct Outbound {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct Inbound {
-    frame: Frame,
+    header: Header,
+    // The body, decoded by the reader straight from the bytes it read.
+    request: Result<Request, BodyError>,
     ticket: Ticket,
     // Another whole frame was already buffered behind this one.
     more: bool,
@@ -148,11 +151,11 @@ impl Session {
         ticket: Option<Ticket>,
         secret: bool,
     ) {
-        let frame = response_frame(opcode, request_id, resp, secret);
+        let wire = response_wire(opcode, request_id, resp, secret);
         // Capacity is window + 2 and every ticketed frame holds a window permit, so this only
         // fails when the writer has gone (peer disconnected): then there is no one to tell.
         let _ = self.out.try_send(Outbound {
-            frame,
+            wire,
             secret,
             _ticket: ticket,
         });
@@ -229,20 +232,21 @@ impl Handler<Inbound> for Session {
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
         let Inbound {
-            frame,
+            header,
+            request,
             ticket,
             more,
         } = msg;
-        let (opcode, rid) = (frame.header.opcode, frame.header.request_id);
+        let (opcode, rid) = (header.opcode, header.request_id);
         if matches!(self.state, State::Closed) {
             return;
         }
-        if frame.header.flags != 0 {
+        if header.flags != 0 {
             let e = OpError::new(Status::ProtocolViolation, "a client may only send requests");
             self.reply(opcode, rid, Err(e), Some(ticket));
             return self.close(ctx);
         }
-        let request = match Request::decode(opcode, &frame.body) {
+        let request = match request {
             Ok(r) => r,
             Err(e) => {
                 // A body that does not decode means the peer is broken or hostile: answer, close.
@@ -324,11 +328,11 @@ impl Handler<Inbound> for Session {
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
             let resp = crate::dispatch::dispatch(&shared, caller, request).await;
-            let frame = response_frame(opcode, rid, resp, secret);
+            let wire = response_wire(opcode, rid, resp, secret);
             drop(detached);
             let _ = out
                 .send(Outbound {
-                    frame,
+                    wire,
                     secret,
                     _ticket: Some(ticket),
                 })
@@ -353,23 +357,32 @@ impl Drop for Detached {
     }
 }
 
-/// The frame answering `opcode` / `request_id`: the response, or the error with its status.
-/// A `secret` response's bytes are wiped once encoded.
-fn response_frame(
+/// The wire bytes of the frame answering `opcode` / `request_id`: the response, or the error
+/// with its status. A `secret` response's bytes are wiped once encoded.
+fn response_wire(
     opcode: u16,
     request_id: u64,
     resp: Result<Response, OpError>,
     secret: bool,
-) -> Frame {
+) -> Vec<u8> {
     match resp {
         Ok(r) => {
-            let frame = r.to_frame(opcode, request_id);
+            let room = match &r {
+                Response::Bytes(b) => b.len() + 32,
+                _ => 256,
+            };
+            let mut wire = Vec::with_capacity(room);
+            r.encode_into(opcode, request_id, &mut wire);
             if let (true, Response::Bytes(mut b)) = (secret, r) {
                 zeroize::Zeroize::zeroize(&mut b);
             }
-            frame
+            wire
         }
-        Err(e) => error_frame(opcode, request_id, &e.to_body()),
+        Err(e) => {
+            let mut wire = Vec::with_capacity(128);
+            error_frame_into(opcode, request_id, &e.to_body(), &mut wire);
+            wire
+        }
     }
 }
 
