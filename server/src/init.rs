@@ -115,6 +115,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
     let mut config = String::from(
         "# FerroHSM server configuration (written by hsmd init)\n\n[server]\n\
          workers = 0              # crypto threads; 0 = one per CPU\n\
+         session_threads = 0      # session arbiters (sockets, framing, cheap ops); 0 = one per CPU\n\
+         inline_max = 16384       # bytes up to which cheap ops run on the session's thread\n\
          window = 32              # requests in flight per session\n\
          max_body = 1048576       # largest frame body in bytes\n\
          max_connections = 1024\n\

@@ -31,6 +31,9 @@ struct Server {
     /// The hsmd to spawn (default: beside hsm-stress).
     #[arg(long, value_name = "PATH")]
     hsmd: Option<PathBuf>,
+    /// A `[server]` setting for the spawned hsmd, as TOML (`inline_max = 0`); repeatable.
+    #[arg(long = "server-set", value_name = "KEY=VALUE")]
+    server_set: Vec<String>,
     /// Transports (default: all four).
     #[arg(long, value_parser = parse_transports)]
     transports: Option<std::vec::Vec<ferrohsm_client::profile::Transport>>,
@@ -123,7 +126,9 @@ fn spawn(server: &Server, clients: usize) -> Result<Option<Spawned>, String> {
     }
     let hsmd = server.hsmd.clone().unwrap_or_else(default_hsmd);
     // Room for every client and fault connection of a big run.
-    Spawned::start(&hsmd, clients, "max_connections_per_client = 4096").map(Some)
+    let mut extra = vec!["max_connections_per_client = 4096".to_string()];
+    extra.extend(server.server_set.iter().cloned());
+    Spawned::start(&hsmd, clients, &extra.join("\n")).map(Some)
 }
 
 /// What every child of a `--procs` run shares.
