@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use ferrohsm_client::ClientError;
 use ferrohsm_client::profile::Identity;
-use ferrohsm_proto::handshake::{Hello, Proof, transcript};
+use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, Hello, Proof};
 use ferrohsm_proto::message::decode_error;
-use ferrohsm_proto::{Frame, KeyRef, KeyType, PROTOCOL_VERSION, Request, Response, Status};
+use ferrohsm_proto::{Frame, KeyRef, KeyType, PROTOCOL_VERSION, Request, Status};
 use support::{TestServer, closed_by_server, read_frame, send};
 
 fn error_status(f: &Frame) -> Status {
@@ -32,24 +32,28 @@ fn hello(s: &mut std::net::TcpStream, name: &str) {
     send(s, &Request::Hello(hello).to_frame(1));
 }
 
-/// Handshakes by hand on a raw socket; returns the socket and the proof it sent.
+/// Handshakes on a raw socket with the protocol's client state machine; returns the socket,
+/// the proof it sent (for replay attempts) and the bytes read past the last frame.
 fn raw_login(srv: &TestServer, id: &Identity) -> (std::net::TcpStream, Vec<u8>, Vec<u8>) {
     let mut s = srv.raw();
     let mut buf = Vec::new();
-    hello(&mut s, &id.name);
+    let mut hs = ClientHandshake::new(&id.name);
+    send(&mut s, &hs.start());
     let f = read_frame(&mut s, &mut buf).expect("challenge");
-    let Response::Challenge(c) = Response::decode(f.header.opcode, &f.body).unwrap() else {
-        panic!()
+    let mut signature = Vec::new();
+    let step = hs
+        .on_frame(&f, |t| {
+            signature = ed25519_dalek::Signer::sign(id.auth_key.as_ref().unwrap(), t)
+                .to_bytes()
+                .to_vec();
+            Ok(signature.clone())
+        })
+        .unwrap();
+    let ClientStep::Send(proof) = step else {
+        panic!("expected a proof to send")
     };
-    let sig = ed25519_dalek::Signer::sign(
-        id.auth_key.as_ref().unwrap(),
-        &transcript(&id.name, c.session_id, &c.nonce),
-    );
-    let proof = Proof {
-        signature: sig.to_bytes().to_vec(),
-    };
-    send(&mut s, &Request::Proof(proof.clone()).to_frame(2));
-    (s, proof.signature, buf)
+    send(&mut s, &proof);
+    (s, signature, buf)
 }
 
 fn alice_identity(srv: &TestServer) -> Identity {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use ferrohsm_proto::handshake::{Challenge, Hello, transcript};
-use ferrohsm_proto::{PROTOCOL_VERSION, Status};
+use ferrohsm_proto::{PROTOCOL_VERSION, Request, Status};
 use ferrohsm_shm::handoff::PeerCred;
 
 use crate::config::ClientConfig;
@@ -205,6 +205,83 @@ impl Authenticator {
     }
 }
 
+/// The server side of the handshake, one per connection: the same state machine for a session
+/// (plain TCP, TLS, the shm rings) and for the shm set-up socket. It takes each request of the
+/// handshake phase and says what to answer; the [`Authenticator`] makes every decision.
+#[derive(Debug)]
+pub struct ServerHandshake {
+    session_id: u64,
+    state: HandshakeState,
+}
+
+#[derive(Debug)]
+enum HandshakeState {
+    AwaitHello,
+    AwaitProof(PendingProof),
+    Open,
+}
+
+/// What the server does after a handshake request.
+#[derive(Debug)]
+pub enum ServerStep {
+    /// Answer with this challenge and wait for the proof.
+    Challenge(Challenge),
+    /// The client is proven: open the session for it.
+    Open(Arc<str>),
+}
+
+impl ServerHandshake {
+    /// A handshake for the connection with `session_id`.
+    pub fn new(session_id: u64) -> ServerHandshake {
+        ServerHandshake {
+            session_id,
+            state: HandshakeState::AwaitHello,
+        }
+    }
+
+    /// Whether the client has been proven.
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, HandshakeState::Open)
+    }
+
+    /// The next step after `request` on a connection with `credential`. Any error ends the
+    /// connection: a request out of order is a protocol violation.
+    pub fn on_request(
+        &mut self,
+        auth: &Authenticator,
+        credential: &Credential,
+        request: Request,
+        peer: &str,
+    ) -> Result<ServerStep, OpError> {
+        let violation = |m: &str| Err(OpError::new(Status::ProtocolViolation, m));
+        match (&self.state, request) {
+            (HandshakeState::AwaitHello, Request::Hello(h)) => {
+                match auth.hello(credential, h, self.session_id, peer)? {
+                    HelloStep::Challenge(pending, c) => {
+                        self.state = HandshakeState::AwaitProof(pending);
+                        Ok(ServerStep::Challenge(c))
+                    }
+                    HelloStep::Open(client) => {
+                        self.state = HandshakeState::Open;
+                        Ok(ServerStep::Open(client))
+                    }
+                }
+            }
+            (HandshakeState::AwaitProof(pending), Request::Proof(p)) => {
+                let client = auth.proof(credential, pending, &p.signature, peer)?;
+                self.state = HandshakeState::Open;
+                Ok(ServerStep::Open(client))
+            }
+            (HandshakeState::Open, Request::Hello(_) | Request::Proof(_)) => {
+                violation("already authenticated")
+            }
+            (HandshakeState::AwaitProof(_), _) => violation("expected the proof"),
+            (_, Request::Proof(_)) => violation("proof without hello"),
+            _ => violation("authenticate first (hello, proof)"),
+        }
+    }
+}
+
 /// A challenge sent, waiting for its proof.
 pub struct PendingProof {
     client: String,
@@ -235,5 +312,132 @@ impl PendingProof {
             return Err(auth_failed());
         }
         Ok(Arc::from(self.client.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+    use ferrohsm_proto::handshake::{Hello, Proof};
+
+    fn setup() -> (Authenticator, SigningKey) {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let alice = ClientConfig {
+            auth_key: Some(key.verifying_key()),
+            tls_names: vec!["alice-cert".into()],
+            psk: None,
+            allowed_uids: Some(vec![1000]),
+        };
+        let clients = BTreeMap::from([("alice".to_string(), alice)]);
+        (Authenticator::new(Arc::new(clients)), key)
+    }
+
+    fn hello(name: &str) -> Request {
+        Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client: name.into(),
+        })
+    }
+
+    fn unix(uid: u32) -> Credential {
+        Credential::UnixPeer(PeerCred {
+            pid: 1,
+            uid,
+            gid: uid,
+        })
+    }
+
+    /// Hello, then a proof signed by `key` over the challenge.
+    fn run(auth: &Authenticator, cred: &Credential, key: &SigningKey) -> Result<Arc<str>, OpError> {
+        let mut hs = ServerHandshake::new(9);
+        let ServerStep::Challenge(c) = hs.on_request(auth, cred, hello("alice"), "t")? else {
+            panic!("expected a challenge")
+        };
+        let sig = key.sign(&transcript("alice", c.session_id, &c.nonce));
+        let proof = Request::Proof(Proof {
+            signature: sig.to_bytes().to_vec(),
+        });
+        match hs.on_request(auth, cred, proof, "t")? {
+            ServerStep::Open(client) => {
+                assert!(hs.is_open());
+                Ok(client)
+            }
+            ServerStep::Challenge(_) => panic!("a second challenge"),
+        }
+    }
+
+    #[test]
+    fn a_proof_opens_and_the_uid_allow_list_applies_to_unix_peers() {
+        let (auth, key) = setup();
+        assert_eq!(&*run(&auth, &Credential::Nothing, &key).unwrap(), "alice");
+        assert_eq!(&*run(&auth, &unix(1000), &key).unwrap(), "alice");
+        let e = run(&auth, &unix(1001), &key).unwrap_err();
+        assert_eq!(e.status, Status::PeerNotAllowed);
+        // A wrong key fails like an unknown client, and never opens.
+        let e = run(
+            &auth,
+            &Credential::Nothing,
+            &SigningKey::from_bytes(&[8; 32]),
+        )
+        .unwrap_err();
+        assert_eq!(e.status, Status::AuthFailed);
+    }
+
+    #[test]
+    fn credentials_that_prove_a_name_open_at_hello_and_only_for_that_name() {
+        let (auth, _) = setup();
+        let cert = Credential::Certificate(vec!["alice-cert".into()]);
+        let mut hs = ServerHandshake::new(1);
+        assert!(matches!(
+            hs.on_request(&auth, &cert, hello("alice"), "t"),
+            Ok(ServerStep::Open(c)) if &*c == "alice"
+        ));
+        let mut hs = ServerHandshake::new(2);
+        let e = hs.on_request(&auth, &cert, hello("bob"), "t").unwrap_err();
+        assert_eq!(e.status, Status::AuthFailed);
+        let stranger = Credential::Certificate(vec!["mallory".into()]);
+        assert!(auth.identify(&stranger).is_err());
+    }
+
+    #[test]
+    fn requests_out_of_order_are_protocol_violations() {
+        let (auth, key) = setup();
+        let proof = || {
+            Request::Proof(Proof {
+                signature: vec![0; 64],
+            })
+        };
+        let cred = Credential::Nothing;
+        for (first, want) in [
+            (Request::Ping, "authenticate first"),
+            (proof(), "proof without hello"),
+        ] {
+            let mut hs = ServerHandshake::new(3);
+            let e = hs.on_request(&auth, &cred, first, "t").unwrap_err();
+            assert_eq!(e.status, Status::ProtocolViolation);
+            assert!(e.message.contains(want), "{}", e.message);
+        }
+        let mut hs = ServerHandshake::new(4);
+        hs.on_request(&auth, &cred, hello("alice"), "t").unwrap();
+        let e = hs.on_request(&auth, &cred, Request::Ping, "t").unwrap_err();
+        assert!(e.message.contains("expected the proof"), "{}", e.message);
+        // Once open, another hello is refused.
+        let mut hs = ServerHandshake::new(5);
+        let ServerStep::Challenge(c) = hs.on_request(&auth, &cred, hello("alice"), "t").unwrap()
+        else {
+            panic!()
+        };
+        let sig = key
+            .sign(&transcript("alice", c.session_id, &c.nonce))
+            .to_bytes();
+        let p = Request::Proof(Proof {
+            signature: sig.to_vec(),
+        });
+        hs.on_request(&auth, &cred, p, "t").unwrap();
+        let e = hs
+            .on_request(&auth, &cred, hello("alice"), "t")
+            .unwrap_err();
+        assert!(e.message.contains("already authenticated"), "{}", e.message);
     }
 }

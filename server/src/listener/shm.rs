@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{Slot, Transport, UnixPeer};
-use crate::auth::{Credential, HelloStep};
+use crate::auth::{Credential, ServerHandshake, ServerStep};
 use crate::error::{OpError, ServerError};
 use crate::session::{Conn, Shared, serve};
 
@@ -196,43 +196,23 @@ async fn handshake(
 ) -> Result<(Arc<str>, u64, u16, u64), Fail> {
     // Before authentication, frames are small: a hello or a proof.
     let mut frames = FrameReader::new(4096);
-    let (hello, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
-    let Request::Hello(h) = hello else {
-        return Err((
-            OpError::new(
-                Status::ProtocolViolation,
-                "authenticate first (hello, proof)",
-            ),
-            op,
-            rid,
-        ));
-    };
     let session_id = shared.new_session_id();
     let credential = Credential::UnixPeer(*cred);
-    let step = shared
-        .auth
-        .hello(&credential, h, session_id, peer)
-        .map_err(|e| (e, op, rid))?;
-    let HelloStep::Challenge(pending, challenge) = step else {
-        // Unix peer credentials never prove a name by themselves.
-        return Err((OpError::internal("unexpected hello step"), op, rid));
+    // The same handshake machine as a session's: hello, challenge, proof; the authenticator
+    // also checks that this process may run as the client (allowed_uids).
+    let mut hs = ServerHandshake::new(session_id);
+    let (client, op, rid) = loop {
+        let (req, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
+        match hs.on_request(&shared.auth, &credential, req, peer) {
+            Ok(ServerStep::Challenge(c)) => {
+                let frame = Response::Challenge(c).to_frame(op, rid).encode();
+                s.write_all(&frame)
+                    .await
+                    .map_err(|_| (OpError::internal("write failed"), op, rid))?;
+            }
+            Ok(ServerStep::Open(client)) => break (client, op, rid),
+            Err(e) => return Err((e, op, rid)),
+        }
     };
-    let frame = Response::Challenge(challenge).to_frame(op, rid).encode();
-    s.write_all(&frame)
-        .await
-        .map_err(|_| (OpError::internal("write failed"), op, rid))?;
-    let (proof, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
-    let Request::Proof(p) = proof else {
-        return Err((
-            OpError::new(Status::ProtocolViolation, "expected the proof"),
-            op,
-            rid,
-        ));
-    };
-    // The name, and then that this process may run as that client (allowed_uids).
-    let client = shared
-        .auth
-        .proof(&credential, &pending, &p.signature, peer)
-        .map_err(|e| (e, op, rid))?;
     Ok((client, session_id, op, rid))
 }

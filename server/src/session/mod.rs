@@ -25,13 +25,13 @@ mod shared;
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
-use ferrohsm_proto::handshake::{Hello, Welcome};
+use ferrohsm_proto::handshake::Welcome;
 use ferrohsm_proto::message::{BodyError, error_frame_into};
 use ferrohsm_proto::{Header, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use crate::auth::{Credential, HelloStep, PendingProof};
+use crate::auth::{Credential, ServerHandshake, ServerStep};
 use crate::error::OpError;
 use crate::keys::manager::Caller;
 use shared::InFlightGuard;
@@ -80,8 +80,8 @@ struct Inbound {
 struct Close;
 
 enum State {
-    AwaitHello,
-    AwaitProof(PendingProof),
+    /// Hello and proof, as the one server handshake machine says.
+    Handshake(ServerHandshake),
     Ready(Caller),
     Closed,
 }
@@ -116,7 +116,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_later(self.shared.handshake_timeout, |act, ctx| {
-            if !matches!(act.state, State::Ready(_) | State::Closed) {
+            if matches!(act.state, State::Handshake(_)) {
                 tracing::info!(peer = %act.peer, "handshake timed out; closing");
                 act.close(ctx);
             }
@@ -166,16 +166,6 @@ impl Session {
         ctx.stop();
     }
 
-    /// Hello: the authenticator opens the session when the transport's credential proved the
-    /// named client, else the client gets a fresh challenge.
-    fn handle_hello(&mut self, h: Hello) -> Result<HelloStep, OpError> {
-        let step = self
-            .shared
-            .auth
-            .hello(&self.credential, h, self.id, &self.peer)?;
-        Ok(step)
-    }
-
     /// Opens the session for a proven caller: per-client limit, registration with the key
     /// manager (before any key operation of the session can run), then the welcome.
     fn open(
@@ -200,23 +190,6 @@ impl Session {
             window: self.shared.window,
         };
         self.reply(opcode, rid, Ok(Response::Welcome(welcome)), Some(ticket));
-    }
-
-    fn handle_proof(&mut self, signature: &[u8]) -> Result<Caller, OpError> {
-        let State::AwaitProof(pending) = &self.state else {
-            return Err(OpError::new(
-                Status::ProtocolViolation,
-                "proof without hello",
-            ));
-        };
-        let client = self
-            .shared
-            .auth
-            .proof(&self.credential, pending, signature, &self.peer)?;
-        Ok(Caller {
-            client,
-            session: self.id,
-        })
     }
 }
 
@@ -260,14 +233,22 @@ impl Handler<Inbound> for Session {
                 return self.close(ctx);
             }
         };
-        let caller = match (&self.state, request) {
-            (State::AwaitHello, Request::Hello(h)) => {
-                match self.handle_hello(h) {
-                    Ok(HelloStep::Challenge(pending, c)) => {
-                        self.state = State::AwaitProof(pending);
+        let caller = match &mut self.state {
+            State::Ready(caller) if !matches!(request, Request::Hello(_) | Request::Proof(_)) => {
+                caller.clone()
+            }
+            State::Ready(_) => {
+                let e = OpError::new(Status::ProtocolViolation, "already authenticated");
+                self.reply(opcode, rid, Err(e), Some(ticket));
+                return self.close(ctx);
+            }
+            State::Handshake(hs) => {
+                let step = hs.on_request(&self.shared.auth, &self.credential, request, &self.peer);
+                match step {
+                    Ok(ServerStep::Challenge(c)) => {
                         self.reply(opcode, rid, Ok(Response::Challenge(c)), Some(ticket))
                     }
-                    Ok(HelloStep::Open(client)) => {
+                    Ok(ServerStep::Open(client)) => {
                         let caller = Caller {
                             client,
                             session: self.id,
@@ -281,32 +262,8 @@ impl Handler<Inbound> for Session {
                 }
                 return;
             }
-            (State::AwaitProof(_), Request::Proof(p)) => {
-                match self.handle_proof(&p.signature) {
-                    Ok(caller) => self.open(caller, opcode, rid, ticket, ctx),
-                    Err(e) => {
-                        self.reply(opcode, rid, Err(e), Some(ticket));
-                        self.close(ctx);
-                    }
-                }
-                return;
-            }
-            (State::Ready(_), Request::Hello(_) | Request::Proof(_)) => {
-                let e = OpError::new(Status::ProtocolViolation, "already authenticated");
-                self.reply(opcode, rid, Err(e), Some(ticket));
-                return self.close(ctx);
-            }
-            (State::Ready(caller), request) => (caller.clone(), request),
-            _ => {
-                let e = OpError::new(
-                    Status::ProtocolViolation,
-                    "authenticate first (hello, proof)",
-                );
-                self.reply(opcode, rid, Err(e), Some(ticket));
-                return self.close(ctx);
-            }
+            State::Closed => return,
         };
-        let (caller, request) = caller;
         if request == Request::Ping {
             // Session-level: answered here, never reaching the key manager or the pool.
             return self.reply(opcode, rid, Ok(Response::Done), Some(ticket));
@@ -408,7 +365,7 @@ where
         id,
         peer: peer.clone(),
         shared: shared.clone(),
-        state: State::AwaitHello,
+        state: State::Handshake(ServerHandshake::new(id)),
         credential,
         out: out_tx.clone(),
         detached: std::rc::Rc::default(),
