@@ -1,24 +1,28 @@
 //! The FerroHSM server: the `hsmd` daemon as a library.
 //!
-//! # Layout
+//! # Layout and threads
 //! ```text
-//!  listener/        accept loop (mod.rs); tcp.rs, tls.rs (rustls, certificate names the
-//!                   client), psk.rs (OpenSSL TLS 1.3 PSK, identity names the client), shm.rs
-//!       |  session::serve(stream, proven identity or none)
+//!  listener/   one generic Listener actor per socket (tcp.rs, tls.rs, psk.rs, shm.rs), on the
+//!              main actix thread: accept, connection limit, bounded refusals; the accepted
+//!              std socket moves to the least-loaded session arbiter (arbiters.rs)
+//!       |  (socket) -> transport handshake on the arbiter -> (stream, Credential)
 //!       v
-//!  session.rs       handshake (TLS-proven name, or Ed25519 challenge-response), identity,
-//!                   per-client limit, in-flight window, ping
+//!  session/    one actor per connection on its arbiter (N = session_threads, default one per
+//!              CPU): frames in and out, auth::ServerHandshake + auth::Authenticator decide the
+//!              client, per-client limit, in-flight window, ping
 //!       |  (caller, request)
 //!       v
-//!  dispatch.rs      one way: keys::manager authorizes (caller, key, op) -> handle;
-//!                   crypto/pool.rs runs the job (crypto/ops.rs); keys::manager creates new
-//!                   keys (durable before it answers)
-//!       |  response
+//!  dispatch.rs inline on the arbiter: cheap ops up to inline_max and a lone sign/verify with
+//!              the key from memory; otherwise one way: keys::manager authorizes (caller, key,
+//!              op) -> handle; crypto/pool.rs runs the job on a worker; keys::manager creates
+//!              new keys (durable before it answers)
+//!       |  response (encoded in place, secrets wiped after the write)
 //!       v
-//!  session writer   response frame on the wire, window slot returned
+//!  session writer  response frame on the wire, window slot returned
 //!
-//!  keys/            manager (namespaces, cache, session keys), policy, seal (master key),
-//!                   service (store threads, group commit), store/sqlite/ (keys.db)
+//!  keys/       manager (a concurrent read path: namespaces, cache, session keys behind short
+//!              locks, no actor), policy, seal (master key), service (store threads, group
+//!              commit), store/sqlite/ (keys.db)
 //! ```
 //! Actix types stay inside this crate. [`run`] opens and unlocks the key store (before any
 //! listener is bound), then blocks the calling thread with its own actix system until

@@ -1,10 +1,13 @@
-//! The session actor: one per connection, whatever the transport.
+//! The session actor: one per connection, whatever the transport, on the session arbiter the
+//! listener placed the connection on (the actor, its reader and writer tasks and its request
+//! futures all share that one thread).
 //!
 //! ```text
 //!  transport read half --> reader task --(Inbound + window ticket)--> Session actor
-//!                          (decode frames,                           (handshake, identity,
-//!                           wait for a window                         ping, dispatch)
-//!                           ticket: backpressure)                          |
+//!                          (decode requests in                       (ServerHandshake, ping,
+//!                           place, wait for a                         dispatch::inline: cheap
+//!                           window ticket)                            ops, a lone signature)
+//!                                                                          |  otherwise
 //!                                                            spawned request future:
 //!                                                 dispatch: authorize -> pool -> (create)
 //!                                                                          |
