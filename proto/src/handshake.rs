@@ -9,6 +9,10 @@
 //! ```
 //! On TLS the credential has proved the client already: the server checks that the hello names
 //! that client and answers it with the welcome directly (see [`HelloReply`]).
+//!
+//! Both sides are state machines without I/O: [`ClientHandshake`] (the client library,
+//! `hsm-stress`, the tests) and [`ServerHandshake`] (`hsmd`, which supplies the decisions
+//! through [`Authenticate`]).
 //! The signature covers a domain-separation prefix, the session id, the server's fresh nonce
 //! and the client name, so a proof is good for exactly one connection and one name: replaying
 //! it on another connection fails because that connection has another nonce.
@@ -176,6 +180,111 @@ impl ClientHandshake {
     }
 }
 
+/// What the server side of the handshake asks of whoever knows the configured clients: the
+/// state machine ([`ServerHandshake`]) sequences the messages, the authenticator decides.
+pub trait Authenticate {
+    /// A challenge sent, waiting for its proof.
+    type Pending;
+    /// A proven client.
+    type Client;
+    /// A refusal (sent back as the error frame; the connection then closes).
+    type Error;
+    /// The answer to a hello for the connection with `session_id`.
+    fn hello(
+        &self,
+        hello: Hello,
+        session_id: u64,
+    ) -> Result<HelloOutcome<Self::Pending, Self::Client>, Self::Error>;
+    /// Checks a proof against its challenge.
+    fn proof(&self, pending: &Self::Pending, signature: &[u8])
+    -> Result<Self::Client, Self::Error>;
+    /// A request out of order.
+    fn violation(&self, message: &'static str) -> Self::Error;
+}
+
+/// What a hello leads to.
+#[derive(Debug)]
+pub enum HelloOutcome<P, C> {
+    /// Prove the name: this challenge goes out, `P` waits for the proof.
+    Challenge(P, Challenge),
+    /// The transport's credential proved the name already.
+    Open(C),
+}
+
+/// What the server does after a handshake request.
+#[derive(Debug)]
+pub enum ServerStep<C> {
+    /// Answer with this challenge and wait for the proof.
+    Challenge(Challenge),
+    /// The client is proven: open the session for it.
+    Open(C),
+}
+
+#[derive(Debug)]
+enum ServerState<P> {
+    AwaitHello,
+    AwaitProof(P),
+    Open,
+}
+
+/// The server side of the handshake as a state machine without I/O: one per connection, fed
+/// each request of the handshake phase. Used by `hsmd` for every session and for the shm
+/// set-up socket alike.
+#[derive(Debug)]
+pub struct ServerHandshake<P> {
+    session_id: u64,
+    state: ServerState<P>,
+}
+
+impl<P> ServerHandshake<P> {
+    /// A handshake for the connection with `session_id`.
+    pub fn new(session_id: u64) -> ServerHandshake<P> {
+        ServerHandshake {
+            session_id,
+            state: ServerState::AwaitHello,
+        }
+    }
+
+    /// Whether the client has been proven.
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, ServerState::Open)
+    }
+
+    /// The next step after `request`. Any error ends the connection.
+    pub fn on_request<A: Authenticate<Pending = P>>(
+        &mut self,
+        auth: &A,
+        request: crate::Request,
+    ) -> Result<ServerStep<A::Client>, A::Error> {
+        use crate::Request;
+        match (&self.state, request) {
+            (ServerState::AwaitHello, Request::Hello(h)) => {
+                match auth.hello(h, self.session_id)? {
+                    HelloOutcome::Challenge(pending, c) => {
+                        self.state = ServerState::AwaitProof(pending);
+                        Ok(ServerStep::Challenge(c))
+                    }
+                    HelloOutcome::Open(client) => {
+                        self.state = ServerState::Open;
+                        Ok(ServerStep::Open(client))
+                    }
+                }
+            }
+            (ServerState::AwaitProof(pending), Request::Proof(p)) => {
+                let client = auth.proof(pending, &p.signature)?;
+                self.state = ServerState::Open;
+                Ok(ServerStep::Open(client))
+            }
+            (ServerState::Open, Request::Hello(_) | Request::Proof(_)) => {
+                Err(auth.violation("already authenticated"))
+            }
+            (ServerState::AwaitProof(_), _) => Err(auth.violation("expected the proof")),
+            (_, Request::Proof(_)) => Err(auth.violation("proof without hello")),
+            _ => Err(auth.violation("authenticate first (hello, proof)")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +362,98 @@ mod tests {
             })
             .unwrap_err();
         assert!(matches!(e, HandshakeError::Unexpected(_)));
+    }
+
+    /// Accepts "alice" with the signature [1; 64]; "cert" opens at hello.
+    struct Toy;
+
+    impl Authenticate for Toy {
+        type Pending = String;
+        type Client = String;
+        type Error = String;
+        fn hello(&self, h: Hello, sid: u64) -> Result<HelloOutcome<String, String>, String> {
+            Ok(match h.client.as_str() {
+                "cert" => HelloOutcome::Open("cert".into()),
+                _ => HelloOutcome::Challenge(
+                    h.client,
+                    Challenge {
+                        session_id: sid,
+                        nonce: [0; 32],
+                    },
+                ),
+            })
+        }
+        fn proof(&self, who: &String, sig: &[u8]) -> Result<String, String> {
+            (who == "alice" && sig == [1; 64])
+                .then(|| who.clone())
+                .ok_or_else(|| "auth failed".into())
+        }
+        fn violation(&self, m: &'static str) -> String {
+            m.into()
+        }
+    }
+
+    fn hello_req(name: &str) -> crate::Request {
+        crate::Request::Hello(Hello {
+            version: crate::PROTOCOL_VERSION,
+            client: name.into(),
+        })
+    }
+
+    fn proof_req(sig: Vec<u8>) -> crate::Request {
+        crate::Request::Proof(Proof { signature: sig })
+    }
+
+    #[test]
+    fn the_server_machine_sequences_hello_and_proof() {
+        let mut hs = ServerHandshake::new(5);
+        let Ok(ServerStep::Challenge(c)) = hs.on_request(&Toy, hello_req("alice")) else {
+            panic!("expected a challenge")
+        };
+        assert_eq!(c.session_id, 5);
+        assert!(!hs.is_open());
+        assert!(
+            matches!(hs.on_request(&Toy, proof_req(vec![1; 64])), Ok(ServerStep::Open(c)) if c == "alice")
+        );
+        assert!(hs.is_open());
+        assert_eq!(
+            hs.on_request(&Toy, hello_req("alice")).unwrap_err(),
+            "already authenticated"
+        );
+        // A credential that proves the name opens at hello.
+        let mut hs = ServerHandshake::<String>::new(6);
+        assert!(matches!(
+            hs.on_request(&Toy, hello_req("cert")),
+            Ok(ServerStep::Open(_))
+        ));
+        // Out of order, and a bad proof.
+        for (reqs, want) in [
+            (
+                vec![crate::Request::Ping],
+                "authenticate first (hello, proof)",
+            ),
+            (vec![proof_req(vec![1; 64])], "proof without hello"),
+            (
+                vec![hello_req("alice"), crate::Request::Ping],
+                "expected the proof",
+            ),
+            (
+                vec![hello_req("alice"), proof_req(vec![2; 64])],
+                "auth failed",
+            ),
+        ] {
+            let mut hs = ServerHandshake::new(7);
+            let n = reqs.len();
+            let mut last = Ok(ServerStep::Challenge(Challenge {
+                session_id: 0,
+                nonce: [0; 32],
+            }));
+            for r in reqs {
+                last = hs.on_request(&Toy, r);
+            }
+            assert_eq!(last.unwrap_err(), want, "after {n} requests");
+            assert!(!hs.is_open());
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
-use ferrohsm_proto::handshake::{Challenge, Hello, transcript};
-use ferrohsm_proto::{PROTOCOL_VERSION, Request, Status};
+use ferrohsm_proto::handshake::{Authenticate, Challenge, Hello, HelloOutcome, transcript};
+use ferrohsm_proto::{PROTOCOL_VERSION, Status};
 use ferrohsm_shm::handoff::PeerCred;
 
 use crate::config::ClientConfig;
@@ -40,15 +40,6 @@ pub enum Credential {
         /// The peer process.
         peer: PeerCred,
     },
-}
-
-/// What a hello leads to.
-#[derive(Debug)]
-pub enum HelloStep {
-    /// Prove the name: sign this challenge.
-    Challenge(PendingProof, Challenge),
-    /// The credential proved the name already: the session opens.
-    Open(Arc<str>),
 }
 
 /// Maps credentials and proofs to configured clients.
@@ -139,10 +130,10 @@ impl Authenticator {
         hello: Hello,
         session_id: u64,
         peer: &str,
-    ) -> Result<HelloStep, OpError> {
+    ) -> Result<HelloOutcome<PendingProof, Arc<str>>, OpError> {
         check_version(&hello)?;
         match self.identify(credential) {
-            Ok(Some(proven)) if *proven == hello.client => Ok(HelloStep::Open(proven)),
+            Ok(Some(proven)) if *proven == hello.client => Ok(HelloOutcome::Open(proven)),
             Ok(Some(proven)) => {
                 tracing::info!(%peer, proven = %proven, claimed = %hello.client, "hello names another client than the credential");
                 Err(OpError::new(
@@ -163,7 +154,7 @@ impl Authenticator {
                     .get(&hello.client)
                     .and_then(|c| c.auth_key)
                     .map(Box::new);
-                Ok(HelloStep::Challenge(
+                Ok(HelloOutcome::Challenge(
                     PendingProof {
                         client: hello.client,
                         session_id,
@@ -205,80 +196,39 @@ impl Authenticator {
     }
 }
 
-/// The server side of the handshake, one per connection: the same state machine for a session
-/// (plain TCP, TLS, the shm rings) and for the shm set-up socket. It takes each request of the
-/// handshake phase and says what to answer; the [`Authenticator`] makes every decision.
-#[derive(Debug)]
-pub struct ServerHandshake {
-    session_id: u64,
-    state: HandshakeState,
+/// The [`Authenticate`] half of the protocol's `ServerHandshake` for one connection: the
+/// authenticator, what the connection's transport proved, and the peer (for logs).
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    /// The server's authenticator.
+    pub auth: &'a Authenticator,
+    /// What the transport proved.
+    pub credential: &'a Credential,
+    /// The peer, for logs.
+    pub peer: &'a str,
 }
 
-#[derive(Debug)]
-enum HandshakeState {
-    AwaitHello,
-    AwaitProof(PendingProof),
-    Open,
-}
+impl Authenticate for Connection<'_> {
+    type Pending = PendingProof;
+    type Client = Arc<str>;
+    type Error = OpError;
 
-/// What the server does after a handshake request.
-#[derive(Debug)]
-pub enum ServerStep {
-    /// Answer with this challenge and wait for the proof.
-    Challenge(Challenge),
-    /// The client is proven: open the session for it.
-    Open(Arc<str>),
-}
-
-impl ServerHandshake {
-    /// A handshake for the connection with `session_id`.
-    pub fn new(session_id: u64) -> ServerHandshake {
-        ServerHandshake {
-            session_id,
-            state: HandshakeState::AwaitHello,
-        }
+    fn hello(
+        &self,
+        hello: Hello,
+        session_id: u64,
+    ) -> Result<HelloOutcome<PendingProof, Arc<str>>, OpError> {
+        self.auth
+            .hello(self.credential, hello, session_id, self.peer)
     }
 
-    /// Whether the client has been proven.
-    pub fn is_open(&self) -> bool {
-        matches!(self.state, HandshakeState::Open)
+    fn proof(&self, pending: &PendingProof, signature: &[u8]) -> Result<Arc<str>, OpError> {
+        self.auth
+            .proof(self.credential, pending, signature, self.peer)
     }
 
-    /// The next step after `request` on a connection with `credential`. Any error ends the
-    /// connection: a request out of order is a protocol violation.
-    pub fn on_request(
-        &mut self,
-        auth: &Authenticator,
-        credential: &Credential,
-        request: Request,
-        peer: &str,
-    ) -> Result<ServerStep, OpError> {
-        let violation = |m: &str| Err(OpError::new(Status::ProtocolViolation, m));
-        match (&self.state, request) {
-            (HandshakeState::AwaitHello, Request::Hello(h)) => {
-                match auth.hello(credential, h, self.session_id, peer)? {
-                    HelloStep::Challenge(pending, c) => {
-                        self.state = HandshakeState::AwaitProof(pending);
-                        Ok(ServerStep::Challenge(c))
-                    }
-                    HelloStep::Open(client) => {
-                        self.state = HandshakeState::Open;
-                        Ok(ServerStep::Open(client))
-                    }
-                }
-            }
-            (HandshakeState::AwaitProof(pending), Request::Proof(p)) => {
-                let client = auth.proof(credential, pending, &p.signature, peer)?;
-                self.state = HandshakeState::Open;
-                Ok(ServerStep::Open(client))
-            }
-            (HandshakeState::Open, Request::Hello(_) | Request::Proof(_)) => {
-                violation("already authenticated")
-            }
-            (HandshakeState::AwaitProof(_), _) => violation("expected the proof"),
-            (_, Request::Proof(_)) => violation("proof without hello"),
-            _ => violation("authenticate first (hello, proof)"),
-        }
+    fn violation(&self, message: &'static str) -> OpError {
+        OpError::new(Status::ProtocolViolation, message)
     }
 }
 
@@ -319,7 +269,8 @@ impl PendingProof {
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
-    use ferrohsm_proto::handshake::{Hello, Proof};
+    use ferrohsm_proto::Request;
+    use ferrohsm_proto::handshake::{Proof, ServerHandshake, ServerStep};
 
     fn setup() -> (Authenticator, SigningKey) {
         let key = SigningKey::from_bytes(&[7; 32]);
@@ -350,15 +301,20 @@ mod tests {
 
     /// Hello, then a proof signed by `key` over the challenge.
     fn run(auth: &Authenticator, cred: &Credential, key: &SigningKey) -> Result<Arc<str>, OpError> {
+        let conn = Connection {
+            auth,
+            credential: cred,
+            peer: "t",
+        };
         let mut hs = ServerHandshake::new(9);
-        let ServerStep::Challenge(c) = hs.on_request(auth, cred, hello("alice"), "t")? else {
+        let ServerStep::Challenge(c) = hs.on_request(&conn, hello("alice"))? else {
             panic!("expected a challenge")
         };
         let sig = key.sign(&transcript("alice", c.session_id, &c.nonce));
         let proof = Request::Proof(Proof {
             signature: sig.to_bytes().to_vec(),
         });
-        match hs.on_request(auth, cred, proof, "t")? {
+        match hs.on_request(&conn, proof)? {
             ServerStep::Open(client) => {
                 assert!(hs.is_open());
                 Ok(client)
@@ -388,13 +344,18 @@ mod tests {
     fn credentials_that_prove_a_name_open_at_hello_and_only_for_that_name() {
         let (auth, _) = setup();
         let cert = Credential::Certificate(vec!["alice-cert".into()]);
+        let conn = Connection {
+            auth: &auth,
+            credential: &cert,
+            peer: "t",
+        };
         let mut hs = ServerHandshake::new(1);
         assert!(matches!(
-            hs.on_request(&auth, &cert, hello("alice"), "t"),
+            hs.on_request(&conn, hello("alice")),
             Ok(ServerStep::Open(c)) if &*c == "alice"
         ));
         let mut hs = ServerHandshake::new(2);
-        let e = hs.on_request(&auth, &cert, hello("bob"), "t").unwrap_err();
+        let e = hs.on_request(&conn, hello("bob")).unwrap_err();
         assert_eq!(e.status, Status::AuthFailed);
         let stranger = Credential::Certificate(vec!["mallory".into()]);
         assert!(auth.identify(&stranger).is_err());
@@ -402,42 +363,15 @@ mod tests {
 
     #[test]
     fn requests_out_of_order_are_protocol_violations() {
-        let (auth, key) = setup();
-        let proof = || {
-            Request::Proof(Proof {
-                signature: vec![0; 64],
-            })
+        let (auth, _) = setup();
+        let conn = Connection {
+            auth: &auth,
+            credential: &Credential::Nothing,
+            peer: "t",
         };
-        let cred = Credential::Nothing;
-        for (first, want) in [
-            (Request::Ping, "authenticate first"),
-            (proof(), "proof without hello"),
-        ] {
-            let mut hs = ServerHandshake::new(3);
-            let e = hs.on_request(&auth, &cred, first, "t").unwrap_err();
-            assert_eq!(e.status, Status::ProtocolViolation);
-            assert!(e.message.contains(want), "{}", e.message);
-        }
-        let mut hs = ServerHandshake::new(4);
-        hs.on_request(&auth, &cred, hello("alice"), "t").unwrap();
-        let e = hs.on_request(&auth, &cred, Request::Ping, "t").unwrap_err();
-        assert!(e.message.contains("expected the proof"), "{}", e.message);
-        // Once open, another hello is refused.
-        let mut hs = ServerHandshake::new(5);
-        let ServerStep::Challenge(c) = hs.on_request(&auth, &cred, hello("alice"), "t").unwrap()
-        else {
-            panic!()
-        };
-        let sig = key
-            .sign(&transcript("alice", c.session_id, &c.nonce))
-            .to_bytes();
-        let p = Request::Proof(Proof {
-            signature: sig.to_vec(),
-        });
-        hs.on_request(&auth, &cred, p, "t").unwrap();
-        let e = hs
-            .on_request(&auth, &cred, hello("alice"), "t")
-            .unwrap_err();
-        assert!(e.message.contains("already authenticated"), "{}", e.message);
+        let mut hs = ServerHandshake::new(3);
+        let e = hs.on_request(&conn, Request::Ping).unwrap_err();
+        assert_eq!(e.status, Status::ProtocolViolation);
+        assert!(e.message.contains("authenticate first"), "{}", e.message);
     }
 }

@@ -8,7 +8,7 @@
 //!       |  (socket) -> transport handshake on the arbiter -> (stream, Credential)
 //!       v
 //!  session/    one actor per connection on its arbiter (N = session_threads, default one per
-//!              CPU): frames in and out, auth::ServerHandshake + auth::Authenticator decide the
+//!              CPU): frames in and out, proto's ServerHandshake + auth::Authenticator decide the
 //!              client, per-client limit, in-flight window, ping
 //!       |  (caller, request)
 //!       v

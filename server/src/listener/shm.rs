@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ferrohsm_proto::handshake::Welcome;
+use ferrohsm_proto::handshake::{ServerHandshake, ServerStep, Welcome};
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{Frame, FrameReader, Request, Response, Status};
 use ferrohsm_shm::handoff::{PeerCred, send_with_fd};
@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{Slot, Transport, UnixPeer};
-use crate::auth::{Credential, ServerHandshake, ServerStep};
+use crate::auth::{Connection, Credential};
 use crate::error::{OpError, ServerError};
 use crate::session::{Conn, Shared, serve};
 
@@ -201,9 +201,14 @@ async fn handshake(
     // The same handshake machine as a session's: hello, challenge, proof; the authenticator
     // also checks that this process may run as the client (allowed_uids).
     let mut hs = ServerHandshake::new(session_id);
+    let conn = Connection {
+        auth: &shared.auth,
+        credential: &credential,
+        peer,
+    };
     let (client, op, rid) = loop {
         let (req, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
-        match hs.on_request(&shared.auth, &credential, req, peer) {
+        match hs.on_request(&conn, req) {
             Ok(ServerStep::Challenge(c)) => {
                 let frame = Response::Challenge(c).to_frame(op, rid).encode();
                 s.write_all(&frame)

@@ -123,12 +123,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         };
         let written = wr.write_all(bytes).await.is_ok() && wr.flush().await.is_ok();
         // Secret bytes (exported keys, plaintexts, random) do not outlive their write: not in
-        // the responses, not in this reused buffer.
+        // this reused buffer, and not in the responses (an `Outbound` wipes itself on drop).
         if done.iter().any(|o| o.secret) {
             zeroize::Zeroize::zeroize(buf.as_mut_slice());
-            for o in done.iter_mut().filter(|o| o.secret) {
-                zeroize::Zeroize::zeroize(&mut o.wire);
-            }
         }
         // Responses are on the wire: give their window slots back.
         done.clear();

@@ -28,13 +28,13 @@ mod shared;
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
-use ferrohsm_proto::handshake::Welcome;
+use ferrohsm_proto::handshake::{ServerHandshake, ServerStep, Welcome};
 use ferrohsm_proto::message::{BodyError, error_frame_into};
 use ferrohsm_proto::{Header, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use crate::auth::{Credential, ServerHandshake, ServerStep};
+use crate::auth::{Connection, Credential, PendingProof};
 use crate::error::OpError;
 use crate::keys::manager::Caller;
 use shared::InFlightGuard;
@@ -60,10 +60,19 @@ impl Ticket {
 struct Outbound {
     // The whole response frame, encoded in place.
     wire: Vec<u8>,
-    // The body carries secret bytes (exported key, plaintext, random): the writer wipes it,
-    // and its own buffer, once it is on the wire.
+    // The body carries secret bytes (exported key, plaintext, random): wiped when this is
+    // dropped, whether it was written or its writer was gone; the writer also wipes its own
+    // buffer after writing it.
     secret: bool,
     _ticket: Option<Ticket>,
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.secret {
+            zeroize::Zeroize::zeroize(&mut self.wire);
+        }
+    }
 }
 
 #[derive(Debug, Message)]
@@ -84,7 +93,7 @@ struct Close;
 
 enum State {
     /// Hello and proof, as the one server handshake machine says.
-    Handshake(ServerHandshake),
+    Handshake(ServerHandshake<PendingProof>),
     Ready(Caller),
     Closed,
 }
@@ -246,7 +255,12 @@ impl Handler<Inbound> for Session {
                 return self.close(ctx);
             }
             State::Handshake(hs) => {
-                let step = hs.on_request(&self.shared.auth, &self.credential, request, &self.peer);
+                let conn = Connection {
+                    auth: &self.shared.auth,
+                    credential: &self.credential,
+                    peer: &self.peer,
+                };
+                let step = hs.on_request(&conn, request);
                 match step {
                     Ok(ServerStep::Challenge(c)) => {
                         self.reply(opcode, rid, Ok(Response::Challenge(c)), Some(ticket))
