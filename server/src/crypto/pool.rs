@@ -28,6 +28,9 @@ struct Job {
 /// this window.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// How much nicer than the session arbiters the workers run (Linux nice values are per thread).
+const WORKER_NICE: i32 = 5;
+
 /// The next job: spins (yielding the core between looks) for [`SPIN`], then blocks. `None`
 /// when every handle is gone and the queue is drained.
 fn next_job(rx: &Receiver<Job>) -> Option<Job> {
@@ -68,6 +71,10 @@ impl CryptoPool {
             std::thread::Builder::new()
                 .name(format!("hsm-crypto-{i}"))
                 .spawn(move || {
+                    // Crypto is the batch work: when a session arbiter wakes with a request or
+                    // a response to move, it takes the core at once instead of waiting out a
+                    // worker's time slice (milliseconds). Failure only costs that preference.
+                    let _ = rustix::process::nice(WORKER_NICE);
                     while let Some(job) = next_job(&rx) {
                         (job.work)();
                     }
