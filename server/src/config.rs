@@ -5,6 +5,7 @@
 //! [server]
 //! workers = 0               # crypto worker threads; 0 = one per CPU
 //! session_threads = 0       # session arbiters (sockets, framing, cheap ops); 0 = one per CPU
+//! worker_nice = 0           # crypto workers run this much nicer than session threads
 //! inline_max = 16384        # bytes up to which cheap ops (random, digest, AEAD, HMAC, and a
 //!                           # lone sign/verify) run on the session's own thread instead of a
 //!                           # crypto worker; 0 = never
@@ -67,6 +68,7 @@ struct RawServer {
     workers: Option<usize>,
     session_threads: Option<usize>,
     inline_max: Option<usize>,
+    worker_nice: Option<i32>,
     pool_queue: Option<usize>,
     window: Option<u32>,
     max_body: Option<u32>,
@@ -230,6 +232,8 @@ pub struct Config {
     pub session_threads: usize,
     /// Largest input a cheap operation runs inline on the session's thread (0: never).
     pub inline_max: usize,
+    /// How much nicer (Linux nice increment) crypto workers run than session arbiters.
+    pub worker_nice: i32,
     /// Crypto jobs queued or running, at most.
     pub pool_queue: usize,
     /// Requests in flight per session.
@@ -263,6 +267,7 @@ impl Config {
             workers: default_workers(),
             session_threads: default_workers(),
             inline_max: DEFAULT_INLINE_MAX,
+            worker_nice: DEFAULT_WORKER_NICE,
             pool_queue: 1024,
             window: 32,
             max_body: ferrohsm_proto::DEFAULT_MAX_BODY,
@@ -304,6 +309,14 @@ impl Config {
         }
         if let Some(n) = s.inline_max {
             c.inline_max = n;
+        }
+        if let Some(n) = s.worker_nice {
+            if !(0..=19).contains(&n) {
+                return Err(err(format!(
+                    "server.worker_nice: expected 0 to 19, got {n}"
+                )));
+            }
+            c.worker_nice = n;
         }
         c.pool_queue = positive(s.pool_queue, c.pool_queue, "server.pool_queue").map_err(err)?;
         c.window = positive(s.window, c.window, "server.window").map_err(err)?;
@@ -537,6 +550,11 @@ pub fn encode_hex(b: &[u8]) -> String {
 /// flight, and HMAC (1.4 GB/s) costs at most about one and a half hops.
 pub const DEFAULT_INLINE_MAX: usize = 16384;
 
+/// Crypto workers' nice increment. 0: measured on this project's 2-core machine (BENCHMARKS.md),
+/// nicer workers removed 4 ms scheduling stalls in some runs but cost throughput in others, so
+/// the default leaves the kernel's scheduling alone.
+pub const DEFAULT_WORKER_NICE: i32 = 0;
+
 fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -565,9 +583,13 @@ mod tests {
         assert_eq!(c.window, 32);
         assert!(c.session_threads >= 1);
         assert_eq!(c.inline_max, DEFAULT_INLINE_MAX);
-        let tuned = format!("[server]\nsession_threads = 3\ninline_max = 0\n{ok}");
+        let tuned = format!("[server]\nsession_threads = 3\ninline_max = 0\nworker_nice = 4\n{ok}");
         let c = Config::parse(&tuned, p).unwrap();
-        assert_eq!((c.session_threads, c.inline_max), (3, 0));
+        assert_eq!((c.session_threads, c.inline_max, c.worker_nice), (3, 0, 4));
+        let e = Config::parse(&format!("[server]\nworker_nice = 20\n{ok}"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker_nice"), "{e}");
         let e = Config::parse(&format!("[server]\nsession_threads = -1\n{ok}"), p)
             .unwrap_err()
             .to_string();

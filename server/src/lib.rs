@@ -135,8 +135,9 @@ where
     S: Future<Output = ()>,
     F: FnOnce(&Bound),
 {
-    let pool = crypto::pool::CryptoPool::start(config.workers, config.pool_queue)
-        .map_err(|e| ServerError::io("cannot start crypto workers", e))?;
+    let pool =
+        crypto::pool::CryptoPool::start(config.workers, config.pool_queue, config.worker_nice)
+            .map_err(|e| ServerError::io("cannot start crypto workers", e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let arbiters = Arc::new(arbiters::SessionArbiters::start(config.session_threads));
     let shared = Arc::new(session::Shared::new(

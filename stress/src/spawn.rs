@@ -76,8 +76,8 @@ impl Spawned {
         let config = d.join("hsmd.toml");
         if !server_extra.is_empty() {
             let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
-            let text = text.replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
-            std::fs::write(&config, text).map_err(|e| e.to_string())?;
+            std::fs::write(&config, with_server_settings(&text, server_extra))
+                .map_err(|e| e.to_string())?;
         }
         let child = launch(hsmd, &config)?;
         Ok(Spawned {
@@ -163,25 +163,53 @@ impl Drop for Spawned {
 }
 
 /// Starts `hsmd --config CONFIG` and waits until it listens.
+/// `config` with each `key = value` line of `extra` set in its `[server]` section: a key `hsmd
+/// init` already wrote is replaced (TOML refuses a key twice), a new one is added.
+fn with_server_settings(config: &str, extra: &str) -> String {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+    let mut lines: Vec<String> = config.lines().map(String::from).collect();
+    let start = lines.iter().position(|l| l.trim() == "[server]");
+    for setting in extra.lines().filter(|l| l.contains('=')) {
+        let Some(start) = start else { break };
+        let end = lines[start + 1..]
+            .iter()
+            .position(|l| l.trim_start().starts_with('['))
+            .map_or(lines.len(), |i| start + 1 + i);
+        match (start + 1..end).find(|&i| key(&lines[i]) == key(setting)) {
+            Some(i) => lines[i] = setting.to_string(),
+            None => lines.insert(start + 1, setting.to_string()),
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
 fn launch(hsmd: &Path, config: &Path) -> Result<Child, String> {
     let mut child = Command::new(hsmd)
         .args(["--config", &config.display().to_string()])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", hsmd.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     match lines.next() {
         Some(Ok(l)) if l.contains("listening on") => {}
-        other => {
+        _ => {
             let _ = child.kill();
+            let mut why = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut why);
+            }
             let _ = child.wait();
-            return Err(format!("hsmd did not start: {other:?}"));
+            return Err(format!("hsmd did not start: {}", why.trim()));
         }
     }
     std::thread::spawn(move || for _ in lines {});
+    // Keep draining stderr, so a chatty hsmd never blocks on a full pipe.
+    if let Some(e) = child.stderr.take() {
+        std::thread::spawn(move || for _ in BufReader::new(e).lines() {});
+    }
     Ok(child)
 }
 
@@ -190,4 +218,17 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_settings_replace_or_add_within_server_only() {
+        let c = "# x\n[server]\nworkers = 0 # c\nwindow = 32\n\n[store]\nwindow = 1\n";
+        let out = super::with_server_settings(c, "window = 8\ninline_max = 0");
+        assert_eq!(
+            out,
+            "# x\n[server]\ninline_max = 0\nworkers = 0 # c\nwindow = 8\n\n[store]\nwindow = 1\n"
+        );
+    }
 }

@@ -28,9 +28,6 @@ struct Job {
 /// this window.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// How much nicer than the session arbiters the workers run (Linux nice values are per thread).
-const WORKER_NICE: i32 = 5;
-
 /// The next job: spins (yielding the core between looks) for [`SPIN`], then blocks. `None`
 /// when every handle is gone and the queue is drained.
 fn next_job(rx: &Receiver<Job>) -> Option<Job> {
@@ -62,8 +59,9 @@ impl std::fmt::Debug for CryptoPool {
 }
 
 impl CryptoPool {
-    /// Starts `workers` threads with room for `queue` jobs queued or running.
-    pub fn start(workers: usize, queue: usize) -> std::io::Result<CryptoPool> {
+    /// Starts `workers` threads with room for `queue` jobs queued or running, each `nice`
+    /// steps nicer than the thread that starts them.
+    pub fn start(workers: usize, queue: usize, nice: i32) -> std::io::Result<CryptoPool> {
         let queue = queue.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue);
         for i in 0..workers.max(1) {
@@ -71,10 +69,12 @@ impl CryptoPool {
             std::thread::Builder::new()
                 .name(format!("hsm-crypto-{i}"))
                 .spawn(move || {
-                    // Crypto is the batch work: when a session arbiter wakes with a request or
-                    // a response to move, it takes the core at once instead of waiting out a
-                    // worker's time slice (milliseconds). Failure only costs that preference.
-                    let _ = rustix::process::nice(WORKER_NICE);
+                    // Optionally the batch work: a session arbiter woken with a request or a
+                    // response to move then takes the core at once instead of waiting out a
+                    // worker's time slice. Failure only costs that preference.
+                    if nice > 0 {
+                        let _ = rustix::process::nice(nice);
+                    }
                     while let Some(job) = next_job(&rx) {
                         (job.work)();
                     }
@@ -125,7 +125,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let pool = CryptoPool::start(2, 4).unwrap();
+        let pool = CryptoPool::start(2, 4, 0).unwrap();
         rt.block_on(async {
             let v = pool.run(|| Ok(41 + 1)).await.unwrap();
             assert_eq!(v, 42);
