@@ -432,3 +432,35 @@ fn dropping_a_client_ends_its_shm_session() {
         c.ping().unwrap();
     }
 }
+
+#[test]
+fn the_shm_set_up_socket_has_the_same_connection_limit_and_readable_refusal() {
+    let srv = TestServer::start_with(&["alice"], |c| c.max_connections = 2);
+    let p = srv.profile("alice");
+    let (a, b) = (shm(&p).unwrap(), shm(&p).unwrap());
+    // Over the listener's limit: a readable `busy`, not a silent close or a hang.
+    match shm(&p) {
+        Err(ClientError::Auth(e)) => {
+            assert_eq!(e.status(), Some(Status::Busy));
+            assert!(e.message.contains("too many connections"), "{}", e.message);
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    // The limit is per listener: TCP still has room.
+    let tcp = BlockingClient::connect(&p, Some(Transport::Tcp)).unwrap();
+    tcp.ping().unwrap();
+    a.ping().unwrap();
+    // A session that ends gives its slot back.
+    drop(b);
+    let t = Instant::now();
+    let c = loop {
+        match shm(&p) {
+            Ok(c) => break c,
+            Err(_) if t.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("the freed slot was not reused: {e}"),
+        }
+    };
+    c.ping().unwrap();
+}
