@@ -9,11 +9,15 @@
 //!                          v
 //!                       response -> session -> transport
 //! ```
+//! [`inline`] answers on the session's thread what is cheaper than the hop to a worker (the
+//! key from memory); [`dispatch`] does the rest. Both run keyed operations through one
+//! [`KeyedOp`], so the two paths compute alike.
 //! Nothing reaches back up: the key manager never sees a payload and never hands work back.
 //! Every rule (usage, exportable, derivable types, random length) is asked of
 //! [`crate::keys::policy`]; the crypto code only computes.
 
-use ferrohsm_proto::{Request, Response, Status};
+use ferrohsm_proto::{KeyRef, Request, Response, Status};
+use zeroize::Zeroizing;
 
 use crate::crypto::ops;
 use crate::error::OpError;
@@ -60,6 +64,140 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, OpError>) -> Result<T, OpError> {
         .unwrap_or_else(|_| Err(OpError::internal("crypto operation panicked")))
 }
 
+/// The operations whose whole work is one computation with one key: the payload taken out of
+/// the request, so the inline path and the pooled path run the very same code.
+enum KeyedOp {
+    Sign {
+        data: Vec<u8>,
+    },
+    Verify {
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    Encrypt {
+        plaintext: Zeroizing<Vec<u8>>,
+        aad: Vec<u8>,
+    },
+    Decrypt {
+        ciphertext: Vec<u8>,
+        aad: Vec<u8>,
+    },
+    Mac {
+        data: Vec<u8>,
+    },
+    MacVerify {
+        data: Vec<u8>,
+        mac: Vec<u8>,
+    },
+}
+
+impl KeyedOp {
+    /// The key and the operation of a keyed request; any other request comes back.
+    fn split(request: Request) -> Result<(KeyRef, KeyedOp), Request> {
+        Ok(match request {
+            Request::Sign { key, data } => (key, KeyedOp::Sign { data }),
+            Request::Verify {
+                key,
+                data,
+                signature,
+            } => (key, KeyedOp::Verify { data, signature }),
+            Request::Encrypt {
+                key,
+                plaintext,
+                aad,
+            } => (
+                key,
+                KeyedOp::Encrypt {
+                    plaintext: Zeroizing::new(plaintext),
+                    aad,
+                },
+            ),
+            Request::Decrypt {
+                key,
+                ciphertext,
+                aad,
+            } => (key, KeyedOp::Decrypt { ciphertext, aad }),
+            Request::Mac { key, data } => (key, KeyedOp::Mac { data }),
+            Request::MacVerify { key, data, mac } => (key, KeyedOp::MacVerify { data, mac }),
+            other => return Err(other),
+        })
+    }
+
+    /// The request again (when the inline path hands it on).
+    fn join(self, key: KeyRef) -> Request {
+        match self {
+            KeyedOp::Sign { data } => Request::Sign { key, data },
+            KeyedOp::Verify { data, signature } => Request::Verify {
+                key,
+                data,
+                signature,
+            },
+            KeyedOp::Encrypt { mut plaintext, aad } => Request::Encrypt {
+                key,
+                plaintext: std::mem::take(&mut *plaintext),
+                aad,
+            },
+            KeyedOp::Decrypt { ciphertext, aad } => Request::Decrypt {
+                key,
+                ciphertext,
+                aad,
+            },
+            KeyedOp::Mac { data } => Request::Mac { key, data },
+            KeyedOp::MacVerify { data, mac } => Request::MacVerify { key, data, mac },
+        }
+    }
+
+    /// What the operation requires of its key.
+    fn requirement(&self) -> policy::Requirement {
+        match self {
+            KeyedOp::Sign { .. } => policy::SIGN,
+            KeyedOp::Verify { .. } => policy::VERIFY,
+            KeyedOp::Encrypt { .. } => policy::ENCRYPT,
+            KeyedOp::Decrypt { .. } => policy::DECRYPT,
+            KeyedOp::Mac { .. } | KeyedOp::MacVerify { .. } => policy::MAC,
+        }
+    }
+
+    /// Bytes the computation reads (what `inline_max` bounds).
+    fn len(&self) -> usize {
+        match self {
+            KeyedOp::Sign { data }
+            | KeyedOp::Verify { data, .. }
+            | KeyedOp::Mac { data }
+            | KeyedOp::MacVerify { data, .. } => data.len(),
+            KeyedOp::Encrypt { plaintext, aad } => plaintext.len() + aad.len(),
+            KeyedOp::Decrypt { ciphertext, aad } => ciphertext.len() + aad.len(),
+        }
+    }
+
+    /// Cheap per byte (AEAD, HMAC): inline up to `inline_max` whatever else is in flight.
+    /// Signatures are not: inline only when they are the session's only request.
+    fn is_cheap(&self) -> bool {
+        !matches!(self, KeyedOp::Sign { .. } | KeyedOp::Verify { .. })
+    }
+
+    fn run(&self, key: &KeyMaterial) -> Result<Response, OpError> {
+        match self {
+            KeyedOp::Sign { data } => ops::sign(key, data).map(Response::Bytes),
+            KeyedOp::Verify { data, signature } => {
+                ops::verify(key, data, signature).map(|_| Response::Done)
+            }
+            KeyedOp::Encrypt { plaintext, aad } => {
+                ops::encrypt(key, plaintext, aad).map(Response::Bytes)
+            }
+            // The plaintext leaves its zeroizing buffer only to be encoded into the response
+            // (which the session wipes once written).
+            KeyedOp::Decrypt { ciphertext, aad } => {
+                ops::decrypt(key, ciphertext, aad).map(|p| Response::Bytes(p.to_vec()))
+            }
+            KeyedOp::Mac { data } => ops::mac(key, data).map(Response::Bytes),
+            KeyedOp::MacVerify { data, mac } => {
+                ops::mac_verify(key, data, mac).map(|_| Response::Done)
+            }
+        }
+    }
+}
+
 /// Answers `request` at once, on the session's own thread, when that costs less than a hop to
 /// a crypto worker and back: cheap operations (random, digest, AEAD, HMAC) on inputs up to
 /// `inline_max` bytes, and signatures and verifications when nothing else of this session
@@ -73,89 +211,24 @@ pub fn inline(
     request: Request,
     alone: bool,
 ) -> Result<Result<Response, OpError>, Request> {
-    let (km, max) = (&shared.km, shared.inline_max);
-    let bytes = Response::Bytes;
+    let max = shared.inline_max;
     match request {
         Request::Random { len } if len as usize <= max => Ok(policy::random_len(len)
             .and_then(|n| guarded(|| ops::random(n)))
-            .map(bytes)),
+            .map(Response::Bytes)),
         Request::Digest { alg, data } if data.len() <= max => {
-            Ok(guarded(|| Ok(ops::digest(alg, &data))).map(bytes))
+            Ok(guarded(|| Ok(ops::digest(alg, &data))).map(Response::Bytes))
         }
-        Request::Encrypt {
-            key,
-            plaintext,
-            aad,
-        } if plaintext.len() + aad.len() <= max => {
-            let mut plaintext = zeroize::Zeroizing::new(plaintext);
-            match km.authorize_now(caller, &key, policy::ENCRYPT) {
-                Some(h) => Ok(h
-                    .and_then(|h| guarded(|| ops::encrypt(&h.material, &plaintext, &aad)))
-                    .map(bytes)),
-                None => Err(Request::Encrypt {
-                    key,
-                    plaintext: std::mem::take(&mut *plaintext),
-                    aad,
-                }),
+        other => {
+            let (key, op) = KeyedOp::split(other)?;
+            if op.len() > max || !(alone || op.is_cheap()) {
+                return Err(op.join(key));
+            }
+            match shared.km.authorize_now(caller, &key, op.requirement()) {
+                Some(h) => Ok(h.and_then(|h| guarded(|| op.run(&h.material)))),
+                None => Err(op.join(key)),
             }
         }
-        Request::Decrypt {
-            key,
-            ciphertext,
-            aad,
-        } if ciphertext.len() + aad.len() <= max => {
-            match km.authorize_now(caller, &key, policy::DECRYPT) {
-                Some(h) => Ok(h
-                    .and_then(|h| {
-                        guarded(|| ops::decrypt(&h.material, &ciphertext, &aad).map(|p| p.to_vec()))
-                    })
-                    .map(bytes)),
-                None => Err(Request::Decrypt {
-                    key,
-                    ciphertext,
-                    aad,
-                }),
-            }
-        }
-        Request::Mac { key, data } if data.len() <= max => {
-            match km.authorize_now(caller, &key, policy::MAC) {
-                Some(h) => Ok(h
-                    .and_then(|h| guarded(|| ops::mac(&h.material, &data)))
-                    .map(bytes)),
-                None => Err(Request::Mac { key, data }),
-            }
-        }
-        Request::MacVerify { key, data, mac } if data.len() <= max => {
-            match km.authorize_now(caller, &key, policy::MAC) {
-                Some(h) => Ok(h
-                    .and_then(|h| guarded(|| ops::mac_verify(&h.material, &data, &mac)))
-                    .map(|_| Response::Done)),
-                None => Err(Request::MacVerify { key, data, mac }),
-            }
-        }
-        Request::Sign { key, data } if alone && data.len() <= max => {
-            match km.authorize_now(caller, &key, policy::SIGN) {
-                Some(h) => Ok(h
-                    .and_then(|h| guarded(|| ops::sign(&h.material, &data)))
-                    .map(bytes)),
-                None => Err(Request::Sign { key, data }),
-            }
-        }
-        Request::Verify {
-            key,
-            data,
-            signature,
-        } if alone && data.len() <= max => match km.authorize_now(caller, &key, policy::VERIFY) {
-            Some(h) => Ok(h
-                .and_then(|h| guarded(|| ops::verify(&h.material, &data, &signature)))
-                .map(|_| Response::Done)),
-            None => Err(Request::Verify {
-                key,
-                data,
-                signature,
-            }),
-        },
-        other => Err(other),
     }
 }
 
@@ -171,7 +244,6 @@ pub async fn dispatch(
         inline_max: shared.inline_max,
     };
     let bytes = Response::Bytes;
-    let done = |_| Response::Done;
     match request {
         Request::Random { len } => {
             let n = policy::random_len(len)?;
@@ -219,65 +291,21 @@ pub async fn dispatch(
             Ok(Response::Bytes(h.material.secret_bytes().to_vec()))
         }
         Request::Delete(key) => km.delete(&caller, &key).await.map(|_| Response::Done),
-        Request::Sign { key, data } => {
-            let h = km.authorize(&caller, &key, policy::SIGN).await?;
-            pool.run(move || ops::sign(&h.material, &data))
-                .await
-                .map(bytes)
-        }
-        Request::Verify {
-            key,
-            data,
-            signature,
-        } => {
-            let h = km.authorize(&caller, &key, policy::VERIFY).await?;
-            pool.run(move || ops::verify(&h.material, &data, &signature))
-                .await
-                .map(done)
-        }
-        Request::Encrypt {
-            key,
-            plaintext,
-            aad,
-        } => {
-            let h = km.authorize(&caller, &key, policy::ENCRYPT).await?;
-            let plaintext = zeroize::Zeroizing::new(plaintext);
-            let n = plaintext.len() + aad.len();
-            pool.cheap(n, move || ops::encrypt(&h.material, &plaintext, &aad))
-                .await
-                .map(bytes)
-        }
-        Request::Decrypt {
-            key,
-            ciphertext,
-            aad,
-        } => {
-            let h = km.authorize(&caller, &key, policy::DECRYPT).await?;
-            // The plaintext leaves its zeroizing buffer only to be encoded into the response.
-            let n = ciphertext.len() + aad.len();
-            pool.cheap(n, move || {
-                ops::decrypt(&h.material, &ciphertext, &aad).map(|p| p.to_vec())
-            })
-            .await
-            .map(bytes)
-        }
-        Request::Mac { key, data } => {
-            let h = km.authorize(&caller, &key, policy::MAC).await?;
-            pool.cheap(data.len(), move || ops::mac(&h.material, &data))
-                .await
-                .map(bytes)
-        }
-        Request::MacVerify { key, data, mac } => {
-            let h = km.authorize(&caller, &key, policy::MAC).await?;
-            pool.cheap(data.len(), move || {
-                ops::mac_verify(&h.material, &data, &mac)
-            })
-            .await
-            .map(done)
-        }
-        other => Err(OpError::new(
-            Status::ProtocolViolation,
-            format!("{:?} is not a key operation", other.opcode()),
-        )),
+        other => match KeyedOp::split(other) {
+            Ok((key, op)) => {
+                let h = km.authorize(&caller, &key, op.requirement()).await?;
+                let (cheap, len) = (op.is_cheap(), op.len());
+                let work = move || op.run(&h.material);
+                if cheap {
+                    pool.cheap(len, work).await
+                } else {
+                    pool.run(work).await
+                }
+            }
+            Err(other) => Err(OpError::new(
+                Status::ProtocolViolation,
+                format!("{:?} is not a key operation", other.opcode()),
+            )),
+        },
     }
 }
