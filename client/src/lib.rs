@@ -8,7 +8,9 @@
 //! ```
 //! A connection authenticates once (Ed25519 challenge-response on TCP); afterwards any number
 //! of tasks may issue requests on it concurrently, up to the server's in-flight window, and
-//! each gets its own response whatever order the server answers in.
+//! each gets its own response whatever order the server answers in. `io.rs` holds the byte
+//! work (frame reading and decoding in place, the writer and reader tasks); `connect/` the
+//! transports.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), ferrohsm_client::ClientError> {
@@ -23,33 +25,23 @@
 
 pub mod connect;
 pub mod error;
+mod io;
 pub mod profile;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, HandshakeError, Welcome};
-use ferrohsm_proto::message::{BodyError, KeySpec, decode_error};
-use ferrohsm_proto::{
-    DigestAlg, ErrorBody, Frame, FrameReader, KeyInfo, KeyRef, KeyType, Label, Request, Response,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use ferrohsm_proto::message::KeySpec;
+use ferrohsm_proto::{DigestAlg, FrameReader, KeyInfo, KeyRef, KeyType, Label, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 pub use error::ClientError;
+use io::{PendingMap, PendingState, closed, read_frame, read_loop, send_frame, write_loop};
 use profile::{Identity, Profile, Transport};
 
 type Reply = Result<Response, ClientError>;
-/// Requests waiting for their response, and whether the connection has ended (after which
-/// nothing will ever answer, so new requests must fail instead of waiting).
-#[derive(Default)]
-struct PendingState {
-    map: HashMap<u64, oneshot::Sender<Reply>>,
-    closed: Option<ClientError>,
-}
-type PendingMap = Arc<Mutex<PendingState>>;
-
 struct Inner {
     tx: mpsc::Sender<Vec<u8>>,
     pending: PendingMap,
@@ -86,81 +78,10 @@ impl Pending {
     }
 }
 
-fn closed() -> ClientError {
-    ClientError::Connection("the server closed the connection".into())
-}
-
-fn protocol(e: BodyError) -> ClientError {
-    ClientError::Protocol(e.to_string())
-}
-
 /// A response of the wrong kind. Only its kind is named: a response may carry key material
 /// or plaintext, so it is never formatted whole.
 fn unexpected(r: Response) -> ClientError {
     ClientError::Protocol(format!("unexpected response: {}", r.kind()))
-}
-
-/// Reads the next frame through `frames` (the one sans-IO frame reader of `proto`).
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    frames: &mut FrameReader,
-) -> Result<Frame, ClientError> {
-    loop {
-        if let Some(f) = frames
-            .next_frame()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-        {
-            return Ok(f);
-        }
-        let n = rd
-            .read_buf(frames.buffer())
-            .await
-            .map_err(|e| ClientError::Connection(ferrohsm_tls::client::describe(&e)))?;
-        if n == 0 {
-            return Err(closed());
-        }
-    }
-}
-
-/// Decodes a response from its header and body (still in the reader's buffer): an error frame
-/// becomes `ClientError::Server`.
-fn decode_reply(header: &ferrohsm_proto::Header, body: &[u8]) -> Reply {
-    if header.is_error() {
-        let body = decode_error(header.opcode, body).map_err(protocol)?;
-        return Err(ClientError::Server(body));
-    }
-    Response::decode(header.opcode, body).map_err(protocol)
-}
-
-/// Reads the next response, decoded straight from the bytes read: its request id and reply.
-async fn read_reply<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    frames: &mut FrameReader,
-) -> Result<(u64, Reply), ClientError> {
-    loop {
-        if let Some(r) = frames
-            .next_with(|h, body| (h.request_id, decode_reply(h, body)))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-        {
-            return Ok(r);
-        }
-        let n = rd
-            .read_buf(frames.buffer())
-            .await
-            .map_err(|e| ClientError::Connection(ferrohsm_tls::client::describe(&e)))?;
-        if n == 0 {
-            return Err(closed());
-        }
-    }
-}
-
-pub(crate) async fn send_frame<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    frame: &Frame,
-) -> Result<(), ClientError> {
-    let io = |e: std::io::Error| ClientError::Connection(ferrohsm_tls::client::describe(&e));
-    wr.write_all(&frame.encode()).await.map_err(io)?;
-    wr.flush().await.map_err(io)
 }
 
 /// Signs handshake transcript bytes with the identity's auth key.
@@ -431,95 +352,6 @@ impl Client {
             spec,
         })
         .await
-    }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut ready: Vec<Vec<u8>> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut len = first.len();
-        ready.push(first);
-        // Coalesce pipelined requests into one write.
-        while len < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(w) => {
-                    len += w.len();
-                    ready.push(w);
-                }
-                Err(_) => break,
-            }
-        }
-        // One request goes out from its own bytes; several are gathered into one write.
-        let bytes: &[u8] = if let [one] = ready.as_slice() {
-            one
-        } else {
-            buf.clear();
-            for w in &ready {
-                buf.extend_from_slice(w);
-            }
-            &buf
-        };
-        let written = wr.write_all(bytes).await.is_ok() && wr.flush().await.is_ok();
-        // Requests carry plaintexts: none stays behind in these buffers.
-        zeroize::Zeroize::zeroize(buf.as_mut_slice());
-        for w in ready.iter_mut() {
-            zeroize::Zeroize::zeroize(w);
-        }
-        ready.clear();
-        if !written {
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut rd: R,
-    mut frames: FrameReader,
-    pending: PendingMap,
-    max_body: u32,
-) {
-    // Responses may be a little larger than the request cap (a ciphertext adds 30 bytes).
-    frames.set_max_body(max_body.saturating_add(4096));
-    // Marks the connection closed and fails every waiting request, under one lock, so a
-    // request submitted concurrently either sees `closed` or is failed here.
-    let fail_all = |err: &dyn Fn() -> ClientError| {
-        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.closed = Some(err());
-        for (_, tx) in p.map.drain() {
-            let _ = tx.send(Err(err()));
-        }
-    };
-    loop {
-        let (rid, reply) = match read_reply(&mut rd, &mut frames).await {
-            Ok(r) => r,
-            Err(e) => {
-                let msg = match e {
-                    ClientError::Connection(m) => m,
-                    other => other.to_string(),
-                };
-                fail_all(&|| ClientError::Connection(msg.clone()));
-                return;
-            }
-        };
-        if rid == 0 {
-            // A connection-level error (the server is about to close).
-            let body = match reply {
-                Err(ClientError::Server(b)) => b,
-                _ => ErrorBody::new(ferrohsm_proto::Status::MalformedFrame, "unexpected frame"),
-            };
-            fail_all(&|| ClientError::Server(body.clone()));
-            return;
-        }
-        let tx = pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .remove(&rid);
-        if let Some(tx) = tx {
-            let _ = tx.send(reply);
-        }
     }
 }
 
