@@ -1,0 +1,515 @@
+//! Request and response bodies (the value types they carry are in `types.rs`, the tests in
+//! `tests.rs`).
+//!
+//! Each message kind has its own opcode; its body is the postcard encoding of the variant's
+//! payload. Decoding is driven by the opcode and rejects trailing bytes, and the value types
+//! ([`Label`], [`UsageSet`], [`KeyRef`]) refuse invalid values while deserializing, so a decoded
+//! message is a valid one.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::frame::{FLAG_ERROR, FLAG_RESPONSE, Frame, Opcode};
+use crate::handshake::{Challenge, Hello, HelloReply, Proof, Welcome};
+use crate::status::{ErrorBody, Status};
+use crate::wire::{Buf, Raw};
+
+mod types;
+pub use types::*;
+
+/// A request from client to server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// Handshake step 1.
+    Hello(Hello),
+    /// Handshake step 3.
+    Proof(Proof),
+    /// Liveness.
+    Ping,
+    /// N random bytes (1..=65536).
+    Random {
+        /// Byte count.
+        len: u32,
+    },
+    /// Digest of data.
+    Digest {
+        /// Algorithm.
+        alg: DigestAlg,
+        /// Input.
+        data: Vec<u8>,
+    },
+    /// Generate a key.
+    Generate(KeySpec),
+    /// List keys.
+    List,
+    /// Describe a key.
+    Info(KeyRef),
+    /// Public key bytes.
+    PublicKey(KeyRef),
+    /// Export raw key bytes.
+    Export(KeyRef),
+    /// Delete a key.
+    Delete(KeyRef),
+    /// Sign a message.
+    Sign {
+        /// Key.
+        key: KeyRef,
+        /// Message.
+        data: Vec<u8>,
+    },
+    /// Verify a signature.
+    Verify {
+        /// Key.
+        key: KeyRef,
+        /// Message.
+        data: Vec<u8>,
+        /// Signature (Ed25519 raw 64 bytes, ECDSA DER).
+        signature: Vec<u8>,
+    },
+    /// AEAD encrypt; the server picks the nonce.
+    Encrypt {
+        /// Key.
+        key: KeyRef,
+        /// Plaintext.
+        plaintext: Vec<u8>,
+        /// Associated data.
+        aad: Vec<u8>,
+    },
+    /// AEAD decrypt a ciphertext produced by `Encrypt`.
+    Decrypt {
+        /// Key.
+        key: KeyRef,
+        /// Self-describing ciphertext.
+        ciphertext: Vec<u8>,
+        /// Associated data.
+        aad: Vec<u8>,
+    },
+    /// HMAC compute.
+    Mac {
+        /// Key.
+        key: KeyRef,
+        /// Message.
+        data: Vec<u8>,
+    },
+    /// HMAC verify.
+    MacVerify {
+        /// Key.
+        key: KeyRef,
+        /// Message.
+        data: Vec<u8>,
+        /// Expected tag.
+        mac: Vec<u8>,
+    },
+    /// X25519 with a peer public key, then HKDF-SHA256 into a new key.
+    Derive {
+        /// Our X25519 key.
+        key: KeyRef,
+        /// Peer's raw 32-byte X25519 public key.
+        peer: Vec<u8>,
+        /// The new key.
+        spec: KeySpec,
+    },
+}
+
+// Bodies: encoded from borrowed fields (no clone of a payload), decoded into owned ones; both
+// with the same field order, so the wire format is one.
+#[derive(Serialize)]
+struct KeyDataRef<'a> {
+    key: &'a KeyRef,
+    data: Raw<'a>,
+}
+#[derive(Deserialize)]
+struct KeyData {
+    key: KeyRef,
+    data: Buf,
+}
+#[derive(Serialize)]
+struct KeyDataTagRef<'a> {
+    key: &'a KeyRef,
+    data: Raw<'a>,
+    tag: Raw<'a>,
+}
+#[derive(Deserialize)]
+struct KeyDataTag {
+    key: KeyRef,
+    data: Buf,
+    tag: Buf,
+}
+#[derive(Serialize)]
+struct DeriveBodyRef<'a> {
+    key: &'a KeyRef,
+    peer: Raw<'a>,
+    spec: &'a KeySpec,
+}
+#[derive(Deserialize)]
+struct DeriveBody {
+    key: KeyRef,
+    peer: Buf,
+    spec: KeySpec,
+}
+
+/// Why a body did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The opcode is not a request (or response) this side knows.
+    #[error("unknown opcode {0}")]
+    UnknownOpcode(u16),
+    /// The body does not decode into the opcode's message.
+    #[error("malformed body for opcode {opcode}: {reason}")]
+    Malformed {
+        /// Opcode.
+        opcode: u16,
+        /// Decoder's explanation.
+        reason: String,
+    },
+}
+
+impl BodyError {
+    /// The wire status for this error.
+    pub fn status(&self) -> Status {
+        match self {
+            BodyError::UnknownOpcode(_) => Status::UnknownOpcode,
+            BodyError::Malformed { .. } => Status::MalformedBody,
+        }
+    }
+}
+
+/// Appends `v`'s postcard encoding to `out`.
+fn to_body_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
+    // Invariant: serializing our own message types cannot fail (no maps with non-string keys,
+    // no unsupported types); an empty body would be refused by the peer.
+    if let Ok(done) = postcard::to_extend(v, std::mem::take(out)) {
+        *out = done;
+    }
+}
+
+fn to_body<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    to_body_into(v, &mut out);
+    out
+}
+
+/// Decodes a whole body as `T`, refusing trailing bytes.
+fn from_body<T: DeserializeOwned>(opcode: u16, body: &[u8]) -> Result<T, BodyError> {
+    let malformed = |reason: String| BodyError::Malformed { opcode, reason };
+    let (v, rest) = postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(v)
+}
+
+fn empty_body(opcode: u16, body: &[u8]) -> Result<(), BodyError> {
+    if body.is_empty() {
+        Ok(())
+    } else {
+        Err(BodyError::Malformed {
+            opcode,
+            reason: format!("{} trailing bytes", body.len()),
+        })
+    }
+}
+
+impl Request {
+    /// The opcode of this request.
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Request::Hello(_) => Opcode::Hello,
+            Request::Proof(_) => Opcode::Proof,
+            Request::Ping => Opcode::Ping,
+            Request::Random { .. } => Opcode::Random,
+            Request::Digest { .. } => Opcode::Digest,
+            Request::Generate(_) => Opcode::Generate,
+            Request::List => Opcode::List,
+            Request::Info(_) => Opcode::Info,
+            Request::PublicKey(_) => Opcode::PublicKey,
+            Request::Export(_) => Opcode::Export,
+            Request::Delete(_) => Opcode::Delete,
+            Request::Sign { .. } => Opcode::Sign,
+            Request::Verify { .. } => Opcode::Verify,
+            Request::Encrypt { .. } => Opcode::Encrypt,
+            Request::Decrypt { .. } => Opcode::Decrypt,
+            Request::Mac { .. } => Opcode::Mac,
+            Request::MacVerify { .. } => Opcode::MacVerify,
+            Request::Derive { .. } => Opcode::Derive,
+        }
+    }
+
+    /// The postcard body of this request.
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_body_into(&mut out);
+        out
+    }
+
+    /// Appends the postcard body of this request to `out`, borrowing every payload.
+    fn encode_body_into(&self, out: &mut Vec<u8>) {
+        let kd = |key: &KeyRef, data: &[u8], out: &mut Vec<u8>| {
+            to_body_into(
+                &KeyDataRef {
+                    key,
+                    data: Raw(data),
+                },
+                out,
+            )
+        };
+        let kdt = |key: &KeyRef, data: &[u8], tag: &[u8], out: &mut Vec<u8>| {
+            to_body_into(
+                &KeyDataTagRef {
+                    key,
+                    data: Raw(data),
+                    tag: Raw(tag),
+                },
+                out,
+            )
+        };
+        match self {
+            Request::Hello(h) => to_body_into(h, out),
+            Request::Proof(p) => to_body_into(p, out),
+            Request::Ping | Request::List => {}
+            Request::Random { len } => to_body_into(len, out),
+            Request::Digest { alg, data } => to_body_into(&(alg, Raw(data)), out),
+            Request::Generate(spec) => to_body_into(spec, out),
+            Request::Info(k) | Request::PublicKey(k) | Request::Export(k) | Request::Delete(k) => {
+                to_body_into(k, out)
+            }
+            Request::Sign { key, data } | Request::Mac { key, data } => kd(key, data, out),
+            Request::Verify {
+                key,
+                data,
+                signature,
+            } => kdt(key, data, signature, out),
+            Request::MacVerify { key, data, mac } => kdt(key, data, mac, out),
+            Request::Encrypt {
+                key,
+                plaintext,
+                aad,
+            } => kdt(key, plaintext, aad, out),
+            Request::Decrypt {
+                key,
+                ciphertext,
+                aad,
+            } => kdt(key, ciphertext, aad, out),
+            Request::Derive { key, peer, spec } => to_body_into(
+                &DeriveBodyRef {
+                    key,
+                    peer: Raw(peer),
+                    spec,
+                },
+                out,
+            ),
+        }
+    }
+
+    /// Appends the whole request frame with id `request_id` to `out`, the body written in
+    /// place (the same bytes as [`Request::to_frame`] encodes).
+    pub fn encode_into(&self, request_id: u64, out: &mut Vec<u8>) {
+        Frame::encode_with(0, self.opcode() as u16, request_id, out, |out| {
+            self.encode_body_into(out)
+        })
+    }
+
+    /// A request frame with the given id.
+    pub fn to_frame(&self, request_id: u64) -> Frame {
+        Frame::new(0, self.opcode() as u16, request_id, self.encode_body())
+    }
+
+    /// Decodes a request body by opcode.
+    pub fn decode(opcode: u16, body: &[u8]) -> Result<Request, BodyError> {
+        let op = Opcode::from_u16(opcode).ok_or(BodyError::UnknownOpcode(opcode))?;
+        let kd = || from_body::<KeyData>(opcode, body);
+        let kdt = || from_body::<KeyDataTag>(opcode, body);
+        Ok(match op {
+            Opcode::Hello => Request::Hello(from_body(opcode, body)?),
+            Opcode::Proof => Request::Proof(from_body(opcode, body)?),
+            Opcode::Ping => empty_body(opcode, body).map(|_| Request::Ping)?,
+            Opcode::List => empty_body(opcode, body).map(|_| Request::List)?,
+            Opcode::Random => Request::Random {
+                len: from_body(opcode, body)?,
+            },
+            Opcode::Digest => {
+                let (alg, Buf(data)) = from_body(opcode, body)?;
+                Request::Digest { alg, data }
+            }
+            Opcode::Generate => Request::Generate(from_body(opcode, body)?),
+            Opcode::Info => Request::Info(from_body(opcode, body)?),
+            Opcode::PublicKey => Request::PublicKey(from_body(opcode, body)?),
+            Opcode::Export => Request::Export(from_body(opcode, body)?),
+            Opcode::Delete => Request::Delete(from_body(opcode, body)?),
+            Opcode::Sign => kd().map(|b| Request::Sign {
+                key: b.key,
+                data: b.data.0,
+            })?,
+            Opcode::Mac => kd().map(|b| Request::Mac {
+                key: b.key,
+                data: b.data.0,
+            })?,
+            Opcode::Verify => kdt().map(|b| Request::Verify {
+                key: b.key,
+                data: b.data.0,
+                signature: b.tag.0,
+            })?,
+            Opcode::MacVerify => kdt().map(|b| Request::MacVerify {
+                key: b.key,
+                data: b.data.0,
+                mac: b.tag.0,
+            })?,
+            Opcode::Encrypt => kdt().map(|b| Request::Encrypt {
+                key: b.key,
+                plaintext: b.data.0,
+                aad: b.tag.0,
+            })?,
+            Opcode::Decrypt => kdt().map(|b| Request::Decrypt {
+                key: b.key,
+                ciphertext: b.data.0,
+                aad: b.tag.0,
+            })?,
+            Opcode::Derive => {
+                let b: DeriveBody = from_body(opcode, body)?;
+                Request::Derive {
+                    key: b.key,
+                    peer: b.peer.0,
+                    spec: b.spec,
+                }
+            }
+            Opcode::Challenge | Opcode::Welcome => return Err(BodyError::UnknownOpcode(opcode)),
+        })
+    }
+}
+
+/// A successful response. Which variant answers which opcode is fixed (see [`Response::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Response {
+    /// Handshake step 2.
+    Challenge(Challenge),
+    /// Handshake step 4.
+    Welcome(Welcome),
+    /// Success with nothing to return (ping, delete, verify, mac-verify).
+    Done,
+    /// Bytes (random, digest, signature, ciphertext, plaintext, MAC, exported key).
+    Bytes(Vec<u8>),
+    /// One key (generate, derive, info).
+    Key(KeyInfo),
+    /// Every key (list).
+    Keys(Vec<KeyInfo>),
+    /// A raw public key and its type.
+    PublicKey {
+        /// Key type.
+        key_type: KeyType,
+        /// Raw public key (Ed25519/X25519 32 bytes; P-256 65-byte uncompressed point).
+        bytes: Vec<u8>,
+    },
+}
+
+impl Response {
+    /// The postcard body of this response.
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_body_into(&mut out);
+        out
+    }
+
+    /// Appends the postcard body of this response to `out`.
+    fn encode_body_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Response::Challenge(c) => to_body_into(&HelloReply::Challenge(c.clone()), out),
+            Response::Welcome(w) => to_body_into(w, out),
+            Response::Done => {}
+            Response::Bytes(b) => to_body_into(&Raw(b), out),
+            Response::Key(k) => to_body_into(k, out),
+            Response::Keys(k) => to_body_into(k, out),
+            Response::PublicKey { key_type, bytes } => to_body_into(&(key_type, Raw(bytes)), out),
+        }
+    }
+
+    /// Appends the whole response frame answering `opcode` / `request_id` to `out`, the body
+    /// written in place (the same bytes as [`Response::to_frame`] encodes).
+    pub fn encode_into(&self, opcode: u16, request_id: u64, out: &mut Vec<u8>) {
+        Frame::encode_with(FLAG_RESPONSE, opcode, request_id, out, |out| match self {
+            Response::Welcome(w) if opcode == Opcode::Hello as u16 => {
+                to_body_into(&HelloReply::Welcome(w.clone()), out)
+            }
+            other => other.encode_body_into(out),
+        })
+    }
+
+    /// What kind of response this is, without its contents (for error messages: a response
+    /// may carry key material or plaintext, so it is never formatted whole).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Challenge(_) => "challenge",
+            Response::Welcome(_) => "welcome",
+            Response::Done => "done",
+            Response::Bytes(_) => "bytes",
+            Response::Key(_) => "key info",
+            Response::Keys(_) => "key list",
+            Response::PublicKey { .. } => "public key",
+        }
+    }
+
+    /// A response frame answering `opcode` / `request_id`.
+    pub fn to_frame(&self, opcode: u16, request_id: u64) -> Frame {
+        let body = match self {
+            // A hello is answered by a HelloReply: a challenge, or (when the transport already
+            // proved the client) the welcome itself.
+            Response::Welcome(w) if opcode == Opcode::Hello as u16 => {
+                to_body(&HelloReply::Welcome(w.clone()))
+            }
+            other => other.encode_body(),
+        };
+        Frame::new(FLAG_RESPONSE, opcode, request_id, body)
+    }
+
+    /// Decodes a successful response to a request with `opcode`.
+    pub fn decode(opcode: u16, body: &[u8]) -> Result<Response, BodyError> {
+        let op = Opcode::from_u16(opcode).ok_or(BodyError::UnknownOpcode(opcode))?;
+        Ok(match op {
+            Opcode::Hello => match from_body(opcode, body)? {
+                HelloReply::Challenge(c) => Response::Challenge(c),
+                HelloReply::Welcome(w) => Response::Welcome(w),
+            },
+            Opcode::Proof => Response::Welcome(from_body(opcode, body)?),
+            Opcode::Ping | Opcode::Delete | Opcode::Verify | Opcode::MacVerify => {
+                empty_body(opcode, body).map(|_| Response::Done)?
+            }
+            Opcode::Random
+            | Opcode::Digest
+            | Opcode::Export
+            | Opcode::Sign
+            | Opcode::Encrypt
+            | Opcode::Decrypt
+            | Opcode::Mac => Response::Bytes(from_body::<Buf>(opcode, body)?.0),
+            Opcode::Generate | Opcode::Info | Opcode::Derive => {
+                Response::Key(from_body(opcode, body)?)
+            }
+            Opcode::List => Response::Keys(from_body(opcode, body)?),
+            Opcode::PublicKey => {
+                let (key_type, Buf(bytes)) = from_body(opcode, body)?;
+                Response::PublicKey { key_type, bytes }
+            }
+            Opcode::Challenge | Opcode::Welcome => return Err(BodyError::UnknownOpcode(opcode)),
+        })
+    }
+}
+
+/// An error frame answering `opcode` / `request_id`.
+pub fn error_frame(opcode: u16, request_id: u64, err: &ErrorBody) -> Frame {
+    Frame::new(FLAG_RESPONSE | FLAG_ERROR, opcode, request_id, to_body(err))
+}
+
+/// Appends the error frame answering `opcode` / `request_id` to `out`.
+pub fn error_frame_into(opcode: u16, request_id: u64, err: &ErrorBody, out: &mut Vec<u8>) {
+    Frame::encode_with(FLAG_RESPONSE | FLAG_ERROR, opcode, request_id, out, |out| {
+        to_body_into(err, out)
+    })
+}
+
+/// Decodes an error frame body.
+pub fn decode_error(opcode: u16, body: &[u8]) -> Result<ErrorBody, BodyError> {
+    from_body(opcode, body)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Round trips, refusals and fuzzed bodies for every message.
+
+use super::*;
+use proptest::prelude::*;
+
+#[test]
+fn in_place_encoding_matches_frames() {
+    let cases = [
+        (Response::Bytes(vec![7; 300]), Opcode::Sign),
+        (Response::Done, Opcode::Ping),
+        (
+            Response::Welcome(Welcome {
+                session_id: 3,
+                max_body: 9,
+                window: 2,
+            }),
+            Opcode::Hello,
+        ),
+        (
+            Response::PublicKey {
+                key_type: KeyType::Ed25519,
+                bytes: vec![1; 32],
+            },
+            Opcode::PublicKey,
+        ),
+    ];
+    for (r, op) in cases {
+        let mut out = vec![0xee];
+        r.encode_into(op as u16, 42, &mut out);
+        assert_eq!(
+            out[1..],
+            r.to_frame(op as u16, 42).encode()[..],
+            "{}",
+            r.kind()
+        );
+    }
+    let reqs = [
+        Request::Ping,
+        Request::Sign {
+            key: KeyRef::Id(3),
+            data: vec![5; 100],
+        },
+        Request::Encrypt {
+            key: KeyRef::Id(4),
+            plaintext: vec![6; 1000],
+            aad: vec![1],
+        },
+    ];
+    for r in reqs {
+        let mut out = Vec::new();
+        r.encode_into(77, &mut out);
+        assert_eq!(out, r.to_frame(77).encode());
+    }
+    let e = ErrorBody::new(Status::KeyNotFound, "no");
+    let mut out = Vec::new();
+    error_frame_into(5, 6, &e, &mut out);
+    assert_eq!(out, error_frame(5, 6, &e).encode());
+}
+
+fn label() -> impl Strategy<Value = Label> {
+    "[A-Za-z][A-Za-z0-9._-]{0,63}".prop_map(|s| s.parse().expect("regex matches label rule"))
+}
+fn key_ref() -> impl Strategy<Value = KeyRef> {
+    prop_oneof![
+        any::<u32>().prop_map(KeyRef::Id),
+        label().prop_map(KeyRef::Label)
+    ]
+}
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..64)
+}
+fn spec() -> impl Strategy<Value = KeySpec> {
+    (
+        0..6usize,
+        label(),
+        proptest::option::of(0u16..256),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(t, label, u, exportable, session)| KeySpec {
+            key_type: KeyType::ALL[t],
+            label,
+            usage: u.map(|u| UsageSet::try_from(u).expect("bits in range")),
+            exportable,
+            session,
+        })
+}
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        Just(Request::Ping),
+        Just(Request::List),
+        any::<u32>().prop_map(|len| Request::Random { len }),
+        bytes().prop_map(|data| Request::Digest {
+            alg: DigestAlg::Sha512,
+            data
+        }),
+        spec().prop_map(Request::Generate),
+        key_ref().prop_map(Request::Info),
+        key_ref().prop_map(Request::Delete),
+        (key_ref(), bytes()).prop_map(|(key, data)| Request::Sign { key, data }),
+        (key_ref(), bytes(), bytes()).prop_map(|(key, data, signature)| Request::Verify {
+            key,
+            data,
+            signature
+        }),
+        (key_ref(), bytes(), bytes()).prop_map(|(key, plaintext, aad)| Request::Encrypt {
+            key,
+            plaintext,
+            aad
+        }),
+        (key_ref(), bytes(), spec()).prop_map(|(key, peer, spec)| Request::Derive {
+            key,
+            peer,
+            spec
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(req in request(), id: u64) {
+        let frame = req.to_frame(id);
+        let back = Request::decode(frame.header.opcode, &frame.body).unwrap();
+        prop_assert_eq!(back, req);
+    }
+
+    #[test]
+    fn garbage_bodies_never_panic(op in 0u16..80, body in bytes()) {
+        let _ = Request::decode(op, &body);
+        let _ = Response::decode(op, &body);
+    }
+}
+
+#[test]
+fn responses_round_trip() {
+    let info = KeyInfo {
+        id: 7,
+        label: "k1".parse().unwrap(),
+        key_type: KeyType::P256,
+        usage: KeyType::P256.allowed_usage(),
+        exportable: false,
+        lifetime: Lifetime::Session,
+        created: 1_700_000_000,
+    };
+    let cases = [
+        (Opcode::Ping, Response::Done),
+        (
+            Opcode::Hello,
+            Response::Challenge(Challenge {
+                session_id: 3,
+                nonce: [7; 32],
+            }),
+        ),
+        (
+            Opcode::Hello,
+            Response::Welcome(Welcome {
+                session_id: 3,
+                max_body: 9,
+                window: 2,
+            }),
+        ),
+        (
+            Opcode::Proof,
+            Response::Welcome(Welcome {
+                session_id: 4,
+                max_body: 9,
+                window: 2,
+            }),
+        ),
+        (Opcode::Sign, Response::Bytes(vec![1, 2, 3])),
+        (Opcode::Info, Response::Key(info.clone())),
+        (Opcode::List, Response::Keys(vec![info.clone(), info])),
+        (
+            Opcode::PublicKey,
+            Response::PublicKey {
+                key_type: KeyType::X25519,
+                bytes: vec![9; 32],
+            },
+        ),
+    ];
+    for (op, resp) in cases {
+        let f = resp.to_frame(op as u16, 1);
+        assert_eq!(Response::decode(op as u16, &f.body).unwrap(), resp);
+    }
+}
+
+#[test]
+fn malformed_bodies_are_refused() {
+    // Trailing bytes after a valid body.
+    let mut body = Request::Info(KeyRef::Id(3)).encode_body();
+    body.push(0);
+    assert!(matches!(
+        Request::decode(Opcode::Info as u16, &body),
+        Err(BodyError::Malformed { .. })
+    ));
+    // A body where none belongs.
+    assert!(Request::decode(Opcode::Ping as u16, &[1]).is_err());
+    // Truncated.
+    let body = Request::Sign {
+        key: KeyRef::Id(1),
+        data: vec![1; 10],
+    }
+    .encode_body();
+    assert!(Request::decode(Opcode::Sign as u16, &body[..body.len() - 1]).is_err());
+    // Unknown opcode and server-only opcodes.
+    assert_eq!(
+        Request::decode(999, &[]),
+        Err(BodyError::UnknownOpcode(999))
+    );
+    assert_eq!(
+        Request::decode(Opcode::Welcome as u16, &[]),
+        Err(BodyError::UnknownOpcode(4))
+    );
+    // An invalid label smuggled in the body is refused while decoding.
+    let mut body = postcard::to_stdvec(&1u32).unwrap(); // enum tag 1 = Label
+    body.extend(postcard::to_stdvec("9bad").unwrap());
+    assert!(Request::decode(Opcode::Info as u16, &body).is_err());
+    // Unknown usage bits.
+    assert!(UsageSet::try_from(0x100).is_err());
+}
+
+#[test]
+fn labels_and_refs() {
+    assert!("a".parse::<Label>().is_ok());
+    assert!("Key_1.2-x".parse::<Label>().is_ok());
+    assert!("1abc".parse::<Label>().is_err());
+    assert!("".parse::<Label>().is_err());
+    assert!("a b".parse::<Label>().is_err());
+    assert!(format!("a{}", "b".repeat(63)).parse::<Label>().is_ok());
+    assert!(format!("a{}", "b".repeat(64)).parse::<Label>().is_err());
+    assert_eq!("42".parse::<KeyRef>().unwrap(), KeyRef::Id(42));
+    assert!(matches!("k42".parse::<KeyRef>().unwrap(), KeyRef::Label(_)));
+    assert!("99999999999".parse::<KeyRef>().is_err());
+    assert_eq!(
+        "sign,verify".parse::<UsageSet>().unwrap(),
+        KeyType::Ed25519.allowed_usage()
+    );
+    assert!("sign,fly".parse::<UsageSet>().is_err());
+}
