@@ -175,13 +175,20 @@ impl BodyError {
     }
 }
 
+/// Appends to a borrowed buffer (postcard's `to_extend` wants an `Extend` by value).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter)
+    }
+}
+
 /// Appends `v`'s postcard encoding to `out`.
 fn to_body_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Invariant: serializing our own message types cannot fail (no maps with non-string keys,
     // no unsupported types); an empty body would be refused by the peer.
-    if let Ok(done) = postcard::to_extend(v, std::mem::take(out)) {
-        *out = done;
-    }
+    let _ = postcard::to_extend(v, Append(out));
 }
 
 fn to_body<T: Serialize>(v: &T) -> Vec<u8> {
