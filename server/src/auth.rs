@@ -67,7 +67,7 @@ fn auth_failed() -> OpError {
 }
 
 /// Refuses a hello of another protocol version.
-pub fn check_version(h: &Hello) -> Result<(), OpError> {
+fn check_version(h: &Hello) -> Result<(), OpError> {
     if h.version == PROTOCOL_VERSION {
         return Ok(());
     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use ferrohsm_client::profile::{Profile, Transport};
 
-use super::BenchResult;
 use super::floors::ns_histogram;
+use super::{BenchResult, rt};
 use crate::transport_name;
 
 /// CPU use of a process while its clients sit idle.
@@ -20,13 +20,6 @@ pub struct Idle {
     pub seconds: f64,
     /// The server's CPU time over that span, in percent of one core.
     pub cpu_percent: f64,
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// Client threads the sessions are spread over (each a current-thread runtime).
@@ -51,7 +44,7 @@ fn cpu_time(pid: u32) -> Result<Duration, String> {
 /// Opens `n` shared-memory sessions, lets them go idle, then measures the server's CPU use
 /// over `secs`.
 pub(crate) fn idle_cpu(profile: &Profile, pid: u32, n: usize, secs: f64) -> Result<Idle, String> {
-    let rt = runtime()?;
+    let rt = rt()?;
     rt.block_on(async {
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
@@ -92,7 +85,7 @@ pub(crate) fn sessions(
             let (hist, ready) = (hist.clone(), ready.clone());
             std::thread::spawn(move || -> Result<u64, String> {
                 let mine: Vec<usize> = (k..n).step_by(CLIENT_THREADS).collect();
-                runtime()?.block_on(async move {
+                rt()?.block_on(async move {
                     let mut clients = Vec::with_capacity(mine.len());
                     for i in mine {
                         let t = transports[i % transports.len()];
