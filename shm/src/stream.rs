@@ -190,18 +190,21 @@ impl Spin {
         if !self.in_task {
             return SpinStep::Park;
         }
-        let now = std::time::Instant::now();
-        let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) >= doorbell::SPIN {
-            return SpinStep::Park;
-        }
-        // Now and then give the core away, so on a busy machine the threads doing real work
-        // (crypto workers, the peer) get it. Not on every poll: a system call per look made
-        // the look itself the largest cost of a round trip. (Busy-waiting inside the poll was
-        // measured too, and is worse: it holds up the executor's other tasks.)
+        // Every eighth look: is the spin window over, and if not, give the core away, so on a
+        // busy machine the threads doing real work (crypto workers, the peer) get it. Not on
+        // every look: a system call, or even a clock read, per look made the look itself the
+        // largest cost of a round trip. (Busy-waiting inside the poll was measured too, and
+        // is worse: it holds up the executor's other tasks.)
         self.polls = self.polls.wrapping_add(1);
-        if self.polls.is_multiple_of(8) {
-            std::thread::yield_now();
+        match self.since {
+            None => self.since = Some(std::time::Instant::now()),
+            Some(since) if self.polls.is_multiple_of(8) => {
+                if since.elapsed() >= doorbell::SPIN {
+                    return SpinStep::Park;
+                }
+                std::thread::yield_now();
+            }
+            Some(_) => {}
         }
         // Wake again only after the executor has run its other ready tasks and looked at its
         // I/O (tokio defers a yielding task's wake-up until then): a plain self-wake would keep
