@@ -26,6 +26,7 @@
 pub mod connect;
 pub mod error;
 mod io;
+mod lifecycle;
 pub mod profile;
 
 use std::sync::Arc;
@@ -201,21 +202,21 @@ impl Client {
         self.submit(req).await?.wait().await
     }
 
-    async fn bytes(&self, req: Request) -> Result<Vec<u8>, ClientError> {
+    pub(crate) async fn bytes(&self, req: Request) -> Result<Vec<u8>, ClientError> {
         match self.call(req).await? {
             Response::Bytes(b) => Ok(b),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn done(&self, req: Request) -> Result<(), ClientError> {
+    pub(crate) async fn done(&self, req: Request) -> Result<(), ClientError> {
         match self.call(req).await? {
             Response::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn key(&self, req: Request) -> Result<KeyInfo, ClientError> {
+    pub(crate) async fn key(&self, req: Request) -> Result<KeyInfo, ClientError> {
         match self.call(req).await? {
             Response::Key(k) => Ok(k),
             other => Err(unexpected(other)),

@@ -39,14 +39,18 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
 
     let db = sql(&d);
     let blob = |l: &str| -> Vec<u8> {
-        db.query_row("SELECT sealed FROM keys WHERE label = ?1", [l], |r| {
-            r.get(0)
-        })
+        db.query_row(
+            "SELECT v.sealed FROM key_versions v JOIN keys k ON k.owner = v.owner AND k.id = v.id \
+             WHERE k.label = ?1",
+            [l],
+            |r| r.get(0),
+        )
         .unwrap()
     };
     let set = |l: &str, v: &[u8]| {
         db.execute(
-            "UPDATE keys SET sealed = ?1 WHERE label = ?2",
+            "UPDATE key_versions SET sealed = ?1 \
+             WHERE (owner, id) = (SELECT owner, id FROM keys WHERE label = ?2)",
             rusqlite::params![v, l],
         )
         .unwrap();
@@ -260,7 +264,7 @@ fn a_hundred_thousand_keys_start_fast_and_memory_follows_the_cache() {
     // Fill the store through the server's own store code (a real SQLite file, sealed records),
     // which is much faster than 100,000 keygens over the wire.
     {
-        use ferrohsm_server::keys::store::{KeyRecord, KeyStore, Mutation, Origin};
+        use ferrohsm_server::keys::store::{Change, KeyRecord, KeyStore, Mutation, Origin};
         let unlock =
             ferrohsm_server::keys::unlock_for(&d.db(), Some(&d.dir.join("master.key")), None)
                 .unwrap();
@@ -270,22 +274,25 @@ fn a_hundred_thousand_keys_start_fast_and_memory_follows_the_cache() {
             .to_stored();
         for chunk in 0..N / 10_000 {
             let batch = (0..10_000)
-                .map(|i| Mutation::Create {
-                    record: KeyRecord {
-                        owner: "alice".into(),
-                        id: 0,
-                        label: format!("k{}", chunk * 10_000 + i).parse().unwrap(),
-                        key_type: KeyType::Ed25519,
-                        usage: KeyType::Ed25519.allowed_usage(),
-                        exportable: false,
-                        origin: Origin::Generated,
-                        created: 1,
-                        version: 1,
+                .map(|i| Change {
+                    mutation: Mutation::Create {
+                        record: KeyRecord {
+                            owner: "alice".into(),
+                            id: 0,
+                            label: format!("k{}", chunk * 10_000 + i).parse().unwrap(),
+                            key_type: KeyType::Ed25519,
+                            usage: KeyType::Ed25519.allowed_usage(),
+                            exportable: false,
+                            origin: Origin::Generated,
+                            created: 1,
+                            version: 1,
+                        },
+                        versions: vec![(1, Some(material.clone()))],
                     },
-                    secret: material.clone(),
+                    audit: None,
                 })
                 .collect();
-            for r in store.commit(&master, batch).unwrap() {
+            for r in store.commit(&master, batch, Vec::new()).unwrap() {
                 r.unwrap();
             }
         }

@@ -70,10 +70,32 @@ pub enum Opcode {
     MacVerify = 53,
     /// X25519 + HKDF into a new key.
     Derive = 54,
+    /// Re-encrypt a ciphertext under the current key version.
+    Rewrap = 55,
+    /// Import a key.
+    Import = 38,
+    /// Wrap a key under a wrap key.
+    Wrap = 39,
+    /// Unwrap a blob into a new key.
+    Unwrap = 40,
+    /// Grant a key to another client.
+    Grant = 41,
+    /// Revoke a grant.
+    Revoke = 42,
+    /// Add a key version.
+    Rotate = 43,
+    /// Retire old key versions.
+    Retire = 44,
+    /// Create a counter.
+    CounterCreate = 64,
+    /// Read a counter.
+    CounterRead = 65,
+    /// Increment a counter.
+    CounterInc = 66,
 }
 
 impl Opcode {
-    const ALL: [Opcode; 20] = [
+    const ALL: [Opcode; 31] = [
         Opcode::Hello,
         Opcode::Challenge,
         Opcode::Proof,
@@ -94,6 +116,17 @@ impl Opcode {
         Opcode::Mac,
         Opcode::MacVerify,
         Opcode::Derive,
+        Opcode::Rewrap,
+        Opcode::Import,
+        Opcode::Wrap,
+        Opcode::Unwrap,
+        Opcode::Grant,
+        Opcode::Revoke,
+        Opcode::Rotate,
+        Opcode::Retire,
+        Opcode::CounterCreate,
+        Opcode::CounterRead,
+        Opcode::CounterInc,
     ];
 
     /// Looks up a wire opcode.

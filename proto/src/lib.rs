@@ -31,8 +31,8 @@ mod wire;
 
 pub use frame::{Decoded, Frame, FrameDecoder, FrameError, FrameReader, Header, Opcode};
 pub use message::{
-    DigestAlg, KeyInfo, KeyRef, KeySpec, KeyType, Label, Lifetime, Request, Response, Usage,
-    UsageSet,
+    DigestAlg, KeyInfo, KeyRef, KeySpec, KeyType, Label, Lifetime, Origin, Request, Response,
+    Usage, UsageSet, VersionInfo,
 };
 pub use status::{ErrorBody, Status};
 

@@ -21,6 +21,9 @@ const P256_SPKI: &[u8] = &[
 const ED25519_PKCS8: &[u8] = &[
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
+const X25519_PKCS8: &[u8] = &[
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
+];
 
 fn spki_prefix(t: KeyType) -> Option<(&'static [u8], usize)> {
     match t {
@@ -56,6 +59,12 @@ pub fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
 /// The 32-byte seed of an Ed25519 PKCS#8 document.
 pub fn parse_ed25519_pkcs8(der: &[u8]) -> Option<[u8; 32]> {
     der.strip_prefix(ED25519_PKCS8)?.try_into().ok()
+}
+
+/// The 32-byte private key of an X25519 PKCS#8 document (as `openssl genpkey -algorithm
+/// x25519` writes).
+pub fn parse_x25519_pkcs8(der: &[u8]) -> Option<[u8; 32]> {
+    der.strip_prefix(X25519_PKCS8)?.try_into().ok()
 }
 
 /// PEM armour with 64-column lines.

@@ -36,6 +36,10 @@ pub enum Status {
     WrongKeyType = 24,
     /// An argument is out of range or malformed (size, usage for a type, peer key, ...).
     InvalidArgument = 25,
+    /// A counter is at its maximum (u64): it never wraps.
+    CounterOverflow = 26,
+    /// No counter of that name in the caller's namespace.
+    CounterNotFound = 27,
     /// The signature did not verify.
     BadSignature = 30,
     /// The ciphertext, tag or associated data did not authenticate.
@@ -58,7 +62,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, for tables and tests.
-    pub const ALL: [Status; 22] = [
+    pub const ALL: [Status; 24] = [
         Status::MalformedFrame,
         Status::UnsupportedVersion,
         Status::UnknownOpcode,
@@ -73,6 +77,8 @@ impl Status {
         Status::NotExportable,
         Status::WrongKeyType,
         Status::InvalidArgument,
+        Status::CounterOverflow,
+        Status::CounterNotFound,
         Status::BadSignature,
         Status::DecryptFailed,
         Status::BadMac,
@@ -110,6 +116,8 @@ impl Status {
             Status::NotExportable => "not_exportable",
             Status::WrongKeyType => "wrong_key_type",
             Status::InvalidArgument => "invalid_argument",
+            Status::CounterOverflow => "counter_overflow",
+            Status::CounterNotFound => "counter_not_found",
             Status::BadSignature => "bad_signature",
             Status::DecryptFailed => "decrypt_failed",
             Status::BadMac => "bad_mac",

@@ -42,6 +42,18 @@ pub enum Credential {
     },
 }
 
+impl Credential {
+    /// The transport this credential comes from (for the audit log).
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Credential::Nothing => "tcp",
+            Credential::Certificate(_) => "tls",
+            Credential::PskIdentity(_) => "tls-psk",
+            Credential::UnixPeer(_) | Credential::ShmSession { .. } => "shm",
+        }
+    }
+}
+
 /// Maps credentials and proofs to configured clients.
 pub struct Authenticator {
     clients: Arc<BTreeMap<String, ClientConfig>>,
@@ -279,6 +291,7 @@ mod tests {
             tls_names: vec!["alice-cert".into()],
             psk: None,
             allowed_uids: Some(vec![1000]),
+            trusted_wrap_keys: Vec::new(),
         };
         let clients = BTreeMap::from([("alice".to_string(), alice)]);
         (Authenticator::new(Arc::new(clients)), key)

@@ -21,9 +21,10 @@ use zeroize::Zeroizing;
 
 use crate::crypto::ops;
 use crate::error::OpError;
+use crate::keys::KeyHandle;
 use crate::keys::manager::Caller;
 use crate::keys::material::KeyMaterial;
-use crate::keys::policy;
+use crate::keys::{policy, wrap};
 use crate::session::Shared;
 
 /// Where a computation runs: on a crypto worker, or inline on the session's own arbiter
@@ -89,6 +90,10 @@ enum KeyedOp {
         data: Vec<u8>,
         mac: Vec<u8>,
     },
+    Rewrap {
+        ciphertext: Vec<u8>,
+        aad: Vec<u8>,
+    },
 }
 
 impl KeyedOp {
@@ -119,6 +124,11 @@ impl KeyedOp {
             } => (key, KeyedOp::Decrypt { ciphertext, aad }),
             Request::Mac { key, data } => (key, KeyedOp::Mac { data }),
             Request::MacVerify { key, data, mac } => (key, KeyedOp::MacVerify { data, mac }),
+            Request::Rewrap {
+                key,
+                ciphertext,
+                aad,
+            } => (key, KeyedOp::Rewrap { ciphertext, aad }),
             other => return Err(other),
         })
     }
@@ -144,6 +154,11 @@ impl KeyedOp {
             },
             KeyedOp::Mac { data } => Request::Mac { key, data },
             KeyedOp::MacVerify { data, mac } => Request::MacVerify { key, data, mac },
+            KeyedOp::Rewrap { ciphertext, aad } => Request::Rewrap {
+                key,
+                ciphertext,
+                aad,
+            },
         }
     }
 
@@ -154,7 +169,9 @@ impl KeyedOp {
             KeyedOp::Verify { .. } => policy::VERIFY,
             KeyedOp::Encrypt { .. } => policy::ENCRYPT,
             KeyedOp::Decrypt { .. } => policy::DECRYPT,
-            KeyedOp::Mac { .. } | KeyedOp::MacVerify { .. } => policy::MAC,
+            KeyedOp::Mac { .. } => policy::MAC,
+            KeyedOp::MacVerify { .. } => policy::MAC_VERIFY,
+            KeyedOp::Rewrap { .. } => policy::REWRAP,
         }
     }
 
@@ -166,7 +183,9 @@ impl KeyedOp {
             | KeyedOp::Mac { data }
             | KeyedOp::MacVerify { data, .. } => data.len(),
             KeyedOp::Encrypt { plaintext, aad } => plaintext.len() + aad.len(),
-            KeyedOp::Decrypt { ciphertext, aad } => ciphertext.len() + aad.len(),
+            KeyedOp::Decrypt { ciphertext, aad } | KeyedOp::Rewrap { ciphertext, aad } => {
+                ciphertext.len() + aad.len()
+            }
         }
     }
 
@@ -176,26 +195,74 @@ impl KeyedOp {
         !matches!(self, KeyedOp::Sign { .. } | KeyedOp::Verify { .. })
     }
 
-    fn run(&self, key: &KeyMaterial) -> Result<Response, OpError> {
+    /// Runs the operation with `h`: encrypt and mac use the current version; decrypt and
+    /// rewrap the version the ciphertext names; mac-verify accepts any live version.
+    fn run(&self, h: &KeyHandle) -> Result<Response, OpError> {
+        let key = &h.material;
         match self {
             KeyedOp::Sign { data } => ops::sign(key, data).map(Response::Bytes),
             KeyedOp::Verify { data, signature } => {
                 ops::verify(key, data, signature).map(|_| Response::Done)
             }
             KeyedOp::Encrypt { plaintext, aad } => {
-                ops::encrypt(key, plaintext, aad).map(Response::Bytes)
+                ops::encrypt(key, h.info.current_version, plaintext, aad).map(Response::Bytes)
             }
             // The plaintext leaves its zeroizing buffer only to be encoded into the response
             // (which the session wipes once written).
             KeyedOp::Decrypt { ciphertext, aad } => {
-                ops::decrypt(key, ciphertext, aad).map(|p| Response::Bytes(p.to_vec()))
+                decrypt(h, ciphertext, aad).map(|p| Response::Bytes(p.to_vec()))
+            }
+            KeyedOp::Rewrap { ciphertext, aad } => {
+                let plain = decrypt(h, ciphertext, aad)?;
+                ops::encrypt(key, h.info.current_version, &plain, aad).map(Response::Bytes)
             }
             KeyedOp::Mac { data } => ops::mac(key, data).map(Response::Bytes),
             KeyedOp::MacVerify { data, mac } => {
-                ops::mac_verify(key, data, mac).map(|_| Response::Done)
+                // Every live version is tried (each comparison in constant time), so a tag
+                // made before a rotation still verifies until its version is retired.
+                let mut result = Err(OpError::new(Status::BadMac, "MAC does not verify"));
+                for (_, m) in h.live() {
+                    if ops::mac_verify(m, data, mac).is_ok() {
+                        result = Ok(Response::Done);
+                    }
+                }
+                result
             }
         }
     }
+}
+
+/// Decrypts with the version the ciphertext names.
+fn decrypt(h: &KeyHandle, ciphertext: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpError> {
+    let (v, _) = ops::ciphertext_version(ciphertext)?;
+    let key = h.version(v).ok_or_else(|| {
+        let why = if v == 0 || v > h.info.current_version {
+            "which does not exist"
+        } else {
+            "which is retired"
+        };
+        OpError::new(
+            Status::DecryptFailed,
+            format!(
+                "the ciphertext was made by version {v} of key {}, {why}",
+                h.info.label
+            ),
+        )
+    })?;
+    ops::decrypt(key, ciphertext, aad)
+}
+
+/// Runs `op` with `h` on this thread and, at `[audit] level = "all"`, records the use.
+fn run_audited(
+    shared: &Shared,
+    caller: &Caller,
+    op: &KeyedOp,
+    h: &KeyHandle,
+) -> Result<Response, OpError> {
+    let r = guarded(|| op.run(h));
+    let status = r.as_ref().err().map(|e| e.status);
+    shared.km.audit_use(caller, op.requirement().op, h, status);
+    r
 }
 
 /// Answers `request` at once, on the session's own thread, when that costs less than a hop to
@@ -225,7 +292,7 @@ pub fn inline(
                 return Err(op.join(key));
             }
             match shared.km.authorize_now(caller, &key, op.requirement()) {
-                Some(h) => Ok(h.and_then(|h| guarded(|| op.run(&h.material)))),
+                Some(h) => Ok(h.and_then(|h| run_audited(shared, caller, &op, &h))),
                 None => Err(op.join(key)),
             }
         }
@@ -270,8 +337,15 @@ pub async fn dispatch(
         }
         Request::List => km.list(&caller).await.map(Response::Keys),
         Request::Info(key) => {
-            let h = km.authorize(&caller, &key, policy::DESCRIBE).await?;
-            Ok(Response::Key(h.info.clone()))
+            let (h, access) = km.resolve(&caller, &key).await.inspect_err(|e| {
+                km.deny(&caller, "info", &key, e);
+            })?;
+            let mut info = h.info.clone();
+            // Through a grant, the key's usage is what was granted.
+            if let crate::keys::manager::Access::Granted(ops) = access {
+                info.usage = ops;
+            }
+            Ok(Response::Key(info))
         }
         Request::PublicKey(key) => {
             let h = km.authorize(&caller, &key, policy::PUBLIC_KEY).await?;
@@ -287,20 +361,89 @@ pub async fn dispatch(
             Ok(Response::PublicKey { key_type, bytes })
         }
         Request::Export(key) => {
-            let h = km.authorize(&caller, &key, policy::EXPORT).await?;
+            let h = km.authorize_owner(&caller, &key, policy::EXPORT).await?;
+            // On record before the key leaves.
+            km.record(&caller, "export", &h, String::new()).await?;
             Ok(Response::Bytes(h.material.secret_bytes().to_vec()))
         }
         Request::Delete(key) => km.delete(&caller, &key).await.map(|_| Response::Done),
+        Request::Import { spec, material } => {
+            let material = Zeroizing::new(material);
+            let new = policy::imported(&spec)?;
+            let t = new.key_type;
+            // P-256 checks the key pair (a scalar multiplication): on the pool.
+            let m = pool.run(move || KeyMaterial::import(t, &material)).await?;
+            km.create(&caller, new, m).await.map(Response::Key)
+        }
+        Request::Wrap { key, with } => {
+            let target = km.authorize_owner(&caller, &key, policy::WRAPPED).await?;
+            let wrapper = km.authorize_owner(&caller, &with, policy::WRAP).await?;
+            let trusted = km.trusts_wrap_key(&caller, &wrapper.info);
+            if let Err(e) = policy::may_wrap(
+                target.info.exportable,
+                target.info.label.as_str(),
+                &wrapper.info,
+                trusted,
+            ) {
+                km.deny(&caller, "wrap", &key, &e);
+                return Err(e);
+            }
+            let t = target.clone();
+            let detail = format!("with {}:{}", wrapper.owner, wrapper.info.id);
+            let blob = pool.run(move || wrap::seal(&wrapper, &t)).await?;
+            km.record(&caller, "wrap", &target, detail).await?;
+            Ok(Response::Bytes(blob))
+        }
+        Request::Unwrap { with, blob, label } => {
+            let wrapper = km.authorize_owner(&caller, &with, policy::UNWRAP).await?;
+            let w = wrapper.clone();
+            let opened = pool.run(move || wrap::open(&w, &blob)).await?;
+            let trusted = km.trusts_wrap_key(&caller, &wrapper.info);
+            if let Err(e) =
+                policy::may_wrap(opened.exportable, label.as_str(), &wrapper.info, trusted)
+            {
+                km.deny(&caller, "unwrap", &with, &e);
+                return Err(e);
+            }
+            let new = policy::unwrapped(opened.key_type, opened.usage, opened.exportable, label)?;
+            km.create_versions(&caller, new, opened.versions)
+                .await
+                .map(Response::Key)
+        }
+        Request::Grant { key, to, ops } => km
+            .grant(&caller, &key, &to, ops)
+            .await
+            .map(|_| Response::Done),
+        Request::Revoke { key, from } => km
+            .revoke(&caller, &key, &from)
+            .await
+            .map(|_| Response::Done),
+        Request::Rotate(key) => {
+            let h = km.authorize_owner(&caller, &key, policy::ROTATE).await?;
+            let t = h.info.key_type;
+            let material = pool.run(move || KeyMaterial::generate(t)).await?;
+            km.rotate(&caller, &h, material).await.map(Response::Key)
+        }
+        Request::Retire { key, below } => km.retire(&caller, &key, below).await.map(Response::Key),
+        Request::CounterCreate(name) => km
+            .counter_create(&caller, &name)
+            .await
+            .map(Response::Counter),
+        Request::CounterRead(name) => km.counter_read(&caller, &name).await.map(Response::Counter),
+        Request::CounterInc(name) => km.counter_inc(&caller, &name).await.map(Response::Counter),
         other => match KeyedOp::split(other) {
             Ok((key, op)) => {
                 let h = km.authorize(&caller, &key, op.requirement()).await?;
-                let (cheap, len) = (op.is_cheap(), op.len());
-                let work = move || op.run(&h.material);
-                if cheap {
+                let (cheap, len, name) = (op.is_cheap(), op.len(), op.requirement().op);
+                let used = h.clone();
+                let work = move || op.run(&h);
+                let r = if cheap {
                     pool.cheap(len, work).await
                 } else {
                     pool.run(work).await
-                }
+                };
+                km.audit_use(&caller, name, &used, r.as_ref().err().map(|e| e.status));
+                r
             }
             Err(other) => Err(OpError::new(
                 Status::ProtocolViolation,

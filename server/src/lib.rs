@@ -30,6 +30,7 @@
 //! use it with port 0).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod arbiters;
 pub mod auth;
 pub mod config;
@@ -114,14 +115,31 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
         .ok_or_else(|| ServerError::Config("no [store] section in the configuration".into()))?;
     let lock = keys::lock_store(&st.path)?;
     let unlock = keys::unlock_for(&st.path, st.key_file.as_deref(), st.passphrase.as_ref())?;
-    let (store, master) = keys::open_store(&st.path, &unlock)?;
+    let (mut store, master) = keys::open_store(&st.path, &unlock)?;
+    let store_err = |e: keys::store::StoreError| ServerError::Store(e.to_string());
+    // A store from before the audit chain gets its audit key here (sealed under the master key).
+    let audit_pub = store.ensure_audit_key(&master).map_err(store_err)?;
+    keys::write_audit_pub(&st.path, &audit_pub)?;
+    use keys::store::KeyStore as _;
+    let grants = store.grants(&master).map_err(store_err)?;
     let service = keys::service::StoreService::start(Box::new(store), master, st.readers)
-        .map_err(|e| ServerError::Store(e.to_string()))?;
-    tracing::info!(store = %st.path.display(), cache_keys = st.cache_keys, "key store open");
+        .map_err(store_err)?;
+    tracing::info!(store = %st.path.display(), cache_keys = st.cache_keys, grants = grants.len(), audit = ?config.audit, "key store open");
+    let opts = keys::manager::ManagerOptions {
+        audit: config.audit,
+        clients: config.clients.keys().cloned().collect(),
+        trusted_wrap_keys: config
+            .clients
+            .iter()
+            .map(|(n, c)| (n.clone(), c.trusted_wrap_keys.clone()))
+            .collect(),
+    };
     Ok(Arc::new(keys::manager::KeyManager::new(
         service,
         st.cache_keys,
         lock,
+        grants,
+        opts,
     )))
 }
 

@@ -99,6 +99,10 @@ mod tests {
             exportable: false,
             lifetime: Lifetime::Persistent,
             created: 0,
+            owner: "a".parse().unwrap(),
+            origin: ferrohsm_proto::Origin::Generated,
+            current_version: 1,
+            versions: Vec::new(),
         };
         let mine: HashSet<String> = ["a-1".to_string(), "a-2".to_string()].into();
         let ok = check_list(&mine, &[info("a-1"), info("a-2")], &["b-".into()]);

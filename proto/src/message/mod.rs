@@ -109,6 +109,70 @@ pub enum Request {
         /// The new key.
         spec: KeySpec,
     },
+    /// Bring an existing key in: PKCS#8 DER for ed25519, p256 and x25519, 32 raw bytes for the
+    /// symmetric types. The new key's origin is `imported`.
+    Import {
+        /// The new key (its `session` flag makes a session key).
+        spec: KeySpec,
+        /// The key (secret).
+        material: Vec<u8>,
+    },
+    /// Seal a key's material and record under a wrap key into a self-describing blob.
+    Wrap {
+        /// The key to wrap.
+        key: KeyRef,
+        /// The wrap key (aes256gcm with usage wrap).
+        with: KeyRef,
+    },
+    /// Create a key from a wrapped blob (usage and exportable as recorded in it).
+    Unwrap {
+        /// The wrap key (usage unwrap).
+        with: KeyRef,
+        /// The blob `Wrap` made.
+        blob: Vec<u8>,
+        /// Label of the new key.
+        label: Label,
+    },
+    /// Let another client use a key for some operations.
+    Grant {
+        /// The caller's key.
+        key: KeyRef,
+        /// The client it is granted to.
+        to: Label,
+        /// Operations granted (usage flags; a subset of the key's).
+        ops: UsageSet,
+    },
+    /// Withdraw a grant.
+    Revoke {
+        /// The caller's key.
+        key: KeyRef,
+        /// The client whose grant ends.
+        from: Label,
+    },
+    /// Add a new version to an encryption or MAC key and make it current.
+    Rotate(KeyRef),
+    /// Delete the material of every version below `below`.
+    Retire {
+        /// Key.
+        key: KeyRef,
+        /// Lowest version kept.
+        below: u32,
+    },
+    /// Re-encrypt a ciphertext under the key's current version, inside the server.
+    Rewrap {
+        /// Key.
+        key: KeyRef,
+        /// Ciphertext (any non-retired version).
+        ciphertext: Vec<u8>,
+        /// Associated data (the same for both).
+        aad: Vec<u8>,
+    },
+    /// Create a monotonic counter at 0.
+    CounterCreate(Label),
+    /// Read a counter.
+    CounterRead(Label),
+    /// Increment a counter; answers the new value once it is durable.
+    CounterInc(Label),
 }
 
 // Bodies: encoded from borrowed fields (no clone of a payload), decoded into owned ones; both
@@ -240,6 +304,17 @@ impl Request {
             Request::Mac { .. } => Opcode::Mac,
             Request::MacVerify { .. } => Opcode::MacVerify,
             Request::Derive { .. } => Opcode::Derive,
+            Request::Import { .. } => Opcode::Import,
+            Request::Wrap { .. } => Opcode::Wrap,
+            Request::Unwrap { .. } => Opcode::Unwrap,
+            Request::Grant { .. } => Opcode::Grant,
+            Request::Revoke { .. } => Opcode::Revoke,
+            Request::Rotate(_) => Opcode::Rotate,
+            Request::Retire { .. } => Opcode::Retire,
+            Request::Rewrap { .. } => Opcode::Rewrap,
+            Request::CounterCreate(_) => Opcode::CounterCreate,
+            Request::CounterRead(_) => Opcode::CounterRead,
+            Request::CounterInc(_) => Opcode::CounterInc,
         }
     }
 
@@ -306,6 +381,21 @@ impl Request {
                 },
                 out,
             ),
+            Request::Import { spec, material } => to_body_into(&(spec, Raw(material)), out),
+            Request::Wrap { key, with } => to_body_into(&(key, with), out),
+            Request::Unwrap { with, blob, label } => to_body_into(&(with, Raw(blob), label), out),
+            Request::Grant { key, to, ops } => to_body_into(&(key, to, ops), out),
+            Request::Revoke { key, from } => to_body_into(&(key, from), out),
+            Request::Rotate(k) => to_body_into(k, out),
+            Request::Retire { key, below } => to_body_into(&(key, below), out),
+            Request::Rewrap {
+                key,
+                ciphertext,
+                aad,
+            } => kdt(key, ciphertext, aad, out),
+            Request::CounterCreate(n) | Request::CounterRead(n) | Request::CounterInc(n) => {
+                to_body_into(n, out)
+            }
         }
     }
 
@@ -380,6 +470,39 @@ impl Request {
                     spec: b.spec,
                 }
             }
+            Opcode::Import => {
+                let (spec, Buf(material)) = from_body(opcode, body)?;
+                Request::Import { spec, material }
+            }
+            Opcode::Wrap => {
+                let (key, with) = from_body(opcode, body)?;
+                Request::Wrap { key, with }
+            }
+            Opcode::Unwrap => {
+                let (with, Buf(blob), label) = from_body(opcode, body)?;
+                Request::Unwrap { with, blob, label }
+            }
+            Opcode::Grant => {
+                let (key, to, ops) = from_body(opcode, body)?;
+                Request::Grant { key, to, ops }
+            }
+            Opcode::Revoke => {
+                let (key, from) = from_body(opcode, body)?;
+                Request::Revoke { key, from }
+            }
+            Opcode::Rotate => Request::Rotate(from_body(opcode, body)?),
+            Opcode::Retire => {
+                let (key, below) = from_body(opcode, body)?;
+                Request::Retire { key, below }
+            }
+            Opcode::Rewrap => kdt().map(|b| Request::Rewrap {
+                key: b.key,
+                ciphertext: b.data.0,
+                aad: b.tag.0,
+            })?,
+            Opcode::CounterCreate => Request::CounterCreate(from_body(opcode, body)?),
+            Opcode::CounterRead => Request::CounterRead(from_body(opcode, body)?),
+            Opcode::CounterInc => Request::CounterInc(from_body(opcode, body)?),
             Opcode::Challenge | Opcode::Welcome => return Err(BodyError::UnknownOpcode(opcode)),
         })
     }
@@ -408,6 +531,8 @@ pub enum Response {
         /// Raw public key (Ed25519/X25519 32 bytes; P-256 65-byte uncompressed point).
         bytes: Vec<u8>,
     },
+    /// A counter's value (counter create, read, inc).
+    Counter(u64),
 }
 
 impl Response {
@@ -428,6 +553,7 @@ impl Response {
             Response::Key(k) => to_body_into(k, out),
             Response::Keys(k) => to_body_into(k, out),
             Response::PublicKey { key_type, bytes } => to_body_into(&(key_type, Raw(bytes)), out),
+            Response::Counter(v) => to_body_into(v, out),
         }
     }
 
@@ -453,6 +579,7 @@ impl Response {
             Response::Key(_) => "key info",
             Response::Keys(_) => "key list",
             Response::PublicKey { .. } => "public key",
+            Response::Counter(_) => "counter",
         }
     }
 
@@ -478,18 +605,30 @@ impl Response {
                 HelloReply::Welcome(w) => Response::Welcome(w),
             },
             Opcode::Proof => Response::Welcome(from_body(opcode, body)?),
-            Opcode::Ping | Opcode::Delete | Opcode::Verify | Opcode::MacVerify => {
-                empty_body(opcode, body).map(|_| Response::Done)?
-            }
+            Opcode::Ping
+            | Opcode::Delete
+            | Opcode::Verify
+            | Opcode::MacVerify
+            | Opcode::Grant
+            | Opcode::Revoke => empty_body(opcode, body).map(|_| Response::Done)?,
             Opcode::Random
             | Opcode::Digest
             | Opcode::Export
             | Opcode::Sign
             | Opcode::Encrypt
             | Opcode::Decrypt
-            | Opcode::Mac => Response::Bytes(from_body::<Buf>(opcode, body)?.0),
-            Opcode::Generate | Opcode::Info | Opcode::Derive => {
-                Response::Key(from_body(opcode, body)?)
+            | Opcode::Mac
+            | Opcode::Wrap
+            | Opcode::Rewrap => Response::Bytes(from_body::<Buf>(opcode, body)?.0),
+            Opcode::Generate
+            | Opcode::Info
+            | Opcode::Derive
+            | Opcode::Import
+            | Opcode::Unwrap
+            | Opcode::Rotate
+            | Opcode::Retire => Response::Key(from_body(opcode, body)?),
+            Opcode::CounterCreate | Opcode::CounterRead | Opcode::CounterInc => {
+                Response::Counter(from_body(opcode, body)?)
             }
             Opcode::List => Response::Keys(from_body(opcode, body)?),
             Opcode::PublicKey => {

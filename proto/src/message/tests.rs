@@ -63,8 +63,13 @@ fn label() -> impl Strategy<Value = Label> {
 fn key_ref() -> impl Strategy<Value = KeyRef> {
     prop_oneof![
         any::<u32>().prop_map(KeyRef::Id),
-        label().prop_map(KeyRef::Label)
+        label().prop_map(KeyRef::Label),
+        (label(), any::<u32>()).prop_map(|(o, id)| KeyRef::OwnerId(o, id)),
+        (label(), label()).prop_map(|(o, l)| KeyRef::OwnerLabel(o, l)),
     ]
+}
+fn usage() -> impl Strategy<Value = UsageSet> {
+    (0u16..256).prop_map(|u| UsageSet::try_from(u).expect("bits in range"))
 }
 fn bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..64)
@@ -113,6 +118,25 @@ fn request() -> impl Strategy<Value = Request> {
             peer,
             spec
         }),
+        (spec(), bytes()).prop_map(|(spec, material)| Request::Import { spec, material }),
+        (key_ref(), key_ref()).prop_map(|(key, with)| Request::Wrap { key, with }),
+        (key_ref(), bytes(), label()).prop_map(|(with, blob, label)| Request::Unwrap {
+            with,
+            blob,
+            label
+        }),
+        (key_ref(), label(), usage()).prop_map(|(key, to, ops)| Request::Grant { key, to, ops }),
+        (key_ref(), label()).prop_map(|(key, from)| Request::Revoke { key, from }),
+        key_ref().prop_map(Request::Rotate),
+        (key_ref(), any::<u32>()).prop_map(|(key, below)| Request::Retire { key, below }),
+        (key_ref(), bytes(), bytes()).prop_map(|(key, ciphertext, aad)| Request::Rewrap {
+            key,
+            ciphertext,
+            aad
+        }),
+        label().prop_map(Request::CounterCreate),
+        label().prop_map(Request::CounterRead),
+        label().prop_map(Request::CounterInc),
     ]
 }
 
@@ -141,6 +165,21 @@ fn responses_round_trip() {
         exportable: false,
         lifetime: Lifetime::Session,
         created: 1_700_000_000,
+        owner: "alice".parse().unwrap(),
+        origin: Origin::Imported,
+        current_version: 2,
+        versions: vec![
+            VersionInfo {
+                version: 1,
+                created: 1,
+                retired: true,
+            },
+            VersionInfo {
+                version: 2,
+                created: 2,
+                retired: false,
+            },
+        ],
     };
     let cases = [
         (Opcode::Ping, Response::Done),
@@ -169,7 +208,14 @@ fn responses_round_trip() {
         ),
         (Opcode::Sign, Response::Bytes(vec![1, 2, 3])),
         (Opcode::Info, Response::Key(info.clone())),
-        (Opcode::List, Response::Keys(vec![info.clone(), info])),
+        (
+            Opcode::List,
+            Response::Keys(vec![info.clone(), info.clone()]),
+        ),
+        (Opcode::Rotate, Response::Key(info)),
+        (Opcode::CounterInc, Response::Counter(u64::MAX)),
+        (Opcode::Wrap, Response::Bytes(vec![4; 9])),
+        (Opcode::Grant, Response::Done),
         (
             Opcode::PublicKey,
             Response::PublicKey {
@@ -231,6 +277,20 @@ fn labels_and_refs() {
     assert_eq!("42".parse::<KeyRef>().unwrap(), KeyRef::Id(42));
     assert!(matches!("k42".parse::<KeyRef>().unwrap(), KeyRef::Label(_)));
     assert!("99999999999".parse::<KeyRef>().is_err());
+    let granted: KeyRef = "alice:k1".parse().unwrap();
+    assert_eq!(granted.owner().map(Label::as_str), Some("alice"));
+    assert_eq!(granted.local(), KeyRef::Label("k1".parse().unwrap()));
+    assert_eq!(granted.to_string(), "alice:k1");
+    assert_eq!(
+        "alice:7".parse::<KeyRef>().unwrap(),
+        KeyRef::OwnerId("alice".parse().unwrap(), 7)
+    );
+    assert!("alice:".parse::<KeyRef>().is_err());
+    assert!(":k".parse::<KeyRef>().is_err());
+    assert!(
+        "alice:b:c".parse::<KeyRef>().is_err(),
+        "labels cannot contain ':'"
+    );
     assert_eq!(
         "sign,verify".parse::<UsageSet>().unwrap(),
         KeyType::Ed25519.allowed_usage()

@@ -54,24 +54,69 @@ impl fmt::Display for Label {
     }
 }
 
-/// A key named by its per-client numeric id or by its label.
+/// A key named by its per-client numeric id or by its label; a key another client granted is
+/// named `OWNER:ID` or `OWNER:LABEL` (labels and client names cannot contain `:`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyRef {
     /// Numeric id (per client).
     Id(u32),
     /// Label.
     Label(Label),
+    /// `OWNER:ID`: another client's key, by id.
+    OwnerId(Label, u32),
+    /// `OWNER:LABEL`: another client's key, by label.
+    OwnerLabel(Label, Label),
+}
+
+impl KeyRef {
+    /// The owner named in the reference, if any.
+    pub fn owner(&self) -> Option<&Label> {
+        match self {
+            KeyRef::OwnerId(o, _) | KeyRef::OwnerLabel(o, _) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The reference inside its owner's namespace (the owner part dropped).
+    pub fn local(&self) -> KeyRef {
+        match self {
+            KeyRef::OwnerId(_, id) => KeyRef::Id(*id),
+            KeyRef::OwnerLabel(_, l) => KeyRef::Label(l.clone()),
+            other => other.clone(),
+        }
+    }
+
+    /// The same key named with an owner (`owner:key`).
+    pub fn with_owner(&self, owner: &Label) -> KeyRef {
+        match self.local() {
+            KeyRef::Id(id) => KeyRef::OwnerId(owner.clone(), id),
+            KeyRef::Label(l) => KeyRef::OwnerLabel(owner.clone(), l),
+            other => other,
+        }
+    }
+}
+
+fn local_ref(s: &str) -> Result<KeyRef, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u32>()
+            .map(KeyRef::Id)
+            .map_err(|_| format!("key id {s} is out of range"))
+    } else {
+        s.parse::<Label>().map(KeyRef::Label)
+    }
 }
 
 impl FromStr for KeyRef {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-            s.parse::<u32>()
-                .map(KeyRef::Id)
-                .map_err(|_| format!("key id {s} is out of range"))
-        } else {
-            s.parse::<Label>().map(KeyRef::Label)
+        match s.split_once(':') {
+            None => local_ref(s),
+            Some((owner, key)) => {
+                let owner: Label = owner
+                    .parse()
+                    .map_err(|e| format!("in {s:?}, the owner is not a client name: {e}"))?;
+                Ok(local_ref(key)?.with_owner(&owner))
+            }
         }
     }
 }
@@ -81,6 +126,8 @@ impl fmt::Display for KeyRef {
         match self {
             KeyRef::Id(id) => write!(f, "{id}"),
             KeyRef::Label(l) => write!(f, "{l}"),
+            KeyRef::OwnerId(o, id) => write!(f, "{o}:{id}"),
+            KeyRef::OwnerLabel(o, l) => write!(f, "{o}:{l}"),
         }
     }
 }
@@ -245,6 +292,17 @@ impl UsageSet {
         UsageSet(usages.iter().fold(0, |acc, u| acc | *u as u16))
     }
 
+    /// [`UsageSet::of`] in a constant.
+    pub const fn of_const(usages: &[Usage]) -> UsageSet {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < usages.len() {
+            bits |= usages[i] as u16;
+            i += 1;
+        }
+        UsageSet(bits)
+    }
+
     /// Whether `u` is in the set.
     pub fn contains(self, u: Usage) -> bool {
         self.0 & u as u16 != 0
@@ -362,6 +420,14 @@ pub struct KeyInfo {
     pub lifetime: Lifetime,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
+    /// Owning client (another client's name for a key granted to the caller).
+    pub owner: Label,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The version encrypt and mac use (1 until the key is rotated).
+    pub current_version: u32,
+    /// Every version, oldest first (one for keys that never rotated).
+    pub versions: Vec<VersionInfo>,
 }
 
 /// Parameters of a new key (generate or derive).
@@ -377,4 +443,54 @@ pub struct KeySpec {
     pub exportable: bool,
     /// Session key (vanishes with the connection) instead of persistent.
     pub session: bool,
+}
+
+/// Where a key came from, so a relying party can tell a key that never left the HSM from one
+/// that came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Origin {
+    /// Generated inside hsmd.
+    Generated,
+    /// Derived inside hsmd from another key.
+    Derived,
+    /// Imported from outside.
+    Imported,
+    /// Unwrapped from a wrapped blob.
+    Unwrapped,
+}
+
+impl Origin {
+    /// Every origin.
+    pub const ALL: [Origin; 4] = [
+        Origin::Generated,
+        Origin::Derived,
+        Origin::Imported,
+        Origin::Unwrapped,
+    ];
+
+    /// The stored and displayed name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Generated => "generated",
+            Origin::Derived => "derived",
+            Origin::Imported => "imported",
+            Origin::Unwrapped => "unwrapped",
+        }
+    }
+
+    /// Parses a stored or displayed name.
+    pub fn from_name(s: &str) -> Option<Origin> {
+        Origin::ALL.into_iter().find(|o| o.name() == s)
+    }
+}
+
+/// One version of a key's material (encryption and MAC keys gain versions by rotation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Version number, from 1.
+    pub version: u32,
+    /// When it was made, seconds since the Unix epoch.
+    pub created: u64,
+    /// Retired: its material is deleted; ciphertexts and MACs it made no longer verify.
+    pub retired: bool,
 }

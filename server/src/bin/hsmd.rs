@@ -51,6 +51,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The audit chain: verify it, show it, or print a signed checkpoint of its head.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Write a consistent snapshot of the whole store (still sealed under the master key)
+    /// while hsmd may be running.
+    Backup {
+        /// Backup file to write (must not exist).
+        #[arg(long, value_name = "B")]
+        out: PathBuf,
+    },
+    /// Restore a backup into the data directory of --config (which must not hold a store).
+    Restore {
+        /// Backup file.
+        #[arg(long = "in", value_name = "B")]
+        input: PathBuf,
+    },
     /// Change the key store's passphrase (old: HSMD_PASSPHRASE or --passphrase-file; new:
     /// HSMD_NEW_PASSPHRASE or --new-passphrase-file). Only the master key is re-wrapped.
     Passwd {
@@ -58,6 +76,34 @@ enum Command {
         #[arg(long = "new-passphrase-file", value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every entry, the signed head, and a checkpoint; name the first broken entry.
+    Verify {
+        /// A file holding what `hsmd audit checkpoint` printed: also detects a log cut after it.
+        #[arg(long, value_name = "C")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the entries (from sequence number N).
+    Show {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+        /// First sequence number shown.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        since: u64,
+    },
+    /// Print the head (sequence and hash) signed by the audit key.
+    Checkpoint,
+}
+
+/// The config `--config` names, for subcommands that need one.
+fn config_for(config: Option<PathBuf>, what: &str) -> Result<Config, ServerError> {
+    let path =
+        config.ok_or_else(|| ServerError::Config(format!("hsmd {what} needs --config FILE")))?;
+    Config::load(&path)
 }
 
 /// A passphrase from `file`, else from the environment variable `var`.
@@ -109,6 +155,38 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             for (name, path) in &report.profiles {
                 println!("client {name}: hsmctl --profile {} ping", path.display());
             }
+            Ok(())
+        }
+        Some(Command::Audit { command }) => {
+            let out = match command {
+                AuditCommand::Verify { checkpoint } => ferrohsm_server::admin::audit_verify(
+                    &config_for(cli.config, "audit verify")?,
+                    checkpoint.as_deref(),
+                )?,
+                AuditCommand::Show { json, since } => ferrohsm_server::admin::audit_show(
+                    &config_for(cli.config, "audit show")?,
+                    since,
+                    json,
+                )?,
+                AuditCommand::Checkpoint => ferrohsm_server::admin::audit_checkpoint(
+                    &config_for(cli.config, "audit checkpoint")?,
+                    pass.as_ref(),
+                )?,
+            };
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            Ok(())
+        }
+        Some(Command::Backup { out }) => {
+            let msg = ferrohsm_server::admin::backup(&config_for(cli.config, "backup")?, &out)?;
+            println!("{msg}");
+            Ok(())
+        }
+        Some(Command::Restore { input }) => {
+            let config = config_for(cli.config, "restore")?;
+            let msg = ferrohsm_server::admin::restore(&config, &input, pass.as_ref())?;
+            println!("{msg}");
             Ok(())
         }
         Some(Command::Passwd {

@@ -49,6 +49,12 @@
 //! psk_identity = "alice"          # default: the client name
 //! psk_file = "clients/alice.psk"  # the PSK as hex; no file, no PSK login
 //! allowed_uids = [1000]           # shm: peer uids allowed for alice (absent: any uid)
+//! trusted_wrap_keys = ["backup"]  # alice's non-exportable aes256gcm wrap keys (labels or
+//!                                 # ids) that may wrap her non-exportable keys (backups)
+//!
+//! [audit]
+//! level = "changes"               # "changes": state changes and denials; "all": also every
+//!                                 # sign, verify, encrypt, decrypt, mac, mac-verify, rewrap
 //! ```
 //! Paths are relative to the config file.
 
@@ -127,6 +133,13 @@ struct RawClient {
     psk_identity: Option<String>,
     psk_file: Option<PathBuf>,
     allowed_uids: Option<Vec<u32>>,
+    trusted_wrap_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +154,8 @@ struct RawConfig {
     shm: Option<RawShm>,
     #[serde(default)]
     clients: BTreeMap<String, RawClient>,
+    #[serde(default)]
+    audit: RawAudit,
 }
 
 /// The durable key store.
@@ -210,6 +225,8 @@ pub struct ClientConfig {
     pub psk: Option<(String, ferrohsm_tls::psk::Psk)>,
     /// Unix uids allowed to use this client over shared memory (`None`: any).
     pub allowed_uids: Option<Vec<u32>>,
+    /// Wrap keys (labels or ids) trusted to wrap this client's non-exportable keys.
+    pub trusted_wrap_keys: Vec<ferrohsm_proto::KeyRef>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -219,6 +236,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("tls_names", &self.tls_names)
             .field("psk_identity", &self.psk.as_ref().map(|(id, _)| id))
             .field("allowed_uids", &self.allowed_uids)
+            .field("trusted_wrap_keys", &self.trusted_wrap_keys)
             .finish()
     }
 }
@@ -258,6 +276,8 @@ pub struct Config {
     pub shm: Option<ShmConfig>,
     /// Clients by name.
     pub clients: BTreeMap<String, ClientConfig>,
+    /// How much goes into the audit chain.
+    pub audit: crate::keys::audit::Level,
 }
 
 impl Config {
@@ -280,6 +300,7 @@ impl Config {
             tls_psk: None,
             shm: None,
             clients: BTreeMap::new(),
+            audit: crate::keys::audit::Level::Changes,
         }
     }
 
@@ -425,6 +446,18 @@ impl Config {
                 None => None,
             };
             let tls_names = rc.tls_names.unwrap_or_else(|| vec![name.clone()]);
+            let trusted_wrap_keys = rc
+                .trusted_wrap_keys
+                .unwrap_or_default()
+                .iter()
+                .map(|k| match k.parse::<ferrohsm_proto::KeyRef>() {
+                    Ok(r) if r.owner().is_none() => Ok(r),
+                    _ => Err(at(
+                        "trusted_wrap_keys",
+                        format!("{k:?} is not a label or id of one of {name}'s keys"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             c.clients.insert(
                 name,
                 ClientConfig {
@@ -432,9 +465,19 @@ impl Config {
                     tls_names,
                     psk,
                     allowed_uids: rc.allowed_uids,
+                    trusted_wrap_keys,
                 },
             );
         }
+        c.audit = match raw.audit.level.as_deref() {
+            None | Some("changes") => crate::keys::audit::Level::Changes,
+            Some("all") => crate::keys::audit::Level::All,
+            Some(other) => {
+                return Err(err(format!(
+                    "audit.level: expected \"changes\" or \"all\", got {other:?}"
+                )));
+            }
+        };
         check_unique(&c).map_err(err)?;
         if c.store.is_none() {
             return Err(err(format!(

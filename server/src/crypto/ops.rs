@@ -14,15 +14,26 @@ use zeroize::Zeroizing;
 use crate::error::OpError;
 use crate::keys::material::{KeyMaterial, SecretBytes};
 
-/// Ciphertext format version (first byte of every ciphertext).
-pub const CIPHERTEXT_VERSION: u8 = 1;
+/// Ciphertext format version written (first byte of every new ciphertext). Format 2 records
+/// the key version that made it; format 1 (before key versions) still decrypts, as version 1.
+pub const CIPHERTEXT_VERSION: u8 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-/// Bytes a ciphertext adds to its plaintext: version, algorithm, nonce, tag.
-pub const CIPHERTEXT_OVERHEAD: usize = 2 + NONCE_LEN + TAG_LEN;
+/// Header of a format-2 ciphertext: format, algorithm, key version (u32, big-endian).
+const HEADER_V2: usize = 6;
+/// Bytes a ciphertext adds to its plaintext: header, nonce, tag.
+pub const CIPHERTEXT_OVERHEAD: usize = HEADER_V2 + NONCE_LEN + TAG_LEN;
 
 fn wrong_type(op: &str, t: KeyType) -> OpError {
     OpError::new(Status::WrongKeyType, format!("cannot {op} with a {t} key"))
+}
+
+fn hmac_key(key: &KeyMaterial, op: &str) -> Result<Hmac<Sha256>, OpError> {
+    match key {
+        KeyMaterial::HmacSha256(k) => <Hmac<Sha256> as KeyInit>::new_from_slice(k.as_ref())
+            .map_err(|_| OpError::internal("bad HMAC key")),
+        other => Err(wrong_type(op, other.key_type())),
+    }
 }
 
 /// Signs `data`: Ed25519 raw 64 bytes, ECDSA P-256/SHA-256 DER.
@@ -67,13 +78,21 @@ fn aead_key(key: &KeyMaterial, op: &str) -> Result<(u8, LessSafeKey), OpError> {
     Ok((alg_id, LessSafeKey::new(unbound)))
 }
 
-/// AEAD-encrypts with a fresh random nonce. Output (self-describing):
-/// `version(1) | algorithm(1) | nonce(12) | ciphertext | tag(16)`; the first two bytes are
-/// authenticated along with `aad`.
-pub fn encrypt(key: &KeyMaterial, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpError> {
+/// AEAD-encrypts with a fresh random nonce under key version `version`. Output: format (2),
+/// algorithm, key version (4 bytes, big-endian), nonce, ciphertext, tag; the header is
+/// authenticated with the caller's associated data.
+pub fn encrypt(
+    key: &KeyMaterial,
+    version: u32,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, OpError> {
     let (alg_id, k) = aead_key(key, "encrypt")?;
     let nonce = fresh_nonce()?;
-    let header = [CIPHERTEXT_VERSION, alg_id];
+    let mut header = [0u8; HEADER_V2];
+    header[0] = CIPHERTEXT_VERSION;
+    header[1] = alg_id;
+    header[2..].copy_from_slice(&version.to_be_bytes());
     let mut out = Vec::with_capacity(CIPHERTEXT_OVERHEAD + plaintext.len());
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
@@ -83,15 +102,39 @@ pub fn encrypt(key: &KeyMaterial, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(&full_aad),
-            &mut out[2 + NONCE_LEN..],
+            &mut out[HEADER_V2 + NONCE_LEN..],
         )
         .map_err(|_| OpError::invalid("plaintext too long"))?;
     out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
 
-/// Decrypts a ciphertext made by [`encrypt`]. Any tampering, a wrong key or wrong `aad` is a
-/// `DecryptFailed` error, never garbage plaintext.
+/// The key version a ciphertext was made with (format 1: version 1), and its header length.
+pub fn ciphertext_version(ciphertext: &[u8]) -> Result<(u32, usize), OpError> {
+    let short = |min: usize| {
+        OpError::invalid(format!(
+            "ciphertext of {} bytes is shorter than the {min}-byte minimum",
+            ciphertext.len()
+        ))
+    };
+    match ciphertext.first() {
+        Some(1) if ciphertext.len() >= 2 + NONCE_LEN + TAG_LEN => Ok((1, 2)),
+        Some(1) => Err(short(2 + NONCE_LEN + TAG_LEN)),
+        Some(2) if ciphertext.len() >= CIPHERTEXT_OVERHEAD => {
+            let mut v = [0u8; 4];
+            v.copy_from_slice(&ciphertext[2..HEADER_V2]);
+            Ok((u32::from_be_bytes(v), HEADER_V2))
+        }
+        Some(2) => Err(short(CIPHERTEXT_OVERHEAD)),
+        Some(other) => Err(OpError::invalid(format!(
+            "unknown ciphertext format version {other}"
+        ))),
+        None => Err(short(CIPHERTEXT_OVERHEAD)),
+    }
+}
+
+/// AEAD-decrypts a ciphertext from [`encrypt`] (or format 1) with `key`, the material of the
+/// version [`ciphertext_version`] names. The plaintext comes back in a zeroizing buffer.
 pub fn decrypt(
     key: &KeyMaterial,
     ciphertext: &[u8],
@@ -99,19 +142,8 @@ pub fn decrypt(
 ) -> Result<Zeroizing<Vec<u8>>, OpError> {
     let (alg_id, k) = aead_key(key, "decrypt")?;
     let failed = || OpError::new(Status::DecryptFailed, "ciphertext did not authenticate");
-    if ciphertext.len() < CIPHERTEXT_OVERHEAD {
-        return Err(OpError::invalid(format!(
-            "ciphertext of {} bytes is shorter than the {CIPHERTEXT_OVERHEAD}-byte minimum",
-            ciphertext.len()
-        )));
-    }
-    let (header, rest) = ciphertext.split_at(2);
-    if header[0] != CIPHERTEXT_VERSION {
-        return Err(OpError::invalid(format!(
-            "unknown ciphertext format version {}",
-            header[0]
-        )));
-    }
+    let (_, header_len) = ciphertext_version(ciphertext)?;
+    let (header, rest) = ciphertext.split_at(header_len);
     if header[1] != alg_id {
         return Err(failed());
     }
@@ -125,14 +157,6 @@ pub fn decrypt(
         .len();
     buf.truncate(plain_len);
     Ok(buf)
-}
-
-fn hmac_key(key: &KeyMaterial, op: &str) -> Result<Hmac<Sha256>, OpError> {
-    match key {
-        KeyMaterial::HmacSha256(k) => <Hmac<Sha256> as KeyInit>::new_from_slice(k.as_ref())
-            .map_err(|_| OpError::internal("bad HMAC key")),
-        other => Err(wrong_type(op, other.key_type())),
-    }
 }
 
 /// HMAC-SHA256 tag (32 bytes).
@@ -256,9 +280,28 @@ mod tests {
     fn aead_round_trip_and_tamper() {
         for t in [KeyType::ChaCha20Poly1305, KeyType::Aes256Gcm] {
             let k = key(t);
-            let ct = encrypt(&k, b"secret", b"ctx").unwrap();
+            let ct = encrypt(&k, 3, b"secret", b"ctx").unwrap();
             assert_eq!(ct.len(), 6 + CIPHERTEXT_OVERHEAD);
+            assert_eq!(ciphertext_version(&ct).unwrap().0, 3);
             assert_eq!(&*decrypt(&k, &ct, b"ctx").unwrap(), b"secret");
+            // Format 1 (before key versions): header [1, alg], the same AEAD; still decrypts,
+            // as version 1.
+            let (alg, aead) = aead_key(&k, "encrypt").unwrap();
+            let nonce = [7u8; NONCE_LEN];
+            let mut v1 = vec![1, alg];
+            v1.extend_from_slice(&nonce);
+            let mut body = b"old".to_vec();
+            let tag = aead
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(&[&[1, alg][..], b"ctx"].concat()),
+                    &mut body,
+                )
+                .unwrap();
+            v1.extend_from_slice(&body);
+            v1.extend_from_slice(tag.as_ref());
+            assert_eq!(ciphertext_version(&v1).unwrap().0, 1);
+            assert_eq!(&*decrypt(&k, &v1, b"ctx").unwrap(), b"old");
             assert_eq!(
                 decrypt(&k, &ct, b"cty").unwrap_err().status,
                 Status::DecryptFailed

@@ -140,7 +140,7 @@ mod tests {
             for j in jobs {
                 sum += j.await.unwrap();
             }
-            assert_eq!(sum, (0..100u32).map(|i| i * 2).sum());
+            assert_eq!(sum, (0..100u32).map(|i| i * 2).sum::<u32>());
         });
     }
 }

@@ -68,6 +68,7 @@ impl Cache {
         let id = match key {
             KeyRef::Id(id) => *id,
             KeyRef::Label(l) => *o.by_label.get(l)?,
+            KeyRef::OwnerId(..) | KeyRef::OwnerLabel(..) => return None,
         };
         let (h, used) = o.by_id.get_mut(&id)?;
         self.tick += 1;
@@ -137,23 +138,21 @@ impl Cache {
 mod tests {
     use super::*;
     use crate::keys::material::KeyMaterial;
-    use crate::keys::store::Origin;
-    use ferrohsm_proto::{KeyInfo, KeyType, Lifetime};
+    use ferrohsm_proto::KeyType;
 
     fn handle(owner: &str, id: u32) -> Arc<KeyHandle> {
+        let t = KeyType::HmacSha256;
         Arc::new(KeyHandle {
             owner: owner.into(),
-            info: KeyInfo {
+            info: crate::keys::manager::test_info(
                 id,
-                label: format!("k{id}").parse().unwrap(),
-                key_type: KeyType::HmacSha256,
-                usage: KeyType::HmacSha256.allowed_usage(),
-                exportable: false,
-                lifetime: Lifetime::Persistent,
-                created: 0,
-            },
-            origin: Origin::Generated,
-            material: KeyMaterial::generate(KeyType::HmacSha256).unwrap(),
+                &format!("k{id}"),
+                t,
+                t.allowed_usage(),
+                false,
+            ),
+            material: KeyMaterial::generate(t).unwrap(),
+            older: Vec::new(),
         })
     }
 

@@ -1,43 +1,75 @@
-//! The key manager: namespaces, authorization and key creation, over the session keys, the
-//! cache and the store threads.
+//! The key manager: namespaces, grants, authorization and key creation, over the session keys,
+//! the cache and the store threads.
 //!
-//! It serves authorization as a concurrent read path (a short lock on the session keys and
-//! on the cache; on a miss, a read on a store thread) rather than as one actor's mailbox, so
-//! it never becomes the serial point of the server; mutations stay ordered by the store's
-//! single writer. No request payload ever reaches it: the dispatcher asks it to
+//! It serves authorization as a concurrent read path (a short lock on the session keys, the
+//! grants and the cache; on a miss, a read on a store thread) rather than as one actor's
+//! mailbox, so it never becomes the serial point of the server; mutations stay ordered by the
+//! store's single writer. No request payload ever reaches it: the dispatcher asks it to
 //! [`KeyManager::authorize`] a `(caller, key, operation)` and gets back a [`KeyHandle`], runs
 //! the crypto itself, and for a new key asks it to [`KeyManager::create`] the result, which
-//! answers only once the key is durable.
+//! answers only once the key is durable. Every denial is queued for the audit chain here, where
+//! it is decided; every change carries its audit entry into the store's transaction
+//! (`lifecycle.rs` has the lifecycle changes).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, Status};
-use parking_lot::Mutex;
+use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, Status, UsageSet, VersionInfo};
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::OpError;
+use crate::keys::audit::Level;
 use crate::keys::cache::Cache;
+use crate::keys::grants::Grants;
 use crate::keys::material::KeyMaterial;
 use crate::keys::policy::{self, NewKey, Requirement};
 use crate::keys::service::StoreService;
 use crate::keys::session_keys::SessionKeys;
-use crate::keys::store::{KeyRecord, KeyStore, Mutation, SESSION_ID_BASE, Sealed, StoreError};
+use crate::keys::store::{
+    AuditEvent, Change, GrantRecord, KeyRecord, KeyStore, Mutation, SESSION_ID_BASE, Sealed,
+    StoreError,
+};
 use crate::keys::{KeyHandle, seal::MasterKey};
 
-/// Who is asking: the proven client name and its session.
+/// Who is asking: the proven client name, its session and its transport.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// Proven client name (the namespace).
     pub client: Arc<str>,
     /// Session id.
     pub session: u64,
+    /// Transport name (tcp, tls, tls-psk, shm), for the audit log.
+    pub transport: &'static str,
+}
+
+/// What the manager needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ManagerOptions {
+    /// How much is audited.
+    pub audit: Level,
+    /// Configured client names (who a key may be granted to).
+    pub clients: BTreeSet<String>,
+    /// Per client, its wrap keys trusted for wrapping non-exportable keys (labels or ids).
+    pub trusted_wrap_keys: HashMap<String, Vec<KeyRef>>,
+}
+
+/// How the caller reaches a key.
+#[derive(Debug, Clone, Copy)]
+pub enum Access {
+    /// It is the caller's.
+    Owner,
+    /// Another client granted these operations.
+    Granted(UsageSet),
 }
 
 /// The key manager; shared by every session.
 pub struct KeyManager {
-    store: StoreService,
-    cache: Mutex<Cache>,
-    sessions: Mutex<SessionKeys>,
+    pub(super) store: StoreService,
+    pub(super) cache: Mutex<Cache>,
+    pub(super) sessions: Mutex<SessionKeys>,
+    pub(super) grants: RwLock<Grants>,
+    pub(super) opts: ManagerOptions,
     // Held for the manager's life: this process's exclusive claim on the store.
     _lock: std::fs::File,
 }
@@ -50,7 +82,7 @@ impl std::fmt::Debug for KeyManager {
     }
 }
 
-fn info_of(r: &KeyRecord, lifetime: Lifetime) -> KeyInfo {
+pub(super) fn info_of(r: &KeyRecord, lifetime: Lifetime, versions: Vec<VersionInfo>) -> KeyInfo {
     KeyInfo {
         id: r.id,
         label: r.label.clone(),
@@ -59,51 +91,113 @@ fn info_of(r: &KeyRecord, lifetime: Lifetime) -> KeyInfo {
         exportable: r.exportable,
         lifetime,
         created: r.created,
+        // Owners are configured client names, which are valid labels.
+        owner: r.owner.parse().unwrap_or_else(|_| r.label.clone()),
+        origin: r.origin,
+        current_version: r.version,
+        versions,
     }
 }
 
 /// Logs the alarm for a record that failed its integrity check (never its contents).
-fn alarm(e: &StoreError) {
+pub(super) fn alarm(e: &StoreError) {
     if let StoreError::Integrity { owner, id, reason } = e {
-        tracing::error!(client = %owner, id, %reason, "ALARM: key store integrity failure; the key is refused until an operator restores it");
+        tracing::error!(client = %owner, id, %reason, "ALARM: key store integrity failure; the record is refused until an operator restores it");
     }
 }
 
-/// Opens a sealed record into a usable key (on a store thread).
-fn open(master: &MasterKey, s: Sealed) -> Result<KeyHandle, StoreError> {
+/// Opens a sealed record into a usable key (on a store thread): every version that still has
+/// material must authenticate against the record.
+pub(super) fn open(master: &MasterKey, s: Sealed) -> Result<KeyHandle, StoreError> {
     let bad = |reason: &str| StoreError::Integrity {
         owner: s.record.owner.to_string(),
         id: s.record.id,
         reason: reason.into(),
     };
-    let bytes = master
-        .open_record(&s.record, &s.sealed)
-        .map_err(|_| bad("the sealed material does not authenticate against its record"))?;
-    let material = KeyMaterial::from_stored(s.record.key_type, &bytes)
-        .ok_or_else(|| bad("the material does not form a key of the recorded type"))?;
+    let mut materials = Vec::new();
+    for v in s.versions.iter().rev() {
+        let Some(sealed) = &v.sealed else { continue };
+        let bytes = master
+            .open_record(&s.record.at_version(v.version), sealed)
+            .map_err(|_| bad("the sealed material does not authenticate against its record"))?;
+        let material = KeyMaterial::from_stored(s.record.key_type, &bytes)
+            .ok_or_else(|| bad("the material does not form a key of the recorded type"))?;
+        materials.push((v.version, material));
+    }
+    let versions = s
+        .versions
+        .iter()
+        .map(|v| VersionInfo {
+            version: v.version,
+            created: v.created,
+            retired: v.sealed.is_none(),
+        })
+        .collect();
+    let mut live = materials.into_iter();
+    let (_, material) = live
+        .next()
+        .ok_or_else(|| bad("the current version has no material"))?;
     Ok(KeyHandle {
         owner: s.record.owner.clone(),
-        info: info_of(&s.record, Lifetime::Persistent),
-        origin: s.record.origin,
+        info: info_of(&s.record, Lifetime::Persistent, versions),
         material,
+        older: live.collect(),
     })
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Statuses that are denials (recorded in the audit chain).
+fn is_denial(s: Status) -> bool {
+    matches!(
+        s,
+        Status::KeyNotFound
+            | Status::UsageNotPermitted
+            | Status::NotExportable
+            | Status::WrongKeyType
+            | Status::AuthFailed
+            | Status::PeerNotAllowed
+            | Status::KeyStoreIntegrity
+    )
+}
+
+/// `key` as the audit log names it: always with its owner.
+fn qualified(caller: &Caller, key: &KeyRef) -> String {
+    match key.owner() {
+        Some(_) => key.to_string(),
+        None => format!("{}:{key}", caller.client),
+    }
+}
+
 impl KeyManager {
     /// A manager over the running store service, caching up to `cache_keys` opened keys;
-    /// `lock` is the store's claim from [`crate::keys::lock_store`].
-    pub fn new(store: StoreService, cache_keys: usize, lock: std::fs::File) -> KeyManager {
+    /// `lock` is the store's claim from [`crate::keys::lock_store`]; `grants` as loaded from
+    /// the store.
+    pub fn new(
+        store: StoreService,
+        cache_keys: usize,
+        lock: std::fs::File,
+        grants: Vec<GrantRecord>,
+        opts: ManagerOptions,
+    ) -> KeyManager {
         KeyManager {
             store,
             cache: Mutex::new(Cache::new(cache_keys)),
             sessions: Mutex::new(SessionKeys::default()),
+            grants: RwLock::new(Grants::from_records(grants)),
+            opts,
             _lock: lock,
         }
     }
@@ -111,6 +205,11 @@ impl KeyManager {
     /// The store service (for its counters).
     pub fn store(&self) -> &StoreService {
         &self.store
+    }
+
+    /// How much is audited.
+    pub fn audit_level(&self) -> Level {
+        self.opts.audit
     }
 
     /// A session opened (after authentication).
@@ -126,54 +225,190 @@ impl KeyManager {
         }
     }
 
-    /// The caller's key, if it may be used for `req`.
+    /// An audit entry for `caller` doing `op` on `key` (status filled in later or given).
+    pub(super) fn event(&self, caller: &Caller, op: &'static str, key: String) -> AuditEvent {
+        AuditEvent {
+            time_ms: now_ms(),
+            client: caller.client.to_string(),
+            session: caller.session,
+            transport: caller.transport,
+            op,
+            key,
+            detail: String::new(),
+            status: String::new(),
+        }
+    }
+
+    /// Records a denied request (queued for the next commit).
+    pub fn deny(&self, caller: &Caller, op: &'static str, key: &KeyRef, e: &OpError) {
+        if is_denial(e.status) {
+            let mut ev = self.event(caller, op, qualified(caller, key));
+            ev.status = e.status.name().into();
+            self.store.audit_later(ev);
+        }
+    }
+
+    /// Records a failed login (queued): `claimed` is the name the peer gave, escaped and cut.
+    pub fn deny_login(&self, claimed: &str, session: u64, transport: &'static str, s: Status) {
+        let client: String = claimed.escape_default().take(80).collect();
+        self.store.audit_later(AuditEvent {
+            time_ms: now_ms(),
+            client,
+            session,
+            transport,
+            op: "login",
+            key: String::new(),
+            detail: String::new(),
+            status: s.name().into(),
+        });
+    }
+
+    /// With `[audit] level = "all"`: records a use of `h` that ended with `failed` (`None`:
+    /// success), queued and group-committed.
+    pub fn audit_use(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        h: &KeyHandle,
+        failed: Option<Status>,
+    ) {
+        if self.opts.audit == Level::All {
+            let mut ev = self.event(caller, op, format!("{}:{}", h.owner, h.info.id));
+            ev.status = failed.map_or("ok", Status::name).into();
+            self.store.audit_later(ev);
+        }
+    }
+
+    /// Whether `info` (a wrap key of `caller`'s) is trusted for wrapping non-exportable keys.
+    pub fn trusts_wrap_key(&self, caller: &Caller, info: &KeyInfo) -> bool {
+        self.opts
+            .trusted_wrap_keys
+            .get(&*caller.client)
+            .is_some_and(|list| {
+                list.iter().any(|k| match k {
+                    KeyRef::Id(id) => *id == info.id,
+                    KeyRef::Label(l) => *l == info.label,
+                    _ => false,
+                })
+            })
+    }
+
+    /// The caller's key, or a key granted to it, if it may be used for `req`. A denial is
+    /// recorded in the audit chain.
     pub async fn authorize(
         &self,
         caller: &Caller,
         key: &KeyRef,
         req: Requirement,
     ) -> Result<Arc<KeyHandle>, OpError> {
-        let h = self.lookup(caller, key).await?;
-        policy::check(&h.info, req)?;
-        Ok(h)
+        let r = match self.resolve(caller, key).await {
+            Ok((h, access)) => check(&h, access, key, req).map(|_| h),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            self.deny(caller, req.op, key, e);
+        }
+        r
     }
 
-    /// [`KeyManager::authorize`] when the answer is in memory (session keys, the cache):
-    /// `None` when the store would have to be read.
+    /// [`KeyManager::authorize`] when the answer is in memory (session keys, grants, the
+    /// cache): `None` when the store would have to be read.
     pub fn authorize_now(
         &self,
         caller: &Caller,
         key: &KeyRef,
         req: Requirement,
     ) -> Option<Result<Arc<KeyHandle>, OpError>> {
-        let h = match self.sessions.lock().find(&caller.client, key) {
-            Some(h) => h,
-            None if matches!(key, KeyRef::Id(id) if *id >= SESSION_ID_BASE) => {
-                return Some(Err(OpError::not_found(key)));
-            }
-            None => self.cache.lock().get(&caller.client, key)?,
+        let r = match self.resolve_now(caller, key)? {
+            Ok((h, access)) => check(&h, access, key, req).map(|_| h),
+            Err(e) => Err(e),
         };
-        Some(policy::check(&h.info, req).map(|_| h))
+        if let Err(e) = &r {
+            self.deny(caller, req.op, key, e);
+        }
+        Some(r)
     }
 
-    async fn lookup(&self, caller: &Caller, key: &KeyRef) -> Result<Arc<KeyHandle>, OpError> {
-        if let Some(h) = self.sessions.lock().find(&caller.client, key) {
-            return Ok(h);
+    fn granted(&self, caller: &Caller, key: &KeyRef, h: &KeyHandle) -> Result<Access, OpError> {
+        match self.grants.read().get(&caller.client, &h.owner, h.info.id) {
+            Some(ops) => Ok(Access::Granted(ops)),
+            None => Err(OpError::not_found(key)),
         }
-        if matches!(key, KeyRef::Id(id) if *id >= SESSION_ID_BASE) {
-            return Err(OpError::not_found(key));
+    }
+
+    fn resolve_now(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Option<Result<(Arc<KeyHandle>, Access), OpError>> {
+        match key.owner() {
+            Some(o) if o.as_str() != &*caller.client => {
+                let h = self.cache.lock().get(o.as_str(), &key.local())?;
+                Some(self.granted(caller, key, &h).map(|a| (h, a)))
+            }
+            _ => {
+                let local = key.local();
+                let h = match self.sessions.lock().find(&caller.client, &local) {
+                    Some(h) => h,
+                    None if matches!(local, KeyRef::Id(id) if id >= SESSION_ID_BASE) => {
+                        return Some(Err(OpError::not_found(key)));
+                    }
+                    None => self.cache.lock().get(&caller.client, &local)?,
+                };
+                Some(Ok((h, Access::Owner)))
+            }
         }
+    }
+
+    /// Finds `key` as the caller names it: its own (session keys first), or another client's
+    /// that is granted to it. Anything else is `key_not_found`, whatever the reason (no such
+    /// key, not granted, damaged), so the answer reveals nothing about other clients.
+    pub async fn resolve(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<(Arc<KeyHandle>, Access), OpError> {
+        match key.owner() {
+            Some(o) if o.as_str() != &*caller.client => {
+                let owner: Arc<str> = Arc::from(o.as_str());
+                let h = self
+                    .lookup_persistent(&owner, &key.local())
+                    .await
+                    .map_err(|_| OpError::not_found(key))?;
+                let access = self.granted(caller, key, &h)?;
+                Ok((h, access))
+            }
+            _ => {
+                let local = key.local();
+                if let Some(h) = self.sessions.lock().find(&caller.client, &local) {
+                    return Ok((h, Access::Owner));
+                }
+                if matches!(local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
+                    return Err(OpError::not_found(key));
+                }
+                let h = self.lookup_persistent(&caller.client, &local).await?;
+                Ok((h, Access::Owner))
+            }
+        }
+    }
+
+    /// A persistent key of `owner`, from the cache or the store.
+    pub(super) async fn lookup_persistent(
+        &self,
+        owner: &Arc<str>,
+        key: &KeyRef,
+    ) -> Result<Arc<KeyHandle>, OpError> {
         let epoch = {
             let mut c = self.cache.lock();
-            if let Some(h) = c.get(&caller.client, key) {
+            if let Some(h) = c.get(owner, key) {
                 return Ok(h);
             }
             c.epoch()
         };
-        let (owner, k) = (caller.client.clone(), key.clone());
+        let (o, k) = (owner.clone(), key.clone());
         let found = self
             .store
-            .read(move |s: &mut dyn KeyStore, m| match s.find(&owner, &k)? {
+            .read(move |s: &mut dyn KeyStore, m| match s.find(&o, &k)? {
                 Some(sealed) => open(m, sealed).map(Some),
                 None => Ok(None),
             })
@@ -184,16 +419,29 @@ impl KeyManager {
         Ok(h)
     }
 
-    /// Stores a new key made by the pool: session keys in memory, persistent keys in the
-    /// store (answering once durable).
+    /// Stores a new key: session keys in memory, persistent keys in the store (answering
+    /// once durable, with its audit entry in the same transaction).
     pub async fn create(
         &self,
         caller: &Caller,
         new: NewKey,
         material: KeyMaterial,
     ) -> Result<KeyInfo, OpError> {
+        self.create_versions(caller, new, vec![(now(), Some(material))])
+            .await
+    }
+
+    /// [`KeyManager::create`] with a history of versions, oldest first (an unwrapped key keeps
+    /// the versions it was wrapped with; retired ones have no material). The last must have
+    /// material.
+    pub async fn create_versions(
+        &self,
+        caller: &Caller,
+        new: NewKey,
+        versions: Vec<(u64, Option<KeyMaterial>)>,
+    ) -> Result<KeyInfo, OpError> {
         self.sessions.lock().reserve(&caller.client, &new.label)?;
-        let out = self.create_reserved(caller, &new, material).await;
+        let out = self.create_reserved(caller, &new, versions).await;
         self.sessions.lock().release(&caller.client, &new.label);
         out
     }
@@ -202,7 +450,7 @@ impl KeyManager {
         &self,
         caller: &Caller,
         new: &NewKey,
-        material: KeyMaterial,
+        mut versions: Vec<(u64, Option<KeyMaterial>)>,
     ) -> Result<KeyInfo, OpError> {
         let record = KeyRecord {
             owner: caller.client.clone(),
@@ -213,9 +461,16 @@ impl KeyManager {
             exportable: new.exportable,
             origin: new.origin,
             created: now(),
-            version: 1,
+            version: versions.len() as u32,
         };
+        let Some((_, Some(material))) = versions.pop() else {
+            return Err(OpError::internal("a new key without material"));
+        };
+        let key_name = format!("{}:{}", caller.client, new.label);
         if new.session {
+            if !versions.is_empty() {
+                return Err(OpError::invalid("a session key has one version"));
+            }
             let (owner, label) = (caller.client.clone(), new.label.clone());
             let taken = self
                 .store
@@ -226,49 +481,140 @@ impl KeyManager {
             }
             let h = KeyHandle {
                 owner: caller.client.clone(),
-                info: info_of(&record, Lifetime::Session),
-                origin: new.origin,
+                info: info_of(
+                    &record,
+                    Lifetime::Session,
+                    vec![VersionInfo {
+                        version: 1,
+                        created: record.created,
+                        retired: false,
+                    }],
+                ),
                 material,
+                older: Vec::new(),
             };
             let h = self.sessions.lock().insert(caller.session, h)?;
+            // Memory only, so no transaction to join: the entry joins the next commit.
+            let mut ev = self.event(caller, new.op(), format!("{}:{}", caller.client, h.info.id));
+            ev.detail = "session key".into();
+            ev.status = "ok".into();
+            self.store.audit_later(ev);
             return Ok(h.info.clone());
         }
         let epoch = self.cache.lock().epoch();
-        let secret = material.to_stored();
+        let mut stored: Vec<(u64, Option<zeroize::Zeroizing<Vec<u8>>>)> = versions
+            .iter()
+            .map(|(c, m)| (*c, m.as_ref().map(KeyMaterial::to_stored)))
+            .collect();
+        stored.push((record.created, Some(material.to_stored())));
+        let mut ev = self.event(caller, new.op(), key_name);
+        ev.detail = format!("{} {}", new.key_type, new.origin.name());
+        let infos: Vec<VersionInfo> = stored
+            .iter()
+            .enumerate()
+            .map(|(i, (created, m))| VersionInfo {
+                version: i as u32 + 1,
+                created: *created,
+                retired: m.is_none(),
+            })
+            .collect();
         let record = self
             .store
-            .write(Mutation::Create { record, secret })
-            .await?;
+            .write(Change {
+                mutation: Mutation::Create {
+                    record,
+                    versions: stored,
+                },
+                audit: Some(ev),
+            })
+            .await?
+            .record()?;
         tracing::debug!(client = %caller.client, id = record.id, key_type = %record.key_type, "key stored");
+        let older = versions
+            .into_iter()
+            .enumerate()
+            .rev()
+            .filter_map(|(i, (_, m))| m.map(|m| (i as u32 + 1, m)))
+            .collect();
         let h = Arc::new(KeyHandle {
             owner: caller.client.clone(),
-            info: info_of(&record, Lifetime::Persistent),
-            origin: record.origin,
+            info: info_of(&record, Lifetime::Persistent, infos),
             material,
+            older,
         });
         // A key just made is hot: cache it, so its first use does not unseal it.
         self.cache.lock().insert(h.clone(), epoch);
         Ok(h.info.clone())
     }
 
-    /// Deletes a key of the caller's; a persistent key is gone from disk before this answers.
+    /// Deletes a key of the caller's; a persistent key is gone from disk (with its versions
+    /// and grants) before this answers.
     pub async fn delete(&self, caller: &Caller, key: &KeyRef) -> Result<(), OpError> {
-        if self.sessions.lock().remove(&caller.client, key).is_some() {
+        if key.owner().is_some_and(|o| o.as_str() != &*caller.client) {
+            return Err(self.refuse_owner_only(caller, key, policy::DELETE).await);
+        }
+        let local = key.local();
+        if self
+            .sessions
+            .lock()
+            .remove(&caller.client, &local)
+            .is_some()
+        {
             return Ok(());
         }
-        if matches!(key, KeyRef::Id(id) if *id >= SESSION_ID_BASE) {
-            return Err(OpError::not_found(key));
+        if matches!(local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
+            let e = OpError::not_found(key);
+            self.deny(caller, "delete", key, &e);
+            return Err(e);
         }
+        let ev = self.event(caller, "delete", qualified(caller, key));
         let record = self
             .store
-            .write(Mutation::Delete {
-                owner: caller.client.clone(),
-                key: key.clone(),
+            .write(Change {
+                mutation: Mutation::Delete {
+                    owner: caller.client.clone(),
+                    key: local,
+                },
+                audit: Some(ev),
             })
             .await
-            .inspect_err(alarm)?;
+            .inspect_err(alarm)?
+            .record()?;
         self.cache.lock().remove(&caller.client, record.id);
+        self.grants.write().remove_key(&caller.client, record.id);
         Ok(())
+    }
+
+    /// The answer to an owner-only operation on another client's key: `usage_not_permitted`
+    /// when it is granted to the caller (who knows it exists), else `key_not_found`.
+    pub(super) async fn refuse_owner_only(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        req: Requirement,
+    ) -> OpError {
+        let e = match self.resolve(caller, key).await {
+            Ok((_, Access::Granted(ops))) => policy::check_granted(key, ops, req)
+                .err()
+                .unwrap_or_else(|| OpError::internal("an owner-only operation passed a grant")),
+            Ok((_, Access::Owner)) => OpError::internal("a foreign key resolved as owned"),
+            Err(e) => e,
+        };
+        self.deny(caller, req.op, key, &e);
+        e
+    }
+
+    /// The caller's own key (never through a grant) for an owner-only operation.
+    pub async fn authorize_owner(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        req: Requirement,
+    ) -> Result<Arc<KeyHandle>, OpError> {
+        if key.owner().is_some_and(|o| o.as_str() != &*caller.client) {
+            return Err(self.refuse_owner_only(caller, key, req).await);
+        }
+        self.authorize(caller, &key.local(), req).await
     }
 
     /// The caller's keys: persistent ones (each record's seal checked), then session keys.
@@ -281,16 +627,8 @@ impl KeyManager {
                 for r in s.list(&owner)? {
                     // A damaged record is not shown as if it were a usable key; the alarm
                     // names it and it stays in the store, untouched, for the operator.
-                    match r.and_then(|s| {
-                        m.open_record(&s.record, &s.sealed)
-                            .map_err(|e| StoreError::Integrity {
-                                owner: s.record.owner.to_string(),
-                                id: s.record.id,
-                                reason: e.to_string(),
-                            })?;
-                        Ok(s.record)
-                    }) {
-                        Ok(rec) => out.push(info_of(&rec, Lifetime::Persistent)),
+                    match r.and_then(|s| open(m, s)) {
+                        Ok(h) => out.push(h.info),
                         Err(e) => alarm(&e),
                     }
                 }
@@ -302,14 +640,53 @@ impl KeyManager {
     }
 }
 
+/// A persistent key's description, for tests.
+#[cfg(test)]
+pub(crate) fn test_info(
+    id: u32,
+    label: &str,
+    t: ferrohsm_proto::KeyType,
+    usage: UsageSet,
+    exportable: bool,
+) -> KeyInfo {
+    KeyInfo {
+        id,
+        label: label.parse().expect("test label"),
+        key_type: t,
+        usage,
+        exportable,
+        lifetime: Lifetime::Persistent,
+        created: 0,
+        owner: "alice".parse().expect("label"),
+        origin: ferrohsm_proto::Origin::Generated,
+        current_version: 1,
+        versions: vec![VersionInfo {
+            version: 1,
+            created: 0,
+            retired: false,
+        }],
+    }
+}
+
+/// Whether `h`, reached through `access`, may be used for `req`.
+fn check(h: &KeyHandle, access: Access, key: &KeyRef, req: Requirement) -> Result<(), OpError> {
+    if let Access::Granted(ops) = access {
+        policy::check_granted(key, ops, req)?;
+    }
+    policy::check(&h.info, req)
+}
+
 impl From<StoreError> for OpError {
     fn from(e: StoreError) -> OpError {
+        let status = e.status();
         match e {
-            StoreError::LabelInUse(_) => OpError::new(Status::LabelInUse, e.to_string()),
-            StoreError::NotFound(k) => OpError::new(Status::KeyNotFound, format!("no key {k}")),
-            StoreError::IdsExhausted => OpError::new(Status::Busy, e.to_string()),
+            StoreError::NotFound(k) => OpError::new(status, format!("no key {k}")),
+            StoreError::Integrity { id: 0, reason, .. } => OpError::new(
+                status,
+                format!("{reason}; it is refused until an operator restores the store"),
+            ),
             StoreError::Integrity { id, .. } => OpError::new(
-                Status::KeyStoreIntegrity,
+                status,
                 format!(
                     "key {id} failed its integrity check in the key store; it is refused until \
                      an operator restores it"
@@ -318,10 +695,11 @@ impl From<StoreError> for OpError {
             StoreError::Backend(_) | StoreError::Open(_) => {
                 tracing::error!(error = %e, "key store failure");
                 OpError::new(
-                    Status::StoreFailed,
+                    status,
                     "the key store could not complete the request; nothing was changed",
                 )
             }
+            other => OpError::new(status, other.to_string()),
         }
     }
 }

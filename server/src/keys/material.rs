@@ -173,6 +173,61 @@ impl KeyMaterial {
     }
 }
 
+impl KeyMaterial {
+    /// A key brought in from outside: PKCS#8 DER for ed25519, p256 and x25519 (what `openssl
+    /// genpkey` writes), exactly 32 raw bytes for the symmetric types.
+    pub fn import(t: KeyType, bytes: &[u8]) -> Result<KeyMaterial, OpError> {
+        let pkcs8 = |what: &str| {
+            OpError::invalid(format!(
+                "the input is not a {what} private key in PKCS#8 (as `openssl genpkey` writes it)"
+            ))
+        };
+        match t {
+            KeyType::Ed25519 => {
+                let seed = ferrohsm_proto::pem::parse_ed25519_pkcs8(bytes)
+                    .map(Zeroizing::new)
+                    .ok_or_else(|| pkcs8("Ed25519"))?;
+                KeyMaterial::from_secret(t, &seed)
+            }
+            KeyType::X25519 => {
+                let k = ferrohsm_proto::pem::parse_x25519_pkcs8(bytes)
+                    .map(Zeroizing::new)
+                    .ok_or_else(|| pkcs8("X25519"))?;
+                KeyMaterial::from_secret(t, &k)
+            }
+            KeyType::P256 => {
+                let rng = ring::rand::SystemRandom::new();
+                // ring checks the document (curve, scalar range, that the public key belongs)
+                // before we take the scalar out of it.
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, bytes, &rng)
+                    .map_err(|_| pkcs8("P-256"))?;
+                let at = bytes
+                    .windows(P256_PKCS8_SCALAR_MARKER.len())
+                    .position(|w| w == P256_PKCS8_SCALAR_MARKER)
+                    .map(|p| p + P256_PKCS8_SCALAR_MARKER.len())
+                    .ok_or_else(|| pkcs8("P-256"))?;
+                let mut stored = Zeroizing::new(
+                    bytes
+                        .get(at..at + 32)
+                        .ok_or_else(|| pkcs8("P-256"))?
+                        .to_vec(),
+                );
+                stored.extend_from_slice(pair.public_key().as_ref());
+                KeyMaterial::from_stored(t, &stored).ok_or_else(|| pkcs8("P-256"))
+            }
+            _ => {
+                let raw: [u8; 32] = bytes.try_into().map_err(|_| {
+                    OpError::invalid(format!(
+                        "a {t} key is exactly 32 raw bytes; the input has {}",
+                        bytes.len()
+                    ))
+                })?;
+                KeyMaterial::from_secret(t, &Zeroizing::new(raw))
+            }
+        }
+    }
+}
+
 /// 32 bytes from the OS CSPRNG.
 pub fn random_secret() -> Result<SecretBytes, OpError> {
     let mut s = Zeroizing::new([0u8; 32]);

@@ -12,7 +12,10 @@
 //!  policy.rs       every rule about what may be done with a key
 //! ```
 
+pub mod audit;
 pub mod cache;
+pub mod grants;
+pub mod lifecycle;
 pub mod manager;
 pub mod material;
 pub mod policy;
@@ -20,6 +23,7 @@ pub mod seal;
 pub mod service;
 pub mod session_keys;
 pub mod store;
+pub mod wrap;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,19 +34,36 @@ use crate::error::ServerError;
 use material::KeyMaterial;
 use seal::{Kdf, KeyFileSecret, MasterKey, Passphrase, SealError, Unlock};
 use store::sqlite::SqliteStore;
-use store::{KeyStore, MasterRecord, Origin};
+use store::{KeyStore, MasterRecord};
 
 /// An authorized key: its description and its opened material, shared by the cache and any
 /// crypto job using it; the material zeroizes when the last holder drops it.
 pub struct KeyHandle {
     /// Owning client.
     pub owner: Arc<str>,
-    /// Public description (id, label, type, usage, exportable, lifetime, created).
+    /// Public description (id, label, type, usage, exportable, lifetime, created, origin,
+    /// versions).
     pub info: KeyInfo,
-    /// Where it came from.
-    pub origin: Origin,
-    /// The secret.
+    /// The current version's secret.
     pub material: KeyMaterial,
+    /// Older versions that are not retired, newest first.
+    pub older: Vec<(u32, KeyMaterial)>,
+}
+
+impl KeyHandle {
+    /// The material of version `v`, unless it is retired (or never existed).
+    pub fn version(&self, v: u32) -> Option<&KeyMaterial> {
+        if v == self.info.current_version {
+            return Some(&self.material);
+        }
+        self.older.iter().find(|(n, _)| *n == v).map(|(_, m)| m)
+    }
+
+    /// Every version with material, newest first.
+    pub fn live(&self) -> impl Iterator<Item = (u32, &KeyMaterial)> {
+        std::iter::once((self.info.current_version, &self.material))
+            .chain(self.older.iter().map(|(v, m)| (*v, m)))
+    }
 }
 
 impl std::fmt::Debug for KeyHandle {
@@ -156,8 +177,49 @@ pub fn create_store(db: &Path, unlock: &Unlock) -> Result<(), ServerError> {
     };
     let master = MasterKey::generate().map_err(seal_err)?;
     let wrapped = master.wrap(&kdf, unlock).map_err(seal_err)?;
-    SqliteStore::create(db, &MasterRecord { kdf, wrapped }).map_err(store_err)?;
+    let mut s = SqliteStore::create(db, &MasterRecord { kdf, wrapped }).map_err(store_err)?;
+    let public = s.ensure_audit_key(&master).map_err(store_err)?;
+    write_audit_pub(db, &public)?;
     Ok(())
+}
+
+/// Where the audit public key is written: `audit.pub` next to the store.
+pub fn audit_pub_path(db: &Path) -> std::path::PathBuf {
+    db.with_file_name("audit.pub")
+}
+
+/// Writes the audit public key (SubjectPublicKeyInfo PEM, as OpenSSL reads it) next to the
+/// store, unless the same key is already there.
+pub fn write_audit_pub(db: &Path, public: &ed25519_dalek::VerifyingKey) -> Result<(), ServerError> {
+    let path = audit_pub_path(db);
+    let der = ferrohsm_proto::pem::spki_der(ferrohsm_proto::KeyType::Ed25519, public.as_bytes())
+        .ok_or_else(|| ServerError::Store("cannot encode the audit public key".into()))?;
+    let pem = ferrohsm_proto::pem::pem_encode("PUBLIC KEY", &der);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t == pem) {
+        return Ok(());
+    }
+    std::fs::write(&path, pem).map_err(|e| ServerError::Io {
+        context: format!("cannot write {}", path.display()),
+        source: e,
+    })
+}
+
+/// Reads `audit.pub` next to the store.
+pub fn read_audit_pub(db: &Path) -> Result<ed25519_dalek::VerifyingKey, ServerError> {
+    let path = audit_pub_path(db);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ServerError::Store(format!("cannot read {}: {e}", path.display())))?;
+    ferrohsm_proto::pem::pem_decode("PUBLIC KEY", &text)
+        .and_then(|der| ferrohsm_proto::pem::parse_spki(&der))
+        .filter(|(t, _)| *t == ferrohsm_proto::KeyType::Ed25519)
+        .and_then(|(_, raw)| <[u8; 32]>::try_from(raw).ok())
+        .and_then(|raw| ed25519_dalek::VerifyingKey::from_bytes(&raw).ok())
+        .ok_or_else(|| {
+            ServerError::Store(format!(
+                "{} is not an Ed25519 public key in SubjectPublicKeyInfo PEM",
+                path.display()
+            ))
+        })
 }
 
 /// How an existing store's master key is protected (`keyfile` or `argon2id`).

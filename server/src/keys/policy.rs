@@ -3,7 +3,7 @@
 //! an operation needs, what may be exported, which types may be derived and from what, the
 //! usage of a new key, and the length of a random request.
 
-use ferrohsm_proto::{KeyInfo, KeySpec, KeyType, Label, Status, Usage, UsageSet};
+use ferrohsm_proto::{KeyInfo, KeyRef, KeySpec, KeyType, Label, Status, Usage, UsageSet};
 
 use crate::error::OpError;
 use crate::keys::store::Origin;
@@ -13,12 +13,18 @@ use crate::keys::store::Origin;
 pub struct Requirement {
     /// Verb for messages ("sign", "encrypt", ...).
     pub verb: &'static str,
+    /// The hsmctl command name, for the audit log.
+    pub op: &'static str,
     /// Usage flag the key must carry, if any.
     pub usage: Option<Usage>,
+    /// A second usage flag the key must also carry (rewrap: decrypt and encrypt).
+    pub also: Option<Usage>,
     /// Key types the operation applies to.
     pub types: &'static [KeyType],
     /// The key must be exportable.
     pub exportable: bool,
+    /// Only the key's owner may do it (never through a grant).
+    pub owner_only: bool,
 }
 
 const SIGNERS: &[KeyType] = &[KeyType::Ed25519, KeyType::P256];
@@ -31,48 +37,196 @@ const DERIVABLE: &[KeyType] = &[
     KeyType::HmacSha256,
 ];
 
-const fn needs(verb: &'static str, usage: Usage, types: &'static [KeyType]) -> Requirement {
+/// Types with versions (rotation): their outputs record the version that made them.
+const VERSIONED: &[KeyType] = &[
+    KeyType::ChaCha20Poly1305,
+    KeyType::Aes256Gcm,
+    KeyType::HmacSha256,
+];
+/// Operations a grant may give: using a key, never managing it.
+pub const GRANTABLE: UsageSet = UsageSet::of_const(&[
+    Usage::Sign,
+    Usage::Verify,
+    Usage::Encrypt,
+    Usage::Decrypt,
+    Usage::Mac,
+    Usage::Derive,
+]);
+
+const fn needs(
+    verb: &'static str,
+    op: &'static str,
+    usage: Usage,
+    types: &'static [KeyType],
+) -> Requirement {
     Requirement {
         verb,
+        op,
         usage: Some(usage),
+        also: None,
         types,
         exportable: false,
+        owner_only: false,
+    }
+}
+
+const fn owner(verb: &'static str, op: &'static str, types: &'static [KeyType]) -> Requirement {
+    Requirement {
+        verb,
+        op,
+        usage: None,
+        also: None,
+        types,
+        exportable: false,
+        owner_only: true,
     }
 }
 
 /// Sign.
-pub const SIGN: Requirement = needs("sign", Usage::Sign, SIGNERS);
+pub const SIGN: Requirement = needs("sign", "sign", Usage::Sign, SIGNERS);
 /// Verify.
-pub const VERIFY: Requirement = needs("verify", Usage::Verify, SIGNERS);
+pub const VERIFY: Requirement = needs("verify", "verify", Usage::Verify, SIGNERS);
 /// Encrypt.
-pub const ENCRYPT: Requirement = needs("encrypt", Usage::Encrypt, AEADS);
+pub const ENCRYPT: Requirement = needs("encrypt", "encrypt", Usage::Encrypt, AEADS);
 /// Decrypt.
-pub const DECRYPT: Requirement = needs("decrypt", Usage::Decrypt, AEADS);
-/// MAC compute and verify.
-pub const MAC: Requirement = needs("mac", Usage::Mac, &[KeyType::HmacSha256]);
+pub const DECRYPT: Requirement = needs("decrypt", "decrypt", Usage::Decrypt, AEADS);
+/// Re-encrypt under the current version: decrypt and encrypt.
+pub const REWRAP: Requirement = Requirement {
+    also: Some(Usage::Encrypt),
+    ..needs("rewrap", "rewrap", Usage::Decrypt, AEADS)
+};
+/// MAC compute.
+pub const MAC: Requirement = needs("mac", "mac", Usage::Mac, &[KeyType::HmacSha256]);
+/// MAC verify.
+pub const MAC_VERIFY: Requirement = needs("mac", "mac-verify", Usage::Mac, &[KeyType::HmacSha256]);
 /// Derive.
-pub const DERIVE: Requirement = needs("derive", Usage::Derive, &[KeyType::X25519]);
-/// Describe (info): any key of the caller's.
+pub const DERIVE: Requirement = needs("derive", "derive", Usage::Derive, &[KeyType::X25519]);
+/// Wrap another key with this one.
+pub const WRAP: Requirement = Requirement {
+    owner_only: true,
+    ..needs("wrap with", "wrap", Usage::Wrap, &[KeyType::Aes256Gcm])
+};
+/// Unwrap a blob with this key.
+pub const UNWRAP: Requirement = Requirement {
+    owner_only: true,
+    ..needs(
+        "unwrap with",
+        "unwrap",
+        Usage::Unwrap,
+        &[KeyType::Aes256Gcm],
+    )
+};
+/// Be wrapped (the key whose material leaves sealed).
+pub const WRAPPED: Requirement = owner("wrap", "wrap", &KeyType::ALL);
+/// Describe (info): any key of the caller's, or granted to the caller.
 pub const DESCRIBE: Requirement = Requirement {
     verb: "describe",
+    op: "info",
     usage: None,
+    also: None,
     types: &KeyType::ALL,
     exportable: false,
+    owner_only: false,
 };
 /// Read the public half.
 pub const PUBLIC_KEY: Requirement = Requirement {
     verb: "read the public key of",
-    usage: None,
+    op: "pubkey",
     types: ASYMMETRIC,
-    exportable: false,
+    ..DESCRIBE
 };
 /// Export the raw secret.
 pub const EXPORT: Requirement = Requirement {
-    verb: "export",
-    usage: None,
-    types: &KeyType::ALL,
     exportable: true,
+    ..owner("export", "export", &KeyType::ALL)
 };
+/// Delete.
+pub const DELETE: Requirement = owner("delete", "delete", &KeyType::ALL);
+/// Grant to another client.
+pub const GRANT: Requirement = owner("grant", "grant", &KeyType::ALL);
+/// Revoke a grant.
+pub const REVOKE: Requirement = owner("revoke a grant of", "revoke", &KeyType::ALL);
+/// Add a version.
+pub const ROTATE: Requirement = owner("rotate", "rotate", VERSIONED);
+/// Retire old versions.
+pub const RETIRE: Requirement = owner("retire versions of", "retire", VERSIONED);
+
+/// Checks that `ops`, granted to the caller on `key`, cover `req`: only operations that use a
+/// key can be granted, so an owner-only operation (export, delete, wrap, grant, rotate, ...) is
+/// always refused; describing the key and reading its public half come with any grant.
+pub fn check_granted(key: &KeyRef, ops: UsageSet, req: Requirement) -> Result<(), OpError> {
+    let covered = |u: Option<Usage>| u.is_none_or(|u| ops.contains(u));
+    if req.owner_only || req.exportable || !covered(req.usage) || !covered(req.also) {
+        return Err(OpError::new(
+            Status::UsageNotPermitted,
+            format!(
+                "cannot {} key {key}: it is granted to you for {} only",
+                req.verb,
+                ops.names().join(",")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The operations of a grant: non-empty, operations that use a key (never wrap or unwrap), and
+/// usages the key itself has.
+pub fn grant_ops(info: &KeyInfo, ops: UsageSet) -> Result<UsageSet, OpError> {
+    if ops.is_empty() {
+        return Err(OpError::invalid("--ops is empty"));
+    }
+    if !ops.is_subset(GRANTABLE) {
+        return Err(OpError::invalid(format!(
+            "only {} can be granted",
+            GRANTABLE.names().join(", ")
+        )));
+    }
+    if !ops.is_subset(info.usage) {
+        return Err(OpError::new(
+            Status::UsageNotPermitted,
+            format!(
+                "key {} permits only {}; a grant cannot add usages",
+                info.label,
+                info.usage.names().join(",")
+            ),
+        ));
+    }
+    Ok(ops)
+}
+
+/// Whether `target` may be wrapped under `wrapper`: an exportable key under any wrap key; a
+/// non-exportable one only under a non-exportable wrap key that the server's config marks as
+/// trusted for backup (`trusted`), so wrapping never launders a key out of the HSM. Unwrap
+/// applies the same rule to the blob's recorded exportable flag.
+pub fn may_wrap(
+    target_exportable: bool,
+    target: &str,
+    wrapper: &KeyInfo,
+    trusted: bool,
+) -> Result<(), OpError> {
+    if target_exportable {
+        return Ok(());
+    }
+    if wrapper.exportable {
+        return Err(OpError::new(
+            Status::NotExportable,
+            format!(
+                "key {target} is not exportable, and wrap key {} is: it could be exported and                  the blob opened outside the HSM",
+                wrapper.label
+            ),
+        ));
+    }
+    if !trusted {
+        return Err(OpError::new(
+            Status::NotExportable,
+            format!(
+                "key {target} is not exportable, and wrap key {} is not listed in this client's                  trusted_wrap_keys in hsmd.toml",
+                wrapper.label
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Checks that the key described by `info` may be used for `req`: the type first, then the
 /// usage flag, then exportability.
@@ -86,13 +240,13 @@ pub fn check(info: &KeyInfo, req: Requirement) -> Result<(), OpError> {
         };
         return Err(OpError::new(Status::WrongKeyType, msg));
     }
-    if let Some(u) = req.usage
-        && !info.usage.contains(u)
-    {
-        return Err(OpError::new(
-            Status::UsageNotPermitted,
-            format!("key {} does not permit usage {}", info.label, u.name()),
-        ));
+    for u in [req.usage, req.also].into_iter().flatten() {
+        if !info.usage.contains(u) {
+            return Err(OpError::new(
+                Status::UsageNotPermitted,
+                format!("key {} does not permit usage {}", info.label, u.name()),
+            ));
+        }
     }
     if req.exportable && !info.exportable {
         return Err(OpError::new(
@@ -173,6 +327,50 @@ pub fn derived(base: &KeyInfo, spec: &KeySpec) -> Result<NewKey, OpError> {
     })
 }
 
+/// A key to import.
+pub fn imported(spec: &KeySpec) -> Result<NewKey, OpError> {
+    Ok(NewKey {
+        origin: Origin::Imported,
+        ..generated(spec)?
+    })
+}
+
+/// A key to unwrap: type, usage and exportable exactly as the blob recorded them (never
+/// widened), a label of the caller's choosing, origin `unwrapped`.
+pub fn unwrapped(
+    key_type: KeyType,
+    usage: UsageSet,
+    exportable: bool,
+    label: Label,
+) -> Result<NewKey, OpError> {
+    if usage.is_empty() || !usage.is_subset(key_type.allowed_usage()) {
+        return Err(OpError::invalid(format!(
+            "the blob's usage {} does not fit a {key_type} key",
+            usage.names().join(",")
+        )));
+    }
+    Ok(NewKey {
+        key_type,
+        label,
+        usage,
+        exportable,
+        session: false,
+        origin: Origin::Unwrapped,
+    })
+}
+
+impl NewKey {
+    /// The hsmctl command that makes a key of this origin (for the audit log).
+    pub fn op(&self) -> &'static str {
+        match self.origin {
+            Origin::Generated => "keygen",
+            Origin::Derived => "derive",
+            Origin::Imported => "import",
+            Origin::Unwrapped => "unwrap",
+        }
+    }
+}
+
 /// A random request's length: 1..=MAX_RANDOM bytes.
 pub fn random_len(len: u32) -> Result<usize, OpError> {
     if len == 0 || len > ferrohsm_proto::MAX_RANDOM {
@@ -187,19 +385,10 @@ pub fn random_len(len: u32) -> Result<usize, OpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrohsm_proto::Lifetime;
     use ferrohsm_proto::Usage::*;
 
     fn info(t: KeyType, usage: &[Usage], exportable: bool) -> KeyInfo {
-        KeyInfo {
-            id: 1,
-            label: "k".parse().unwrap(),
-            key_type: t,
-            usage: UsageSet::of(usage),
-            exportable,
-            lifetime: Lifetime::Persistent,
-            created: 0,
-        }
+        crate::keys::manager::test_info(1, "k", t, UsageSet::of(usage), exportable)
     }
 
     #[test]

@@ -323,6 +323,48 @@ impl MasterKey {
     }
 }
 
+impl MasterKey {
+    /// Seals `plain` under the master key with associated data `aad` (the audit key, and with
+    /// an empty `plain` the tags that authenticate grant and counter rows).
+    pub fn seal_with(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
+        seal(&self.aead, aad, plain)
+    }
+
+    /// Opens what [`MasterKey::seal_with`] sealed to `aad`.
+    pub fn open_with(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        open(&self.aead, aad, sealed).ok_or(SealError::Record)
+    }
+}
+
+/// Builds canonical associated data: a domain tag, then fields (variable ones length-prefixed).
+#[derive(Debug)]
+pub struct Fields(Vec<u8>);
+
+impl Fields {
+    /// Starts with a domain tag (`b"FerroHSM grant v1\0"`).
+    pub fn new(tag: &[u8]) -> Fields {
+        Fields(tag.to_vec())
+    }
+
+    /// A variable-length field.
+    pub fn var(mut self, b: &[u8]) -> Fields {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+        self
+    }
+
+    /// A fixed-length field.
+    pub fn fixed(mut self, b: &[u8]) -> Fields {
+        self.0.extend_from_slice(b);
+        self
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Canonical associated data of a record: every field, length-prefixed where variable.
 fn record_aad(r: &KeyRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);

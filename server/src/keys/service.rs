@@ -12,27 +12,38 @@
 //! Many clients creating keys at once therefore share fsyncs, and each still gets its answer
 //! only once its key is durable. Both queues are bounded by semaphores: a full queue makes
 //! the *requesting* task wait, never a session thread, and never grows memory.
+//!
+//! Audit entries that need no answer (denied requests, and with `[audit] level = "all"` every
+//! use of a key) wait in a bounded list and join the next commit, or are committed on their
+//! own after at most [`AUDIT_FLUSH`]: a flood of bad requests costs one fsync per flush, not
+//! one each.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::keys::seal::MasterKey;
-use crate::keys::store::{KeyRecord, KeyStore, Mutation, StoreError};
+use crate::keys::store::{Applied, AuditEvent, Change, KeyStore, Mutation, StoreError};
 
 /// Most mutations committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Queue depth of each queue.
 const QUEUE: usize = 4096;
+/// Longest a queued audit entry waits for a commit.
+pub const AUDIT_FLUSH: Duration = Duration::from_millis(200);
+/// Queued audit entries that make the writer commit them at once.
+const AUDIT_QUEUE: usize = 4096;
 
-type Written = Result<KeyRecord, StoreError>;
+type Written = Result<Applied, StoreError>;
 type ReadWork = Box<dyn FnOnce(&mut dyn KeyStore, &MasterKey) + Send>;
 
 struct WriteJob {
-    mutation: Mutation,
+    change: Change,
     reply: oneshot::Sender<Written>,
     _slot: OwnedSemaphorePermit,
 }
@@ -49,6 +60,8 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Mutations applied (each in some commit).
     pub mutations: AtomicU64,
+    /// Audit entries appended.
+    pub audited: AtomicU64,
 }
 
 /// Handle to the store threads; cheap to clone. The threads end when the last handle is
@@ -59,6 +72,7 @@ pub struct StoreService {
     write_slots: Arc<Semaphore>,
     read_tx: Sender<ReadJob>,
     read_slots: Arc<Semaphore>,
+    queued: Arc<Mutex<Vec<AuditEvent>>>,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
@@ -98,21 +112,45 @@ impl StoreService {
         let (write_tx, write_rx) = crossbeam_channel::bounded::<WriteJob>(QUEUE);
         let stats = Arc::new(StoreStats::default());
         let s = stats.clone();
+        let queued = Arc::new(Mutex::new(Vec::new()));
+        let q = queued.clone();
         std::thread::Builder::new()
             .name("hsm-store-w".into())
-            .spawn(move || write_loop(store, &master, &write_rx, &s))
+            .spawn(move || write_loop(store, &master, &write_rx, &q, &s))
             .map_err(spawn_err)?;
         Ok(StoreService {
             write_tx,
             write_slots: Arc::new(Semaphore::new(QUEUE)),
             read_tx,
             read_slots: Arc::new(Semaphore::new(QUEUE)),
+            queued,
             stats,
         })
     }
 
-    /// Applies one mutation; answers once it is durable (or refused).
-    pub async fn write(&self, mutation: Mutation) -> Written {
+    /// Queues an audit entry for the next commit (never waits, never fails the request).
+    /// When the queue is full the writer is asked to commit it at once.
+    pub fn audit_later(&self, e: AuditEvent) {
+        let full = {
+            let mut q = self.queued.lock();
+            q.push(e);
+            q.len() >= AUDIT_QUEUE
+        };
+        if full && let Ok(slot) = self.write_slots.clone().try_acquire_owned() {
+            let (reply, _) = oneshot::channel();
+            let _ = self.write_tx.try_send(WriteJob {
+                change: Change {
+                    mutation: Mutation::Record,
+                    audit: None,
+                },
+                reply,
+                _slot: slot,
+            });
+        }
+    }
+
+    /// Applies one change with its audit entry; answers once both are durable (or refused).
+    pub async fn write(&self, change: Change) -> Written {
         let slot = self
             .write_slots
             .clone()
@@ -123,7 +161,7 @@ impl StoreService {
         // Permits equal channel slots, so with a permit in hand try_send cannot be Full.
         self.write_tx
             .try_send(WriteJob {
-                mutation,
+                change,
                 reply,
                 _slot: slot,
             })
@@ -160,10 +198,26 @@ fn write_loop(
     mut store: Box<dyn KeyStore>,
     master: &MasterKey,
     rx: &Receiver<WriteJob>,
+    queued: &Mutex<Vec<AuditEvent>>,
     stats: &StoreStats,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
+    loop {
+        let mut jobs = match rx.recv_timeout(AUDIT_FLUSH) {
+            Ok(first) => vec![first],
+            Err(RecvTimeoutError::Timeout) if queued.lock().is_empty() => continue,
+            Err(RecvTimeoutError::Timeout) => Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => {
+                // The last handle is gone: commit what is still queued, then stop.
+                let denials = std::mem::take(&mut *queued.lock());
+                if !denials.is_empty() {
+                    let n = denials.len() as u64;
+                    if store.commit(master, Vec::new(), denials).is_ok() {
+                        stats.audited.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
+        };
         // Everything that queued while the previous commit was syncing joins this one.
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -171,23 +225,29 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let (mutations, replies): (Vec<_>, Vec<_>) = jobs
+        let (changes, replies): (Vec<_>, Vec<_>) = jobs
             .into_iter()
-            .map(|j| (j.mutation, (j.reply, j._slot)))
+            .map(|j| (j.change, (j.reply, j._slot)))
             .unzip();
-        let n = mutations.len();
-        let outcome = catch_unwind(AssertUnwindSafe(|| store.commit(master, mutations)))
+        let n = changes.len();
+        let audited = changes.iter().filter(|c| c.audit.is_some()).count();
+        let denials = std::mem::take(&mut *queued.lock());
+        let d = denials.len();
+        let outcome = catch_unwind(AssertUnwindSafe(|| store.commit(master, changes, denials)))
             .unwrap_or_else(|_| Err(StoreError::Backend("store commit panicked".into())));
         match outcome {
             Ok(results) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.mutations.fetch_add(n as u64, Ordering::Relaxed);
+                stats
+                    .audited
+                    .fetch_add((audited + d) as u64, Ordering::Relaxed);
                 for ((reply, _slot), r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, mutations = n, "key store commit failed; nothing in this batch was changed");
+                tracing::error!(error = %e, mutations = n, audit_entries = d, "key store commit failed; nothing in this batch was changed (its queued audit entries are lost)");
                 for (reply, _slot) in replies {
                     let _ = reply.send(Err(e.clone()));
                 }

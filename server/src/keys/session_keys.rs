@@ -69,6 +69,7 @@ impl SessionKeys {
         let id = match key {
             KeyRef::Id(id) => *id,
             KeyRef::Label(l) => *c.by_label.get(l)?,
+            KeyRef::OwnerId(..) | KeyRef::OwnerLabel(..) => return None,
         };
         c.by_id.get(&id).map(|(_, h)| h.clone())
     }
@@ -124,6 +125,7 @@ impl SessionKeys {
         let id = match key {
             KeyRef::Id(id) => *id,
             KeyRef::Label(l) => *c.by_label.get(l)?,
+            KeyRef::OwnerId(..) | KeyRef::OwnerLabel(..) => return None,
         };
         let (_, h) = c.by_id.remove(&id)?;
         c.by_label.remove(&h.info.label);

@@ -106,6 +106,8 @@ pub struct Session {
     state: State,
     // What the transport proved (see crate::auth).
     credential: Credential,
+    // The client name a hello claimed (before it is proven), for the audit log.
+    claimed: Option<String>,
     out: mpsc::Sender<Outbound>,
     // Requests of this session running detached (waiting for the store or a worker). The
     // session and its request futures share one arbiter thread, so a plain Rc counts them.
@@ -255,6 +257,9 @@ impl Handler<Inbound> for Session {
                 return self.close(ctx);
             }
             State::Handshake(hs) => {
+                if let Request::Hello(h) = &request {
+                    self.claimed = Some(h.client.chars().take(64).collect());
+                }
                 let conn = Connection {
                     auth: &self.shared.auth,
                     credential: &self.credential,
@@ -269,10 +274,19 @@ impl Handler<Inbound> for Session {
                         let caller = Caller {
                             client,
                             session: self.id,
+                            transport: self.credential.transport(),
                         };
                         self.open(caller, opcode, rid, ticket, ctx)
                     }
                     Err(e) => {
+                        if matches!(e.status, Status::AuthFailed | Status::PeerNotAllowed) {
+                            self.shared.km.deny_login(
+                                self.claimed.as_deref().unwrap_or(""),
+                                self.id,
+                                self.credential.transport(),
+                                e.status,
+                            );
+                        }
                         self.reply(opcode, rid, Err(e), Some(ticket));
                         self.close(ctx);
                     }
@@ -384,6 +398,7 @@ where
         shared: shared.clone(),
         state: State::Handshake(ServerHandshake::new(id)),
         credential,
+        claimed: None,
         out: out_tx.clone(),
         detached: std::rc::Rc::default(),
         stop_reader: Some(stop_tx),

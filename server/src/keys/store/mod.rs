@@ -26,44 +26,7 @@ use crate::keys::seal::{Kdf, MasterKey};
 /// collide.
 pub const SESSION_ID_BASE: u32 = 1 << 31;
 
-/// Where a key came from; recorded so a relying party can tell a key that never left the
-/// HSM from one that came in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Origin {
-    /// Generated inside hsmd.
-    Generated,
-    /// Derived inside hsmd from another key.
-    Derived,
-    /// Imported from outside.
-    Imported,
-    /// Unwrapped from a wrapped blob.
-    Unwrapped,
-}
-
-impl Origin {
-    /// Every origin.
-    pub const ALL: [Origin; 4] = [
-        Origin::Generated,
-        Origin::Derived,
-        Origin::Imported,
-        Origin::Unwrapped,
-    ];
-
-    /// The stored and displayed name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Origin::Generated => "generated",
-            Origin::Derived => "derived",
-            Origin::Imported => "imported",
-            Origin::Unwrapped => "unwrapped",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn from_name(s: &str) -> Option<Origin> {
-        Origin::ALL.into_iter().find(|o| o.name() == s)
-    }
-}
+pub use ferrohsm_proto::Origin;
 
 /// The server-side record of a persistent key (no material).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +47,30 @@ pub struct KeyRecord {
     pub origin: Origin,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
-    /// Record version (1 today; key versions arrive with rotation).
+    /// The current version (1 until the key is rotated). Each version's material is sealed
+    /// to this record with `version` set to that version's number.
     pub version: u32,
+}
+
+impl KeyRecord {
+    /// The record as version `v`'s material is sealed to.
+    pub fn at_version(&self, v: u32) -> KeyRecord {
+        KeyRecord {
+            version: v,
+            ..self.clone()
+        }
+    }
+}
+
+/// One version of a key's material, as stored.
+#[derive(Debug, Clone)]
+pub struct SealedVersion {
+    /// Version number.
+    pub version: u32,
+    /// When it was made (seconds since the Unix epoch).
+    pub created: u64,
+    /// Nonce, ciphertext and tag; `None` once retired (the material is deleted).
+    pub sealed: Option<Vec<u8>>,
 }
 
 /// A record and its sealed material, as read back.
@@ -93,19 +78,99 @@ pub struct KeyRecord {
 pub struct Sealed {
     /// The record.
     pub record: KeyRecord,
-    /// Nonce, ciphertext and tag.
-    pub sealed: Vec<u8>,
+    /// Every version, oldest first; the last is the current one and always has material.
+    pub versions: Vec<SealedVersion>,
+}
+
+impl Sealed {
+    /// The current version's sealed material.
+    pub fn current(&self) -> &[u8] {
+        self.versions
+            .last()
+            .and_then(|v| v.sealed.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// A grant: `grantee` may use `owner`'s key `id` for `ops`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// Owner of the key.
+    pub owner: Arc<str>,
+    /// The key's id.
+    pub id: u32,
+    /// The client it is granted to.
+    pub grantee: Arc<str>,
+    /// Operations granted.
+    pub ops: UsageSet,
+    /// When it was granted.
+    pub created: u64,
+}
+
+/// One audit entry before it is chained: who did what to which key, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Client (the proven name; for a failed login, the name it claimed, escaped).
+    pub client: String,
+    /// Session id (0 when there is none).
+    pub session: u64,
+    /// tcp, tls, tls-psk, shm.
+    pub transport: &'static str,
+    /// The hsmctl command name (keygen, grant, counter-inc, login, ...).
+    pub op: &'static str,
+    /// `owner:id` (or the reference as given, when it did not resolve; empty when none).
+    pub key: String,
+    /// What else identifies the change (a grantee and operations, a version), never a secret.
+    pub detail: String,
+    /// `ok`, or the status name of the failure.
+    pub status: String,
+}
+
+/// What a committed mutation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The key's record (create, delete, rotate, retire).
+    Key(KeyRecord),
+    /// A counter's new value.
+    Counter(u64),
+    /// Nothing to return (grant, revoke, record).
+    Done,
+}
+
+impl Applied {
+    /// The record, for mutations that answer one.
+    pub fn record(self) -> Result<KeyRecord, StoreError> {
+        match self {
+            Applied::Key(r) => Ok(r),
+            _ => Err(StoreError::Backend(
+                "the store answered the wrong kind".into(),
+            )),
+        }
+    }
+}
+
+/// A mutation and its audit entry, appended in the same transaction (its status filled in
+/// from the mutation's result).
+#[derive(Debug)]
+pub struct Change {
+    /// The change.
+    pub mutation: Mutation,
+    /// Its audit entry.
+    pub audit: Option<AuditEvent>,
 }
 
 /// One change, applied inside a batch.
 pub enum Mutation {
-    /// Create a key: the store assigns `record.id`, seals `secret` under the master key, and
-    /// refuses a label already in use.
+    /// Create a key: the store assigns `record.id`, seals each version's secret under the
+    /// master key, and refuses a label already in use.
     Create {
-        /// The record (its `id` is ignored).
+        /// The record (its `id` is ignored; its `version` is the number of versions).
         record: KeyRecord,
-        /// Secret bytes to seal.
-        secret: Zeroizing<Vec<u8>>,
+        /// Every version oldest first, with its creation time and secret bytes to seal
+        /// (`None`: retired, no material); the last is current and has material.
+        versions: Vec<(u64, Option<Zeroizing<Vec<u8>>>)>,
     },
     /// Delete a key, after checking that its record still opens (a damaged record is never
     /// dropped, not even by its apparent owner).
@@ -115,6 +180,52 @@ pub enum Mutation {
         /// Key.
         key: KeyRef,
     },
+    /// Add a version to a key (after checking its record opens) and make it current.
+    Rotate {
+        /// Owner.
+        owner: Arc<str>,
+        /// Key id.
+        id: u32,
+        /// The new version's secret bytes.
+        secret: Zeroizing<Vec<u8>>,
+    },
+    /// Delete the material of every version below `below` (the current one is never retired).
+    Retire {
+        /// Owner.
+        owner: Arc<str>,
+        /// Key id.
+        id: u32,
+        /// Lowest version kept.
+        below: u32,
+    },
+    /// Grant (or replace the grant of) a key to another client.
+    Grant(GrantRecord),
+    /// Withdraw a grant.
+    Revoke {
+        /// Owner.
+        owner: Arc<str>,
+        /// Key id.
+        id: u32,
+        /// Whose grant ends.
+        grantee: Arc<str>,
+    },
+    /// Create a counter at 0.
+    CounterCreate {
+        /// Owner.
+        owner: Arc<str>,
+        /// Name.
+        name: Label,
+    },
+    /// Increment a counter; refused at u64::MAX.
+    CounterInc {
+        /// Owner.
+        owner: Arc<str>,
+        /// Name.
+        name: Label,
+    },
+    /// No change: only the audit entry (export and wrap are recorded durably before the
+    /// key or blob is returned).
+    Record,
 }
 
 impl std::fmt::Debug for Mutation {
@@ -129,6 +240,35 @@ impl std::fmt::Debug for Mutation {
                 .field("owner", owner)
                 .field("key", key)
                 .finish(),
+            Mutation::Rotate { owner, id, .. } => f
+                .debug_struct("Rotate")
+                .field("owner", owner)
+                .field("id", id)
+                .finish_non_exhaustive(),
+            Mutation::Retire { owner, id, below } => f
+                .debug_struct("Retire")
+                .field("owner", owner)
+                .field("id", id)
+                .field("below", below)
+                .finish(),
+            Mutation::Grant(g) => f.debug_tuple("Grant").field(g).finish(),
+            Mutation::Revoke { owner, id, grantee } => f
+                .debug_struct("Revoke")
+                .field("owner", owner)
+                .field("id", id)
+                .field("grantee", grantee)
+                .finish(),
+            Mutation::CounterCreate { owner, name } => f
+                .debug_struct("CounterCreate")
+                .field("owner", owner)
+                .field("name", name)
+                .finish(),
+            Mutation::CounterInc { owner, name } => f
+                .debug_struct("CounterInc")
+                .field("owner", owner)
+                .field("name", name)
+                .finish(),
+            Mutation::Record => f.write_str("Record"),
         }
     }
 }
@@ -156,6 +296,21 @@ pub enum StoreError {
         /// What failed (never secret).
         reason: String,
     },
+    /// No such grant.
+    #[error("key {0} is not granted to {1}")]
+    NoGrant(String, String),
+    /// A counter of that name already exists.
+    #[error("a counter named {0} already exists")]
+    CounterExists(Label),
+    /// No counter of that name.
+    #[error("no counter {0}")]
+    NoCounter(Label),
+    /// The counter is at u64::MAX.
+    #[error("counter {0} is at its maximum (18446744073709551615) and never wraps")]
+    CounterOverflow(Label),
+    /// The request does not fit the key (rotate a signing key, retire the current version).
+    #[error("{0}")]
+    Invalid(String),
     /// The database failed (I/O, disk full, locked, corrupt page).
     #[error("key store failure: {0}")]
     Backend(String),
@@ -173,16 +328,46 @@ pub struct MasterRecord {
     pub wrapped: Vec<u8>,
 }
 
+impl StoreError {
+    /// The wire status this error answers with.
+    pub fn status(&self) -> ferrohsm_proto::Status {
+        use ferrohsm_proto::Status;
+        match self {
+            StoreError::LabelInUse(_) | StoreError::CounterExists(_) => Status::LabelInUse,
+            StoreError::NotFound(_) | StoreError::NoGrant(..) => Status::KeyNotFound,
+            StoreError::NoCounter(_) => Status::CounterNotFound,
+            StoreError::CounterOverflow(_) => Status::CounterOverflow,
+            StoreError::Invalid(_) => Status::InvalidArgument,
+            StoreError::IdsExhausted => Status::Busy,
+            StoreError::Integrity { .. } => Status::KeyStoreIntegrity,
+            StoreError::Backend(_) | StoreError::Open(_) => Status::StoreFailed,
+        }
+    }
+}
+
 /// A durable key store backend. Methods take `&mut self`: each store thread owns its own
 /// handle (see [`KeyStore::reader`]).
 pub trait KeyStore: Send {
-    /// Applies `batch` in one durable transaction. The outer error means nothing was
-    /// committed; otherwise each mutation has its own result and every `Ok` is durable.
+    /// Applies `batch` in one durable transaction, with each change's audit entry and then
+    /// the queued `denials` appended to the audit chain in the same transaction. The outer
+    /// error means nothing was committed; otherwise each change has its own result and every
+    /// `Ok` is durable.
     fn commit(
         &mut self,
         master: &MasterKey,
-        batch: Vec<Mutation>,
-    ) -> Result<Vec<Result<KeyRecord, StoreError>>, StoreError>;
+        batch: Vec<Change>,
+        denials: Vec<AuditEvent>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError>;
+    /// Every grant (loaded once at start; the manager keeps them in memory), each checked
+    /// against its tag.
+    fn grants(&mut self, master: &MasterKey) -> Result<Vec<GrantRecord>, StoreError>;
+    /// A counter's value (its tag checked).
+    fn counter(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        name: &Label,
+    ) -> Result<Option<u64>, StoreError>;
     /// One key of `owner`, by id or label.
     fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError>;
     /// Whether `owner` has a key labelled `label`.

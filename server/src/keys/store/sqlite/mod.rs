@@ -3,11 +3,17 @@
 //! version in `PRAGMA user_version` with a migration list, and `STRICT` tables.
 //!
 //! ```text
-//!  meta(name PK, value)             kdf, argon2 parameters and salt, wrapped master key
+//!  meta(name PK, value)             kdf, argon2 parameters and salt, wrapped master key;
+//!                                   audit key (sealed), its public half, the signed head
 //!  owners(owner PK, next_id)        per-client id high-water mark: ids are never reused
-//!  keys(owner, id, label, key_type, usage, exportable, origin, created, version, sealed)
+//!  keys(owner, id, label, key_type, usage, exportable, origin, created, version)
 //!       PRIMARY KEY (owner, id)     WITHOUT ROWID: rows clustered by owner, lookup by id
 //!       UNIQUE (owner, label)       lookup by label, and label uniqueness in the store itself
+//!       version                     the current version
+//!  key_versions(owner, id, version, created, sealed)   sealed: NULL once retired
+//!  grants(owner, id, grantee, ops, created, tag)        tag: under the master key
+//!  counters(owner, name, value, created, tag)           tag: under the master key
+//!  audit(seq PK, time, client, session, transport, op, key, detail, status, prev_hash, hash)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,14 +22,18 @@ use std::time::Duration;
 use ferrohsm_proto::{KeyRef, Label};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{KeyRecord, KeyStore, MasterRecord, Mutation, SESSION_ID_BASE, Sealed, StoreError};
+use super::{Applied, AuditEvent, Change, GrantRecord, KeyStore, MasterRecord, Sealed, StoreError};
+use crate::keys::audit::{AuditRow, SignedHead};
 use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
-use row::{COLUMNS, RawRow, raw_row, select_one};
+use row::{COLUMNS, raw_row, select_one};
 
+mod apply;
+mod audit;
 mod row;
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` i to i + 1.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
 CREATE TABLE owners (owner TEXT PRIMARY KEY, next_id INTEGER NOT NULL) STRICT;
 CREATE TABLE keys (
@@ -40,7 +50,51 @@ CREATE TABLE keys (
     PRIMARY KEY (owner, id)
 ) STRICT, WITHOUT ROWID;
 CREATE UNIQUE INDEX keys_by_label ON keys (owner, label);
-"];
+",
+    "
+CREATE TABLE key_versions (
+    owner TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    sealed BLOB,
+    PRIMARY KEY (owner, id, version)
+) STRICT, WITHOUT ROWID;
+INSERT INTO key_versions (owner, id, version, created, sealed)
+    SELECT owner, id, 1, created, sealed FROM keys;
+ALTER TABLE keys DROP COLUMN sealed;
+CREATE TABLE grants (
+    owner TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    grantee TEXT NOT NULL,
+    ops INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    tag BLOB NOT NULL,
+    PRIMARY KEY (owner, id, grantee)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE counters (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    tag BLOB NOT NULL,
+    PRIMARY KEY (owner, name)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    client TEXT NOT NULL,
+    session INTEGER NOT NULL,
+    transport TEXT NOT NULL,
+    op TEXT NOT NULL,
+    key TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    status TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+",
+];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -49,10 +103,19 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The audit log, the signed head and the audit public key, as one snapshot read them.
+pub type AuditSnapshot = (
+    Vec<AuditRow>,
+    Option<SignedHead>,
+    Option<ed25519_dalek::VerifyingKey>,
+);
+
 /// A connection to `keys.db`.
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    // The audit signing key, once unsealed (the writer signs the head at every commit).
+    audit_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -123,6 +186,7 @@ impl SqliteStore {
         let mut s = SqliteStore {
             conn,
             path: path.to_path_buf(),
+            audit_key: None,
         };
         s.replace_master_record(master)?;
         Ok(s)
@@ -176,7 +240,65 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
+            audit_key: None,
         })
+    }
+
+    /// The audit key's public half, creating the audit key (sealed under `master`) if this
+    /// store has none yet.
+    pub fn ensure_audit_key(
+        &mut self,
+        master: &MasterKey,
+    ) -> Result<ed25519_dalek::VerifyingKey, StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        let key = audit::signing_key(&tx, master)?;
+        tx.commit().map_err(backend)?;
+        let public = key.verifying_key();
+        self.audit_key = Some(key);
+        Ok(public)
+    }
+
+    /// The audit log from `since`, the signed head and the audit public key, read in one
+    /// snapshot (consistent while hsmd appends).
+    pub fn audit_snapshot(&mut self, since: u64) -> Result<AuditSnapshot, StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        let rows = audit::rows(&tx, since)?;
+        let head = audit::head(&tx)?;
+        let public = audit::public_key(&tx)?;
+        tx.finish().map_err(backend)?;
+        Ok((rows, head, public))
+    }
+
+    /// The signed head, signed now by the audit key (for a checkpoint).
+    pub fn sign_head(&mut self, master: &MasterKey) -> Result<SignedHead, StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        let last = audit::last(&tx)?;
+        let key = audit::signing_key(&tx, master)?;
+        tx.finish().map_err(backend)?;
+        Ok(SignedHead::sign(&key, last.0, last.1))
+    }
+
+    /// Writes a consistent snapshot of the whole store to `out` (which must not exist), while
+    /// other connections may be writing: SQLite's `VACUUM INTO` reads one snapshot.
+    pub fn backup_to(&mut self, out: &Path) -> Result<(), StoreError> {
+        let out_str = out.to_str().ok_or_else(|| {
+            StoreError::Open(format!("backup path {} is not UTF-8", out.display()))
+        })?;
+        self.conn
+            .execute("VACUUM INTO ?1", [out_str])
+            .map_err(|e| StoreError::Backend(format!("backup to {}: {e}", out.display())))?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn set_counter(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        name: &Label,
+        value: u64,
+    ) -> Result<(), StoreError> {
+        apply::set_counter_for_test(&self.conn, master, owner, name, value)
     }
 }
 
@@ -194,106 +316,112 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<(), StoreError> {
     tx.commit().map_err(backend)
 }
 
-/// One mutation inside the batch transaction.
-fn apply(tx: &Connection, master: &MasterKey, m: Mutation) -> Result<KeyRecord, StoreError> {
-    match m {
-        Mutation::Create { mut record, secret } => {
-            let owner: &str = &record.owner;
-            let taken: Option<i64> = tx
-                .prepare_cached("SELECT id FROM keys WHERE owner = ?1 AND label = ?2")
-                .and_then(|mut st| {
-                    st.query_row(params![owner, record.label.as_str()], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(backend)?;
-            if taken.is_some() {
-                return Err(StoreError::LabelInUse(record.label.clone()));
-            }
-            tx.prepare_cached(
-                "INSERT INTO owners (owner, next_id) VALUES (?1, 1) ON CONFLICT (owner) DO NOTHING",
-            )
-            .and_then(|mut st| st.execute(params![owner]))
-            .map_err(backend)?;
-            let id: i64 = tx
-                .prepare_cached(
-                    "UPDATE owners SET next_id = next_id + 1 WHERE owner = ?1 RETURNING next_id - 1",
-                )
-                .and_then(|mut st| st.query_row(params![owner], |r| r.get(0)))
-                .map_err(backend)?;
-            record.id = u32::try_from(id)
-                .ok()
-                .filter(|id| *id < SESSION_ID_BASE)
-                .ok_or(StoreError::IdsExhausted)?;
-            let sealed = master
-                .seal_record(&record, &secret)
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            tx.prepare_cached(&format!(
-                "INSERT INTO keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-            ))
-            .and_then(|mut st| {
-                st.execute(params![
-                    owner,
-                    record.id,
-                    record.label.as_str(),
-                    record.key_type.name(),
-                    u16::from(record.usage),
-                    record.exportable,
-                    record.origin.name(),
-                    i64::try_from(record.created).unwrap_or(i64::MAX),
-                    record.version,
-                    sealed,
-                ])
-            })
-            .map_err(backend)?;
-            Ok(record)
-        }
-        Mutation::Delete { owner, key } => {
-            let row = select_one(tx, &owner, &key)?
-                .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-            let s = row.parse()?;
-            // A record that does not open is refused, even to its apparent owner: deleting
-            // it would silently drop evidence of damage (or another client's moved key).
-            master
-                .open_record(&s.record, &s.sealed)
-                .map_err(|e| StoreError::Integrity {
-                    owner: s.record.owner.to_string(),
-                    id: s.record.id,
-                    reason: e.to_string(),
-                })?;
-            tx.prepare_cached("DELETE FROM keys WHERE owner = ?1 AND id = ?2")
-                .and_then(|mut st| st.execute(params![&*owner, s.record.id]))
-                .map_err(backend)?;
-            Ok(s.record)
-        }
-    }
-}
-
 impl KeyStore for SqliteStore {
     fn commit(
         &mut self,
         master: &MasterKey,
-        batch: Vec<Mutation>,
-    ) -> Result<Vec<Result<KeyRecord, StoreError>>, StoreError> {
+        batch: Vec<Change>,
+        denials: Vec<AuditEvent>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         let mut tx = self.conn.transaction().map_err(backend)?;
+        let key = match self.audit_key.take() {
+            Some(k) => k,
+            None => audit::signing_key(&tx, master)?,
+        };
+        let mut head = audit::last(&tx)?;
+        let start = head.0;
         let mut results = Vec::with_capacity(batch.len());
-        for m in batch {
+        for Change { mutation, audit } in batch {
             // A savepoint per mutation: one that fails leaves no trace and does not affect
-            // the others in the batch.
+            // the others in the batch; its audit entry records the failure.
             let sp = tx.savepoint().map_err(backend)?;
-            let r = apply(&sp, master, m);
+            let r = apply::apply(&sp, master, mutation);
             if r.is_ok() {
                 sp.commit().map_err(backend)?;
+            } else {
+                drop(sp);
+            }
+            if let Some(mut e) = audit {
+                e.status = match &r {
+                    Ok(_) => "ok".into(),
+                    Err(err) => err.status().name().into(),
+                };
+                if let Ok(Applied::Key(rec)) = &r {
+                    e.key = format!("{}:{}", rec.owner, rec.id);
+                }
+                audit::append(&tx, &mut head, &e)?;
             }
             results.push(r);
         }
+        for e in &denials {
+            audit::append(&tx, &mut head, e)?;
+        }
+        if head.0 != start {
+            audit::put_head(&tx, &SignedHead::sign(&key, head.0, head.1))?;
+        }
         // synchronous=FULL: this returns once the WAL is on disk. One fsync for the batch.
-        tx.commit().map_err(backend)?;
+        let done = tx.commit().map_err(backend);
+        self.audit_key = Some(key);
+        done?;
         Ok(results)
+    }
+
+    fn grants(&mut self, master: &MasterKey) -> Result<Vec<GrantRecord>, StoreError> {
+        let rows: Vec<(String, i64, String, i64, i64, Vec<u8>)> = self
+            .conn
+            .prepare("SELECT owner, id, grantee, ops, created, tag FROM grants")
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (owner, id, grantee, ops, created, tag) in rows {
+            let g = (|| {
+                Some(GrantRecord {
+                    owner: owner.as_str().into(),
+                    id: u32::try_from(id).ok()?,
+                    grantee: grantee.as_str().into(),
+                    ops: u16::try_from(ops)
+                        .ok()
+                        .and_then(|o| ferrohsm_proto::UsageSet::try_from(o).ok())?,
+                    created: u64::try_from(created).ok()?,
+                })
+            })();
+            let valid = g.filter(|g| master.open_with(apply::grant_aad(g).bytes(), &tag).is_ok());
+            match valid {
+                Some(g) => out.push(g),
+                // A grant that does not authenticate is never honoured; the alarm names it.
+                None => tracing::error!(
+                    client = %owner, id, grantee = %grantee,
+                    "ALARM: a grant row failed its integrity check; it is ignored"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    fn counter(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        name: &Label,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(apply::read_counter(&self.conn, master, owner, name)?.map(|(v, _)| v))
     }
 
     fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError> {
         select_one(&self.conn, owner, key)?
-            .map(RawRow::parse)
+            .map(|r| r.load(&self.conn))
             .transpose()
     }
 
@@ -316,7 +444,7 @@ impl KeyStore for SqliteStore {
             })
             .map_err(backend)?;
         // A damaged row is reported as such, not hidden: the caller raises the alarm.
-        Ok(raw.into_iter().map(RawRow::parse).collect())
+        Ok(raw.into_iter().map(|r| r.load(&self.conn)).collect())
     }
 
     fn master_record(&mut self) -> Result<MasterRecord, StoreError> {
@@ -408,6 +536,7 @@ impl KeyStore for SqliteStore {
         Ok(Box::new(SqliteStore {
             conn,
             path: self.path.clone(),
+            audit_key: None,
         }))
     }
 }
@@ -416,7 +545,7 @@ impl KeyStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::keys::seal::{KeyFileSecret, Unlock};
-    use crate::keys::store::Origin;
+    use crate::keys::store::{KeyRecord, Mutation, Origin};
     use ferrohsm_proto::KeyType;
     use zeroize::Zeroizing;
 
@@ -434,10 +563,45 @@ mod tests {
         }
     }
 
-    fn create(owner: &str, label: &str) -> Mutation {
-        Mutation::Create {
+    fn change(mutation: Mutation) -> Change {
+        Change {
+            mutation,
+            audit: Some(AuditEvent {
+                time_ms: 5,
+                client: "alice".into(),
+                session: 1,
+                transport: "tcp",
+                op: "keygen",
+                key: String::new(),
+                detail: String::new(),
+                status: String::new(),
+            }),
+        }
+    }
+
+    fn create(owner: &str, label: &str) -> Change {
+        change(Mutation::Create {
             record: record(owner, label),
-            secret: Zeroizing::new(vec![9; 32]),
+            versions: vec![(1, Some(Zeroizing::new(vec![9; 32])))],
+        })
+    }
+
+    fn new_store(dir: &Path) -> (SqliteStore, MasterKey, MasterRecord) {
+        let master = MasterKey::generate().unwrap();
+        let unlock = Unlock::KeyFile(KeyFileSecret::generate().unwrap());
+        let rec = MasterRecord {
+            kdf: Kdf::KeyFile,
+            wrapped: master.wrap(&Kdf::KeyFile, &unlock).unwrap(),
+        };
+        let mut s = SqliteStore::create(&dir.join("keys.db"), &rec).unwrap();
+        s.ensure_audit_key(&master).unwrap();
+        (s, master, rec)
+    }
+
+    fn id(r: &Result<Applied, StoreError>) -> u32 {
+        match r {
+            Ok(Applied::Key(k)) => k.id,
+            other => panic!("not a key: {other:?}"),
         }
     }
 
@@ -445,13 +609,7 @@ mod tests {
     fn ids_labels_batches_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
-        let master = MasterKey::generate().unwrap();
-        let unlock = Unlock::KeyFile(KeyFileSecret::generate().unwrap());
-        let rec = MasterRecord {
-            kdf: Kdf::KeyFile,
-            wrapped: master.wrap(&Kdf::KeyFile, &unlock).unwrap(),
-        };
-        let mut s = SqliteStore::create(&path, &rec).unwrap();
+        let (mut s, master, rec) = new_store(dir.path());
         let r = s
             .commit(
                 &master,
@@ -460,28 +618,31 @@ mod tests {
                     create("alice", "a"),
                     create("bob", "a"),
                 ],
+                vec![],
             )
             .unwrap();
-        assert_eq!(r[0].as_ref().unwrap().id, 1);
+        assert_eq!(id(&r[0]), 1);
         assert_eq!(
             r[1].as_ref().unwrap_err(),
             &StoreError::LabelInUse("a".parse().unwrap())
         );
-        assert_eq!(r[2].as_ref().unwrap().id, 1, "ids are per owner");
-        let del = Mutation::Delete {
+        assert_eq!(id(&r[2]), 1, "ids are per owner");
+        let del = change(Mutation::Delete {
             owner: "alice".into(),
             key: KeyRef::Id(1),
-        };
-        assert!(s.commit(&master, vec![del]).unwrap()[0].is_ok());
-        let r = s.commit(&master, vec![create("alice", "a")]).unwrap();
-        assert_eq!(r[0].as_ref().unwrap().id, 2, "a deleted id is never reused");
+        });
+        assert!(s.commit(&master, vec![del], vec![]).unwrap()[0].is_ok());
+        let r = s
+            .commit(&master, vec![create("alice", "a")], vec![])
+            .unwrap();
+        assert_eq!(id(&r[0]), 2, "a deleted id is never reused");
         drop(s);
         let mut s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.master_record().unwrap(), rec);
         let found = s.find("alice", &"a".parse().unwrap()).unwrap().unwrap();
         assert_eq!(found.record.id, 2);
         assert_eq!(
-            &**master.open_record(&found.record, &found.sealed).unwrap(),
+            &**master.open_record(&found.record, found.current()).unwrap(),
             &[9; 32]
         );
         assert!(s.find("carol", &KeyRef::Id(2)).unwrap().is_none());
@@ -490,9 +651,147 @@ mod tests {
         assert!(s.list("alice").unwrap()[0].is_ok());
         let mut rd = s.reader().unwrap();
         assert_eq!(rd.list("bob").unwrap().len(), 1);
-        let r = rd.commit(&master, vec![create("bob", "z")]);
+        let r = rd.commit(&master, vec![create("bob", "z")], vec![]);
         assert!(r.is_err() || r.unwrap()[0].is_err(), "readers only read");
         assert!(!s.label_in_use("bob", &"z".parse().unwrap()).unwrap());
+        // Every change, failed ones too, is in the chain, and the chain verifies.
+        let (rows, head, public) = s.audit_snapshot(1).unwrap();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(rows[1].status, "label_in_use");
+        assert_eq!(rows[0].key, "alice:1");
+        crate::keys::audit::verify(rows, head.as_ref(), &public.unwrap(), None).unwrap();
+    }
+
+    #[test]
+    fn versions_counters_and_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, master, _) = new_store(dir.path());
+        s.commit(&master, vec![create("alice", "m")], vec![])
+            .unwrap();
+        let rotate = change(Mutation::Rotate {
+            owner: "alice".into(),
+            id: 1,
+            secret: Zeroizing::new(vec![8; 32]),
+        });
+        let r = s.commit(&master, vec![rotate], vec![]).unwrap();
+        assert!(matches!(&r[0], Ok(Applied::Key(k)) if k.version == 2));
+        let found = s.find("alice", &KeyRef::Id(1)).unwrap().unwrap();
+        assert_eq!(found.versions.len(), 2);
+        assert_eq!(
+            &**master
+                .open_record(
+                    &found.record.at_version(1),
+                    found.versions[0].sealed.as_ref().unwrap()
+                )
+                .unwrap(),
+            &[9; 32]
+        );
+        assert_eq!(
+            &**master.open_record(&found.record, found.current()).unwrap(),
+            &[8; 32]
+        );
+        for below in [1, 3] {
+            let bad = change(Mutation::Retire {
+                owner: "alice".into(),
+                id: 1,
+                below,
+            });
+            assert!(matches!(
+                s.commit(&master, vec![bad], vec![]).unwrap()[0],
+                Err(StoreError::Invalid(_))
+            ));
+        }
+        let retire = change(Mutation::Retire {
+            owner: "alice".into(),
+            id: 1,
+            below: 2,
+        });
+        assert!(s.commit(&master, vec![retire], vec![]).unwrap()[0].is_ok());
+        let found = s.find("alice", &KeyRef::Id(1)).unwrap().unwrap();
+        assert!(
+            found.versions[0].sealed.is_none(),
+            "retired material is deleted"
+        );
+
+        let name: Label = "c".parse().unwrap();
+        let cc = change(Mutation::CounterCreate {
+            owner: "alice".into(),
+            name: name.clone(),
+        });
+        let inc = || {
+            change(Mutation::CounterInc {
+                owner: "alice".into(),
+                name: name.clone(),
+            })
+        };
+        assert_eq!(
+            s.commit(&master, vec![cc], vec![]).unwrap()[0],
+            Ok(Applied::Counter(0))
+        );
+        let r = s.commit(&master, vec![inc(), inc()], vec![]).unwrap();
+        assert_eq!(r[1], Ok(Applied::Counter(2)));
+        s.set_counter(&master, "alice", &name, u64::MAX - 1)
+            .unwrap();
+        let r = s.commit(&master, vec![inc(), inc()], vec![]).unwrap();
+        assert_eq!(r[0], Ok(Applied::Counter(u64::MAX)));
+        assert_eq!(
+            r[1],
+            Err(StoreError::CounterOverflow(name.clone())),
+            "never wraps"
+        );
+        assert_eq!(s.counter(&master, "alice", &name).unwrap(), Some(u64::MAX));
+        // A counter edited in the file is refused.
+        s.conn.execute("UPDATE counters SET value = 5", []).unwrap();
+        assert!(matches!(
+            s.counter(&master, "alice", &name),
+            Err(StoreError::Integrity { .. })
+        ));
+
+        let g = GrantRecord {
+            owner: "alice".into(),
+            id: 1,
+            grantee: "bob".into(),
+            ops: ferrohsm_proto::UsageSet::of(&[ferrohsm_proto::Usage::Mac]),
+            created: 3,
+        };
+        s.commit(&master, vec![change(Mutation::Grant(g.clone()))], vec![])
+            .unwrap();
+        assert_eq!(s.grants(&master).unwrap(), vec![g]);
+        // A grant row edited (or inserted) in the file is never honoured.
+        s.conn
+            .execute("UPDATE grants SET grantee = 'carol'", [])
+            .unwrap();
+        assert!(s.grants(&master).unwrap().is_empty());
+        let (rows, head, public) = s.audit_snapshot(1).unwrap();
+        crate::keys::audit::verify(rows, head.as_ref(), &public.unwrap(), None).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_store_migrates_and_its_keys_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let master = MasterKey::generate().unwrap();
+        let rec = record("alice", "old");
+        let rec = KeyRecord { id: 1, ..rec };
+        let sealed = master.seal_record(&rec, &[7; 32]).unwrap();
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.execute(
+                &format!("INSERT INTO keys ({COLUMNS}, sealed) VALUES ('alice', 1, 'old', 'hmac-sha256', 16, 0, 'generated', 1, 1, ?1)"),
+                [&sealed],
+            )
+            .unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let found = s.find("alice", &KeyRef::Id(1)).unwrap().unwrap();
+        assert_eq!(
+            &**master.open_record(&found.record, found.current()).unwrap(),
+            &[7; 32]
+        );
     }
 
     #[test]

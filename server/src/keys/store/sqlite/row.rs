@@ -7,11 +7,11 @@ use ferrohsm_proto::{KeyRef, KeyType, Label, UsageSet};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::backend;
-use crate::keys::store::{KeyRecord, Origin, SESSION_ID_BASE, Sealed, StoreError};
+use crate::keys::store::{KeyRecord, Origin, SESSION_ID_BASE, Sealed, SealedVersion, StoreError};
 
 /// The key table's columns, in the order [`raw_row`] reads them.
 pub(super) const COLUMNS: &str =
-    "owner, id, label, key_type, usage, exportable, origin, created, version, sealed";
+    "owner, id, label, key_type, usage, exportable, origin, created, version";
 
 /// One key row of `owner`, by id or label.
 pub(super) fn select_one(
@@ -20,12 +20,12 @@ pub(super) fn select_one(
     key: &KeyRef,
 ) -> Result<Option<RawRow>, StoreError> {
     let row = match key {
-        KeyRef::Id(id) => conn
+        KeyRef::Id(id) | KeyRef::OwnerId(_, id) => conn
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id = ?2"
             ))
             .and_then(|mut st| st.query_row(params![owner, id], raw_row).optional()),
-        KeyRef::Label(l) => conn
+        KeyRef::Label(l) | KeyRef::OwnerLabel(_, l) => conn
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND label = ?2"
             ))
@@ -45,7 +45,36 @@ pub(super) struct RawRow {
     origin: String,
     created: i64,
     version: i64,
-    sealed: Vec<u8>,
+}
+
+/// One key version row, before validation.
+pub(super) struct RawVersion {
+    version: i64,
+    created: i64,
+    sealed: Option<Vec<u8>>,
+}
+
+/// The version rows of key `(owner, id)`, oldest first.
+pub(super) fn versions_of(
+    conn: &Connection,
+    owner: &str,
+    id: i64,
+) -> Result<Vec<RawVersion>, StoreError> {
+    conn.prepare_cached(
+        "SELECT version, created, sealed FROM key_versions WHERE owner = ?1 AND id = ?2 \
+         ORDER BY version",
+    )
+    .and_then(|mut st| {
+        st.query_map(params![owner, id], |r| {
+            Ok(RawVersion {
+                version: r.get(0)?,
+                created: r.get(1)?,
+                sealed: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(backend)
 }
 
 pub(super) fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
@@ -59,14 +88,20 @@ pub(super) fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
         origin: r.get(6)?,
         created: r.get(7)?,
         version: r.get(8)?,
-        sealed: r.get(9)?,
     })
 }
 
 impl RawRow {
+    /// Reads the row's versions and validates everything.
+    pub(super) fn load(self, conn: &Connection) -> Result<Sealed, StoreError> {
+        let versions = versions_of(conn, &self.owner, self.id)?;
+        self.parse(versions)
+    }
+
     /// Validates every field into a typed record; anything out of range is an integrity
-    /// failure of this one row.
-    pub(super) fn parse(self) -> Result<Sealed, StoreError> {
+    /// failure of this one row. The versions must be 1..=current, and the current one must
+    /// have its material.
+    pub(super) fn parse(self, versions: Vec<RawVersion>) -> Result<Sealed, StoreError> {
         let id = u32::try_from(self.id).unwrap_or(u32::MAX);
         let bad = |reason: String| StoreError::Integrity {
             owner: self.owner.clone(),
@@ -107,9 +142,34 @@ impl RawRow {
             version: u32::try_from(self.version)
                 .map_err(|_| bad("stored version is out of range".into()))?,
         };
+        let n = versions.len();
+        let mut out = Vec::with_capacity(n);
+        for (i, v) in versions.into_iter().enumerate() {
+            if v.version != i as i64 + 1 {
+                return Err(bad(format!(
+                    "key version {} is missing from the store",
+                    i + 1
+                )));
+            }
+            out.push(SealedVersion {
+                version: i as u32 + 1,
+                created: u64::try_from(v.created)
+                    .map_err(|_| bad("a version's creation time is negative".into()))?,
+                sealed: v.sealed,
+            });
+        }
+        if n as u64 != u64::from(record.version) {
+            return Err(bad(format!(
+                "the record's current version is {} but the store holds {n} versions",
+                record.version
+            )));
+        }
+        if out.last().is_none_or(|v| v.sealed.is_none()) {
+            return Err(bad("the current version has no material".into()));
+        }
         Ok(Sealed {
             record,
-            sealed: self.sealed,
+            versions: out,
         })
     }
 }

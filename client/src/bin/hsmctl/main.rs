@@ -4,9 +4,8 @@
 //! 3 connection, TLS or authentication failure.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use ferrohsm_client::profile::{Profile, Transport};
@@ -14,6 +13,13 @@ use ferrohsm_client::{Client, ClientError};
 use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{DigestAlg, KeyInfo, KeyRef, KeyType, Label, UsageSet, pem};
 use serde_json::json;
+
+mod files;
+mod lifecycle;
+mod show;
+
+use files::{file_to_file, read, two_files, write_out};
+use show::{hex, info_json, info_line};
 
 /// FerroHSM client.
 #[derive(Debug, Parser)]
@@ -33,7 +39,7 @@ struct Cli {
 }
 
 #[derive(Debug, clap::Args)]
-struct NewKeyArgs {
+pub(crate) struct NewKeyArgs {
     /// Label, unique among your keys.
     #[arg(long)]
     label: Label,
@@ -150,6 +156,8 @@ enum Command {
         #[command(flatten)]
         new: NewKeyArgs,
     },
+    #[command(flatten)]
+    Lifecycle(lifecycle::Command),
 }
 
 fn main() -> ExitCode {
@@ -183,77 +191,7 @@ fn fail(e: &ClientError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path)
-        .map_err(|e| ClientError::Local(format!("cannot read {}: {e}", path.display())))
-}
-
-/// Writes via a temporary file and a rename, so a failure leaves no partial output file.
-fn write_out(path: &Path, data: &[u8], secret: bool) -> Result<(), ClientError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let err =
-        |e: std::io::Error| ClientError::Local(format!("cannot write {}: {e}", path.display()));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".hsmctl-tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(err)?;
-    let res = f
-        .write_all(data)
-        .and_then(|_| f.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
-}
-
-/// Reads `input` (before connecting), runs `op` on it, writes the result to `out`.
-async fn file_to_file<T: AsRef<[u8]>>(
-    input: &Path,
-    out: &Path,
-    secret: bool,
-    op: impl AsyncFnOnce(Vec<u8>) -> Result<T, ClientError>,
-) -> Result<String, ClientError> {
-    let result = op(read(input)?).await?;
-    write_out(out, result.as_ref(), secret)?;
-    Ok(String::new())
-}
-
-/// Reads two inputs (data and a signature or MAC), then runs `op` on them.
-async fn two_files(
-    input: &Path,
-    other: &Path,
-    op: impl AsyncFnOnce(Vec<u8>, Vec<u8>) -> Result<(), ClientError>,
-) -> Result<(), ClientError> {
-    let (data, other) = (read(input)?, read(other)?);
-    op(data, other).await
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn info_json(k: &KeyInfo) -> serde_json::Value {
-    let created = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(k.created));
-    json!({
-        "id": k.id,
-        "label": k.label.as_str(),
-        "type": k.key_type.name(),
-        "usage": k.usage.names(),
-        "exportable": k.exportable,
-        "lifetime": k.lifetime.name(),
-        "created": created.to_string(),
-    })
-}
-
-fn spec(key_type: KeyType, a: NewKeyArgs) -> KeySpec {
+pub(crate) fn spec(key_type: KeyType, a: NewKeyArgs) -> KeySpec {
     KeySpec {
         key_type,
         label: a.label,
@@ -263,7 +201,7 @@ fn spec(key_type: KeyType, a: NewKeyArgs) -> KeySpec {
     }
 }
 
-fn aad(a: Option<String>) -> Vec<u8> {
+pub(crate) fn aad(a: Option<String>) -> Vec<u8> {
     a.map(String::into_bytes).unwrap_or_default()
 }
 
@@ -415,23 +353,6 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
                 })?;
             new_key(hsm().await?.derive(&key, raw, spec(key_type, new)).await?)
         }
+        Command::Lifecycle(cmd) => lifecycle::run(cmd, json, hsm).await?,
     })
-}
-
-fn info_line(k: &KeyInfo) -> String {
-    let created = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(k.created));
-    format!(
-        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-        k.id,
-        k.label,
-        k.key_type,
-        k.usage.names().join(","),
-        if k.exportable {
-            "exportable"
-        } else {
-            "non-exportable"
-        },
-        k.lifetime.name(),
-        created
-    )
 }

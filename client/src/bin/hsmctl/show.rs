@@ -1,0 +1,56 @@
+//! What hsmctl prints: hex, key lines and key JSON.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use ferrohsm_proto::KeyInfo;
+use serde_json::json;
+
+/// Lowercase hex.
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// The stable JSON form of a key (`info`, `list`, and every command that makes a key).
+pub(crate) fn info_json(k: &KeyInfo) -> serde_json::Value {
+    let versions: Vec<_> = k
+        .versions
+        .iter()
+        .map(|v| json!({"version": v.version, "created": time(v.created), "retired": v.retired}))
+        .collect();
+    json!({
+        "id": k.id,
+        "label": k.label.as_str(),
+        "type": k.key_type.name(),
+        "usage": k.usage.names(),
+        "exportable": k.exportable,
+        "lifetime": k.lifetime.name(),
+        "created": time(k.created),
+        "owner": k.owner.as_str(),
+        "origin": k.origin.name(),
+        "current_version": k.current_version,
+        "versions": versions,
+    })
+}
+
+/// One tab-separated line: `id label type usage exportable lifetime created`.
+pub(crate) fn info_line(k: &KeyInfo) -> String {
+    let created = time(k.created);
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        k.id,
+        k.label,
+        k.key_type,
+        k.usage.names().join(","),
+        if k.exportable {
+            "exportable"
+        } else {
+            "non-exportable"
+        },
+        k.lifetime.name(),
+        created
+    )
+}

@@ -1,0 +1,90 @@
+//! Grants in memory: who may use which of another client's keys, for which operations. Loaded
+//! from the store at start (each row's tag checked), changed only after the store made the
+//! change durable, and read on every use of a granted key under a short read lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferrohsm_proto::UsageSet;
+
+use crate::keys::store::GrantRecord;
+
+/// One grantee's grants: (owner, key id) -> operations.
+type Granted = HashMap<(Arc<str>, u32), UsageSet>;
+
+/// Every grant, by grantee.
+#[derive(Debug, Default)]
+pub struct Grants {
+    by_grantee: HashMap<Arc<str>, Granted>,
+}
+
+impl Grants {
+    /// From the store's rows.
+    pub fn from_records(records: Vec<GrantRecord>) -> Grants {
+        let mut g = Grants::default();
+        for r in &records {
+            g.set(r);
+        }
+        g
+    }
+
+    /// The operations `grantee` may do with `owner`'s key `id`.
+    pub fn get(&self, grantee: &str, owner: &str, id: u32) -> Option<UsageSet> {
+        self.by_grantee
+            .get(grantee)?
+            .get(&(Arc::from(owner), id))
+            .copied()
+    }
+
+    /// Adds or replaces a grant.
+    pub fn set(&mut self, r: &GrantRecord) {
+        self.by_grantee
+            .entry(r.grantee.clone())
+            .or_default()
+            .insert((r.owner.clone(), r.id), r.ops);
+    }
+
+    /// Removes one grant.
+    pub fn remove(&mut self, owner: &str, id: u32, grantee: &str) {
+        if let Some(m) = self.by_grantee.get_mut(grantee) {
+            m.remove(&(Arc::from(owner), id));
+            if m.is_empty() {
+                self.by_grantee.remove(grantee);
+            }
+        }
+    }
+
+    /// Removes every grant of a deleted key.
+    pub fn remove_key(&mut self, owner: &str, id: u32) {
+        let k = (Arc::from(owner), id);
+        self.by_grantee.retain(|_, m| {
+            m.remove(&k);
+            !m.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrohsm_proto::Usage;
+
+    #[test]
+    fn grants_by_grantee_owner_and_id() {
+        let rec = |owner: &str, id, grantee: &str| GrantRecord {
+            owner: owner.into(),
+            id,
+            grantee: grantee.into(),
+            ops: UsageSet::of(&[Usage::Sign]),
+            created: 0,
+        };
+        let mut g = Grants::from_records(vec![rec("alice", 1, "bob"), rec("alice", 2, "bob")]);
+        assert!(g.get("bob", "alice", 1).is_some());
+        assert!(g.get("carol", "alice", 1).is_none());
+        assert!(g.get("bob", "alice", 3).is_none());
+        g.remove("alice", 1, "bob");
+        assert!(g.get("bob", "alice", 1).is_none());
+        g.remove_key("alice", 2);
+        assert!(g.get("bob", "alice", 2).is_none());
+    }
+}

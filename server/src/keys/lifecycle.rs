@@ -1,0 +1,215 @@
+//! The lifecycle changes of the key manager: grants, versions (rotate, retire), counters, and
+//! durable records of exports and wraps. Each is one mutation carried to the store's writer
+//! with its audit entry; the in-memory views (cache, grants) change only once it is durable.
+
+use std::sync::Arc;
+
+use ferrohsm_proto::{KeyInfo, KeyRef, Label, UsageSet};
+
+use crate::error::OpError;
+use crate::keys::KeyHandle;
+use crate::keys::manager::{Caller, KeyManager, alarm, now};
+use crate::keys::material::KeyMaterial;
+use crate::keys::policy;
+use crate::keys::store::{Applied, Change, GrantRecord, KeyStore, Mutation, SESSION_ID_BASE};
+
+fn is_session(h: &KeyHandle) -> bool {
+    h.info.id >= SESSION_ID_BASE
+}
+
+fn persistent_only(h: &KeyHandle, what: &str) -> Result<(), OpError> {
+    if is_session(h) {
+        return Err(OpError::invalid(format!(
+            "key {} is a session key; only persistent keys can {what}",
+            h.info.label
+        )));
+    }
+    Ok(())
+}
+
+impl KeyManager {
+    async fn change(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        key: String,
+        detail: String,
+        mutation: Mutation,
+    ) -> Result<Applied, OpError> {
+        let mut ev = self.event(caller, op, key);
+        ev.detail = detail;
+        Ok(self
+            .store
+            .write(Change {
+                mutation,
+                audit: Some(ev),
+            })
+            .await
+            .inspect_err(alarm)?)
+    }
+
+    /// Records `op` on `h` durably before its result (an exported key, a wrap blob) is
+    /// returned: the audit chain never misses a key leaving the HSM.
+    pub async fn record(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        h: &KeyHandle,
+        detail: String,
+    ) -> Result<(), OpError> {
+        let key = format!("{}:{}", h.owner, h.info.id);
+        self.change(caller, op, key, detail, Mutation::Record)
+            .await
+            .map(|_| ())
+    }
+
+    /// Grants the caller's key to `to` for `ops`.
+    pub async fn grant(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        to: &Label,
+        ops: UsageSet,
+    ) -> Result<(), OpError> {
+        let h = self.authorize_owner(caller, key, policy::GRANT).await?;
+        persistent_only(&h, "be granted")?;
+        if to.as_str() == &*caller.client {
+            return Err(OpError::invalid("a key cannot be granted to its owner"));
+        }
+        if !self.opts.clients.contains(to.as_str()) {
+            return Err(OpError::invalid(format!(
+                "no client named {to} is configured on this server"
+            )));
+        }
+        let ops = policy::grant_ops(&h.info, ops)?;
+        let rec = GrantRecord {
+            owner: caller.client.clone(),
+            id: h.info.id,
+            grantee: Arc::from(to.as_str()),
+            ops,
+            created: now(),
+        };
+        let detail = format!("to {to} ops {}", ops.names().join(","));
+        let key_name = format!("{}:{}", h.owner, h.info.id);
+        self.change(
+            caller,
+            "grant",
+            key_name,
+            detail,
+            Mutation::Grant(rec.clone()),
+        )
+        .await?;
+        self.grants.write().set(&rec);
+        Ok(())
+    }
+
+    /// Withdraws the grant of the caller's key to `from`.
+    pub async fn revoke(&self, caller: &Caller, key: &KeyRef, from: &Label) -> Result<(), OpError> {
+        let h = self.authorize_owner(caller, key, policy::REVOKE).await?;
+        let key_name = format!("{}:{}", h.owner, h.info.id);
+        let m = Mutation::Revoke {
+            owner: caller.client.clone(),
+            id: h.info.id,
+            grantee: Arc::from(from.as_str()),
+        };
+        self.change(caller, "revoke", key_name, format!("from {from}"), m)
+            .await?;
+        self.grants
+            .write()
+            .remove(&caller.client, h.info.id, from.as_str());
+        Ok(())
+    }
+
+    /// Re-reads a key after a change to its versions (the cached handle is dropped first).
+    async fn reload(&self, caller: &Caller, id: u32) -> Result<KeyInfo, OpError> {
+        self.cache.lock().remove(&caller.client, id);
+        let h = self
+            .lookup_persistent(&caller.client, &KeyRef::Id(id))
+            .await?;
+        Ok(h.info.clone())
+    }
+
+    /// Adds a version made of `material` to the caller's key (already authorized for rotate)
+    /// and makes it current.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        h: &KeyHandle,
+        material: KeyMaterial,
+    ) -> Result<KeyInfo, OpError> {
+        persistent_only(h, "be rotated")?;
+        let m = Mutation::Rotate {
+            owner: caller.client.clone(),
+            id: h.info.id,
+            secret: material.to_stored(),
+        };
+        let key_name = format!("{}:{}", h.owner, h.info.id);
+        let detail = format!("version {}", h.info.current_version + 1);
+        self.change(caller, "rotate", key_name, detail, m).await?;
+        self.reload(caller, h.info.id).await
+    }
+
+    /// Deletes the material of every version of the caller's key below `below`.
+    pub async fn retire(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        below: u32,
+    ) -> Result<KeyInfo, OpError> {
+        let h = self.authorize_owner(caller, key, policy::RETIRE).await?;
+        persistent_only(&h, "have versions retired")?;
+        let m = Mutation::Retire {
+            owner: caller.client.clone(),
+            id: h.info.id,
+            below,
+        };
+        let key_name = format!("{}:{}", h.owner, h.info.id);
+        self.change(caller, "retire", key_name, format!("below {below}"), m)
+            .await?;
+        let id = h.info.id;
+        drop(h);
+        self.reload(caller, id).await
+    }
+
+    /// Creates a counter of the caller's at 0.
+    pub async fn counter_create(&self, caller: &Caller, name: &Label) -> Result<u64, OpError> {
+        let m = Mutation::CounterCreate {
+            owner: caller.client.clone(),
+            name: name.clone(),
+        };
+        let key = format!("{}:{name}", caller.client);
+        match self
+            .change(caller, "counter-create", key, String::new(), m)
+            .await?
+        {
+            Applied::Counter(v) => Ok(v),
+            _ => Err(OpError::internal("the store answered the wrong kind")),
+        }
+    }
+
+    /// Increments a counter of the caller's; answers the new value once it is durable.
+    pub async fn counter_inc(&self, caller: &Caller, name: &Label) -> Result<u64, OpError> {
+        let m = Mutation::CounterInc {
+            owner: caller.client.clone(),
+            name: name.clone(),
+        };
+        let key = format!("{}:{name}", caller.client);
+        match self
+            .change(caller, "counter-inc", key, String::new(), m)
+            .await?
+        {
+            Applied::Counter(v) => Ok(v),
+            _ => Err(OpError::internal("the store answered the wrong kind")),
+        }
+    }
+
+    /// A counter's value.
+    pub async fn counter_read(&self, caller: &Caller, name: &Label) -> Result<u64, OpError> {
+        let (owner, n) = (caller.client.clone(), name.clone());
+        self.store
+            .read(move |s: &mut dyn KeyStore, m| s.counter(m, &owner, &n))
+            .await
+            .inspect_err(alarm)?
+            .ok_or_else(|| crate::keys::store::StoreError::NoCounter(name.clone()).into())
+    }
+}
