@@ -103,8 +103,15 @@ where
 {
     // Fail closed before anything listens: a store that does not open or unlock stops here.
     let km = open_keys(&config)?;
+    let db = config.store.as_ref().map(|s| s.path.clone());
     let system = actix::System::new();
-    system.block_on(serve(config, km, shutdown, ready))
+    let served = system.block_on(serve(config, km, shutdown, ready));
+    // Fold the WAL into keys.db on a clean exit, so the file alone is the whole store (a
+    // crash leaves the WAL, which SQLite replays on the next open).
+    if let Some(db) = db {
+        keys::checkpoint(&db);
+    }
+    served
 }
 
 /// Opens the key store, unwraps its master key, and starts the store threads.

@@ -249,6 +249,18 @@ pub fn bench_table(r: &BenchReport) -> String {
             i.sessions, i.cpu_percent, i.seconds
         );
     }
+    for a in &r.audit {
+        let _ = writeln!(
+            s,
+            "audit level all vs changes: {} over {} at {} in flight: {:.0} vs {:.0} ops/s ({:.2}x)",
+            a.op,
+            a.transport,
+            a.inflight,
+            a.all,
+            a.changes,
+            a.ratio()
+        );
+    }
     s
 }
 
@@ -269,6 +281,10 @@ pub fn bench_json(r: &BenchReport) -> Value {
         "idle": r.idle.as_ref().map(|i| json!({
             "sessions": i.sessions, "seconds": i.seconds, "cpu_percent": i.cpu_percent,
         })),
+        "audit": r.audit.iter().map(|a| json!({
+            "op": a.op, "transport": a.transport, "inflight": a.inflight,
+            "changes_ops_per_sec": a.changes, "all_ops_per_sec": a.all, "ratio": a.ratio(),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -39,10 +39,21 @@ impl Spawned {
     /// `hsmd init` with `clients` identities in a temporary directory, then `hsmd --config`
     /// (with `extra` TOML lines appended to `[server]`), waiting until it listens.
     pub fn start(hsmd: &Path, clients: usize, server_extra: &str) -> Result<Spawned, String> {
+        Spawned::start_with(hsmd, clients, server_extra, "")
+    }
+
+    /// Like [`Spawned::start`], with `tail` (whole TOML sections, `[audit]` say) appended to
+    /// the config.
+    pub fn start_with(
+        hsmd: &Path,
+        clients: usize,
+        server_extra: &str,
+        tail: &str,
+    ) -> Result<Spawned, String> {
         // A port found free may be taken before hsmd binds it: try again with fresh ones.
         let mut last = String::new();
         for _ in 0..5 {
-            match Spawned::try_start(hsmd, clients, server_extra) {
+            match Spawned::try_start(hsmd, clients, server_extra, tail) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }
@@ -50,7 +61,12 @@ impl Spawned {
         Err(last)
     }
 
-    fn try_start(hsmd: &Path, clients: usize, server_extra: &str) -> Result<Spawned, String> {
+    fn try_start(
+        hsmd: &Path,
+        clients: usize,
+        server_extra: &str,
+        tail: &str,
+    ) -> Result<Spawned, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let names: Vec<String> = (0..clients.max(1)).map(|i| format!("s{i}")).collect();
         let addr = |p: u16| format!("127.0.0.1:{p}");
@@ -74,10 +90,10 @@ impl Spawned {
             ));
         }
         let config = d.join("hsmd.toml");
-        if !server_extra.is_empty() {
+        if !server_extra.is_empty() || !tail.is_empty() {
             let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
-            std::fs::write(&config, with_server_settings(&text, server_extra))
-                .map_err(|e| e.to_string())?;
+            let text = with_server_settings(&text, server_extra) + tail;
+            std::fs::write(&config, text).map_err(|e| e.to_string())?;
         }
         let child = launch(hsmd, &config)?;
         Ok(Spawned {

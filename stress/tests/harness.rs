@@ -9,6 +9,23 @@ fn stress() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hsm-stress"))
 }
 
+/// `hsm-stress bench --spawn --quick ARGS --json F`, which must succeed: its JSON report and
+/// everything it printed.
+fn spawned_bench(args: &[&str]) -> (serde_json::Value, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let o = stress()
+        .args(["bench", "--spawn", "--quick"])
+        .args(args)
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "hsm-stress bench failed:\n{out}");
+    let r = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (r, out)
+}
+
 #[test]
 fn a_short_run_with_faults_finds_nothing_wrong() {
     let tmp = tempfile::tempdir().unwrap();
@@ -173,21 +190,62 @@ fn a_quick_bench_reports_every_field() {
 }
 
 #[test]
+fn the_lifecycle_bench_reports_counter_increments_and_the_audit_cost() {
+    let (r, out) = spawned_bench(&[
+        "--transports",
+        "tcp,shm",
+        "--ops",
+        "counter-inc,ed25519-sign",
+        "--inflight",
+        "1,16",
+        "--idle-sessions",
+        "0",
+    ]);
+    let results = r["results"].as_array().unwrap();
+    for t in ["tcp", "shm"] {
+        for n in [1, 16] {
+            let row = results
+                .iter()
+                .find(|x| x["op"] == "counter-inc" && x["transport"] == t && x["inflight"] == n)
+                .unwrap_or_else(|| panic!("no counter-inc {t} {n}: {out}"));
+            assert!(row["ops_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(
+                row["ratio"].is_null(),
+                "a counter has no in-process baseline"
+            );
+        }
+    }
+    // Durable increments share fsyncs: 16 in flight beat one at a time.
+    let ops = |n: u64| {
+        results
+            .iter()
+            .find(|x| x["op"] == "counter-inc" && x["transport"] == "tcp" && x["inflight"] == n)
+            .unwrap()["ops_per_sec"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(ops(16) > ops(1), "group commit: {out}");
+    assert!(results.iter().any(|x| x["op"] == "fsync-4k"), "{out}");
+    let audit = r["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 2, "{out}");
+    for a in audit {
+        assert_eq!(a["op"], "ed25519-sign");
+        assert!(a["changes_ops_per_sec"].as_f64().unwrap() > 0.0, "{a}");
+        assert!(a["all_ops_per_sec"].as_f64().unwrap() > 0.0, "{a}");
+    }
+    assert!(out.contains("audit level all vs changes"), "{out}");
+}
+
+#[test]
 fn the_keygen_bench_reports_the_fsync_floor_and_the_durable_key_targets() {
-    let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("bench.json");
-    let o = stress()
-        .args(["bench", "--spawn", "--quick", "--transports", "tcp"])
-        .args([
-            "--ops",
-            "keygen-persistent,keygen-session,ed25519-sign,ed25519-sign-session",
-        ])
-        .args(["--inflight", "16", "--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "hsm-stress bench failed:\n{out}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (r, out) = spawned_bench(&[
+        "--transports",
+        "tcp",
+        "--ops",
+        "keygen-persistent,keygen-session,ed25519-sign,ed25519-sign-session",
+        "--inflight",
+        "16",
+    ]);
     let results = r["results"].as_array().unwrap();
     let row = |op: &str| {
         results

@@ -159,6 +159,22 @@ pub fn lock_store(db: &Path) -> Result<std::fs::File, ServerError> {
     }
 }
 
+/// Folds the WAL back into the store file (best effort: a reader still in a transaction
+/// leaves it for the next open).
+pub fn checkpoint(db: &Path) {
+    match rusqlite::Connection::open(db).and_then(|c| {
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    }) {
+        Ok(0) => {}
+        Ok(_) => {
+            tracing::info!(store = %db.display(), "WAL checkpoint deferred: a reader was busy")
+        }
+        Err(e) => tracing::warn!(store = %db.display(), error = %e, "WAL checkpoint failed"),
+    }
+}
+
 /// Opens the store at `db` and unwraps its master key with `unlock`.
 pub fn open_store(db: &Path, unlock: &Unlock) -> Result<(SqliteStore, MasterKey), ServerError> {
     let mut s = SqliteStore::open(db).map_err(store_err)?;

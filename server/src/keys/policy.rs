@@ -211,7 +211,8 @@ pub fn may_wrap(
         return Err(OpError::new(
             Status::NotExportable,
             format!(
-                "key {target} is not exportable, and wrap key {} is: it could be exported and                  the blob opened outside the HSM",
+                "key {target} is not exportable, and wrap key {} is: it could be exported and \
+                 the blob opened outside the HSM",
                 wrapper.label
             ),
         ));
@@ -220,7 +221,8 @@ pub fn may_wrap(
         return Err(OpError::new(
             Status::NotExportable,
             format!(
-                "key {target} is not exportable, and wrap key {} is not listed in this client's                  trusted_wrap_keys in hsmd.toml",
+                "key {target} is not exportable, and wrap key {} is not listed in this client's \
+                 trusted_wrap_keys in hsmd.toml",
                 wrapper.label
             ),
         ));

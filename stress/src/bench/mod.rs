@@ -6,16 +6,19 @@
 //!          \- targets.rs: paired ratios for the durable-key targets, the disk's fsync floor
 //!          \- baseline.rs: the same crypto in-process on one thread
 //!          \- floors.rs: raw TCP echo and spinning shared-memory round trips
+//!          \- audit.rs: sign throughput at audit level "all" against "changes"
 //! ```
 //! On a shared machine one in-process sample is not enough, so the baselines and floors are
 //! sampled several times, interleaved with the transport rows (before the first transport and
 //! after each one), and the median of the samples is reported and used for every ratio.
 
+mod audit;
 mod baseline;
 mod floors;
 mod scale;
 mod targets;
 
+pub use audit::AuditCost;
 pub use floors::shm_echo_child;
 pub use scale::Idle;
 
@@ -58,11 +61,13 @@ pub enum BenchOp {
     KeygenPersistent,
     /// A new Ed25519 session key (memory only).
     KeygenSession,
+    /// A monotonic counter increment (durable before the answer).
+    CounterInc,
 }
 
 impl BenchOp {
     /// Every operation, in report order.
-    pub const ALL: [BenchOp; 10] = [
+    pub const ALL: [BenchOp; 11] = [
         BenchOp::Ping,
         BenchOp::Random32,
         BenchOp::Ed25519Sign,
@@ -73,6 +78,7 @@ impl BenchOp {
         BenchOp::Hmac1k,
         BenchOp::KeygenPersistent,
         BenchOp::KeygenSession,
+        BenchOp::CounterInc,
     ];
 
     /// Report name.
@@ -88,6 +94,7 @@ impl BenchOp {
             BenchOp::Ed25519SignSession => "ed25519-sign-session",
             BenchOp::KeygenPersistent => "keygen-persistent",
             BenchOp::KeygenSession => "keygen-session",
+            BenchOp::CounterInc => "counter-inc",
         }
     }
 
@@ -134,6 +141,7 @@ impl BenchOp {
                 key: keys.hmac.clone(),
                 data: vec![2; 1024],
             },
+            BenchOp::CounterInc => Request::CounterInc(keys.counter.clone()),
         }
     }
 }
@@ -177,6 +185,9 @@ pub struct BenchOptions {
     /// The server's process id and how many idle shm sessions to hold while measuring its
     /// CPU use (a spawned server; `None` skips the measurement).
     pub idle: Option<(u32, usize)>,
+    /// A profile of a second server running `[audit] level = "all"`: sign throughput is
+    /// compared against the main one (`changes`); `None` skips it.
+    pub audit_all: Option<PathBuf>,
 }
 
 /// One measurement.
@@ -224,6 +235,8 @@ pub struct BenchReport {
     pub targets: Vec<Target>,
     /// CPU use of the idle server holding idle shm sessions, when measured.
     pub idle: Option<Idle>,
+    /// Sign throughput at audit level "all" against "changes", when measured.
+    pub audit: Vec<AuditCost>,
 }
 
 #[derive(Clone)]
@@ -233,6 +246,7 @@ pub(crate) struct Keys {
     p256: KeyRef,
     aead: KeyRef,
     hmac: KeyRef,
+    counter: ferrohsm_proto::Label,
 }
 
 fn rt() -> Result<tokio::runtime::Runtime, String> {
@@ -261,7 +275,15 @@ async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
         };
         out.push(KeyRef::Id(c.generate_spec(spec).await?.id));
     }
+    // Counters cannot be deleted (they never go back), so every run shares one.
+    let counter: ferrohsm_proto::Label = "bench-counter".parse().map_err(ClientError::Local)?;
+    match c.counter_create(&counter).await {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(ferrohsm_proto::Status::LabelInUse) => {}
+        Err(e) => return Err(e),
+    }
     Ok(Keys {
+        counter,
         ed: out[0].clone(),
         ed_session: out[1].clone(),
         p256: out[2].clone(),
@@ -487,7 +509,14 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
     }
     results.extend(floor_rows);
     targets.extend(targets::every_core(&results, &baseline));
-    if opts.ops.contains(&BenchOp::KeygenPersistent) {
+    let audit = match &opts.audit_all {
+        Some(all) if opts.ops.contains(&BenchOp::Ed25519Sign) => {
+            let all = Profile::load(all).map_err(|e| e.to_string())?;
+            audit::audit_cost(&profile, &all, &opts.inflight, opts.secs)?
+        }
+        _ => Vec::new(),
+    };
+    if opts.ops.contains(&BenchOp::KeygenPersistent) || opts.ops.contains(&BenchOp::CounterInc) {
         let dir = opts.fsync_dir.clone().unwrap_or_else(std::env::temp_dir);
         results.push(targets::fsync_floor(
             &dir,
@@ -509,5 +538,6 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
         baseline,
         targets,
         idle,
+        audit,
     })
 }

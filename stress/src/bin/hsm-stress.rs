@@ -322,6 +322,20 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             idle_sessions,
         } => {
             let spawned = spawn(&server, 1)?;
+            // A second spawned server at `[audit] level = "all"`, to measure what it costs.
+            let audit_all = match &spawned {
+                Some(_) => {
+                    let hsmd = server.hsmd.clone().unwrap_or_else(default_hsmd);
+                    let extra = server.server_set.join("\n");
+                    Some(Spawned::start_with(
+                        &hsmd,
+                        1,
+                        &extra,
+                        "\n[audit]\nlevel = \"all\"\n",
+                    )?)
+                }
+                None => None,
+            };
             let profile = match (&spawned, profile) {
                 (Some(s), _) => s.profile(&s.clients[0]),
                 (None, Some(p)) => p,
@@ -345,6 +359,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                     .as_ref()
                     .filter(|_| idle_sessions > 0)
                     .map(|s| (s.pid(), idle_sessions)),
+                audit_all: audit_all.as_ref().map(|s| s.profile(&s.clients[0])),
             };
             let r = ferrohsm_stress::bench::bench(&opts)?;
             print!("{}", report::bench_table(&r));
