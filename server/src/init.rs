@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! D/hsmd.toml            server config (store, listeners, clients)
+//! D/audit.pub            the audit key's public half (SubjectPublicKeyInfo PEM): checks the
+//!                        signed head of the audit chain and checkpoints
 //! D/keys.db              the durable key store (SQLite); its master key is wrapped by a
 //!                        passphrase (HSMD_PASSPHRASE / --passphrase-file given to init) or by
 //! D/master.key           a key file (0600), the development default
@@ -144,7 +146,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          [tls]\naddr = \"{}\"\nca = \"pki/ca.pem\"          # client certificates must chain to it\n\
          cert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nallow_tls12 = false\n\n\
          [tls_psk]\naddr = \"{}\"\n\n\
-         [shm]\nsocket = {:?}\nmode = \"0660\"            # who may connect at all\nring_kib = 256\n\n",
+         [shm]\nsocket = {:?}\nmode = \"0660\"            # who may connect at all\nring_kib = 256\n\n\
+         [audit]\nlevel = \"changes\"         # \"all\": also every sign, verify, encrypt, decrypt, mac\n\n",
         opts.tcp, opts.tls, opts.tls_psk, shm_in_config
     ));
     let mut profiles = Vec::new();
@@ -161,7 +164,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
         }
         config.push_str(&format!(
             "[clients.{name}]\nauth_public_key = \"{}\"\ntls_names = [\"{name}\"]\n\
-             psk_identity = \"{name}\"\npsk_file = \"clients/{name}.psk\"\nallowed_uids = [{uid}]\n\n",
+             psk_identity = \"{name}\"\npsk_file = \"clients/{name}.psk\"\nallowed_uids = [{uid}]\n\
+             # trusted_wrap_keys = [\"backup\"]   # wrap keys that may wrap non-exportable keys\n\n",
             encode_hex(public.as_bytes())
         ));
         let profile_path = clients_dir.join(format!("{name}.toml"));

@@ -42,18 +42,18 @@ impl Spawned {
         Spawned::start_with(hsmd, clients, server_extra, "")
     }
 
-    /// Like [`Spawned::start`], with `tail` (whole TOML sections, `[audit]` say) appended to
-    /// the config.
+    /// Like [`Spawned::start`], with `audit_extra` TOML lines (`level = "all"`) replacing
+    /// the keys init wrote in `[audit]`.
     pub fn start_with(
         hsmd: &Path,
         clients: usize,
         server_extra: &str,
-        tail: &str,
+        audit_extra: &str,
     ) -> Result<Spawned, String> {
         // A port found free may be taken before hsmd binds it: try again with fresh ones.
         let mut last = String::new();
         for _ in 0..5 {
-            match Spawned::try_start(hsmd, clients, server_extra, tail) {
+            match Spawned::try_start(hsmd, clients, server_extra, audit_extra) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }
@@ -65,7 +65,7 @@ impl Spawned {
         hsmd: &Path,
         clients: usize,
         server_extra: &str,
-        tail: &str,
+        audit_extra: &str,
     ) -> Result<Spawned, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let names: Vec<String> = (0..clients.max(1)).map(|i| format!("s{i}")).collect();
@@ -90,9 +90,10 @@ impl Spawned {
             ));
         }
         let config = d.join("hsmd.toml");
-        if !server_extra.is_empty() || !tail.is_empty() {
+        if !server_extra.is_empty() || !audit_extra.is_empty() {
             let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
-            let text = with_server_settings(&text, server_extra) + tail;
+            let text = with_settings(&text, "[server]", server_extra);
+            let text = with_settings(&text, "[audit]", audit_extra);
             std::fs::write(&config, text).map_err(|e| e.to_string())?;
         }
         let child = launch(hsmd, &config)?;
@@ -181,10 +182,10 @@ impl Drop for Spawned {
 /// Starts `hsmd --config CONFIG` and waits until it listens.
 /// `config` with each `key = value` line of `extra` set in its `[server]` section: a key `hsmd
 /// init` already wrote is replaced (TOML refuses a key twice), a new one is added.
-fn with_server_settings(config: &str, extra: &str) -> String {
+fn with_settings(config: &str, section: &str, extra: &str) -> String {
     let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
     let mut lines: Vec<String> = config.lines().map(String::from).collect();
-    let start = lines.iter().position(|l| l.trim() == "[server]");
+    let start = lines.iter().position(|l| l.trim() == section);
     for setting in extra.lines().filter(|l| l.contains('=')) {
         let Some(start) = start else { break };
         let end = lines[start + 1..]
@@ -241,7 +242,7 @@ mod tests {
     #[test]
     fn server_settings_replace_or_add_within_server_only() {
         let c = "# x\n[server]\nworkers = 0 # c\nwindow = 32\n\n[store]\nwindow = 1\n";
-        let out = super::with_server_settings(c, "window = 8\ninline_max = 0");
+        let out = super::with_settings(c, "[server]", "window = 8\ninline_max = 0");
         assert_eq!(
             out,
             "# x\n[server]\ninline_max = 0\nworkers = 0 # c\nwindow = 8\n\n[store]\nwindow = 1\n"

@@ -327,12 +327,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 Some(_) => {
                     let hsmd = server.hsmd.clone().unwrap_or_else(default_hsmd);
                     let extra = server.server_set.join("\n");
-                    Some(Spawned::start_with(
-                        &hsmd,
-                        1,
-                        &extra,
-                        "\n[audit]\nlevel = \"all\"\n",
-                    )?)
+                    Some(Spawned::start_with(&hsmd, 1, &extra, "level = \"all\"")?)
                 }
                 None => None,
             };
