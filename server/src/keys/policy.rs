@@ -457,4 +457,59 @@ mod tests {
         assert!(random_len(0).is_err() && random_len(65537).is_err());
         assert_eq!(random_len(65536).unwrap(), 65536);
     }
+
+    #[test]
+    fn grants_give_use_never_management_and_wrapping_never_launders() {
+        let k: KeyRef = "alice:k".parse().unwrap();
+        let ops = UsageSet::of(&[Sign]);
+        assert!(check_granted(&k, ops, SIGN).is_ok());
+        assert!(check_granted(&k, ops, DESCRIBE).is_ok());
+        assert!(check_granted(&k, ops, PUBLIC_KEY).is_ok());
+        for req in [
+            VERIFY, EXPORT, DELETE, GRANT, REVOKE, ROTATE, RETIRE, WRAPPED, WRAP,
+        ] {
+            assert_eq!(
+                check_granted(&k, ops, req).unwrap_err().status,
+                Status::UsageNotPermitted,
+                "{}",
+                req.op
+            );
+        }
+        let aead = UsageSet::of(&[Encrypt, Decrypt]);
+        assert!(check_granted(&k, aead, REWRAP).is_ok());
+        assert!(check_granted(&k, UsageSet::of(&[Decrypt]), REWRAP).is_err());
+
+        let ed = info(KeyType::Ed25519, &[Sign, Verify], false);
+        assert!(grant_ops(&ed, UsageSet::of(&[Sign])).is_ok());
+        assert!(grant_ops(&ed, UsageSet::of(&[])).is_err());
+        assert!(grant_ops(&ed, UsageSet::of(&[Encrypt])).is_err());
+        let w = info(KeyType::Aes256Gcm, &[Wrap, Unwrap], false);
+        assert!(
+            grant_ops(&w, UsageSet::of(&[Wrap])).is_err(),
+            "wrap is never granted"
+        );
+
+        let open_wrap = info(KeyType::Aes256Gcm, &[Wrap], true);
+        let locked_wrap = info(KeyType::Aes256Gcm, &[Wrap], false);
+        assert!(may_wrap(true, "t", &open_wrap, false).is_ok());
+        assert!(may_wrap(false, "t", &open_wrap, true).is_err());
+        assert!(may_wrap(false, "t", &locked_wrap, false).is_err());
+        assert!(may_wrap(false, "t", &locked_wrap, true).is_ok());
+        let u = unwrapped(
+            KeyType::Ed25519,
+            UsageSet::of(&[Sign]),
+            false,
+            "n".parse().unwrap(),
+        );
+        assert_eq!(u.unwrap().origin, Origin::Unwrapped);
+        assert!(
+            unwrapped(
+                KeyType::Ed25519,
+                UsageSet::of(&[Encrypt]),
+                false,
+                "n".parse().unwrap()
+            )
+            .is_err()
+        );
+    }
 }

@@ -208,3 +208,67 @@ pub fn open(wrapper: &KeyHandle, blob: &[u8]) -> Result<Opened, OpError> {
         versions,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrohsm_proto::VersionInfo;
+
+    fn handle(t: KeyType, usage: UsageSet, exportable: bool, versions: u32) -> KeyHandle {
+        let mut info = crate::keys::manager::test_info(1, "k", t, usage, exportable);
+        info.current_version = versions;
+        info.versions = (1..=versions)
+            .map(|v| VersionInfo {
+                version: v,
+                created: u64::from(v),
+                retired: v == 1 && versions > 2,
+            })
+            .collect();
+        let older = (2..versions)
+            .rev()
+            .map(|v| (v, KeyMaterial::generate(t).unwrap()))
+            .collect();
+        KeyHandle {
+            owner: "alice".into(),
+            info,
+            material: KeyMaterial::generate(t).unwrap(),
+            older,
+        }
+    }
+
+    #[test]
+    fn blobs_carry_every_live_version_and_refuse_tampering() {
+        let w = handle(KeyType::Aes256Gcm, UsageSet::of(&[Usage::Wrap]), false, 1);
+        let t = KeyType::HmacSha256;
+        let target = handle(t, t.allowed_usage(), false, 3);
+        let blob = seal(&w, &target).unwrap();
+        let o = open(&w, &blob).unwrap();
+        assert_eq!(
+            (o.key_type, o.exportable, o.origin),
+            (t, false, Origin::Generated)
+        );
+        assert_eq!(o.versions.len(), 3);
+        assert!(
+            o.versions[0].1.is_none(),
+            "a retired version travels without material"
+        );
+        for (v, m) in [(2u32, &o.versions[1].1), (3, &o.versions[2].1)] {
+            let m = m.as_ref().unwrap();
+            assert_eq!(
+                *m.secret_bytes(),
+                *target.version(v).unwrap().secret_bytes()
+            );
+        }
+        for i in [0, 9, 20, blob.len() / 2, blob.len() - 1] {
+            let mut bad = blob.clone();
+            bad[i] ^= 1;
+            assert!(open(&w, &bad).is_err(), "a flip at {i} was accepted");
+        }
+        let other = handle(KeyType::Aes256Gcm, UsageSet::of(&[Usage::Wrap]), false, 1);
+        assert_eq!(
+            open(&other, &blob).unwrap_err().status,
+            Status::DecryptFailed
+        );
+        assert!(open(&w, &blob[..20]).is_err());
+    }
+}
