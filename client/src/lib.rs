@@ -156,7 +156,7 @@ impl Client {
 
     /// Sends a request without waiting for its response (pipelining). Waits only when the
     /// server's in-flight window is full.
-    pub async fn submit(&self, req: Request) -> Result<Pending, ClientError> {
+    pub async fn submit(&self, mut req: Request) -> Result<Pending, ClientError> {
         let slot = self
             .inner
             .window
@@ -167,8 +167,11 @@ impl Client {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut wire = Vec::new();
         req.encode_into(id, &mut wire);
+        // The request's own copies of secrets go now; the wire is wiped once written.
+        req.wipe();
         let body_len = wire.len() - ferrohsm_proto::frame::HEADER_LEN;
         if body_len > self.inner.welcome.max_body as usize {
+            zeroize::Zeroize::zeroize(&mut wire);
             return Err(ClientError::Local(format!(
                 "request of {body_len} bytes exceeds the server's limit of {} bytes",
                 self.inner.welcome.max_body

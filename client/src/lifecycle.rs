@@ -41,6 +41,13 @@ impl Client {
         })
         .await
     }
+    /// The keys other clients granted to this one (`owner` set, `usage` as granted).
+    pub async fn list_granted(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        match self.call(Request::ListGranted).await? {
+            Response::Keys(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
+    }
     /// Withdraws `from`'s grant of `key`.
     pub async fn revoke(&self, key: &KeyRef, from: &Label) -> Result<(), ClientError> {
         self.done(Request::Revoke {

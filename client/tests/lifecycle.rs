@@ -372,6 +372,18 @@ fn grants_share_exactly_what_was_granted() {
         serde_json::json!(["sign"]),
         "usage as granted"
     );
+    // Bob finds what was granted to him, and only that.
+    let listed = ok(&ctl(&d, "bob", "tcp", &["list", "--granted"], cwd));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    assert!(
+        lines[0].starts_with("alice:1\talice:k\ted25519\tsign\t"),
+        "{listed}"
+    );
+    let none = ok(&ctl(&d, "carol", "tcp", &["list", "--granted"], cwd));
+    assert!(none.trim().is_empty(), "{none}");
+    let own = ok(&ctl(&d, "bob", "tcp", &["list"], cwd));
+    assert!(own.trim().is_empty(), "own keys only: {own}");
     // The signature is alice's key's.
     ok(&a(&["verify", "k", "--in", "m", "--sig", "sig"]));
     // Grants persist.

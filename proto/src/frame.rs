@@ -86,6 +86,8 @@ pub enum Opcode {
     Rotate = 43,
     /// Retire old key versions.
     Retire = 44,
+    /// List the keys granted to the caller.
+    ListGranted = 45,
     /// Create a counter.
     CounterCreate = 64,
     /// Read a counter.
@@ -95,7 +97,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    const ALL: [Opcode; 31] = [
+    const ALL: [Opcode; 32] = [
         Opcode::Hello,
         Opcode::Challenge,
         Opcode::Proof,
@@ -124,6 +126,7 @@ impl Opcode {
         Opcode::Revoke,
         Opcode::Rotate,
         Opcode::Retire,
+        Opcode::ListGranted,
         Opcode::CounterCreate,
         Opcode::CounterRead,
         Opcode::CounterInc,

@@ -42,6 +42,9 @@ pub enum Request {
     Generate(KeySpec),
     /// List keys.
     List,
+    /// List the keys other clients granted to the caller (their `owner`, and `usage` as
+    /// granted).
+    ListGranted,
     /// Describe a key.
     Info(KeyRef),
     /// Public key bytes.
@@ -293,6 +296,7 @@ impl Request {
             Request::Digest { .. } => Opcode::Digest,
             Request::Generate(_) => Opcode::Generate,
             Request::List => Opcode::List,
+            Request::ListGranted => Opcode::ListGranted,
             Request::Info(_) => Opcode::Info,
             Request::PublicKey(_) => Opcode::PublicKey,
             Request::Export(_) => Opcode::Export,
@@ -325,6 +329,17 @@ impl Request {
         out
     }
 
+    /// Wipes the secrets this request carries (key material being imported, a plaintext to
+    /// encrypt), once they have been encoded.
+    pub fn wipe(&mut self) {
+        use zeroize::Zeroize as _;
+        match self {
+            Request::Import { material, .. } => material.zeroize(),
+            Request::Encrypt { plaintext, .. } => plaintext.zeroize(),
+            _ => {}
+        }
+    }
+
     /// Appends the postcard body of this request to `out`, borrowing every payload.
     fn encode_body_into(&self, out: &mut Vec<u8>) {
         let kd = |key: &KeyRef, data: &[u8], out: &mut Vec<u8>| {
@@ -349,7 +364,7 @@ impl Request {
         match self {
             Request::Hello(h) => to_body_into(h, out),
             Request::Proof(p) => to_body_into(p, out),
-            Request::Ping | Request::List => {}
+            Request::Ping | Request::List | Request::ListGranted => {}
             Request::Random { len } => to_body_into(len, out),
             Request::Digest { alg, data } => to_body_into(&(alg, Raw(data)), out),
             Request::Generate(spec) => to_body_into(spec, out),
@@ -422,6 +437,7 @@ impl Request {
             Opcode::Proof => Request::Proof(from_body(opcode, body)?),
             Opcode::Ping => empty_body(opcode, body).map(|_| Request::Ping)?,
             Opcode::List => empty_body(opcode, body).map(|_| Request::List)?,
+            Opcode::ListGranted => empty_body(opcode, body).map(|_| Request::ListGranted)?,
             Opcode::Random => Request::Random {
                 len: from_body(opcode, body)?,
             },
@@ -630,7 +646,7 @@ impl Response {
             Opcode::CounterCreate | Opcode::CounterRead | Opcode::CounterInc => {
                 Response::Counter(from_body(opcode, body)?)
             }
-            Opcode::List => Response::Keys(from_body(opcode, body)?),
+            Opcode::List | Opcode::ListGranted => Response::Keys(from_body(opcode, body)?),
             Opcode::PublicKey => {
                 let (key_type, Buf(bytes)) = from_body(opcode, body)?;
                 Response::PublicKey { key_type, bytes }

@@ -94,6 +94,7 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Ping),
         Just(Request::List),
+        Just(Request::ListGranted),
         any::<u32>().prop_map(|len| Request::Random { len }),
         bytes().prop_map(|data| Request::Digest {
             alg: DigestAlg::Sha512,

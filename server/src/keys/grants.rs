@@ -36,6 +36,21 @@ impl Grants {
             .copied()
     }
 
+    /// Every grant to `grantee`: (owner, id, operations), by owner and id.
+    pub fn to(&self, grantee: &str) -> Vec<(Arc<str>, u32, UsageSet)> {
+        let mut out: Vec<_> = self
+            .by_grantee
+            .get(grantee)
+            .map(|m| {
+                m.iter()
+                    .map(|((o, id), ops)| (o.clone(), *id, *ops))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
     /// Adds or replaces a grant.
     pub fn set(&mut self, r: &GrantRecord) {
         self.by_grantee

@@ -103,6 +103,22 @@ impl KeyManager {
         Ok(())
     }
 
+    /// The keys other clients granted to the caller, each with its `owner` and the granted
+    /// operations as its usage. A granted key that no longer opens is left out (its owner's
+    /// alarm names it).
+    pub async fn list_granted(&self, caller: &Caller) -> Result<Vec<KeyInfo>, OpError> {
+        let granted = self.grants.read().to(&caller.client);
+        let mut out = Vec::with_capacity(granted.len());
+        for (owner, id, ops) in granted {
+            if let Ok(h) = self.lookup_persistent(&owner, &KeyRef::Id(id)).await {
+                let mut info = h.info.clone();
+                info.usage = ops;
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
     /// Withdraws the grant of the caller's key to `from`.
     pub async fn revoke(&self, caller: &Caller, key: &KeyRef, from: &Label) -> Result<(), OpError> {
         let h = self.authorize_owner(caller, key, policy::REVOKE).await?;

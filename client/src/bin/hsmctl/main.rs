@@ -74,8 +74,12 @@ enum Command {
         #[command(flatten)]
         new: NewKeyArgs,
     },
-    /// List your keys.
-    List,
+    /// List your keys (with --granted: the keys other clients granted you, as OWNER:ID and
+    /// OWNER:LABEL).
+    List {
+        #[arg(long)]
+        granted: bool,
+    },
     /// Describe a key.
     Info { key: KeyRef },
     /// Public key as hex, or SubjectPublicKeyInfo PEM with --pem.
@@ -251,10 +255,20 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
         Command::Keygen { key_type, new } => {
             new_key(hsm().await?.generate_spec(spec(key_type, new)).await?)
         }
-        Command::List => {
-            let keys = hsm().await?.list().await?;
+        Command::List { granted } => {
+            let c = hsm().await?;
+            let keys = if granted {
+                c.list_granted().await?
+            } else {
+                c.list().await?
+            };
             if json {
                 serde_json::Value::Array(keys.iter().map(info_json).collect()).to_string()
+            } else if granted {
+                keys.iter()
+                    .map(show::granted_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             } else {
                 keys.iter().map(info_line).collect::<Vec<_>>().join("\n")
             }

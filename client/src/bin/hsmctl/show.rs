@@ -54,3 +54,10 @@ pub(crate) fn info_line(k: &KeyInfo) -> String {
         created
     )
 }
+
+/// A granted key's line: the same fields, its id and label qualified by its owner.
+pub(crate) fn granted_line(k: &KeyInfo) -> String {
+    let line = info_line(k);
+    let rest = line.split_once('\t').map_or("", |(_, r)| r);
+    format!("{}:{}\t{}:{rest}", k.owner, k.id, k.owner)
+}
