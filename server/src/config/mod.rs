@@ -64,99 +64,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use serde::Deserialize;
 
 use crate::error::ServerError;
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    workers: Option<usize>,
-    session_threads: Option<usize>,
-    inline_max: Option<usize>,
-    worker_nice: Option<i32>,
-    pool_queue: Option<usize>,
-    window: Option<u32>,
-    max_body: Option<u32>,
-    max_connections: Option<usize>,
-    handshake_timeout_ms: Option<u64>,
-    max_connections_per_client: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    addr: String,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    #[serde(default)]
-    allow_tls12: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    path: PathBuf,
-    key_file: Option<PathBuf>,
-    cache_keys: Option<usize>,
-    readers: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPsk {
-    addr: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawShm {
-    socket: PathBuf,
-    mode: Option<String>,
-    ring_kib: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTcp {
-    addr: String,
-    #[serde(default)]
-    allow_insecure_remote: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClient {
-    auth_public_key: Option<String>,
-    tls_names: Option<Vec<String>>,
-    psk_identity: Option<String>,
-    psk_file: Option<PathBuf>,
-    allowed_uids: Option<Vec<u32>>,
-    trusted_wrap_keys: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAudit {
-    level: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    server: RawServer,
-    store: Option<RawStore>,
-    tcp: Option<RawTcp>,
-    tls: Option<RawTls>,
-    tls_psk: Option<RawPsk>,
-    shm: Option<RawShm>,
-    #[serde(default)]
-    clients: BTreeMap<String, RawClient>,
-    #[serde(default)]
-    audit: RawAudit,
-}
+mod raw;
+use raw::RawConfig;
 
 /// The durable key store.
 #[derive(Debug, Clone)]

@@ -308,9 +308,33 @@ impl MasterKey {
         MasterKey::from_raw(Zeroizing::new(raw))
     }
 
-    /// Seals a key's secret bytes to its record.
+    /// Seals a key's secret bytes to its record (the current version's material: `rec`'s
+    /// `version` is that version).
     pub fn seal_record(&self, rec: &KeyRecord, secret: &[u8]) -> Result<Vec<u8>, SealError> {
         seal(&self.aead, &record_aad(rec), secret)
+    }
+
+    /// Seals the material of version `v` of `rec`'s key: sealed as current when `v` is the
+    /// record's version, else as superseded. A rotation re-seals the old current version as
+    /// superseded, so a store rolled back by deleting the newest version (and lowering the
+    /// record's version) fails to open instead of silently encrypting under an old version.
+    pub fn seal_version(
+        &self,
+        rec: &KeyRecord,
+        v: u32,
+        secret: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        seal(&self.aead, &version_aad(rec, v), secret)
+    }
+
+    /// Opens what [`MasterKey::seal_version`] sealed.
+    pub fn open_version(
+        &self,
+        rec: &KeyRecord,
+        v: u32,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        open(&self.aead, &version_aad(rec, v), sealed).ok_or(SealError::Record)
     }
 
     /// Opens a sealed record; fails if the material or any field of the record was changed.
@@ -364,6 +388,19 @@ impl Fields {
         &self.0
     }
 }
+
+/// The associated data of version `v`'s material: the record at version `v`, marked superseded
+/// unless `v` is the record's current version (a current version's AAD is the record's own, so
+/// stores from before key versions open unchanged).
+fn version_aad(rec: &KeyRecord, v: u32) -> Vec<u8> {
+    let mut aad = record_aad(&rec.at_version(v));
+    if v != rec.version {
+        aad.extend_from_slice(SUPERSEDED_TAG);
+    }
+    aad
+}
+
+const SUPERSEDED_TAG: &[u8] = b"superseded\0";
 
 /// Canonical associated data of a record: every field, length-prefixed where variable.
 fn record_aad(r: &KeyRecord) -> Vec<u8> {

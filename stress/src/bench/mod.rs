@@ -6,6 +6,7 @@
 //!          \- targets.rs: paired ratios for the durable-key targets, the disk's fsync floor
 //!          \- baseline.rs: the same crypto in-process on one thread
 //!          \- floors.rs: raw TCP echo and spinning shared-memory round trips
+//!          \- client.rs: one client: its keys, requests kept in flight, latencies
 //!          \- audit.rs: sign throughput at audit level "all" against "changes"
 //! ```
 //! On a shared machine one in-process sample is not enough, so the baselines and floors are
@@ -14,6 +15,7 @@
 
 mod audit;
 mod baseline;
+mod client;
 mod floors;
 mod scale;
 mod targets;
@@ -25,15 +27,14 @@ pub use scale::Idle;
 pub use baseline::in_process;
 pub use targets::Target;
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+pub(crate) use client::{Keys, client_loop, keys, rt};
 
+use std::path::PathBuf;
+
+use ferrohsm_client::ClientError;
 use ferrohsm_client::profile::{Profile, Transport};
-use ferrohsm_client::{Client, ClientError};
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{KeyRef, KeyType, Request, Response};
-use hdrhistogram::Histogram;
+use ferrohsm_proto::{KeyType, Request};
 
 use crate::transport_name;
 
@@ -237,126 +238,6 @@ pub struct BenchReport {
     pub idle: Option<Idle>,
     /// Sign throughput at audit level "all" against "changes", when measured.
     pub audit: Vec<AuditCost>,
-}
-
-#[derive(Clone)]
-pub(crate) struct Keys {
-    ed: KeyRef,
-    ed_session: KeyRef,
-    p256: KeyRef,
-    aead: KeyRef,
-    hmac: KeyRef,
-    counter: ferrohsm_proto::Label,
-}
-
-fn rt() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
-    let mut out = Vec::new();
-    for (t, session) in [
-        (KeyType::Ed25519, false),
-        (KeyType::Ed25519, true),
-        (KeyType::P256, false),
-        (KeyType::ChaCha20Poly1305, false),
-        (KeyType::HmacSha256, false),
-    ] {
-        let label = format!("bench-{}-{tag}-{}-{session}", std::process::id(), t.name());
-        let spec = KeySpec {
-            key_type: t,
-            label: label.parse().map_err(ClientError::Local)?,
-            usage: None,
-            exportable: false,
-            session,
-        };
-        out.push(KeyRef::Id(c.generate_spec(spec).await?.id));
-    }
-    // Counters cannot be deleted (they never go back), so every run shares one.
-    let counter: ferrohsm_proto::Label = "bench-counter".parse().map_err(ClientError::Local)?;
-    match c.counter_create(&counter).await {
-        Ok(_) => {}
-        Err(e) if e.status() == Some(ferrohsm_proto::Status::LabelInUse) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(Keys {
-        counter,
-        ed: out[0].clone(),
-        ed_session: out[1].clone(),
-        p256: out[2].clone(),
-        aead: out[3].clone(),
-        hmac: out[4].clone(),
-    })
-}
-
-/// One client: keeps `inflight` requests outstanding for `warm + secs`, recording the timed
-/// part; deletes the persistent keys it made. Returns (completed in the timed part,
-/// latencies).
-pub(crate) fn client_loop(
-    profile: &Profile,
-    t: Transport,
-    op: BenchOp,
-    keys: &Keys,
-    inflight: usize,
-    secs: f64,
-    tag: &str,
-) -> Result<(u64, Histogram<u64>), String> {
-    let rt = rt()?;
-    rt.block_on(async {
-        let c = ferrohsm_client::connect::connect(profile, Some(t))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut h = floors::ns_histogram()?;
-        let warm_until = Instant::now() + Duration::from_secs_f64(secs / 10.0);
-        let end = warm_until + Duration::from_secs_f64(secs);
-        let mut q = VecDeque::with_capacity(inflight);
-        let mut done = 0u64;
-        let mut n = 0u64;
-        let mut made = Vec::new();
-        let pid = std::process::id();
-        let submit = async |n: &mut u64| {
-            *n += 1;
-            let req = op.request(keys, || format!("bk{pid}-{tag}-{n}"));
-            c.submit(req).await.map_err(|e| e.to_string())
-        };
-        for _ in 0..inflight {
-            q.push_back((Instant::now(), submit(&mut n).await?));
-        }
-        while let Some((t0, p)) = q.pop_front() {
-            let r = p.wait().await.map_err(|e| format!("{}: {e}", op.name()))?;
-            if let (BenchOp::KeygenPersistent, Response::Key(k)) = (op, r) {
-                made.push(k.id);
-            }
-            let now = Instant::now();
-            if now > warm_until && now <= end {
-                done += 1;
-                let _ = h.record((now - t0).as_nanos().max(1) as u64);
-            }
-            if now < end {
-                q.push_back((Instant::now(), submit(&mut n).await?));
-            }
-        }
-        // Leave the server as we found it: pipelined, but never more in flight than the
-        // window (a submit waits for a window slot that only a waited response frees).
-        let window = (c.welcome().window as usize).clamp(1, 16);
-        for chunk in made.chunks(window) {
-            let mut pending = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                pending.push(
-                    c.submit(Request::Delete(KeyRef::Id(*id)))
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            for p in pending {
-                p.wait().await.map_err(|e| format!("cleanup: {e}"))?;
-            }
-        }
-        Ok((done, h))
-    })
 }
 
 /// Baseline and floor samples, taken between the transport rows.

@@ -58,20 +58,22 @@ fn checked_key(
     let row = select_one(tx, owner, key)?.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
     let s = row.load(tx)?;
     master
-        .open_record(&s.record.at_version(s.record.version), s.current())
+        .open_version(&s.record, s.record.version, s.current())
         .map_err(|e| integrity(owner, s.record.id, e.to_string()))?;
     Ok(s)
 }
 
+/// Inserts version `v` of `record`'s key (sealed as current when `v` is `record.version`).
 fn insert_version(
     tx: &Connection,
     master: &MasterKey,
     record: &KeyRecord,
+    v: u32,
     created: u64,
     secret: &[u8],
 ) -> Result<(), StoreError> {
     let sealed = master
-        .seal_record(record, secret)
+        .seal_version(record, v, secret)
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     tx.prepare_cached(
         "INSERT INTO key_versions (owner, id, version, created, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -80,7 +82,7 @@ fn insert_version(
         st.execute(params![
             &*record.owner,
             record.id,
-            record.version,
+            v,
             i64::try_from(created).unwrap_or(i64::MAX),
             sealed
         ])
@@ -144,7 +146,7 @@ fn create(
     for (i, (created, secret)) in versions.iter().enumerate() {
         let v = record.at_version(i as u32 + 1);
         match secret {
-            Some(secret) => insert_version(tx, master, &v, *created, secret)?,
+            Some(secret) => insert_version(tx, master, &record, v.version, *created, secret)?,
             None => {
                 tx.prepare_cached(
                     "INSERT INTO key_versions (owner, id, version, created, sealed) \
@@ -212,7 +214,19 @@ fn rotate(
         .checked_add(1)
         .ok_or_else(|| StoreError::Invalid("the key has no version numbers left".into()))?;
     let record = s.record.at_version(next);
-    insert_version(tx, master, &record, now(), secret)?;
+    // The old current version is re-sealed as superseded, in the same transaction.
+    let old = master
+        .open_version(&s.record, s.record.version, s.current())
+        .map_err(|e| integrity(owner, id, e.to_string()))?;
+    let resealed = master
+        .seal_version(&record, s.record.version, &old)
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    tx.prepare_cached(
+        "UPDATE key_versions SET sealed = ?4 WHERE owner = ?1 AND id = ?2 AND version = ?3",
+    )
+    .and_then(|mut st| st.execute(params![owner, id, s.record.version, resealed]))
+    .map_err(backend)?;
+    insert_version(tx, master, &record, next, now(), secret)?;
     tx.prepare_cached("UPDATE keys SET version = ?3 WHERE owner = ?1 AND id = ?2")
         .and_then(|mut st| st.execute(params![owner, id, next]))
         .map_err(backend)?;

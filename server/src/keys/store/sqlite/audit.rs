@@ -4,10 +4,53 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
-use super::backend;
+use super::{SqliteStore, backend};
 use crate::keys::audit::{AuditRow, GENESIS, SignedHead};
 use crate::keys::seal::MasterKey;
 use crate::keys::store::{AuditEvent, StoreError};
+
+/// The audit log, the signed head and the audit public key, as one snapshot read them.
+pub type AuditSnapshot = (
+    Vec<AuditRow>,
+    Option<SignedHead>,
+    Option<ed25519_dalek::VerifyingKey>,
+);
+
+impl SqliteStore {
+    /// The audit key's public half, creating the audit key (sealed under `master`) if this
+    /// store has none yet.
+    pub fn ensure_audit_key(
+        &mut self,
+        master: &MasterKey,
+    ) -> Result<ed25519_dalek::VerifyingKey, StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        let key = signing_key(&tx, master)?;
+        tx.commit().map_err(backend)?;
+        let public = key.verifying_key();
+        self.audit_key = Some(key);
+        Ok(public)
+    }
+
+    /// The audit log from `since`, the signed head and the audit public key, read in one
+    /// snapshot (consistent while hsmd appends).
+    pub fn audit_snapshot(&mut self, since: u64) -> Result<AuditSnapshot, StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        let rows = rows(&tx, since)?;
+        let head = head(&tx)?;
+        let public = public_key(&tx)?;
+        tx.finish().map_err(backend)?;
+        Ok((rows, head, public))
+    }
+
+    /// The signed head, signed now by the audit key (for a checkpoint).
+    pub fn sign_head(&mut self, master: &MasterKey) -> Result<SignedHead, StoreError> {
+        let tx = self.conn.transaction().map_err(backend)?;
+        let last = last(&tx)?;
+        let key = signing_key(&tx, master)?;
+        tx.finish().map_err(backend)?;
+        Ok(SignedHead::sign(&key, last.0, last.1))
+    }
+}
 
 const AUDIT_KEY_AAD: &[u8] = b"FerroHSM audit key v1\0";
 

@@ -13,12 +13,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, Status, UsageSet, VersionInfo};
+use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, UsageSet, VersionInfo};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::OpError;
+use crate::keys::KeyHandle;
 use crate::keys::audit::Level;
 use crate::keys::cache::Cache;
 use crate::keys::grants::Grants;
@@ -27,10 +27,17 @@ use crate::keys::policy::{self, NewKey, Requirement};
 use crate::keys::service::StoreService;
 use crate::keys::session_keys::SessionKeys;
 use crate::keys::store::{
-    AuditEvent, Change, GrantRecord, KeyRecord, KeyStore, Mutation, SESSION_ID_BASE, Sealed,
-    StoreError,
+    Change, GrantRecord, KeyRecord, KeyStore, Mutation, SESSION_ID_BASE, StoreError,
 };
-use crate::keys::{KeyHandle, seal::MasterKey};
+
+mod audit;
+mod records;
+
+use audit::qualified;
+#[cfg(test)]
+pub(crate) use records::test_info;
+pub(crate) use records::{alarm, now};
+use records::{info_of, open};
 
 /// Who is asking: the proven client name, its session and its transport.
 #[derive(Debug, Clone)]
@@ -82,105 +89,6 @@ impl std::fmt::Debug for KeyManager {
     }
 }
 
-pub(super) fn info_of(r: &KeyRecord, lifetime: Lifetime, versions: Vec<VersionInfo>) -> KeyInfo {
-    KeyInfo {
-        id: r.id,
-        label: r.label.clone(),
-        key_type: r.key_type,
-        usage: r.usage,
-        exportable: r.exportable,
-        lifetime,
-        created: r.created,
-        // Owners are configured client names, which are valid labels.
-        owner: r.owner.parse().unwrap_or_else(|_| r.label.clone()),
-        origin: r.origin,
-        current_version: r.version,
-        versions,
-    }
-}
-
-/// Logs the alarm for a record that failed its integrity check (never its contents).
-pub(super) fn alarm(e: &StoreError) {
-    if let StoreError::Integrity { owner, id, reason } = e {
-        tracing::error!(client = %owner, id, %reason, "ALARM: key store integrity failure; the record is refused until an operator restores it");
-    }
-}
-
-/// Opens a sealed record into a usable key (on a store thread): every version that still has
-/// material must authenticate against the record.
-pub(super) fn open(master: &MasterKey, s: Sealed) -> Result<KeyHandle, StoreError> {
-    let bad = |reason: &str| StoreError::Integrity {
-        owner: s.record.owner.to_string(),
-        id: s.record.id,
-        reason: reason.into(),
-    };
-    let mut materials = Vec::new();
-    for v in s.versions.iter().rev() {
-        let Some(sealed) = &v.sealed else { continue };
-        let bytes = master
-            .open_record(&s.record.at_version(v.version), sealed)
-            .map_err(|_| bad("the sealed material does not authenticate against its record"))?;
-        let material = KeyMaterial::from_stored(s.record.key_type, &bytes)
-            .ok_or_else(|| bad("the material does not form a key of the recorded type"))?;
-        materials.push((v.version, material));
-    }
-    let versions = s
-        .versions
-        .iter()
-        .map(|v| VersionInfo {
-            version: v.version,
-            created: v.created,
-            retired: v.sealed.is_none(),
-        })
-        .collect();
-    let mut live = materials.into_iter();
-    let (_, material) = live
-        .next()
-        .ok_or_else(|| bad("the current version has no material"))?;
-    Ok(KeyHandle {
-        owner: s.record.owner.clone(),
-        info: info_of(&s.record, Lifetime::Persistent, versions),
-        material,
-        older: live.collect(),
-    })
-}
-
-pub(super) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Statuses that are denials (recorded in the audit chain).
-fn is_denial(s: Status) -> bool {
-    matches!(
-        s,
-        Status::KeyNotFound
-            | Status::UsageNotPermitted
-            | Status::NotExportable
-            | Status::WrongKeyType
-            | Status::AuthFailed
-            | Status::PeerNotAllowed
-            | Status::KeyStoreIntegrity
-    )
-}
-
-/// `key` as the audit log names it: always with its owner.
-fn qualified(caller: &Caller, key: &KeyRef) -> String {
-    match key.owner() {
-        Some(_) => key.to_string(),
-        None => format!("{}:{key}", caller.client),
-    }
-}
-
 impl KeyManager {
     /// A manager over the running store service, caching up to `cache_keys` opened keys;
     /// `lock` is the store's claim from [`crate::keys::lock_store`]; `grants` as loaded from
@@ -222,60 +130,6 @@ impl KeyManager {
         let n = self.sessions.lock().end(&caller.client, caller.session);
         if n > 0 {
             tracing::debug!(client = %caller.client, session = caller.session, keys = n, "session keys dropped");
-        }
-    }
-
-    /// An audit entry for `caller` doing `op` on `key` (status filled in later or given).
-    pub(super) fn event(&self, caller: &Caller, op: &'static str, key: String) -> AuditEvent {
-        AuditEvent {
-            time_ms: now_ms(),
-            client: caller.client.to_string(),
-            session: caller.session,
-            transport: caller.transport,
-            op,
-            key,
-            detail: String::new(),
-            status: String::new(),
-        }
-    }
-
-    /// Records a denied request (queued for the next commit).
-    pub fn deny(&self, caller: &Caller, op: &'static str, key: &KeyRef, e: &OpError) {
-        if is_denial(e.status) {
-            let mut ev = self.event(caller, op, qualified(caller, key));
-            ev.status = e.status.name().into();
-            self.store.audit_later(ev);
-        }
-    }
-
-    /// Records a failed login (queued): `claimed` is the name the peer gave, escaped and cut.
-    pub fn deny_login(&self, claimed: &str, session: u64, transport: &'static str, s: Status) {
-        let client: String = claimed.escape_default().take(80).collect();
-        self.store.audit_later(AuditEvent {
-            time_ms: now_ms(),
-            client,
-            session,
-            transport,
-            op: "login",
-            key: String::new(),
-            detail: String::new(),
-            status: s.name().into(),
-        });
-    }
-
-    /// With `[audit] level = "all"`: records a use of `h` that ended with `failed` (`None`:
-    /// success), queued and group-committed.
-    pub fn audit_use(
-        &self,
-        caller: &Caller,
-        op: &'static str,
-        h: &KeyHandle,
-        failed: Option<Status>,
-    ) {
-        if self.opts.audit == Level::All {
-            let mut ev = self.event(caller, op, format!("{}:{}", h.owner, h.info.id));
-            ev.status = failed.map_or("ok", Status::name).into();
-            self.store.audit_later(ev);
         }
     }
 
@@ -640,66 +494,10 @@ impl KeyManager {
     }
 }
 
-/// A persistent key's description, for tests.
-#[cfg(test)]
-pub(crate) fn test_info(
-    id: u32,
-    label: &str,
-    t: ferrohsm_proto::KeyType,
-    usage: UsageSet,
-    exportable: bool,
-) -> KeyInfo {
-    KeyInfo {
-        id,
-        label: label.parse().expect("test label"),
-        key_type: t,
-        usage,
-        exportable,
-        lifetime: Lifetime::Persistent,
-        created: 0,
-        owner: "alice".parse().expect("label"),
-        origin: ferrohsm_proto::Origin::Generated,
-        current_version: 1,
-        versions: vec![VersionInfo {
-            version: 1,
-            created: 0,
-            retired: false,
-        }],
-    }
-}
-
 /// Whether `h`, reached through `access`, may be used for `req`.
 fn check(h: &KeyHandle, access: Access, key: &KeyRef, req: Requirement) -> Result<(), OpError> {
     if let Access::Granted(ops) = access {
         policy::check_granted(key, ops, req)?;
     }
     policy::check(&h.info, req)
-}
-
-impl From<StoreError> for OpError {
-    fn from(e: StoreError) -> OpError {
-        let status = e.status();
-        match e {
-            StoreError::NotFound(k) => OpError::new(status, format!("no key {k}")),
-            StoreError::Integrity { id: 0, reason, .. } => OpError::new(
-                status,
-                format!("{reason}; it is refused until an operator restores the store"),
-            ),
-            StoreError::Integrity { id, .. } => OpError::new(
-                status,
-                format!(
-                    "key {id} failed its integrity check in the key store; it is refused until \
-                     an operator restores it"
-                ),
-            ),
-            StoreError::Backend(_) | StoreError::Open(_) => {
-                tracing::error!(error = %e, "key store failure");
-                OpError::new(
-                    status,
-                    "the key store could not complete the request; nothing was changed",
-                )
-            }
-            other => OpError::new(status, other.to_string()),
-        }
-    }
 }
