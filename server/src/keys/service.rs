@@ -38,6 +38,42 @@ const QUEUE: usize = 4096;
 pub const AUDIT_FLUSH: Duration = Duration::from_millis(200);
 /// Queued audit entries that make the writer commit them at once.
 const AUDIT_QUEUE: usize = 4096;
+/// Queued audit entries at most (a stalled disk must not grow memory without bound): beyond
+/// it entries are counted, and the count is itself committed as an `audit-overflow` entry.
+const AUDIT_CAP: usize = 16 * AUDIT_QUEUE;
+
+/// Audit entries waiting for a commit.
+#[derive(Default)]
+struct Queued {
+    events: Vec<AuditEvent>,
+    dropped: u64,
+    flush_requested: bool,
+}
+
+impl Queued {
+    /// Everything waiting, with an entry that counts what the cap dropped.
+    fn take(&mut self) -> Vec<AuditEvent> {
+        let mut out = std::mem::take(&mut self.events);
+        if self.dropped > 0 {
+            out.push(AuditEvent {
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                client: String::new(),
+                session: 0,
+                transport: "",
+                op: "audit-overflow",
+                key: String::new(),
+                detail: format!("{} entries dropped: the audit queue was full", self.dropped),
+                status: "dropped".into(),
+            });
+            self.dropped = 0;
+        }
+        self.flush_requested = false;
+        out
+    }
+}
 
 type Written = Result<Applied, StoreError>;
 type ReadWork = Box<dyn FnOnce(&mut dyn KeyStore, &MasterKey) + Send>;
@@ -72,7 +108,7 @@ pub struct StoreService {
     write_slots: Arc<Semaphore>,
     read_tx: Sender<ReadJob>,
     read_slots: Arc<Semaphore>,
-    queued: Arc<Mutex<Vec<AuditEvent>>>,
+    queued: Arc<Mutex<Queued>>,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
@@ -112,7 +148,7 @@ impl StoreService {
         let (write_tx, write_rx) = crossbeam_channel::bounded::<WriteJob>(QUEUE);
         let stats = Arc::new(StoreStats::default());
         let s = stats.clone();
-        let queued = Arc::new(Mutex::new(Vec::new()));
+        let queued = Arc::new(Mutex::new(Queued::default()));
         let q = queued.clone();
         std::thread::Builder::new()
             .name("hsm-store-w".into())
@@ -131,12 +167,18 @@ impl StoreService {
     /// Queues an audit entry for the next commit (never waits, never fails the request).
     /// When the queue is full the writer is asked to commit it at once.
     pub fn audit_later(&self, e: AuditEvent) {
-        let full = {
+        let flush = {
             let mut q = self.queued.lock();
-            q.push(e);
-            q.len() >= AUDIT_QUEUE
+            if q.events.len() >= AUDIT_CAP {
+                q.dropped += 1;
+                return;
+            }
+            q.events.push(e);
+            let flush = q.events.len() >= AUDIT_QUEUE && !q.flush_requested;
+            q.flush_requested |= flush;
+            flush
         };
-        if full && let Ok(slot) = self.write_slots.clone().try_acquire_owned() {
+        if flush && let Ok(slot) = self.write_slots.clone().try_acquire_owned() {
             let (reply, _) = oneshot::channel();
             let _ = self.write_tx.try_send(WriteJob {
                 change: Change {
@@ -198,17 +240,17 @@ fn write_loop(
     mut store: Box<dyn KeyStore>,
     master: &MasterKey,
     rx: &Receiver<WriteJob>,
-    queued: &Mutex<Vec<AuditEvent>>,
+    queued: &Mutex<Queued>,
     stats: &StoreStats,
 ) {
     loop {
         let mut jobs = match rx.recv_timeout(AUDIT_FLUSH) {
             Ok(first) => vec![first],
-            Err(RecvTimeoutError::Timeout) if queued.lock().is_empty() => continue,
+            Err(RecvTimeoutError::Timeout) if queued.lock().events.is_empty() => continue,
             Err(RecvTimeoutError::Timeout) => Vec::new(),
             Err(RecvTimeoutError::Disconnected) => {
                 // The last handle is gone: commit what is still queued, then stop.
-                let denials = std::mem::take(&mut *queued.lock());
+                let denials = queued.lock().take();
                 if !denials.is_empty() {
                     let n = denials.len() as u64;
                     if store.commit(master, Vec::new(), denials).is_ok() {
@@ -231,7 +273,7 @@ fn write_loop(
             .unzip();
         let n = changes.len();
         let audited = changes.iter().filter(|c| c.audit.is_some()).count();
-        let denials = std::mem::take(&mut *queued.lock());
+        let denials = queued.lock().take();
         let d = denials.len();
         let outcome = catch_unwind(AssertUnwindSafe(|| store.commit(master, changes, denials)))
             .unwrap_or_else(|_| Err(StoreError::Backend("store commit panicked".into())));
@@ -253,5 +295,25 @@ fn write_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_audit_queue_counts_what_it_drops_and_says_so() {
+        let mut q = Queued {
+            dropped: 3,
+            flush_requested: true,
+            ..Queued::default()
+        };
+        let out = q.take();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].op, "audit-overflow");
+        assert!(out[0].detail.starts_with("3 entries dropped"));
+        assert!(!q.flush_requested && q.dropped == 0);
+        assert!(q.take().is_empty());
     }
 }
