@@ -60,13 +60,13 @@ impl Queued {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
-                client: String::new(),
+                client: "".into(),
                 session: 0,
                 transport: "",
                 op: "audit-overflow",
                 key: String::new(),
                 detail: format!("{} entries dropped: the audit queue was full", self.dropped),
-                status: "dropped".into(),
+                status: "dropped",
             });
             self.dropped = 0;
         }

@@ -104,18 +104,18 @@ impl AuditRow {
             e.op,
             &e.key,
             &e.detail,
-            &e.status,
+            e.status,
         );
         AuditRow {
             seq,
             time_ms: e.time_ms,
-            client: e.client.clone(),
+            client: e.client.to_string(),
             session: e.session,
             transport: e.transport.into(),
             op: e.op.into(),
             key: e.key.clone(),
             detail: e.detail.clone(),
-            status: e.status.clone(),
+            status: e.status.into(),
             prev_hash: prev,
             hash,
         }

@@ -10,7 +10,7 @@ fn event(i: u64) -> AuditEvent {
         op: "keygen",
         key: format!("alice:{i}"),
         detail: String::new(),
-        status: "ok".into(),
+        status: "ok",
     }
 }
 

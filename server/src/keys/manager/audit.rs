@@ -38,13 +38,13 @@ impl KeyManager {
     pub(crate) fn event(&self, caller: &Caller, op: &'static str, key: String) -> AuditEvent {
         AuditEvent {
             time_ms: now_ms(),
-            client: caller.client.to_string(),
+            client: caller.client.clone(),
             session: caller.session,
             transport: caller.transport,
             op,
             key,
             detail: String::new(),
-            status: String::new(),
+            status: "",
         }
     }
 
@@ -52,7 +52,7 @@ impl KeyManager {
     pub fn deny(&self, caller: &Caller, op: &'static str, key: &KeyRef, e: &OpError) {
         if is_denial(e.status) {
             let mut ev = self.event(caller, op, qualified(caller, key));
-            ev.status = e.status.name().into();
+            ev.status = e.status.name();
             self.store.audit_later(ev);
         }
     }
@@ -60,6 +60,7 @@ impl KeyManager {
     /// Records a failed login (queued): `claimed` is the name the peer gave, escaped and cut.
     pub fn deny_login(&self, claimed: &str, session: u64, transport: &'static str, s: Status) {
         let client: String = claimed.escape_default().take(80).collect();
+        let client: std::sync::Arc<str> = client.into();
         self.store.audit_later(AuditEvent {
             time_ms: now_ms(),
             client,
@@ -68,7 +69,7 @@ impl KeyManager {
             op: "login",
             key: String::new(),
             detail: String::new(),
-            status: s.name().into(),
+            status: s.name(),
         });
     }
 
@@ -83,7 +84,7 @@ impl KeyManager {
     ) {
         if self.opts.audit == Level::All {
             let mut ev = self.event(caller, op, format!("{}:{}", h.owner, h.info.id));
-            ev.status = failed.map_or("ok", Status::name).into();
+            ev.status = failed.map_or("ok", Status::name);
             self.store.audit_later(ev);
         }
     }

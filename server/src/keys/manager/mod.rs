@@ -351,7 +351,7 @@ impl KeyManager {
             // Memory only, so no transaction to join: the entry joins the next commit.
             let mut ev = self.event(caller, new.op(), format!("{}:{}", caller.client, h.info.id));
             ev.detail = "session key".into();
-            ev.status = "ok".into();
+            ev.status = "ok";
             self.store.audit_later(ev);
             return Ok(h.info.clone());
         }

@@ -113,7 +113,7 @@ pub struct AuditEvent {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// Client (the proven name; for a failed login, the name it claimed, escaped).
-    pub client: String,
+    pub client: Arc<str>,
     /// Session id (0 when there is none).
     pub session: u64,
     /// tcp, tls, tls-psk, shm.
@@ -125,7 +125,7 @@ pub struct AuditEvent {
     /// What else identifies the change (a grantee and operations, a version), never a secret.
     pub detail: String,
     /// `ok`, or the status name of the failure.
-    pub status: String,
+    pub status: &'static str,
 }
 
 /// What a committed mutation produced.

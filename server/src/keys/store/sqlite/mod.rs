@@ -304,8 +304,8 @@ impl KeyStore for SqliteStore {
             }
             if let Some(mut e) = audit {
                 e.status = match &r {
-                    Ok(_) => "ok".into(),
-                    Err(err) => err.status().name().into(),
+                    Ok(_) => "ok",
+                    Err(err) => err.status().name(),
                 };
                 if let Ok(Applied::Key(rec)) = &r {
                     e.key = format!("{}:{}", rec.owner, rec.id);

@@ -31,7 +31,7 @@ fn change(mutation: Mutation) -> Change {
             op: "keygen",
             key: String::new(),
             detail: String::new(),
-            status: String::new(),
+            status: "",
         }),
     }
 }
