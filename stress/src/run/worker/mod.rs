@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{DigestAlg, KeyRef, KeyType, Status};
+use ferrohsm_proto::{KeyRef, KeyType, Status};
+
+mod step;
 
 use super::{Shared, Stats};
 use crate::transport_name;
-use crate::verify;
 
 /// One load client: its connection, identity and what it created.
 struct Worker {
@@ -28,13 +29,16 @@ struct Worker {
     hmac: Vec<(String, Vec<u8>)>,
     x: Vec<String>,
     session: Vec<String>,
+    // This worker's counter and the highest value it has seen: every increment must exceed it,
+    // across reconnects and restarts.
+    counter: Option<(ferrohsm_proto::Label, u64)>,
     stats: Stats,
     rng: u64,
     // The restart generation when this connection was made.
     conn_gen: u64,
 }
 
-const OPS: [(&str, u32); 12] = [
+const OPS: [(&str, u32); 13] = [
     ("sign", 22),
     ("verify", 8),
     ("encrypt", 10),
@@ -47,6 +51,7 @@ const OPS: [(&str, u32); 12] = [
     ("derive", 3),
     ("session", 3),
     ("probe", 14),
+    ("counter", 4),
 ];
 
 /// The connection broke (or the server is shutting down): the operation's outcome is
@@ -116,6 +121,18 @@ impl Worker {
                 _ => self.x.push(label),
             }
         }
+        // Counters are never deleted, so one left by an earlier run (or by a set-up attempt a
+        // restart cut off) is taken up where it stands.
+        let name: ferrohsm_proto::Label = format!("{}ctr", self.prefix)
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let start = match self.hsm.block_on(c.counter_create(&name)) {
+            Err(e) if status(&e) == Some(Status::LabelInUse) => {
+                self.hsm.block_on(c.counter_read(&name))?
+            }
+            other => other?,
+        };
+        self.counter = Some((name, start));
         let mut reg = shared.labels.lock().unwrap_or_else(|p| p.into_inner());
         reg.entry(self.identity.clone()).or_default().extend(made);
         Ok(())
@@ -214,213 +231,6 @@ impl Worker {
         s.extend(self.session.iter().cloned());
         s
     }
-
-    /// Runs one operation; `Ok(false)` when its result was wrong (already reported).
-    fn step(&mut self, op: &str, shared: &Shared) -> Result<(), ClientError> {
-        let c = self.hsm.client().clone();
-        let r = |k: &str| KeyRef::Label(k.parse().unwrap_or_else(|_| unreachable!()));
-        let msg: Vec<u8> = self.next().to_le_bytes().repeat(8);
-        let transport = self.transport;
-        let wrong = |what: String| shared.problem(&shared.wrong, format!("[{transport}] {what}"));
-        match op {
-            "sign" | "verify" => {
-                let i = self.next() as usize % self.ed.len();
-                let (label, pk) = self.ed[i].clone();
-                let sig = self.hsm.block_on(c.sign(&r(&label), msg.clone()))?;
-                if !verify::signature_ok(&pk, &msg, &sig) {
-                    wrong(format!("signature by {label} does not verify locally"));
-                }
-                if op == "verify" {
-                    self.hsm
-                        .block_on(c.verify(&r(&label), msg.clone(), sig.clone()))?;
-                    let mut bad = sig;
-                    bad[0] ^= 0x80;
-                    match self.hsm.block_on(c.verify(&r(&label), msg, bad)) {
-                        Err(e) if status(&e) == Some(Status::BadSignature) => {}
-                        Err(e) if cut_off(&e) => return Err(e),
-                        other => wrong(format!("tampered signature answered {other:?}")),
-                    }
-                }
-            }
-            "encrypt" | "decrypt" => {
-                let i = self.next() as usize % self.aead.len();
-                let label = self.aead[i].clone();
-                let ct = self
-                    .hsm
-                    .block_on(c.encrypt(&r(&label), msg.clone(), b"aad".to_vec()))?;
-                let pt = self
-                    .hsm
-                    .block_on(c.decrypt(&r(&label), ct.clone(), b"aad".to_vec()))?;
-                if *pt != msg {
-                    wrong(format!("decryption with {label} returned other bytes"));
-                }
-                if op == "decrypt" {
-                    match self
-                        .hsm
-                        .block_on(c.decrypt(&r(&label), ct, b"other".to_vec()))
-                    {
-                        Err(e) if status(&e) == Some(Status::DecryptFailed) => {}
-                        Err(e) if cut_off(&e) => return Err(e),
-                        other => wrong(format!("wrong AAD answered {other:?}")),
-                    }
-                }
-            }
-            "mac" => {
-                let i = self.next() as usize % self.hmac.len();
-                let (label, key) = self.hmac[i].clone();
-                let tag = self.hsm.block_on(c.mac(&r(&label), msg.clone()))?;
-                if !verify::mac_ok(&key, &msg, &tag) {
-                    wrong(format!(
-                        "MAC by {label} does not match the local computation"
-                    ));
-                }
-            }
-            "random" => {
-                let n = 16 + (self.next() % 1000) as usize;
-                let b = self.hsm.block_on(c.random(n as u32))?;
-                if !verify::random_ok(n, &b) {
-                    wrong(format!("random({n}) returned {} bytes", b.len()));
-                }
-                let d = self.hsm.block_on(c.digest(DigestAlg::Sha256, b.clone()))?;
-                if d[..] != <sha2::Sha256 as sha2::Digest>::digest(&b)[..] {
-                    wrong("digest differs from the local SHA-256".into());
-                }
-            }
-            "keygen" => {
-                let spec = self.spec(KeyType::Ed25519, "ed25519", false, false);
-                let label = spec.label.to_string();
-                let info = self.hsm.block_on(c.generate_spec(spec))?;
-                let (_, pk) = self.hsm.block_on(c.public_key(&KeyRef::Id(info.id)))?;
-                self.ed.push((label.clone(), pk));
-                shared
-                    .labels
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(self.identity.clone())
-                    .or_default()
-                    .push(label);
-            }
-            "delete" => {
-                if self.ed.len() <= 2 {
-                    // Keep two signing keys for the other operations: delete a fresh one.
-                    self.step("keygen", shared)?;
-                }
-                let (label, _) = self.ed.remove(self.ed.len() - 1);
-                self.hsm.block_on(c.delete(&r(&label)))?;
-                match self.hsm.block_on(c.info(&r(&label))) {
-                    Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
-                    Err(e) if cut_off(&e) => return Err(e),
-                    other => wrong(format!("deleted key {label} still answers {other:?}")),
-                }
-            }
-            "session" => {
-                let spec = self.spec(KeyType::HmacSha256, "sess", false, true);
-                let label = spec.label.to_string();
-                let info = self.hsm.block_on(c.generate_spec(spec))?;
-                if info.lifetime != ferrohsm_proto::Lifetime::Session {
-                    wrong(format!(
-                        "session key {label} reported as {:?}",
-                        info.lifetime
-                    ));
-                }
-                self.session.push(label);
-            }
-            "list" => {
-                let listed = self.hsm.block_on(c.list())?;
-                // A graceful restart ends every session first, so a list answered while it
-                // drains no longer shows this connection's session keys.
-                let expect = if self.restart_begun(shared) {
-                    self.persistent()
-                } else {
-                    self.mine()
-                };
-                let check = verify::check_list(&expect, &listed, &self.others);
-                if !check.missing.is_empty() {
-                    wrong(format!("list lacks our keys {:?}", check.missing));
-                }
-                if !check.foreign.is_empty() {
-                    shared.problem(
-                        &shared.isolation,
-                        format!(
-                            "[{}] list shows another identity's keys {:?}",
-                            self.transport, check.foreign
-                        ),
-                    );
-                }
-            }
-            "derive" => {
-                let (a, b) = (self.x[0].clone(), self.x[1].clone());
-                let (_, pa) = self.hsm.block_on(c.public_key(&r(&a)))?;
-                let (_, pb) = self.hsm.block_on(c.public_key(&r(&b)))?;
-                let s1 = self.spec(KeyType::HmacSha256, "drv", true, true);
-                let s2 = self.spec(KeyType::HmacSha256, "drv", true, true);
-                let (l1, l2) = (s1.label.to_string(), s2.label.to_string());
-                self.hsm.block_on(c.derive(&r(&a), pb, s1))?;
-                self.hsm.block_on(c.derive(&r(&b), pa, s2))?;
-                let k1 = self.hsm.block_on(c.export(&r(&l1)))?;
-                let k2 = self.hsm.block_on(c.export(&r(&l2)))?;
-                if k1 != k2 {
-                    wrong("the two sides of an X25519 exchange derived different keys".into());
-                }
-                self.session.extend([l1, l2]);
-            }
-            "probe" => {
-                let target = {
-                    let reg = shared.labels.lock().unwrap_or_else(|p| p.into_inner());
-                    let theirs: Vec<&String> = reg
-                        .iter()
-                        .filter(|(id, _)| **id != self.identity)
-                        .flat_map(|(_, l)| l)
-                        .collect();
-                    if theirs.is_empty() {
-                        return Ok(());
-                    }
-                    theirs[(self.next() as usize) % theirs.len()].clone()
-                };
-                let key = r(&target);
-                let answers = [
-                    ("info", self.hsm.block_on(c.info(&key)).map(|_| ())),
-                    ("sign", self.hsm.block_on(c.sign(&key, vec![1])).map(|_| ())),
-                    ("export", self.hsm.block_on(c.export(&key)).map(|_| ())),
-                    ("delete", self.hsm.block_on(c.delete(&key))),
-                ];
-                // By id: ids are per client, so whatever an id finds must be in our own
-                // namespace; a key carrying another identity's label prefix means a leak.
-                let id = 1 + (self.next() % 200) as u32;
-                match self.hsm.block_on(c.info(&KeyRef::Id(id))) {
-                    Ok(k)
-                        if self
-                            .others
-                            .iter()
-                            .any(|p| k.label.as_str().starts_with(p.as_str())) =>
-                    {
-                        shared.problem(
-                            &shared.isolation,
-                            format!("[{transport}] id {id} reached {}", k.label),
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
-                    Err(e) => return Err(e),
-                }
-                for (what, a) in answers {
-                    match a {
-                        Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
-                        Err(e) if cut_off(&e) => return Err(e),
-                        other => shared.problem(
-                            &shared.isolation,
-                            format!(
-                                "[{}] {what} of another identity's key {target} answered {other:?}",
-                                self.transport
-                            ),
-                        ),
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
 }
 
 pub(super) fn connect(profile: &Profile, t: Transport) -> Result<BlockingClient, ClientError> {
@@ -452,6 +262,7 @@ pub(super) fn run_worker(
                     hmac: vec![],
                     x: vec![],
                     session: vec![],
+                    counter: None,
                     stats: Stats::default(),
                     rng: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
                     conn_gen,
