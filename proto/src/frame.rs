@@ -14,6 +14,7 @@
 use thiserror::Error;
 
 use crate::PROTOCOL_VERSION;
+pub use crate::opcode::Opcode;
 
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"FHSM";
@@ -24,119 +25,6 @@ pub const FLAG_RESPONSE: u8 = 0b01;
 /// Flag: this response is an error; its body is an [`crate::ErrorBody`].
 pub const FLAG_ERROR: u8 = 0b10;
 const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_ERROR;
-
-/// Every message kind. Responses use the opcode of their request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-#[non_exhaustive]
-pub enum Opcode {
-    /// Handshake: client hello (version, client name).
-    Hello = 1,
-    /// Handshake: server challenge.
-    Challenge = 2,
-    /// Handshake: client proof.
-    Proof = 3,
-    /// Handshake: server welcome (session id, limits).
-    Welcome = 4,
-    /// Session-level liveness check, answered by the session itself.
-    Ping = 16,
-    /// Random bytes from the server's CSPRNG.
-    Random = 17,
-    /// SHA-2 digest of the body.
-    Digest = 18,
-    /// Generate a key.
-    Generate = 32,
-    /// List the caller's keys.
-    List = 33,
-    /// Describe one key.
-    Info = 34,
-    /// Public half of an asymmetric key.
-    PublicKey = 35,
-    /// Raw key bytes of an exportable key.
-    Export = 36,
-    /// Delete a key.
-    Delete = 37,
-    /// Sign a message.
-    Sign = 48,
-    /// Verify a signature.
-    Verify = 49,
-    /// AEAD encrypt.
-    Encrypt = 50,
-    /// AEAD decrypt.
-    Decrypt = 51,
-    /// HMAC compute.
-    Mac = 52,
-    /// HMAC verify.
-    MacVerify = 53,
-    /// X25519 + HKDF into a new key.
-    Derive = 54,
-    /// Re-encrypt a ciphertext under the current key version.
-    Rewrap = 55,
-    /// Import a key.
-    Import = 38,
-    /// Wrap a key under a wrap key.
-    Wrap = 39,
-    /// Unwrap a blob into a new key.
-    Unwrap = 40,
-    /// Grant a key to another client.
-    Grant = 41,
-    /// Revoke a grant.
-    Revoke = 42,
-    /// Add a key version.
-    Rotate = 43,
-    /// Retire old key versions.
-    Retire = 44,
-    /// List the keys granted to the caller.
-    ListGranted = 45,
-    /// Create a counter.
-    CounterCreate = 64,
-    /// Read a counter.
-    CounterRead = 65,
-    /// Increment a counter.
-    CounterInc = 66,
-}
-
-impl Opcode {
-    const ALL: [Opcode; 32] = [
-        Opcode::Hello,
-        Opcode::Challenge,
-        Opcode::Proof,
-        Opcode::Welcome,
-        Opcode::Ping,
-        Opcode::Random,
-        Opcode::Digest,
-        Opcode::Generate,
-        Opcode::List,
-        Opcode::Info,
-        Opcode::PublicKey,
-        Opcode::Export,
-        Opcode::Delete,
-        Opcode::Sign,
-        Opcode::Verify,
-        Opcode::Encrypt,
-        Opcode::Decrypt,
-        Opcode::Mac,
-        Opcode::MacVerify,
-        Opcode::Derive,
-        Opcode::Rewrap,
-        Opcode::Import,
-        Opcode::Wrap,
-        Opcode::Unwrap,
-        Opcode::Grant,
-        Opcode::Revoke,
-        Opcode::Rotate,
-        Opcode::Retire,
-        Opcode::ListGranted,
-        Opcode::CounterCreate,
-        Opcode::CounterRead,
-        Opcode::CounterInc,
-    ];
-
-    /// Looks up a wire opcode.
-    pub fn from_u16(v: u16) -> Option<Opcode> {
-        Opcode::ALL.iter().copied().find(|o| *o as u16 == v)
-    }
-}
 
 /// A decoded frame header. The opcode stays numeric here so that an unknown opcode can still be
 /// answered with an error frame carrying the request id.

@@ -25,6 +25,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod message;
+mod opcode;
 pub mod pem;
 pub mod status;
 mod wire;

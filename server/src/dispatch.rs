@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::crypto::ops;
 use crate::error::OpError;
 use crate::keys::KeyHandle;
+use crate::keys::audit::Level;
 use crate::keys::manager::Caller;
 use crate::keys::material::KeyMaterial;
 use crate::keys::{policy, wrap};
@@ -436,14 +437,17 @@ pub async fn dispatch(
             Ok((key, op)) => {
                 let h = km.authorize(&caller, &key, op.requirement()).await?;
                 let (cheap, len, name) = (op.is_cheap(), op.len(), op.requirement().op);
-                let used = h.clone();
+                // Kept for the audit entry only when uses are audited.
+                let used = (km.audit_level() == Level::All).then(|| h.clone());
                 let work = move || op.run(&h);
                 let r = if cheap {
                     pool.cheap(len, work).await
                 } else {
                     pool.run(work).await
                 };
-                km.audit_use(&caller, name, &used, r.as_ref().err().map(|e| e.status));
+                if let Some(used) = used {
+                    km.audit_use(&caller, name, &used, r.as_ref().err().map(|e| e.status));
+                }
                 r
             }
             Err(other) => Err(OpError::new(

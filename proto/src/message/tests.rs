@@ -280,7 +280,7 @@ fn labels_and_refs() {
     assert!("99999999999".parse::<KeyRef>().is_err());
     let granted: KeyRef = "alice:k1".parse().unwrap();
     assert_eq!(granted.owner().map(Label::as_str), Some("alice"));
-    assert_eq!(granted.local(), KeyRef::Label("k1".parse().unwrap()));
+    assert_eq!(*granted.local(), KeyRef::Label("k1".parse().unwrap()));
     assert_eq!(granted.to_string(), "alice:k1");
     assert_eq!(
         "alice:7".parse::<KeyRef>().unwrap(),

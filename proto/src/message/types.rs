@@ -77,21 +77,23 @@ impl KeyRef {
         }
     }
 
-    /// The reference inside its owner's namespace (the owner part dropped).
-    pub fn local(&self) -> KeyRef {
+    /// The reference inside its owner's namespace (the owner part dropped); borrowed, with
+    /// no copy, when it names no owner (the common case, on every request).
+    pub fn local(&self) -> std::borrow::Cow<'_, KeyRef> {
+        use std::borrow::Cow;
         match self {
-            KeyRef::OwnerId(_, id) => KeyRef::Id(*id),
-            KeyRef::OwnerLabel(_, l) => KeyRef::Label(l.clone()),
-            other => other.clone(),
+            KeyRef::OwnerId(_, id) => Cow::Owned(KeyRef::Id(*id)),
+            KeyRef::OwnerLabel(_, l) => Cow::Owned(KeyRef::Label(l.clone())),
+            other => Cow::Borrowed(other),
         }
     }
 
     /// The same key named with an owner (`owner:key`).
     pub fn with_owner(&self, owner: &Label) -> KeyRef {
-        match self.local() {
-            KeyRef::Id(id) => KeyRef::OwnerId(owner.clone(), id),
-            KeyRef::Label(l) => KeyRef::OwnerLabel(owner.clone(), l),
-            other => other,
+        match &*self.local() {
+            KeyRef::Id(id) => KeyRef::OwnerId(owner.clone(), *id),
+            KeyRef::Label(l) => KeyRef::OwnerLabel(owner.clone(), l.clone()),
+            other => other.clone(),
         }
     }
 }

@@ -56,10 +56,7 @@ impl Queued {
         let mut out = std::mem::take(&mut self.events);
         if self.dropped > 0 {
             out.push(AuditEvent {
-                time_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
+                time_ms: crate::keys::audit::now_ms(),
                 client: "".into(),
                 session: 0,
                 transport: "",

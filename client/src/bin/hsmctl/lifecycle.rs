@@ -10,7 +10,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::files::{read, write_out};
-use crate::show::info_json;
+use crate::show::{self, info_json};
 use crate::{NewKeyArgs, aad, spec};
 
 #[derive(Debug, Subcommand)]
@@ -129,20 +129,8 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Client, ClientError>>,
 {
-    let ok = || {
-        if json {
-            json!({"ok": true}).to_string()
-        } else {
-            "ok".to_string()
-        }
-    };
-    let new_key = |k: KeyInfo| {
-        if json {
-            info_json(&k).to_string()
-        } else {
-            format!("{} {}", k.id, k.label)
-        }
-    };
+    let ok = || show::ok(json);
+    let new_key = |k: KeyInfo| show::new_key(json, &k);
     let value = |v: u64| {
         if json {
             json!({"value": v}).to_string()

@@ -215,20 +215,8 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
     // Read local inputs before connecting, so a typo costs no round trip.
     let hsm = || ferrohsm_client::connect::connect(&profile, cli.transport);
     let json = cli.json;
-    let ok = || {
-        if json {
-            json!({"ok": true}).to_string()
-        } else {
-            "ok".to_string()
-        }
-    };
-    let new_key = |k: KeyInfo| {
-        if json {
-            info_json(&k).to_string()
-        } else {
-            format!("{} {}", k.id, k.label)
-        }
-    };
+    let ok = || show::ok(json);
+    let new_key = |k: KeyInfo| show::new_key(json, &k);
     Ok(match cli.command {
         Command::Ping => {
             let c: Client = hsm().await?;

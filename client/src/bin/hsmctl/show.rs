@@ -61,3 +61,21 @@ pub(crate) fn granted_line(k: &KeyInfo) -> String {
     let rest = line.split_once('\t').map_or("", |(_, r)| r);
     format!("{}:{}\t{}:{rest}", k.owner, k.id, k.owner)
 }
+
+/// What a command that succeeds without output prints: `ok`, or `{"ok":true}`.
+pub(crate) fn ok(json: bool) -> String {
+    if json {
+        json!({"ok": true}).to_string()
+    } else {
+        "ok".to_string()
+    }
+}
+
+/// What a command that makes a key prints: `<id> <label>`, or its info JSON.
+pub(crate) fn new_key(json: bool, k: &KeyInfo) -> String {
+    if json {
+        info_json(k).to_string()
+    } else {
+        format!("{} {}", k.id, k.label)
+    }
+}

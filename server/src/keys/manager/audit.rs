@@ -4,11 +4,11 @@
 
 use ferrohsm_proto::{KeyRef, Status};
 
-use super::records::now_ms;
 use super::{Caller, KeyManager};
 use crate::error::OpError;
 use crate::keys::KeyHandle;
 use crate::keys::audit::Level;
+use crate::keys::audit::now_ms;
 use crate::keys::store::AuditEvent;
 
 /// Statuses that are denials (recorded in the audit chain).

@@ -204,7 +204,7 @@ impl KeyManager {
                 let local = key.local();
                 let h = match self.sessions.lock().find(&caller.client, &local) {
                     Some(h) => h,
-                    None if matches!(local, KeyRef::Id(id) if id >= SESSION_ID_BASE) => {
+                    None if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) => {
                         return Some(Err(OpError::not_found(key)));
                     }
                     None => self.cache.lock().get(&caller.client, &local)?,
@@ -237,7 +237,7 @@ impl KeyManager {
                 if let Some(h) = self.sessions.lock().find(&caller.client, &local) {
                     return Ok((h, Access::Owner));
                 }
-                if matches!(local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
+                if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
                     return Err(OpError::not_found(key));
                 }
                 let h = self.lookup_persistent(&caller.client, &local).await?;
@@ -416,7 +416,7 @@ impl KeyManager {
         {
             return Ok(());
         }
-        if matches!(local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
+        if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
             let e = OpError::not_found(key);
             self.deny(caller, "delete", key, &e);
             return Err(e);
@@ -427,7 +427,7 @@ impl KeyManager {
             .write(Change {
                 mutation: Mutation::Delete {
                     owner: caller.client.clone(),
-                    key: local,
+                    key: local.into_owned(),
                 },
                 audit: Some(ev),
             })

@@ -82,13 +82,6 @@ pub(crate) fn now() -> u64 {
         .unwrap_or(0)
 }
 
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A persistent key's description, for tests.
 #[cfg(test)]
 pub(crate) fn test_info(

@@ -1,0 +1,384 @@
+//! The lifecycle's durable state, end to end with the real binaries: counters across SIGKILL,
+//! the audit chain against edits, deletions, swaps and a rolled-back store, and online backup
+//! and restore while keys are being created.
+// Tests may panic on unexpected results: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
+#[path = "support/store.rs"]
+mod store;
+
+use ferrohsm_proto::{KeyType, Status};
+use lifecycle::{ctl, failed, hsmd};
+use store::{Data, hsmctl_bin, label, ok, spec, sql, status};
+
+#[test]
+fn counters_never_repeat_across_sigkill() {
+    let d = Data::init("alice,bob", &[]);
+    let hsmd = d.start(&[]);
+    let w = tempfile::tempdir().unwrap();
+    let cwd = w.path();
+    let a = |args: &[&str]| ctl(&d, "alice", "tcp", args, cwd);
+    assert_eq!(ok(&a(&["counter", "create", "c"])).trim(), "0");
+    assert_eq!(failed(&a(&["counter", "create", "c"])), "label_in_use");
+    assert_eq!(failed(&a(&["counter", "inc", "nope"])), "counter_not_found");
+    assert_eq!(
+        failed(&ctl(&d, "bob", "shm", &["counter", "read", "c"], cwd)),
+        "counter_not_found",
+        "counters are per client"
+    );
+    let seen = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (seen, stop, c) = (seen.clone(), stop.clone(), d.connect("alice"));
+            std::thread::spawn(move || {
+                let name = "c".parse().unwrap();
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match c.block_on(c.client().counter_inc(&name)) {
+                        Ok(v) => {
+                            assert!(v > last, "a counter went from {last} to {v}");
+                            last = v;
+                            seen.fetch_max(v, Ordering::SeqCst);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    while seen.load(Ordering::SeqCst) < 50 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hsmd.kill();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let max = seen.load(Ordering::SeqCst);
+    let _hsmd = d.start(&[]);
+    let next: u64 = ok(&a(&["counter", "inc", "c"])).trim().parse().unwrap();
+    assert!(
+        next > max,
+        "after SIGKILL the counter gave {next}, but {max} was seen"
+    );
+    let read: u64 = ok(&a(&["counter", "read", "c"])).trim().parse().unwrap();
+    assert_eq!(read, next);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&a(&["--json", "counter", "inc", "c"]))).unwrap();
+    assert_eq!(json["value"], next + 1);
+}
+
+/// Runs `hsmd audit verify` (with a checkpoint): the first line of its stderr when it fails.
+fn verify(d: &Data, checkpoint: Option<&Path>) -> Result<String, String> {
+    let mut args = vec!["audit", "verify", "--config"];
+    let config = d.config();
+    args.push(&config);
+    let cp;
+    if let Some(c) = checkpoint {
+        cp = c.display().to_string();
+        args.extend(["--checkpoint", &cp]);
+    }
+    let o = hsmd(&args);
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        assert_eq!(o.status.code(), Some(1));
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+#[test]
+fn audit_chain_names_the_first_broken_entry() {
+    let d = Data::init("alice,bob", &[]);
+    let hsmd_running = d.start(&[]);
+    let w = tempfile::tempdir().unwrap();
+    let cwd = w.path();
+    std::fs::write(cwd.join("m"), b"audited").unwrap();
+    let a = |args: &[&str]| ctl(&d, "alice", "tcp", args, cwd);
+    ok(&a(&["keygen", "--type", "ed25519", "--label", "k"]));
+    ok(&a(&[
+        "keygen",
+        "--type",
+        "hmac-sha256",
+        "--label",
+        "x",
+        "--exportable",
+    ]));
+    ok(&a(&["grant", "k", "--to", "bob", "--ops", "sign"]));
+    ok(&a(&["export", "x", "--out", "x.key"]));
+    ok(&a(&["counter", "create", "c"]));
+    ok(&a(&["counter", "inc", "c"]));
+    failed(&ctl(
+        &d,
+        "bob",
+        "tcp",
+        &["export", "alice:k", "--out", "no"],
+        cwd,
+    ));
+    failed(&a(&["sign", "nope", "--in", "m", "--out", "no"]));
+    // A failed login is a denial too.
+    std::fs::write(
+        cwd.join("mallory.key"),
+        std::fs::read(d.dir.join("clients/bob.key")).unwrap(),
+    )
+    .unwrap();
+    let prof = std::fs::read_to_string(d.profile("alice"))
+        .unwrap()
+        .replace("alice.key", "bob.key");
+    std::fs::write(d.dir.join("clients/forged.toml"), prof).unwrap();
+    let o = Command::new(hsmctl_bin())
+        .args([
+            "--profile",
+            d.dir.join("clients/forged.toml").to_str().unwrap(),
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    // Queued denials reach the log within the flush interval, while hsmd runs.
+    std::thread::sleep(Duration::from_millis(600));
+    let shown = hsmd(&["audit", "show", "--config", &d.config(), "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&ok(&shown).into_bytes()).unwrap();
+    let rows = rows.as_array().unwrap();
+    let ops: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["op"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    for want in [
+        ("keygen", "ok"),
+        ("grant", "ok"),
+        ("export", "ok"),
+        ("counter-create", "ok"),
+        ("counter-inc", "ok"),
+        ("export", "usage_not_permitted"),
+        ("sign", "key_not_found"),
+        ("login", "auth_failed"),
+    ] {
+        assert!(ops.contains(&want), "{want:?} missing from {ops:?}");
+    }
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64 + 1);
+        for f in [
+            "time",
+            "client",
+            "session",
+            "transport",
+            "op",
+            "key",
+            "status",
+            "prev_hash",
+            "hash",
+        ] {
+            assert!(!r[f].is_null(), "{f}");
+        }
+    }
+    // No secret enters the log: not the exported key, not in any form.
+    let key = std::fs::read(cwd.join("x.key")).unwrap();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let text = serde_json::to_string(rows).unwrap();
+    assert!(!text.contains(&hex));
+    assert!(verify(&d, None).unwrap().contains("audit chain ok"));
+    let cp = cwd.join("cp");
+    let c = hsmd(&["audit", "checkpoint", "--config", &d.config()]);
+    std::fs::write(&cp, ok(&c)).unwrap();
+    assert!(verify(&d, Some(&cp)).is_ok());
+    let since = hsmd(&[
+        "audit",
+        "show",
+        "--config",
+        &d.config(),
+        "--json",
+        "--since",
+        "3",
+    ]);
+    let later: serde_json::Value = serde_json::from_str(&ok(&since)).unwrap();
+    assert_eq!(later[0]["seq"], 3);
+    assert_eq!(hsmd_running.terminate().code(), Some(0));
+    let n = rows.len() as i64;
+
+    // Each tampering, on a fresh copy of the store, is named by its entry.
+    let pristine = std::fs::read(d.db()).unwrap();
+    let tamper = |sql_text: &str| -> String {
+        std::fs::write(d.db(), &pristine).unwrap();
+        sql(&d).execute_batch(sql_text).unwrap();
+        verify(&d, None).unwrap_err()
+    };
+    let e = tamper("UPDATE audit SET key = 'alice:99' WHERE seq = 4");
+    assert!(e.contains("entry 4") && e.contains("edited"), "{e}");
+    let e = tamper("DELETE FROM audit WHERE seq = 3");
+    assert!(e.contains("entry 3"), "{e}");
+    let e = tamper(
+        "UPDATE audit SET seq = -1 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3;
+         UPDATE audit SET seq = 3 WHERE seq = -1;",
+    );
+    assert!(e.contains("entry 2"), "{e}");
+    let e = tamper(&format!("DELETE FROM audit WHERE seq > {}", n - 2));
+    assert!(e.contains("truncated"), "{e}");
+    // A whole older store put back (consistent in itself): only the checkpoint tells.
+    std::fs::write(d.db(), &pristine).unwrap();
+    let hsmd_running = d.start(&[]);
+    ok(&a(&["keygen", "--type", "ed25519", "--label", "k2"]));
+    let c = hsmd(&["audit", "checkpoint", "--config", &d.config()]);
+    let cp2 = cwd.join("cp2");
+    std::fs::write(&cp2, ok(&c)).unwrap();
+    assert_eq!(hsmd_running.terminate().code(), Some(0));
+    std::fs::write(d.db(), &pristine).unwrap();
+    assert!(verify(&d, None).is_ok());
+    let e = verify(&d, Some(&cp2)).unwrap_err();
+    assert!(e.contains("truncated after the checkpoint"), "{e}");
+    assert!(verify(&d, Some(&cp)).is_ok());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
+    let d = Data::init("alice", &[]);
+    let hsmd_running = d.start(&[]);
+    let acked = Arc::new(acked::Acked::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, c) = (acked.clone(), stop.clone(), d.connect("alice"));
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let l = format!("k{i}");
+                c.block_on(c.client().generate_spec(spec(KeyType::Ed25519, &l, false)))
+                    .unwrap();
+                acked.push(l);
+                i += 1;
+            }
+        })
+    };
+    while acked.len() < 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = acked.snapshot();
+    let w = tempfile::tempdir().unwrap();
+    let backup = w.path().join("b.db");
+    let o = hsmd(&[
+        "backup",
+        "--config",
+        &d.config(),
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    ok(&o);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        acked.len() > before.len(),
+        "keys were being created during the backup"
+    );
+    let again = hsmd(&[
+        "backup",
+        "--config",
+        &d.config(),
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "a backup never overwrites");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o077,
+        0
+    );
+
+    // A new data directory: its own ports, the same master key file, no store.
+    let two = Data::init("alice", &[]);
+    for f in ["keys.db", "audit.pub", "master.key"] {
+        std::fs::remove_file(two.dir.join(f)).unwrap();
+    }
+    std::fs::copy(d.dir.join("master.key"), two.dir.join("master.key")).unwrap();
+    copy_dir(&d.dir.join("clients"), &two.dir.join("clients"));
+    let keep_ports = |p: &Path| {
+        let text = std::fs::read_to_string(p).unwrap();
+        let text = text
+            .replace(&d.ports.tcp, &two.ports.tcp)
+            .replace(&d.ports.tls, &two.ports.tls)
+            .replace(&d.ports.tls_psk, &two.ports.tls_psk)
+            .replace(d.dir.to_str().unwrap(), two.dir.to_str().unwrap());
+        std::fs::write(p, text).unwrap();
+    };
+    keep_ports(&two.dir.join("clients/alice.toml"));
+    // The clients' keys and certificates are the first server's: so is its config's view.
+    std::fs::copy(d.dir.join("hsmd.toml"), two.dir.join("hsmd.toml")).unwrap();
+    keep_ports(&two.dir.join("hsmd.toml"));
+    copy_dir(&d.dir.join("pki"), &two.dir.join("pki"));
+    let restored = hsmd(&[
+        "restore",
+        "--config",
+        &two.config(),
+        "--in",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(ok(&restored).contains("restored"));
+    let twice = hsmd(&[
+        "restore",
+        "--config",
+        &two.config(),
+        "--in",
+        backup.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        twice.status.code(),
+        Some(1),
+        "restore never replaces a store"
+    );
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already holds a key store"));
+    drop(hsmd_running);
+    let _two_running = two.start(&[]);
+    let c = two.connect("alice");
+    for l in &before {
+        let sig = c.sign(&label(l), b"restored").unwrap();
+        c.verify(&label(l), b"restored", &sig).unwrap();
+    }
+    assert!(matches!(
+        status(c.sign(&label("never-made"), b"x")),
+        Status::KeyNotFound
+    ));
+    let v = hsmd(&["audit", "verify", "--config", &two.config()]);
+    ok(&v);
+}
+
+/// A list of acknowledged labels shared between threads (std only).
+mod acked {
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct Acked(Mutex<Vec<String>>);
+
+    impl Acked {
+        pub fn push(&self, l: String) {
+            self.0.lock().unwrap().push(l);
+        }
+        pub fn len(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+        pub fn snapshot(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+}
