@@ -34,7 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, HandshakeError, Welcome};
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{DigestAlg, FrameReader, KeyInfo, KeyRef, KeyType, Label, Request, Response};
+use ferrohsm_proto::{
+    DigestAlg, FrameReader, KeyInfo, KeyRef, KeyType, Label, MAX_PAGE, Page, Request, Response,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -242,9 +244,28 @@ impl Client {
     pub async fn generate_spec(&self, spec: KeySpec) -> Result<KeyInfo, ClientError> {
         self.key(Request::Generate(spec)).await
     }
-    /// Lists keys.
+    /// Lists every key, fetching page after page.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, ClientError> {
-        match self.call(Request::List).await? {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = Page {
+                after,
+                limit: Some(MAX_PAGE),
+            };
+            let keys = self.list_page(page).await?;
+            let last = keys.len() < MAX_PAGE as usize;
+            after = keys.last().map(|k| k.id);
+            all.extend(keys);
+            if last || after.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+    /// One page of keys: ids above `page.after`, at most `page.limit` (a shorter page is the
+    /// last).
+    pub async fn list_page(&self, page: Page) -> Result<Vec<KeyInfo>, ClientError> {
+        match self.call(Request::List(page)).await? {
             Response::Keys(k) => Ok(k),
             other => Err(unexpected(other)),
         }

@@ -146,7 +146,7 @@ fn a_replayed_proof_is_refused() {
 fn key_operations_before_authentication_are_refused() {
     let srv = TestServer::start(&["alice"]);
     let mut s = srv.raw();
-    send(&mut s, &Request::List.to_frame(5));
+    send(&mut s, &Request::List(Default::default()).to_frame(5));
     let mut buf = Vec::new();
     let f = read_frame(&mut s, &mut buf).unwrap();
     assert_eq!(f.header.request_id, 5);

@@ -40,6 +40,8 @@ pub enum Status {
     CounterOverflow = 26,
     /// No counter of that name in the caller's namespace.
     CounterNotFound = 27,
+    /// A per-client limit (keys, counters, grants) is reached; the message names the limit.
+    QuotaExceeded = 28,
     /// The signature did not verify.
     BadSignature = 30,
     /// The ciphertext, tag or associated data did not authenticate.
@@ -62,7 +64,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, for tables and tests.
-    pub const ALL: [Status; 24] = [
+    pub const ALL: [Status; 25] = [
         Status::MalformedFrame,
         Status::UnsupportedVersion,
         Status::UnknownOpcode,
@@ -79,6 +81,7 @@ impl Status {
         Status::InvalidArgument,
         Status::CounterOverflow,
         Status::CounterNotFound,
+        Status::QuotaExceeded,
         Status::BadSignature,
         Status::DecryptFailed,
         Status::BadMac,
@@ -118,6 +121,7 @@ impl Status {
             Status::InvalidArgument => "invalid_argument",
             Status::CounterOverflow => "counter_overflow",
             Status::CounterNotFound => "counter_not_found",
+            Status::QuotaExceeded => "quota_exceeded",
             Status::BadSignature => "bad_signature",
             Status::DecryptFailed => "decrypt_failed",
             Status::BadMac => "bad_mac",

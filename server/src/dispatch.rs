@@ -336,7 +336,7 @@ pub async fn dispatch(
                 .await?;
             km.create(&caller, new, material).await.map(Response::Key)
         }
-        Request::List => km.list(&caller).await.map(Response::Keys),
+        Request::List(page) => km.list(&caller, page).await.map(Response::Keys),
         Request::ListGranted => km.list_granted(&caller).await.map(Response::Keys),
         Request::Info(key) => {
             let (h, access) = km.resolve(&caller, &key).await.inspect_err(|e| {

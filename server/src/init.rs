@@ -122,7 +122,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          window = 32              # requests in flight per session\n\
          max_body = 1048576       # largest frame body in bytes\n\
          max_connections = 1024\n\
-         handshake_timeout_ms = 10000\n\n",
+         handshake_timeout_ms = 3000\n\n",
     );
     config.push_str(&store(dir, opts.passphrase.as_ref())?);
     let ca = pki(dir, opts.tls)?;
@@ -147,7 +147,13 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          cert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nallow_tls12 = false\n\n\
          [tls_psk]\naddr = \"{}\"\n\n\
          [shm]\nsocket = {:?}\nmode = \"0660\"            # who may connect at all\nring_kib = 256\n\n\
-         [audit]\nlevel = \"changes\"         # \"all\": also every sign, verify, encrypt, decrypt, mac\n\n",
+         [audit]\nlevel = \"changes\"         # \"all\": also every sign, verify, encrypt, decrypt, mac\n\n\
+         [limits]                  # see SECURITY.md for every limit and what a client sees\n\
+         max_keys_per_client = 10000\nmax_counters_per_client = 10000\nmax_grants_per_client = 10000\n\
+         memory_mib = 256          # requests and responses buffered by all sessions\n\
+         preauth_max_body = 4096   # largest frame before authentication\n\
+         max_handshakes = 256      # connections not yet authenticated\n\
+         max_handshakes_per_source = 16\n\n",
         opts.tcp, opts.tls, opts.tls_psk, shm_in_config
     ));
     let mut profiles = Vec::new();

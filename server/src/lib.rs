@@ -129,6 +129,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
     keys::write_audit_pub(&st.path, &audit_pub)?;
     use keys::store::KeyStore as _;
     let grants = store.grants(&master).map_err(store_err)?;
+    let quotas = quotas(&mut store, &grants, config.limits.quotas).map_err(store_err)?;
     let service = keys::service::StoreService::start(Box::new(store), master, st.readers)
         .map_err(store_err)?;
     tracing::info!(store = %st.path.display(), cache_keys = st.cache_keys, grants = grants.len(), audit = ?config.audit, "key store open");
@@ -147,7 +148,25 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
         lock,
         grants,
         opts,
+        quotas,
     )))
+}
+
+/// The quotas, counting what the store holds.
+fn quotas(
+    store: &mut dyn keys::store::KeyStore,
+    grants: &[keys::store::GrantRecord],
+    limits: keys::quota::Limits,
+) -> Result<keys::quota::Quotas, keys::store::StoreError> {
+    use keys::quota::Kind;
+    let mut held: Vec<(Arc<str>, Kind, usize)> = Vec::new();
+    for (owner, k, c) in store.held()? {
+        let owner: Arc<str> = Arc::from(owner);
+        held.push((owner.clone(), Kind::Key, k));
+        held.push((owner, Kind::Counter, c));
+    }
+    held.extend(grants.iter().map(|g| (g.owner.clone(), Kind::Grant, 1)));
+    Ok(keys::quota::Quotas::new(limits, held))
 }
 
 async fn serve<S, F>(

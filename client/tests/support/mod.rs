@@ -40,33 +40,29 @@ impl TestServer {
             passphrase: None,
         })
         .expect("hsmd init");
-        let mut config = Config::load(&report.config).expect("config");
-        tweak(&mut config);
-        let handle = ferrohsm_server::start(config).expect("server starts");
-        let addr = handle.tcp_addr().expect("tcp bound");
-        // init wrote port 0 into the profiles; point them at the real ports.
-        let bound = handle.bound.clone();
-        for (_, p) in &report.profiles {
-            let mut t: toml::Table = std::fs::read_to_string(p)
-                .expect("profile")
-                .parse()
-                .expect("toml");
-            for (section, a) in [
-                ("tcp", bound.tcp),
-                ("tls", bound.tls),
-                ("tls_psk", bound.tls_psk),
-            ] {
-                if let (Some(toml::Value::Table(sec)), Some(a)) = (t.get_mut(section), a) {
-                    sec.insert("addr".into(), toml::Value::String(a.to_string()));
-                }
-            }
-            std::fs::write(p, t.to_string()).expect("profile");
-        }
+        let profiles: Vec<PathBuf> = report.profiles.iter().map(|(_, p)| p.clone()).collect();
+        let (handle, addr) = launch(&report.config, &profiles, tweak);
         TestServer {
             dir,
             handle: Some(handle),
             addr,
         }
+    }
+
+    /// Stops the server and starts it again on the same directory (same store), on new ports.
+    pub fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().expect("clean shutdown");
+        }
+        let config = self.dir.path().join("hsmd.toml");
+        let profiles: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("clients"))
+            .expect("clients dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        let (handle, addr) = launch(&config, &profiles, tweak);
+        self.handle = Some(handle);
+        self.addr = addr;
     }
 
     pub fn profile_path(&self, name: &str) -> PathBuf {
@@ -87,6 +83,37 @@ impl TestServer {
             .expect("timeout");
         s
     }
+}
+
+/// Starts a server from `config` (tweaked) and points `profiles` at its real ports.
+fn launch(
+    config: &std::path::Path,
+    profiles: &[PathBuf],
+    tweak: impl FnOnce(&mut Config),
+) -> (ServerHandle, SocketAddr) {
+    let mut config = Config::load(config).expect("config");
+    tweak(&mut config);
+    let handle = ferrohsm_server::start(config).expect("server starts");
+    let addr = handle.tcp_addr().expect("tcp bound");
+    // init wrote port 0 into the profiles; point them at the real ports.
+    let bound = handle.bound.clone();
+    for p in profiles {
+        let mut t: toml::Table = std::fs::read_to_string(p)
+            .expect("profile")
+            .parse()
+            .expect("toml");
+        for (section, a) in [
+            ("tcp", bound.tcp),
+            ("tls", bound.tls),
+            ("tls_psk", bound.tls_psk),
+        ] {
+            if let (Some(toml::Value::Table(sec)), Some(a)) = (t.get_mut(section), a) {
+                sec.insert("addr".into(), toml::Value::String(a.to_string()));
+            }
+        }
+        std::fs::write(p, t.to_string()).expect("profile");
+    }
+    (handle, addr)
 }
 
 /// Reads one frame from a raw socket; `None` if the server closed the connection first.

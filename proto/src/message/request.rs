@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BodyError, DigestAlg, KeyRef, KeySpec, Label, UsageSet, empty_body, from_body, to_body_into,
+    BodyError, DigestAlg, KeyRef, KeySpec, Label, Page, UsageSet, empty_body, from_body,
+    to_body_into,
 };
 use crate::frame::{Frame, Opcode};
 use crate::handshake::{Hello, Proof};
@@ -33,8 +34,8 @@ pub enum Request {
     },
     /// Generate a key.
     Generate(KeySpec),
-    /// List keys.
-    List,
+    /// List keys, one page at a time.
+    List(Page),
     /// List the keys other clients granted to the caller (their `owner`, and `usage` as
     /// granted).
     ListGranted,
@@ -218,7 +219,7 @@ impl Request {
             Request::Random { .. } => Opcode::Random,
             Request::Digest { .. } => Opcode::Digest,
             Request::Generate(_) => Opcode::Generate,
-            Request::List => Opcode::List,
+            Request::List(_) => Opcode::List,
             Request::ListGranted => Opcode::ListGranted,
             Request::Info(_) => Opcode::Info,
             Request::PublicKey(_) => Opcode::PublicKey,
@@ -287,7 +288,10 @@ impl Request {
         match self {
             Request::Hello(h) => to_body_into(h, out),
             Request::Proof(p) => to_body_into(p, out),
-            Request::Ping | Request::List | Request::ListGranted => {}
+            Request::Ping | Request::ListGranted => {}
+            // The first page with the server's page size is an empty body (as before paging).
+            Request::List(page) if *page == Page::default() => {}
+            Request::List(page) => to_body_into(page, out),
             Request::Random { len } => to_body_into(len, out),
             Request::Digest { alg, data } => to_body_into(&(alg, Raw(data)), out),
             Request::Generate(spec) => to_body_into(spec, out),
@@ -359,7 +363,8 @@ impl Request {
             Opcode::Hello => Request::Hello(from_body(opcode, body)?),
             Opcode::Proof => Request::Proof(from_body(opcode, body)?),
             Opcode::Ping => empty_body(opcode, body).map(|_| Request::Ping)?,
-            Opcode::List => empty_body(opcode, body).map(|_| Request::List)?,
+            Opcode::List if body.is_empty() => Request::List(Page::default()),
+            Opcode::List => Request::List(from_body(opcode, body)?),
             Opcode::ListGranted => empty_body(opcode, body).map(|_| Request::ListGranted)?,
             Opcode::Random => Request::Random {
                 len: from_body(opcode, body)?,

@@ -93,7 +93,9 @@ fn spec() -> impl Strategy<Value = KeySpec> {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Ping),
-        Just(Request::List),
+        Just(Request::List(Page::default())),
+        (any::<Option<u32>>(), any::<Option<u32>>())
+            .prop_map(|(after, limit)| Request::List(Page { after, limit })),
         Just(Request::ListGranted),
         any::<u32>().prop_map(|len| Request::Random { len }),
         bytes().prop_map(|data| Request::Digest {

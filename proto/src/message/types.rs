@@ -496,3 +496,17 @@ pub struct VersionInfo {
     /// Retired: its material is deleted; ciphertexts and MACs it made no longer verify.
     pub retired: bool,
 }
+
+/// The most keys one `list` page may ask for (and the page size when a request names none).
+pub const MAX_PAGE: u32 = 1000;
+
+/// Which page of a listing: the keys with ids above `after` (none: from the first), at most
+/// `limit` of them (none: [`MAX_PAGE`]; more than [`MAX_PAGE`] is refused). A page shorter
+/// than its limit is the last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// The id of the last key of the previous page.
+    pub after: Option<u32>,
+    /// Most keys in this page.
+    pub limit: Option<u32>,
+}

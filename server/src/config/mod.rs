@@ -13,7 +13,7 @@
 //! window = 32               # requests in flight per session
 //! max_body = 1048576        # largest frame body, bytes
 //! max_connections = 1024
-//! handshake_timeout_ms = 10000
+//! handshake_timeout_ms = 3000   # TLS handshake plus hello and proof, at most
 //!
 //! max_connections_per_client = 64
 //!
@@ -52,6 +52,9 @@
 //! trusted_wrap_keys = ["backup"]  # alice's non-exportable aes256gcm wrap keys (labels or
 //!                                 # ids) that may wrap her non-exportable keys (backups)
 //!
+//! [limits]                       # see config/limits.rs: quotas, memory, pre-auth bounds
+//! max_keys_per_client = 10000
+//!
 //! [audit]
 //! level = "changes"               # "changes": state changes and denials; "all": also every
 //!                                 # sign, verify, encrypt, decrypt, mac, mac-verify, rewrap
@@ -67,6 +70,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::error::ServerError;
 
+pub mod limits;
 mod raw;
 use raw::RawConfig;
 
@@ -190,6 +194,8 @@ pub struct Config {
     pub clients: BTreeMap<String, ClientConfig>,
     /// How much goes into the audit chain.
     pub audit: crate::keys::audit::Level,
+    /// `[limits]`.
+    pub limits: limits::Limits,
 }
 
 impl Config {
@@ -204,7 +210,8 @@ impl Config {
             window: 32,
             max_body: ferrohsm_proto::DEFAULT_MAX_BODY,
             max_connections: 1024,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            limits: limits::Limits::default(),
             max_connections_per_client: 64,
             store: None,
             tcp: None,
@@ -268,6 +275,7 @@ impl Config {
                 positive(Some(ms), 1, "server.handshake_timeout_ms").map_err(err)?,
             );
         }
+        c.limits = raw.limits.validate(c.max_body).map_err(err)?;
         c.max_connections_per_client = positive(
             s.max_connections_per_client,
             c.max_connections_per_client,

@@ -93,4 +93,6 @@ pub(super) struct RawConfig {
     pub(super) clients: BTreeMap<String, RawClient>,
     #[serde(default)]
     pub(super) audit: RawAudit,
+    #[serde(default)]
+    pub(super) limits: super::limits::RawLimits,
 }

@@ -51,31 +51,36 @@ impl Grants {
         out
     }
 
-    /// Adds or replaces a grant.
-    pub fn set(&mut self, r: &GrantRecord) {
+    /// Adds or replaces a grant; whether it is new.
+    pub fn set(&mut self, r: &GrantRecord) -> bool {
         self.by_grantee
             .entry(r.grantee.clone())
             .or_default()
-            .insert((r.owner.clone(), r.id), r.ops);
+            .insert((r.owner.clone(), r.id), r.ops)
+            .is_none()
     }
 
-    /// Removes one grant.
-    pub fn remove(&mut self, owner: &str, id: u32, grantee: &str) {
-        if let Some(m) = self.by_grantee.get_mut(grantee) {
-            m.remove(&(Arc::from(owner), id));
-            if m.is_empty() {
-                self.by_grantee.remove(grantee);
-            }
+    /// Removes one grant; whether there was one.
+    pub fn remove(&mut self, owner: &str, id: u32, grantee: &str) -> bool {
+        let Some(m) = self.by_grantee.get_mut(grantee) else {
+            return false;
+        };
+        let had = m.remove(&(Arc::from(owner), id)).is_some();
+        if m.is_empty() {
+            self.by_grantee.remove(grantee);
         }
+        had
     }
 
-    /// Removes every grant of a deleted key.
-    pub fn remove_key(&mut self, owner: &str, id: u32) {
+    /// Removes every grant of a deleted key; how many there were.
+    pub fn remove_key(&mut self, owner: &str, id: u32) -> usize {
         let k = (Arc::from(owner), id);
+        let mut n = 0;
         self.by_grantee.retain(|_, m| {
-            m.remove(&k);
+            n += usize::from(m.remove(&k).is_some());
             !m.is_empty()
         });
+        n
     }
 }
 

@@ -11,6 +11,7 @@ use crate::keys::KeyHandle;
 use crate::keys::manager::{Caller, KeyManager, alarm, now};
 use crate::keys::material::KeyMaterial;
 use crate::keys::policy;
+use crate::keys::quota::Kind;
 use crate::keys::store::{Applied, Change, GrantRecord, KeyStore, Mutation, SESSION_ID_BASE};
 
 fn is_session(h: &KeyHandle) -> bool {
@@ -82,6 +83,20 @@ impl KeyManager {
             )));
         }
         let ops = policy::grant_ops(&h.info, ops)?;
+        // A new grant takes a place in the owner's quota; replacing one does not.
+        let replaces = self
+            .grants
+            .read()
+            .get(to.as_str(), &caller.client, h.info.id)
+            .is_some();
+        let place = match replaces {
+            true => None,
+            false => Some(
+                self.quotas
+                    .reserve(&caller.client, Kind::Grant)
+                    .inspect_err(|e| self.deny(caller, "grant", key, e))?,
+            ),
+        };
         let rec = GrantRecord {
             owner: caller.client.clone(),
             id: h.info.id,
@@ -99,7 +114,14 @@ impl KeyManager {
             Mutation::Grant(rec.clone()),
         )
         .await?;
-        self.grants.write().set(&rec);
+        let new = self.grants.write().set(&rec);
+        match (new, place) {
+            (true, Some(place)) => place.keep(),
+            // Revoked between the check and now: it counts all the same.
+            (true, None) => self.quotas.add(&caller.client, Kind::Grant, 1),
+            // Made by a concurrent grant of the same pair: that one holds the place.
+            (false, _) => {}
+        }
         Ok(())
     }
 
@@ -130,9 +152,13 @@ impl KeyManager {
         };
         self.change(caller, "revoke", key_name, format!("from {from}"), m)
             .await?;
-        self.grants
+        if self
+            .grants
             .write()
-            .remove(&caller.client, h.info.id, from.as_str());
+            .remove(&caller.client, h.info.id, from.as_str())
+        {
+            self.quotas.release(&caller.client, Kind::Grant, 1);
+        }
         Ok(())
     }
 
@@ -189,6 +215,12 @@ impl KeyManager {
 
     /// Creates a counter of the caller's at 0.
     pub async fn counter_create(&self, caller: &Caller, name: &Label) -> Result<u64, OpError> {
+        let place = self
+            .quotas
+            .reserve(&caller.client, Kind::Counter)
+            .inspect_err(|e| {
+                self.deny(caller, "counter-create", &KeyRef::Label(name.clone()), e)
+            })?;
         let m = Mutation::CounterCreate {
             owner: caller.client.clone(),
             name: name.clone(),
@@ -198,7 +230,10 @@ impl KeyManager {
             .change(caller, "counter-create", key, String::new(), m)
             .await?
         {
-            Applied::Counter(v) => Ok(v),
+            Applied::Counter(v) => {
+                place.keep();
+                Ok(v)
+            }
             _ => Err(OpError::internal("the store answered the wrong kind")),
         }
     }

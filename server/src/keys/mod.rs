@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod manager;
 pub mod material;
 pub mod policy;
+pub mod quota;
 pub mod seal;
 pub mod service;
 pub mod session_keys;

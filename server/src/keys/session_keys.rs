@@ -1,6 +1,8 @@
-//! Session keys: in memory only, never written to disk, gone with their session. Also the
-//! per-client label reservations that keep one label namespace across session keys and
-//! persistent keys while a creation is in progress.
+//! Session keys: in memory only, never written to disk, gone with their session, and visible
+//! only to the session (connection) that made them: another connection of the same client
+//! finds none of them. Labels stay one namespace per client across session keys (of every
+//! connection) and persistent keys, so a label never means two keys; the per-client label
+//! reservations keep it so while a creation is in progress.
 //!
 //! Session key ids start at [`SESSION_ID_BASE`], so they can never collide with a persistent
 //! key's id.
@@ -20,6 +22,16 @@ struct ClientKeys {
     by_id: BTreeMap<u32, (u64, Arc<KeyHandle>)>,
     by_label: HashMap<Label, u32>,
     reserved: HashSet<Label>,
+}
+
+impl ClientKeys {
+    fn id_of(&self, key: &KeyRef) -> Option<u32> {
+        match key {
+            KeyRef::Id(id) => Some(*id),
+            KeyRef::Label(l) => self.by_label.get(l).copied(),
+            KeyRef::OwnerId(..) | KeyRef::OwnerLabel(..) => None,
+        }
+    }
 }
 
 /// Session keys of every client, and which sessions are live.
@@ -63,15 +75,14 @@ impl SessionKeys {
         doomed.len()
     }
 
-    /// A session key of `client`.
-    pub fn find(&self, client: &str, key: &KeyRef) -> Option<Arc<KeyHandle>> {
+    /// A session key of `client` made by `session`.
+    pub fn find(&self, client: &str, session: u64, key: &KeyRef) -> Option<Arc<KeyHandle>> {
         let c = self.clients.get(client)?;
-        let id = match key {
-            KeyRef::Id(id) => *id,
-            KeyRef::Label(l) => *c.by_label.get(l)?,
-            KeyRef::OwnerId(..) | KeyRef::OwnerLabel(..) => return None,
-        };
-        c.by_id.get(&id).map(|(_, h)| h.clone())
+        let id = c.id_of(key)?;
+        c.by_id
+            .get(&id)
+            .filter(|(s, _)| *s == session)
+            .map(|(_, h)| h.clone())
     }
 
     /// Reserves `label` for a creation in progress; refuses one held by a session key or by
@@ -119,24 +130,28 @@ impl SessionKeys {
         Ok(h)
     }
 
-    /// Removes a session key of `client`.
-    pub fn remove(&mut self, client: &str, key: &KeyRef) -> Option<Arc<KeyHandle>> {
+    /// Removes a session key of `client` made by `session`.
+    pub fn remove(&mut self, client: &str, session: u64, key: &KeyRef) -> Option<Arc<KeyHandle>> {
         let c = self.clients.get_mut(client)?;
-        let id = match key {
-            KeyRef::Id(id) => *id,
-            KeyRef::Label(l) => *c.by_label.get(l)?,
-            KeyRef::OwnerId(..) | KeyRef::OwnerLabel(..) => return None,
-        };
+        let id = c.id_of(key)?;
+        if c.by_id.get(&id).is_none_or(|(s, _)| *s != session) {
+            return None;
+        }
         let (_, h) = c.by_id.remove(&id)?;
         c.by_label.remove(&h.info.label);
         Some(h)
     }
 
-    /// `client`'s session keys, by id.
-    pub fn list(&self, client: &str) -> Vec<KeyInfo> {
-        self.clients
-            .get(client)
-            .map(|c| c.by_id.values().map(|(_, h)| h.info.clone()).collect())
-            .unwrap_or_default()
+    /// Up to `limit` session keys of `client` made by `session`, ids above `after`, by id.
+    pub fn list(&self, client: &str, session: u64, after: u32, limit: usize) -> Vec<KeyInfo> {
+        let Some(c) = self.clients.get(client) else {
+            return Vec::new();
+        };
+        c.by_id
+            .range(after.saturating_add(1)..)
+            .filter(|(_, (s, _))| *s == session)
+            .take(limit)
+            .map(|(_, (_, h))| h.info.clone())
+            .collect()
     }
 }

@@ -77,8 +77,15 @@ enum Command {
     /// List your keys (with --granted: the keys other clients granted you, as OWNER:ID and
     /// OWNER:LABEL).
     List {
+        /// The keys other clients granted to this one.
         #[arg(long)]
         granted: bool,
+        /// One page of at most N keys (1 to 1000) instead of every key.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Start after the key with this id (the last id of the previous page).
+        #[arg(long, value_name = "ID")]
+        after: Option<u32>,
     },
     /// Describe a key.
     Info { key: KeyRef },
@@ -243,10 +250,16 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
         Command::Keygen { key_type, new } => {
             new_key(hsm().await?.generate_spec(spec(key_type, new)).await?)
         }
-        Command::List { granted } => {
+        Command::List {
+            granted,
+            limit,
+            after,
+        } => {
             let c = hsm().await?;
             let keys = if granted {
                 c.list_granted().await?
+            } else if limit.is_some() || after.is_some() {
+                c.list_page(ferrohsm_proto::Page { after, limit }).await?
             } else {
                 c.list().await?
             };

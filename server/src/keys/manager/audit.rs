@@ -22,6 +22,7 @@ pub(super) fn is_denial(s: Status) -> bool {
             | Status::AuthFailed
             | Status::PeerNotAllowed
             | Status::KeyStoreIntegrity
+            | Status::QuotaExceeded
     )
 }
 

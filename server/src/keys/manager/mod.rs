@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, UsageSet, VersionInfo};
+use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, MAX_PAGE, Page, UsageSet, VersionInfo};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::OpError;
@@ -24,6 +24,7 @@ use crate::keys::cache::Cache;
 use crate::keys::grants::Grants;
 use crate::keys::material::KeyMaterial;
 use crate::keys::policy::{self, NewKey, Requirement};
+use crate::keys::quota::{Kind, Quotas};
 use crate::keys::service::StoreService;
 use crate::keys::session_keys::SessionKeys;
 use crate::keys::store::{
@@ -77,6 +78,7 @@ pub struct KeyManager {
     pub(super) sessions: Mutex<SessionKeys>,
     pub(super) grants: RwLock<Grants>,
     pub(super) opts: ManagerOptions,
+    pub(super) quotas: Arc<Quotas>,
     // Held for the manager's life: this process's exclusive claim on the store.
     _lock: std::fs::File,
 }
@@ -92,15 +94,17 @@ impl std::fmt::Debug for KeyManager {
 impl KeyManager {
     /// A manager over the running store service, caching up to `cache_keys` opened keys;
     /// `lock` is the store's claim from [`crate::keys::lock_store`]; `grants` as loaded from
-    /// the store.
+    /// the store; `quotas` counting what the store holds.
     pub fn new(
         store: StoreService,
         cache_keys: usize,
         lock: std::fs::File,
         grants: Vec<GrantRecord>,
         opts: ManagerOptions,
+        quotas: Quotas,
     ) -> KeyManager {
         KeyManager {
+            quotas: Arc::new(quotas),
             store,
             cache: Mutex::new(Cache::new(cache_keys)),
             sessions: Mutex::new(SessionKeys::default()),
@@ -125,9 +129,10 @@ impl KeyManager {
         self.sessions.lock().open(caller.session);
     }
 
-    /// A session ended: its session keys are dropped.
+    /// A session ended: its session keys are dropped (and their places in the quota freed).
     pub fn end_session(&self, caller: &Caller) {
         let n = self.sessions.lock().end(&caller.client, caller.session);
+        self.quotas.release(&caller.client, Kind::Key, n);
         if n > 0 {
             tracing::debug!(client = %caller.client, session = caller.session, keys = n, "session keys dropped");
         }
@@ -202,7 +207,11 @@ impl KeyManager {
             }
             _ => {
                 let local = key.local();
-                let h = match self.sessions.lock().find(&caller.client, &local) {
+                let h = match self
+                    .sessions
+                    .lock()
+                    .find(&caller.client, caller.session, &local)
+                {
                     Some(h) => h,
                     None if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) => {
                         return Some(Err(OpError::not_found(key)));
@@ -234,7 +243,11 @@ impl KeyManager {
             }
             _ => {
                 let local = key.local();
-                if let Some(h) = self.sessions.lock().find(&caller.client, &local) {
+                if let Some(h) = self
+                    .sessions
+                    .lock()
+                    .find(&caller.client, caller.session, &local)
+                {
                     return Ok((h, Access::Owner));
                 }
                 if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
@@ -294,9 +307,18 @@ impl KeyManager {
         new: NewKey,
         versions: Vec<(u64, Option<KeyMaterial>)>,
     ) -> Result<KeyInfo, OpError> {
+        let place = self
+            .quotas
+            .reserve(&caller.client, Kind::Key)
+            .inspect_err(|e| {
+                self.deny(caller, new.op(), &KeyRef::Label(new.label.clone()), e);
+            })?;
         self.sessions.lock().reserve(&caller.client, &new.label)?;
         let out = self.create_reserved(caller, &new, versions).await;
         self.sessions.lock().release(&caller.client, &new.label);
+        if out.is_ok() {
+            place.keep();
+        }
         out
     }
 
@@ -411,9 +433,10 @@ impl KeyManager {
         if self
             .sessions
             .lock()
-            .remove(&caller.client, &local)
+            .remove(&caller.client, caller.session, &local)
             .is_some()
         {
+            self.quotas.release(&caller.client, Kind::Key, 1);
             return Ok(());
         }
         if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
@@ -435,7 +458,9 @@ impl KeyManager {
             .inspect_err(alarm)?
             .record()?;
         self.cache.lock().remove(&caller.client, record.id);
-        self.grants.write().remove_key(&caller.client, record.id);
+        let grants = self.grants.write().remove_key(&caller.client, record.id);
+        self.quotas.release(&caller.client, Kind::Key, 1);
+        self.quotas.release(&caller.client, Kind::Grant, grants);
         Ok(())
     }
 
@@ -471,25 +496,54 @@ impl KeyManager {
         self.authorize(caller, &key.local(), req).await
     }
 
-    /// The caller's keys: persistent ones (each record's seal checked), then session keys.
-    pub async fn list(&self, caller: &Caller) -> Result<Vec<KeyInfo>, OpError> {
-        let owner = caller.client.clone();
-        let mut keys = self
-            .store
-            .read(move |s: &mut dyn KeyStore, m| {
-                let mut out = Vec::new();
-                for r in s.list(&owner)? {
-                    // A damaged record is not shown as if it were a usable key; the alarm
-                    // names it and it stays in the store, untouched, for the operator.
-                    match r.and_then(|s| open(m, s)) {
-                        Ok(h) => out.push(h.info),
-                        Err(e) => alarm(&e),
+    /// One page of the caller's keys, by id: persistent ones (each record's seal checked),
+    /// then this session's session keys (their ids are all above persistent ones). A page
+    /// shorter than its limit is the last.
+    pub async fn list(&self, caller: &Caller, page: Page) -> Result<Vec<KeyInfo>, OpError> {
+        let limit = page.limit.unwrap_or(MAX_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(OpError::invalid(format!(
+                "list limit {limit} is out of range: expected 1 to {MAX_PAGE}"
+            )));
+        }
+        let limit = limit as usize;
+        let after = page.after.unwrap_or(0);
+        let mut keys = Vec::new();
+        if after < SESSION_ID_BASE {
+            let owner = caller.client.clone();
+            keys = self
+                .store
+                .read(move |s: &mut dyn KeyStore, m| {
+                    let mut out = Vec::with_capacity(limit.min(64));
+                    let mut cursor = after;
+                    // A damaged record is not shown as if it were a usable key (the alarm
+                    // names it and it stays in the store, untouched, for the operator), and it
+                    // does not shorten the page: a short page means the last one.
+                    while out.len() < limit {
+                        let rows = s.list(&owner, cursor, limit - out.len())?;
+                        let Some((last, _)) = rows.last() else { break };
+                        cursor = *last;
+                        for (_, r) in rows {
+                            match r.and_then(|s| open(m, s)) {
+                                Ok(h) => out.push(h.info),
+                                Err(e) => alarm(&e),
+                            }
+                        }
                     }
-                }
-                Ok(out)
-            })
-            .await?;
-        keys.extend(self.sessions.lock().list(&caller.client));
+                    Ok(out)
+                })
+                .await?;
+        }
+        if keys.len() < limit {
+            let after = after.max(SESSION_ID_BASE - 1);
+            let more = self.sessions.lock().list(
+                &caller.client,
+                caller.session,
+                after,
+                limit - keys.len(),
+            );
+            keys.extend(more);
+        }
         Ok(keys)
     }
 }

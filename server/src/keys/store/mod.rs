@@ -372,8 +372,16 @@ pub trait KeyStore: Send {
     fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError>;
     /// Whether `owner` has a key labelled `label`.
     fn label_in_use(&mut self, owner: &str, label: &Label) -> Result<bool, StoreError>;
-    /// Every key of `owner`, by id; a row whose fields do not validate is an `Err` of its own.
-    fn list(&mut self, owner: &str) -> Result<Vec<Result<Sealed, StoreError>>, StoreError>;
+    /// Up to `limit` keys of `owner` with ids above `after`, by id, each with its id; a row
+    /// whose fields do not validate is an `Err` of its own.
+    fn list(
+        &mut self,
+        owner: &str,
+        after: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, Result<Sealed, StoreError>)>, StoreError>;
+    /// How many keys and counters each owner holds (the quotas' starting counts).
+    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError>;
     /// How the master key is stored.
     fn master_record(&mut self) -> Result<MasterRecord, StoreError>;
     /// Replaces the stored master key record in one transaction (passphrase change).

@@ -393,19 +393,50 @@ impl KeyStore for SqliteStore {
             .map_err(backend)
     }
 
-    fn list(&mut self, owner: &str) -> Result<Vec<Result<Sealed, StoreError>>, StoreError> {
+    fn list(
+        &mut self,
+        owner: &str,
+        after: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, Result<Sealed, StoreError>)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let raw = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM keys WHERE owner = ?1 ORDER BY id"
+                "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
             ))
             .and_then(|mut st| {
-                st.query_map(params![owner], raw_row)?
+                st.query_map(params![owner, after, limit], raw_row)?
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(backend)?;
         // A damaged row is reported as such, not hidden: the caller raises the alarm.
-        Ok(raw.into_iter().map(|r| r.load(&self.conn)).collect())
+        Ok(raw
+            .into_iter()
+            .map(|r| (r.id(), r.load(&self.conn)))
+            .collect())
+    }
+
+    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
+        let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        for (table, counters) in [("keys", false), ("counters", true)] {
+            let mut st = self
+                .conn
+                .prepare(&format!(
+                    "SELECT owner, COUNT(*) FROM {table} GROUP BY owner"
+                ))
+                .map_err(backend)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(backend)?;
+            for (owner, n) in rows {
+                let e = held.entry(owner).or_default();
+                let n = usize::try_from(n).unwrap_or(0);
+                if counters { e.1 = n } else { e.0 = n }
+            }
+        }
+        Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
     }
 
     fn master_record(&mut self) -> Result<MasterRecord, StoreError> {

@@ -92,6 +92,11 @@ pub(super) fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
 }
 
 impl RawRow {
+    /// The row's id (out of range reads as `u32::MAX`, which `parse` refuses).
+    pub(super) fn id(&self) -> u32 {
+        u32::try_from(self.id).unwrap_or(u32::MAX)
+    }
+
     /// Reads the row's versions and validates everything.
     pub(super) fn load(self, conn: &Connection) -> Result<Sealed, StoreError> {
         let versions = versions_of(conn, &self.owner, self.id)?;

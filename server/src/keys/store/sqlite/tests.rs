@@ -104,10 +104,10 @@ fn ids_labels_batches_and_reopen() {
     );
     assert!(s.find("carol", &KeyRef::Id(2)).unwrap().is_none());
     assert!(s.label_in_use("bob", &"a".parse().unwrap()).unwrap());
-    assert_eq!(s.list("alice").unwrap().len(), 1);
-    assert!(s.list("alice").unwrap()[0].is_ok());
+    assert_eq!(s.list("alice", 0, 100).unwrap().len(), 1);
+    assert!(s.list("alice", 0, 100).unwrap()[0].1.is_ok());
     let mut rd = s.reader().unwrap();
-    assert_eq!(rd.list("bob").unwrap().len(), 1);
+    assert_eq!(rd.list("bob", 0, 100).unwrap().len(), 1);
     let r = rd.commit(&master, vec![create("bob", "z")], vec![]);
     assert!(r.is_err() || r.unwrap()[0].is_err(), "readers only read");
     assert!(!s.label_in_use("bob", &"z".parse().unwrap()).unwrap());

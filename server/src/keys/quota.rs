@@ -1,0 +1,220 @@
+//! Per-client quotas: how many keys (persistent and session), counters and grants each client
+//! may hold. A creation reserves its place before it reaches the store and gives it back if it
+//! fails, so concurrent creations of one client can never overshoot the limit, and one client
+//! at its limit never slows or refuses another.
+//!
+//! Counts start from what the store holds at start-up and then follow every change the store
+//! made durable (a deleted key also gives back its grants).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferrohsm_proto::Status;
+use parking_lot::Mutex;
+
+use crate::error::OpError;
+
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Keys, persistent and session.
+    Key,
+    /// Monotonic counters.
+    Counter,
+    /// Grants the client made of its keys to others.
+    Grant,
+}
+
+impl Kind {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Key => "keys",
+            Kind::Counter => "counters",
+            Kind::Grant => "grants",
+        }
+    }
+
+    fn setting(self) -> &'static str {
+        match self {
+            Kind::Key => "max_keys_per_client",
+            Kind::Counter => "max_counters_per_client",
+            Kind::Grant => "max_grants_per_client",
+        }
+    }
+}
+
+/// The limits, per client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Keys (persistent and session).
+    pub keys: usize,
+    /// Counters.
+    pub counters: usize,
+    /// Grants made.
+    pub grants: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            keys: 10_000,
+            counters: 10_000,
+            grants: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    fn of(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Key => self.keys,
+            Kind::Counter => self.counters,
+            Kind::Grant => self.grants,
+        }
+    }
+}
+
+/// Every client's counts against the limits.
+#[derive(Debug)]
+pub struct Quotas {
+    limits: Limits,
+    used: Mutex<HashMap<Arc<str>, [usize; 3]>>,
+}
+
+impl Quotas {
+    /// Quotas with `limits`, starting from `held` (client, kind, count) as the store holds.
+    pub fn new(limits: Limits, held: impl IntoIterator<Item = (Arc<str>, Kind, usize)>) -> Quotas {
+        let mut used: HashMap<Arc<str>, [usize; 3]> = HashMap::new();
+        for (client, kind, n) in held {
+            used.entry(client).or_default()[kind.index()] += n;
+        }
+        Quotas {
+            limits,
+            used: Mutex::new(used),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// How many of `kind` `client` holds (reservations included).
+    pub fn used(&self, client: &str, kind: Kind) -> usize {
+        self.used.lock().get(client).map_or(0, |u| u[kind.index()])
+    }
+
+    /// Takes one place of `kind` for `client`, or `quota_exceeded` naming the limit. The place
+    /// is given back when the reservation drops, unless it is [`Reservation::keep`]t.
+    pub fn reserve(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        kind: Kind,
+    ) -> Result<Reservation, OpError> {
+        let limit = self.limits.of(kind);
+        let mut used = self.used.lock();
+        let n = &mut used.entry(client.clone()).or_default()[kind.index()];
+        if *n >= limit {
+            return Err(OpError::new(
+                Status::QuotaExceeded,
+                format!(
+                    "too many {} for client {client}: it holds {n}, the most allowed \
+                     ({} in [limits])",
+                    kind.plural(),
+                    kind.setting()
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Reservation {
+            quotas: self.clone(),
+            client: client.clone(),
+            kind,
+            kept: false,
+        })
+    }
+
+    /// Counts `n` places without the limit check (a change already made durable).
+    pub fn add(&self, client: &Arc<str>, kind: Kind, n: usize) {
+        self.used.lock().entry(client.clone()).or_default()[kind.index()] += n;
+    }
+
+    /// Gives back `n` places (a deleted key, an ended session's keys, revoked grants).
+    pub fn release(&self, client: &str, kind: Kind, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut used = self.used.lock();
+        if let Some(u) = used.get_mut(client) {
+            u[kind.index()] = u[kind.index()].saturating_sub(n);
+            if u.iter().all(|c| *c == 0) {
+                used.remove(client);
+            }
+        }
+    }
+}
+
+/// One place taken; given back on drop unless kept.
+#[derive(Debug)]
+pub struct Reservation {
+    quotas: Arc<Quotas>,
+    client: Arc<str>,
+    kind: Kind,
+    kept: bool,
+}
+
+impl Reservation {
+    /// The creation succeeded: the place stays taken.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.quotas.release(&self.client, self.kind, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_keep_release_and_the_limit_per_client() {
+        let limits = Limits {
+            keys: 2,
+            counters: 1,
+            grants: 1,
+        };
+        let alice: Arc<str> = Arc::from("alice");
+        let bob: Arc<str> = Arc::from("bob");
+        let q = Arc::new(Quotas::new(limits, [(alice.clone(), Kind::Key, 1)]));
+        q.reserve(&alice, Kind::Key).unwrap().keep();
+        let e = q.reserve(&alice, Kind::Key).unwrap_err();
+        assert_eq!(e.status, Status::QuotaExceeded);
+        assert!(
+            e.message.contains("too many keys for client alice"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("max_keys_per_client"), "{}", e.message);
+        // Another client and another kind are unaffected.
+        q.reserve(&bob, Kind::Key).unwrap().keep();
+        q.reserve(&alice, Kind::Counter).unwrap().keep();
+        // A reservation dropped without keep gives its place back.
+        q.release(&alice, Kind::Key, 1);
+        drop(q.reserve(&alice, Kind::Key).unwrap());
+        assert_eq!(q.used("alice", Kind::Key), 1);
+        q.reserve(&alice, Kind::Key).unwrap().keep();
+        assert_eq!(q.used("alice", Kind::Key), 2);
+        q.release(&alice, Kind::Key, 5);
+        assert_eq!(q.used("alice", Kind::Key), 0);
+    }
+}
