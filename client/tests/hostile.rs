@@ -9,8 +9,8 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use ferrohsm_client::ClientError;
 use ferrohsm_client::profile::Identity;
+use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, Hello, Proof};
 use ferrohsm_proto::message::decode_error;
 use ferrohsm_proto::{Frame, KeyRef, KeyType, PROTOCOL_VERSION, Request, Status};
@@ -275,7 +275,7 @@ fn a_client_that_never_reads_does_not_stall_others() {
 }
 
 #[test]
-fn idle_unauthenticated_connections_time_out_and_limits_apply() {
+fn idle_unauthenticated_connections_time_out_and_never_take_session_places() {
     let srv = TestServer::start_with(&["alice"], |c| {
         c.handshake_timeout = Duration::from_millis(300);
         c.max_connections = 2;
@@ -287,14 +287,20 @@ fn idle_unauthenticated_connections_time_out_and_limits_apply() {
         "idle connection must be closed"
     );
     assert!(t.elapsed() < Duration::from_secs(5));
-    // Two connections held open; a third is refused with Busy.
-    let a = srv.connect("alice");
-    let _b = srv.raw();
+    // Idle unauthenticated sockets hold handshake places, not session places: with more of
+    // them open than max_connections, real clients still log in, up to max_connections.
+    let _idle: Vec<_> = (0..5).map(|_| srv.raw()).collect();
     std::thread::sleep(Duration::from_millis(50));
-    let mut third = srv.raw();
-    assert_eq!(
-        error_status(&read_frame(&mut third, &mut Vec::new()).unwrap()),
-        Status::Busy
-    );
+    let a = srv.connect("alice");
+    let b = srv.connect("alice");
+    // A third session is over the listener's limit: a readable busy.
+    match BlockingClient::connect(&srv.profile("alice"), None) {
+        Err(ClientError::Auth(e)) => {
+            assert_eq!(e.status(), Some(Status::Busy), "{e:?}");
+            assert!(e.message.contains("too many connections"), "{}", e.message);
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
     a.ping().unwrap();
+    b.ping().unwrap();
 }

@@ -295,26 +295,43 @@ fn session_keys_vanish_with_their_connection() {
         s.session = true;
         let k = short.block_on(short.client().generate_spec(s)).unwrap();
         assert_eq!(k.lifetime, Lifetime::Session);
+        // Only its own connection sees a session key; the label stays taken for the client.
         assert_eq!(
             keeper
                 .block_on(keeper.client().info(&label("temp")))
-                .unwrap()
-                .lifetime,
-            Lifetime::Session
+                .unwrap_err()
+                .status(),
+            Some(Status::KeyNotFound)
+        );
+        assert_eq!(
+            keeper
+                .generate(&"temp".parse().unwrap(), KeyType::HmacSha256)
+                .unwrap_err()
+                .status(),
+            Some(Status::LabelInUse)
         );
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match keeper.block_on(keeper.client().info(&label("temp"))) {
-            Err(e) if e.status() == Some(Status::KeyNotFound) => break,
-            _ if std::time::Instant::now() > deadline => panic!("session key outlived its session"),
-            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        match keeper.generate(&"temp".parse().unwrap(), KeyType::HmacSha256) {
+            Ok(_) => break,
+            Err(e)
+                if e.status() == Some(Status::LabelInUse)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("the session key outlived its session: {e}"),
         }
     }
-    // The label is free again for a persistent key.
-    keeper
-        .generate(&"temp".parse().unwrap(), KeyType::HmacSha256)
-        .unwrap();
+    // The label is free again for a persistent key: it is one now.
+    assert_eq!(
+        keeper
+            .block_on(keeper.client().info(&label("temp")))
+            .unwrap()
+            .lifetime,
+        Lifetime::Persistent
+    );
 }
 
 #[test]

@@ -314,7 +314,9 @@ impl FrameReader {
             }
             Err(need) => {
                 self.compact();
-                self.buf.reserve(need.max(4096));
+                // Room grows with the bytes that actually arrive (the Vec doubles), never
+                // ahead of them: a header announcing a large body costs nothing until it comes.
+                self.buf.reserve(need.clamp(4096, 64 * 1024));
                 Ok(None)
             }
         }
@@ -327,6 +329,23 @@ impl FrameReader {
         rest.first_chunk::<HEADER_LEN>()
             .and_then(|h| Header::parse(h, self.decoder.max_body()).ok())
             .is_some_and(|h| rest.len() >= HEADER_LEN + h.body_len as usize)
+    }
+
+    /// The header of the next frame, once its bytes are buffered (whole frame or not); `None`
+    /// before that, or when the header is bad (which [`FrameReader::next_with`] reports).
+    pub fn peek_header(&self) -> Option<Header> {
+        self.buf[self.start..]
+            .first_chunk::<HEADER_LEN>()
+            .and_then(|h| Header::parse(h, self.decoder.max_body()).ok())
+    }
+
+    /// Gives back the room of a buffer grown for a large frame once it is drained, so an idle
+    /// session holds a few KiB, not its largest frame.
+    pub fn shrink(&mut self) {
+        if self.start == self.buf.len() && self.buf.capacity() > 64 * 1024 {
+            self.compact();
+            self.buf = Vec::with_capacity(4096);
+        }
     }
 
     /// Where the transport appends the bytes it reads (`read_buf`, `extend_from_slice`).

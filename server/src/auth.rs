@@ -8,7 +8,9 @@
 //! - on the shm set-up socket the peer's uid must also be in the client's `allowed_uids`.
 //!
 //! An unknown name gets a challenge like a known one and fails at the proof with the same
-//! message, so the handshake reveals no client names.
+//! message, after the same work (its proof is checked against a decoy key made at start), so
+//! neither the answer nor its timing reveals which client names exist. A certificate whose
+//! names map to more than one client is refused: a credential always means one client.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -61,6 +63,9 @@ pub struct Authenticator {
     cert_names: HashMap<String, Arc<str>>,
     // PSK identity -> configured client.
     psk_identities: HashMap<Vec<u8>, Arc<str>>,
+    // Proofs for unknown names (and clients without an auth key) are checked against this,
+    // so they cost what a wrong proof for a known name costs.
+    decoy: VerifyingKey,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -106,10 +111,16 @@ impl Authenticator {
                 psk_identities.insert(identity.as_bytes().to_vec(), client.clone());
             }
         }
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        // Without the OS random source the decoy is still a valid key; only its secrecy
+        // (irrelevant: nothing is ever signed with it) would suffer.
+        let _ = getrandom::fill(&mut *seed);
+        let decoy = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
         Authenticator {
             clients,
             cert_names,
             psk_identities,
+            decoy,
         }
     }
 
@@ -119,11 +130,16 @@ impl Authenticator {
     pub fn identify(&self, credential: &Credential) -> Result<Option<Arc<str>>, &'static str> {
         match credential {
             Credential::Nothing | Credential::UnixPeer(_) => Ok(None),
-            Credential::Certificate(names) => names
-                .iter()
-                .find_map(|n| self.cert_names.get(n).cloned())
-                .map(Some)
-                .ok_or("the client certificate names no configured client"),
+            Credential::Certificate(names) => {
+                let mut found = names.iter().filter_map(|n| self.cert_names.get(n));
+                let first = found
+                    .next()
+                    .ok_or("the client certificate names no configured client")?;
+                if found.any(|other| other != first) {
+                    return Err("the client certificate names more than one configured client");
+                }
+                Ok(Some(first.clone()))
+            }
             Credential::PskIdentity(id) => self
                 .psk_identities
                 .get(id)
@@ -147,7 +163,14 @@ impl Authenticator {
         match self.identify(credential) {
             Ok(Some(proven)) if *proven == hello.client => Ok(HelloOutcome::Open(proven)),
             Ok(Some(proven)) => {
-                tracing::info!(%peer, proven = %proven, claimed = %hello.client, "hello names another client than the credential");
+                crate::logsafe::limited(
+                    "auth",
+                    crate::logsafe::source_of(peer),
+                    format_args!(
+                        "{peer}: hello names client {} but the credential proves {proven}",
+                        crate::logsafe::Escaped(&hello.client)
+                    ),
+                );
                 Err(OpError::new(
                     Status::AuthFailed,
                     format!(
@@ -161,17 +184,14 @@ impl Authenticator {
                 let mut nonce = [0u8; 32];
                 getrandom::fill(&mut nonce)
                     .map_err(|_| OpError::internal("OS random source failed"))?;
-                let key = self
-                    .clients
-                    .get(&hello.client)
-                    .and_then(|c| c.auth_key)
-                    .map(Box::new);
+                let key = self.clients.get(&hello.client).and_then(|c| c.auth_key);
                 Ok(HelloOutcome::Challenge(
                     PendingProof {
                         client: hello.client,
                         session_id,
                         nonce,
-                        key,
+                        known: key.is_some(),
+                        key: Box::new(key.unwrap_or(self.decoy)),
                     },
                     Challenge { session_id, nonce },
                 ))
@@ -249,7 +269,9 @@ pub struct PendingProof {
     client: String,
     session_id: u64,
     nonce: [u8; 32],
-    key: Option<Box<VerifyingKey>>,
+    // The client's auth key, or the decoy when the name is unknown (`known` false).
+    key: Box<VerifyingKey>,
+    known: bool,
 }
 
 impl std::fmt::Debug for PendingProof {
@@ -265,12 +287,20 @@ impl PendingProof {
     /// success. Every failure reads the same, whatever the cause.
     fn verify(&self, signature: &[u8], peer: &str) -> Result<Arc<str>, OpError> {
         let t = transcript(&self.client, self.session_id, &self.nonce);
-        let ok = self.key.as_ref().is_some_and(|k| {
-            ed25519_dalek::Signature::from_slice(signature)
-                .is_ok_and(|sig| k.verify_strict(&t, &sig).is_ok())
-        });
+        // The same work whether the name is known or not: parse, then a full verification.
+        let sig = ed25519_dalek::Signature::from_slice(signature)
+            .unwrap_or_else(|_| ed25519_dalek::Signature::from_bytes(&[0; 64]));
+        let verified = self.key.verify_strict(&t, &sig).is_ok();
+        let ok = verified & self.known & (signature.len() == 64);
         if !ok {
-            tracing::info!(%peer, claimed = %self.client, "authentication failed");
+            crate::logsafe::limited(
+                "auth",
+                crate::logsafe::source_of(peer),
+                format_args!(
+                    "{peer}: authentication failed for claimed client {}",
+                    crate::logsafe::Escaped(&self.client)
+                ),
+            );
             return Err(auth_failed());
         }
         Ok(Arc::from(self.client.as_str()))

@@ -16,6 +16,8 @@
 //! Every rule (usage, exportable, derivable types, random length) is asked of
 //! [`crate::keys::policy`]; the crypto code only computes.
 
+use std::sync::Arc;
+
 use ferrohsm_proto::{KeyRef, Request, Response, Status};
 use zeroize::Zeroizing;
 
@@ -34,6 +36,8 @@ use crate::session::Shared;
 struct Compute<'a> {
     pool: &'a crate::crypto::pool::CryptoPool,
     inline_max: usize,
+    // Whose work it is, for the pool's fair schedule.
+    client: &'a Arc<str>,
 }
 
 impl Compute<'_> {
@@ -46,24 +50,27 @@ impl Compute<'_> {
         if len <= self.inline_max {
             guarded(f)
         } else {
-            self.pool.run(f).await
+            self.pool.run(self.client, len, f).await
         }
     }
 
-    /// Always on the pool (signatures, key generation, derivation).
-    async fn run<T, F>(&self, f: F) -> Result<T, OpError>
+    /// Always on the pool (signatures, key generation, derivation), `len` input bytes.
+    async fn run<T, F>(&self, len: usize, f: F) -> Result<T, OpError>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T, OpError> + Send + 'static,
     {
-        self.pool.run(f).await
+        self.pool.run(self.client, len, f).await
     }
 }
 
-/// Runs `f` on this thread under the same panic guard a crypto worker uses.
+/// Runs `f` on this thread under the same panic guard a crypto worker uses, and then wipes the
+/// stack it used, as a worker does after each job.
 fn guarded<T>(f: impl FnOnce() -> Result<T, OpError>) -> Result<T, OpError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(OpError::internal("crypto operation panicked")))
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(OpError::internal("crypto operation panicked")));
+    crate::crypto::pool::scrub_stack();
+    out
 }
 
 /// The operations whose whole work is one computation with one key: the payload taken out of
@@ -310,6 +317,7 @@ pub async fn dispatch(
     let pool = &Compute {
         pool: &shared.pool,
         inline_max: shared.inline_max,
+        client: &caller.client,
     };
     let bytes = Response::Bytes;
     match request {
@@ -324,7 +332,7 @@ pub async fn dispatch(
         Request::Generate(spec) => {
             let new = policy::generated(&spec)?;
             let t = new.key_type;
-            let material = pool.run(move || KeyMaterial::generate(t)).await?;
+            let material = pool.run(0, move || KeyMaterial::generate(t)).await?;
             km.create(&caller, new, material).await.map(Response::Key)
         }
         Request::Derive { key, peer, spec } => {
@@ -332,7 +340,7 @@ pub async fn dispatch(
             let new = policy::derived(&base.info, &spec)?;
             let t = new.key_type;
             let material = pool
-                .run(move || ops::derive(&base.material, &peer, t))
+                .run(0, move || ops::derive(&base.material, &peer, t))
                 .await?;
             km.create(&caller, new, material).await.map(Response::Key)
         }
@@ -354,7 +362,7 @@ pub async fn dispatch(
             let key_type = h.info.key_type;
             // X25519 computes its public half (a scalar multiplication): on the pool.
             let bytes = pool
-                .run(move || {
+                .run(0, move || {
                     h.material
                         .public_key()
                         .ok_or_else(|| OpError::internal("an asymmetric key has no public half"))
@@ -374,7 +382,9 @@ pub async fn dispatch(
             let new = policy::imported(&spec)?;
             let t = new.key_type;
             // P-256 checks the key pair (a scalar multiplication): on the pool.
-            let m = pool.run(move || KeyMaterial::import(t, &material)).await?;
+            let m = pool
+                .run(0, move || KeyMaterial::import(t, &material))
+                .await?;
             km.create(&caller, new, m).await.map(Response::Key)
         }
         Request::Wrap { key, with } => {
@@ -392,14 +402,14 @@ pub async fn dispatch(
             }
             let t = target.clone();
             let detail = format!("with {}:{}", wrapper.owner, wrapper.info.id);
-            let blob = pool.run(move || wrap::seal(&wrapper, &t)).await?;
+            let blob = pool.run(0, move || wrap::seal(&wrapper, &t)).await?;
             km.record(&caller, "wrap", &target, detail).await?;
             Ok(Response::Bytes(blob))
         }
         Request::Unwrap { with, blob, label } => {
             let wrapper = km.authorize_owner(&caller, &with, policy::UNWRAP).await?;
             let w = wrapper.clone();
-            let opened = pool.run(move || wrap::open(&w, &blob)).await?;
+            let opened = pool.run(0, move || wrap::open(&w, &blob)).await?;
             let trusted = km.trusts_wrap_key(&caller, &wrapper.info);
             if let Err(e) =
                 policy::may_wrap(opened.exportable, label.as_str(), &wrapper.info, trusted)
@@ -423,7 +433,7 @@ pub async fn dispatch(
         Request::Rotate(key) => {
             let h = km.authorize_owner(&caller, &key, policy::ROTATE).await?;
             let t = h.info.key_type;
-            let material = pool.run(move || KeyMaterial::generate(t)).await?;
+            let material = pool.run(0, move || KeyMaterial::generate(t)).await?;
             km.rotate(&caller, &h, material).await.map(Response::Key)
         }
         Request::Retire { key, below } => km.retire(&caller, &key, below).await.map(Response::Key),
@@ -443,7 +453,7 @@ pub async fn dispatch(
                 let r = if cheap {
                     pool.cheap(len, work).await
                 } else {
-                    pool.run(work).await
+                    pool.run(len, work).await
                 };
                 if let Some(used) = used {
                     km.audit_use(&caller, name, &used, r.as_ref().err().map(|e| e.status));

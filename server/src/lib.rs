@@ -37,9 +37,11 @@ pub mod config;
 pub mod crypto;
 pub mod dispatch;
 pub mod error;
+pub mod harden;
 pub mod init;
 pub mod keys;
 pub mod listener;
+pub mod logsafe;
 pub mod session;
 
 use std::future::Future;
@@ -205,7 +207,29 @@ where
         )?)),
         None => None,
     };
-    let max = config.max_connections;
+    let listeners = usize::from(config.tcp.is_some())
+        + usize::from(config.tls.is_some())
+        + usize::from(config.tls_psk.is_some())
+        + usize::from(config.shm.is_some());
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    // A shm session holds its set-up socket and its segment; count 3 for every connection.
+    let max = harden::fit_connections(
+        nofile,
+        listeners,
+        3,
+        config.max_connections,
+        config.limits.max_handshakes,
+    );
+    if max < config.max_connections {
+        tracing::warn!(
+            nofile,
+            configured = config.max_connections,
+            using = max,
+            "server.max_connections lowered to fit the file-descriptor limit"
+        );
+    }
     let mut bound = Bound::default();
     if let Some(tcp) = &config.tcp {
         let l = bind(tcp.addr).await?;

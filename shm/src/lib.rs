@@ -21,6 +21,7 @@
 
 pub mod doorbell;
 pub mod handoff;
+pub mod pages;
 pub mod ring;
 pub mod segment;
 pub mod stream;

@@ -53,6 +53,25 @@ pub fn run_table(o: &Outcome) -> String {
         o.fault_events,
         o.restarts
     );
+    if let Some(f) = &o.flood {
+        let q = |h: &hdrhistogram::Histogram<u64>, x| h.value_at_quantile(x) as f64 / 1000.0;
+        let _ = write!(
+            s,
+            "\nflood: {} light-client signs (2 in flight) p50 {:.2} ms, p99 {:.2} ms alone ({} samples); \
+             p50 {:.2} ms, p99 {:.2} ms while {} flooded ({} digests of {} KiB from {} sessions; {} samples)",
+            f.light,
+            q(&f.alone, 0.5),
+            q(&f.alone, 0.99),
+            f.alone.len(),
+            q(&f.flooded, 0.5),
+            q(&f.flooded, 0.99),
+            f.flooder,
+            f.flood_ops,
+            crate::run::flood_bytes() / 1024,
+            crate::run::flood_sessions(),
+            f.flooded.len()
+        );
+    }
     s
 }
 
@@ -97,6 +116,17 @@ pub fn run_json(o: &Outcome, server_peak_rss_kib: Option<u64>) -> Value {
         "operations": ops,
         "problems": o.problems,
         "server_peak_rss_kib": server_peak_rss_kib,
+        "flood": o.flood.as_ref().map(|f| json!({
+            "flooder": f.flooder,
+            "light": f.light,
+            "light_alone_p50_us": f.alone.value_at_quantile(0.5),
+            "light_alone_p99_us": f.alone.value_at_quantile(0.99),
+            "light_alone_samples": f.alone.len(),
+            "light_flooded_p50_us": f.flooded.value_at_quantile(0.5),
+            "light_flooded_p99_us": f.flooded.value_at_quantile(0.99),
+            "light_flooded_samples": f.flooded.len(),
+            "flood_digests": f.flood_ops,
+        })),
     })
 }
 

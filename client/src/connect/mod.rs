@@ -32,6 +32,51 @@ fn missing(profile: &Profile, section: &str) -> ClientError {
     ))
 }
 
+/// A byte stream to the server, before any FerroHSM frame.
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
+
+/// Opens `transport`'s stream and nothing more: TCP; TLS with the profile's certificate or
+/// PSK, handshaken; for shm, the set-up socket (where hello and proof go). For tools and tests
+/// that speak the protocol by hand (hostile peers, bad-input matrices).
+pub async fn open_stream(
+    profile: &Profile,
+    transport: Transport,
+) -> Result<Box<dyn RawStream>, ClientError> {
+    Ok(match transport {
+        Transport::Tcp => {
+            let addr = profile
+                .tcp_addr
+                .as_deref()
+                .ok_or_else(|| missing(profile, "tcp"))?;
+            Box::new(tcp_stream(addr).await?)
+        }
+        Transport::Tls => {
+            let t = profile
+                .tls
+                .as_ref()
+                .ok_or_else(|| missing(profile, "tls"))?;
+            Box::new(tls::stream(t).await?)
+        }
+        Transport::TlsPsk => {
+            let p = profile
+                .tls_psk
+                .as_ref()
+                .ok_or_else(|| missing(profile, "tls_psk"))?;
+            Box::new(psk::stream(p).await?)
+        }
+        Transport::Shm => {
+            let socket = profile
+                .shm_socket
+                .as_ref()
+                .ok_or_else(|| missing(profile, "shm"))?;
+            Box::new(tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+                ClientError::Connection(format!("cannot connect to {}: {e}", socket.display()))
+            })?)
+        }
+    })
+}
+
 /// Connects and authenticates with `profile` over `transport` (default: the profile's).
 pub async fn connect(
     profile: &Profile,

@@ -5,13 +5,19 @@ use crate::{Client, ClientError};
 
 /// Connects over TLS with the profile's CA, server name and client certificate.
 pub async fn connect(t: &TlsProfile, id: &Identity) -> Result<Client, ClientError> {
+    let (rd, wr) = tokio::io::split(stream(t).await?);
+    Client::handshake(rd, wr, id).await
+}
+
+/// The TLS stream, handshaken, before any FerroHSM frame.
+pub async fn stream(
+    t: &TlsProfile,
+) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + use<>, ClientError> {
     let identity = t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let config = ferrohsm_tls::client::config(&t.ca, identity)
         .map_err(|e| ClientError::Local(e.to_string()))?;
     let tcp = super::tcp_stream(&t.addr).await?;
-    let stream = ferrohsm_tls::client::connect(config, &t.server_name, tcp)
+    ferrohsm_tls::client::connect(config, &t.server_name, tcp)
         .await
-        .map_err(|e| ClientError::Connection(format!("TLS to {}: {e}", t.addr)))?;
-    let (rd, wr) = tokio::io::split(stream);
-    Client::handshake(rd, wr, id).await
+        .map_err(|e| ClientError::Connection(format!("TLS to {}: {e}", t.addr)))
 }

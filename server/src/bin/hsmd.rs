@@ -1,5 +1,12 @@
 //! `hsmd`: the FerroHSM daemon. Thin CLI over the `ferrohsm_server` library.
 
+/// Every heap block is wiped when it is freed, so copies of key bytes left in freed buffers
+/// (by crypto libraries that do not zeroize, such as ring's key schedules, or by a `Vec` that
+/// grew) do not outlive their use. The allocator's own `unsafe` stays in that crate.
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -232,6 +239,14 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             if let Some(st) = config.store.as_mut() {
                 st.passphrase = pass;
             }
+            // Before any key is read: no core dumps, memory locked, descriptors raised.
+            let h = ferrohsm_server::harden::process();
+            tracing::info!(
+                undumpable = h.undumpable,
+                memory_locked = h.memory_locked,
+                nofile = h.nofile,
+                "process hardened"
+            );
             ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| match hint {
                 Some(h) => {
                     println!("hsmd: listening on {bound}; connect with: hsmctl --profile {h} ping")

@@ -81,6 +81,7 @@ impl Cache {
 
     /// Caches `h` unless a removal happened since `epoch` was read.
     pub fn insert(&mut self, h: Arc<KeyHandle>, epoch: u64) {
+        crate::harden::protect(&*h);
         if self.capacity == 0 || epoch != self.epoch {
             return;
         }

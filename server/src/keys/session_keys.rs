@@ -125,6 +125,7 @@ impl SessionKeys {
         let id = SESSION_ID_BASE + next - 1;
         h.info.id = id;
         let h = Arc::new(h);
+        crate::harden::protect(&*h);
         c.by_label.insert(h.info.label.clone(), id);
         c.by_id.insert(id, (session, h.clone()));
         Ok(h)

@@ -5,9 +5,11 @@
 //! proved.
 //!
 //! One generic [`Listener`] actor runs every accept loop (TCP and the shm set-up socket alike):
-//! shutdown, the per-listener connection limit, and bounded refusals. An [`Accept`] is the bound
+//! shutdown, a handshake place for each connection ([`gate`]), and the per-listener limit on
+//! authenticated sessions, taken when a session authenticates. An [`Accept`] is the bound
 //! socket; a [`Transport`] decides what happens to an accepted one on its arbiter.
 
+pub mod gate;
 pub mod psk;
 pub mod shm;
 pub mod tcp;
@@ -26,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::arbiters::Placement;
 use crate::auth::Credential;
+use crate::error::OpError;
 use crate::session::{Conn, Shared, serve};
 
 /// Tells a refused peer why, in one error frame, then closes.
@@ -35,12 +38,69 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, mes
     let _ = wr.shutdown().await;
 }
 
-/// A connection's hold on its listener's limit and on its arbiter's load count; released
-/// when the connection ends.
+/// A connection's places: its handshake place until it authenticates, then one of its
+/// listener's `max_connections`; and its arbiter's load count. Shared by the session and its
+/// writer; released when the connection ends.
+#[derive(Debug, Clone)]
+pub struct Slot(Arc<SlotInner>);
+
 #[derive(Debug)]
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+struct SlotInner {
+    eviction: Arc<gate::Eviction>,
+    connections: Arc<Semaphore>,
+    places: parking_lot::Mutex<Places>,
     _placement: Placement,
+}
+
+#[derive(Debug)]
+struct Places {
+    handshake: Option<gate::Handshake>,
+    session: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    fn new(handshake: gate::Handshake, connections: Arc<Semaphore>, placement: Placement) -> Slot {
+        Slot(Arc::new(SlotInner {
+            eviction: handshake.eviction(),
+            connections,
+            places: parking_lot::Mutex::new(Places {
+                handshake: Some(handshake),
+                session: None,
+            }),
+            _placement: placement,
+        }))
+    }
+
+    /// The connection authenticated: it takes one of the listener's session places (or is
+    /// refused with `busy`) and gives back its handshake place. Idempotent.
+    pub fn authenticate(&self) -> Result<(), OpError> {
+        let mut p = self.0.places.lock();
+        if p.session.is_none() {
+            let permit = self
+                .0
+                .connections
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| {
+                    OpError::new(
+                        Status::Busy,
+                        "too many connections: this listener's max_connections sessions are open",
+                    )
+                })?;
+            p.session = Some(permit);
+        }
+        p.handshake = None;
+        Ok(())
+    }
+
+    /// Resolves if the connection, still in handshake, is evicted to make room for a newer one.
+    pub async fn evicted(&self) {
+        let ev = self.0.eviction.clone();
+        if self.0.places.lock().handshake.is_none() {
+            return std::future::pending().await;
+        }
+        ev.wait().await
+    }
 }
 
 /// A tokio socket that can leave the runtime it was accepted on and join another.
@@ -81,6 +141,8 @@ pub trait Accept: Unpin + 'static {
     type Peer: Send + std::fmt::Display + 'static;
     /// The next connection.
     fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Socket, Self::Peer)>>;
+    /// Where a peer comes from, for the per-source handshake limit.
+    fn source(peer: &Self::Peer) -> gate::Source;
 }
 
 impl Accept for TcpListener {
@@ -91,6 +153,9 @@ impl Accept for TcpListener {
         // Small frames, request/response: latency matters more than packet count.
         let _ = s.set_nodelay(true);
         Ok((s, peer))
+    }
+    fn source(peer: &SocketAddr) -> gate::Source {
+        gate::Source::ip(peer.ip())
     }
 }
 
@@ -116,6 +181,9 @@ impl Accept for UnixListener {
             }
         }
     }
+    fn source(peer: &UnixPeer) -> gate::Source {
+        gate::Source::Uid(peer.0.uid)
+    }
 }
 
 /// What a listener does with an accepted connection, on the session arbiter it was placed on.
@@ -132,24 +200,6 @@ pub trait Transport: Clone + Send + Unpin + 'static {
         peer: <Self::Listen as Accept>::Peer,
         slot: Slot,
     ) -> impl Future<Output = ()> + 'static;
-
-    /// Tells a peer over the connection limit why it is refused, in a form it can read (TLS
-    /// transports finish the handshake first). `slot` bounds how many refusals run at once.
-    fn refuse(
-        self,
-        shared: Arc<Shared>,
-        socket: <Self::Listen as Accept>::Socket,
-        slot: Slot,
-    ) -> impl Future<Output = ()> + 'static
-    where
-        <Self::Listen as Accept>::Socket: AsyncWrite + Unpin + 'static,
-    {
-        let _ = shared;
-        async move {
-            refuse(socket, Status::Busy, "too many connections").await;
-            drop(slot);
-        }
-    }
 }
 
 /// What differs between the TLS transports: how the handshake runs. Everything else is
@@ -167,8 +217,8 @@ pub trait Handshake: Clone + Send + Unpin + 'static {
     ) -> impl Future<Output = Result<(Self::Stream, Credential), ferrohsm_tls::TlsError>> + 'static;
 }
 
-/// A TLS transport: handshake (bounded by the handshake timeout), the client the credential
-/// names, then the session; over the limit, a readable `busy` after the handshake.
+/// A TLS transport: handshake (bounded by the handshake timeout, ended early if evicted), the
+/// client the credential names, then the session.
 #[derive(Debug, Clone)]
 pub struct Secured<H>(pub H);
 
@@ -177,10 +227,23 @@ impl<H: Handshake> Transport for Secured<H> {
     type Listen = TcpListener;
 
     async fn start(self, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
-        let (tls, credential) = match self.0.handshake(stream, shared.handshake_timeout).await {
+        let handshake = self.0.handshake(stream, shared.handshake_timeout);
+        let done = tokio::select! {
+            done = handshake => done,
+            _ = slot.evicted() => return,
+        };
+        let (tls, credential) = match done {
             Ok(ok) => ok,
             Err(e) => {
-                return tracing::info!(transport = H::NAME, %peer, reason = %e, "TLS handshake failed");
+                return crate::logsafe::limited(
+                    "tls",
+                    &peer.ip().to_string(),
+                    format_args!(
+                        "{}: TLS handshake failed: {}",
+                        H::NAME,
+                        crate::logsafe::Escaped(&e.to_string())
+                    ),
+                );
             }
         };
         let (rd, wr) = tokio::io::split(tls);
@@ -197,25 +260,13 @@ impl<H: Handshake> Transport for Secured<H> {
         };
         serve(shared, rd, wr, conn);
     }
-
-    async fn refuse(self, shared: Arc<Shared>, stream: TcpStream, slot: Slot) {
-        if let Ok((tls, _)) = self.0.handshake(stream, shared.handshake_timeout).await {
-            refuse(tls, Status::Busy, "too many connections").await;
-        }
-        drop(slot);
-    }
 }
 
-/// Refusals (handshake + error frame) in progress at once, per listener; beyond this an
-/// over-limit connection is closed without a word.
-const MAX_REFUSALS: usize = 16;
-
-/// Accepts connections until shutdown, at most `max_connections` at once.
+/// Accepts connections until shutdown; at most `max_connections` of them authenticated at once.
 pub struct Listener<T: Transport> {
     listener: Option<T::Listen>,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
-    refusals: Arc<Semaphore>,
     transport: T,
 }
 
@@ -239,7 +290,6 @@ impl<T: Transport> Listener<T> {
             listener: Some(listener),
             shared,
             connections: Arc::new(Semaphore::new(max_connections)),
-            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
             transport,
         }
     }
@@ -249,7 +299,8 @@ impl<T: Transport> Listener<T> {
 fn place<T: Transport, F, Fut>(
     shared: &Arc<Shared>,
     socket: <T::Listen as Accept>::Socket,
-    permit: OwnedSemaphorePermit,
+    handshake: gate::Handshake,
+    connections: Arc<Semaphore>,
     work: F,
 ) where
     F: FnOnce(<T::Listen as Accept>::Socket, Slot) -> Fut + Send + 'static,
@@ -262,10 +313,7 @@ fn place<T: Transport, F, Fut>(
         }
     };
     shared.arbiters().place(move |placement| async move {
-        let slot = Slot {
-            _permit: permit,
-            _placement: placement,
-        };
+        let slot = Slot::new(handshake, connections, placement);
         match <<T::Listen as Accept>::Socket as Detach>::attach(std) {
             Ok(socket) => work(socket, slot).await,
             Err(e) => {
@@ -288,7 +336,6 @@ where
         let transport = self.transport.clone();
         let shared = self.shared.clone();
         let connections = self.connections.clone();
-        let refusals = self.refusals.clone();
         let mut shutdown = shared.shutdown.clone();
         ctx.spawn(
             async move {
@@ -307,19 +354,14 @@ where
                         }
                     };
                     let (t, sh) = (transport.clone(), shared.clone());
-                    match connections.clone().try_acquire_owned() {
-                        Ok(permit) => place::<T, _, _>(&shared, socket, permit, move |s, slot| {
-                            t.start(sh, s, peer, slot)
-                        }),
-                        Err(_) => {
-                            tracing::warn!(transport = T::NAME, %peer, "connection limit reached; refusing");
-                            if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                                place::<T, _, _>(&shared, socket, permit, move |s, slot| {
-                                    t.refuse(sh, s, slot)
-                                });
-                            }
-                        }
-                    }
+                    let handshake = shared.handshakes.admit(T::Listen::source(&peer));
+                    place::<T, _, _>(
+                        &shared,
+                        socket,
+                        handshake,
+                        connections.clone(),
+                        move |s, slot| t.start(sh, s, peer, slot),
+                    );
                 }
             }
             .into_actor(self),

@@ -107,9 +107,20 @@ async fn set_up(shared: Arc<Shared>, mut s: UnixStream, unix: UnixPeer, ring: u3
     let (peer, cred) = (format!("shm:{unix}"), unix.0);
     let timeout = shared.handshake_timeout;
     let shared2 = shared.clone();
-    let outcome = tokio::time::timeout(timeout, handshake(&shared2, &mut s, &cred, &peer)).await;
+    let outcome = tokio::select! {
+        o = tokio::time::timeout(timeout, handshake(&shared2, &mut s, &cred, &peer)) => o,
+        _ = slot.evicted() => return,
+    };
     let (client, session_id, op, rid) = match outcome {
-        Ok(Ok(ok)) => ok,
+        Ok(Ok(ok)) => match slot.authenticate() {
+            Ok(()) => ok,
+            Err(e) => {
+                let _ = s
+                    .write_all(&error_frame(ok.2, ok.3, &e.to_body()).encode())
+                    .await;
+                return;
+            }
+        },
         Ok(Err((e, op, rid))) => {
             let _ = s
                 .write_all(&error_frame(op, rid, &e.to_body()).encode())
@@ -195,7 +206,7 @@ async fn handshake(
     peer: &str,
 ) -> Result<(Arc<str>, u64, u16, u64), Fail> {
     // Before authentication, frames are small: a hello or a proof.
-    let mut frames = FrameReader::new(4096);
+    let mut frames = FrameReader::new(shared.preauth_max_body);
     let session_id = shared.new_session_id();
     let credential = Credential::UnixPeer(*cred);
     // The same handshake machine as a session's: hello, challenge, proof; the authenticator

@@ -1,93 +1,121 @@
 //! The reader and writer tasks of a session: frames in (one window ticket each, so a full
 //! window stops reading the socket), frames out (coalesced into few writes).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{ErrorBody, FrameReader};
+use ferrohsm_proto::{ErrorBody, FrameError, FrameReader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::budget::{self, Charge};
 use super::{Close, Inbound, Outbound, Session, Shared, Ticket};
 
-pub(super) async fn read_loop<R: AsyncRead + Unpin>(
-    shared: Arc<Shared>,
-    rd: R,
-    session: actix::Addr<Session>,
-    out: mpsc::Sender<Outbound>,
-    stop: oneshot::Receiver<()>,
-    peer: String,
-) {
-    pump(&shared, rd, &session, &out, stop, &peer).await;
-    // However reading ended (EOF, error, malformed frame, shutdown), the session ends with it;
-    // if the session itself asked us to stop, it is gone already and this is a no-op.
-    let _ = session.send(Close).await;
+/// A session's reader task: what it needs besides the socket.
+pub(super) struct Reader {
+    pub(super) shared: Arc<Shared>,
+    pub(super) session: actix::Addr<Session>,
+    pub(super) out: mpsc::Sender<Outbound>,
+    pub(super) peer: String,
+    pub(super) authed: Arc<OnceLock<Arc<str>>>,
 }
 
-/// Reads frames and hands them to the session, one window ticket each, until the peer hangs
-/// up, sends a malformed frame, the session stops us, or the server shuts down.
-async fn pump<R: AsyncRead + Unpin>(
-    shared: &Shared,
-    mut rd: R,
-    session: &actix::Addr<Session>,
-    out: &mpsc::Sender<Outbound>,
-    mut stop: oneshot::Receiver<()>,
-    peer: &str,
-) {
-    let mut frames = FrameReader::new(shared.max_body);
-    let window = Arc::new(Semaphore::new(shared.window as usize));
-    let mut shutdown = shared.shutdown.clone();
-    loop {
-        // Hand over every whole frame already buffered.
+impl Reader {
+    pub(super) async fn run<R: AsyncRead + Unpin>(self, rd: R, stop: oneshot::Receiver<()>) {
+        self.pump(rd, stop).await;
+        // However reading ended (EOF, error, malformed frame, shutdown), the session ends
+        // with it; if the session itself asked us to stop, it is gone already and this is a
+        // no-op.
+        let _ = self.session.send(Close).await;
+    }
+
+    /// Reads frames and hands them to the session, one window ticket each, until the peer
+    /// hangs up, sends a malformed frame, the session stops us, or the server shuts down.
+    ///
+    /// Before authentication a frame body may be at most `preauth_max_body` bytes. After it,
+    /// each frame is charged to the memory budget as soon as its header is here and before
+    /// its body is read: a client over its share is simply not read from until its earlier
+    /// responses are written.
+    async fn pump<R: AsyncRead + Unpin>(&self, mut rd: R, mut stop: oneshot::Receiver<()>) {
+        let shared = &self.shared;
+        let mut frames = FrameReader::new(shared.preauth_max_body);
+        let mut client: Option<Arc<str>> = None;
+        // The charge for the frame whose header is buffered.
+        let mut charge: Option<Charge> = None;
+        let window = Arc::new(Semaphore::new(shared.window as usize));
+        let mut shutdown = shared.shutdown.clone();
         loop {
-            let decoded =
-                frames.next_with(|h, body| (*h, ferrohsm_proto::Request::decode(h.opcode, body)));
-            match decoded {
-                Ok(Some((header, request))) => {
-                    let permit = tokio::select! {
-                        p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            // Hand over every whole frame already buffered.
+            loop {
+                if client.is_none()
+                    && let Some(c) = self.authed.get()
+                {
+                    frames.set_max_body(shared.max_body);
+                    client = Some(c.clone());
+                }
+                if let (Some(c), None, Some(h)) = (&client, &charge, frames.peek_header()) {
+                    let n = budget::cost(&h, shared.max_body);
+                    charge = tokio::select! {
+                        c = shared.budget.charge(c, n) => Some(c),
                         _ = &mut stop => return,
                         _ = shutdown.wait_for(|s| *s) => return,
                     };
-                    let ticket = Ticket::new(permit, &shared.inflight);
-                    let more = frames.frame_ready();
-                    if session
-                        .send(Inbound {
+                }
+                let decoded = frames
+                    .next_with(|h, body| (*h, ferrohsm_proto::Request::decode(h.opcode, body)));
+                match decoded {
+                    Ok(Some((header, request))) => {
+                        let permit = tokio::select! {
+                            p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                            _ = &mut stop => return,
+                            _ = shutdown.wait_for(|s| *s) => return,
+                        };
+                        let ticket = Ticket::new(permit, &shared.inflight, charge.take());
+                        let more = frames.frame_ready();
+                        let inbound = Inbound {
                             header,
                             request,
                             ticket,
                             more,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
+                        };
+                        if self.session.send(inbound).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "malformed frame; closing connection");
-                    let frame = error_frame(0, 0, &ErrorBody::new(e.status(), e.to_string()));
-                    let _ = out
-                        .send(Outbound {
-                            wire: frame.encode(),
-                            secret: false,
-                            _ticket: None,
-                        })
-                        .await;
-                    return;
+                    Ok(None) => break,
+                    Err(e) => return self.refuse_frame(e, client.is_none()).await,
                 }
             }
+            frames.shrink();
+            let n = tokio::select! {
+                r = rd.read_buf(frames.buffer()) => r,
+                _ = &mut stop => return,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match n {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
         }
-        let n = tokio::select! {
-            r = rd.read_buf(frames.buffer()) => r,
-            _ = &mut stop => return,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        match n {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    }
+
+    /// Answers a frame that cannot be read (bad header, too large) with its status; the
+    /// connection then closes.
+    async fn refuse_frame(&self, e: FrameError, preauth: bool) {
+        let mut message = e.to_string();
+        if preauth && matches!(e, FrameError::BodyTooLarge { .. }) {
+            message.push_str(" allowed before authentication");
         }
+        tracing::info!(peer = %self.peer, error = %message, "malformed frame; closing connection");
+        let frame = error_frame(0, 0, &ErrorBody::new(e.status(), message));
+        let _ = self
+            .out
+            .send(Outbound {
+                wire: frame.encode(),
+                secret: false,
+                _ticket: None,
+            })
+            .await;
     }
 }
 

@@ -22,12 +22,15 @@
 //! `shared.rs` holds what every session shares (clients, key manager, pool, limits, the
 //! in-flight count); `io.rs` the reader and writer tasks that move frames.
 
+pub mod budget;
 mod io;
 mod shared;
 
 use std::sync::Arc;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
+};
 use ferrohsm_proto::handshake::{ServerHandshake, ServerStep, Welcome};
 use ferrohsm_proto::message::{BodyError, error_frame_into};
 use ferrohsm_proto::{Header, Request, Response, Status};
@@ -40,18 +43,25 @@ use crate::keys::manager::Caller;
 use shared::InFlightGuard;
 pub use shared::{Conn, InFlight, Shared};
 
-/// Held from decode to write: one window slot and one global in-flight count.
+/// Held from decode to write: one window slot, one global in-flight count, and (once the
+/// session is authenticated) the request's bytes charged to the memory budget.
 #[derive(Debug)]
 struct Ticket {
     _window: OwnedSemaphorePermit,
     _inflight: InFlightGuard,
+    _charge: Option<budget::Charge>,
 }
 
 impl Ticket {
-    fn new(window: OwnedSemaphorePermit, inflight: &Arc<InFlight>) -> Ticket {
+    fn new(
+        window: OwnedSemaphorePermit,
+        inflight: &Arc<InFlight>,
+        charge: Option<budget::Charge>,
+    ) -> Ticket {
         Ticket {
             _window: window,
             _inflight: inflight.enter(),
+            _charge: charge,
         }
     }
 }
@@ -114,6 +124,11 @@ pub struct Session {
     detached: std::rc::Rc<std::cell::Cell<usize>>,
     // Dropping this tells the reader task to stop.
     stop_reader: Option<oneshot::Sender<()>>,
+    // Set once authenticated: the reader then lifts the pre-authentication frame cap and
+    // charges the client's requests to the memory budget.
+    authed: Arc<std::sync::OnceLock<Arc<str>>>,
+    // The connection's places (handshake, then session).
+    slot: crate::listener::Slot,
 }
 
 impl std::fmt::Debug for Session {
@@ -131,10 +146,25 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_later(self.shared.handshake_timeout, |act, ctx| {
             if matches!(act.state, State::Handshake(_)) {
-                tracing::info!(peer = %act.peer, "handshake timed out; closing");
+                crate::logsafe::limited(
+                    "handshake-timeout",
+                    crate::logsafe::source_of(&act.peer),
+                    format_args!("{}: handshake timed out; closing", act.peer),
+                );
                 act.close(ctx);
             }
         });
+        // Evicted while still in handshake (newer connections needed the place): close.
+        let slot = self.slot.clone();
+        ctx.spawn(
+            async move { slot.evicted().await }
+                .into_actor(self)
+                .map(|_, act, ctx| {
+                    if matches!(act.state, State::Handshake(_)) {
+                        act.close(ctx);
+                    }
+                }),
+        );
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -190,6 +220,18 @@ impl Session {
         ticket: Ticket,
         ctx: &mut Context<Self>,
     ) {
+        if let Err(e) = self.slot.authenticate() {
+            crate::logsafe::limited(
+                "connection-limit",
+                crate::logsafe::source_of(&self.peer),
+                format_args!(
+                    "{}: connection limit reached; refusing client {}",
+                    self.peer, caller.client
+                ),
+            );
+            self.reply(opcode, rid, Err(e), Some(ticket));
+            return self.close(ctx);
+        }
         if let Err(e) = self.shared.enter_client(&caller.client) {
             tracing::warn!(peer = %self.peer, client = %caller.client, "per-client connection limit reached");
             self.reply(opcode, rid, Err(e), Some(ticket));
@@ -197,6 +239,7 @@ impl Session {
         }
         tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "authenticated");
         self.shared.km.open_session(&caller);
+        let _ = self.authed.set(caller.client.clone());
         self.state = State::Ready(caller);
         let welcome = Welcome {
             session_id: self.id,
@@ -237,7 +280,15 @@ impl Handler<Inbound> for Session {
             Ok(r) => r,
             Err(e) => {
                 // A body that does not decode means the peer is broken or hostile: answer, close.
-                tracing::info!(peer = %self.peer, error = %e, "malformed request; closing");
+                crate::logsafe::limited(
+                    "malformed",
+                    crate::logsafe::source_of(&self.peer),
+                    format_args!(
+                        "{}: malformed request; closing: {}",
+                        self.peer,
+                        crate::logsafe::Escaped(&e.to_string())
+                    ),
+                );
                 self.reply(
                     opcode,
                     rid,
@@ -392,7 +443,10 @@ where
     let id = session_id.unwrap_or_else(|| shared.new_session_id());
     let (out_tx, out_rx) = mpsc::channel::<Outbound>(shared.window as usize + 2);
     let (stop_tx, stop_rx) = oneshot::channel();
+    let authed = Arc::new(std::sync::OnceLock::new());
     let session = Session {
+        authed: authed.clone(),
+        slot: conn_slot.clone(),
         id,
         peer: peer.clone(),
         shared: shared.clone(),
@@ -405,5 +459,12 @@ where
     }
     .start();
     actix::spawn(io::write_loop(wr, out_rx, conn_slot));
-    actix::spawn(io::read_loop(shared, rd, session, out_tx, stop_rx, peer));
+    let reader = io::Reader {
+        shared,
+        session,
+        out: out_tx,
+        peer,
+        authed,
+    };
+    actix::spawn(reader.run(rd, stop_rx));
 }

@@ -68,6 +68,12 @@ pub struct Shared {
     pub window: u32,
     /// Body cap.
     pub max_body: u32,
+    /// Body cap before authentication.
+    pub preauth_max_body: u32,
+    /// Connections in handshake, on every listener.
+    pub handshakes: Arc<crate::listener::gate::Handshakes>,
+    /// Bytes of requests and responses buffered, server-wide.
+    pub budget: Arc<super::budget::Budget>,
     /// Handshake deadline.
     pub handshake_timeout: std::time::Duration,
     /// Sessions per client, at most.
@@ -107,6 +113,16 @@ impl Shared {
             arbiters,
             window: config.window,
             max_body: config.max_body,
+            preauth_max_body: config.limits.preauth_max_body,
+            handshakes: Arc::new(crate::listener::gate::Handshakes::new(
+                config.limits.max_handshakes,
+                config.limits.max_handshakes_per_source,
+            )),
+            budget: Arc::new(super::budget::Budget::new(
+                config.limits.memory,
+                config.clients.len(),
+                config.max_body,
+            )),
             handshake_timeout: config.handshake_timeout,
             max_per_client: config.max_connections_per_client,
             inflight: Arc::new(InFlight::default()),

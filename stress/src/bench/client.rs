@@ -82,6 +82,21 @@ pub(crate) fn client_loop(
         let c = ferrohsm_client::connect::connect(profile, Some(t))
             .await
             .map_err(|e| e.to_string())?;
+        // A session key belongs to the connection that made it: each client makes its own.
+        let mut own = keys.clone();
+        if op == BenchOp::Ed25519SignSession {
+            let spec = KeySpec {
+                key_type: KeyType::Ed25519,
+                label: format!("bench-{}-{tag}-own-session", std::process::id())
+                    .parse()
+                    .map_err(|e: String| e)?,
+                usage: None,
+                exportable: false,
+                session: true,
+            };
+            own.ed_session = KeyRef::Id(c.generate_spec(spec).await.map_err(|e| e.to_string())?.id);
+        }
+        let keys = &own;
         let mut h = floors::ns_histogram()?;
         let warm_until = Instant::now() + Duration::from_secs_f64(secs / 10.0);
         let end = warm_until + Duration::from_secs_f64(secs);

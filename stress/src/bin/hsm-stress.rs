@@ -257,6 +257,9 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 if faults.contains(&Fault::Restart) {
                     return Err("the restart fault cannot run with --procs yet: it restarts the hsmd under every process's clients".into());
                 }
+                if faults.contains(&Fault::Flood) {
+                    return Err("the flood fault cannot run with --procs: it times one light client in one process".into());
+                }
                 let child = ChildRun {
                     profiles: &dir,
                     transports: &transports,

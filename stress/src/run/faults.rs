@@ -26,16 +26,20 @@ pub enum Fault {
     /// Graceful restart of the spawned `hsmd` about every second; clients reconnect, and
     /// every persistent key must still be there afterwards.
     Restart,
+    /// One identity floods the crypto pool with large digests from many sessions; another
+    /// identity's sign latency is timed alone and under the flood (reported: p50, p99).
+    Flood,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::Disconnect,
         Fault::Reconnect,
         Fault::Malformed,
         Fault::Slow,
         Fault::Restart,
+        Fault::Flood,
     ];
 
     /// The name on the command line.
@@ -46,6 +50,7 @@ impl Fault {
             Fault::Malformed => "malformed",
             Fault::Slow => "slow",
             Fault::Restart => "restart",
+            Fault::Flood => "flood",
         }
     }
 }
@@ -55,7 +60,7 @@ impl std::str::FromStr for Fault {
     fn from_str(s: &str) -> Result<Self, String> {
         Fault::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
             format!(
-                "unknown fault {s:?}; expected disconnect, reconnect, malformed, slow or restart"
+                "unknown fault {s:?}; expected disconnect, reconnect, malformed, slow, restart or flood"
             )
         })
     }
@@ -105,6 +110,15 @@ pub(super) fn run_fault(
         let p = &profiles[i % profiles.len()];
         let t = transports[i % transports.len()];
         match fault {
+            Fault::Flood => {
+                // Runs once, for the whole run.
+                let report = super::flood::run(&profiles, transports[0], &shared);
+                match report {
+                    Ok(r) => *shared.flood.lock().unwrap_or_else(|p| p.into_inner()) = Some(r),
+                    Err(e) => shared.problem(&shared.unexpected, e),
+                }
+                return;
+            }
             Fault::Disconnect => {
                 if let Ok(hsm) = connect(p, t) {
                     let c: Client = hsm.client().clone();

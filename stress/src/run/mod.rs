@@ -10,6 +10,7 @@
 //! ```
 
 mod faults;
+mod flood;
 pub mod procs;
 mod worker;
 
@@ -24,6 +25,7 @@ use hdrhistogram::Histogram;
 
 pub use faults::Fault;
 use faults::run_fault;
+pub use flood::FloodReport;
 use worker::run_worker;
 
 /// What to run.
@@ -70,6 +72,16 @@ pub struct Stats {
     pub errors: BTreeMap<(String, String), u64>,
     /// transport -> per-second latency histograms.
     pub timeline: BTreeMap<String, Vec<Histogram<u64>>>,
+}
+
+/// Bytes per digest of the flood fault.
+pub fn flood_bytes() -> usize {
+    flood::FLOOD_BYTES
+}
+
+/// Sessions of the flood fault's flooder.
+pub fn flood_sessions() -> usize {
+    flood::FLOOD_SESSIONS
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
@@ -139,6 +151,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Latencies.
     pub stats: Stats,
+    /// The flood fault's measurements.
+    pub flood: Option<FloodReport>,
 }
 
 pub(crate) struct Shared {
@@ -158,6 +172,7 @@ pub(crate) struct Shared {
     restart_fault: bool,
     restarting: AtomicBool,
     restarts: AtomicU64,
+    flood: Mutex<Option<FloodReport>>,
 }
 
 impl Shared {
@@ -208,6 +223,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
         restart_fault,
         restarting: AtomicBool::new(false),
         restarts: AtomicU64::new(0),
+        flood: Mutex::new(None),
     });
     let mut workers = Vec::new();
     for i in opts.first_client..opts.first_client + opts.clients.max(1) {
@@ -296,5 +312,10 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
         restarts: shared.restarts.load(Ordering::Relaxed),
         elapsed: shared.start.elapsed(),
         stats,
+        flood: shared
+            .flood
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(),
     })
 }

@@ -92,6 +92,8 @@ pub fn load(v: &Value) -> Result<Outcome, String> {
         restarts: n("restarts")?,
         elapsed: Duration::from_secs_f64(v["elapsed_s"].as_f64().unwrap_or(0.0)),
         stats,
+        // The flood fault runs in one process only (refused with --procs).
+        flood: None,
     })
 }
 

@@ -345,6 +345,9 @@ impl StoreError {
     }
 }
 
+/// One row of a listing: its id, and the key or why its row does not validate.
+pub type Listed = (u32, Result<Sealed, StoreError>);
+
 /// A durable key store backend. Methods take `&mut self`: each store thread owns its own
 /// handle (see [`KeyStore::reader`]).
 pub trait KeyStore: Send {
@@ -374,12 +377,7 @@ pub trait KeyStore: Send {
     fn label_in_use(&mut self, owner: &str, label: &Label) -> Result<bool, StoreError>;
     /// Up to `limit` keys of `owner` with ids above `after`, by id, each with its id; a row
     /// whose fields do not validate is an `Err` of its own.
-    fn list(
-        &mut self,
-        owner: &str,
-        after: u32,
-        limit: usize,
-    ) -> Result<Vec<(u32, Result<Sealed, StoreError>)>, StoreError>;
+    fn list(&mut self, owner: &str, after: u32, limit: usize) -> Result<Vec<Listed>, StoreError>;
     /// How many keys and counters each owner holds (the quotas' starting counts).
     fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError>;
     /// How the master key is stored.

@@ -22,7 +22,9 @@ use std::time::Duration;
 use ferrohsm_proto::{KeyRef, Label};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Applied, AuditEvent, Change, GrantRecord, KeyStore, MasterRecord, Sealed, StoreError};
+use super::{
+    Applied, AuditEvent, Change, GrantRecord, KeyStore, Listed, MasterRecord, Sealed, StoreError,
+};
 use crate::keys::audit::SignedHead;
 use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
 use row::{COLUMNS, raw_row, select_one};
@@ -393,12 +395,7 @@ impl KeyStore for SqliteStore {
             .map_err(backend)
     }
 
-    fn list(
-        &mut self,
-        owner: &str,
-        after: u32,
-        limit: usize,
-    ) -> Result<Vec<(u32, Result<Sealed, StoreError>)>, StoreError> {
+    fn list(&mut self, owner: &str, after: u32, limit: usize) -> Result<Vec<Listed>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let raw = self
             .conn
