@@ -402,3 +402,47 @@ fn listener_connection_limit_is_a_readable_busy_over_tls() {
         held.ping().unwrap();
     }
 }
+
+#[test]
+fn a_certificate_naming_two_clients_is_refused() {
+    let srv = TestServer::start(&["alice", "bob"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca_cert, ca_key) = dev_ca(&srv);
+    // CN alice, SANs alice and bob: the same CA, but the credential would mean two clients.
+    let c = pki::issue(
+        &ca_cert,
+        &ca_key,
+        Role::Client,
+        &["alice", "bob"],
+        pki::validity(30).0,
+        pki::validity(30).1,
+    )
+    .unwrap();
+    let (cert, key) = (tmp.path().join("both.pem"), tmp.path().join("both.key"));
+    std::fs::write(&cert, &c.cert_pem).unwrap();
+    std::fs::write(&key, c.key_pem.as_bytes()).unwrap();
+    for who in ["alice", "bob"] {
+        let mut p = srv.profile(who);
+        p.tls.as_mut().unwrap().identity = Some((cert.clone(), key.clone()));
+        match refused(connect(&p, Transport::Tls)) {
+            ClientError::Auth(b) | ClientError::Server(b) => {
+                assert_eq!(b.status(), Some(Status::AuthFailed), "{b:?}");
+                assert!(
+                    b.message.contains("more than one configured client"),
+                    "{}",
+                    b.message
+                );
+            }
+            other => panic!("expected auth_failed, got {other:?}"),
+        }
+    }
+    // Each client's own certificate still works.
+    connect(&srv.profile("alice"), Transport::Tls)
+        .unwrap()
+        .ping()
+        .unwrap();
+    connect(&srv.profile("bob"), Transport::Tls)
+        .unwrap()
+        .ping()
+        .unwrap();
+}

@@ -313,6 +313,27 @@ pub async fn dispatch(
     caller: Caller,
     request: Request,
 ) -> Result<Response, OpError> {
+    // Requests whose key bytes pass through this session thread (an export, a new key made
+    // ready for the store); the others touch key bytes only on a worker, which wipes its own.
+    let secret = matches!(
+        request,
+        Request::Export(_)
+            | Request::Generate(_)
+            | Request::Import { .. }
+            | Request::Unwrap { .. }
+            | Request::Derive { .. }
+            | Request::Rotate(_)
+            | Request::Wrap { .. }
+    );
+    let out = serve(shared, caller, request).await;
+    if secret {
+        // Wipe the frames this request's polls used, below here.
+        crate::crypto::pool::scrub_session_stack();
+    }
+    out
+}
+
+async fn serve(shared: &Shared, caller: Caller, request: Request) -> Result<Response, OpError> {
     let km = &shared.km;
     let pool = &Compute {
         pool: &shared.pool,

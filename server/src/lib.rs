@@ -69,6 +69,8 @@ pub struct Bound {
     pub tls_psk: Option<SocketAddr>,
     /// Shared-memory set-up socket.
     pub shm: Option<std::path::PathBuf>,
+    /// In-memory connections (fuzzing, tests); not a configured listener.
+    pub memory: Option<listener::memory::MemoryConnector>,
 }
 
 impl std::fmt::Display for Bound {
@@ -231,6 +233,9 @@ where
         );
     }
     let mut bound = Bound::default();
+    let (memory_tx, memory_rx) = tokio::sync::mpsc::channel(64);
+    bound.memory = Some(listener::memory::MemoryConnector(memory_tx));
+    actix::spawn(listener::memory::accept(shared.clone(), memory_rx, max));
     if let Some(tcp) = &config.tcp {
         let l = bind(tcp.addr).await?;
         bound.tcp = l.local_addr().ok();

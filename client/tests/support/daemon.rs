@@ -110,8 +110,19 @@ impl Daemon {
         args: &[&str],
         log: &Path,
     ) -> (Daemon, Vec<String>) {
+        Daemon::start_logged_env(bin, cwd, args, log, &[])
+    }
+
+    /// `start_logged` with extra environment variables (`RUST_LOG=info`, say).
+    pub fn start_logged_env(
+        bin: &Path,
+        cwd: &Path,
+        args: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> (Daemon, Vec<String>) {
         let file = std::fs::File::create(log).expect("log file");
-        Daemon::spawn(bin, cwd, args, Stdio::from(file)).unwrap_or_else(|e| panic!("{e}"))
+        Daemon::spawn_env(bin, cwd, args, Stdio::from(file), env).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like `start`, with extra environment variables (a passphrase, say).
@@ -145,8 +156,8 @@ impl Daemon {
             .current_dir(cwd)
             // Only what the test gives: a passphrase in the developer's shell must not leak in.
             .env_remove("HSMD_PASSPHRASE")
-            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

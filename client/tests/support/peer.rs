@@ -76,7 +76,10 @@ impl Raw {
         let mut out = hs.start();
         loop {
             assert!(raw.send(&out.encode()).await, "send during login");
-            let f = raw.frame(Duration::from_secs(5)).await.expect("login reply");
+            let f = raw
+                .frame(Duration::from_secs(5))
+                .await
+                .expect("login reply");
             let step = hs
                 .on_frame(&f, |t| {
                     let key = id.auth_key.as_ref().expect("auth key");

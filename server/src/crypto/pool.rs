@@ -134,13 +134,24 @@ fn next_job(sh: &Shared) -> Option<Job> {
 }
 
 /// Wipes the stack a job may have left key bytes on (key schedules, expanded secrets, block
-/// buffers), by writing a zeroed buffer over it.
-/// 16 KiB, taken to cover the frames of the crypto calls (`client/tests/secrets.rs` scans
-/// hsmd's memory for key bytes after a delete). A plain zeroed array made opaque with `black_box` is a memset (well under a
-/// microsecond); per-byte volatile writes would cost tens.
+/// buffers), by writing a zeroed buffer over the 64 KiB below the caller. Measured with
+/// `client/tests/secrets.rs` (which scans hsmd's memory after a delete): ring's AES-GCM left
+/// copies of the key about 23 KiB deep on a worker's stack. A plain zeroed array made opaque
+/// with `black_box` is a memset (a few microseconds); per-byte volatile writes would cost tens.
 #[inline(never)]
 pub fn scrub_stack() {
-    let mut buf = [0u64; 2048];
+    scrub::<8192>();
+}
+
+/// [`scrub_stack`] for the session threads, whose request futures run deeper: 256 KiB.
+#[inline(never)]
+pub fn scrub_session_stack() {
+    scrub::<32768>();
+}
+
+#[inline(never)]
+fn scrub<const WORDS: usize>() {
+    let mut buf = [0u64; WORDS];
     std::hint::black_box(&mut buf);
 }
 

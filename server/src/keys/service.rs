@@ -138,6 +138,8 @@ impl StoreService {
                 .spawn(move || {
                     for job in rx.iter() {
                         (job.work)(handle.as_mut(), &m);
+                        // Unsealed key bytes may have passed through this stack.
+                        crate::crypto::pool::scrub_stack();
                     }
                 })
                 .map_err(spawn_err)?;
@@ -274,6 +276,8 @@ fn write_loop(
         let d = denials.len();
         let outcome = catch_unwind(AssertUnwindSafe(|| store.commit(master, changes, denials)))
             .unwrap_or_else(|_| Err(StoreError::Backend("store commit panicked".into())));
+        // Sealing passed key bytes through this stack.
+        crate::crypto::pool::scrub_stack();
         match outcome {
             Ok(results) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,7 @@
 //! socket; a [`Transport`] decides what happens to an accepted one on its arbiter.
 
 pub mod gate;
+pub mod memory;
 pub mod psk;
 pub mod shm;
 pub mod tcp;
@@ -354,7 +355,10 @@ where
                         }
                     };
                     let (t, sh) = (transport.clone(), shared.clone());
-                    let handshake = shared.handshakes.admit(T::Listen::source(&peer));
+                    // Refused (its source's handshakes are all young): closed at once.
+                    let Some(handshake) = shared.handshakes.admit(T::Listen::source(&peer)) else {
+                        continue;
+                    };
                     place::<T, _, _>(
                         &shared,
                         socket,

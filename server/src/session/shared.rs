@@ -114,9 +114,11 @@ impl Shared {
             window: config.window,
             max_body: config.max_body,
             preauth_max_body: config.limits.preauth_max_body,
+            // No real handshake takes a second; none is cut short before a third of its time.
             handshakes: Arc::new(crate::listener::gate::Handshakes::new(
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_source,
+                (config.handshake_timeout / 3).min(std::time::Duration::from_secs(1)),
             )),
             budget: Arc::new(super::budget::Budget::new(
                 config.limits.memory,

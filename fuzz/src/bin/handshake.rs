@@ -1,0 +1,7 @@
+//! AFL target: see `harness/proto.rs`.
+#[path = "../harness/proto.rs"]
+mod harness;
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| harness::handshake(data));
+}
