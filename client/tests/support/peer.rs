@@ -24,6 +24,8 @@ pub const ALL: [Transport; 4] = [
 pub struct Raw {
     pub s: Box<dyn RawStream>,
     pub frames: FrameReader,
+    // What must stay open with the stream (the shm set-up socket and the ring's closer).
+    keep: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Raw {
@@ -32,6 +34,48 @@ impl Raw {
         Raw {
             s: open_stream(p, t).await.expect("open stream"),
             frames: FrameReader::new(4 << 20),
+            keep: Vec::new(),
+        }
+    }
+
+    /// An authenticated session's raw stream on `t`: for TCP and TLS the login by hand on the
+    /// stream; for shm the set-up socket's login, then the hello on the rings.
+    pub async fn session(p: &Profile, t: Transport) -> Raw {
+        if t != Transport::Shm {
+            return Raw::login(p, t).await;
+        }
+        let socket = p.shm_socket.as_ref().expect("shm socket");
+        let id = p.identity().expect("identity");
+        let (sock, seg) = ferrohsm_client::connect::shm::set_up(socket, &id)
+            .await
+            .expect("shm set-up");
+        let (rd, wr, closer) = ferrohsm_shm::ShmStream::start(
+            seg,
+            ferrohsm_shm::Side::Client,
+            ferrohsm_shm::Waiting::InTask,
+        )
+        .expect("rings");
+        // The server ends a session by closing the set-up socket: end the rings with it, as
+        // the client library does, so a close shows as the end of the stream.
+        let mut sock = sock;
+        tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            tokio::select! {
+                _ = async { while matches!(sock.read(&mut b).await, Ok(n) if n > 0) {} } => closer.close(),
+                _ = closer.closed() => {}
+            }
+        });
+        let mut raw = Raw {
+            s: Box::new(tokio::io::join(rd, wr)),
+            frames: FrameReader::new(4 << 20),
+            keep: Vec::new(),
+        };
+        let mut hs = ClientHandshake::new(&id.name);
+        assert!(raw.send(&hs.start().encode()).await);
+        let f = raw.frame(Duration::from_secs(5)).await.expect("welcome");
+        match hs.on_frame(&f, |_| Err("no challenge expected on the rings".into())) {
+            Ok(ClientStep::Done(_)) => raw,
+            other => panic!("shm session did not open: {other:?}"),
         }
     }
 

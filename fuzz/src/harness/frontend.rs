@@ -47,8 +47,9 @@ impl Server {
         .expect("hsmd init");
         let config = ferrohsm_server::Config::load(&report.config).expect("config");
         let handle = ferrohsm_server::start(config).expect("server starts");
-        let profile = ferrohsm_client::profile::Profile::load(&dir.path().join("clients/alice.toml"))
-            .expect("profile");
+        let profile =
+            ferrohsm_client::profile::Profile::load(&dir.path().join("clients/alice.toml"))
+                .expect("profile");
         let key = profile
             .identity()
             .expect("identity")
@@ -67,15 +68,21 @@ impl Server {
     }
 
     /// One connection: (login,) the input, the end of input; every answer is read until the
-    /// server closes.
-    pub fn feed(&self, data: &[u8]) {
+    /// server closes. How many frames the server answered with (login excluded).
+    pub fn feed(&self, data: &[u8]) -> usize {
         let Some((&mode, input)) = data.split_first() else {
-            return;
+            return 0;
         };
-        let connector = self.handle.bound.memory.as_ref().expect("in-memory connections");
-        let Some(mut s) = connector.connect() else {
-            return;
-        };
+        let connector = self
+            .handle
+            .bound
+            .memory
+            .as_ref()
+            .expect("in-memory connections");
+        // Each connection is closed before the next is made: the hand-over queue never fills.
+        let mut s = connector
+            .connect()
+            .expect("the server takes an in-memory connection");
         self.rt.block_on(async {
             let mut frames = FrameReader::new(4 << 20);
             if mode & 1 == 1 && !self.login(&mut s, &mut frames).await {
@@ -88,9 +95,18 @@ impl Server {
                 let _ = wr.write_all(&input).await;
                 let _ = wr.shutdown().await;
             });
+            let mut answers = 0;
             let read = async {
                 loop {
                     while let Ok(Some(f)) = frames.next_frame() {
+                        answers += 1;
+                        if std::env::var("FRONTEND_DEBUG").is_ok() {
+                            eprintln!(
+                                "answer {:?} {:?}",
+                                f.header,
+                                decode_error(f.header.opcode, &f.body).ok()
+                            );
+                        }
                         if f.header.is_error()
                             && let Ok(b) = decode_error(f.header.opcode, &f.body)
                         {
@@ -109,11 +125,15 @@ impl Server {
                     }
                 }
             };
-            if tokio::time::timeout(Duration::from_secs(10), read).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .is_err()
+            {
                 panic!("the connection did not close within 10 s of the end of input");
             }
             let _ = writer.await;
-        });
+            answers
+        })
     }
 
     async fn login(&self, s: &mut DuplexStream, frames: &mut FrameReader) -> bool {
@@ -132,7 +152,11 @@ impl Server {
                     Ok(_) => {}
                 }
             };
-            let sign = |t: &[u8]| Ok(ed25519_dalek::Signer::sign(&self.key, t).to_bytes().to_vec());
+            let sign = |t: &[u8]| {
+                Ok(ed25519_dalek::Signer::sign(&self.key, t)
+                    .to_bytes()
+                    .to_vec())
+            };
             match hs.on_frame(&f, sign) {
                 Ok(ClientStep::Send(next)) => out = next,
                 Ok(ClientStep::Done(_)) => return true,

@@ -22,7 +22,10 @@ pub fn frame(data: &[u8]) {
         loop {
             match reader.next_frame() {
                 Ok(Some(f)) => {
-                    assert!(f.body.len() <= 64 * 1024, "a frame over the cap was accepted");
+                    assert!(
+                        f.body.len() <= 64 * 1024,
+                        "a frame over the cap was accepted"
+                    );
                     let _ = Request::decode(f.header.opcode, &f.body);
                     let _ = Response::decode(f.header.opcode, &f.body);
                 }
@@ -43,7 +46,10 @@ pub fn request(data: &[u8]) {
     let opcode = u16::from_le_bytes(*op);
     if let Ok(r) = Request::decode(opcode, body) {
         let f = r.to_frame(1);
-        assert_eq!(f.header.opcode, opcode, "{r:?} re-encoded under another opcode");
+        assert_eq!(
+            f.header.opcode, opcode,
+            "{r:?} re-encoded under another opcode"
+        );
         let again = Request::decode(opcode, &f.body).expect("a decoded request re-decodes");
         assert_eq!(again, r, "round trip changed the request");
     }
@@ -59,7 +65,11 @@ impl Authenticate for Stub {
     type Client = String;
     type Error = String;
 
-    fn hello(&self, hello: Hello, session_id: u64) -> Result<HelloOutcome<[u8; 32], String>, String> {
+    fn hello(
+        &self,
+        hello: Hello,
+        session_id: u64,
+    ) -> Result<HelloOutcome<[u8; 32], String>, String> {
         if hello.client.starts_with("cert-") {
             return Ok(HelloOutcome::Open(hello.client));
         }

@@ -60,20 +60,27 @@ pub fn ring(seg: &Segment, data: &[u8]) {
             }
             1 => {
                 let off = (arg as usize) % size;
-                let n = data.len().saturating_sub(i).min(size - off).min(64);
-                seg.write_bytes(offsets::REQ_DATA + off, &data[i..i + n]);
-                i += n;
+                let from = i.min(data.len());
+                let n = (data.len() - from).min(size - off).min(64);
+                seg.write_bytes(offsets::REQ_DATA + off, &data[from..from + n]);
+                i = from + n;
             }
             2 => {
                 let want = (arg as usize) % (2 * size) + 1;
                 if let Ok(n) = rx.read(&mut tail, &mut buf[..want]) {
-                    assert!(n <= want && n <= size, "read {n} of {want} from a {size}-byte ring");
+                    assert!(
+                        n <= want && n <= size,
+                        "read {n} of {want} from a {size}-byte ring"
+                    );
                 }
             }
             3 => {
                 let n = (arg as usize) % (2 * size) + 1;
                 if let Ok(w) = tx.write(&mut head, &buf[..n]) {
-                    assert!(w <= n && w <= size, "wrote {w} of {n} into a {size}-byte ring");
+                    assert!(
+                        w <= n && w <= size,
+                        "wrote {w} of {n} into a {size}-byte ring"
+                    );
                 }
             }
             _ => {
