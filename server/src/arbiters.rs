@@ -45,6 +45,16 @@ impl SessionArbiters {
     /// Starts `n` arbiter threads (at least one). Must run inside an actix system.
     pub fn start(n: usize) -> SessionArbiters {
         let threads: Vec<Arbiter> = (0..n.max(1)).map(|_| Arbiter::new()).collect();
+        // Each wipes its stack shortly after inline key work (see `crypto::pool`).
+        for a in &threads {
+            a.spawn(async {
+                let mut tick = tokio::time::interval(crate::crypto::pool::SCRUB_PERIOD);
+                loop {
+                    tick.tick().await;
+                    crate::crypto::pool::scrub_if_dirty();
+                }
+            });
+        }
         let arbiters = threads
             .iter()
             .map(|a| (a.handle(), Arc::new(AtomicUsize::new(0))))

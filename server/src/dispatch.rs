@@ -64,12 +64,13 @@ impl Compute<'_> {
     }
 }
 
-/// Runs `f` on this thread under the same panic guard a crypto worker uses, and then wipes the
-/// stack it used, as a worker does after each job.
+/// Runs `f` on this thread under the same panic guard a crypto worker uses; the stack it used
+/// is wiped within [`crate::crypto::pool::SCRUB_PERIOD`] (a wipe per operation would cost
+/// more than a small AEAD).
 fn guarded<T>(f: impl FnOnce() -> Result<T, OpError>) -> Result<T, OpError> {
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(OpError::internal("crypto operation panicked")));
-    crate::crypto::pool::scrub_stack();
+    crate::crypto::pool::mark_dirty();
     out
 }
 

@@ -9,10 +9,10 @@
 //! inline_max = 16384        # bytes up to which cheap ops (random, digest, AEAD, HMAC, and a
 //!                           # lone sign/verify) run on the session's own thread instead of a
 //!                           # crypto worker; 0 = never
-//! pool_queue = 1024         # crypto jobs queued or running, at most
+//! pool_queue = 1024         # crypto jobs queued or running per client, at most
 //! window = 32               # requests in flight per session
 //! max_body = 1048576        # largest frame body, bytes
-//! max_connections = 1024
+//! max_connections = 1024    # authenticated sessions per listener (lowered to fit RLIMIT_NOFILE)
 //! handshake_timeout_ms = 3000   # TLS handshake plus hello and proof, at most
 //!
 //! max_connections_per_client = 64

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferrohsm_proto::frame::HEADER_LEN;
 use ferrohsm_proto::{Header, MAX_RANDOM, Opcode};
@@ -42,10 +43,11 @@ pub fn cost(h: &Header, max_body: u32) -> usize {
     frame + response
 }
 
+/// One client's bytes charged; each session holds its client's account, so charging takes no
+/// lock and no lookup.
 #[derive(Debug, Default)]
-struct Used {
-    total: usize,
-    by_client: HashMap<Arc<str>, usize>,
+pub struct Account {
+    used: AtomicUsize,
 }
 
 /// The budget; shared by every session.
@@ -53,8 +55,19 @@ struct Used {
 pub struct Budget {
     total: usize,
     per_client: usize,
-    used: Mutex<Used>,
+    used: AtomicUsize,
+    accounts: Mutex<HashMap<Arc<str>, Arc<Account>>>,
+    // Readers waiting for bytes to be freed (a release wakes them only when there are some).
+    waiting: AtomicUsize,
     freed: Notify,
+}
+
+/// Adds `n` to `v` unless that passes `max`.
+fn add_within(v: &AtomicUsize, n: usize, max: usize) -> bool {
+    v.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+        u.checked_add(n).filter(|t| *t <= max)
+    })
+    .is_ok()
 }
 
 impl Budget {
@@ -66,7 +79,9 @@ impl Budget {
         Budget {
             total,
             per_client: share,
-            used: Mutex::new(Used::default()),
+            used: AtomicUsize::new(0),
+            accounts: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
             freed: Notify::new(),
         }
     }
@@ -78,53 +93,62 @@ impl Budget {
 
     /// Bytes charged now, in all.
     pub fn used(&self) -> usize {
-        self.used.lock().total
+        self.used.load(Ordering::Acquire)
     }
 
-    fn try_charge(self: &Arc<Self>, client: &Arc<str>, n: usize) -> Option<Charge> {
+    /// `client`'s account (one per client, kept for the server's life: clients are configured).
+    pub fn account(&self, client: &Arc<str>) -> Arc<Account> {
+        self.accounts
+            .lock()
+            .entry(client.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn try_charge(self: &Arc<Self>, account: &Arc<Account>, n: usize) -> Option<Charge> {
         // A request larger than a share is charged as a whole share (it waits for the
         // client's other requests to finish, never forever).
         let n = n.min(self.per_client);
-        let mut used = self.used.lock();
-        let mine = used.by_client.get(client).copied().unwrap_or(0);
-        if used.total + n > self.total || mine + n > self.per_client {
+        if !add_within(&account.used, n, self.per_client) {
             return None;
         }
-        used.total += n;
-        *used.by_client.entry(client.clone()).or_insert(0) += n;
+        if !add_within(&self.used, n, self.total) {
+            account.used.fetch_sub(n, Ordering::AcqRel);
+            return None;
+        }
         Some(Charge {
             budget: self.clone(),
-            client: client.clone(),
+            account: account.clone(),
             n,
         })
     }
 
-    /// Charges `n` bytes to `client`, waiting while that would exceed the budget or the
+    /// Charges `n` bytes to `account`, waiting while that would exceed the budget or the
     /// client's share.
-    pub async fn charge(self: &Arc<Self>, client: &Arc<str>, n: usize) -> Charge {
-        loop {
+    pub async fn charge(self: &Arc<Self>, account: &Arc<Account>, n: usize) -> Charge {
+        if let Some(c) = self.try_charge(account, n) {
+            return c;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let charge = loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(c) = self.try_charge(client, n) {
-                return c;
+            if let Some(c) = self.try_charge(account, n) {
+                break c;
             }
             freed.await;
-        }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        charge
     }
 
-    fn release(&self, client: &str, n: usize) {
-        {
-            let mut used = self.used.lock();
-            used.total = used.total.saturating_sub(n);
-            if let Some(m) = used.by_client.get_mut(client) {
-                *m = m.saturating_sub(n);
-                if *m == 0 {
-                    used.by_client.remove(client);
-                }
-            }
+    fn release(&self, account: &Account, n: usize) {
+        account.used.fetch_sub(n, Ordering::AcqRel);
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
         }
-        self.freed.notify_waiters();
     }
 }
 
@@ -132,13 +156,13 @@ impl Budget {
 #[derive(Debug)]
 pub struct Charge {
     budget: Arc<Budget>,
-    client: Arc<str>,
+    account: Arc<Account>,
     n: usize,
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.release(&self.client, self.n);
+        self.budget.release(&self.account, self.n);
     }
 }
 
@@ -154,7 +178,7 @@ mod tests {
             .unwrap();
         // 4 MiB in all, two clients: 2 MiB each (at least one 1 KiB-body request each way).
         let b = Arc::new(Budget::new(4 << 20, 2, 1024));
-        let (alice, bob): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("bob"));
+        let (alice, bob) = (b.account(&Arc::from("alice")), b.account(&Arc::from("bob")));
         rt.block_on(async {
             let a1 = b.charge(&alice, 2 << 20).await;
             // alice is at her share: her next charge waits; bob's does not.

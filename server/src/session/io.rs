@@ -39,7 +39,8 @@ impl Reader {
     async fn pump<R: AsyncRead + Unpin>(&self, mut rd: R, mut stop: oneshot::Receiver<()>) {
         let shared = &self.shared;
         let mut frames = FrameReader::new(shared.preauth_max_body);
-        let mut client: Option<Arc<str>> = None;
+        // The client's budget account, once authenticated.
+        let mut client: Option<Arc<budget::Account>> = None;
         // The charge for the frame whose header is buffered.
         let mut charge: Option<Charge> = None;
         let window = Arc::new(Semaphore::new(shared.window as usize));
@@ -51,7 +52,7 @@ impl Reader {
                     && let Some(c) = self.authed.get()
                 {
                     frames.set_max_body(shared.max_body);
-                    client = Some(c.clone());
+                    client = Some(shared.budget.account(c));
                 }
                 if let (Some(c), None, Some(h)) = (&client, &charge, frames.peek_header()) {
                     let n = budget::cost(&h, shared.max_body);
