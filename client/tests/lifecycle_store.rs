@@ -146,6 +146,18 @@ fn audit_chain_names_the_first_broken_entry() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(3));
+    // And on the shm set-up socket.
+    let o = Command::new(hsmctl_bin())
+        .args([
+            "--profile",
+            d.dir.join("clients/forged.toml").to_str().unwrap(),
+            "--transport",
+            "shm",
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
     // Queued denials reach the log within the flush interval, while hsmd runs.
     std::thread::sleep(Duration::from_millis(600));
     let shown = hsmd(&["audit", "show", "--config", &d.config(), "--json"]);
@@ -167,6 +179,15 @@ fn audit_chain_names_the_first_broken_entry() {
     ] {
         assert!(ops.contains(&want), "{want:?} missing from {ops:?}");
     }
+    let failed_logins: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["op"] == "login")
+        .filter_map(|r| r["transport"].as_str())
+        .collect();
+    assert!(
+        failed_logins.contains(&"tcp") && failed_logins.contains(&"shm"),
+        "{failed_logins:?}"
+    );
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r["seq"], i as u64 + 1);
         for f in [

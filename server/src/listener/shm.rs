@@ -217,8 +217,13 @@ async fn handshake(
         credential: &credential,
         peer,
     };
+    // The name a hello claimed, for the audit entry of a failed login.
+    let mut claimed = String::new();
     let (client, op, rid) = loop {
         let (req, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
+        if let Request::Hello(h) = &req {
+            claimed = h.client.chars().take(64).collect();
+        }
         match hs.on_request(&conn, req) {
             Ok(ServerStep::Challenge(c)) => {
                 let frame = Response::Challenge(c).to_frame(op, rid).encode();
@@ -227,7 +232,13 @@ async fn handshake(
                     .map_err(|_| (OpError::internal("write failed"), op, rid))?;
             }
             Ok(ServerStep::Open(client)) => break (client, op, rid),
-            Err(e) => return Err((e, op, rid)),
+            Err(e) => {
+                // Audited like a failed login on any other transport.
+                if matches!(e.status, Status::AuthFailed | Status::PeerNotAllowed) {
+                    shared.km.deny_login(&claimed, session_id, "shm", e.status);
+                }
+                return Err((e, op, rid));
+            }
         }
     };
     Ok((client, session_id, op, rid))
