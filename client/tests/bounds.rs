@@ -15,8 +15,9 @@ mod daemon;
 mod peer;
 #[path = "support/store.rs"]
 mod store;
+mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use daemon::Daemon;
@@ -157,19 +158,11 @@ fn login_blocking(p: &Profile) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(p.tcp_addr.as_deref().unwrap()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hs = ferrohsm_proto::handshake::ClientHandshake::new(&id.name);
-    let mut frames = ferrohsm_proto::FrameReader::new(1 << 20);
+    let mut buf = Vec::new();
     let mut out = hs.start();
     loop {
         s.write_all(&out.encode()).unwrap();
-        let f = loop {
-            if let Some(f) = frames.next_frame().unwrap() {
-                break f;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed during login");
-            frames.buffer().extend_from_slice(&chunk[..n]);
-        };
+        let f = support::read_frame(&mut s, &mut buf).expect("closed during login");
         let key = id.auth_key.as_ref().unwrap();
         let sign = |t: &[u8]| Ok(ed25519_dalek::Signer::sign(key, t).to_bytes().to_vec());
         match hs.on_frame(&f, sign).unwrap() {
@@ -371,16 +364,9 @@ fn failed_login(addr: &str, name: &str) -> (Status, String, Duration) {
     };
     s.write_all(&Request::Hello(hello).to_frame(1).encode())
         .unwrap();
-    let mut frames = ferrohsm_proto::FrameReader::new(1 << 20);
-    let mut next = |s: &mut std::net::TcpStream| loop {
-        if let Some(f) = frames.next_frame().unwrap() {
-            return f;
-        }
-        let mut b = [0u8; 4096];
-        let n = s.read(&mut b).unwrap();
-        assert!(n > 0, "closed early");
-        frames.buffer().extend_from_slice(&b[..n]);
-    };
+    let mut buf = Vec::new();
+    let mut next =
+        |s: &mut std::net::TcpStream| support::read_frame(s, &mut buf).expect("closed early");
     let challenge = next(&mut s);
     assert!(
         !challenge.header.is_error(),

@@ -18,9 +18,12 @@ use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{KeyRef, KeyType, Request};
 use store::Data;
 
+/// One mapping: its `/proc/PID/maps` line and its bytes.
+type Region = (String, Vec<u8>);
+
 /// Every readable, writable mapping of `pid` (heap, stacks, anonymous memory), read whole.
 /// `None` when the kernel refuses (not root, no CAP_SYS_PTRACE over a non-dumpable process).
-fn memory(pid: u32) -> Option<Vec<Vec<u8>>> {
+fn memory(pid: u32) -> Option<Vec<Region>> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
     let mut out = Vec::new();
@@ -41,20 +44,24 @@ fn memory(pid: u32) -> Option<Vec<Vec<u8>>> {
         );
         let mut buf = vec![0u8; (b - a) as usize];
         if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
-            if std::env::var("SCAN_DEBUG").is_ok() {
-                eprintln!("region {}: {line}", out.len());
-            }
-            out.push(buf);
+            out.push((line.to_string(), buf));
         }
     }
     Some(out)
 }
 
-fn found(regions: &[Vec<u8>], needle: &[u8]) -> usize {
-    regions
-        .iter()
-        .map(|r| r.windows(needle.len()).filter(|w| *w == needle).count())
-        .sum()
+/// Where `needle` is: each copy as (mapping, bytes below the mapping's top: the depth on a
+/// thread stack).
+fn copies(regions: &[Region], needle: &[u8]) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (line, r) in regions {
+        for (off, w) in r.windows(needle.len()).enumerate() {
+            if w == needle {
+                out.push((line.clone(), r.len() - off));
+            }
+        }
+    }
+    out
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -159,7 +166,7 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
         let regions = memory(pid).unwrap();
         let (name, hmac, _) = &secrets[secrets.len() - types.len()];
         assert!(
-            found(&regions, hmac) > 0,
+            !copies(&regions, hmac).is_empty(),
             "the scanner cannot see {name}'s live key"
         );
         for (_, _, key) in &secrets[secrets.len() - types.len()..] {
@@ -169,46 +176,13 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
     // The deleted keys' handles go when the last job holding them ends.
     std::thread::sleep(Duration::from_millis(300));
     let regions = memory(pid).unwrap();
+    // Each copy left names its mapping and its depth below the mapping's top (on a thread
+    // stack, how deep the frame that left it was).
     let left: Vec<String> = secrets
         .iter()
-        .filter(|(_, b, _)| found(&regions, b) > 0)
-        .map(|(n, b, _)| {
-            format!(
-                "{n}: {} copies in regions {:?}",
-                found(&regions, b),
-                regions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| found(std::slice::from_ref(r), b) > 0)
-                    .map(|(i, _)| i)
-                    .collect::<Vec<_>>()
-            )
-        })
+        .flat_map(|(n, b, _)| copies(&regions, b).into_iter().map(move |c| (n, c)))
+        .map(|(n, (line, depth))| format!("{n}: {depth} bytes below the top of {line}"))
         .collect();
-    if std::env::var("SCAN_DEBUG").is_ok() {
-        for (n, b, _) in &secrets {
-            for (i, r) in regions.iter().enumerate() {
-                for (off, w) in r.windows(b.len()).enumerate() {
-                    if w == b.as_slice() {
-                        eprintln!("{n}: region {i} offset from top {}", r.len() - off);
-                    }
-                }
-            }
-        }
-        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-        {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            let sc = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
-            eprintln!(
-                "task {:?} {} syscall {}",
-                t.file_name(),
-                comm.trim(),
-                sc.trim()
-            );
-        }
-    }
     assert!(
         left.is_empty(),
         "key bytes left in hsmd after delete: {left:?}"

@@ -13,17 +13,13 @@ pub fn page_size() -> usize {
     rustix::param::page_size()
 }
 
-/// The page-aligned range covering `bytes`: (start address, length).
-fn pages_of(bytes: &[u8]) -> (usize, usize) {
-    pages_of_range(bytes.as_ptr() as usize, bytes.len())
-}
-
 /// The bytes of a value, as an address range (no access to them).
 fn range_of<T>(v: &T) -> (usize, usize) {
     (std::ptr::from_ref(v) as usize, std::mem::size_of_val(v))
 }
 
-/// [`lock`] and [`dont_dump`] for the pages holding the value `v` (its inline bytes).
+/// Locks (with `lock_too`) and leaves out of core dumps the pages holding the value `v` (its
+/// inline bytes).
 pub fn protect_value<T>(v: &T, lock_too: bool) -> std::io::Result<()> {
     let (start, len) = range_of(v);
     let (start, len) = pages_of_range(start, len);
@@ -40,17 +36,12 @@ fn pages_of_range(addr: usize, len: usize) -> (usize, usize) {
     (start, end.max(start + page) - start)
 }
 
-/// Locks the pages under `bytes` in RAM (`mlock`). Fails with the kernel's error when the
-/// memory-lock limit is reached.
-pub fn lock(bytes: &[u8]) -> std::io::Result<()> {
-    let (start, len) = pages_of(bytes);
-    lock_range(start, len)
-}
-
+/// Locks whole pages in RAM (`mlock`). Fails with the kernel's error when the memory-lock
+/// limit is reached.
 fn lock_range(start: usize, len: usize) -> std::io::Result<()> {
     #[allow(unsafe_code)]
     // SAFETY: [start, start + len) is the set of whole pages containing a live borrowed value
-    // or slice (see the callers), so every page is mapped. mlock only pins those pages in RAM; it
+    // (`protect_value`), so every page is mapped. mlock only pins those pages in RAM; it
     // neither reads nor writes them and changes no mapping, so no Rust reference is affected.
     unsafe {
         mlock(start as *mut std::ffi::c_void, len)?;
@@ -58,15 +49,10 @@ fn lock_range(start: usize, len: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Leaves the pages under `bytes` out of core dumps (`MADV_DONTDUMP`).
-pub fn dont_dump(bytes: &[u8]) -> std::io::Result<()> {
-    let (start, len) = pages_of(bytes);
-    dont_dump_range(start, len)
-}
-
+/// Leaves whole pages out of core dumps (`MADV_DONTDUMP`).
 fn dont_dump_range(start: usize, len: usize) -> std::io::Result<()> {
     #[allow(unsafe_code)]
-    // SAFETY: as in `lock`, the range is whole mapped pages of a live allocation; this advice
+    // SAFETY: as in `lock_range`, the range is whole mapped pages of a live allocation; this advice
     // only sets a flag on the mapping for the core dumper and never touches the contents.
     unsafe {
         madvise(start as *mut std::ffi::c_void, len, Advice::LinuxDontDump)?;
@@ -79,23 +65,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_cover_whole_pages_and_calls_work_on_heap_bytes() {
+    fn ranges_cover_whole_pages_and_calls_work_on_heap_values() {
         let p = page_size();
         let v = vec![7u8; 3 * p];
         // The byte just before a page boundary, wherever the allocation starts.
-        let edge = p - 1 - (v.as_ptr() as usize % p);
-        let (s, l) = pages_of(&v[edge - 10..edge]);
+        let base = v.as_ptr() as usize;
+        let edge = base + p - 1 - (base % p);
+        let (s, l) = pages_of_range(edge - 10, 10);
         assert_eq!(s % p, 0);
         assert_eq!(l, p);
-        let (_, l) = pages_of(&v[edge..edge + 2]);
+        let (_, l) = pages_of_range(edge, 2);
         assert_eq!(l, 2 * p);
-        dont_dump(&v[..16]).unwrap();
+        let value = [7u64; 4];
+        protect_value(&value, false).unwrap();
         // mlock may be refused by the memory-lock limit; it must not fail otherwise.
-        if let Err(e) = lock(&v[..16]) {
+        if let Err(e) = protect_value(&value, true) {
             // EPERM, EAGAIN, ENOMEM: the limit, nothing else.
             assert!(matches!(e.raw_os_error(), Some(1 | 11 | 12)), "{e}");
         }
-        protect_value(&v, false).unwrap();
-        assert_eq!(v[0], 7, "contents unchanged");
+        assert_eq!(value[0], 7, "contents unchanged");
     }
 }

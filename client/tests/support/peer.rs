@@ -24,8 +24,6 @@ pub const ALL: [Transport; 4] = [
 pub struct Raw {
     pub s: Box<dyn RawStream>,
     pub frames: FrameReader,
-    // What must stay open with the stream (the shm set-up socket and the ring's closer).
-    keep: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Raw {
@@ -34,7 +32,6 @@ impl Raw {
         Raw {
             s: open_stream(p, t).await.expect("open stream"),
             frames: FrameReader::new(4 << 20),
-            keep: Vec::new(),
         }
     }
 
@@ -68,7 +65,6 @@ impl Raw {
         let mut raw = Raw {
             s: Box::new(tokio::io::join(rd, wr)),
             frames: FrameReader::new(4 << 20),
-            keep: Vec::new(),
         };
         let mut hs = ClientHandshake::new(&id.name);
         assert!(raw.send(&hs.start().encode()).await);

@@ -100,13 +100,6 @@ impl Server {
                 loop {
                     while let Ok(Some(f)) = frames.next_frame() {
                         answers += 1;
-                        if std::env::var("FRONTEND_DEBUG").is_ok() {
-                            eprintln!(
-                                "answer {:?} {:?}",
-                                f.header,
-                                decode_error(f.header.opcode, &f.body).ok()
-                            );
-                        }
                         if f.header.is_error()
                             && let Ok(b) = decode_error(f.header.opcode, &f.body)
                         {

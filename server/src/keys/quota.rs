@@ -98,11 +98,6 @@ impl Quotas {
         }
     }
 
-    /// The limits.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// How many of `kind` `client` holds (reservations included).
     pub fn used(&self, client: &str, kind: Kind) -> usize {
         self.used.lock().get(client).map_or(0, |u| u[kind.index()])

@@ -122,11 +122,6 @@ impl Handshakes {
         }
     }
 
-    /// How long a handshake is safe from eviction.
-    pub fn min_age(&self) -> Duration {
-        self.min_age
-    }
-
     /// How many connections are in handshake now.
     pub fn len(&self) -> usize {
         self.table.lock().all.len()

@@ -86,11 +86,6 @@ impl Budget {
         }
     }
 
-    /// What one client may hold.
-    pub fn share(&self) -> usize {
-        self.per_client
-    }
-
     /// Bytes charged now, in all.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)

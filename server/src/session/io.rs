@@ -54,7 +54,10 @@ impl Reader {
                     frames.set_max_body(shared.max_body);
                     client = Some(shared.budget.account(c));
                 }
-                if let (Some(c), None, Some(h)) = (&client, &charge, frames.peek_header()) {
+                // Only an authenticated session with no charge in hand looks at the header.
+                if let (Some(c), None) = (&client, &charge)
+                    && let Some(h) = frames.peek_header()
+                {
                     let n = budget::cost(&h, shared.max_body);
                     charge = tokio::select! {
                         c = shared.budget.charge(c, n) => Some(c),
