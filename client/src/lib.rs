@@ -25,8 +25,10 @@
 
 pub mod connect;
 pub mod error;
+mod interop;
 mod io;
 mod lifecycle;
+pub mod pin;
 pub mod profile;
 
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, HandshakeError, Welcome};
 use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{
-    DigestAlg, FrameReader, KeyInfo, KeyRef, KeyType, Label, MAX_PAGE, Page, Request, Response,
+    DigestAlg, FrameReader, KeyInfo, KeyRef, KeyType, Label, Page, Request, Response,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -246,21 +248,7 @@ impl Client {
     }
     /// Lists every key, fetching page after page.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, ClientError> {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = Page {
-                after,
-                limit: Some(MAX_PAGE),
-            };
-            let keys = self.list_page(page).await?;
-            let last = keys.len() < MAX_PAGE as usize;
-            after = keys.last().map(|k| k.id);
-            all.extend(keys);
-            if last || after.is_none() {
-                return Ok(all);
-            }
-        }
+        self.every_page(Request::List).await
     }
     /// One page of keys: ids above `page.after`, at most `page.limit` (a shorter page is the
     /// last).

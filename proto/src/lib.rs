@@ -32,8 +32,8 @@ mod wire;
 
 pub use frame::{Decoded, Frame, FrameDecoder, FrameError, FrameReader, Header, Opcode};
 pub use message::{
-    DigestAlg, KeyInfo, KeyRef, KeySpec, KeyType, Label, Lifetime, MAX_PAGE, Origin, Page, Request,
-    Response, Usage, UsageSet, VersionInfo,
+    DigestAlg, KeyInfo, KeyQuery, KeyRef, KeySpec, KeyType, Label, Lifetime, MAX_PAGE, Origin,
+    Page, Request, Response, Usage, UsageSet, VersionInfo,
 };
 pub use status::{ErrorBody, Status};
 

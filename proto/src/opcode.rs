@@ -47,6 +47,15 @@ pub enum Opcode {
     Derive = 54,
     /// Re-encrypt a ciphertext under the current key version.
     Rewrap = 55,
+    /// ECDSA over a digest the caller computed.
+    SignDigest = 56,
+    /// Verify an ECDSA signature over a digest.
+    VerifyDigest = 57,
+    /// AEAD encrypt in the standard layout (nonce, ciphertext, tag; the AAD alone
+    /// authenticated), for interoperable callers (PKCS#11).
+    EncryptRaw = 58,
+    /// AEAD decrypt of the standard layout with the caller's nonce.
+    DecryptRaw = 59,
     /// Import a key.
     Import = 38,
     /// Wrap a key under a wrap key.
@@ -63,6 +72,8 @@ pub enum Opcode {
     Retire = 44,
     /// List the keys granted to the caller.
     ListGranted = 45,
+    /// Search the caller's keys by label, id and type.
+    Find = 46,
     /// Create a counter.
     CounterCreate = 64,
     /// Read a counter.
@@ -72,7 +83,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    const ALL: [Opcode; 32] = [
+    const ALL: [Opcode; 37] = [
         Opcode::Hello,
         Opcode::Challenge,
         Opcode::Proof,
@@ -94,6 +105,11 @@ impl Opcode {
         Opcode::MacVerify,
         Opcode::Derive,
         Opcode::Rewrap,
+        Opcode::SignDigest,
+        Opcode::VerifyDigest,
+        Opcode::EncryptRaw,
+        Opcode::DecryptRaw,
+        Opcode::Find,
         Opcode::Import,
         Opcode::Wrap,
         Opcode::Unwrap,

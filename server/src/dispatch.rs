@@ -80,6 +80,22 @@ enum KeyedOp {
     Sign {
         data: Vec<u8>,
     },
+    SignDigest {
+        digest: Vec<u8>,
+    },
+    VerifyDigest {
+        digest: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    EncryptRaw {
+        plaintext: Zeroizing<Vec<u8>>,
+        aad: Vec<u8>,
+    },
+    DecryptRaw {
+        nonce: Vec<u8>,
+        ciphertext: Vec<u8>,
+        aad: Vec<u8>,
+    },
     Verify {
         data: Vec<u8>,
         signature: Vec<u8>,
@@ -110,6 +126,36 @@ impl KeyedOp {
     fn split(request: Request) -> Result<(KeyRef, KeyedOp), Request> {
         Ok(match request {
             Request::Sign { key, data } => (key, KeyedOp::Sign { data }),
+            Request::SignDigest { key, digest } => (key, KeyedOp::SignDigest { digest }),
+            Request::VerifyDigest {
+                key,
+                digest,
+                signature,
+            } => (key, KeyedOp::VerifyDigest { digest, signature }),
+            Request::EncryptRaw {
+                key,
+                plaintext,
+                aad,
+            } => (
+                key,
+                KeyedOp::EncryptRaw {
+                    plaintext: Zeroizing::new(plaintext),
+                    aad,
+                },
+            ),
+            Request::DecryptRaw {
+                key,
+                nonce,
+                ciphertext,
+                aad,
+            } => (
+                key,
+                KeyedOp::DecryptRaw {
+                    nonce,
+                    ciphertext,
+                    aad,
+                },
+            ),
             Request::Verify {
                 key,
                 data,
@@ -146,6 +192,27 @@ impl KeyedOp {
     fn join(self, key: KeyRef) -> Request {
         match self {
             KeyedOp::Sign { data } => Request::Sign { key, data },
+            KeyedOp::SignDigest { digest } => Request::SignDigest { key, digest },
+            KeyedOp::VerifyDigest { digest, signature } => Request::VerifyDigest {
+                key,
+                digest,
+                signature,
+            },
+            KeyedOp::EncryptRaw { mut plaintext, aad } => Request::EncryptRaw {
+                key,
+                plaintext: std::mem::take(&mut *plaintext),
+                aad,
+            },
+            KeyedOp::DecryptRaw {
+                nonce,
+                ciphertext,
+                aad,
+            } => Request::DecryptRaw {
+                key,
+                nonce,
+                ciphertext,
+                aad,
+            },
             KeyedOp::Verify { data, signature } => Request::Verify {
                 key,
                 data,
@@ -175,6 +242,10 @@ impl KeyedOp {
     fn requirement(&self) -> policy::Requirement {
         match self {
             KeyedOp::Sign { .. } => policy::SIGN,
+            KeyedOp::SignDigest { .. } => policy::SIGN_DIGEST,
+            KeyedOp::VerifyDigest { .. } => policy::VERIFY_DIGEST,
+            KeyedOp::EncryptRaw { .. } => policy::ENCRYPT,
+            KeyedOp::DecryptRaw { .. } => policy::DECRYPT,
             KeyedOp::Verify { .. } => policy::VERIFY,
             KeyedOp::Encrypt { .. } => policy::ENCRYPT,
             KeyedOp::Decrypt { .. } => policy::DECRYPT,
@@ -191,7 +262,13 @@ impl KeyedOp {
             | KeyedOp::Verify { data, .. }
             | KeyedOp::Mac { data }
             | KeyedOp::MacVerify { data, .. } => data.len(),
-            KeyedOp::Encrypt { plaintext, aad } => plaintext.len() + aad.len(),
+            KeyedOp::SignDigest { digest } | KeyedOp::VerifyDigest { digest, .. } => digest.len(),
+            KeyedOp::Encrypt { plaintext, aad } | KeyedOp::EncryptRaw { plaintext, aad } => {
+                plaintext.len() + aad.len()
+            }
+            KeyedOp::DecryptRaw {
+                ciphertext, aad, ..
+            } => ciphertext.len() + aad.len(),
             KeyedOp::Decrypt { ciphertext, aad } | KeyedOp::Rewrap { ciphertext, aad } => {
                 ciphertext.len() + aad.len()
             }
@@ -201,7 +278,13 @@ impl KeyedOp {
     /// Cheap per byte (AEAD, HMAC): inline up to `inline_max` whatever else is in flight.
     /// Signatures are not: inline only when they are the session's only request.
     fn is_cheap(&self) -> bool {
-        !matches!(self, KeyedOp::Sign { .. } | KeyedOp::Verify { .. })
+        !matches!(
+            self,
+            KeyedOp::Sign { .. }
+                | KeyedOp::Verify { .. }
+                | KeyedOp::SignDigest { .. }
+                | KeyedOp::VerifyDigest { .. }
+        )
     }
 
     /// Runs the operation with `h`: encrypt and mac use the current version; decrypt and
@@ -212,6 +295,32 @@ impl KeyedOp {
             KeyedOp::Sign { data } => ops::sign(key, data).map(Response::Bytes),
             KeyedOp::Verify { data, signature } => {
                 ops::verify(key, data, signature).map(|_| Response::Done)
+            }
+            KeyedOp::SignDigest { digest } => ops::sign_digest(key, digest).map(Response::Bytes),
+            KeyedOp::VerifyDigest { digest, signature } => {
+                ops::verify_digest(key, digest, signature).map(|_| Response::Done)
+            }
+            KeyedOp::EncryptRaw { plaintext, aad } => {
+                ops::encrypt_raw(key, plaintext, aad).map(Response::Bytes)
+            }
+            // Every live version, the current one first (the caller's layout names none).
+            KeyedOp::DecryptRaw {
+                nonce,
+                ciphertext,
+                aad,
+            } => {
+                let mut last = Err(OpError::new(
+                    Status::DecryptFailed,
+                    "ciphertext did not authenticate",
+                ));
+                for (_, m) in h.live() {
+                    match ops::decrypt_raw(m, nonce, ciphertext, aad) {
+                        Ok(p) => return Ok(Response::Bytes(p.to_vec())),
+                        Err(e) if e.status == Status::DecryptFailed => last = Err(e),
+                        Err(e) => return Err(e),
+                    }
+                }
+                last
             }
             KeyedOp::Encrypt { plaintext, aad } => {
                 ops::encrypt(key, h.info.current_version, plaintext, aad).map(Response::Bytes)
@@ -368,6 +477,7 @@ async fn serve(shared: &Shared, caller: Caller, request: Request) -> Result<Resp
         }
         Request::List(page) => km.list(&caller, page).await.map(Response::Keys),
         Request::ListGranted => km.list_granted(&caller).await.map(Response::Keys),
+        Request::Find(query) => km.find(&caller, query).await.map(Response::Keys),
         Request::Info(key) => {
             let (h, access) = km.resolve(&caller, &key).await.inspect_err(|e| {
                 km.deny(&caller, "info", &key, e);

@@ -189,6 +189,7 @@ impl Response {
             | Opcode::Delete
             | Opcode::Verify
             | Opcode::MacVerify
+            | Opcode::VerifyDigest
             | Opcode::Grant
             | Opcode::Revoke => empty_body(opcode, body).map(|_| Response::Done)?,
             Opcode::Random
@@ -199,6 +200,9 @@ impl Response {
             | Opcode::Decrypt
             | Opcode::Mac
             | Opcode::Wrap
+            | Opcode::SignDigest
+            | Opcode::EncryptRaw
+            | Opcode::DecryptRaw
             | Opcode::Rewrap => Response::Bytes(from_body::<Buf>(opcode, body)?.0),
             Opcode::Generate
             | Opcode::Info
@@ -210,7 +214,9 @@ impl Response {
             Opcode::CounterCreate | Opcode::CounterRead | Opcode::CounterInc => {
                 Response::Counter(from_body(opcode, body)?)
             }
-            Opcode::List | Opcode::ListGranted => Response::Keys(from_body(opcode, body)?),
+            Opcode::List | Opcode::ListGranted | Opcode::Find => {
+                Response::Keys(from_body(opcode, body)?)
+            }
             Opcode::PublicKey => {
                 let (key_type, Buf(bytes)) = from_body(opcode, body)?;
                 Response::PublicKey { key_type, bytes }

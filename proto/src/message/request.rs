@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BodyError, DigestAlg, KeyRef, KeySpec, Label, Page, UsageSet, empty_body, from_body,
+    BodyError, DigestAlg, KeyQuery, KeyRef, KeySpec, Label, Page, UsageSet, empty_body, from_body,
     to_body_into,
 };
 use crate::frame::{Frame, Opcode};
@@ -39,6 +39,8 @@ pub enum Request {
     /// List the keys other clients granted to the caller (their `owner`, and `usage` as
     /// granted).
     ListGranted,
+    /// Search the caller's keys by label, id and type.
+    Find(KeyQuery),
     /// Describe a key.
     Info(KeyRef),
     /// Public key bytes.
@@ -62,6 +64,46 @@ pub enum Request {
         data: Vec<u8>,
         /// Signature (Ed25519 raw 64 bytes, ECDSA DER).
         signature: Vec<u8>,
+    },
+    /// ECDSA P-256 over a digest the caller computed (16 to 64 bytes, used as ECDSA
+    /// prescribes: its leftmost 256 bits); the signature is DER, as `Sign` makes.
+    SignDigest {
+        /// Key.
+        key: KeyRef,
+        /// The digest.
+        digest: Vec<u8>,
+    },
+    /// Verify a DER ECDSA P-256 signature over a digest.
+    VerifyDigest {
+        /// Key.
+        key: KeyRef,
+        /// The digest.
+        digest: Vec<u8>,
+        /// DER signature.
+        signature: Vec<u8>,
+    },
+    /// AEAD encrypt in the standard layout: the answer is the server's fresh 12-byte nonce,
+    /// then the ciphertext and the 16-byte tag, authenticated with `aad` alone, under the
+    /// key's current version. The server always picks the nonce.
+    EncryptRaw {
+        /// Key.
+        key: KeyRef,
+        /// Plaintext.
+        plaintext: Vec<u8>,
+        /// Associated data.
+        aad: Vec<u8>,
+    },
+    /// AEAD decrypt of the standard layout: ciphertext then tag, with the caller's 12-byte
+    /// nonce; each live version of the key is tried, the current one first.
+    DecryptRaw {
+        /// Key.
+        key: KeyRef,
+        /// Nonce (12 bytes).
+        nonce: Vec<u8>,
+        /// Ciphertext then tag.
+        ciphertext: Vec<u8>,
+        /// Associated data.
+        aad: Vec<u8>,
     },
     /// AEAD encrypt; the server picks the nonce.
     Encrypt {
@@ -221,12 +263,17 @@ impl Request {
             Request::Generate(_) => Opcode::Generate,
             Request::List(_) => Opcode::List,
             Request::ListGranted => Opcode::ListGranted,
+            Request::Find(_) => Opcode::Find,
             Request::Info(_) => Opcode::Info,
             Request::PublicKey(_) => Opcode::PublicKey,
             Request::Export(_) => Opcode::Export,
             Request::Delete(_) => Opcode::Delete,
             Request::Sign { .. } => Opcode::Sign,
             Request::Verify { .. } => Opcode::Verify,
+            Request::SignDigest { .. } => Opcode::SignDigest,
+            Request::VerifyDigest { .. } => Opcode::VerifyDigest,
+            Request::EncryptRaw { .. } => Opcode::EncryptRaw,
+            Request::DecryptRaw { .. } => Opcode::DecryptRaw,
             Request::Encrypt { .. } => Opcode::Encrypt,
             Request::Decrypt { .. } => Opcode::Decrypt,
             Request::Mac { .. } => Opcode::Mac,
@@ -259,7 +306,9 @@ impl Request {
         use zeroize::Zeroize as _;
         match self {
             Request::Import { material, .. } => material.zeroize(),
-            Request::Encrypt { plaintext, .. } => plaintext.zeroize(),
+            Request::Encrypt { plaintext, .. } | Request::EncryptRaw { plaintext, .. } => {
+                plaintext.zeroize()
+            }
             _ => {}
         }
     }
@@ -292,13 +341,32 @@ impl Request {
             // The first page with the server's page size is an empty body (as before paging).
             Request::List(page) if *page == Page::default() => {}
             Request::List(page) => to_body_into(page, out),
+            Request::Find(q) => to_body_into(q, out),
             Request::Random { len } => to_body_into(len, out),
             Request::Digest { alg, data } => to_body_into(&(alg, Raw(data)), out),
             Request::Generate(spec) => to_body_into(spec, out),
             Request::Info(k) | Request::PublicKey(k) | Request::Export(k) | Request::Delete(k) => {
                 to_body_into(k, out)
             }
-            Request::Sign { key, data } | Request::Mac { key, data } => kd(key, data, out),
+            Request::Sign { key, data }
+            | Request::Mac { key, data }
+            | Request::SignDigest { key, digest: data } => kd(key, data, out),
+            Request::VerifyDigest {
+                key,
+                digest,
+                signature,
+            } => kdt(key, digest, signature, out),
+            Request::EncryptRaw {
+                key,
+                plaintext,
+                aad,
+            } => kdt(key, plaintext, aad, out),
+            Request::DecryptRaw {
+                key,
+                nonce,
+                ciphertext,
+                aad,
+            } => to_body_into(&(key, Raw(nonce), Raw(ciphertext), Raw(aad)), out),
             Request::Verify {
                 key,
                 data,
@@ -366,6 +434,7 @@ impl Request {
             Opcode::List if body.is_empty() => Request::List(Page::default()),
             Opcode::List => Request::List(from_body(opcode, body)?),
             Opcode::ListGranted => empty_body(opcode, body).map(|_| Request::ListGranted)?,
+            Opcode::Find => Request::Find(from_body(opcode, body)?),
             Opcode::Random => Request::Random {
                 len: from_body(opcode, body)?,
             },
@@ -382,6 +451,29 @@ impl Request {
                 key: b.key,
                 data: b.data.0,
             })?,
+            Opcode::SignDigest => kd().map(|b| Request::SignDigest {
+                key: b.key,
+                digest: b.data.0,
+            })?,
+            Opcode::VerifyDigest => kdt().map(|b| Request::VerifyDigest {
+                key: b.key,
+                digest: b.data.0,
+                signature: b.tag.0,
+            })?,
+            Opcode::EncryptRaw => kdt().map(|b| Request::EncryptRaw {
+                key: b.key,
+                plaintext: b.data.0,
+                aad: b.tag.0,
+            })?,
+            Opcode::DecryptRaw => {
+                let (key, Buf(nonce), Buf(ciphertext), Buf(aad)) = from_body(opcode, body)?;
+                Request::DecryptRaw {
+                    key,
+                    nonce,
+                    ciphertext,
+                    aad,
+                }
+            }
             Opcode::Mac => kd().map(|b| Request::Mac {
                 key: b.key,
                 data: b.data.0,

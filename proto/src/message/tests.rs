@@ -137,6 +137,38 @@ fn request() -> impl Strategy<Value = Request> {
             ciphertext,
             aad
         }),
+        (key_ref(), bytes()).prop_map(|(key, digest)| Request::SignDigest { key, digest }),
+        (key_ref(), bytes(), bytes()).prop_map(|(key, digest, signature)| {
+            Request::VerifyDigest {
+                key,
+                digest,
+                signature,
+            }
+        }),
+        (key_ref(), bytes(), bytes()).prop_map(|(key, plaintext, aad)| Request::EncryptRaw {
+            key,
+            plaintext,
+            aad
+        }),
+        (key_ref(), bytes(), bytes(), bytes()).prop_map(|(key, nonce, ciphertext, aad)| {
+            Request::DecryptRaw {
+                key,
+                nonce,
+                ciphertext,
+                aad,
+            }
+        }),
+        (
+            proptest::option::of(label()),
+            proptest::option::of(any::<u32>()),
+            any::<Option<u32>>()
+        )
+            .prop_map(|(label, id, after)| Request::Find(KeyQuery {
+                label,
+                id,
+                key_type: Some(KeyType::P256),
+                page: Page { after, limit: None },
+            })),
         label().prop_map(Request::CounterCreate),
         label().prop_map(Request::CounterRead),
         label().prop_map(Request::CounterInc),

@@ -510,3 +510,27 @@ pub struct Page {
     /// Most keys in this page.
     pub limit: Option<u32>,
 }
+
+/// A search among the caller's own keys (persistent, then this connection's session keys):
+/// every field given must match. Paged like a listing; a page shorter than its limit is the
+/// last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyQuery {
+    /// Exact label.
+    pub label: Option<Label>,
+    /// Exact id.
+    pub id: Option<u32>,
+    /// Key type.
+    pub key_type: Option<KeyType>,
+    /// Which page of the matches.
+    pub page: Page,
+}
+
+impl KeyQuery {
+    /// Whether `k` matches (the page aside).
+    pub fn matches(&self, k: &KeyInfo) -> bool {
+        self.label.as_ref().is_none_or(|l| *l == k.label)
+            && self.id.is_none_or(|id| id == k.id)
+            && self.key_type.is_none_or(|t| t == k.key_type)
+    }
+}

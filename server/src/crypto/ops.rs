@@ -67,6 +67,104 @@ pub fn verify(key: &KeyMaterial, data: &[u8], sig: &[u8]) -> Result<(), OpError>
     }
 }
 
+/// The digest lengths ECDSA P-256 signs: half the curve size up to SHA-512's (ECDSA uses the
+/// leftmost 256 bits of longer ones).
+const DIGEST_LENS: std::ops::RangeInclusive<usize> = 16..=64;
+
+fn check_digest(digest: &[u8]) -> Result<(), OpError> {
+    if DIGEST_LENS.contains(&digest.len()) {
+        Ok(())
+    } else {
+        Err(OpError::invalid(format!(
+            "a digest of {} bytes cannot be signed: expected 16 to 64 bytes",
+            digest.len()
+        )))
+    }
+}
+
+/// ECDSA P-256 over a digest the caller computed (RFC 6979 nonces), DER like [`sign`].
+pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError> {
+    use p256::ecdsa::signature::hazmat::PrehashSigner as _;
+    let signer = match key {
+        KeyMaterial::P256 { .. } => key
+            .prehash_signer()
+            .ok_or_else(|| OpError::internal("P-256 scalar does not parse"))?,
+        other => return Err(wrong_type("sign a digest", other.key_type())),
+    };
+    check_digest(digest)?;
+    let sig: p256::ecdsa::Signature = signer
+        .sign_prehash(digest)
+        .map_err(|_| OpError::internal("P-256 digest signing failed"))?;
+    Ok(sig.to_der().to_bytes().to_vec())
+}
+
+/// Verifies a DER ECDSA P-256 signature over a digest.
+pub fn verify_digest(key: &KeyMaterial, digest: &[u8], sig: &[u8]) -> Result<(), OpError> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+    let bad = || OpError::new(Status::BadSignature, "signature does not verify");
+    let KeyMaterial::P256 { .. } = key else {
+        return Err(wrong_type("verify a digest", key.key_type()));
+    };
+    check_digest(digest)?;
+    let public = key.public_key().unwrap_or_default();
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&public)
+        .map_err(|_| OpError::internal("P-256 public key does not parse"))?;
+    let sig = p256::ecdsa::Signature::from_der(sig).map_err(|_| bad())?;
+    vk.verify_prehash(digest, &sig).map_err(|_| bad())
+}
+
+/// AEAD-encrypts in the standard layout: a fresh nonce, the ciphertext, the tag; only the
+/// caller's `aad` is authenticated (so any AES-GCM or ChaCha20-Poly1305 implementation opens
+/// it with the same key).
+pub fn encrypt_raw(key: &KeyMaterial, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpError> {
+    let (_, k) = aead_key(key, "encrypt")?;
+    let nonce = fresh_nonce()?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let tag = k
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[NONCE_LEN..],
+        )
+        .map_err(|_| OpError::invalid("plaintext too long"))?;
+    out.extend_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+/// Opens a ciphertext-then-tag made with `nonce` (the standard layout, `aad` alone
+/// authenticated).
+pub fn decrypt_raw(
+    key: &KeyMaterial,
+    nonce: &[u8],
+    sealed: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, OpError> {
+    let (_, k) = aead_key(key, "decrypt")?;
+    if nonce.len() != NONCE_LEN {
+        return Err(OpError::invalid(format!(
+            "a nonce of {} bytes: expected {NONCE_LEN}",
+            nonce.len()
+        )));
+    }
+    if sealed.len() < TAG_LEN {
+        return Err(OpError::invalid(format!(
+            "ciphertext of {} bytes is shorter than the {TAG_LEN}-byte tag",
+            sealed.len()
+        )));
+    }
+    let failed = || OpError::new(Status::DecryptFailed, "ciphertext did not authenticate");
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| failed())?;
+    let mut buf = Zeroizing::new(sealed.to_vec());
+    let plain_len = k
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
+        .map_err(|_| failed())?
+        .len();
+    buf.truncate(plain_len);
+    Ok(buf)
+}
+
 fn aead_key(key: &KeyMaterial, op: &str) -> Result<(u8, LessSafeKey), OpError> {
     let (alg_id, alg, bytes) = match key {
         KeyMaterial::ChaCha20Poly1305(k) => (1u8, &CHACHA20_POLY1305, k),
@@ -334,6 +432,63 @@ mod tests {
             "low-order peer"
         );
         assert!(derive(&a, &[1u8; 31], KeyType::HmacSha256).is_err());
+    }
+
+    #[test]
+    fn digest_signatures_match_message_signatures() {
+        let k = key(KeyType::P256);
+        let msg = b"the message";
+        let digest = super::digest(DigestAlg::Sha256, msg);
+        // Either way round: a digest signature verifies as a message signature and back.
+        let by_digest = sign_digest(&k, &digest).unwrap();
+        verify(&k, msg, &by_digest).unwrap();
+        let by_message = sign(&k, msg).unwrap();
+        verify_digest(&k, &digest, &by_message).unwrap();
+        let mut other = digest.clone();
+        other[0] ^= 1;
+        assert_eq!(
+            verify_digest(&k, &other, &by_digest).unwrap_err().status,
+            Status::BadSignature
+        );
+        assert_eq!(
+            sign_digest(&k, &[0; 15]).unwrap_err().status,
+            Status::InvalidArgument
+        );
+        assert_eq!(
+            sign_digest(&key(KeyType::Ed25519), &digest)
+                .unwrap_err()
+                .status,
+            Status::WrongKeyType
+        );
+    }
+
+    #[test]
+    fn raw_aead_is_the_standard_layout() {
+        for t in [KeyType::Aes256Gcm, KeyType::ChaCha20Poly1305] {
+            let k = key(t);
+            let out = encrypt_raw(&k, b"plain", b"aad").unwrap();
+            assert_eq!(out.len(), 12 + 5 + 16);
+            let (nonce, sealed) = out.split_at(12);
+            assert_eq!(
+                &decrypt_raw(&k, nonce, sealed, b"aad").unwrap()[..],
+                b"plain"
+            );
+            assert_eq!(
+                decrypt_raw(&k, nonce, sealed, b"other").unwrap_err().status,
+                Status::DecryptFailed
+            );
+            // Checked against ring directly: the tag covers the caller's AAD alone.
+            let (_, ring_key) = aead_key(&k, "t").unwrap();
+            let mut buf = sealed.to_vec();
+            let plain = ring_key
+                .open_in_place(
+                    Nonce::try_assume_unique_for_key(nonce).unwrap(),
+                    Aad::from(b"aad"),
+                    &mut buf,
+                )
+                .unwrap();
+            assert_eq!(plain, b"plain");
+        }
     }
 
     #[test]

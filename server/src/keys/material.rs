@@ -27,6 +27,9 @@ pub enum KeyMaterial {
         scalar: SecretBytes,
         /// Parsed key pair used for signing.
         pair: Box<EcdsaKeyPair>,
+        /// The RustCrypto key that signs caller-made digests (ring cannot), made on first
+        /// use; it zeroizes its scalar on drop.
+        prehash: std::sync::OnceLock<Box<p256::ecdsa::SigningKey>>,
     },
     /// X25519 (dalek zeroizes on drop).
     X25519(x25519_dalek::StaticSecret),
@@ -85,6 +88,7 @@ impl KeyMaterial {
                 Ok(KeyMaterial::P256 {
                     scalar,
                     pair: Box::new(pair),
+                    prehash: std::sync::OnceLock::new(),
                 })
             }
             _ => KeyMaterial::from_secret(t, &random_secret()?),
@@ -116,6 +120,21 @@ impl KeyMaterial {
             KeyMaterial::X25519(k) => Some(x25519_dalek::PublicKey::from(k).to_bytes().to_vec()),
             _ => None,
         }
+    }
+
+    /// The P-256 key that signs a digest (made on first use).
+    pub fn prehash_signer(&self) -> Option<&p256::ecdsa::SigningKey> {
+        let KeyMaterial::P256 {
+            scalar, prehash, ..
+        } = self
+        else {
+            return None;
+        };
+        if let Some(k) = prehash.get() {
+            return Some(k);
+        }
+        let k = p256::ecdsa::SigningKey::from_slice(scalar.as_ref()).ok()?;
+        Some(prehash.get_or_init(|| Box::new(k)))
     }
 
     /// The raw secret bytes (for `export` of exportable keys only).
@@ -163,6 +182,7 @@ impl KeyMaterial {
                 Some(KeyMaterial::P256 {
                     scalar,
                     pair: Box::new(pair),
+                    prehash: std::sync::OnceLock::new(),
                 })
             }
             _ => {
@@ -268,7 +288,7 @@ mod tests {
 
     #[test]
     fn p256_scalar_matches_public_key() {
-        let KeyMaterial::P256 { scalar, pair } = KeyMaterial::generate(KeyType::P256).unwrap()
+        let KeyMaterial::P256 { scalar, pair, .. } = KeyMaterial::generate(KeyType::P256).unwrap()
         else {
             panic!("wrong type")
         };

@@ -144,13 +144,20 @@ impl SessionKeys {
     }
 
     /// Up to `limit` session keys of `client` made by `session`, ids above `after`, by id.
-    pub fn list(&self, client: &str, session: u64, after: u32, limit: usize) -> Vec<KeyInfo> {
+    pub fn list(
+        &self,
+        client: &str,
+        session: u64,
+        after: u32,
+        limit: usize,
+        keep: impl Fn(&KeyInfo) -> bool,
+    ) -> Vec<KeyInfo> {
         let Some(c) = self.clients.get(client) else {
             return Vec::new();
         };
         c.by_id
             .range(after.saturating_add(1)..)
-            .filter(|(_, (s, _))| *s == session)
+            .filter(|(_, (s, h))| *s == session && keep(&h.info))
             .take(limit)
             .map(|(_, (_, h))| h.info.clone())
             .collect()

@@ -32,11 +32,17 @@ pub fn cost(h: &Header, max_body: u32) -> usize {
             | Opcode::Encrypt
             | Opcode::Decrypt
             | Opcode::Rewrap
+            | Opcode::SignDigest
+            | Opcode::VerifyDigest
+            | Opcode::EncryptRaw
+            | Opcode::DecryptRaw
             | Opcode::Digest,
         ) => body + 1024,
         Some(Opcode::Random) => MAX_RANDOM as usize + 1024,
         // Answers that can be as large as a frame may be.
-        Some(Opcode::List | Opcode::ListGranted | Opcode::Wrap) => HEADER_LEN + max_body as usize,
+        Some(Opcode::List | Opcode::ListGranted | Opcode::Find | Opcode::Wrap) => {
+            HEADER_LEN + max_body as usize
+        }
         // Key descriptions, public keys, exports, errors.
         _ => 64 * 1024,
     };

@@ -25,9 +25,10 @@ use show::{hex, info_json, info_line};
 #[derive(Debug, Parser)]
 #[command(name = "hsmctl", version)]
 struct Cli {
-    /// Client profile (written by `hsmd init` as D/clients/NAME.toml).
+    /// Client profile (written by `hsmd init` as D/clients/NAME.toml); every command but
+    /// hash-pin needs one.
     #[arg(long, value_name = "P")]
-    profile: PathBuf,
+    profile: Option<PathBuf>,
     /// Transport: tcp, tls, tls-psk or shm (default: the profile's default_transport).
     #[arg(long)]
     transport: Option<Transport>,
@@ -58,6 +59,9 @@ pub(crate) struct NewKeyArgs {
 enum Command {
     /// Round trip to the server.
     Ping,
+    /// Read a PIN on stdin (a trailing newline is not part of it) and print its argon2id PHC
+    /// string, for the PKCS#11 module's [pins]. Needs no profile and no server.
+    HashPin,
     /// N random bytes (1..=65536), printed as hex.
     Random { n: u32 },
     /// Digest of a file, printed as hex.
@@ -202,6 +206,23 @@ fn fail(e: &ClientError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
+/// `hash-pin`: the PIN from stdin, without one trailing newline (`\n` or `\r\n`).
+fn hash_pin() -> Result<String, ClientError> {
+    use std::io::Read as _;
+    let mut pin = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .take(ferrohsm_client::pin::MAX_PIN_LEN as u64 + 3)
+        .read_to_end(&mut pin)
+        .map_err(|e| ClientError::Local(format!("cannot read the PIN from stdin: {e}")))?;
+    if pin.ends_with(b"\n") {
+        pin.pop();
+        if pin.ends_with(b"\r") {
+            pin.pop();
+        }
+    }
+    ferrohsm_client::pin::hash_pin(&pin)
+}
+
 pub(crate) fn spec(key_type: KeyType, a: NewKeyArgs) -> KeySpec {
     KeySpec {
         key_type,
@@ -218,13 +239,20 @@ pub(crate) fn aad(a: Option<String>) -> Vec<u8> {
 
 /// Runs one command; returns what to print on stdout.
 async fn run(cli: Cli) -> Result<String, ClientError> {
-    let profile = Profile::load(&cli.profile)?;
+    if let Command::HashPin = cli.command {
+        return hash_pin();
+    }
+    let path = cli.profile.as_ref().ok_or_else(|| {
+        ClientError::Local("--profile P is required for this command".to_string())
+    })?;
+    let profile = Profile::load(path)?;
     // Read local inputs before connecting, so a typo costs no round trip.
     let hsm = || ferrohsm_client::connect::connect(&profile, cli.transport);
     let json = cli.json;
     let ok = || show::ok(json);
     let new_key = |k: KeyInfo| show::new_key(json, &k);
     Ok(match cli.command {
+        Command::HashPin => hash_pin()?,
         Command::Ping => {
             let c: Client = hsm().await?;
             c.ping().await?;

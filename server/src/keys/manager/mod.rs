@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use ferrohsm_proto::{KeyInfo, KeyRef, Lifetime, MAX_PAGE, Page, UsageSet, VersionInfo};
+use ferrohsm_proto::{KeyInfo, KeyQuery, KeyRef, Lifetime, MAX_PAGE, Page, UsageSet, VersionInfo};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::OpError;
@@ -500,6 +500,23 @@ impl KeyManager {
     /// then this session's session keys (their ids are all above persistent ones). A page
     /// shorter than its limit is the last.
     pub async fn list(&self, caller: &Caller, page: Page) -> Result<Vec<KeyInfo>, OpError> {
+        self.list_matching(caller, page, |_| true).await
+    }
+
+    /// One page of the caller's keys that match `query` (as [`KeyManager::list`] pages: a
+    /// page shorter than its limit is the last).
+    pub async fn find(&self, caller: &Caller, query: KeyQuery) -> Result<Vec<KeyInfo>, OpError> {
+        let page = query.page;
+        self.list_matching(caller, page, move |k| query.matches(k))
+            .await
+    }
+
+    async fn list_matching(
+        &self,
+        caller: &Caller,
+        page: Page,
+        keep: impl Fn(&KeyInfo) -> bool + Clone + Send + 'static,
+    ) -> Result<Vec<KeyInfo>, OpError> {
         let limit = page.limit.unwrap_or(MAX_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(OpError::invalid(format!(
@@ -511,6 +528,7 @@ impl KeyManager {
         let mut keys = Vec::new();
         if after < SESSION_ID_BASE {
             let owner = caller.client.clone();
+            let keep = keep.clone();
             keys = self
                 .store
                 .read(move |s: &mut dyn KeyStore, m| {
@@ -525,7 +543,8 @@ impl KeyManager {
                         cursor = *last;
                         for (_, r) in rows {
                             match r.and_then(|s| open(m, s)) {
-                                Ok(h) => out.push(h.info),
+                                Ok(h) if keep(&h.info) => out.push(h.info),
+                                Ok(_) => {}
                                 Err(e) => alarm(&e),
                             }
                         }
@@ -541,6 +560,7 @@ impl KeyManager {
                 caller.session,
                 after,
                 limit - keys.len(),
+                keep,
             );
             keys.extend(more);
         }

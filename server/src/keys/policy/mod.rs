@@ -84,6 +84,11 @@ const fn owner(verb: &'static str, op: &'static str, types: &'static [KeyType]) 
 
 /// Sign.
 pub const SIGN: Requirement = needs("sign", "sign", Usage::Sign, SIGNERS);
+/// Sign a digest (ECDSA only).
+pub const SIGN_DIGEST: Requirement = needs("sign a digest", "sign", Usage::Sign, &[KeyType::P256]);
+/// Verify over a digest (ECDSA only).
+pub const VERIFY_DIGEST: Requirement =
+    needs("verify a digest", "verify", Usage::Verify, &[KeyType::P256]);
 /// Verify.
 pub const VERIFY: Requirement = needs("verify", "verify", Usage::Verify, SIGNERS);
 /// Encrypt.
