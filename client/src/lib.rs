@@ -23,6 +23,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod blocking;
 pub mod connect;
 pub mod error;
 mod interop;
@@ -36,15 +37,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, HandshakeError, Welcome};
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{
-    DigestAlg, FrameReader, KeyInfo, KeyRef, KeyType, Label, Page, Request, Response,
-};
+use ferrohsm_proto::{DigestAlg, FrameReader, KeyInfo, KeyRef, KeyType, Page, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+pub use blocking::BlockingClient;
 pub use error::ClientError;
 use io::{PendingMap, PendingState, closed, read_frame, read_loop, send_frame, write_loop};
-use profile::{Identity, Profile, Transport};
+use profile::Identity;
 
 type Reply = Result<Response, ClientError>;
 struct Inner {
@@ -365,101 +365,5 @@ impl Client {
             spec,
         })
         .await
-    }
-}
-
-/// A blocking client: the async [`Client`] on a private single-thread runtime.
-pub struct BlockingClient {
-    rt: tokio::runtime::Runtime,
-    client: Client,
-}
-
-impl std::fmt::Debug for BlockingClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.client.fmt(f)
-    }
-}
-
-impl BlockingClient {
-    /// Connects with a profile over `transport` (or the profile's default).
-    pub fn connect(
-        profile: &Profile,
-        transport: Option<Transport>,
-    ) -> Result<BlockingClient, ClientError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Local(format!("cannot start runtime: {e}")))?;
-        let client = rt.block_on(connect::connect(profile, transport))?;
-        Ok(BlockingClient { rt, client })
-    }
-
-    /// The async client (use it from [`BlockingClient::block_on`]).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    /// Runs a future on this client's runtime.
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
-    }
-
-    /// Sends every request before waiting for any response; responses in request order.
-    pub fn pipeline(&self, reqs: Vec<Request>) -> Vec<Reply> {
-        self.rt.block_on(async {
-            let mut pending = Vec::with_capacity(reqs.len());
-            let mut out = Vec::with_capacity(reqs.len());
-            for r in reqs {
-                // With the window full, `submit` waits; drain the oldest first to make room.
-                if pending.len() >= self.client.welcome().window as usize {
-                    let p: Result<Pending, ClientError> = pending.remove(0);
-                    out.push(match p {
-                        Ok(p) => p.wait().await,
-                        Err(e) => Err(e),
-                    });
-                }
-                pending.push(self.client.submit(r).await);
-            }
-            for p in pending {
-                out.push(match p {
-                    Ok(p) => p.wait().await,
-                    Err(e) => Err(e),
-                });
-            }
-            out
-        })
-    }
-
-    /// Any request.
-    pub fn call(&self, req: Request) -> Reply {
-        self.rt.block_on(self.client.call(req))
-    }
-    /// Ping.
-    pub fn ping(&self) -> Result<(), ClientError> {
-        self.rt.block_on(self.client.ping())
-    }
-    /// Generates a persistent key with default usage.
-    pub fn generate(&self, label: &Label, key_type: KeyType) -> Result<KeyInfo, ClientError> {
-        let spec = KeySpec {
-            key_type,
-            label: label.clone(),
-            usage: None,
-            exportable: false,
-            session: false,
-        };
-        self.rt.block_on(self.client.generate_spec(spec))
-    }
-    /// Signs.
-    pub fn sign(&self, key: &KeyRef, data: &[u8]) -> Result<Vec<u8>, ClientError> {
-        self.rt.block_on(self.client.sign(key, data.to_vec()))
-    }
-    /// Verifies.
-    pub fn verify(&self, key: &KeyRef, data: &[u8], sig: &[u8]) -> Result<(), ClientError> {
-        self.rt
-            .block_on(self.client.verify(key, data.to_vec(), sig.to_vec()))
-    }
-    /// Lists keys.
-    pub fn list(&self) -> Result<Vec<KeyInfo>, ClientError> {
-        self.rt.block_on(self.client.list())
     }
 }

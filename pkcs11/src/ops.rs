@@ -1,0 +1,479 @@
+//! Cryptographic operations of a session: sign and verify, encrypt and decrypt, digest.
+//! Each follows PKCS#11's life cycle: `*Init` checks the key and the mechanism and stores the
+//! operation; single-part calls or `*Update`s then `*Final` finish it; any error but a
+//! too-small output buffer ends it.
+
+use std::collections::VecDeque;
+
+use cryptoki_sys::*;
+use ferrohsm_proto::{KeyRef, KeyType, Usage};
+use sha2::Digest as _;
+use zeroize::Zeroizing;
+
+use crate::encoding;
+use crate::mech;
+use crate::module::{Module, Rv, Session, lock};
+use crate::object::{Class, Known, decode};
+
+/// The most bytes a multi-part operation gathers (what one hsmd request carries, less room
+/// for the rest of the request).
+pub const MAX_DATA: usize = 1024 * 1024 - 4096;
+/// AEAD nonce and tag lengths.
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// A mechanism and its parameters, read from the caller's `CK_MECHANISM`.
+#[derive(Debug, Default)]
+pub struct MechArgs {
+    /// The mechanism.
+    pub mech: CK_MECHANISM_TYPE,
+    /// AEAD: the caller's IV or nonce.
+    pub iv: Option<Vec<u8>>,
+    /// AEAD encrypt: where the caller's IV buffer is, to receive hsmd's nonce (written by
+    /// the ABI layer, the only place that touches caller memory).
+    pub iv_addr: usize,
+    /// AEAD: associated data.
+    pub aad: Vec<u8>,
+    /// AES-GCM: tag length in bits.
+    pub tag_bits: Option<CK_ULONG>,
+    /// EdDSA: the prehash flag (Ed25519ph), or a context, asked for.
+    pub eddsa_variant: bool,
+}
+
+/// A signature or MAC being made or checked.
+#[derive(Debug)]
+pub struct SignOp {
+    mech: CK_MECHANISM_TYPE,
+    key: KeyRef,
+    data: Zeroizing<Vec<u8>>,
+    updated: bool,
+}
+
+/// An AEAD encryption or decryption.
+#[derive(Debug)]
+pub struct AeadOp {
+    key: KeyRef,
+    nonce: Vec<u8>,
+    iv_addr: usize,
+    aad: Vec<u8>,
+    data: Zeroizing<Vec<u8>>,
+    updated: bool,
+}
+
+/// A local digest.
+#[derive(Debug, Clone)]
+pub enum DigestOp {
+    /// SHA-256.
+    Sha256(sha2::Sha256),
+    /// SHA-512.
+    Sha512(sha2::Sha512),
+}
+
+/// The operations active on a session.
+#[derive(Debug, Default)]
+pub struct Operations {
+    /// Handles left from `C_FindObjectsInit`.
+    pub find: Option<VecDeque<CK_OBJECT_HANDLE>>,
+    /// `C_SignInit`.
+    pub sign: Option<SignOp>,
+    /// `C_VerifyInit`.
+    pub verify: Option<SignOp>,
+    /// `C_EncryptInit`.
+    pub encrypt: Option<AeadOp>,
+    /// `C_DecryptInit`.
+    pub decrypt: Option<AeadOp>,
+    /// `C_DigestInit`.
+    pub digest: Option<DigestOp>,
+}
+
+/// The key behind handle `h`, if it is one of `classes` and may be used now.
+pub fn key_for(
+    m: &Module,
+    s: &Session,
+    h: CK_OBJECT_HANDLE,
+    classes: &[Class],
+) -> Result<(Known, Class), Rv> {
+    let slot = &m.slots[s.slot];
+    let (index, class) = decode(h).ok_or(CKR_KEY_HANDLE_INVALID)?;
+    let objects = lock(&slot.objects);
+    if !objects.live(index) {
+        return Err(CKR_KEY_HANDLE_INVALID);
+    }
+    let k = objects.get(index).ok_or(CKR_KEY_HANDLE_INVALID)?.clone();
+    if !crate::object::classes(k.info.key_type).contains(&class) {
+        return Err(CKR_KEY_HANDLE_INVALID);
+    }
+    if class != Class::Public && !slot.unlocked() {
+        return Err(CKR_USER_NOT_LOGGED_IN);
+    }
+    if !classes.contains(&class) {
+        return Err(CKR_KEY_TYPE_INCONSISTENT);
+    }
+    Ok((k, class))
+}
+
+fn check_key(k: &Known, mech: CK_MECHANISM_TYPE, usage: Usage) -> Result<(), Rv> {
+    if !mech::for_key(k.info.key_type).contains(&mech) {
+        return Err(CKR_KEY_TYPE_INCONSISTENT);
+    }
+    if !k.info.usage.contains(usage) {
+        return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
+    }
+    Ok(())
+}
+
+/// `C_SignInit` / `C_VerifyInit`.
+pub fn sign_init(
+    m: &Module,
+    s: &mut Session,
+    args: &MechArgs,
+    h: CK_OBJECT_HANDLE,
+    verify: bool,
+) -> Result<(), Rv> {
+    let active = if verify { &s.ops.verify } else { &s.ops.sign };
+    if active.is_some() {
+        return Err(CKR_OPERATION_ACTIVE);
+    }
+    if !matches!(
+        args.mech,
+        CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_EDDSA | CKM_SHA256_HMAC
+    ) {
+        return Err(CKR_MECHANISM_INVALID);
+    }
+    if args.eddsa_variant {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    let classes: &[Class] = if verify {
+        &[Class::Public, Class::Private, Class::Secret]
+    } else {
+        &[Class::Private, Class::Secret]
+    };
+    let (k, _) = key_for(m, s, h, classes)?;
+    let usage = match (args.mech, verify) {
+        (CKM_SHA256_HMAC, _) => Usage::Mac,
+        (_, true) => Usage::Verify,
+        (_, false) => Usage::Sign,
+    };
+    check_key(&k, args.mech, usage)?;
+    let op = SignOp {
+        mech: args.mech,
+        key: k.key_ref(),
+        data: Zeroizing::new(Vec::new()),
+        updated: false,
+    };
+    if verify {
+        s.ops.verify = Some(op);
+    } else {
+        s.ops.sign = Some(op);
+    }
+    Ok(())
+}
+
+fn sign_slot(s: &mut Session, verify: bool) -> &mut Option<SignOp> {
+    if verify {
+        &mut s.ops.verify
+    } else {
+        &mut s.ops.sign
+    }
+}
+
+/// The signature length of the active sign operation.
+pub fn sign_len(s: &Session) -> Result<usize, Rv> {
+    s.ops
+        .sign
+        .as_ref()
+        .map(|op| mech::signature_len(op.mech))
+        .ok_or(CKR_OPERATION_NOT_INITIALIZED)
+}
+
+/// `C_SignUpdate` / `C_VerifyUpdate`.
+pub fn sign_update(s: &mut Session, data: &[u8], verify: bool) -> Result<(), Rv> {
+    let slot = sign_slot(s, verify);
+    let op = slot.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    // Raw ECDSA signs one digest: it has no multi-part form.
+    let r = if op.mech == CKM_ECDSA {
+        Err(CKR_FUNCTION_NOT_SUPPORTED)
+    } else if op.data.len() + data.len() > MAX_DATA {
+        Err(CKR_DATA_LEN_RANGE)
+    } else {
+        op.data.extend_from_slice(data);
+        op.updated = true;
+        Ok(())
+    };
+    if r.is_err() {
+        *slot = None;
+    }
+    r
+}
+
+/// Takes the operation for its last step: `data` for a single-part call (refused after an
+/// update), `None` for `*Final`.
+fn take_sign(s: &mut Session, data: Option<&[u8]>, verify: bool) -> Result<SignOp, Rv> {
+    let mut op = sign_slot(s, verify)
+        .take()
+        .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    if let Some(d) = data {
+        if op.updated {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        op.data = Zeroizing::new(d.to_vec());
+    }
+    if op.mech == CKM_ECDSA && !(16..=64).contains(&op.data.len()) {
+        return Err(CKR_DATA_LEN_RANGE);
+    }
+    Ok(op)
+}
+
+/// `C_Sign` (with `data`) or `C_SignFinal`: the signature (ECDSA raw r||s) or MAC.
+pub fn sign(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Vec<u8>, Rv> {
+    let op = take_sign(s, data, false)?;
+    let key = op.key.clone();
+    let input = op.data.to_vec();
+    let mech = op.mech;
+    let out = s.call(m, move |c| async move {
+        match mech {
+            CKM_ECDSA => c.sign_digest(&key, input).await,
+            CKM_SHA256_HMAC => c.mac(&key, input).await,
+            _ => c.sign(&key, input).await,
+        }
+    })?;
+    if matches!(mech, CKM_ECDSA | CKM_ECDSA_SHA256) {
+        encoding::der_to_raw(&out)
+            .map(|r| r.to_vec())
+            .ok_or(CKR_DEVICE_ERROR)
+    } else {
+        Ok(out)
+    }
+}
+
+/// `C_Verify` (with `data`) or `C_VerifyFinal`.
+pub fn verify(
+    m: &Module,
+    s: &mut Session,
+    data: Option<&[u8]>,
+    signature: &[u8],
+) -> Result<(), Rv> {
+    let op = take_sign(s, data, true)?;
+    if signature.len() != mech::signature_len(op.mech) {
+        return Err(CKR_SIGNATURE_LEN_RANGE);
+    }
+    let signature = match op.mech {
+        CKM_ECDSA | CKM_ECDSA_SHA256 => {
+            let mut raw = [0u8; 64];
+            raw.copy_from_slice(signature);
+            encoding::raw_to_der(&raw)
+        }
+        _ => signature.to_vec(),
+    };
+    let key = op.key.clone();
+    let input = op.data.to_vec();
+    let mech = op.mech;
+    s.call(m, move |c| async move {
+        match mech {
+            CKM_ECDSA => c.verify_digest(&key, input, signature).await,
+            CKM_SHA256_HMAC => c.mac_verify(&key, input, signature).await,
+            _ => c.verify(&key, input, signature).await,
+        }
+    })
+}
+
+/// `C_EncryptInit` / `C_DecryptInit`. Decryption honours the caller's nonce; encryption takes
+/// hsmd's fresh one, so the caller's IV must be a zeroed 12-byte buffer, which receives it.
+pub fn crypt_init(
+    m: &Module,
+    s: &mut Session,
+    args: &MechArgs,
+    h: CK_OBJECT_HANDLE,
+    decrypt: bool,
+) -> Result<(), Rv> {
+    let active = if decrypt {
+        &s.ops.decrypt
+    } else {
+        &s.ops.encrypt
+    };
+    if active.is_some() {
+        return Err(CKR_OPERATION_ACTIVE);
+    }
+    if !matches!(args.mech, CKM_AES_GCM | CKM_CHACHA20_POLY1305) {
+        return Err(CKR_MECHANISM_INVALID);
+    }
+    let nonce = args.iv.clone().ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+    if nonce.len() != NONCE_LEN {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    if args.mech == CKM_AES_GCM && args.tag_bits != Some(128) {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    if !decrypt && nonce.iter().any(|b| *b != 0) {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    let (k, _) = key_for(m, s, h, &[Class::Secret])?;
+    check_key(
+        &k,
+        args.mech,
+        if decrypt {
+            Usage::Decrypt
+        } else {
+            Usage::Encrypt
+        },
+    )?;
+    let op = AeadOp {
+        key: k.key_ref(),
+        nonce,
+        iv_addr: args.iv_addr,
+        aad: args.aad.clone(),
+        data: Zeroizing::new(Vec::new()),
+        updated: false,
+    };
+    if decrypt {
+        s.ops.decrypt = Some(op);
+    } else {
+        s.ops.encrypt = Some(op);
+    }
+    Ok(())
+}
+
+fn crypt_slot(s: &mut Session, decrypt: bool) -> &mut Option<AeadOp> {
+    if decrypt {
+        &mut s.ops.decrypt
+    } else {
+        &mut s.ops.encrypt
+    }
+}
+
+/// The output length once `more` bytes are added to what the operation holds.
+pub fn crypt_len(s: &mut Session, decrypt: bool, more: usize) -> Result<usize, Rv> {
+    let slot = crypt_slot(s, decrypt);
+    let op = slot.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    let total = op.data.len() + more;
+    if !decrypt {
+        return Ok(total + TAG_LEN);
+    }
+    total.checked_sub(TAG_LEN).ok_or_else(|| {
+        *slot = None;
+        CKR_ENCRYPTED_DATA_LEN_RANGE
+    })
+}
+
+/// `C_EncryptUpdate` / `C_DecryptUpdate`: gathered; AEAD output comes at the end.
+pub fn crypt_update(s: &mut Session, decrypt: bool, data: &[u8]) -> Result<(), Rv> {
+    let slot = crypt_slot(s, decrypt);
+    let op = slot.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    if op.data.len() + data.len() > MAX_DATA {
+        *slot = None;
+        return Err(CKR_DATA_LEN_RANGE);
+    }
+    op.data.extend_from_slice(data);
+    op.updated = true;
+    Ok(())
+}
+
+fn take_crypt(s: &mut Session, decrypt: bool, data: Option<&[u8]>) -> Result<AeadOp, Rv> {
+    let mut op = crypt_slot(s, decrypt)
+        .take()
+        .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+    if let Some(d) = data {
+        if op.updated {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        op.data = Zeroizing::new(d.to_vec());
+    }
+    Ok(op)
+}
+
+/// What an encryption gives back: the ciphertext then tag, and hsmd's nonce with where the
+/// caller wants it.
+#[derive(Debug)]
+pub struct Sealed {
+    /// Ciphertext then tag.
+    pub out: Vec<u8>,
+    /// The nonce hsmd chose.
+    pub nonce: [u8; NONCE_LEN],
+    /// The caller's IV buffer.
+    pub iv_addr: usize,
+}
+
+/// `C_Encrypt` (with `data`) or `C_EncryptFinal`.
+pub fn encrypt(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Sealed, Rv> {
+    let op = take_crypt(s, false, data)?;
+    let (key, aad) = (op.key.clone(), op.aad.clone());
+    let plain = op.data.to_vec();
+    let out = s.call(
+        m,
+        move |c| async move { c.encrypt_raw(&key, plain, aad).await },
+    )?;
+    if out.len() < NONCE_LEN + TAG_LEN {
+        return Err(CKR_DEVICE_ERROR);
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&out[..NONCE_LEN]);
+    Ok(Sealed {
+        out: out[NONCE_LEN..].to_vec(),
+        nonce,
+        iv_addr: op.iv_addr,
+    })
+}
+
+/// `C_Decrypt` (with `data`) or `C_DecryptFinal`.
+pub fn decrypt(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    let op = take_crypt(s, true, data)?;
+    if op.data.len() < TAG_LEN {
+        return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
+    }
+    let (key, nonce, aad) = (op.key.clone(), op.nonce.clone(), op.aad.clone());
+    let sealed = op.data.to_vec();
+    s.call(m, move |c| async move {
+        c.decrypt_raw(&key, nonce, sealed, aad).await
+    })
+}
+
+/// `C_DigestInit` (computed here: a digest needs no key).
+pub fn digest_init(s: &mut Session, mech: CK_MECHANISM_TYPE) -> Result<(), Rv> {
+    if s.ops.digest.is_some() {
+        return Err(CKR_OPERATION_ACTIVE);
+    }
+    s.ops.digest = Some(match mech {
+        CKM_SHA256 => DigestOp::Sha256(sha2::Sha256::new()),
+        CKM_SHA512 => DigestOp::Sha512(sha2::Sha512::new()),
+        _ => return Err(CKR_MECHANISM_INVALID),
+    });
+    Ok(())
+}
+
+/// The digest length of the active digest.
+pub fn digest_len(s: &Session) -> Result<usize, Rv> {
+    match s.ops.digest {
+        Some(DigestOp::Sha256(_)) => Ok(32),
+        Some(DigestOp::Sha512(_)) => Ok(64),
+        None => Err(CKR_OPERATION_NOT_INITIALIZED),
+    }
+}
+
+/// `C_DigestUpdate`.
+pub fn digest_update(s: &mut Session, data: &[u8]) -> Result<(), Rv> {
+    match s.ops.digest.as_mut() {
+        Some(DigestOp::Sha256(h)) => h.update(data),
+        Some(DigestOp::Sha512(h)) => h.update(data),
+        None => return Err(CKR_OPERATION_NOT_INITIALIZED),
+    }
+    Ok(())
+}
+
+/// `C_DigestFinal` (after `digest_update` of a single-part call's data).
+pub fn digest_final(s: &mut Session) -> Result<Vec<u8>, Rv> {
+    match s.ops.digest.take() {
+        Some(DigestOp::Sha256(h)) => Ok(h.finalize().to_vec()),
+        Some(DigestOp::Sha512(h)) => Ok(h.finalize().to_vec()),
+        None => Err(CKR_OPERATION_NOT_INITIALIZED),
+    }
+}
+
+/// Key types the symmetric generators make.
+pub fn secret_type(mech: CK_MECHANISM_TYPE) -> Option<KeyType> {
+    Some(match mech {
+        CKM_AES_KEY_GEN => KeyType::Aes256Gcm,
+        CKM_CHACHA20_KEY_GEN => KeyType::ChaCha20Poly1305,
+        CKM_GENERIC_SECRET_KEY_GEN => KeyType::HmacSha256,
+        _ => return None,
+    })
+}
