@@ -173,6 +173,22 @@ impl Token {
         self._tmp.path().join(name)
     }
 
+    /// hsmd's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|d| d.child.id())
+    }
+
+    /// Sends hsmd a signal (`STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let s = Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(s.success());
+        }
+    }
+
     /// Stops hsmd (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(d) = self.daemon.take() {
