@@ -364,16 +364,18 @@ fn signatures(
     e1: ObjectHandle,
     e1_pub: ObjectHandle,
 ) {
-    use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
     let msg = b"signed through cryptoki";
     let digest = sha256(msg);
     // ECDSA over our digest: raw r||s, verified here with the token's public key.
     let sig = s.sign(&Mechanism::Ecdsa, p1, &digest).expect("sign");
     assert_eq!(sig.len(), 64);
-    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point(s, p1_pub)).expect("point");
-    let parsed = p256::ecdsa::Signature::from_slice(&sig).expect("r||s");
-    vk.verify_prehash(&digest, &parsed)
-        .expect("verifies outside the token");
+    // ring checks r||s over the message, whose SHA-256 is the digest we signed.
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        point(s, p1_pub),
+    )
+    .verify(msg, &sig)
+    .expect("verifies outside the token");
     s.verify(&Mechanism::Ecdsa, p1_pub, &digest, &sig)
         .expect("verify");
     let mut bad = sig.clone();

@@ -27,9 +27,9 @@ pub enum KeyMaterial {
         scalar: SecretBytes,
         /// Parsed key pair used for signing.
         pair: Box<EcdsaKeyPair>,
-        /// The RustCrypto key that signs caller-made digests (ring cannot), made on first
-        /// use; it zeroizes its scalar on drop.
-        prehash: std::sync::OnceLock<Box<p256::ecdsa::SigningKey>>,
+        /// The OpenSSL key that signs caller-made digests (ring cannot), made on first use;
+        /// OpenSSL clears its scalar when the key is freed.
+        prehash: std::sync::OnceLock<openssl::ec::EcKey<openssl::pkey::Private>>,
     },
     /// X25519 (dalek zeroizes on drop).
     X25519(x25519_dalek::StaticSecret),
@@ -122,10 +122,14 @@ impl KeyMaterial {
         }
     }
 
-    /// The P-256 key that signs a digest (made on first use).
-    pub fn prehash_signer(&self) -> Option<&p256::ecdsa::SigningKey> {
+    /// The P-256 key that signs a digest (made on first use, then kept with the key).
+    pub fn prehash_signer(&self) -> Option<&openssl::ec::EcKeyRef<openssl::pkey::Private>> {
+        use openssl::bn::{BigNum, BigNumContext};
+        use openssl::ec::{EcGroup, EcKey, EcPoint};
         let KeyMaterial::P256 {
-            scalar, prehash, ..
+            scalar,
+            pair,
+            prehash,
         } = self
         else {
             return None;
@@ -133,8 +137,13 @@ impl KeyMaterial {
         if let Some(k) = prehash.get() {
             return Some(k);
         }
-        let k = p256::ecdsa::SigningKey::from_slice(scalar.as_ref()).ok()?;
-        Some(prehash.get_or_init(|| Box::new(k)))
+        let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).ok()?;
+        let mut ctx = BigNumContext::new_secure().ok()?;
+        let d = BigNum::from_slice(scalar.as_ref()).ok()?;
+        let q = EcPoint::from_bytes(&group, pair.public_key().as_ref(), &mut ctx).ok()?;
+        let k = EcKey::from_private_components(&group, &d, &q).ok()?;
+        k.check_key().ok()?;
+        Some(prehash.get_or_init(|| k))
     }
 
     /// The raw secret bytes (for `export` of exportable keys only).
