@@ -150,6 +150,7 @@ unsafe fn mechanism(p: *const CK_MECHANISM) -> Result<MechArgs, Rv> {
             let g: CK_GCM_PARAMS = unsafe { param(&m) }?;
             // SAFETY: the IV and AAD are (pointer, length) pairs of the caller's.
             args.iv = Some(unsafe { bytes(g.pIv, g.ulIvLen) }?.to_vec());
+            // SAFETY: as above.
             args.aad = unsafe { bytes(g.pAAD, g.ulAADLen) }?.to_vec();
             args.iv_addr = g.pIv as usize;
             args.tag_bits = Some(g.ulTagBits);
@@ -159,6 +160,7 @@ unsafe fn mechanism(p: *const CK_MECHANISM) -> Result<MechArgs, Rv> {
             let c: CK_SALSA20_CHACHA20_POLY1305_PARAMS = unsafe { param(&m) }?;
             // SAFETY: (pointer, length) pairs of the caller's.
             args.iv = Some(unsafe { bytes(c.pNonce, c.ulNonceLen) }?.to_vec());
+            // SAFETY: as above.
             args.aad = unsafe { bytes(c.pAAD, c.ulAADLen) }?.to_vec();
             args.iv_addr = c.pNonce as usize;
         }
