@@ -1,0 +1,299 @@
+//! The requests made for interoperable callers (the PKCS#11 module first), through the client
+//! library against a real server: ECDSA over a caller's digest, AEAD in the standard layout,
+//! key search; and `hsmctl hash-pin`.
+// Tests may panic on unexpected results: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use ferrohsm_client::ClientError;
+use ferrohsm_client::pin::PinHash;
+use ferrohsm_proto::message::KeySpec;
+use ferrohsm_proto::{
+    DigestAlg, KeyQuery, KeyRef, KeyType, MAX_PAGE, Page, Request, Response, Status, Usage,
+    UsageSet,
+};
+use support::TestServer;
+
+fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
+    match r {
+        Err(e) => e
+            .status()
+            .unwrap_or_else(|| panic!("no server status in {e:?}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+fn spec(t: KeyType, label: &str, usage: Option<&[Usage]>) -> KeySpec {
+    KeySpec {
+        key_type: t,
+        label: label.parse().unwrap(),
+        usage: usage.map(UsageSet::of),
+        exportable: false,
+        session: false,
+    }
+}
+
+fn label(s: &str) -> KeyRef {
+    KeyRef::Label(s.parse().unwrap())
+}
+
+#[test]
+fn ecdsa_over_a_callers_digest() {
+    let srv = TestServer::start(&["alice", "bob"]);
+    let hsm = srv.connect("alice");
+    let c = hsm.client();
+    hsm.block_on(async {
+        c.generate_spec(spec(KeyType::P256, "p", None)).await.unwrap();
+        let msg = b"the message".to_vec();
+        let digest = c.digest(DigestAlg::Sha256, msg.clone()).await.unwrap();
+        // Both ways round: a digest signature is a message signature, and back.
+        let by_digest = c.sign_digest(&label("p"), digest.clone()).await.unwrap();
+        c.verify(&label("p"), msg.clone(), by_digest.clone()).await.unwrap();
+        let by_message = c.sign(&label("p"), msg.clone()).await.unwrap();
+        c.verify_digest(&label("p"), digest.clone(), by_message)
+            .await
+            .unwrap();
+        let mut other = digest.clone();
+        other[0] ^= 1;
+        let bad = c.verify_digest(&label("p"), other, by_digest.clone()).await;
+        assert_eq!(status(bad), Status::BadSignature);
+        // A non-canonical DER encoding (a needless leading zero) is refused.
+        let mut padded = by_digest.clone();
+        padded[1] += 1;
+        padded[3] += 1;
+        padded.insert(4, 0);
+        let bad = c.verify_digest(&label("p"), digest.clone(), padded).await;
+        assert_eq!(status(bad), Status::BadSignature);
+        // SHA-512 digests are signed too (their leftmost 256 bits, as ECDSA prescribes).
+        let long = c.digest(DigestAlg::Sha512, msg.clone()).await.unwrap();
+        let sig = c.sign_digest(&label("p"), long.clone()).await.unwrap();
+        c.verify_digest(&label("p"), long, sig).await.unwrap();
+        for n in [0usize, 15, 65] {
+            let r = c.sign_digest(&label("p"), vec![1; n]).await;
+            assert_eq!(status(r), Status::InvalidArgument, "{n} bytes");
+        }
+        // Not for Ed25519, not without the sign usage, not for an unknown key.
+        c.generate_spec(spec(KeyType::Ed25519, "e", None)).await.unwrap();
+        let r = c.sign_digest(&label("e"), digest.clone()).await;
+        assert_eq!(status(r), Status::WrongKeyType);
+        c.generate_spec(spec(KeyType::P256, "v", Some(&[Usage::Verify])))
+            .await
+            .unwrap();
+        let r = c.sign_digest(&label("v"), digest.clone()).await;
+        assert_eq!(status(r), Status::UsageNotPermitted);
+        let r = c.sign_digest(&label("nope"), digest.clone()).await;
+        assert_eq!(status(r), Status::KeyNotFound);
+        // Through a grant, as for any signature.
+        c.grant(&label("p"), &"bob".parse().unwrap(), UsageSet::of(&[Usage::Sign]))
+            .await
+            .unwrap();
+    });
+    let bob = srv.connect("bob");
+    let granted: KeyRef = "alice:p".parse().unwrap();
+    let digest = vec![7u8; 32];
+    let sig = bob
+        .block_on(bob.client().sign_digest(&granted, digest.clone()))
+        .unwrap();
+    hsm.block_on(c.verify_digest(&label("p"), digest, sig)).unwrap();
+}
+
+#[test]
+fn aead_in_the_standard_layout() {
+    let srv = TestServer::start(&["alice"]);
+    let hsm = srv.connect("alice");
+    let c = hsm.client();
+    hsm.block_on(async {
+        for t in [KeyType::Aes256Gcm, KeyType::ChaCha20Poly1305] {
+            let name = format!("k-{}", t.name());
+            let k = label(&name);
+            c.generate_spec(spec(t, &name, None)).await.unwrap();
+            let out = c
+                .encrypt_raw(&k, b"plain".to_vec(), b"aad".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(out.len(), 12 + 5 + 16);
+            let (nonce, sealed) = out.split_at(12);
+            let back = c
+                .decrypt_raw(&k, nonce.to_vec(), sealed.to_vec(), b"aad".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(&back[..], b"plain");
+            // Every nonce is fresh.
+            let again = c
+                .encrypt_raw(&k, b"plain".to_vec(), b"aad".to_vec())
+                .await
+                .unwrap();
+            assert_ne!(&again[..12], nonce);
+            let r = c
+                .decrypt_raw(&k, nonce.to_vec(), sealed.to_vec(), b"other".to_vec())
+                .await;
+            assert_eq!(status(r), Status::DecryptFailed);
+            let r = c
+                .decrypt_raw(&k, vec![0; 11], sealed.to_vec(), b"aad".to_vec())
+                .await;
+            assert_eq!(status(r), Status::InvalidArgument);
+            let r = c
+                .decrypt_raw(&k, nonce.to_vec(), vec![0; 15], Vec::new())
+                .await;
+            assert_eq!(status(r), Status::InvalidArgument);
+            // After a rotation the old version still opens it, until it is retired.
+            let rotated = c.rotate(&k).await.unwrap();
+            assert_eq!(rotated.current_version, 2);
+            let back = c
+                .decrypt_raw(&k, nonce.to_vec(), sealed.to_vec(), b"aad".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(&back[..], b"plain");
+            c.retire(&k, 2).await.unwrap();
+            let r = c
+                .decrypt_raw(&k, nonce.to_vec(), sealed.to_vec(), b"aad".to_vec())
+                .await;
+            assert_eq!(status(r), Status::DecryptFailed);
+            // The self-describing format is a different one: it does not open here.
+            let framed = c
+                .encrypt(&k, b"plain".to_vec(), Vec::new())
+                .await
+                .unwrap();
+            let r = c
+                .decrypt_raw(&k, framed[6..18].to_vec(), framed[18..].to_vec(), Vec::new())
+                .await;
+            assert_eq!(status(r), Status::DecryptFailed);
+        }
+        c.generate_spec(spec(KeyType::HmacSha256, "m", None))
+            .await
+            .unwrap();
+        let r = c.encrypt_raw(&label("m"), b"x".to_vec(), Vec::new()).await;
+        assert_eq!(status(r), Status::WrongKeyType);
+    });
+}
+
+#[test]
+fn search_by_label_id_and_type() {
+    let srv = TestServer::start(&["alice", "bob"]);
+    let hsm = srv.connect("alice");
+    let c = hsm.client();
+    hsm.block_on(async {
+        for i in 0..30 {
+            let t = [KeyType::P256, KeyType::Ed25519, KeyType::Aes256Gcm][i % 3];
+            c.generate_spec(spec(t, &format!("k{i}"), None)).await.unwrap();
+        }
+        let by_type = c
+            .find(KeyQuery {
+                key_type: Some(KeyType::Ed25519),
+                ..KeyQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_type.len(), 10);
+        assert!(by_type.iter().all(|k| k.key_type == KeyType::Ed25519));
+        let by_label = c
+            .find(KeyQuery {
+                label: Some("k7".parse().unwrap()),
+                ..KeyQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_label.len(), 1);
+        let id = by_label[0].id;
+        let by_id = c
+            .find(KeyQuery {
+                id: Some(id),
+                ..KeyQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_id, by_label);
+        // Every field must match.
+        let none = c
+            .find(KeyQuery {
+                id: Some(id),
+                key_type: Some(KeyType::Aes256Gcm),
+                ..KeyQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "k7 is an Ed25519 key");
+        // Pages of 4 among the matches: every P-256 key once, in id order.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let r = c
+                .call(Request::Find(KeyQuery {
+                    key_type: Some(KeyType::P256),
+                    page: Page {
+                        after,
+                        limit: Some(4),
+                    },
+                    ..KeyQuery::default()
+                }))
+                .await
+                .unwrap();
+            let Response::Keys(page) = r else {
+                panic!("{r:?}")
+            };
+            assert!(page.len() <= 4);
+            after = page.last().map(|k| k.id);
+            let last = page.len() < 4;
+            seen.extend(page.into_iter().map(|k| k.label.to_string()));
+            if last {
+                break;
+            }
+        }
+        let want: Vec<String> = (0..30).step_by(3).map(|i| format!("k{i}")).collect();
+        assert_eq!(seen, want);
+        let r = c
+            .call(Request::Find(KeyQuery {
+                page: Page {
+                    after: None,
+                    limit: Some(MAX_PAGE + 1),
+                },
+                ..KeyQuery::default()
+            }))
+            .await;
+        assert_eq!(status(r), Status::InvalidArgument);
+    });
+    // Another client's search sees none of them.
+    let bob = srv.connect("bob");
+    let found = bob
+        .block_on(bob.client().find(KeyQuery::default()))
+        .unwrap();
+    assert!(found.is_empty());
+}
+
+#[test]
+fn hsmctl_hash_pin() {
+    use std::io::Write as _;
+    let hash = |input: &[u8]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsmctl"))
+            .arg("hash-pin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = hash(b"1234\n");
+    assert!(o.status.success());
+    let phc = String::from_utf8(o.stdout).unwrap();
+    assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
+    let h = PinHash::parse(phc.trim()).unwrap();
+    assert!(h.verify(b"1234"), "the trailing newline is not part of the PIN");
+    assert!(!h.verify(b"1234\n"));
+    // Fresh salt each time.
+    let again = String::from_utf8(hash(b"1234").stdout).unwrap();
+    assert_ne!(again, phc);
+    // An empty PIN is refused (exit 2, a message).
+    let o = hash(b"\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("PIN"));
+    // Every other command still needs a profile.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hsmctl"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--profile"));
+}
