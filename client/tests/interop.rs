@@ -44,12 +44,16 @@ fn ecdsa_over_a_callers_digest() {
     let hsm = srv.connect("alice");
     let c = hsm.client();
     hsm.block_on(async {
-        c.generate_spec(spec(KeyType::P256, "p", None)).await.unwrap();
+        c.generate_spec(spec(KeyType::P256, "p", None))
+            .await
+            .unwrap();
         let msg = b"the message".to_vec();
         let digest = c.digest(DigestAlg::Sha256, msg.clone()).await.unwrap();
         // Both ways round: a digest signature is a message signature, and back.
         let by_digest = c.sign_digest(&label("p"), digest.clone()).await.unwrap();
-        c.verify(&label("p"), msg.clone(), by_digest.clone()).await.unwrap();
+        c.verify(&label("p"), msg.clone(), by_digest.clone())
+            .await
+            .unwrap();
         let by_message = c.sign(&label("p"), msg.clone()).await.unwrap();
         c.verify_digest(&label("p"), digest.clone(), by_message)
             .await
@@ -74,7 +78,9 @@ fn ecdsa_over_a_callers_digest() {
             assert_eq!(status(r), Status::InvalidArgument, "{n} bytes");
         }
         // Not for Ed25519, not without the sign usage, not for an unknown key.
-        c.generate_spec(spec(KeyType::Ed25519, "e", None)).await.unwrap();
+        c.generate_spec(spec(KeyType::Ed25519, "e", None))
+            .await
+            .unwrap();
         let r = c.sign_digest(&label("e"), digest.clone()).await;
         assert_eq!(status(r), Status::WrongKeyType);
         c.generate_spec(spec(KeyType::P256, "v", Some(&[Usage::Verify])))
@@ -85,9 +91,13 @@ fn ecdsa_over_a_callers_digest() {
         let r = c.sign_digest(&label("nope"), digest.clone()).await;
         assert_eq!(status(r), Status::KeyNotFound);
         // Through a grant, as for any signature.
-        c.grant(&label("p"), &"bob".parse().unwrap(), UsageSet::of(&[Usage::Sign]))
-            .await
-            .unwrap();
+        c.grant(
+            &label("p"),
+            &"bob".parse().unwrap(),
+            UsageSet::of(&[Usage::Sign]),
+        )
+        .await
+        .unwrap();
     });
     let bob = srv.connect("bob");
     let granted: KeyRef = "alice:p".parse().unwrap();
@@ -95,7 +105,8 @@ fn ecdsa_over_a_callers_digest() {
     let sig = bob
         .block_on(bob.client().sign_digest(&granted, digest.clone()))
         .unwrap();
-    hsm.block_on(c.verify_digest(&label("p"), digest, sig)).unwrap();
+    hsm.block_on(c.verify_digest(&label("p"), digest, sig))
+        .unwrap();
 }
 
 #[test]
@@ -151,12 +162,14 @@ fn aead_in_the_standard_layout() {
                 .await;
             assert_eq!(status(r), Status::DecryptFailed);
             // The self-describing format is a different one: it does not open here.
-            let framed = c
-                .encrypt(&k, b"plain".to_vec(), Vec::new())
-                .await
-                .unwrap();
+            let framed = c.encrypt(&k, b"plain".to_vec(), Vec::new()).await.unwrap();
             let r = c
-                .decrypt_raw(&k, framed[6..18].to_vec(), framed[18..].to_vec(), Vec::new())
+                .decrypt_raw(
+                    &k,
+                    framed[6..18].to_vec(),
+                    framed[18..].to_vec(),
+                    Vec::new(),
+                )
                 .await;
             assert_eq!(status(r), Status::DecryptFailed);
         }
@@ -176,7 +189,9 @@ fn search_by_label_id_and_type() {
     hsm.block_on(async {
         for i in 0..30 {
             let t = [KeyType::P256, KeyType::Ed25519, KeyType::Aes256Gcm][i % 3];
-            c.generate_spec(spec(t, &format!("k{i}"), None)).await.unwrap();
+            c.generate_spec(spec(t, &format!("k{i}"), None))
+                .await
+                .unwrap();
         }
         let by_type = c
             .find(KeyQuery {
@@ -280,7 +295,10 @@ fn hsmctl_hash_pin() {
     let phc = String::from_utf8(o.stdout).unwrap();
     assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
     let h = PinHash::parse(phc.trim()).unwrap();
-    assert!(h.verify(b"1234"), "the trailing newline is not part of the PIN");
+    assert!(
+        h.verify(b"1234"),
+        "the trailing newline is not part of the PIN"
+    );
     assert!(!h.verify(b"1234\n"));
     // Fresh salt each time.
     let again = String::from_utf8(hash(b"1234").stdout).unwrap();

@@ -118,3 +118,74 @@ pub fn load(path: &Path) -> Result<ModuleConfig, String> {
         timeout: Duration::from_millis(timeout_ms),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(profiles: &[&str], config: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("clients")).expect("mkdir");
+        for name in profiles {
+            std::fs::write(
+                d.path().join(format!("clients/{name}.toml")),
+                format!(
+                    "name = \"{name}\"\nauth_key = \"{name}.key\"\n[tcp]\naddr = \"127.0.0.1:1\"\n"
+                ),
+            )
+            .expect("profile");
+        }
+        std::fs::write(d.path().join("pkcs11.toml"), config).expect("config");
+        d
+    }
+
+    fn load_in(d: &tempfile::TempDir) -> Result<ModuleConfig, String> {
+        load(&d.path().join("pkcs11.toml"))
+    }
+
+    #[test]
+    fn loads_profiles_relative_to_the_file_with_pins() {
+        let phc = ferrohsm_client::pin::hash_pin(b"1234").expect("hash");
+        let d = dir_with(
+            &["alice", "bob"],
+            &format!(
+                "profiles = [\"clients/alice.toml\", \"clients/bob.toml\"]\ntimeout_ms = 250\n[pins]\nalice = \"{phc}\"\n"
+            ),
+        );
+        let c = load_in(&d).expect("loads");
+        assert_eq!(c.slots.len(), 2);
+        assert_eq!(c.slots[0].profile.name, "alice");
+        assert!(c.slots[0].pin.as_ref().is_some_and(|p| p.verify(b"1234")));
+        assert!(c.slots[1].pin.is_none());
+        assert_eq!(c.timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use_and_says_why() {
+        let cases: &[(&str, &str)] = &[
+            ("profiles = [\"clients/nobody.toml\"]\n", "nobody.toml"),
+            ("profiles = []\nextra = 1\n", "unknown field"),
+            (
+                "profiles = [\"clients/alice.toml\"]\ntimeout_ms = 0\n",
+                "timeout_ms",
+            ),
+            (
+                "profiles = [\"clients/alice.toml\", \"clients/alice.toml\"]\n",
+                "listed twice",
+            ),
+            (
+                "profiles = [\"clients/alice.toml\"]\n[pins]\nbob = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA\"\n",
+                "not one of the profiles",
+            ),
+            (
+                "profiles = [\"clients/alice.toml\"]\n[pins]\nalice = \"1234\"\n",
+                "PHC",
+            ),
+        ];
+        for (config, want) in cases {
+            let d = dir_with(&["alice"], config);
+            let e = load_in(&d).expect_err(config);
+            assert!(e.contains(want), "{config}: {e}");
+        }
+    }
+}

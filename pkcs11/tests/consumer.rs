@@ -142,6 +142,7 @@ fn the_module_through_cryptoki() {
     search(&s, p1, p1_pub, e1);
     attributes(&s, p1, p1_pub);
     batch_attributes(&s, p1);
+    raw_abi(&s, p1);
     signatures(&s, p1, p1_pub, e1, e1_pub);
     symmetric(&t, &s);
     digests_and_random(&s);
@@ -290,22 +291,154 @@ fn attributes(s: &Session, p1: ObjectHandle, p1_pub: ObjectHandle) {
     );
 }
 
-/// One C_GetAttributeValue with a valid, an invalid and a too-small attribute: each
-/// answered on its own, the call's code naming the worst.
-fn batch_attributes(s: &Session, p1: ObjectHandle) {
-    let lib = unsafe {
-        // SAFETY: the module this process already loaded (dlopen returns the same instance);
-        // its initializer has run.
-        libloading::Library::new(support::module_path()).expect("dlopen")
-    };
-    let list = unsafe {
-        // SAFETY: the symbol has the PKCS#11 signature.
+/// The module's own function list (dlopen gives back the instance this process loaded).
+fn functions() -> &'static CK_FUNCTION_LIST {
+    // SAFETY: the module is a PKCS#11 library; the library stays loaded for the process
+    // (leaked), so the list it hands out stays valid.
+    unsafe {
+        let lib = Box::leak(Box::new(
+            libloading::Library::new(support::module_path()).expect("dlopen"),
+        ));
         let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
             lib.get(b"C_GetFunctionList").expect("symbol");
         let mut list = std::ptr::null_mut();
         assert_eq!(get(&mut list), CKR_OK);
         &*list
-    };
+    }
+}
+
+fn null<T>() -> *mut T {
+    std::ptr::null_mut()
+}
+
+/// Bad pointers and arguments straight at the C ABI: each a clear code, never a crash.
+fn raw_abi(s: &Session, p1: ObjectHandle) {
+    let f = functions();
+    let h = s.handle();
+    // SAFETY: every call below passes either valid pointers or null(), which the module must
+    // refuse without touching memory.
+    unsafe {
+        assert_eq!(
+            f.C_GetSlotList.unwrap()(0, null(), null()),
+            CKR_ARGUMENTS_BAD
+        );
+        assert_eq!(f.C_GetInfo.unwrap()(null()), CKR_ARGUMENTS_BAD);
+        assert_eq!(f.C_Finalize.unwrap()(8 as *mut _), CKR_ARGUMENTS_BAD);
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: 8 as *mut _,
+        };
+        assert_eq!(
+            f.C_Initialize.unwrap()((&raw mut args).cast()),
+            CKR_ARGUMENTS_BAD
+        );
+        let mut out = 0;
+        assert_eq!(
+            f.C_OpenSession.unwrap()(0, 0, null(), None, &mut out),
+            CKR_SESSION_PARALLEL_NOT_SUPPORTED
+        );
+        assert_eq!(
+            f.C_OpenSession.unwrap()(0, CKF_SERIAL_SESSION, null(), None, null()),
+            CKR_ARGUMENTS_BAD
+        );
+        assert_eq!(
+            f.C_CloseSession.unwrap()(0xdead),
+            CKR_SESSION_HANDLE_INVALID
+        );
+        let mut n: CK_ULONG = 0;
+        let mut found = [0 as CK_OBJECT_HANDLE; 4];
+        assert_eq!(
+            f.C_FindObjects.unwrap()(h, found.as_mut_ptr(), 4, &mut n),
+            CKR_OPERATION_NOT_INITIALIZED
+        );
+        assert_eq!(
+            f.C_FindObjectsInit.unwrap()(h, null(), 3),
+            CKR_ARGUMENTS_BAD
+        );
+        assert_eq!(
+            f.C_Login.unwrap()(h, CKU_USER, null(), 4),
+            CKR_ARGUMENTS_BAD
+        );
+        // A mechanism parameter of the wrong size.
+        let mut gcm = CK_GCM_PARAMS {
+            pIv: null(),
+            ulIvLen: 0,
+            ulIvBits: 0,
+            pAAD: null(),
+            ulAADLen: 0,
+            ulTagBits: 128,
+        };
+        let mut m = CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: (&raw mut gcm).cast(),
+            ulParameterLen: 7,
+        };
+        assert_eq!(
+            f.C_EncryptInit.unwrap()(h, &mut m, p1.handle()),
+            CKR_MECHANISM_PARAM_INVALID
+        );
+        assert_eq!(
+            f.C_SignInit.unwrap()(h, null(), p1.handle()),
+            CKR_ARGUMENTS_BAD
+        );
+        // Output rules: the length first, then too small (the operation goes on), then done.
+        let mut ecdsa = CK_MECHANISM {
+            mechanism: CKM_ECDSA,
+            pParameter: null(),
+            ulParameterLen: 0,
+        };
+        assert_eq!(f.C_SignInit.unwrap()(h, &mut ecdsa, p1.handle()), CKR_OK);
+        let mut digest = [5u8; 32];
+        let mut len: CK_ULONG = 0;
+        assert_eq!(
+            f.C_Sign.unwrap()(h, digest.as_mut_ptr(), 32, null(), &mut len),
+            CKR_OK
+        );
+        assert_eq!(len, 64);
+        let mut sig = [0u8; 64];
+        len = 10;
+        assert_eq!(
+            f.C_Sign.unwrap()(h, digest.as_mut_ptr(), 32, sig.as_mut_ptr(), &mut len),
+            CKR_BUFFER_TOO_SMALL
+        );
+        assert_eq!(len, 64);
+        assert_eq!(
+            f.C_Sign.unwrap()(h, digest.as_mut_ptr(), 32, sig.as_mut_ptr(), null()),
+            CKR_ARGUMENTS_BAD
+        );
+        len = 64;
+        assert_eq!(
+            f.C_Sign.unwrap()(h, digest.as_mut_ptr(), 32, sig.as_mut_ptr(), &mut len),
+            CKR_OK
+        );
+        assert_eq!(len, 64);
+        // Done: a second C_Sign has no operation.
+        assert_eq!(
+            f.C_Sign.unwrap()(h, digest.as_mut_ptr(), 32, sig.as_mut_ptr(), &mut len),
+            CKR_OPERATION_NOT_INITIALIZED
+        );
+        // Random of zero bytes is fine; of some bytes into null() is not.
+        assert_eq!(f.C_GenerateRandom.unwrap()(h, null(), 0), CKR_OK);
+        assert_eq!(
+            f.C_GenerateRandom.unwrap()(h, null(), 16),
+            CKR_ARGUMENTS_BAD
+        );
+        assert_eq!(
+            f.C_WrapKey.unwrap()(h, &mut ecdsa, 1, 1, null(), &mut len),
+            CKR_FUNCTION_NOT_SUPPORTED
+        );
+        assert_eq!(f.C_CancelFunction.unwrap()(h), CKR_FUNCTION_NOT_PARALLEL);
+    }
+}
+
+/// One C_GetAttributeValue with a valid, an invalid and a too-small attribute: each
+/// answered on its own, the call's code naming the worst.
+fn batch_attributes(s: &Session, p1: ObjectHandle) {
+    let list = functions();
     let get_attr = list.C_GetAttributeValue.expect("listed");
     let mut label = [0u8; 16];
     let mut id = [0u8; 8];
