@@ -1,5 +1,6 @@
 //! A real `hsmd` with clients alice and bob, and the module configured for both: alice's
-//! token needs PIN 1234, bob's none. Shared by the tool tests and the consumer suite.
+//! token needs PIN 1234 and reaches hsmd over TCP; bob's needs no PIN and goes over shared
+//! memory. Shared by the tool tests and the consumer suite.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -126,11 +127,16 @@ impl Token {
             .expect("hsmctl hash-pin");
         assert!(hash.status.success());
         let hash = String::from_utf8(hash.stdout).expect("utf-8");
+        // bob's slot over shm: his profile as init wrote it, with shm as the default.
+        let bob = std::fs::read_to_string(dir.join("clients/bob.toml")).expect("profile");
+        let bob = bob.replace("default_transport = \"tcp\"", "default_transport = \"shm\"");
+        assert!(bob.contains("default_transport = \"shm\""), "{bob}");
+        std::fs::write(dir.join("clients/bob-shm.toml"), bob).expect("profile");
         let config = tmp.path().join("pkcs11.toml");
         std::fs::write(
             &config,
             format!(
-                "profiles = [\"d/clients/alice.toml\", \"d/clients/bob.toml\"]\n\
+                "profiles = [\"d/clients/alice.toml\", \"d/clients/bob-shm.toml\"]\n\
                  timeout_ms = {timeout_ms}\n[pins]\nalice = \"{}\"\n",
                 hash.trim()
             ),
