@@ -3,13 +3,18 @@
 # SoftHSM2's, in the same run on the same machine: P-256 (CKM_ECDSA over a digest) and
 # Ed25519 (CKM_EDDSA), 1 and 4 threads, one session each.
 #
-#   pkcs11/bench.sh [SECONDS] [JSON_OUT]     (defaults: 5 s per row, no JSON file)
+#   pkcs11/bench.sh [SECONDS] [JSON_OUT] [REPS]   (defaults: 5 s a run, no JSON file, 3 runs)
+#
+# Each row is REPS interleaved runs of the three (the order turning each time, so no module
+# always follows the same one); the table gives each one's median and the range of the
+# per-run shm / SoftHSM2 ratio. This machine is shared: compare within a row, never across.
 #
 # Installs SoftHSM2 and OpenSC from Debian's packages when missing (needs root for that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
 json_out="${2:-}"
+reps="${3:-3}"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
 missing=()
@@ -60,20 +65,31 @@ run() { # NAME MODULE CONFIG PIN KEY MECH THREADS
     FERROHSM_PKCS11_CONFIG="$3" "$bench" "$2" bench "$4" "$5" "$6" "$7" "$secs" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["per_sec"])'
 }
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 rows=()
-printf '| mechanism | threads | FerroHSM over shm | FerroHSM over TCP | SoftHSM2 | shm / SoftHSM2 |\n|---|---|---|---|---|---|\n'
+printf '| mechanism | threads | FerroHSM over shm | FerroHSM over TCP | SoftHSM2 | shm / SoftHSM2 (median, range of %s runs) |\n|---|---|---|---|---|---|\n' "$reps"
 for mk in ecdsa:p1 eddsa:e1; do
     mech="${mk%:*}"; key="${mk#*:}"
     for th in 1 4; do
-        # Alternating order, so neither module always runs on a warmer machine.
-        soft="$(run softhsm "$softhsm" /dev/null 1234 "$key" "$mech" "$th")"
-        shm="$(run ferro "$module" "$work/ferro-shm.toml" "" "$key" "$mech" "$th")"
-        tcp="$(run ferro "$module" "$work/ferro-tcp.toml" "" "$key" "$mech" "$th")"
-        ratio="$(python3 -c "print(f'{$shm/$soft:.2f}')")"
-        printf '| %s | %s | %.0f | %.0f | %.0f | %sx |\n' "$mech" "$th" "$shm" "$tcp" "$soft" "$ratio"
-        rows+=("{\"mechanism\":\"$mech\",\"threads\":$th,\"ferrohsm_shm\":$shm,\"ferrohsm_tcp\":$tcp,\"softhsm2\":$soft,\"ratio_shm\":$ratio}")
+        softs=(); shms=(); tcps=(); ratios=()
+        for r in $(seq "$reps"); do
+            soft=""; shm=""
+            for who in $(case $((r % 3)) in 1) echo soft shm tcp;; 2) echo shm tcp soft;; *) echo tcp soft shm;; esac); do
+                case $who in
+                    soft) soft="$(run softhsm "$softhsm" /dev/null 1234 "$key" "$mech" "$th")"; softs+=("$soft");;
+                    shm) shm="$(run ferro "$module" "$work/ferro-shm.toml" "" "$key" "$mech" "$th")"; shms+=("$shm");;
+                    tcp) tcps+=("$(run ferro "$module" "$work/ferro-tcp.toml" "" "$key" "$mech" "$th")");;
+                esac
+            done
+            ratios+=("$(python3 -c "print(f'{$shm/$soft:.2f}')")")
+        done
+        m_soft="$(median "${softs[@]}")"; m_shm="$(median "${shms[@]}")"; m_tcp="$(median "${tcps[@]}")"
+        m_ratio="$(median "${ratios[@]}")"
+        lo="$(printf '%s\n' "${ratios[@]}" | sort -n | head -1)"; hi="$(printf '%s\n' "${ratios[@]}" | sort -n | tail -1)"
+        printf '| %s | %s | %.0f | %.0f | %.0f | %sx (%s–%s) |\n' "$mech" "$th" "$m_shm" "$m_tcp" "$m_soft" "$m_ratio" "$lo" "$hi"
+        rows+=("{\"mechanism\":\"$mech\",\"threads\":$th,\"ferrohsm_shm\":$m_shm,\"ferrohsm_tcp\":$m_tcp,\"softhsm2\":$m_soft,\"ratio_shm\":$m_ratio,\"ratios\":[$(IFS=,; echo "${ratios[*]}")]}")
     done
 done
 if [ -n "$json_out" ]; then
-    (IFS=,; printf '{"cpus":%s,"seconds":%s,"results":[%s]}\n' "$(nproc)" "$secs" "${rows[*]}") >"$json_out"
+    (IFS=,; printf '{"cpus":%s,"seconds":%s,"reps":%s,"results":[%s]}\n' "$(nproc)" "$secs" "$reps" "${rows[*]}") >"$json_out"
 fi

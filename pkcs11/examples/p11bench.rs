@@ -1,5 +1,6 @@
 //! Signatures per second through any PKCS#11 module: `p11bench MODULE TOKEN PIN KEY MECH
-//! THREADS SECONDS`, MECH `ecdsa` (CKM_ECDSA over a 32-byte digest) or `eddsa`. Each thread
+//! THREADS SECONDS`, MECH `ecdsa` (CKM_ECDSA over a 32-byte digest), `ecdsa-sha256` (over
+//! 32 bytes of message) or `eddsa`. Each thread
 //! has its own session (the login is the application's, made once). Prints one JSON line:
 //! `{"signs": N, "seconds": S, "per_sec": R}`.
 //!
@@ -19,7 +20,7 @@ use cryptoki::types::AuthPin;
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() != 8 {
-        eprintln!("usage: p11bench MODULE TOKEN PIN KEY ecdsa|eddsa THREADS SECONDS");
+        eprintln!("usage: p11bench MODULE TOKEN PIN KEY ecdsa|ecdsa-sha256|eddsa THREADS SECONDS");
         std::process::exit(2);
     }
     let (module, token, pin, key, mech) = (&a[1], &a[2], &a[3], &a[4], a[5].as_str());
@@ -42,6 +43,7 @@ fn main() {
     }
     let mechanism = || match mech {
         "ecdsa" => Mechanism::Ecdsa,
+        "ecdsa-sha256" => Mechanism::EcdsaSha256,
         "eddsa" => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
         other => panic!("unknown mechanism {other}"),
     };
