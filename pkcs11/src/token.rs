@@ -21,8 +21,9 @@ pub fn pin_delay(failures: u32) -> Duration {
     Duration::from_millis(100u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(5))
 }
 
-/// `C_Login`. Guesses at a PIN are serialized per slot and each wrong one slows the next.
-pub fn login(slot: &Slot, user: CK_USER_TYPE, pin: &[u8]) -> Result<(), Rv> {
+/// `C_Login`. Guesses at a PIN are serialized per slot and each wrong one slows the answer,
+/// up to `limit` (the module's `timeout_ms`: no call waits longer).
+pub fn login(slot: &Slot, user: CK_USER_TYPE, pin: &[u8], limit: Duration) -> Result<(), Rv> {
     match user {
         CKU_USER => {}
         CKU_CONTEXT_SPECIFIC => return Err(CKR_OPERATION_NOT_INITIALIZED),
@@ -36,7 +37,7 @@ pub fn login(slot: &Slot, user: CK_USER_TYPE, pin: &[u8]) -> Result<(), Rv> {
         && !h.verify(pin)
     {
         *failures = failures.saturating_add(1);
-        std::thread::sleep(pin_delay(*failures));
+        std::thread::sleep(pin_delay(*failures).min(limit));
         return Err(CKR_PIN_INCORRECT);
     }
     *failures = 0;

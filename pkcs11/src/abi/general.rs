@@ -301,7 +301,7 @@ pub unsafe extern "C" fn C_Login(
         let pin = zeroize::Zeroizing::new(unsafe { bytes(pin, len) }?.to_vec());
         let m = module::get()?;
         let slot = m.slot_of(h)?;
-        token::login(&m.slots[slot], user, &pin)
+        token::login(&m.slots[slot], user, &pin, m.timeout)
     })
 }
 
