@@ -397,3 +397,57 @@ fn ssh_keygen_prints_the_p256_key_as_hsmctl_has_it() {
         "{listed} vs {converted}"
     );
 }
+
+#[test]
+fn every_transport_carries_the_module() {
+    if !have("pkcs11-tool", "opensc") || !have("openssl", "openssl") {
+        return;
+    }
+    let t = Token::start();
+    let msg = t.path("msg");
+    std::fs::write(&msg, b"over every transport").expect("msg");
+    let digest = t.path("msg.sha256");
+    sha256(&t, &msg, &digest);
+    for (i, transport) in ["tcp", "tls", "tls-psk", "shm"].into_iter().enumerate() {
+        let config = t.config_over("bob", transport);
+        let tool = |args: &[&str]| {
+            let mut c = t.command("pkcs11-tool");
+            c.env("FERROHSM_PKCS11_CONFIG", &config)
+                .arg("--module")
+                .arg(module())
+                .args(args);
+            c
+        };
+        let label = format!("k{i}");
+        ok(&mut tool(&[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            &label,
+        ]));
+        let sig = t.path(&format!("sig-{transport}"));
+        ok(tool(&[
+            "--sign",
+            "--mechanism",
+            "ECDSA",
+            "--signature-format",
+            "openssl",
+            "--id",
+        ])
+        .arg(format!("{:016x}", i + 1))
+        .arg("--input-file")
+        .arg(&digest)
+        .arg("--output-file")
+        .arg(&sig));
+        let key = pem(&t, "bob", &label);
+        let v = ok(t
+            .command("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&key)
+            .arg("-signature")
+            .arg(&sig)
+            .arg(&msg));
+        assert!(v.contains("Verified OK"), "{transport}: {v}");
+    }
+}

@@ -151,6 +151,22 @@ impl Token {
         }
     }
 
+    /// A module configuration with one slot, `name` over `transport` (tcp, tls, tls-psk,
+    /// shm), no PIN.
+    pub fn config_over(&self, name: &str, transport: &str) -> PathBuf {
+        let text = std::fs::read_to_string(self.profile(name)).expect("profile");
+        let text = text.replace(
+            "default_transport = \"tcp\"",
+            &format!("default_transport = \"{transport}\""),
+        );
+        let profile = self.dir.join(format!("clients/{name}-{transport}.toml"));
+        std::fs::write(&profile, text).expect("profile");
+        let config = self.path(&format!("pkcs11-{name}-{transport}.toml"));
+        std::fs::write(&config, format!("profiles = [\"{}\"]\n", profile.display()))
+            .expect("config");
+        config
+    }
+
     /// A client's profile.
     pub fn profile(&self, name: &str) -> PathBuf {
         self.dir.join("clients").join(format!("{name}.toml"))
