@@ -143,6 +143,7 @@ fn the_module_through_cryptoki() {
     attributes(&s, p1, p1_pub);
     batch_attributes(&s, p1);
     raw_abi(&s, p1);
+    interfaces(&s, p1);
     signatures(&s, p1, p1_pub, e1, e1_pub);
     symmetric(&t, &s);
     digests_and_random(&s);
@@ -432,6 +433,99 @@ fn raw_abi(s: &Session, p1: ObjectHandle) {
             CKR_FUNCTION_NOT_SUPPORTED
         );
         assert_eq!(f.C_CancelFunction.unwrap()(h), CKR_FUNCTION_NOT_PARALLEL);
+    }
+}
+
+/// The PKCS#11 3.0 interface: listed, found by name and version, and its two session calls.
+fn interfaces(s: &Session, p1: ObjectHandle) {
+    // SAFETY: the library stays loaded (see `functions`); the symbols have the PKCS#11
+    // signatures and every pointer passed is valid or null.
+    unsafe {
+        let lib = Box::leak(Box::new(
+            libloading::Library::new(support::module_path()).expect("dlopen"),
+        ));
+        type GetList = unsafe extern "C" fn(*mut CK_INTERFACE, *mut CK_ULONG) -> CK_RV;
+        type Get = unsafe extern "C" fn(
+            *mut CK_UTF8CHAR,
+            *mut CK_VERSION,
+            *mut *mut CK_INTERFACE,
+            CK_FLAGS,
+        ) -> CK_RV;
+        let get_list: libloading::Symbol<GetList> = lib.get(b"C_GetInterfaceList").expect("symbol");
+        let get: libloading::Symbol<Get> = lib.get(b"C_GetInterface").expect("symbol");
+        let mut n: CK_ULONG = 0;
+        assert_eq!(get_list(null(), &mut n), CKR_OK);
+        assert_eq!(n, 2);
+        let mut name = *b"PKCS 11\0";
+        let mut out: *mut CK_INTERFACE = null();
+        let mut v3 = CK_VERSION { major: 3, minor: 0 };
+        assert_eq!(
+            get(
+                name.as_mut_ptr(),
+                &mut v3,
+                &mut out,
+                CKF_INTERFACE_FORK_SAFE
+            ),
+            CKR_OK
+        );
+        let list = &*((*out).pFunctionList as *const CK_FUNCTION_LIST_3_0);
+        assert_eq!((list.version.major, list.version.minor), (3, 0));
+        let mut v2 = CK_VERSION {
+            major: 2,
+            minor: 40,
+        };
+        assert_eq!(get(null(), &mut v2, &mut out, 0), CKR_OK);
+        let old = &*((*out).pFunctionList as *const CK_FUNCTION_LIST);
+        assert_eq!((old.version.major, old.version.minor), (2, 40));
+        let mut other = *b"Vendor\0";
+        assert_eq!(
+            get(other.as_mut_ptr(), null(), &mut out, 0),
+            CKR_ARGUMENTS_BAD
+        );
+        let mut v9 = CK_VERSION { major: 9, minor: 9 };
+        assert_eq!(get(null(), &mut v9, &mut out, 0), CKR_ARGUMENTS_BAD);
+        // C_SessionCancel ends an active operation.
+        s.sign_init(&Mechanism::Ecdsa, p1).expect("init");
+        assert_eq!(
+            list.C_SessionCancel.expect("listed")(s.handle(), CKF_SIGN),
+            CKR_OK
+        );
+        assert_eq!(
+            rv(s.sign_final().unwrap_err()),
+            RvError::OperationNotInitialized
+        );
+        // C_LoginUser names the token's client; another name is refused.
+        let mut pin = *b"1234";
+        let mut who = *b"mallory";
+        let login_user = list.C_LoginUser.expect("listed");
+        assert_eq!(
+            login_user(
+                s.handle(),
+                CKU_USER,
+                pin.as_mut_ptr(),
+                4,
+                who.as_mut_ptr(),
+                7
+            ),
+            CKR_USER_TYPE_INVALID
+        );
+        let mut alice = *b"alice";
+        assert_eq!(
+            login_user(
+                s.handle(),
+                CKU_USER,
+                pin.as_mut_ptr(),
+                4,
+                alice.as_mut_ptr(),
+                5
+            ),
+            CKR_USER_ALREADY_LOGGED_IN
+        );
+        // The message-based functions are not offered.
+        assert_eq!(
+            list.C_MessageSignFinal.expect("listed")(s.handle()),
+            CKR_FUNCTION_NOT_SUPPORTED
+        );
     }
 }
 

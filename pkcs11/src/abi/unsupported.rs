@@ -68,4 +68,44 @@ unsupported! {
     C_CancelFunction(CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_PARALLEL;
     /// Tokens are never inserted or removed.
     C_WaitForSlotEvent(CK_FLAGS, *mut CK_SLOT_ID, *mut c_void) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// PKCS#11 3.0 message-based encryption is not offered.
+    C_MessageEncryptInit(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageEncryptInit`.
+    C_EncryptMessage(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageEncryptInit`.
+    C_EncryptMessageBegin(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageEncryptInit`.
+    C_EncryptMessageNext(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG, CK_FLAGS) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageEncryptInit`.
+    C_MessageEncryptFinal(CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// PKCS#11 3.0 message-based decryption is not offered.
+    C_MessageDecryptInit(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageDecryptInit`.
+    C_DecryptMessage(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageDecryptInit`.
+    C_DecryptMessageBegin(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageDecryptInit`.
+    C_DecryptMessageNext(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG, CK_FLAGS) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageDecryptInit`.
+    C_MessageDecryptFinal(CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// PKCS#11 3.0 message-based signing is not offered.
+    C_MessageSignInit(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageSignInit`.
+    C_SignMessage(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageSignInit`.
+    C_SignMessageBegin(CK_SESSION_HANDLE, *mut c_void, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageSignInit`.
+    C_SignMessageNext(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageSignInit`.
+    C_MessageSignFinal(CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// PKCS#11 3.0 message-based verification is not offered.
+    C_MessageVerifyInit(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageVerifyInit`.
+    C_VerifyMessage(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageVerifyInit`.
+    C_VerifyMessageBegin(CK_SESSION_HANDLE, *mut c_void, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageVerifyInit`.
+    C_VerifyMessageNext(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_MessageVerifyInit`.
+    C_MessageVerifyFinal(CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
 }

@@ -50,18 +50,22 @@ fn built(name: &str, package: &str, target: &[&str]) -> PathBuf {
     p
 }
 
-/// The module: `libferrohsm_pkcs11.so` of this build.
+/// The module: `libferrohsm_pkcs11.so` of this build. `cargo test` writes it to `deps/`,
+/// `cargo build` beside it; the newer is this build's.
 pub fn module_path() -> PathBuf {
     let dir = build_dir();
-    for p in [
-        dir.join("libferrohsm_pkcs11.so"),
+    [
         dir.join("deps/libferrohsm_pkcs11.so"),
-    ] {
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("libferrohsm_pkcs11.so is not in {}", dir.display());
+        dir.join("libferrohsm_pkcs11.so"),
+    ]
+    .into_iter()
+    .filter_map(|p| {
+        let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok()?;
+        Some((t, p))
+    })
+    .max_by_key(|(t, _)| *t)
+    .map(|(_, p)| p)
+    .unwrap_or_else(|| panic!("libferrohsm_pkcs11.so is not in {}", dir.display()))
 }
 
 /// Whether a command-line tool is installed; when it is not, a loud skip, and a failure
