@@ -67,7 +67,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Decodes a response from its header and body (still in the reader's buffer): an error frame
 /// becomes `ClientError::Server`.
-fn decode_reply(header: &ferrohsm_proto::Header, body: &[u8]) -> Reply {
+pub(crate) fn decode_reply(header: &ferrohsm_proto::Header, body: &[u8]) -> Reply {
     if header.is_error() {
         let body = decode_error(header.opcode, body).map_err(protocol)?;
         return Err(ClientError::Server(body));

@@ -464,3 +464,109 @@ fn the_shm_set_up_socket_has_the_same_connection_limit_and_readable_refusal() {
     };
     c.ping().unwrap();
 }
+
+#[test]
+fn the_synchronous_shm_client() {
+    use ferrohsm_client::connect::shm_sync::SyncShm;
+    use ferrohsm_proto::Response;
+    let mut srv = TestServer::start_with(&["alice"], |c| c.max_connections_per_client = 3);
+    let alice = srv.profile("alice");
+    let t = Duration::from_secs(2);
+    let mut c = SyncShm::connect(&alice, t).unwrap();
+    assert!(c.welcome().session_id > 0);
+    for _ in 0..500 {
+        assert_eq!(c.call(Request::Ping).unwrap(), Response::Done);
+    }
+    let spec = KeySpec {
+        key_type: KeyType::P256,
+        label: "k".parse().unwrap(),
+        usage: None,
+        exportable: false,
+        session: false,
+    };
+    assert!(matches!(
+        c.call(Request::Generate(spec)).unwrap(),
+        Response::Key(_)
+    ));
+    // Frames much larger than the rings: both directions wrap many times and wait for room.
+    c.call(Request::Generate(KeySpec {
+        key_type: KeyType::Aes256Gcm,
+        label: "a".parse().unwrap(),
+        usage: None,
+        exportable: false,
+        session: false,
+    }))
+    .unwrap();
+    let big: Vec<u8> = (0..900_000u32).map(|i| (i % 251) as u8).collect();
+    let Response::Bytes(sealed) = c
+        .call(Request::Encrypt {
+            key: label("a"),
+            plaintext: big.clone(),
+            aad: Vec::new(),
+        })
+        .unwrap()
+    else {
+        panic!("not bytes")
+    };
+    let Response::Bytes(back) = c
+        .call(Request::Decrypt {
+            key: label("a"),
+            ciphertext: sealed,
+            aad: Vec::new(),
+        })
+        .unwrap()
+    else {
+        panic!("not bytes")
+    };
+    assert_eq!(back, big);
+    // An error status is the server's, and the session goes on.
+    let e = c.call(Request::Info(label("nope"))).unwrap_err();
+    assert_eq!(e.status(), Some(Status::KeyNotFound));
+    // Two threads, each with its own session, signing at once: every signature verifies.
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let alice = &alice;
+            s.spawn(move || {
+                let mut c = SyncShm::connect(alice, t).unwrap();
+                for i in 0..300u32 {
+                    let data = i.to_be_bytes().to_vec();
+                    let Response::Bytes(sig) = c
+                        .call(Request::Sign {
+                            key: label("k"),
+                            data: data.clone(),
+                        })
+                        .unwrap()
+                    else {
+                        panic!("not bytes")
+                    };
+                    let ok = c.call(Request::Verify {
+                        key: label("k"),
+                        data,
+                        signature: sig,
+                    });
+                    assert_eq!(ok.unwrap(), Response::Done);
+                }
+            });
+        }
+    });
+    // Dropping a session ends it on the server: all three places come back.
+    drop(c);
+    let started = Instant::now();
+    let mut again = Vec::new();
+    while again.len() < 3 {
+        match SyncShm::connect(&alice, t) {
+            Ok(c) => again.push(c),
+            Err(_) if started.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("a dropped session is still open after 2 s: {e}"),
+        }
+    }
+    let mut c = again.pop().unwrap();
+    // hsmd gone: an error soon, not a hang.
+    srv.handle.take().unwrap().shutdown().unwrap();
+    let t0 = Instant::now();
+    let e = c.call(Request::Ping).unwrap_err();
+    assert!(matches!(e, ClientError::Connection(_)), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+}

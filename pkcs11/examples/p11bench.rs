@@ -2,7 +2,8 @@
 //! THREADS SECONDS`, MECH `ecdsa` (CKM_ECDSA over a 32-byte digest), `ecdsa-sha256` (over
 //! 32 bytes of message) or `eddsa`. Each thread
 //! has its own session (the login is the application's, made once). Prints one JSON line:
-//! `{"signs": N, "seconds": S, "per_sec": R}`.
+//! `{"signs": N, "seconds": S, "per_sec": R, "slowest_ms": M}` (M: the slowest single
+//! signature, the first, which connects, included).
 //!
 //! `pkcs11/bench.sh` runs it against FerroHSM's module and SoftHSM2's in the same run.
 // A benchmark driver: a failure is a panic with its reason.
@@ -50,7 +51,7 @@ fn main() {
     mechanism();
     let run = Duration::from_secs_f64(secs);
     let start = Instant::now();
-    let total: u64 = std::thread::scope(|sc| {
+    let (total, slowest): (u64, Duration) = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|i| {
                 let p11 = &p11;
@@ -69,21 +70,27 @@ fn main() {
                     let data = [i as u8; 32];
                     let t0 = Instant::now();
                     let mut n = 0u64;
+                    let mut slowest = Duration::ZERO;
                     while t0.elapsed() < run {
+                        let t = Instant::now();
                         let sig = s.sign(mechanism, k, &data).expect("sign");
+                        slowest = slowest.max(t.elapsed());
                         assert_eq!(sig.len(), 64);
                         n += 1;
                     }
-                    n
+                    (n, slowest)
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).sum()
+        hs.into_iter()
+            .map(|h| h.join().expect("thread"))
+            .fold((0, Duration::ZERO), |(n, m), (k, s)| (n + k, m.max(s)))
     });
     let elapsed = start.elapsed().as_secs_f64();
     println!(
-        "{{\"signs\": {total}, \"seconds\": {elapsed:.3}, \"per_sec\": {:.1}}}",
-        total as f64 / elapsed
+        "{{\"signs\": {total}, \"seconds\": {elapsed:.3}, \"per_sec\": {:.1}, \"slowest_ms\": {:.3}}}",
+        total as f64 / elapsed,
+        slowest.as_secs_f64() * 1000.0
     );
     drop(first);
     p11.finalize().expect("finalize");

@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use cryptoki_sys::*;
+use ferrohsm_client::connect::shm_sync::SyncShm;
 use ferrohsm_client::pin::PinHash;
 use ferrohsm_client::profile::Profile;
-use ferrohsm_client::{BlockingClient, Client, ClientError};
-use ferrohsm_proto::Status;
+use ferrohsm_client::profile::Transport;
+use ferrohsm_client::{BlockingClient, ClientError};
+use ferrohsm_proto::{Request, Response, Status};
 
 use crate::config::ModuleConfig;
 use crate::object::Objects;
@@ -61,9 +63,33 @@ pub struct Session {
     pub slot: usize,
     /// Opened read-write.
     pub rw: bool,
-    conn: Option<BlockingClient>,
+    conn: Option<Conn>,
     /// The active operations and search.
     pub ops: Operations,
+}
+
+/// A session's connection to hsmd: over shm, driven from the calling thread; over the
+/// socket transports, the blocking client on its own small runtime.
+#[derive(Debug)]
+enum Conn {
+    Shm(SyncShm),
+    Socket(BlockingClient),
+}
+
+impl Conn {
+    fn open(profile: &Profile, timeout: Duration) -> Result<Conn, ClientError> {
+        Ok(match profile.default_transport {
+            Transport::Shm => Conn::Shm(SyncShm::connect(profile, timeout)?),
+            _ => Conn::Socket(BlockingClient::connect_within(profile, None, timeout)?),
+        })
+    }
+
+    fn call(&mut self, req: Request) -> Result<Response, ClientError> {
+        match self {
+            Conn::Shm(c) => c.call(req),
+            Conn::Socket(c) => c.run(c.client().call(req)),
+        }
+    }
 }
 
 /// A session in the table: its slot and mode readable without waiting for the session.
@@ -261,24 +287,19 @@ impl Module {
 }
 
 impl Session {
-    /// Runs one call on this session's connection, connecting first if need be. A broken or
-    /// silent connection is dropped (the next call reconnects) and answers
+    /// Sends one request on this session's connection, connecting first if need be. A
+    /// broken or silent connection is dropped (the next call reconnects) and answers
     /// `CKR_DEVICE_ERROR`; a server error status maps to its PKCS#11 code.
-    pub fn call<T, F, Fut>(&mut self, m: &Module, f: F) -> Result<T, Rv>
-    where
-        F: FnOnce(Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ClientError>>,
-    {
+    pub fn request(&mut self, m: &Module, req: Request) -> Result<Response, Rv> {
         if self.conn.is_none() {
             let slot = &m.slots[self.slot];
-            let c = BlockingClient::connect_within(&slot.profile, None, m.timeout)
-                .map_err(|_| CKR_DEVICE_ERROR)?;
+            let c = Conn::open(&slot.profile, m.timeout).map_err(|_| CKR_DEVICE_ERROR)?;
             self.conn = Some(c);
         }
-        let Some(conn) = self.conn.as_ref() else {
+        let Some(conn) = self.conn.as_mut() else {
             return Err(CKR_DEVICE_ERROR);
         };
-        match conn.run(f(conn.client().clone())) {
+        match conn.call(req) {
             Ok(v) => Ok(v),
             Err(ClientError::Server(b)) => Err(b.status().map_or(CKR_FUNCTION_FAILED, rv_of)),
             Err(ClientError::Local(_)) => Err(CKR_ARGUMENTS_BAD),
@@ -286,6 +307,30 @@ impl Session {
                 self.conn = None;
                 Err(CKR_DEVICE_ERROR)
             }
+        }
+    }
+
+    /// A request answered with bytes (a signature, a ciphertext, random bytes).
+    pub fn bytes(&mut self, m: &Module, req: Request) -> Result<Vec<u8>, Rv> {
+        match self.request(m, req)? {
+            Response::Bytes(b) => Ok(b),
+            _ => Err(CKR_DEVICE_ERROR),
+        }
+    }
+
+    /// A request answered with nothing (a verification, a delete).
+    pub fn done(&mut self, m: &Module, req: Request) -> Result<(), Rv> {
+        match self.request(m, req)? {
+            Response::Done => Ok(()),
+            _ => Err(CKR_DEVICE_ERROR),
+        }
+    }
+
+    /// A request answered with keys (a search page, the granted keys).
+    pub fn keys(&mut self, m: &Module, req: Request) -> Result<Vec<ferrohsm_proto::KeyInfo>, Rv> {
+        match self.request(m, req)? {
+            Response::Keys(k) => Ok(k),
+            _ => Err(CKR_DEVICE_ERROR),
         }
     }
 }

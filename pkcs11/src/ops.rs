@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use cryptoki_sys::*;
-use ferrohsm_proto::{KeyRef, KeyType, Usage};
+use ferrohsm_proto::{KeyRef, KeyType, Request, Usage};
 use sha2::Digest as _;
 use zeroize::Zeroizing;
 
@@ -227,16 +227,15 @@ fn take_sign(s: &mut Session, data: Option<&[u8]>, verify: bool) -> Result<SignO
 /// `C_Sign` (with `data`) or `C_SignFinal`: the signature (ECDSA raw r||s) or MAC.
 pub fn sign(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Vec<u8>, Rv> {
     let op = take_sign(s, data, false)?;
-    let key = op.key.clone();
-    let input = op.data.to_vec();
-    let mech = op.mech;
-    let out = s.call(m, move |c| async move {
+    let (key, data, mech) = (op.key.clone(), op.data.to_vec(), op.mech);
+    let out = s.bytes(
+        m,
         match mech {
-            CKM_ECDSA => c.sign_digest(&key, input).await,
-            CKM_SHA256_HMAC => c.mac(&key, input).await,
-            _ => c.sign(&key, input).await,
-        }
-    })?;
+            CKM_ECDSA => Request::SignDigest { key, digest: data },
+            CKM_SHA256_HMAC => Request::Mac { key, data },
+            _ => Request::Sign { key, data },
+        },
+    )?;
     if matches!(mech, CKM_ECDSA | CKM_ECDSA_SHA256) {
         encoding::der_to_raw(&out)
             .map(|r| r.to_vec())
@@ -265,16 +264,27 @@ pub fn verify(
         }
         _ => signature.to_vec(),
     };
-    let key = op.key.clone();
-    let input = op.data.to_vec();
-    let mech = op.mech;
-    s.call(m, move |c| async move {
+    let (key, data, mech) = (op.key.clone(), op.data.to_vec(), op.mech);
+    s.done(
+        m,
         match mech {
-            CKM_ECDSA => c.verify_digest(&key, input, signature).await,
-            CKM_SHA256_HMAC => c.mac_verify(&key, input, signature).await,
-            _ => c.verify(&key, input, signature).await,
-        }
-    })
+            CKM_ECDSA => Request::VerifyDigest {
+                key,
+                digest: data,
+                signature,
+            },
+            CKM_SHA256_HMAC => Request::MacVerify {
+                key,
+                data,
+                mac: signature,
+            },
+            _ => Request::Verify {
+                key,
+                data,
+                signature,
+            },
+        },
+    )
 }
 
 /// `C_EncryptInit` / `C_DecryptInit`. Decryption honours the caller's nonce; encryption takes
@@ -397,10 +407,14 @@ pub struct Sealed {
 pub fn encrypt(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Sealed, Rv> {
     let op = take_crypt(s, false, data)?;
     let (key, aad) = (op.key.clone(), op.aad.clone());
-    let plain = op.data.to_vec();
-    let out = s.call(
+    let plaintext = op.data.to_vec();
+    let out = s.bytes(
         m,
-        move |c| async move { c.encrypt_raw(&key, plain, aad).await },
+        Request::EncryptRaw {
+            key,
+            plaintext,
+            aad,
+        },
     )?;
     if out.len() < NONCE_LEN + TAG_LEN {
         return Err(CKR_DEVICE_ERROR);
@@ -421,10 +435,17 @@ pub fn decrypt(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Zeroi
         return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
     }
     let (key, nonce, aad) = (op.key.clone(), op.nonce.clone(), op.aad.clone());
-    let sealed = op.data.to_vec();
-    s.call(m, move |c| async move {
-        c.decrypt_raw(&key, nonce, sealed, aad).await
-    })
+    let ciphertext = op.data.to_vec();
+    s.bytes(
+        m,
+        Request::DecryptRaw {
+            key,
+            nonce,
+            ciphertext,
+            aad,
+        },
+    )
+    .map(Zeroizing::new)
 }
 
 /// `C_DigestInit` (computed here: a digest needs no key).

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use cryptoki_sys::*;
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{KeyInfo, KeyQuery, KeyType, Label, Lifetime, MAX_RANDOM, Usage, UsageSet};
+use ferrohsm_proto::{
+    KeyInfo, KeyQuery, KeyType, Label, Lifetime, MAX_PAGE, MAX_RANDOM, Page, Request, Response,
+    Usage, UsageSet,
+};
 
 use crate::encoding;
 use crate::module::{Module, Rv, Session, Slot, lock};
@@ -127,12 +130,30 @@ pub fn find_init(m: &Module, s: &mut Session, template: Template) -> Result<(), 
     }
     let mut found: Vec<(KeyInfo, bool)> = Vec::new();
     if own {
-        let q = query.clone();
-        let keys = s.call(m, move |c| async move { c.find(q).await })?;
-        found.extend(keys.into_iter().map(|k| (k, false)));
+        // Every page of the matches.
+        let mut after = None;
+        loop {
+            let page = Page {
+                after,
+                limit: Some(MAX_PAGE),
+            };
+            let keys = s.keys(
+                m,
+                Request::Find(KeyQuery {
+                    page,
+                    ..query.clone()
+                }),
+            )?;
+            let last = keys.len() < MAX_PAGE as usize;
+            after = keys.last().map(|k| k.id);
+            found.extend(keys.into_iter().map(|k| (k, false)));
+            if last || after.is_none() {
+                break;
+            }
+        }
     }
     if granted {
-        let keys = s.call(m, |c| async move { c.list_granted().await })?;
+        let keys = s.keys(m, Request::ListGranted)?;
         found.extend(
             keys.into_iter()
                 .filter(|k| query.matches(k))
@@ -178,7 +199,10 @@ fn fetch_public(m: &Module, s: &mut Session, index: usize) -> Result<(), Rv> {
             _ => return Ok(()),
         }
     };
-    let (_, bytes) = s.call(m, move |c| async move { c.public_key(&key).await })?;
+    let bytes = match s.request(m, Request::PublicKey(key))? {
+        Response::PublicKey { bytes, .. } => bytes,
+        _ => return Err(CKR_DEVICE_ERROR),
+    };
     lock(&slot.objects).set_public(index, bytes);
     Ok(())
 }
@@ -264,7 +288,10 @@ fn create(m: &Module, s: &mut Session, spec: KeySpec) -> Result<usize, Rv> {
     if !spec.session && !s.rw {
         return Err(CKR_SESSION_READ_ONLY);
     }
-    let info = s.call(m, move |c| async move { c.generate_spec(spec).await })?;
+    let info = match s.request(m, Request::Generate(spec))? {
+        Response::Key(k) => k,
+        _ => return Err(CKR_DEVICE_ERROR),
+    };
     Ok(lock(&slot.objects).learn(info, false))
 }
 
@@ -390,14 +417,13 @@ pub fn destroy(m: &Module, s: &mut Session, h: CK_OBJECT_HANDLE) -> Result<(), R
         return Err(CKR_SESSION_READ_ONLY);
     }
     let key = k.key_ref();
-    s.call(m, move |c| async move { c.delete(&key).await })
-        .map_err(|e| {
-            if e == CKR_KEY_HANDLE_INVALID {
-                CKR_OBJECT_HANDLE_INVALID
-            } else {
-                e
-            }
-        })?;
+    s.done(m, Request::Delete(key)).map_err(|e| {
+        if e == CKR_KEY_HANDLE_INVALID {
+            CKR_OBJECT_HANDLE_INVALID
+        } else {
+            e
+        }
+    })?;
     lock(&slot.objects).forget(index);
     Ok(())
 }
@@ -407,7 +433,7 @@ pub fn random(m: &Module, s: &mut Session, len: usize) -> Result<Vec<u8>, Rv> {
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let n = (len - out.len()).min(MAX_RANDOM as usize) as u32;
-        let chunk = s.call(m, move |c| async move { c.random(n).await })?;
+        let chunk = s.bytes(m, Request::Random { len: n })?;
         out.extend_from_slice(&chunk);
     }
     Ok(out)

@@ -152,7 +152,14 @@ fn the_module_through_cryptoki() {
     threads(&p11, alice, p1, p1_pub);
     fork(&s, p1, p1_pub);
     isolation(&t, &p11, bob);
-    hsmd_down(&mut t, &s, p1);
+    let bob_s = p11.open_ro_session(bob).expect("bob's session");
+    let b1 = bob_s
+        .find_objects(&[
+            Attribute::Label(b"b1".to_vec()),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .expect("find")[0];
+    hsmd_down(&mut t, &[(&s, p1), (&bob_s, b1)]);
     p11.finalize().expect("finalize");
 }
 
@@ -951,33 +958,47 @@ fn isolation(t: &Token, p11: &Pkcs11, bob: Slot) {
         rv(s.destroy_object(found[0]).unwrap_err()),
         RvError::ActionProhibited
     );
+    // bob's slot goes over shared memory: his own key, and a fork with a live shm session.
+    let (b_pub, b) = pair(&s, false, "b1", true);
+    fork(&s, b, b_pub);
     s.close().expect("close");
 }
 
-fn hsmd_down(t: &mut Token, s: &Session, p1: ObjectHandle) {
+fn hsmd_down(t: &mut Token, sessions: &[(&Session, ObjectHandle)]) {
     let digest = sha256(b"down");
-    // hsmd frozen: the call gives up after timeout_ms (1500) with a device error.
+    // Over TCP (alice) and shared memory (bob) alike.
+    for (s, k) in sessions {
+        s.sign(&Mechanism::Ecdsa, *k, &digest)
+            .expect("signs while hsmd runs");
+    }
+    // hsmd frozen: each call gives up after timeout_ms (1500) with a device error.
     t.signal("STOP");
-    let t0 = Instant::now();
-    let e = s.sign(&Mechanism::Ecdsa, p1, &digest).unwrap_err();
-    let waited = t0.elapsed();
+    for (s, k) in sessions {
+        let t0 = Instant::now();
+        let e = s.sign(&Mechanism::Ecdsa, *k, &digest).unwrap_err();
+        let waited = t0.elapsed();
+        assert_eq!(rv(e), RvError::DeviceError);
+        assert!(
+            waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+    }
     t.signal("CONT");
-    assert_eq!(rv(e), RvError::DeviceError);
-    assert!(
-        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
-        "{waited:?}"
-    );
-    // hsmd killed: at once, a device error; restarted: the session reconnects.
+    // hsmd killed: soon, a device error; restarted: each session reconnects.
     t.stop();
-    let t0 = Instant::now();
-    assert_eq!(
-        rv(s.sign(&Mechanism::Ecdsa, p1, &digest).unwrap_err()),
-        RvError::DeviceError
-    );
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    for (s, k) in sessions {
+        let t0 = Instant::now();
+        assert_eq!(
+            rv(s.sign(&Mechanism::Ecdsa, *k, &digest).unwrap_err()),
+            RvError::DeviceError
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3));
+    }
     t.restart();
-    let sig = s
-        .sign(&Mechanism::Ecdsa, p1, &digest)
-        .expect("signs after hsmd restarts");
-    assert_eq!(sig.len(), 64);
+    for (s, k) in sessions {
+        let sig = s
+            .sign(&Mechanism::Ecdsa, *k, &digest)
+            .expect("signs after hsmd restarts");
+        assert_eq!(sig.len(), 64);
+    }
 }

@@ -20,8 +20,14 @@ pub const SPIN: Duration = Duration::from_micros(50);
 // One spinner per process.
 static SPINNING: AtomicBool = AtomicBool::new(false);
 
-/// Wakes the peer if it is asleep on `bell`.
+/// Wakes the peer if it is asleep on `bell`. Call it after publishing (a ring position).
 pub fn ring(bell: &Bell) {
+    // The publication before this call may be a plain release store, which x86 lets sit in
+    // the store buffer past the load below (store-load reordering): the peer, announcing its
+    // sleep and then re-checking, would miss it while we miss its flag, and it would sleep
+    // out its whole timeout. The fence orders the publication before the look at `sleeping`,
+    // pairing with the peer's SeqCst store of it.
+    std::sync::atomic::fence(Ordering::SeqCst);
     if bell.sleeping.load(Ordering::SeqCst) != 0 {
         bell.ring.fetch_add(1, Ordering::SeqCst);
         // A failed wake (EFAULT cannot happen for a live mapping) only delays the peer until

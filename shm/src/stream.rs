@@ -275,6 +275,12 @@ impl ShmStream {
 }
 
 /// The starting position of this side's read ring (`read`) or write ring.
+/// Where `side` starts on an open segment: (its read position, its write position), as the
+/// segment records them (zero for a fresh one). For endpoints that drive the rings themselves.
+pub fn start_positions(seg: &Segment, side: Side) -> (u64, u64) {
+    (start_pos(seg, side, true), start_pos(seg, side, false))
+}
+
 fn start_pos(seg: &Segment, side: Side, read: bool) -> u64 {
     use crate::segment::offsets::*;
     let off = match (side, read) {

@@ -3,6 +3,7 @@
 
 pub mod psk;
 pub mod shm;
+pub mod shm_sync;
 pub mod tcp;
 pub mod tls;
 
