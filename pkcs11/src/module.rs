@@ -1,5 +1,6 @@
 //! The module's state between `C_Initialize` and `C_Finalize`: the slots (one per client
-//! profile), the open sessions, and the lazy connection each session holds to hsmd.
+//! profile), the open sessions, and the lazy connection each session holds to hsmd (over shm
+//! a [`SyncShm`] driven from the calling thread, otherwise the blocking client).
 //!
 //! Locks: the state itself is behind a read-write lock taken for the length of one call (a
 //! read almost always); the session table behind a mutex held only to find or change an

@@ -36,9 +36,9 @@ pub unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
             // The module always locks with the operating system's primitives; an
             // application's own mutex functions (which p11-kit passes without
             // CKF_OS_LOCKING_OK) are not needed for that, so they are accepted and unused.
-            // CKF_LIBRARY_CANT_CREATE_OS_THREADS (p11-kit always sets it) is accepted: over
-            // TCP and TLS to a numeric address a session starts no thread; over shm each
-            // session's ring has one watcher thread (the README says so).
+            // CKF_LIBRARY_CANT_CREATE_OS_THREADS (p11-kit always sets it) is honoured: a
+            // session starts no thread (shm is driven from the calling thread; TCP and TLS
+            // to a numeric address need no resolver thread).
         }
         let loaded = config::locate().and_then(|p| config::load(&p));
         match loaded {
