@@ -144,6 +144,7 @@ fn the_module_through_cryptoki() {
     batch_attributes(&s, p1);
     raw_abi(&s, p1);
     interfaces(&s, p1);
+    chacha_raw(&s);
     signatures(&s, p1, p1_pub, e1, e1_pub);
     symmetric(&t, &s);
     digests_and_random(&s);
@@ -532,6 +533,123 @@ fn interfaces(s: &Session, p1: ObjectHandle) {
         assert_eq!(
             list.C_MessageSignFinal.expect("listed")(s.handle()),
             CKR_FUNCTION_NOT_SUPPORTED
+        );
+    }
+}
+
+/// ChaCha20-Poly1305 (which the cryptoki crate has no mechanism for) at the raw ABI, and a
+/// multi-part encryption.
+fn chacha_raw(s: &Session) {
+    let f = functions();
+    let h = s.handle();
+    // SAFETY: valid session handle; every pointer is to a live local of the right size.
+    unsafe {
+        let mut keygen = CK_MECHANISM {
+            mechanism: CKM_CHACHA20_KEY_GEN,
+            pParameter: null(),
+            ulParameterLen: 0,
+        };
+        let mut label = *b"c1";
+        let mut yes: CK_BBOOL = 1;
+        let mut t = [
+            CK_ATTRIBUTE {
+                type_: CKA_LABEL,
+                pValue: label.as_mut_ptr().cast(),
+                ulValueLen: 2,
+            },
+            CK_ATTRIBUTE {
+                type_: CKA_TOKEN,
+                pValue: (&raw mut yes).cast(),
+                ulValueLen: 1,
+            },
+        ];
+        let mut key: CK_OBJECT_HANDLE = 0;
+        assert_eq!(
+            f.C_GenerateKey.unwrap()(h, &mut keygen, t.as_mut_ptr(), 2, &mut key),
+            CKR_OK
+        );
+        let mut nonce = [0u8; 12];
+        let mut aad = *b"header";
+        let mut params = CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+            pNonce: nonce.as_mut_ptr(),
+            ulNonceLen: 12,
+            pAAD: aad.as_mut_ptr(),
+            ulAADLen: 6,
+        };
+        let mut m = CK_MECHANISM {
+            mechanism: CKM_CHACHA20_POLY1305,
+            pParameter: (&raw mut params).cast(),
+            ulParameterLen: std::mem::size_of::<CK_SALSA20_CHACHA20_POLY1305_PARAMS>() as CK_ULONG,
+        };
+        // Multi-part: the updates give nothing back, the final everything.
+        assert_eq!(f.C_EncryptInit.unwrap()(h, &mut m, key), CKR_OK);
+        let mut part1 = *b"twelve bytes";
+        let mut part2 = *b" and more";
+        let mut out = [0u8; 64];
+        let mut len: CK_ULONG = 64;
+        assert_eq!(
+            f.C_EncryptUpdate.unwrap()(h, part1.as_mut_ptr(), 12, out.as_mut_ptr(), &mut len),
+            CKR_OK
+        );
+        assert_eq!(len, 0);
+        len = 64;
+        assert_eq!(
+            f.C_EncryptUpdate.unwrap()(h, part2.as_mut_ptr(), 9, out.as_mut_ptr(), &mut len),
+            CKR_OK
+        );
+        len = 64;
+        assert_eq!(
+            f.C_EncryptFinal.unwrap()(h, out.as_mut_ptr(), &mut len),
+            CKR_OK
+        );
+        assert_eq!(len, 21 + 16);
+        assert_ne!(nonce, [0u8; 12], "hsmd's nonce in the caller's buffer");
+        // Single-part decryption with that nonce and AAD.
+        assert_eq!(f.C_DecryptInit.unwrap()(h, &mut m, key), CKR_OK);
+        let mut plain = [0u8; 64];
+        let mut plen: CK_ULONG = 64;
+        assert_eq!(
+            f.C_Decrypt.unwrap()(h, out.as_mut_ptr(), len, plain.as_mut_ptr(), &mut plen),
+            CKR_OK
+        );
+        assert_eq!(&plain[..plen as usize], b"twelve bytes and more");
+        // Another AAD does not open it.
+        let mut other_aad = *b"Header";
+        let mut other = CK_SALSA20_CHACHA20_POLY1305_PARAMS {
+            pNonce: nonce.as_mut_ptr(),
+            ulNonceLen: 12,
+            pAAD: other_aad.as_mut_ptr(),
+            ulAADLen: 6,
+        };
+        let mut m2 = CK_MECHANISM {
+            mechanism: CKM_CHACHA20_POLY1305,
+            pParameter: (&raw mut other).cast(),
+            ulParameterLen: std::mem::size_of::<CK_SALSA20_CHACHA20_POLY1305_PARAMS>() as CK_ULONG,
+        };
+        assert_eq!(f.C_DecryptInit.unwrap()(h, &mut m2, key), CKR_OK);
+        plen = 64;
+        assert_eq!(
+            f.C_Decrypt.unwrap()(h, out.as_mut_ptr(), len, plain.as_mut_ptr(), &mut plen),
+            CKR_ENCRYPTED_DATA_INVALID
+        );
+        // An AES mechanism on a ChaCha20 key is refused.
+        let mut iv = [0u8; 12];
+        let mut gcm = CK_GCM_PARAMS {
+            pIv: iv.as_mut_ptr(),
+            ulIvLen: 12,
+            ulIvBits: 96,
+            pAAD: null(),
+            ulAADLen: 0,
+            ulTagBits: 128,
+        };
+        let mut aes = CK_MECHANISM {
+            mechanism: CKM_AES_GCM,
+            pParameter: (&raw mut gcm).cast(),
+            ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+        };
+        assert_eq!(
+            f.C_EncryptInit.unwrap()(h, &mut aes, key),
+            CKR_KEY_TYPE_INCONSISTENT
         );
     }
 }
