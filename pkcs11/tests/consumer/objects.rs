@@ -1,0 +1,232 @@
+//! Sessions, login, search, attributes, object life cycle and isolation between tokens.
+
+use super::*;
+
+pub(crate) fn sessions_and_login(p11: &Pkcs11, alice: Slot, s: &Session) {
+    // Before login: no private object, no key generation.
+    assert!(
+        s.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+            .expect("find")
+            .is_empty()
+    );
+    let e = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::EcParams(P256_OID.to_vec())],
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::UserNotLoggedIn);
+    // Wrong PINs: refused, each slower than the last.
+    let t0 = Instant::now();
+    assert_eq!(
+        rv(s.login(UserType::User, Some(&pin("0000"))).unwrap_err()),
+        RvError::PinIncorrect
+    );
+    let first = t0.elapsed();
+    let t1 = Instant::now();
+    assert_eq!(
+        rv(s.login(UserType::User, Some(&pin("1111"))).unwrap_err()),
+        RvError::PinIncorrect
+    );
+    assert!(
+        t1.elapsed() >= Duration::from_millis(200),
+        "second wrong PIN after {:?}",
+        t1.elapsed()
+    );
+    assert!(first >= Duration::from_millis(100));
+    assert!(
+        p11.get_token_info(alice)
+            .expect("info")
+            .user_pin_count_low()
+    );
+    assert_eq!(
+        rv(s.login(UserType::So, Some(&pin(PIN))).unwrap_err()),
+        RvError::UserTypeInvalid
+    );
+    s.login(UserType::User, Some(&pin(PIN))).expect("login");
+    assert_eq!(
+        rv(s.login(UserType::User, Some(&pin(PIN))).unwrap_err()),
+        RvError::UserAlreadyLoggedIn
+    );
+    assert!(
+        !p11.get_token_info(alice)
+            .expect("info")
+            .user_pin_count_low()
+    );
+    // The login is the application's: a second session is logged in too.
+    let other = p11.open_ro_session(alice).expect("session");
+    assert_eq!(
+        other.get_session_info().expect("info").session_state(),
+        cryptoki::session::SessionState::RoUser
+    );
+    other.close().expect("close");
+}
+
+pub(crate) fn search(s: &Session, p1: ObjectHandle, p1_pub: ObjectHandle, e1: ObjectHandle) {
+    let by_label = s
+        .find_objects(&[Attribute::Label(b"p1".to_vec())])
+        .expect("find");
+    assert_eq!(by_label.len(), 2);
+    assert!(by_label.contains(&p1) && by_label.contains(&p1_pub));
+    let id = bytes(s, p1, AttributeType::Id);
+    assert_eq!(
+        id,
+        vec![0, 0, 0, 0, 0, 0, 0, 1],
+        "hsmd's id, not the template's"
+    );
+    let by_id = s
+        .find_objects(&[
+            Attribute::Id(id),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .expect("find");
+    assert_eq!(by_id, vec![p1]);
+    let eddsa = s
+        .find_objects(&[
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .expect("find");
+    assert_eq!(eddsa, vec![e1]);
+    assert!(
+        s.find_objects(&[Attribute::Label(b"nope".to_vec())])
+            .expect("find")
+            .is_empty()
+    );
+    assert!(
+        s.find_objects(&[Attribute::Label(b"bad label!".to_vec())])
+            .expect("find")
+            .is_empty()
+    );
+    let all = s.find_objects(&[]).expect("find");
+    assert_eq!(all.len(), 4, "two pairs");
+}
+
+pub(crate) fn attributes(s: &Session, p1: ObjectHandle, p1_pub: ObjectHandle) {
+    assert!(boolean(s, p1, AttributeType::Local));
+    assert!(boolean(s, p1, AttributeType::NeverExtractable));
+    assert!(boolean(s, p1, AttributeType::AlwaysSensitive));
+    assert!(boolean(s, p1, AttributeType::Sensitive));
+    assert!(!boolean(s, p1, AttributeType::Extractable));
+    assert!(boolean(s, p1, AttributeType::Token));
+    assert_eq!(bytes(s, p1, AttributeType::EcParams), P256_OID);
+    assert_eq!(bytes(s, p1_pub, AttributeType::EcParams), P256_OID);
+    let pt = point(s, p1_pub);
+    assert_eq!(pt.len(), 65);
+    assert_eq!(pt[0], 0x04, "uncompressed");
+    let info = s
+        .get_attribute_info(
+            p1,
+            &[
+                AttributeType::Value,
+                AttributeType::Modulus,
+                AttributeType::Label,
+            ],
+        )
+        .expect("info");
+    assert!(matches!(info[0], AttributeInfo::Sensitive), "{:?}", info[0]);
+    assert!(
+        matches!(info[1], AttributeInfo::TypeInvalid),
+        "{:?}",
+        info[1]
+    );
+    assert!(
+        matches!(info[2], AttributeInfo::Available(2)),
+        "{:?}",
+        info[2]
+    );
+}
+
+pub(crate) fn objects_lifecycle(t: &Token, p11: &Pkcs11, alice: Slot, s: &Session) {
+    // A session object lives as long as its session, and never reaches the store.
+    let other = p11.open_rw_session(alice).expect("session");
+    let (_, k) = pair(&other, false, "temp", false);
+    assert!(!boolean(&other, k, AttributeType::Token));
+    assert_eq!(
+        other
+            .find_objects(&[Attribute::Label(b"temp".to_vec())])
+            .expect("find")
+            .len(),
+        2
+    );
+    let list = String::from_utf8(t.hsmctl("alice", &["list"]).stdout).expect("utf-8");
+    assert!(!list.contains("temp"), "{list}");
+    other.close().expect("close");
+    assert!(
+        s.find_objects(&[Attribute::Label(b"temp".to_vec())])
+            .expect("find")
+            .is_empty()
+    );
+    // Read-only sessions make no token objects.
+    let ro = p11.open_ro_session(alice).expect("session");
+    let e = ro
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(P256_OID.to_vec()),
+            ],
+            &[Attribute::Token(true)],
+        )
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::SessionReadOnly);
+    ro.close().expect("close");
+    // Destroying: the public half alone is refused; the private half deletes the key.
+    let (gone_pub, gone) = pair(s, false, "gone", true);
+    assert_eq!(
+        rv(s.destroy_object(gone_pub).unwrap_err()),
+        RvError::ActionProhibited
+    );
+    s.destroy_object(gone).expect("destroy");
+    let list = String::from_utf8(t.hsmctl("alice", &["list"]).stdout).expect("utf-8");
+    assert!(!list.contains("gone"), "{list}");
+    assert_eq!(
+        rv(s.sign(&Mechanism::Ecdsa, gone, &[1; 32]).unwrap_err()),
+        RvError::KeyHandleInvalid
+    );
+    // Attributes never change.
+    let e = s
+        .update_attributes(gone_pub, &[Attribute::Label(b"x".to_vec())])
+        .unwrap_err();
+    assert!(matches!(
+        rv(e),
+        RvError::ActionProhibited | RvError::ObjectHandleInvalid
+    ));
+}
+
+pub(crate) fn isolation(t: &Token, p11: &Pkcs11, bob: Slot) {
+    let s = p11.open_rw_session(bob).expect("bob's session");
+    assert!(
+        s.find_objects(&[]).expect("find").is_empty(),
+        "bob sees none of alice's keys"
+    );
+    let o = t.hsmctl(
+        "alice",
+        &["grant", "p1", "--to", "bob", "--ops", "sign,verify"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let found = s
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .expect("find");
+    assert_eq!(found.len(), 1);
+    assert_eq!(bytes(&s, found[0], AttributeType::Label), b"alice:p1");
+    let id = bytes(&s, found[0], AttributeType::Id);
+    assert!(
+        id[0] & 0x80 != 0,
+        "a granted key's id never looks like one of bob's own"
+    );
+    let digest = sha256(b"granted");
+    let sig = s
+        .sign(&Mechanism::Ecdsa, found[0], &digest)
+        .expect("sign through the grant");
+    assert_eq!(sig.len(), 64);
+    assert_eq!(
+        rv(s.destroy_object(found[0]).unwrap_err()),
+        RvError::ActionProhibited
+    );
+    // bob's slot goes over shared memory: his own key, and a fork with a live shm session.
+    let (b_pub, b) = pair(&s, false, "b1", true);
+    super::faults::fork(&s, b, b_pub);
+    s.close().expect("close");
+}
