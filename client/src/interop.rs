@@ -1,7 +1,7 @@
 //! Operations in the layouts other standards use (PKCS#11 first): ECDSA over a caller's
 //! digest, AEAD as nonce-ciphertext-tag, and key search.
 
-use ferrohsm_proto::{KeyInfo, KeyQuery, KeyRef, MAX_PAGE, Page, Request, Response};
+use ferrohsm_proto::{KeyInfo, KeyQuery, KeyRef, Page, Request, Response};
 
 use crate::{Client, ClientError, unexpected};
 
@@ -82,22 +82,15 @@ impl Client {
         make: impl Fn(Page) -> Request,
     ) -> Result<Vec<KeyInfo>, ClientError> {
         let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = Page {
-                after,
-                limit: Some(MAX_PAGE),
-            };
-            let keys = match self.call(make(page)).await? {
+        let mut page = Some(Page::FIRST);
+        while let Some(p) = page {
+            let keys = match self.call(make(p)).await? {
                 Response::Keys(k) => k,
                 other => return Err(unexpected(other)),
             };
-            let last = keys.len() < MAX_PAGE as usize;
-            after = keys.last().map(|k| k.id);
+            page = p.next(&keys);
             all.extend(keys);
-            if last || after.is_none() {
-                return Ok(all);
-            }
         }
+        Ok(all)
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use cryptoki_sys::*;
 use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{
-    KeyInfo, KeyQuery, KeyType, Label, Lifetime, MAX_PAGE, MAX_RANDOM, Page, Request, Response,
-    Usage, UsageSet,
+    KeyInfo, KeyQuery, KeyType, Label, Lifetime, MAX_RANDOM, Page, Request, Response, Usage,
+    UsageSet,
 };
 
 use crate::encoding;
@@ -131,25 +131,15 @@ pub fn find_init(m: &Module, s: &mut Session, template: Template) -> Result<(), 
     let mut found: Vec<(KeyInfo, bool)> = Vec::new();
     if own {
         // Every page of the matches.
-        let mut after = None;
-        loop {
-            let page = Page {
-                after,
-                limit: Some(MAX_PAGE),
+        let mut page = Some(Page::FIRST);
+        while let Some(p) = page {
+            let q = KeyQuery {
+                page: p,
+                ..query.clone()
             };
-            let keys = s.keys(
-                m,
-                Request::Find(KeyQuery {
-                    page,
-                    ..query.clone()
-                }),
-            )?;
-            let last = keys.len() < MAX_PAGE as usize;
-            after = keys.last().map(|k| k.id);
+            let keys = s.keys(m, Request::Find(q))?;
+            page = p.next(&keys);
             found.extend(keys.into_iter().map(|k| (k, false)));
-            if last || after.is_none() {
-                break;
-            }
         }
     }
     if granted {

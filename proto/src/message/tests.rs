@@ -191,6 +191,37 @@ proptest! {
 }
 
 #[test]
+fn a_full_page_has_a_next_a_short_one_none() {
+    let key = |id| KeyInfo {
+        id,
+        label: "k".parse().unwrap(),
+        key_type: KeyType::P256,
+        usage: KeyType::P256.allowed_usage(),
+        exportable: false,
+        lifetime: Lifetime::Persistent,
+        created: 0,
+        owner: "alice".parse().unwrap(),
+        origin: Origin::Generated,
+        current_version: 1,
+        versions: Vec::new(),
+    };
+    let two = Page {
+        after: None,
+        limit: Some(2),
+    };
+    assert_eq!(
+        two.next(&[key(3), key(9)]),
+        Some(Page {
+            after: Some(9),
+            limit: Some(2)
+        })
+    );
+    assert_eq!(two.next(&[key(3)]), None);
+    assert_eq!(two.next(&[]), None);
+    assert_eq!(Page::FIRST.next(&[key(1)]), None);
+}
+
+#[test]
 fn responses_round_trip() {
     let info = KeyInfo {
         id: 7,

@@ -511,6 +511,25 @@ pub struct Page {
     pub limit: Option<u32>,
 }
 
+impl Page {
+    /// The first page of the largest size, for callers that fetch every page.
+    pub const FIRST: Page = Page {
+        after: None,
+        limit: Some(MAX_PAGE),
+    };
+
+    /// The page after this one, given this one's keys; `None` when this one was the last
+    /// (shorter than its limit).
+    pub fn next(&self, keys: &[KeyInfo]) -> Option<Page> {
+        let limit = self.limit.unwrap_or(MAX_PAGE) as usize;
+        let last = keys.last()?;
+        (keys.len() >= limit).then_some(Page {
+            after: Some(last.id),
+            limit: self.limit,
+        })
+    }
+}
+
 /// A search among the caller's own keys (persistent, then this connection's session keys):
 /// every field given must match. Paged like a listing; a page shorter than its limit is the
 /// last.
