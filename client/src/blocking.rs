@@ -6,8 +6,34 @@ use ferrohsm_proto::{KeyInfo, KeyRef, KeyType, Label, Request, message::KeySpec}
 use crate::profile::{Profile, Transport};
 use crate::{Client, ClientError, Pending, Reply, connect};
 
-fn late(t: std::time::Duration) -> ClientError {
+pub(crate) fn late(t: std::time::Duration) -> ClientError {
     ClientError::Connection(format!("no answer from hsmd within {} ms", t.as_millis()))
+}
+
+/// A runtime for one blocking caller: one thread (the caller's), I/O and timers.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Local(format!("cannot start runtime: {e}")))
+}
+
+/// Runs `f` on `rt` to its end or, with a timeout, until then (a `Connection` error). The timer
+/// is made inside the runtime, whose clock it needs.
+pub(crate) fn block_within<T, F>(
+    rt: &tokio::runtime::Runtime,
+    timeout: Option<std::time::Duration>,
+    f: F,
+) -> Result<T, ClientError>
+where
+    F: std::future::Future<Output = Result<T, ClientError>>,
+{
+    match timeout {
+        None => rt.block_on(f),
+        Some(t) => rt
+            .block_on(async { tokio::time::timeout(t, f).await })
+            .unwrap_or_else(|_| Err(late(t))),
+    }
 }
 
 /// A blocking client: the async [`Client`] on a private single-thread runtime.
@@ -29,16 +55,7 @@ impl BlockingClient {
         profile: &Profile,
         transport: Option<Transport>,
     ) -> Result<BlockingClient, ClientError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Local(format!("cannot start runtime: {e}")))?;
-        let client = rt.block_on(connect::connect(profile, transport))?;
-        Ok(BlockingClient {
-            rt,
-            client,
-            timeout: None,
-        })
+        BlockingClient::open(profile, transport, None)
     }
 
     /// Connects like [`BlockingClient::connect`], giving up after `timeout`; [`BlockingClient::run`]
@@ -48,20 +65,20 @@ impl BlockingClient {
         transport: Option<Transport>,
         timeout: std::time::Duration,
     ) -> Result<BlockingClient, ClientError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Local(format!("cannot start runtime: {e}")))?;
-        // The timer is made inside the runtime (it needs the runtime's clock).
-        let client = rt
-            .block_on(async {
-                tokio::time::timeout(timeout, connect::connect(profile, transport)).await
-            })
-            .map_err(|_| late(timeout))??;
+        BlockingClient::open(profile, transport, Some(timeout))
+    }
+
+    fn open(
+        profile: &Profile,
+        transport: Option<Transport>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<BlockingClient, ClientError> {
+        let rt = runtime()?;
+        let client = block_within(&rt, timeout, connect::connect(profile, transport))?;
         Ok(BlockingClient {
             rt,
             client,
-            timeout: Some(timeout),
+            timeout,
         })
     }
 
@@ -71,13 +88,7 @@ impl BlockingClient {
     where
         F: std::future::Future<Output = Result<T, ClientError>>,
     {
-        match self.timeout {
-            None => self.rt.block_on(f),
-            Some(t) => self
-                .rt
-                .block_on(async { tokio::time::timeout(t, f).await })
-                .unwrap_or_else(|_| Err(late(t))),
-        }
+        block_within(&self.rt, self.timeout, f)
     }
 
     /// The async client (use it from [`BlockingClient::block_on`]).

@@ -16,6 +16,7 @@ use ferrohsm_proto::handshake::{ClientHandshake, ClientStep, Welcome};
 use ferrohsm_proto::{Frame, FrameReader, Request, Response};
 use ferrohsm_shm::{Segment, Side, doorbell, stream::start_positions};
 
+use crate::blocking::{block_within, late, runtime};
 use crate::io::decode_reply;
 use crate::profile::Profile;
 use crate::{ClientError, handshake_error};
@@ -64,22 +65,9 @@ impl SyncShm {
         })?;
         let id = profile.identity()?;
         // The set-up is the async client's, on a runtime that lives only for it.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClientError::Local(format!("cannot start runtime: {e}")))?;
-        let (sock, seg) = rt.block_on(async {
-            let (s, seg) = tokio::time::timeout(timeout, super::shm::set_up(socket, &id))
-                .await
-                .map_err(|_| {
-                    conn(format!(
-                        "no answer from hsmd within {} ms",
-                        timeout.as_millis()
-                    ))
-                })??;
-            let s = s.into_std().map_err(conn)?;
-            Ok::<_, ClientError>((s, seg))
-        })?;
+        let rt = runtime()?;
+        let (sock, seg) = block_within(&rt, Some(timeout), super::shm::set_up(socket, &id))?;
+        let sock = sock.into_std().map_err(conn)?;
         drop(rt);
         sock.set_nonblocking(true).map_err(conn)?;
         let (tail, head) = start_positions(&seg, Side::Client);
@@ -177,10 +165,7 @@ impl SyncShm {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(conn(format!(
-                    "no answer from hsmd within {} ms",
-                    self.timeout.as_millis()
-                )));
+                return Err(late(self.timeout));
             }
             if doorbell::wait(mine, NAP.min(deadline - now), false, &ready) {
                 return Ok(());
