@@ -141,8 +141,18 @@ impl Objects {
         }
     }
 
+    /// The object handle `h` names: its key's index, its class and the key, if the handle
+    /// decodes, the key is still known and has an object of that class.
+    pub fn object(&self, h: CK_OBJECT_HANDLE) -> Option<(usize, Class, Known)> {
+        let (index, class) = decode(h)?;
+        let k = self.keys.get(index).filter(|_| self.live(index))?;
+        classes(k.info.key_type)
+            .contains(&class)
+            .then(|| (index, class, k.clone()))
+    }
+
     /// Whether the key at `index` is still known.
-    pub fn live(&self, index: usize) -> bool {
+    fn live(&self, index: usize) -> bool {
         self.keys.get(index).is_some_and(|k| {
             let key = (k.granted.then(|| k.info.owner.clone()), k.info.id);
             self.index.get(&key) == Some(&index)

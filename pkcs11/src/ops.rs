@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::encoding;
 use crate::mech;
 use crate::module::{Module, Rv, Session, lock};
-use crate::object::{Class, Known, decode};
+use crate::object::{Class, Known};
 
 /// The most bytes a multi-part operation gathers (what one hsmd request carries, less room
 /// for the rest of the request).
@@ -94,15 +94,9 @@ pub fn key_for(
     classes: &[Class],
 ) -> Result<(Known, Class), Rv> {
     let slot = &m.slots[s.slot];
-    let (index, class) = decode(h).ok_or(CKR_KEY_HANDLE_INVALID)?;
-    let objects = lock(&slot.objects);
-    if !objects.live(index) {
-        return Err(CKR_KEY_HANDLE_INVALID);
-    }
-    let k = objects.get(index).ok_or(CKR_KEY_HANDLE_INVALID)?.clone();
-    if !crate::object::classes(k.info.key_type).contains(&class) {
-        return Err(CKR_KEY_HANDLE_INVALID);
-    }
+    let (_, class, k) = lock(&slot.objects)
+        .object(h)
+        .ok_or(CKR_KEY_HANDLE_INVALID)?;
     if class != Class::Public && !slot.unlocked() {
         return Err(CKR_USER_NOT_LOGGED_IN);
     }

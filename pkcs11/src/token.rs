@@ -14,7 +14,7 @@ use ferrohsm_proto::{
 
 use crate::encoding;
 use crate::module::{Module, Rv, Session, Slot, lock};
-use crate::object::{Class, Value, attribute, classes, decode, handle, needs_public};
+use crate::object::{Class, Value, attribute, classes, handle, needs_public};
 
 /// A template: attribute types and their values' bytes.
 pub type Template = Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>;
@@ -205,18 +205,10 @@ pub fn attributes(
     types: &[CK_ATTRIBUTE_TYPE],
 ) -> Result<Vec<Value>, Rv> {
     let slot = &m.slots[s.slot];
-    let (index, class) = decode(h).ok_or(CKR_OBJECT_HANDLE_INVALID)?;
-    let k = {
-        let objects = lock(&slot.objects);
-        if !objects.live(index) {
-            return Err(CKR_OBJECT_HANDLE_INVALID);
-        }
-        objects
-            .get(index)
-            .cloned()
-            .ok_or(CKR_OBJECT_HANDLE_INVALID)?
-    };
-    if !classes(k.info.key_type).contains(&class) || (class != Class::Public && !slot.unlocked()) {
+    let (index, class, k) = lock(&slot.objects)
+        .object(h)
+        .ok_or(CKR_OBJECT_HANDLE_INVALID)?;
+    if class != Class::Public && !slot.unlocked() {
         return Err(CKR_OBJECT_HANDLE_INVALID);
     }
     let k = if types.iter().any(|t| needs_public(*t)) && k.public.is_none() {
@@ -383,20 +375,9 @@ pub fn generate_key(
 /// and is not deleted on its own; a granted key is its owner's to delete.
 pub fn destroy(m: &Module, s: &mut Session, h: CK_OBJECT_HANDLE) -> Result<(), Rv> {
     let slot = &m.slots[s.slot];
-    let (index, class) = decode(h).ok_or(CKR_OBJECT_HANDLE_INVALID)?;
-    let k = {
-        let objects = lock(&slot.objects);
-        if !objects.live(index) {
-            return Err(CKR_OBJECT_HANDLE_INVALID);
-        }
-        objects
-            .get(index)
-            .cloned()
-            .ok_or(CKR_OBJECT_HANDLE_INVALID)?
-    };
-    if !classes(k.info.key_type).contains(&class) {
-        return Err(CKR_OBJECT_HANDLE_INVALID);
-    }
+    let (index, class, k) = lock(&slot.objects)
+        .object(h)
+        .ok_or(CKR_OBJECT_HANDLE_INVALID)?;
     if class != Class::Public && !slot.unlocked() {
         return Err(CKR_USER_NOT_LOGGED_IN);
     }
