@@ -40,13 +40,43 @@ pub struct MechArgs {
     pub eddsa_variant: bool,
 }
 
+/// What an operation gathers: a single-part call's input, or its updates'.
+#[derive(Debug, Default)]
+struct Input {
+    bytes: Zeroizing<Vec<u8>>,
+    updated: bool,
+}
+
+impl Input {
+    /// An update's bytes, up to [`MAX_DATA`] in all.
+    fn push(&mut self, data: &[u8]) -> Result<(), Rv> {
+        if self.bytes.len() + data.len() > MAX_DATA {
+            return Err(CKR_DATA_LEN_RANGE);
+        }
+        self.bytes.extend_from_slice(data);
+        self.updated = true;
+        Ok(())
+    }
+
+    /// The last step: a single-part call's `data` (refused after an update), or `None` for
+    /// `*Final`, which takes what the updates gathered.
+    fn finish(&mut self, data: Option<&[u8]>) -> Result<(), Rv> {
+        if let Some(d) = data {
+            if self.updated {
+                return Err(CKR_OPERATION_ACTIVE);
+            }
+            self.bytes = Zeroizing::new(d.to_vec());
+        }
+        Ok(())
+    }
+}
+
 /// A signature or MAC being made or checked.
 #[derive(Debug)]
 pub struct SignOp {
     mech: CK_MECHANISM_TYPE,
     key: KeyRef,
-    data: Zeroizing<Vec<u8>>,
-    updated: bool,
+    input: Input,
 }
 
 /// An AEAD encryption or decryption.
@@ -56,8 +86,7 @@ pub struct AeadOp {
     nonce: Vec<u8>,
     iv_addr: usize,
     aad: Vec<u8>,
-    data: Zeroizing<Vec<u8>>,
-    updated: bool,
+    input: Input,
 }
 
 /// A local digest.
@@ -124,8 +153,7 @@ pub fn sign_init(
     h: CK_OBJECT_HANDLE,
     verify: bool,
 ) -> Result<(), Rv> {
-    let active = if verify { &s.ops.verify } else { &s.ops.sign };
-    if active.is_some() {
+    if sign_slot(s, verify).is_some() {
         return Err(CKR_OPERATION_ACTIVE);
     }
     if !matches!(
@@ -152,14 +180,9 @@ pub fn sign_init(
     let op = SignOp {
         mech: args.mech,
         key: k.key_ref(),
-        data: Zeroizing::new(Vec::new()),
-        updated: false,
+        input: Input::default(),
     };
-    if verify {
-        s.ops.verify = Some(op);
-    } else {
-        s.ops.sign = Some(op);
-    }
+    *sign_slot(s, verify) = Some(op);
     Ok(())
 }
 
@@ -187,12 +210,8 @@ pub fn sign_update(s: &mut Session, data: &[u8], verify: bool) -> Result<(), Rv>
     // Raw ECDSA signs one digest: it has no multi-part form.
     let r = if op.mech == CKM_ECDSA {
         Err(CKR_FUNCTION_NOT_SUPPORTED)
-    } else if op.data.len() + data.len() > MAX_DATA {
-        Err(CKR_DATA_LEN_RANGE)
     } else {
-        op.data.extend_from_slice(data);
-        op.updated = true;
-        Ok(())
+        op.input.push(data)
     };
     if r.is_err() {
         *slot = None;
@@ -206,13 +225,8 @@ fn take_sign(s: &mut Session, data: Option<&[u8]>, verify: bool) -> Result<SignO
     let mut op = sign_slot(s, verify)
         .take()
         .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-    if let Some(d) = data {
-        if op.updated {
-            return Err(CKR_OPERATION_ACTIVE);
-        }
-        op.data = Zeroizing::new(d.to_vec());
-    }
-    if op.mech == CKM_ECDSA && !(16..=64).contains(&op.data.len()) {
+    op.input.finish(data)?;
+    if op.mech == CKM_ECDSA && !(16..=64).contains(&op.input.bytes.len()) {
         return Err(CKR_DATA_LEN_RANGE);
     }
     Ok(op)
@@ -221,7 +235,7 @@ fn take_sign(s: &mut Session, data: Option<&[u8]>, verify: bool) -> Result<SignO
 /// `C_Sign` (with `data`) or `C_SignFinal`: the signature (ECDSA raw r||s) or MAC.
 pub fn sign(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Vec<u8>, Rv> {
     let op = take_sign(s, data, false)?;
-    let (key, data, mech) = (op.key.clone(), op.data.to_vec(), op.mech);
+    let (key, data, mech) = (op.key.clone(), op.input.bytes.to_vec(), op.mech);
     let out = s.bytes(
         m,
         match mech {
@@ -258,7 +272,7 @@ pub fn verify(
         }
         _ => signature.to_vec(),
     };
-    let (key, data, mech) = (op.key.clone(), op.data.to_vec(), op.mech);
+    let (key, data, mech) = (op.key.clone(), op.input.bytes.to_vec(), op.mech);
     s.done(
         m,
         match mech {
@@ -326,14 +340,9 @@ pub fn crypt_init(
         nonce,
         iv_addr: args.iv_addr,
         aad: args.aad.clone(),
-        data: Zeroizing::new(Vec::new()),
-        updated: false,
+        input: Input::default(),
     };
-    if decrypt {
-        s.ops.decrypt = Some(op);
-    } else {
-        s.ops.encrypt = Some(op);
-    }
+    *crypt_slot(s, decrypt) = Some(op);
     Ok(())
 }
 
@@ -349,7 +358,7 @@ fn crypt_slot(s: &mut Session, decrypt: bool) -> &mut Option<AeadOp> {
 pub fn crypt_len(s: &mut Session, decrypt: bool, more: usize) -> Result<usize, Rv> {
     let slot = crypt_slot(s, decrypt);
     let op = slot.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-    let total = op.data.len() + more;
+    let total = op.input.bytes.len() + more;
     if !decrypt {
         return Ok(total + TAG_LEN);
     }
@@ -363,25 +372,18 @@ pub fn crypt_len(s: &mut Session, decrypt: bool, more: usize) -> Result<usize, R
 pub fn crypt_update(s: &mut Session, decrypt: bool, data: &[u8]) -> Result<(), Rv> {
     let slot = crypt_slot(s, decrypt);
     let op = slot.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-    if op.data.len() + data.len() > MAX_DATA {
+    let r = op.input.push(data);
+    if r.is_err() {
         *slot = None;
-        return Err(CKR_DATA_LEN_RANGE);
     }
-    op.data.extend_from_slice(data);
-    op.updated = true;
-    Ok(())
+    r
 }
 
 fn take_crypt(s: &mut Session, decrypt: bool, data: Option<&[u8]>) -> Result<AeadOp, Rv> {
     let mut op = crypt_slot(s, decrypt)
         .take()
         .ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-    if let Some(d) = data {
-        if op.updated {
-            return Err(CKR_OPERATION_ACTIVE);
-        }
-        op.data = Zeroizing::new(d.to_vec());
-    }
+    op.input.finish(data)?;
     Ok(op)
 }
 
@@ -401,7 +403,7 @@ pub struct Sealed {
 pub fn encrypt(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Sealed, Rv> {
     let op = take_crypt(s, false, data)?;
     let (key, aad) = (op.key.clone(), op.aad.clone());
-    let plaintext = op.data.to_vec();
+    let plaintext = op.input.bytes.to_vec();
     let out = s.bytes(
         m,
         Request::EncryptRaw {
@@ -425,11 +427,11 @@ pub fn encrypt(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Seale
 /// `C_Decrypt` (with `data`) or `C_DecryptFinal`.
 pub fn decrypt(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, Rv> {
     let op = take_crypt(s, true, data)?;
-    if op.data.len() < TAG_LEN {
+    if op.input.bytes.len() < TAG_LEN {
         return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
     }
     let (key, nonce, aad) = (op.key.clone(), op.nonce.clone(), op.aad.clone());
-    let ciphertext = op.data.to_vec();
+    let ciphertext = op.input.bytes.to_vec();
     s.bytes(
         m,
         Request::DecryptRaw {
