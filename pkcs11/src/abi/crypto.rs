@@ -4,7 +4,62 @@
 use cryptoki_sys::*;
 
 use super::{bytes, guard, mechanism, output, with_session, write_nonce};
+use crate::module::{Module, Session};
 use crate::ops;
+
+/// `*Init`: reads the caller's mechanism, then starts the operation on the session.
+///
+/// # Safety
+/// `mech` must be null or point to a valid `CK_MECHANISM`.
+unsafe fn start(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    begin: impl FnOnce(&Module, &mut Session, &ops::MechArgs) -> Result<(), CK_RV>,
+) -> CK_RV {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let args = unsafe { mechanism(mech) }?;
+        with_session(h, |m, s| begin(m, s, &args))
+    })
+}
+
+/// `*Update`: hands the caller's bytes to the session's operation.
+///
+/// # Safety
+/// `data` must be null or readable for `len`.
+unsafe fn feed(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    take: impl FnOnce(&mut Session, &[u8]) -> Result<(), CK_RV>,
+) -> CK_RV {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let data = unsafe { bytes(data, len) }?;
+        with_session(h, |_, s| take(s, data))
+    })
+}
+
+/// `C_EncryptUpdate` / `C_DecryptUpdate`: gathered, nothing out until the final call.
+///
+/// # Safety
+/// `data` readable for `len`; `out_len` writable.
+unsafe fn crypt_update(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out_len: *mut CK_ULONG,
+    decrypt: bool,
+) -> CK_RV {
+    guard(|| {
+        // SAFETY: the caller's input and output length.
+        unsafe {
+            let data = bytes(data, len)?;
+            with_session(h, |_, s| ops::crypt_update(s, decrypt, data))?;
+            super::put(out_len, 0)
+        }
+    })
+}
 
 /// `C_SignInit`.
 ///
@@ -16,11 +71,8 @@ pub unsafe extern "C" fn C_SignInit(
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's mechanism.
-        let args = unsafe { mechanism(mech) }?;
-        with_session(h, |m, s| ops::sign_init(m, s, &args, key, false))
-    })
+    // SAFETY: per this function's contract.
+    unsafe { start(h, mech, |m, s, args| ops::sign_init(m, s, args, key, false)) }
 }
 
 /// `C_Sign`: ECDSA as raw r||s, EdDSA 64 bytes, HMAC 32.
@@ -56,11 +108,8 @@ pub unsafe extern "C" fn C_SignUpdate(
     data: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's input.
-        let data = unsafe { bytes(data, len) }?;
-        with_session(h, |_, s| ops::sign_update(s, data, false))
-    })
+    // SAFETY: per this function's contract.
+    unsafe { feed(h, data, len, |s, data| ops::sign_update(s, data, false)) }
 }
 
 /// `C_SignFinal`.
@@ -92,11 +141,8 @@ pub unsafe extern "C" fn C_VerifyInit(
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's mechanism.
-        let args = unsafe { mechanism(mech) }?;
-        with_session(h, |m, s| ops::sign_init(m, s, &args, key, true))
-    })
+    // SAFETY: per this function's contract.
+    unsafe { start(h, mech, |m, s, args| ops::sign_init(m, s, args, key, true)) }
 }
 
 /// `C_Verify`.
@@ -128,11 +174,8 @@ pub unsafe extern "C" fn C_VerifyUpdate(
     data: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's input.
-        let data = unsafe { bytes(data, len) }?;
-        with_session(h, |_, s| ops::sign_update(s, data, true))
-    })
+    // SAFETY: per this function's contract.
+    unsafe { feed(h, data, len, |s, data| ops::sign_update(s, data, true)) }
 }
 
 /// `C_VerifyFinal`.
@@ -164,11 +207,12 @@ pub unsafe extern "C" fn C_EncryptInit(
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's mechanism.
-        let args = unsafe { mechanism(mech) }?;
-        with_session(h, |m, s| ops::crypt_init(m, s, &args, key, false))
-    })
+    // SAFETY: per this function's contract.
+    unsafe {
+        start(h, mech, |m, s, args| {
+            ops::crypt_init(m, s, args, key, false)
+        })
+    }
 }
 
 /// The last step of an encryption: ciphertext then tag out, the nonce into the caller's IV.
@@ -227,14 +271,8 @@ pub unsafe extern "C" fn C_EncryptUpdate(
     _out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's input and output length.
-        unsafe {
-            let data = bytes(data, len)?;
-            with_session(h, |_, s| ops::crypt_update(s, false, data))?;
-            super::put(out_len, 0)
-        }
-    })
+    // SAFETY: per this function's contract.
+    unsafe { crypt_update(h, data, len, out_len, false) }
 }
 
 /// `C_EncryptFinal`.
@@ -261,11 +299,8 @@ pub unsafe extern "C" fn C_DecryptInit(
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's mechanism.
-        let args = unsafe { mechanism(mech) }?;
-        with_session(h, |m, s| ops::crypt_init(m, s, &args, key, true))
-    })
+    // SAFETY: per this function's contract.
+    unsafe { start(h, mech, |m, s, args| ops::crypt_init(m, s, args, key, true)) }
 }
 
 /// The last step of a decryption.
@@ -320,14 +355,8 @@ pub unsafe extern "C" fn C_DecryptUpdate(
     _out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's input and output length.
-        unsafe {
-            let data = bytes(data, len)?;
-            with_session(h, |_, s| ops::crypt_update(s, true, data))?;
-            super::put(out_len, 0)
-        }
-    })
+    // SAFETY: per this function's contract.
+    unsafe { crypt_update(h, data, len, out_len, true) }
 }
 
 /// `C_DecryptFinal`.
@@ -350,11 +379,8 @@ pub unsafe extern "C" fn C_DecryptFinal(
 /// `mech` must point to a valid `CK_MECHANISM`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn C_DigestInit(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's mechanism.
-        let args = unsafe { mechanism(mech) }?;
-        with_session(h, |_, s| ops::digest_init(s, args.mech))
-    })
+    // SAFETY: per this function's contract.
+    unsafe { start(h, mech, |_, s, args| ops::digest_init(s, args.mech)) }
 }
 
 /// `C_Digest`.
@@ -394,11 +420,8 @@ pub unsafe extern "C" fn C_DigestUpdate(
     data: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> CK_RV {
-    guard(|| {
-        // SAFETY: the caller's input.
-        let data = unsafe { bytes(data, len) }?;
-        with_session(h, |_, s| ops::digest_update(s, data))
-    })
+    // SAFETY: per this function's contract.
+    unsafe { feed(h, data, len, ops::digest_update) }
 }
 
 /// `C_DigestFinal`.
