@@ -7,16 +7,7 @@ mod support;
 use ferrohsm_client::ClientError;
 use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{DigestAlg, KeyRef, KeyType, Lifetime, Status, Usage, UsageSet};
-use support::TestServer;
-
-fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
-    match r {
-        Err(e) => e
-            .status()
-            .unwrap_or_else(|| panic!("no server status in {e:?}")),
-        Ok(v) => panic!("expected an error, got {v:?}"),
-    }
-}
+use support::{TestServer, label, status};
 
 fn spec(t: KeyType, label: &str) -> KeySpec {
     KeySpec {
@@ -26,10 +17,6 @@ fn spec(t: KeyType, label: &str) -> KeySpec {
         exportable: false,
         session: false,
     }
-}
-
-fn label(s: &str) -> KeyRef {
-    KeyRef::Label(s.parse().unwrap())
 }
 
 #[test]

@@ -411,11 +411,8 @@ fn every_transport_carries_the_module() {
     for (i, transport) in ["tcp", "tls", "tls-psk", "shm"].into_iter().enumerate() {
         let config = t.config_over("bob", transport);
         let tool = |args: &[&str]| {
-            let mut c = t.command("pkcs11-tool");
-            c.env("FERROHSM_PKCS11_CONFIG", &config)
-                .arg("--module")
-                .arg(module())
-                .args(args);
+            let mut c = p11(&t, args);
+            c.env("FERROHSM_PKCS11_CONFIG", &config);
             c
         };
         let label = format!("k{i}");

@@ -116,6 +116,23 @@ fn launch(
     (handle, addr)
 }
 
+/// The server status of a call that must fail (a panic if it succeeded or failed without one).
+pub fn status<T: std::fmt::Debug>(
+    r: Result<T, ferrohsm_client::ClientError>,
+) -> ferrohsm_proto::Status {
+    match r {
+        Err(e) => e
+            .status()
+            .unwrap_or_else(|| panic!("no server status in {e:?}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+/// A key named by its label.
+pub fn label(s: &str) -> ferrohsm_proto::KeyRef {
+    ferrohsm_proto::KeyRef::Label(s.parse().expect("a valid label"))
+}
+
 /// Reads one frame from a raw socket; `None` if the server closed the connection first.
 pub fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Frame> {
     let mut frames = FrameReader::with_bytes(2 * 1024 * 1024, std::mem::take(buf));

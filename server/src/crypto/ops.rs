@@ -88,7 +88,7 @@ fn check_digest(digest: &[u8]) -> Result<(), OpError> {
 pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError> {
     let signer = match key {
         KeyMaterial::P256 { .. } => key
-            .prehash_signer()
+            .digest_key()
             .ok_or_else(|| OpError::internal("P-256 scalar does not parse"))?,
         other => return Err(wrong_type("sign a digest", other.key_type())),
     };
@@ -106,7 +106,7 @@ pub fn verify_digest(key: &KeyMaterial, digest: &[u8], sig: &[u8]) -> Result<(),
     };
     check_digest(digest)?;
     let k = key
-        .prehash_signer()
+        .digest_key()
         .ok_or_else(|| OpError::internal("P-256 key does not parse"))?;
     let parsed = openssl::ecdsa::EcdsaSig::from_der(sig).map_err(|_| bad())?;
     // Only the one canonical DER encoding of a signature is accepted.

@@ -122,8 +122,9 @@ impl KeyMaterial {
         }
     }
 
-    /// The P-256 key that signs a digest (made on first use, then kept with the key).
-    pub fn prehash_signer(&self) -> Option<&openssl::ec::EcKeyRef<openssl::pkey::Private>> {
+    /// The OpenSSL form of a P-256 key, which signs and verifies digests (made on first use,
+    /// then kept with the key).
+    pub fn digest_key(&self) -> Option<&openssl::ec::EcKeyRef<openssl::pkey::Private>> {
         use openssl::bn::{BigNum, BigNumContext};
         use openssl::ec::{EcGroup, EcKey, EcPoint};
         let KeyMaterial::P256 {
