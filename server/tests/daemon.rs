@@ -2,26 +2,19 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../client/tests/support/daemon.rs"]
-mod daemon;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-use daemon::Daemon;
 use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::Profile;
-
-fn hsmd() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hsmd"))
-}
+use ferrohsm_test_support::daemon::{self, Daemon, EXIT_DEADLINE};
+use ferrohsm_test_support::{Data, wait};
 
 fn run(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(hsmd())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
+    let mut c = daemon::hsmd_command();
+    c.args(args).current_dir(cwd);
+    daemon::output_within(&mut c, EXIT_DEADLINE)
 }
 
 fn ping(profile: &Path) {
@@ -106,29 +99,27 @@ fn bad_configs_are_refused_with_the_file_and_key_named() {
 
 #[test]
 fn sigterm_stops_the_daemon_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("d");
-    let (daemon, ports, lines) =
-        Daemon::init_and_start(&hsmd(), tmp.path(), &d, "alice", &|_| {}, None);
-    assert!(
-        lines.last().unwrap().starts_with(&ports.ready_line()),
-        "{lines:?}"
-    );
-    ping(&d.join("clients/alice.toml"));
+    let d = Data::init("alice");
+    let daemon = d.start();
+    ping(&d.profile("alice"));
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 
 #[test]
 fn without_arguments_hsmd_initialises_hsm_data_and_serves() {
     let tmp = tempfile::tempdir().unwrap();
-    if std::net::TcpListener::bind("127.0.0.1:7301").is_err() {
-        eprintln!(
-            "SKIPPED: port 7301 (hsmd's default) is busy on this machine; default start not checked"
+    // hsmd's defaults are fixed ports (7301-7303): this test waits for them to be free, and
+    // fails (never skips) if something else keeps one.
+    for port in [7301, 7302, 7303] {
+        wait::until(
+            &format!("port {port} (an hsmd default) to be free"),
+            Duration::from_secs(30),
+            || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
         );
-        return;
     }
-    let (daemon, lines) = Daemon::start(&hsmd(), tmp.path(), &[]);
-    let line = lines.last().unwrap();
+    let log = tmp.path().join("hsmd.log");
+    let daemon = Daemon::start(tmp.path(), &[], &[], &log);
+    let line = daemon.ready_line();
     assert!(
         line.contains("127.0.0.1:7301")
             && line.contains("hsmctl --profile hsm-data/clients/default.toml ping"),
@@ -138,7 +129,7 @@ fn without_arguments_hsmd_initialises_hsm_data_and_serves() {
     ping(&profile);
     assert_eq!(daemon.terminate().code(), Some(0));
     // The second start reuses the directory and its keys.
-    let (daemon, _) = Daemon::start(&hsmd(), tmp.path(), &[]);
+    let daemon = Daemon::start(tmp.path(), &[], &[], &log);
     ping(&profile);
     assert_eq!(daemon.terminate().code(), Some(0));
 }

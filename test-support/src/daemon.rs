@@ -1,0 +1,512 @@
+//! A real `hsmd` process: a data directory made by the real `hsmd init` on free loopback
+//! ports ([`Data`]), and the process serving it ([`Daemon`]), started one way: spawned, its
+//! readiness line awaited with a deadline, its log kept in a file. A start is retried only when
+//! hsmd says a port is already in use (a free port is only free until someone else binds it);
+//! any other failure fails the test with hsmd's log.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ferrohsm_client::BlockingClient;
+use ferrohsm_client::profile::Profile;
+
+use crate::bins;
+
+/// How long hsmd may take to print its readiness line (a debug build, a busy machine).
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long hsmd may take to exit after a signal, or a command to finish.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A free loopback port (free until someone else binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Loopback addresses for the three socket listeners, as `hsmd init` flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    pub tcp: String,
+    pub tls: String,
+    pub tls_psk: String,
+}
+
+impl Ports {
+    /// Three free ports.
+    pub fn new() -> Ports {
+        let a = || format!("127.0.0.1:{}", free_port());
+        Ports {
+            tcp: a(),
+            tls: a(),
+            tls_psk: a(),
+        }
+    }
+
+    /// `--tcp A --tls B --tls-psk C`.
+    pub fn args(&self) -> [&str; 6] {
+        [
+            "--tcp",
+            &self.tcp,
+            "--tls",
+            &self.tls,
+            "--tls-psk",
+            &self.tls_psk,
+        ]
+    }
+
+    /// The start of the line `hsmd` prints once it listens.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "hsmd: listening on tcp {}, tls {}, tls-psk {}",
+            self.tcp, self.tls, self.tls_psk
+        )
+    }
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports::new()
+    }
+}
+
+/// `hsmd` of this build, with no passphrase from the developer's environment.
+pub fn hsmd_command() -> Command {
+    let mut c = Command::new(bins::hsmd());
+    c.env_remove("HSMD_PASSPHRASE")
+        .env_remove("HSMD_NEW_PASSPHRASE")
+        .env_remove("HSMD_STORE_PASSWORD")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs `hsmd ARGS` (with `env`) to its end, which must come within [`EXIT_DEADLINE`].
+pub fn run_hsmd(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = hsmd_command();
+    c.args(args).envs(env.iter().copied());
+    output_within(&mut c, EXIT_DEADLINE)
+}
+
+/// `hsmctl --profile PROFILE` of this build.
+pub fn hsmctl_command(profile: &Path) -> Command {
+    let mut c = Command::new(bins::hsmctl());
+    c.arg("--profile").arg(profile);
+    c
+}
+
+/// Runs a command to its end within `within` (killed and a failure otherwise).
+pub fn output_within(c: &mut Command, within: Duration) -> Output {
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(o) => o.unwrap_or_else(|e| panic!("{c:?}: {e}")),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{c:?} did not finish within {within:?}");
+        }
+    }
+}
+
+/// Why a start failed.
+#[derive(Debug)]
+pub enum StartError {
+    /// hsmd could not bind an address another process holds.
+    AddressInUse(String),
+    /// Anything else: hsmd's output and log.
+    Failed(String),
+}
+
+/// A real `hsmd` process; killed on drop if still running.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+    /// What hsmd printed on stdout up to its readiness line (that line last).
+    pub lines: Vec<String>,
+}
+
+static LOGS: AtomicUsize = AtomicUsize::new(0);
+
+impl Daemon {
+    /// Starts `hsmd ARGS` in `cwd` (with `env`), its log in `log`, and waits for its readiness
+    /// line; any failure fails the test.
+    pub fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Daemon {
+        Daemon::spawn(cwd, args, env, log).unwrap_or_else(|e| panic!("hsmd did not start: {e:?}"))
+    }
+
+    /// Like [`Daemon::start`], returning why it failed.
+    pub fn spawn(
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Daemon, StartError> {
+        let file = std::fs::File::create(log)
+            .unwrap_or_else(|e| panic!("log file {}: {e}", log.display()));
+        let mut child = hsmd_command()
+            .args(args)
+            .current_dir(cwd)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start hsmd: {e}"));
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        // Lines arrive on a channel so the wait has a deadline; the reader keeps draining
+        // stdout afterwards so hsmd never blocks on a full pipe.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut lines = Vec::new();
+        let mut d = Daemon {
+            child,
+            log: log.to_path_buf(),
+            lines: Vec::new(),
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.starts_with("hsmd: listening on");
+                    lines.push(line);
+                    if ready {
+                        d.lines = lines;
+                        return Ok(d);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    d.kill_now();
+                    return Err(StartError::Failed(format!(
+                        "no readiness line within {START_DEADLINE:?}; stdout {lines:?}; log:\n{}",
+                        d.log()
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = d.wait_exit(EXIT_DEADLINE);
+                    let log = d.log();
+                    let why = format!("hsmd exited ({status}) before listening: {lines:?}\n{log}");
+                    return Err(if log.contains("Address already in use") {
+                        StartError::AddressInUse(why)
+                    } else {
+                        StartError::Failed(why)
+                    });
+                }
+            }
+        }
+    }
+
+    /// The readiness line.
+    pub fn ready_line(&self) -> &str {
+        self.lines.last().map(String::as_str).unwrap_or_default()
+    }
+
+    /// hsmd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What hsmd has logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let s = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(s.success(), "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit; a failure (with the log) if it outlives `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                self.kill_now();
+                panic!(
+                    "hsmd (pid {}) did not exit within {within:?}; log:\n{}",
+                    self.pid(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (within [`EXIT_DEADLINE`]).
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(EXIT_DEADLINE)
+    }
+
+    /// SIGINT, then the exit status (within [`EXIT_DEADLINE`]).
+    pub fn interrupt(mut self) -> ExitStatus {
+        self.signal("INT");
+        self.wait_exit(EXIT_DEADLINE)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// A data directory made by the real `hsmd init` on free ports, and the ways to start hsmd
+/// on it, run hsmctl against it and read its files.
+#[derive(Debug)]
+pub struct Data {
+    tmp: tempfile::TempDir,
+    /// The data directory (`hsmd.toml`, `keys.db`, `clients/`).
+    pub dir: PathBuf,
+    ports: Mutex<Ports>,
+}
+
+impl Data {
+    /// `hsmd init --dir D --clients CLIENTS` on free ports.
+    pub fn init(clients: &str) -> Data {
+        Data::init_with(clients, &[], &[])
+    }
+
+    /// `hsmd init` with extra arguments (`--shm-socket P`) and environment (a passphrase).
+    pub fn init_with(clients: &str, args: &[&str], env: &[(&str, &str)]) -> Data {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("d");
+        let ports = Ports::new();
+        let dir_s = dir.to_str().expect("utf-8 temp path");
+        let o = run_hsmd(
+            &[
+                &["init", "--dir", dir_s, "--clients", clients][..],
+                &ports.args(),
+                args,
+            ]
+            .concat(),
+            env,
+        );
+        crate::status::ok(&o);
+        Data {
+            tmp,
+            dir,
+            ports: Mutex::new(ports),
+        }
+    }
+
+    /// The listen addresses hsmd.toml and the profiles name now.
+    pub fn ports(&self) -> Ports {
+        self.ports.lock().expect("ports").clone()
+    }
+
+    /// A scratch directory beside the data directory (removed with it).
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A path in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// `D/hsmd.toml`.
+    pub fn config(&self) -> String {
+        self.dir.join("hsmd.toml").display().to_string()
+    }
+
+    /// `D/keys.db`.
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("keys.db")
+    }
+
+    /// A client's profile.
+    pub fn profile(&self, name: &str) -> PathBuf {
+        self.dir.join("clients").join(format!("{name}.toml"))
+    }
+
+    /// A client's profile, loaded.
+    pub fn load_profile(&self, name: &str) -> Profile {
+        Profile::load(&self.profile(name)).expect("profile loads")
+    }
+
+    /// A client connected over its profile's default transport.
+    pub fn connect(&self, name: &str) -> BlockingClient {
+        BlockingClient::connect(&self.load_profile(name), None).expect("client connects")
+    }
+
+    /// `hsmd --config D/hsmd.toml`.
+    pub fn start(&self) -> Daemon {
+        self.start_with(&[], &[])
+    }
+
+    /// `hsmd --config D/hsmd.toml` with environment (a passphrase).
+    pub fn start_env(&self, env: &[(&str, &str)]) -> Daemon {
+        self.start_with(&[], env)
+    }
+
+    /// `hsmd --config D/hsmd.toml ARGS` with `env`, in the scratch directory. When hsmd finds
+    /// a port taken, the configuration and profiles move to fresh ports and it starts again.
+    pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let config = self.config();
+        let args = [&["--config", config.as_str()][..], args].concat();
+        let mut last = String::new();
+        for _ in 0..5 {
+            let n = LOGS.fetch_add(1, Ordering::Relaxed);
+            let log = self.path(&format!("hsmd-{n}.log"));
+            match Daemon::spawn(self.tmp.path(), &args, env, &log) {
+                Ok(d) => {
+                    let want = self.ports().ready_line();
+                    assert!(
+                        d.ready_line().starts_with(&want),
+                        "readiness line {:?}, expected {want:?}",
+                        d.ready_line()
+                    );
+                    return d;
+                }
+                Err(StartError::AddressInUse(why)) => {
+                    last = why;
+                    self.move_ports();
+                }
+                Err(StartError::Failed(why)) => panic!("hsmd did not start: {why}"),
+            }
+        }
+        panic!("hsmd found its ports taken five times: {last}");
+    }
+
+    /// Rewrites hsmd.toml and every profile onto fresh ports.
+    fn move_ports(&self) {
+        let mut ports = self.ports.lock().expect("ports");
+        let new = Ports::new();
+        let mut files = vec![self.dir.join("hsmd.toml")];
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("clients")) {
+            files.extend(
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml")),
+            );
+        }
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("config file");
+            let text = text
+                .replace(&format!("\"{}\"", ports.tcp), &format!("\"{}\"", new.tcp))
+                .replace(&format!("\"{}\"", ports.tls), &format!("\"{}\"", new.tls))
+                .replace(
+                    &format!("\"{}\"", ports.tls_psk),
+                    &format!("\"{}\"", new.tls_psk),
+                );
+            std::fs::write(&f, text).expect("config file");
+        }
+        *ports = new;
+    }
+
+    /// Runs `hsmd ARGS` (with `env`), which must exit, not serve, within [`EXIT_DEADLINE`];
+    /// its exit code and stderr. Nothing listens on the data directory's TCP port afterwards.
+    pub fn fails(&self, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+        let o = run_hsmd(args, env);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains("listening"), "hsmd served: {out}");
+        assert!(
+            std::net::TcpStream::connect(&self.ports().tcp).is_err(),
+            "something listens on hsmd's port"
+        );
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// `hsmctl --profile WHO ARGS` over the profile's default transport.
+    pub fn ctl(&self, who: &str, args: &[&str]) -> Output {
+        let mut c = hsmctl_command(&self.profile(who));
+        c.args(args).current_dir(self.tmp.path());
+        output_within(&mut c, EXIT_DEADLINE)
+    }
+
+    /// `hsmctl --profile WHO --transport T ARGS` (run in `cwd`).
+    pub fn ctl_over(&self, who: &str, transport: &str, args: &[&str], cwd: &Path) -> Output {
+        let mut c = hsmctl_command(&self.profile(who));
+        c.args(["--transport", transport])
+            .args(args)
+            .current_dir(cwd);
+        output_within(&mut c, EXIT_DEADLINE)
+    }
+
+    /// Adds `LINE` to the `[clients.CLIENT]` table of hsmd.toml (read at the next start).
+    pub fn client_setting(&self, client: &str, line: &str) {
+        let cfg = self.dir.join("hsmd.toml");
+        let text = std::fs::read_to_string(&cfg).expect("hsmd.toml");
+        let section = format!("[clients.{client}]\n");
+        assert!(text.contains(&section), "no {section} in hsmd.toml");
+        let text = text.replace(&section, &format!("{section}{line}\n"));
+        std::fs::write(&cfg, text).expect("hsmd.toml");
+    }
+
+    /// Sets `KEY = VALUE` (TOML) in `[SECTION]` of hsmd.toml, replacing an existing value.
+    pub fn set(&self, section: &str, key: &str, value: &str) {
+        let cfg = self.dir.join("hsmd.toml");
+        let mut t: toml::Table = std::fs::read_to_string(&cfg)
+            .expect("hsmd.toml")
+            .parse()
+            .expect("hsmd.toml parses");
+        let v: toml::Value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .expect("a TOML value")
+            .remove("v")
+            .expect("v");
+        let mut table = &mut t;
+        for part in section.split('.').filter(|s| !s.is_empty()) {
+            table = table
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap_or_else(|| panic!("{part} is not a table"));
+        }
+        table.insert(key.into(), v);
+        std::fs::write(&cfg, t.to_string()).expect("hsmd.toml");
+    }
+}

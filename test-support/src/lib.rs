@@ -1,0 +1,35 @@
+//! What every FerroHSM test shares, in one place (not published).
+//!
+//! - [`bins`]: this build's `hsmd`, `hsmctl`, `hsm-stress` and PKCS#11 module, built on demand
+//!   (a test never runs a stale binary left in `target/` by an earlier build).
+//! - [`daemon`]: a real `hsmd` process on a data directory made by the real `hsmd init`, started
+//!   one way, with a deadline, and retried only when a port turned out to be taken.
+//! - [`server`]: the server library in this process, for tests that tweak its `Config`.
+//! - [`peer`]: raw and logged-in streams on every transport, frames read with a deadline, and
+//!   [`peer::Ending`], which tells a closed connection from a silent one.
+//! - [`status`]: the status of a failed call, of an error frame, and of a failed `hsmctl` run.
+//! - [`keys`]: key specs and references.
+//! - [`wait`]: waiting for a condition with a deadline instead of sleeping.
+//! - [`ci`]: the one rule for tools and privileges a test may lack: under `CI` (any non-empty
+//!   value) a missing one fails the test; elsewhere the test skips with one line on stderr.
+//!
+//! ```text
+//!   test ──> bins (cargo build, once per test process) ──> target/<profile>/{hsmd,hsmctl,...}
+//!        ──> daemon::Data (hsmd init) ──> Daemon (hsmd --config) ──> peer / BlockingClient
+//! ```
+// Test support panics on anything unexpected: that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod bins;
+pub mod ci;
+pub mod daemon;
+pub mod keys;
+pub mod peer;
+pub mod server;
+pub mod status;
+pub mod wait;
+
+pub use daemon::{Daemon, Data, Ports};
+pub use keys::{label, spec};
+pub use server::TestServer;
+pub use status::{failed, ok, status};
