@@ -1,6 +1,7 @@
 //! The module driven by the real tools from Debian's packages: pkcs11-tool (opensc), p11tool
 //! (gnutls-bin), OpenSSL through the libp11 engine (libengine-pkcs11-openssl), ssh-keygen
-//! (openssh-client). `.ci/run` installs them; elsewhere a missing tool is a loud skip.
+//! (openssh-client). `.ci/run` installs them; a missing one fails under CI and is a one-line
+//! skip elsewhere (`ci::tool`).
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
@@ -8,11 +9,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{PIN, Token, have, module_path, ok, ok_both};
-
-fn module() -> String {
-    module_path().display().to_string()
-}
+use ferrohsm_test_support::ci;
+use support::{PIN, Token, fails, module, ok, ok_both};
 
 /// `pkcs11-tool --module M ARGS` with the module's configuration.
 fn p11(t: &Token, args: &[&str]) -> std::process::Command {
@@ -30,15 +28,15 @@ fn sha256(t: &Token, input: &Path, out: &Path) {
 
 fn pem(t: &Token, who: &str, key: &str) -> PathBuf {
     let path = t.path(&format!("{who}-{key}.pem"));
-    let o = t.hsmctl(who, &["pubkey", key, "--pem"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::write(&path, o.stdout).expect("pem");
+    let pem = t.hsmctl_ok(who, &["pubkey", key, "--pem"]);
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    std::fs::write(&path, pem).expect("pem");
     path
 }
 
 #[test]
 fn pkcs11_tool_lists_generates_signs_and_tests() {
-    if !have("pkcs11-tool", "opensc") || !have("openssl", "openssl") {
+    if !ci::tool("pkcs11-tool", "opensc") || !ci::tool("openssl", "openssl") {
         return;
     }
     let mut t = Token::start();
@@ -47,8 +45,8 @@ fn pkcs11_tool_lists_generates_signs_and_tests() {
     assert!(listed.contains("login required"), "{listed}");
     assert!(listed.contains("token label        : bob"), "{listed}");
 
-    // Key generation needs the login on alice's token.
-    let denied = p11(
+    // Key generation needs the login on alice's token: refused as such, and no key made.
+    let denied = fails(&mut p11(
         &t,
         &[
             "--keypairgen",
@@ -57,10 +55,12 @@ fn pkcs11_tool_lists_generates_signs_and_tests() {
             "--label",
             "p1",
         ],
-    )
-    .output()
-    .expect("pkcs11-tool");
-    assert!(!denied.status.success());
+    ));
+    assert!(
+        denied.contains("C_GenerateKeyPair failed: rv = CKR_USER_NOT_LOGGED_IN (0x101)"),
+        "{denied}"
+    );
+    assert_eq!(t.hsmctl_ok("alice", &["list"]), "", "no key was made");
     for (kt, label) in [("EC:prime256v1", "p1"), ("EC:edwards25519", "e1")] {
         let out = ok(&mut p11(
             &t,
@@ -79,13 +79,16 @@ fn pkcs11_tool_lists_generates_signs_and_tests() {
     }
     // hsmctl sees them, as persistent keys, and so does a restarted hsmd.
     t.restart();
-    let list = String::from_utf8(t.hsmctl("alice", &["list"]).stdout).expect("utf-8");
-    assert!(
-        list.contains("1\tp1\tp256\tsign,verify\tnon-exportable\tpersistent"),
-        "{list}"
-    );
-    assert!(
-        list.contains("2\te1\ted25519\tsign,verify\tnon-exportable\tpersistent"),
+    let list = t.hsmctl_ok("alice", &["list"]);
+    // Every column but the last, the creation time.
+    assert_eq!(
+        list.lines()
+            .map(|l| l.rsplit_once('\t').map_or(l, |(rest, _)| rest))
+            .collect::<Vec<_>>(),
+        [
+            "1\tp1\tp256\tsign,verify\tnon-exportable\tpersistent",
+            "2\te1\ted25519\tsign,verify\tnon-exportable\tpersistent",
+        ],
         "{list}"
     );
     // Public objects are visible without a login; private ones only after it.
@@ -168,21 +171,20 @@ fn pkcs11_tool_lists_generates_signs_and_tests() {
     assert!(test.contains("No errors"), "{test}");
 
     // A wrong PIN is refused as such.
-    let wrong = p11(&t, &["--login", "--pin", "0000", "-O"])
-        .output()
-        .expect("pkcs11-tool");
-    assert!(!wrong.status.success());
-    let err = String::from_utf8_lossy(&wrong.stderr);
-    assert!(err.contains("CKR_PIN_INCORRECT"), "{err}");
+    let err = fails(&mut p11(&t, &["--login", "--pin", "0000", "-O"]));
+    assert!(
+        err.contains("C_Login failed: rv = CKR_PIN_INCORRECT (0xa0)"),
+        "{err}"
+    );
 
-    // bob's token shows none of alice's keys.
+    // bob's token shows none of alice's keys: it has no object at all.
     let bob = ok(&mut p11(&t, &["--slot", "1", "-O"]));
-    assert!(!bob.contains("p1") && !bob.contains("e1"), "{bob}");
+    assert!(!bob.contains("Object;"), "{bob}");
 }
 
 #[test]
 fn p11tool_lists_and_test_signs() {
-    if !have("p11tool", "gnutls-bin") || !have("pkcs11-tool", "opensc") {
+    if !ci::tool("p11tool", "gnutls-bin") || !ci::tool("pkcs11-tool", "opensc") {
         return;
     }
     let t = Token::start();
@@ -255,19 +257,17 @@ fn engine() -> Option<PathBuf> {
     .iter()
     .map(|d| Path::new(d).join("engines-3/pkcs11.so"))
     .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the libp11 engine is missing under CI=true (.ci/run installs libengine-pkcs11-openssl)"
-        );
-        eprintln!("SKIPPED: no libp11 engine (Debian package libengine-pkcs11-openssl)");
-    }
-    found
+    let have = ci::need(
+        found.is_some(),
+        "the libp11 engine is not installed (Debian package libengine-pkcs11-openssl; \
+         .ci/run installs it)",
+    );
+    found.filter(|_| have)
 }
 
 #[test]
 fn openssl_signs_and_makes_a_certificate_through_the_libp11_engine() {
-    if !have("openssl", "openssl") || !have("pkcs11-tool", "opensc") {
+    if !ci::tool("openssl", "openssl") || !ci::tool("pkcs11-tool", "opensc") {
         return;
     }
     let Some(engine) = engine() else { return };
@@ -362,7 +362,7 @@ fn openssl_signs_and_makes_a_certificate_through_the_libp11_engine() {
 
 #[test]
 fn ssh_keygen_prints_the_p256_key_as_hsmctl_has_it() {
-    if !have("ssh-keygen", "openssh-client") || !have("pkcs11-tool", "opensc") {
+    if !ci::tool("ssh-keygen", "openssh-client") || !ci::tool("pkcs11-tool", "opensc") {
         return;
     }
     let t = Token::start();
@@ -400,7 +400,7 @@ fn ssh_keygen_prints_the_p256_key_as_hsmctl_has_it() {
 
 #[test]
 fn every_transport_carries_the_module() {
-    if !have("pkcs11-tool", "opensc") || !have("openssl", "openssl") {
+    if !ci::tool("pkcs11-tool", "opensc") || !ci::tool("openssl", "openssl") {
         return;
     }
     let t = Token::start();

@@ -87,11 +87,10 @@ pub(crate) fn symmetric(t: &Token, s: &Session) {
     assert_ne!(iv, [0u8; 12], "hsmd's nonce came back in the IV buffer");
     // Standard AES-GCM: opened with the exported key by ring.
     let key_file = t.path("a1.key");
-    let o = t.hsmctl(
+    t.hsmctl_ok(
         "alice",
         &["export", "a1", "--out", key_file.to_str().expect("utf-8")],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let raw = std::fs::read(&key_file).expect("key");
     let k = ring::aead::LessSafeKey::new(
         ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &raw).expect("key"),

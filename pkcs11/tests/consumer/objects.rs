@@ -150,7 +150,8 @@ pub(crate) fn objects_lifecycle(t: &Token, p11: &Pkcs11, alice: Slot, s: &Sessio
             .len(),
         2
     );
-    let list = String::from_utf8(t.hsmctl("alice", &["list"]).stdout).expect("utf-8");
+    let list = t.hsmctl_ok("alice", &["list"]);
+    assert!(list.contains("\tp1\t"), "{list}");
     assert!(!list.contains("temp"), "{list}");
     other.close().expect("close");
     assert!(
@@ -172,27 +173,130 @@ pub(crate) fn objects_lifecycle(t: &Token, p11: &Pkcs11, alice: Slot, s: &Sessio
         .unwrap_err();
     assert_eq!(rv(e), RvError::SessionReadOnly);
     ro.close().expect("close");
-    // Destroying: the public half alone is refused; the private half deletes the key.
+    // Attributes never change (C_SetAttributeValue: CKR_ACTION_PROHIBITED), on either half.
     let (gone_pub, gone) = pair(s, false, "gone", true);
+    for o in [gone_pub, gone] {
+        assert_eq!(
+            rv(s.update_attributes(o, &[Attribute::Label(b"x".to_vec())])
+                .unwrap_err()),
+            RvError::ActionProhibited
+        );
+        assert_eq!(bytes(s, o, AttributeType::Label), b"gone");
+    }
+    // Destroying: the public half alone is refused; the private half deletes the key, and
+    // both objects are gone.
     assert_eq!(
         rv(s.destroy_object(gone_pub).unwrap_err()),
         RvError::ActionProhibited
     );
+    assert!(t.hsmctl_ok("alice", &["list"]).contains("\tgone\t"));
     s.destroy_object(gone).expect("destroy");
-    let list = String::from_utf8(t.hsmctl("alice", &["list"]).stdout).expect("utf-8");
+    let list = t.hsmctl_ok("alice", &["list"]);
     assert!(!list.contains("gone"), "{list}");
     assert_eq!(
         rv(s.sign(&Mechanism::Ecdsa, gone, &[1; 32]).unwrap_err()),
         RvError::KeyHandleInvalid
     );
-    // Attributes never change.
-    let e = s
-        .update_attributes(gone_pub, &[Attribute::Label(b"x".to_vec())])
-        .unwrap_err();
-    assert!(matches!(
-        rv(e),
-        RvError::ActionProhibited | RvError::ObjectHandleInvalid
-    ));
+    assert_eq!(
+        rv(s.get_attributes(gone_pub, &[AttributeType::Label])
+            .unwrap_err()),
+        RvError::ObjectHandleInvalid
+    );
+    assert!(
+        s.find_objects(&[Attribute::Label(b"gone".to_vec())])
+            .expect("find")
+            .is_empty()
+    );
+}
+
+/// C_Logout: the login ends for every session of the application, objects that need it
+/// become unusable, each with its exact code, public ones stay usable; a new login brings
+/// the private ones back.
+pub(crate) fn logout(p11: &Pkcs11, alice: Slot, s: &Session) {
+    let private_key = |s: &Session, label: &[u8], class| {
+        s.find_objects(&[Attribute::Label(label.to_vec()), Attribute::Class(class)])
+            .expect("find")
+    };
+    let p1 = private_key(s, b"p1", ObjectClass::PRIVATE_KEY);
+    let p1_pub = private_key(s, b"p1", ObjectClass::PUBLIC_KEY);
+    let a1 = private_key(s, b"a1", ObjectClass::SECRET_KEY);
+    assert_eq!((p1.len(), p1_pub.len(), a1.len()), (1, 1, 1));
+    let (p1, p1_pub, a1) = (p1[0], p1_pub[0], a1[0]);
+    let digest = sha256(b"before the logout");
+    let sig = s.sign(&Mechanism::Ecdsa, p1, &digest).expect("sign");
+    let other = p11.open_ro_session(alice).expect("session");
+    assert_eq!(
+        other.get_session_info().expect("info").session_state(),
+        cryptoki::session::SessionState::RoUser
+    );
+
+    s.logout().expect("logout");
+    // Every session of the application is logged out, not only the one that asked.
+    assert_eq!(
+        s.get_session_info().expect("info").session_state(),
+        cryptoki::session::SessionState::RwPublic
+    );
+    assert_eq!(
+        other.get_session_info().expect("info").session_state(),
+        cryptoki::session::SessionState::RoPublic
+    );
+    for sess in [s, &other] {
+        assert_eq!(
+            rv(sess.sign(&Mechanism::Ecdsa, p1, &digest).unwrap_err()),
+            RvError::UserNotLoggedIn
+        );
+    }
+    let mut iv = [0u8; 12];
+    assert_eq!(
+        rv(s.encrypt(
+            &Mechanism::AesGcm(GcmParams::new(&mut iv, b"", 128.into()).expect("gcm")),
+            a1,
+            b"x"
+        )
+        .unwrap_err()),
+        RvError::UserNotLoggedIn
+    );
+    assert_eq!(
+        rv(s.get_attributes(p1, &[AttributeType::Label]).unwrap_err()),
+        RvError::ObjectHandleInvalid
+    );
+    assert_eq!(
+        rv(s.destroy_object(p1).unwrap_err()),
+        RvError::UserNotLoggedIn
+    );
+    assert_eq!(
+        rv(s.generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::Token(false), Attribute::ValueLen(32.into())]
+        )
+        .unwrap_err()),
+        RvError::UserNotLoggedIn
+    );
+    // Searches find only public objects.
+    assert_eq!(
+        s.find_objects(&[Attribute::Label(b"p1".to_vec())])
+            .expect("find"),
+        vec![p1_pub]
+    );
+    assert!(
+        s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+            .expect("find")
+            .is_empty()
+    );
+    // The public half still verifies.
+    s.verify(&Mechanism::Ecdsa, p1_pub, &digest, &sig)
+        .expect("verify without a login");
+    // Logged out already.
+    assert_eq!(rv(s.logout().unwrap_err()), RvError::UserNotLoggedIn);
+    assert_eq!(rv(other.logout().unwrap_err()), RvError::UserNotLoggedIn);
+    other.close().expect("close");
+
+    // A new login: the private key is found and signs again.
+    s.login(UserType::User, Some(&pin(PIN))).expect("login");
+    let again = private_key(s, b"p1", ObjectClass::PRIVATE_KEY);
+    assert_eq!(again.len(), 1);
+    s.sign(&Mechanism::Ecdsa, again[0], &digest)
+        .expect("signs after a new login");
 }
 
 pub(crate) fn isolation(t: &Token, p11: &Pkcs11, bob: Slot) {
@@ -201,11 +305,10 @@ pub(crate) fn isolation(t: &Token, p11: &Pkcs11, bob: Slot) {
         s.find_objects(&[]).expect("find").is_empty(),
         "bob sees none of alice's keys"
     );
-    let o = t.hsmctl(
+    t.hsmctl_ok(
         "alice",
         &["grant", "p1", "--to", "bob", "--ops", "sign,verify"],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let found = s
         .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
         .expect("find");

@@ -9,7 +9,7 @@ pub(crate) fn functions() -> &'static CK_FUNCTION_LIST {
     // (leaked), so the list it hands out stays valid.
     unsafe {
         let lib = Box::leak(Box::new(
-            libloading::Library::new(support::module_path()).expect("dlopen"),
+            libloading::Library::new(bins::pkcs11_module()).expect("dlopen"),
         ));
         let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
             lib.get(b"C_GetFunctionList").expect("symbol");
@@ -153,7 +153,7 @@ pub(crate) fn interfaces(s: &Session, p1: ObjectHandle) {
     // signatures and every pointer passed is valid or null.
     unsafe {
         let lib = Box::leak(Box::new(
-            libloading::Library::new(support::module_path()).expect("dlopen"),
+            libloading::Library::new(bins::pkcs11_module()).expect("dlopen"),
         ));
         type GetList = unsafe extern "C" fn(*mut CK_INTERFACE, *mut CK_ULONG) -> CK_RV;
         type Get = unsafe extern "C" fn(
@@ -316,6 +316,47 @@ pub(crate) fn chacha_raw(s: &Session) {
             CKR_OK
         );
         assert_eq!(&plain[..plen as usize], b"twelve bytes and more");
+        // Multi-part decryption: the updates give nothing back (nothing is released before
+        // the tag checks), the final asks for the plaintext's length, then gives it.
+        let mut multi = |ct: &mut [u8]| -> (CK_RV, Vec<u8>) {
+            assert_eq!(f.C_DecryptInit.unwrap()(h, &mut m, key), CKR_OK);
+            let (a, b) = ct.split_at_mut(10);
+            for part in [a, b] {
+                let mut none: CK_ULONG = 64;
+                assert_eq!(
+                    f.C_DecryptUpdate.unwrap()(
+                        h,
+                        part.as_mut_ptr(),
+                        part.len() as CK_ULONG,
+                        plain.as_mut_ptr(),
+                        &mut none
+                    ),
+                    CKR_OK
+                );
+                assert_eq!(none, 0, "no plaintext before the tag is checked");
+            }
+            let mut need: CK_ULONG = 0;
+            assert_eq!(f.C_DecryptFinal.unwrap()(h, null(), &mut need), CKR_OK);
+            assert_eq!(need, 21, "ciphertext less the tag");
+            let mut got = [0u8; 64];
+            let mut glen: CK_ULONG = 64;
+            let r = f.C_DecryptFinal.unwrap()(h, got.as_mut_ptr(), &mut glen);
+            (r, got[..glen as usize].to_vec())
+        };
+        let mut sealed = out[..len as usize].to_vec();
+        assert_eq!(
+            multi(&mut sealed),
+            (CKR_OK, b"twelve bytes and more".to_vec())
+        );
+        // A tampered tag: refused, and the operation is over.
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(multi(&mut sealed).0, CKR_ENCRYPTED_DATA_INVALID);
+        plen = 64;
+        assert_eq!(
+            f.C_DecryptFinal.unwrap()(h, plain.as_mut_ptr(), &mut plen),
+            CKR_OPERATION_NOT_INITIALIZED
+        );
         // Another AAD does not open it.
         let mut other_aad = *b"Header";
         let mut other = CK_SALSA20_CHACHA20_POLY1305_PARAMS {

@@ -1,99 +1,72 @@
 //! A real `hsmd` with clients alice and bob, and the module configured for both: alice's
 //! token needs PIN 1234 and reaches hsmd over TCP; bob's needs no PIN and goes over shared
-//! memory. Shared by the tool tests and the consumer suite.
+//! memory. Shared by the tool tests and the consumer suite; everything else (this build's
+//! binaries and module, hsmd started with a deadline, the CI rule for tools) comes from
+//! `ferrohsm_test_support`.
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
-#[path = "../../../client/tests/support/daemon.rs"]
-pub mod daemon;
-
-use daemon::{Daemon, Ports};
+use ferrohsm_test_support::daemon::{Daemon, Data, EXIT_DEADLINE, output_within};
+use ferrohsm_test_support::{bins, status};
 
 /// alice's PIN.
 pub const PIN: &str = "1234";
 
-/// The directory of the test executable's build (`target/debug`).
-fn build_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/NAME-HASH
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("build dir")
-        .to_path_buf()
+/// How long one run of an outside tool (pkcs11-tool, p11tool, openssl, ssh-keygen) may take
+/// against a debug hsmd on a busy machine; only a hang guard.
+pub const TOOL_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The PKCS#11 module of this build, as a string for tools' arguments.
+pub fn module() -> String {
+    bins::pkcs11_module().display().to_string()
 }
 
-/// `hsmd`, built first if this test runs without the rest of the workspace.
-pub fn hsmd_bin() -> PathBuf {
-    built("hsmd", "ferrohsm-server", &["--bin", "hsmd"])
-}
-
-/// `hsmctl`.
-pub fn hsmctl_bin() -> PathBuf {
-    built("hsmctl", "ferrohsm-client", &["--bin", "hsmctl"])
-}
-
-fn built(name: &str, package: &str, target: &[&str]) -> PathBuf {
-    let p = build_dir().join(name);
-    if !p.exists() {
-        let profile = build_dir()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", package]).args(target);
-        if profile.as_deref() == Some("release") {
-            c.arg("--release");
+/// Runs `c` with `input` on its stdin to its end within `within` (killed and a failure
+/// otherwise).
+// Belongs in test-support beside `daemon::output_within`.
+pub fn output_with_stdin(c: &mut Command, input: &[u8], within: Duration) -> Output {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input)
+        .unwrap_or_else(|e| panic!("{c:?}: writing its stdin: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(o) => o.unwrap_or_else(|e| panic!("{c:?}: {e}")),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{c:?} did not finish within {within:?}");
         }
-        assert!(c.status().expect("cargo").success(), "cannot build {name}");
     }
-    p
-}
-
-/// The module: `libferrohsm_pkcs11.so` of this build. `cargo test` writes it to `deps/`,
-/// `cargo build` beside it; the newer is this build's.
-pub fn module_path() -> PathBuf {
-    let dir = build_dir();
-    [
-        dir.join("deps/libferrohsm_pkcs11.so"),
-        dir.join("libferrohsm_pkcs11.so"),
-    ]
-    .into_iter()
-    .filter_map(|p| {
-        let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok()?;
-        Some((t, p))
-    })
-    .max_by_key(|(t, _)| *t)
-    .map(|(_, p)| p)
-    .unwrap_or_else(|| panic!("libferrohsm_pkcs11.so is not in {}", dir.display()))
-}
-
-/// Whether a command-line tool is installed; when it is not, a loud skip, and a failure
-/// under CI=true (where .ci/run installs it).
-pub fn have(tool: &str, package: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is missing under CI=true (.ci/run installs {package})"
-        );
-        eprintln!("SKIPPED: `{tool}` is not installed (Debian package {package})");
-    }
-    found
 }
 
 /// A running hsmd and the module's configuration for it.
+#[derive(Debug)]
 pub struct Token {
-    _tmp: tempfile::TempDir,
-    /// The hsmd data directory.
+    /// hsmd's data directory, made by the real `hsmd init`.
+    pub data: Data,
+    /// The hsmd data directory (`data.dir`).
     pub dir: PathBuf,
     /// The module's configuration file.
     pub config: PathBuf,
-    /// Its listen addresses.
-    pub ports: Ports,
     daemon: Option<Daemon>,
 }
 
@@ -105,38 +78,20 @@ impl Token {
 
     /// Like `start`, with the module's `timeout_ms`.
     pub fn start_with_timeout(timeout_ms: u64) -> Token {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("d");
-        let (daemon, ports, _) = Daemon::init_and_start(
-            &hsmd_bin(),
-            tmp.path(),
-            &dir,
-            "alice,bob",
-            &|_| {},
-            Some(&tmp.path().join("hsmd.log")),
-        );
-        let hash = Command::new(hsmctl_bin())
-            .arg("hash-pin")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write as _;
-                c.stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(format!("{PIN}\n").as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("hsmctl hash-pin");
-        assert!(hash.status.success());
-        let hash = String::from_utf8(hash.stdout).expect("utf-8");
+        let data = Data::init("alice,bob");
+        let daemon = data.start();
+        let dir = data.dir.clone();
+        let mut hash_pin = Command::new(bins::hsmctl());
+        hash_pin.arg("hash-pin");
+        let hash = output_with_stdin(&mut hash_pin, format!("{PIN}\n").as_bytes(), EXIT_DEADLINE);
+        let hash = status::ok(&hash);
+        assert!(hash.trim().starts_with('$'), "a PHC string: {hash}");
         // bob's slot over shm: his profile as init wrote it, with shm as the default.
-        let bob = std::fs::read_to_string(dir.join("clients/bob.toml")).expect("profile");
+        let bob = std::fs::read_to_string(data.profile("bob")).expect("profile");
         let bob = bob.replace("default_transport = \"tcp\"", "default_transport = \"shm\"");
         assert!(bob.contains("default_transport = \"shm\""), "{bob}");
         std::fs::write(dir.join("clients/bob-shm.toml"), bob).expect("profile");
-        let config = tmp.path().join("pkcs11.toml");
+        let config = data.path("pkcs11.toml");
         std::fs::write(
             &config,
             format!(
@@ -147,10 +102,9 @@ impl Token {
         )
         .expect("module config");
         Token {
-            _tmp: tmp,
+            data,
             dir,
             config,
-            ports,
             daemon: Some(daemon),
         }
     }
@@ -163,6 +117,10 @@ impl Token {
             "default_transport = \"tcp\"",
             &format!("default_transport = \"{transport}\""),
         );
+        assert!(
+            text.contains(&format!("default_transport = \"{transport}\"")),
+            "{text}"
+        );
         let profile = self.dir.join(format!("clients/{name}-{transport}.toml"));
         std::fs::write(&profile, text).expect("profile");
         let config = self.path(&format!("pkcs11-{name}-{transport}.toml"));
@@ -173,46 +131,40 @@ impl Token {
 
     /// A client's profile.
     pub fn profile(&self, name: &str) -> PathBuf {
-        self.dir.join("clients").join(format!("{name}.toml"))
+        self.data.profile(name)
     }
 
-    /// `hsmctl --profile NAME ARGS`.
+    /// `hsmctl --profile NAME ARGS`, which may fail (see [`Token::hsmctl_ok`]).
     pub fn hsmctl(&self, name: &str, args: &[&str]) -> Output {
-        Command::new(hsmctl_bin())
-            .arg("--profile")
-            .arg(self.profile(name))
-            .args(args)
-            .output()
-            .expect("hsmctl runs")
+        self.data.ctl(name, args)
+    }
+
+    /// `hsmctl --profile NAME ARGS`, which must succeed; its stdout.
+    pub fn hsmctl_ok(&self, name: &str, args: &[&str]) -> String {
+        status::ok(&self.hsmctl(name, args))
     }
 
     /// A command with the module's configuration in its environment.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("FERROHSM_PKCS11_CONFIG", &self.config)
-            .current_dir(self._tmp.path());
+            .current_dir(self.data.tmp());
         c
     }
 
     /// A scratch path.
     pub fn path(&self, name: &str) -> PathBuf {
-        self._tmp.path().join(name)
+        self.data.path(name)
     }
 
-    /// hsmd's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(|d| d.child.id())
+    /// The scratch directory (the module's configuration names profiles relative to it).
+    pub fn tmp(&self) -> &Path {
+        self.data.tmp()
     }
 
     /// Sends hsmd a signal (`STOP`, `CONT`).
     pub fn signal(&self, sig: &str) {
-        if let Some(pid) = self.pid() {
-            let s = Command::new("kill")
-                .args([&format!("-{sig}"), &pid.to_string()])
-                .status()
-                .expect("kill");
-            assert!(s.success());
-        }
+        self.daemon.as_ref().expect("hsmd is running").signal(sig);
     }
 
     /// Stops hsmd (SIGKILL).
@@ -225,13 +177,7 @@ impl Token {
     /// Starts hsmd again on the same data and ports.
     pub fn restart(&mut self) {
         self.stop();
-        let config = self.dir.join("hsmd.toml");
-        let (d, _) = Daemon::start(
-            &hsmd_bin(),
-            self._tmp.path(),
-            &["--config", config.to_str().expect("utf-8 path")],
-        );
-        self.daemon = Some(d);
+        self.daemon = Some(self.data.start());
     }
 }
 
@@ -241,28 +187,28 @@ impl Drop for Token {
     }
 }
 
-/// Runs a command to its end; its stdout, or a panic naming its stderr.
+/// Runs a command to its end (within [`TOOL_DEADLINE`]); its stdout, or a panic naming its
+/// output.
 pub fn ok(c: &mut Command) -> String {
-    run_ok(c).0
+    status::ok(&output_within(c, TOOL_DEADLINE))
 }
 
 /// Like `ok`, with what the command wrote to stderr after its stdout (p11tool reports there).
 pub fn ok_both(c: &mut Command) -> String {
-    let (out, err) = run_ok(c);
-    out + &err
+    let o = output_within(c, TOOL_DEADLINE);
+    let out = status::ok(&o);
+    out + &String::from_utf8_lossy(&o.stderr)
 }
 
-fn run_ok(c: &mut Command) -> (String, String) {
-    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{c:?} failed ({}): {}\n{}",
-        o.status,
+/// Runs a command that must fail (exit 1, as the PKCS#11 tools do on an error); its stderr.
+pub fn fails(c: &mut Command) -> String {
+    let o = output_within(c, TOOL_DEADLINE);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{c:?}: expected a failure\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
