@@ -133,3 +133,98 @@ fn without_arguments_hsmd_initialises_hsm_data_and_serves() {
     ping(&profile);
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+/// The files of `dir` (one level), with their bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn init_force_adds_a_client_and_hsmd_serves_both() {
+    let d = Data::init("alice");
+    let daemon = d.start();
+    let ctl_ok = |who: &str, args: &[&str]| ferrohsm_test_support::ok(&d.ctl(who, args));
+    assert_eq!(
+        ctl_ok("alice", &["keygen", "--type", "ed25519", "--label", "s1"]),
+        "1 s1\n"
+    );
+    let m = d.path("m");
+    std::fs::write(&m, b"signed before bob came").unwrap();
+    let (m, sig) = (m.display().to_string(), d.path("sig").display().to_string());
+    ctl_ok("alice", &["sign", "s1", "--in", &m, "--out", &sig]);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let alice: Vec<_> = files(&d.dir.join("clients"))
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("alice."))
+        .collect();
+    let pki = files(&d.dir.join("pki"));
+    let master = std::fs::read(d.dir.join("master.key")).unwrap();
+
+    let ports = d.ports();
+    let dir = d.dir.display().to_string();
+    let o = daemon::run_hsmd(
+        &[
+            &[
+                "init",
+                "--dir",
+                dir.as_str(),
+                "--clients",
+                "alice,bob",
+                "--force",
+            ][..],
+            &ports.args(),
+        ]
+        .concat(),
+        &[],
+    );
+    let out = ferrohsm_test_support::ok(&o);
+    assert!(out.contains("client bob: hsmctl --profile "), "{out}");
+    // alice's credentials, the PKI and the master key are kept byte for byte.
+    let now: Vec<_> = files(&d.dir.join("clients"))
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("alice."))
+        .collect();
+    assert_eq!(now, alice, "alice's credentials changed");
+    assert_eq!(files(&d.dir.join("pki")), pki, "the PKI changed");
+    assert_eq!(std::fs::read(d.dir.join("master.key")).unwrap(), master);
+    assert!(d.profile("bob").exists());
+
+    let daemon = d.start();
+    // alice's key is still hers and still verifies what it signed.
+    assert_eq!(
+        ctl_ok("alice", &["verify", "s1", "--in", &m, "--sig", &sig]),
+        "ok\n"
+    );
+    // bob's profile works on every socket transport, in his own namespace.
+    for t in ["tcp", "tls", "tls-psk"] {
+        let o = d.ctl_over("bob", t, &["ping"], d.tmp());
+        ferrohsm_test_support::ok(&o);
+    }
+    assert_eq!(
+        ctl_ok("bob", &["keygen", "--type", "ed25519", "--label", "s1"]),
+        "1 s1\n"
+    );
+    let bob_sig = d.path("bob.sig").display().to_string();
+    ctl_ok("bob", &["sign", "s1", "--in", &m, "--out", &bob_sig]);
+    ferrohsm_test_support::status::assert_failed(
+        &d.ctl("bob", &["verify", "s1", "--in", &m, "--sig", &sig]),
+        "bad_signature",
+    );
+    ferrohsm_test_support::status::assert_failed(
+        &d.ctl("bob", &["info", "alice:1"]),
+        "key_not_found",
+    );
+    assert_eq!(ctl_ok("alice", &["list"]).lines().count(), 1);
+    assert_eq!(ctl_ok("bob", &["list"]).lines().count(), 1);
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

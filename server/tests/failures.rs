@@ -1,0 +1,201 @@
+//! Failure statuses end to end, through the real `hsmd` and `hsmctl`: `store_failed` when the
+//! store cannot commit (its filesystem is full), `counter_overflow` for a counter at 2^64-1.
+// Tests may panic on unexpected results: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferrohsm_server::keys::seal::{Fields, Unlock};
+use ferrohsm_server::keys::{open_store, read_key_file};
+use ferrohsm_test_support::status::{assert_failed, failed_with_message, ok};
+use ferrohsm_test_support::{Data, ci};
+
+/// A small tmpfs mounted over a directory for the life of the guard (the directory's files
+/// are copied onto it with their modes, and back off it when it is unmounted).
+struct Tmpfs {
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    fn over(dir: &Path, size: &str) -> Tmpfs {
+        let stash = dir.with_extension("stash");
+        run("cp", &["-a", &s(dir), &s(&stash)]);
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+                &s(dir),
+            ],
+        );
+        let t = Tmpfs {
+            at: dir.to_path_buf(),
+        };
+        run("cp", &["-a", &format!("{}/.", s(&stash)), &s(dir)]);
+        std::fs::remove_dir_all(&stash).unwrap();
+        t
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: unmounted even if a process still holds a file on it.
+        let _ = Command::new("umount").args(["-l", &s(&self.at)]).status();
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd).args(args).status().unwrap();
+    assert!(st.success(), "{cmd} {args:?} failed");
+}
+
+/// Fills the filesystem holding `path` (a new file there) to its last byte.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    for size in [chunk.len(), 4096, 1] {
+        while f.write_all(&chunk[..size]).is_ok() {}
+    }
+    assert!(f.write_all(&[0]).is_err(), "the filesystem is not full");
+}
+
+#[test]
+fn a_full_disk_answers_store_failed_and_changes_nothing() {
+    if !ci::root("mounts a 16 MiB tmpfs under the data directory to fill it") {
+        return;
+    }
+    if !ci::tool("mount", "mount") {
+        return;
+    }
+    let d = Data::init("alice");
+    let fs = Tmpfs::over(&d.dir, "16m");
+    let daemon = d.start();
+    assert_eq!(
+        ok(&d.ctl("alice", &["keygen", "--type", "ed25519", "--label", "s1"])),
+        "1 s1\n"
+    );
+    let filler = d.dir.join("filler");
+    fill(&filler);
+
+    // Nothing can be committed: creating a key, a counter, deleting one answer store_failed.
+    let (status, message) =
+        failed_with_message(&d.ctl("alice", &["keygen", "--type", "ed25519", "--label", "s2"]));
+    assert_eq!(status, "store_failed", "{message}");
+    assert!(!message.is_empty());
+    assert_failed(&d.ctl("alice", &["counter", "create", "c"]), "store_failed");
+    assert_failed(&d.ctl("alice", &["delete", "s1"]), "store_failed");
+    // What is already there keeps working.
+    let m = d.path("m");
+    std::fs::write(&m, b"hello").unwrap();
+    let sig = d.path("sig");
+    ok(&d.ctl("alice", &["sign", "s1", "--in", &s(&m), "--out", &s(&sig)]));
+
+    // Room again: nothing of the failed changes happened, and the next ones work.
+    std::fs::remove_file(&filler).unwrap();
+    let list = ok(&d.ctl("alice", &["list"]));
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.starts_with("1\ts1\t"), "{list}");
+    assert_failed(
+        &d.ctl("alice", &["counter", "read", "c"]),
+        "counter_not_found",
+    );
+    assert_eq!(
+        ok(&d.ctl("alice", &["keygen", "--type", "ed25519", "--label", "s2"])),
+        "2 s2\n"
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // And it all survives a restart.
+    let daemon = d.start();
+    let list = ok(&d.ctl("alice", &["list"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert_eq!(
+        ok(&d.ctl(
+            "alice",
+            &["verify", "s1", "--in", &s(&m), "--sig", &s(&sig)]
+        )),
+        "ok\n"
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    drop(fs);
+}
+
+/// Sets counter `name` of `owner` to `value` in a stopped store, with a valid tag: what the
+/// store itself would write, made with its master key (from the key file).
+fn set_counter(d: &Data, owner: &str, name: &str, value: u64) {
+    let unlock = Unlock::KeyFile(read_key_file(&d.dir.join("master.key")).unwrap());
+    let (store, master) = open_store(&d.db(), &unlock).unwrap();
+    drop(store);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let created: i64 = c
+        .query_row(
+            "SELECT created FROM counters WHERE owner = ?1 AND name = ?2",
+            [owner, name],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let aad = Fields::new(b"FerroHSM counter v1\0")
+        .var(owner.as_bytes())
+        .var(name.as_bytes())
+        .fixed(&value.to_le_bytes())
+        .fixed(&(created as u64).to_le_bytes());
+    let tag = master.seal_with(aad.bytes(), b"").unwrap();
+    let n = c
+        .execute(
+            "UPDATE counters SET value = ?1, tag = ?2 WHERE owner = ?3 AND name = ?4",
+            rusqlite::params![value as i64, tag, owner, name],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn a_counter_at_its_maximum_answers_counter_overflow_and_stays_there() {
+    let d = Data::init("alice");
+    let daemon = d.start();
+    assert_eq!(ok(&d.ctl("alice", &["counter", "create", "c"])), "0\n");
+    assert_eq!(ok(&d.ctl("alice", &["counter", "inc", "c"])), "1\n");
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    set_counter(&d, "alice", "c", u64::MAX - 1);
+    let daemon = d.start();
+    assert_eq!(
+        ok(&d.ctl("alice", &["counter", "read", "c"])),
+        format!("{}\n", u64::MAX - 1)
+    );
+    assert_eq!(
+        ok(&d.ctl("alice", &["counter", "inc", "c"])),
+        format!("{}\n", u64::MAX)
+    );
+    let (status, message) = failed_with_message(&d.ctl("alice", &["counter", "inc", "c"]));
+    assert_eq!(status, "counter_overflow", "{message}");
+    assert!(
+        message.contains('c'),
+        "the message names the counter: {message}"
+    );
+    // It never wraps, not even after a restart.
+    assert_eq!(
+        ok(&d.ctl("alice", &["counter", "read", "c"])),
+        format!("{}\n", u64::MAX)
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let daemon = d.start();
+    assert_failed(
+        &d.ctl("alice", &["counter", "inc", "c"]),
+        "counter_overflow",
+    );
+    assert_eq!(
+        ok(&d.ctl("alice", &["counter", "read", "c"])),
+        format!("{}\n", u64::MAX)
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
