@@ -40,7 +40,9 @@ unsafe fn feed(
     })
 }
 
-/// `C_EncryptUpdate` / `C_DecryptUpdate`: gathered, nothing out until the final call.
+/// `C_EncryptUpdate` / `C_DecryptUpdate`: gathered, nothing out until the final call. A NULL
+/// output asks only for the output length (0): the part is not taken then, as callers such as
+/// cryptoki ask first and pass the same part again with a buffer.
 ///
 /// # Safety
 /// `data` readable for `len`; `out_len` writable.
@@ -48,6 +50,7 @@ unsafe fn crypt_update(
     h: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     len: CK_ULONG,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
     decrypt: bool,
 ) -> CK_RV {
@@ -55,7 +58,8 @@ unsafe fn crypt_update(
         // SAFETY: the caller's input and output length.
         unsafe {
             let data = bytes(data, len)?;
-            with_session(h, |_, s| ops::crypt_update(s, decrypt, data))?;
+            let part = if out.is_null() { &[][..] } else { data };
+            with_session(h, |_, s| ops::crypt_update(s, decrypt, part))?;
             super::put(out_len, 0)
         }
     })
@@ -268,11 +272,11 @@ pub unsafe extern "C" fn C_EncryptUpdate(
     h: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     len: CK_ULONG,
-    _out: *mut CK_BYTE,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     // SAFETY: per this function's contract.
-    unsafe { crypt_update(h, data, len, out_len, false) }
+    unsafe { crypt_update(h, data, len, out, out_len, false) }
 }
 
 /// `C_EncryptFinal`.
@@ -352,11 +356,11 @@ pub unsafe extern "C" fn C_DecryptUpdate(
     h: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     len: CK_ULONG,
-    _out: *mut CK_BYTE,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     // SAFETY: per this function's contract.
-    unsafe { crypt_update(h, data, len, out_len, true) }
+    unsafe { crypt_update(h, data, len, out, out_len, true) }
 }
 
 /// `C_DecryptFinal`.
