@@ -3,63 +3,52 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-#[path = "support/daemon.rs"]
-mod daemon;
-mod support;
+use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
+use ferrohsm_test_support::status::{assert_exit, assert_failed};
+use ferrohsm_test_support::{Daemon, Data, ci};
 
-use daemon::Daemon;
-
-fn hsmctl_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hsmctl"))
-}
-
-fn hsmd_bin() -> PathBuf {
-    let p = hsmctl_bin().with_file_name("hsmd");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        p.display()
-    );
-    p
-}
-
-struct Ctl {
-    profile: PathBuf,
+/// `hsmctl` as one client over one transport.
+struct Ctl<'a> {
+    data: &'a Data,
+    who: &'static str,
     transport: &'static str,
 }
 
-impl Ctl {
+impl Ctl<'_> {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(hsmctl_bin())
-            .arg("--profile")
-            .arg(&self.profile)
-            .args(["--transport", self.transport])
-            .args(args)
-            .output()
-            .unwrap()
+        self.data
+            .ctl_over(self.who, self.transport, args, self.data.tmp())
     }
 
     /// Runs and expects success; returns trimmed stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "hsmctl {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap().trim_end().to_string()
+        ferrohsm_test_support::ok(&self.run(args))
+            .trim_end()
+            .to_string()
     }
 
-    /// Runs and expects exit code `code`; returns stderr.
+    /// Runs and expects the server's refusal `status` (exit 1), with nothing on stdout.
+    fn refused(&self, args: &[&str], status: &str) {
+        let o = self.run(args);
+        assert_failed(&o, status);
+        assert!(
+            o.stdout.is_empty(),
+            "hsmctl {args:?}: stdout after a failure"
+        );
+    }
+
+    /// Runs and expects exit code `code` (2 usage, 3 connection); returns stderr.
     fn fails(&self, args: &[&str], code: i32) -> String {
         let o = self.run(args);
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert_eq!(o.status.code(), Some(code), "hsmctl {args:?}: {err}");
-        assert!(o.stdout.is_empty(), "nothing on stdout after a failure");
-        err
+        assert_exit(&o, code);
+        assert!(
+            o.stdout.is_empty(),
+            "hsmctl {args:?}: stdout after a failure"
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
     }
 }
 
@@ -77,24 +66,19 @@ fn sign_and_export_pem(ctl: &Ctl, key: &str, dir: &Path) -> (String, String) {
     (path("sig"), path("pem"))
 }
 
-fn setup(transport: &'static str) -> (tempfile::TempDir, Daemon, Ctl, Ctl) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("hsm");
-    let (d, ports, lines) =
-        Daemon::init_and_start(&hsmd_bin(), tmp.path(), &dir, "alice,bob", &|_| {}, None);
-    assert!(
-        lines.last().unwrap().starts_with(&ports.ready_line()),
-        "{lines:?}"
-    );
-    let alice = Ctl {
-        profile: dir.join("clients/alice.toml"),
+/// A data directory for alice and bob, and hsmd serving it.
+fn setup() -> (Data, Daemon) {
+    let data = Data::init("alice,bob");
+    let d = data.start();
+    (data, d)
+}
+
+fn ctl<'a>(data: &'a Data, who: &'static str, transport: &'static str) -> Ctl<'a> {
+    Ctl {
+        data,
+        who,
         transport,
-    };
-    let bob = Ctl {
-        profile: dir.join("clients/bob.toml"),
-        transport,
-    };
-    (tmp, d, alice, bob)
+    }
 }
 
 #[test]
@@ -119,8 +103,9 @@ fn every_foundation_command_over_shm() {
 
 /// The whole command-line contract through the real binaries, over one transport.
 fn every_foundation_command_over(transport: &'static str) {
-    let (tmp, daemon, alice, bob) = setup(transport);
-    let t = |name: &str| tmp.path().join(name);
+    let (data, daemon) = setup();
+    let (alice, bob) = (ctl(&data, "alice", transport), ctl(&data, "bob", transport));
+    let t = |name: &str| data.path(name);
     let p = |name: &str| t(name).to_str().unwrap().to_string();
     std::fs::write(t("msg"), b"the quick brown fox\n").unwrap();
 
@@ -132,7 +117,7 @@ fn every_foundation_command_over(transport: &'static str) {
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
         "{r}"
     );
-    alice.fails(&["random", "0"], 1);
+    alice.refused(&["random", "0"], "invalid_argument");
     let d = alice.ok(&["digest", "--alg", "sha256", "--in", &p("msg")]);
     assert_eq!(d.len(), 64);
     assert_eq!(
@@ -155,8 +140,10 @@ fn every_foundation_command_over(transport: &'static str) {
     alice.ok(&["keygen", "--type", "chacha20poly1305", "--label", "cc"]);
     alice.ok(&["keygen", "--type", "aes256gcm", "--label", "ag"]);
     alice.ok(&["keygen", "--type", "hmac-sha256", "--label", "hm"]);
-    let err = alice.fails(&["keygen", "--type", "ed25519", "--label", "ed"], 1);
-    assert!(err.starts_with("hsmctl: label_in_use (21): "), "{err}");
+    alice.refused(
+        &["keygen", "--type", "ed25519", "--label", "ed"],
+        "label_in_use",
+    );
     // --session keys die with hsmctl's connection
     alice.ok(&[
         "keygen",
@@ -166,7 +153,7 @@ fn every_foundation_command_over(transport: &'static str) {
         "gone",
         "--session",
     ]);
-    alice.fails(&["info", "gone"], 1);
+    alice.refused(&["info", "gone"], "key_not_found");
 
     // info / list JSON fields
     let info: serde_json::Value =
@@ -188,7 +175,7 @@ fn every_foundation_command_over(transport: &'static str) {
 
     // sign / verify, both curves
     for key in ["ed", "ec"] {
-        let (sig, _) = sign_and_export_pem(&alice, key, tmp.path());
+        let (sig, _) = sign_and_export_pem(&alice, key, data.tmp());
         assert_eq!(
             alice.ok(&["verify", key, "--in", &p("msg"), "--sig", &sig]),
             "ok"
@@ -200,11 +187,10 @@ fn every_foundation_command_over(transport: &'static str) {
     assert_eq!(std::fs::read(t("ed.sig")).unwrap().len(), 64);
     assert_eq!(alice.ok(&["pubkey", "ed"]).len(), 64);
     std::fs::write(t("other"), b"another message").unwrap();
-    let err = alice.fails(
+    alice.refused(
         &["verify", "ed", "--in", &p("other"), "--sig", &p("ed.sig")],
-        1,
+        "bad_signature",
     );
-    assert!(err.starts_with("hsmctl: bad_signature (30): "), "{err}");
 
     // AEAD; a wrong AAD fails and writes no output file
     for key in ["cc", "ag"] {
@@ -232,7 +218,7 @@ fn every_foundation_command_over(transport: &'static str) {
             std::fs::read(t("pt")).unwrap(),
             std::fs::read(t("msg")).unwrap()
         );
-        let err = alice.fails(
+        alice.refused(
             &[
                 "decrypt",
                 key,
@@ -243,9 +229,8 @@ fn every_foundation_command_over(transport: &'static str) {
                 "--aad",
                 "xtc",
             ],
-            1,
+            "decrypt_failed",
         );
-        assert!(err.starts_with("hsmctl: decrypt_failed (31): "), "{err}");
         assert!(
             !t("nope").exists(),
             "a failed command writes no output file"
@@ -258,26 +243,27 @@ fn every_foundation_command_over(transport: &'static str) {
         alice.ok(&["mac-verify", "hm", "--in", &p("msg"), "--mac", &p("tag")]),
         "ok"
     );
-    alice.fails(
+    alice.refused(
         &["mac-verify", "hm", "--in", &p("other"), "--mac", &p("tag")],
-        1,
+        "bad_mac",
     );
 
     // export only exportable keys; raw bytes
     alice.ok(&["export", "ec", "--out", &p("ec.raw")]);
     assert_eq!(std::fs::read(t("ec.raw")).unwrap().len(), 32);
-    let err = alice.fails(&["export", "ed", "--out", &p("ed.raw")], 1);
-    assert!(err.starts_with("hsmctl: not_exportable (23): "), "{err}");
+    alice.refused(&["export", "ed", "--out", &p("ed.raw")], "not_exportable");
     assert!(!t("ed.raw").exists());
 
     // isolation through the CLI: bob (who has no keys yet) sees none of alice's keys, by id
     // or label
     for key in ["ed", "1", "ec", "2"] {
-        let err = bob.fails(&["info", key], 1);
-        assert!(err.starts_with("hsmctl: key_not_found (20): "), "{err}");
-        bob.fails(&["sign", key, "--in", &p("msg"), "--out", &p("bsig")], 1);
-        bob.fails(&["export", key, "--out", &p("bexp")], 1);
-        bob.fails(&["delete", key], 1);
+        bob.refused(&["info", key], "key_not_found");
+        bob.refused(
+            &["sign", key, "--in", &p("msg"), "--out", &p("bsig")],
+            "key_not_found",
+        );
+        bob.refused(&["export", key, "--out", &p("bexp")], "key_not_found");
+        bob.refused(&["delete", key], "key_not_found");
     }
     assert!(!t("bsig").exists() && !t("bexp").exists());
 
@@ -335,15 +321,14 @@ fn every_foundation_command_over(transport: &'static str) {
     alice.ok(&[
         "keygen", "--type", "ed25519", "--label", "vo", "--usage", "verify",
     ]);
-    let err = alice.fails(&["sign", "vo", "--in", &p("msg"), "--out", &p("vsig")], 1);
-    assert!(
-        err.starts_with("hsmctl: usage_not_permitted (22): "),
-        "{err}"
+    alice.refused(
+        &["sign", "vo", "--in", &p("msg"), "--out", &p("vsig")],
+        "usage_not_permitted",
     );
 
     // delete
     assert_eq!(alice.ok(&["delete", "hm"]), "ok");
-    alice.fails(&["info", "hm"], 1);
+    alice.refused(&["info", "hm"], "key_not_found");
 
     // usage errors exit 2: bad flags, bad key type, bad label, missing input file
     alice.fails(&["keygen", "--type", "rsa", "--label", "r"], 2);
@@ -355,16 +340,16 @@ fn every_foundation_command_over(transport: &'static str) {
     alice.fails(&["frobnicate"], 2);
 
     // a wrong auth key is an authentication failure: exit 3 (TLS variants: see tests/tls.rs)
-    let forged = tmp.path().join("hsm/clients/forged.toml");
-    let text = std::fs::read_to_string(&alice.profile)
+    let forged = data.dir.join("clients/forged.toml");
+    let text = std::fs::read_to_string(data.profile("alice"))
         .unwrap()
         .replace("alice.key", "bob.key");
     std::fs::write(&forged, text).unwrap();
-    let err = Ctl {
-        profile: forged,
-        transport: "tcp",
-    }
-    .fails(&["ping"], 3);
+    let mut c = hsmctl_command(&forged);
+    c.args(["--transport", "tcp", "ping"]);
+    let o = output_within(&mut c, EXIT_DEADLINE);
+    assert_exit(&o, 3);
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("hsmctl: auth_failed (10): "), "{err}");
 
     // graceful stop: SIGTERM -> exit 0; then connecting fails with exit 3
@@ -375,19 +360,20 @@ fn every_foundation_command_over(transport: &'static str) {
 
 #[test]
 fn openssl_verifies_signatures_and_reads_keys() {
-    let Some(ossl) = support::openssl() else {
+    if !ci::tool("openssl", "openssl") {
         return;
-    };
-    let (tmp, _daemon, alice, _) = setup("tcp");
-    let t = |name: &str| tmp.path().join(name);
+    }
+    let (data, _daemon) = setup();
+    let alice = ctl(&data, "alice", "tcp");
+    let t = |name: &str| data.path(name);
     let p = |name: &str| t(name).to_str().unwrap().to_string();
     std::fs::write(t("msg"), b"interop with the real openssl\n").unwrap();
     alice.ok(&["keygen", "--type", "ed25519", "--label", "ed"]);
     alice.ok(&["keygen", "--type", "p256", "--label", "ec"]);
     for key in ["ed", "ec"] {
-        sign_and_export_pem(&alice, key, tmp.path());
+        sign_and_export_pem(&alice, key, data.tmp());
     }
-    let run = |args: &[&str]| Command::new(ossl).args(args).output().unwrap();
+    let run = |args: &[&str]| output_within(Command::new("openssl").args(args), EXIT_DEADLINE);
     let ed = run(&[
         "pkeyutl",
         "-verify",
@@ -434,7 +420,7 @@ fn openssl_verifies_signatures_and_reads_keys() {
     let key = run(&[
         "pkey",
         "-in",
-        tmp.path().join("hsm/clients/alice.key").to_str().unwrap(),
+        data.dir.join("clients/alice.key").to_str().unwrap(),
         "-noout",
         "-text",
     ]);

@@ -4,39 +4,59 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/daemon.rs"]
-mod daemon;
-mod support;
-
 use std::io::{BufRead, BufReader, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
-use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{KeyRef, KeyType, Request, Status};
+use ferrohsm_proto::handshake::{ClientHandshake, ClientStep};
+use ferrohsm_proto::{FrameReader, KeyType, Request, Response, Status};
 use ferrohsm_shm::segment::offsets;
-use ferrohsm_shm::{ShmStream, Side};
-use support::TestServer;
+use ferrohsm_shm::{Segment, ShmStream, Side};
+use ferrohsm_test_support::daemon::{EXIT_DEADLINE, output_within};
+use ferrohsm_test_support::peer::{Ending, Raw, hello, rt};
+use ferrohsm_test_support::{Data, TestServer, bins, ci, label, spec, status, wait};
 
+/// The environment variables that make the ignored `child_process_entry` a client process.
 const CHILD: &str = "FERROHSM_TEST_CHILD";
 const CHILD_PROFILE: &str = "FERROHSM_TEST_PROFILE";
 const CHILD_OTHERS: &str = "FERROHSM_TEST_OTHERS";
+
+/// How long anything this file waits for may take on a busy 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 fn shm(p: &Profile) -> Result<BlockingClient, ClientError> {
     BlockingClient::connect(p, Some(Transport::Shm))
 }
 
-fn label(s: &str) -> KeyRef {
-    KeyRef::Label(s.parse().unwrap())
+/// The status a refused shm connection carries (the refusal comes during the handshake).
+fn refusal(r: Result<BlockingClient, ClientError>) -> (Status, String) {
+    match r {
+        Err(ClientError::Auth(b)) => (b.status().expect("a known status"), b.message),
+        Err(other) => panic!("expected a refusal in the handshake, got {other:?}"),
+        Ok(_) => panic!("expected a refusal, the connection was accepted"),
+    }
 }
 
-/// This test binary, re-run as a separate client process in `mode`.
+/// Connects once the server has a place for `p` again; until then every attempt must be
+/// refused with `busy` (anything else fails the test).
+fn connect_when_freed(p: &Profile, what: &str) -> BlockingClient {
+    wait::eventually(what, DEADLINE, || match shm(p) {
+        Ok(c) => Some(c),
+        Err(ClientError::Auth(b)) if b.status() == Some(Status::Busy) => None,
+        Err(e) => panic!("{what}: expected busy or a session, got {e:?}"),
+    })
+}
+
+/// This test binary, re-run as a separate client process in `mode`: the ignored
+/// `child_process_entry`, selected exactly, with the mode in the environment.
 fn child(mode: &str, profile: &Path, others: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
+        "--ignored",
         "--exact",
         "child_process_entry",
         "--nocapture",
@@ -49,10 +69,13 @@ fn child(mode: &str, profile: &Path, others: &str) -> Command {
     c
 }
 
-/// Entry point of the child processes; a no-op in a normal test run.
+/// The body of the client processes that `several_client_processes_use_shm_at_once` and
+/// `a_client_killed_mid_request_frees_its_session` start; not a test of its own.
 #[test]
+#[ignore = "not a test: the client process the shm tests start (with FERROHSM_TEST_CHILD set)"]
 fn child_process_entry() {
     let Ok(mode) = std::env::var(CHILD) else {
+        eprintln!("child_process_entry: not a test; the shm tests run it as a client process");
         return;
     };
     let profile = Profile::load(Path::new(&std::env::var(CHILD_PROFILE).unwrap())).unwrap();
@@ -64,9 +87,7 @@ fn child_process_entry() {
         "load" => {
             hsm.generate(&"load".parse().unwrap(), KeyType::Ed25519)
                 .unwrap();
-            println!("READY");
-            std::io::stdout().flush().unwrap();
-            loop {
+            let batch = || {
                 let reqs = (0..64)
                     .map(|_| Request::Sign {
                         key: label("load"),
@@ -76,6 +97,13 @@ fn child_process_entry() {
                 for r in hsm.pipeline(reqs) {
                     r.unwrap();
                 }
+            };
+            // One whole batch served, then say so and keep the pipeline full until killed.
+            batch();
+            println!("SIGNING");
+            std::io::stdout().flush().unwrap();
+            loop {
+                batch();
             }
         }
         other => panic!("unknown child mode {other}"),
@@ -86,13 +114,6 @@ fn child_process_entry() {
 fn worker(hsm: &BlockingClient, me: &str, others: &str) {
     let c = hsm.client();
     hsm.block_on(async {
-        let spec = |t, l: &str| KeySpec {
-            key_type: t,
-            label: l.parse().unwrap(),
-            usage: None,
-            exportable: false,
-            session: false,
-        };
         c.generate_spec(spec(KeyType::Ed25519, &format!("sig-{me}")))
             .await
             .unwrap();
@@ -121,15 +142,8 @@ fn worker(hsm: &BlockingClient, me: &str, others: &str) {
             assert_eq!(&*pt, &msg[..]);
         }
         for other in others.split(',').filter(|o| !o.is_empty() && *o != me) {
-            let e = c
-                .sign(&label(&format!("sig-{other}")), vec![1])
-                .await
-                .unwrap_err();
-            assert_eq!(
-                e.status(),
-                Some(Status::KeyNotFound),
-                "{me} reached {other}'s key"
-            );
+            let e = c.sign(&label(&format!("sig-{other}")), vec![1]).await;
+            assert_eq!(status(e), Status::KeyNotFound, "{me} reached {other}'s key");
         }
         let mine: Vec<String> = c
             .list()
@@ -150,20 +164,26 @@ fn several_client_processes_use_shm_at_once() {
     let children: Vec<_> = names
         .iter()
         .map(|n| {
-            child("worker", &srv.profile_path(n), &others)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            let mut c = child("worker", &srv.profile_path(n), &others);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            (
+                n,
+                std::thread::spawn(move || output_within(&mut c, 2 * DEADLINE)),
+            )
         })
         .collect();
-    for (n, c) in names.iter().zip(children) {
-        let out = c.wait_with_output().unwrap();
+    for (n, c) in children {
+        let out = c.join().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "client process {n} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
+            "client process {n} failed: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        // The child ran the worker, not an empty or filtered-out test.
+        assert!(
+            stdout.contains("test child_process_entry ... ok"),
+            "client process {n} did not run the worker: {stdout}"
         );
     }
 }
@@ -182,52 +202,50 @@ fn a_client_killed_mid_request_frees_its_session() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // libtest prints its own lines first; wait for ours, then keep draining the pipe.
-    let mut out = BufReader::new(proc.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.trim_end().ends_with("READY") {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "load process exited early"
-        );
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
-    std::thread::sleep(Duration::from_millis(200)); // mid-stream: requests in flight
-    // While it holds victim's only slot, another victim session is refused...
-    match shm(&victim) {
-        Err(ClientError::Auth(b)) => assert_eq!(b.status(), Some(Status::Busy)),
-        other => panic!("expected busy, got {other:?}"),
-    }
-    proc.kill().unwrap(); // SIGKILL
-    proc.wait().unwrap();
-    // ...and within a second of the kill the server has ended that session.
-    let t = Instant::now();
-    let again = loop {
-        match shm(&victim) {
-            Ok(c) => break c,
-            Err(_) if t.elapsed() < Duration::from_secs(1) => {
-                std::thread::sleep(Duration::from_millis(10))
+    // libtest prints its own lines first; wait (with a deadline) for the child's line saying
+    // a whole pipelined batch was served and the next ones are in flight, and keep draining.
+    let out = BufReader::new(proc.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { break };
+            if line.trim_end().ends_with("SIGNING") {
+                let _ = tx.send(());
             }
-            Err(e) => panic!("session of the killed client not freed after 1 s: {e}"),
         }
-    };
+    });
+    if rx.recv_timeout(DEADLINE).is_err() {
+        let _ = proc.kill();
+        panic!("the load process never started signing (it exited, or took over {DEADLINE:?})");
+    }
+    // While it holds victim's only slot, another victim session is refused...
+    let (s, m) = refusal(shm(&victim));
+    assert_eq!(s, Status::Busy, "{m}");
+    proc.kill().unwrap(); // SIGKILL, requests in flight
+    proc.wait().unwrap();
+    // ...and once the server sees the process gone it ends that session: the slot comes back.
+    let again = connect_when_freed(&victim, "the killed client's session to end");
     again.ping().unwrap();
     let sig = bystander.sign(&label("b"), b"m").unwrap();
     bystander.verify(&label("b"), b"m", &sig).unwrap();
 }
 
-/// Waits until the server closes the set-up socket (it ended the session).
-fn server_hangs_up(s: &mut tokio::net::UnixStream, rt: &tokio::runtime::Runtime) -> bool {
-    use tokio::io::AsyncReadExt;
-    rt.block_on(async {
-        let mut b = [0u8; 64];
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while matches!(s.read(&mut b).await, Ok(n) if n > 0) {}
-        })
-        .await
-        .is_ok()
-    })
+/// The server hangs up the set-up socket within `within` (it ended the session), or not.
+fn set_up_socket_ending(
+    s: tokio::net::UnixStream,
+    rt: &tokio::runtime::Runtime,
+    within: Duration,
+) -> Ending {
+    let mut raw = Raw {
+        s: Box::new(s),
+        frames: FrameReader::new(1 << 16),
+    };
+    rt.block_on(raw.ending(within))
+}
+
+/// A second mapping of a session's segment, to watch what both sides publish in it.
+fn view(seg: &Segment) -> Segment {
+    Segment::open(seg.fd().try_clone_to_owned().unwrap()).unwrap()
 }
 
 #[test]
@@ -239,38 +257,36 @@ fn hostile_shm_clients_end_only_their_own_session() {
     let bob = shm(&srv.profile("bob")).unwrap();
     bob.generate(&"k".parse().unwrap(), KeyType::Ed25519)
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = rt();
     let set_up = || {
         rt.block_on(ferrohsm_client::connect::shm::set_up(&socket, &id))
             .unwrap()
     };
-    let bell =
-        |seg: &ferrohsm_shm::Segment| ferrohsm_shm::doorbell::ring(seg.bells(Side::Client).1);
+    let bell = |seg: &Segment| ferrohsm_shm::doorbell::ring(seg.bells(Side::Client).1);
 
     // 1. Impossible indices: a head 2^64-1 bytes ahead of the server's tail.
-    let (mut s, seg) = set_up();
+    let (s, seg) = set_up();
     seg.write_bytes(offsets::REQ_HEAD, &u64::MAX.to_ne_bytes());
     bell(&seg);
-    assert!(
-        server_hangs_up(&mut s, &rt),
+    assert_eq!(
+        set_up_socket_ending(s, &rt, DEADLINE),
+        Ending::Closed,
         "corrupt indices did not end the session"
     );
 
     // 2. Valid indices, garbage bytes: the protocol decoder refuses them.
-    let (mut s, seg) = set_up();
+    let (s, seg) = set_up();
     seg.write_bytes(offsets::REQ_DATA, b"GET / HTTP/1.1\r\nHost: hsm\r\n\r\n...");
     seg.write_bytes(offsets::REQ_HEAD, &32u64.to_ne_bytes());
     bell(&seg);
-    assert!(
-        server_hangs_up(&mut s, &rt),
+    assert_eq!(
+        set_up_socket_ending(s, &rt, DEADLINE),
+        Ending::Closed,
         "garbage frames did not end the session"
     );
 
     // 3. Resizing the segment is refused by the seals, both ways.
-    let (_s, seg) = set_up();
+    let (s3, seg) = set_up();
     let file = std::fs::File::from(seg.fd().try_clone_to_owned().unwrap());
     assert!(
         file.set_len(64).is_err(),
@@ -281,37 +297,85 @@ fn hostile_shm_clients_end_only_their_own_session() {
         "growing a sealed memfd must fail"
     );
 
-    // 4. Ringing the doorbell without writing: a wake-up each, nothing else.
+    // 4. Ringing both doorbells without writing: a wake-up each, nothing else. The server
+    //    reads nothing, writes nothing, keeps the session, and answers the first real frame.
     for _ in 0..20_000 {
         bell(&seg);
         ferrohsm_shm::doorbell::ring(seg.bells(Side::Client).0);
     }
+    let mut s3 = Raw {
+        s: Box::new(s3),
+        frames: FrameReader::new(1 << 16),
+    };
+    assert_eq!(
+        rt.block_on(s3.ending(Duration::from_millis(300))),
+        Ending::Silent,
+        "the doorbell flood ended the session"
+    );
+    assert_eq!(
+        ferrohsm_shm::stream::start_positions(&seg, Side::Server),
+        (0, 0),
+        "the server consumed or produced ring bytes without a frame being written"
+    );
+    let (rd, wr, _closer) =
+        ShmStream::start(seg, Side::Client, ferrohsm_shm::Waiting::InTask).unwrap();
+    let mut rings = Raw {
+        s: Box::new(tokio::io::join(rd, wr)),
+        frames: FrameReader::new(1 << 16),
+    };
+    let mut hs = ClientHandshake::new("alice");
+    let welcome = rt.block_on(async {
+        assert!(rings.send(&hs.start().encode()).await);
+        rings.frame(DEADLINE).await
+    });
+    let welcome = welcome.expect("no answer to a hello after the doorbell flood");
+    let step = hs.on_frame(&welcome, |_| Err("no challenge".into()));
+    assert!(
+        matches!(step, Ok(ClientStep::Done(_))),
+        "the hello after the doorbell flood got no welcome: {step:?}"
+    );
 
     // 5. A client that sends requests but never reads the responses: the response ring fills,
-    //    the server stops reading it, and our writes stall. Nobody else notices.
+    //    the server stops taking requests, and our writes stall with the request ring full.
+    //    Nobody else notices.
     let (_s5, seg5) = set_up();
+    let watch = view(&seg5);
     let (_rd, mut wr, _closer) =
         ShmStream::start(seg5, Side::Client, ferrohsm_shm::Waiting::Watcher).unwrap();
-    let hello = Request::Hello(ferrohsm_proto::handshake::Hello {
-        version: ferrohsm_proto::PROTOCOL_VERSION,
-        client: "alice".into(),
-    });
-    let stalled = rt.block_on(async {
+    let frame = Request::Random { len: 65536 }.to_frame(2).encode();
+    // Stalled: no room for another request, and none for another 64 KiB response.
+    let both_rings_full = || {
+        let (resp, req) = watch.rings(Side::Client);
+        let head = ferrohsm_shm::stream::start_positions(&watch, Side::Client).1;
+        req.writable(head).unwrap() < frame.len() && resp.readable(0).unwrap() + 65536 > resp.size()
+    };
+    rt.block_on(async {
         use tokio::io::AsyncWriteExt;
-        wr.write_all(&hello.to_frame(1).encode()).await.unwrap();
-        let frame = Request::Random { len: 65536 }.to_frame(2).encode();
-        tokio::time::timeout(Duration::from_secs(3), async {
+        wr.write_all(&hello("alice").to_frame(1).encode())
+            .await
+            .unwrap();
+        // 100,000 requests are ~3 MB, far more than the 256 KiB request ring: they can only
+        // all go out if the server keeps taking requests it cannot answer.
+        let flood = async {
             for _ in 0..100_000 {
                 wr.write_all(&frame).await.unwrap();
             }
-        })
-        .await
-        .is_err()
+        };
+        let stalled = async {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while !both_rings_full() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the rings never filled within {DEADLINE:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = flood => panic!("the server kept reading from a client that never reads"),
+            _ = stalled => {}
+        }
     });
-    assert!(
-        stalled,
-        "the server kept reading from a client that never reads"
-    );
 
     // Through all of it, bob (and a well-behaved alice) are served.
     let sig = bob.sign(&label("k"), b"still fine").unwrap();
@@ -329,88 +393,69 @@ fn world_readable(from: &Path, to: &Path) {
 #[test]
 fn a_client_of_a_disallowed_uid_is_refused_by_the_uid_check() {
     use std::os::unix::fs::PermissionsExt as _;
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    let setpriv = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !is_root || !setpriv {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true") || !is_root,
-            "setpriv missing under CI=true"
-        );
-        eprintln!("SKIPPED: the uid check needs root and setpriv to run a client as another uid");
+    if !ci::root("the uid check needs root to run a client as another uid")
+        || !ci::tool("setpriv", "util-linux")
+    {
         return;
     }
-    // A directory every uid can traverse, so that only the server's uid check can refuse.
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = tmp.path().join("hsm");
-    let hsmd = PathBuf::from(env!("CARGO_BIN_EXE_hsmctl")).with_file_name("hsmd");
-    let open = tmp.path().join("open");
-    let prepare = |dir: &Path| {
-        let config = dir.join("hsmd.toml");
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("mode = \"0660\"", "mode = \"0666\"");
-        std::fs::write(&config, text).unwrap();
-        // A copy of alice's profile and key that uid 65534 can read.
-        let _ = std::fs::remove_dir_all(&open);
-        std::fs::create_dir(&open).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-        world_readable(&dir.join("clients/alice.key"), &open.join("alice.key"));
-        let profile = format!(
-            "name = \"alice\"\nauth_key = \"alice.key\"\n[shm]\nsocket = {:?}\n",
-            dir.join("hsmd.sock")
-        );
-        std::fs::write(open.join("alice.toml"), profile).unwrap();
-        std::fs::set_permissions(
-            open.join("alice.toml"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
-        for d in [dir, &dir.join("clients")] {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+    // hsmd init allows the uid that ran it (root) for alice.
+    let data = Data::init("alice");
+    data.set("shm", "mode", "\"0666\"");
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     };
-    let log = tmp.path().join("hsmd.log");
-    let (_daemon, _, _) =
-        daemon::Daemon::init_and_start(&hsmd, tmp.path(), &dir, "alice", &prepare, Some(&log));
-    let hsmctl = env!("CARGO_BIN_EXE_hsmctl");
+    // Every uid can reach the socket and alice's credentials, so that only the server's uid
+    // check can refuse.
+    mode(data.tmp(), 0o755);
+    mode(&data.dir, 0o755);
+    let open = data.path("open");
+    std::fs::create_dir(&open).unwrap();
+    mode(&open, 0o755);
+    world_readable(&data.dir.join("clients/alice.key"), &open.join("alice.key"));
+    let profile = open.join("alice.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "name = \"alice\"\nauth_key = \"alice.key\"\n[shm]\nsocket = {:?}\n",
+            data.dir.join("hsmd.sock")
+        ),
+    )
+    .unwrap();
+    mode(&profile, 0o644);
+    let hsmctl = bins::hsmctl();
     let ping = |extra: &[&str]| {
         let mut c = Command::new("setpriv");
-        c.args(extra).args([
-            hsmctl,
-            "--profile",
-            open.join("alice.toml").to_str().unwrap(),
-            "--transport",
-            "shm",
-            "ping",
-        ]);
-        c.output().unwrap()
+        c.args(extra)
+            .arg(&hsmctl)
+            .arg("--profile")
+            .arg(&profile)
+            .args(["--transport", "shm", "ping"]);
+        output_within(&mut c, EXIT_DEADLINE)
     };
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+    let daemon = data.start();
     // As root (uid 0, the uid that ran init): allowed.
-    let ok = ping(&[]);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    // As nobody: the socket and key are reachable, so the refusal can only be the uid check.
-    let refused = ping(&["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    assert_eq!(ferrohsm_test_support::ok(&ping(&[])).trim(), "ok");
+    // As nobody: refused by the server, with a readable status naming the uid.
+    let refused = ping(&nobody);
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(3), "{err}");
+    ferrohsm_test_support::status::assert_exit(&refused, 3);
     assert!(
         err.contains("peer_not_allowed (11)") && err.contains("uid 65534"),
         "{err}"
     );
-    let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        logged.contains("peer uid not allowed") && logged.contains("65534"),
-        "{logged}"
-    );
+    wait::until("hsmd to log the refused uid", DEADLINE, || {
+        daemon.log().contains("peer uid not allowed")
+    });
+    assert!(daemon.log().contains("65534"), "{}", daemon.log());
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // The same files and socket with uid 65534 allowed: served. So the refusal above was
+    // the uid check and nothing else (permissions, paths).
+    data.set("clients.alice", "allowed_uids", "[0, 65534]");
+    let _daemon = data.start();
+    assert_eq!(ferrohsm_test_support::ok(&ping(&nobody)).trim(), "ok");
 }
 
 #[test]
@@ -419,16 +464,7 @@ fn dropping_a_client_ends_its_shm_session() {
     let alice = srv.profile("alice");
     for _ in 0..20 {
         // Each connection must be gone from the server before the next one fits.
-        let t = Instant::now();
-        let c = loop {
-            match shm(&alice) {
-                Ok(c) => break c,
-                Err(_) if t.elapsed() < Duration::from_secs(2) => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("previous session still open after 2 s: {e}"),
-            }
-        };
+        let c = connect_when_freed(&alice, "the dropped session to end");
         c.ping().unwrap();
     }
 }
@@ -439,64 +475,40 @@ fn the_shm_set_up_socket_has_the_same_connection_limit_and_readable_refusal() {
     let p = srv.profile("alice");
     let (a, b) = (shm(&p).unwrap(), shm(&p).unwrap());
     // Over the listener's limit: a readable `busy`, not a silent close or a hang.
-    match shm(&p) {
-        Err(ClientError::Auth(e)) => {
-            assert_eq!(e.status(), Some(Status::Busy));
-            assert!(e.message.contains("too many connections"), "{}", e.message);
-        }
-        other => panic!("expected busy, got {other:?}"),
-    }
+    let (s, m) = refusal(shm(&p));
+    assert_eq!(s, Status::Busy, "{m}");
+    assert!(m.contains("too many connections"), "{m}");
     // The limit is per listener: TCP still has room.
     let tcp = BlockingClient::connect(&p, Some(Transport::Tcp)).unwrap();
     tcp.ping().unwrap();
     a.ping().unwrap();
     // A session that ends gives its slot back.
     drop(b);
-    let t = Instant::now();
-    let c = loop {
-        match shm(&p) {
-            Ok(c) => break c,
-            Err(_) if t.elapsed() < Duration::from_secs(5) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("the freed slot was not reused: {e}"),
-        }
-    };
-    c.ping().unwrap();
+    connect_when_freed(&p, "the freed slot to be reused")
+        .ping()
+        .unwrap();
 }
 
 #[test]
 fn the_synchronous_shm_client() {
     use ferrohsm_client::connect::shm_sync::SyncShm;
-    use ferrohsm_proto::Response;
     let mut srv = TestServer::start_with(&["alice"], |c| c.max_connections_per_client = 3);
     let alice = srv.profile("alice");
-    let t = Duration::from_secs(2);
+    // Calls give up after this long; every answer below must come well before, so an error
+    // that names this timeout is a hang.
+    let t = DEADLINE;
     let mut c = SyncShm::connect(&alice, t).unwrap();
     assert!(c.welcome().session_id > 0);
     for _ in 0..500 {
         assert_eq!(c.call(Request::Ping).unwrap(), Response::Done);
     }
-    let spec = KeySpec {
-        key_type: KeyType::P256,
-        label: "k".parse().unwrap(),
-        usage: None,
-        exportable: false,
-        session: false,
-    };
     assert!(matches!(
-        c.call(Request::Generate(spec)).unwrap(),
+        c.call(Request::Generate(spec(KeyType::P256, "k"))).unwrap(),
         Response::Key(_)
     ));
     // Frames much larger than the rings: both directions wrap many times and wait for room.
-    c.call(Request::Generate(KeySpec {
-        key_type: KeyType::Aes256Gcm,
-        label: "a".parse().unwrap(),
-        usage: None,
-        exportable: false,
-        session: false,
-    }))
-    .unwrap();
+    c.call(Request::Generate(spec(KeyType::Aes256Gcm, "a")))
+        .unwrap();
     let big: Vec<u8> = (0..900_000u32).map(|i| (i % 251) as u8).collect();
     let Response::Bytes(sealed) = c
         .call(Request::Encrypt {
@@ -520,8 +532,11 @@ fn the_synchronous_shm_client() {
     };
     assert_eq!(back, big);
     // An error status is the server's, and the session goes on.
-    let e = c.call(Request::Info(label("nope"))).unwrap_err();
-    assert_eq!(e.status(), Some(Status::KeyNotFound));
+    assert_eq!(
+        status(c.call(Request::Info(label("nope")))),
+        Status::KeyNotFound
+    );
+    assert_eq!(c.call(Request::Ping).unwrap(), Response::Done);
     // Two threads, each with its own session, signing at once: every signature verifies.
     std::thread::scope(|s| {
         for _ in 0..2 {
@@ -551,22 +566,25 @@ fn the_synchronous_shm_client() {
     });
     // Dropping a session ends it on the server: all three places come back.
     drop(c);
-    let started = Instant::now();
     let mut again = Vec::new();
     while again.len() < 3 {
-        match SyncShm::connect(&alice, t) {
-            Ok(c) => again.push(c),
-            Err(_) if started.elapsed() < Duration::from_secs(2) => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(e) => panic!("a dropped session is still open after 2 s: {e}"),
-        }
+        again.push(wait::eventually(
+            "the dropped sessions to end",
+            DEADLINE,
+            || match SyncShm::connect(&alice, t) {
+                Ok(c) => Some(c),
+                Err(ClientError::Auth(b)) if b.status() == Some(Status::Busy) => None,
+                Err(e) => panic!("expected busy or a session, got {e:?}"),
+            },
+        ));
     }
     let mut c = again.pop().unwrap();
-    // hsmd gone: an error soon, not a hang.
+    // hsmd gone: the client sees the socket close, rather than waiting out its timeout.
     srv.handle.take().unwrap().shutdown().unwrap();
-    let t0 = Instant::now();
-    let e = c.call(Request::Ping).unwrap_err();
-    assert!(matches!(e, ClientError::Connection(_)), "{e:?}");
-    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    match c.call(Request::Ping) {
+        Err(ClientError::Connection(m)) => {
+            assert!(m.contains("the server closed the connection"), "{m}")
+        }
+        other => panic!("expected the closed connection, got {other:?}"),
+    }
 }

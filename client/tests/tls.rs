@@ -1,48 +1,59 @@
 //! TLS transports with real handshakes on 127.0.0.1: identity bound to the credential, every
 //! kind of bad credential refused (with the server still serving others), hostile bytes on
-//! TLS ports, per-client limits, and interop with the `openssl s_client` command line.
+//! TLS ports, per-client limits, interop with the `openssl s_client` command line, and the
+//! `allow_tls12` and `tls_names` settings of a real hsmd.
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
-use ferrohsm_proto::handshake::Hello;
-use ferrohsm_proto::{KeyRef, KeyType, PROTOCOL_VERSION, Request, Status};
+use ferrohsm_proto::handshake::{ClientHandshake, ClientStep};
+use ferrohsm_proto::{Frame, FrameReader, KeyRef, KeyType, Request, Status};
+use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
+use ferrohsm_test_support::peer::{Ending, ending};
+use ferrohsm_test_support::status::assert_exit;
+use ferrohsm_test_support::{Data, TestServer, ci, status, wait};
 use ferrohsm_tls::pki::{self, Role};
-use support::TestServer;
+
+/// How long anything this file waits for may take on a busy 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 fn connect(p: &Profile, t: Transport) -> Result<BlockingClient, ClientError> {
     BlockingClient::connect(p, Some(t))
 }
 
-/// The connection error text, or a panic if the connection was accepted.
+/// The error of a connection that must be refused (before or in the FerroHSM handshake).
 fn refused(r: Result<BlockingClient, ClientError>) -> ClientError {
     match r {
-        Ok(c) => match c.ping() {
-            // TLS 1.3: a rejected client certificate can surface on the first exchange.
-            Err(e) => e,
-            Ok(()) => panic!("connection was accepted"),
-        },
         Err(e) => e,
+        Ok(c) => panic!("connection was accepted: {c:?}"),
     }
 }
 
-/// Writes a certificate and key issued by `ca` for `name` into `dir`; returns their paths.
+/// The server's status and message for a credential that completed TLS but was refused in
+/// the FerroHSM handshake (hello), which is always a `ClientError::Auth`.
+fn refused_in_hello(r: Result<BlockingClient, ClientError>) -> (Status, String) {
+    match refused(r) {
+        ClientError::Auth(b) => (b.status().expect("a known status"), b.message),
+        other => panic!("expected a refusal of the hello, got {other:?}"),
+    }
+}
+
+/// Writes a certificate and key issued by `ca` for `names` into `dir`; returns their paths.
 fn issue(
     dir: &Path,
     ca: (&str, &str),
-    name: &str,
+    names: &[&str],
     valid: (time::OffsetDateTime, time::OffsetDateTime),
     tag: &str,
 ) -> (PathBuf, PathBuf) {
-    let c = pki::issue(ca.0, ca.1, Role::Client, &[name], valid.0, valid.1).unwrap();
+    let c = pki::issue(ca.0, ca.1, Role::Client, names, valid.0, valid.1).unwrap();
     let (cert, key) = (
         dir.join(format!("{tag}.pem")),
         dir.join(format!("{tag}.key")),
@@ -52,12 +63,34 @@ fn issue(
     (cert, key)
 }
 
-fn dev_ca(srv: &TestServer) -> (String, String) {
-    let pki = srv.dir.path().join("pki");
+/// The development CA (certificate and key PEM) of a data directory.
+fn dev_ca(dir: &Path) -> (String, String) {
+    let pki = dir.join("pki");
     (
         std::fs::read_to_string(pki.join("ca.pem")).unwrap(),
         std::fs::read_to_string(pki.join("ca.key")).unwrap(),
     )
+}
+
+/// `p` presenting another certificate (or none).
+fn with_cert(p: &Profile, ident: Option<(PathBuf, PathBuf)>) -> Profile {
+    let mut p = p.clone();
+    p.tls.as_mut().unwrap().identity = ident;
+    p
+}
+
+/// `hsmctl --profile P --transport T ping` with alice's profile file edited by `edit`.
+fn hsmctl_ping_with(srv: &TestServer, transport: &str, edit: impl Fn(String) -> String) -> String {
+    let path = srv.dir.path().join("clients/edited.toml");
+    let text = std::fs::read_to_string(srv.profile_path("alice")).unwrap();
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit changed nothing");
+    std::fs::write(&path, edited).unwrap();
+    let mut c = hsmctl_command(&path);
+    c.args(["--transport", transport, "ping"]);
+    let o = output_within(&mut c, EXIT_DEADLINE);
+    assert_exit(&o, 3);
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -70,29 +103,30 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     let secret = bob_client
         .generate(&"bobs".parse().unwrap(), KeyType::Ed25519)
         .unwrap();
-    let (ca_cert, ca_key) = dev_ca(&srv);
-    let with_cert = |ident: Option<(PathBuf, PathBuf)>| {
-        let mut p = alice.clone();
-        p.tls.as_mut().unwrap().identity = ident;
-        p
-    };
+    let (ca_cert, ca_key) = dev_ca(srv.dir.path());
     let tls_msg = |p: &Profile| refused(connect(p, Transport::Tls)).to_string();
 
     // No client certificate at all.
-    let e = tls_msg(&with_cert(None));
-    assert!(e.contains("server rejected our certificate"), "{e}");
+    let e = tls_msg(&with_cert(&alice, None));
+    assert!(
+        e.contains("server rejected our certificate (CertificateRequired)"),
+        "{e}"
+    );
 
     // A certificate for alice from another CA.
     let evil = pki::new_ca("Evil CA").unwrap();
     let forged = issue(
         tmp.path(),
         (&evil.cert_pem, &evil.key_pem),
-        "alice",
+        &["alice"],
         pki::validity(30),
         "evil",
     );
-    let e = tls_msg(&with_cert(Some(forged)));
-    assert!(e.contains("server rejected our certificate"), "{e}");
+    let e = tls_msg(&with_cert(&alice, Some(forged.clone())));
+    assert!(
+        e.contains("server rejected our certificate (UnknownCA)"),
+        "{e}"
+    );
 
     // An expired certificate from the right CA.
     let now = time::OffsetDateTime::now_utc();
@@ -100,10 +134,10 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
         now - Duration::from_secs(10 * 86_400),
         now - Duration::from_secs(86_400),
     );
-    let expired = issue(tmp.path(), (&ca_cert, &ca_key), "alice", past, "expired");
-    let e = tls_msg(&with_cert(Some(expired)));
+    let expired = issue(tmp.path(), (&ca_cert, &ca_key), &["alice"], past, "expired");
+    let e = tls_msg(&with_cert(&alice, Some(expired)));
     assert!(
-        e.contains("server rejected our certificate") && e.contains("Expired"),
+        e.contains("server rejected our certificate (CertificateExpired)"),
         "{e}"
     );
 
@@ -111,82 +145,70 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     let mallory = issue(
         tmp.path(),
         (&ca_cert, &ca_key),
-        "mallory",
+        &["mallory"],
         pki::validity(30),
         "mallory",
     );
-    match refused(connect(&with_cert(Some(mallory)), Transport::Tls)) {
-        ClientError::Auth(b) => {
-            assert_eq!(b.status(), Some(Status::AuthFailed));
-            assert!(
-                b.message.contains("names no configured client"),
-                "{}",
-                b.message
-            );
-        }
-        other => panic!("expected auth_failed, got {other:?}"),
-    }
+    let (s, m) = refused_in_hello(connect(&with_cert(&alice, Some(mallory)), Transport::Tls));
+    assert_eq!(s, Status::AuthFailed, "{m}");
+    assert!(m.contains("names no configured client"), "{m}");
 
     // Alice's profile presenting bob's certificate is never served as alice.
     let bobs = bob.tls.as_ref().unwrap().identity.clone();
-    match refused(connect(&with_cert(bobs), Transport::Tls)) {
-        ClientError::Auth(b) => assert_eq!(b.status(), Some(Status::AuthFailed)),
-        other => panic!("expected auth_failed, got {other:?}"),
-    }
+    let (s, m) = refused_in_hello(connect(&with_cert(&alice, bobs), Transport::Tls));
+    assert_eq!(s, Status::AuthFailed, "{m}");
 
     // PSK: unknown identity, wrong key, and alice's name with bob's PSK all fail; the first
     // two fail identically, so the server reveals no identities.
     let psk = |f: &dyn Fn(&mut ferrohsm_client::profile::PskProfile)| {
         let mut p = alice.clone();
         f(p.tls_psk.as_mut().unwrap());
-        refused(connect(&p, Transport::TlsPsk)).to_string()
+        refused(connect(&p, Transport::TlsPsk))
     };
     let unknown = psk(&|p| p.identity = "mallory".into());
     let wrong_key = tmp.path().join("wrong.psk");
     std::fs::write(&wrong_key, "00".repeat(32)).unwrap();
     let wrong = psk(&|p| p.key_file = wrong_key.clone());
+    let (unknown, wrong) = match (unknown, wrong) {
+        (ClientError::Connection(u), ClientError::Connection(w)) => (u, w),
+        other => panic!("expected two refused TLS-PSK handshakes, got {other:?}"),
+    };
     assert!(
         unknown.contains("PSK rejected: unknown identity or wrong key"),
         "{unknown}"
     );
-    assert_eq!(unknown.replace("mallory", ""), wrong.replace("mallory", ""));
+    assert_eq!(unknown, wrong);
+    // Bob's identity and key, in alice's profile: the PSK proves bob, and the hello for
+    // alice is refused.
     let bob_psk = bob.tls_psk.clone().unwrap();
-    let crossed = psk(&|p| *p = bob_psk.clone());
-    assert!(crossed.contains("auth_failed"), "{crossed}");
+    let mut crossed = alice.clone();
+    crossed.tls_psk = Some(bob_psk);
+    let (s, m) = refused_in_hello(connect(&crossed, Transport::TlsPsk));
+    assert_eq!(s, Status::AuthFailed, "{m}");
 
-    // Every refusal maps to exit code 3 in hsmctl.
-    assert_eq!(ClientError::Connection(String::new()).exit_code(), 3);
+    // Every refusal is exit code 3 in hsmctl: a foreign certificate, and a wrong PSK.
+    let err = hsmctl_ping_with(&srv, "tls", |t| {
+        t.replace("cert = \"alice.pem\"", &format!("cert = {:?}", forged.0))
+            .replace("key = \"alice.tls.key\"", &format!("key = {:?}", forged.1))
+    });
+    assert!(err.contains("server rejected our certificate"), "{err}");
+    let err = hsmctl_ping_with(&srv, "tls-psk", |t| {
+        t.replace(
+            "key_file = \"alice.psk\"",
+            &format!("key_file = {wrong_key:?}"),
+        )
+    });
+    assert!(err.contains("PSK rejected"), "{err}");
 
     // Through all that, both clients are served over both modes, still isolated.
     for t in [Transport::Tls, Transport::TlsPsk] {
         let a = connect(&alice, t).unwrap();
         a.ping().unwrap();
-        let e = a
-            .block_on(a.client().info(&KeyRef::Id(secret.id)))
-            .unwrap_err();
-        assert_eq!(e.status(), Some(Status::KeyNotFound));
+        let e = a.block_on(a.client().info(&KeyRef::Id(secret.id)));
+        assert_eq!(status(e), Status::KeyNotFound);
         let b = connect(&bob, t).unwrap();
         let sig = b.sign(&KeyRef::Id(secret.id), b"m").unwrap();
         b.verify(&KeyRef::Id(secret.id), b"m", &sig).unwrap();
-    }
-}
-
-/// Reads until the server closes the connection; false if it is still open after `limit`.
-fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return false;
-            }
-            Err(_) => return true,
-        }
     }
 }
 
@@ -195,21 +217,23 @@ fn plain_bytes_and_stalled_handshakes_on_tls_ports_are_dropped() {
     let srv = TestServer::start_with(&["alice"], |c| {
         c.handshake_timeout = Duration::from_millis(400)
     });
-    let b = srv.handle.as_ref().unwrap().bound.clone();
+    let b = srv.bound();
     for addr in [b.tls.unwrap(), b.tls_psk.unwrap()] {
         // Plain protocol bytes instead of a ClientHello.
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(&Request::Ping.to_frame(1).encode()).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        assert!(
-            closed_within(&mut s, Duration::from_secs(5)),
+        assert_eq!(
+            ending(&mut s, DEADLINE),
+            Ending::Closed,
             "{addr}: garbage not dropped"
         );
-        // Connected, then silent: dropped after the handshake timeout.
+        // Connected, then silent: dropped after the handshake timeout, not before.
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         let t = Instant::now();
-        assert!(
-            closed_within(&mut s, Duration::from_secs(5)),
+        assert_eq!(
+            ending(&mut s, DEADLINE),
+            Ending::Closed,
             "{addr}: idle handshake kept"
         );
         assert!(
@@ -220,8 +244,9 @@ fn plain_bytes_and_stalled_handshakes_on_tls_ports_are_dropped() {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
             .unwrap();
-        assert!(
-            closed_within(&mut s, Duration::from_secs(5)),
+        assert_eq!(
+            ending(&mut s, DEADLINE),
+            Ending::Closed,
             "{addr}: half handshake kept"
         );
     }
@@ -236,31 +261,40 @@ fn per_client_connection_limit_applies_across_transports() {
     let alice = srv.profile("alice");
     let a1 = connect(&alice, Transport::Tls).unwrap();
     let a2 = connect(&alice, Transport::TlsPsk).unwrap();
-    match refused(connect(&alice, Transport::Tcp)) {
-        ClientError::Auth(b) => {
-            assert_eq!(b.status(), Some(Status::Busy));
-            assert!(b.message.contains("alice"), "{}", b.message);
-        }
-        other => panic!("expected busy, got {other:?}"),
-    }
+    let (s, m) = refused_in_hello(connect(&alice, Transport::Tcp));
+    assert_eq!(s, Status::Busy, "{m}");
+    assert!(m.contains("alice"), "{m}");
     connect(&srv.profile("bob"), Transport::Tls)
         .unwrap()
         .ping()
         .unwrap();
     a1.ping().unwrap();
     drop(a2);
-    // The slot comes back once the server has seen the close.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while connect(&alice, Transport::Tcp).is_err() {
-        assert!(Instant::now() < deadline, "slot never freed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The slot comes back once the server has seen the close; until then, `busy`.
+    let a3 = wait::eventually("alice's slot to be freed", DEADLINE, || {
+        match connect(&alice, Transport::Tcp) {
+            Ok(c) => Some(c),
+            Err(ClientError::Auth(b)) if b.status() == Some(Status::Busy) => None,
+            Err(e) => panic!("expected busy or a session, got {e:?}"),
+        }
+    });
+    a3.ping().unwrap();
 }
 
-/// Runs `openssl s_client ARGS`, sends a protocol hello for alice, and reports whether a
-/// FerroHSM frame came back, with everything s_client printed.
-fn s_client(ossl: &str, args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(ossl)
+/// How an `openssl s_client` run against a FerroHSM port went.
+#[derive(Debug)]
+enum SClient {
+    /// A frame came back for the hello it sent.
+    Served(Frame),
+    /// It exited, with nothing back: its status and everything it printed on stderr.
+    Ended(ExitStatus, String),
+    /// Still connected and quiet when the time was up (killed); what it printed on stderr.
+    Silent(#[allow(dead_code, reason = "shown through Debug when a test fails")] String),
+}
+
+/// Runs `openssl s_client ARGS -quiet`, sends a hello for alice, and reports what happened.
+fn s_client(args: &[&str]) -> SClient {
+    let mut child = Command::new("openssl")
         .arg("s_client")
         .args(args)
         .arg("-quiet")
@@ -269,93 +303,140 @@ fn s_client(ossl: &str, args: &[&str]) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let hello = Request::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        client: "alice".into(),
-    });
-    let _ = child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(&hello.to_frame(1).encode());
+    let hello = ClientHandshake::new("alice").start().encode();
+    // s_client may already have exited (a refused handshake); that shows below.
+    let _ = child.stdin.as_mut().unwrap().write_all(&hello);
     let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut frames = FrameReader::new(1 << 20);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(Some(f)) = frames.next_frame() {
+                let _ = tx.send(Some(f));
+                return;
             }
-            got.extend_from_slice(&buf[..n]);
-            if got.windows(4).any(|w| w == b"FHSM") {
-                break;
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+                Ok(n) => frames.buffer().extend_from_slice(&buf[..n]),
             }
         }
-        got
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !reader.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let got = rx.recv_timeout(DEADLINE);
+    let exited = match got {
+        Ok(None) => {
+            // stdout closed: s_client is exiting on its own.
+            let t = Instant::now();
+            loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break Some(s);
+                }
+                assert!(
+                    t.elapsed() < EXIT_DEADLINE,
+                    "s_client closed stdout but runs on"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        _ => None,
+    };
     let _ = child.kill();
-    let status = child.wait().unwrap();
-    let got = reader.join().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let framed = got.windows(4).any(|w| w == b"FHSM");
-    (
-        framed,
-        format!(
-            "status {status}; stdout {:?}; stderr {err}",
-            String::from_utf8_lossy(&got)
-        ),
-    )
+    let _ = child.wait();
+    let err = stderr.join().unwrap();
+    match (got, exited) {
+        (Ok(Some(f)), _) => SClient::Served(f),
+        (Ok(None), Some(s)) => SClient::Ended(s, err),
+        _ => SClient::Silent(err),
+    }
+}
+
+/// Asserts that `s_client ARGS` got a welcome for alice's hello.
+fn assert_welcomed(args: &[&str], what: &str) {
+    match s_client(args) {
+        SClient::Served(f) => {
+            let mut hs = ClientHandshake::new("alice");
+            hs.start();
+            let step = hs.on_frame(&f, |_| Err("no challenge expected".into()));
+            assert!(
+                matches!(step, Ok(ClientStep::Done(_))),
+                "{what}: no welcome: {step:?}"
+            );
+        }
+        other => panic!("{what}: not served: {other:?}"),
+    }
+}
+
+/// Asserts that `s_client ARGS` ended, unserved, with a TLS alert `alert` on stderr.
+fn assert_alert(args: &[&str], alert: &str, what: &str) {
+    match s_client(args) {
+        SClient::Ended(status, err) => {
+            assert!(!status.success(), "{what}: s_client exited 0: {err}");
+            assert!(err.contains(alert), "{what}: expected `{alert}`: {err}");
+        }
+        other => panic!("{what}: expected the handshake refused with `{alert}`, got {other:?}"),
+    }
+}
+
+/// `s_client` arguments for certificate TLS to `addr` (with alice's certificate if `cert`).
+fn cert_args(dir: &Path, addr: &str, cert: bool) -> Vec<String> {
+    let f = |p: &str| dir.join(p).display().to_string();
+    let mut a: Vec<String> = [
+        "-connect",
+        addr,
+        "-CAfile",
+        &f("pki/ca.pem"),
+        "-servername",
+        "localhost",
+        "-verify_return_error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if cert {
+        a.extend([
+            "-cert".into(),
+            f("clients/alice.pem"),
+            "-key".into(),
+            f("clients/alice.tls.key"),
+        ]);
+    }
+    a
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 #[test]
 fn openssl_s_client_interoperates_with_both_tls_modes() {
-    let Some(ossl) = support::openssl() else {
+    if !ci::tool("openssl", "openssl") {
         return;
-    };
+    }
     let srv = TestServer::start(&["alice"]);
-    let b = srv.handle.as_ref().unwrap().bound.clone();
-    let f = |p: &str| srv.dir.path().join(p).to_str().unwrap().to_string();
+    let b = srv.bound();
     let (tls, psk) = (b.tls.unwrap().to_string(), b.tls_psk.unwrap().to_string());
-    let (ca, cert, key) = (
-        f("pki/ca.pem"),
-        f("clients/alice.pem"),
-        f("clients/alice.tls.key"),
-    );
-    let base = [
-        "-connect",
-        &tls,
-        "-CAfile",
-        &ca,
-        "-servername",
-        "localhost",
-        "-verify_return_error",
-    ];
+    let dir = srv.dir.path();
 
-    let with_cert: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain(["-cert", &cert, "-key", &key])
-        .collect();
-    let (ok, log) = s_client(ossl, &with_cert);
-    assert!(
-        ok,
-        "s_client with alice's certificate got no welcome: {log}"
+    assert_welcomed(
+        &strs(&cert_args(dir, &tls, true)),
+        "s_client with alice's certificate",
     );
-    let (ok, log) = s_client(ossl, &base);
-    assert!(!ok, "s_client without a certificate was served: {log}");
-    assert!(log.contains("alert"), "expected a TLS alert: {log}");
+    assert_alert(
+        &strs(&cert_args(dir, &tls, false)),
+        "alert certificate required",
+        "s_client without a certificate",
+    );
 
-    let hex = std::fs::read_to_string(f("clients/alice.psk"))
+    let hex = std::fs::read_to_string(dir.join("clients/alice.psk"))
         .unwrap()
         .trim()
         .to_string();
@@ -373,12 +454,13 @@ fn openssl_s_client_interoperates_with_both_tls_modes() {
         .map(|s| s.to_string())
         .collect()
     };
-    let args = psk_args(&hex);
-    let (ok, log) = s_client(ossl, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(ok, "s_client with alice's PSK got no welcome: {log}");
-    let wrong = psk_args(&"11".repeat(32));
-    let (ok, log) = s_client(ossl, &wrong.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(!ok, "s_client with a wrong PSK was served: {log}");
+    assert_welcomed(&strs(&psk_args(&hex)), "s_client with alice's PSK");
+    // A wrong key: the server refuses the handshake at once, not by going quiet.
+    assert_alert(
+        &strs(&psk_args(&"11".repeat(32))),
+        "alert decrypt error",
+        "s_client with a wrong PSK",
+    );
     // The server survived all of it.
     connect(&srv.profile("alice"), Transport::TlsPsk)
         .unwrap()
@@ -392,13 +474,9 @@ fn listener_connection_limit_is_a_readable_busy_over_tls() {
     let (alice, bob) = (srv.profile("alice"), srv.profile("bob"));
     for t in [Transport::Tls, Transport::TlsPsk, Transport::Tcp] {
         let held = connect(&alice, t).unwrap();
-        match refused(connect(&bob, t)) {
-            ClientError::Auth(b) | ClientError::Server(b) => {
-                assert_eq!(b.status(), Some(Status::Busy), "{t:?}: {b:?}");
-                assert!(b.message.contains("too many connections"));
-            }
-            other => panic!("{t:?}: expected busy, got {other:?}"),
-        }
+        let (s, m) = refused_in_hello(connect(&bob, t));
+        assert_eq!(s, Status::Busy, "{t:?}: {m}");
+        assert!(m.contains("too many connections"), "{t:?}: {m}");
         held.ping().unwrap();
     }
 }
@@ -407,34 +485,20 @@ fn listener_connection_limit_is_a_readable_busy_over_tls() {
 fn a_certificate_naming_two_clients_is_refused() {
     let srv = TestServer::start(&["alice", "bob"]);
     let tmp = tempfile::tempdir().unwrap();
-    let (ca_cert, ca_key) = dev_ca(&srv);
+    let (ca_cert, ca_key) = dev_ca(srv.dir.path());
     // CN alice, SANs alice and bob: the same CA, but the credential would mean two clients.
-    let c = pki::issue(
-        &ca_cert,
-        &ca_key,
-        Role::Client,
+    let both = issue(
+        tmp.path(),
+        (&ca_cert, &ca_key),
         &["alice", "bob"],
-        pki::validity(30).0,
-        pki::validity(30).1,
-    )
-    .unwrap();
-    let (cert, key) = (tmp.path().join("both.pem"), tmp.path().join("both.key"));
-    std::fs::write(&cert, &c.cert_pem).unwrap();
-    std::fs::write(&key, c.key_pem.as_bytes()).unwrap();
+        pki::validity(30),
+        "both",
+    );
     for who in ["alice", "bob"] {
-        let mut p = srv.profile(who);
-        p.tls.as_mut().unwrap().identity = Some((cert.clone(), key.clone()));
-        match refused(connect(&p, Transport::Tls)) {
-            ClientError::Auth(b) | ClientError::Server(b) => {
-                assert_eq!(b.status(), Some(Status::AuthFailed), "{b:?}");
-                assert!(
-                    b.message.contains("more than one configured client"),
-                    "{}",
-                    b.message
-                );
-            }
-            other => panic!("expected auth_failed, got {other:?}"),
-        }
+        let p = with_cert(&srv.profile(who), Some(both.clone()));
+        let (s, m) = refused_in_hello(connect(&p, Transport::Tls));
+        assert_eq!(s, Status::AuthFailed, "{m}");
+        assert!(m.contains("more than one configured client"), "{m}");
     }
     // Each client's own certificate still works.
     connect(&srv.profile("alice"), Transport::Tls)
@@ -445,4 +509,119 @@ fn a_certificate_naming_two_clients_is_refused() {
         .unwrap()
         .ping()
         .unwrap();
+}
+
+#[test]
+fn allow_tls12_decides_whether_a_tls12_client_is_served() {
+    if !ci::tool("openssl", "openssl") {
+        return;
+    }
+    let data = Data::init("alice");
+    let tls12 = |addr: &str| {
+        let mut a = cert_args(&data.dir, addr, true);
+        a.push("-tls1_2".into());
+        a
+    };
+    let tls13 = |addr: &str| {
+        let mut a = cert_args(&data.dir, addr, true);
+        a.push("-tls1_3".into());
+        a
+    };
+
+    // hsmd init writes allow_tls12 = false: a TLS 1.2-only client is refused in the
+    // handshake, while TLS 1.3 is served.
+    let text = std::fs::read_to_string(data.config()).unwrap();
+    assert!(text.contains("allow_tls12 = false"), "{text}");
+    let d = data.start();
+    let addr = data.ports().tls;
+    assert_alert(
+        &strs(&tls12(&addr)),
+        "alert protocol version",
+        "TLS 1.2 with allow_tls12 = false",
+    );
+    assert_welcomed(&strs(&tls13(&addr)), "TLS 1.3 with allow_tls12 = false");
+    assert_eq!(d.terminate().code(), Some(0));
+
+    // allow_tls12 = true: the same TLS 1.2 client, with the same certificate, is served as
+    // alice, and TLS 1.3 still is.
+    data.set("tls", "allow_tls12", "true");
+    let _d = data.start();
+    let addr = data.ports().tls;
+    assert_welcomed(&strs(&tls12(&addr)), "TLS 1.2 with allow_tls12 = true");
+    assert_welcomed(&strs(&tls13(&addr)), "TLS 1.3 with allow_tls12 = true");
+    // A TLS 1.2 client without a certificate is still refused.
+    let mut no_cert = cert_args(&data.dir, &addr, false);
+    no_cert.push("-tls1_2".into());
+    assert_alert(
+        &strs(&no_cert),
+        "alert certificate required",
+        "TLS 1.2 without a certificate",
+    );
+}
+
+#[test]
+fn tls_names_decide_which_certificates_mean_a_client() {
+    let data = Data::init("alice,bob");
+    let (ca_cert, ca_key) = dev_ca(&data.dir);
+    let ca = (ca_cert.as_str(), ca_key.as_str());
+    let tmp = data.tmp();
+    let svc = issue(tmp, ca, &["alice-svc"], pki::validity(30), "svc");
+    let san = issue(tmp, ca, &["other", "svc.example"], pki::validity(30), "san");
+    let two = issue(tmp, ca, &["alice-svc", "bob"], pki::validity(30), "two");
+    let alice = data.load_profile("alice");
+    let own = alice.tls.as_ref().unwrap().identity.clone();
+
+    // hsmd init: alice's certificate names "alice", and nothing names "alice-svc".
+    let d = data.start();
+    let a = connect(&alice, Transport::Tls).unwrap();
+    let key = a
+        .generate(&"alices".parse().unwrap(), KeyType::Ed25519)
+        .unwrap();
+    let (s, m) = refused_in_hello(connect(
+        &with_cert(&alice, Some(svc.clone())),
+        Transport::Tls,
+    ));
+    assert_eq!(s, Status::AuthFailed, "{m}");
+    assert!(m.contains("names no configured client"), "{m}");
+    drop(a);
+    assert_eq!(d.terminate().code(), Some(0));
+
+    // tls_names = ["alice-svc", "svc.example"]: those names (CN or SAN) mean alice, and the
+    // name "alice" no longer does.
+    data.set(
+        "clients.alice",
+        "tls_names",
+        "[\"alice-svc\", \"svc.example\"]",
+    );
+    let _d = data.start();
+    let alice = data.load_profile("alice");
+    for (cert, what) in [(&svc, "CN alice-svc"), (&san, "SAN svc.example")] {
+        let c = connect(&with_cert(&alice, Some(cert.clone())), Transport::Tls)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        // Served as alice: her key is there.
+        let info = c.block_on(c.client().info(&KeyRef::Id(key.id))).unwrap();
+        assert_eq!(info.label.to_string(), "alices", "{what}");
+    }
+    let (s, m) = refused_in_hello(connect(&with_cert(&alice, own), Transport::Tls));
+    assert_eq!(s, Status::AuthFailed, "{m}");
+    assert!(m.contains("names no configured client"), "{m}");
+    let (s, m) = refused_in_hello(connect(&with_cert(&alice, Some(two)), Transport::Tls));
+    assert_eq!(s, Status::AuthFailed, "{m}");
+    assert!(m.contains("more than one configured client"), "{m}");
+    // Bob is not affected.
+    connect(&data.load_profile("bob"), Transport::Tls)
+        .unwrap()
+        .ping()
+        .unwrap();
+    drop(_d);
+
+    // A name claimed by two clients: hsmd refuses to start, and says which.
+    data.set("clients.bob", "tls_names", "[\"bob\", \"alice-svc\"]");
+    let config = data.config();
+    let (code, err) = data.fails(&["--config", &config], &[]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("tls name \"alice-svc\" is claimed by clients alice and bob"),
+        "{err}"
+    );
 }
