@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{ErrorBody, FrameError, FrameReader};
+use ferrohsm_proto::{ErrorBody, FrameError, FrameReader, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -21,8 +21,10 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    pub(super) async fn run<R: AsyncRead + Unpin>(self, rd: R, stop: oneshot::Receiver<()>) {
-        self.pump(rd, stop).await;
+    pub(super) async fn run<R: AsyncRead + Unpin>(self, rd: R, mut stop: oneshot::Receiver<()>) {
+        if let Some((rd, frames)) = self.pump(rd, &mut stop).await {
+            self.refuse_while_draining(rd, frames, stop).await;
+        }
         // However reading ended (EOF, error, malformed frame, shutdown), the session ends
         // with it; if the session itself asked us to stop, it is gone already and this is a
         // no-op.
@@ -36,7 +38,14 @@ impl Reader {
     /// each frame is charged to the memory budget as soon as its header is here and before
     /// its body is read: a client over its share is simply not read from until its earlier
     /// responses are written.
-    async fn pump<R: AsyncRead + Unpin>(&self, mut rd: R, mut stop: oneshot::Receiver<()>) {
+    ///
+    /// Returns the socket and what is buffered when the server starts to shut down, so the
+    /// requests still arriving are answered `shutting_down` rather than dropped.
+    async fn pump<R: AsyncRead + Unpin>(
+        &self,
+        mut rd: R,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> Option<(R, FrameReader)> {
         let shared = &self.shared;
         let mut frames = FrameReader::new(shared.preauth_max_body);
         // The client's budget account, once authenticated.
@@ -61,8 +70,8 @@ impl Reader {
                     let n = budget::cost(&h, shared.max_body);
                     charge = tokio::select! {
                         c = shared.budget.charge(c, n) => Some(c),
-                        _ = &mut stop => return,
-                        _ = shutdown.wait_for(|s| *s) => return,
+                        _ = &mut *stop => return None,
+                        _ = shutdown.wait_for(|s| *s) => return Some((rd, frames)),
                     };
                 }
                 let decoded = frames
@@ -70,9 +79,12 @@ impl Reader {
                 match decoded {
                     Ok(Some((header, request))) => {
                         let permit = tokio::select! {
-                            p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                            _ = &mut stop => return,
-                            _ = shutdown.wait_for(|s| *s) => return,
+                            p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return None },
+                            _ = &mut *stop => return None,
+                            _ = shutdown.wait_for(|s| *s) => {
+                                self.refuse(header.opcode, header.request_id).await;
+                                return Some((rd, frames));
+                            }
                         };
                         let ticket = Ticket::new(permit, &shared.inflight, charge.take());
                         let more = frames.frame_ready();
@@ -83,24 +95,72 @@ impl Reader {
                             more,
                         };
                         if self.session.send(inbound).await.is_err() {
-                            return;
+                            return None;
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return self.refuse_frame(e, client.is_none()).await,
+                    Err(e) => {
+                        self.refuse_frame(e, client.is_none()).await;
+                        return None;
+                    }
+                }
+            }
+            frames.shrink();
+            let n = tokio::select! {
+                r = rd.read_buf(frames.buffer()) => r,
+                _ = &mut *stop => return None,
+                _ = shutdown.wait_for(|s| *s) => return Some((rd, frames)),
+            };
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// While the server drains: every whole frame that arrives is answered `shutting_down`
+    /// (none is dispatched), until the peer hangs up, sends a malformed frame, or the session
+    /// ends with the server. The refusals take no window ticket: they hold nothing in flight.
+    async fn refuse_while_draining<R: AsyncRead + Unpin>(
+        &self,
+        mut rd: R,
+        mut frames: FrameReader,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        loop {
+            loop {
+                match frames.next_with(|h, _| *h) {
+                    Ok(Some(h)) => self.refuse(h.opcode, h.request_id).await,
+                    Ok(None) => break,
+                    Err(_) => return,
                 }
             }
             frames.shrink();
             let n = tokio::select! {
                 r = rd.read_buf(frames.buffer()) => r,
                 _ = &mut stop => return,
-                _ = shutdown.wait_for(|s| *s) => return,
             };
             match n {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Answers one request `shutting_down`.
+    async fn refuse(&self, opcode: u16, request_id: u64) {
+        let body = ErrorBody::new(
+            Status::ShuttingDown,
+            "hsmd is shutting down: it takes no new work",
+        );
+        let _ = self
+            .out
+            .send(Outbound {
+                wire: error_frame(opcode, request_id, &body).encode(),
+                secret: false,
+                _ticket: None,
+            })
+            .await;
     }
 
     /// Answers a frame that cannot be read (bad header, too large) with its status; the
