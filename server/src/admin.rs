@@ -180,7 +180,11 @@ pub fn restore(
         )));
     }
     let tmp = wal(".restore-tmp");
-    let _ = std::fs::remove_file(&tmp);
+    // What an interrupted restore left, its WAL too: SQLite would replay a stale WAL into the
+    // new copy.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(wal(&format!(".restore-tmp{suffix}")));
+    }
     let result = (|| {
         let mut f = create_private(&tmp)?;
         let mut src = std::fs::File::open(input).map_err(|e| ServerError::Io {

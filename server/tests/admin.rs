@@ -283,9 +283,13 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
     );
     assert_no_store(&a);
 
-    // An interrupted restore left its temporary file: the next restore replaces it.
+    // An interrupted restore left its temporary file and its WAL: the next restore replaces
+    // them.
     let leftover = a.dir.join("keys.db.restore-tmp");
     std::fs::write(&leftover, b"half a backup").unwrap();
+    for side in ["keys.db.restore-tmp-wal", "keys.db.restore-tmp-shm"] {
+        std::fs::write(a.dir.join(side), b"a stale side file").unwrap();
+    }
     let o = admin(&a, &["restore", "--in", &backup], &[]);
     let out = ok(&o);
     assert!(
@@ -295,7 +299,9 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
         )),
         "{out}"
     );
-    assert!(!leftover.exists(), "the temporary file is still there");
+    for name in ["keys.db.restore-tmp", "keys.db.restore-tmp-wal", "keys.db.restore-tmp-shm"] {
+        assert!(!a.dir.join(name).exists(), "{name} is still there");
+    }
     assert!(a.db().exists());
 
     // The restored store opens with the same key file; the key deleted after the backup is
