@@ -7,27 +7,37 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/store.rs"]
-mod store;
+use ferrohsm_proto::{KeyRef, KeySpec, KeyType, Status};
+use ferrohsm_test_support::daemon::run_hsmd;
+use ferrohsm_test_support::peer::rss_kib;
+use ferrohsm_test_support::{Data, label, spec, status, wait};
 
-use ferrohsm_proto::{KeyRef, KeyType, Status};
-use store::{Data, label, spec, sql, status};
+/// Opens keys.db directly, as an attacker with the file would.
+fn sql(d: &Data) -> rusqlite::Connection {
+    rusqlite::Connection::open(d.db()).unwrap()
+}
+
+/// An exportable key spec.
+fn exportable(t: KeyType, l: &str) -> KeySpec {
+    KeySpec {
+        exportable: true,
+        ..spec(t, l)
+    }
+}
 
 #[test]
 fn tampered_records_are_refused_and_every_other_key_still_works() {
-    let d = Data::init("alice,bob", &[]);
-    let daemon = d.start(&[]);
+    let d = Data::init("alice,bob");
+    let daemon = d.start();
     let (a, b) = (d.connect("alice"), d.connect("bob"));
     // alice: flip 1, swapa 2, swapb 3, moved 4, fine 5, traded 6; bob: bobs 1, five deleted
     // (2..6, never reused), bobtraded 7.
     for l in ["flip", "swapa", "swapb", "moved", "fine", "traded"] {
-        a.block_on(a.client().generate_spec(spec(KeyType::Ed25519, l, false)))
+        a.block_on(a.client().generate_spec(spec(KeyType::Ed25519, l)))
             .unwrap();
     }
     for l in ["bobs", "f2", "f3", "f4", "f5", "f6", "bobtraded"] {
-        b.block_on(b.client().generate_spec(spec(KeyType::Ed25519, l, false)))
+        b.block_on(b.client().generate_spec(spec(KeyType::Ed25519, l)))
             .unwrap();
     }
     for l in ["f2", "f3", "f4", "f5", "f6"] {
@@ -78,7 +88,7 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
     .unwrap();
     drop(db);
 
-    let daemon = d.start(&[]);
+    let daemon = d.start();
     let (a, b) = (d.connect("alice"), d.connect("bob"));
     for l in ["flip", "swapa", "swapb"] {
         assert_eq!(
@@ -153,8 +163,8 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
 
 #[test]
 fn a_damaged_or_foreign_store_refuses_to_start() {
-    let d = Data::init("alice", &[]);
-    let daemon = d.start(&[]);
+    let d = Data::init("alice");
+    let daemon = d.start();
     let a = d.connect("alice");
     for i in 0..200 {
         a.generate(&format!("k{i}").parse().unwrap(), KeyType::HmacSha256)
@@ -167,9 +177,11 @@ fn a_damaged_or_foreign_store_refuses_to_start() {
     let _ = std::fs::remove_file(d.dir.join("keys.db-wal"));
     let _ = std::fs::remove_file(d.dir.join("keys.db-shm"));
 
-    // A second hsmd on a store in use is refused.
-    let daemon = d.start(&[]);
-    let (code, err) = d.fails_while_running(&["--config", &cfg]);
+    // A second hsmd on a store in use is refused (while the first holds the ports too: only
+    // the exit and the reason are checked).
+    let daemon = d.start();
+    let o = run_hsmd(&["--config", &cfg], &[]);
+    let (code, err) = (o.status.code(), String::from_utf8_lossy(&o.stderr));
     assert_eq!(code, Some(1));
     assert!(err.contains("in use by another hsmd"), "{err}");
     assert_eq!(daemon.terminate().code(), Some(0));
@@ -217,15 +229,15 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn no_file_in_the_data_directory_holds_a_key_in_plaintext() {
-    let d = Data::init("alice", &[]);
-    let daemon = d.start(&[]);
+    let d = Data::init("alice");
+    let daemon = d.start();
     let a = d.connect("alice");
     let c = a.client();
     let mut secrets = Vec::new();
     for (i, t) in KeyType::ALL.into_iter().enumerate() {
         for n in 0..20 {
             let l = format!("x{i}-{n}");
-            a.block_on(c.generate_spec(spec(t, &l, true))).unwrap();
+            a.block_on(c.generate_spec(exportable(t, &l))).unwrap();
             secrets.push((
                 l.clone(),
                 a.block_on(c.export(&label(&l))).unwrap().to_vec(),
@@ -257,81 +269,153 @@ fn no_file_in_the_data_directory_holds_a_key_in_plaintext() {
     scan("after shutdown");
 }
 
-#[test]
-fn a_hundred_thousand_keys_start_fast_and_memory_follows_the_cache() {
-    const N: u32 = 100_000;
-    let d = Data::init("alice", &[]);
-    // Fill the store through the server's own store code (a real SQLite file, sealed records),
-    // which is much faster than 100,000 keygens over the wire.
-    {
-        use ferrohsm_server::keys::store::{Change, KeyRecord, KeyStore, Mutation, Origin};
-        let unlock =
-            ferrohsm_server::keys::unlock_for(&d.db(), Some(&d.dir.join("master.key")), None)
-                .unwrap();
-        let (mut store, master) = ferrohsm_server::keys::open_store(&d.db(), &unlock).unwrap();
-        let material = ferrohsm_server::keys::material::KeyMaterial::generate(KeyType::Ed25519)
-            .unwrap()
-            .to_stored();
-        for chunk in 0..N / 10_000 {
-            let batch = (0..10_000)
-                .map(|i| Change {
-                    mutation: Mutation::Create {
-                        record: KeyRecord {
-                            owner: "alice".into(),
-                            id: 0,
-                            label: format!("k{}", chunk * 10_000 + i).parse().unwrap(),
-                            key_type: KeyType::Ed25519,
-                            usage: KeyType::Ed25519.allowed_usage(),
-                            exportable: false,
-                            origin: Origin::Generated,
-                            created: 1,
-                            version: 1,
-                        },
-                        versions: vec![(1, Some(material.clone()))],
+/// A store of `n` Ed25519 keys of alice (`k0`.. with ids 1..), filled through the server's own
+/// store code (a real SQLite file, sealed records), which is much faster than `n` keygens over
+/// the wire. Key `kI` holds material `I % 16`; the sixteen public keys are returned.
+fn fill(d: &Data, n: u32) -> Vec<ed25519_dalek::VerifyingKey> {
+    use ferrohsm_server::keys::material::KeyMaterial;
+    use ferrohsm_server::keys::store::{Change, KeyRecord, KeyStore, Mutation, Origin};
+    let unlock =
+        ferrohsm_server::keys::unlock_for(&d.db(), Some(&d.dir.join("master.key")), None).unwrap();
+    let (mut store, master) = ferrohsm_server::keys::open_store(&d.db(), &unlock).unwrap();
+    let materials: Vec<KeyMaterial> = (0..16)
+        .map(|_| KeyMaterial::generate(KeyType::Ed25519).unwrap())
+        .collect();
+    let stored: Vec<_> = materials.iter().map(KeyMaterial::to_stored).collect();
+    for chunk in 0..n.div_ceil(10_000) {
+        let batch = (chunk * 10_000..n.min((chunk + 1) * 10_000))
+            .map(|i| Change {
+                mutation: Mutation::Create {
+                    record: KeyRecord {
+                        owner: "alice".into(),
+                        id: 0,
+                        label: format!("k{i}").parse().unwrap(),
+                        key_type: KeyType::Ed25519,
+                        usage: KeyType::Ed25519.allowed_usage(),
+                        exportable: false,
+                        origin: Origin::Generated,
+                        created: 1,
+                        version: 1,
                     },
-                    audit: None,
-                })
-                .collect();
-            for r in store.commit(&master, batch, Vec::new()).unwrap() {
-                r.unwrap();
-            }
+                    versions: vec![(1, Some(stored[i as usize % 16].clone()))],
+                },
+                audit: None,
+            })
+            .collect();
+        for r in store.commit(&master, batch, Vec::new()).unwrap() {
+            r.unwrap();
         }
     }
-    let cfg = d.dir.join("hsmd.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("cache_keys = 4096", "cache_keys = 256")).unwrap();
-    let t = Instant::now();
-    let daemon = d.start(&[]);
-    let started = t.elapsed();
-    assert!(
-        started < Duration::from_secs(2),
-        "hsmd took {started:?} to start with {N} keys"
+    materials
+        .iter()
+        .map(|m| {
+            let pk: [u8; 32] = m.public_key().unwrap().try_into().unwrap();
+            ed25519_dalek::VerifyingKey::from_bytes(&pk).unwrap()
+        })
+        .collect()
+}
+
+/// Sets `[store] cache_keys` and checks that hsm.toml now says so.
+fn set_cache(d: &Data, keys: usize) {
+    d.set("store", "cache_keys", &keys.to_string());
+    let t: toml::Table = std::fs::read_to_string(d.config())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        t["store"]["cache_keys"].as_integer(),
+        Some(keys as i64),
+        "the edit reached hsmd.toml"
+    );
+}
+
+/// Flips a byte of the sealed material of alice's key `l`, in the store file.
+fn tamper(d: &Data, l: &str) {
+    let db = sql(d);
+    let mut blob: Vec<u8> = db
+        .query_row(
+            "SELECT v.sealed FROM key_versions v JOIN keys k ON k.owner = v.owner AND k.id = v.id \
+             WHERE k.owner = 'alice' AND k.label = ?1",
+            [l],
+            |r| r.get(0),
+        )
+        .unwrap();
+    blob[20] ^= 1;
+    let n = db
+        .execute(
+            "UPDATE key_versions SET sealed = ?1 \
+             WHERE (owner, id) = (SELECT owner, id FROM keys WHERE owner = 'alice' AND label = ?2)",
+            rusqlite::params![blob, l],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "one record of {l} changed");
+}
+
+#[test]
+fn a_hundred_thousand_keys_open_and_the_cache_evicts_and_reopens() {
+    const N: u32 = 100_000;
+    const CACHE: usize = 64;
+    let d = Data::init("alice");
+    let public = fill(&d, N);
+    set_cache(&d, CACHE);
+    // hsmd says what it read (the readiness line alone would not tell the cache size).
+    let daemon = d.start_env(&[("RUST_LOG", "info")]);
+    wait::until(
+        "hsmd to log the cache size it opened the store with",
+        Duration::from_secs(30),
+        || daemon.log().contains(&format!("cache_keys={CACHE}")),
     );
     let a = d.connect("alice");
-    let rss = || -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
-        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        l.split_whitespace().nth(1).unwrap().parse().unwrap()
+    let msg = b"hundred thousand";
+    let sign = |k: u32, key: &KeyRef| {
+        let sig = a.sign(key, msg).unwrap();
+        let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+        public[k as usize % 16]
+            .verify_strict(msg, &sig)
+            .unwrap_or_else(|e| panic!("k{k}: the signature is not its key's: {e}"));
     };
-    // Sign with 3,000 different keys (far more than the cache holds), by label and by id.
+    // k7 is opened and cached; its record is then damaged on disk. The cache still serves
+    // it: nothing reopened it.
+    sign(7, &label("k7"));
+    tamper(&d, "k7");
+    sign(7, &label("k7"));
+    // Sign with 3,000 other keys (far more than the cache holds), by label and by id; every
+    // signature verifies under that key's own public key.
     let mut x: u32 = 12345;
     let mut after_first = 0;
+    let mut touched = std::collections::BTreeSet::new();
     for i in 0..3000 {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let k = x % N;
+        if k == 7 {
+            continue;
+        }
+        touched.insert(k);
         let key = if i % 2 == 0 {
             label(&format!("k{k}"))
         } else {
             KeyRef::Id(k + 1)
         };
-        let sig = a.sign(&key, b"hundred thousand").unwrap();
-        assert_eq!(sig.len(), 64);
+        sign(k, &key);
         if i == 500 {
-            after_first = rss();
+            after_first = rss_kib(daemon.pid());
         }
     }
-    let end = rss();
-    // 100,000 opened keys would take tens of MiB; with 256 cached the growth after the first
+    assert!(touched.len() > 10 * CACHE, "{} keys touched", touched.len());
+    // k7 was evicted: using it reopens its record, which no longer authenticates.
+    assert_eq!(
+        status(a.sign(&label("k7"), msg)),
+        Status::KeyStoreIntegrity,
+        "k7 was still cached after {} other keys",
+        touched.len()
+    );
+    wait::until(
+        "hsmd to log the integrity alarm",
+        Duration::from_secs(30),
+        || daemon.log().contains("ALARM"),
+    );
+    let end = rss_kib(daemon.pid());
+    // 100,000 opened keys would take tens of MiB; with 64 cached the growth after the first
     // 500 signatures stays small.
     assert!(
         end < 64 * 1024,
@@ -341,7 +425,31 @@ fn a_hundred_thousand_keys_start_fast_and_memory_follows_the_cache() {
         end < after_first + 8 * 1024,
         "RSS grew from {after_first} KiB to {end} KiB while touching 2,500 more keys"
     );
-    eprintln!("{N} keys: started in {started:?}; RSS {after_first} KiB -> {end} KiB");
     drop(a);
     assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[test]
+#[ignore = "a timing on a quiet machine (run with --ignored, ideally --release)"]
+fn stress_a_hundred_thousand_keys_start_in_under_two_seconds() {
+    const N: u32 = 100_000;
+    let d = Data::init("alice");
+    fill(&d, N);
+    set_cache(&d, 256);
+    let mut took: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let daemon = d.start();
+            let took = t.elapsed();
+            d.connect("alice").ping().unwrap();
+            assert_eq!(daemon.terminate().code(), Some(0));
+            took
+        })
+        .collect();
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < Duration::from_secs(2),
+        "hsmd took {median:?} (median of {took:?}) to start with {N} keys"
+    );
 }

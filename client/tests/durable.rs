@@ -6,45 +6,51 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/store.rs"]
-mod store;
-mod support;
-
-use daemon::Daemon;
-use ferrohsm_client::BlockingClient;
-use ferrohsm_client::profile::Profile;
+use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::{KeyRef, KeyType};
-use store::{Data, InfoOk, hsmd_bin, label, ok, spec};
+use ferrohsm_test_support::daemon::run_hsmd;
+use ferrohsm_test_support::{Data, ci, label, ok, spec, wait};
+
+/// `hsmctl --profile alice ARGS`, its stdout (it must succeed).
+fn alice(d: &Data, args: &[&str]) -> String {
+    ok(&d.ctl("alice", args))
+}
 
 #[test]
 fn keys_survive_a_restart_and_sign_with_the_same_key() {
-    let d = Data::init("alice", &[]);
-    let daemon = d.start(&[]);
-    let w = |n: &str| d.dir.join(n).display().to_string();
+    let d = Data::init("alice");
+    let daemon = d.start();
+    let w = |n: &str| d.path(n).display().to_string();
     std::fs::write(w("msg"), b"signed before and after a restart\n").unwrap();
-    let made = ok(&d.ctl(&["keygen", "--type", "ed25519", "--label", "signer"]));
-    ok(&d.ctl(&[
-        "keygen", "--type", "p256", "--label", "ec", "--usage", "sign",
-    ]));
-    ok(&d.ctl(&["keygen", "--type", "hmac-sha256", "--label", "m"]));
-    ok(&d.ctl(&["keygen", "--type", "ed25519", "--label", "gone"]));
-    ok(&d.ctl(&["delete", "gone"]));
-    ok(&d.ctl(&["keygen", "--type", "ed25519", "--label", "tmp", "--session"]));
-    ok(&d.ctl(&["pubkey", "signer", "--pem"]));
-    std::fs::write(w("pub.pem"), ok(&d.ctl(&["pubkey", "signer", "--pem"]))).unwrap();
-    ok(&d.ctl(&["sign", "signer", "--in", &w("msg"), "--out", &w("sig1")]));
-    ok(&d.ctl(&["mac", "m", "--in", &w("msg"), "--out", &w("mac1")]));
-    let before = ok(&d.ctl(&["--json", "list"]));
+    let made = alice(&d, &["keygen", "--type", "ed25519", "--label", "signer"]);
+    alice(
+        &d,
+        &[
+            "keygen", "--type", "p256", "--label", "ec", "--usage", "sign",
+        ],
+    );
+    alice(&d, &["keygen", "--type", "hmac-sha256", "--label", "m"]);
+    alice(&d, &["keygen", "--type", "ed25519", "--label", "gone"]);
+    alice(&d, &["delete", "gone"]);
+    alice(
+        &d,
+        &["keygen", "--type", "ed25519", "--label", "tmp", "--session"],
+    );
+    std::fs::write(w("pub.pem"), alice(&d, &["pubkey", "signer", "--pem"])).unwrap();
+    alice(
+        &d,
+        &["sign", "signer", "--in", &w("msg"), "--out", &w("sig1")],
+    );
+    alice(&d, &["mac", "m", "--in", &w("msg"), "--out", &w("mac1")]);
+    let before = alice(&d, &["--json", "list"]);
     assert_eq!(daemon.terminate().code(), Some(0));
 
-    let daemon = d.start(&[]);
-    let after = ok(&d.ctl(&["--json", "list"]));
+    let daemon = d.start();
+    let after = alice(&d, &["--json", "list"]);
     assert_eq!(
         after, before,
         "ids, labels, types, usage and created survive"
@@ -68,98 +74,148 @@ fn keys_survive_a_restart_and_sign_with_the_same_key() {
             .all(|k| k["lifetime"] == "persistent")
     );
     assert_eq!(made.split_whitespace().next(), Some("1"));
-    ok(&d.ctl(&["sign", "signer", "--in", &w("msg"), "--out", &w("sig2")]));
-    ok(&d.ctl(&["mac-verify", "m", "--in", &w("msg"), "--mac", &w("mac1")]));
-    let next = ok(&d.ctl(&["keygen", "--type", "ed25519", "--label", "later"]));
+    assert_eq!(
+        alice(&d, &["pubkey", "signer", "--pem"]),
+        std::fs::read_to_string(w("pub.pem")).unwrap(),
+        "the same key after the restart"
+    );
+    alice(
+        &d,
+        &["sign", "signer", "--in", &w("msg"), "--out", &w("sig2")],
+    );
+    alice(
+        &d,
+        &["mac-verify", "m", "--in", &w("msg"), "--mac", &w("mac1")],
+    );
+    let next = alice(&d, &["keygen", "--type", "ed25519", "--label", "later"]);
     assert_eq!(
         next.split_whitespace().next(),
         Some("5"),
         "deleted id 4 is never reused"
     );
-    if let Some(ossl) = support::openssl() {
+    // Ed25519 is deterministic: the same key gives the same signature before and after.
+    assert_eq!(
+        std::fs::read(w("sig1")).unwrap(),
+        std::fs::read(w("sig2")).unwrap()
+    );
+    if ci::tool("openssl", "openssl") {
         for sig in ["sig1", "sig2"] {
-            let o = Command::new(ossl)
-                .args([
-                    "pkeyutl",
-                    "-verify",
-                    "-pubin",
-                    "-inkey",
-                    &w("pub.pem"),
-                    "-rawin",
-                ])
-                .args(["-in", &w("msg"), "-sigfile", &w(sig)])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "openssl rejected {sig}: {o:?}");
+            let mut c = std::process::Command::new("openssl");
+            c.args([
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                &w("pub.pem"),
+                "-rawin",
+            ])
+            .args(["-in", &w("msg"), "-sigfile", &w(sig)]);
+            ok(&ferrohsm_test_support::daemon::output_within(
+                &mut c,
+                ferrohsm_test_support::daemon::EXIT_DEADLINE,
+            ));
         }
     }
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 
-/// What load clients saw acknowledged: label -> (id, public key), and deleted labels.
+/// What load clients saw acknowledged: label -> (id, public key), deleted labels, and the
+/// changes cut off by the kill (they may or may not have happened).
 #[derive(Default)]
 struct Acked {
-    made: BTreeMap<String, (u32, Vec<u8>)>,
+    made: BTreeMap<String, (u32, Option<Vec<u8>>)>,
     deleted: BTreeSet<String>,
+    maybe: BTreeSet<String>,
+    /// Acknowledged changes (creations and deletions) per worker in the current cycle.
+    changes: Vec<u64>,
+}
+
+/// A worker's call failed: fine only if hsmd was killed and the connection died with it.
+fn cut_off(killed: &AtomicBool, what: &str, e: ClientError) {
+    assert!(
+        killed.load(Ordering::SeqCst) && matches!(e, ClientError::Connection(_)),
+        "{what} failed, and not because hsmd was killed: {e:?}"
+    );
 }
 
 fn crash_cycles(cycles: u32) {
-    let d = Data::init("alice,bob", &[]);
+    let d = Data::init("alice,bob");
     let acked = Arc::new(Mutex::new(Acked::default()));
     for cycle in 0..cycles {
-        let daemon = d.start(&[]);
+        let daemon = d.start();
+        let killed = Arc::new(AtomicBool::new(false));
+        let workers = ["alice", "alice", "bob", "bob"];
+        acked.lock().unwrap().changes = vec![0; workers.len()];
         let mut threads = Vec::new();
-        for (t, who) in ["alice", "alice", "bob", "bob"].into_iter().enumerate() {
-            let (acked, profile) = (acked.clone(), d.profile(who));
+        for (t, who) in workers.into_iter().enumerate() {
+            let (acked, killed) = (acked.clone(), killed.clone());
+            // Connected before the kill can come: a failed connect fails the test.
+            let hsm = d.connect(who);
             threads.push(std::thread::spawn(move || {
-                let hsm = BlockingClient::connect(&Profile::load(&profile).unwrap(), None).unwrap();
                 let c = hsm.client();
                 for i in 0u32.. {
                     let l = format!("{who}-c{cycle}-t{t}-{i}");
-                    let Ok(k) = hsm.block_on(c.generate_spec(spec(KeyType::Ed25519, &l, false)))
-                    else {
-                        return;
+                    let k = match hsm.block_on(c.generate_spec(spec(KeyType::Ed25519, &l))) {
+                        Ok(k) => k,
+                        Err(e) => {
+                            acked.lock().unwrap().maybe.insert(l.clone());
+                            return cut_off(&killed, &format!("keygen {l}"), e);
+                        }
                     };
-                    let Ok((_, pk)) = hsm.block_on(c.public_key(&KeyRef::Id(k.id))) else {
-                        return;
-                    };
-                    acked.lock().unwrap().made.insert(l.clone(), (k.id, pk));
+                    {
+                        let mut a = acked.lock().unwrap();
+                        a.made.insert(l.clone(), (k.id, None));
+                        a.changes[t] += 1;
+                    }
+                    match hsm.block_on(c.public_key(&KeyRef::Id(k.id))) {
+                        Ok((_, pk)) => {
+                            acked.lock().unwrap().made.get_mut(&l).unwrap().1 = Some(pk);
+                        }
+                        Err(e) => return cut_off(&killed, &format!("pubkey {l}"), e),
+                    }
                     if i % 3 == 2 {
                         let victim = format!("{who}-c{cycle}-t{t}-{}", i - 1);
-                        if hsm.block_on(c.delete(&label(&victim))).is_err() {
+                        if let Err(e) = hsm.block_on(c.delete(&label(&victim))) {
                             // Cut off mid-delete: it may or may not have happened.
-                            acked.lock().unwrap().made.remove(&victim);
-                            return;
+                            let mut a = acked.lock().unwrap();
+                            a.made.remove(&victim);
+                            a.maybe.insert(victim.clone());
+                            drop(a);
+                            return cut_off(&killed, &format!("delete {victim}"), e);
                         }
-                        acked.lock().unwrap().deleted.insert(victim);
+                        let mut a = acked.lock().unwrap();
+                        a.deleted.insert(victim);
+                        a.changes[t] += 1;
                     }
                 }
             }));
         }
-        // Kill at a different moment each cycle, mid-write: once this cycle's clients have had
-        // something acknowledged (a loaded machine may take a while to connect them).
-        let tag = format!("-c{cycle}-");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !acked.lock().unwrap().made.keys().any(|l| l.contains(&tag)) {
-            assert!(
-                Instant::now() < deadline,
-                "cycle {cycle}: nothing was acknowledged"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Kill at a different moment each cycle, mid-write: once every worker of this cycle
+        // has had a change acknowledged (a loaded machine may take a while).
+        wait::until(
+            &format!("cycle {cycle}: a change acknowledged to every worker"),
+            Duration::from_secs(60),
+            || acked.lock().unwrap().changes.iter().all(|&n| n > 0),
+        );
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
         std::thread::sleep(Duration::from_millis(50 + u64::from(nanos % 400)));
+        killed.store(true, Ordering::SeqCst);
         daemon.kill();
         for t in threads {
-            t.join().unwrap();
+            t.join().expect("a worker saw an error other than the kill");
         }
         // The store opens, and holds exactly what was acknowledged.
-        let daemon = d.start(&[]);
+        let daemon = d.start();
         let a = acked.lock().unwrap();
-        assert!(!a.made.is_empty(), "cycle {cycle}: nothing was created");
+        let changes: u64 = a.changes.iter().sum();
+        assert!(
+            a.changes.iter().all(|&n| n > 0),
+            "cycle {cycle}: every worker had changes acknowledged: {:?}",
+            a.changes
+        );
         for who in ["alice", "bob"] {
             let hsm = d.connect(who);
             let listed: BTreeMap<String, u32> = hsm
@@ -168,6 +224,14 @@ fn crash_cycles(cycles: u32) {
                 .into_iter()
                 .map(|k| (k.label.to_string(), k.id))
                 .collect();
+            // Nothing appears that no one asked for: every key listed was acknowledged, or
+            // was in flight when hsmd died.
+            for l in listed.keys() {
+                assert!(
+                    (a.made.contains_key(l) && !a.deleted.contains(l)) || a.maybe.contains(l),
+                    "cycle {cycle}: {l} is in the store but was never acknowledged"
+                );
+            }
             for (l, (id, pk)) in a.made.iter().filter(|(l, _)| l.starts_with(who)) {
                 if a.deleted.contains(l) {
                     assert!(
@@ -183,12 +247,15 @@ fn crash_cycles(cycles: u32) {
                 let (_, now) = hsm
                     .block_on(hsm.client().public_key(&KeyRef::Id(*id)))
                     .unwrap();
-                assert_eq!(&now, pk, "key {l} changed");
+                if let Some(pk) = pk {
+                    assert_eq!(&now, pk, "key {l} changed");
+                }
                 let sig = hsm.sign(&KeyRef::Id(*id), b"still works").unwrap();
                 hsm.verify(&KeyRef::Id(*id), b"still works", &sig).unwrap();
             }
         }
         drop(a);
+        assert!(changes > 0, "cycle {cycle}: nothing was acknowledged");
         assert_eq!(daemon.terminate().code(), Some(0));
     }
 }
@@ -207,19 +274,18 @@ fn stress_sigkill_cycles() {
 #[test]
 fn a_passphrase_store_opens_only_with_its_passphrase() {
     let env = [("HSMD_PASSPHRASE", "correct horse battery")];
-    let d = Data::init("alice", &env);
+    let d = Data::init_with("alice", &[], &env);
     assert!(
         !d.dir.join("master.key").exists(),
         "a passphrase store has no key file"
     );
     let cfg = d.config();
-    let daemon = d.start(&env);
+    let daemon = d.start_env(&env);
     let a = d.connect("alice");
     a.generate(&"k".parse().unwrap(), KeyType::Ed25519).unwrap();
     drop(a);
     assert_eq!(daemon.terminate().code(), Some(0));
 
-    let t = Instant::now();
     let (code, err) = d.fails(&["--config", &cfg], &[]);
     assert_eq!(code, Some(1));
     assert!(
@@ -232,70 +298,61 @@ fn a_passphrase_store_opens_only_with_its_passphrase() {
     let (code, err) = d.fails(&["--config", &cfg], &[("HSMD_PASSPHRASE", "")]);
     assert_eq!(code, Some(1));
     assert!(err.contains("passphrase") && err.contains("empty"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(30));
 
     // --passphrase-file (a trailing newline is not part of it).
-    let pf = d.dir.join("pass.txt");
+    let pf = d.path("pass.txt");
     std::fs::write(&pf, "correct horse battery\n").unwrap();
     let pfs = pf.to_str().unwrap();
-    let daemon = {
-        let (dm, _) = Daemon::start_env(
-            &hsmd_bin(),
-            &d.dir,
-            &["--config", &cfg, "--passphrase-file", pfs],
-            &[],
-        );
-        dm
-    };
-    d.connect("alice").info_ok("k");
+    let daemon = d.start_with(&["--passphrase-file", pfs], &[]);
+    info_ok(&d.connect("alice"), "k");
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // passwd re-wraps the master key: the old passphrase stops working, the keys stay.
-    let o = Command::new(hsmd_bin())
-        .args(["passwd", "--config", &cfg])
-        .envs([
+    ok(&run_hsmd(
+        &["passwd", "--config", &cfg],
+        &[
             ("HSMD_PASSPHRASE", "correct horse battery"),
             ("HSMD_NEW_PASSPHRASE", "new one"),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(hsmd_bin())
-        .args(["passwd", "--config", &cfg])
-        .envs([
+        ],
+    ));
+    let o = run_hsmd(
+        &["passwd", "--config", &cfg],
+        &[
             ("HSMD_PASSPHRASE", "correct horse battery"),
             ("HSMD_NEW_PASSPHRASE", "x"),
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert_eq!(
         o.status.code(),
         Some(1),
         "the old passphrase no longer unlocks"
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"));
-    let (code, _) = d.fails(&["--config", &cfg], &env);
+    let (code, err) = d.fails(&["--config", &cfg], &env);
     assert_eq!(code, Some(1));
-    let daemon = d.start(&[("HSMD_PASSPHRASE", "new one")]);
-    d.connect("alice").info_ok("k");
+    assert!(err.contains("wrong passphrase"), "{err}");
+    let daemon = d.start_env(&[("HSMD_PASSPHRASE", "new one")]);
+    info_ok(&d.connect("alice"), "k");
     assert_eq!(daemon.terminate().code(), Some(0));
 
     // init --passphrase-file makes a passphrase store too; a key-file store is never
     // silently left as it is when a passphrase is asked for.
-    let k = Data::init("alice", &[]);
+    let k = Data::init("alice");
     let init = |dir: &Path, extra: &[&str]| {
-        Command::new(hsmd_bin())
-            .args(["init", "--dir", dir.to_str().unwrap(), "--clients", "alice"])
-            .args(extra)
-            .env_remove("HSMD_PASSPHRASE")
-            .output()
-            .unwrap()
+        run_hsmd(
+            &[
+                &["init", "--dir", dir.to_str().unwrap(), "--clients", "alice"][..],
+                extra,
+            ]
+            .concat(),
+            &[],
+        )
     };
     let o = init(&k.dir, &["--force", "--passphrase-file", pfs]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("protected by the key file"));
-    let fresh = d.dir.parent().unwrap().join("fresh");
-    assert!(init(&fresh, &["--passphrase-file", pfs]).status.success());
+    let fresh = d.path("fresh");
+    ok(&init(&fresh, &["--passphrase-file", pfs]));
     assert!(!fresh.join("master.key").exists());
     let cfg = fresh.join("hsmd.toml").display().to_string();
     let (code, err) = d.fails(&["--config", &cfg], &[]);
@@ -303,9 +360,14 @@ fn a_passphrase_store_opens_only_with_its_passphrase() {
     assert!(err.contains("passphrase"), "{err}");
 }
 
+/// `info` on `l` succeeds.
+fn info_ok(hsm: &BlockingClient, l: &str) {
+    hsm.block_on(hsm.client().info(&label(l))).unwrap();
+}
+
 #[test]
 fn a_missing_or_wrong_key_file_or_unreadable_store_refuses_to_start() {
-    let d = Data::init("alice", &[]);
+    let d = Data::init("alice");
     let cfg = d.config();
     let kf = d.dir.join("master.key");
     let good = std::fs::read(&kf).unwrap();
@@ -329,41 +391,33 @@ fn a_missing_or_wrong_key_file_or_unreadable_store_refuses_to_start() {
     assert_eq!(code, Some(1));
     assert!(err.contains("does not unlock"), "{err}");
     std::fs::write(&kf, &good).unwrap();
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    if is_root {
+    use std::os::unix::fs::PermissionsExt as _;
+    if ci::is_root() {
         // Root reads anything, so run hsmd as nobody: the data directory (0700, root's) is
         // then unreadable to it.
-        use std::os::unix::fs::PermissionsExt as _;
+        if !ci::tool("setpriv", "util-linux") {
+            return;
+        }
         let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
         mode(d.dir.parent().unwrap(), 0o755).unwrap();
         mode(&d.dir, 0o700).unwrap();
-        match Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(hsmd_bin())
-            .args(["--config", &cfg])
-            .output()
-        {
-            Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr);
-                assert_eq!(o.status.code(), Some(1), "{err}");
-                assert!(
-                    err.contains("hsmd.toml") && err.contains("ermission denied"),
-                    "{err}"
-                );
-                assert!(!String::from_utf8_lossy(&o.stdout).contains("listening"));
-            }
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "setpriv missing"
-                );
-                eprintln!("SKIPPED: setpriv is missing ({e}); unreadable data dir not checked");
-            }
-        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .env_remove("HSMD_PASSPHRASE")
+            .arg(ferrohsm_test_support::bins::hsmd())
+            .args(["--config", &cfg]);
+        let o = ferrohsm_test_support::daemon::output_within(
+            &mut c,
+            ferrohsm_test_support::daemon::EXIT_DEADLINE,
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("hsmd.toml") && err.contains("ermission denied"),
+            "{err}"
+        );
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("listening"));
     } else {
-        use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(d.db(), std::fs::Permissions::from_mode(0o000)).unwrap();
         let (code, err) = d.fails(&["--config", &cfg], &[]);
         assert_eq!(code, Some(1));

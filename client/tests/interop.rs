@@ -4,7 +4,7 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use std::time::Duration;
 
 use ferrohsm_client::pin::PinHash;
 use ferrohsm_proto::message::KeySpec;
@@ -12,15 +12,13 @@ use ferrohsm_proto::{
     DigestAlg, KeyQuery, KeyRef, KeyType, MAX_PAGE, Page, Request, Response, Status, Usage,
     UsageSet,
 };
-use support::{TestServer, label, status};
+use ferrohsm_test_support::daemon::output_within;
+use ferrohsm_test_support::{TestServer, bins, label, status};
 
-fn spec(t: KeyType, label: &str, usage: Option<&[Usage]>) -> KeySpec {
+fn spec(t: KeyType, l: &str, usage: Option<&[Usage]>) -> KeySpec {
     KeySpec {
-        key_type: t,
-        label: label.parse().unwrap(),
         usage: usage.map(UsageSet::of),
-        exportable: false,
-        session: false,
+        ..ferrohsm_test_support::spec(t, l)
     }
 }
 
@@ -218,7 +216,10 @@ fn search_by_label_id_and_type() {
         // Pages of 4 among the matches: every P-256 key once, in id order.
         let mut seen = Vec::new();
         let mut after = None;
-        loop {
+        // Ten P-256 keys: three pages, the last one short. A server that never ends the
+        // listing fails here instead of looping.
+        for page_no in 0.. {
+            assert!(page_no < 4, "more pages than ten keys need: {seen:?}");
             let r = c
                 .call(Request::Find(KeyQuery {
                     key_type: Some(KeyType::P256),
@@ -264,17 +265,16 @@ fn search_by_label_id_and_type() {
 
 #[test]
 fn hsmctl_hash_pin() {
-    use std::io::Write as _;
+    let tmp = tempfile::tempdir().unwrap();
+    // `hsmctl hash-pin < FILE`, through sh (the runner gives commands no stdin).
     let hash = |input: &[u8]| {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsmctl"))
-            .arg("hash-pin")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
+        let f = tmp.path().join("pin");
+        std::fs::write(&f, input).unwrap();
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", "exec \"$0\" hash-pin < \"$1\""])
+            .arg(bins::hsmctl())
+            .arg(&f);
+        output_within(&mut c, Duration::from_secs(60))
     };
     let o = hash(b"1234\n");
     assert!(o.status.success());
@@ -294,10 +294,10 @@ fn hsmctl_hash_pin() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("PIN"));
     // Every other command still needs a profile.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hsmctl"))
-        .arg("list")
-        .output()
-        .unwrap();
+    let o = output_within(
+        std::process::Command::new(bins::hsmctl()).arg("list"),
+        Duration::from_secs(60),
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--profile"));
 }

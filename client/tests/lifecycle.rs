@@ -4,23 +4,55 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/lifecycle.rs"]
-mod lifecycle;
-#[path = "support/store.rs"]
-mod store;
+use std::path::Path;
+use std::process::{Command, Output};
 
-use lifecycle::{ctl, ed25519_verifies, failed, openssl, trust};
-use store::{Data, ok};
+use ferrohsm_test_support::daemon::{EXIT_DEADLINE, output_within};
+use ferrohsm_test_support::status::{assert_failed, failed_with_message};
+use ferrohsm_test_support::{Data, ci, failed, ok};
+
+/// Every transport, as `hsmctl --transport` names it.
+const TRANSPORTS: [&str; 4] = ["tcp", "tls", "tls-psk", "shm"];
+
+/// Whether `openssl` is here (a failure under CI, a one-line skip elsewhere).
+fn have_openssl() -> bool {
+    ci::tool("openssl", "openssl")
+}
+
+/// `openssl ARGS` in `cwd`, which must succeed.
+fn openssl(args: &[&str], cwd: &Path) -> Output {
+    let mut c = Command::new("openssl");
+    c.args(args).current_dir(cwd);
+    let o = output_within(&mut c, EXIT_DEADLINE);
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// `openssl pkeyutl -verify -rawin` of an Ed25519 signature (in `cwd`).
+fn ed25519_verifies(public: &str, msg: &str, sig: &str, cwd: &Path) {
+    let args = ["pkeyutl", "-verify", "-pubin", "-inkey", public, "-rawin"];
+    openssl(&[&args[..], &["-in", msg, "-sigfile", sig]].concat(), cwd);
+}
+
+/// Adds `trusted_wrap_keys = [WRAP_KEYS]` to `client` in hsmd.toml.
+fn trust(d: &Data, client: &str, wrap_keys: &str) {
+    d.client_setting(client, &format!("trusted_wrap_keys = [{wrap_keys}]"));
+}
 
 #[test]
 fn import_openssl_keys_and_sign_verifiably() {
-    let d = Data::init("alice", &[]);
-    let _hsmd = d.start(&[]);
+    if !have_openssl() {
+        return;
+    }
+    let d = Data::init("alice");
+    let _hsmd = d.start();
     let w = tempfile::tempdir().unwrap();
     let cwd = w.path();
-    let a = |args: &[&str]| ctl(&d, "alice", "tcp", args, cwd);
+    let a = |args: &[&str]| d.ctl_over("alice", "tcp", args, cwd);
     std::fs::write(cwd.join("m"), b"imported keys sign").unwrap();
     let p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
     for (alg, out) in [
@@ -86,19 +118,22 @@ fn import_openssl_keys_and_sign_verifiably() {
 
 #[test]
 fn wrap_on_one_server_unwrap_on_another() {
+    if !have_openssl() {
+        return;
+    }
     let w = tempfile::tempdir().unwrap();
     let cwd = w.path();
     // The backup wrap key, made outside and imported (non-exportable) into both servers.
     std::fs::write(cwd.join("wrap.key"), [0x5au8; 32]).unwrap();
     std::fs::write(cwd.join("m"), b"wrapped keys sign the same").unwrap();
-    let one = Data::init("alice,bob", &[]);
-    let two = Data::init("alice", &[]);
+    let one = Data::init("alice,bob");
+    let two = Data::init("alice");
     trust(&one, "alice", "\"backup\"");
-    trust(&two, "alice", "\"backup\"");
-    let (h1, h2) = (one.start(&[]), two.start(&[]));
+    // "loose" (made exportable below) is trusted on two: trust never covers an exportable key.
+    trust(&two, "alice", "\"backup\", \"loose\"");
+    let (h1, h2) = (one.start(), two.start());
     for d in [&one, &two] {
-        ok(&ctl(
-            d,
+        ok(&d.ctl_over(
             "alice",
             "tcp",
             &[
@@ -115,7 +150,7 @@ fn wrap_on_one_server_unwrap_on_another() {
             cwd,
         ));
     }
-    let a = |args: &[&str]| ctl(&one, "alice", "tcp", args, cwd);
+    let a = |args: &[&str]| one.ctl_over("alice", "tcp", args, cwd);
     ok(&a(&["keygen", "--type", "ed25519", "--label", "sk"]));
     ok(&a(&[
         "keygen",
@@ -161,23 +196,29 @@ fn wrap_on_one_server_unwrap_on_another() {
     ok(&a(&["wrap", "sk", "--with", "backup", "--out", "sk.blob"]));
     let blob = std::fs::read(cwd.join("sk.blob")).unwrap();
     assert!(blob.starts_with(b"FHSMWRAP"), "self-describing");
-    ok(&a(&["pubkey", "sk", "--pem"]));
     let pem = ok(&a(&["pubkey", "sk", "--pem"]));
     std::fs::write(cwd.join("sk.pub"), pem).unwrap();
 
-    let b = |args: &[&str]| ctl(&two, "alice", "shm", args, cwd);
+    let b = |args: &[&str]| two.ctl_over("alice", "shm", args, cwd);
     // Tampered: a flipped ciphertext byte, and a record edited to exportable.
     let mut bad = blob.clone();
     let n = bad.len();
     bad[n - 3] ^= 1;
     std::fs::write(cwd.join("bad1.blob"), &bad).unwrap();
-    let text =
-        String::from_utf8_lossy(&blob).replace("\"exportable\":false", "\"exportable\":true ");
-    assert_ne!(text.as_bytes(), &blob[..]);
-    std::fs::write(cwd.join("bad2.blob"), text.as_bytes()).unwrap();
+    // The record edited in place, byte for byte (same length: only the flag changes).
+    let (from, to) = (&b"\"exportable\":false"[..], &b"\"exportable\":true "[..]);
+    let at = blob
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the record names exportable");
+    let mut edited = blob.clone();
+    edited[at..at + from.len()].copy_from_slice(to);
+    std::fs::write(cwd.join("bad2.blob"), &edited).unwrap();
+    // Both fail to authenticate: the record is the ciphertext's associated data, so it is
+    // checked before it is read.
     for f in ["bad1.blob", "bad2.blob"] {
         let o = b(&["unwrap", "--with", "backup", "--in", f, "--label", "x"]);
-        assert!(["decrypt_failed", "invalid_argument"].contains(&failed(&o).as_str()));
+        assert_failed(&o, "decrypt_failed");
     }
     let created = ok(&b(&[
         "unwrap", "--with", "backup", "--in", "sk.blob", "--label", "sk2",
@@ -190,7 +231,7 @@ fn wrap_on_one_server_unwrap_on_another() {
     assert_eq!(info["usage"], serde_json::json!(["sign", "verify"]));
     ok(&b(&["sign", "sk2", "--in", "m", "--out", "sig"]));
     ed25519_verifies("sk.pub", "m", "sig", cwd);
-    // Unwrapping keeps the blob's rule: under a wrap key server two does not trust, refused.
+    // Under another wrap key the blob does not open at all.
     ok(&b(&[
         "keygen",
         "--type",
@@ -203,18 +244,48 @@ fn wrap_on_one_server_unwrap_on_another() {
     let o = b(&[
         "unwrap", "--with", "other", "--in", "sk.blob", "--label", "sk3",
     ]);
-    assert!(["decrypt_failed", "not_exportable"].contains(&failed(&o).as_str()));
+    assert_failed(&o, "decrypt_failed");
+    // Unwrapping keeps the blob's rule: the same wrap key material under a label server two
+    // does not trust, or made exportable, opens the blob, and the non-exportable key in it
+    // is refused.
+    for (l, extra, why) in [
+        (
+            "untrusted",
+            &[][..],
+            "not listed in this client's trusted_wrap_keys",
+        ),
+        ("loose", &["--exportable"][..], "could be exported"),
+    ] {
+        let import = [
+            "import",
+            "--type",
+            "aes256gcm",
+            "--in",
+            "wrap.key",
+            "--label",
+            l,
+            "--usage",
+            "wrap,unwrap",
+        ];
+        ok(&b(&[&import[..], extra].concat()));
+        let o = b(&["unwrap", "--with", l, "--in", "sk.blob", "--label", "sk3"]);
+        let (status, message) = failed_with_message(&o);
+        assert_eq!(status, "not_exportable", "{message}");
+        assert!(message.contains(why), "{l}: {message}");
+    }
+    let listed = ok(&b(&["list"]));
+    assert!(!listed.contains("sk3"), "a refused unwrap makes nothing");
     drop((h1, h2));
 }
 
 #[test]
 fn grants_share_exactly_what_was_granted() {
-    let d = Data::init("alice,bob,carol", &[]);
-    let hsmd = d.start(&[]);
+    let d = Data::init("alice,bob,carol");
+    let hsmd = d.start();
     let w = tempfile::tempdir().unwrap();
     let cwd = w.path();
     std::fs::write(cwd.join("m"), b"granted").unwrap();
-    let a = |args: &[&str]| ctl(&d, "alice", "tcp", args, cwd);
+    let a = |args: &[&str]| d.ctl_over("alice", "tcp", args, cwd);
     ok(&a(&["keygen", "--type", "ed25519", "--label", "k"]));
     ok(&a(&["keygen", "--type", "ed25519", "--label", "other"]));
     ok(&a(&[
@@ -247,8 +318,8 @@ fn grants_share_exactly_what_was_granted() {
         ok(&a(&["grant", "k", "--to", "bob", "--ops", "sign"])).trim(),
         "ok"
     );
-    for t in ["tcp", "tls", "tls-psk", "shm"] {
-        let bob = |args: &[&str]| ctl(&d, "bob", t, args, cwd);
+    for t in TRANSPORTS {
+        let bob = |args: &[&str]| d.ctl_over("bob", t, args, cwd);
         ok(&bob(&["sign", "alice:k", "--in", "m", "--out", "sig"]));
         ok(&bob(&["sign", "alice:1", "--in", "m", "--out", "sig1"]));
         // Only what was granted: not verify, and never an owner's operation.
@@ -274,8 +345,7 @@ fn grants_share_exactly_what_was_granted() {
         assert!(!cwd.join("x").exists());
         // Carol was granted nothing.
         assert_eq!(
-            failed(&ctl(
-                &d,
+            failed(&d.ctl_over(
                 "carol",
                 t,
                 &["sign", "alice:k", "--in", "m", "--out", "x"],
@@ -284,8 +354,7 @@ fn grants_share_exactly_what_was_granted() {
             "key_not_found"
         );
     }
-    let info: serde_json::Value = serde_json::from_str(&ok(&ctl(
-        &d,
+    let info: serde_json::Value = serde_json::from_str(&ok(&d.ctl_over(
         "bob",
         "tcp",
         &["--json", "info", "alice:k"],
@@ -299,24 +368,23 @@ fn grants_share_exactly_what_was_granted() {
         "usage as granted"
     );
     // Bob finds what was granted to him, and only that.
-    let listed = ok(&ctl(&d, "bob", "tcp", &["list", "--granted"], cwd));
+    let listed = ok(&d.ctl_over("bob", "tcp", &["list", "--granted"], cwd));
     let lines: Vec<&str> = listed.lines().collect();
     assert_eq!(lines.len(), 1, "{listed}");
     assert!(
         lines[0].starts_with("alice:1\talice:k\ted25519\tsign\t"),
         "{listed}"
     );
-    let none = ok(&ctl(&d, "carol", "tcp", &["list", "--granted"], cwd));
+    let none = ok(&d.ctl_over("carol", "tcp", &["list", "--granted"], cwd));
     assert!(none.trim().is_empty(), "{none}");
-    let own = ok(&ctl(&d, "bob", "tcp", &["list"], cwd));
+    let own = ok(&d.ctl_over("bob", "tcp", &["list"], cwd));
     assert!(own.trim().is_empty(), "own keys only: {own}");
     // The signature is alice's key's.
     ok(&a(&["verify", "k", "--in", "m", "--sig", "sig"]));
     // Grants persist.
     assert_eq!(hsmd.terminate().code(), Some(0));
-    let hsmd = d.start(&[]);
-    ok(&ctl(
-        &d,
+    let hsmd = d.start();
+    ok(&d.ctl_over(
         "bob",
         "tcp",
         &["sign", "alice:k", "--in", "m", "--out", "sig"],
@@ -324,8 +392,7 @@ fn grants_share_exactly_what_was_granted() {
     ));
     ok(&a(&["revoke", "k", "--from", "bob"]));
     assert_eq!(
-        failed(&ctl(
-            &d,
+        failed(&d.ctl_over(
             "bob",
             "tcp",
             &["sign", "alice:k", "--in", "m", "--out", "x"],
@@ -346,8 +413,7 @@ fn grants_share_exactly_what_was_granted() {
         "--ops",
         "sign,verify",
     ]));
-    ok(&ctl(
-        &d,
+    ok(&d.ctl_over(
         "bob",
         "tcp",
         &["sign", "alice:other", "--in", "m", "--out", "s"],
@@ -355,8 +421,7 @@ fn grants_share_exactly_what_was_granted() {
     ));
     ok(&a(&["delete", "other"]));
     assert_eq!(
-        failed(&ctl(
-            &d,
+        failed(&d.ctl_over(
             "bob",
             "tcp",
             &["sign", "alice:2", "--in", "m", "--out", "x"],
@@ -369,12 +434,15 @@ fn grants_share_exactly_what_was_granted() {
 
 #[test]
 fn versions_rotate_rewrap_and_retire() {
-    let d = Data::init("alice", &[]);
-    let _hsmd = d.start(&[]);
+    if !have_openssl() {
+        return;
+    }
+    let d = Data::init("alice");
+    let _hsmd = d.start();
     let w = tempfile::tempdir().unwrap();
     let cwd = w.path();
     std::fs::write(cwd.join("m"), b"versioned secret").unwrap();
-    let a = |t: &str, args: &[&str]| ctl(&d, "alice", t, args, cwd);
+    let a = |t: &str, args: &[&str]| d.ctl_over("alice", t, args, cwd);
     ok(&a(
         "tcp",
         &["keygen", "--type", "aes256gcm", "--label", "ek"],
@@ -481,4 +549,134 @@ fn versions_rotate_rewrap_and_retire() {
     // Signing keys have no versions.
     ok(&a("tcp", &["keygen", "--type", "ed25519", "--label", "sk"]));
     assert_eq!(failed(&a("tcp", &["rotate", "sk"])), "wrong_key_type");
+}
+
+#[test]
+fn lifecycle_commands_work_on_every_transport() {
+    let d = Data::init("alice,bob");
+    trust(
+        &d,
+        "alice",
+        "\"wk-tcp\", \"wk-tls\", \"wk-tls-psk\", \"wk-shm\"",
+    );
+    let _hsmd = d.start();
+    let w = tempfile::tempdir().unwrap();
+    let cwd = w.path();
+    std::fs::write(cwd.join("m"), b"over every transport").unwrap();
+    std::fs::write(cwd.join("wrap.key"), [0x33u8; 32]).unwrap();
+    for t in TRANSPORTS {
+        let a = |args: &[&str]| d.ctl_over("alice", t, args, cwd);
+        let bob = |args: &[&str]| d.ctl_over("bob", t, args, cwd);
+        let (wk, sk, ek, c) = (
+            format!("wk-{t}"),
+            format!("sk-{t}"),
+            format!("ek-{t}"),
+            format!("c-{t}"),
+        );
+        // import
+        ok(&a(&[
+            "import",
+            "--type",
+            "aes256gcm",
+            "--in",
+            "wrap.key",
+            "--label",
+            &wk,
+            "--usage",
+            "wrap,unwrap",
+        ]));
+        let info: serde_json::Value =
+            serde_json::from_str(&ok(&a(&["--json", "info", &wk]))).unwrap();
+        assert_eq!(info["origin"], "imported", "{t}");
+        // wrap and unwrap (a non-exportable key under a trusted wrap key)
+        ok(&a(&["keygen", "--type", "ed25519", "--label", &sk]));
+        let blob = format!("{sk}.blob");
+        ok(&a(&["wrap", &sk, "--with", &wk, "--out", &blob]));
+        let copy = format!("{sk}-copy");
+        ok(&a(&[
+            "unwrap", "--with", &wk, "--in", &blob, "--label", &copy,
+        ]));
+        assert_eq!(
+            ok(&a(&["pubkey", &copy, "--pem"])),
+            ok(&a(&["pubkey", &sk, "--pem"])),
+            "{t}: the unwrapped key is the wrapped one"
+        );
+        // grant and revoke
+        let theirs = format!("alice:{sk}");
+        assert_eq!(
+            ok(&a(&["grant", &sk, "--to", "bob", "--ops", "sign"])).trim(),
+            "ok"
+        );
+        ok(&bob(&["sign", &theirs, "--in", "m", "--out", "bob.sig"]));
+        ok(&a(&["verify", &sk, "--in", "m", "--sig", "bob.sig"]));
+        ok(&a(&["revoke", &sk, "--from", "bob"]));
+        assert_failed(
+            &bob(&["sign", &theirs, "--in", "m", "--out", "no.sig"]),
+            "key_not_found",
+        );
+        // rotate, rewrap, retire
+        ok(&a(&["keygen", "--type", "aes256gcm", "--label", &ek]));
+        ok(&a(&["encrypt", &ek, "--in", "m", "--out", "c1"]));
+        assert_eq!(ok(&a(&["rotate", &ek])).trim(), format!("{ek} version 2"));
+        ok(&a(&["rewrap", &ek, "--in", "c1", "--out", "c2"]));
+        ok(&a(&["retire", &ek, "--below", "2"]));
+        assert_failed(
+            &a(&["decrypt", &ek, "--in", "c1", "--out", "p1"]),
+            "decrypt_failed",
+        );
+        ok(&a(&["decrypt", &ek, "--in", "c2", "--out", "p2"]));
+        assert_eq!(
+            std::fs::read(cwd.join("p2")).unwrap(),
+            b"over every transport"
+        );
+        // counters
+        assert_eq!(ok(&a(&["counter", "create", &c])).trim(), "0");
+        assert_eq!(ok(&a(&["counter", "inc", &c])).trim(), "1");
+        assert_eq!(ok(&a(&["counter", "read", &c])).trim(), "1");
+        assert_failed(&bob(&["counter", "read", &c]), "counter_not_found");
+    }
+}
+
+#[test]
+fn a_revoked_grant_stays_revoked_and_a_granted_one_stays_granted_across_restarts() {
+    let d = Data::init("alice,bob");
+    let hsmd = d.start();
+    let w = tempfile::tempdir().unwrap();
+    let cwd = w.path();
+    std::fs::write(cwd.join("m"), b"granted across restarts").unwrap();
+    let a = |args: &[&str]| d.ctl_over("alice", "tcp", args, cwd);
+    let bob = |args: &[&str]| d.ctl_over("bob", "tcp", args, cwd);
+    for l in ["kept", "revoked"] {
+        ok(&a(&["keygen", "--type", "ed25519", "--label", l]));
+        ok(&a(&["grant", l, "--to", "bob", "--ops", "sign"]));
+        ok(&bob(&[
+            "sign",
+            &format!("alice:{l}"),
+            "--in",
+            "m",
+            "--out",
+            "s",
+        ]));
+    }
+    ok(&a(&["revoke", "revoked", "--from", "bob"]));
+    let check = |when: &str| {
+        ok(&bob(&["sign", "alice:kept", "--in", "m", "--out", "s"]));
+        ok(&a(&["verify", "kept", "--in", "m", "--sig", "s"]));
+        let o = bob(&["sign", "alice:revoked", "--in", "m", "--out", "x"]);
+        assert_eq!(failed(&o), "key_not_found", "{when}");
+        let listed = ok(&bob(&["list", "--granted"]));
+        let labels: Vec<&str> = listed
+            .lines()
+            .map(|l| l.split('\t').nth(1).unwrap())
+            .collect();
+        assert_eq!(labels, ["alice:kept"], "{when}: {listed}");
+    };
+    check("before a restart");
+    // A clean stop, then SIGKILL: both come back with the same grants.
+    assert_eq!(hsmd.terminate().code(), Some(0));
+    let hsmd = d.start();
+    check("after SIGTERM and a restart");
+    hsmd.kill();
+    let _hsmd = d.start();
+    check("after SIGKILL and a restart");
 }

@@ -5,68 +5,84 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/lifecycle.rs"]
-mod lifecycle;
-#[path = "support/store.rs"]
-mod store;
-
+use ferrohsm_client::ClientError;
 use ferrohsm_proto::{KeyType, Status};
-use lifecycle::{ctl, failed, hsmd};
-use store::{Data, hsmctl_bin, label, ok, spec, sql, status};
+use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
+use ferrohsm_test_support::status::{assert_exit, assert_failed};
+use ferrohsm_test_support::{Data, failed, label, ok, spec, status, wait};
+
+/// `hsmd ARGS` (no passphrase from the environment), within the deadline.
+fn hsmd(args: &[&str]) -> Output {
+    ferrohsm_test_support::daemon::run_hsmd(args, &[])
+}
+
+/// Opens keys.db directly, as an attacker with the file would.
+fn sql(d: &Data) -> rusqlite::Connection {
+    rusqlite::Connection::open(d.db()).unwrap()
+}
 
 #[test]
 fn counters_never_repeat_across_sigkill() {
-    let d = Data::init("alice,bob", &[]);
-    let hsmd = d.start(&[]);
+    let d = Data::init("alice,bob");
+    let hsmd = d.start();
     let w = tempfile::tempdir().unwrap();
     let cwd = w.path();
-    let a = |args: &[&str]| ctl(&d, "alice", "tcp", args, cwd);
+    let a = |args: &[&str]| d.ctl_over("alice", "tcp", args, cwd);
     assert_eq!(ok(&a(&["counter", "create", "c"])).trim(), "0");
     assert_eq!(failed(&a(&["counter", "create", "c"])), "label_in_use");
     assert_eq!(failed(&a(&["counter", "inc", "nope"])), "counter_not_found");
     assert_eq!(
-        failed(&ctl(&d, "bob", "shm", &["counter", "read", "c"], cwd)),
+        failed(&d.ctl_over("bob", "shm", &["counter", "read", "c"], cwd)),
         "counter_not_found",
         "counters are per client"
     );
     let seen = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..3)
         .map(|_| {
-            let (seen, stop, c) = (seen.clone(), stop.clone(), d.connect("alice"));
+            let (seen, killed, c) = (seen.clone(), killed.clone(), d.connect("alice"));
             std::thread::spawn(move || {
                 let name = "c".parse().unwrap();
                 let mut last = 0;
-                while !stop.load(Ordering::Relaxed) {
+                // Until the kill cuts the connection: any other error fails the test.
+                loop {
                     match c.block_on(c.client().counter_inc(&name)) {
                         Ok(v) => {
                             assert!(v > last, "a counter went from {last} to {v}");
                             last = v;
                             seen.fetch_max(v, Ordering::SeqCst);
                         }
-                        Err(_) => break,
+                        Err(e) => {
+                            assert!(
+                                killed.load(Ordering::SeqCst)
+                                    && matches!(e, ClientError::Connection(_)),
+                                "counter inc failed, and not because hsmd was killed: {e:?}"
+                            );
+                            return last;
+                        }
                     }
                 }
             })
         })
         .collect();
-    while seen.load(Ordering::SeqCst) < 50 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait::until(
+        "50 increments acknowledged",
+        Duration::from_secs(60),
+        || seen.load(Ordering::SeqCst) >= 50,
+    );
+    killed.store(true, Ordering::SeqCst);
     hsmd.kill();
-    stop.store(true, Ordering::Relaxed);
     for t in threads {
-        t.join().unwrap();
+        let last = t.join().expect("a worker saw an error other than the kill");
+        assert!(last > 0, "every worker had an increment acknowledged");
     }
     let max = seen.load(Ordering::SeqCst);
-    let _hsmd = d.start(&[]);
+    let _hsmd = d.start();
     let next: u64 = ok(&a(&["counter", "inc", "c"])).trim().parse().unwrap();
     assert!(
         next > max,
@@ -100,12 +116,12 @@ fn verify(d: &Data, checkpoint: Option<&Path>) -> Result<String, String> {
 
 #[test]
 fn audit_chain_names_the_first_broken_entry() {
-    let d = Data::init("alice,bob", &[]);
-    let hsmd_running = d.start(&[]);
+    let d = Data::init("alice,bob");
+    let hsmd_running = d.start();
     let w = tempfile::tempdir().unwrap();
     let cwd = w.path();
     std::fs::write(cwd.join("m"), b"audited").unwrap();
-    let a = |args: &[&str]| ctl(&d, "alice", "tcp", args, cwd);
+    let a = |args: &[&str]| d.ctl_over("alice", "tcp", args, cwd);
     ok(&a(&["keygen", "--type", "ed25519", "--label", "k"]));
     ok(&a(&[
         "keygen",
@@ -119,14 +135,14 @@ fn audit_chain_names_the_first_broken_entry() {
     ok(&a(&["export", "x", "--out", "x.key"]));
     ok(&a(&["counter", "create", "c"]));
     ok(&a(&["counter", "inc", "c"]));
-    failed(&ctl(
-        &d,
-        "bob",
-        "tcp",
-        &["export", "alice:k", "--out", "no"],
-        cwd,
-    ));
-    failed(&a(&["sign", "nope", "--in", "m", "--out", "no"]));
+    assert_failed(
+        &d.ctl_over("bob", "tcp", &["export", "alice:k", "--out", "no"], cwd),
+        "usage_not_permitted",
+    );
+    assert_failed(
+        &a(&["sign", "nope", "--in", "m", "--out", "no"]),
+        "key_not_found",
+    );
     // A failed login is a denial too.
     std::fs::write(
         cwd.join("mallory.key"),
@@ -137,37 +153,16 @@ fn audit_chain_names_the_first_broken_entry() {
         .unwrap()
         .replace("alice.key", "bob.key");
     std::fs::write(d.dir.join("clients/forged.toml"), prof).unwrap();
-    let o = Command::new(hsmctl_bin())
-        .args([
-            "--profile",
-            d.dir.join("clients/forged.toml").to_str().unwrap(),
-            "ping",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(3));
+    let forged = d.dir.join("clients/forged.toml");
+    let mut c = hsmctl_command(&forged);
+    c.arg("ping");
+    assert_exit(&output_within(&mut c, EXIT_DEADLINE), 3);
     // And on the shm set-up socket.
-    let o = Command::new(hsmctl_bin())
-        .args([
-            "--profile",
-            d.dir.join("clients/forged.toml").to_str().unwrap(),
-            "--transport",
-            "shm",
-            "ping",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(3));
+    let mut c = hsmctl_command(&forged);
+    c.args(["--transport", "shm", "ping"]);
+    assert_exit(&output_within(&mut c, EXIT_DEADLINE), 3);
     // Queued denials reach the log within the flush interval, while hsmd runs.
-    std::thread::sleep(Duration::from_millis(600));
-    let shown = hsmd(&["audit", "show", "--config", &d.config(), "--json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&ok(&shown).into_bytes()).unwrap();
-    let rows = rows.as_array().unwrap();
-    let ops: Vec<(&str, &str)> = rows
-        .iter()
-        .map(|r| (r["op"].as_str().unwrap(), r["status"].as_str().unwrap()))
-        .collect();
-    for want in [
+    let want = [
         ("keygen", "ok"),
         ("grant", "ok"),
         ("export", "ok"),
@@ -176,18 +171,37 @@ fn audit_chain_names_the_first_broken_entry() {
         ("export", "usage_not_permitted"),
         ("sign", "key_not_found"),
         ("login", "auth_failed"),
-    ] {
-        assert!(ops.contains(&want), "{want:?} missing from {ops:?}");
-    }
-    let failed_logins: Vec<&str> = rows
-        .iter()
-        .filter(|r| r["op"] == "login")
-        .filter_map(|r| r["transport"].as_str())
-        .collect();
-    assert!(
-        failed_logins.contains(&"tcp") && failed_logins.contains(&"shm"),
-        "{failed_logins:?}"
+    ];
+    let logged = |rows: &serde_json::Value| -> Vec<(String, String, String)> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (f("op"), f("status"), f("transport"))
+            })
+            .collect()
+    };
+    let complete = |rows: &serde_json::Value| {
+        let l = logged(rows);
+        let has = |op: &str, st: &str, t: Option<&str>| {
+            l.iter()
+                .any(|(o, s, tr)| o == op && s == st && t.is_none_or(|t| t == tr))
+        };
+        want.iter().all(|(o, s)| has(o, s, None))
+            && has("login", "auth_failed", Some("tcp"))
+            && has("login", "auth_failed", Some("shm"))
+    };
+    let rows: serde_json::Value = wait::eventually(
+        "the denials to reach the audit log",
+        Duration::from_secs(30),
+        || {
+            let shown = hsmd(&["audit", "show", "--config", &d.config(), "--json"]);
+            let rows: serde_json::Value = serde_json::from_str(&ok(&shown)).unwrap();
+            complete(&rows).then_some(rows)
+        },
     );
+    let rows = rows.as_array().unwrap();
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r["seq"], i as u64 + 1);
         for f in [
@@ -248,7 +262,7 @@ fn audit_chain_names_the_first_broken_entry() {
     assert!(e.contains("truncated"), "{e}");
     // A whole older store put back (consistent in itself): only the checkpoint tells.
     std::fs::write(d.db(), &pristine).unwrap();
-    let hsmd_running = d.start(&[]);
+    let hsmd_running = d.start();
     ok(&a(&["keygen", "--type", "ed25519", "--label", "k2"]));
     let c = hsmd(&["audit", "checkpoint", "--config", &d.config()]);
     let cp2 = cwd.join("cp2");
@@ -276,8 +290,8 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
-    let d = Data::init("alice", &[]);
-    let hsmd_running = d.start(&[]);
+    let d = Data::init("alice");
+    let hsmd_running = d.start();
     let acked = Arc::new(acked::Acked::default());
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -286,16 +300,16 @@ fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let l = format!("k{i}");
-                c.block_on(c.client().generate_spec(spec(KeyType::Ed25519, &l, false)))
+                c.block_on(c.client().generate_spec(spec(KeyType::Ed25519, &l)))
                     .unwrap();
                 acked.push(l);
                 i += 1;
             }
         })
     };
-    while acked.len() < 20 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait::until("20 keys acknowledged", Duration::from_secs(60), || {
+        acked.len() >= 20
+    });
     let before = acked.snapshot();
     let w = tempfile::tempdir().unwrap();
     let backup = w.path().join("b.db");
@@ -328,18 +342,19 @@ fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
     );
 
     // A new data directory: its own ports, the same master key file, no store.
-    let two = Data::init("alice", &[]);
+    let two = Data::init("alice");
     for f in ["keys.db", "audit.pub", "master.key"] {
         std::fs::remove_file(two.dir.join(f)).unwrap();
     }
     std::fs::copy(d.dir.join("master.key"), two.dir.join("master.key")).unwrap();
     copy_dir(&d.dir.join("clients"), &two.dir.join("clients"));
+    let (p1, p2) = (d.ports(), two.ports());
     let keep_ports = |p: &Path| {
         let text = std::fs::read_to_string(p).unwrap();
         let text = text
-            .replace(&d.ports.tcp, &two.ports.tcp)
-            .replace(&d.ports.tls, &two.ports.tls)
-            .replace(&d.ports.tls_psk, &two.ports.tls_psk)
+            .replace(&p1.tcp, &p2.tcp)
+            .replace(&p1.tls, &p2.tls)
+            .replace(&p1.tls_psk, &p2.tls_psk)
             .replace(d.dir.to_str().unwrap(), two.dir.to_str().unwrap());
         std::fs::write(p, text).unwrap();
     };
@@ -370,16 +385,16 @@ fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
     );
     assert!(String::from_utf8_lossy(&twice.stderr).contains("already holds a key store"));
     drop(hsmd_running);
-    let _two_running = two.start(&[]);
+    let _two_running = two.start();
     let c = two.connect("alice");
     for l in &before {
         let sig = c.sign(&label(l), b"restored").unwrap();
         c.verify(&label(l), b"restored", &sig).unwrap();
     }
-    assert!(matches!(
+    assert_eq!(
         status(c.sign(&label("never-made"), b"x")),
         Status::KeyNotFound
-    ));
+    );
     let v = hsmd(&["audit", "verify", "--config", &two.config()]);
     ok(&v);
 }

@@ -2,22 +2,12 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use std::time::Duration;
 
 use ferrohsm_client::ClientError;
-use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{DigestAlg, KeyRef, KeyType, Lifetime, Status, Usage, UsageSet};
-use support::{TestServer, label, status};
-
-fn spec(t: KeyType, label: &str) -> KeySpec {
-    KeySpec {
-        key_type: t,
-        label: label.parse().unwrap(),
-        usage: None,
-        exportable: false,
-        session: false,
-    }
-}
+use ferrohsm_proto::{DigestAlg, KeyRef, KeyType, Lifetime, Request, Status, Usage, UsageSet};
+use ferrohsm_test_support::peer::{Ending, status_of};
+use ferrohsm_test_support::{TestServer, label, spec, status, wait};
 
 #[test]
 fn every_operation_works_and_fails_cleanly() {
@@ -43,10 +33,12 @@ fn every_operation_works_and_fails_cleanly() {
             assert_eq!(k.lifetime, Lifetime::Persistent);
             assert!(!k.exportable);
             assert_eq!(c.info(&KeyRef::Id(k.id)).await.unwrap(), k);
-            assert_eq!(
-                c.public_key(&KeyRef::Id(k.id)).await.is_ok(),
-                t.is_asymmetric()
-            );
+            let pk = c.public_key(&KeyRef::Id(k.id)).await;
+            if t.is_asymmetric() {
+                assert!(!pk.unwrap().1.is_empty(), "{t:?}");
+            } else {
+                assert_eq!(status(pk), Status::WrongKeyType, "{t:?}");
+            }
         }
         assert_eq!(
             status(c.generate_spec(spec(KeyType::Ed25519, "k0")).await),
@@ -298,19 +290,17 @@ fn session_keys_vanish_with_their_connection() {
             Some(Status::LabelInUse)
         );
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match keeper.generate(&"temp".parse().unwrap(), KeyType::HmacSha256) {
-            Ok(_) => break,
-            Err(e)
-                if e.status() == Some(Status::LabelInUse)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => panic!("the session key outlived its session: {e}"),
-        }
-    }
+    // The session ends when the server sees the connection go: wait for that, then the
+    // label is free. Any answer but "still in use" fails at once.
+    wait::until(
+        "the session key to go with its connection",
+        Duration::from_secs(30),
+        || match keeper.generate(&"temp".parse().unwrap(), KeyType::HmacSha256) {
+            Ok(_) => true,
+            Err(e) if e.status() == Some(Status::LabelInUse) => false,
+            Err(e) => panic!("generate failed: {e}"),
+        },
+    );
     // The label is free again for a persistent key: it is one now.
     assert_eq!(
         keeper
@@ -332,12 +322,12 @@ fn pipelined_requests_all_answer_correctly() {
     let mut reqs = Vec::new();
     for i in 0..300u32 {
         reqs.push(match i % 3 {
-            0 => ferrohsm_proto::Request::Sign {
+            0 => Request::Sign {
                 key: label("s"),
                 data: i.to_le_bytes().to_vec(),
             },
-            1 => ferrohsm_proto::Request::Ping,
-            _ => ferrohsm_proto::Request::Random { len: i + 1 },
+            1 => Request::Ping,
+            _ => Request::Random { len: i + 1 },
         });
     }
     let out = hsm.pipeline(reqs);
@@ -365,6 +355,21 @@ fn oversized_request_is_refused_locally_and_by_server() {
     assert!(matches!(e, ClientError::Local(_)), "{e:?}");
     assert!(e.to_string().contains("4096"), "{e}");
     hsm.ping().unwrap();
+    // A peer that sends it anyway, logged in: the server answers body_too_large and closes.
+    let mut raw = srv.raw();
+    raw.login(&srv.profile("alice").identity().unwrap());
+    let big = Request::Digest {
+        alg: DigestAlg::Sha256,
+        data: vec![0; 8192],
+    };
+    assert!(raw.send(&big.to_frame(7)));
+    let f = raw
+        .frame(Duration::from_secs(10))
+        .expect("an answer to the oversized frame");
+    assert_eq!(status_of(&f), Status::BodyTooLarge);
+    assert_eq!(raw.ending(Duration::from_secs(10)), Ending::Closed);
+    // Other connections are unaffected.
+    hsm.ping().unwrap();
 }
 
 #[test]
@@ -385,7 +390,7 @@ fn shutdown_finishes_requests_already_in_flight() {
         // back only once the session has taken every one of them in.
         let mut pending = Vec::new();
         for _ in 0..64 {
-            let req = ferrohsm_proto::Request::Digest {
+            let req = Request::Digest {
                 alg: DigestAlg::Sha256,
                 data: data.clone(),
             };
@@ -406,6 +411,7 @@ fn shutdown_finishes_requests_already_in_flight() {
             ferrohsm_proto::Response::Bytes(expected.clone())
         );
     }
-    // And the server is gone now.
-    assert!(hsm.block_on(c.ping()).is_err());
+    // And the server is gone now: the connection, not a refusal.
+    let e = hsm.block_on(c.ping()).unwrap_err();
+    assert!(matches!(e, ClientError::Connection(_)), "{e:?}");
 }

@@ -4,31 +4,18 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-use ferrohsm_client::ClientError;
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{KeyRef, KeyType, Label, MAX_PAGE, Page, Status, Usage, UsageSet};
-use support::TestServer;
-
-fn label(s: &str) -> Label {
-    s.parse().unwrap()
-}
+use ferrohsm_proto::{KeyRef, KeyType, MAX_PAGE, Page, Status, Usage, UsageSet};
+use ferrohsm_test_support::TestServer;
+use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
+use ferrohsm_test_support::keys::label_of as label;
+use ferrohsm_test_support::status::status_and_message as status;
 
 fn spec(t: KeyType, l: &str, session: bool, exportable: bool) -> KeySpec {
     KeySpec {
-        key_type: t,
-        label: label(l),
-        usage: None,
-        exportable,
         session,
-    }
-}
-
-fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (Status, String) {
-    match r {
-        Err(ClientError::Server(b)) => (b.status().unwrap(), b.message.clone()),
-        other => panic!("expected a server error, got {other:?}"),
+        exportable,
+        ..ferrohsm_test_support::spec(t, l)
     }
 }
 
@@ -50,6 +37,10 @@ fn quotas_refuse_only_the_client_at_its_limit_and_survive_a_restart() {
     let alice = srv.connect("alice");
     let bob = srv.connect("bob");
     let a = alice.client();
+    // A base to derive from later (one of the six places).
+    alice
+        .block_on(a.generate_spec(spec(KeyType::X25519, "dh", false, false)))
+        .unwrap();
     // Concurrent creations (persistent and session keys) never overshoot the limit.
     let reqs: Vec<_> = (0..10)
         .map(|i| {
@@ -63,7 +54,7 @@ fn quotas_refuse_only_the_client_at_its_limit_and_survive_a_restart() {
         .collect();
     let replies = alice.pipeline(reqs);
     let made = replies.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(made, 6, "exactly the quota is made: {replies:?}");
+    assert_eq!(made, 5, "exactly the quota is made: {replies:?}");
     for r in replies.into_iter().filter(|r| r.is_err()) {
         let (s, m) = status(r);
         assert_eq!(s, Status::QuotaExceeded);
@@ -71,10 +62,23 @@ fn quotas_refuse_only_the_client_at_its_limit_and_survive_a_restart() {
         assert!(m.contains("max_keys_per_client"), "{m}");
     }
     // Every other kind of creation is refused too: import, derive.
-    let (s, _) = status(
+    let (s, m) = status(
         alice.block_on(a.import(spec(KeyType::HmacSha256, "imp", false, true), vec![7; 32])),
     );
-    assert_eq!(s, Status::QuotaExceeded);
+    assert_eq!(s, Status::QuotaExceeded, "{m}");
+    assert!(m.contains("too many keys for client alice"), "{m}");
+    let (s, m) = status(alice.block_on(a.derive(
+        &KeyRef::Label(label("dh")),
+        vec![9; 32],
+        spec(KeyType::HmacSha256, "derived", false, false),
+    )));
+    assert_eq!(s, Status::QuotaExceeded, "{m}");
+    assert!(m.contains("too many keys for client alice"), "{m}");
+    assert_eq!(
+        alice.list().unwrap().len(),
+        6,
+        "nothing was made past the quota"
+    );
     // bob is untouched by alice's limit.
     for i in 0..3 {
         bob.generate(&label(&format!("b{i}")), KeyType::Ed25519)
@@ -184,29 +188,15 @@ fn list_pages_by_id_and_hsmctl_fetches_every_page() {
     }
     // The client library (and so hsmctl list) fetches every page.
     assert_eq!(alice.list().unwrap().len(), n + 1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hsmctl"))
-        .args(["--profile"])
-        .arg(srv.profile_path("alice"))
-        .arg("list")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let hsmctl = |args: &[&str]| {
+        let mut c = hsmctl_command(&srv.profile_path("alice"));
+        c.args(args);
+        ferrohsm_test_support::ok(&output_within(&mut c, EXIT_DEADLINE))
+    };
     // The session key belongs to the test's connection, not hsmctl's.
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), n);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hsmctl"))
-        .arg("--profile")
-        .arg(srv.profile_path("alice"))
-        .args(["list", "--limit", "3", "--after", &ids[10].to_string()])
-        .output()
-        .unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
+    assert_eq!(hsmctl(&["list"]).lines().count(), n);
+    let out = hsmctl(&["list", "--limit", "3", "--after", &ids[10].to_string()]);
+    let lines: Vec<String> = out.lines().map(String::from).collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines[0].starts_with(&format!("{}\t", ids[11])), "{lines:?}");
 }
