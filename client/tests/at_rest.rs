@@ -190,8 +190,11 @@ fn a_damaged_or_foreign_store_refuses_to_start() {
     std::fs::write(d.db(), &pristine[..pristine.len() / 2]).unwrap();
     let (code, err) = d.fails(&["--config", &cfg], &[]);
     assert_eq!(code, Some(1));
+    // SQLite finds the file shorter than its header says at the first statement hsmd runs.
     assert!(
-        err.contains("keys.db") && (err.contains("integrity") || err.contains("malformed")),
+        err.contains("key store ")
+            && err.contains("keys.db")
+            && err.contains("database disk image is malformed"),
         "{err}"
     );
     // A schema from a newer hsmd.
