@@ -12,11 +12,6 @@ use ferrohsm_test_support::daemon::run_hsmd;
 use ferrohsm_test_support::peer::rss_kib;
 use ferrohsm_test_support::{Data, label, spec, status, wait};
 
-/// Opens keys.db directly, as an attacker with the file would.
-fn sql(d: &Data) -> rusqlite::Connection {
-    rusqlite::Connection::open(d.db()).unwrap()
-}
-
 /// An exportable key spec.
 fn exportable(t: KeyType, l: &str) -> KeySpec {
     KeySpec {
@@ -47,7 +42,7 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
     drop((a, b));
     assert_eq!(daemon.terminate().code(), Some(0));
 
-    let db = sql(&d);
+    let db = d.sql();
     let blob = |l: &str| -> Vec<u8> {
         db.query_row(
             "SELECT v.sealed FROM key_versions v JOIN keys k ON k.owner = v.owner AND k.id = v.id \
@@ -155,7 +150,8 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
     drop((a, b));
     assert_eq!(daemon.terminate().code(), Some(0));
     // Still there, untouched, for the operator.
-    let n: i64 = sql(&d)
+    let n: i64 = d
+        .sql()
         .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 8);
@@ -199,7 +195,7 @@ fn a_damaged_or_foreign_store_refuses_to_start() {
     );
     // A schema from a newer hsmd.
     std::fs::write(d.db(), &pristine).unwrap();
-    sql(&d).execute_batch("PRAGMA user_version = 7").unwrap();
+    d.sql().execute_batch("PRAGMA user_version = 7").unwrap();
     let (code, err) = d.fails(&["--config", &cfg], &[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("schema version 7"), "{err}");
@@ -334,7 +330,7 @@ fn set_cache(d: &Data, keys: usize) {
 
 /// Flips a byte of the sealed material of alice's key `l`, in the store file.
 fn tamper(d: &Data, l: &str) {
-    let db = sql(d);
+    let db = d.sql();
     let mut blob: Vec<u8> = db
         .query_row(
             "SELECT v.sealed FROM key_versions v JOIN keys k ON k.owner = v.owner AND k.id = v.id \

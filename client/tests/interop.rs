@@ -12,7 +12,7 @@ use ferrohsm_proto::{
     DigestAlg, KeyQuery, KeyRef, KeyType, MAX_PAGE, Page, Request, Response, Status, Usage,
     UsageSet,
 };
-use ferrohsm_test_support::daemon::output_within;
+use ferrohsm_test_support::daemon::{output_with_stdin, output_within};
 use ferrohsm_test_support::{TestServer, bins, label, status};
 
 fn spec(t: KeyType, l: &str, usage: Option<&[Usage]>) -> KeySpec {
@@ -265,16 +265,10 @@ fn search_by_label_id_and_type() {
 
 #[test]
 fn hsmctl_hash_pin() {
-    let tmp = tempfile::tempdir().unwrap();
-    // `hsmctl hash-pin < FILE`, through sh (the runner gives commands no stdin).
     let hash = |input: &[u8]| {
-        let f = tmp.path().join("pin");
-        std::fs::write(&f, input).unwrap();
-        let mut c = std::process::Command::new("sh");
-        c.args(["-c", "exec \"$0\" hash-pin < \"$1\""])
-            .arg(bins::hsmctl())
-            .arg(&f);
-        output_within(&mut c, Duration::from_secs(60))
+        let mut c = std::process::Command::new(bins::hsmctl());
+        c.arg("hash-pin");
+        output_with_stdin(&mut c, input, Duration::from_secs(60))
     };
     let o = hash(b"1234\n");
     assert!(o.status.success());

@@ -4,10 +4,7 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-use ferrohsm_test_support::daemon::{EXIT_DEADLINE, output_within};
+use ferrohsm_test_support::daemon::{ed25519_verifies, openssl};
 use ferrohsm_test_support::status::{assert_failed, failed_with_message};
 use ferrohsm_test_support::{Data, ci, failed, ok};
 
@@ -17,25 +14,6 @@ const TRANSPORTS: [&str; 4] = ["tcp", "tls", "tls-psk", "shm"];
 /// Whether `openssl` is here (a failure under CI, a one-line skip elsewhere).
 fn have_openssl() -> bool {
     ci::tool("openssl", "openssl")
-}
-
-/// `openssl ARGS` in `cwd`, which must succeed.
-fn openssl(args: &[&str], cwd: &Path) -> Output {
-    let mut c = Command::new("openssl");
-    c.args(args).current_dir(cwd);
-    let o = output_within(&mut c, EXIT_DEADLINE);
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-/// `openssl pkeyutl -verify -rawin` of an Ed25519 signature (in `cwd`).
-fn ed25519_verifies(public: &str, msg: &str, sig: &str, cwd: &Path) {
-    let args = ["pkeyutl", "-verify", "-pubin", "-inkey", public, "-rawin"];
-    openssl(&[&args[..], &["-in", msg, "-sigfile", sig]].concat(), cwd);
 }
 
 /// Adds `trusted_wrap_keys = [WRAP_KEYS]` to `client` in hsmd.toml.

@@ -21,11 +21,6 @@ fn hsmd(args: &[&str]) -> Output {
     ferrohsm_test_support::daemon::run_hsmd(args, &[])
 }
 
-/// Opens keys.db directly, as an attacker with the file would.
-fn sql(d: &Data) -> rusqlite::Connection {
-    rusqlite::Connection::open(d.db()).unwrap()
-}
-
 #[test]
 fn counters_never_repeat_across_sigkill() {
     let d = Data::init("alice,bob");
@@ -246,7 +241,7 @@ fn audit_chain_names_the_first_broken_entry() {
     let pristine = std::fs::read(d.db()).unwrap();
     let tamper = |sql_text: &str| -> String {
         std::fs::write(d.db(), &pristine).unwrap();
-        sql(&d).execute_batch(sql_text).unwrap();
+        d.sql().execute_batch(sql_text).unwrap();
         verify(&d, None).unwrap_err()
     };
     let e = tamper("UPDATE audit SET key = 'alice:99' WHERE seq = 4");

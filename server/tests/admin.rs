@@ -299,7 +299,11 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
         )),
         "{out}"
     );
-    for name in ["keys.db.restore-tmp", "keys.db.restore-tmp-wal", "keys.db.restore-tmp-shm"] {
+    for name in [
+        "keys.db.restore-tmp",
+        "keys.db.restore-tmp-wal",
+        "keys.db.restore-tmp-shm",
+    ] {
         assert!(!a.dir.join(name).exists(), "{name} is still there");
     }
     assert!(a.db().exists());

@@ -101,14 +101,35 @@ pub fn hsmctl_command(profile: &Path) -> Command {
     c
 }
 
-/// Runs a command to its end within `within` (killed and a failure otherwise).
+/// Runs a command to its end within `within` (killed and a failure otherwise), with no stdin.
 pub fn output_within(c: &mut Command, within: Duration) -> Output {
-    let child = c
-        .stdin(Stdio::null())
+    run_within(c, None, within)
+}
+
+/// Like [`output_within`], with `input` on the command's stdin.
+pub fn output_with_stdin(c: &mut Command, input: &[u8], within: Duration) -> Output {
+    run_within(c, Some(input), within)
+}
+
+fn run_within(c: &mut Command, input: Option<&[u8]>, within: Duration) -> Output {
+    let mut child = c
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
+    if let Some(input) = input {
+        use std::io::Write as _;
+        // Dropped after the write: the command sees the end of its input.
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input)
+            .unwrap_or_else(|e| panic!("{c:?}: writing its stdin: {e}"));
+    }
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -123,6 +144,33 @@ pub fn output_within(c: &mut Command, within: Duration) -> Output {
             panic!("{c:?} did not finish within {within:?}");
         }
     }
+}
+
+/// `hsmctl hash-pin` of `pin` (typed with its newline): the PHC string.
+pub fn hash_pin(pin: &str) -> String {
+    let mut c = Command::new(bins::hsmctl());
+    c.arg("hash-pin");
+    let o = output_with_stdin(&mut c, format!("{pin}\n").as_bytes(), EXIT_DEADLINE);
+    crate::status::ok(&o).trim().to_string()
+}
+
+/// `openssl ARGS` in `cwd`, which must succeed (check `ci::tool("openssl", ..)` first).
+pub fn openssl(args: &[&str], cwd: &Path) -> Output {
+    let mut c = Command::new("openssl");
+    c.args(args).current_dir(cwd);
+    let o = output_within(&mut c, EXIT_DEADLINE);
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// `openssl pkeyutl -verify -rawin` of an Ed25519 signature, which must verify (in `cwd`).
+pub fn ed25519_verifies(public: &str, msg: &str, sig: &str, cwd: &Path) {
+    let args = ["pkeyutl", "-verify", "-pubin", "-inkey", public, "-rawin"];
+    openssl(&[&args[..], &["-in", msg, "-sigfile", sig]].concat(), cwd);
 }
 
 /// Why a start failed.
@@ -373,6 +421,11 @@ impl Data {
     /// A client's profile, loaded.
     pub fn load_profile(&self, name: &str) -> Profile {
         Profile::load(&self.profile(name)).expect("profile loads")
+    }
+
+    /// keys.db opened directly, as an attacker with the file would.
+    pub fn sql(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db()).expect("open keys.db")
     }
 
     /// A client connected over its profile's default transport.

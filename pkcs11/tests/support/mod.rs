@@ -5,13 +5,11 @@
 //! `ferrohsm_test_support`.
 #![allow(dead_code)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use ferrohsm_test_support::daemon::{Daemon, Data, EXIT_DEADLINE, output_within};
+use ferrohsm_test_support::daemon::{self, Daemon, Data, output_within};
 use ferrohsm_test_support::{bins, status};
 
 /// alice's PIN.
@@ -24,38 +22,6 @@ pub const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// The PKCS#11 module of this build, as a string for tools' arguments.
 pub fn module() -> String {
     bins::pkcs11_module().display().to_string()
-}
-
-/// Runs `c` with `input` on its stdin to its end within `within` (killed and a failure
-/// otherwise).
-// Belongs in test-support beside `daemon::output_within`.
-pub fn output_with_stdin(c: &mut Command, input: &[u8], within: Duration) -> Output {
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input)
-        .unwrap_or_else(|e| panic!("{c:?}: writing its stdin: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(within) {
-        Ok(o) => o.unwrap_or_else(|e| panic!("{c:?}: {e}")),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{c:?} did not finish within {within:?}");
-        }
-    }
 }
 
 /// A running hsmd and the module's configuration for it.
@@ -81,11 +47,8 @@ impl Token {
         let data = Data::init("alice,bob");
         let daemon = data.start();
         let dir = data.dir.clone();
-        let mut hash_pin = Command::new(bins::hsmctl());
-        hash_pin.arg("hash-pin");
-        let hash = output_with_stdin(&mut hash_pin, format!("{PIN}\n").as_bytes(), EXIT_DEADLINE);
-        let hash = status::ok(&hash);
-        assert!(hash.trim().starts_with('$'), "a PHC string: {hash}");
+        let hash = daemon::hash_pin(PIN);
+        assert!(hash.starts_with('$'), "a PHC string: {hash}");
         // bob's slot over shm: his profile as init wrote it, with shm as the default.
         let bob = std::fs::read_to_string(data.profile("bob")).expect("profile");
         let bob = bob.replace("default_transport = \"tcp\"", "default_transport = \"shm\"");
