@@ -1,31 +1,34 @@
 //! Hardening, server-wide: each test performs an attack from the issue against the real `hsmd`
-//! binary and checks that a healthy client is still served and memory stays bounded.
+//! binary, shows the attack really happened, and checks that a healthy client is still served
+//! correctly and memory stays bounded.
 //! - pre-authentication frames are capped, on every transport;
 //! - clients that never read their responses stay within the memory budget;
-//! - idle unauthenticated sockets never lock a real client out;
+//! - idle unauthenticated sockets never lock out a real client;
 //! - one client's flood of large jobs does not stall another client's signatures;
 //! - peer-supplied strings cannot forge or flood the log;
-//! - a failed login takes as long for an unknown name as for a known one.
+//! - a failed login answers the same, in about the same time, for an unknown name as for a
+//!   known one.
+//!
+//! No test here asserts a wall-clock bound: deadlines only guard against a hang, and timings
+//! are compared with each other (ratios of medians), never with a constant.
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/peer.rs"]
-mod peer;
-#[path = "support/store.rs"]
-mod store;
-mod support;
-
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use daemon::Daemon;
-use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::{Profile, Transport};
+use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
-use peer::{ALL, Raw, header, message_of, rss_kib, rt, status_of};
-use store::{Data, hsmd_bin};
+use ferrohsm_test_support::peer::{ALL, Ending, Raw, Tcp, header, hello, rss_kib, rt, status_of};
+use ferrohsm_test_support::peer::{message_of, request};
+use ferrohsm_test_support::{Data, status, wait};
+
+/// How long an answer or a condition may take on a busy machine (a hang guard, not a bound).
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// These tests measure memory and time of one `hsmd` each: they run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -34,40 +37,75 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `hsmd init` with `[limits]` lines replaced by `limits` (`key = value`).
+/// `hsmd init` with `[limits]` values set (`key`, TOML value).
 fn data_with(clients: &str, limits: &[(&str, &str)]) -> Data {
-    let d = Data::init(clients, &[]);
-    let path = d.dir.join("hsmd.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
+    let d = Data::init(clients);
     for (k, v) in limits {
-        let start = text
-            .find(&format!("\n{k} = "))
-            .unwrap_or_else(|| panic!("{k} not in hsmd.toml"));
-        let end = start + 1 + text[start + 1..].find('\n').unwrap();
-        text.replace_range(start + 1..end, &format!("{k} = {v}"));
+        d.set("limits", k, v);
     }
-    std::fs::write(&path, text).unwrap();
     d
 }
 
-fn profile(d: &Data, name: &str) -> Profile {
-    Profile::load(&d.profile(name)).unwrap()
+/// `(tx_queue, rx_queue)` of the TCP socket from `local` to `remote`, from `/proc/net/tcp`:
+/// bytes sent and not yet acknowledged, and bytes received that its owner has not read.
+/// `None` unless that socket is established (not closed, not closing).
+// Belongs in test-support (peer): hostile.rs has the same.
+fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let addr = |s: &str| -> Option<SocketAddr> {
+        let (ip, port) = s.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(SocketAddr::from((Ipv4Addr::from(ip.to_le_bytes()), port)))
+    };
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 5 || addr(f[1])? != local || addr(f[2])? != remote || f[3] != "01" {
+            return None;
+        }
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
 }
 
-/// A healthy client's sign answers within a second.
-fn healthy(d: &Data, who: &str, t: Transport) {
-    let start = Instant::now();
-    let c = BlockingClient::connect(&profile(d, who), Some(t)).unwrap();
-    let label = format!("healthy-{}", start.elapsed().as_nanos());
+/// The queues of the server's end of a client socket.
+fn server_queues(s: &std::net::TcpStream) -> Option<(u64, u64)> {
+    tcp_queues(s.peer_addr().ok()?, s.local_addr().ok()?)
+}
+
+/// A median of durations.
+fn median(mut v: Vec<Duration>) -> Duration {
+    assert!(!v.is_empty(), "no samples");
+    v.sort();
+    v[v.len() / 2]
+}
+
+static HEALTHY: AtomicUsize = AtomicUsize::new(0);
+
+/// A healthy client over `t` is served, and correctly: a new key signs, the signature verifies
+/// and does not verify other data. The client's timeout guards a hang.
+fn healthy(p: &Profile, who: &str, t: Transport) {
+    served(p, t).unwrap_or_else(|e| panic!("{who} over {t:?}: {e}"));
+}
+
+/// Like [`healthy`], with the connection error if the client could not get in.
+fn served(p: &Profile, t: Transport) -> Result<(), ClientError> {
+    let c = BlockingClient::connect_within(p, Some(t), DEADLINE)?;
+    let label = format!("healthy-{}", HEALTHY.fetch_add(1, Ordering::Relaxed));
     let k = c
         .generate(&label.parse().unwrap(), KeyType::Ed25519)
         .unwrap();
-    c.sign(&KeyRef::Id(k.id), b"still served").unwrap();
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "{who} over {t:?} took {:?}",
-        start.elapsed()
+    let key = KeyRef::Id(k.id);
+    let sig = c.sign(&key, b"still served").unwrap();
+    c.verify(&key, b"still served", &sig).unwrap();
+    assert_eq!(
+        status(c.verify(&key, b"other data", &sig)),
+        Status::BadSignature
     );
+    Ok(())
 }
 
 #[test]
@@ -81,8 +119,10 @@ fn preauth_frames_are_capped_on_every_transport() {
             ("max_handshakes_per_source", "256"),
         ],
     );
-    let daemon = d.start(&[]);
-    let p = profile(&d, "alice");
+    // They stay for the whole test, not cut off by the handshake timeout.
+    d.set("server", "handshake_timeout_ms", "600000");
+    let daemon = d.start();
+    let p = d.load_profile("alice");
     let rt = rt();
     for t in ALL {
         rt.block_on(async {
@@ -90,86 +130,81 @@ fn preauth_frames_are_capped_on_every_transport() {
             let mut raw = Raw::open(&p, t).await;
             assert!(raw.send(&header(Opcode::Hello as u16, 1, 1 << 20)).await);
             let f = raw
-                .frame(Duration::from_secs(2))
+                .frame(DEADLINE)
                 .await
                 .unwrap_or_else(|| panic!("{t:?}: no answer"));
             assert_eq!(status_of(&f), Status::BodyTooLarge, "{t:?}");
             assert!(message_of(&f).contains("4096"), "{t:?}: {}", message_of(&f));
-            assert!(
-                raw.closed(Duration::from_secs(2)).await,
-                "{t:?}: not closed"
-            );
+            assert_eq!(raw.ending(DEADLINE).await, Ending::Closed, "{t:?}");
         });
     }
     // 200 sockets each holding an unfinished hello of the largest allowed size cost little.
-    let before = rss_kib(daemon.child.id());
+    let before = rss_kib(daemon.pid());
     let mut held = Vec::new();
     for i in 0..200u64 {
-        let mut s = std::net::TcpStream::connect(&d.ports.tcp).unwrap();
+        let mut s = std::net::TcpStream::connect(&d.ports().tcp).unwrap();
         s.write_all(&header(Opcode::Hello as u16, i, 4096)).unwrap();
         s.write_all(&[b'x'; 1000]).unwrap();
         held.push(s);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let grown = rss_kib(daemon.child.id()).saturating_sub(before);
+    // The pressure is real: hsmd accepted every socket, read its half hello (nothing waits
+    // unread on its side) and holds it open.
+    wait::until("hsmd to read all 200 half hellos", DEADLINE, || {
+        held.iter().all(|s| server_queues(s) == Some((0, 0)))
+    });
+    let grown = rss_kib(daemon.pid()).saturating_sub(before);
     assert!(
         grown < 20 * 1024,
         "200 unfinished hellos grew hsmd by {grown} KiB"
     );
-    healthy(&d, "alice", Transport::Tcp);
+    healthy(&p, "alice", Transport::Tcp);
+    // hsmd still holds every one of them (its end of each socket is open).
+    assert!(
+        held.iter().all(|s| server_queues(s).is_some()),
+        "hsmd dropped an unfinished hello"
+    );
     drop(held);
 }
 
-/// Authenticated sessions that send `n` encrypts of `size` bytes and never read a reply.
-fn never_read(p: &Profile, sessions: usize, n: usize, size: usize) -> Vec<std::net::TcpStream> {
+/// Authenticated sessions that each send `n` encrypts of `size` bytes and never read a reply;
+/// each with the count of requests its writer got into the socket.
+fn never_read(
+    p: &Profile,
+    sessions: usize,
+    n: usize,
+    size: usize,
+) -> Vec<(std::net::TcpStream, Arc<AtomicUsize>)> {
     let hsm = BlockingClient::connect(p, Some(Transport::Tcp)).unwrap();
     let k = hsm
         .generate(&"flood-aead".parse().unwrap(), KeyType::ChaCha20Poly1305)
         .unwrap();
-    let frame = Request::Encrypt {
-        key: KeyRef::Id(k.id),
-        plaintext: vec![7; size],
-        aad: Vec::new(),
-    }
-    .to_frame(9)
-    .encode();
+    let frame = request(
+        Request::Encrypt {
+            key: KeyRef::Id(k.id),
+            plaintext: vec![7; size],
+            aad: Vec::new(),
+        },
+        9,
+    );
+    let id = p.identity().unwrap();
     let mut out = Vec::new();
     for _ in 0..sessions {
         // Written from a thread until the server stops reading it.
-        let s = login_blocking(p);
-        let f = frame.clone();
-        let mut w = s.try_clone().unwrap();
+        let mut s = Tcp::connect(p.tcp_addr.as_deref().unwrap());
+        s.login(&id);
+        let (f, written) = (frame.clone(), Arc::new(AtomicUsize::new(0)));
+        let (mut w, count) = (s.s.try_clone().unwrap(), written.clone());
         std::thread::spawn(move || {
             for _ in 0..n {
                 if w.write_all(&f).is_err() {
                     break;
                 }
+                count.fetch_add(1, Ordering::SeqCst);
             }
         });
-        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-        out.push(s);
+        out.push((s.s, written));
     }
     out
-}
-
-/// A plain-TCP login with a blocking socket (the protocol's state machine).
-fn login_blocking(p: &Profile) -> std::net::TcpStream {
-    let id = p.identity().unwrap();
-    let mut s = std::net::TcpStream::connect(p.tcp_addr.as_deref().unwrap()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut hs = ferrohsm_proto::handshake::ClientHandshake::new(&id.name);
-    let mut buf = Vec::new();
-    let mut out = hs.start();
-    loop {
-        s.write_all(&out.encode()).unwrap();
-        let f = support::read_frame(&mut s, &mut buf).expect("closed during login");
-        let key = id.auth_key.as_ref().unwrap();
-        let sign = |t: &[u8]| Ok(ed25519_dalek::Signer::sign(key, t).to_bytes().to_vec());
-        match hs.on_frame(&f, sign).unwrap() {
-            ferrohsm_proto::handshake::ClientStep::Send(next) => out = next,
-            ferrohsm_proto::handshake::ClientStep::Done(_) => return s,
-        }
-    }
 }
 
 #[test]
@@ -177,39 +212,62 @@ fn clients_that_never_read_stay_within_the_memory_budget() {
     let _serial = serial();
     // 32 MiB for all sessions; alice and bob get 16 MiB each.
     let d = data_with("alice,bob", &[("memory_mib", "32")]);
-    let daemon = d.start(&[]);
-    let pid = daemon.child.id();
-    let (alice, bob) = (profile(&d, "alice"), profile(&d, "bob"));
-    healthy(&d, "bob", Transport::Tcp);
+    let daemon = d.start();
+    let pid = daemon.pid();
+    let (alice, bob) = (d.load_profile("alice"), d.load_profile("bob"));
+    healthy(&bob, "bob", Transport::Tcp);
     let before = rss_kib(pid);
-    // 16 sessions x 32 encrypts of 1 MiB, never read: 512 MiB of replies unbounded.
-    let held = never_read(&alice, 16, 32, 1_000_000);
-    std::thread::sleep(Duration::from_secs(2));
+    // 16 sessions x 32 encrypts of 1 MB, never read: 512 MB of replies if nothing bounded them.
+    let (sessions, n) = (16, 32);
+    let held = never_read(&alice, sessions, n, 1_000_000);
+    let written = || {
+        held.iter()
+            .map(|(_, c)| c.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    // The pressure is real: alice offered more than her 16 MiB share, and hsmd stopped
+    // reading every one of her sessions (requests wait unread on its side of each socket).
+    wait::until(
+        "hsmd to stop reading all of alice's sessions",
+        DEADLINE,
+        || {
+            written() > 16
+                && held
+                    .iter()
+                    .all(|(s, _)| server_queues(s).is_some_and(|(_, rx)| rx > 0))
+        },
+    );
     let grown = rss_kib(pid).saturating_sub(before);
     // Budget (alice's share, 16 MiB) + one frame buffer per session + slack for the allocator.
     assert!(
         grown < 80 * 1024,
         "hsmd grew by {grown} KiB while alice never read"
     );
-    // bob is served at once, large requests included.
-    let start = Instant::now();
-    let c = BlockingClient::connect(&bob, Some(Transport::Tcp)).unwrap();
+    // bob is served, correctly, large requests included.
+    let c = BlockingClient::connect_within(&bob, Some(Transport::Tcp), DEADLINE).unwrap();
     let k = c
         .generate(&"bob-aead".parse().unwrap(), KeyType::ChaCha20Poly1305)
         .unwrap();
+    let plain: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
     let ct = c
         .block_on(
             c.client()
-                .encrypt(&KeyRef::Id(k.id), vec![1; 1_000_000], Vec::new()),
+                .encrypt(&KeyRef::Id(k.id), plain.clone(), Vec::new()),
         )
         .unwrap();
-    assert!(ct.len() > 1_000_000);
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "bob took {:?}",
-        start.elapsed()
-    );
-    healthy(&d, "bob", Transport::Shm);
+    assert!(ct.len() > plain.len());
+    let back = c
+        .block_on(c.client().decrypt(&KeyRef::Id(k.id), ct, Vec::new()))
+        .unwrap();
+    assert!(*back == plain, "bob's round trip changed his data");
+    healthy(&bob, "bob", Transport::Shm);
+    // And alice is still held back: no writer got all its requests in.
+    for (i, (_, c)) in held.iter().enumerate() {
+        let c = c.load(Ordering::SeqCst);
+        assert!(c < n, "session {i} of alice wrote all {c} requests");
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 80 * 1024, "hsmd grew by {grown} KiB by the end");
     drop(held);
 }
 
@@ -223,67 +281,86 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
             ("max_handshakes_per_source", "16"),
         ],
     );
-    let daemon = d.start(&[]);
-    let p = profile(&d, "alice");
+    // Idle sockets never time out during the test: only the gate's eviction can let alice in.
+    d.set("server", "handshake_timeout_ms", "600000");
+    let daemon = d.start();
+    let p = d.load_profile("alice");
+    let ports = d.ports();
     // Far more idle sockets than handshake places (and than max_connections), on TCP, TLS and
     // the shm set-up socket, from the client's own address and uid, some with half a hello.
     let mut idle: Vec<Box<dyn std::any::Any>> = Vec::new();
     for i in 0..300u64 {
-        let mut s = std::net::TcpStream::connect(&d.ports.tcp).unwrap();
+        let mut s = std::net::TcpStream::connect(&ports.tcp).unwrap();
         if i % 2 == 0 {
+            // A socket the gate refused may already be closed: that write may fail.
             let _ = s.write_all(&header(Opcode::Hello as u16, i, 100));
         }
         idle.push(Box::new(s));
-        idle.push(Box::new(
-            std::net::TcpStream::connect(&d.ports.tls).unwrap(),
-        ));
+        idle.push(Box::new(std::net::TcpStream::connect(&ports.tls).unwrap()));
         if let Some(sock) = &p.shm_socket {
             idle.push(Box::new(
                 std::os::unix::net::UnixStream::connect(sock).unwrap(),
             ));
         }
     }
-    // Once they have waited longer than any real handshake takes, a real client displaces one.
-    std::thread::sleep(Duration::from_millis(1200));
+    // Once the idle sockets are older than any real handshake takes, a real client displaces
+    // one: until then the gate refuses it by closing at once (a connection error, nothing else).
     for t in ALL {
-        healthy(&d, "alice", t);
+        wait::eventually(
+            &format!("alice to get in over {t:?}"),
+            DEADLINE,
+            || match served(&p, t) {
+                Ok(()) => Some(()),
+                Err(ClientError::Connection(_)) => None,
+                Err(e) => panic!("alice over {t:?}: {e}"),
+            },
+        );
     }
     // Attackers on other addresses reconnect as fast as they can: they only ever displace
     // each other, never the real client's handshake.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
     let churn: Vec<_> = (2..6u8)
         .map(|n| {
-            let (addr, stop) = (d.ports.tcp.clone(), stop.clone());
+            let (addr, stop, made) = (ports.tcp.clone(), stop.clone(), made.clone());
             std::thread::spawn(move || {
                 let rt = rt();
-                let addr: std::net::SocketAddr = addr.parse().unwrap();
-                let from: std::net::SocketAddr = format!("127.0.0.{n}:0").parse().unwrap();
+                let addr: SocketAddr = addr.parse().unwrap();
+                let from: SocketAddr = format!("127.0.0.{n}:0").parse().unwrap();
                 rt.block_on(async {
                     let mut held = std::collections::VecDeque::new();
-                    let mut made = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         let s = tokio::net::TcpSocket::new_v4().unwrap();
                         s.bind(from).unwrap();
                         if let Ok(c) = s.connect(addr).await {
                             held.push_back(c);
-                            made += 1;
+                            made.fetch_add(1, Ordering::Relaxed);
                         }
                         if held.len() > 100 {
                             held.pop_front();
                         }
                     }
-                    made
                 })
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    wait::until("the attackers to be churning", DEADLINE, || {
+        made.load(Ordering::Relaxed) > 100
+    });
+    let at_start = made.load(Ordering::Relaxed);
     for _ in 0..5 {
-        healthy(&d, "alice", Transport::Tcp);
+        healthy(&p, "alice", Transport::Tcp);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let made: u64 = churn.into_iter().map(|c| c.join().unwrap()).sum();
-    assert!(made > 100, "the attackers made only {made} connections");
+    stop.store(true, Ordering::Relaxed);
+    for c in churn {
+        c.join().unwrap();
+    }
+    // The attack went on while alice was served.
+    let made = made.load(Ordering::Relaxed);
+    assert!(
+        made > at_start,
+        "the attackers made no connection while alice logged in ({made})"
+    );
     drop(idle);
     drop(daemon);
 }
@@ -291,31 +368,44 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
 #[test]
 fn a_flooding_client_does_not_stall_another_clients_signatures() {
     let _serial = serial();
-    let d = Data::init("alice,bob", &[]);
-    let daemon = d.start(&[]);
+    let d = Data::init("alice,bob");
+    let daemon = d.start();
     // alice keeps 16 sessions of 32 large digests queued (they run on the pool), bob signs.
-    let alice = profile(&d, "alice");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let alice = d.load_profile("alice");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let mut flood = Vec::new();
     for _ in 0..16 {
-        let (p, stop) = (alice.clone(), stop.clone());
+        let (p, stop, done) = (alice.clone(), stop.clone(), done.clone());
         flood.push(std::thread::spawn(move || {
             let c = BlockingClient::connect(&p, Some(Transport::Tcp)).unwrap();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut times = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
                 let reqs = (0..32)
                     .map(|_| Request::Digest {
                         alg: ferrohsm_proto::DigestAlg::Sha256,
                         data: vec![3; 256 * 1024],
                     })
                     .collect();
-                let _ = c.pipeline(reqs);
+                let t = Instant::now();
+                let r = c.pipeline(reqs);
+                // Every job of the flood is served: it really ran.
+                assert!(r.iter().all(|r| r.is_ok()), "alice's flood failed: {r:?}");
+                times.push(t.elapsed());
+                done.fetch_add(1, Ordering::SeqCst);
             }
+            times
         }));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let bob = BlockingClient::connect(&profile(&d, "bob"), Some(Transport::Tcp)).unwrap();
+    // The flood is under way: its first pipelines came back, the next ones are queued.
+    wait::until("alice's flood to be running", DEADLINE, || {
+        done.load(Ordering::SeqCst) >= 1
+    });
+    let before = done.load(Ordering::SeqCst);
+    let bob =
+        BlockingClient::connect_within(&d.load_profile("bob"), Some(Transport::Tcp), DEADLINE)
+            .unwrap();
     let k = bob.generate(&"b".parse().unwrap(), KeyType::P256).unwrap();
-    let mut worst = Duration::ZERO;
     let mut times = Vec::new();
     for i in 0..40u8 {
         // Two in flight: they go to the pool, behind alice's backlog if it were one queue.
@@ -330,24 +420,23 @@ fn a_flooding_client_does_not_stall_another_clients_signatures() {
                 data: vec![i, 1],
             },
         ]);
-        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
         times.push(t.elapsed());
-        worst = worst.max(t.elapsed());
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for f in flood {
-        f.join().unwrap();
-    }
-    times.sort();
-    // One FIFO made this 2.8 s; fair turns bound it by a few of alice's jobs per worker.
+    // The flood went on all the while bob signed.
+    let during = done.load(Ordering::SeqCst) - before;
+    stop.store(true, Ordering::Relaxed);
+    let alice_times: Vec<Duration> = flood
+        .into_iter()
+        .flat_map(|f| f.join().expect("a flood thread failed"))
+        .collect();
+    assert!(during > 0, "alice's flood stalled while bob signed");
+    // With one FIFO, bob's pair waits behind alice's whole backlog: about as long as one of
+    // her pipelines (each waits behind the same backlog). Fair turns make it a few jobs.
+    let (bob_median, alice_median) = (median(times), median(alice_times));
     assert!(
-        times[times.len() / 2] < Duration::from_millis(200),
-        "bob's median {:?}",
-        times[times.len() / 2]
-    );
-    assert!(
-        worst < Duration::from_secs(1),
-        "bob's worst sign pair took {worst:?}"
+        bob_median * 4 < alice_median,
+        "bob's median sign pair {bob_median:?} against alice's median pipeline {alice_median:?}"
     );
     drop(daemon);
 }
@@ -355,19 +444,10 @@ fn a_flooding_client_does_not_stall_another_clients_signatures() {
 /// Hello naming `name`, then a proof that cannot be right: the answer's status and message,
 /// and the time from proof to answer.
 fn failed_login(addr: &str, name: &str) -> (Status, String, Duration) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let hello = ferrohsm_proto::handshake::Hello {
-        version: ferrohsm_proto::PROTOCOL_VERSION,
-        client: name.into(),
-    };
-    s.write_all(&Request::Hello(hello).to_frame(1).encode())
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut next =
-        |s: &mut std::net::TcpStream| support::read_frame(s, &mut buf).expect("closed early");
-    let challenge = next(&mut s);
+    let mut s = Tcp::connect(addr);
+    s.s.set_nodelay(true).unwrap();
+    assert!(s.send(&hello(name).to_frame(1)));
+    let challenge = s.frame(DEADLINE).expect("a challenge");
     assert!(
         !challenge.header.is_error(),
         "an unknown name gets a challenge like a known one"
@@ -376,45 +456,54 @@ fn failed_login(addr: &str, name: &str) -> (Status, String, Duration) {
         signature: vec![0x42; 64],
     });
     let t = Instant::now();
-    s.write_all(&proof.to_frame(2).encode()).unwrap();
-    let answer = next(&mut s);
-    (status_of(&answer), message_of(&answer), t.elapsed())
+    assert!(s.send(&proof.to_frame(2)));
+    let answer = s.frame(DEADLINE).expect("an answer");
+    let took = t.elapsed();
+    assert_eq!(s.ending(DEADLINE), Ending::Closed);
+    (status_of(&answer), message_of(&answer), took)
 }
 
 #[test]
 fn a_failed_login_answers_the_same_for_an_unknown_name_as_for_a_known_one() {
     let _serial = serial();
-    let d = Data::init("alice", &[]);
-    let daemon = d.start(&[]);
-    // The same challenge, status and message; the same work is checked where it can be
-    // measured without the network in the way (auth.rs: the decoy-key timing test).
-    for i in 0..20 {
-        let (s1, m1, _) = failed_login(&d.ports.tcp, "alice");
-        let (s2, m2, _) = failed_login(&d.ports.tcp, &format!("nobody{i}"));
+    let d = Data::init("alice");
+    let daemon = d.start();
+    let tcp = d.ports().tcp;
+    // The same challenge, status and message, every time; the timings interleaved, so both
+    // see the same machine. The decoy key's cost itself is measured without the network in
+    // the way in server/src/auth.rs; here the band is wide, and catches a refusal that skips
+    // or adds work the size of the network round trip.
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..41 {
+        let (s1, m1, t1) = failed_login(&tcp, "alice");
+        let (s2, m2, t2) = failed_login(&tcp, &format!("nobody{i}"));
         assert_eq!((s1, s2), (Status::AuthFailed, Status::AuthFailed));
         assert_eq!(m1, m2);
+        known.push(t1);
+        unknown.push(t2);
     }
+    let (k, u) = (median(known), median(unknown));
+    let ratio = u.as_secs_f64() / k.as_secs_f64();
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "unknown/known median = {ratio:.3} ({u:?} / {k:?})"
+    );
     drop(daemon);
 }
 
 #[test]
 fn peer_strings_cannot_forge_or_flood_the_log() {
     let _serial = serial();
-    let d = Data::init("alice", &[]);
-    let log = d.dir.join("hsmd.log");
-    let (daemon, _) = Daemon::start_logged_env(
-        &hsmd_bin(),
-        &d.dir,
-        &["--config", &d.config()],
-        &log,
-        &[("RUST_LOG", "info")],
-    );
+    let d = Data::init("alice");
+    let daemon = d.start_env(&[("RUST_LOG", "info")]);
+    let log = daemon.log_path().to_path_buf();
+    let tcp = d.ports().tcp;
     let forged = format!("eve\nINFO hsmd: forged line\u{1b}[2J{}", "x".repeat(3000));
     for _ in 0..200 {
-        let (s, _, _) = failed_login(&d.ports.tcp, &forged);
+        let (s, _, _) = failed_login(&tcp, &forged);
         assert_eq!(s, Status::AuthFailed);
     }
-    healthy(&d, "alice", Transport::Tcp);
+    healthy(&d.load_profile("alice"), "alice", Transport::Tcp);
     drop(daemon);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

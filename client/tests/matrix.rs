@@ -1,26 +1,23 @@
 //! The bad-input matrix: every row, over every transport, against the real `hsmd`. Each row
 //! sends one kind of bad input and expects a status (with or without the connection closing)
-//! or a close; after it a healthy client must be served within a second. At the end `hsmd`'s
-//! memory must still be bounded, after thousands of idle connections too.
+//! or a close; after it a healthy client must still be served, correctly. At the end `hsmd`'s
+//! memory must still be bounded, after thousands of idle connections too. Deadlines only guard
+//! against a hang: nothing here asserts how fast an answer comes.
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/peer.rs"]
-mod peer;
-#[path = "support/store.rs"]
-mod store;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::{Profile, Transport};
-use ferrohsm_proto::handshake::{Hello, Proof};
-use ferrohsm_proto::message::KeySpec;
+use ferrohsm_client::{BlockingClient, ClientError};
+use ferrohsm_proto::handshake::Proof;
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
-use peer::{ALL, Raw, header, rss_kib, rt, status_of};
-use store::Data;
+use ferrohsm_test_support::peer::status_of;
+use ferrohsm_test_support::peer::{ALL, Ending, Raw, header, hello, request as req, rss_kib, rt};
+use ferrohsm_test_support::{Data, label, spec, status, wait};
+
+/// How long an answer, a close or a condition may take on a busy machine (a hang guard).
+const DEADLINE: Duration = Duration::from_secs(20);
 
 /// What a row expects.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,7 +28,8 @@ enum Expect {
     Answers(Status),
     /// Every request answered without an error (as many answers as given).
     Served(usize),
-    /// The server closes the connection, with or without a word.
+    /// The server closes the connection without a word (the peer's input ended mid-frame:
+    /// there is no frame to answer).
     Closed,
 }
 
@@ -49,17 +47,6 @@ enum When {
 struct Keys {
     aead: KeyRef,
     ed: KeyRef,
-}
-
-fn req(r: Request, id: u64) -> Vec<u8> {
-    r.to_frame(id).encode()
-}
-
-fn hello(name: &str) -> Request {
-    Request::Hello(Hello {
-        version: ferrohsm_proto::PROTOCOL_VERSION,
-        client: name.into(),
-    })
 }
 
 type Row = (&'static str, When, fn(&Keys) -> Vec<u8>, Expect);
@@ -270,77 +257,118 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-fn profile(d: &Data) -> Profile {
-    Profile::load(&d.profile("alice")).unwrap()
+/// A healthy client is served, correctly: its signature verifies, and not over other data.
+/// The client's timeout guards a hang.
+fn healthy(p: &Profile, t: Transport, what: &str) {
+    served(p, t).unwrap_or_else(|e| panic!("{what} over {t:?}: healthy client refused: {e}"));
 }
 
-fn healthy(p: &Profile, t: Transport, what: &str) {
-    let start = Instant::now();
-    let c = BlockingClient::connect(p, Some(t))
-        .unwrap_or_else(|e| panic!("{what} over {t:?}: healthy client refused: {e}"));
-    c.sign(&"ed".parse().unwrap(), b"still served").unwrap();
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "{what} over {t:?}: the healthy client took {:?}",
-        start.elapsed()
+/// Like [`healthy`], with the connection error if the client could not get in.
+fn served(p: &Profile, t: Transport) -> Result<(), ClientError> {
+    let c = BlockingClient::connect_within(p, Some(t), DEADLINE)?;
+    let sig = c.sign(&label("ed"), b"still served").unwrap();
+    c.verify(&label("ed"), b"still served", &sig).unwrap();
+    assert_eq!(
+        status(c.verify(&label("ed"), b"other data", &sig)),
+        Status::BadSignature
     );
+    Ok(())
 }
 
 async fn run_row(p: &Profile, t: Transport, keys: &Keys, row: &Row) -> Result<(), String> {
     let (name, when, bytes, expect) = row;
+    // The shm set-up socket answers a peer that hangs up mid-frame with a protocol violation
+    // ("peer hung up", listener/shm.rs) before closing; the stream listeners close silently.
+    let expect = &match (expect, t) {
+        (Expect::Closed, Transport::Shm) => Expect::Closes(Status::ProtocolViolation),
+        (e, _) => *e,
+    };
     let mut raw = match when {
         When::Fresh => Raw::open(p, t).await,
         When::Session => Raw::session(p, t).await,
         When::MidHandshake => {
             let mut raw = Raw::open(p, t).await;
             assert!(raw.send(&req(hello("alice"), 1)).await);
-            let c = raw
-                .frame(Duration::from_secs(2))
-                .await
-                .ok_or("no challenge")?;
+            let c = raw.frame(DEADLINE).await.ok_or("no challenge")?;
             if c.header.is_error() {
                 return Err(format!("hello refused: {:?}", status_of(&c)));
             }
             raw
         }
     };
-    let _ = raw.send(&bytes(keys)).await;
-    if *expect == Expect::Closed {
+    let sent = bytes(keys);
+    if !raw.send(&sent).await {
+        return Err(format!("{name}: could not send the row's bytes"));
+    }
+    if row.3 == Expect::Closed {
         // The end of our input (truncated frame): the server must not hang on to it.
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut raw.s).await;
+        tokio::io::AsyncWriteExt::shutdown(&mut raw.s)
+            .await
+            .map_err(|e| format!("{name}: shutdown: {e}"))?;
     }
     let got = |f: Option<ferrohsm_proto::Frame>| f.ok_or_else(|| format!("{name}: no answer"));
+    let status = |f: &ferrohsm_proto::Frame| {
+        if f.header.is_error() {
+            Ok(status_of(f))
+        } else {
+            Err(format!("{name}: expected an error, got {f:?}"))
+        }
+    };
     match expect {
         Expect::Closes(s) => {
-            let f = got(raw.frame(Duration::from_secs(2)).await)?;
-            if status_of(&f) != *s {
+            let f = got(raw.frame(DEADLINE).await)?;
+            if status(&f)? != *s {
                 return Err(format!("{name}: expected {s:?}, got {:?}", status_of(&f)));
             }
-            if !raw.closed(Duration::from_secs(2)).await {
+            if raw.ending(DEADLINE).await != Ending::Closed {
                 return Err(format!("{name}: the connection stayed open"));
             }
         }
         Expect::Answers(s) => {
-            let f = got(raw.frame(Duration::from_secs(2)).await)?;
-            if status_of(&f) != *s {
+            let f = got(raw.frame(DEADLINE).await)?;
+            if status(&f)? != *s {
                 return Err(format!("{name}: expected {s:?}, got {:?}", status_of(&f)));
             }
-            assert!(raw.send(&req(Request::Ping, 77)).await);
-            let pong = got(raw.frame(Duration::from_secs(2)).await)?;
+            if !raw.send(&req(Request::Ping, 77)).await {
+                return Err(format!("{name}: the session was closed"));
+            }
+            let pong = got(raw.frame(DEADLINE).await)?;
             if pong.header.is_error() || pong.header.request_id != 77 {
-                return Err(format!("{name}: the session did not go on"));
+                return Err(format!("{name}: the session did not go on: {pong:?}"));
             }
         }
         Expect::Served(n) => {
+            // Each request answered (in any order: pipelined requests run side by side), the
+            // answers' ids those of the requests (reused or not).
+            let mut frames = ferrohsm_proto::FrameReader::new(1 << 20);
+            frames.buffer().extend_from_slice(&sent);
+            let mut asked = Vec::new();
+            while let Ok(Some(f)) = frames.next_frame() {
+                asked.push((f.header.opcode, f.header.request_id));
+            }
+            assert_eq!(asked.len(), *n, "{name}: the row's requests");
+            let mut answered = Vec::new();
             for _ in 0..*n {
-                let f = got(raw.frame(Duration::from_secs(2)).await)?;
+                let f = got(raw.frame(DEADLINE).await)?;
                 if f.header.is_error() {
                     return Err(format!("{name}: refused with {:?}", status_of(&f)));
                 }
+                answered.push((f.header.opcode, f.header.request_id));
+            }
+            asked.sort();
+            answered.sort();
+            if asked != answered {
+                return Err(format!("{name}: asked {asked:?}, answered {answered:?}"));
             }
         }
         Expect::Closed => {
-            if !raw.closed(Duration::from_secs(5)).await {
+            if let Some(f) = raw.frame(DEADLINE).await {
+                return Err(format!(
+                    "{name}: expected a close without a word, got {f:?}"
+                ));
+            }
+            // `frame` ends on a close or at its deadline: only a close ends the stream now.
+            if raw.ending(Duration::from_millis(10)).await != Ending::Closed {
                 return Err(format!("{name}: the connection was not closed"));
             }
         }
@@ -350,30 +378,23 @@ async fn run_row(p: &Profile, t: Transport, keys: &Keys, row: &Row) -> Result<()
 
 #[test]
 fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
-    let d = Data::init("alice", &[]);
+    let d = Data::init("alice");
     // A short handshake timeout, so the slowloris row finishes quickly.
-    let path = d.dir.join("hsmd.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("handshake_timeout_ms = 3000", "handshake_timeout_ms = 1000"),
-    )
-    .unwrap();
-    let daemon = d.start(&[]);
-    let pid = daemon.child.id();
-    let p = profile(&d);
+    d.set("server", "handshake_timeout_ms", "1000");
+    let daemon = d.start();
+    let pid = daemon.pid();
+    let p = d.load_profile("alice");
     let setup = BlockingClient::connect(&p, Some(Transport::Tcp)).unwrap();
     let ed = setup
         .generate(&"ed".parse().unwrap(), KeyType::Ed25519)
         .unwrap();
-    let spec = KeySpec {
-        key_type: KeyType::ChaCha20Poly1305,
-        label: "aead".parse().unwrap(),
-        usage: None,
-        exportable: false,
-        session: false,
-    };
-    let aead = setup.block_on(setup.client().generate_spec(spec)).unwrap();
+    let aead = setup
+        .block_on(
+            setup
+                .client()
+                .generate_spec(spec(KeyType::ChaCha20Poly1305, "aead")),
+        )
+        .unwrap();
     let keys = Keys {
         aead: KeyRef::Id(aead.id),
         ed: KeyRef::Id(ed.id),
@@ -392,47 +413,54 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
             }
             healthy(&p, t, row.0);
         }
-        // Slowloris: a hello one byte at a time, slower than the handshake timeout allows.
-        let closed = rt.block_on(async {
+        // Slowloris: a hello (of the largest size allowed before login) one byte every
+        // 100 ms, each byte well within the 1 s handshake timeout of the one before. The
+        // timeout counts from the connection, not from the last byte: the server closes the
+        // connection while the bytes are still coming, long before the hello could end.
+        let cut = rt.block_on(async {
             let mut raw = Raw::open(&p, t).await;
-            let bytes = req(hello("alice"), 1);
-            let start = Instant::now();
-            for b in &bytes {
+            let mut bytes = header(Opcode::Hello as u16, 1, 4096);
+            bytes.resize(bytes.len() + 4096, b'x');
+            for (i, b) in bytes.iter().enumerate().take(300) {
                 if !raw.send(std::slice::from_ref(b)).await {
-                    return start.elapsed();
+                    return Some(i);
                 }
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                if start.elapsed() > Duration::from_secs(5) {
-                    break;
+                if raw.ending(Duration::from_millis(100)).await == Ending::Closed {
+                    return Some(i + 1);
                 }
             }
-            raw.closed(Duration::from_secs(3)).await;
-            start.elapsed()
+            None
         });
-        if closed > Duration::from_secs(4) {
-            failures.push(format!("{t:?}: slowloris was not cut off ({closed:?})"));
+        if cut.is_none() {
+            failures.push(format!("{t:?}: slowloris was not cut off after 300 bytes"));
         }
         healthy(&p, t, "slowloris");
     }
     // Thousands of idle connections, on every listener.
+    let ports = d.ports();
     let mut idle: Vec<Box<dyn std::any::Any>> = Vec::new();
     for _ in 0..700 {
+        idle.push(Box::new(std::net::TcpStream::connect(&ports.tcp).unwrap()));
+        idle.push(Box::new(std::net::TcpStream::connect(&ports.tls).unwrap()));
         idle.push(Box::new(
-            std::net::TcpStream::connect(&d.ports.tcp).unwrap(),
-        ));
-        idle.push(Box::new(
-            std::net::TcpStream::connect(&d.ports.tls).unwrap(),
-        ));
-        idle.push(Box::new(
-            std::net::TcpStream::connect(&d.ports.tls_psk).unwrap(),
+            std::net::TcpStream::connect(&ports.tls_psk).unwrap(),
         ));
         idle.push(Box::new(
             std::os::unix::net::UnixStream::connect(p.shm_socket.as_ref().unwrap()).unwrap(),
         ));
     }
-    std::thread::sleep(Duration::from_millis(1200));
+    // A real client gets in on each listener: at once, or once the idle sockets are older
+    // than any real handshake (until then the gate refuses it by closing at once).
     for t in ALL {
-        healthy(&p, t, "2,800 idle connections");
+        wait::eventually(
+            &format!("alice to get in over {t:?}"),
+            DEADLINE,
+            || match served(&p, t) {
+                Ok(()) => Some(()),
+                Err(ClientError::Connection(_)) => None,
+                Err(e) => panic!("2,800 idle connections, over {t:?}: {e}"),
+            },
+        );
     }
     let grown = rss_kib(pid).saturating_sub(before);
     drop(idle);

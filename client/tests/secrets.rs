@@ -4,19 +4,19 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/store.rs"]
-mod store;
-
 use std::io::{Read, Seek, SeekFrom};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferrohsm_client::BlockingClient;
+use ferrohsm_client::ClientError;
 use ferrohsm_client::profile::Transport;
 use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{KeyRef, KeyType, Request};
-use store::Data;
+use ferrohsm_test_support::peer::{proc_status_kib, rss_kib};
+use ferrohsm_test_support::{Data, ci, spec};
+
+/// How long the deleted keys' last jobs may take to end on a busy machine (a hang guard).
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One mapping: its `/proc/PID/maps` line and its bytes.
 type Region = (String, Vec<u8>);
@@ -64,36 +64,58 @@ fn copies(regions: &[Region], needle: &[u8]) -> Vec<(String, usize)> {
     out
 }
 
-fn status_field(pid: u32, field: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
+/// Where each secret still has a copy in `pid`'s memory, one line each.
+fn leftovers(pid: u32, secrets: &[(String, Vec<u8>, KeyRef)]) -> Vec<String> {
+    let regions = memory(pid).expect("hsmd's memory is readable");
+    // Each copy left names its mapping and its depth below the mapping's top (on a thread
+    // stack, how deep the frame that left it was).
+    secrets
+        .iter()
+        .flat_map(|(n, b, _)| copies(&regions, b).into_iter().map(move |c| (n, c)))
+        .map(|(n, (line, depth))| format!("{n}: {depth} bytes below the top of {line}"))
+        .collect()
+}
+
+/// A reply that must be a success.
+fn served<T>(r: Result<T, ClientError>, what: &str) {
+    if let Err(e) = r {
+        panic!("{what}: {e}");
+    }
 }
 
 #[test]
 fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
-    let d = Data::init("alice", &[]);
-    let daemon = d.start(&[]);
-    let pid = daemon.child.id();
-    // Core dumps off, memory locked (this machine runs as root: mlockall is allowed).
+    // hsmd makes itself undumpable: only root (CAP_SYS_PTRACE) reads its memory, and only
+    // root (CAP_IPC_LOCK) may lock all of it.
+    if !ci::root("reading hsmd's memory through /proc/PID/mem, and mlockall") {
+        return;
+    }
+    let d = Data::init("alice");
+    let daemon = d.start();
+    let pid = daemon.pid();
+    // Core dumps off.
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let core = limits
         .lines()
         .find(|l| l.starts_with("Max core file size"))
         .unwrap();
     assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
-    let Some(_) = memory(pid) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "cannot read /proc/{pid}/mem under CI=true"
-        );
-        eprintln!("SKIPPED: /proc/{pid}/mem is not readable here (needs root or CAP_SYS_PTRACE)");
-        return;
-    };
-    let locked = status_field(pid, "VmLck:");
-    eprintln!("hsmd VmLck: {locked}");
+    // All memory locked (mlockall, current and future): every resident page is locked.
+    let (locked, resident) = (proc_status_kib(pid, "VmLck"), rss_kib(pid));
+    assert!(
+        locked > 0 && locked >= resident,
+        "hsmd locked {locked} KiB of {resident} KiB resident; log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.log().contains("memory is not locked"),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        memory(pid).is_some(),
+        "/proc/{pid}/mem is not readable as root"
+    );
 
     let types = [
         KeyType::HmacSha256,
@@ -113,51 +135,51 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
         for (i, t) in types.iter().enumerate() {
             let label = format!("x{i}-{transport:?}");
             let spec = KeySpec {
-                key_type: *t,
-                label: label.parse().unwrap(),
-                usage: None,
                 exportable: true,
-                session: false,
+                ..spec(*t, &label)
             };
             let k = c.block_on(c.client().generate_spec(spec)).unwrap();
             let key = KeyRef::Id(k.id);
-            // Use it alone (inline) and pipelined (on the crypto workers), small and large.
+            // Use it alone (inline) and pipelined (on the crypto workers), small and large;
+            // each derived key gets its own label, so every request must succeed.
+            let mut n = 0;
             for data in [vec![1u8; 32], vec![2u8; 64 * 1024]] {
-                let req = match t {
-                    KeyType::HmacSha256 => Request::Mac {
-                        key: key.clone(),
-                        data,
-                    },
-                    KeyType::Aes256Gcm | KeyType::ChaCha20Poly1305 => Request::Encrypt {
-                        key: key.clone(),
-                        plaintext: data,
-                        aad: Vec::new(),
-                    },
-                    KeyType::Ed25519 | KeyType::P256 => Request::Sign {
-                        key: key.clone(),
-                        data,
-                    },
-                    KeyType::X25519 => Request::Derive {
-                        key: key.clone(),
-                        peer: vec![9; 32],
-                        spec: KeySpec {
-                            key_type: KeyType::HmacSha256,
-                            label: format!("d{i}-{transport:?}-{}", data.len())
-                                .parse()
-                                .unwrap(),
-                            usage: None,
-                            exportable: false,
-                            session: true,
+                let mut req = || {
+                    n += 1;
+                    let data = data.clone();
+                    match t {
+                        KeyType::HmacSha256 => Request::Mac {
+                            key: key.clone(),
+                            data,
                         },
-                    },
-                    _ => unreachable!(),
+                        KeyType::Aes256Gcm | KeyType::ChaCha20Poly1305 => Request::Encrypt {
+                            key: key.clone(),
+                            plaintext: data,
+                            aad: Vec::new(),
+                        },
+                        KeyType::Ed25519 | KeyType::P256 => Request::Sign {
+                            key: key.clone(),
+                            data,
+                        },
+                        KeyType::X25519 => Request::Derive {
+                            key: key.clone(),
+                            peer: vec![9; 32],
+                            spec: KeySpec {
+                                key_type: KeyType::HmacSha256,
+                                label: format!("d{i}-{transport:?}-{n}").parse().unwrap(),
+                                usage: None,
+                                exportable: false,
+                                session: true,
+                            },
+                        },
+                        _ => unreachable!(),
+                    }
                 };
-                assert!(c.call(req.clone()).is_ok());
-                assert!(
-                    c.pipeline(vec![req.clone(), req])
-                        .iter()
-                        .all(|r| r.is_ok() || *t == KeyType::X25519)
-                );
+                let what = format!("{t:?} over {transport:?}, {} bytes", data.len());
+                served(c.call(req()), &what);
+                for r in c.pipeline(vec![req(), req()]) {
+                    served(r, &format!("{what}, pipelined"));
+                }
             }
             let bytes = c.block_on(c.client().export(&key)).unwrap();
             secrets.push((format!("{t:?} over {transport:?}"), bytes.to_vec(), key));
@@ -173,16 +195,16 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
             c.block_on(c.client().delete(key)).unwrap();
         }
     }
-    // The deleted keys' handles go when the last job holding them ends.
-    std::thread::sleep(Duration::from_millis(300));
-    let regions = memory(pid).unwrap();
-    // Each copy left names its mapping and its depth below the mapping's top (on a thread
-    // stack, how deep the frame that left it was).
-    let left: Vec<String> = secrets
-        .iter()
-        .flat_map(|(n, b, _)| copies(&regions, b).into_iter().map(move |c| (n, c)))
-        .map(|(n, (line, depth))| format!("{n}: {depth} bytes below the top of {line}"))
-        .collect();
+    // The deleted keys' handles go when the last job holding them ends: wait for that, with a
+    // deadline, then the scan must find nothing.
+    let deadline = Instant::now() + DEADLINE;
+    let left = loop {
+        let left = leftovers(pid, &secrets);
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         left.is_empty(),
         "key bytes left in hsmd after delete: {left:?}"
