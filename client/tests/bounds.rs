@@ -15,7 +15,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
+use ferrohsm_test_support::keys::assert_signs;
 use ferrohsm_test_support::peer::{ALL, Ending, Raw, Tcp, header, hello, rss_kib, rt, status_of};
-use ferrohsm_test_support::peer::{message_of, request};
-use ferrohsm_test_support::{Data, status, wait};
+use ferrohsm_test_support::peer::{message_of, request, server_queues};
+use ferrohsm_test_support::{Data, wait};
 
 /// How long an answer or a condition may take on a busy machine (a hang guard, not a bound).
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -44,36 +45,6 @@ fn data_with(clients: &str, limits: &[(&str, &str)]) -> Data {
         d.set("limits", k, v);
     }
     d
-}
-
-/// `(tx_queue, rx_queue)` of the TCP socket from `local` to `remote`, from `/proc/net/tcp`:
-/// bytes sent and not yet acknowledged, and bytes received that its owner has not read.
-/// `None` unless that socket is established (not closed, not closing).
-// Belongs in test-support (peer): hostile.rs has the same.
-fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let addr = |s: &str| -> Option<SocketAddr> {
-        let (ip, port) = s.split_once(':')?;
-        let ip = u32::from_str_radix(ip, 16).ok()?;
-        let port = u16::from_str_radix(port, 16).ok()?;
-        Some(SocketAddr::from((Ipv4Addr::from(ip.to_le_bytes()), port)))
-    };
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 5 || addr(f[1])? != local || addr(f[2])? != remote || f[3] != "01" {
-            return None;
-        }
-        let (tx, rx) = f[4].split_once(':')?;
-        Some((
-            u64::from_str_radix(tx, 16).ok()?,
-            u64::from_str_radix(rx, 16).ok()?,
-        ))
-    })
-}
-
-/// The queues of the server's end of a client socket.
-fn server_queues(s: &std::net::TcpStream) -> Option<(u64, u64)> {
-    tcp_queues(s.peer_addr().ok()?, s.local_addr().ok()?)
 }
 
 /// A median of durations.
@@ -98,13 +69,7 @@ fn served(p: &Profile, t: Transport) -> Result<(), ClientError> {
     let k = c
         .generate(&label.parse().unwrap(), KeyType::Ed25519)
         .unwrap();
-    let key = KeyRef::Id(k.id);
-    let sig = c.sign(&key, b"still served").unwrap();
-    c.verify(&key, b"still served", &sig).unwrap();
-    assert_eq!(
-        status(c.verify(&key, b"other data", &sig)),
-        Status::BadSignature
-    );
+    assert_signs(&c, &KeyRef::Id(k.id));
     Ok(())
 }
 

@@ -5,14 +5,13 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ferrohsm_client::profile::Identity;
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::handshake::{Hello, Proof};
 use ferrohsm_proto::{Frame, KeyRef, KeyType, Opcode, Request, Status};
-use ferrohsm_test_support::peer::{Ending, Tcp, header, hello, rt, status_of};
+use ferrohsm_test_support::peer::{Ending, Tcp, header, hello, rt, status_of, tcp_queues};
 use ferrohsm_test_support::{TestServer, label, status, wait};
 
 /// How long a close, an answer or a condition may take on a busy machine (a hang guard).
@@ -25,31 +24,6 @@ fn alice_identity(srv: &TestServer) -> Identity {
 /// The next frame, which must come.
 fn answer(s: &mut Tcp) -> Frame {
     s.frame(DEADLINE).expect("an answer before the deadline")
-}
-
-/// `(tx_queue, rx_queue)` of the TCP socket from `local` to `remote`, from `/proc/net/tcp`:
-/// bytes sent and not yet acknowledged, and bytes received that its owner has not read.
-/// `None` unless that socket is established (not closed, not closing).
-// Belongs in test-support (peer): bounds.rs has the same.
-fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let addr = |s: &str| -> Option<SocketAddr> {
-        let (ip, port) = s.split_once(':')?;
-        let ip = u32::from_str_radix(ip, 16).ok()?;
-        let port = u16::from_str_radix(port, 16).ok()?;
-        Some(SocketAddr::from((Ipv4Addr::from(ip.to_le_bytes()), port)))
-    };
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 5 || addr(f[1])? != local || addr(f[2])? != remote || f[3] != "01" {
-            return None;
-        }
-        let (tx, rx) = f[4].split_once(':')?;
-        Some((
-            u64::from_str_radix(tx, 16).ok()?,
-            u64::from_str_radix(rx, 16).ok()?,
-        ))
-    })
 }
 
 #[test]

@@ -12,9 +12,10 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::handshake::Proof;
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
+use ferrohsm_test_support::keys::assert_signs;
 use ferrohsm_test_support::peer::status_of;
 use ferrohsm_test_support::peer::{ALL, Ending, Raw, header, hello, request as req, rss_kib, rt};
-use ferrohsm_test_support::{Data, label, spec, status, wait};
+use ferrohsm_test_support::{Data, label, spec, wait};
 
 /// How long an answer, a close or a condition may take on a busy machine (a hang guard).
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -266,12 +267,7 @@ fn healthy(p: &Profile, t: Transport, what: &str) {
 /// Like [`healthy`], with the connection error if the client could not get in.
 fn served(p: &Profile, t: Transport) -> Result<(), ClientError> {
     let c = BlockingClient::connect_within(p, Some(t), DEADLINE)?;
-    let sig = c.sign(&label("ed"), b"still served").unwrap();
-    c.verify(&label("ed"), b"still served", &sig).unwrap();
-    assert_eq!(
-        status(c.verify(&label("ed"), b"other data", &sig)),
-        Status::BadSignature
-    );
+    assert_signs(&c, &label("ed"));
     Ok(())
 }
 

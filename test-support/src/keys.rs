@@ -1,6 +1,7 @@
 //! Key specs and references as tests write them.
 
-use ferrohsm_proto::{KeyRef, KeySpec, KeyType, Label};
+use ferrohsm_client::BlockingClient;
+use ferrohsm_proto::{KeyRef, KeySpec, KeyType, Label, Status};
 
 /// A label (which must be valid).
 pub fn label_of(s: &str) -> Label {
@@ -23,4 +24,14 @@ pub fn spec(t: KeyType, l: &str) -> KeySpec {
         exportable: false,
         session: false,
     }
+}
+
+/// `c` signs with `key` correctly: the signature verifies, and does not verify other data.
+pub fn assert_signs(c: &BlockingClient, key: &KeyRef) {
+    let sig = c.sign(key, b"still served").expect("sign");
+    c.verify(key, b"still served", &sig).expect("verify");
+    assert_eq!(
+        crate::status(c.verify(key, b"other data", &sig)),
+        Status::BadSignature
+    );
 }

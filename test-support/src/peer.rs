@@ -3,7 +3,7 @@
 //! connection the server closed from one that merely went quiet.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ferrohsm_client::connect::{RawStream, open_stream};
@@ -304,6 +304,35 @@ impl AsTcp for TcpStream {
     fn tcp(&self) -> &TcpStream {
         self
     }
+}
+
+/// `(tx_queue, rx_queue)` of the TCP socket from `local` to `remote`, from `/proc/net/tcp`:
+/// bytes sent and not yet acknowledged, and bytes received that its owner has not read.
+/// `None` unless that socket is established (not closed, not closing).
+pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let addr = |s: &str| -> Option<SocketAddr> {
+        let (ip, port) = s.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(SocketAddr::from((Ipv4Addr::from(ip.to_le_bytes()), port)))
+    };
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 5 || addr(f[1])? != local || addr(f[2])? != remote || f[3] != "01" {
+            return None;
+        }
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// The queues of the server's end of a client's TCP socket.
+pub fn server_queues(s: &TcpStream) -> Option<(u64, u64)> {
+    tcp_queues(s.peer_addr().ok()?, s.local_addr().ok()?)
 }
 
 /// Resident memory of a process, KiB.
