@@ -301,20 +301,138 @@ fn write_loop(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
+    use ferrohsm_proto::{KeyRef, Label};
+
     use super::*;
+    use crate::keys::store::{GrantRecord, Listed, MasterRecord, Sealed};
+
+    /// What one commit held: how many changes, and the audit entries queued beside them.
+    type Committed = (usize, Vec<AuditEvent>);
+
+    /// A store that reports each commit, then holds the writer inside it until `hold` (the
+    /// sender of `held`) is dropped: the test fills the audit queue while the writer is busy.
+    struct HeldStore {
+        committed: mpsc::Sender<Committed>,
+        held: Receiver<()>,
+    }
+
+    impl KeyStore for HeldStore {
+        fn commit(
+            &mut self,
+            _: &MasterKey,
+            batch: Vec<Change>,
+            denials: Vec<AuditEvent>,
+        ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+            let n = batch.len();
+            let _ = self.committed.send((n, denials));
+            // Returns at once when the sender is gone (the gate is open).
+            let _ = self.held.recv();
+            Ok(batch.iter().map(|_| Ok(Applied::Done)).collect())
+        }
+        fn grants(&mut self, _: &MasterKey) -> Result<Vec<GrantRecord>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn counter(
+            &mut self,
+            _: &MasterKey,
+            _: &str,
+            _: &Label,
+        ) -> Result<Option<u64>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn find(&mut self, _: &str, _: &KeyRef) -> Result<Option<Sealed>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn label_in_use(&mut self, _: &str, _: &Label) -> Result<bool, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn list(&mut self, _: &str, _: u32, _: usize) -> Result<Vec<Listed>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn master_record(&mut self) -> Result<MasterRecord, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn replace_master_record(&mut self, _: &MasterRecord) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError> {
+            Ok(Box::new(HeldStore {
+                committed: self.committed.clone(),
+                held: self.held.clone(),
+            }))
+        }
+    }
+
+    fn denied(i: usize) -> AuditEvent {
+        AuditEvent {
+            time_ms: 1,
+            client: "mallory".into(),
+            session: 1,
+            transport: "tcp",
+            op: "sign",
+            key: "alice:k".into(),
+            detail: format!("entry {i}"),
+            status: "key_not_found",
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(30);
 
     #[test]
-    fn a_full_audit_queue_counts_what_it_drops_and_says_so() {
-        let mut q = Queued {
-            dropped: 3,
-            flush_requested: true,
-            ..Queued::default()
+    fn a_full_audit_queue_counts_what_it_drops_and_commits_the_count() {
+        let (committed_tx, committed) = mpsc::channel();
+        let (hold, held) = crossbeam_channel::bounded::<()>(0);
+        let store = HeldStore {
+            committed: committed_tx,
+            held,
         };
-        let out = q.take();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].op, "audit-overflow");
-        assert!(out[0].detail.starts_with("3 entries dropped"));
-        assert!(!q.flush_requested && q.dropped == 0);
-        assert!(q.take().is_empty());
+        let s = StoreService::start(Box::new(store), MasterKey::generate().unwrap(), 1).unwrap();
+        // One entry, committed on its own after at most AUDIT_FLUSH; the writer then sits in
+        // that commit, so everything queued next waits.
+        s.audit_later(denied(0));
+        let (n, first) = committed
+            .recv_timeout(WAIT)
+            .expect("the first entry's commit");
+        assert_eq!(n, 0);
+        assert_eq!(first, vec![denied(0)]);
+        // The queue's bound, and three more, while the writer is held.
+        for i in 1..=AUDIT_CAP + 3 {
+            s.audit_later(denied(i));
+        }
+        assert!(
+            committed.try_recv().is_err(),
+            "nothing commits while the writer is held"
+        );
+        drop(hold);
+        // The queue reaching AUDIT_QUEUE asked for a commit at once (one empty `Record`
+        // change); it carries every entry the bound kept, then the count of the rest.
+        let (n, second) = committed.recv_timeout(WAIT).expect("the queue's commit");
+        assert_eq!(n, 1, "one flush request for the full queue");
+        assert_eq!(second.len(), AUDIT_CAP + 1);
+        let (overflow, kept) = second.split_last().unwrap();
+        assert_eq!(kept.first(), Some(&denied(1)));
+        assert_eq!(
+            kept.last(),
+            Some(&denied(AUDIT_CAP)),
+            "the newest three went"
+        );
+        assert!(kept.iter().all(|e| e.op == "sign"));
+        assert_eq!(overflow.op, "audit-overflow");
+        assert_eq!(overflow.status, "dropped");
+        assert_eq!(
+            overflow.detail,
+            "3 entries dropped: the audit queue was full"
+        );
+        // The count starts again from zero: the next entry commits alone.
+        s.audit_later(denied(0));
+        let (n, third) = committed
+            .recv_timeout(WAIT)
+            .expect("the next entry's commit");
+        assert_eq!((n, third), (0, vec![denied(0)]));
     }
 }

@@ -135,7 +135,12 @@ impl Handshakes {
     /// A place for a new connection from `source`, evicting an old handshake to make room
     /// (see the module documentation); `None` when the newcomer is refused.
     pub fn admit(self: &Arc<Self>, source: Source) -> Option<Handshake> {
-        let now = Instant::now();
+        self.admit_at(source, Instant::now())
+    }
+
+    /// [`Handshakes::admit`] at `now` (the ages that decide an eviction are measured from
+    /// it; tests pass times far apart rather than sleeping).
+    fn admit_at(self: &Arc<Self>, source: Source, now: Instant) -> Option<Handshake> {
         let mut t = self.table.lock();
         let mut evicted = Vec::new();
         if t.by_source.get(&source).copied().unwrap_or(0) >= self.per_source {
@@ -230,32 +235,74 @@ mod tests {
         h.eviction.evicted.load(Ordering::SeqCst)
     }
 
+    /// Times far apart, against a minimum age of 10 s: "young" is a second or two old, "old"
+    /// is ten minutes old, whatever the machine's speed.
+    const MIN_AGE: Duration = Duration::from_secs(10);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
     #[test]
     fn old_handshakes_make_room_young_ones_are_kept_and_the_biggest_source_pays() {
-        let age = Duration::from_millis(30);
-        let g = Arc::new(Handshakes::new(4, 2, age));
+        let g = Arc::new(Handshakes::new(4, 2, MIN_AGE));
+        let t0 = Instant::now();
+        let later = t0 + secs(600);
         let a = Source::ip("10.0.0.1".parse().unwrap());
         let b = Source::ip("::ffff:10.0.0.2".parse().unwrap());
         assert_eq!(b, Source::ip("10.0.0.2".parse().unwrap()));
         let c = Source::Uid(1000);
-        let a1 = g.admit(a).unwrap();
-        let a2 = g.admit(a).unwrap();
-        // a is at its limit and both are young: a third from a is refused, nothing evicted.
-        assert!(g.admit(a).is_none());
+        let a1 = g.admit_at(a, t0).unwrap();
+        let a2 = g.admit_at(a, t0).unwrap();
+        // a is at its limit and both are a second old: a third from a is refused, nothing
+        // evicted, and the refusal took no place.
+        assert!(g.admit_at(a, t0 + secs(1)).is_none());
         assert!(!evicted(&a1) && !evicted(&a2));
-        std::thread::sleep(age * 2);
-        // Old now: a's oldest makes room for a's newcomer.
-        let a3 = g.admit(a).unwrap();
+        assert_eq!(g.len(), 2);
+        // Ten minutes on: a's oldest (only it) makes room for a's newcomer.
+        let a3 = g.admit_at(a, later).unwrap();
         assert!(evicted(&a1) && !evicted(&a2));
-        let b1 = g.admit(b).unwrap();
-        let c1 = g.admit(c).unwrap();
+        assert_eq!(g.len(), 2);
+        let b1 = g.admit_at(b, later).unwrap();
+        let c1 = g.admit_at(c, later).unwrap();
         assert_eq!(g.len(), 4);
-        // Server-wide limit: a holds the most places, so a (its oldest, a2) goes, not b or c.
-        let b2 = g.admit(b).unwrap();
+        // Server-wide limit: a holds the most places (b's newcomer ties it, and a tie goes to
+        // another source), so a's oldest, a2, goes, not b's or c's.
+        let b2 = g.admit_at(b, later + secs(1)).unwrap();
         assert!(evicted(&a2) && !evicted(&a3) && !evicted(&b1) && !evicted(&c1));
-        // Full again, and the biggest sources' places are all young: refused.
-        assert!(g.admit(Source::Uid(7)).is_none());
+        assert_eq!(g.len(), 4);
+        // Full again, and every place is at most two seconds old: a newcomer is refused.
+        assert!(g.admit_at(Source::Uid(7), later + secs(2)).is_none());
+        assert!(!evicted(&a3) && !evicted(&b1) && !evicted(&b2) && !evicted(&c1));
         drop((a1, a2, a3, b1, b2, c1));
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_handshake_becomes_evictable_exactly_at_the_minimum_age() {
+        let g = Arc::new(Handshakes::new(8, 1, MIN_AGE));
+        let a = Source::Uid(1);
+        let t0 = Instant::now();
+        let first = g.admit_at(a, t0).unwrap();
+        let just_under = t0 + MIN_AGE - Duration::from_millis(1);
+        assert!(g.admit_at(a, just_under).is_none());
+        assert!(!evicted(&first));
+        let second = g.admit_at(a, t0 + MIN_AGE).unwrap();
+        assert!(evicted(&first) && !evicted(&second));
+        assert_eq!(g.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_handshake_is_told() {
+        let g = Arc::new(Handshakes::new(8, 1, MIN_AGE));
+        let t0 = Instant::now();
+        let first = g.admit_at(Source::Uid(1), t0).unwrap();
+        let told = first.eviction();
+        let waiting = tokio::spawn(async move { told.wait().await });
+        let _second = g.admit_at(Source::Uid(1), t0 + secs(600)).unwrap();
+        tokio::time::timeout(secs(30), waiting)
+            .await
+            .expect("the evicted handshake's wait ends")
+            .unwrap();
     }
 }

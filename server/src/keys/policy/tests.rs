@@ -6,6 +6,19 @@ fn info(t: KeyType, usage: &[Usage], exportable: bool) -> KeyInfo {
     crate::keys::manager::test_info(1, "k", t, UsageSet::of(usage), exportable)
 }
 
+/// Asserts that `r` is refused with `status` by the rule whose message says `says` (several
+/// rules share a status, so the message tells which one fired).
+#[track_caller]
+fn refused<T: std::fmt::Debug>(r: Result<T, OpError>, status: Status, says: &str) {
+    match r {
+        Err(e) => {
+            assert_eq!(e.status, status, "{e:?}");
+            assert!(e.message.contains(says), "expected {says:?} in {e:?}");
+        }
+        Ok(v) => panic!("expected {status:?} ({says}), got Ok({v:?})"),
+    }
+}
+
 #[test]
 fn new_key_usage_rules() {
     let ed = KeyType::Ed25519;
@@ -17,8 +30,16 @@ fn new_key_usage_rules() {
         usage_for_new_key(ed, Some(UsageSet::of(&[Verify]))).unwrap(),
         UsageSet::of(&[Verify])
     );
-    assert!(usage_for_new_key(ed, Some(UsageSet::of(&[Encrypt]))).is_err());
-    assert!(usage_for_new_key(ed, Some(UsageSet::of(&[]))).is_err());
+    refused(
+        usage_for_new_key(ed, Some(UsageSet::of(&[Encrypt]))),
+        Status::InvalidArgument,
+        "does not fit a ed25519 key",
+    );
+    refused(
+        usage_for_new_key(ed, Some(UsageSet::of(&[]))),
+        Status::InvalidArgument,
+        "usage list is empty",
+    );
 }
 
 #[test]
@@ -66,8 +87,13 @@ fn derived_keys_are_never_more_exportable_than_their_base() {
     assert!(derived(&locked, &spec(KeyType::HmacSha256, false)).is_ok());
     let d = derived(&open, &spec(KeyType::Aes256Gcm, true)).unwrap();
     assert_eq!(d.origin, Origin::Derived);
-    assert!(derived(&open, &spec(KeyType::Ed25519, false)).is_err());
-    assert!(random_len(0).is_err() && random_len(65537).is_err());
+    refused(
+        derived(&open, &spec(KeyType::Ed25519, false)),
+        Status::InvalidArgument,
+        "cannot derive a ed25519 key",
+    );
+    refused(random_len(0), Status::InvalidArgument, "out of range");
+    refused(random_len(65537), Status::InvalidArgument, "out of range");
     assert_eq!(random_len(65536).unwrap(), 65536);
 }
 
@@ -90,23 +116,45 @@ fn grants_give_use_never_management_and_wrapping_never_launders() {
     }
     let aead = UsageSet::of(&[Encrypt, Decrypt]);
     assert!(check_granted(&k, aead, REWRAP).is_ok());
-    assert!(check_granted(&k, UsageSet::of(&[Decrypt]), REWRAP).is_err());
+    refused(
+        check_granted(&k, UsageSet::of(&[Decrypt]), REWRAP),
+        Status::UsageNotPermitted,
+        "granted to you for decrypt only",
+    );
 
     let ed = info(KeyType::Ed25519, &[Sign, Verify], false);
     assert!(grant_ops(&ed, UsageSet::of(&[Sign])).is_ok());
-    assert!(grant_ops(&ed, UsageSet::of(&[])).is_err());
-    assert!(grant_ops(&ed, UsageSet::of(&[Encrypt])).is_err());
+    refused(
+        grant_ops(&ed, UsageSet::of(&[])),
+        Status::InvalidArgument,
+        "--ops is empty",
+    );
+    refused(
+        grant_ops(&ed, UsageSet::of(&[Encrypt])),
+        Status::UsageNotPermitted,
+        "a grant cannot add usages",
+    );
+    // Wrap is never granted, even on a key that has it.
     let w = info(KeyType::Aes256Gcm, &[Wrap, Unwrap], false);
-    assert!(
-        grant_ops(&w, UsageSet::of(&[Wrap])).is_err(),
-        "wrap is never granted"
+    refused(
+        grant_ops(&w, UsageSet::of(&[Wrap])),
+        Status::InvalidArgument,
+        "can be granted",
     );
 
     let open_wrap = info(KeyType::Aes256Gcm, &[Wrap], true);
     let locked_wrap = info(KeyType::Aes256Gcm, &[Wrap], false);
     assert!(may_wrap(true, "t", &open_wrap, false).is_ok());
-    assert!(may_wrap(false, "t", &open_wrap, true).is_err());
-    assert!(may_wrap(false, "t", &locked_wrap, false).is_err());
+    refused(
+        may_wrap(false, "t", &open_wrap, true),
+        Status::NotExportable,
+        "it could be exported",
+    );
+    refused(
+        may_wrap(false, "t", &locked_wrap, false),
+        Status::NotExportable,
+        "trusted_wrap_keys",
+    );
     assert!(may_wrap(false, "t", &locked_wrap, true).is_ok());
     let u = unwrapped(
         KeyType::Ed25519,
@@ -115,13 +163,14 @@ fn grants_give_use_never_management_and_wrapping_never_launders() {
         "n".parse().unwrap(),
     );
     assert_eq!(u.unwrap().origin, Origin::Unwrapped);
-    assert!(
+    refused(
         unwrapped(
             KeyType::Ed25519,
             UsageSet::of(&[Encrypt]),
             false,
-            "n".parse().unwrap()
-        )
-        .is_err()
+            "n".parse().unwrap(),
+        ),
+        Status::InvalidArgument,
+        "does not fit a ed25519 key",
     );
 }
