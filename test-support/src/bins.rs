@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// `target/<profile>` of the running test executable (`target/<profile>/deps/NAME-HASH`).
 pub fn build_dir() -> PathBuf {
@@ -20,6 +21,9 @@ pub fn build_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
+/// How long the build of the binaries may take.
+const BUILD_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
 /// Builds the workspace's binaries once per process; the error is cargo's output.
 fn built() -> &'static Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
@@ -29,13 +33,24 @@ fn built() -> &'static Result<(), String> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let target = dir.parent().expect("target dir");
+        // `target/<profile>`, or `target/<triple>/<profile>` for a build with `--target`:
+        // cargo marks the target directory itself with CACHEDIR.TAG.
+        let parent = dir.parent().expect("target dir");
+        let (target, triple) = if parent.join("CACHEDIR.TAG").exists() {
+            (parent, None)
+        } else {
+            let root = parent.parent().expect("target dir");
+            (root, parent.file_name())
+        };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut c = Command::new(cargo);
         c.args(["build", "--workspace", "--bins", "--lib"])
             .arg("--target-dir")
             .arg(target)
             .env("CARGO_TERM_COLOR", "never");
+        if let Some(triple) = triple {
+            c.arg("--target").arg(triple);
+        }
         // What cargo set for this test process describes the test's package; left in place it
         // would make this build's fingerprints differ from the one the developer runs, and
         // each would rebuild what the other built.
@@ -64,9 +79,9 @@ fn built() -> &'static Result<(), String> {
                 c.args(["--profile", other]);
             }
         }
-        let o = c
-            .output()
-            .map_err(|e| format!("cannot run cargo to build the binaries: {e}"))?;
+        // Generous: a cold build of the workspace on 2 cores, or waiting for another cargo's
+        // lock; never forever.
+        let o = crate::daemon::output_within(&mut c, BUILD_DEADLINE);
         if o.status.success() {
             Ok(())
         } else {

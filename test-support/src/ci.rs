@@ -35,23 +35,39 @@ pub fn on_path(tool: &str) -> bool {
 pub fn tool(tool: &str, package: &str) -> bool {
     need(
         on_path(tool),
-        &format!("`{tool}` is not installed (Debian package {package}; .ci/run installs it)"),
+        &format!("`{tool}` is not installed (Debian package {package})"),
     )
 }
 
-/// Whether this process runs as root.
+/// The capabilities the root-only tests use: CAP_DAC_OVERRIDE (1), CAP_SETUID (7),
+/// CAP_IPC_LOCK (14), CAP_SYS_PTRACE (19), CAP_SYS_ADMIN (21).
+const ROOT_CAPS: u64 = (1 << 1) | (1 << 7) | (1 << 14) | (1 << 19) | (1 << 21);
+
+/// Whether this process is root with root's usual powers: uid 0 and the capabilities the
+/// root-only tests use (a container's root may lack some).
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let uid0 = field("Uid:")
+        .and_then(|v| v.split_whitespace().nth(1))
+        .is_some_and(|e| e == "0");
+    let caps = field("CapEff:")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0);
+    uid0 && caps & ROOT_CAPS == ROOT_CAPS
 }
 
 /// `need` for root (`why`: what the test does with it).
 pub fn root(why: &str) -> bool {
-    need(is_root(), &format!("not root: {why}"))
+    need(
+        is_root(),
+        &format!("not root with CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_IPC_LOCK, CAP_SETUID: {why}"),
+    )
 }

@@ -101,8 +101,10 @@ impl Raw {
     pub async fn frame(&mut self, within: Duration) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(Some(f)) = self.frames.next_frame() {
-                return Some(f);
+            match self.frames.next_frame() {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {}
+                Err(e) => panic!("the server sent a malformed frame: {e}"),
             }
             let n = tokio::time::timeout_at(deadline, self.s.read_buf(self.frames.buffer())).await;
             match n {
@@ -223,8 +225,10 @@ impl Tcp {
         let deadline = Instant::now() + within;
         let mut frames = FrameReader::with_bytes(4 << 20, std::mem::take(&mut self.buf));
         let got = loop {
-            if let Ok(Some(f)) = frames.next_frame() {
-                break Some(f);
+            match frames.next_frame() {
+                Ok(Some(f)) => break Some(f),
+                Ok(None) => {}
+                Err(e) => panic!("the server sent a malformed frame: {e}"),
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -315,7 +319,8 @@ pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
         let (ip, port) = s.split_once(':')?;
         let ip = u32::from_str_radix(ip, 16).ok()?;
         let port = u16::from_str_radix(port, 16).ok()?;
-        Some(SocketAddr::from((Ipv4Addr::from(ip.to_le_bytes()), port)))
+        // The kernel prints the address as the in-memory (network-order) word.
+        Some(SocketAddr::from((Ipv4Addr::from(ip.to_ne_bytes()), port)))
     };
     table.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();

@@ -20,40 +20,16 @@ use tokio::net::{TcpListener, TcpStream};
 /// How long a handshake may take on a busy machine; only a hang reaches it.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A fresh directory under the system temp dir, removed on drop (this crate's tests need
-/// nothing more than that, so no temp-dir crate).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("ferrohsm-tls-test-{}-{n}", std::process::id()));
-        std::fs::create_dir(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A development PKI in a temp dir: a CA, a server certificate for localhost, and alice's
 /// client certificate, written as files the way `hsmd init` writes them.
 struct Pki {
-    dir: TempDir,
+    dir: tempfile::TempDir,
     ca: Issued,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         let ca = pki::new_ca("Test CA").unwrap();
         let p = Pki { dir, ca };
         p.write("ca.pem", &p.ca.cert_pem);
