@@ -104,6 +104,7 @@ pub fn run_json(o: &Outcome, server_peak_rss_kib: Option<u64>) -> Value {
         })
         .collect();
     json!({
+        "run_tag": o.run_tag,
         "total_ops": o.total_ops,
         "wrong_results": o.wrong_results,
         "isolation_violations": o.isolation_violations,

@@ -4,8 +4,7 @@
 //! running `hsmd`, and the reports and charts they write, checked against what the README says.
 //!
 //! Default tests assert outcomes, never speed: a performance claim lives in an `#[ignore]`
-//! test named `stress_*` (`cargo test -p ferrohsm-stress -- --ignored stress_`); a test
-//! marked `#[ignore = "bug: ..."]` shows a known product bug and fails until it is fixed.
+//! test named `stress_*` (`cargo test -p ferrohsm-stress -- --ignored stress_`).
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
@@ -357,11 +356,14 @@ fn run_spreads_clients_over_every_profile_as_separate_identities() {
     // Every identity's keys were probed by the others, and nothing was reachable.
     assert!(op_count(&r, "probe") > 0, "{out}");
     // Client i runs as profile i mod 3 (sorted: alice, bob, carol) and keeps a counter
-    // `NAME-wI-ctr` in its own identity's namespace, which no other identity sees.
+    // `NAME-wI-TAG-ctr` in its own identity's namespace, which no other identity sees.
+    let tag = r["run_tag"].as_str().unwrap();
+    assert_eq!(tag.len(), 8, "{out}");
     for (k, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
         let hsm = data.connect(name);
         for i in 0..6 {
-            let counter = label_of(&format!("{}-w{i}-ctr", ["alice", "bob", "carol"][i % 3]));
+            let owner = ["alice", "bob", "carol"][i % 3];
+            let counter = label_of(&format!("{owner}-w{i}-{tag}-ctr"));
             let read = hsm.block_on(hsm.client().counter_read(&counter));
             if i % 3 == k {
                 read.unwrap_or_else(|e| panic!("{name}: {counter}: {e}: {out}"));
@@ -391,9 +393,6 @@ fn run_with_ops_stops_after_exactly_that_many_operations() {
 }
 
 #[test]
-#[ignore = "bug: with several clients `run --ops N` overshoots N: each client checks the count \
-            before an operation and adds to it after, so up to clients-1 more complete \
-            (stress/src/run/mod.rs Shared::done, worker loop)"]
 fn run_with_ops_and_several_clients_stops_after_exactly_that_many_operations() {
     let data = Data::init("alice,bob");
     let _hsmd = data.start();
@@ -411,10 +410,6 @@ fn run_with_ops_and_several_clients_stops_after_exactly_that_many_operations() {
 }
 
 #[test]
-#[ignore = "bug: a second `run --profiles` against the same hsmd never ends: worker labels \
-            (`NAME-wI-KIND-N`) repeat from run to run, every client's set-up fails with \
-            label_in_use, and an --ops run without progress waits forever \
-            (stress/src/run/worker/mod.rs Worker::label, stress/src/run/mod.rs run)"]
 fn run_against_a_running_hsmd_can_be_repeated() {
     let data = Data::init("alice,bob");
     let _hsmd = data.start();
@@ -431,9 +426,6 @@ fn run_against_a_running_hsmd_can_be_repeated() {
 }
 
 #[test]
-#[ignore = "bug: `run --ops N` never ends when no client can connect (a profile whose key \
-            file is missing): each client retries forever and the run waits for N \
-            operations (stress/src/run/worker/mod.rs run_worker, stress/src/run/mod.rs run)"]
 fn run_with_ops_ends_when_no_client_can_connect() {
     let data = Data::init("alice");
     let _hsmd = data.start();
@@ -451,11 +443,6 @@ fn run_with_ops_ends_when_no_client_can_connect() {
 }
 
 #[test]
-#[ignore = "bug: hsmd raises a false key store integrity ALARM (\"the record's current version \
-            is 1 but the store holds 0 versions\") when a client lists or reads a key while \
-            another session of the same client deletes it: SqliteStore::find and ::list read the \
-            key row and then its versions outside one read transaction \
-            (server/src/keys/store/sqlite/mod.rs, row.rs load)"]
 fn concurrent_deletes_and_reads_of_one_identity_raise_no_integrity_alarm() {
     // Six clients of one identity: each deletes keys it made while the others list.
     for round in 0..3 {

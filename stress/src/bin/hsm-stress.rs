@@ -75,6 +75,9 @@ enum Command {
         /// (child of --procs) write the whole outcome here for the parent to merge.
         #[arg(long, hide = true, value_name = "F")]
         outcome_json: Option<PathBuf>,
+        /// (child of --procs) the run's tag, shared by every process of the run.
+        #[arg(long, hide = true, value_name = "TAG")]
+        run_tag: Option<String>,
     },
     /// Per-operation throughput and latency over each transport, against in-process crypto.
     Bench {
@@ -138,6 +141,7 @@ struct ChildRun<'a> {
     duration: Option<std::time::Duration>,
     ops: Option<u64>,
     faults: &'a [Fault],
+    run_tag: &'a str,
 }
 
 /// Runs `clients` as `procs` child processes of this binary and merges their outcomes. The
@@ -165,6 +169,7 @@ fn run_procs(
             .args(["--transports", &names.join(",")])
             .args(["--clients", &n.to_string()])
             .args(["--first-client", &first.to_string()])
+            .args(["--run-tag", c.run_tag])
             .arg("--outcome-json")
             .arg(&out)
             .stdin(std::process::Stdio::null())
@@ -230,7 +235,9 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             procs,
             first_client,
             outcome_json,
+            run_tag,
         } => {
+            let run_tag = run_tag.unwrap_or_else(ferrohsm_stress::run::new_run_tag);
             let spawned = spawn(&server, 4.min(clients.max(1)))?
                 .map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
             let lock = |s: &std::sync::Arc<std::sync::Mutex<Spawned>>| {
@@ -266,6 +273,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                     duration,
                     ops,
                     faults: &faults,
+                    run_tag: &run_tag,
                 };
                 run_procs(&child, clients, procs)?
             } else {
@@ -283,6 +291,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                         }))
                     }),
                     first_client,
+                    run_tag,
                 };
                 ferrohsm_stress::run::run(&opts)?
             };

@@ -50,6 +50,23 @@ pub struct RunOptions {
     /// The index of this run's first client among all processes of a `--procs` run (labels,
     /// identities and transports follow the global index), 0 otherwise.
     pub first_client: usize,
+    /// A tag unique to this run (shared by a `--procs` run's processes), in every label it
+    /// makes: a run repeats against the same server without meeting its earlier labels.
+    pub run_tag: String,
+}
+
+/// A fresh run tag: 8 random hex digits.
+pub fn new_run_tag() -> String {
+    let mut b = [0u8; 4];
+    // A tag from the clock if the system's randomness fails: it need only differ per run.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Restarts the server under test; returns once it listens again.
@@ -133,6 +150,8 @@ impl Stats {
 /// The verdict and the numbers.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// The run's tag (in every label it made).
+    pub run_tag: String,
     /// Operations completed (checked).
     pub total_ops: u64,
     /// Results that failed a local check.
@@ -158,6 +177,8 @@ pub struct Outcome {
 pub(crate) struct Shared {
     stop: AtomicBool,
     ops: AtomicU64,
+    // With --ops: operations taken by a client, finished or under way (see `reserve`).
+    reserved: AtomicU64,
     problems_n: AtomicU64,
     wrong: AtomicU64,
     isolation: AtomicU64,
@@ -191,6 +212,27 @@ impl Shared {
                 .max_ops
                 .is_some_and(|m| self.ops.load(Ordering::Relaxed) >= m)
     }
+
+    /// Takes one of the `--ops` operations before a client starts it; false while every one
+    /// is taken, so several clients never finish more than N between them.
+    fn reserve(&self) -> bool {
+        match self.max_ops {
+            None => true,
+            Some(m) => self
+                .reserved
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < m).then_some(n + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    /// Gives back an operation that did not complete, for another attempt.
+    fn release(&self) {
+        if self.max_ops.is_some() {
+            self.reserved.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Runs the load until the duration or operation count is reached.
@@ -211,6 +253,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         ops: AtomicU64::new(0),
+        reserved: AtomicU64::new(0),
         problems_n: AtomicU64::new(0),
         wrong: AtomicU64::new(0),
         isolation: AtomicU64::new(0),
@@ -236,7 +279,10 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
             .map(|o| format!("{}-w", o.name))
             .collect();
         let sh = shared.clone();
-        workers.push(std::thread::spawn(move || run_worker(i, p, t, others, sh)));
+        let tag = opts.run_tag.clone();
+        workers.push(std::thread::spawn(move || {
+            run_worker(i, p, t, tag, others, sh)
+        }));
     }
     let faults: Vec<_> = opts
         .faults
@@ -279,7 +325,9 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
         if opts.duration.is_some_and(|d| shared.start.elapsed() >= d) {
             shared.stop.store(true, Ordering::Relaxed);
         }
-        if shared.done() {
+        // Done, or every client has given up (none could connect or set up): an --ops run
+        // must not wait for operations nobody will make.
+        if shared.done() || workers.iter().all(|w| w.is_finished()) {
             shared.stop.store(true, Ordering::Relaxed);
             break;
         }
@@ -303,6 +351,7 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, String> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     Ok(Outcome {
+        run_tag: opts.run_tag.clone(),
         total_ops: shared.ops.load(Ordering::Relaxed),
         wrong_results: shared.wrong.load(Ordering::Relaxed),
         isolation_violations: shared.isolation.load(Ordering::Relaxed),

@@ -34,6 +34,7 @@ fn load_hist(v: &Value) -> Result<Histogram<u64>, String> {
 pub fn dump(o: &Outcome) -> Value {
     let key = |(t, op): &(String, String)| format!("{t}\t{op}");
     json!({
+        "run_tag": o.run_tag,
         "total_ops": o.total_ops,
         "wrong_results": o.wrong_results,
         "isolation_violations": o.isolation_violations,
@@ -76,6 +77,10 @@ pub fn load(v: &Value) -> Result<Outcome, String> {
         );
     }
     Ok(Outcome {
+        run_tag: v["run_tag"]
+            .as_str()
+            .ok_or("child outcome: no run_tag")?
+            .to_string(),
         total_ops: n("total_ops")?,
         wrong_results: n("wrong_results")?,
         isolation_violations: n("isolation_violations")?,
@@ -102,6 +107,8 @@ pub fn load(v: &Value) -> Result<Outcome, String> {
 pub fn merge(children: Vec<Outcome>) -> Outcome {
     let mut all = Outcome::default();
     for c in children {
+        // One tag for the whole run: the parent gave each child the same.
+        all.run_tag = c.run_tag;
         all.total_ops += c.total_ops;
         all.wrong_results += c.wrong_results;
         all.isolation_violations += c.isolation_violations;

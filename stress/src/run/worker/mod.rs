@@ -237,15 +237,20 @@ pub(super) fn connect(profile: &Profile, t: Transport) -> Result<BlockingClient,
     BlockingClient::connect(profile, Some(t))
 }
 
+/// How long a client keeps trying to connect before it gives up (outside a restart).
+const CONNECT_GIVE_UP: Duration = Duration::from_secs(10);
+
 pub(super) fn run_worker(
     i: usize,
     profile: Profile,
     t: Transport,
+    tag: String,
     others: Vec<String>,
     shared: Arc<Shared>,
 ) -> Stats {
     let transport = transport_name(t);
-    let prefix = format!("{}-w{i}-", profile.name);
+    let prefix = format!("{}-w{i}-{tag}-", profile.name);
+    let trying = Instant::now();
     let mut w = loop {
         let conn_gen = shared.restarts.load(Ordering::SeqCst);
         match connect(&profile, t) {
@@ -272,11 +277,11 @@ pub(super) fn run_worker(
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
-                shared.problem(
-                    &shared.unexpected,
-                    format!("[{transport}] client {i} cannot connect: {e}"),
-                );
-                if shared.done() {
+                if shared.done() || trying.elapsed() >= CONNECT_GIVE_UP {
+                    shared.problem(
+                        &shared.unexpected,
+                        format!("[{transport}] client {i} cannot connect: {e}"),
+                    );
                     return Stats::default();
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -302,6 +307,11 @@ pub(super) fn run_worker(
     }
     let total: u32 = OPS.iter().map(|(_, w)| w).sum();
     while !shared.done() {
+        if !shared.reserve() {
+            // Every remaining operation is under way in another client.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         let mut pick = (w.next() % total as u64) as u32;
         let op = OPS
             .iter()
@@ -327,11 +337,13 @@ pub(super) fn run_worker(
             // A restart cut this operation off: its result is unknown, not wrong. Connect
             // again and carry on.
             Err(e) if w.restart_blip(&shared, &e) => {
+                shared.release();
                 if !w.reconnect(&profile, t, &shared) {
                     break;
                 }
             }
             Err(e) => {
+                shared.release();
                 w.stats.error(transport, op);
                 shared.problem(&shared.unexpected, format!("[{transport}] {op}: {e}"));
                 if matches!(e, ClientError::Connection(_) | ClientError::Protocol(_)) {

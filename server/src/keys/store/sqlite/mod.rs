@@ -383,9 +383,14 @@ impl KeyStore for SqliteStore {
     }
 
     fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError> {
-        select_one(&self.conn, owner, key)?
-            .map(|r| r.load(&self.conn))
-            .transpose()
+        // The row and its versions from one snapshot: a delete committed between the two
+        // reads would otherwise look like a row that lost its versions (an integrity alarm).
+        let tx = self.conn.transaction().map_err(backend)?;
+        let found = select_one(&tx, owner, key)?
+            .map(|r| r.load(&tx))
+            .transpose()?;
+        tx.commit().map_err(backend)?;
+        Ok(found)
     }
 
     fn label_in_use(&mut self, owner: &str, label: &Label) -> Result<bool, StoreError> {
@@ -397,8 +402,9 @@ impl KeyStore for SqliteStore {
 
     fn list(&mut self, owner: &str, after: u32, limit: usize) -> Result<Vec<Listed>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let raw = self
-            .conn
+        // One snapshot for the rows and their versions, as in `find`.
+        let tx = self.conn.transaction().map_err(backend)?;
+        let raw = tx
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
             ))
@@ -408,10 +414,9 @@ impl KeyStore for SqliteStore {
             })
             .map_err(backend)?;
         // A damaged row is reported as such, not hidden: the caller raises the alarm.
-        Ok(raw
-            .into_iter()
-            .map(|r| (r.id(), r.load(&self.conn)))
-            .collect())
+        let listed = raw.into_iter().map(|r| (r.id(), r.load(&tx))).collect();
+        tx.commit().map_err(backend)?;
+        Ok(listed)
     }
 
     fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
