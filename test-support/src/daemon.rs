@@ -532,6 +532,12 @@ impl Data {
         )
     }
 
+    /// `hsmd SUB... --config D/hsmd.toml` with `env` (`audit verify`, `backup --out F`, ...).
+    pub fn admin(&self, sub: &[&str], env: &[(&str, &str)]) -> Output {
+        let config = self.config();
+        run_hsmd(&[sub, &["--config", config.as_str()]].concat(), env)
+    }
+
     /// `hsmctl --profile WHO ARGS` over the profile's default transport.
     pub fn ctl(&self, who: &str, args: &[&str]) -> Output {
         let mut c = hsmctl_command(&self.profile(who));

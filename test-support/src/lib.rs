@@ -8,7 +8,9 @@
 //! - [`peer`]: raw and logged-in streams on every transport, frames read with a deadline, and
 //!   [`peer::Ending`], which tells a closed connection from a silent one.
 //! - [`status`]: the status of a failed call, of an error frame, and of a failed `hsmctl` run.
-//! - [`keys`]: key specs and references.
+//! - [`keys`]: key specs and references, and a check that a client signs correctly.
+//! - [`connect`]: connecting once a place is free, and why a connection was refused.
+//! - [`files`]: every file under a directory, a tree copied.
 //! - [`wait`]: waiting for a condition with a deadline instead of sleeping.
 //! - [`ci`]: the one rule for tools and privileges a test may lack: under `CI` (any non-empty
 //!   value) a missing one fails the test; elsewhere the test skips with one line on stderr.
@@ -22,7 +24,9 @@
 
 pub mod bins;
 pub mod ci;
+pub mod connect;
 pub mod daemon;
+pub mod files;
 pub mod keys;
 pub mod peer;
 pub mod server;
