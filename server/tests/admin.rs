@@ -8,18 +8,11 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use ferrohsm_test_support::daemon::run_hsmd;
 use ferrohsm_test_support::status::{assert_failed, ok};
 use ferrohsm_test_support::{Data, wait};
 
 const PASS: &str = "HSMD_PASSPHRASE";
 const NEW_PASS: &str = "HSMD_NEW_PASSPHRASE";
-
-/// `hsmd SUB... --config D/hsmd.toml EXTRA...` with `env`.
-fn admin(d: &Data, sub: &[&str], env: &[(&str, &str)]) -> Output {
-    let config = d.config();
-    run_hsmd(&[sub, &["--config", config.as_str()]].concat(), env)
-}
 
 /// The one stderr line of an `hsmd` run that must exit 1 having printed nothing on stdout.
 fn refused(o: &Output) -> String {
@@ -70,8 +63,7 @@ fn passwd_changes_the_passphrase_from_files_and_env_and_refuses_what_it_must() {
         ok(&d.ctl("alice", &["keygen", "--type", "ed25519", "--label", "s1"])),
         "1 s1\n"
     );
-    let o = admin(
-        &d,
+    let o = d.admin(
         &[
             "passwd",
             "--passphrase-file",
@@ -98,8 +90,7 @@ fn passwd_changes_the_passphrase_from_files_and_env_and_refuses_what_it_must() {
 
     // A wrong current passphrase is refused, and the store keeps the second one: the new one
     // given to the refused passwd does not open it.
-    let o = admin(
-        &d,
+    let o = d.admin(
         &["passwd"],
         &[(PASS, "not the pass"), (NEW_PASS, "third pass")],
     );
@@ -113,12 +104,12 @@ fn passwd_changes_the_passphrase_from_files_and_env_and_refuses_what_it_must() {
     assert!(err.contains(UNLOCK_REFUSED), "{err}");
 
     // Missing passphrases are named.
-    let err = refused(&admin(&d, &["passwd"], &[(NEW_PASS, "third pass")]));
+    let err = refused(&d.admin(&["passwd"], &[(NEW_PASS, "third pass")]));
     assert_eq!(
         err,
         "hsmd: no current passphrase: set HSMD_PASSPHRASE or pass --passphrase-file"
     );
-    let err = refused(&admin(&d, &["passwd"], &[(PASS, "second pass")]));
+    let err = refused(&d.admin(&["passwd"], &[(PASS, "second pass")]));
     assert_eq!(
         err,
         "hsmd: no new passphrase: set HSMD_NEW_PASSPHRASE or pass --new-passphrase-file"
@@ -126,8 +117,7 @@ fn passwd_changes_the_passphrase_from_files_and_env_and_refuses_what_it_must() {
 
     // From the environment: second -> third; then only the third opens it, and every key
     // made before signs as before.
-    let o = admin(
-        &d,
+    let o = d.admin(
         &["passwd"],
         &[(PASS, "second pass"), (NEW_PASS, "third pass")],
     );
@@ -145,7 +135,7 @@ fn passwd_changes_the_passphrase_from_files_and_env_and_refuses_what_it_must() {
 fn passwd_refuses_a_key_file_store_and_leaves_it_as_it_was() {
     let d = Data::init("alice");
     let before = std::fs::read(d.db()).unwrap();
-    let o = admin(&d, &["passwd"], &[(PASS, "a"), (NEW_PASS, "b")]);
+    let o = d.admin(&["passwd"], &[(PASS, "a"), (NEW_PASS, "b")]);
     assert_eq!(
         refused(&o),
         format!(
@@ -199,10 +189,10 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
     );
     let sig = sign(&a, "alice", "s1", "m", "s1.sig");
     let backup = a.path("a.bak").display().to_string();
-    let o = admin(&a, &["backup", "--out", &backup], &[]);
+    let o = a.admin(&["backup", "--out", &backup], &[]);
     assert!(ok(&o).starts_with("hsmd: backup of "), "{o:?}");
     // The backup never overwrites a file.
-    let err = refused(&admin(&a, &["backup", "--out", &backup], &[]));
+    let err = refused(&a.admin(&["backup", "--out", &backup], &[]));
     assert!(
         err.contains("already exists; a backup never overwrites a file"),
         "{err}"
@@ -212,7 +202,7 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
 
     // A data directory that holds a store is never replaced.
     let before = std::fs::read(other.db()).unwrap();
-    let err = refused(&admin(&other, &["restore", "--in", &backup], &[]));
+    let err = refused(&other.admin(&["restore", "--in", &backup], &[]));
     assert_eq!(
         err,
         format!(
@@ -223,7 +213,7 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
     );
     assert_eq!(std::fs::read(other.db()).unwrap(), before);
     let other_backup = other.path("other.bak").display().to_string();
-    ok(&admin(&other, &["backup", "--out", &other_backup], &[]));
+    ok(&other.admin(&["backup", "--out", &other_backup], &[]));
 
     // The restore target: a's data directory without its store (hsmd.toml, master.key,
     // clients/ and pki/ kept, as the README's "new machine" recipe has it).
@@ -237,7 +227,7 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
 
     // Missing input.
     let missing = a.path("missing.bak").display().to_string();
-    let err = refused(&admin(&a, &["restore", "--in", &missing], &[]));
+    let err = refused(&a.admin(&["restore", "--in", &missing], &[]));
     assert_eq!(err, format!("hsmd: backup {missing} does not exist"));
     assert_no_store(&a);
 
@@ -245,7 +235,7 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
     let junk = a.path("junk.bak");
     std::fs::write(&junk, vec![0x5au8; 8192]).unwrap();
     let junk = junk.display().to_string();
-    let err = refused(&admin(&a, &["restore", "--in", &junk], &[]));
+    let err = refused(&a.admin(&["restore", "--in", &junk], &[]));
     assert!(
         err.starts_with(&format!("hsmd: backup {junk}: ")) && err.contains("not a database"),
         "{err}"
@@ -257,12 +247,20 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
         .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
         .unwrap();
     let foreign = foreign.display().to_string();
-    let err = refused(&admin(&a, &["restore", "--in", &foreign], &[]));
-    assert!(err.starts_with(&format!("hsmd: backup {foreign}")), "{err}");
+    let err = refused(&a.admin(&["restore", "--in", &foreign], &[]));
+    // The backup is checked as a copy beside the store (`keys.db.restore-tmp`), which the
+    // reason names: a database with no FerroHSM schema.
+    assert_eq!(
+        err,
+        format!(
+            "hsmd: backup {foreign}: {} is not a FerroHSM key store (no schema)",
+            a.dir.join("keys.db.restore-tmp").display()
+        )
+    );
     assert_no_store(&a);
 
     // Another data directory's backup: a's key file does not open its master key.
-    let err = refused(&admin(&a, &["restore", "--in", &other_backup], &[]));
+    let err = refused(&a.admin(&["restore", "--in", &other_backup], &[]));
     assert!(
         err.starts_with(&format!("hsmd: backup {other_backup}: ")) && err.contains(UNLOCK_REFUSED),
         "{err}"
@@ -274,7 +272,7 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
     std::fs::copy(&backup, &broken).unwrap();
     break_audit_chain(&broken);
     let broken = broken.display().to_string();
-    let err = refused(&admin(&a, &["restore", "--in", &broken], &[]));
+    let err = refused(&a.admin(&["restore", "--in", &broken], &[]));
     assert!(
         err.starts_with(&format!("hsmd: backup {broken}: "))
             && err.contains("entry 1")
@@ -290,7 +288,7 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
     for side in ["keys.db.restore-tmp-wal", "keys.db.restore-tmp-shm"] {
         std::fs::write(a.dir.join(side), b"a stale side file").unwrap();
     }
-    let o = admin(&a, &["restore", "--in", &backup], &[]);
+    let o = a.admin(&["restore", "--in", &backup], &[]);
     let out = ok(&o);
     assert!(
         out.starts_with(&format!(
@@ -314,7 +312,7 @@ fn restore_refuses_what_is_not_this_stores_backup_and_restores_one_that_is() {
     assert_eq!(ok(&verify(&a, "alice", "s1", "m", &sig)), "ok\n");
     sign(&a, "alice", "s1", "m", "s1-again.sig");
     assert_eq!(daemon.terminate().code(), Some(0));
-    assert!(ok(&admin(&a, &["audit", "verify"], &[])).starts_with("audit chain ok: "));
+    assert!(ok(&a.admin(&["audit", "verify"], &[])).starts_with("audit chain ok: "));
 }
 
 /// `hsmd audit show` lines: seq, time, client, session, transport, op, key, detail, status,
@@ -324,7 +322,7 @@ fn audit_lines(d: &Data, since: Option<&str>) -> Vec<Vec<String>> {
     if let Some(n) = since {
         sub.extend(["--since", n]);
     }
-    ok(&admin(d, &sub, &[]))
+    ok(&d.admin(&sub, &[]))
         .lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
@@ -395,7 +393,7 @@ fn audit_show_prints_every_change_and_level_all_adds_each_use() {
     let since = audit_lines(&d, Some("3"));
     assert_eq!(since, lines[2..].to_vec());
     let json: serde_json::Value =
-        serde_json::from_str(&ok(&admin(&d, &["audit", "show", "--json"], &[]))).unwrap();
+        serde_json::from_str(&ok(&d.admin(&["audit", "show", "--json"], &[]))).unwrap();
     let entries = json.as_array().unwrap();
     assert_eq!(entries.len(), lines.len());
     for (e, l) in entries.iter().zip(&lines) {
@@ -438,5 +436,5 @@ fn audit_show_prints_every_change_and_level_all_adds_each_use() {
     assert_eq!(daemon.terminate().code(), Some(0));
     // Nothing was recorded for the sign and verify made at the default level.
     assert_eq!(audit_lines(&d, None).len(), 7);
-    assert!(ok(&admin(&d, &["audit", "verify"], &[])).starts_with("audit chain ok: 7 entries"));
+    assert!(ok(&d.admin(&["audit", "verify"], &[])).starts_with("audit chain ok: 7 entries"));
 }

@@ -52,7 +52,13 @@ fn init_refuses_a_non_empty_dir_without_force_and_force_keeps_keys() {
         Some(2)
     );
     let bad = init(&["--force", "--clients", "9lives"]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid client name"));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err,
+        "hsmd: --clients: invalid client name \"9lives\": expected a letter then up to 63 of \
+         [A-Za-z0-9._-]\n"
+    );
     // An existing empty directory is accepted.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
@@ -94,7 +100,13 @@ fn bad_configs_are_refused_with_the_file_and_key_named() {
         );
     }
     let o = run(tmp.path(), &["--config", "missing.toml"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read config missing.toml"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let enoent = std::io::Error::from_raw_os_error(2);
+    assert_eq!(
+        err,
+        format!("hsmd: cannot read config missing.toml: {enoent}\n")
+    );
 }
 
 #[test]
@@ -205,8 +217,14 @@ fn init_force_adds_a_client_and_hsmd_serves_both() {
         ctl_ok("alice", &["verify", "s1", "--in", &m, "--sig", &sig]),
         "ok\n"
     );
-    // bob's profile works on every socket transport, in his own namespace.
-    for t in ["tcp", "tls", "tls-psk"] {
+    // bob's profile works on every transport (shm on the socket init writes by default,
+    // D/hsmd.sock), in his own namespace.
+    assert!(
+        d.dir.join("hsmd.sock").exists(),
+        "no shm socket in {}",
+        d.dir.display()
+    );
+    for t in ["tcp", "tls", "tls-psk", "shm"] {
         let o = d.ctl_over("bob", t, &["ping"], d.tmp());
         ferrohsm_test_support::ok(&o);
     }

@@ -5,10 +5,11 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use ferrohsm_server::keys::seal::{Fields, Unlock};
 use ferrohsm_server::keys::{open_store, read_key_file};
+use ferrohsm_test_support::daemon::{EXIT_DEADLINE, output_within};
 use ferrohsm_test_support::status::{assert_failed, failed_with_message, ok};
 use ferrohsm_test_support::{Data, ci};
 
@@ -44,8 +45,18 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // Lazy: unmounted even if a process still holds a file on it.
-        let _ = Command::new("umount").args(["-l", &s(&self.at)]).status();
+        // Lazy: unmounted even if a process still holds a file on it. Checked, unless the test
+        // is already failing (a second panic in a drop would abort the run).
+        let at = s(&self.at);
+        let o = std::panic::catch_unwind(|| within("umount", &["-l", &at]));
+        if !std::thread::panicking() {
+            let o = o.unwrap_or_else(|_| panic!("umount -l {at} did not finish"));
+            assert!(
+                o.status.success(),
+                "umount -l {at}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
 }
 
@@ -53,9 +64,19 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Runs `cmd ARGS` to its end within [`EXIT_DEADLINE`] (a failure otherwise).
+fn within(cmd: &str, args: &[&str]) -> Output {
+    output_within(Command::new(cmd).args(args), EXIT_DEADLINE)
+}
+
+/// Runs `cmd ARGS`, which must succeed within [`EXIT_DEADLINE`].
 fn run(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).status().unwrap();
-    assert!(st.success(), "{cmd} {args:?} failed");
+    let o = within(cmd, args);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Fills the filesystem holding `path` (a new file there) to its last byte.
@@ -129,6 +150,9 @@ fn a_full_disk_answers_store_failed_and_changes_nothing() {
     drop(fs);
 }
 
+/// A counter name that appears nowhere else in an answer.
+const COUNTER: &str = "odometer";
+
 /// Sets counter `name` of `owner` to `value` in a stopped store, with a valid tag: what the
 /// store itself would write, made with its master key (from the key file).
 fn set_counter(d: &Data, owner: &str, name: &str, value: u64) {
@@ -162,39 +186,43 @@ fn set_counter(d: &Data, owner: &str, name: &str, value: u64) {
 fn a_counter_at_its_maximum_answers_counter_overflow_and_stays_there() {
     let d = Data::init("alice");
     let daemon = d.start();
-    assert_eq!(ok(&d.ctl("alice", &["counter", "create", "c"])), "0\n");
-    assert_eq!(ok(&d.ctl("alice", &["counter", "inc", "c"])), "1\n");
+    assert_eq!(ok(&d.ctl("alice", &["counter", "create", COUNTER])), "0\n");
+    assert_eq!(ok(&d.ctl("alice", &["counter", "inc", COUNTER])), "1\n");
     assert_eq!(daemon.terminate().code(), Some(0));
 
-    set_counter(&d, "alice", "c", u64::MAX - 1);
+    set_counter(&d, "alice", COUNTER, u64::MAX - 1);
     let daemon = d.start();
     assert_eq!(
-        ok(&d.ctl("alice", &["counter", "read", "c"])),
+        ok(&d.ctl("alice", &["counter", "read", COUNTER])),
         format!("{}\n", u64::MAX - 1)
     );
     assert_eq!(
-        ok(&d.ctl("alice", &["counter", "inc", "c"])),
+        ok(&d.ctl("alice", &["counter", "inc", COUNTER])),
         format!("{}\n", u64::MAX)
     );
-    let (status, message) = failed_with_message(&d.ctl("alice", &["counter", "inc", "c"]));
+    let (status, message) = failed_with_message(&d.ctl("alice", &["counter", "inc", COUNTER]));
     assert_eq!(status, "counter_overflow", "{message}");
-    assert!(
-        message.contains('c'),
-        "the message names the counter: {message}"
+    // The message names the counter (a name no other part of the message could contain).
+    assert_eq!(
+        message,
+        format!(
+            "counter {COUNTER} is at its maximum ({}) and never wraps",
+            u64::MAX
+        )
     );
     // It never wraps, not even after a restart.
     assert_eq!(
-        ok(&d.ctl("alice", &["counter", "read", "c"])),
+        ok(&d.ctl("alice", &["counter", "read", COUNTER])),
         format!("{}\n", u64::MAX)
     );
     assert_eq!(daemon.terminate().code(), Some(0));
     let daemon = d.start();
     assert_failed(
-        &d.ctl("alice", &["counter", "inc", "c"]),
+        &d.ctl("alice", &["counter", "inc", COUNTER]),
         "counter_overflow",
     );
     assert_eq!(
-        ok(&d.ctl("alice", &["counter", "read", "c"])),
+        ok(&d.ctl("alice", &["counter", "read", COUNTER])),
         format!("{}\n", u64::MAX)
     );
     assert_eq!(daemon.terminate().code(), Some(0));
