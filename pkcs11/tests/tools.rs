@@ -10,6 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use ferrohsm_test_support::ci;
+use ferrohsm_test_support::daemon::{ed25519_verifies, openssl};
 use support::{PIN, Token, fails, module, ok, ok_both};
 
 /// `pkcs11-tool --module M ARGS` with the module's configuration.
@@ -20,10 +21,15 @@ fn p11(t: &Token, args: &[&str]) -> std::process::Command {
 }
 
 fn sha256(t: &Token, input: &Path, out: &Path) {
-    ok(t.command("openssl")
-        .args(["dgst", "-sha256", "-binary", "-out"])
-        .arg(out)
-        .arg(input));
+    openssl(
+        &["dgst", "-sha256", "-binary", "-out", utf8(out), utf8(input)],
+        t.tmp(),
+    );
+}
+
+/// A scratch path as a tool's argument.
+fn utf8(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temporary path")
 }
 
 fn pem(t: &Token, who: &str, key: &str) -> PathBuf {
@@ -127,14 +133,18 @@ fn pkcs11_tool_lists_generates_signs_and_tests() {
     .arg("--output-file")
     .arg(&sig));
     let p1 = pem(&t, "alice", "p1");
-    let v = ok(t
-        .command("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&p1)
-        .arg("-signature")
-        .arg(&sig)
-        .arg(&msg));
-    assert!(v.contains("Verified OK"), "{v}");
+    openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            utf8(&p1),
+            "-signature",
+            utf8(&sig),
+            utf8(&msg),
+        ],
+        t.tmp(),
+    );
     // EdDSA over the message, verified by OpenSSL.
     let sig = t.path("sig.ed");
     ok(p11(
@@ -156,15 +166,7 @@ fn pkcs11_tool_lists_generates_signs_and_tests() {
     .arg(&sig));
     assert_eq!(std::fs::metadata(&sig).expect("sig").len(), 64);
     let e1 = pem(&t, "alice", "e1");
-    let v = ok(t
-        .command("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
-        .arg(&e1)
-        .arg("-in")
-        .arg(&msg)
-        .arg("-sigfile")
-        .arg(&sig));
-    assert!(v.contains("Signature Verified Successfully"), "{v}");
+    ed25519_verifies(utf8(&e1), utf8(&msg), utf8(&sig), t.tmp());
 
     // OpenSC's own self-test.
     let test = ok(&mut p11(&t, &["--test", "--login", "--pin", PIN]));
@@ -298,7 +300,7 @@ fn openssl_signs_and_makes_a_certificate_through_the_libp11_engine() {
         ),
     )
     .expect("openssl.cnf");
-    let openssl = |args: &[&str]| {
+    let engine_openssl = |args: &[&str]| {
         let mut c = t.command("openssl");
         c.env("OPENSSL_CONF", &conf).args(args);
         c
@@ -309,7 +311,7 @@ fn openssl_signs_and_makes_a_certificate_through_the_libp11_engine() {
     let digest = t.path("msg.sha256");
     sha256(&t, &msg, &digest);
     let sig = t.path("sig");
-    ok(openssl(&[
+    ok(engine_openssl(&[
         "pkeyutl", "-engine", "pkcs11", "-keyform", "engine", "-sign", "-inkey", key,
     ])
     .arg("-in")
@@ -317,17 +319,22 @@ fn openssl_signs_and_makes_a_certificate_through_the_libp11_engine() {
     .arg("-out")
     .arg(&sig));
     let web = pem(&t, "bob", "web");
-    let v = ok(t
-        .command("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
-        .arg(&web)
-        .arg("-in")
-        .arg(&digest)
-        .arg("-sigfile")
-        .arg(&sig));
-    assert!(v.contains("Signature Verified Successfully"), "{v}");
+    openssl(
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            utf8(&web),
+            "-in",
+            utf8(&digest),
+            "-sigfile",
+            utf8(&sig),
+        ],
+        t.tmp(),
+    );
     let cert = t.path("cert.pem");
-    ok(openssl(&[
+    ok(engine_openssl(&[
         "req",
         "-new",
         "-x509",
@@ -345,18 +352,10 @@ fn openssl_signs_and_makes_a_certificate_through_the_libp11_engine() {
         "-out",
     ])
     .arg(&cert));
-    let v = ok(t
-        .command("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(&cert)
-        .arg(&cert));
-    assert!(v.contains(": OK"), "{v}");
+    openssl(&["verify", "-CAfile", utf8(&cert), utf8(&cert)], t.tmp());
     // The certificate carries the token's key.
-    let in_cert = ok(t
-        .command("openssl")
-        .args(["x509", "-noout", "-pubkey", "-in"])
-        .arg(&cert));
+    let in_cert = openssl(&["x509", "-noout", "-pubkey", "-in", utf8(&cert)], t.tmp()).stdout;
+    let in_cert = String::from_utf8(in_cert).expect("PEM");
     assert_eq!(in_cert, std::fs::read_to_string(&web).expect("pem"));
 }
 
@@ -438,13 +437,17 @@ fn every_transport_carries_the_module() {
         .arg("--output-file")
         .arg(&sig));
         let key = pem(&t, "bob", &label);
-        let v = ok(t
-            .command("openssl")
-            .args(["dgst", "-sha256", "-verify"])
-            .arg(&key)
-            .arg("-signature")
-            .arg(&sig)
-            .arg(&msg));
-        assert!(v.contains("Verified OK"), "{transport}: {v}");
+        openssl(
+            &[
+                "dgst",
+                "-sha256",
+                "-verify",
+                utf8(&key),
+                "-signature",
+                utf8(&sig),
+                utf8(&msg),
+            ],
+            t.tmp(),
+        );
     }
 }

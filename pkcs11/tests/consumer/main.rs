@@ -192,13 +192,18 @@ fn the_module_through_cryptoki() {
     faults::fork(&s, p1, p1_pub);
     objects::isolation(&t, &p11, bob);
     let bob_s = p11.open_ro_session(bob).expect("bob's session");
-    let b1 = bob_s
-        .find_objects(&[
-            Attribute::Label(b"b1".to_vec()),
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-        ])
-        .expect("find")[0];
-    faults::hsmd_down(&mut t, &[(&s, p1), (&bob_s, b1)]);
+    let find_b1 = |class| {
+        let found = bob_s
+            .find_objects(&[Attribute::Label(b"b1".to_vec()), Attribute::Class(class)])
+            .expect("find");
+        assert_eq!(found.len(), 1, "one b1 of class {class:?}");
+        found[0]
+    };
+    let (b1, b1_pub) = (
+        find_b1(ObjectClass::PRIVATE_KEY),
+        find_b1(ObjectClass::PUBLIC_KEY),
+    );
+    faults::hsmd_down(&mut t, &[(&s, p1, p1_pub), (&bob_s, b1, b1_pub)]);
     objects::logout(&p11, alice, &s);
     p11.finalize().expect("finalize");
 }
@@ -218,7 +223,13 @@ fn multi_part_aead_through_cryptoki_takes_each_part_once() {
     let key = s
         .generate_key(
             &Mechanism::AesKeyGen,
-            &[Attribute::Token(false), Attribute::ValueLen(32.into())],
+            &[
+                Attribute::Token(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Label(b"parts".to_vec()),
+                // Exportable, so the ciphertext is also checked outside the token.
+                Attribute::Extractable(true),
+            ],
         )
         .expect("aes key");
     let plain = b"fed to the token in two parts".to_vec();
@@ -240,16 +251,50 @@ fn multi_part_aead_through_cryptoki_takes_each_part_once() {
     got.extend(s.decrypt_update(&ct[5..]).expect("update"));
     got.extend(s.decrypt_final().expect("final"));
     assert_eq!(got, plain);
-    let mut zero = [0u8; 12];
-    s.encrypt_init(
-        &Mechanism::AesGcm(GcmParams::new(&mut zero, b"", 128.into()).expect("gcm")),
-        key,
-    )
-    .expect("init");
+    // Sealed in two parts: hsmd picks the nonce, which the final writes into the IV buffer
+    // (kept alive with the mechanism until then).
+    let mut nonce = [0u8; 12];
+    let gcm = Mechanism::AesGcm(GcmParams::new(&mut nonce, b"", 128.into()).expect("gcm"));
+    s.encrypt_init(&gcm, key).expect("init");
     let mut sealed = s.encrypt_update(&plain[..5]).expect("update");
     sealed.extend(s.encrypt_update(&plain[5..]).expect("update"));
     sealed.extend(s.encrypt_final().expect("final"));
+    drop(gcm);
+    assert_ne!(nonce, [0u8; 12], "hsmd's nonce came back in the IV buffer");
     assert_eq!(sealed.len(), plain.len() + 16, "each part sealed once");
+    // It opens to the plaintext: in the token, and outside it with the exported key.
+    let mut iv3 = nonce;
+    let opened = s
+        .decrypt(
+            &Mechanism::AesGcm(GcmParams::new(&mut iv3, b"", 128.into()).expect("gcm")),
+            key,
+            &sealed,
+        )
+        .expect("the token opens the multi-part ciphertext");
+    assert_eq!(opened, plain);
+    let key_file = t.path("parts.key");
+    t.hsmctl_ok(
+        "bob",
+        &[
+            "export",
+            "parts",
+            "--out",
+            key_file.to_str().expect("utf-8"),
+        ],
+    );
+    let raw = std::fs::read(&key_file).expect("exported key");
+    let k = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &raw).expect("key"),
+    );
+    let mut buf = sealed.clone();
+    let opened = k
+        .open_in_place(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::empty(),
+            &mut buf,
+        )
+        .expect("ring opens the multi-part ciphertext");
+    assert_eq!(opened, &plain[..]);
     drop(s);
     p11.finalize().expect("finalize");
 }
