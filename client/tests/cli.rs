@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
+use ferrohsm_test_support::daemon::{
+    EXIT_DEADLINE, ed25519_verifies, hsmctl_command, openssl, output_within,
+};
 use ferrohsm_test_support::status::{assert_exit, assert_failed};
 use ferrohsm_test_support::{Daemon, Data, ci};
 
@@ -50,6 +52,11 @@ impl Ctl<'_> {
         );
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
+}
+
+/// The first line of a command's stderr.
+fn first_line(err: &str) -> &str {
+    err.lines().next().unwrap_or_default()
 }
 
 /// Signs DIR/msg with `key` into DIR/KEY.sig and writes its public key to DIR/KEY.pem.
@@ -303,7 +310,8 @@ fn every_foundation_command_over(transport: &'static str) {
         ]),
         "ok"
     );
-    alice.fails(
+    // An Ed25519 key where the X25519 peer belongs: a usage error that names the file.
+    let err = alice.fails(
         &[
             "derive",
             "xa",
@@ -315,6 +323,13 @@ fn every_foundation_command_over(transport: &'static str) {
             "z",
         ],
         2,
+    );
+    assert_eq!(
+        err,
+        format!(
+            "hsmctl: {}: expected an X25519 public key in SubjectPublicKeyInfo PEM\n",
+            p("ed.pem")
+        )
     );
 
     // usage enforcement
@@ -331,13 +346,40 @@ fn every_foundation_command_over(transport: &'static str) {
     alice.refused(&["info", "hm"], "key_not_found");
 
     // usage errors exit 2: bad flags, bad key type, bad label, missing input file
-    alice.fails(&["keygen", "--type", "rsa", "--label", "r"], 2);
-    alice.fails(&["keygen", "--type", "ed25519", "--label", "9bad"], 2);
-    alice.fails(
+    // (clap's errors: the line naming the problem, then a hint; hsmctl's own: one line)
+    let err = alice.fails(&["keygen", "--type", "rsa", "--label", "r"], 2);
+    assert!(
+        first_line(&err).starts_with(
+            "error: invalid value 'rsa' for '--type <KEY_TYPE>': unknown key type \"rsa\"; \
+             expected one of ed25519,"
+        ),
+        "{err}"
+    );
+    let err = alice.fails(&["keygen", "--type", "ed25519", "--label", "9bad"], 2);
+    assert_eq!(
+        first_line(&err),
+        "error: invalid value '9bad' for '--label <LABEL>': invalid label \"9bad\": \
+         expected a letter then up to 63 of [A-Za-z0-9._-]",
+        "{err}"
+    );
+    let err = alice.fails(
         &["sign", "ed", "--in", &p("does-not-exist"), "--out", &p("x")],
         2,
     );
-    alice.fails(&["frobnicate"], 2);
+    assert_eq!(
+        err,
+        format!(
+            "hsmctl: cannot read {}: No such file or directory (os error 2)\n",
+            p("does-not-exist")
+        )
+    );
+    assert!(!t("x").exists(), "a failed command writes no output file");
+    let err = alice.fails(&["frobnicate"], 2);
+    assert_eq!(
+        first_line(&err),
+        "error: unrecognized subcommand 'frobnicate'",
+        "{err}"
+    );
 
     // a wrong auth key is an authentication failure: exit 3 (TLS variants: see tests/tls.rs)
     let forged = data.dir.join("clients/forged.toml");
@@ -373,39 +415,26 @@ fn openssl_verifies_signatures_and_reads_keys() {
     for key in ["ed", "ec"] {
         sign_and_export_pem(&alice, key, data.tmp());
     }
-    let run = |args: &[&str]| output_within(Command::new("openssl").args(args), EXIT_DEADLINE);
-    let ed = run(&[
-        "pkeyutl",
-        "-verify",
-        "-pubin",
-        "-inkey",
-        &p("ed.pem"),
-        "-rawin",
-        "-in",
-        &p("msg"),
-        "-sigfile",
-        &p("ed.sig"),
-    ]);
-    assert!(
-        ed.status.success(),
-        "openssl rejected the Ed25519 signature: {ed:?}"
+    let dir = data.tmp();
+    ed25519_verifies(&p("ed.pem"), &p("msg"), &p("ed.sig"), dir);
+    let ec = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &p("ec.pem"),
+            "-signature",
+            &p("ec.sig"),
+            &p("msg"),
+        ],
+        dir,
     );
-    let ec = run(&[
-        "dgst",
-        "-sha256",
-        "-verify",
-        &p("ec.pem"),
-        "-signature",
-        &p("ec.sig"),
-        &p("msg"),
-    ]);
-    assert!(
-        ec.status.success(),
-        "openssl rejected the P-256 signature: {ec:?}"
-    );
-    // A signature over other data must fail in OpenSSL too (the check can fail).
+    assert_eq!(String::from_utf8_lossy(&ec.stdout), "Verified OK\n");
+    // A signature over other data fails in OpenSSL too, the way OpenSSL reports a bad
+    // signature (exit 1, "Verification failure"), not by some other error.
     std::fs::write(t("other"), b"different").unwrap();
-    let bad = run(&[
+    let mut c = Command::new("openssl");
+    c.args([
         "dgst",
         "-sha256",
         "-verify",
@@ -413,27 +442,35 @@ fn openssl_verifies_signatures_and_reads_keys() {
         "-signature",
         &p("ec.sig"),
         &p("other"),
-    ]);
-    assert!(!bad.status.success());
+    ])
+    .current_dir(dir);
+    let bad = output_within(&mut c, EXIT_DEADLINE);
+    assert_exit(&bad, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stdout),
+        "Verification failure\n"
+    );
     // OpenSSL-made signatures verify in hsmctl? The reverse direction: an Ed25519 key made by
     // OpenSSL is not importable yet, so check that OpenSSL reads our client auth key instead.
-    let key = run(&[
-        "pkey",
-        "-in",
-        data.dir.join("clients/alice.key").to_str().unwrap(),
-        "-noout",
-        "-text",
-    ]);
-    assert!(
-        key.status.success() && String::from_utf8_lossy(&key.stdout).contains("ED25519"),
-        "{key:?}"
+    let key = openssl(
+        &[
+            "pkey",
+            "-in",
+            data.dir.join("clients/alice.key").to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+        dir,
     );
+    let text = String::from_utf8_lossy(&key.stdout);
+    assert!(text.starts_with("ED25519 Private-Key:"), "{text}");
     // The X25519 public key PEM is read by OpenSSL as X25519.
     alice.ok(&["keygen", "--type", "x25519", "--label", "xa"]);
     std::fs::write(t("xa.pem"), alice.ok(&["pubkey", "xa", "--pem"]) + "\n").unwrap();
-    let x = run(&["pkey", "-pubin", "-in", &p("xa.pem"), "-noout", "-text"]);
-    assert!(
-        x.status.success() && String::from_utf8_lossy(&x.stdout).contains("X25519"),
-        "{x:?}"
+    let x = openssl(
+        &["pkey", "-pubin", "-in", &p("xa.pem"), "-noout", "-text"],
+        dir,
     );
+    let text = String::from_utf8_lossy(&x.stdout);
+    assert!(text.starts_with("X25519 Public-Key:"), "{text}");
 }

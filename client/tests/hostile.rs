@@ -11,6 +11,7 @@ use ferrohsm_client::profile::Identity;
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::handshake::{Hello, Proof};
 use ferrohsm_proto::{Frame, KeyRef, KeyType, Opcode, Request, Status};
+use ferrohsm_test_support::connect::refusal;
 use ferrohsm_test_support::peer::{Ending, Tcp, header, hello, rt, status_of, tcp_queues};
 use ferrohsm_test_support::{TestServer, label, status, wait};
 
@@ -50,13 +51,9 @@ fn wrong_key_and_unknown_client_are_refused_alike() {
     };
     let mut messages = Vec::new();
     for id in [wrong_key, bobs_key_as_alice, unknown] {
-        match login(id) {
-            Err(ClientError::Auth(body)) => {
-                assert_eq!(body.status(), Some(Status::AuthFailed));
-                messages.push(body.message);
-            }
-            other => panic!("expected an auth failure, got {other:?}"),
-        }
+        let (s, m) = refusal(login(id));
+        assert_eq!(s, Status::AuthFailed, "{m}");
+        messages.push(m);
     }
     assert!(
         messages.windows(2).all(|w| w[0] == w[1]),
@@ -274,13 +271,9 @@ fn idle_unauthenticated_connections_never_take_session_places() {
     let a = srv.connect("alice");
     let b = srv.connect("alice");
     // A third session is over the listener's limit: a readable busy.
-    match BlockingClient::connect(&srv.profile("alice"), None) {
-        Err(ClientError::Auth(e)) => {
-            assert_eq!(e.status(), Some(Status::Busy), "{e:?}");
-            assert!(e.message.contains("too many connections"), "{}", e.message);
-        }
-        other => panic!("expected busy, got {other:?}"),
-    }
+    let (s, m) = refusal(BlockingClient::connect(&srv.profile("alice"), None));
+    assert_eq!(s, Status::Busy, "{m}");
+    assert!(m.contains("too many connections"), "{m}");
     a.ping().unwrap();
     b.ping().unwrap();
     // The idle sockets were still held, open and unanswered, all along.

@@ -16,6 +16,7 @@ use ferrohsm_proto::handshake::{ClientHandshake, ClientStep};
 use ferrohsm_proto::{FrameReader, KeyType, Request, Response, Status};
 use ferrohsm_shm::segment::offsets;
 use ferrohsm_shm::{Segment, ShmStream, Side};
+use ferrohsm_test_support::connect::{connect_when_freed, refusal, when_freed};
 use ferrohsm_test_support::daemon::{EXIT_DEADLINE, output_within};
 use ferrohsm_test_support::peer::{Ending, Raw, hello, rt};
 use ferrohsm_test_support::{Data, TestServer, bins, ci, label, spec, status, wait};
@@ -25,30 +26,14 @@ const CHILD: &str = "FERROHSM_TEST_CHILD";
 const CHILD_PROFILE: &str = "FERROHSM_TEST_PROFILE";
 const CHILD_OTHERS: &str = "FERROHSM_TEST_OTHERS";
 
+/// `EPERM` on Linux (asm-generic/errno-base.h): what a resize forbidden by a seal returns.
+const EPERM: i32 = 1;
+
 /// How long anything this file waits for may take on a busy 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn shm(p: &Profile) -> Result<BlockingClient, ClientError> {
     BlockingClient::connect(p, Some(Transport::Shm))
-}
-
-/// The status a refused shm connection carries (the refusal comes during the handshake).
-fn refusal(r: Result<BlockingClient, ClientError>) -> (Status, String) {
-    match r {
-        Err(ClientError::Auth(b)) => (b.status().expect("a known status"), b.message),
-        Err(other) => panic!("expected a refusal in the handshake, got {other:?}"),
-        Ok(_) => panic!("expected a refusal, the connection was accepted"),
-    }
-}
-
-/// Connects once the server has a place for `p` again; until then every attempt must be
-/// refused with `busy` (anything else fails the test).
-fn connect_when_freed(p: &Profile, what: &str) -> BlockingClient {
-    wait::eventually(what, DEADLINE, || match shm(p) {
-        Ok(c) => Some(c),
-        Err(ClientError::Auth(b)) if b.status() == Some(Status::Busy) => None,
-        Err(e) => panic!("{what}: expected busy or a session, got {e:?}"),
-    })
 }
 
 /// This test binary, re-run as a separate client process in `mode`: the ignored
@@ -224,7 +209,7 @@ fn a_client_killed_mid_request_frees_its_session() {
     proc.kill().unwrap(); // SIGKILL, requests in flight
     proc.wait().unwrap();
     // ...and once the server sees the process gone it ends that session: the slot comes back.
-    let again = connect_when_freed(&victim, "the killed client's session to end");
+    let again = connect_when_freed(&victim, Transport::Shm, DEADLINE);
     again.ping().unwrap();
     let sig = bystander.sign(&label("b"), b"m").unwrap();
     bystander.verify(&label("b"), b"m", &sig).unwrap();
@@ -288,13 +273,19 @@ fn hostile_shm_clients_end_only_their_own_session() {
     // 3. Resizing the segment is refused by the seals, both ways.
     let (s3, seg) = set_up();
     let file = std::fs::File::from(seg.fd().try_clone_to_owned().unwrap());
-    assert!(
-        file.set_len(64).is_err(),
-        "shrinking a sealed memfd must fail"
-    );
-    assert!(
-        file.set_len(1 << 30).is_err(),
-        "growing a sealed memfd must fail"
+    let size = file.metadata().unwrap().len();
+    // Linux refuses a resize that a seal forbids with EPERM (mm/shmem.c, shmem_setattr).
+    for (to, what) in [(64, "shrinking"), (1 << 30, "growing")] {
+        assert_ne!(to, size, "{what} to the segment's own size changes nothing");
+        let e = file
+            .set_len(to)
+            .expect_err(&format!("{what} a sealed memfd must fail"));
+        assert_eq!(e.raw_os_error(), Some(EPERM), "{what} a sealed memfd: {e}");
+    }
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        size,
+        "the segment's size changed"
     );
 
     // 4. Ringing both doorbells without writing: a wake-up each, nothing else. The server
@@ -464,7 +455,7 @@ fn dropping_a_client_ends_its_shm_session() {
     let alice = srv.profile("alice");
     for _ in 0..20 {
         // Each connection must be gone from the server before the next one fits.
-        let c = connect_when_freed(&alice, "the dropped session to end");
+        let c = connect_when_freed(&alice, Transport::Shm, DEADLINE);
         c.ping().unwrap();
     }
 }
@@ -484,7 +475,7 @@ fn the_shm_set_up_socket_has_the_same_connection_limit_and_readable_refusal() {
     a.ping().unwrap();
     // A session that ends gives its slot back.
     drop(b);
-    connect_when_freed(&p, "the freed slot to be reused")
+    connect_when_freed(&p, Transport::Shm, DEADLINE)
         .ping()
         .unwrap();
 }
@@ -568,15 +559,9 @@ fn the_synchronous_shm_client() {
     drop(c);
     let mut again = Vec::new();
     while again.len() < 3 {
-        again.push(wait::eventually(
-            "the dropped sessions to end",
-            DEADLINE,
-            || match SyncShm::connect(&alice, t) {
-                Ok(c) => Some(c),
-                Err(ClientError::Auth(b)) if b.status() == Some(Status::Busy) => None,
-                Err(e) => panic!("expected busy or a session, got {e:?}"),
-            },
-        ));
+        again.push(when_freed("the dropped sessions to end", DEADLINE, || {
+            SyncShm::connect(&alice, t)
+        }));
     }
     let mut c = again.pop().unwrap();
     // hsmd gone: the client sees the socket close, rather than waiting out its timeout.

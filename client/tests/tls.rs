@@ -15,6 +15,7 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::handshake::{ClientHandshake, ClientStep};
 use ferrohsm_proto::{Frame, FrameReader, KeyRef, KeyType, Request, Status};
+use ferrohsm_test_support::connect::{connect_when_freed, refusal};
 use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
 use ferrohsm_test_support::peer::{Ending, ending};
 use ferrohsm_test_support::status::assert_exit;
@@ -33,15 +34,6 @@ fn refused(r: Result<BlockingClient, ClientError>) -> ClientError {
     match r {
         Err(e) => e,
         Ok(c) => panic!("connection was accepted: {c:?}"),
-    }
-}
-
-/// The server's status and message for a credential that completed TLS but was refused in
-/// the FerroHSM handshake (hello), which is always a `ClientError::Auth`.
-fn refused_in_hello(r: Result<BlockingClient, ClientError>) -> (Status, String) {
-    match refused(r) {
-        ClientError::Auth(b) => (b.status().expect("a known status"), b.message),
-        other => panic!("expected a refusal of the hello, got {other:?}"),
     }
 }
 
@@ -149,13 +141,13 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
         pki::validity(30),
         "mallory",
     );
-    let (s, m) = refused_in_hello(connect(&with_cert(&alice, Some(mallory)), Transport::Tls));
+    let (s, m) = refusal(connect(&with_cert(&alice, Some(mallory)), Transport::Tls));
     assert_eq!(s, Status::AuthFailed, "{m}");
     assert!(m.contains("names no configured client"), "{m}");
 
     // Alice's profile presenting bob's certificate is never served as alice.
     let bobs = bob.tls.as_ref().unwrap().identity.clone();
-    let (s, m) = refused_in_hello(connect(&with_cert(&alice, bobs), Transport::Tls));
+    let (s, m) = refusal(connect(&with_cert(&alice, bobs), Transport::Tls));
     assert_eq!(s, Status::AuthFailed, "{m}");
 
     // PSK: unknown identity, wrong key, and alice's name with bob's PSK all fail; the first
@@ -183,7 +175,7 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     let bob_psk = bob.tls_psk.clone().unwrap();
     let mut crossed = alice.clone();
     crossed.tls_psk = Some(bob_psk);
-    let (s, m) = refused_in_hello(connect(&crossed, Transport::TlsPsk));
+    let (s, m) = refusal(connect(&crossed, Transport::TlsPsk));
     assert_eq!(s, Status::AuthFailed, "{m}");
 
     // Every refusal is exit code 3 in hsmctl: a foreign certificate, and a wrong PSK.
@@ -219,10 +211,15 @@ fn plain_bytes_and_stalled_handshakes_on_tls_ports_are_dropped() {
     });
     let b = srv.bound();
     for addr in [b.tls.unwrap(), b.tls_psk.unwrap()] {
-        // Plain protocol bytes instead of a ClientHello.
+        // Plain protocol bytes instead of a ClientHello, in one write: the server may drop
+        // the connection on the first bytes, and a second write would then meet the reset.
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(&Request::Ping.to_frame(1).encode()).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let garbage = [
+            &Request::Ping.to_frame(1).encode()[..],
+            b"GET / HTTP/1.1\r\n\r\n",
+        ]
+        .concat();
+        s.write_all(&garbage).unwrap();
         assert_eq!(
             ending(&mut s, DEADLINE),
             Ending::Closed,
@@ -261,7 +258,7 @@ fn per_client_connection_limit_applies_across_transports() {
     let alice = srv.profile("alice");
     let a1 = connect(&alice, Transport::Tls).unwrap();
     let a2 = connect(&alice, Transport::TlsPsk).unwrap();
-    let (s, m) = refused_in_hello(connect(&alice, Transport::Tcp));
+    let (s, m) = refusal(connect(&alice, Transport::Tcp));
     assert_eq!(s, Status::Busy, "{m}");
     assert!(m.contains("alice"), "{m}");
     connect(&srv.profile("bob"), Transport::Tls)
@@ -271,14 +268,9 @@ fn per_client_connection_limit_applies_across_transports() {
     a1.ping().unwrap();
     drop(a2);
     // The slot comes back once the server has seen the close; until then, `busy`.
-    let a3 = wait::eventually("alice's slot to be freed", DEADLINE, || {
-        match connect(&alice, Transport::Tcp) {
-            Ok(c) => Some(c),
-            Err(ClientError::Auth(b)) if b.status() == Some(Status::Busy) => None,
-            Err(e) => panic!("expected busy or a session, got {e:?}"),
-        }
-    });
-    a3.ping().unwrap();
+    connect_when_freed(&alice, Transport::Tcp, DEADLINE)
+        .ping()
+        .unwrap();
 }
 
 /// How an `openssl s_client` run against a FerroHSM port went.
@@ -333,20 +325,12 @@ fn s_client(args: &[&str]) -> SClient {
     });
     let got = rx.recv_timeout(DEADLINE);
     let exited = match got {
-        Ok(None) => {
-            // stdout closed: s_client is exiting on its own.
-            let t = Instant::now();
-            loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    break Some(s);
-                }
-                assert!(
-                    t.elapsed() < EXIT_DEADLINE,
-                    "s_client closed stdout but runs on"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        // stdout closed: s_client is exiting on its own.
+        Ok(None) => Some(wait::eventually(
+            "s_client, which closed its stdout, to exit",
+            EXIT_DEADLINE,
+            || child.try_wait().unwrap(),
+        )),
         _ => None,
     };
     let _ = child.kill();
@@ -379,7 +363,8 @@ fn assert_welcomed(args: &[&str], what: &str) {
 fn assert_alert(args: &[&str], alert: &str, what: &str) {
     match s_client(args) {
         SClient::Ended(status, err) => {
-            assert!(!status.success(), "{what}: s_client exited 0: {err}");
+            // s_client exits 1 when the handshake fails (not 0, not a signal).
+            assert_eq!(status.code(), Some(1), "{what}: s_client {status}: {err}");
             assert!(err.contains(alert), "{what}: expected `{alert}`: {err}");
         }
         other => panic!("{what}: expected the handshake refused with `{alert}`, got {other:?}"),
@@ -474,7 +459,7 @@ fn listener_connection_limit_is_a_readable_busy_over_tls() {
     let (alice, bob) = (srv.profile("alice"), srv.profile("bob"));
     for t in [Transport::Tls, Transport::TlsPsk, Transport::Tcp] {
         let held = connect(&alice, t).unwrap();
-        let (s, m) = refused_in_hello(connect(&bob, t));
+        let (s, m) = refusal(connect(&bob, t));
         assert_eq!(s, Status::Busy, "{t:?}: {m}");
         assert!(m.contains("too many connections"), "{t:?}: {m}");
         held.ping().unwrap();
@@ -496,7 +481,7 @@ fn a_certificate_naming_two_clients_is_refused() {
     );
     for who in ["alice", "bob"] {
         let p = with_cert(&srv.profile(who), Some(both.clone()));
-        let (s, m) = refused_in_hello(connect(&p, Transport::Tls));
+        let (s, m) = refusal(connect(&p, Transport::Tls));
         assert_eq!(s, Status::AuthFailed, "{m}");
         assert!(m.contains("more than one configured client"), "{m}");
     }
@@ -577,7 +562,7 @@ fn tls_names_decide_which_certificates_mean_a_client() {
     let key = a
         .generate(&"alices".parse().unwrap(), KeyType::Ed25519)
         .unwrap();
-    let (s, m) = refused_in_hello(connect(
+    let (s, m) = refusal(connect(
         &with_cert(&alice, Some(svc.clone())),
         Transport::Tls,
     ));
@@ -602,10 +587,10 @@ fn tls_names_decide_which_certificates_mean_a_client() {
         let info = c.block_on(c.client().info(&KeyRef::Id(key.id))).unwrap();
         assert_eq!(info.label.to_string(), "alices", "{what}");
     }
-    let (s, m) = refused_in_hello(connect(&with_cert(&alice, own), Transport::Tls));
+    let (s, m) = refusal(connect(&with_cert(&alice, own), Transport::Tls));
     assert_eq!(s, Status::AuthFailed, "{m}");
     assert!(m.contains("names no configured client"), "{m}");
-    let (s, m) = refused_in_hello(connect(&with_cert(&alice, Some(two)), Transport::Tls));
+    let (s, m) = refusal(connect(&with_cert(&alice, Some(two)), Transport::Tls));
     assert_eq!(s, Status::AuthFailed, "{m}");
     assert!(m.contains("more than one configured client"), "{m}");
     // Bob is not affected.
@@ -619,9 +604,11 @@ fn tls_names_decide_which_certificates_mean_a_client() {
     data.set("clients.bob", "tls_names", "[\"bob\", \"alice-svc\"]");
     let config = data.config();
     let (code, err) = data.fails(&["--config", &config], &[]);
-    assert_ne!(code, Some(0), "{err}");
-    assert!(
-        err.contains("tls name \"alice-svc\" is claimed by clients alice and bob"),
-        "{err}"
+    // A configuration hsmd cannot serve: exit 1 (README: "exits 1 ... with one line naming
+    // the cause"; exit 3 is hsmctl's code for a connection it could not make).
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!("hsmd: {config}: tls name \"alice-svc\" is claimed by clients alice and bob\n")
     );
 }
