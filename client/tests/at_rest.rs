@@ -4,11 +4,11 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferrohsm_proto::{KeyRef, KeySpec, KeyType, Status};
 use ferrohsm_test_support::daemon::run_hsmd;
+use ferrohsm_test_support::files::files_under;
 use ferrohsm_test_support::peer::rss_kib;
 use ferrohsm_test_support::{Data, label, spec, status, wait};
 
@@ -18,6 +18,29 @@ fn exportable(t: KeyType, l: &str) -> KeySpec {
         exportable: true,
         ..spec(t, l)
     }
+}
+
+/// The sealed material (its only version) of `owner`'s key `l`, read from the store file.
+fn sealed(db: &rusqlite::Connection, owner: &str, l: &str) -> Vec<u8> {
+    db.query_row(
+        "SELECT v.sealed FROM key_versions v JOIN keys k ON k.owner = v.owner AND k.id = v.id \
+         WHERE k.owner = ?1 AND k.label = ?2",
+        [owner, l],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|e| panic!("the sealed material of {owner}:{l}: {e}"))
+}
+
+/// Writes `v` as the sealed material of `owner`'s key `l`, in the store file (one record).
+fn set_sealed(db: &rusqlite::Connection, owner: &str, l: &str, v: &[u8]) {
+    let n = db
+        .execute(
+            "UPDATE key_versions SET sealed = ?1 \
+             WHERE (owner, id) = (SELECT owner, id FROM keys WHERE owner = ?2 AND label = ?3)",
+            rusqlite::params![v, owner, l],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "one record of {owner}:{l} changed");
 }
 
 #[test]
@@ -43,23 +66,8 @@ fn tampered_records_are_refused_and_every_other_key_still_works() {
     assert_eq!(daemon.terminate().code(), Some(0));
 
     let db = d.sql();
-    let blob = |l: &str| -> Vec<u8> {
-        db.query_row(
-            "SELECT v.sealed FROM key_versions v JOIN keys k ON k.owner = v.owner AND k.id = v.id \
-             WHERE k.label = ?1",
-            [l],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
-    let set = |l: &str, v: &[u8]| {
-        db.execute(
-            "UPDATE key_versions SET sealed = ?1 \
-             WHERE (owner, id) = (SELECT owner, id FROM keys WHERE label = ?2)",
-            rusqlite::params![v, l],
-        )
-        .unwrap();
-    };
+    let blob = |l: &str| sealed(&db, "alice", l);
+    let set = |l: &str, v: &[u8]| set_sealed(&db, "alice", l, v);
     // A byte flipped in one sealed record.
     let mut f = blob("flip");
     f[20] ^= 1;
@@ -213,19 +221,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn no_file_in_the_data_directory_holds_a_key_in_plaintext() {
     let d = Data::init("alice");
@@ -331,23 +326,9 @@ fn set_cache(d: &Data, keys: usize) {
 /// Flips a byte of the sealed material of alice's key `l`, in the store file.
 fn tamper(d: &Data, l: &str) {
     let db = d.sql();
-    let mut blob: Vec<u8> = db
-        .query_row(
-            "SELECT v.sealed FROM key_versions v JOIN keys k ON k.owner = v.owner AND k.id = v.id \
-             WHERE k.owner = 'alice' AND k.label = ?1",
-            [l],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let mut blob = sealed(&db, "alice", l);
     blob[20] ^= 1;
-    let n = db
-        .execute(
-            "UPDATE key_versions SET sealed = ?1 \
-             WHERE (owner, id) = (SELECT owner, id FROM keys WHERE owner = 'alice' AND label = ?2)",
-            rusqlite::params![blob, l],
-        )
-        .unwrap();
-    assert_eq!(n, 1, "one record of {l} changed");
+    set_sealed(&db, "alice", l, &blob);
 }
 
 #[test]

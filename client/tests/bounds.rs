@@ -24,7 +24,9 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
 use ferrohsm_test_support::keys::assert_signs;
-use ferrohsm_test_support::peer::{ALL, Ending, Raw, Tcp, header, hello, rss_kib, rt, status_of};
+use ferrohsm_test_support::peer::{
+    ALL, Ending, Raw, Tcp, header, hello, open_tcp, open_unix, rss_kib, rt, status_of,
+};
 use ferrohsm_test_support::peer::{message_of, request, server_queues};
 use ferrohsm_test_support::{Data, wait};
 
@@ -253,20 +255,33 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
     let ports = d.ports();
     // Far more idle sockets than handshake places (and than max_connections), on TCP, TLS and
     // the shm set-up socket, from the client's own address and uid, some with half a hello.
-    let mut idle: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut tcp = Vec::new();
+    let mut unix = Vec::new();
     for i in 0..300u64 {
         let mut s = std::net::TcpStream::connect(&ports.tcp).unwrap();
         if i % 2 == 0 {
             // A socket the gate refused may already be closed: that write may fail.
             let _ = s.write_all(&header(Opcode::Hello as u16, i, 100));
         }
-        idle.push(Box::new(s));
-        idle.push(Box::new(std::net::TcpStream::connect(&ports.tls).unwrap()));
+        tcp.push(s);
+        tcp.push(std::net::TcpStream::connect(&ports.tls).unwrap());
         if let Some(sock) = &p.shm_socket {
-            idle.push(Box::new(
-                std::os::unix::net::UnixStream::connect(sock).unwrap(),
-            ));
+            unix.push(std::os::unix::net::UnixStream::connect(sock).unwrap());
         }
+    }
+    // The gate is full: hsmd holds exactly its 16 places per source (127.0.0.1 for TCP and
+    // TLS, alice's uid for shm) with idle sockets and has closed every other one (so it
+    // accepted them all: none waits in the listen backlog); the ones it holds are established
+    // on its side.
+    wait::until("hsmd to hold 16 idle sockets per source", DEADLINE, || {
+        open_tcp(&tcp).len() == 16 && (p.shm_socket.is_none() || open_unix(&unix) == 16)
+    });
+    for s in open_tcp(&tcp) {
+        assert!(
+            server_queues(s).is_some(),
+            "{:?} is open here but not established on hsmd's side",
+            s.local_addr()
+        );
     }
     // Once the idle sockets are older than any real handshake takes, a real client displaces
     // one: until then the gate refuses it by closing at once (a connection error, nothing else).
@@ -326,7 +341,7 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
         made > at_start,
         "the attackers made no connection while alice logged in ({made})"
     );
-    drop(idle);
+    drop((tcp, unix));
     drop(daemon);
 }
 

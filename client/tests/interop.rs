@@ -13,7 +13,7 @@ use ferrohsm_proto::{
     UsageSet,
 };
 use ferrohsm_test_support::daemon::{output_with_stdin, output_within};
-use ferrohsm_test_support::{TestServer, bins, label, status};
+use ferrohsm_test_support::{TestServer, bins, label, ok, status};
 
 fn spec(t: KeyType, l: &str, usage: Option<&[Usage]>) -> KeySpec {
     KeySpec {
@@ -270,9 +270,7 @@ fn hsmctl_hash_pin() {
         c.arg("hash-pin");
         output_with_stdin(&mut c, input, Duration::from_secs(60))
     };
-    let o = hash(b"1234\n");
-    assert!(o.status.success());
-    let phc = String::from_utf8(o.stdout).unwrap();
+    let phc = ok(&hash(b"1234\n"));
     assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
     let h = PinHash::parse(phc.trim()).unwrap();
     assert!(
@@ -280,8 +278,12 @@ fn hsmctl_hash_pin() {
         "the trailing newline is not part of the PIN"
     );
     assert!(!h.verify(b"1234\n"));
-    // Fresh salt each time.
-    let again = String::from_utf8(hash(b"1234").stdout).unwrap();
+    // Fresh salt each time: a second hash of the same PIN (here without a newline) is another
+    // valid hash of it, and a different string.
+    let again = ok(&hash(b"1234"));
+    let h2 = PinHash::parse(again.trim()).unwrap();
+    assert!(h2.verify(b"1234"), "{again}");
+    assert!(!h2.verify(b"12345"), "{again}");
     assert_ne!(again, phc);
     // An empty PIN is refused (exit 2, a message).
     let o = hash(b"\n");

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,13 +12,9 @@ use std::time::Duration;
 use ferrohsm_client::ClientError;
 use ferrohsm_proto::{KeyType, Status};
 use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
+use ferrohsm_test_support::files::copy_dir;
 use ferrohsm_test_support::status::{assert_exit, assert_failed};
-use ferrohsm_test_support::{Data, failed, label, ok, spec, status, wait};
-
-/// `hsmd ARGS` (no passphrase from the environment), within the deadline.
-fn hsmd(args: &[&str]) -> Output {
-    ferrohsm_test_support::daemon::run_hsmd(args, &[])
-}
+use ferrohsm_test_support::{Data, Ports, failed, label, ok, spec, status, wait};
 
 #[test]
 fn counters_never_repeat_across_sigkill() {
@@ -90,21 +85,20 @@ fn counters_never_repeat_across_sigkill() {
     assert_eq!(json["value"], next + 1);
 }
 
-/// Runs `hsmd audit verify` (with a checkpoint): the first line of its stderr when it fails.
+/// Runs `hsmd audit verify` (with a checkpoint): its stdout when the chain verifies, its
+/// stderr when it fails (exit 1).
 fn verify(d: &Data, checkpoint: Option<&Path>) -> Result<String, String> {
-    let mut args = vec!["audit", "verify", "--config"];
-    let config = d.config();
-    args.push(&config);
+    let mut args = vec!["audit", "verify"];
     let cp;
     if let Some(c) = checkpoint {
         cp = c.display().to_string();
         args.extend(["--checkpoint", &cp]);
     }
-    let o = hsmd(&args);
+    let o = d.admin(&args, &[]);
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     } else {
-        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
         Err(String::from_utf8_lossy(&o.stderr).into_owned())
     }
 }
@@ -191,7 +185,7 @@ fn audit_chain_names_the_first_broken_entry() {
         "the denials to reach the audit log",
         Duration::from_secs(30),
         || {
-            let shown = hsmd(&["audit", "show", "--config", &d.config(), "--json"]);
+            let shown = d.admin(&["audit", "show", "--json"], &[]);
             let rows: serde_json::Value = serde_json::from_str(&ok(&shown)).unwrap();
             complete(&rows).then_some(rows)
         },
@@ -220,18 +214,10 @@ fn audit_chain_names_the_first_broken_entry() {
     assert!(!text.contains(&hex));
     assert!(verify(&d, None).unwrap().contains("audit chain ok"));
     let cp = cwd.join("cp");
-    let c = hsmd(&["audit", "checkpoint", "--config", &d.config()]);
+    let c = d.admin(&["audit", "checkpoint"], &[]);
     std::fs::write(&cp, ok(&c)).unwrap();
     assert!(verify(&d, Some(&cp)).is_ok());
-    let since = hsmd(&[
-        "audit",
-        "show",
-        "--config",
-        &d.config(),
-        "--json",
-        "--since",
-        "3",
-    ]);
+    let since = d.admin(&["audit", "show", "--json", "--since", "3"], &[]);
     let later: serde_json::Value = serde_json::from_str(&ok(&since)).unwrap();
     assert_eq!(later[0]["seq"], 3);
     assert_eq!(hsmd_running.terminate().code(), Some(0));
@@ -259,7 +245,7 @@ fn audit_chain_names_the_first_broken_entry() {
     std::fs::write(d.db(), &pristine).unwrap();
     let hsmd_running = d.start();
     ok(&a(&["keygen", "--type", "ed25519", "--label", "k2"]));
-    let c = hsmd(&["audit", "checkpoint", "--config", &d.config()]);
+    let c = d.admin(&["audit", "checkpoint"], &[]);
     let cp2 = cwd.join("cp2");
     std::fs::write(&cp2, ok(&c)).unwrap();
     assert_eq!(hsmd_running.terminate().code(), Some(0));
@@ -270,17 +256,21 @@ fn audit_chain_names_the_first_broken_entry() {
     assert!(verify(&d, Some(&cp)).is_ok());
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
+/// Rewrites the listen addresses of `from` to those of `to` in a config file or profile (the
+/// quoted `"127.0.0.1:PORT"` strings). Data's own port move is for one data directory moving
+/// to fresh ports; here files copied from one data directory take another's ports.
+fn move_ports(file: &Path, from: &Ports, to: &Ports) {
+    let mut text = std::fs::read_to_string(file).unwrap();
+    for (a, b) in [
+        (&from.tcp, &to.tcp),
+        (&from.tls, &to.tls),
+        (&from.tls_psk, &to.tls_psk),
+    ] {
+        let (a, b) = (format!("\"{a}\""), format!("\"{b}\""));
+        assert!(text.contains(&a), "{} names no {a}", file.display());
+        text = text.replace(&a, &b);
     }
+    std::fs::write(file, text).unwrap();
 }
 
 #[test]
@@ -289,6 +279,7 @@ fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
     let hsmd_running = d.start();
     let acked = Arc::new(acked::Acked::default());
     let stop = Arc::new(AtomicBool::new(false));
+    // One writer: its keys are committed, and acknowledged, in the order it made them.
     let writer = {
         let (acked, stop, c) = (acked.clone(), stop.clone(), d.connect("alice"));
         std::thread::spawn(move || {
@@ -305,30 +296,26 @@ fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
     wait::until("20 keys acknowledged", Duration::from_secs(60), || {
         acked.len() >= 20
     });
-    let before = acked.snapshot();
     let w = tempfile::tempdir().unwrap();
     let backup = w.path().join("b.db");
-    let o = hsmd(&[
-        "backup",
-        "--config",
-        &d.config(),
-        "--out",
-        backup.to_str().unwrap(),
-    ]);
+    let backup_s = backup.to_str().unwrap();
+    // Keys acknowledged before the backup started must be in it; keys acknowledged while it
+    // ran (before it returned) may be: the snapshot (VACUUM INTO) is taken somewhere in
+    // between. Keys acknowledged after it returned are not counted as made during it.
+    let before = acked.snapshot();
+    let o = d.admin(&["backup", "--out", backup_s], &[]);
+    let at_return = acked.snapshot();
     ok(&o);
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
+    let all = acked.snapshot();
     assert!(
-        acked.len() > before.len(),
-        "keys were being created during the backup"
+        at_return.len() > before.len(),
+        "no key was acknowledged while the backup ran ({} before it, {} when it returned)",
+        before.len(),
+        at_return.len()
     );
-    let again = hsmd(&[
-        "backup",
-        "--config",
-        &d.config(),
-        "--out",
-        backup.to_str().unwrap(),
-    ]);
+    let again = d.admin(&["backup", "--out", backup_s], &[]);
     assert_eq!(again.status.code(), Some(1), "a backup never overwrites");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
@@ -336,43 +323,22 @@ fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
         0
     );
 
-    // A new data directory: its own ports, the same master key file, no store.
+    // A new data directory, as on a new machine (README): hsmd.toml, clients/, pki/ and
+    // master.key copied, no store; on its own ports, since both run on this host.
     let two = Data::init("alice");
     for f in ["keys.db", "audit.pub", "master.key"] {
         std::fs::remove_file(two.dir.join(f)).unwrap();
     }
     std::fs::copy(d.dir.join("master.key"), two.dir.join("master.key")).unwrap();
     copy_dir(&d.dir.join("clients"), &two.dir.join("clients"));
-    let (p1, p2) = (d.ports(), two.ports());
-    let keep_ports = |p: &Path| {
-        let text = std::fs::read_to_string(p).unwrap();
-        let text = text
-            .replace(&p1.tcp, &p2.tcp)
-            .replace(&p1.tls, &p2.tls)
-            .replace(&p1.tls_psk, &p2.tls_psk)
-            .replace(d.dir.to_str().unwrap(), two.dir.to_str().unwrap());
-        std::fs::write(p, text).unwrap();
-    };
-    keep_ports(&two.dir.join("clients/alice.toml"));
-    // The clients' keys and certificates are the first server's: so is its config's view.
     std::fs::copy(d.dir.join("hsmd.toml"), two.dir.join("hsmd.toml")).unwrap();
-    keep_ports(&two.dir.join("hsmd.toml"));
     copy_dir(&d.dir.join("pki"), &two.dir.join("pki"));
-    let restored = hsmd(&[
-        "restore",
-        "--config",
-        &two.config(),
-        "--in",
-        backup.to_str().unwrap(),
-    ]);
+    let (p1, p2) = (d.ports(), two.ports());
+    move_ports(&two.dir.join("clients/alice.toml"), &p1, &p2);
+    move_ports(&two.dir.join("hsmd.toml"), &p1, &p2);
+    let restored = two.admin(&["restore", "--in", backup_s], &[]);
     assert!(ok(&restored).contains("restored"));
-    let twice = hsmd(&[
-        "restore",
-        "--config",
-        &two.config(),
-        "--in",
-        backup.to_str().unwrap(),
-    ]);
+    let twice = two.admin(&["restore", "--in", backup_s], &[]);
     assert_eq!(
         twice.status.code(),
         Some(1),
@@ -382,16 +348,46 @@ fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
     drop(hsmd_running);
     let _two_running = two.start();
     let c = two.connect("alice");
-    for l in &before {
+    // A consistent snapshot of one writer's keys: the first m it made, for some m no smaller
+    // than what was acknowledged when the backup started.
+    let mut listed: Vec<String> = c
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.label.to_string())
+        .collect();
+    let index = |l: &str| -> usize {
+        all.iter()
+            .position(|a| a == l)
+            .unwrap_or_else(|| panic!("the backup holds {l}, which was never acknowledged"))
+    };
+    listed.sort_by_key(|l| index(l));
+    let m = listed.len();
+    assert_eq!(
+        listed[..],
+        all[..m],
+        "the backup is not the writer's first {m} keys"
+    );
+    assert!(
+        m >= before.len(),
+        "the backup holds {m} keys; {} were acknowledged before it started",
+        before.len()
+    );
+    for l in &listed {
         let sig = c.sign(&label(l), b"restored").unwrap();
         c.verify(&label(l), b"restored", &sig).unwrap();
+    }
+    if let Some(first_missing) = all.get(m) {
+        assert_eq!(
+            status(c.sign(&label(first_missing), b"x")),
+            Status::KeyNotFound
+        );
     }
     assert_eq!(
         status(c.sign(&label("never-made"), b"x")),
         Status::KeyNotFound
     );
-    let v = hsmd(&["audit", "verify", "--config", &two.config()]);
-    ok(&v);
+    ok(&two.admin(&["audit", "verify"], &[]));
 }
 
 /// A list of acknowledged labels shared between threads (std only).

@@ -14,7 +14,10 @@ use ferrohsm_proto::handshake::Proof;
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
 use ferrohsm_test_support::keys::assert_signs;
 use ferrohsm_test_support::peer::status_of;
-use ferrohsm_test_support::peer::{ALL, Ending, Raw, header, hello, request as req, rss_kib, rt};
+use ferrohsm_test_support::peer::{
+    ALL, Ending, Raw, header, hello, open_tcp, open_unix, request as req, rss_kib, rt,
+    server_queues,
+};
 use ferrohsm_test_support::{Data, label, spec, wait};
 
 /// How long an answer, a close or a condition may take on a busy machine (a hang guard).
@@ -377,7 +380,8 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
     let d = Data::init("alice");
     // A short handshake timeout, so the slowloris row finishes quickly.
     d.set("server", "handshake_timeout_ms", "1000");
-    let daemon = d.start();
+    // At info, hsmd logs each handshake it cuts off for taking too long.
+    let daemon = d.start_env(&[("RUST_LOG", "info")]);
     let pid = daemon.pid();
     let p = d.load_profile("alice");
     let setup = BlockingClient::connect(&p, Some(Transport::Tcp)).unwrap();
@@ -412,7 +416,9 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
         // Slowloris: a hello (of the largest size allowed before login) one byte every
         // 100 ms, each byte well within the 1 s handshake timeout of the one before. The
         // timeout counts from the connection, not from the last byte: the server closes the
-        // connection while the bytes are still coming, long before the hello could end.
+        // connection while the bytes are still coming, long before the hello could end, and
+        // logs that the handshake timed out (no other reason to close it).
+        let timeouts_before = timeouts(&daemon.log());
         let cut = rt.block_on(async {
             let mut raw = Raw::open(&p, t).await;
             let mut bytes = header(Opcode::Hello as u16, 1, 4096);
@@ -427,26 +433,61 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
             }
             None
         });
-        if cut.is_none() {
-            failures.push(format!("{t:?}: slowloris was not cut off after 300 bytes"));
+        match cut {
+            None => failures.push(format!("{t:?}: slowloris was not cut off after 300 bytes")),
+            Some(_) => wait::until(
+                &format!("hsmd to log the slowloris's handshake timeout over {t:?}"),
+                DEADLINE,
+                || timeouts(&daemon.log()) > timeouts_before,
+            ),
         }
         healthy(&p, t, "slowloris");
     }
-    // Thousands of idle connections, on every listener.
+    let grown = rss_kib(pid).saturating_sub(before);
+    drop(setup);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        grown < 64 * 1024,
+        "hsmd grew by {grown} KiB over the matrix"
+    );
+
+    // Thousands of idle connections, on every listener, to an hsmd whose handshakes do not
+    // time out during the test: only the gate can make room for a real client.
+    d.set("server", "handshake_timeout_ms", "600000");
+    let daemon = d.start();
+    let pid = daemon.pid();
+    let before = rss_kib(pid);
     let ports = d.ports();
-    let mut idle: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut tcp = Vec::new();
+    let mut unix = Vec::new();
     for _ in 0..700 {
-        idle.push(Box::new(std::net::TcpStream::connect(&ports.tcp).unwrap()));
-        idle.push(Box::new(std::net::TcpStream::connect(&ports.tls).unwrap()));
-        idle.push(Box::new(
-            std::net::TcpStream::connect(&ports.tls_psk).unwrap(),
-        ));
-        idle.push(Box::new(
-            std::os::unix::net::UnixStream::connect(p.shm_socket.as_ref().unwrap()).unwrap(),
-        ));
+        for addr in [&ports.tcp, &ports.tls, &ports.tls_psk] {
+            tcp.push(std::net::TcpStream::connect(addr).unwrap());
+        }
+        unix.push(std::os::unix::net::UnixStream::connect(p.shm_socket.as_ref().unwrap()).unwrap());
     }
-    // A real client gets in on each listener: at once, or once the idle sockets are older
-    // than any real handshake (until then the gate refuses it by closing at once).
+    // The gate is full: hsmd holds exactly its 16 places per source (127.0.0.1 for the three
+    // TCP listeners, alice's uid for shm) with idle sockets and has closed every other one (so
+    // it accepted them all: none waits in the listen backlog); the ones it holds are
+    // established on its side.
+    wait::until("hsmd to hold 16 idle sockets per source", DEADLINE, || {
+        open_tcp(&tcp).len() == 16 && open_unix(&unix) == 16
+    });
+    for s in open_tcp(&tcp) {
+        assert!(
+            server_queues(s).is_some(),
+            "{:?} is open here but not established on hsmd's side",
+            s.local_addr()
+        );
+    }
+    // A real client gets in on each listener once the idle sockets are older than any real
+    // handshake (until then the gate refuses it by closing at once).
     for t in ALL {
         wait::eventually(
             &format!("alice to get in over {t:?}"),
@@ -459,16 +500,18 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
         );
     }
     let grown = rss_kib(pid).saturating_sub(before);
-    drop(idle);
-    assert!(
-        failures.is_empty(),
-        "{} rows failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    drop((tcp, unix));
     assert!(
         grown < 64 * 1024,
-        "hsmd grew by {grown} KiB over the matrix"
+        "hsmd grew by {grown} KiB with 2,800 idle connections"
     );
     drop(daemon);
+}
+
+/// How many handshakes hsmd's log says it cut off for taking too long (a session's hello,
+/// and the shm set-up socket's).
+fn timeouts(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("handshake timed out; closing"))
+        .count()
 }

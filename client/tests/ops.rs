@@ -374,44 +374,101 @@ fn oversized_request_is_refused_locally_and_by_server() {
 
 #[test]
 fn shutdown_finishes_requests_already_in_flight() {
+    // P-256 verifications: small frames the session reads at once, slow work for the one
+    // crypto worker, so many are still queued when the shutdown begins.
+    const JOBS: u64 = 500;
+    const PING: u64 = 1000;
     let mut srv = TestServer::start_with(&["alice"], |c| {
-        c.window = 80;
+        c.window = 512;
         c.workers = 1;
     });
     let hsm = srv.connect("alice");
-    let c = hsm.client().clone();
-    let data = vec![0x42u8; 256 * 1024];
-    let expected = hsm
-        .block_on(c.digest(DigestAlg::Sha256, data.clone()))
-        .unwrap();
-    let handle = srv.handle.take().unwrap();
-    let (results, stopped) = hsm.block_on(async {
-        // 64 digests queue behind one crypto worker (~10 ms of work). A ping after them comes
-        // back only once the session has taken every one of them in.
-        let mut pending = Vec::new();
-        for _ in 0..64 {
-            let req = Request::Digest {
-                alg: DigestAlg::Sha256,
-                data: data.clone(),
-            };
-            pending.push(c.submit(req).await.unwrap());
-        }
-        c.ping().await.unwrap();
-        let stopper = std::thread::spawn(move || handle.shutdown());
-        let mut results = Vec::new();
-        for p in pending {
-            results.push(p.wait().await);
-        }
-        (results, stopper.join().unwrap())
-    });
-    stopped.unwrap();
-    for r in results {
+    let key = KeyRef::Id(
+        hsm.generate(&"p".parse().unwrap(), KeyType::P256)
+            .unwrap()
+            .id,
+    );
+    let signature = hsm.sign(&key, b"in flight").unwrap();
+    let done = |f: &ferrohsm_proto::Frame, what: &str| {
+        assert!(!f.header.is_error(), "{what}: {}", status_of(f));
         assert_eq!(
-            r.unwrap(),
-            ferrohsm_proto::Response::Bytes(expected.clone())
+            ferrohsm_proto::Response::decode(f.header.opcode, &f.body).unwrap(),
+            ferrohsm_proto::Response::Done,
+            "{what}"
         );
+    };
+    // One session by hand, so every answer is seen in the order hsmd wrote it.
+    let mut raw = srv.raw();
+    raw.login(&srv.profile("alice").identity().unwrap());
+    let wait = Duration::from_secs(30);
+    let mut jobs = Vec::new();
+    for id in 1..=JOBS {
+        let req = Request::Verify {
+            key: key.clone(),
+            data: b"in flight".to_vec(),
+            signature: signature.clone(),
+        };
+        jobs.extend(req.to_frame(id).encode());
     }
-    // And the server is gone now: the connection, not a refusal.
-    let e = hsm.block_on(c.ping()).unwrap_err();
-    assert!(matches!(e, ClientError::Connection(_)), "{e:?}");
+    // A ping after the jobs is answered by the session itself, once it has read (taken in)
+    // every one of them.
+    jobs.extend(Request::Ping.to_frame(PING).encode());
+    assert!(raw.send_bytes(&jobs));
+    let mut answered = std::collections::BTreeSet::new();
+    let mut job = |f: &ferrohsm_proto::Frame| {
+        let id = f.header.request_id;
+        assert!((1..=JOBS).contains(&id), "an answer to no request: {f:?}");
+        done(f, &format!("verification {id}"));
+        assert!(answered.insert(id), "verification {id} answered twice");
+        answered.len()
+    };
+    let mut at_ping = 0;
+    loop {
+        let f = raw.frame(wait).expect("the ping's answer");
+        if f.header.request_id == PING {
+            done(&f, "the ping");
+            break;
+        }
+        at_ping = job(&f);
+    }
+    // Shutdown begins. Probes (pings) follow, one at a time, until one is refused
+    // `shutting_down`: from then on hsmd was shutting down, so a job answered after that
+    // refusal was still in flight when the shutdown began.
+    let handle = srv.handle.take().unwrap();
+    let stopper = std::thread::spawn(move || handle.shutdown());
+    let mut probe = PING + 1;
+    assert!(raw.send(&Request::Ping.to_frame(probe)));
+    let mut refused = false;
+    let mut after_refusal = 0;
+    let mut total = at_ping;
+    while total < JOBS as usize || !refused {
+        let f = raw.frame(wait).unwrap_or_else(|| {
+            panic!("the connection ended with {total} of {JOBS} verifications answered")
+        });
+        if f.header.request_id == probe {
+            assert!(!refused, "a probe after the refusal: {f:?}");
+            if f.header.is_error() {
+                assert_eq!(status_of(&f), Status::ShuttingDown, "probe {probe}");
+                refused = true;
+            } else {
+                done(&f, &format!("probe {probe}, before the shutdown"));
+                probe += 1;
+                assert!(raw.send(&Request::Ping.to_frame(probe)));
+            }
+            continue;
+        }
+        total = job(&f);
+        if refused {
+            after_refusal += 1;
+        }
+    }
+    assert!(
+        after_refusal > 0,
+        "every verification was answered before hsmd refused new work ({at_ping} of {JOBS} \
+         were answered when the ping came back): none was shown in flight during the shutdown"
+    );
+    // Every request read before the shutdown was answered, and correctly; then hsmd closes
+    // the connection.
+    assert_eq!(raw.ending(wait), Ending::Closed);
+    stopper.join().unwrap().unwrap();
 }

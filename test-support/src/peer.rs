@@ -340,6 +340,36 @@ pub fn server_queues(s: &TcpStream) -> Option<(u64, u64)> {
     tcp_queues(s.peer_addr().ok()?, s.local_addr().ok()?)
 }
 
+fn would_block(r: std::io::Result<usize>) -> bool {
+    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The sockets of `tcp` that the server has not closed, for a server that says nothing until
+/// the peer does (before a hello): a look without waiting finds nothing to read.
+pub fn open_tcp(tcp: &[TcpStream]) -> Vec<&TcpStream> {
+    tcp.iter()
+        .filter(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            let r = s.peek(&mut [0u8; 1]);
+            s.set_nonblocking(false).expect("blocking");
+            would_block(r)
+        })
+        .collect()
+}
+
+/// How many of `unix` the server has not closed, for a server that says nothing until the
+/// peer does (so the read takes nothing away).
+pub fn open_unix(unix: &[std::os::unix::net::UnixStream]) -> usize {
+    unix.iter()
+        .filter(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            let r = (&mut &**s).read(&mut [0u8; 1]);
+            s.set_nonblocking(false).expect("blocking");
+            would_block(r)
+        })
+        .count()
+}
+
 /// Resident memory of a process, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS")
