@@ -274,7 +274,7 @@ fn move_ports(file: &Path, from: &Ports, to: &Ports) {
 }
 
 #[test]
-fn online_backup_while_keys_are_created_restores_every_acknowledged_key() {
+fn online_backup_while_keys_are_created_restores_a_consistent_snapshot() {
     let d = Data::init("alice");
     let hsmd_running = d.start();
     let acked = Arc::new(acked::Acked::default());
