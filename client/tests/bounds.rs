@@ -345,26 +345,42 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
     drop(daemon);
 }
 
+/// alice's sessions in the flooding test.
+const FLOOD_SESSIONS: usize = 32;
+
 #[test]
 fn a_flooding_client_does_not_stall_another_clients_signatures() {
     let _serial = serial();
     let d = Data::init("alice,bob");
+    // One crypto worker, and a flood of small signatures (cheap to read, costly to compute):
+    // the worker pool is the bottleneck, so the order it takes jobs in is what bob sees.
+    d.set("server", "workers", "1");
+    d.set("server", "max_connections_per_client", "64");
     let daemon = d.start();
-    // alice keeps 16 sessions of 32 large digests queued (they run on the pool), bob signs.
+    // alice keeps 32 sessions of 32 P-256 signatures queued on the pool; bob signs.
     let alice = d.load_profile("alice");
+    let flood_key = {
+        let c = BlockingClient::connect_within(&alice, Some(Transport::Tcp), DEADLINE).unwrap();
+        c.generate(&"flood".parse().unwrap(), KeyType::P256)
+            .unwrap()
+            .id
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let mut flood = Vec::new();
-    for _ in 0..16 {
-        let (p, stop, done) = (alice.clone(), stop.clone(), done.clone());
+    // Connected one after another: logins at once would meet the handshake gate.
+    let sessions: Vec<BlockingClient> = (0..FLOOD_SESSIONS)
+        .map(|_| BlockingClient::connect_within(&alice, Some(Transport::Tcp), DEADLINE).unwrap())
+        .collect();
+    for c in sessions {
+        let (stop, done) = (stop.clone(), done.clone());
         flood.push(std::thread::spawn(move || {
-            let c = BlockingClient::connect(&p, Some(Transport::Tcp)).unwrap();
             let mut times = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let reqs = (0..32)
-                    .map(|_| Request::Digest {
-                        alg: ferrohsm_proto::DigestAlg::Sha256,
-                        data: vec![3; 256 * 1024],
+                let reqs = (0..32u8)
+                    .map(|i| Request::Sign {
+                        key: KeyRef::Id(flood_key),
+                        data: vec![i],
                     })
                     .collect();
                 let t = Instant::now();
@@ -379,7 +395,7 @@ fn a_flooding_client_does_not_stall_another_clients_signatures() {
     }
     // The flood is under way: its first pipelines came back, the next ones are queued.
     wait::until("alice's flood to be running", DEADLINE, || {
-        done.load(Ordering::SeqCst) >= 1
+        done.load(Ordering::SeqCst) >= FLOOD_SESSIONS
     });
     let before = done.load(Ordering::SeqCst);
     let bob =
@@ -411,11 +427,15 @@ fn a_flooding_client_does_not_stall_another_clients_signatures() {
         .flat_map(|f| f.join().expect("a flood thread failed"))
         .collect();
     assert!(during > 0, "alice's flood stalled while bob signed");
-    // With one FIFO, bob's pair waits behind alice's whole backlog: about as long as one of
-    // her pipelines (each waits behind the same backlog). Fair turns make it a few jobs.
+    // With one FIFO, bob's pair waits behind alice's whole backlog (up to 32 x 32 signatures):
+    // about as long as one of her pipelines, which waits behind the same backlog. Fair turns
+    // put it behind a job or two of hers.
     let (bob_median, alice_median) = (median(times), median(alice_times));
+    eprintln!("bob's median sign pair {bob_median:?}, alice's median pipeline {alice_median:?}");
+    // Measured here: one FIFO puts bob at 0.8-0.9 of alice's median; the fair pool at
+    // 0.04-0.25, under load too. The line is drawn between, with room on both sides.
     assert!(
-        bob_median * 4 < alice_median,
+        bob_median * 2 < alice_median,
         "bob's median sign pair {bob_median:?} against alice's median pipeline {alice_median:?}"
     );
     drop(daemon);
