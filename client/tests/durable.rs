@@ -132,6 +132,8 @@ fn cut_off(killed: &AtomicBool, what: &str, e: ClientError) {
 
 fn crash_cycles(cycles: u32) {
     let d = Data::init("alice,bob");
+    // A hundred cycles keep more keys than the default quota: this test is about durability.
+    d.set("limits", "max_keys_per_client", "1000000");
     let acked = Arc::new(Mutex::new(Acked::default()));
     for cycle in 0..cycles {
         let daemon = d.start();
