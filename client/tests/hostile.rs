@@ -276,8 +276,18 @@ fn idle_unauthenticated_connections_never_take_session_places() {
     assert!(m.contains("too many connections"), "{m}");
     a.ping().unwrap();
     b.ping().unwrap();
-    // The idle sockets were still held, open and unanswered, all along.
-    for mut s in idle {
-        assert_eq!(s.ending(Duration::from_millis(50)), Ending::Silent);
+    // The idle sockets were still held, established on hsmd's side and unanswered, all along.
+    for s in &idle {
+        let (mine, server) = (s.s.local_addr().unwrap(), s.s.peer_addr().unwrap());
+        assert_eq!(
+            tcp_queues(server, mine),
+            Some((0, 0)),
+            "{mine} no longer held by hsmd"
+        );
+        assert_eq!(
+            tcp_queues(mine, server),
+            Some((0, 0)),
+            "{mine}: hsmd answered it"
+        );
     }
 }

@@ -86,7 +86,12 @@ fn fill(path: &Path) {
     for size in [chunk.len(), 4096, 1] {
         while f.write_all(&chunk[..size]).is_ok() {}
     }
-    assert!(f.write_all(&[0]).is_err(), "the filesystem is not full");
+    let full = f.write_all(&[0]).and_then(|_| f.sync_all());
+    assert_eq!(
+        full.map_err(|e| e.raw_os_error()),
+        Err(Some(28)),
+        "the filesystem is not full (ENOSPC expected)"
+    );
 }
 
 #[test]

@@ -414,15 +414,24 @@ fn run_against_a_running_hsmd_can_be_repeated() {
     let data = Data::init("alice,bob");
     let _hsmd = data.start();
     let clients = data.dir.join("clients");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tags = Vec::new();
     for round in 0..2 {
+        let json_f = tmp.path().join(format!("run{round}.json"));
         let (o, out) = run_within(
             stress()
                 .args(["run", "--profiles", s(&clients), "--clients", "2"])
-                .args(["--ops", "40", "--transports", "tcp"]),
+                .args(["--ops", "40", "--transports", "tcp"])
+                .args(["--json", s(&json_f)]),
             Duration::from_secs(60),
         );
         assert!(o.status.success(), "round {round}: {out}");
+        let r = json(&json_f);
+        assert_clean_run(&r, &out);
+        assert_eq!(u(&r["total_ops"]), 40, "round {round}: {out}");
+        tags.push(r["run_tag"].as_str().unwrap().to_string());
     }
+    assert_ne!(tags[0], tags[1], "each run has its own tag");
 }
 
 #[test]

@@ -72,7 +72,11 @@ pub fn failed_with_message(o: &Output) -> (String, String) {
         "expected a server error: {}",
         text(o)
     );
-    assert!(o.stdout.is_empty() || !o.status.success(), "{}", text(o));
+    assert!(
+        o.stdout.is_empty(),
+        "a failed run wrote to stdout: {}",
+        text(o)
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     let line = err.trim_end();
     assert_eq!(line.lines().count(), 1, "one error line: {}", text(o));
