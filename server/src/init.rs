@@ -413,6 +413,15 @@ mod tests {
         init(&opts(&empty, false)).unwrap();
         let mut bad = opts(&tmp.path().join("x"), false);
         bad.clients = vec!["9lives".into()];
-        assert!(init(&bad).is_err());
+        let r = init(&bad);
+        assert!(
+            matches!(&r, Err(ServerError::Init(m))
+                if m.starts_with("--clients: invalid client name \"9lives\"")),
+            "{r:?}"
+        );
+        assert!(
+            !tmp.path().join("x").exists(),
+            "refused before writing anything"
+        );
     }
 }

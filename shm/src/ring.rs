@@ -208,13 +208,27 @@ mod tests {
         // Peer claims 17 bytes in a 16-byte ring.
         local.ctl.head.0.store(17, Ordering::Relaxed);
         let ring = local.ring();
-        assert!(ring.read(&mut tail, &mut [0u8; 4]).is_err());
+        let r = ring.read(&mut tail, &mut [0u8; 4]);
+        assert!(
+            matches!(&r, Err(ShmError::Corrupt(m)) if m == "request head 17 is 17 bytes past tail 0"),
+            "{r:?}"
+        );
         // Peer moves its head backwards (wraps to a huge count).
         local.ctl.head.0.store(u64::MAX, Ordering::Relaxed);
-        assert!(local.ring().readable(0).is_err());
+        let r = local.ring().readable(0);
+        assert!(
+            matches!(&r, Err(ShmError::Corrupt(m)) if *m == format!(
+                "request head {} is {} bytes past tail 0", u64::MAX, u64::MAX
+            )),
+            "{r:?}"
+        );
         // Peer moves the tail past our head.
         local.ctl.tail.0.store(5, Ordering::Relaxed);
-        assert!(local.ring().write(&mut head, &[1]).is_err());
+        let r = local.ring().write(&mut head, &[1]);
+        assert!(
+            matches!(&r, Err(ShmError::Corrupt(m)) if m == "peer tail 5 is not within 16 bytes of head 0"),
+            "{r:?}"
+        );
         assert_eq!((head, tail), (0, 0), "positions untouched after a refusal");
     }
 }

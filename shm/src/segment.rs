@@ -315,20 +315,38 @@ mod tests {
         assert_eq!(s.len(), DATA_OFF + 2 * MIN_RING as usize);
         let fd = s.fd().try_clone_to_owned().unwrap();
         // The seals hold: neither side can resize the file.
-        assert!(rustix::fs::ftruncate(&fd, 10).is_err());
-        assert!(rustix::fs::ftruncate(&fd, 1 << 30).is_err());
+        // F_SEAL_SHRINK and F_SEAL_GROW make both fail with EPERM (memfd_create(2)).
+        assert_eq!(rustix::fs::ftruncate(&fd, 10), Err(rustix::io::Errno::PERM));
+        assert_eq!(
+            rustix::fs::ftruncate(&fd, 1 << 30),
+            Err(rustix::io::Errno::PERM)
+        );
         let c = Segment::open(fd).unwrap();
         assert_eq!(c.ring_size(), MIN_RING);
         // A corrupted header is refused.
         s.write_bytes(0, b"XXXXXXXX");
-        assert!(Segment::open(s.fd().try_clone_to_owned().unwrap()).is_err());
-        assert!(Segment::create(5000).is_err());
+        let r = Segment::open(s.fd().try_clone_to_owned().unwrap());
+        assert!(
+            matches!(&r, Err(ShmError::Invalid(m)) if m == "bad magic or version"),
+            "{r:?}"
+        );
+        let r = Segment::create(5000);
+        assert!(
+            matches!(&r, Err(ShmError::Invalid(m))
+                if m.starts_with("ring size 5000 must be a power of two")),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn unsealed_files_are_refused() {
         let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, total_len(MIN_RING) as u64).unwrap();
-        assert!(Segment::open(fd).is_err());
+        let r = Segment::open(fd);
+        assert!(
+            matches!(&r, Err(ShmError::Invalid(m))
+                if m == "segment is not sealed against resizing"),
+            "{r:?}"
+        );
     }
 }

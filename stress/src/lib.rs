@@ -79,11 +79,25 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("3h").is_err() && parse_duration("x").is_err());
+        assert_eq!(
+            parse_duration("3h"),
+            Err(r#"invalid duration unit in "3h": expected ms, s or m"#.to_string())
+        );
+        assert_eq!(
+            parse_duration("x"),
+            Err(r#"invalid duration "x": expected e.g. 30s, 500ms, 2m"#.to_string())
+        );
+        assert_eq!(
+            parse_duration("86401"),
+            Err(r#"duration "86401" is out of range"#.to_string())
+        );
         assert_eq!(
             parse_transports("tcp,shm").unwrap(),
             [Transport::Tcp, Transport::Shm]
         );
-        assert!(parse_transports("tcp,udp").is_err());
+        assert_eq!(
+            parse_transports("tcp,udp"),
+            Err(r#"unknown transport "udp"; expected tcp, tls, tls-psk or shm"#.to_string())
+        );
     }
 }

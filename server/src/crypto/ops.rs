@@ -413,7 +413,13 @@ mod tests {
             for i in 1..ct.len() {
                 let mut bad = ct.clone();
                 bad[i] ^= 1;
-                assert!(decrypt(&k, &bad, b"ctx").is_err(), "flip at {i} accepted");
+                // Past the format byte every flip (algorithm, version, nonce, body, tag)
+                // fails authentication.
+                let r = decrypt(&k, &bad, b"ctx");
+                assert!(
+                    matches!(&r, Err(e) if e.status == Status::DecryptFailed),
+                    "flip at {i}: {r:?}"
+                );
             }
             assert_eq!(
                 decrypt(&key(t), &ct, b"ctx").unwrap_err().status,
@@ -433,11 +439,18 @@ mod tests {
         let ka = derive(&a, &b.public_key().unwrap(), KeyType::HmacSha256).unwrap();
         let kb = derive(&b, &a.public_key().unwrap(), KeyType::HmacSha256).unwrap();
         assert_eq!(mac(&ka, b"x").unwrap(), mac(&kb, b"x").unwrap());
+        let r = derive(&a, &[0u8; 32], KeyType::HmacSha256);
         assert!(
-            derive(&a, &[0u8; 32], KeyType::HmacSha256).is_err(),
-            "low-order peer"
+            matches!(&r, Err(e) if e.status == Status::InvalidArgument
+                && e.message.contains("low-order point")),
+            "low-order peer: {r:?}"
         );
-        assert!(derive(&a, &[1u8; 31], KeyType::HmacSha256).is_err());
+        let r = derive(&a, &[1u8; 31], KeyType::HmacSha256);
+        assert!(
+            matches!(&r, Err(e) if e.status == Status::InvalidArgument
+                && e.message.contains("must be 32 bytes")),
+            "short peer: {r:?}"
+        );
     }
 
     #[test]

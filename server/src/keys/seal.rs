@@ -468,10 +468,12 @@ mod tests {
         }
         let mut flipped = s.clone();
         flipped[20] ^= 1;
-        assert!(m.open_record(&r, &flipped).is_err());
-        assert!(m.open_record(&r, &s[..20]).is_err());
+        // Every cause is the one `Record` error (no message): a flipped byte, a sealed blob
+        // shorter than nonce and tag, another master key.
+        assert_eq!(m.open_record(&r, &flipped), Err(SealError::Record));
+        assert_eq!(m.open_record(&r, &s[..20]), Err(SealError::Record));
         let other = MasterKey::generate().unwrap();
-        assert!(other.open_record(&r, &s).is_err());
+        assert_eq!(other.open_record(&r, &s), Err(SealError::Record));
         assert_eq!(format!("{m:?}"), "MasterKey(..)");
     }
 
@@ -514,11 +516,18 @@ mod tests {
             },
             salt: [3; 16],
         };
-        assert!(MasterKey::unwrap(&weaker, &w, &pass).is_err());
-        assert!(matches!(
-            MasterKey::unwrap(&Kdf::KeyFile, &w, &pass),
-            Err(SealError::WrongKind { .. })
-        ));
+        // Valid parameters (not a `Kdf` error): the KEK differs, so the unwrap fails.
+        assert_eq!(
+            MasterKey::unwrap(&weaker, &w, &pass).unwrap_err(),
+            SealError::WrongUnlock
+        );
+        assert_eq!(
+            MasterKey::unwrap(&Kdf::KeyFile, &w, &pass).unwrap_err(),
+            SealError::WrongKind {
+                stored: "a key file",
+                given: "passphrase",
+            }
+        );
         let t = KeyFileSecret::generate().unwrap().to_text();
         assert!(KeyFileSecret::parse(&t).is_some());
         assert!(KeyFileSecret::parse("abcd").is_none());

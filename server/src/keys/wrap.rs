@@ -259,16 +259,44 @@ mod tests {
                 *target.version(v).unwrap().secret_bytes()
             );
         }
-        for i in [0, 9, 20, blob.len() / 2, blob.len() - 1] {
+        let tampered = "the blob does not authenticate under wrap key k (tampered, or sealed \
+                        under another key)";
+        for (i, status, message) in [
+            (
+                0,
+                Status::InvalidArgument,
+                "not a FerroHSM wrapped key blob: it does not start with FHSMWRAP",
+            ),
+            // The meta length's low byte: this record's length is odd, so the flip shortens it
+            // by one and the ciphertext is read from the record's closing `}` (0x7d = 125).
+            (
+                9,
+                Status::InvalidArgument,
+                "unknown ciphertext format version 125",
+            ),
+            (20, Status::DecryptFailed, tampered),
+            (blob.len() / 2, Status::DecryptFailed, tampered),
+            (blob.len() - 1, Status::DecryptFailed, tampered),
+        ] {
             let mut bad = blob.clone();
             bad[i] ^= 1;
-            assert!(open(&w, &bad).is_err(), "a flip at {i} was accepted");
+            let r = open(&w, &bad);
+            assert!(
+                matches!(&r, Err(e) if e.status == status && e.message == message),
+                "a flip at {i}: {r:?}"
+            );
         }
         let other = handle(KeyType::Aes256Gcm, UsageSet::of(&[Usage::Wrap]), false, 1);
         assert_eq!(
             open(&other, &blob).unwrap_err().status,
             Status::DecryptFailed
         );
-        assert!(open(&w, &blob[..20]).is_err());
+        // Cut inside the record: the meta length points past the end.
+        let r = open(&w, &blob[..20]);
+        assert!(
+            matches!(&r, Err(e) if e.status == Status::InvalidArgument
+                && e.message == "not a FerroHSM wrapped key blob: truncated"),
+            "{r:?}"
+        );
     }
 }

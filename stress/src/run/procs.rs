@@ -188,6 +188,15 @@ mod tests {
         assert_eq!(m.stats.timeline["tcp"].len(), 2);
         assert_eq!(m.elapsed, Duration::from_millis(1500));
         // Damaged input is an error, not a panic.
-        assert!(load(&json!({"total_ops": 1})).is_err());
+        assert_eq!(
+            load(&json!({"total_ops": 1})).err().as_deref(),
+            Some("child outcome: no ops")
+        );
+        let mut no_restarts = dump(&a);
+        no_restarts.as_object_mut().unwrap().remove("restarts");
+        assert_eq!(
+            load(&no_restarts).err().as_deref(),
+            Some("child outcome: no restarts")
+        );
     }
 }

@@ -70,10 +70,24 @@ fn verify_names_the_first_broken_entry() {
 
     let other = SigningKey::from_bytes(&[6; 32]);
     let forged = SignedHead::sign(&other, 5, rows[4].hash);
-    assert!(verify(rows.clone(), Some(&forged), &public, None).is_err());
+    assert_eq!(
+        verify(rows.clone(), Some(&forged), &public, None),
+        Err(Broken {
+            seq: 5,
+            reason: "the signed head does not verify with the audit public key".into(),
+        })
+    );
 
     let text = head.to_checkpoint();
     assert_eq!(SignedHead::from_checkpoint(&text).unwrap(), head);
-    assert!(SignedHead::from_checkpoint("seq 1").is_err());
+    let r = SignedHead::from_checkpoint("seq 1");
+    assert!(
+        matches!(&r, Err(m) if m.starts_with("not a FerroHSM audit checkpoint")),
+        "{r:?}"
+    );
+    assert_eq!(
+        SignedHead::from_checkpoint(&format!("{CHECKPOINT_FIRST_LINE}\nseq 1\n")),
+        Err("checkpoint has no hash line".to_string())
+    );
     assert_eq!(SignedHead::from_bytes(&head.to_bytes()).unwrap(), head);
 }
