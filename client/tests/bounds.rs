@@ -25,7 +25,7 @@ use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
 use ferrohsm_test_support::keys::assert_signs;
 use ferrohsm_test_support::peer::{
-    ALL, Ending, Raw, Tcp, header, hello, open_tcp, open_unix, rss_kib, rt, status_of,
+    ALL, Ending, Raw, Tcp, header, hello, rss_kib, rt, status_of, wait_gate_full,
 };
 use ferrohsm_test_support::peer::{message_of, request, server_queues};
 use ferrohsm_test_support::{Data, wait};
@@ -272,19 +272,8 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
         unix.push(std::os::unix::net::UnixStream::connect(&sock).unwrap());
     }
     // The gate is full: hsmd holds exactly its 16 places per source (127.0.0.1 for TCP and
-    // TLS, alice's uid for shm) with idle sockets and has closed every other one (so it
-    // accepted them all: none waits in the listen backlog); the ones it holds are established
-    // on its side.
-    wait::until("hsmd to hold 16 idle sockets per source", DEADLINE, || {
-        open_tcp(&tcp).len() == 16 && open_unix(&unix) == 16
-    });
-    for s in open_tcp(&tcp) {
-        assert!(
-            server_queues(s).is_some(),
-            "{:?} is open here but not established on hsmd's side",
-            s.local_addr()
-        );
-    }
+    // TLS, alice's uid for shm) with idle sockets and has closed every other one.
+    wait_gate_full(&tcp, &unix, 16, DEADLINE);
     // Once the idle sockets are older than any real handshake takes, a real client displaces
     // one: until then the gate refuses it by closing at once (a connection error, nothing else).
     for t in ALL {

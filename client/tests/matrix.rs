@@ -15,8 +15,7 @@ use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
 use ferrohsm_test_support::keys::assert_signs;
 use ferrohsm_test_support::peer::status_of;
 use ferrohsm_test_support::peer::{
-    ALL, Ending, Raw, header, hello, open_tcp, open_unix, request as req, rss_kib, rt,
-    server_queues,
+    ALL, Ending, Raw, header, hello, request as req, rss_kib, rt, wait_gate_full,
 };
 use ferrohsm_test_support::{Data, label, spec, wait};
 
@@ -473,19 +472,8 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
         unix.push(std::os::unix::net::UnixStream::connect(p.shm_socket.as_ref().unwrap()).unwrap());
     }
     // The gate is full: hsmd holds exactly its 16 places per source (127.0.0.1 for the three
-    // TCP listeners, alice's uid for shm) with idle sockets and has closed every other one (so
-    // it accepted them all: none waits in the listen backlog); the ones it holds are
-    // established on its side.
-    wait::until("hsmd to hold 16 idle sockets per source", DEADLINE, || {
-        open_tcp(&tcp).len() == 16 && open_unix(&unix) == 16
-    });
-    for s in open_tcp(&tcp) {
-        assert!(
-            server_queues(s).is_some(),
-            "{:?} is open here but not established on hsmd's side",
-            s.local_addr()
-        );
-    }
+    // TCP listeners, alice's uid for shm) with idle sockets and has closed every other one.
+    wait_gate_full(&tcp, &unix, 16, DEADLINE);
     // A real client gets in on each listener once the idle sockets are older than any real
     // handshake (until then the gate refuses it by closing at once).
     for t in ALL {

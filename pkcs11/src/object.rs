@@ -303,27 +303,10 @@ pub fn needs_public(a: CK_ATTRIBUTE_TYPE) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrohsm_proto::VersionInfo;
 
     fn known(t: KeyType, granted: bool) -> Known {
         Known {
-            info: KeyInfo {
-                id: 7,
-                label: "k".parse().unwrap(),
-                key_type: t,
-                usage: t.allowed_usage(),
-                exportable: false,
-                lifetime: Lifetime::Persistent,
-                created: 0,
-                owner: "alice".parse().unwrap(),
-                origin: Origin::Generated,
-                current_version: 1,
-                versions: vec![VersionInfo {
-                    version: 1,
-                    created: 0,
-                    retired: false,
-                }],
-            },
+            info: KeyInfo::generated("alice".parse().unwrap(), 7, "k".parse().unwrap(), t),
             granted,
             public: None,
         }

@@ -62,7 +62,7 @@ pub fn check_list(mine: &HashSet<String>, listed: &[KeyInfo], others: &[String])
 mod tests {
     use super::*;
     use ed25519_dalek::Signer as _;
-    use ferrohsm_proto::{KeyType, Lifetime};
+    use ferrohsm_proto::KeyType;
 
     #[test]
     fn a_wrong_signature_is_caught() {
@@ -91,18 +91,13 @@ mod tests {
 
     #[test]
     fn listings_catch_missing_and_foreign_keys() {
-        let info = |l: &str| KeyInfo {
-            id: 1,
-            label: l.parse().unwrap(),
-            key_type: KeyType::Ed25519,
-            usage: KeyType::Ed25519.allowed_usage(),
-            exportable: false,
-            lifetime: Lifetime::Persistent,
-            created: 0,
-            owner: "a".parse().unwrap(),
-            origin: ferrohsm_proto::Origin::Generated,
-            current_version: 1,
-            versions: Vec::new(),
+        let info = |l: &str| {
+            KeyInfo::generated(
+                "a".parse().unwrap(),
+                1,
+                l.parse().unwrap(),
+                KeyType::Ed25519,
+            )
         };
         let mine: HashSet<String> = ["a-1".to_string(), "a-2".to_string()].into();
         let ok = check_list(&mine, &[info("a-1"), info("a-2")], &["b-".into()]);

@@ -370,6 +370,30 @@ pub fn open_unix(unix: &[std::os::unix::net::UnixStream]) -> usize {
         .count()
 }
 
+/// Waits until the server holds exactly `places` of the idle `tcp` sockets and `places` of
+/// the idle `unix` ones, and has closed every other (so it accepted them all: none waits in a
+/// listen backlog), then checks the TCP ones it holds are established on its side. For a
+/// handshake gate with `places` per source, filled by far more idle sockets than that.
+pub fn wait_gate_full(
+    tcp: &[TcpStream],
+    unix: &[std::os::unix::net::UnixStream],
+    places: usize,
+    within: std::time::Duration,
+) {
+    crate::wait::until(
+        &format!("the server to hold {places} idle sockets per source"),
+        within,
+        || open_tcp(tcp).len() == places && open_unix(unix) == places,
+    );
+    for s in open_tcp(tcp) {
+        assert!(
+            server_queues(s).is_some(),
+            "{:?} is open here but not established on the server's side",
+            s.local_addr()
+        );
+    }
+}
+
 /// Resident memory of a process, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS")

@@ -192,18 +192,13 @@ proptest! {
 
 #[test]
 fn a_full_page_has_a_next_a_short_one_none() {
-    let key = |id| KeyInfo {
-        id,
-        label: "k".parse().unwrap(),
-        key_type: KeyType::P256,
-        usage: KeyType::P256.allowed_usage(),
-        exportable: false,
-        lifetime: Lifetime::Persistent,
-        created: 0,
-        owner: "alice".parse().unwrap(),
-        origin: Origin::Generated,
-        current_version: 1,
-        versions: Vec::new(),
+    let key = |id| {
+        KeyInfo::generated(
+            "alice".parse().unwrap(),
+            id,
+            "k".parse().unwrap(),
+            KeyType::P256,
+        )
     };
     let two = Page {
         after: None,
@@ -224,14 +219,8 @@ fn a_full_page_has_a_next_a_short_one_none() {
 #[test]
 fn responses_round_trip() {
     let info = KeyInfo {
-        id: 7,
-        label: "k1".parse().unwrap(),
-        key_type: KeyType::P256,
-        usage: KeyType::P256.allowed_usage(),
-        exportable: false,
         lifetime: Lifetime::Session,
         created: 1_700_000_000,
-        owner: "alice".parse().unwrap(),
         origin: Origin::Imported,
         current_version: 2,
         versions: vec![
@@ -246,6 +235,12 @@ fn responses_round_trip() {
                 retired: false,
             },
         ],
+        ..KeyInfo::generated(
+            "alice".parse().unwrap(),
+            7,
+            "k1".parse().unwrap(),
+            KeyType::P256,
+        )
     };
     let cases = [
         (Opcode::Ping, Response::Done),

@@ -432,6 +432,32 @@ pub struct KeyInfo {
     pub versions: Vec<VersionInfo>,
 }
 
+impl KeyInfo {
+    /// A key as generation makes it: `owner`'s persistent, non-exportable key `id` of type
+    /// `key_type`, with every usage the type allows, at version 1, created at time 0. A start
+    /// for descriptions made by hand (tests, mocks); change fields with struct update syntax:
+    /// `KeyInfo { exportable: true, ..KeyInfo::generated(owner, 7, label, KeyType::P256) }`.
+    pub fn generated(owner: Label, id: u32, label: Label, key_type: KeyType) -> KeyInfo {
+        KeyInfo {
+            id,
+            label,
+            key_type,
+            usage: key_type.allowed_usage(),
+            exportable: false,
+            lifetime: Lifetime::Persistent,
+            created: 0,
+            owner,
+            origin: Origin::Generated,
+            current_version: 1,
+            versions: vec![VersionInfo {
+                version: 1,
+                created: 0,
+                retired: false,
+            }],
+        }
+    }
+}
+
 /// Parameters of a new key (generate or derive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeySpec {

@@ -92,21 +92,14 @@ pub(crate) fn test_info(
     exportable: bool,
 ) -> KeyInfo {
     KeyInfo {
-        id,
-        label: label.parse().expect("test label"),
-        key_type: t,
         usage,
         exportable,
-        lifetime: Lifetime::Persistent,
-        created: 0,
-        owner: "alice".parse().expect("label"),
-        origin: ferrohsm_proto::Origin::Generated,
-        current_version: 1,
-        versions: vec![VersionInfo {
-            version: 1,
-            created: 0,
-            retired: false,
-        }],
+        ..KeyInfo::generated(
+            "alice".parse().expect("label"),
+            id,
+            label.parse().expect("test label"),
+            t,
+        )
     }
 }
 
