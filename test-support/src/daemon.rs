@@ -23,12 +23,22 @@ pub const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long hsmd may take to exit after a signal, or a command to finish.
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A free loopback port (free until someone else binds it).
+/// A free loopback port (free until someone else binds it), never one this process handed out
+/// before: the kernel may give a port just released to the next bind, and two of a test's
+/// listeners, or two tests' hsmd, must not be told the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Loopback addresses for the three socket listeners, as `hsmd init` flags.
