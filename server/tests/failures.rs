@@ -1,5 +1,6 @@
 //! Failure statuses end to end, through the real `hsmd` and `hsmctl`: `store_failed` when the
-//! store cannot commit (its filesystem is full), `counter_overflow` for a counter at 2^64-1.
+//! store cannot commit (its filesystem is full), `counter_overflow` for a counter at 2^64-1,
+//! and a commit that waits for another writer of the store rather than failing.
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
@@ -229,6 +230,56 @@ fn a_counter_at_its_maximum_answers_counter_overflow_and_stays_there() {
     assert_eq!(
         ok(&d.ctl("alice", &["counter", "read", COUNTER])),
         format!("{}\n", u64::MAX)
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+/// Another process writing to keys.db (`hsmd passwd`, an operator's SQLite tool) makes hsmd's
+/// commit wait for its lock, within the store's busy timeout, instead of answering
+/// `store_failed` at once.
+#[test]
+fn a_commit_waits_for_another_writer_of_the_store() {
+    let d = Data::init("alice");
+    let daemon = d.start();
+    ok(&d.ctl(
+        "alice",
+        &["keygen", "--type", "ed25519", "--label", "before"],
+    ));
+    // An outside writer takes the store's write lock and holds it.
+    let mut outside = d.sql();
+    let tx = outside
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let ctl = {
+        let profile = d.profile("alice");
+        std::thread::spawn(move || {
+            let mut c = ferrohsm_test_support::daemon::hsmctl_command(&profile);
+            c.args(["keygen", "--type", "ed25519", "--label", "during"]);
+            let o = output_within(&mut c, EXIT_DEADLINE);
+            let _ = done_tx.send(());
+            o
+        })
+    };
+    // While the lock is held the keygen is not answered (before the fix it failed at once
+    // with store_failed); then the lock goes and the keygen completes.
+    assert!(
+        done_rx
+            .recv_timeout(std::time::Duration::from_millis(1500))
+            .is_err(),
+        "the keygen was answered while another process held the write lock: {:?}",
+        ctl.join().unwrap()
+    );
+    tx.rollback().unwrap();
+    let o = ctl.join().unwrap();
+    assert_eq!(ok(&o), "2 during\n");
+    let list = ok(&d.ctl("alice", &["list"]));
+    assert_eq!(
+        list.lines()
+            .map(|l| l.split('\t').nth(1).unwrap())
+            .collect::<Vec<_>>(),
+        ["before", "during"],
+        "{list}"
     );
     assert_eq!(daemon.terminate().code(), Some(0));
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferrohsm_proto::{KeyRef, Label};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Applied, AuditEvent, Change, GrantRecord, KeyStore, Listed, MasterRecord, Sealed, StoreError,
@@ -286,7 +286,13 @@ impl KeyStore for SqliteStore {
         batch: Vec<Change>,
         denials: Vec<AuditEvent>,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
-        let mut tx = self.conn.transaction().map_err(backend)?;
+        // The write lock from the start (IMMEDIATE): a deferred transaction that reads first
+        // and then writes cannot wait out another process's write (`hsmd passwd`, a backup
+        // tool); SQLite refuses its upgrade at once instead of using the busy timeout.
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
         let key = match self.audit_key.take() {
             Some(k) => k,
             None => audit::signing_key(&tx, master)?,
@@ -492,7 +498,10 @@ impl KeyStore for SqliteStore {
     }
 
     fn replace_master_record(&mut self, rec: &MasterRecord) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(backend)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
         let put = |name: &str, value: &[u8]| {
             tx.execute(
                 "INSERT INTO meta (name, value) VALUES (?1, ?2) \
