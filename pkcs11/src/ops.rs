@@ -113,6 +113,8 @@ pub struct Operations {
     pub decrypt: Option<AeadOp>,
     /// `C_DigestInit`.
     pub digest: Option<DigestOp>,
+    /// Whether the active digest has had a `C_DigestUpdate` (then `C_Digest` is refused).
+    pub digest_updated: bool,
 }
 
 /// The key behind handle `h`, if it is one of `classes` and may be used now.
@@ -454,6 +456,7 @@ pub fn digest_init(s: &mut Session, mech: CK_MECHANISM_TYPE) -> Result<(), Rv> {
         CKM_SHA512 => DigestOp::Sha512(sha2::Sha512::new()),
         _ => return Err(CKR_MECHANISM_INVALID),
     });
+    s.ops.digest_updated = false;
     Ok(())
 }
 
@@ -473,11 +476,25 @@ pub fn digest_update(s: &mut Session, data: &[u8]) -> Result<(), Rv> {
         Some(DigestOp::Sha512(h)) => h.update(data),
         None => return Err(CKR_OPERATION_NOT_INITIALIZED),
     }
+    s.ops.digest_updated = true;
     Ok(())
 }
 
-/// `C_DigestFinal` (after `digest_update` of a single-part call's data).
+/// `C_Digest`: the whole message at once; refused (and the digest ended) after an update,
+/// as for signatures.
+pub fn digest_once(s: &mut Session, data: &[u8]) -> Result<Vec<u8>, Rv> {
+    if s.ops.digest_updated {
+        s.ops.digest = None;
+        s.ops.digest_updated = false;
+        return Err(CKR_OPERATION_ACTIVE);
+    }
+    digest_update(s, data)?;
+    digest_final(s)
+}
+
+/// `C_DigestFinal`.
 pub fn digest_final(s: &mut Session) -> Result<Vec<u8>, Rv> {
+    s.ops.digest_updated = false;
     match s.ops.digest.take() {
         Some(DigestOp::Sha256(h)) => Ok(h.finalize().to_vec()),
         Some(DigestOp::Sha512(h)) => Ok(h.finalize().to_vec()),

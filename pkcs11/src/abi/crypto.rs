@@ -404,10 +404,7 @@ pub unsafe extern "C" fn C_Digest(
         let data = unsafe { bytes(data, len) }?;
         with_session(h, |_, s| {
             let need = ops::digest_len(s)?;
-            let produce = || {
-                ops::digest_update(s, data)?;
-                ops::digest_final(s)
-            };
+            let produce = || ops::digest_once(s, data);
             // SAFETY: the caller's output buffer and length.
             unsafe { output(out, out_len, need, produce) }
         })

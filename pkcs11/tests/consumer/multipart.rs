@@ -280,6 +280,32 @@ pub(crate) fn digest(s: &Session) {
         s.digest_final().expect("final"),
         ring::digest::digest(&ring::digest::SHA512, b"abc").as_ref()
     );
+    // A single-part C_Digest after an update is refused, and ends the digest.
+    s.digest_init(&Mechanism::Sha256).expect("init");
+    s.digest_update(b"abc").expect("update");
+    let mut more = *b"more";
+    let mut out = [0u8; 32];
+    let mut len: CK_ULONG = 32;
+    // SAFETY: a valid session; `more` readable and `out` writable for their lengths.
+    let r = unsafe {
+        f.C_Digest.unwrap()(
+            s.handle(),
+            more.as_mut_ptr(),
+            more.len() as CK_ULONG,
+            out.as_mut_ptr(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, CKR_OPERATION_ACTIVE);
+    assert_eq!(
+        rv(s.digest_final().unwrap_err()),
+        RvError::OperationNotInitialized
+    );
+    // A new digest after it starts clean.
+    assert_eq!(
+        s.digest(&Mechanism::Sha256, b"abc").expect("digest"),
+        sha256(b"abc")
+    );
 }
 
 pub(crate) fn hmac(t: &Token, s: &Session) {
