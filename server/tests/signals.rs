@@ -285,12 +285,18 @@ fn a_request_sent_while_draining_answers_shutting_down() {
         answered.load(Ordering::SeqCst) > 0
     });
     daemon.signal("TERM");
-    // Pings until one is refused: those served went in before hsmd saw the signal.
-    let (refused, at) = wait::eventually("a ping to be refused", WITHIN, || {
-        idle.call(Request::Ping)
-            .err()
-            .map(|e| (e, SystemTime::now()))
-    });
+    // Pings back to back until one is refused (those served went in before hsmd saw the
+    // signal): no pause between them, or the whole drain could pass unseen in one.
+    let deadline = std::time::Instant::now() + WITHIN;
+    let (refused, at) = loop {
+        if let Err(e) = idle.call(Request::Ping) {
+            break (e, SystemTime::now());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ping was refused within {WITHIN:?} of SIGTERM"
+        );
+    };
     let answers: Vec<Answer> = loads.into_iter().flat_map(|l| l.join().unwrap()).collect();
     // The premise: hsmd was still draining (answering the load) when it refused the ping.
     assert!(
