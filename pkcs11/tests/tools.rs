@@ -407,7 +407,10 @@ fn every_transport_carries_the_module() {
     std::fs::write(&msg, b"over every transport").expect("msg");
     let digest = t.path("msg.sha256");
     sha256(&t, &msg, &digest);
-    for (i, transport) in ["tcp", "tls", "tls-psk", "shm"].into_iter().enumerate() {
+    for (i, transport) in ferrohsm_test_support::peer::TRANSPORT_NAMES
+        .into_iter()
+        .enumerate()
+    {
         let config = t.config_over("bob", transport);
         let tool = |args: &[&str]| {
             let mut c = p11(&t, args);

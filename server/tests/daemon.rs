@@ -224,7 +224,7 @@ fn init_force_adds_a_client_and_hsmd_serves_both() {
         "no shm socket in {}",
         d.dir.display()
     );
-    for t in ["tcp", "tls", "tls-psk", "shm"] {
+    for t in ferrohsm_test_support::peer::TRANSPORT_NAMES {
         let o = d.ctl_over("bob", t, &["ping"], d.tmp());
         ferrohsm_test_support::ok(&o);
     }

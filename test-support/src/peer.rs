@@ -22,6 +22,9 @@ pub const ALL: [Transport; 4] = [
     Transport::Shm,
 ];
 
+/// Every transport, as `hsmctl --transport` and the profiles name it.
+pub const TRANSPORT_NAMES: [&str; 4] = ["tcp", "tls", "tls-psk", "shm"];
+
 /// How a wait for the server to close a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {

@@ -18,7 +18,7 @@ fn a_short_run_with_faults_finds_nothing_wrong_and_plots_what_it_did() {
     let r = json(&json_f);
     assert_clean_run(&r, &out);
     assert!(u(&r["fault_events"]) > 0, "{out}");
-    for t in ["tcp", "tls", "tls-psk", "shm"] {
+    for t in ferrohsm_test_support::peer::TRANSPORT_NAMES {
         assert!(
             u(&r["transports"][t]["count"]) > 0,
             "no operations over {t}: {out}"
