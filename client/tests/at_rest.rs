@@ -268,7 +268,7 @@ fn no_file_in_the_data_directory_holds_a_key_in_plaintext() {
 /// the wire. Key `kI` holds material `I % 16`; the sixteen public keys are returned.
 fn fill(d: &Data, n: u32) -> Vec<ed25519_dalek::VerifyingKey> {
     use ferrohsm_server::keys::material::KeyMaterial;
-    use ferrohsm_server::keys::store::{Change, KeyRecord, KeyStore, Mutation, Origin};
+    use ferrohsm_server::keys::store::{Change, KeyRecord, Mutation, NewVersion, Origin};
     let unlock =
         ferrohsm_server::keys::unlock_for(&d.db(), Some(&d.dir.join("master.key")), None).unwrap();
     let (mut store, master) = ferrohsm_server::keys::open_store(&d.db(), &unlock).unwrap();
@@ -291,7 +291,14 @@ fn fill(d: &Data, n: u32) -> Vec<ed25519_dalek::VerifyingKey> {
                         created: 1,
                         version: 1,
                     },
-                    versions: vec![(1, Some(stored[i as usize % 16].clone()))],
+                    versions: vec![NewVersion {
+                        created: 1,
+                        material: KeyMaterial::from_stored(
+                            KeyType::Ed25519,
+                            &stored[i as usize % 16],
+                        )
+                        .map(Box::new),
+                    }],
                 },
                 audit: None,
             })

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::error::ServerError;
 use crate::keys::audit::{self, SignedHead};
 use crate::keys::seal::Passphrase;
-use crate::keys::store::sqlite::SqliteStore;
+use crate::keys::store::sqlite::SqliteBackend;
 use crate::keys::{self, store::StoreError};
 use crate::{Config, config::StoreConfig};
 
@@ -54,7 +54,7 @@ pub fn audit_verify(config: &Config, checkpoint: Option<&Path>) -> Result<String
                 .map_err(|e| ServerError::Store(format!("{}: {e}", p.display())))
         })
         .transpose()?;
-    let mut s = SqliteStore::open(&st.path).map_err(store_err)?;
+    let mut s = keys::open_sqlite(&st.path)?;
     let (rows, head, stored) = s.audit_snapshot(1).map_err(store_err)?;
     let public = audit_public(&st.path, stored)?;
     let v = audit::verify(rows, head.as_ref(), &public, checkpoint.as_ref())
@@ -76,7 +76,7 @@ pub fn audit_verify(config: &Config, checkpoint: Option<&Path>) -> Result<String
 /// `hsmd audit show`: every entry from `since`, as lines or a JSON array.
 pub fn audit_show(config: &Config, since: u64, json: bool) -> Result<String, ServerError> {
     let st = store_of(config)?;
-    let mut s = SqliteStore::open(&st.path).map_err(store_err)?;
+    let mut s = keys::open_sqlite(&st.path)?;
     let (rows, _, _) = s.audit_snapshot(since).map_err(store_err)?;
     Ok(if json {
         serde_json::Value::Array(rows.iter().map(|r| r.to_json()).collect()).to_string()
@@ -126,7 +126,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<String, ServerError> {
             out.display()
         )));
     }
-    let mut s = SqliteStore::open(&st.path).map_err(store_err)?;
+    let mut s = SqliteBackend::open(&st.path).map_err(store_err)?;
     // An empty 0600 file: VACUUM INTO fills it, and the backup is never world-readable.
     drop(create_private(out)?);
     if let Err(e) = s.backup_to(out) {
@@ -140,7 +140,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<String, ServerError> {
             source: e,
         })?;
     sync_dir(out);
-    let mut b = SqliteStore::open(out).map_err(store_err)?;
+    let mut b = keys::open_sqlite(out)?;
     let (rows, _, _) = b.audit_snapshot(0).map_err(store_err)?;
     Ok(format!(
         "hsmd: backup of {} written to {} (audit log at entry {}); the same master key file \

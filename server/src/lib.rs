@@ -22,7 +22,7 @@
 //!
 //!  keys/       manager (a concurrent read path: namespaces, cache, session keys behind short
 //!              locks, no actor), policy, seal (master key), service (store threads, group
-//!              commit), store/sqlite/ (keys.db)
+//!              commit), store/ (format over a backend: sqlite/, keys.db)
 //! ```
 //! Actix types stay inside this crate. [`run`] opens and unlocks the key store (before any
 //! listener is bound), then blocks the calling thread with its own actix system until
@@ -131,11 +131,10 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
     // A store from before the audit chain gets its audit key here (sealed under the master key).
     let audit_pub = store.ensure_audit_key(&master).map_err(store_err)?;
     keys::write_audit_pub(&st.path, &audit_pub)?;
-    use keys::store::KeyStore as _;
     let grants = store.grants(&master).map_err(store_err)?;
     let quotas = quotas(&mut store, &grants, config.limits.quotas).map_err(store_err)?;
-    let service = keys::service::StoreService::start(Box::new(store), master, st.readers)
-        .map_err(store_err)?;
+    let service =
+        keys::service::StoreService::start(store, master, st.readers).map_err(store_err)?;
     tracing::info!(store = %st.path.display(), cache_keys = st.cache_keys, grants = grants.len(), audit = ?config.audit, "key store open");
     let opts = keys::manager::ManagerOptions {
         audit: config.audit,
@@ -158,7 +157,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
 
 /// The quotas, counting what the store holds.
 fn quotas(
-    store: &mut dyn keys::store::KeyStore,
+    store: &mut keys::store::Store,
     grants: &[keys::store::GrantRecord],
     limits: keys::quota::Limits,
 ) -> Result<keys::quota::Quotas, keys::store::StoreError> {

@@ -170,7 +170,9 @@ async fn serve(shared: &Shared, caller: Caller, request: Request) -> Result<Resp
         Request::Generate(spec) => {
             let new = policy::generated(&spec)?;
             let t = new.key_type;
-            let material = pool.run(0, move || KeyMaterial::generate(t)).await?;
+            let material = pool
+                .run(0, move || KeyMaterial::generate(t).map(Box::new))
+                .await?;
             km.create(&caller, new, material).await.map(Response::Key)
         }
         Request::Derive { key, peer, spec } => {
@@ -178,7 +180,9 @@ async fn serve(shared: &Shared, caller: Caller, request: Request) -> Result<Resp
             let new = policy::derived(&base.info, &spec)?;
             let t = new.key_type;
             let material = pool
-                .run(0, move || ops::derive(&base.material, &peer, t))
+                .run(0, move || {
+                    ops::derive(&base.material, &peer, t).map(Box::new)
+                })
                 .await?;
             km.create(&caller, new, material).await.map(Response::Key)
         }
@@ -222,7 +226,7 @@ async fn serve(shared: &Shared, caller: Caller, request: Request) -> Result<Resp
             let t = new.key_type;
             // P-256 checks the key pair (a scalar multiplication): on the pool.
             let m = pool
-                .run(0, move || KeyMaterial::import(t, &material))
+                .run(0, move || KeyMaterial::import(t, &material).map(Box::new))
                 .await?;
             km.create(&caller, new, m).await.map(Response::Key)
         }
@@ -272,7 +276,9 @@ async fn serve(shared: &Shared, caller: Caller, request: Request) -> Result<Resp
         Request::Rotate(key) => {
             let h = km.authorize_owner(&caller, &key, policy::ROTATE).await?;
             let t = h.info.key_type;
-            let material = pool.run(0, move || KeyMaterial::generate(t)).await?;
+            let material = pool
+                .run(0, move || KeyMaterial::generate(t).map(Box::new))
+                .await?;
             km.rotate(&caller, &h, material).await.map(Response::Key)
         }
         Request::Retire { key, below } => km.retire(&caller, &key, below).await.map(Response::Key),

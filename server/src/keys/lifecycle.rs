@@ -12,7 +12,7 @@ use crate::keys::manager::{Caller, KeyManager, alarm, now};
 use crate::keys::material::KeyMaterial;
 use crate::keys::policy;
 use crate::keys::quota::Kind;
-use crate::keys::store::{Applied, Change, GrantRecord, KeyStore, Mutation, SESSION_ID_BASE};
+use crate::keys::store::{Applied, Change, GrantRecord, Mutation, SESSION_ID_BASE, Store};
 
 fn is_session(h: &KeyHandle) -> bool {
     h.info.id >= SESSION_ID_BASE
@@ -177,13 +177,13 @@ impl KeyManager {
         &self,
         caller: &Caller,
         h: &KeyHandle,
-        material: KeyMaterial,
+        material: Box<KeyMaterial>,
     ) -> Result<KeyInfo, OpError> {
         persistent_only(h, "be rotated")?;
         let m = Mutation::Rotate {
             owner: caller.client.clone(),
             id: h.info.id,
-            secret: material.to_stored(),
+            material,
         };
         let key_name = format!("{}:{}", h.owner, h.info.id);
         let detail = format!("version {}", h.info.current_version + 1);
@@ -258,7 +258,7 @@ impl KeyManager {
     pub async fn counter_read(&self, caller: &Caller, name: &Label) -> Result<u64, OpError> {
         let (owner, n) = (caller.client.clone(), name.clone());
         self.store
-            .read(move |s: &mut dyn KeyStore, m| s.counter(m, &owner, &n))
+            .read(move |s: &mut Store, m| s.counter(m, &owner, &n))
             .await
             .inspect_err(alarm)?
             .ok_or_else(|| crate::keys::store::StoreError::NoCounter(name.clone()).into())

@@ -7,8 +7,9 @@
 //!     v
 //!  service.rs      store threads: one writer (group commit), readers (find, list, open)
 //!     v
-//!  store/          KeyStore trait; sqlite/ (keys.db; row.rs validates rows)
-//!  seal.rs         master key (wrapped by argon2id passphrase or key file); record sealing
+//!  store/format/   the at-rest format: sealing, row tags, audit chain, row validation
+//!  store/backend   the Backend trait: rows in transactions; sqlite/ (keys.db)
+//!  seal.rs         master key (wrapped by argon2id passphrase or key file); AEAD
 //!  policy.rs       every rule about what may be done with a key
 //! ```
 
@@ -34,8 +35,8 @@ use ferrohsm_proto::KeyInfo;
 use crate::error::ServerError;
 use material::KeyMaterial;
 use seal::{Kdf, KeyFileSecret, MasterKey, Passphrase, SealError, Unlock};
-use store::sqlite::SqliteStore;
-use store::{KeyStore, MasterRecord};
+use store::sqlite::SqliteBackend;
+use store::{MasterRecord, Store};
 
 /// An authorized key: its description and its opened material, shared by the cache and any
 /// crypto job using it; the material zeroizes when the last holder drops it.
@@ -176,9 +177,15 @@ pub fn checkpoint(db: &Path) {
     }
 }
 
+/// Opens the SQLite store at `db` (its master key still wrapped).
+pub fn open_sqlite(db: &Path) -> Result<Store, ServerError> {
+    let backend = SqliteBackend::open(db).map_err(store_err)?;
+    Ok(Store::new(Box::new(backend)))
+}
+
 /// Opens the store at `db` and unwraps its master key with `unlock`.
-pub fn open_store(db: &Path, unlock: &Unlock) -> Result<(SqliteStore, MasterKey), ServerError> {
-    let mut s = SqliteStore::open(db).map_err(store_err)?;
+pub fn open_store(db: &Path, unlock: &Unlock) -> Result<(Store, MasterKey), ServerError> {
+    let mut s = open_sqlite(db)?;
     let rec = s.master_record().map_err(store_err)?;
     let master =
         MasterKey::unwrap(&rec.kdf, &rec.wrapped, unlock).map_err(|e| unlock_error(db, e))?;
@@ -194,8 +201,9 @@ pub fn create_store(db: &Path, unlock: &Unlock) -> Result<(), ServerError> {
     };
     let master = MasterKey::generate().map_err(seal_err)?;
     let wrapped = master.wrap(&kdf, unlock).map_err(seal_err)?;
-    let mut s = SqliteStore::create(db, &MasterRecord { kdf, wrapped }).map_err(store_err)?;
-    let public = s.ensure_audit_key(&master).map_err(store_err)?;
+    let backend = SqliteBackend::create(db).map_err(store_err)?;
+    let (_, public) = Store::create(Box::new(backend), &master, &MasterRecord { kdf, wrapped })
+        .map_err(store_err)?;
     write_audit_pub(db, &public)?;
     Ok(())
 }
@@ -241,7 +249,7 @@ pub fn read_audit_pub(db: &Path) -> Result<ed25519_dalek::VerifyingKey, ServerEr
 
 /// How an existing store's master key is protected (`keyfile` or `argon2id`).
 pub fn store_kdf(db: &Path) -> Result<&'static str, ServerError> {
-    let mut s = SqliteStore::open(db).map_err(store_err)?;
+    let mut s = open_sqlite(db)?;
     Ok(s.master_record().map_err(store_err)?.kdf.name())
 }
 

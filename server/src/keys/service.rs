@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::keys::seal::MasterKey;
-use crate::keys::store::{Applied, AuditEvent, Change, KeyStore, Mutation, StoreError};
+use crate::keys::store::{Applied, AuditEvent, Change, Mutation, Store, StoreError};
 
 /// Most mutations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -73,7 +73,7 @@ impl Queued {
 }
 
 type Written = Result<Applied, StoreError>;
-type ReadWork = Box<dyn FnOnce(&mut dyn KeyStore, &MasterKey) + Send>;
+type ReadWork = Box<dyn FnOnce(&mut Store, &MasterKey) + Send>;
 
 struct WriteJob {
     change: Change,
@@ -123,7 +123,7 @@ fn unavailable() -> StoreError {
 impl StoreService {
     /// Starts the writer on `store` and `readers` reader threads on handles of their own.
     pub fn start(
-        store: Box<dyn KeyStore>,
+        store: Store,
         master: MasterKey,
         readers: usize,
     ) -> Result<StoreService, StoreError> {
@@ -137,7 +137,7 @@ impl StoreService {
                 .name(format!("hsm-store-r{i}"))
                 .spawn(move || {
                     for job in rx.iter() {
-                        (job.work)(handle.as_mut(), &m);
+                        (job.work)(&mut handle, &m);
                         // Unsealed key bytes may have passed through this stack.
                         crate::crypto::pool::scrub_stack();
                     }
@@ -214,7 +214,7 @@ impl StoreService {
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn KeyStore, &MasterKey) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Store, &MasterKey) -> Result<T, StoreError> + Send + 'static,
     {
         let slot = self
             .read_slots
@@ -236,7 +236,7 @@ impl StoreService {
 }
 
 fn write_loop(
-    mut store: Box<dyn KeyStore>,
+    mut store: Store,
     master: &MasterKey,
     rx: &Receiver<WriteJob>,
     queued: &Mutex<Queued>,
@@ -301,70 +301,150 @@ fn write_loop(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::mpsc;
 
-    use ferrohsm_proto::{KeyRef, Label};
+    use ferrohsm_proto::KeyRef;
 
     use super::*;
-    use crate::keys::store::{GrantRecord, Listed, MasterRecord, Sealed};
+    use crate::keys::audit::AuditRow;
+    use crate::keys::store::backend::{
+        Backend, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+    };
 
-    /// What one commit held: how many changes, and the audit entries queued beside them.
-    type Committed = (usize, Vec<AuditEvent>);
+    /// An audit entry as written: operation, detail, status.
+    type Entry = (String, String, String);
+    /// What one commit held: how many changes, and the audit entries written with them.
+    type Committed = (usize, Vec<Entry>);
 
-    /// A store that reports each commit, then holds the writer inside it until `hold` (the
-    /// sender of `held`) is dropped: the test fills the audit queue while the writer is busy.
-    struct HeldStore {
+    /// A backend that keeps the audit entries of a transaction in memory, reports them at
+    /// commit, then holds the writer inside the commit until `hold` (the sender of `held`) is
+    /// dropped: the test fills the audit queue while the writer is busy.
+    struct HeldBackend {
         committed: mpsc::Sender<Committed>,
         held: Receiver<()>,
+        meta: HashMap<String, Vec<u8>>,
+        changes: usize,
+        entries: Vec<AuditRow>,
+        last: Option<(i64, Vec<u8>)>,
     }
 
-    impl KeyStore for HeldStore {
-        fn commit(
-            &mut self,
-            _: &MasterKey,
-            batch: Vec<Change>,
-            denials: Vec<AuditEvent>,
-        ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
-            let n = batch.len();
-            let _ = self.committed.send((n, denials));
+    impl Backend for HeldBackend {
+        fn describe(&self) -> String {
+            "held".into()
+        }
+        fn reader(&self) -> Result<Box<dyn Backend>, StoreError> {
+            Ok(Box::new(HeldBackend {
+                committed: self.committed.clone(),
+                held: self.held.clone(),
+                meta: HashMap::new(),
+                changes: 0,
+                entries: Vec::new(),
+                last: None,
+            }))
+        }
+        fn begin(&mut self, _: Tx) -> Result<(), StoreError> {
+            self.changes = 0;
+            self.entries.clear();
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            let entries = self
+                .entries
+                .drain(..)
+                .map(|r| (r.op.clone(), r.detail.clone(), r.status.clone()))
+                .collect();
+            let _ = self.committed.send((self.changes, entries));
             // Returns at once when the sender is gone (the gate is open).
             let _ = self.held.recv();
-            Ok(batch.iter().map(|_| Ok(Applied::Done)).collect())
+            Ok(())
         }
-        fn grants(&mut self, _: &MasterKey) -> Result<Vec<GrantRecord>, StoreError> {
+        fn rollback(&mut self) {}
+        fn savepoint(&mut self) -> Result<(), StoreError> {
+            self.changes += 1;
+            Ok(())
+        }
+        fn release_savepoint(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.meta.get(name).cloned())
+        }
+        fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.meta.insert(name.into(), value.to_vec());
+            Ok(())
+        }
+        fn delete_meta(&mut self, name: &str) -> Result<(), StoreError> {
+            self.meta.remove(name);
+            Ok(())
+        }
+        fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+            Ok(self.last.clone())
+        }
+        fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError> {
+            self.last = Some((row.seq as i64, row.hash.to_vec()));
+            self.entries.push(row.clone());
+            Ok(())
+        }
+        fn key(&mut self, _: &str, _: &KeyRef) -> Result<Option<KeyRow>, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn counter(
+        fn keys(
             &mut self,
-            _: &MasterKey,
             _: &str,
-            _: &Label,
-        ) -> Result<Option<u64>, StoreError> {
+            _: &KeyFilter,
+            _: u32,
+            _: usize,
+        ) -> Result<Vec<KeyRow>, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn find(&mut self, _: &str, _: &KeyRef) -> Result<Option<Sealed>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn label_in_use(&mut self, _: &str, _: &Label) -> Result<bool, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn list(&mut self, _: &str, _: u32, _: usize) -> Result<Vec<Listed>, StoreError> {
+        fn label_in_use(&mut self, _: &str, _: &str) -> Result<bool, StoreError> {
             unreachable!("the writer only commits")
         }
         fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn master_record(&mut self) -> Result<MasterRecord, StoreError> {
+        fn next_id(&mut self, _: &str) -> Result<i64, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn replace_master_record(&mut self, _: &MasterRecord) -> Result<(), StoreError> {
+        fn insert_key(&mut self, _: &KeyRow) -> Result<(), StoreError> {
             unreachable!("the writer only commits")
         }
-        fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError> {
-            Ok(Box::new(HeldStore {
-                committed: self.committed.clone(),
-                held: self.held.clone(),
-            }))
+        fn insert_version(&mut self, _: &str, _: i64, _: &VersionRow) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn set_sealed(&mut self, _: &str, _: i64, _: i64, _: &[u8]) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn retire_below(&mut self, _: &str, _: i64, _: i64) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn set_version(&mut self, _: &str, _: i64, _: i64) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn delete_key(&mut self, _: &str, _: i64) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn grants(&mut self) -> Result<Vec<GrantRow>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn put_grant(&mut self, _: &GrantRow) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn delete_grant(&mut self, _: &str, _: i64, _: &str) -> Result<bool, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn counter(&mut self, _: &str, _: &str) -> Result<Option<CounterRow>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn put_counter(&mut self, _: &CounterRow) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn audit_rows(&mut self, _: u64) -> Result<Vec<AuditRow>, StoreError> {
+            unreachable!("the writer only commits")
         }
     }
 
@@ -387,11 +467,19 @@ mod tests {
     fn a_full_audit_queue_counts_what_it_drops_and_commits_the_count() {
         let (committed_tx, committed) = mpsc::channel();
         let (hold, held) = crossbeam_channel::bounded::<()>(0);
-        let store = HeldStore {
+        let store = Store::new(Box::new(HeldBackend {
             committed: committed_tx,
             held,
+            meta: HashMap::new(),
+            changes: 0,
+            entries: Vec::new(),
+            last: None,
+        }));
+        let s = StoreService::start(store, MasterKey::generate().unwrap(), 1).unwrap();
+        let entry = |i: usize| -> Entry {
+            let e = denied(i);
+            (e.op.to_string(), e.detail, e.status.to_string())
         };
-        let s = StoreService::start(Box::new(store), MasterKey::generate().unwrap(), 1).unwrap();
         // One entry, committed on its own after at most AUDIT_FLUSH; the writer then sits in
         // that commit, so everything queued next waits.
         s.audit_later(denied(0));
@@ -399,7 +487,7 @@ mod tests {
             .recv_timeout(WAIT)
             .expect("the first entry's commit");
         assert_eq!(n, 0);
-        assert_eq!(first, vec![denied(0)]);
+        assert_eq!(first, vec![entry(0)]);
         // The queue's bound, and three more, while the writer is held.
         for i in 1..=AUDIT_CAP + 3 {
             s.audit_later(denied(i));
@@ -415,24 +503,26 @@ mod tests {
         assert_eq!(n, 1, "one flush request for the full queue");
         assert_eq!(second.len(), AUDIT_CAP + 1);
         let (overflow, kept) = second.split_last().unwrap();
-        assert_eq!(kept.first(), Some(&denied(1)));
+        assert_eq!(kept.first(), Some(&entry(1)));
         assert_eq!(
             kept.last(),
-            Some(&denied(AUDIT_CAP)),
+            Some(&entry(AUDIT_CAP)),
             "the newest three went"
         );
-        assert!(kept.iter().all(|e| e.op == "sign"));
-        assert_eq!(overflow.op, "audit-overflow");
-        assert_eq!(overflow.status, "dropped");
+        assert!(kept.iter().all(|e| e.0 == "sign"));
         assert_eq!(
-            overflow.detail,
-            "3 entries dropped: the audit queue was full"
+            overflow,
+            &(
+                "audit-overflow".to_string(),
+                "3 entries dropped: the audit queue was full".to_string(),
+                "dropped".to_string()
+            )
         );
         // The count starts again from zero: the next entry commits alone.
         s.audit_later(denied(0));
         let (n, third) = committed
             .recv_timeout(WAIT)
             .expect("the next entry's commit");
-        assert_eq!((n, third), (0, vec![denied(0)]));
+        assert_eq!((n, third), (0, vec![entry(0)]));
     }
 }

@@ -20,6 +20,7 @@ use crate::crypto::ops;
 use crate::error::OpError;
 use crate::keys::KeyHandle;
 use crate::keys::material::KeyMaterial;
+use crate::keys::store::NewVersion;
 
 const MAGIC: &[u8; 8] = b"FHSMWRAP";
 const FORMAT: u8 = 1;
@@ -60,7 +61,7 @@ pub struct Opened {
     /// Origin of the wrapped key (the new key's origin is `unwrapped`).
     pub origin: Origin,
     /// Versions, oldest first, with creation times; retired ones have no material.
-    pub versions: Vec<(u64, Option<KeyMaterial>)>,
+    pub versions: Vec<NewVersion>,
 }
 
 fn malformed(why: &str) -> OpError {
@@ -192,10 +193,13 @@ pub fn open(wrapper: &KeyHandle, blob: &[u8]) -> Result<Opened, OpError> {
         if m.is_some() == mv.retired {
             return Err(malformed("material does not match the versions"));
         }
-        versions.push((mv.created, m));
+        versions.push(NewVersion {
+            created: mv.created,
+            material: m.map(Box::new),
+        });
     }
     if versions.len() as u32 != meta.current_version
-        || versions.last().is_none_or(|(_, m)| m.is_none())
+        || versions.last().is_none_or(|v| v.material.is_none())
         || !materials.is_empty()
     {
         return Err(malformed("material does not match the versions"));
@@ -249,10 +253,13 @@ mod tests {
         );
         assert_eq!(o.versions.len(), 3);
         assert!(
-            o.versions[0].1.is_none(),
+            o.versions[0].material.is_none(),
             "a retired version travels without material"
         );
-        for (v, m) in [(2u32, &o.versions[1].1), (3, &o.versions[2].1)] {
+        for (v, m) in [
+            (2u32, &o.versions[1].material),
+            (3, &o.versions[2].material),
+        ] {
             let m = m.as_ref().unwrap();
             assert_eq!(
                 *m.secret_bytes(),

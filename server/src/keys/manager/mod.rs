@@ -27,8 +27,10 @@ use crate::keys::policy::{self, NewKey, Requirement};
 use crate::keys::quota::{Kind, Quotas};
 use crate::keys::service::StoreService;
 use crate::keys::session_keys::SessionKeys;
+use crate::keys::store::backend::KeyFilter;
+use crate::keys::store::format::open::info_of;
 use crate::keys::store::{
-    Change, GrantRecord, KeyRecord, KeyStore, Mutation, SESSION_ID_BASE, StoreError,
+    Change, GrantRecord, KeyRecord, Mutation, NewVersion, SESSION_ID_BASE, Store, StoreError,
 };
 
 mod audit;
@@ -38,7 +40,6 @@ use audit::qualified;
 #[cfg(test)]
 pub(crate) use records::test_info;
 pub(crate) use records::{alarm, now};
-use records::{info_of, open};
 
 /// Who is asking: the proven client name, its session and its transport.
 #[derive(Debug, Clone)]
@@ -275,10 +276,7 @@ impl KeyManager {
         let (o, k) = (owner.clone(), key.clone());
         let found = self
             .store
-            .read(move |s: &mut dyn KeyStore, m| match s.find(&o, &k)? {
-                Some(sealed) => open(m, sealed).map(Some),
-                None => Ok(None),
-            })
+            .read(move |s: &mut Store, m| s.find_open(m, &o, &k))
             .await
             .inspect_err(alarm)?;
         let h = Arc::new(found.ok_or_else(|| OpError::not_found(key))?);
@@ -292,10 +290,13 @@ impl KeyManager {
         &self,
         caller: &Caller,
         new: NewKey,
-        material: KeyMaterial,
+        material: Box<KeyMaterial>,
     ) -> Result<KeyInfo, OpError> {
-        self.create_versions(caller, new, vec![(now(), Some(material))])
-            .await
+        let version = NewVersion {
+            created: now(),
+            material: Some(material),
+        };
+        self.create_versions(caller, new, vec![version]).await
     }
 
     /// [`KeyManager::create`] with a history of versions, oldest first (an unwrapped key keeps
@@ -305,7 +306,7 @@ impl KeyManager {
         &self,
         caller: &Caller,
         new: NewKey,
-        versions: Vec<(u64, Option<KeyMaterial>)>,
+        versions: Vec<NewVersion>,
     ) -> Result<KeyInfo, OpError> {
         let place = self
             .quotas
@@ -326,7 +327,7 @@ impl KeyManager {
         &self,
         caller: &Caller,
         new: &NewKey,
-        mut versions: Vec<(u64, Option<KeyMaterial>)>,
+        mut versions: Vec<NewVersion>,
     ) -> Result<KeyInfo, OpError> {
         let record = KeyRecord {
             owner: caller.client.clone(),
@@ -339,18 +340,24 @@ impl KeyManager {
             created: now(),
             version: versions.len() as u32,
         };
-        let Some((_, Some(material))) = versions.pop() else {
+        if versions.last().is_none_or(|v| v.material.is_none()) {
             return Err(OpError::internal("a new key without material"));
-        };
-        let key_name = format!("{}:{}", caller.client, new.label);
+        }
         if new.session {
+            let Some(NewVersion {
+                material: Some(material),
+                ..
+            }) = versions.pop()
+            else {
+                return Err(OpError::internal("a new key without material"));
+            };
             if !versions.is_empty() {
                 return Err(OpError::invalid("a session key has one version"));
             }
             let (owner, label) = (caller.client.clone(), new.label.clone());
             let taken = self
                 .store
-                .read(move |s: &mut dyn KeyStore, _| s.label_in_use(&owner, &label))
+                .read(move |s: &mut Store, _| s.label_in_use(&owner, &label))
                 .await?;
             if taken {
                 return Err(StoreError::LabelInUse(new.label.clone()).into());
@@ -366,7 +373,7 @@ impl KeyManager {
                         retired: false,
                     }],
                 ),
-                material,
+                material: *material,
                 older: Vec::new(),
             };
             let h = self.sessions.lock().insert(caller.session, h)?;
@@ -378,46 +385,19 @@ impl KeyManager {
             return Ok(h.info.clone());
         }
         let epoch = self.cache.lock().epoch();
-        let mut stored: Vec<(u64, Option<zeroize::Zeroizing<Vec<u8>>>)> = versions
-            .iter()
-            .map(|(c, m)| (*c, m.as_ref().map(KeyMaterial::to_stored)))
-            .collect();
-        stored.push((record.created, Some(material.to_stored())));
-        let mut ev = self.event(caller, new.op(), key_name);
+        let mut ev = self.event(caller, new.op(), format!("{}:{}", caller.client, new.label));
         ev.detail = format!("{} {}", new.key_type, new.origin.name());
-        let infos: Vec<VersionInfo> = stored
-            .iter()
-            .enumerate()
-            .map(|(i, (created, m))| VersionInfo {
-                version: i as u32 + 1,
-                created: *created,
-                retired: m.is_none(),
-            })
-            .collect();
-        let record = self
+        // The writer seals the material and builds the key's handle: its bytes go from the
+        // worker that made it to the store thread, never through this one.
+        let h = self
             .store
             .write(Change {
-                mutation: Mutation::Create {
-                    record,
-                    versions: stored,
-                },
+                mutation: Mutation::Create { record, versions },
                 audit: Some(ev),
             })
             .await?
-            .record()?;
-        tracing::debug!(client = %caller.client, id = record.id, key_type = %record.key_type, "key stored");
-        let older = versions
-            .into_iter()
-            .enumerate()
-            .rev()
-            .filter_map(|(i, (_, m))| m.map(|m| (i as u32 + 1, m)))
-            .collect();
-        let h = Arc::new(KeyHandle {
-            owner: caller.client.clone(),
-            info: info_of(&record, Lifetime::Persistent, infos),
-            material,
-            older,
-        });
+            .created()?;
+        tracing::debug!(client = %caller.client, id = h.info.id, key_type = %h.info.key_type, "key stored");
         // A key just made is hot: cache it, so its first use does not unseal it.
         self.cache.lock().insert(h.clone(), epoch);
         Ok(h.info.clone())
@@ -500,14 +480,20 @@ impl KeyManager {
     /// then this session's session keys (their ids are all above persistent ones). A page
     /// shorter than its limit is the last.
     pub async fn list(&self, caller: &Caller, page: Page) -> Result<Vec<KeyInfo>, OpError> {
-        self.list_matching(caller, page, |_| true).await
+        self.list_matching(caller, page, KeyFilter::default(), |_| true)
+            .await
     }
 
     /// One page of the caller's keys that match `query` (as [`KeyManager::list`] pages: a
     /// page shorter than its limit is the last).
     pub async fn find(&self, caller: &Caller, query: KeyQuery) -> Result<Vec<KeyInfo>, OpError> {
+        let filter = KeyFilter {
+            label: query.label.clone(),
+            id: query.id,
+            key_type: query.key_type,
+        };
         let page = query.page;
-        self.list_matching(caller, page, move |k| query.matches(k))
+        self.list_matching(caller, page, filter, move |k| query.matches(k))
             .await
     }
 
@@ -515,6 +501,7 @@ impl KeyManager {
         &self,
         caller: &Caller,
         page: Page,
+        filter: KeyFilter,
         keep: impl Fn(&KeyInfo) -> bool + Clone + Send + 'static,
     ) -> Result<Vec<KeyInfo>, OpError> {
         let limit = page.limit.unwrap_or(MAX_PAGE);
@@ -528,23 +515,22 @@ impl KeyManager {
         let mut keys = Vec::new();
         if after < SESSION_ID_BASE {
             let owner = caller.client.clone();
-            let keep = keep.clone();
             keys = self
                 .store
-                .read(move |s: &mut dyn KeyStore, m| {
+                .read(move |s: &mut Store, m| {
                     let mut out = Vec::with_capacity(limit.min(64));
                     let mut cursor = after;
-                    // A damaged record is not shown as if it were a usable key (the alarm
-                    // names it and it stays in the store, untouched, for the operator), and it
-                    // does not shorten the page: a short page means the last one.
+                    // The backend returns only matching rows (from its indexes), so only they
+                    // are unsealed. A damaged record is not shown as if it were a usable key
+                    // (the alarm names it and it stays in the store, untouched, for the
+                    // operator), and it does not shorten the page: a short page means the last.
                     while out.len() < limit {
-                        let rows = s.list(&owner, cursor, limit - out.len())?;
+                        let rows = s.list_open(m, &owner, &filter, cursor, limit - out.len())?;
                         let Some((last, _)) = rows.last() else { break };
                         cursor = *last;
                         for (_, r) in rows {
-                            match r.and_then(|s| open(m, s)) {
-                                Ok(h) if keep(&h.info) => out.push(h.info),
-                                Ok(_) => {}
+                            match r {
+                                Ok(h) => out.push(h.info),
                                 Err(e) => alarm(&e),
                             }
                         }

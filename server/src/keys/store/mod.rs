@@ -1,26 +1,24 @@
-//! The durable key store behind a trait, so a PostgreSQL backend can follow SQLite without
-//! changing its callers.
-//!
-//! A backend stores [`KeyRecord`]s (the server-side description of a key) with their sealed
-//! material, and a few named blobs of metadata (how the master key is wrapped). It assigns
-//! ids, enforces `(owner, label)` uniqueness itself, and applies mutations in batches: one
-//! durable transaction per batch (group commit), each mutation with its own result. It keeps
-//! no state in the process that another node on the same database could not see.
+//! The durable key store, in two layers: the format ([`format::Store`]: sealing, row tags,
+//! the audit chain, validation, batches) over a backend ([`backend::Backend`]: rows in
+//! transactions, ids, indexed lookups; `sqlite/`). docs/storage.md describes the format.
 //!
 //! Every lookup is scoped by owner: there is no call that reaches another client's keys
 //! without naming that client, so isolation does not depend on each caller checking an owner
-//! field afterwards. Sealing and opening are the caller's (see `keys::seal`); the backend only
-//! hands the master key to [`KeyStore::commit`] so that it can seal a record once its id is
-//! known.
+//! field afterwards.
 
+pub mod backend;
+pub mod format;
 pub mod sqlite;
 
 use std::sync::Arc;
 
 use ferrohsm_proto::{KeyRef, KeyType, Label, UsageSet};
-use zeroize::Zeroizing;
 
-use crate::keys::seal::{Kdf, MasterKey};
+use crate::keys::KeyHandle;
+use crate::keys::material::KeyMaterial;
+use crate::keys::seal::Kdf;
+
+pub use format::Store;
 
 /// Persistent ids are below this; session keys take ids from here up, so the two never
 /// collide.
@@ -129,9 +127,11 @@ pub struct AuditEvent {
 }
 
 /// What a committed mutation produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Applied {
-    /// The key's record (create, delete, rotate, retire).
+    /// A new key, opened and ready for the cache (built on the store writer).
+    Created(Arc<KeyHandle>),
+    /// The key's record (delete, rotate, retire).
     Key(KeyRecord),
     /// A counter's new value.
     Counter(u64),
@@ -140,15 +140,35 @@ pub enum Applied {
 }
 
 impl Applied {
+    fn wrong_kind() -> StoreError {
+        StoreError::Backend("the store answered the wrong kind".into())
+    }
+
     /// The record, for mutations that answer one.
     pub fn record(self) -> Result<KeyRecord, StoreError> {
         match self {
             Applied::Key(r) => Ok(r),
-            _ => Err(StoreError::Backend(
-                "the store answered the wrong kind".into(),
-            )),
+            _ => Err(Applied::wrong_kind()),
         }
     }
+
+    /// The new key, for a create.
+    pub fn created(self) -> Result<Arc<KeyHandle>, StoreError> {
+        match self {
+            Applied::Created(h) => Ok(h),
+            _ => Err(Applied::wrong_kind()),
+        }
+    }
+}
+
+/// One version of a new key: when it was made, and its material (`None`: retired).
+#[derive(Debug)]
+pub struct NewVersion {
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Boxed where it was made (a crypto worker), so only a pointer crosses the session thread
+    /// on its way to the store writer, which seals it.
+    pub material: Option<Box<KeyMaterial>>,
 }
 
 /// A mutation and its audit entry, appended in the same transaction (its status filled in
@@ -163,14 +183,13 @@ pub struct Change {
 
 /// One change, applied inside a batch.
 pub enum Mutation {
-    /// Create a key: the store assigns `record.id`, seals each version's secret under the
+    /// Create a key: the store assigns `record.id`, seals each version's material under the
     /// master key, and refuses a label already in use.
     Create {
         /// The record (its `id` is ignored; its `version` is the number of versions).
         record: KeyRecord,
-        /// Every version oldest first, with its creation time and secret bytes to seal
-        /// (`None`: retired, no material); the last is current and has material.
-        versions: Vec<(u64, Option<Zeroizing<Vec<u8>>>)>,
+        /// Every version oldest first; the last is current and has material.
+        versions: Vec<NewVersion>,
     },
     /// Delete a key, after checking that its record still opens (a damaged record is never
     /// dropped, not even by its apparent owner).
@@ -186,8 +205,8 @@ pub enum Mutation {
         owner: Arc<str>,
         /// Key id.
         id: u32,
-        /// The new version's secret bytes.
-        secret: Zeroizing<Vec<u8>>,
+        /// The new version's material.
+        material: Box<KeyMaterial>,
     },
     /// Delete the material of every version below `below` (the current one is never retired).
     Retire {
@@ -347,43 +366,3 @@ impl StoreError {
 
 /// One row of a listing: its id, and the key or why its row does not validate.
 pub type Listed = (u32, Result<Sealed, StoreError>);
-
-/// A durable key store backend. Methods take `&mut self`: each store thread owns its own
-/// handle (see [`KeyStore::reader`]).
-pub trait KeyStore: Send {
-    /// Applies `batch` in one durable transaction, with each change's audit entry and then
-    /// the queued `denials` appended to the audit chain in the same transaction. The outer
-    /// error means nothing was committed; otherwise each change has its own result and every
-    /// `Ok` is durable.
-    fn commit(
-        &mut self,
-        master: &MasterKey,
-        batch: Vec<Change>,
-        denials: Vec<AuditEvent>,
-    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError>;
-    /// Every grant (loaded once at start; the manager keeps them in memory), each checked
-    /// against its tag.
-    fn grants(&mut self, master: &MasterKey) -> Result<Vec<GrantRecord>, StoreError>;
-    /// A counter's value (its tag checked).
-    fn counter(
-        &mut self,
-        master: &MasterKey,
-        owner: &str,
-        name: &Label,
-    ) -> Result<Option<u64>, StoreError>;
-    /// One key of `owner`, by id or label.
-    fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError>;
-    /// Whether `owner` has a key labelled `label`.
-    fn label_in_use(&mut self, owner: &str, label: &Label) -> Result<bool, StoreError>;
-    /// Up to `limit` keys of `owner` with ids above `after`, by id, each with its id; a row
-    /// whose fields do not validate is an `Err` of its own.
-    fn list(&mut self, owner: &str, after: u32, limit: usize) -> Result<Vec<Listed>, StoreError>;
-    /// How many keys and counters each owner holds (the quotas' starting counts).
-    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError>;
-    /// How the master key is stored.
-    fn master_record(&mut self) -> Result<MasterRecord, StoreError>;
-    /// Replaces the stored master key record in one transaction (passphrase change).
-    fn replace_master_record(&mut self, rec: &MasterRecord) -> Result<(), StoreError>;
-    /// Another handle on the same store, for another thread.
-    fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError>;
-}

@@ -9,6 +9,7 @@
 //!  keys(owner, id, label, key_type, usage, exportable, origin, created, version)
 //!       PRIMARY KEY (owner, id)     WITHOUT ROWID: rows clustered by owner, lookup by id
 //!       UNIQUE (owner, label)       lookup by label, and label uniqueness in the store itself
+//!       INDEX (owner, key_type, id) lookup by type
 //!       version                     the current version
 //!  key_versions(owner, id, version, created, sealed)   sealed: NULL once retired
 //!  grants(owner, id, grantee, ops, created, tag)        tag: under the master key
@@ -19,21 +20,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferrohsm_proto::{KeyRef, Label};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::Connection;
+use rusqlite::OpenFlags;
 
-use super::{
-    Applied, AuditEvent, Change, GrantRecord, KeyStore, Listed, MasterRecord, Sealed, StoreError,
-};
-use crate::keys::audit::SignedHead;
-use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
-use row::{COLUMNS, raw_row, select_one};
+use super::StoreError;
+use super::backend::{Backend, Tx};
 
-mod apply;
-mod audit;
-mod row;
-
-pub use audit::AuditSnapshot;
+mod rows;
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` i to i + 1.
 const MIGRATIONS: &[&str] = &[
@@ -98,6 +91,10 @@ CREATE TABLE audit (
     hash BLOB NOT NULL
 ) STRICT;
 ",
+    // find --type answers from an index too.
+    "
+CREATE INDEX keys_by_type ON keys (owner, key_type, id);
+",
 ];
 
 /// The schema version this build writes and understands.
@@ -107,17 +104,15 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// A connection to `keys.db`.
-pub struct SqliteStore {
+/// A connection to `keys.db`. Holds no key and checks no tag: the format layer above does.
+pub struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
-    // The audit signing key, once unsealed (the writer signs the head at every commit).
-    audit_key: Option<ed25519_dalek::SigningKey>,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for SqliteBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
+        f.debug_struct("SqliteBackend")
             .field("path", &self.path)
             .finish()
     }
@@ -157,9 +152,9 @@ fn connect(path: &Path, create: bool) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-impl SqliteStore {
-    /// Creates a new store at `path` (which must not exist) holding `master`.
-    pub fn create(path: &Path, master: &MasterRecord) -> Result<SqliteStore, StoreError> {
+impl SqliteBackend {
+    /// Creates a new, empty store at `path` (which must not exist), with the current schema.
+    pub fn create(path: &Path) -> Result<SqliteBackend, StoreError> {
         if path.exists() {
             return Err(StoreError::Open(format!(
                 "key store {} already exists",
@@ -180,18 +175,15 @@ impl SqliteStore {
         }
         let mut conn = connect(path, true)?;
         migrate(&mut conn, 0)?;
-        let mut s = SqliteStore {
+        Ok(SqliteBackend {
             conn,
             path: path.to_path_buf(),
-            audit_key: None,
-        };
-        s.replace_master_record(master)?;
-        Ok(s)
+        })
     }
 
     /// Opens an existing store: refuses a missing file, a file that fails SQLite's integrity
     /// check, and a schema this build does not know; applies pending migrations.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
         if !path.exists() {
             return Err(StoreError::Open(format!(
                 "key store {} does not exist (hsmd init creates it; if you moved the data \
@@ -234,10 +226,9 @@ impl SqliteStore {
             )));
         }
         migrate(&mut conn, version)?;
-        Ok(SqliteStore {
+        Ok(SqliteBackend {
             conn,
             path: path.to_path_buf(),
-            audit_key: None,
         })
     }
 
@@ -253,15 +244,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    #[cfg(test)]
-    fn set_counter(
-        &mut self,
-        master: &MasterKey,
-        owner: &str,
-        name: &Label,
-        value: u64,
-    ) -> Result<(), StoreError> {
-        apply::set_counter_for_test(&self.conn, master, owner, name, value)
+    fn exec(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn.execute_batch(sql).map_err(backend)
     }
 }
 
@@ -279,269 +263,39 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<(), StoreError> {
     tx.commit().map_err(backend)
 }
 
-impl KeyStore for SqliteStore {
-    fn commit(
-        &mut self,
-        master: &MasterKey,
-        batch: Vec<Change>,
-        denials: Vec<AuditEvent>,
-    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
-        // The write lock from the start (IMMEDIATE): a deferred transaction that reads first
-        // and then writes cannot wait out another process's write (`hsmd passwd`, a backup
-        // tool); SQLite refuses its upgrade at once instead of using the busy timeout.
-        let mut tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let key = match self.audit_key.take() {
-            Some(k) => k,
-            None => audit::signing_key(&tx, master)?,
-        };
-        let mut head = audit::last(&tx)?;
-        let start = head.0;
-        let mut results = Vec::with_capacity(batch.len());
-        for Change { mutation, audit } in batch {
-            // A savepoint per mutation: one that fails leaves no trace and does not affect
-            // the others in the batch; its audit entry records the failure.
-            let sp = tx.savepoint().map_err(backend)?;
-            let r = apply::apply(&sp, master, mutation);
-            if r.is_ok() {
-                sp.commit().map_err(backend)?;
-            } else {
-                drop(sp);
-            }
-            if let Some(mut e) = audit {
-                e.status = match &r {
-                    Ok(_) => "ok",
-                    Err(err) => err.status().name(),
-                };
-                if let Ok(Applied::Key(rec)) = &r {
-                    e.key = format!("{}:{}", rec.owner, rec.id);
-                }
-                audit::append(&tx, &mut head, &e)?;
-            }
-            results.push(r);
+/// Transactions, as SQL statements on the one connection (the format layer pairs them).
+impl SqliteBackend {
+    fn tx_begin(&mut self, tx: Tx) -> Result<(), StoreError> {
+        // A write takes the lock at the start (IMMEDIATE): a deferred transaction that reads
+        // first and then writes cannot wait out another process's write (`hsmd passwd`, a
+        // backup tool); SQLite refuses its upgrade at once instead of using the busy timeout.
+        self.exec(match tx {
+            Tx::Read => "BEGIN DEFERRED",
+            Tx::Write => "BEGIN IMMEDIATE",
+        })
+    }
+
+    fn tx_commit(&mut self) -> Result<(), StoreError> {
+        // synchronous=FULL: this returns once the WAL is on disk. One fsync per transaction.
+        self.exec("COMMIT")
+    }
+
+    fn tx_rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
-        for e in &denials {
-            audit::append(&tx, &mut head, e)?;
-        }
-        if head.0 != start {
-            audit::put_head(&tx, &SignedHead::sign(&key, head.0, head.1))?;
-        }
-        // synchronous=FULL: this returns once the WAL is on disk. One fsync for the batch.
-        let done = tx.commit().map_err(backend);
-        self.audit_key = Some(key);
-        done?;
-        Ok(results)
     }
+}
 
-    fn grants(&mut self, master: &MasterKey) -> Result<Vec<GrantRecord>, StoreError> {
-        let rows: Vec<(String, i64, String, i64, i64, Vec<u8>)> = self
-            .conn
-            .prepare("SELECT owner, id, grantee, ops, created, tag FROM grants")
-            .and_then(|mut st| {
-                st.query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(backend)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (owner, id, grantee, ops, created, tag) in rows {
-            let g = (|| {
-                Some(GrantRecord {
-                    owner: owner.as_str().into(),
-                    id: u32::try_from(id).ok()?,
-                    grantee: grantee.as_str().into(),
-                    ops: u16::try_from(ops)
-                        .ok()
-                        .and_then(|o| ferrohsm_proto::UsageSet::try_from(o).ok())?,
-                    created: u64::try_from(created).ok()?,
-                })
-            })();
-            let valid = g.filter(|g| master.open_with(apply::grant_aad(g).bytes(), &tag).is_ok());
-            match valid {
-                Some(g) => out.push(g),
-                // A grant that does not authenticate is never honoured; the alarm names it.
-                None => tracing::error!(
-                    client = %owner, id, grantee = %grantee,
-                    "ALARM: a grant row failed its integrity check; it is ignored"
-                ),
-            }
-        }
-        Ok(out)
-    }
-
-    fn counter(
-        &mut self,
-        master: &MasterKey,
-        owner: &str,
-        name: &Label,
-    ) -> Result<Option<u64>, StoreError> {
-        Ok(apply::read_counter(&self.conn, master, owner, name)?.map(|(v, _)| v))
-    }
-
-    fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError> {
-        // The row and its versions from one snapshot: a delete committed between the two
-        // reads would otherwise look like a row that lost its versions (an integrity alarm).
-        let tx = self.conn.transaction().map_err(backend)?;
-        let found = select_one(&tx, owner, key)?
-            .map(|r| r.load(&tx))
-            .transpose()?;
-        tx.commit().map_err(backend)?;
-        Ok(found)
-    }
-
-    fn label_in_use(&mut self, owner: &str, label: &Label) -> Result<bool, StoreError> {
-        self.conn
-            .prepare_cached("SELECT 1 FROM keys WHERE owner = ?1 AND label = ?2")
-            .and_then(|mut st| st.exists(params![owner, label.as_str()]))
-            .map_err(backend)
-    }
-
-    fn list(&mut self, owner: &str, after: u32, limit: usize) -> Result<Vec<Listed>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // One snapshot for the rows and their versions, as in `find`.
-        let tx = self.conn.transaction().map_err(backend)?;
-        let raw = tx
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM keys WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-            ))
-            .and_then(|mut st| {
-                st.query_map(params![owner, after, limit], raw_row)?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(backend)?;
-        // A damaged row is reported as such, not hidden: the caller raises the alarm.
-        let listed = raw.into_iter().map(|r| (r.id(), r.load(&tx))).collect();
-        tx.commit().map_err(backend)?;
-        Ok(listed)
-    }
-
-    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
-        let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-        for (table, counters) in [("keys", false), ("counters", true)] {
-            let mut st = self
-                .conn
-                .prepare(&format!(
-                    "SELECT owner, COUNT(*) FROM {table} GROUP BY owner"
-                ))
-                .map_err(backend)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(backend)?;
-            for (owner, n) in rows {
-                let e = held.entry(owner).or_default();
-                let n = usize::try_from(n).unwrap_or(0);
-                if counters { e.1 = n } else { e.0 = n }
-            }
-        }
-        Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
-    }
-
-    fn master_record(&mut self) -> Result<MasterRecord, StoreError> {
-        let get = |name: &str| -> Result<Option<Vec<u8>>, StoreError> {
-            self.conn
-                .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(backend)
-        };
-        let missing = |what: &str| {
-            StoreError::Open(format!(
-                "key store {} has no {what}: it is damaged or not a FerroHSM store",
-                self.path.display()
-            ))
-        };
-        let kdf_name = get("kdf")?.ok_or_else(|| missing("master key record"))?;
-        let wrapped = get("wrapped_master")?.ok_or_else(|| missing("wrapped master key"))?;
-        let kdf = match kdf_name.as_slice() {
-            b"keyfile" => Kdf::KeyFile,
-            b"argon2id" => {
-                let p = get("argon2_params")?.ok_or_else(|| missing("argon2 parameters"))?;
-                let salt = get("argon2_salt")?.ok_or_else(|| missing("argon2 salt"))?;
-                let word = |i: usize| -> Option<u32> {
-                    Some(u32::from_le_bytes(
-                        p.get(4 * i..4 * i + 4)?.try_into().ok()?,
-                    ))
-                };
-                let (Some(m_kib), Some(t), Some(pl), 12) = (word(0), word(1), word(2), p.len())
-                else {
-                    return Err(missing("valid argon2 parameters"));
-                };
-                Kdf::Argon2id {
-                    params: Argon2Params { m_kib, t, p: pl },
-                    salt: salt
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| missing("valid argon2 salt"))?,
-                }
-            }
-            other => {
-                return Err(StoreError::Open(format!(
-                    "key store {}: unknown master key protection {:?}",
-                    self.path.display(),
-                    String::from_utf8_lossy(other)
-                )));
-            }
-        };
-        Ok(MasterRecord { kdf, wrapped })
-    }
-
-    fn replace_master_record(&mut self, rec: &MasterRecord) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let put = |name: &str, value: &[u8]| {
-            tx.execute(
-                "INSERT INTO meta (name, value) VALUES (?1, ?2) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                params![name, value],
-            )
-            .map_err(backend)
-        };
-        put("kdf", rec.kdf.name().as_bytes())?;
-        put("wrapped_master", &rec.wrapped)?;
-        match &rec.kdf {
-            Kdf::KeyFile => {
-                tx.execute(
-                    "DELETE FROM meta WHERE name IN ('argon2_params', 'argon2_salt')",
-                    [],
-                )
-                .map_err(backend)?;
-            }
-            Kdf::Argon2id { params, salt } => {
-                let p: Vec<u8> = [params.m_kib, params.t, params.p]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect();
-                put("argon2_params", &p)?;
-                put("argon2_salt", salt)?;
-            }
-        }
-        tx.commit().map_err(backend)
-    }
-
-    fn reader(&self) -> Result<Box<dyn KeyStore>, StoreError> {
-        let conn = connect(&self.path, false)?;
-        conn.pragma_update(None, "query_only", "ON")
-            .map_err(backend)?;
-        Ok(Box::new(SqliteStore {
-            conn,
-            path: self.path.clone(),
-            audit_key: None,
-        }))
-    }
+/// Reopens `path` for reading only.
+fn reader(path: &Path) -> Result<Box<dyn Backend>, StoreError> {
+    let conn = connect(path, false)?;
+    conn.pragma_update(None, "query_only", "ON")
+        .map_err(backend)?;
+    Ok(Box::new(SqliteBackend {
+        conn,
+        path: path.to_path_buf(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,341 @@
+//! The upper layer of the store: the at-rest format, the same over every backend
+//! (docs/storage.md writes it out).
+//!
+//! ```text
+//!  Store (this layer)      seals each key version to its record; tags grant and counter rows;
+//!                          chains and signs the audit log; validates every row read back;
+//!                          runs each batch as one transaction with a savepoint per change
+//!      |  raw rows, inside transactions it begins and ends
+//!  Backend (backend.rs)    sqlite/ (keys.db); holds no key, checks nothing
+//! ```
+//! A backend can lose or refuse a write, but whatever it returns passes through here: a row
+//! that was edited, moved, swapped or rolled back fails to open or authenticate and is refused
+//! with `key_store_integrity`, never used.
+
+use ed25519_dalek::SigningKey;
+use ferrohsm_proto::{KeyRef, Label};
+
+use crate::keys::KeyHandle;
+use crate::keys::audit::SignedHead;
+use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
+use crate::keys::store::backend::{Backend, KeyFilter, Tx};
+use crate::keys::store::{
+    Applied, AuditEvent, Change, GrantRecord, Listed, MasterRecord, Sealed, StoreError,
+};
+
+mod apply;
+mod audit;
+pub mod open;
+mod rows;
+
+pub use audit::AuditSnapshot;
+
+/// One key of a listing, opened: its id, and the key or why it does not open.
+pub type Opened = (u32, Result<KeyHandle, StoreError>);
+
+/// The key store over one backend handle. Each store thread owns one (see
+/// [`Store::reader`]).
+pub struct Store {
+    db: Box<dyn Backend>,
+    // The audit signing key, once unsealed (the writer signs the head at every commit).
+    audit_key: Option<SigningKey>,
+    // Keys opened through this handle (find_open, list_open): what a lookup cost.
+    opened: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("db", &self.db.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The store on an opened backend.
+    pub fn new(db: Box<dyn Backend>) -> Store {
+        Store {
+            db,
+            audit_key: None,
+            opened: 0,
+        }
+    }
+
+    /// A new store on an empty backend: records how `master` is wrapped and creates the audit
+    /// key; answers the audit key's public half.
+    pub fn create(
+        db: Box<dyn Backend>,
+        master: &MasterKey,
+        rec: &MasterRecord,
+    ) -> Result<(Store, ed25519_dalek::VerifyingKey), StoreError> {
+        let mut s = Store::new(db);
+        s.replace_master_record(rec)?;
+        let public = s.ensure_audit_key(master)?;
+        Ok((s, public))
+    }
+
+    /// What the backend is, for messages.
+    pub fn describe(&self) -> String {
+        self.db.describe()
+    }
+
+    /// Another handle on the same store, for another thread.
+    pub fn reader(&self) -> Result<Store, StoreError> {
+        Ok(Store::new(self.db.reader()?))
+    }
+
+    /// Runs `f` in one transaction of kind `tx`: committed when it succeeds, rolled back when
+    /// it or the commit fails.
+    fn in_tx<T>(
+        &mut self,
+        tx: Tx,
+        f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.db.begin(tx)?;
+        let out = f(self.db.as_mut()).and_then(|v| self.db.commit().map(|()| v));
+        if out.is_err() {
+            self.db.rollback();
+        }
+        out
+    }
+
+    /// Applies `batch` in one durable transaction, with each change's audit entry and then
+    /// the queued `denials` appended to the audit chain in the same transaction. The outer
+    /// error means nothing was committed; otherwise each change has its own result and every
+    /// `Ok` is durable.
+    pub fn commit(
+        &mut self,
+        master: &MasterKey,
+        batch: Vec<Change>,
+        denials: Vec<AuditEvent>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let cached = self.audit_key.take();
+        let out = self.in_tx(Tx::Write, |db| {
+            let key = match cached {
+                Some(k) => k,
+                None => audit::signing_key(db, master)?,
+            };
+            let mut head = audit::last(db)?;
+            let start = head.0;
+            let mut results = Vec::with_capacity(batch.len());
+            for Change { mutation, audit } in batch {
+                // A savepoint per mutation: one that fails leaves no trace and does not affect
+                // the others in the batch; its audit entry records the failure.
+                db.savepoint()?;
+                let r = apply::apply(db, master, mutation);
+                if r.is_ok() {
+                    db.release_savepoint()?;
+                } else {
+                    db.rollback_to_savepoint()?;
+                }
+                if let Some(mut e) = audit {
+                    e.status = match &r {
+                        Ok(_) => "ok",
+                        Err(err) => err.status().name(),
+                    };
+                    match &r {
+                        Ok(Applied::Key(rec)) => e.key = format!("{}:{}", rec.owner, rec.id),
+                        Ok(Applied::Created(h)) => e.key = format!("{}:{}", h.owner, h.info.id),
+                        _ => {}
+                    }
+                    audit::append(db, &mut head, &e)?;
+                }
+                results.push(r);
+            }
+            for e in &denials {
+                audit::append(db, &mut head, e)?;
+            }
+            if head.0 != start {
+                audit::put_head(db, &SignedHead::sign(&key, head.0, head.1))?;
+            }
+            Ok((results, key))
+        })?;
+        let (results, key) = out;
+        self.audit_key = Some(key);
+        Ok(results)
+    }
+
+    /// Every grant, each checked against its tag (a grant that does not authenticate is never
+    /// honoured; its alarm names it).
+    pub fn grants(&mut self, master: &MasterKey) -> Result<Vec<GrantRecord>, StoreError> {
+        self.in_tx(Tx::Read, |db| apply::grants(db, master))
+    }
+
+    /// A counter's value (its tag checked).
+    pub fn counter(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        name: &Label,
+    ) -> Result<Option<u64>, StoreError> {
+        self.in_tx(Tx::Read, |db| {
+            Ok(apply::read_counter(db, master, owner, name.as_str())?.map(|(v, _)| v))
+        })
+    }
+
+    /// One key of `owner`, by id or label, still sealed (the row and its versions from one
+    /// snapshot: a delete committed between two reads would otherwise look like a row that
+    /// lost its versions).
+    pub fn find(&mut self, owner: &str, key: &KeyRef) -> Result<Option<Sealed>, StoreError> {
+        self.in_tx(Tx::Read, |db| {
+            db.key(owner, key)?.map(rows::parse).transpose()
+        })
+    }
+
+    /// One key of `owner`, opened.
+    pub fn find_open(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        key: &KeyRef,
+    ) -> Result<Option<KeyHandle>, StoreError> {
+        let found = self.find(owner, key)?;
+        self.opened += u64::from(found.is_some());
+        found.map(|s| open::open(master, s)).transpose()
+    }
+
+    /// [`Store::list`], each key opened (a damaged one is an `Err` of its own).
+    pub fn list_open(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        filter: &KeyFilter,
+        after: u32,
+        limit: usize,
+    ) -> Result<Vec<Opened>, StoreError> {
+        let rows = self.list(owner, filter, after, limit)?;
+        self.opened += rows.len() as u64;
+        Ok(rows
+            .into_iter()
+            .map(|(id, r)| (id, r.and_then(|s| open::open(master, s))))
+            .collect())
+    }
+
+    /// How many keys this handle has opened.
+    pub fn opened(&self) -> u64 {
+        self.opened
+    }
+
+    /// Whether `owner` has a key labelled `label`.
+    pub fn label_in_use(&mut self, owner: &str, label: &Label) -> Result<bool, StoreError> {
+        self.in_tx(Tx::Read, |db| db.label_in_use(owner, label.as_str()))
+    }
+
+    /// Up to `limit` keys of `owner` matching `filter` with ids above `after`, by id, each with
+    /// its id; a row whose fields do not validate is an `Err` of its own. Only the rows
+    /// returned are read: the backend answers from its indexes.
+    pub fn list(
+        &mut self,
+        owner: &str,
+        filter: &KeyFilter,
+        after: u32,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        self.in_tx(Tx::Read, |db| {
+            Ok(db
+                .keys(owner, filter, after, limit)?
+                .into_iter()
+                .map(|r| (rows::id_of(&r), rows::parse(r)))
+                .collect())
+        })
+    }
+
+    /// How many keys and counters each owner holds (the quotas' starting counts).
+    pub fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
+        self.in_tx(Tx::Read, |db| db.held())
+    }
+
+    /// How the master key is stored.
+    pub fn master_record(&mut self) -> Result<MasterRecord, StoreError> {
+        let place = self.db.describe();
+        self.in_tx(Tx::Read, |db| master_record(db, &place))
+    }
+
+    /// Replaces the stored master key record in one transaction (passphrase change).
+    pub fn replace_master_record(&mut self, rec: &MasterRecord) -> Result<(), StoreError> {
+        self.in_tx(Tx::Write, |db| {
+            db.put_meta("kdf", rec.kdf.name().as_bytes())?;
+            db.put_meta("wrapped_master", &rec.wrapped)?;
+            match &rec.kdf {
+                Kdf::KeyFile => {
+                    db.delete_meta("argon2_params")?;
+                    db.delete_meta("argon2_salt")
+                }
+                Kdf::Argon2id { params, salt } => {
+                    let p: Vec<u8> = [params.m_kib, params.t, params.p]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    db.put_meta("argon2_params", &p)?;
+                    db.put_meta("argon2_salt", salt)
+                }
+            }
+        })
+    }
+
+    /// Writes a counter's value with its tag, as an operator's repair tool would (tests only).
+    #[cfg(test)]
+    pub(crate) fn set_counter(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        name: &Label,
+        value: u64,
+    ) -> Result<(), StoreError> {
+        self.in_tx(Tx::Write, |db| {
+            let created = apply::read_counter(db, master, owner, name.as_str())?
+                .map_or(0, |(_, created)| created);
+            apply::write_counter(db, master, owner, name.as_str(), value, created)
+        })
+    }
+}
+
+fn master_record(db: &mut dyn Backend, place: &str) -> Result<MasterRecord, StoreError> {
+    let missing = |what: &str| {
+        StoreError::Open(format!(
+            "key store {place} has no {what}: it is damaged or not a FerroHSM store"
+        ))
+    };
+    let kdf_name = db
+        .meta("kdf")?
+        .ok_or_else(|| missing("master key record"))?;
+    let wrapped = db
+        .meta("wrapped_master")?
+        .ok_or_else(|| missing("wrapped master key"))?;
+    let kdf = match kdf_name.as_slice() {
+        b"keyfile" => Kdf::KeyFile,
+        b"argon2id" => {
+            let p = db
+                .meta("argon2_params")?
+                .ok_or_else(|| missing("argon2 parameters"))?;
+            let salt = db
+                .meta("argon2_salt")?
+                .ok_or_else(|| missing("argon2 salt"))?;
+            let word = |i: usize| -> Option<u32> {
+                Some(u32::from_le_bytes(
+                    p.get(4 * i..4 * i + 4)?.try_into().ok()?,
+                ))
+            };
+            let (Some(m_kib), Some(t), Some(pl), 12) = (word(0), word(1), word(2), p.len()) else {
+                return Err(missing("valid argon2 parameters"));
+            };
+            Kdf::Argon2id {
+                params: Argon2Params { m_kib, t, p: pl },
+                salt: salt
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| missing("valid argon2 salt"))?,
+            }
+        }
+        other => {
+            return Err(StoreError::Open(format!(
+                "key store {place}: unknown master key protection {:?}",
+                String::from_utf8_lossy(other)
+            )));
+        }
+    };
+    Ok(MasterRecord { kdf, wrapped })
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
