@@ -5,6 +5,8 @@
 //! - [`daemon`]: a real `hsmd` process on a data directory made by the real `hsmd init`, started
 //!   one way, with a deadline, and retried only when a port turned out to be taken.
 //! - [`server`]: the server library in this process, for tests that tweak its `Config`.
+//! - [`postgres`]: a real, private PostgreSQL cluster (real `initdb`, `postgres` on a free
+//!   loopback port, a password-only superuser), for the PostgreSQL key store's tests.
 //! - [`peer`]: raw and logged-in streams on every transport, frames read with a deadline, and
 //!   [`peer::Ending`], which tells a closed connection from a silent one.
 //! - [`status`]: the status of a failed call, of an error frame, and of a failed `hsmctl` run.
@@ -29,6 +31,7 @@ pub mod daemon;
 pub mod files;
 pub mod keys;
 pub mod peer;
+pub mod postgres;
 pub mod server;
 pub mod status;
 pub mod wait;

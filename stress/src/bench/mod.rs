@@ -8,6 +8,7 @@
 //!          \- floors.rs: raw TCP echo and spinning shared-memory round trips
 //!          \- client.rs: one client: its keys, requests kept in flight, latencies
 //!          \- audit.rs: sign throughput at audit level "all" against "changes"
+//!          \- search.rs: find by id and label among N keys against among 10
 //! ```
 //! On a shared machine one in-process sample is not enough, so the baselines and floors are
 //! sampled several times, interleaved with the transport rows (before the first transport and
@@ -18,6 +19,7 @@ mod baseline;
 mod client;
 mod floors;
 mod scale;
+mod search;
 mod targets;
 
 pub use audit::AuditCost;
@@ -189,6 +191,9 @@ pub struct BenchOptions {
     /// A profile of a second server running `[audit] level = "all"`: sign throughput is
     /// compared against the main one (`changes`); `None` skips it.
     pub audit_all: Option<PathBuf>,
+    /// Measure `find` by id and by label in a namespace of this many keys against one of 10
+    /// (over the first transport); `None` skips it.
+    pub find_keys: Option<usize>,
 }
 
 /// One measurement.
@@ -370,6 +375,11 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
         });
         drop(setup_client);
         samples.take(opts, sample_secs)?;
+    }
+    if let (Some(n), Some(&t)) = (opts.find_keys, opts.transports.first()) {
+        let (rows, found) = search::find_scale(&profile, t, n, opts.secs)?;
+        results.extend(rows);
+        targets.extend(found);
     }
     if let Some(n) = opts.sessions {
         results.push(scale::sessions(&profile, &opts.transports, n, opts.secs)?);

@@ -104,6 +104,10 @@ enum Command {
         /// Idle shm sessions held while measuring the spawned server's idle CPU use (0: skip).
         #[arg(long, value_name = "N", default_value_t = 64)]
         idle_sessions: usize,
+        /// Also measure find by id and by label among N keys against among 10 (the keys are
+        /// made and deleted by the bench; the client's key quota must allow N + 10).
+        #[arg(long, value_name = "N")]
+        find_keys: Option<usize>,
     },
     /// The echo child of bench's floor-shm row (started by bench itself).
     #[command(hide = true)]
@@ -332,6 +336,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             quick,
             sessions,
             idle_sessions,
+            find_keys,
         } => {
             let spawned = spawn(&server, 1)?;
             // A second spawned server at `[audit] level = "all"`, to measure what it costs.
@@ -367,6 +372,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                     .filter(|_| idle_sessions > 0)
                     .map(|s| (s.pid(), idle_sessions)),
                 audit_all: audit_all.as_ref().map(|s| s.profile(&s.clients[0])),
+                find_keys,
             };
             let r = ferrohsm_stress::bench::bench(&opts)?;
             print!("{}", report::bench_table(&r));

@@ -195,6 +195,63 @@ fn the_keygen_bench_reports_the_fsync_floor_and_the_durable_key_targets() {
     );
 }
 
+#[test]
+fn the_find_bench_compares_a_large_namespace_with_a_small_one_and_cleans_up() {
+    let data = Data::init("alice");
+    let _hsmd = data.start();
+    let tmp = tempfile::tempdir().unwrap();
+    let json_f = tmp.path().join("bench.json");
+    let out = succeeds(
+        stress()
+            .args(["bench", "--quick", "--profile", s(&data.profile("alice"))])
+            .args(["--transports", "tcp", "--ops", "ping", "--inflight", "1"])
+            .args(["--idle-sessions", "0", "--find-keys", "300"])
+            .args(["--json", s(&json_f)]),
+    );
+    let r = json(&json_f);
+    let results = r["results"].as_array().unwrap();
+    for op in [
+        "find-id@10",
+        "find-label@10",
+        "find-id@300",
+        "find-label@300",
+    ] {
+        let row = results
+            .iter()
+            .find(|x| x["op"] == op && x["transport"] == "tcp")
+            .unwrap_or_else(|| panic!("no {op}: {out}"));
+        assert!(f(&row["ops_per_sec"]) > 0.0, "{out}");
+        assert!(f(&row["p99_us"]) >= f(&row["p50_us"]), "{out}");
+    }
+    let targets: Vec<&Value> = r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().starts_with("find by"))
+        .collect();
+    let names: Vec<&str> = targets
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "find by id at 300 keys / at 10 keys",
+            "find by label at 300 keys / at 10 keys"
+        ],
+        "{out}"
+    );
+    for t in targets {
+        assert!(f(&t["ratio"]) > 0.0, "{t}");
+        assert_eq!(t["met"].as_bool(), Some(met(t)), "{t}");
+    }
+    // Every key the bench made is gone again.
+    let listed = data.ctl("alice", &["list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.trim(), "", "the bench left keys behind: {listed}");
+}
+
 /// Whether a target is met, by its own ratio, goal and direction.
 fn met(t: &Value) -> bool {
     let (ratio, goal) = (f(&t["ratio"]), f(&t["goal"]));

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod format;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;

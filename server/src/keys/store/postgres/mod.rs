@@ -1,0 +1,401 @@
+//! The PostgreSQL backend: one database shared by every node, the same tables as SQLite
+//! (docs/storage.md), `BIGINT` for every integer and `BYTEA` for every blob, and a schema
+//! version in `ferrohsm_schema` with a migration list.
+//!
+//! Writes are serialised across every node by one transaction-scoped advisory lock, taken at
+//! `BEGIN`: ids, labels, counters and the audit chain never race, exactly as under SQLite's
+//! single writer, and each node still commits many changes per transaction (group commit).
+//! Reads run in `REPEATABLE READ READ ONLY` transactions (one snapshot). Every statement is
+//! bounded by `statement_timeout` and `lock_timeout` (`[store] timeout_ms`), and the socket by
+//! `tcp_user_timeout`, so a database that stops answering fails a request instead of hanging
+//! it. A connection that broke is replaced at the next transaction.
+//!
+//! No store call runs on a session thread: this is used only on the store threads.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, Config, NoTls, Statement};
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use super::backend::{Backend, Tx};
+
+mod rows;
+
+/// Schema migrations; `MIGRATIONS[i]` takes version i to i + 1.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+CREATE TABLE owners (owner TEXT PRIMARY KEY, next_id BIGINT NOT NULL);
+CREATE TABLE keys (
+    owner TEXT NOT NULL,
+    id BIGINT NOT NULL,
+    label TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    usage BIGINT NOT NULL,
+    exportable BIGINT NOT NULL,
+    origin TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (owner, id),
+    UNIQUE (owner, label)
+);
+CREATE INDEX keys_by_type ON keys (owner, key_type, id);
+CREATE TABLE key_versions (
+    owner TEXT NOT NULL,
+    id BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    sealed BYTEA,
+    PRIMARY KEY (owner, id, version)
+);
+CREATE TABLE grants (
+    owner TEXT NOT NULL,
+    id BIGINT NOT NULL,
+    grantee TEXT NOT NULL,
+    ops BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    tag BYTEA NOT NULL,
+    PRIMARY KEY (owner, id, grantee)
+);
+CREATE TABLE counters (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    tag BYTEA NOT NULL,
+    PRIMARY KEY (owner, name)
+);
+CREATE TABLE audit (
+    seq BIGINT PRIMARY KEY,
+    time BIGINT NOT NULL,
+    client TEXT NOT NULL,
+    session BIGINT NOT NULL,
+    transport TEXT NOT NULL,
+    op TEXT NOT NULL,
+    key TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    status TEXT NOT NULL,
+    prev_hash BYTEA NOT NULL,
+    hash BYTEA NOT NULL
+);
+"];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// The advisory lock every write transaction holds ("FerroHSM" in ASCII).
+const WRITE_LOCK: i64 = 0x4665_7272_6f48_534d;
+
+/// Where the database is and how to reach it. The password is kept apart from the URL, and
+/// nothing here prints it.
+#[derive(Clone)]
+pub struct PgSettings {
+    /// `postgres://USER@HOST:PORT/DB` (never with a password).
+    pub url: String,
+    /// From `HSMD_STORE_PASSWORD` or `[store] password_file`.
+    pub password: Option<Zeroizing<String>>,
+    /// Longest a statement, a lock wait or an unanswered socket may take.
+    pub timeout: Duration,
+    /// Longest one connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a store URL: `postgres://` or `postgresql://`, a user, a host, a database, and no
+/// password. Answers the URL's description for messages (`USER@HOST:PORT/DB`).
+pub fn check_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| "a store URL starts with postgres://".to_string())?;
+    let config: Config = url
+        .parse()
+        .map_err(|_| "the store URL is not a valid postgres:// URL".to_string())?;
+    let user = config.get_user().unwrap_or("");
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => String::new(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    let what = format!("{user}@{host}:{port}/{db}");
+    // The userinfo part, before the host: `user:password@`.
+    let userinfo = rest.split(['/', '?']).next().unwrap_or("");
+    if config.get_password().is_some()
+        || userinfo
+            .rsplit_once('@')
+            .is_some_and(|(u, _)| u.contains(':'))
+    {
+        return Err(format!(
+            "the store URL for {what} contains a password; remove it from the URL and give it \
+             in HSMD_STORE_PASSWORD or [store] password_file (mode 0600)"
+        ));
+    }
+    if user.is_empty() || host.is_empty() || db.is_empty() {
+        return Err(format!(
+            "the store URL {what} must name a user, a host and a database: \
+             postgres://USER@HOST:PORT/DB"
+        ));
+    }
+    Ok(what)
+}
+
+/// A connection to the database (made at the first transaction, and again after it broke).
+pub struct PgBackend {
+    settings: PgSettings,
+    config: Config,
+    what: String,
+    client: Option<Client>,
+    statements: HashMap<String, Statement>,
+}
+
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("database", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
+fn refused(what: &str, e: &postgres::Error) -> StoreError {
+    StoreError::Backend(format!("database {what}: {}", reason(e)))
+}
+
+/// What went wrong, in the database's own words (its message names the problem and never the
+/// password), or the client library's with its cause (a refused or timed-out connection).
+fn reason(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
+}
+
+impl PgBackend {
+    fn new(settings: PgSettings) -> Result<PgBackend, StoreError> {
+        let what = check_url(&settings.url).map_err(StoreError::Open)?;
+        let mut config: Config = settings
+            .url
+            .parse()
+            .map_err(|_| StoreError::Open(format!("the store URL for {what} is not valid")))?;
+        if let Some(p) = &settings.password {
+            config.password(p.as_bytes());
+        }
+        config
+            .connect_timeout(settings.connect_timeout)
+            .tcp_user_timeout(settings.timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .application_name("hsmd");
+        Ok(PgBackend {
+            settings,
+            config,
+            what,
+            client: None,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// Connects now, retrying until `within` has passed (a database still starting).
+    pub fn connect(settings: PgSettings, within: Duration) -> Result<PgBackend, StoreError> {
+        let mut b = PgBackend::new(settings)?;
+        let deadline = Instant::now() + within;
+        loop {
+            match b.client() {
+                Ok(_) => return Ok(b),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(StoreError::Open(format!(
+                        "cannot reach the key store database {} within {} ms: {e}",
+                        b.what,
+                        within.as_millis()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Creates the schema in an empty database (refusing one that already holds a store).
+    pub fn create(settings: PgSettings, within: Duration) -> Result<PgBackend, StoreError> {
+        let mut b = PgBackend::connect(settings, within)?;
+        if b.schema_version()?.is_some() {
+            return Err(StoreError::Open(format!(
+                "database {} already holds a FerroHSM key store; init a new node of that \
+                 cluster with hsmd init --join, or give an empty database",
+                b.what
+            )));
+        }
+        b.migrate(0)?;
+        Ok(b)
+    }
+
+    /// Opens an existing store: refuses a database without the schema, or with a newer one;
+    /// applies pending migrations.
+    pub fn open(settings: PgSettings, within: Duration) -> Result<PgBackend, StoreError> {
+        let mut b = PgBackend::connect(settings, within)?;
+        match b.schema_version()? {
+            None => Err(StoreError::Open(format!(
+                "database {} is not a FerroHSM key store (no schema): create it with hsmd init \
+                 --store-url",
+                b.what
+            ))),
+            Some(v) if v > SCHEMA_VERSION => Err(StoreError::Open(format!(
+                "the key store in database {} has schema version {v}, newer than this hsmd \
+                 understands ({SCHEMA_VERSION}); refusing to start (upgrade hsmd)",
+                b.what
+            ))),
+            Some(v) => {
+                b.migrate(v)?;
+                Ok(b)
+            }
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.statements.clear();
+            let mut c = self
+                .config
+                .connect(NoTls)
+                .map_err(|e| refused(&self.what, &e))?;
+            let ms = self.settings.timeout.as_millis().max(1);
+            c.batch_execute(&format!(
+                "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
+                 SET idle_in_transaction_session_timeout = {}",
+                ms.saturating_mul(10)
+            ))
+            .map_err(|e| refused(&self.what, &e))?;
+            self.client = Some(c);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Backend(format!("database {}: not connected", self.what)))
+    }
+
+    /// Runs statements that take no parameters.
+    fn exec(&mut self, sql: &str) -> Result<(), StoreError> {
+        let what = self.what.clone();
+        let r = self.client()?.batch_execute(sql);
+        r.map_err(|e| self.failed(&what, e))
+    }
+
+    /// The error, forgetting a connection that broke so the next transaction makes a new one.
+    fn failed(&mut self, what: &str, e: postgres::Error) -> StoreError {
+        // Anything but an ordinary error of a statement may have left the connection unusable
+        // (the server shut it down, the socket broke): it is not reused.
+        let broken = e.is_closed()
+            || self.client.as_ref().is_some_and(Client::is_closed)
+            || e.as_db_error().is_none_or(|db| {
+                let code = db.code().code();
+                matches!(db.severity(), "FATAL" | "PANIC")
+                    || code.starts_with("08")
+                    || code.starts_with("57")
+            });
+        if broken {
+            self.client = None;
+        }
+        refused(what, &e)
+    }
+
+    /// A prepared statement, prepared once per connection.
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let what = self.what.clone();
+        let r = self.client()?.prepare(sql);
+        let s = r.map_err(|e| self.failed(&what, e))?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn schema_version(&mut self) -> Result<Option<i32>, StoreError> {
+        let what = self.what.clone();
+        let c = self.client()?;
+        let exists = c
+            .query_one("SELECT to_regclass('ferrohsm_schema') IS NOT NULL", &[])
+            .and_then(|r| r.try_get::<_, bool>(0))
+            .map_err(|e| refused(&what, &e))?;
+        if !exists {
+            return Ok(None);
+        }
+        c.query_opt("SELECT version FROM ferrohsm_schema", &[])
+            .and_then(|r| r.map(|r| r.try_get::<_, i32>(0)).transpose())
+            .map_err(|e| refused(&what, &e))
+    }
+
+    /// Applies migrations from `from` in one transaction, under the write lock (two nodes
+    /// starting together migrate once).
+    fn migrate(&mut self, from: i32) -> Result<(), StoreError> {
+        if from >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        self.begin(Tx::Write)?;
+        let r = (|| {
+            // Another node may have migrated while this one waited for the lock.
+            let now = self.schema_version()?.unwrap_or(0);
+            if now >= SCHEMA_VERSION {
+                return Ok(());
+            }
+            if now == 0 {
+                self.exec("CREATE TABLE ferrohsm_schema (version INTEGER NOT NULL)")?;
+                self.exec("INSERT INTO ferrohsm_schema (version) VALUES (0)")?;
+            }
+            for sql in &MIGRATIONS[now as usize..] {
+                self.exec(sql)?;
+            }
+            self.exec(&format!(
+                "UPDATE ferrohsm_schema SET version = {SCHEMA_VERSION}"
+            ))
+        })();
+        match r {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn tx_begin(&mut self, tx: Tx) -> Result<(), StoreError> {
+        match tx {
+            Tx::Read => self.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+            // READ COMMITTED: every statement after the lock sees what the previous holder
+            // committed (a REPEATABLE READ snapshot would be taken before the lock was granted).
+            Tx::Write => self.exec(&format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+            )),
+        }
+    }
+
+    fn tx_rollback(&mut self) {
+        // A connection in an unknown state is not reused.
+        if let Some(c) = self.client.as_mut()
+            && (c.batch_execute("ROLLBACK").is_err() || c.is_closed())
+        {
+            self.client = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

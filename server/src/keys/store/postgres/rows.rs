@@ -1,0 +1,418 @@
+//! [`Backend`] for PostgreSQL: rows in and out, as stored, through statements prepared once
+//! per connection.
+
+use ferrohsm_proto::KeyRef;
+use postgres::Row;
+use postgres::types::ToSql;
+
+use super::PgBackend;
+use crate::keys::audit::AuditRow;
+use crate::keys::store::StoreError;
+use crate::keys::store::backend::{
+    Backend, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+};
+
+/// The key table's columns, in the order [`key_row`] reads them.
+const COLUMNS: &str = "owner, id, label, key_type, usage, exportable, origin, created, version";
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+fn key_row(r: &Row) -> Result<KeyRow, postgres::Error> {
+    Ok(KeyRow {
+        owner: r.try_get(0)?,
+        id: r.try_get(1)?,
+        label: r.try_get(2)?,
+        key_type: r.try_get(3)?,
+        usage: r.try_get(4)?,
+        exportable: r.try_get(5)?,
+        origin: r.try_get(6)?,
+        created: r.try_get(7)?,
+        version: r.try_get(8)?,
+        versions: Vec::new(),
+    })
+}
+
+impl PgBackend {
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let st = self.statement(sql)?;
+        let what = self.what.clone();
+        let r = self.client()?.query(&st, params);
+        r.map_err(|e| self.failed(&what, e))
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        let st = self.statement(sql)?;
+        let what = self.what.clone();
+        let r = self.client()?.execute(&st, params);
+        r.map_err(|e| self.failed(&what, e))
+    }
+
+    /// Converts each row, a column of the wrong type being a store failure.
+    fn rows<T>(
+        &self,
+        rows: Vec<Row>,
+        f: impl Fn(&Row) -> Result<T, postgres::Error>,
+    ) -> Result<Vec<T>, StoreError> {
+        rows.iter()
+            .map(|r| f(r).map_err(|e| super::refused(&self.what, &e)))
+            .collect()
+    }
+
+    fn with_versions(&mut self, mut row: KeyRow) -> Result<KeyRow, StoreError> {
+        let rows = self.query(
+            "SELECT version, created, sealed FROM key_versions WHERE owner = $1 AND id = $2 \
+             ORDER BY version",
+            &[&row.owner, &row.id],
+        )?;
+        row.versions = self.rows(rows, |r| {
+            Ok(VersionRow {
+                version: r.try_get(0)?,
+                created: r.try_get(1)?,
+                sealed: r.try_get(2)?,
+            })
+        })?;
+        Ok(row)
+    }
+}
+
+impl Backend for PgBackend {
+    fn describe(&self) -> String {
+        format!("postgres://{}", self.what)
+    }
+
+    fn reader(&self) -> Result<Box<dyn Backend>, StoreError> {
+        // Connected at its first transaction, on its own thread.
+        Ok(Box::new(PgBackend::new(self.settings.clone())?))
+    }
+
+    fn begin(&mut self, tx: Tx) -> Result<(), StoreError> {
+        self.tx_begin(tx)
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        // synchronous_commit (on by default): COMMIT returns once the WAL is flushed.
+        self.exec("COMMIT")
+    }
+
+    fn rollback(&mut self) {
+        self.tx_rollback()
+    }
+
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.exec("SAVEPOINT change")
+    }
+
+    fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        self.exec("RELEASE SAVEPOINT change")
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        self.exec("ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change")
+    }
+
+    fn key(&mut self, owner: &str, key: &KeyRef) -> Result<Option<KeyRow>, StoreError> {
+        let rows = match key {
+            KeyRef::Id(id) | KeyRef::OwnerId(_, id) => self.query(
+                &format!("SELECT {COLUMNS} FROM keys WHERE owner = $1 AND id = $2"),
+                &[&owner, &i64::from(*id)],
+            )?,
+            KeyRef::Label(l) | KeyRef::OwnerLabel(_, l) => self.query(
+                &format!("SELECT {COLUMNS} FROM keys WHERE owner = $1 AND label = $2"),
+                &[&owner, &l.as_str()],
+            )?,
+        };
+        let row = self.rows(rows, key_row)?.into_iter().next();
+        row.map(|r| self.with_versions(r)).transpose()
+    }
+
+    fn keys(
+        &mut self,
+        owner: &str,
+        filter: &KeyFilter,
+        after: u32,
+        limit: usize,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        let (after, limit) = (i64::from(after), i64::try_from(limit).unwrap_or(i64::MAX));
+        let label = filter.label.as_ref().map(|l| l.as_str().to_string());
+        let id = filter.id.map(i64::from);
+        let key_type = filter.key_type.map(|t| t.name().to_string());
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&owner, &after, &limit];
+        // One statement per combination of filters, each answered by the primary key or an
+        // index: (owner, id), (owner, label), (owner, key_type, id).
+        let mut sql = format!("SELECT {COLUMNS} FROM keys WHERE owner = $1 AND id > $2");
+        if let Some(id) = &id {
+            params.push(id);
+            sql.push_str(&format!(" AND id = ${}", params.len()));
+        }
+        if let Some(l) = &label {
+            params.push(l);
+            sql.push_str(&format!(" AND label = ${}", params.len()));
+        }
+        if let Some(t) = &key_type {
+            params.push(t);
+            sql.push_str(&format!(" AND key_type = ${}", params.len()));
+        }
+        sql.push_str(" ORDER BY id LIMIT $3");
+        let rows = self.query(&sql, &params)?;
+        let rows = self.rows(rows, key_row)?;
+        rows.into_iter().map(|r| self.with_versions(r)).collect()
+    }
+
+    fn label_in_use(&mut self, owner: &str, label: &str) -> Result<bool, StoreError> {
+        let rows = self.query(
+            "SELECT 1 FROM keys WHERE owner = $1 AND label = $2",
+            &[&owner, &label],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
+        let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        for (table, counters) in [("keys", false), ("counters", true)] {
+            let rows = self.query(
+                &format!("SELECT owner, COUNT(*) FROM {table} GROUP BY owner"),
+                &[],
+            )?;
+            let rows = self.rows(rows, |r| {
+                Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?))
+            })?;
+            for (owner, n) in rows {
+                let e = held.entry(owner).or_default();
+                let n = usize::try_from(n).unwrap_or(0);
+                if counters { e.1 = n } else { e.0 = n }
+            }
+        }
+        Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
+    }
+
+    fn next_id(&mut self, owner: &str) -> Result<i64, StoreError> {
+        self.execute(
+            "INSERT INTO owners (owner, next_id) VALUES ($1, 1) ON CONFLICT (owner) DO NOTHING",
+            &[&owner],
+        )?;
+        let rows = self.query(
+            "UPDATE owners SET next_id = next_id + 1 WHERE owner = $1 RETURNING next_id - 1",
+            &[&owner],
+        )?;
+        self.rows(rows, |r| r.try_get::<_, i64>(0))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Backend(format!("database {}: no id returned", self.what)))
+    }
+
+    fn insert_key(&mut self, row: &KeyRow) -> Result<(), StoreError> {
+        self.execute(
+            &format!("INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+            &[
+                &row.owner,
+                &row.id,
+                &row.label,
+                &row.key_type,
+                &row.usage,
+                &row.exportable,
+                &row.origin,
+                &row.created,
+                &row.version,
+            ],
+        )?;
+        for v in &row.versions {
+            self.insert_version(&row.owner, row.id, v)?;
+        }
+        Ok(())
+    }
+
+    fn insert_version(&mut self, owner: &str, id: i64, v: &VersionRow) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO key_versions (owner, id, version, created, sealed) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&owner, &id, &v.version, &v.created, &v.sealed],
+        )?;
+        Ok(())
+    }
+
+    fn set_sealed(
+        &mut self,
+        owner: &str,
+        id: i64,
+        version: i64,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE key_versions SET sealed = $4 WHERE owner = $1 AND id = $2 AND version = $3",
+            &[&owner, &id, &version, &sealed],
+        )?;
+        Ok(())
+    }
+
+    fn retire_below(&mut self, owner: &str, id: i64, below: i64) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE key_versions SET sealed = NULL WHERE owner = $1 AND id = $2 AND version < $3",
+            &[&owner, &id, &below],
+        )?;
+        Ok(())
+    }
+
+    fn set_version(&mut self, owner: &str, id: i64, version: i64) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE keys SET version = $3 WHERE owner = $1 AND id = $2",
+            &[&owner, &id, &version],
+        )?;
+        Ok(())
+    }
+
+    fn delete_key(&mut self, owner: &str, id: i64) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM key_versions WHERE owner = $1 AND id = $2",
+            "DELETE FROM grants WHERE owner = $1 AND id = $2",
+            "DELETE FROM keys WHERE owner = $1 AND id = $2",
+        ] {
+            self.execute(sql, &[&owner, &id])?;
+        }
+        Ok(())
+    }
+
+    fn grants(&mut self) -> Result<Vec<GrantRow>, StoreError> {
+        let rows = self.query(
+            "SELECT owner, id, grantee, ops, created, tag FROM grants",
+            &[],
+        )?;
+        self.rows(rows, |r| {
+            Ok(GrantRow {
+                owner: r.try_get(0)?,
+                id: r.try_get(1)?,
+                grantee: r.try_get(2)?,
+                ops: r.try_get(3)?,
+                created: r.try_get(4)?,
+                tag: r.try_get(5)?,
+            })
+        })
+    }
+
+    fn put_grant(&mut self, g: &GrantRow) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO grants (owner, id, grantee, ops, created, tag) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (owner, id, grantee) DO UPDATE SET ops = excluded.ops, \
+             created = excluded.created, tag = excluded.tag",
+            &[&g.owner, &g.id, &g.grantee, &g.ops, &g.created, &g.tag],
+        )?;
+        Ok(())
+    }
+
+    fn delete_grant(&mut self, owner: &str, id: i64, grantee: &str) -> Result<bool, StoreError> {
+        let n = self.execute(
+            "DELETE FROM grants WHERE owner = $1 AND id = $2 AND grantee = $3",
+            &[&owner, &id, &grantee],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn counter(&mut self, owner: &str, name: &str) -> Result<Option<CounterRow>, StoreError> {
+        let rows = self.query(
+            "SELECT value, created, tag FROM counters WHERE owner = $1 AND name = $2",
+            &[&owner, &name],
+        )?;
+        Ok(self
+            .rows(rows, |r| {
+                Ok(CounterRow {
+                    owner: owner.to_string(),
+                    name: name.to_string(),
+                    value: r.try_get(0)?,
+                    created: r.try_get(1)?,
+                    tag: r.try_get(2)?,
+                })
+            })?
+            .into_iter()
+            .next())
+    }
+
+    fn put_counter(&mut self, c: &CounterRow) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO counters (owner, name, value, created, tag) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (owner, name) DO UPDATE SET value = excluded.value, tag = excluded.tag",
+            &[&c.owner, &c.name, &c.value, &c.created, &c.tag],
+        )?;
+        Ok(())
+    }
+
+    fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let rows = self.query("SELECT value FROM meta WHERE name = $1", &[&name])?;
+        Ok(self
+            .rows(rows, |r| r.try_get::<_, Vec<u8>>(0))?
+            .into_iter()
+            .next())
+    }
+
+    fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&name, &value],
+        )?;
+        Ok(())
+    }
+
+    fn delete_meta(&mut self, name: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM meta WHERE name = $1", &[&name])?;
+        Ok(())
+    }
+
+    fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        let rows = self.query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
+        Ok(self
+            .rows(rows, |r| Ok((r.try_get(0)?, r.try_get(1)?)))?
+            .into_iter()
+            .next())
+    }
+
+    fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO audit (seq, time, client, session, transport, op, key, detail, status, \
+             prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &(row.seq as i64),
+                &(row.time_ms as i64),
+                &row.client,
+                &(row.session as i64),
+                &row.transport,
+                &row.op,
+                &row.key,
+                &row.detail,
+                &row.status,
+                &&row.prev_hash[..],
+                &&row.hash[..],
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn audit_rows(&mut self, since: u64) -> Result<Vec<AuditRow>, StoreError> {
+        let fix = |b: Vec<u8>| -> [u8; 32] {
+            let mut out = [0u8; 32];
+            let n = b.len().min(32);
+            out[..n].copy_from_slice(&b[..n]);
+            out
+        };
+        let since = since.min(i64::MAX as u64) as i64;
+        let rows = self.query(
+            "SELECT seq, time, client, session, transport, op, key, detail, status, prev_hash, \
+             hash FROM audit WHERE seq >= $1 ORDER BY seq",
+            &[&since],
+        )?;
+        self.rows(rows, |r| {
+            Ok(AuditRow {
+                seq: r.try_get::<_, i64>(0)? as u64,
+                time_ms: r.try_get::<_, i64>(1)? as u64,
+                client: r.try_get(2)?,
+                session: r.try_get::<_, i64>(3)? as u64,
+                transport: r.try_get(4)?,
+                op: r.try_get(5)?,
+                key: r.try_get(6)?,
+                detail: r.try_get(7)?,
+                status: r.try_get(8)?,
+                prev_hash: fix(r.try_get(9)?),
+                hash: fix(r.try_get(10)?),
+            })
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! The format over a real PostgreSQL cluster started by the test: the same promises as over
+//! SQLite (ids, labels, batches, versions, counters, grants, the audit chain, rows edited
+//! behind its back), and the URL and schema refusals.
+
+use std::time::Duration;
+
+use ferrohsm_proto::{KeyRef, Label};
+use ferrohsm_test_support::postgres::Cluster;
+
+use super::*;
+use crate::keys::seal::{Kdf, KeyFileSecret, MasterKey, Unlock};
+use crate::keys::store::backend::KeyFilter;
+use crate::keys::store::format::tests::{change, create, hmac, id, ids_labels_and_batches};
+use crate::keys::store::{Applied, GrantRecord, MasterRecord, Mutation, Store};
+
+fn settings(pg: &Cluster, db: &str) -> PgSettings {
+    PgSettings {
+        url: pg.url(db),
+        password: Some(Zeroizing::new(pg.password().to_string())),
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+fn new_store(pg: &Cluster, db: &str) -> (Store, MasterKey, MasterRecord) {
+    pg.create_database(db);
+    let master = MasterKey::generate().unwrap();
+    let unlock = Unlock::KeyFile(KeyFileSecret::generate().unwrap());
+    let rec = MasterRecord {
+        kdf: Kdf::KeyFile,
+        wrapped: master.wrap(&Kdf::KeyFile, &unlock).unwrap(),
+    };
+    let b = PgBackend::create(settings(pg, db), Duration::from_secs(10)).unwrap();
+    let (s, _) = Store::create(Box::new(b), &master, &rec).unwrap();
+    (s, master, rec)
+}
+
+#[test]
+fn urls_with_a_password_or_missing_parts_are_refused_naming_only_the_place() {
+    assert_eq!(
+        check_url("postgres://hsm@db.example:6543/keys").unwrap(),
+        "hsm@db.example:6543/keys"
+    );
+    assert_eq!(
+        check_url("postgresql://hsm@127.0.0.1/keys").unwrap(),
+        "hsm@127.0.0.1:5432/keys"
+    );
+    for (url, want) in [
+        ("postgres://hsm:s3cret@db:5432/keys", "contains a password"),
+        ("postgres://hsm:@db:5432/keys", "contains a password"),
+        ("postgres://db:5432/keys", "must name a user"),
+        (
+            "postgres://hsm@db:5432",
+            "must name a user, a host and a database",
+        ),
+        ("mysql://hsm@db/keys", "starts with postgres://"),
+    ] {
+        let e = check_url(url).unwrap_err();
+        assert!(e.contains(want), "{url}: {e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}
+
+#[test]
+fn the_format_holds_on_postgres() {
+    let Some(pg) = Cluster::start() else { return };
+    let (mut s, master, rec) = new_store(&pg, "format");
+    ids_labels_and_batches(&mut s, &master);
+
+    // Another connection (a reader, or another node) sees it all, and the master record.
+    let mut other = Store::new(Box::new(
+        PgBackend::open(settings(&pg, "format"), Duration::from_secs(10)).unwrap(),
+    ));
+    assert_eq!(other.master_record().unwrap(), rec);
+    let h = other
+        .find_open(&master, "alice", &KeyRef::Label("a".parse().unwrap()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.info.id, 2);
+    assert!(other.label_in_use("bob", &"a".parse().unwrap()).unwrap());
+    let all = KeyFilter::default();
+    assert_eq!(other.list("alice", &all, 0, 100).unwrap().len(), 1);
+    let by_label = KeyFilter {
+        label: Some("a".parse().unwrap()),
+        ..KeyFilter::default()
+    };
+    assert_eq!(
+        other
+            .list_open(&master, "bob", &by_label, 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        other.held().unwrap(),
+        vec![("alice".to_string(), 1, 0), ("bob".to_string(), 1, 0)]
+    );
+
+    // Versions, counters, grants.
+    let rotate = change(Mutation::Rotate {
+        owner: "alice".into(),
+        id: 2,
+        material: hmac(8),
+    });
+    let r = s.commit(&master, vec![rotate], vec![]).unwrap();
+    assert!(
+        matches!(&r[0], Ok(Applied::Key(k)) if k.version == 2),
+        "{r:?}"
+    );
+    let h = other
+        .find_open(&master, "alice", &KeyRef::Id(2))
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.info.current_version, 2);
+    assert_eq!(h.older.len(), 1);
+    let name: Label = "c".parse().unwrap();
+    let inc = || {
+        change(Mutation::CounterInc {
+            owner: "alice".into(),
+            name: name.clone(),
+        })
+    };
+    let cc = change(Mutation::CounterCreate {
+        owner: "alice".into(),
+        name: name.clone(),
+    });
+    let r = s.commit(&master, vec![cc, inc(), inc()], vec![]).unwrap();
+    assert!(matches!(r[2], Ok(Applied::Counter(2))), "{r:?}");
+    assert_eq!(other.counter(&master, "alice", &name).unwrap(), Some(2));
+    let g = GrantRecord {
+        owner: "alice".into(),
+        id: 2,
+        grantee: "bob".into(),
+        ops: ferrohsm_proto::UsageSet::of(&[ferrohsm_proto::Usage::Mac]),
+        created: 3,
+    };
+    s.commit(&master, vec![change(Mutation::Grant(g.clone()))], vec![])
+        .unwrap();
+    assert_eq!(other.grants(&master).unwrap(), vec![g]);
+
+    // Every change is in the chain, which verifies.
+    let (rows, head, public) = other.audit_snapshot(1).unwrap();
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[1].status, "label_in_use");
+    crate::keys::audit::verify(rows, head.as_ref(), &public.unwrap(), None).unwrap();
+
+    // Rows edited in the database are refused, never honoured.
+    pg.psql("format", "UPDATE counters SET value = 5");
+    assert!(matches!(
+        other.counter(&master, "alice", &name),
+        Err(StoreError::Integrity { .. })
+    ));
+    pg.psql("format", "UPDATE grants SET grantee = 'carol'");
+    assert!(other.grants(&master).unwrap().is_empty());
+    pg.psql(
+        "format",
+        "UPDATE keys SET usage = usage # 1 WHERE owner = 'bob'",
+    );
+    assert!(matches!(
+        other.find_open(&master, "bob", &KeyRef::Id(1)),
+        Err(StoreError::Integrity { .. })
+    ));
+    pg.psql("format", "UPDATE audit SET op = 'sign' WHERE seq = 3");
+    let (rows, head, public) = other.audit_snapshot(1).unwrap();
+    let broken = crate::keys::audit::verify(rows, head.as_ref(), &public.unwrap(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(broken.contains("entry 3"), "{broken}");
+}
+
+#[test]
+fn a_database_without_the_schema_or_with_a_newer_one_is_refused() {
+    let Some(pg) = Cluster::start() else { return };
+    pg.create_database("empty");
+    let e = PgBackend::open(settings(&pg, "empty"), Duration::from_secs(10)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is not a FerroHSM key store (no schema)"),
+        "{e}"
+    );
+    let _ = new_store(&pg, "newer");
+    let e = PgBackend::create(settings(&pg, "newer"), Duration::from_secs(10)).unwrap_err();
+    assert!(
+        e.to_string().contains("already holds a FerroHSM key store"),
+        "{e}"
+    );
+    pg.psql("newer", "UPDATE ferrohsm_schema SET version = 99");
+    let e = PgBackend::open(settings(&pg, "newer"), Duration::from_secs(10)).unwrap_err();
+    assert!(e.to_string().contains("schema version 99, newer"), "{e}");
+    // A wrong password: the place is named, the password never.
+    let mut wrong = settings(&pg, "empty");
+    wrong.password = Some(Zeroizing::new("not-the-password".into()));
+    let e = PgBackend::open(wrong, Duration::from_millis(500))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("hsm@127.0.0.1:{}/empty", pg.port())),
+        "{e}"
+    );
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(
+        !e.contains("not-the-password") && !e.contains(pg.password()),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_broken_connection_fails_the_request_and_the_next_one_reconnects() {
+    let Some(pg) = Cluster::start() else { return };
+    let (mut s, master, _) = new_store(&pg, "broken");
+    s.commit(&master, vec![create("alice", "a")], vec![])
+        .unwrap();
+    assert!(pg.terminate_backends("broken") >= 1);
+    // The dead connection is noticed either at once (a new one is made) or by the first
+    // statement on it, which fails as a store failure with nothing changed; either way the
+    // next transaction succeeds, on a new connection.
+    match s.commit(&master, vec![create("alice", "b")], vec![]) {
+        Ok(r) => assert_eq!(id(&r[0]), 2),
+        Err(StoreError::Backend(_)) => {
+            assert!(!s.label_in_use("alice", &"b".parse().unwrap()).unwrap());
+            let r = s
+                .commit(&master, vec![create("alice", "b")], vec![])
+                .unwrap();
+            assert_eq!(id(&r[0]), 2);
+        }
+        Err(e) => panic!("{e:?}"),
+    }
+    pg.restart();
+    let _ = s.label_in_use("alice", &"b".parse().unwrap());
+    assert!(s.label_in_use("alice", &"b".parse().unwrap()).unwrap());
+}
