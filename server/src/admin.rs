@@ -22,6 +22,20 @@ fn store_of(config: &Config) -> Result<&StoreConfig, ServerError> {
         .ok_or_else(|| ServerError::Config("no [store] section in the configuration".into()))
 }
 
+/// Backup and restore work on SQLite stores (a PostgreSQL store is backed up by the database's
+/// own tools, which keep every row sealed as it is stored).
+fn sqlite_only<'a>(st: &'a StoreConfig, what: &str) -> Result<&'a StoreConfig, ServerError> {
+    match &st.postgres {
+        None => Ok(st),
+        Some(pg) => Err(ServerError::Store(format!(
+            "hsmd {what} works on an SQLite store; the store of this config is in the \
+             PostgreSQL database {}: use pg_dump and pg_restore (every key stays sealed under the \
+             master key)",
+            pg.url
+        ))),
+    }
+}
+
 /// The audit public key: `D/audit.pub`, which must match the store's own copy (a store whose
 /// key was replaced is refused).
 fn audit_public(
@@ -54,7 +68,7 @@ pub fn audit_verify(config: &Config, checkpoint: Option<&Path>) -> Result<String
                 .map_err(|e| ServerError::Store(format!("{}: {e}", p.display())))
         })
         .transpose()?;
-    let mut s = keys::open_sqlite(&st.path)?;
+    let mut s = keys::open_configured(st)?;
     let (rows, head, stored) = s.audit_snapshot(1).map_err(store_err)?;
     let public = audit_public(&st.path, stored)?;
     let v = audit::verify(rows, head.as_ref(), &public, checkpoint.as_ref())
@@ -76,7 +90,7 @@ pub fn audit_verify(config: &Config, checkpoint: Option<&Path>) -> Result<String
 /// `hsmd audit show`: every entry from `since`, as lines or a JSON array.
 pub fn audit_show(config: &Config, since: u64, json: bool) -> Result<String, ServerError> {
     let st = store_of(config)?;
-    let mut s = keys::open_sqlite(&st.path)?;
+    let mut s = keys::open_configured(st)?;
     let (rows, _, _) = s.audit_snapshot(since).map_err(store_err)?;
     Ok(if json {
         serde_json::Value::Array(rows.iter().map(|r| r.to_json()).collect()).to_string()
@@ -91,8 +105,12 @@ pub fn audit_show(config: &Config, since: u64, json: bool) -> Result<String, Ser
 /// `hsmd audit checkpoint`: the head, signed now by the audit key (needs the master key).
 pub fn audit_checkpoint(config: &Config, pass: Option<&Passphrase>) -> Result<String, ServerError> {
     let st = store_of(config)?;
-    let unlock = keys::unlock_for(&st.path, st.key_file.as_deref(), pass)?;
-    let (mut s, master) = keys::open_store(&st.path, &unlock)?;
+    let st = StoreConfig {
+        passphrase: pass.cloned(),
+        ..st.clone()
+    };
+    let unlock = keys::unlock_configured(&st)?;
+    let (mut s, master) = keys::unlock_store(keys::open_configured(&st)?, &unlock)?;
     let head = s.sign_head(&master).map_err(store_err)?;
     Ok(head.to_checkpoint().trim_end().to_string())
 }
@@ -119,7 +137,7 @@ fn sync_dir(path: &Path) {
 /// `hsmd backup`: a consistent snapshot of the whole store (still sealed under the master
 /// key) written to `out`, which must not exist; hsmd may be running.
 pub fn backup(config: &Config, out: &Path) -> Result<String, ServerError> {
-    let st = store_of(config)?;
+    let st = sqlite_only(store_of(config)?, "backup")?;
     if out.exists() {
         return Err(ServerError::Store(format!(
             "{} already exists; a backup never overwrites a file",
@@ -159,7 +177,7 @@ pub fn restore(
     input: &Path,
     pass: Option<&Passphrase>,
 ) -> Result<String, ServerError> {
-    let st = store_of(config)?;
+    let st = sqlite_only(store_of(config)?, "restore")?;
     let db = &st.path;
     let wal = |suffix: &str| {
         let mut p = db.as_os_str().to_owned();

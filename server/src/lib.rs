@@ -107,7 +107,11 @@ where
 {
     // Fail closed before anything listens: a store that does not open or unlock stops here.
     let km = open_keys(&config)?;
-    let db = config.store.as_ref().map(|s| s.path.clone());
+    let db = config
+        .store
+        .as_ref()
+        .filter(|s| s.postgres.is_none())
+        .map(|s| s.path.clone());
     let system = actix::System::new();
     let served = system.block_on(serve(config, km, shutdown, ready));
     // Fold the WAL into keys.db on a clean exit, so the file alone is the whole store (a
@@ -124,9 +128,9 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
         .store
         .as_ref()
         .ok_or_else(|| ServerError::Config("no [store] section in the configuration".into()))?;
-    let lock = keys::lock_store(&st.path)?;
-    let unlock = keys::unlock_for(&st.path, st.key_file.as_deref(), st.passphrase.as_ref())?;
-    let (mut store, master) = keys::open_store(&st.path, &unlock)?;
+    let lock = keys::claim(st)?;
+    let unlock = keys::unlock_configured(st)?;
+    let (mut store, master) = keys::unlock_store(keys::open_configured(st)?, &unlock)?;
     let store_err = |e: keys::store::StoreError| ServerError::Store(e.to_string());
     // A store from before the audit chain gets its audit key here (sealed under the master key).
     let audit_pub = store.ensure_audit_key(&master).map_err(store_err)?;
@@ -135,7 +139,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
     let quotas = quotas(&mut store, &grants, config.limits.quotas).map_err(store_err)?;
     let service =
         keys::service::StoreService::start(store, master, st.readers).map_err(store_err)?;
-    tracing::info!(store = %st.path.display(), cache_keys = st.cache_keys, grants = grants.len(), audit = ?config.audit, "key store open");
+    tracing::info!(store = %st.describe(), cache_keys = st.cache_keys, grants = grants.len(), audit = ?config.audit, "key store open");
     let opts = keys::manager::ManagerOptions {
         audit: config.audit,
         clients: config.clients.keys().cloned().collect(),

@@ -43,6 +43,7 @@ impl TestServer {
             shm_socket: None,
             force: false,
             passphrase: None,
+            store_url: None,
         })
         .expect("hsmd init");
         let profiles: Vec<PathBuf> = report.profiles.iter().map(|(_, p)| p.clone()).collect();

@@ -43,6 +43,7 @@ impl Server {
             shm_socket: None,
             force: false,
             passphrase: None,
+            store_url: None,
         })
         .expect("hsmd init");
         let config = ferrohsm_server::Config::load(&report.config).expect("config");

@@ -57,6 +57,10 @@ enum Command {
         /// Re-initialise a non-empty directory (existing keys are kept).
         #[arg(long)]
         force: bool,
+        /// Keep the key store in this PostgreSQL database, postgres://USER@HOST:PORT/DB (no
+        /// password in it: set HSMD_STORE_PASSWORD; it is kept in DIR/store.password, 0600).
+        #[arg(long = "store-url", value_name = "URL")]
+        store_url: Option<String>,
     },
     /// The audit chain: verify it, show it, or print a signed checkpoint of its head.
     Audit {
@@ -147,6 +151,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             tls_psk,
             shm_socket,
             force,
+            store_url,
         }) => {
             let report = init(&InitOptions {
                 dir,
@@ -157,6 +162,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 shm_socket,
                 force,
                 passphrase: pass,
+                store_url,
             })?;
             println!("wrote {}", report.config.display());
             for (name, path) in &report.profiles {
@@ -209,7 +215,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             if st.key_file.is_some() {
                 return Err(ServerError::Store(format!(
                     "the key store {} is protected by a key file, not a passphrase",
-                    st.path.display()
+                    st.describe()
                 )));
             }
             let old = pass.ok_or_else(|| {
@@ -226,8 +232,8 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                     )
                 },
             )?;
-            ferrohsm_server::keys::change_passphrase(&st.path, &old, &new)?;
-            println!("hsmd: passphrase changed for {}", st.path.display());
+            ferrohsm_server::keys::change_passphrase(&st, &old, &new)?;
+            println!("hsmd: passphrase changed for {}", st.describe());
             Ok(())
         }
         None => {
@@ -273,6 +279,7 @@ fn default_data_dir(
             shm_socket: None,
             force: false,
             passphrase,
+            store_url: None,
         })?;
         eprintln!(
             "hsmd: initialised {} with client \"default\"",

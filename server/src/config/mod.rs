@@ -17,8 +17,8 @@
 //!
 //! max_connections_per_client = 64
 //!
-//! [store]                         # the durable key store (created by hsmd init)
-//! path = "keys.db"                # SQLite, WAL, synchronous=FULL
+//! [store]                         # the durable key store (created by hsmd init; store.rs)
+//! path = "keys.db"                # SQLite, WAL, synchronous=FULL; or url = "postgres://..."
 //! key_file = "master.key"         # development: wraps the master key; omit it for a
 //!                                 # passphrase store (HSMD_PASSPHRASE or --passphrase-file)
 //! cache_keys = 4096               # opened keys kept in memory, at most
@@ -72,22 +72,9 @@ use crate::error::ServerError;
 
 pub mod limits;
 mod raw;
+pub mod store;
 use raw::RawConfig;
-
-/// The durable key store.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// The SQLite file.
-    pub path: PathBuf,
-    /// The key file that wraps the master key; `None`: a passphrase does.
-    pub key_file: Option<PathBuf>,
-    /// Opened keys cached in memory, at most.
-    pub cache_keys: usize,
-    /// Store reader threads.
-    pub readers: usize,
-    /// The passphrase (from `HSMD_PASSPHRASE` or `--passphrase-file`, never from the file).
-    pub passphrase: Option<crate::keys::seal::Passphrase>,
-}
+pub use store::{PASSWORD_VAR, StoreConfig};
 
 /// Plain TCP listener settings.
 #[derive(Debug, Clone)]
@@ -284,13 +271,7 @@ impl Config {
         .map_err(err)?;
         let dir = config_dir(path);
         if let Some(st) = raw.store {
-            c.store = Some(StoreConfig {
-                path: dir.join(st.path),
-                key_file: st.key_file.map(|f| dir.join(f)),
-                cache_keys: st.cache_keys.unwrap_or(4096),
-                readers: positive(st.readers, 2, "store.readers").map_err(err)?,
-                passphrase: None,
-            });
+            c.store = Some(st.validate(&dir).map_err(err)?);
         }
         if let Some(t) = raw.tcp {
             let addr = parse_addr(&t.addr, "tcp.addr").map_err(err)?;
@@ -460,7 +441,7 @@ fn check_unique(c: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn positive<T: PartialOrd + Default + Copy>(
+pub(super) fn positive<T: PartialOrd + Default + Copy>(
     v: Option<T>,
     default: T,
     key: &str,

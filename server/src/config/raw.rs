@@ -33,15 +33,6 @@ pub(super) struct RawTls {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawStore {
-    pub(super) path: PathBuf,
-    pub(super) key_file: Option<PathBuf>,
-    pub(super) cache_keys: Option<usize>,
-    pub(super) readers: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawPsk {
     pub(super) addr: String,
 }
@@ -84,7 +75,7 @@ pub(super) struct RawAudit {
 pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) server: RawServer,
-    pub(super) store: Option<RawStore>,
+    pub(super) store: Option<super::store::RawStore>,
     pub(super) tcp: Option<RawTcp>,
     pub(super) tls: Option<RawTls>,
     pub(super) tls_psk: Option<RawPsk>,

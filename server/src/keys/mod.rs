@@ -32,9 +32,11 @@ use std::sync::Arc;
 
 use ferrohsm_proto::KeyInfo;
 
+use crate::config::StoreConfig;
 use crate::error::ServerError;
 use material::KeyMaterial;
 use seal::{Kdf, KeyFileSecret, MasterKey, Passphrase, SealError, Unlock};
+use store::postgres::{PgBackend, PgSettings};
 use store::sqlite::SqliteBackend;
 use store::{MasterRecord, Store};
 
@@ -132,6 +134,34 @@ fn store_err(e: store::StoreError) -> ServerError {
     ServerError::Store(e.to_string())
 }
 
+/// This process's claim on its store, held while it serves: the SQLite file's lock, or a
+/// database connection holding an advisory lock.
+pub enum StoreClaim {
+    /// A lock on `keys.db`.
+    File(std::fs::File),
+    /// A connection holding the database's serve lock.
+    Database(Box<parking_lot::Mutex<postgres::Client>>),
+}
+
+impl std::fmt::Debug for StoreClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreClaim::File(_) => "StoreClaim::File",
+            StoreClaim::Database(_) => "StoreClaim::Database",
+        })
+    }
+}
+
+/// Claims the store `st` names for this process (one hsmd per store).
+pub fn claim(st: &StoreConfig) -> Result<StoreClaim, ServerError> {
+    match &st.postgres {
+        None => Ok(StoreClaim::File(lock_store(&st.path)?)),
+        Some(pg) => PgBackend::claim(pg.clone(), pg.connect_timeout)
+            .map(|c| StoreClaim::Database(Box::new(parking_lot::Mutex::new(c))))
+            .map_err(store_err),
+    }
+}
+
 /// Takes this process's exclusive claim on the store at `db` (held while the returned file is
 /// open): a second `hsmd` on the same data directory is refused instead of serving keys from
 /// a cache the first one could invalidate.
@@ -185,15 +215,41 @@ pub fn open_sqlite(db: &Path) -> Result<Store, ServerError> {
 
 /// Opens the store at `db` and unwraps its master key with `unlock`.
 pub fn open_store(db: &Path, unlock: &Unlock) -> Result<(Store, MasterKey), ServerError> {
-    let mut s = open_sqlite(db)?;
+    unlock_store(open_sqlite(db)?, unlock)
+}
+
+/// Opens the store `st` names, an SQLite file or a PostgreSQL database (retrying a database
+/// that does not answer for its `connect_timeout_ms`), its master key still wrapped.
+pub fn open_configured(st: &StoreConfig) -> Result<Store, ServerError> {
+    match &st.postgres {
+        None => open_sqlite(&st.path),
+        Some(pg) => {
+            let b = PgBackend::open(pg.clone(), pg.connect_timeout).map_err(store_err)?;
+            Ok(Store::new(Box::new(b)))
+        }
+    }
+}
+
+/// Unwraps the master key of an opened store with `unlock`.
+pub fn unlock_store(mut s: Store, unlock: &Unlock) -> Result<(Store, MasterKey), ServerError> {
     let rec = s.master_record().map_err(store_err)?;
-    let master =
-        MasterKey::unwrap(&rec.kdf, &rec.wrapped, unlock).map_err(|e| unlock_error(db, e))?;
+    let what = s.describe();
+    let master = MasterKey::unwrap(&rec.kdf, &rec.wrapped, unlock)
+        .map_err(|e| unlock_error(Path::new(&what), e))?;
     Ok((s, master))
 }
 
-/// Creates a new store at `db` with a fresh master key wrapped for `unlock`.
-pub fn create_store(db: &Path, unlock: &Unlock) -> Result<(), ServerError> {
+/// What unlocks the store `st` names.
+pub fn unlock_configured(st: &StoreConfig) -> Result<Unlock, ServerError> {
+    unlock_for(
+        Path::new(&st.describe()),
+        st.key_file.as_deref(),
+        st.passphrase.as_ref(),
+    )
+}
+
+/// A new master key wrapped for `unlock`, and how it is wrapped.
+fn new_master(unlock: &Unlock) -> Result<(MasterKey, MasterRecord), ServerError> {
     let seal_err = |e: SealError| ServerError::Store(e.to_string());
     let kdf = match unlock {
         Unlock::KeyFile(_) => Kdf::KeyFile,
@@ -201,9 +257,26 @@ pub fn create_store(db: &Path, unlock: &Unlock) -> Result<(), ServerError> {
     };
     let master = MasterKey::generate().map_err(seal_err)?;
     let wrapped = master.wrap(&kdf, unlock).map_err(seal_err)?;
+    Ok((master, MasterRecord { kdf, wrapped }))
+}
+
+/// Creates the schema in the empty PostgreSQL database of `pg` with a fresh master key
+/// wrapped for `unlock`; answers the audit key's public half.
+pub fn create_postgres(
+    pg: &PgSettings,
+    unlock: &Unlock,
+) -> Result<ed25519_dalek::VerifyingKey, ServerError> {
+    let (master, rec) = new_master(unlock)?;
+    let backend = PgBackend::create(pg.clone(), pg.connect_timeout).map_err(store_err)?;
+    let (_, public) = Store::create(Box::new(backend), &master, &rec).map_err(store_err)?;
+    Ok(public)
+}
+
+/// Creates a new store at `db` with a fresh master key wrapped for `unlock`.
+pub fn create_store(db: &Path, unlock: &Unlock) -> Result<(), ServerError> {
+    let (master, rec) = new_master(unlock)?;
     let backend = SqliteBackend::create(db).map_err(store_err)?;
-    let (_, public) = Store::create(Box::new(backend), &master, &MasterRecord { kdf, wrapped })
-        .map_err(store_err)?;
+    let (_, public) = Store::create(Box::new(backend), &master, &rec).map_err(store_err)?;
     write_audit_pub(db, &public)?;
     Ok(())
 }
@@ -248,18 +321,21 @@ pub fn read_audit_pub(db: &Path) -> Result<ed25519_dalek::VerifyingKey, ServerEr
 }
 
 /// How an existing store's master key is protected (`keyfile` or `argon2id`).
-pub fn store_kdf(db: &Path) -> Result<&'static str, ServerError> {
-    let mut s = open_sqlite(db)?;
+pub fn store_kdf(mut s: Store) -> Result<&'static str, ServerError> {
     Ok(s.master_record().map_err(store_err)?.kdf.name())
 }
 
 /// Changes a passphrase store's passphrase: the master key is re-wrapped under a new salt, in
-/// one transaction; no key record changes.
-pub fn change_passphrase(db: &Path, old: &Passphrase, new: &Passphrase) -> Result<(), ServerError> {
+/// one transaction; no key record changes. On a PostgreSQL store this is once for every node.
+pub fn change_passphrase(
+    st: &StoreConfig,
+    old: &Passphrase,
+    new: &Passphrase,
+) -> Result<(), ServerError> {
     if new.is_empty() {
         return Err(ServerError::Store("the new passphrase is empty".into()));
     }
-    let (mut s, master) = open_store(db, &Unlock::Passphrase(old.clone()))?;
+    let (mut s, master) = unlock_store(open_configured(st)?, &Unlock::Passphrase(old.clone()))?;
     let seal_err = |e: SealError| ServerError::Store(e.to_string());
     let kdf = Kdf::new_argon2id().map_err(seal_err)?;
     let wrapped = master

@@ -80,8 +80,8 @@ pub struct KeyManager {
     pub(super) grants: RwLock<Grants>,
     pub(super) opts: ManagerOptions,
     pub(super) quotas: Arc<Quotas>,
-    // Held for the manager's life: this process's exclusive claim on the store.
-    _lock: std::fs::File,
+    // Held for the manager's life: this process's claim on the store.
+    _claim: crate::keys::StoreClaim,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -94,12 +94,12 @@ impl std::fmt::Debug for KeyManager {
 
 impl KeyManager {
     /// A manager over the running store service, caching up to `cache_keys` opened keys;
-    /// `lock` is the store's claim from [`crate::keys::lock_store`]; `grants` as loaded from
+    /// `claim` is this process's claim on the store ([`crate::keys::StoreClaim`]); `grants` as loaded from
     /// the store; `quotas` counting what the store holds.
     pub fn new(
         store: StoreService,
         cache_keys: usize,
-        lock: std::fs::File,
+        claim: crate::keys::StoreClaim,
         grants: Vec<GrantRecord>,
         opts: ManagerOptions,
         quotas: Quotas,
@@ -111,7 +111,7 @@ impl KeyManager {
             sessions: Mutex::new(SessionKeys::default()),
             grants: RwLock::new(Grants::from_records(grants)),
             opts,
-            _lock: lock,
+            _claim: claim,
         }
     }
 

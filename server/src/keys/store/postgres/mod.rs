@@ -86,6 +86,8 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// The advisory lock every write transaction holds ("FerroHSM" in ASCII).
 const WRITE_LOCK: i64 = 0x4665_7272_6f48_534d;
+/// The advisory lock a serving node holds for its whole life ("FerroSRV").
+const SERVE_LOCK: i64 = 0x4665_7272_6f53_5256;
 
 /// Where the database is and how to reach it. The password is kept apart from the URL, and
 /// nothing here prints it.
@@ -197,8 +199,10 @@ impl PgBackend {
         if let Some(p) = &settings.password {
             config.password(p.as_bytes());
         }
+        // A reconnect while serving must fit in a request's time; the first connection at
+        // start retries for `connect_timeout` in all (see `connect`).
         config
-            .connect_timeout(settings.connect_timeout)
+            .connect_timeout(settings.timeout.min(settings.connect_timeout))
             .tcp_user_timeout(settings.timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))
@@ -265,6 +269,31 @@ impl PgBackend {
                 Ok(b)
             }
         }
+    }
+
+    /// This process's claim to serve the database: a connection holding a session advisory
+    /// lock, kept for the node's life. Until nodes invalidate each other's caches, a second
+    /// `hsmd` on the same database is refused (it could serve a key another node deleted).
+    pub fn claim(settings: PgSettings, within: Duration) -> Result<Client, StoreError> {
+        let mut b = PgBackend::connect(settings, within)?;
+        let what = b.what.clone();
+        let mut c = b
+            .client
+            .take()
+            .ok_or_else(|| StoreError::Backend(format!("database {what}: not connected")))?;
+        // No statement timeout on this connection: it only holds the lock.
+        let held = c
+            .batch_execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+            .and_then(|()| c.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVE_LOCK]))
+            .and_then(|r| r.try_get::<_, bool>(0))
+            .map_err(|e| refused(&what, &e))?;
+        if !held {
+            return Err(StoreError::Open(format!(
+                "the key store in database {what} is already served by another hsmd; this \
+                 version serves one database from one node at a time"
+            )));
+        }
+        Ok(c)
     }
 
     fn client(&mut self) -> Result<&mut Client, StoreError> {

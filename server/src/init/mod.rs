@@ -36,7 +36,10 @@ use zeroize::Zeroizing;
 
 use crate::config::{encode_hex, validate_client_name};
 use crate::error::ServerError;
-use crate::keys::seal::{KeyFileSecret, Passphrase, Unlock};
+use crate::keys::seal::Passphrase;
+
+mod store;
+use store::{postgres_store, store};
 
 /// Default plain TCP address.
 pub const DEFAULT_TCP: &str = "127.0.0.1:7301";
@@ -66,6 +69,9 @@ pub struct InitOptions {
     pub force: bool,
     /// Protect a new key store with this passphrase instead of a key file.
     pub passphrase: Option<Passphrase>,
+    /// Keep the key store in this PostgreSQL database (`postgres://USER@HOST:PORT/DB`, no
+    /// password: that comes from `HSMD_STORE_PASSWORD`) instead of `D/keys.db`.
+    pub store_url: Option<String>,
 }
 
 /// What was written.
@@ -124,7 +130,10 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          max_connections = 1024\n\
          handshake_timeout_ms = 3000\n\n",
     );
-    config.push_str(&store(dir, opts.passphrase.as_ref())?);
+    config.push_str(&match &opts.store_url {
+        None => store(dir, opts.passphrase.as_ref())?,
+        Some(url) => postgres_store(dir, url, opts.passphrase.as_ref(), opts.force)?,
+    });
     let ca = pki(dir, opts.tls)?;
     // The socket path as the config (relative to D) and the profiles (relative to D/clients)
     // write it; an explicit path is made absolute.
@@ -194,49 +203,6 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
         config: config_path,
         profiles,
     })
-}
-
-/// The key store: created unless it exists (an existing one is never touched), and the
-/// `[store]` section that opens it.
-fn store(dir: &Path, passphrase: Option<&Passphrase>) -> Result<String, ServerError> {
-    let db = dir.join("keys.db");
-    let key_file = dir.join("master.key");
-    let uses_key_file = if db.exists() {
-        let key_file_store = crate::keys::store_kdf(&db)? == "keyfile";
-        if key_file_store && passphrase.is_some() {
-            return Err(ServerError::Init(format!(
-                "{} already exists and is protected by the key file {}; --force keeps an \
-                 existing store as it is, so the passphrase cannot be applied to it (turning a \
-                 key-file store into a passphrase store is not supported yet)",
-                db.display(),
-                key_file.display()
-            )));
-        }
-        key_file_store
-    } else {
-        let unlock = match passphrase {
-            Some(p) if p.is_empty() => {
-                return Err(ServerError::Init("the passphrase is empty".into()));
-            }
-            Some(p) => Unlock::Passphrase(p.clone()),
-            None if key_file.exists() => Unlock::KeyFile(crate::keys::read_key_file(&key_file)?),
-            None => {
-                let k = KeyFileSecret::generate().map_err(|e| ServerError::Init(e.to_string()))?;
-                write_new(&key_file, k.to_text().as_bytes(), 0o600)?;
-                Unlock::KeyFile(k)
-            }
-        };
-        crate::keys::create_store(&db, &unlock)?;
-        passphrase.is_none()
-    };
-    let protection = if uses_key_file {
-        "key_file = \"master.key\"       # wraps the master key (development); keep it 0600\n"
-    } else {
-        "# no key_file: a passphrase wraps the master key (HSMD_PASSPHRASE or --passphrase-file)\n"
-    };
-    Ok(format!(
-        "[store]\npath = \"keys.db\"\n{protection}cache_keys = 4096         # opened keys kept in memory\n\n"
-    ))
 }
 
 /// The development CA and server certificate, made once and kept on `--force`. Returns the CA
@@ -361,6 +327,7 @@ mod tests {
             shm_socket: None,
             force,
             passphrase: None,
+            store_url: None,
         }
     }
 

@@ -1,0 +1,276 @@
+//! A node whose key store is in PostgreSQL, as an operator runs it: `hsmd init --store-url`
+//! on a real cluster this test starts, `hsmd` serving from it and keeping every key across a
+//! restart, the audit chain verified from the database, `hsmd passwd` on it, and every refusal
+//! (a password in the URL, an unreachable or foreign database, a readable password file),
+//! each naming the place and never the password.
+// Tests may panic on unexpected results: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use ferrohsm_client::BlockingClient;
+use ferrohsm_proto::KeyRef;
+use ferrohsm_test_support::Data;
+use ferrohsm_test_support::daemon::{free_port, run_hsmd};
+use ferrohsm_test_support::keys::assert_signs;
+use ferrohsm_test_support::postgres::Cluster;
+use ferrohsm_test_support::status::ok;
+
+const PASSWORD: &str = "HSMD_STORE_PASSWORD";
+
+/// `hsmd init --store-url` of a new database `db` on `pg`, the password from the environment.
+fn init(pg: &Cluster, db: &str, extra: &[&str], env: &[(&str, &str)]) -> Data {
+    pg.create_database(db);
+    let url = pg.url(db);
+    let env = [&[(PASSWORD, pg.password())][..], env].concat();
+    Data::init_with(
+        "alice,bob",
+        &[&["--store-url", url.as_str()][..], extra].concat(),
+        &env,
+    )
+}
+
+/// `hsmd ARGS` that must fail: its exit code and stderr.
+fn fails(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let o = run_hsmd(args, env);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn counter(c: &BlockingClient, inc: bool) -> u64 {
+    let name = "c".parse().unwrap();
+    let r = if inc {
+        c.block_on(c.client().counter_inc(&name))
+    } else {
+        c.block_on(c.client().counter_create(&name))
+    };
+    r.unwrap()
+}
+
+/// The one stderr line of an `hsmd` run that exited 1.
+fn refused((code, err): (Option<i32>, String)) -> String {
+    assert_eq!(code, Some(1), "expected exit 1: {err}");
+    let err = err.trim_end().to_string();
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+    err
+}
+
+#[test]
+fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
+    let Some(pg) = Cluster::start() else { return };
+    let d = init(&pg, "hsm", &[], &[]);
+    // The database password is kept 0600 beside the config, never in it; no SQLite file.
+    let pw = d.dir.join("store.password");
+    assert_eq!(
+        std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pw).unwrap().trim_end(),
+        pg.password()
+    );
+    let config = std::fs::read_to_string(d.config()).unwrap();
+    assert!(
+        config.contains(&format!("url = \"{}\"", pg.url("hsm"))),
+        "{config}"
+    );
+    assert!(!config.contains(pg.password()), "{config}");
+    assert!(!d.db().exists(), "a PostgreSQL node writes no keys.db");
+    assert!(d.dir.join("audit.pub").exists());
+
+    let hsmd = d.start();
+    // One node per database until nodes invalidate each other's caches.
+    let err = refused(d.fails(&["--config", &d.config()], &[]));
+    assert!(err.contains("already served by another hsmd"), "{err}");
+    let alice = d.connect("alice");
+    let k = alice
+        .generate(&"signer".parse().unwrap(), ferrohsm_proto::KeyType::Ed25519)
+        .unwrap();
+    assert_eq!(counter(&alice, false), 0);
+    assert_eq!(counter(&alice, true), 1);
+    assert_signs(&alice, &KeyRef::Id(k.id));
+    drop(alice);
+    // The rows are in the database: the record in the clear, the material sealed.
+    assert_eq!(
+        pg.psql("hsm", "SELECT owner || ':' || id || ':' || label FROM keys"),
+        format!("alice:{}:signer", k.id)
+    );
+    assert_eq!(
+        pg.psql("hsm", "SELECT length(sealed) FROM key_versions"),
+        (12 + 32 + 16).to_string()
+    );
+    assert_eq!(hsmd.terminate().code(), Some(0));
+
+    // Restarted (the password from its file), the key and the counter are still there.
+    let _hsmd = d.start();
+    let alice = d.connect("alice");
+    assert_signs(&alice, &KeyRef::Label("signer".parse().unwrap()));
+    assert_eq!(counter(&alice, true), 2);
+    // bob's namespace is still his own.
+    let bob = d.connect("bob");
+    assert!(bob.list().unwrap().is_empty());
+
+    // The database goes away: what needs it answers store_failed in bounded time, the
+    // session stays, and a cached key still signs.
+    pg.stop();
+    let t0 = Instant::now();
+    let e = alice
+        .generate(&"later".parse().unwrap(), ferrohsm_proto::KeyType::Ed25519)
+        .unwrap_err();
+    assert_eq!(e.status(), Some(ferrohsm_proto::Status::StoreFailed), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert_signs(&alice, &KeyRef::Label("signer".parse().unwrap()));
+    // Back, and the node recovers by itself: the next change succeeds.
+    pg.start_again();
+    ferrohsm_test_support::wait::until(
+        "a keygen after the database is back",
+        Duration::from_secs(10),
+        || {
+            alice
+                .generate(&"later".parse().unwrap(), ferrohsm_proto::KeyType::Ed25519)
+                .is_ok()
+        },
+    );
+    drop((alice, bob));
+
+    // Backup and restore are SQLite's; a PostgreSQL store says what to use instead.
+    let out = d.path("backup.db").display().to_string();
+    let b = d.admin(&["backup", "--out", &out], &[]);
+    assert_eq!(b.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&b.stderr).contains("pg_dump"),
+        "{b:?}"
+    );
+
+    // The audit chain verifies from the database, with every change in it.
+    let v = d.admin(&["audit", "verify"], &[]);
+    let out = ok(&v);
+    assert!(out.starts_with("audit chain ok: "), "{out}");
+    let show = ok(&d.admin(&["audit", "show"], &[]));
+    for op in ["keygen", "counter-create", "counter-inc"] {
+        assert!(show.contains(op), "{op} missing from the audit log: {show}");
+    }
+    // An entry edited in the database is named.
+    pg.psql("hsm", "UPDATE audit SET client = 'mallory' WHERE seq = 1");
+    let v = d.admin(&["audit", "verify"], &[]);
+    assert_eq!(v.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert!(err.contains("entry 1"), "{err}");
+}
+
+#[test]
+fn passwd_rewraps_the_master_key_in_the_database() {
+    let Some(pg) = Cluster::start() else { return };
+    let pass = [("HSMD_PASSPHRASE", "first pass")];
+    let d = init(&pg, "hsm", &[], &pass);
+    assert!(!d.dir.join("master.key").exists());
+    let hsmd = d.start_env(&pass);
+    let k = d
+        .connect("alice")
+        .generate(&"k".parse().unwrap(), ferrohsm_proto::KeyType::Ed25519)
+        .unwrap();
+    assert_eq!(hsmd.terminate().code(), Some(0));
+    let new = [
+        ("HSMD_PASSPHRASE", "first pass"),
+        ("HSMD_NEW_PASSPHRASE", "second pass"),
+    ];
+    let out = ok(&d.admin(&["passwd"], &new));
+    assert!(out.contains(&pg.url("hsm")), "{out}");
+    let err = refused(d.fails(&["--config", &d.config()], &pass));
+    assert!(
+        err.contains("does not unlock the key store") && err.contains(&pg.url("hsm")),
+        "{err}"
+    );
+    let _hsmd = d.start_env(&[("HSMD_PASSPHRASE", "second pass")]);
+    assert_signs(&d.connect("alice"), &KeyRef::Id(k.id));
+}
+
+#[test]
+fn bad_urls_and_databases_are_refused_naming_the_place_and_never_the_password() {
+    let Some(pg) = Cluster::start() else { return };
+    let place = |db: &str| format!("hsm@127.0.0.1:{}/{db}", pg.port());
+
+    // A password in the URL: refused at init, before anything is written.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let with_pw = format!("postgres://hsm:{}@127.0.0.1:{}/x", pg.password(), pg.port());
+    let args = ["init", "--dir", dir.to_str().unwrap(), "--clients", "alice"];
+    let err = refused(fails(
+        &[&args[..], &["--store-url", &with_pw]].concat(),
+        &[],
+    ));
+    assert!(
+        err.contains("contains a password") && err.contains(&place("x")),
+        "{err}"
+    );
+    assert!(!err.contains(pg.password()), "{err}");
+    assert!(!dir.join("hsmd.toml").exists());
+
+    // A database that already holds a store: refused, naming the way to add a node.
+    let d = init(&pg, "taken", &[], &[]);
+    let dir2 = tmp.path().join("d2");
+    let args2 = [
+        "init",
+        "--dir",
+        dir2.to_str().unwrap(),
+        "--clients",
+        "alice",
+    ];
+    let err = refused(fails(
+        &[&args2[..], &["--store-url", &pg.url("taken")]].concat(),
+        &[(PASSWORD, pg.password())],
+    ));
+    assert!(err.contains("already holds a FerroHSM key store"), "{err}");
+
+    // A password in the URL of a config: refused at start.
+    d.set("store", "url", &format!("{with_pw:?}"));
+    let err = refused(d.fails(&["--config", &d.config()], &[]));
+    assert!(err.contains("contains a password"), "{err}");
+    assert!(!err.contains(pg.password()), "{err}");
+
+    // A database without the schema.
+    pg.create_database("empty");
+    d.set("store", "url", &format!("{:?}", pg.url("empty")));
+    let err = refused(d.fails(&["--config", &d.config()], &[]));
+    assert!(
+        err.contains(&place("empty")) && err.contains("(no schema)"),
+        "{err}"
+    );
+
+    // A password file others can read.
+    d.set("store", "url", &format!("{:?}", pg.url("taken")));
+    let pw = d.dir.join("store.password");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = refused(d.fails(&["--config", &d.config()], &[]));
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A wrong password, from the environment (which overrides the file).
+    let err = refused(d.fails(&["--config", &d.config()], &[(PASSWORD, "wrong")]));
+    assert!(
+        err.contains(&place("taken")) && err.contains("password authentication failed"),
+        "{err}"
+    );
+
+    // Nothing listening: hsmd retries for connect_timeout_ms, then exits 1 naming the place.
+    let closed = free_port();
+    d.set(
+        "store",
+        "url",
+        &format!("\"postgres://hsm@127.0.0.1:{closed}/taken\""),
+    );
+    d.set("store", "connect_timeout_ms", "1000");
+    let t0 = Instant::now();
+    let err = refused(d.fails(&["--config", &d.config()], &[]));
+    let took = t0.elapsed();
+    assert!(
+        err.contains(&format!("hsm@127.0.0.1:{closed}/taken"))
+            && err.contains("within 1000 ms")
+            && err.contains("Connection refused"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_millis(1000), "it retried: {took:?}");
+}
