@@ -134,7 +134,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
     let store_err = |e: keys::store::StoreError| ServerError::Store(e.to_string());
     // A store from before the audit chain gets its audit key here (sealed under the master key).
     let audit_pub = store.ensure_audit_key(&master).map_err(store_err)?;
-    keys::write_audit_pub(&st.path, &audit_pub)?;
+    keys::check_audit_pub(&st.path, &audit_pub)?;
     let grants = store.grants(&master).map_err(store_err)?;
     let quotas = quotas(&mut store, &grants, config.limits.quotas).map_err(store_err)?;
     let service =

@@ -134,6 +134,18 @@ fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
                 .is_ok()
         },
     );
+    // The claim was lost with the database's restart and is taken again: a second hsmd is
+    // still refused (at worst it held the claim for a moment and then failed to bind).
+    ferrohsm_test_support::wait::until(
+        "the node holds its claim again",
+        Duration::from_secs(10),
+        || {
+            let (code, err) = d.fails(&["--config", &d.config()], &[]);
+            assert_eq!(code, Some(1), "a second hsmd served: {err}");
+            err.contains("already served by another hsmd")
+        },
+    );
+    assert_signs(&alice, &KeyRef::Label("later".parse().unwrap()));
     drop((alice, bob));
 
     // Backup and restore are SQLite's; a PostgreSQL store says what to use instead.

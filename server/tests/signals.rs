@@ -288,25 +288,32 @@ fn a_request_sent_while_draining_answers_shutting_down() {
     // Pings back to back until one is refused (those served went in before hsmd saw the
     // signal): no pause between them, or the whole drain could pass unseen in one.
     let deadline = std::time::Instant::now() + WITHIN;
-    let (refused, at) = loop {
+    let refused = loop {
         if let Err(e) = idle.call(Request::Ping) {
-            break (e, SystemTime::now());
+            break e;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "no ping was refused within {WITHIN:?} of SIGTERM"
         );
     };
+    // Every load request is answered (done or refused), none lost.
     let answers: Vec<Answer> = loads.into_iter().flat_map(|l| l.join().unwrap()).collect();
-    // The premise: hsmd was still draining (answering the load) when it refused the ping.
-    assert!(
-        answers.iter().any(|a| a.reply.is_ok() && a.at > at),
-        "the load was answered before the ping was refused: nothing was draining"
-    );
+    assert_eq!(answers.len(), CONNECTIONS * PER_CONNECTION);
+    // The ping was refused by a session that was draining: that answer exists only there (a
+    // session that had ended would close the connection instead). Whether some of the load was
+    // still being answered at that moment depends on the machine's timing, so it is not
+    // asserted; that the load in flight is answered is `stop_with_requests_in_flight`'s.
     assert_eq!(
         refused.status(),
         Some(Status::ShuttingDown),
         "a request sent while hsmd drains: {refused:?}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("hsmd is shutting down: it takes no new work"),
+        "{refused}"
     );
     assert_eq!(daemon.wait_exit(WITHIN).code(), Some(0));
 }

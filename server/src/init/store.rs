@@ -72,6 +72,13 @@ pub(super) fn postgres_store(
         None
     };
     let uses_key_file = match existing {
+        Some("keyfile") if passphrase.is_some() => {
+            return Err(ServerError::Init(format!(
+                "the database {} already holds a store protected by a key file; --force keeps \
+                 it as it is, so the passphrase cannot be applied to it",
+                pg.url
+            )));
+        }
         Some(kdf) => kdf == "keyfile",
         None => {
             let unlock = new_unlock(&key_file, passphrase)?;
@@ -89,10 +96,11 @@ pub(super) fn postgres_store(
         None => "",
     };
     Ok(format!(
-        "[store]\nurl = \"{url}\"\n{password_line}{}\
+        "[store]\nurl = {}\n{password_line}{}\
          timeout_ms = {DEFAULT_TIMEOUT_MS}          # a request that needs the database fails (store_failed) within it\n\
          connect_timeout_ms = {DEFAULT_CONNECT_TIMEOUT_MS}  # at start, hsmd retries the database this long, then exits 1\n\
          cache_keys = 4096         # opened keys kept in memory\n\n",
+        toml::Value::String(url.to_string()),
         protection(uses_key_file)
     ))
 }

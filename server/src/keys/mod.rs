@@ -136,19 +136,20 @@ fn store_err(e: store::StoreError) -> ServerError {
 
 /// This process's claim on its store, held while it serves: the SQLite file's lock, or a
 /// database connection holding an advisory lock.
+#[derive(Debug)]
 pub enum StoreClaim {
     /// A lock on `keys.db`.
     File(std::fs::File),
-    /// A connection holding the database's serve lock.
-    Database(Box<parking_lot::Mutex<postgres::Client>>),
+    /// A thread holding the database's serve lock on a connection of its own (stopped when
+    /// this is dropped).
+    Database(Arc<std::sync::atomic::AtomicBool>),
 }
 
-impl std::fmt::Debug for StoreClaim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            StoreClaim::File(_) => "StoreClaim::File",
-            StoreClaim::Database(_) => "StoreClaim::Database",
-        })
+impl Drop for StoreClaim {
+    fn drop(&mut self) {
+        if let StoreClaim::Database(stop) = self {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -156,9 +157,15 @@ impl std::fmt::Debug for StoreClaim {
 pub fn claim(st: &StoreConfig) -> Result<StoreClaim, ServerError> {
     match &st.postgres {
         None => Ok(StoreClaim::File(lock_store(&st.path)?)),
-        Some(pg) => PgBackend::claim(pg.clone(), pg.connect_timeout)
-            .map(|c| StoreClaim::Database(Box::new(parking_lot::Mutex::new(c))))
-            .map_err(store_err),
+        Some(pg) => {
+            let c = PgBackend::claim(pg.clone(), pg.connect_timeout).map_err(store_err)?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            PgBackend::hold_claim(pg.clone(), c, stop.clone()).map_err(|e| ServerError::Io {
+                context: "cannot start the store claim thread".into(),
+                source: e,
+            })?;
+            Ok(StoreClaim::Database(stop))
+        }
     }
 }
 
@@ -300,6 +307,24 @@ pub fn write_audit_pub(db: &Path, public: &ed25519_dalek::VerifyingKey) -> Resul
         context: format!("cannot write {}", path.display()),
         source: e,
     })
+}
+
+/// At start: `audit.pub` next to the store must be the store's audit key (written if it is
+/// missing). A store whose audit key changed is refused: its chain could have been replaced
+/// whole by someone with the database.
+pub fn check_audit_pub(db: &Path, public: &ed25519_dalek::VerifyingKey) -> Result<(), ServerError> {
+    if !audit_pub_path(db).exists() {
+        return write_audit_pub(db, public);
+    }
+    if read_audit_pub(db)? != *public {
+        return Err(ServerError::Store(format!(
+            "{} does not match the key store's audit key: the store's audit key was replaced, \
+             or this is another store; refusing to start (restore the store, or remove \
+             audit.pub only if you know why it changed)",
+            audit_pub_path(db).display()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads `audit.pub` next to the store.

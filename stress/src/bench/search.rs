@@ -25,30 +25,41 @@ fn label(run: &str, i: usize) -> Result<Label, String> {
     format!("find-{run}-{i}").parse()
 }
 
-/// Sends `reqs` with up to [`FILL_DEPTH`] in flight; every answer must be a success.
-async fn pipelined(c: &Client, reqs: Vec<Request>) -> Result<Vec<Response>, String> {
+/// Sends `reqs` with up to [`FILL_DEPTH`] in flight; each answer, in order (every request is
+/// sent and answered even when some fail).
+async fn pipelined(c: &Client, reqs: Vec<Request>) -> Vec<Result<Response, String>> {
     let mut out = Vec::with_capacity(reqs.len());
     let mut window = VecDeque::new();
     for r in reqs {
         if window.len() >= FILL_DEPTH.min(c.welcome().window.max(1) as usize)
             && let Some(p) = window.pop_front()
         {
-            out.push(wait(p).await?);
+            out.push(wait(p).await);
         }
-        window.push_back(c.submit(r).await.map_err(|e| e.to_string())?);
+        match c.submit(r).await {
+            Ok(p) => window.push_back(p),
+            Err(e) => out.push(Err(e.to_string())),
+        }
     }
     for p in window {
-        out.push(wait(p).await?);
+        out.push(wait(p).await);
     }
-    Ok(out)
+    out
 }
 
 async fn wait(p: ferrohsm_client::Pending) -> Result<Response, String> {
     p.wait().await.map_err(|e| e.to_string())
 }
 
-/// `n` new Ed25519 keys labelled from `from`; their ids.
-async fn fill(c: &Client, run: &str, from: usize, n: usize) -> Result<Vec<u32>, String> {
+/// `n` new Ed25519 keys labelled from `from`, their ids pushed to `ids` as they come (so that
+/// a fill that fails part-way still leaves every key made there to delete).
+async fn fill(
+    c: &Client,
+    run: &str,
+    from: usize,
+    n: usize,
+    ids: &mut Vec<u32>,
+) -> Result<(), String> {
     let reqs = (from..from + n)
         .map(|i| {
             Ok(Request::Generate(KeySpec {
@@ -60,14 +71,15 @@ async fn fill(c: &Client, run: &str, from: usize, n: usize) -> Result<Vec<u32>, 
             }))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    pipelined(c, reqs)
-        .await?
-        .into_iter()
-        .map(|r| match r {
-            Response::Key(k) => Ok(k.id),
-            other => Err(format!("keygen answered {}", other.kind())),
-        })
-        .collect()
+    let mut failed = None;
+    for r in pipelined(c, reqs).await {
+        match r {
+            Ok(Response::Key(k)) => ids.push(k.id),
+            Ok(other) => failed = Some(format!("keygen answered {}", other.kind())),
+            Err(e) => failed = Some(e),
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Finds `query` one at a time for `secs` (a tenth more as warm-up); each answer must be the
@@ -117,16 +129,22 @@ pub(crate) fn find_scale(
         let c = ferrohsm_client::connect::connect(profile, Some(t))
             .await
             .map_err(|e| format!("{name}: {e}"))?;
-        let mut ids = fill(&c, &run, 0, SMALL).await?;
+        let mut ids = Vec::new();
         let result = async {
+            fill(&c, &run, 0, SMALL, &mut ids).await?;
             let mut rows = Vec::new();
             let mut speed = Vec::new();
             for size in [SMALL, n.max(SMALL)] {
                 if size > ids.len() {
-                    let more = fill(&c, &run, ids.len(), size - ids.len()).await;
-                    ids.extend(more.map_err(|e| {
-                        format!("filling a namespace of {size} keys: {e} (raise [limits] max_keys_per_client)")
-                    })?);
+                    let have = ids.len();
+                    fill(&c, &run, have, size - have, &mut ids)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "filling a namespace of {size} keys: {e} (the client's key \
+                                 quota, [limits] max_keys_per_client, must allow it)"
+                            )
+                        })?;
                 }
                 // The key made last: a scan in id order would reach it last.
                 let (i, id) = (ids.len() - 1, ids[ids.len() - 1]);
@@ -192,8 +210,11 @@ pub(crate) fn find_scale(
         }
         .await;
         // Leave the server as we found it, whatever happened.
-        let deletes = ids.iter().map(|id| Request::Delete(KeyRef::Id(*id))).collect();
-        let emptied = pipelined(&c, deletes).await;
+        let deletes = ids
+            .iter()
+            .map(|id| Request::Delete(KeyRef::Id(*id)))
+            .collect();
+        let emptied: Result<Vec<_>, String> = pipelined(&c, deletes).await.into_iter().collect();
         let out = result?;
         emptied.map_err(|e| format!("deleting the search keys: {e}"))?;
         Ok(out)

@@ -384,6 +384,11 @@ impl KeyManager {
             self.store.audit_later(ev);
             return Ok(h.info.clone());
         }
+        // The current version is made now (an unwrapped key's older versions keep their
+        // times from the blob).
+        if let Some(current) = versions.last_mut() {
+            current.created = record.created;
+        }
         let epoch = self.cache.lock().epoch();
         let mut ev = self.event(caller, new.op(), format!("{}:{}", caller.client, new.label));
         ev.detail = format!("{} {}", new.key_type, new.origin.name());

@@ -175,7 +175,8 @@ pub trait Backend: Send {
     /// Deletes a grant; whether there was one.
     fn delete_grant(&mut self, owner: &str, id: i64, grantee: &str) -> Result<bool, StoreError>;
 
-    /// A counter row (in a write transaction, the row stays locked until it ends).
+    /// A counter row (in a write transaction, no other writer can change it before the
+    /// transaction ends: write transactions exclude each other).
     fn counter(&mut self, owner: &str, name: &str) -> Result<Option<CounterRow>, StoreError>;
     /// Inserts a counter, or replaces the value and tag of the one with the same name.
     fn put_counter(&mut self, c: &CounterRow) -> Result<(), StoreError>;
@@ -187,8 +188,7 @@ pub trait Backend: Send {
     /// Deletes a named metadata value.
     fn delete_meta(&mut self, name: &str) -> Result<(), StoreError>;
 
-    /// The last audit entry's sequence number and hash (in a write transaction, appends by
-    /// others wait until it ends).
+    /// The last audit entry's sequence number and hash.
     fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
     /// Appends an audit entry.
     fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError>;

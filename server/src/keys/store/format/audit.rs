@@ -24,7 +24,7 @@ impl Store {
         &mut self,
         master: &MasterKey,
     ) -> Result<ed25519_dalek::VerifyingKey, StoreError> {
-        let key = self.in_tx(Tx::Write, |db| signing_key(db, master))?;
+        let key = self.in_tx(Tx::Write, |db| signing_key(db, master, true))?;
         let public = key.verifying_key();
         self.audit_key = Some(key);
         Ok(public)
@@ -43,7 +43,9 @@ impl Store {
 
     /// The signed head, signed now by the audit key (for a checkpoint).
     pub fn sign_head(&mut self, master: &MasterKey) -> Result<SignedHead, StoreError> {
-        let (last, key) = self.in_tx(Tx::Read, |db| Ok((last(db)?, signing_key(db, master)?)))?;
+        let (last, key) = self.in_tx(Tx::Read, |db| {
+            Ok((last(db)?, signing_key(db, master, false)?))
+        })?;
         Ok(SignedHead::sign(&key, last.0, last.1))
     }
 }
@@ -71,6 +73,7 @@ pub(super) fn public_key(db: &mut dyn Backend) -> Result<Option<VerifyingKey>, S
 pub(super) fn signing_key(
     db: &mut dyn Backend,
     master: &MasterKey,
+    create: bool,
 ) -> Result<SigningKey, StoreError> {
     match db.meta("audit_key")? {
         Some(sealed) => {
@@ -88,6 +91,9 @@ pub(super) fn signing_key(
             }
             Ok(key)
         }
+        // Made only when a store is opened for serving (a store from before the audit
+        // chain); a key that disappears while serving is damage, never replaced.
+        None if !create => Err(damaged("audit key (it is missing)")),
         None => {
             let mut seed = Zeroizing::new([0u8; 32]);
             getrandom::fill(seed.as_mut())

@@ -69,8 +69,20 @@ impl Store {
         rec: &MasterRecord,
     ) -> Result<(Store, ed25519_dalek::VerifyingKey), StoreError> {
         let mut s = Store::new(db);
-        s.replace_master_record(rec)?;
-        let public = s.ensure_audit_key(master)?;
+        let place = s.describe();
+        // In one write transaction, refusing a store already there: two inits racing on one
+        // empty database cannot both write a master key.
+        let key = s.in_tx(Tx::Write, |db| {
+            if db.meta("wrapped_master")?.is_some() {
+                return Err(StoreError::Open(format!(
+                    "{place} already holds a FerroHSM key store"
+                )));
+            }
+            put_master_record(db, rec)?;
+            audit::signing_key(db, master, true)
+        })?;
+        let public = key.verifying_key();
+        s.audit_key = Some(key);
         Ok((s, public))
     }
 
@@ -91,12 +103,22 @@ impl Store {
         tx: Tx,
         f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.db.begin(tx)?;
-        let out = f(self.db.as_mut()).and_then(|v| self.db.commit().map(|()| v));
-        if out.is_err() {
-            self.db.rollback();
+        // Rolled back unless committed: on an error, a failed begin (a PostgreSQL write that
+        // began but could not take its lock), or a panic that the store thread catches.
+        struct Open<'a>(&'a mut dyn Backend, bool);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.rollback();
+                }
+            }
         }
-        out
+        let mut open = Open(self.db.as_mut(), false);
+        open.0.begin(tx)?;
+        let v = f(&mut *open.0)?;
+        open.0.commit()?;
+        open.1 = true;
+        Ok(v)
     }
 
     /// Applies `batch` in one durable transaction, with each change's audit entry and then
@@ -109,12 +131,11 @@ impl Store {
         batch: Vec<Change>,
         denials: Vec<AuditEvent>,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
-        let cached = self.audit_key.take();
+        let key = match self.audit_key.take() {
+            Some(k) => k,
+            None => self.in_tx(Tx::Read, |db| audit::signing_key(db, master, false))?,
+        };
         let out = self.in_tx(Tx::Write, |db| {
-            let key = match cached {
-                Some(k) => k,
-                None => audit::signing_key(db, master)?,
-            };
             let mut head = audit::last(db)?;
             let start = head.0;
             let mut results = Vec::with_capacity(batch.len());
@@ -148,11 +169,11 @@ impl Store {
             if head.0 != start {
                 audit::put_head(db, &SignedHead::sign(&key, head.0, head.1))?;
             }
-            Ok((results, key))
-        })?;
-        let (results, key) = out;
+            Ok(results)
+        });
+        // Kept whatever happened: the key does not change with a failed commit.
         self.audit_key = Some(key);
-        Ok(results)
+        out
     }
 
     /// Every grant, each checked against its tag (a grant that does not authenticate is never
@@ -253,24 +274,7 @@ impl Store {
 
     /// Replaces the stored master key record in one transaction (passphrase change).
     pub fn replace_master_record(&mut self, rec: &MasterRecord) -> Result<(), StoreError> {
-        self.in_tx(Tx::Write, |db| {
-            db.put_meta("kdf", rec.kdf.name().as_bytes())?;
-            db.put_meta("wrapped_master", &rec.wrapped)?;
-            match &rec.kdf {
-                Kdf::KeyFile => {
-                    db.delete_meta("argon2_params")?;
-                    db.delete_meta("argon2_salt")
-                }
-                Kdf::Argon2id { params, salt } => {
-                    let p: Vec<u8> = [params.m_kib, params.t, params.p]
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes())
-                        .collect();
-                    db.put_meta("argon2_params", &p)?;
-                    db.put_meta("argon2_salt", salt)
-                }
-            }
-        })
+        self.in_tx(Tx::Write, |db| put_master_record(db, rec))
     }
 
     /// Writes a counter's value with its tag, as an operator's repair tool would (tests only).
@@ -287,6 +291,25 @@ impl Store {
                 .map_or(0, |(_, created)| created);
             apply::write_counter(db, master, owner, name.as_str(), value, created)
         })
+    }
+}
+
+fn put_master_record(db: &mut dyn Backend, rec: &MasterRecord) -> Result<(), StoreError> {
+    db.put_meta("kdf", rec.kdf.name().as_bytes())?;
+    db.put_meta("wrapped_master", &rec.wrapped)?;
+    match &rec.kdf {
+        Kdf::KeyFile => {
+            db.delete_meta("argon2_params")?;
+            db.delete_meta("argon2_salt")
+        }
+        Kdf::Argon2id { params, salt } => {
+            let p: Vec<u8> = [params.m_kib, params.t, params.p]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            db.put_meta("argon2_params", &p)?;
+            db.put_meta("argon2_salt", salt)
+        }
     }
 }
 

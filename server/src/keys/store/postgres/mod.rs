@@ -120,6 +120,19 @@ pub fn check_url(url: &str) -> Result<String, String> {
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
         .ok_or_else(|| "a store URL starts with postgres://".to_string())?;
+    // tokio-postgres knows only disable, prefer and require; name the others plainly.
+    if let Some(mode) = url
+        .split_once('?')
+        .into_iter()
+        .flat_map(|(_, q)| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("sslmode="))
+        .filter(|m| !matches!(*m, "disable" | "prefer" | "require"))
+    {
+        return Err(format!(
+            "sslmode={mode} is not supported: hsmd does not speak TLS to PostgreSQL yet; use \
+             sslmode=disable on loopback or a trusted network"
+        ));
+    }
     let config: Config = url
         .parse()
         .map_err(|_| "the store URL is not a valid postgres:// URL".to_string())?;
@@ -144,6 +157,12 @@ pub fn check_url(url: &str) -> Result<String, String> {
              in HSMD_STORE_PASSWORD or [store] password_file (mode 0600)"
         ));
     }
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(format!(
+            "the store URL for {what} asks for sslmode=require, but hsmd does not speak TLS to \
+             PostgreSQL yet; use sslmode=disable on loopback or a trusted network"
+        ));
+    }
     if user.is_empty() || host.is_empty() || db.is_empty() {
         return Err(format!(
             "the store URL {what} must name a user, a host and a database: \
@@ -160,6 +179,9 @@ pub struct PgBackend {
     what: String,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
+    // A transaction is open: a connection that breaks now is not replaced until it ends
+    // (statements on a fresh connection would run outside the transaction and its lock).
+    in_tx: bool,
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -213,6 +235,7 @@ impl PgBackend {
             what,
             client: None,
             statements: HashMap::new(),
+            in_tx: false,
         })
     }
 
@@ -240,8 +263,8 @@ impl PgBackend {
         let mut b = PgBackend::connect(settings, within)?;
         if b.schema_version()?.is_some() {
             return Err(StoreError::Open(format!(
-                "database {} already holds a FerroHSM key store; init a new node of that \
-                 cluster with hsmd init --join, or give an empty database",
+                "database {} already holds a FerroHSM key store; give an empty database (or \
+                 hsmd init --force to write a config for the store that is there)",
                 b.what
             )));
         }
@@ -276,6 +299,55 @@ impl PgBackend {
     /// `hsmd` on the same database is refused (it could serve a key another node deleted).
     pub fn claim(settings: PgSettings, within: Duration) -> Result<Client, StoreError> {
         let mut b = PgBackend::connect(settings, within)?;
+        b.try_claim()
+    }
+
+    /// Holds the claim for the node's life: every half second the claim's connection is
+    /// checked; when it broke (the database restarted, or ended it), the claim is taken again.
+    /// If another hsmd took it meanwhile and keeps it for `connect_timeout`, this process
+    /// stops (exit 1) rather than serve beside it from a cache the other cannot invalidate.
+    pub fn hold_claim(
+        settings: PgSettings,
+        mut claim: Client,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        use std::sync::atomic::Ordering;
+        std::thread::Builder::new()
+            .name("hsm-store-claim".into())
+            .spawn(move || {
+                let mut taken_since: Option<Instant> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if claim.is_valid(settings.timeout).is_ok() {
+                        continue;
+                    }
+                    let Ok(mut b) = PgBackend::new(settings.clone()) else {
+                        continue;
+                    };
+                    match b.client().map(|_| ()).and_then(|()| b.try_claim()) {
+                        Ok(c) => {
+                            if taken_since.take().is_some() {
+                                tracing::info!(database = %b.what, "serve claim taken again");
+                            }
+                            claim = c;
+                        }
+                        Err(StoreError::Open(m)) => {
+                            let since = *taken_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= settings.connect_timeout {
+                                tracing::error!(database = %b.what, "{m}; stopping");
+                                eprintln!("hsmd: {m}; stopping");
+                                std::process::exit(1);
+                            }
+                        }
+                        // The database is away: nothing can be written meanwhile.
+                        Err(_) => {}
+                    }
+                }
+            })
+    }
+
+    fn try_claim(&mut self) -> Result<Client, StoreError> {
+        let b = self;
         let what = b.what.clone();
         let mut c = b
             .client
@@ -299,6 +371,13 @@ impl PgBackend {
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
+        }
+        if self.client.is_none() && self.in_tx {
+            return Err(StoreError::Backend(format!(
+                "database {}: the connection broke inside a transaction; nothing of it was \
+                 committed",
+                self.what
+            )));
         }
         if self.client.is_none() {
             self.statements.clear();
@@ -406,17 +485,33 @@ impl PgBackend {
     }
 
     fn tx_begin(&mut self, tx: Tx) -> Result<(), StoreError> {
-        match tx {
+        // Never inside a transaction a failure left open.
+        if self.in_tx {
+            self.tx_rollback();
+        }
+        let r = match tx {
             Tx::Read => self.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
             // READ COMMITTED: every statement after the lock sees what the previous holder
             // committed (a REPEATABLE READ snapshot would be taken before the lock was granted).
             Tx::Write => self.exec(&format!(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
             )),
+        };
+        // Open even when the lock was not granted: the caller rolls it back.
+        self.in_tx = true;
+        r
+    }
+
+    fn tx_commit(&mut self) -> Result<(), StoreError> {
+        let r = self.exec("COMMIT");
+        if r.is_ok() {
+            self.in_tx = false;
         }
+        r
     }
 
     fn tx_rollback(&mut self) {
+        self.in_tx = false;
         // A connection in an unknown state is not reused.
         if let Some(c) = self.client.as_mut()
             && (c.batch_execute("ROLLBACK").is_err() || c.is_closed())

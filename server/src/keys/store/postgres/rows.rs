@@ -91,7 +91,7 @@ impl Backend for PgBackend {
 
     fn commit(&mut self) -> Result<(), StoreError> {
         // synchronous_commit (on by default): COMMIT returns once the WAL is flushed.
-        self.exec("COMMIT")
+        self.tx_commit()
     }
 
     fn rollback(&mut self) {
@@ -154,8 +154,35 @@ impl Backend for PgBackend {
         }
         sql.push_str(" ORDER BY id LIMIT $3");
         let rows = self.query(&sql, &params)?;
-        let rows = self.rows(rows, key_row)?;
-        rows.into_iter().map(|r| self.with_versions(r)).collect()
+        let mut rows = self.rows(rows, key_row)?;
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        // Every returned key's versions in one round trip, not one each.
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let versions = self.query(
+            "SELECT id, version, created, sealed FROM key_versions WHERE owner = $1 \
+             AND id = ANY($2) ORDER BY id, version",
+            &[&owner, &ids],
+        )?;
+        let versions = self.rows(versions, |r| {
+            Ok((
+                r.try_get::<_, i64>(0)?,
+                VersionRow {
+                    version: r.try_get(1)?,
+                    created: r.try_get(2)?,
+                    sealed: r.try_get(3)?,
+                },
+            ))
+        })?;
+        let mut by_id: std::collections::HashMap<i64, Vec<VersionRow>> = Default::default();
+        for (id, v) in versions {
+            by_id.entry(id).or_default().push(v);
+        }
+        for r in &mut rows {
+            r.versions = by_id.remove(&r.id).unwrap_or_default();
+        }
+        Ok(rows)
     }
 
     fn label_in_use(&mut self, owner: &str, label: &str) -> Result<bool, StoreError> {

@@ -54,6 +54,14 @@ fn urls_with_a_password_or_missing_parts_are_refused_naming_only_the_place() {
             "must name a user, a host and a database",
         ),
         ("mysql://hsm@db/keys", "starts with postgres://"),
+        (
+            "postgres://hsm@db/keys?sslmode=require",
+            "does not speak TLS",
+        ),
+        (
+            "postgres://hsm@db/keys?sslmode=verify-full",
+            "sslmode=verify-full is not supported",
+        ),
     ] {
         let e = check_url(url).unwrap_err();
         assert!(e.contains(want), "{url}: {e}");

@@ -266,6 +266,8 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<(), StoreError> {
 /// Transactions, as SQL statements on the one connection (the format layer pairs them).
 impl SqliteBackend {
     fn tx_begin(&mut self, tx: Tx) -> Result<(), StoreError> {
+        // Never inside a transaction a failure left open.
+        self.tx_rollback();
         // A write takes the lock at the start (IMMEDIATE): a deferred transaction that reads
         // first and then writes cannot wait out another process's write (`hsmd passwd`, a
         // backup tool); SQLite refuses its upgrade at once instead of using the busy timeout.
