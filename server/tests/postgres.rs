@@ -79,6 +79,14 @@ fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
     );
     assert!(!config.contains(pg.password()), "{config}");
     assert!(!d.db().exists(), "a PostgreSQL node writes no keys.db");
+    // The node is registered in the database under its name, with its addresses.
+    let node: toml::Table = config.parse().unwrap();
+    let name = node["server"]["node"].as_str().unwrap();
+    let tcp = node["tcp"]["addr"].as_str().unwrap();
+    assert_eq!(
+        pg.psql("hsm", "SELECT name || ' ' || tcp FROM nodes"),
+        format!("{name} {tcp}")
+    );
     assert!(d.dir.join("audit.pub").exists());
 
     let hsmd = d.start();

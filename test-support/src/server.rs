@@ -44,6 +44,7 @@ impl TestServer {
             force: false,
             passphrase: None,
             store_url: None,
+            node: None,
         })
         .expect("hsmd init");
         let profiles: Vec<PathBuf> = report.profiles.iter().map(|(_, p)| p.clone()).collect();

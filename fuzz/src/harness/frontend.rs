@@ -44,6 +44,7 @@ impl Server {
             force: false,
             passphrase: None,
             store_url: None,
+            node: None,
         })
         .expect("hsmd init");
         let config = ferrohsm_server::Config::load(&report.config).expect("config");

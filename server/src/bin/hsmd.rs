@@ -61,6 +61,9 @@ enum Command {
         /// password in it: set HSMD_STORE_PASSWORD; it is kept in DIR/store.password, 0600).
         #[arg(long = "store-url", value_name = "URL")]
         store_url: Option<String>,
+        /// This node's name (default: the directory's name and four random hex digits).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// The audit chain: verify it, show it, or print a signed checkpoint of its head.
     Audit {
@@ -152,6 +155,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             shm_socket,
             force,
             store_url,
+            node,
         }) => {
             let report = init(&InitOptions {
                 dir,
@@ -163,6 +167,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 force,
                 passphrase: pass,
                 store_url,
+                node,
             })?;
             println!("wrote {}", report.config.display());
             for (name, path) in &report.profiles {
@@ -280,6 +285,7 @@ fn default_data_dir(
             force: false,
             passphrase,
             store_url: None,
+            node: None,
         })?;
         eprintln!(
             "hsmd: initialised {} with client \"default\"",

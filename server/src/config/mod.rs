@@ -16,6 +16,7 @@
 //! handshake_timeout_ms = 3000   # TLS handshake plus hello and proof, at most
 //!
 //! max_connections_per_client = 64
+//! node = "hsm-a1b2"         # this node's name (hsmd init writes it; unique per database)
 //!
 //! [store]                         # the durable key store (created by hsmd init; store.rs)
 //! path = "keys.db"                # SQLite, WAL, synchronous=FULL; or url = "postgres://..."
@@ -167,6 +168,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Concurrent sessions per client, at most.
     pub max_connections_per_client: usize,
+    /// This node's name (`[server] node`), unique among the nodes sharing a database.
+    pub node: Option<String>,
     /// The key store.
     pub store: Option<StoreConfig>,
     /// Plain TCP listener.
@@ -200,6 +203,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(3),
             limits: limits::Limits::default(),
             max_connections_per_client: 64,
+            node: None,
             store: None,
             tcp: None,
             tls: None,
@@ -269,6 +273,10 @@ impl Config {
             "server.max_connections_per_client",
         )
         .map_err(err)?;
+        if let Some(n) = &s.node {
+            validate_client_name(n).map_err(|m| err(format!("server.node: {m}")))?;
+        }
+        c.node = s.node.clone();
         let dir = config_dir(path);
         if let Some(st) = raw.store {
             c.store = Some(st.validate(&dir).map_err(err)?);

@@ -18,6 +18,7 @@ pub(super) struct RawServer {
     pub(super) max_connections: Option<usize>,
     pub(super) handshake_timeout_ms: Option<u64>,
     pub(super) max_connections_per_client: Option<usize>,
+    pub(super) node: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

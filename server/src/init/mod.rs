@@ -72,6 +72,9 @@ pub struct InitOptions {
     /// Keep the key store in this PostgreSQL database (`postgres://USER@HOST:PORT/DB`, no
     /// password: that comes from `HSMD_STORE_PASSWORD`) instead of `D/keys.db`.
     pub store_url: Option<String>,
+    /// This node's name (default: the directory's name and four random hex digits; with
+    /// `force`, the name the old config had).
+    pub node: Option<String>,
 }
 
 /// What was written.
@@ -85,6 +88,41 @@ pub struct InitReport {
 
 fn io_err(ctx: String) -> impl FnOnce(std::io::Error) -> ServerError {
     move |e| ServerError::io(ctx, e)
+}
+
+/// This node's name: `--node`, else (with `force`) the one the old config had, else the
+/// directory's name (made a valid name) and four random hex digits.
+fn node_name(opts: &InitOptions) -> Result<String, ServerError> {
+    if let Some(n) = &opts.node {
+        validate_client_name(n).map_err(|m| ServerError::Init(format!("--node: {m}")))?;
+        return Ok(n.clone());
+    }
+    if opts.force
+        && let Some(n) = fs::read_to_string(opts.dir.join("hsmd.toml"))
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("server")?.get("node")?.as_str().map(String::from))
+    {
+        return Ok(n);
+    }
+    let name = opts
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut base: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(40)
+        .collect();
+    if !base.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        base = format!("node{base}");
+    }
+    let mut r = [0u8; 2];
+    getrandom::fill(&mut r).map_err(|_| ServerError::Init("the OS random source failed".into()))?;
+    let node = format!("{}-{:02x}{:02x}", base.trim_end_matches('-'), r[0], r[1]);
+    validate_client_name(&node).map_err(|m| ServerError::Init(format!("node name: {m}")))?;
+    Ok(node)
 }
 
 /// Runs `hsmd init`.
@@ -103,6 +141,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
             )));
         }
     }
+    let node = node_name(opts)?;
     if dir.exists() {
         let non_empty = fs::read_dir(dir)
             .map_err(io_err(format!("cannot read {}", dir.display())))?
@@ -120,8 +159,9 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
         .map_err(io_err(format!("cannot create {}", clients_dir.display())))?;
     let _ = fs::set_permissions(&clients_dir, fs::Permissions::from_mode(0o700));
 
-    let mut config = String::from(
+    let mut config = format!(
         "# FerroHSM server configuration (written by hsmd init)\n\n[server]\n\
+         node = {}             # this node's name, unique among nodes sharing a database\n\
          workers = 0              # crypto threads; 0 = one per CPU\n\
          session_threads = 0      # session arbiters (sockets, framing, cheap ops); 0 = one per CPU\n\
          inline_max = 16384       # bytes up to which cheap ops run on the session's thread\n\
@@ -129,12 +169,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          max_body = 1048576       # largest frame body in bytes\n\
          max_connections = 1024\n\
          handshake_timeout_ms = 3000\n\n",
+        toml::Value::String(node.clone())
     );
-    config.push_str(&match &opts.store_url {
-        None => store(dir, opts.passphrase.as_ref())?,
-        Some(url) => postgres_store(dir, url, opts.passphrase.as_ref(), opts.force)?,
-    });
-    let ca = pki(dir, opts.tls)?;
     // The socket path as the config (relative to D) and the profiles (relative to D/clients)
     // write it; an explicit path is made absolute.
     let (shm_in_config, shm_in_profile) = match &opts.shm_socket {
@@ -146,6 +182,24 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
             (abs.display().to_string(), abs.display().to_string())
         }
     };
+    config.push_str(&match &opts.store_url {
+        None => store(dir, opts.passphrase.as_ref())?,
+        Some(url) => {
+            let shm = fs::canonicalize(dir)
+                .map(|d| d.join(&shm_in_config))
+                .unwrap_or_else(|_| dir.join(&shm_in_config));
+            let me = crate::keys::store::postgres::NodeRow {
+                name: node.clone(),
+                tcp: opts.tcp.to_string(),
+                tls: opts.tls.to_string(),
+                tls_psk: opts.tls_psk.to_string(),
+                shm: shm.display().to_string(),
+                registered: crate::keys::manager::now() as i64,
+            };
+            postgres_store(dir, url, opts.passphrase.as_ref(), opts.force, &me)?
+        }
+    });
+    let ca = pki(dir, opts.tls)?;
     // Shared-memory sessions are allowed for the user running init; add others as needed.
     let uid = std::os::unix::fs::MetadataExt::uid(
         &fs::metadata(dir).map_err(io_err(format!("cannot read {}", dir.display())))?,
@@ -328,7 +382,32 @@ mod tests {
             force,
             passphrase: None,
             store_url: None,
+            node: None,
         }
+    }
+
+    #[test]
+    fn node_names_are_given_or_made_valid_and_bad_ones_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let named = InitOptions {
+            node: Some("hsm-east-1".into()),
+            ..opts(&tmp.path().join("a"), false)
+        };
+        let r = init(&named).unwrap();
+        assert_eq!(
+            crate::Config::load(&r.config).unwrap().node.as_deref(),
+            Some("hsm-east-1")
+        );
+        let odd = init(&opts(&tmp.path().join("1 data+dir"), false)).unwrap();
+        let node = crate::Config::load(&odd.config).unwrap().node.unwrap();
+        assert!(node.starts_with("node1datadir-"), "{node}");
+        let bad = InitOptions {
+            node: Some("no spaces".into()),
+            ..opts(&tmp.path().join("b"), false)
+        };
+        let e = init(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("--node: "), "{e}");
+        assert!(!tmp.path().join("b").exists(), "nothing written");
     }
 
     #[test]
@@ -338,6 +417,14 @@ mod tests {
         let r = init(&opts(&dir, false)).unwrap();
         let c = crate::Config::load(&r.config).unwrap();
         assert_eq!(c.clients.len(), 2);
+        // A node name from the directory's name and four hex digits, kept by --force.
+        let node = c.node.clone().unwrap();
+        let (base, hex) = node.rsplit_once('-').unwrap();
+        assert_eq!(base, "d");
+        assert!(
+            hex.len() == 4 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+            "{node}"
+        );
         let key = dir.join("clients/alice.key");
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -366,6 +453,11 @@ mod tests {
             "--force keeps the store"
         );
         assert_eq!(fs::read(dir.join("master.key")).unwrap(), master);
+        assert_eq!(
+            crate::Config::load(&r.config).unwrap().node,
+            Some(node),
+            "--force keeps the node's name"
+        );
         assert!(
             crate::Config::load(&r.config)
                 .unwrap()

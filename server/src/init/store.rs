@@ -40,6 +40,7 @@ pub(super) fn postgres_store(
     url: &str,
     passphrase: Option<&Passphrase>,
     force: bool,
+    node: &crate::keys::store::postgres::NodeRow,
 ) -> Result<String, ServerError> {
     use crate::config::{
         PASSWORD_VAR, store::DEFAULT_CONNECT_TIMEOUT_MS, store::DEFAULT_TIMEOUT_MS,
@@ -87,6 +88,10 @@ pub(super) fn postgres_store(
             passphrase.is_none()
         }
     };
+    // Registered with its addresses (with `force`, its entry is replaced).
+    PgBackend::connect(pg.clone(), pg.connect_timeout)
+        .and_then(|mut b| b.register_node(node, force))
+        .map_err(store_err)?;
     let password_line = match &password {
         Some(p) => {
             let f = dir.join("store.password");

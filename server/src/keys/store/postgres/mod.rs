@@ -24,7 +24,9 @@ use super::backend::{Backend, Tx};
 mod rows;
 
 /// Schema migrations; `MIGRATIONS[i]` takes version i to i + 1.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    // 1: the key store's tables (SQLite's schema 3).
+    "
 CREATE TABLE meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE owners (owner TEXT PRIMARY KEY, next_id BIGINT NOT NULL);
 CREATE TABLE keys (
@@ -79,7 +81,18 @@ CREATE TABLE audit (
     prev_hash BYTEA NOT NULL,
     hash BYTEA NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    tcp TEXT NOT NULL,
+    tls TEXT NOT NULL,
+    tls_psk TEXT NOT NULL,
+    shm TEXT NOT NULL,
+    registered BIGINT NOT NULL
+);
+",
+];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -518,6 +531,81 @@ impl PgBackend {
         {
             self.client = None;
         }
+    }
+}
+
+/// A node of the cluster, as registered in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// `[server] node`.
+    pub name: String,
+    /// Listener addresses clients use ("" when the node has none).
+    pub tcp: String,
+    /// Certificate TLS.
+    pub tls: String,
+    /// TLS-PSK.
+    pub tls_psk: String,
+    /// Shared-memory socket path (per host).
+    pub shm: String,
+    /// Seconds since the Unix epoch.
+    pub registered: i64,
+}
+
+impl PgBackend {
+    /// Registers a node (at `hsmd init`); a name already registered is refused, unless
+    /// `replace` (`init --force` of that node), which updates its addresses.
+    pub fn register_node(&mut self, node: &NodeRow, replace: bool) -> Result<(), StoreError> {
+        self.begin(Tx::Write)?;
+        let r = (|| {
+            let taken = self.query("SELECT 1 FROM nodes WHERE name = $1", &[&node.name])?;
+            if !taken.is_empty() && replace {
+                self.execute("DELETE FROM nodes WHERE name = $1", &[&node.name])?;
+            } else if !taken.is_empty() {
+                return Err(StoreError::Open(format!(
+                    "a node named {} is already registered in database {}; give this one \
+                     another name (--node NAME)",
+                    node.name, self.what
+                )));
+            }
+            self.execute(
+                "INSERT INTO nodes (name, tcp, tls, tls_psk, shm, registered) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &node.name,
+                    &node.tcp,
+                    &node.tls,
+                    &node.tls_psk,
+                    &node.shm,
+                    &node.registered,
+                ],
+            )?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Every registered node, by name.
+    pub fn nodes(&mut self) -> Result<Vec<NodeRow>, StoreError> {
+        let rows = self.query(
+            "SELECT name, tcp, tls, tls_psk, shm, registered FROM nodes ORDER BY name",
+            &[],
+        )?;
+        self.rows(rows, |r| {
+            Ok(NodeRow {
+                name: r.try_get(0)?,
+                tcp: r.try_get(1)?,
+                tls: r.try_get(2)?,
+                tls_psk: r.try_get(3)?,
+                shm: r.try_get(4)?,
+                registered: r.try_get(5)?,
+            })
+        })
     }
 }
 

@@ -33,14 +33,14 @@ fn key_row(r: &Row) -> Result<KeyRow, postgres::Error> {
 }
 
 impl PgBackend {
-    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+    pub(super) fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
         let st = self.statement(sql)?;
         let what = self.what.clone();
         let r = self.client()?.query(&st, params);
         r.map_err(|e| self.failed(&what, e))
     }
 
-    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+    pub(super) fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
         let st = self.statement(sql)?;
         let what = self.what.clone();
         let r = self.client()?.execute(&st, params);
@@ -48,7 +48,7 @@ impl PgBackend {
     }
 
     /// Converts each row, a column of the wrong type being a store failure.
-    fn rows<T>(
+    pub(super) fn rows<T>(
         &self,
         rows: Vec<Row>,
         f: impl Fn(&Row) -> Result<T, postgres::Error>,
