@@ -5,10 +5,11 @@
 //! name = "alice"
 //! auth_key = "alice.key"          # Ed25519 PKCS#8 PEM (TCP)
 //! default_transport = "tcp"       # tcp | tls | tls-psk | shm
+//! connect_timeout_ms = 1000      # per address, when connecting
 //! [tcp]
-//! addr = "127.0.0.1:7301"
+//! addr = "127.0.0.1:7301"         # or a list, tried in turn: ["10.0.0.1:7301", "10.0.0.2:7301"]
 //! [tls]
-//! addr = "127.0.0.1:7302"
+//! addr = "127.0.0.1:7302"         # a string or a list, as for [tcp]
 //! server_name = "localhost"       # must match the server certificate
 //! ca = "../pki/ca.pem"            # trust anchor for the server certificate
 //! cert = "alice.pem"              # our client certificate and its key
@@ -31,15 +32,41 @@ use zeroize::Zeroizing;
 
 use crate::error::ClientError;
 
+/// One address, or several (the nodes of a cluster, tried in turn).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAddrs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawAddrs {
+    fn list(self, section: &str) -> Result<Vec<String>, String> {
+        let list = match self {
+            RawAddrs::One(a) => vec![a],
+            RawAddrs::Many(l) => l,
+        };
+        if list.is_empty() {
+            return Err(format!(
+                "[{section}] addr: expected an address or a list of them"
+            ));
+        }
+        Ok(list)
+    }
+}
+
+/// Default `connect_timeout_ms`.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
+
 #[derive(Debug, Deserialize)]
 struct RawTcp {
-    addr: String,
+    addr: RawAddrs,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
-    addr: String,
+    addr: RawAddrs,
     server_name: Option<String>,
     ca: PathBuf,
     cert: Option<PathBuf>,
@@ -49,7 +76,7 @@ struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPsk {
-    addr: String,
+    addr: RawAddrs,
     identity: Option<String>,
     key_file: PathBuf,
 }
@@ -69,13 +96,14 @@ struct RawProfile {
     tls: Option<RawTls>,
     tls_psk: Option<RawPsk>,
     shm: Option<RawShm>,
+    connect_timeout_ms: Option<u64>,
 }
 
 /// Certificate TLS settings of a profile (paths resolved).
 #[derive(Debug, Clone)]
 pub struct TlsProfile {
-    /// Server address.
-    pub addr: String,
+    /// Server addresses, tried in turn.
+    pub addrs: Vec<String>,
     /// Name the server certificate must carry.
     pub server_name: String,
     /// CA for the server certificate.
@@ -87,8 +115,8 @@ pub struct TlsProfile {
 /// TLS-PSK settings of a profile (paths resolved).
 #[derive(Debug, Clone)]
 pub struct PskProfile {
-    /// Server address.
-    pub addr: String,
+    /// Server addresses, tried in turn.
+    pub addrs: Vec<String>,
     /// PSK identity.
     pub identity: String,
     /// File holding the PSK as hex.
@@ -172,14 +200,16 @@ pub struct Profile {
     pub auth_key: Option<PathBuf>,
     /// Transport used when none is given.
     pub default_transport: Transport,
-    /// TCP address.
-    pub tcp_addr: Option<String>,
+    /// TCP addresses, tried in turn.
+    pub tcp_addrs: Option<Vec<String>>,
     /// Certificate TLS.
     pub tls: Option<TlsProfile>,
     /// TLS-PSK.
     pub tls_psk: Option<PskProfile>,
     /// Shared-memory set-up socket.
     pub shm_socket: Option<PathBuf>,
+    /// How long one address may take to accept a connection before the next is tried.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Profile {
@@ -200,10 +230,14 @@ impl Profile {
             name: raw.name.clone(),
             auth_key: raw.auth_key.map(|p| dir.join(p)),
             default_transport,
-            tcp_addr: raw.tcp.map(|t| t.addr),
+            tcp_addrs: raw
+                .tcp
+                .map(|t| t.addr.list("tcp"))
+                .transpose()
+                .map_err(err)?,
             tls: match raw.tls {
                 Some(t) => Some(TlsProfile {
-                    addr: t.addr,
+                    addrs: t.addr.list("tls").map_err(err)?,
                     server_name: t.server_name.unwrap_or_else(|| "localhost".into()),
                     ca: dir.join(t.ca),
                     identity: match (t.cert, t.key) {
@@ -214,12 +248,24 @@ impl Profile {
                 }),
                 None => None,
             },
-            tls_psk: raw.tls_psk.map(|p| PskProfile {
-                addr: p.addr,
-                identity: p.identity.unwrap_or_else(|| raw.name.clone()),
-                key_file: dir.join(p.key_file),
-            }),
+            tls_psk: match raw.tls_psk {
+                Some(p) => Some(PskProfile {
+                    addrs: p.addr.list("tls_psk").map_err(err)?,
+                    identity: p.identity.unwrap_or_else(|| raw.name.clone()),
+                    key_file: dir.join(p.key_file),
+                }),
+                None => None,
+            },
             shm_socket: raw.shm.map(|s| dir.join(s.socket)),
+            connect_timeout: match raw.connect_timeout_ms {
+                Some(0) => {
+                    return Err(err(
+                        "connect_timeout_ms: expected a positive number of milliseconds".into(),
+                    ));
+                }
+                Some(ms) => std::time::Duration::from_millis(ms),
+                None => std::time::Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+            },
         })
     }
 

@@ -157,7 +157,7 @@ fn never_read(
     let mut out = Vec::new();
     for _ in 0..sessions {
         // Written from a thread until the server stops reading it.
-        let mut s = Tcp::connect(p.tcp_addr.as_deref().unwrap());
+        let mut s = Tcp::connect(&p.tcp_addrs.as_ref().unwrap()[0]);
         s.login(&id);
         let (f, written) = (frame.clone(), Arc::new(AtomicUsize::new(0)));
         let (mut w, count) = (s.s.try_clone().unwrap(), written.clone());

@@ -34,6 +34,7 @@ fn wrong_key_and_unknown_client_are_refused_alike() {
     let login = |id: Identity| {
         rt.block_on(ferrohsm_client::connect::tcp::connect(
             &srv.addr.to_string(),
+            std::time::Duration::from_secs(5),
             &id,
         ))
     };

@@ -14,16 +14,54 @@ use tokio::net::TcpStream;
 use crate::profile::{Profile, Transport};
 use crate::{Client, ClientError};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Opens a TCP connection (bounded wait, Nagle off).
-pub(crate) async fn tcp_stream(addr: &str) -> Result<TcpStream, ClientError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+/// Opens a TCP connection to `addr` within `within` (Nagle off).
+pub(crate) async fn tcp_stream(addr: &str, within: Duration) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(within, TcpStream::connect(addr))
         .await
-        .map_err(|_| ClientError::Connection(format!("timed out connecting to {addr}")))?
+        .map_err(|_| {
+            ClientError::Connection(format!(
+                "timed out connecting to {addr} (after {} ms)",
+                within.as_millis()
+            ))
+        })?
         .map_err(|e| ClientError::Connection(format!("cannot connect to {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// Tries `addrs` in turn with `attempt` and answers the first that succeeds. A single address
+/// keeps its own error; when several all fail, a node that answered and refused (credentials,
+/// TLS) says more than those that are down, else the error names every address and why.
+async fn each<T, F, Fut>(addrs: &[String], mut attempt: F) -> Result<T, ClientError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut failures = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        match attempt(a.clone()).await {
+            Ok(v) => return Ok(v),
+            Err(e) if addrs.len() == 1 => return Err(e),
+            Err(e) => failures.push((a, e)),
+        }
+    }
+    if let Some(at) = failures
+        .iter()
+        .position(|(_, e)| !matches!(e, ClientError::Connection(_)))
+    {
+        return Err(failures.swap_remove(at).1);
+    }
+    let each: Vec<String> = failures
+        .iter()
+        .map(|(a, e)| match e {
+            ClientError::Connection(m) => m.clone(),
+            other => format!("{a}: {other}"),
+        })
+        .collect();
+    Err(ClientError::Connection(format!(
+        "no node answered ({})",
+        each.join("; ")
+    )))
 }
 
 fn missing(profile: &Profile, section: &str) -> ClientError {
@@ -44,27 +82,40 @@ pub async fn open_stream(
     profile: &Profile,
     transport: Transport,
 ) -> Result<Box<dyn RawStream>, ClientError> {
+    let within = profile.connect_timeout;
     Ok(match transport {
         Transport::Tcp => {
-            let addr = profile
-                .tcp_addr
+            let addrs = profile
+                .tcp_addrs
                 .as_deref()
                 .ok_or_else(|| missing(profile, "tcp"))?;
-            Box::new(tcp_stream(addr).await?)
+            Box::new(each(addrs, |a| async move { tcp_stream(&a, within).await }).await?)
         }
         Transport::Tls => {
             let t = profile
                 .tls
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls"))?;
-            Box::new(tls::stream(t).await?)
+            Box::new(
+                each(
+                    &t.addrs,
+                    |a| async move { tls::stream(t, &a, within).await },
+                )
+                .await?,
+            )
         }
         Transport::TlsPsk => {
             let p = profile
                 .tls_psk
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls_psk"))?;
-            Box::new(psk::stream(p).await?)
+            Box::new(
+                each(
+                    &p.addrs,
+                    |a| async move { psk::stream(p, &a, within).await },
+                )
+                .await?,
+            )
         }
         Transport::Shm => {
             let socket = profile
@@ -83,27 +134,43 @@ pub async fn connect(
     profile: &Profile,
     transport: Option<Transport>,
 ) -> Result<Client, ClientError> {
+    let within = profile.connect_timeout;
     match transport.unwrap_or(profile.default_transport) {
         Transport::Tcp => {
-            let addr = profile
-                .tcp_addr
+            let addrs = profile
+                .tcp_addrs
                 .as_deref()
                 .ok_or_else(|| missing(profile, "tcp"))?;
-            tcp::connect(addr, &profile.identity()?).await
+            let id = profile.identity()?;
+            each(addrs, |a| {
+                let id = &id;
+                async move { tcp::connect(&a, within, id).await }
+            })
+            .await
         }
         Transport::Tls => {
             let t = profile
                 .tls
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls"))?;
-            tls::connect(t, &profile.name_only()).await
+            let id = profile.name_only();
+            each(&t.addrs, |a| {
+                let id = &id;
+                async move { tls::connect(t, &a, within, id).await }
+            })
+            .await
         }
         Transport::TlsPsk => {
             let p = profile
                 .tls_psk
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls_psk"))?;
-            psk::connect(p, &profile.name_only()).await
+            let id = profile.name_only();
+            each(&p.addrs, |a| {
+                let id = &id;
+                async move { psk::connect(p, &a, within, id).await }
+            })
+            .await
         }
         Transport::Shm => {
             let socket = profile

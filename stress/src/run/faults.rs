@@ -68,7 +68,7 @@ impl std::str::FromStr for Fault {
 
 /// Connects raw (plain TCP) and authenticates by hand, for the slow-reader fault.
 fn raw_login(profile: &Profile) -> Option<std::net::TcpStream> {
-    let addr = profile.tcp_addr.as_deref()?;
+    let addr = profile.tcp_addrs.as_deref()?.first()?;
     let id = profile.identity().ok()?;
     let key = id.auth_key.as_ref()?;
     let mut s = std::net::TcpStream::connect(addr).ok()?;
@@ -141,7 +141,7 @@ pub(super) fn run_fault(
                 std::thread::sleep(Duration::from_millis(20));
             }
             Fault::Malformed => {
-                if let Some(addr) = &p.tcp_addr
+                if let Some(addr) = p.tcp_addrs.as_ref().and_then(|a| a.first())
                     && let Ok(mut s) = std::net::TcpStream::connect(addr)
                 {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
