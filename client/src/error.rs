@@ -12,9 +12,14 @@ pub enum ClientError {
     /// The server refused the handshake (unknown client, wrong key, ...).
     #[error("{}: {}", .0.label(), .0.message)]
     Auth(ErrorBody),
-    /// Could not reach the server, or the connection broke.
+    /// Could not reach the server, or the connection ended before the request was sent.
     #[error("connection: {0}")]
     Connection(String),
+    /// The connection was lost after the request was sent and before its answer: whether the
+    /// server carried it out is unknown, so a request that changes state is never sent again
+    /// by the library (hsmctl prints `hsmctl: connection_lost: ...` and exits 3).
+    #[error("connection_lost: {0}")]
+    ConnectionLost(String),
     /// The server sent something this client does not understand.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -38,7 +43,10 @@ impl ClientError {
         match self {
             ClientError::Server(_) => 1,
             ClientError::Local(_) => 2,
-            ClientError::Auth(_) | ClientError::Connection(_) | ClientError::Protocol(_) => 3,
+            ClientError::Auth(_)
+            | ClientError::Connection(_)
+            | ClientError::ConnectionLost(_)
+            | ClientError::Protocol(_) => 3,
         }
     }
 }

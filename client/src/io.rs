@@ -25,6 +25,11 @@ pub(crate) fn closed() -> ClientError {
     ClientError::Connection("the server closed the connection".into())
 }
 
+/// A sent request whose answer will never come.
+pub(crate) fn lost() -> ClientError {
+    ClientError::ConnectionLost("the connection ended before the answer came".into())
+}
+
 fn protocol(e: BodyError) -> ClientError {
     ClientError::Protocol(e.to_string())
 }
@@ -146,7 +151,12 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
         p.closed = Some(err());
         for (_, tx) in p.map.drain() {
-            let _ = tx.send(Err(err()));
+            // Those already sent: their outcome is unknown.
+            let e = match err() {
+                ClientError::Connection(m) => ClientError::ConnectionLost(m),
+                other => other,
+            };
+            let _ = tx.send(Err(e));
         }
     };
     loop {

@@ -79,7 +79,7 @@ pub struct Pending {
 impl Pending {
     /// The response.
     pub async fn wait(self) -> Reply {
-        self.rx.await.unwrap_or_else(|_| Err(closed()))
+        self.rx.await.unwrap_or_else(|_| Err(io::lost()))
     }
 }
 

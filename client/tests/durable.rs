@@ -125,7 +125,11 @@ struct Acked {
 /// A worker's call failed: fine only if hsmd was killed and the connection died with it.
 fn cut_off(killed: &AtomicBool, what: &str, e: ClientError) {
     assert!(
-        killed.load(Ordering::SeqCst) && matches!(e, ClientError::Connection(_)),
+        killed.load(Ordering::SeqCst)
+            && matches!(
+                e,
+                ClientError::Connection(_) | ClientError::ConnectionLost(_)
+            ),
         "{what} failed, and not because hsmd was killed: {e:?}"
     );
 }

@@ -109,3 +109,102 @@ fn an_empty_address_list_or_a_zero_timeout_is_refused_before_connecting() {
         "{err}"
     );
 }
+
+/// A TCP proxy to `to` that cuts its first connection once the server has sent `frames`
+/// whole frames (the handshake), before the next one (the first answer) reaches the client;
+/// later connections pass through whole. Its address.
+fn cutting_proxy(to: String, frames: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (n, c) in l.incoming().enumerate() {
+            let Ok(mut c) = c else { return };
+            let mut s = TcpStream::connect(&to).unwrap();
+            let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                // Server to client, frame by frame: a 20-byte header with the body's length
+                // in its last four bytes, then the body.
+                let mut sent = 0;
+                loop {
+                    let mut h = [0u8; 20];
+                    if s.read_exact(&mut h).is_err() {
+                        break;
+                    }
+                    let len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]) as usize;
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).is_err() {
+                        break;
+                    }
+                    if n == 0 && sent == frames {
+                        break;
+                    }
+                    if c.write_all(&h).and_then(|()| c.write_all(&body)).is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                let _ = c.shutdown(Shutdown::Both);
+                let _ = s.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_lost_connection_retries_a_read_once_and_never_a_change() {
+    let d = Data::init("alice");
+    let _hsmd = d.start();
+    let live = Profile::load(&d.profile("alice"))
+        .unwrap()
+        .tcp_addrs
+        .unwrap()[0]
+        .clone();
+    // TCP login: a challenge, then the welcome (two frames); the first answer is cut.
+    let through = |name: &str| {
+        let proxy = cutting_proxy(live.clone(), 2);
+        edit(&d, name, |t| {
+            t["tcp"]
+                .as_table_mut()
+                .unwrap()
+                .insert("addr".into(), proxy.clone().into());
+        })
+    };
+    // A read: its connection is cut before the answer; hsmctl sends it once more, on a new
+    // connection, and it is answered.
+    let p = through("read.toml");
+    assert_eq!(ok(&ctl(&p, &["list"])).trim(), "");
+    assert_eq!(ok(&ctl(&p, &["ping"])).trim(), "ok");
+    // A change: cut the same way, it is not sent again. hsmctl says the outcome is unknown
+    // (the server did receive it: the key exists, once).
+    let p = through("change.toml");
+    let o = ctl(&p, &["keygen", "--type", "ed25519", "--label", "once"]);
+    assert_exit(&o, 3);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("hsmctl: connection_lost: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(o.stdout.is_empty());
+    let listed = ok(&d.ctl("alice", &["list"]));
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("\tonce\t"), "{listed}");
+    // In the library: a request in flight when the connection goes is `ConnectionLost`; one
+    // submitted after it is a plain connection error (it was never sent).
+    let p = through("library.toml");
+    let c = BlockingClient::connect(&Profile::load(&p).unwrap(), Some(Transport::Tcp)).unwrap();
+    let e = c.ping().unwrap_err();
+    assert!(
+        matches!(e, ferrohsm_client::ClientError::ConnectionLost(_)),
+        "{e:?}"
+    );
+    let e = c.ping().unwrap_err();
+    assert!(
+        matches!(e, ferrohsm_client::ClientError::Connection(_)),
+        "{e:?}"
+    );
+}

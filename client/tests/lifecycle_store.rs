@@ -50,7 +50,10 @@ fn counters_never_repeat_across_sigkill() {
                         Err(e) => {
                             assert!(
                                 killed.load(Ordering::SeqCst)
-                                    && matches!(e, ClientError::Connection(_)),
+                                    && matches!(
+                                        e,
+                                        ClientError::Connection(_) | ClientError::ConnectionLost(_)
+                                    ),
                                 "counter inc failed, and not because hsmd was killed: {e:?}"
                             );
                             return last;

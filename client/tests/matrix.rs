@@ -482,7 +482,7 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
             DEADLINE,
             || match served(&p, t) {
                 Ok(()) => Some(()),
-                Err(ClientError::Connection(_)) => None,
+                Err(ClientError::Connection(_) | ClientError::ConnectionLost(_)) => None,
                 Err(e) => panic!("2,800 idle connections, over {t:?}: {e}"),
             },
         );

@@ -197,7 +197,7 @@ fn stop_with_requests_in_flight(sig: &str) {
                 );
                 refused += 1;
             }
-            Err(ClientError::Connection(_)) => dropped += 1,
+            Err(ClientError::Connection(_) | ClientError::ConnectionLost(_)) => dropped += 1,
             Err(e) => panic!("{}: {e:?}", a.label),
             Ok(r) => panic!("{}: keygen answered {}", a.label, r.kind()),
         }

@@ -196,6 +196,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// A read-only request (ping, list, info, pubkey): when its connection is lost before the
+/// answer, it is sent once more on a new connection (to the next node that answers). A request
+/// that changes state is never sent again: its outcome is unknown, and hsmctl says so
+/// (`connection_lost`, exit 3).
+async fn read_only<T, C, CF, F, Fut>(connect: &C, op: F) -> Result<T, ClientError>
+where
+    C: Fn() -> CF,
+    CF: std::future::Future<Output = Result<Client, ClientError>>,
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    match op(connect().await?).await {
+        Err(ClientError::ConnectionLost(_)) => op(connect().await?).await,
+        r => r,
+    }
+}
+
 fn fail(e: &ClientError) -> ExitCode {
     match e {
         ClientError::Server(b) | ClientError::Auth(b) => {
@@ -254,8 +271,7 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
     Ok(match cli.command {
         Command::HashPin => hash_pin()?,
         Command::Ping => {
-            let c: Client = hsm().await?;
-            c.ping().await?;
+            read_only(&hsm, |c: Client| async move { c.ping().await }).await?;
             ok()
         }
         Command::Random { n } => {
@@ -283,14 +299,16 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             limit,
             after,
         } => {
-            let c = hsm().await?;
-            let keys = if granted {
-                c.list_granted().await?
-            } else if limit.is_some() || after.is_some() {
-                c.list_page(ferrohsm_proto::Page { after, limit }).await?
-            } else {
-                c.list().await?
-            };
+            let keys = read_only(&hsm, |c: Client| async move {
+                if granted {
+                    c.list_granted().await
+                } else if limit.is_some() || after.is_some() {
+                    c.list_page(ferrohsm_proto::Page { after, limit }).await
+                } else {
+                    c.list().await
+                }
+            })
+            .await?;
             if json {
                 serde_json::Value::Array(keys.iter().map(info_json).collect()).to_string()
             } else if granted {
@@ -303,7 +321,11 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             }
         }
         Command::Info { key } => {
-            let k = hsm().await?.info(&key).await?;
+            let k = read_only(&hsm, |c: Client| {
+                let key = key.clone();
+                async move { c.info(&key).await }
+            })
+            .await?;
             if json {
                 info_json(&k).to_string()
             } else {
@@ -311,7 +333,11 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             }
         }
         Command::Pubkey { key, pem: as_pem } => {
-            let (t, raw) = hsm().await?.public_key(&key).await?;
+            let (t, raw) = read_only(&hsm, |c: Client| {
+                let key = key.clone();
+                async move { c.public_key(&key).await }
+            })
+            .await?;
             let pem_text = pem::spki_der(t, &raw).map(|der| pem::pem_encode("PUBLIC KEY", &der));
             let pem_text =
                 pem_text.ok_or_else(|| ClientError::Protocol("bad public key".into()))?;

@@ -57,8 +57,10 @@ const OPS: [(&str, u32); 13] = [
 /// The connection broke (or the server is shutting down): the operation's outcome is
 /// unknown, which the caller decides about (a restart, or an unexpected error).
 fn cut_off(e: &ClientError) -> bool {
-    matches!(e, ClientError::Connection(_) | ClientError::Protocol(_))
-        || status(e) == Some(Status::ShuttingDown)
+    matches!(
+        e,
+        ClientError::Connection(_) | ClientError::ConnectionLost(_) | ClientError::Protocol(_)
+    ) || status(e) == Some(Status::ShuttingDown)
 }
 
 fn status(e: &ClientError) -> Option<Status> {
@@ -346,7 +348,12 @@ pub(super) fn run_worker(
                 shared.release();
                 w.stats.error(transport, op);
                 shared.problem(&shared.unexpected, format!("[{transport}] {op}: {e}"));
-                if matches!(e, ClientError::Connection(_) | ClientError::Protocol(_)) {
+                if matches!(
+                    e,
+                    ClientError::Connection(_)
+                        | ClientError::ConnectionLost(_)
+                        | ClientError::Protocol(_)
+                ) {
                     return w.stats;
                 }
             }
