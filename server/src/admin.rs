@@ -7,6 +7,8 @@ use std::path::Path;
 use crate::error::ServerError;
 use crate::keys::audit::{self, SignedHead};
 use crate::keys::seal::Passphrase;
+use crate::keys::store::Store;
+use crate::keys::store::postgres::PgBackend;
 use crate::keys::store::sqlite::SqliteBackend;
 use crate::keys::{self, store::StoreError};
 use crate::{Config, config::StoreConfig};
@@ -20,20 +22,6 @@ fn store_of(config: &Config) -> Result<&StoreConfig, ServerError> {
         .store
         .as_ref()
         .ok_or_else(|| ServerError::Config("no [store] section in the configuration".into()))
-}
-
-/// Backup and restore work on SQLite stores (a PostgreSQL store is backed up by the database's
-/// own tools, which keep every row sealed as it is stored).
-fn sqlite_only<'a>(st: &'a StoreConfig, what: &str) -> Result<&'a StoreConfig, ServerError> {
-    match &st.postgres {
-        None => Ok(st),
-        Some(pg) => Err(ServerError::Store(format!(
-            "hsmd {what} works on an SQLite store; the store of this config is in the \
-             PostgreSQL database {}: use pg_dump and pg_restore (every key stays sealed under the \
-             master key)",
-            pg.url
-        ))),
-    }
 }
 
 /// The audit public key: `D/audit.pub`, which must match the store's own copy (a store whose
@@ -137,19 +125,33 @@ fn sync_dir(path: &Path) {
 /// `hsmd backup`: a consistent snapshot of the whole store (still sealed under the master
 /// key) written to `out`, which must not exist; hsmd may be running.
 pub fn backup(config: &Config, out: &Path) -> Result<String, ServerError> {
-    let st = sqlite_only(store_of(config)?, "backup")?;
+    let st = store_of(config)?;
     if out.exists() {
         return Err(ServerError::Store(format!(
             "{} already exists; a backup never overwrites a file",
             out.display()
         )));
     }
-    let mut s = SqliteBackend::open(&st.path).map_err(store_err)?;
-    // An empty 0600 file: VACUUM INTO fills it, and the backup is never world-readable.
-    drop(create_private(out)?);
-    if let Err(e) = s.backup_to(out) {
+    let written = match &st.postgres {
+        // The same portable file: an SQLite store, 0600, filled from one snapshot of the
+        // database, row for row (still sealed under the master key).
+        Some(_) => (|| {
+            let mut src = keys::open_configured(st)?;
+            let mut dst = Store::new(Box::new(SqliteBackend::create(out).map_err(store_err)?));
+            src.copy_into(&mut dst).map_err(store_err)?;
+            Ok(())
+        })(),
+        None => (|| {
+            let mut s = SqliteBackend::open(&st.path).map_err(store_err)?;
+            // An empty 0600 file: VACUUM INTO fills it, and the backup is never
+            // world-readable.
+            drop(create_private(out)?);
+            s.backup_to(out).map_err(store_err)
+        })(),
+    };
+    if let Err(e) = written {
         let _ = std::fs::remove_file(out);
-        return Err(store_err(e));
+        return Err(e);
     }
     std::fs::File::open(out)
         .and_then(|f| f.sync_all())
@@ -163,7 +165,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<String, ServerError> {
     Ok(format!(
         "hsmd: backup of {} written to {} (audit log at entry {}); the same master key file \
          or passphrase opens it",
-        st.path.display(),
+        st.describe(),
         out.display(),
         rows.last().map_or(0, |r| r.seq)
     ))
@@ -177,7 +179,7 @@ pub fn restore(
     input: &Path,
     pass: Option<&Passphrase>,
 ) -> Result<String, ServerError> {
-    let st = sqlite_only(store_of(config)?, "restore")?;
+    let st = store_of(config)?;
     let db = &st.path;
     let wal = |suffix: &str| {
         let mut p = db.as_os_str().to_owned();
@@ -230,6 +232,18 @@ pub fn restore(
             ))
         })?;
         let public = s.ensure_audit_key(&master).map_err(store_err)?;
+        if let Some(pg) = &st.postgres {
+            // Into the database `hsmd init --store-url` prepared, which must hold nothing yet.
+            let b = PgBackend::open(pg.clone(), pg.connect_timeout).map_err(store_err)?;
+            s.copy_into(&mut Store::new(Box::new(b)))
+                .map_err(store_err)?;
+            drop(s);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(wal(&format!(".restore-tmp{suffix}")));
+            }
+            keys::write_audit_pub(db, &public)?;
+            return Ok(v.entries);
+        }
         drop(s);
         // Only the main file: the backup was checkpointed into it by the open above.
         std::fs::rename(&tmp, db).map_err(|e| ServerError::Io {
@@ -250,7 +264,7 @@ pub fn restore(
         Ok(entries) => Ok(format!(
             "hsmd: restored {} into {} (audit chain verified, {entries} entries)",
             input.display(),
-            db.display()
+            st.describe()
         )),
         Err(e) => {
             for suffix in ["", "-wal", "-shm"] {

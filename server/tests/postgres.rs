@@ -1,6 +1,7 @@
 //! A node whose key store is in PostgreSQL, as an operator runs it: `hsmd init --store-url`
 //! on a real cluster this test starts, `hsmd` serving from it and keeping every key across a
-//! restart, the audit chain verified from the database, `hsmd passwd` on it, and every refusal
+//! restart, the audit chain verified from the database, `hsmd passwd` on it, an SQLite node
+//! moved into PostgreSQL by backup and restore (and back), and every refusal
 //! (a password in the URL, an unreachable or foreign database, a readable password file),
 //! each naming the place and never the password.
 // Tests may panic on unexpected results: that is how they fail.
@@ -156,15 +157,6 @@ fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
     assert_signs(&alice, &KeyRef::Label("later".parse().unwrap()));
     drop((alice, bob));
 
-    // Backup and restore are SQLite's; a PostgreSQL store says what to use instead.
-    let out = d.path("backup.db").display().to_string();
-    let b = d.admin(&["backup", "--out", &out], &[]);
-    assert_eq!(b.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&b.stderr).contains("pg_dump"),
-        "{b:?}"
-    );
-
     // The audit chain verifies from the database, with every change in it.
     let v = d.admin(&["audit", "verify"], &[]);
     let out = ok(&v);
@@ -293,4 +285,90 @@ fn bad_urls_and_databases_are_refused_naming_the_place_and_never_the_password() 
         "{err}"
     );
     assert!(took >= Duration::from_millis(1000), "it retried: {took:?}");
+}
+
+/// `hsmctl --profile D/clients/WHO.toml ARGS`, which must succeed: its stdout.
+fn ctl(d: &Data, who: &str, args: &[&str]) -> String {
+    ok(&d.ctl(who, args))
+}
+
+#[test]
+fn an_sqlite_node_grows_into_postgres_by_backup_and_restore_and_back() {
+    let Some(pg) = Cluster::start() else { return };
+    // A single SQLite node with keys, versions, a grant, a counter and an audit log.
+    let lite = Data::init("alice,bob");
+    let hsmd = lite.start();
+    ctl(
+        &lite,
+        "alice",
+        &["keygen", "--type", "ed25519", "--label", "signer"],
+    );
+    ctl(
+        &lite,
+        "alice",
+        &["keygen", "--type", "hmac-sha256", "--label", "mac"],
+    );
+    ctl(&lite, "alice", &["rotate", "mac"]);
+    ctl(
+        &lite,
+        "alice",
+        &["grant", "signer", "--to", "bob", "--ops", "sign"],
+    );
+    ctl(&lite, "alice", &["counter", "create", "c"]);
+    ctl(&lite, "alice", &["counter", "inc", "c"]);
+    let pem = ctl(&lite, "alice", &["pubkey", "signer", "--pem"]);
+    let listed = ctl(&lite, "alice", &["--json", "list"]);
+    assert_eq!(hsmd.terminate().code(), Some(0));
+    let backup = lite.path("lite.backup").display().to_string();
+    ok(&lite.admin(&["backup", "--out", &backup], &[]));
+
+    // A PostgreSQL node opened by the same master key file; its fresh store takes the backup.
+    let grown = init(&pg, "grown", &[], &[]);
+    std::fs::copy(lite.dir.join("master.key"), grown.dir.join("master.key")).unwrap();
+    let out = ok(&grown.admin(&["restore", "--in", &backup], &[]));
+    assert!(
+        out.starts_with(&format!("hsmd: restored {backup} into {}", pg.url("grown")))
+            && out.contains("audit chain verified"),
+        "{out}"
+    );
+    assert!(!grown.dir.join("keys.db.restore-tmp").exists());
+    // Restoring again is refused: the store now holds keys.
+    let again = grown.admin(&["restore", "--in", &backup], &[]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("never replaces a store that holds anything"),
+        "{err}"
+    );
+
+    let hsmd = grown.start();
+    // The same keys, ids, labels, versions and counter; the same key signs.
+    assert_eq!(ctl(&grown, "alice", &["--json", "list"]), listed);
+    assert_eq!(ctl(&grown, "alice", &["pubkey", "signer", "--pem"]), pem);
+    let alice = grown.connect("alice");
+    assert_signs(&alice, &KeyRef::Label("signer".parse().unwrap()));
+    assert_eq!(counter(&alice, true), 2);
+    // bob's grant came along.
+    let granted = ctl(&grown, "bob", &["list", "--granted"]);
+    assert!(granted.contains("alice:signer"), "{granted}");
+    drop(alice);
+    assert_eq!(hsmd.terminate().code(), Some(0));
+    let v = ok(&grown.admin(&["audit", "verify"], &[]));
+    assert!(v.starts_with("audit chain ok: "), "{v}");
+
+    // And back: a backup of the PostgreSQL store is the same portable SQLite file.
+    let from_pg = grown.path("pg.backup").display().to_string();
+    let out = ok(&grown.admin(&["backup", "--out", &from_pg], &[]));
+    assert!(out.contains(&pg.url("grown")), "{out}");
+    let mode = std::fs::metadata(&from_pg).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let back = Data::init("alice,bob");
+    for f in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+        let _ = std::fs::remove_file(back.dir.join(f));
+    }
+    std::fs::copy(lite.dir.join("master.key"), back.dir.join("master.key")).unwrap();
+    ok(&back.admin(&["restore", "--in", &from_pg], &[]));
+    let _hsmd = back.start();
+    assert_eq!(ctl(&back, "alice", &["pubkey", "signer", "--pem"]), pem);
+    assert_eq!(counter(&back.connect("alice"), true), 3);
 }

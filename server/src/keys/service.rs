@@ -450,6 +450,21 @@ mod tests {
         fn audit_rows(&mut self, _: u64) -> Result<Vec<AuditRow>, StoreError> {
             unreachable!("the writer only commits")
         }
+        fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn put_owner(&mut self, _: &str, _: i64) -> Result<(), StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn counters(&mut self) -> Result<Vec<CounterRow>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn meta_all(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn is_empty(&mut self) -> Result<bool, StoreError> {
+            unreachable!("the writer only commits")
+        }
     }
 
     fn denied(i: usize) -> AuditEvent {

@@ -192,6 +192,18 @@ pub trait Backend: Send {
     fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
     /// Appends an audit entry.
     fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError>;
+    /// Every owner with its next id.
+    fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Sets an owner's next id (a copy of a store keeps them, so ids are never reused).
+    fn put_owner(&mut self, owner: &str, next_id: i64) -> Result<(), StoreError>;
+    /// Every counter row.
+    fn counters(&mut self) -> Result<Vec<CounterRow>, StoreError>;
+    /// Every metadata value, by name.
+    fn meta_all(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Whether the store holds no key, grant, counter, owner or audit entry (only the
+    /// metadata `hsmd init` writes): a store a restore may fill.
+    fn is_empty(&mut self) -> Result<bool, StoreError>;
+
     /// Every audit entry from `since`, by sequence number. A row whose fields do not fit is
     /// returned with what could be read, so verification names it as edited.
     fn audit_rows(&mut self, since: u64) -> Result<Vec<AuditRow>, StoreError>;

@@ -25,6 +25,7 @@ use crate::keys::store::{
 
 mod apply;
 mod audit;
+mod copy;
 pub mod open;
 mod rows;
 

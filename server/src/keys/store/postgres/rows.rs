@@ -413,6 +413,48 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = self.query("SELECT owner, next_id FROM owners ORDER BY owner", &[])?;
+        self.rows(rows, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn put_owner(&mut self, owner: &str, next_id: i64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO owners (owner, next_id) VALUES ($1, $2) \
+             ON CONFLICT (owner) DO UPDATE SET next_id = excluded.next_id",
+            &[&owner, &next_id],
+        )?;
+        Ok(())
+    }
+
+    fn counters(&mut self) -> Result<Vec<CounterRow>, StoreError> {
+        let rows = self.query("SELECT owner, name, value, created, tag FROM counters", &[])?;
+        self.rows(rows, |r| {
+            Ok(CounterRow {
+                owner: r.try_get(0)?,
+                name: r.try_get(1)?,
+                value: r.try_get(2)?,
+                created: r.try_get(3)?,
+                tag: r.try_get(4)?,
+            })
+        })
+    }
+
+    fn meta_all(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = self.query("SELECT name, value FROM meta ORDER BY name", &[])?;
+        self.rows(rows, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    }
+
+    fn is_empty(&mut self) -> Result<bool, StoreError> {
+        for table in ["owners", "keys", "grants", "counters", "audit"] {
+            let rows = self.query(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])?;
+            if !rows.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn audit_rows(&mut self, since: u64) -> Result<Vec<AuditRow>, StoreError> {
         let fix = |b: Vec<u8>| -> [u8; 32] {
             let mut out = [0u8; 32];

@@ -400,6 +400,68 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT owner, next_id FROM owners ORDER BY owner")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)
+    }
+
+    fn put_owner(&mut self, owner: &str, next_id: i64) -> Result<(), StoreError> {
+        execute(
+            &self.conn,
+            "INSERT INTO owners (owner, next_id) VALUES (?1, ?2) \
+             ON CONFLICT (owner) DO UPDATE SET next_id = excluded.next_id",
+            params![owner, next_id],
+        )?;
+        Ok(())
+    }
+
+    fn counters(&mut self) -> Result<Vec<CounterRow>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT owner, name, value, created, tag FROM counters")
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    Ok(CounterRow {
+                        owner: r.get(0)?,
+                        name: r.get(1)?,
+                        value: r.get(2)?,
+                        created: r.get(3)?,
+                        tag: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)
+    }
+
+    fn meta_all(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT name, value FROM meta ORDER BY name")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)
+    }
+
+    fn is_empty(&mut self) -> Result<bool, StoreError> {
+        for table in ["owners", "keys", "grants", "counters", "audit"] {
+            let any = self
+                .conn
+                .prepare(&format!("SELECT 1 FROM {table} LIMIT 1"))
+                .and_then(|mut st| st.exists([]))
+                .map_err(backend)?;
+            if any {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn audit_rows(&mut self, since: u64) -> Result<Vec<AuditRow>, StoreError> {
         let fix = |b: Vec<u8>| -> [u8; 32] {
             let mut out = [0u8; 32];
