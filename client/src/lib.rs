@@ -230,6 +230,14 @@ impl Client {
         }
     }
 
+    /// The node's name, version, uptime, store and sessions.
+    pub async fn status(&self) -> Result<ferrohsm_proto::message::NodeStatus, ClientError> {
+        match self.call(Request::Status).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Round trip through the session.
     pub async fn ping(&self) -> Result<(), ClientError> {
         self.done(Request::Ping).await

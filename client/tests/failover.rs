@@ -208,3 +208,60 @@ fn a_lost_connection_retries_a_read_once_and_never_a_change() {
         "{e:?}"
     );
 }
+
+#[test]
+fn status_names_the_node_its_store_and_its_sessions_per_transport() {
+    let d = Data::init("alice,bob");
+    let _hsmd = d.start();
+    let p = Profile::load(&d.profile("alice")).unwrap();
+    // Held open while status is asked: one over TLS, one over shared memory, one of bob's.
+    let tls = BlockingClient::connect(&p, Some(Transport::Tls)).unwrap();
+    let shm = BlockingClient::connect(&p, Some(Transport::Shm)).unwrap();
+    let bob = d.connect("bob");
+    for c in [&tls, &shm, &bob] {
+        c.ping().unwrap();
+    }
+    let out = ok(&d.ctl("alice", &["--json", "status"]));
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let config: toml::Table = std::fs::read_to_string(d.config())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        s["node"],
+        config["server"]["node"].as_str().unwrap(),
+        "{out}"
+    );
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{out}");
+    assert!(s["uptime_s"].as_u64().is_some(), "{out}");
+    assert_eq!(s["store"]["backend"], "sqlite", "{out}");
+    assert_eq!(s["store"]["reachable"], true, "{out}");
+    // hsmctl's own session and bob's are the TCP ones.
+    let n = |t: &str| s["sessions"][t].as_u64().unwrap();
+    assert_eq!(
+        (n("tcp"), n("tls"), n("tls_psk"), n("shm")),
+        (2, 1, 0, 1),
+        "{out}"
+    );
+    assert_eq!(n("total"), 4, "{out}");
+    // The text form, one line each.
+    let text = ok(&d.ctl("alice", &["status"]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[3] == "store sqlite reachable", "{text}");
+    assert!(
+        lines[4].starts_with("sessions 4 (tcp 2, tls 1, tls-psk 0, shm 1)"),
+        "{text}"
+    );
+    // A session that ends is no longer counted.
+    drop(tls);
+    ferrohsm_test_support::wait::until(
+        "the TLS session to end",
+        std::time::Duration::from_secs(10),
+        || {
+            let out = ok(&d.ctl("alice", &["--json", "status"]));
+            let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+            s["sessions"]["tls"] == 0
+        },
+    );
+}

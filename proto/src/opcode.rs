@@ -17,6 +17,8 @@ pub enum Opcode {
     Ping = 16,
     /// Random bytes from the server's CSPRNG.
     Random = 17,
+    /// The node's name, version, uptime, store and session counts.
+    Status = 19,
     /// SHA-2 digest of the body.
     Digest = 18,
     /// Generate a key.
@@ -83,7 +85,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    const ALL: [Opcode; 37] = [
+    const ALL: [Opcode; 38] = [
         Opcode::Hello,
         Opcode::Challenge,
         Opcode::Proof,
@@ -91,6 +93,7 @@ impl Opcode {
         Opcode::Ping,
         Opcode::Random,
         Opcode::Digest,
+        Opcode::Status,
         Opcode::Generate,
         Opcode::List,
         Opcode::Info,

@@ -149,6 +149,17 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
             .map(|(n, c)| (n.clone(), c.trusted_wrap_keys.clone()))
             .collect(),
     };
+    let node = keys::manager::NodeInfo::new(
+        config.node.clone().unwrap_or_default(),
+        if st.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        st.postgres
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(1), |pg| pg.timeout),
+    );
     Ok(Arc::new(keys::manager::KeyManager::new(
         service,
         st.cache_keys,
@@ -156,6 +167,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
         grants,
         opts,
         quotas,
+        node,
     )))
 }
 

@@ -132,6 +132,13 @@ fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
     assert_eq!(e.status(), Some(ferrohsm_proto::Status::StoreFailed), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
     assert_signs(&alice, &KeyRef::Label("signer".parse().unwrap()));
+    // Status still answers (exit 0), in bounded time, saying the store is unreachable.
+    let t0 = Instant::now();
+    let out = ok(&d.ctl("alice", &["--json", "status"]));
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["store"]["backend"], "postgres", "{out}");
+    assert_eq!(st["store"]["reachable"], false, "{out}");
     // Back, and the node recovers by itself: the next change succeeds.
     pg.start_again();
     ferrohsm_test_support::wait::until(
@@ -155,6 +162,9 @@ fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
         },
     );
     assert_signs(&alice, &KeyRef::Label("later".parse().unwrap()));
+    let out = ok(&d.ctl("alice", &["--json", "status"]));
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["store"]["reachable"], true, "{out}");
     drop((alice, bob));
 
     // The audit chain verifies from the database, with every change in it.

@@ -113,6 +113,8 @@ pub enum Response {
     },
     /// A counter's value (counter create, read, inc).
     Counter(u64),
+    /// The node's status.
+    Status(NodeStatus),
 }
 
 impl Response {
@@ -134,6 +136,7 @@ impl Response {
             Response::Keys(k) => to_body_into(k, out),
             Response::PublicKey { key_type, bytes } => to_body_into(&(key_type, Raw(bytes)), out),
             Response::Counter(v) => to_body_into(v, out),
+            Response::Status(s) => to_body_into(s, out),
         }
     }
 
@@ -160,6 +163,7 @@ impl Response {
             Response::Keys(_) => "key list",
             Response::PublicKey { .. } => "public key",
             Response::Counter(_) => "counter",
+            Response::Status(_) => "status",
         }
     }
 
@@ -221,6 +225,7 @@ impl Response {
                 let (key_type, Buf(bytes)) = from_body(opcode, body)?;
                 Response::PublicKey { key_type, bytes }
             }
+            Opcode::Status => Response::Status(from_body(opcode, body)?),
             Opcode::Challenge | Opcode::Welcome => return Err(BodyError::UnknownOpcode(opcode)),
         })
     }

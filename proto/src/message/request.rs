@@ -20,6 +20,8 @@ pub enum Request {
     Proof(Proof),
     /// Liveness.
     Ping,
+    /// The node's status (name, version, uptime, store, sessions).
+    Status,
     /// N random bytes (1..=65536).
     Random {
         /// Byte count.
@@ -258,6 +260,7 @@ impl Request {
             Request::Hello(_) => Opcode::Hello,
             Request::Proof(_) => Opcode::Proof,
             Request::Ping => Opcode::Ping,
+            Request::Status => Opcode::Status,
             Request::Random { .. } => Opcode::Random,
             Request::Digest { .. } => Opcode::Digest,
             Request::Generate(_) => Opcode::Generate,
@@ -337,7 +340,7 @@ impl Request {
         match self {
             Request::Hello(h) => to_body_into(h, out),
             Request::Proof(p) => to_body_into(p, out),
-            Request::Ping | Request::ListGranted => {}
+            Request::Ping | Request::Status | Request::ListGranted => {}
             // The first page with the server's page size is an empty body (as before paging).
             Request::List(page) if *page == Page::default() => {}
             Request::List(page) => to_body_into(page, out),
@@ -431,6 +434,7 @@ impl Request {
             Opcode::Hello => Request::Hello(from_body(opcode, body)?),
             Opcode::Proof => Request::Proof(from_body(opcode, body)?),
             Opcode::Ping => empty_body(opcode, body).map(|_| Request::Ping)?,
+            Opcode::Status => empty_body(opcode, body).map(|_| Request::Status)?,
             Opcode::List if body.is_empty() => Request::List(Page::default()),
             Opcode::List => Request::List(from_body(opcode, body)?),
             Opcode::ListGranted => empty_body(opcode, body).map(|_| Request::ListGranted)?,

@@ -97,6 +97,7 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<Option<u32>>(), any::<Option<u32>>())
             .prop_map(|(after, limit)| Request::List(Page { after, limit })),
         Just(Request::ListGranted),
+        Just(Request::Status),
         any::<u32>().prop_map(|len| Request::Random { len }),
         bytes().prop_map(|data| Request::Digest {
             alg: DigestAlg::Sha512,

@@ -579,3 +579,20 @@ impl KeyQuery {
             && self.key_type.is_none_or(|t| t == k.key_type)
     }
 }
+
+/// What `hsmctl status` shows: this node, its store, and its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// `[server] node` (empty when the config names none).
+    pub node: String,
+    /// hsmd's version.
+    pub version: String,
+    /// Seconds since hsmd started.
+    pub uptime_s: u64,
+    /// `sqlite` or `postgres`.
+    pub store_backend: String,
+    /// Whether the store answered a read within its timeout just now.
+    pub store_reachable: bool,
+    /// Open sessions per transport: tcp, tls, tls-psk, shm.
+    pub sessions: [u64; 4],
+}

@@ -186,6 +186,7 @@ async fn serve(shared: &Shared, caller: Caller, request: Request) -> Result<Resp
                 .await?;
             km.create(&caller, new, material).await.map(Response::Key)
         }
+        Request::Status => Ok(Response::Status(km.status().await)),
         Request::List(page) => km.list(&caller, page).await.map(Response::Keys),
         Request::ListGranted => km.list_granted(&caller).await.map(Response::Keys),
         Request::Find(query) => km.find(&caller, query).await.map(Response::Keys),

@@ -59,6 +59,8 @@ pub(crate) struct NewKeyArgs {
 enum Command {
     /// Round trip to the server.
     Ping,
+    /// This node: its name, version, uptime, store (and whether it answers), sessions.
+    Status,
     /// Read a PIN on stdin (a trailing newline is not part of it) and print its argon2id PHC
     /// string, for the PKCS#11 module's [pins]. Needs no profile and no server.
     HashPin,
@@ -273,6 +275,10 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
         Command::Ping => {
             read_only(&hsm, |c: Client| async move { c.ping().await }).await?;
             ok()
+        }
+        Command::Status => {
+            let s = read_only(&hsm, |c: Client| async move { c.status().await }).await?;
+            show::status(json, &s)
         }
         Command::Random { n } => {
             let b = hsm().await?.random(n).await?;

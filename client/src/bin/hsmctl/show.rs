@@ -79,3 +79,32 @@ pub(crate) fn new_key(json: bool, k: &KeyInfo) -> String {
         format!("{} {}", k.id, k.label)
     }
 }
+
+/// `status`: the contract's JSON, or one `name value` line each.
+pub(crate) fn status(json: bool, s: &ferrohsm_proto::message::NodeStatus) -> String {
+    let [tcp, tls, tls_psk, shm] = s.sessions;
+    let total = tcp + tls + tls_psk + shm;
+    if json {
+        return serde_json::json!({
+            "node": s.node,
+            "version": s.version,
+            "uptime_s": s.uptime_s,
+            "store": {"backend": s.store_backend, "reachable": s.store_reachable},
+            "sessions": {"total": total, "tcp": tcp, "tls": tls, "tls_psk": tls_psk, "shm": shm},
+        })
+        .to_string();
+    }
+    format!(
+        "node {}\nversion {}\nuptime_s {}\nstore {} {}\nsessions {total} (tcp {tcp}, tls {tls}, \
+         tls-psk {tls_psk}, shm {shm})",
+        s.node,
+        s.version,
+        s.uptime_s,
+        s.store_backend,
+        if s.store_reachable {
+            "reachable"
+        } else {
+            "unreachable"
+        },
+    )
+}

@@ -35,6 +35,9 @@ use crate::keys::store::{
 
 mod audit;
 mod records;
+mod status;
+
+pub use status::NodeInfo;
 
 use audit::qualified;
 #[cfg(test)]
@@ -80,6 +83,7 @@ pub struct KeyManager {
     pub(super) grants: RwLock<Grants>,
     pub(super) opts: ManagerOptions,
     pub(super) quotas: Arc<Quotas>,
+    pub(super) node: NodeInfo,
     // Held for the manager's life: this process's claim on the store.
     _claim: crate::keys::StoreClaim,
 }
@@ -103,6 +107,7 @@ impl KeyManager {
         grants: Vec<GrantRecord>,
         opts: ManagerOptions,
         quotas: Quotas,
+        node: NodeInfo,
     ) -> KeyManager {
         KeyManager {
             quotas: Arc::new(quotas),
@@ -111,6 +116,7 @@ impl KeyManager {
             sessions: Mutex::new(SessionKeys::default()),
             grants: RwLock::new(Grants::from_records(grants)),
             opts,
+            node,
             _claim: claim,
         }
     }
@@ -128,10 +134,12 @@ impl KeyManager {
     /// A session opened (after authentication).
     pub fn open_session(&self, caller: &Caller) {
         self.sessions.lock().open(caller.session);
+        self.node.opened(caller);
     }
 
     /// A session ended: its session keys are dropped (and their places in the quota freed).
     pub fn end_session(&self, caller: &Caller) {
+        self.node.ended(caller);
         let n = self.sessions.lock().end(&caller.client, caller.session);
         self.quotas.release(&caller.client, Kind::Key, n);
         if n > 0 {

@@ -233,6 +233,11 @@ impl Store {
             .collect())
     }
 
+    /// One read, to learn whether the store answers.
+    pub fn ping(&mut self) -> Result<(), StoreError> {
+        self.in_tx(Tx::Read, |db| db.meta("kdf").map(|_| ()))
+    }
+
     /// How many keys this handle has opened.
     pub fn opened(&self) -> u64 {
         self.opened

@@ -429,13 +429,19 @@ impl PgBackend {
         if self.in_tx {
             self.tx_rollback();
         }
-        let r = match tx {
-            Tx::Read => self.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        let sql = match tx {
+            Tx::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_string(),
             // READ COMMITTED: every statement after the lock sees what the previous holder
             // committed (a REPEATABLE READ snapshot would be taken before the lock was granted).
-            Tx::Write => self.exec(&format!(
+            Tx::Write => format!(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-            )),
+            ),
+        };
+        let r = match self.exec(&sql) {
+            // The connection was found broken (the database restarted while it sat idle):
+            // nothing has been done yet, so begin once more on a new one.
+            Err(_) if self.client.is_none() => self.exec(&sql),
+            r => r,
         };
         // Open even when the lock was not granted: the caller rolls it back.
         self.in_tx = true;
