@@ -382,3 +382,38 @@ fn an_sqlite_node_grows_into_postgres_by_backup_and_restore_and_back() {
     assert_eq!(ctl(&back, "alice", &["pubkey", "signer", "--pem"]), pem);
     assert_eq!(counter(&back.connect("alice"), true), 3);
 }
+
+#[test]
+fn hsm_stress_finds_nothing_wrong_on_a_postgres_node_under_faults() {
+    let Some(pg) = Cluster::start() else { return };
+    let d = init(&pg, "stress", &[], &[]);
+    d.set("limits", "max_keys_per_client", "1000000");
+    let _hsmd = d.start();
+    let tmp = tempfile::tempdir().unwrap();
+    let json_f = tmp.path().join("run.json");
+    let mut c = std::process::Command::new(ferrohsm_test_support::bins::hsm_stress());
+    c.args(["run", "--profiles", d.dir.join("clients").to_str().unwrap()])
+        .args([
+            "--clients",
+            "6",
+            "--duration",
+            "5s",
+            "--transports",
+            "tcp,tls,tls-psk,shm",
+        ])
+        .args(["--faults", "disconnect,reconnect,malformed,slow"])
+        .args(["--json", json_f.to_str().unwrap()]);
+    let o = ferrohsm_test_support::daemon::output_within(&mut c, Duration::from_secs(300));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_f).unwrap()).unwrap();
+    assert!(r["total_ops"].as_u64().unwrap() > 0, "{out}");
+    for field in ["wrong_results", "isolation_violations", "unexpected_errors"] {
+        assert_eq!(r[field], 0, "{field}: {out}");
+    }
+    assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{out}");
+    // Everything it changed is in the audit chain, which verifies from the database.
+    let v = ok(&d.admin(&["audit", "verify"], &[]));
+    assert!(v.starts_with("audit chain ok: "), "{v}");
+}
