@@ -309,7 +309,7 @@ mod tests {
     use super::*;
     use crate::keys::audit::AuditRow;
     use crate::keys::store::backend::{
-        Backend, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+        Backend, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
     };
 
     /// An audit entry as written: operation, detail, status.
@@ -408,7 +408,7 @@ mod tests {
         fn label_in_use(&mut self, _: &str, _: &str) -> Result<bool, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
+        fn count_by_owner(&mut self, _: Counted) -> Result<Vec<(String, i64)>, StoreError> {
             unreachable!("the writer only commits")
         }
         fn next_id(&mut self, _: &str) -> Result<i64, StoreError> {

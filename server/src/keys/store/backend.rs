@@ -100,6 +100,25 @@ pub struct KeyFilter {
     pub key_type: Option<KeyType>,
 }
 
+/// The tables [`Backend::count_by_owner`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Keys.
+    Keys,
+    /// Counters.
+    Counters,
+}
+
+impl Counted {
+    /// The table's name.
+    pub fn table(self) -> &'static str {
+        match self {
+            Counted::Keys => "keys",
+            Counted::Counters => "counters",
+        }
+    }
+}
+
 /// A transaction's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tx {
@@ -144,8 +163,8 @@ pub trait Backend: Send {
     ) -> Result<Vec<KeyRow>, StoreError>;
     /// Whether `owner` has a key labelled `label`.
     fn label_in_use(&mut self, owner: &str, label: &str) -> Result<bool, StoreError>;
-    /// How many keys and counters each owner holds.
-    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError>;
+    /// How many rows of `table` each owner holds.
+    fn count_by_owner(&mut self, table: Counted) -> Result<Vec<(String, i64)>, StoreError>;
     /// The next id of `owner` (from 1), never handed out before, even for a deleted key.
     fn next_id(&mut self, owner: &str) -> Result<i64, StoreError>;
     /// Inserts a key row and its version rows.

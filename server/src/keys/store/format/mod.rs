@@ -18,7 +18,7 @@ use ferrohsm_proto::{KeyRef, Label};
 use crate::keys::KeyHandle;
 use crate::keys::audit::SignedHead;
 use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
-use crate::keys::store::backend::{Backend, KeyFilter, Tx};
+use crate::keys::store::backend::{Backend, Counted, KeyFilter, Tx};
 use crate::keys::store::{
     Applied, AuditEvent, Change, GrantRecord, Listed, MasterRecord, Sealed, StoreError,
 };
@@ -269,7 +269,21 @@ impl Store {
 
     /// How many keys and counters each owner holds (the quotas' starting counts).
     pub fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
-        self.in_tx(Tx::Read, |db| db.held())
+        let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        self.in_tx(Tx::Read, |db| {
+            for table in [Counted::Keys, Counted::Counters] {
+                for (owner, n) in db.count_by_owner(table)? {
+                    let e = held.entry(owner).or_default();
+                    let n = usize::try_from(n).unwrap_or(0);
+                    match table {
+                        Counted::Keys => e.0 = n,
+                        Counted::Counters => e.1 = n,
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
     }
 
     /// How the master key is stored.

@@ -9,7 +9,7 @@ use super::PgBackend;
 use crate::keys::audit::AuditRow;
 use crate::keys::store::StoreError;
 use crate::keys::store::backend::{
-    Backend, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+    Backend, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
 };
 
 /// The key table's columns, in the order [`key_row`] reads them.
@@ -193,23 +193,13 @@ impl Backend for PgBackend {
         Ok(!rows.is_empty())
     }
 
-    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
-        let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-        for (table, counters) in [("keys", false), ("counters", true)] {
-            let rows = self.query(
-                &format!("SELECT owner, COUNT(*) FROM {table} GROUP BY owner"),
-                &[],
-            )?;
-            let rows = self.rows(rows, |r| {
-                Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?))
-            })?;
-            for (owner, n) in rows {
-                let e = held.entry(owner).or_default();
-                let n = usize::try_from(n).unwrap_or(0);
-                if counters { e.1 = n } else { e.0 = n }
-            }
-        }
-        Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
+    fn count_by_owner(&mut self, table: Counted) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT owner, COUNT(*) FROM {} GROUP BY owner",
+            table.table()
+        );
+        let rows = self.query(&sql, &[])?;
+        self.rows(rows, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
     }
 
     fn next_id(&mut self, owner: &str) -> Result<i64, StoreError> {
@@ -456,12 +446,6 @@ impl Backend for PgBackend {
     }
 
     fn audit_rows(&mut self, since: u64) -> Result<Vec<AuditRow>, StoreError> {
-        let fix = |b: Vec<u8>| -> [u8; 32] {
-            let mut out = [0u8; 32];
-            let n = b.len().min(32);
-            out[..n].copy_from_slice(&b[..n]);
-            out
-        };
         let since = since.min(i64::MAX as u64) as i64;
         let rows = self.query(
             "SELECT seq, time, client, session, transport, op, key, detail, status, prev_hash, \
@@ -479,8 +463,8 @@ impl Backend for PgBackend {
                 key: r.try_get(6)?,
                 detail: r.try_get(7)?,
                 status: r.try_get(8)?,
-                prev_hash: fix(r.try_get(9)?),
-                hash: fix(r.try_get(10)?),
+                prev_hash: AuditRow::hash_as_read(r.try_get(9)?),
+                hash: AuditRow::hash_as_read(r.try_get(10)?),
             })
         })
     }

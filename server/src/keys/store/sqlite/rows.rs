@@ -8,7 +8,7 @@ use super::{SqliteBackend, backend};
 use crate::keys::audit::AuditRow;
 use crate::keys::store::StoreError;
 use crate::keys::store::backend::{
-    Backend, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+    Backend, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
 };
 
 /// The key table's columns, in the order [`key_row`] reads them.
@@ -161,26 +161,17 @@ impl Backend for SqliteBackend {
             .map_err(backend)
     }
 
-    fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
-        let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-        for (table, counters) in [("keys", false), ("counters", true)] {
-            let mut st = self
-                .conn
-                .prepare(&format!(
-                    "SELECT owner, COUNT(*) FROM {table} GROUP BY owner"
-                ))
-                .map_err(backend)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(backend)?;
-            for (owner, n) in rows {
-                let e = held.entry(owner).or_default();
-                let n = usize::try_from(n).unwrap_or(0);
-                if counters { e.1 = n } else { e.0 = n }
-            }
-        }
-        Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
+    fn count_by_owner(&mut self, table: Counted) -> Result<Vec<(String, i64)>, StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT owner, COUNT(*) FROM {} GROUP BY owner",
+                table.table()
+            ))
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)
     }
 
     fn next_id(&mut self, owner: &str) -> Result<i64, StoreError> {
@@ -463,12 +454,6 @@ impl Backend for SqliteBackend {
     }
 
     fn audit_rows(&mut self, since: u64) -> Result<Vec<AuditRow>, StoreError> {
-        let fix = |b: Vec<u8>| -> [u8; 32] {
-            let mut out = [0u8; 32];
-            let n = b.len().min(32);
-            out[..n].copy_from_slice(&b[..n]);
-            out
-        };
         self.conn
             .prepare(
                 "SELECT seq, time, client, session, transport, op, key, detail, status, \
@@ -486,8 +471,8 @@ impl Backend for SqliteBackend {
                         key: r.get(6)?,
                         detail: r.get(7)?,
                         status: r.get(8)?,
-                        prev_hash: fix(r.get(9)?),
-                        hash: fix(r.get(10)?),
+                        prev_hash: AuditRow::hash_as_read(r.get(9)?),
+                        hash: AuditRow::hash_as_read(r.get(10)?),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()
