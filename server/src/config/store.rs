@@ -127,14 +127,22 @@ impl RawStore {
     }
 }
 
+/// `HSMD_STORE_PASSWORD`, if set.
+pub fn password_from_env() -> Result<Option<Zeroizing<String>>, String> {
+    std::env::var_os(PASSWORD_VAR)
+        .map(|v| {
+            v.into_string()
+                .map(Zeroizing::new)
+                .map_err(|_| format!("{PASSWORD_VAR} is not UTF-8"))
+        })
+        .transpose()
+}
+
 /// The database password: `HSMD_STORE_PASSWORD` if set, else the password file (which must
 /// not be readable by others), else none (the database trusts this host or user).
 fn password(dir: &Path, file: Option<PathBuf>) -> Result<Option<Zeroizing<String>>, String> {
-    if let Some(v) = std::env::var_os(PASSWORD_VAR) {
-        let v = v
-            .into_string()
-            .map_err(|_| format!("{PASSWORD_VAR} is not UTF-8"))?;
-        return Ok(Some(Zeroizing::new(v)));
+    if let Some(v) = password_from_env()? {
+        return Ok(Some(v));
     }
     let Some(file) = file else { return Ok(None) };
     let path = dir.join(file);

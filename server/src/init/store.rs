@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use zeroize::Zeroizing;
-
 use super::{write_file, write_new};
 use crate::error::ServerError;
 use crate::keys::seal::{KeyFileSecret, Passphrase, Unlock};
@@ -42,17 +40,10 @@ pub(super) fn postgres_store(
     force: bool,
     node: &crate::keys::store::postgres::NodeRow,
 ) -> Result<String, ServerError> {
-    use crate::config::{
-        PASSWORD_VAR, store::DEFAULT_CONNECT_TIMEOUT_MS, store::DEFAULT_TIMEOUT_MS,
-    };
+    use crate::config::store::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, password_from_env};
     use crate::keys::store::postgres::{PgBackend, PgSettings, check_url};
     check_url(url).map_err(|e| ServerError::Init(format!("--store-url: {e}")))?;
-    let password = match std::env::var_os(PASSWORD_VAR) {
-        None => None,
-        Some(v) => Some(Zeroizing::new(v.into_string().map_err(|_| {
-            ServerError::Init(format!("{PASSWORD_VAR} is not UTF-8"))
-        })?)),
-    };
+    let password = password_from_env().map_err(ServerError::Init)?;
     let pg = PgSettings {
         url: url.to_string(),
         password: password.clone(),
