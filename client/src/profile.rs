@@ -5,7 +5,7 @@
 //! name = "alice"
 //! auth_key = "alice.key"          # Ed25519 PKCS#8 PEM (TCP)
 //! default_transport = "tcp"       # tcp | tls | tls-psk | shm
-//! connect_timeout_ms = 1000      # per address, when connecting
+//! connect_timeout_ms = 1000      # per address before the next is tried (the last: 5 s or more)
 //! [tcp]
 //! addr = "127.0.0.1:7301"         # or a list, tried in turn: ["10.0.0.1:7301", "10.0.0.2:7301"]
 //! [tls]

@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 use crate::profile::{Profile, Transport};
 use crate::{Client, ClientError};
 
+/// The least time the last address to try gets to accept a connection.
+const LAST_ADDRESS: Duration = Duration::from_secs(5);
+
 /// Opens a TCP connection to `addr` within `within` (Nagle off).
 pub(crate) async fn tcp_stream(addr: &str, within: Duration) -> Result<TcpStream, ClientError> {
     let stream = tokio::time::timeout(within, TcpStream::connect(addr))
@@ -32,14 +35,27 @@ pub(crate) async fn tcp_stream(addr: &str, within: Duration) -> Result<TcpStream
 /// Tries `addrs` in turn with `attempt` and answers the first that succeeds. A single address
 /// keeps its own error; when several all fail, a node that answered and refused (credentials,
 /// TLS) says more than those that are down, else the error names every address and why.
-async fn each<T, F, Fut>(addrs: &[String], mut attempt: F) -> Result<T, ClientError>
+///
+/// Each address but the last gets `within` to accept the connection; the last (or only) one,
+/// with nothing left to fail over to, gets at least [`LAST_ADDRESS`], so a node whose accept
+/// queue is briefly full (a SYN retried after a second) still lets its clients in.
+async fn each<T, F, Fut>(
+    addrs: &[String],
+    within: Duration,
+    mut attempt: F,
+) -> Result<T, ClientError>
 where
-    F: FnMut(String) -> Fut,
+    F: FnMut(String, Duration) -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
     let mut failures = Vec::with_capacity(addrs.len());
-    for a in addrs {
-        match attempt(a.clone()).await {
+    for (i, a) in addrs.iter().enumerate() {
+        let within = if i + 1 == addrs.len() {
+            within.max(LAST_ADDRESS)
+        } else {
+            within
+        };
+        match attempt(a.clone(), within).await {
             Ok(v) => return Ok(v),
             Err(e) if addrs.len() == 1 => return Err(e),
             Err(e) => failures.push((a, e)),
@@ -89,7 +105,7 @@ pub async fn open_stream(
                 .tcp_addrs
                 .as_deref()
                 .ok_or_else(|| missing(profile, "tcp"))?;
-            Box::new(each(addrs, |a| async move { tcp_stream(&a, within).await }).await?)
+            Box::new(each(addrs, within, |a, w| async move { tcp_stream(&a, w).await }).await?)
         }
         Transport::Tls => {
             let t = profile
@@ -97,10 +113,9 @@ pub async fn open_stream(
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls"))?;
             Box::new(
-                each(
-                    &t.addrs,
-                    |a| async move { tls::stream(t, &a, within).await },
-                )
+                each(&t.addrs, within, |a, w| async move {
+                    tls::stream(t, &a, w).await
+                })
                 .await?,
             )
         }
@@ -110,10 +125,9 @@ pub async fn open_stream(
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls_psk"))?;
             Box::new(
-                each(
-                    &p.addrs,
-                    |a| async move { psk::stream(p, &a, within).await },
-                )
+                each(&p.addrs, within, |a, w| async move {
+                    psk::stream(p, &a, w).await
+                })
                 .await?,
             )
         }
@@ -142,9 +156,9 @@ pub async fn connect(
                 .as_deref()
                 .ok_or_else(|| missing(profile, "tcp"))?;
             let id = profile.identity()?;
-            each(addrs, |a| {
+            each(addrs, within, |a, w| {
                 let id = &id;
-                async move { tcp::connect(&a, within, id).await }
+                async move { tcp::connect(&a, w, id).await }
             })
             .await
         }
@@ -154,9 +168,9 @@ pub async fn connect(
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls"))?;
             let id = profile.name_only();
-            each(&t.addrs, |a| {
+            each(&t.addrs, within, |a, w| {
                 let id = &id;
-                async move { tls::connect(t, &a, within, id).await }
+                async move { tls::connect(t, &a, w, id).await }
             })
             .await
         }
@@ -166,9 +180,9 @@ pub async fn connect(
                 .as_ref()
                 .ok_or_else(|| missing(profile, "tls_psk"))?;
             let id = profile.name_only();
-            each(&p.addrs, |a| {
+            each(&p.addrs, within, |a, w| {
                 let id = &id;
-                async move { psk::connect(p, &a, within, id).await }
+                async move { psk::connect(p, &a, w, id).await }
             })
             .await
         }
