@@ -137,6 +137,10 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
     keys::check_audit_pub(&st.path, &audit_pub)?;
     let grants = store.grants(&master).map_err(store_err)?;
     let quotas = quotas(&mut store, &grants, config.limits.quotas).map_err(store_err)?;
+    if store.shared() {
+        // No node's memory knows what the others hold: the database counts.
+        store.enforce_limits(config.limits.quotas);
+    }
     let service =
         keys::service::StoreService::start(store, master, st.readers).map_err(store_err)?;
     tracing::info!(store = %st.describe(), cache_keys = st.cache_keys, grants = grants.len(), audit = ?config.audit, "key store open");
@@ -148,6 +152,7 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
             .iter()
             .map(|(n, c)| (n.clone(), c.trusted_wrap_keys.clone()))
             .collect(),
+        revalidate: st.postgres.as_ref().map(|pg| pg.revalidate),
     };
     let node = keys::manager::NodeInfo::new(
         config.node.clone().unwrap_or_default(),
@@ -160,15 +165,13 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
             .as_ref()
             .map_or(std::time::Duration::from_secs(1), |pg| pg.timeout),
     );
-    Ok(Arc::new(keys::manager::KeyManager::new(
-        service,
-        st.cache_keys,
-        lock,
-        grants,
-        opts,
-        quotas,
-        node,
-    )))
+    let km =
+        keys::manager::KeyManager::new(service, st.cache_keys, lock, grants, opts, quotas, node)
+            .map_err(|e| ServerError::Io {
+                context: "cannot start the store follower thread".into(),
+                source: e,
+            })?;
+    Ok(Arc::new(km))
 }
 
 /// The quotas, counting what the store holds.

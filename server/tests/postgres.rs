@@ -90,10 +90,10 @@ fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
     );
     assert!(d.dir.join("audit.pub").exists());
 
+    // Cached keys stay usable for a long while without the database (the multi-node tests
+    // show the default second, failing closed).
+    d.set("store", "revalidate_ms", "600000");
     let hsmd = d.start();
-    // One node per database until nodes invalidate each other's caches.
-    let err = refused(d.fails(&["--config", &d.config()], &[]));
-    assert!(err.contains("already served by another hsmd"), "{err}");
     let alice = d.connect("alice");
     let k = alice
         .generate(&"signer".parse().unwrap(), ferrohsm_proto::KeyType::Ed25519)
@@ -148,17 +148,6 @@ fn a_node_on_postgres_serves_keys_that_survive_its_restart() {
             alice
                 .generate(&"later".parse().unwrap(), ferrohsm_proto::KeyType::Ed25519)
                 .is_ok()
-        },
-    );
-    // The claim was lost with the database's restart and is taken again: a second hsmd is
-    // still refused (at worst it held the claim for a moment and then failed to bind).
-    ferrohsm_test_support::wait::until(
-        "the node holds its claim again",
-        Duration::from_secs(10),
-        || {
-            let (code, err) = d.fails(&["--config", &d.config()], &[]);
-            assert_eq!(code, Some(1), "a second hsmd served: {err}");
-            err.contains("already served by another hsmd")
         },
     );
     assert_signs(&alice, &KeyRef::Label("later".parse().unwrap()));

@@ -400,17 +400,24 @@ impl Data {
 
     /// `hsmd init` with extra arguments (`--shm-socket P`) and environment (a passphrase).
     pub fn init_with(clients: &str, args: &[&str], env: &[(&str, &str)]) -> Data {
+        Data::made(&[&["--clients", clients][..], args].concat(), env)
+    }
+
+    /// `hsmd init --dir D2 --join D` on free ports (with extra arguments and environment):
+    /// one more node of this node's cluster.
+    pub fn join(&self, args: &[&str], env: &[(&str, &str)]) -> Data {
+        let from = self.dir.to_str().expect("utf-8 temp path");
+        Data::made(&[&["--join", from][..], args].concat(), env)
+    }
+
+    /// `hsmd init --dir D ARGS` on free ports, which must succeed.
+    fn made(args: &[&str], env: &[(&str, &str)]) -> Data {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("d");
         let ports = Ports::new();
         let dir_s = dir.to_str().expect("utf-8 temp path");
         let o = run_hsmd(
-            &[
-                &["init", "--dir", dir_s, "--clients", clients][..],
-                &ports.args(),
-                args,
-            ]
-            .concat(),
+            &[&["init", "--dir", dir_s][..], &ports.args(), args].concat(),
             env,
         );
         crate::status::ok(&o);

@@ -45,6 +45,7 @@ impl TestServer {
             passphrase: None,
             store_url: None,
             node: None,
+            join: None,
         })
         .expect("hsmd init");
         let profiles: Vec<PathBuf> = report.profiles.iter().map(|(_, p)| p.clone()).collect();

@@ -45,6 +45,7 @@ impl Server {
             passphrase: None,
             store_url: None,
             node: None,
+            join: None,
         })
         .expect("hsmd init");
         let config = ferrohsm_server::Config::load(&report.config).expect("config");

@@ -35,36 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a server config, client auth keys and client profiles in a directory.
-    Init {
-        /// Target directory (created if missing; must be empty unless --force).
-        #[arg(long, value_name = "D")]
-        dir: PathBuf,
-        /// Comma-separated client names.
-        #[arg(long, value_delimiter = ',', required = true)]
-        clients: Vec<String>,
-        /// Plain TCP listen address.
-        #[arg(long, value_name = "ADDR", default_value = DEFAULT_TCP)]
-        tcp: SocketAddr,
-        /// Mutual-certificate TLS listen address.
-        #[arg(long, value_name = "ADDR", default_value = DEFAULT_TLS)]
-        tls: SocketAddr,
-        /// TLS 1.3 PSK listen address.
-        #[arg(long = "tls-psk", value_name = "ADDR", default_value = DEFAULT_TLS_PSK)]
-        tls_psk: SocketAddr,
-        /// Shared-memory socket path (default: DIR/hsmd.sock).
-        #[arg(long = "shm-socket", value_name = "PATH")]
-        shm_socket: Option<PathBuf>,
-        /// Re-initialise a non-empty directory (existing keys are kept).
-        #[arg(long)]
-        force: bool,
-        /// Keep the key store in this PostgreSQL database, postgres://USER@HOST:PORT/DB (no
-        /// password in it: set HSMD_STORE_PASSWORD; it is kept in DIR/store.password, 0600).
-        #[arg(long = "store-url", value_name = "URL")]
-        store_url: Option<String>,
-        /// This node's name (default: the directory's name and four random hex digits).
-        #[arg(long, value_name = "NAME")]
-        node: Option<String>,
-    },
+    Init(Box<InitArgs>),
     /// The audit chain: verify it, show it, or print a signed checkpoint of its head.
     Audit {
         #[command(subcommand)]
@@ -90,6 +61,44 @@ enum Command {
         #[arg(long = "new-passphrase-file", value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
     },
+}
+
+/// `hsmd init`.
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Target directory (created if missing; must be empty unless --force).
+    #[arg(long, value_name = "D")]
+    dir: PathBuf,
+    /// Comma-separated client names.
+    #[arg(long, value_delimiter = ',', required_unless_present = "join")]
+    clients: Vec<String>,
+    /// Plain TCP listen address [default: 127.0.0.1:7301; required with --join].
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+    /// Mutual-certificate TLS listen address [default: 127.0.0.1:7302; required with
+    /// --join].
+    #[arg(long, value_name = "ADDR")]
+    tls: Option<SocketAddr>,
+    /// TLS 1.3 PSK listen address [default: 127.0.0.1:7303; required with --join].
+    #[arg(long = "tls-psk", value_name = "ADDR")]
+    tls_psk: Option<SocketAddr>,
+    /// Shared-memory socket path (default: DIR/hsmd.sock).
+    #[arg(long = "shm-socket", value_name = "PATH")]
+    shm_socket: Option<PathBuf>,
+    /// Re-initialise a non-empty directory (existing keys are kept).
+    #[arg(long)]
+    force: bool,
+    /// Keep the key store in this PostgreSQL database, postgres://USER@HOST:PORT/DB (no
+    /// password in it: set HSMD_STORE_PASSWORD; it is kept in DIR/store.password, 0600).
+    #[arg(long = "store-url", value_name = "URL")]
+    store_url: Option<String>,
+    /// This node's name (default: the directory's name and four random hex digits).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Make one more node of the cluster of the node in directory D (its store must be
+    /// in PostgreSQL); needs --tcp, --tls and --tls-psk.
+    #[arg(long, value_name = "D", conflicts_with_all = ["clients", "store_url", "force"], requires_all = ["tcp", "tls", "tls_psk"])]
+    join: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,18 +155,8 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<(), ServerError> {
     let pass = passphrase(cli.passphrase_file.as_ref(), "HSMD_PASSPHRASE")?;
     match cli.command {
-        Some(Command::Init {
-            dir,
-            clients,
-            tcp,
-            tls,
-            tls_psk,
-            shm_socket,
-            force,
-            store_url,
-            node,
-        }) => {
-            let report = init(&InitOptions {
+        Some(Command::Init(args)) => {
+            let InitArgs {
                 dir,
                 clients,
                 tcp,
@@ -165,9 +164,22 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 tls_psk,
                 shm_socket,
                 force,
+                store_url,
+                node,
+                join,
+            } = *args;
+            let report = init(&InitOptions {
+                dir,
+                clients,
+                tcp: tcp.map_or_else(|| default_addr(DEFAULT_TCP), Ok)?,
+                tls: tls.map_or_else(|| default_addr(DEFAULT_TLS), Ok)?,
+                tls_psk: tls_psk.map_or_else(|| default_addr(DEFAULT_TLS_PSK), Ok)?,
+                shm_socket,
+                force,
                 passphrase: pass,
                 store_url,
                 node,
+                join,
             })?;
             println!("wrote {}", report.config.display());
             for (name, path) in &report.profiles {
@@ -286,6 +298,7 @@ fn default_data_dir(
             passphrase,
             store_url: None,
             node: None,
+            join: None,
         })?;
         eprintln!(
             "hsmd: initialised {} with client \"default\"",

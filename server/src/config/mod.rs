@@ -279,7 +279,10 @@ impl Config {
         c.node = s.node.clone();
         let dir = config_dir(path);
         if let Some(st) = raw.store {
-            c.store = Some(st.validate(&dir).map_err(err)?);
+            c.store = Some(
+                st.validate(&dir, c.node.as_deref().unwrap_or(""))
+                    .map_err(err)?,
+            );
         }
         if let Some(t) = raw.tcp {
             let addr = parse_addr(&t.addr, "tcp.addr").map_err(err)?;

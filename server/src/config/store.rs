@@ -8,6 +8,8 @@
 //! # password_file = "store.password"                  # mode 0600; or HSMD_STORE_PASSWORD
 //! # timeout_ms = 2000             # a request that needs the database fails within this
 //! # connect_timeout_ms = 5000     # at start, hsmd retries this long, then exits 1
+//! # revalidate_ms = 1000          # a cached key the database has not confirmed for this
+//! #                               # long is checked again before use (fail closed)
 //! key_file = "master.key"
 //! cache_keys = 4096
 //! readers = 2
@@ -19,7 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::keys::store::postgres::{PgSettings, check_url};
+use crate::keys::store::postgres::{DEFAULT_REVALIDATE, PgSettings, check_url, instance_name};
 
 /// The environment variable that holds the database password.
 pub const PASSWORD_VAR: &str = "HSMD_STORE_PASSWORD";
@@ -39,6 +41,7 @@ pub(super) struct RawStore {
     readers: Option<usize>,
     timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    revalidate_ms: Option<u64>,
 }
 
 /// The durable key store.
@@ -81,7 +84,7 @@ fn millis(v: Option<u64>, default: u64, key: &str) -> Result<Duration, String> {
 
 impl RawStore {
     /// Validates `[store]` of a config in `dir`.
-    pub(super) fn validate(self, dir: &Path) -> Result<StoreConfig, String> {
+    pub(super) fn validate(self, dir: &Path, node: &str) -> Result<StoreConfig, String> {
         let postgres = match self.url {
             Some(url) => {
                 if self.path.is_some() {
@@ -99,6 +102,12 @@ impl RawStore {
                         DEFAULT_CONNECT_TIMEOUT_MS,
                         "connect_timeout_ms",
                     )?,
+                    revalidate: millis(
+                        self.revalidate_ms,
+                        DEFAULT_REVALIDATE.as_millis() as u64,
+                        "revalidate_ms",
+                    )?,
+                    instance: instance_name(node),
                 })
             }
             None => {
@@ -106,6 +115,7 @@ impl RawStore {
                     (self.password_file.is_some(), "password_file"),
                     (self.timeout_ms.is_some(), "timeout_ms"),
                     (self.connect_timeout_ms.is_some(), "connect_timeout_ms"),
+                    (self.revalidate_ms.is_some(), "revalidate_ms"),
                 ] {
                     if set {
                         return Err(format!(

@@ -38,6 +38,7 @@ use crate::config::{encode_hex, validate_client_name};
 use crate::error::ServerError;
 use crate::keys::seal::Passphrase;
 
+mod join;
 mod store;
 use store::{postgres_store, store};
 
@@ -75,6 +76,8 @@ pub struct InitOptions {
     /// This node's name (default: the directory's name and four random hex digits; with
     /// `force`, the name the old config had).
     pub node: Option<String>,
+    /// Make one more node of the cluster this data directory belongs to (`join.rs`).
+    pub join: Option<PathBuf>,
 }
 
 /// What was written.
@@ -128,6 +131,20 @@ fn node_name(opts: &InitOptions) -> Result<String, ServerError> {
 /// Runs `hsmd init`.
 pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
     let dir = &opts.dir;
+    if let Some(from) = &opts.join {
+        for (given, what) in [
+            (!opts.clients.is_empty(), "--clients (the clients are D's)"),
+            (opts.store_url.is_some(), "--store-url (the store is D's)"),
+            (opts.force, "--force"),
+        ] {
+            if given {
+                return Err(ServerError::Init(format!(
+                    "--join cannot be used with {what}"
+                )));
+            }
+        }
+        return join::join(opts, from);
+    }
     if opts.clients.is_empty() {
         return Err(ServerError::Init(
             "--clients: expected at least one client name".into(),
@@ -383,6 +400,7 @@ mod tests {
             passphrase: None,
             store_url: None,
             node: None,
+            join: None,
         }
     }
 

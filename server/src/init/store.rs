@@ -49,6 +49,8 @@ pub(super) fn postgres_store(
         password: password.clone(),
         timeout: std::time::Duration::from_millis(DEFAULT_TIMEOUT_MS),
         connect_timeout: std::time::Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+        revalidate: crate::keys::store::postgres::DEFAULT_REVALIDATE,
+        instance: crate::keys::store::postgres::instance_name(&node.name),
     };
     let key_file = dir.join("master.key");
     let store_err = |e: crate::keys::store::StoreError| ServerError::Init(e.to_string());

@@ -119,6 +119,14 @@ impl Cache {
         }
     }
 
+    /// Drops every key and bumps the epoch (changes may have been missed).
+    pub fn clear(&mut self) {
+        self.epoch += 1;
+        self.owners.clear();
+        self.lru.clear();
+        self.len = 0;
+    }
+
     fn drop_entry(&mut self, owner: &str, id: u32) {
         let Some(o) = self.owners.get_mut(owner) else {
             return;

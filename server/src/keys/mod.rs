@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod follow;
 pub mod grants;
 pub mod lifecycle;
 pub mod manager;
@@ -134,38 +135,22 @@ fn store_err(e: store::StoreError) -> ServerError {
     ServerError::Store(e.to_string())
 }
 
-/// This process's claim on its store, held while it serves: the SQLite file's lock, or a
-/// database connection holding an advisory lock.
+/// This process's claim on its store, held while it serves: the SQLite file's lock (one
+/// process per file). A PostgreSQL store has none: several nodes serve it, each following the
+/// others' changes (`store/format/follow.rs`).
 #[derive(Debug)]
 pub enum StoreClaim {
     /// A lock on `keys.db`.
     File(std::fs::File),
-    /// A thread holding the database's serve lock on a connection of its own (stopped when
-    /// this is dropped).
-    Database(Arc<std::sync::atomic::AtomicBool>),
+    /// Shared by every node of the database.
+    Shared,
 }
 
-impl Drop for StoreClaim {
-    fn drop(&mut self) {
-        if let StoreClaim::Database(stop) = self {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// Claims the store `st` names for this process (one hsmd per store).
+/// Claims the store `st` names for this process.
 pub fn claim(st: &StoreConfig) -> Result<StoreClaim, ServerError> {
     match &st.postgres {
         None => Ok(StoreClaim::File(lock_store(&st.path)?)),
-        Some(pg) => {
-            let c = PgBackend::claim(pg.clone(), pg.connect_timeout).map_err(store_err)?;
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            PgBackend::hold_claim(pg.clone(), c, stop.clone()).map_err(|e| ServerError::Io {
-                context: "cannot start the store claim thread".into(),
-                source: e,
-            })?;
-            Ok(StoreClaim::Database(stop))
-        }
+        Some(_) => Ok(StoreClaim::Shared),
     }
 }
 

@@ -133,6 +133,16 @@ impl Quotas {
         })
     }
 
+    /// Starts the counts over from `held` (after changes by other nodes may have been
+    /// missed). Creations in flight keep their places only in the database's own count.
+    pub fn rebase(&self, held: impl IntoIterator<Item = (Arc<str>, Kind, usize)>) {
+        let mut used: HashMap<Arc<str>, [usize; 3]> = HashMap::new();
+        for (client, kind, n) in held {
+            used.entry(client).or_default()[kind.index()] += n;
+        }
+        *self.used.lock() = used;
+    }
+
     /// Counts `n` places without the limit check (a change already made durable).
     pub fn add(&self, client: &Arc<str>, kind: Kind, n: usize) {
         self.used.lock().entry(client.clone()).or_default()[kind.index()] += n;

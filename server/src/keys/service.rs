@@ -73,6 +73,8 @@ impl Queued {
 }
 
 type Written = Result<Applied, StoreError>;
+/// A store handle and the master key, for the thread that follows other nodes' changes.
+pub type FollowerHandle = (Store, Arc<MasterKey>);
 type ReadWork = Box<dyn FnOnce(&mut Store, &MasterKey) + Send>;
 
 struct WriteJob {
@@ -106,6 +108,8 @@ pub struct StoreService {
     read_tx: Sender<ReadJob>,
     read_slots: Arc<Semaphore>,
     queued: Arc<Mutex<Queued>>,
+    // A handle for the thread that follows other nodes' changes (a shared store only).
+    follower: Arc<Mutex<Option<FollowerHandle>>>,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
@@ -123,11 +127,15 @@ fn unavailable() -> StoreError {
 impl StoreService {
     /// Starts the writer on `store` and `readers` reader threads on handles of their own.
     pub fn start(
-        store: Store,
+        mut store: Store,
         master: MasterKey,
         readers: usize,
     ) -> Result<StoreService, StoreError> {
         let master = Arc::new(master);
+        let follower = match store.shared() {
+            true => Some((store.reader()?, master.clone())),
+            false => None,
+        };
         let spawn_err =
             |e: std::io::Error| StoreError::Open(format!("cannot start store thread: {e}"));
         let (read_tx, read_rx) = crossbeam_channel::bounded::<ReadJob>(QUEUE);
@@ -159,8 +167,15 @@ impl StoreService {
             read_tx,
             read_slots: Arc::new(Semaphore::new(QUEUE)),
             queued,
+            follower: Arc::new(Mutex::new(follower)),
             stats,
         })
+    }
+
+    /// The store handle and master key for the thread that follows other nodes' changes
+    /// (`keys/follow.rs`): `None` when nobody else writes the store, or once taken.
+    pub fn take_follower(&self) -> Option<FollowerHandle> {
+        self.follower.lock().take()
     }
 
     /// Queues an audit entry for the next commit (never waits, never fails the request).
@@ -309,7 +324,7 @@ mod tests {
     use super::*;
     use crate::keys::audit::AuditRow;
     use crate::keys::store::backend::{
-        Backend, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+        Backend, ChangeLog, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
     };
 
     /// An audit entry as written: operation, detail, status.
@@ -342,6 +357,9 @@ mod tests {
                 entries: Vec::new(),
                 last: None,
             }))
+        }
+        fn change_log(&mut self) -> Option<&mut dyn ChangeLog> {
+            None
         }
         fn begin(&mut self, _: Tx) -> Result<(), StoreError> {
             self.changes = 0;
@@ -411,6 +429,9 @@ mod tests {
         fn count_by_owner(&mut self, _: Counted) -> Result<Vec<(String, i64)>, StoreError> {
             unreachable!("the writer only commits")
         }
+        fn count_owned(&mut self, _: Counted, _: &str) -> Result<i64, StoreError> {
+            unreachable!("the writer only commits")
+        }
         fn next_id(&mut self, _: &str) -> Result<i64, StoreError> {
             unreachable!("the writer only commits")
         }
@@ -433,6 +454,9 @@ mod tests {
             unreachable!("the writer only commits")
         }
         fn grants(&mut self) -> Result<Vec<GrantRow>, StoreError> {
+            unreachable!("the writer only commits")
+        }
+        fn grant(&mut self, _: &str, _: i64, _: &str) -> Result<Option<GrantRow>, StoreError> {
             unreachable!("the writer only commits")
         }
         fn put_grant(&mut self, _: &GrantRow) -> Result<(), StoreError> {

@@ -75,6 +75,15 @@ impl SessionKeys {
         doomed.len()
     }
 
+    /// How many session keys each client holds (they count against its key quota).
+    pub fn counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.clients
+            .iter()
+            .map(|(c, k)| (c.clone(), k.by_id.len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// A session key of `client` made by `session`.
     pub fn find(&self, client: &str, session: u64, key: &KeyRef) -> Option<Arc<KeyHandle>> {
         let c = self.clients.get(client)?;

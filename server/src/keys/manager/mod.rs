@@ -21,6 +21,7 @@ use crate::error::OpError;
 use crate::keys::KeyHandle;
 use crate::keys::audit::Level;
 use crate::keys::cache::Cache;
+use crate::keys::follow::{Followers, Following};
 use crate::keys::grants::Grants;
 use crate::keys::material::KeyMaterial;
 use crate::keys::policy::{self, NewKey, Requirement};
@@ -64,6 +65,9 @@ pub struct ManagerOptions {
     pub clients: BTreeSet<String>,
     /// Per client, its wrap keys trusted for wrapping non-exportable keys (labels or ids).
     pub trusted_wrap_keys: HashMap<String, Vec<KeyRef>>,
+    /// On a store several nodes share: how long memory is used without the database
+    /// confirming it (`[store] revalidate_ms`).
+    pub revalidate: Option<std::time::Duration>,
 }
 
 /// How the caller reaches a key.
@@ -78,12 +82,14 @@ pub enum Access {
 /// The key manager; shared by every session.
 pub struct KeyManager {
     pub(super) store: StoreService,
-    pub(super) cache: Mutex<Cache>,
-    pub(super) sessions: Mutex<SessionKeys>,
-    pub(super) grants: RwLock<Grants>,
+    pub(super) cache: Arc<Mutex<Cache>>,
+    pub(super) sessions: Arc<Mutex<SessionKeys>>,
+    pub(super) grants: Arc<RwLock<Grants>>,
     pub(super) opts: ManagerOptions,
     pub(super) quotas: Arc<Quotas>,
     pub(super) node: NodeInfo,
+    // Other nodes' changes, followed (a store several nodes share).
+    following: Option<Arc<Following>>,
     // Held for the manager's life: this process's claim on the store.
     _claim: crate::keys::StoreClaim,
 }
@@ -98,8 +104,9 @@ impl std::fmt::Debug for KeyManager {
 
 impl KeyManager {
     /// A manager over the running store service, caching up to `cache_keys` opened keys;
-    /// `claim` is this process's claim on the store ([`crate::keys::StoreClaim`]); `grants` as loaded from
-    /// the store; `quotas` counting what the store holds.
+    /// `claim` is this process's claim on the store ([`crate::keys::StoreClaim`]); `grants` as
+    /// loaded from the store; `quotas` counting what the store holds. On a store that other
+    /// nodes write, a thread follows their changes (`keys/follow.rs`).
     pub fn new(
         store: StoreService,
         cache_keys: usize,
@@ -108,17 +115,44 @@ impl KeyManager {
         opts: ManagerOptions,
         quotas: Quotas,
         node: NodeInfo,
-    ) -> KeyManager {
-        KeyManager {
-            quotas: Arc::new(quotas),
+    ) -> std::io::Result<KeyManager> {
+        let quotas = Arc::new(quotas);
+        let cache = Arc::new(Mutex::new(Cache::new(cache_keys)));
+        let sessions = Arc::new(Mutex::new(SessionKeys::default()));
+        let grants = Arc::new(RwLock::new(Grants::from_records(grants)));
+        let following = match store.take_follower() {
+            Some((handle, master)) => Some(crate::keys::follow::start(
+                handle,
+                master,
+                opts.revalidate
+                    .unwrap_or(crate::keys::store::postgres::DEFAULT_REVALIDATE),
+                Followers {
+                    cache: cache.clone(),
+                    grants: grants.clone(),
+                    quotas: quotas.clone(),
+                    sessions: sessions.clone(),
+                },
+            )?),
+            None => None,
+        };
+        Ok(KeyManager {
+            quotas,
             store,
-            cache: Mutex::new(Cache::new(cache_keys)),
-            sessions: Mutex::new(SessionKeys::default()),
-            grants: RwLock::new(Grants::from_records(grants)),
+            cache,
+            sessions,
+            grants,
             opts,
             node,
+            following,
             _claim: claim,
-        }
+        })
+    }
+
+    /// Whether what is held in memory may be used without asking the store: always on a
+    /// store this process alone writes; on a shared one, while the change log confirms it
+    /// (`keys/follow.rs`).
+    fn fresh(&self) -> bool {
+        self.following.as_ref().is_none_or(|f| f.fresh())
     }
 
     /// The store service (for its counters).
@@ -204,11 +238,39 @@ impl KeyManager {
         }
     }
 
+    /// [`KeyManager::granted`], with the grant read back from the store when memory is not
+    /// confirmed.
+    async fn granted_confirmed(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        h: &KeyHandle,
+    ) -> Result<Access, OpError> {
+        if self.fresh() {
+            return self.granted(caller, key, h);
+        }
+        let (o, id, g) = (h.owner.clone(), h.info.id, caller.client.clone());
+        let found = self
+            .store
+            .read(move |s: &mut Store, m| s.grant(m, &o, id, &g))
+            .await
+            .inspect_err(alarm)?;
+        match found {
+            Some(g) => Ok(Access::Granted(g.ops)),
+            None => Err(OpError::not_found(key)),
+        }
+    }
+
     fn resolve_now(
         &self,
         caller: &Caller,
         key: &KeyRef,
     ) -> Option<Result<(Arc<KeyHandle>, Access), OpError>> {
+        if !self.fresh() {
+            // Cached keys and grants must be confirmed by the store first (session keys are
+            // this node's alone, but the slow path finds them too).
+            return None;
+        }
         match key.owner() {
             Some(o) if o.as_str() != &*caller.client => {
                 let h = self.cache.lock().get(o.as_str(), &key.local())?;
@@ -246,8 +308,12 @@ impl KeyManager {
                 let h = self
                     .lookup_persistent(&owner, &key.local())
                     .await
-                    .map_err(|_| OpError::not_found(key))?;
-                let access = self.granted(caller, key, &h)?;
+                    .map_err(|e| match e.status {
+                        // The store cannot answer: say so (it tells nothing about the key).
+                        ferrohsm_proto::Status::StoreFailed => e,
+                        _ => OpError::not_found(key),
+                    })?;
+                let access = self.granted_confirmed(caller, key, &h).await?;
                 Ok((h, access))
             }
             _ => {
@@ -274,9 +340,10 @@ impl KeyManager {
         owner: &Arc<str>,
         key: &KeyRef,
     ) -> Result<Arc<KeyHandle>, OpError> {
+        let fresh = self.fresh();
         let epoch = {
             let mut c = self.cache.lock();
-            if let Some(h) = c.get(owner, key) {
+            if fresh && let Some(h) = c.get(owner, key) {
                 return Ok(h);
             }
             c.epoch()

@@ -100,13 +100,15 @@ pub struct KeyFilter {
     pub key_type: Option<KeyType>,
 }
 
-/// The tables [`Backend::count_by_owner`] counts.
+/// The tables [`Backend::count_by_owner`] and [`Backend::count_owned`] count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
     /// Keys.
     Keys,
     /// Counters.
     Counters,
+    /// Grants (by the owner of the key granted).
+    Grants,
 }
 
 impl Counted {
@@ -115,8 +117,46 @@ impl Counted {
         match self {
             Counted::Keys => "keys",
             Counted::Counters => "counters",
+            Counted::Grants => "grants",
         }
     }
+}
+
+/// One row of the change log of a database shared by several nodes: what a committed write
+/// changed, so every other node drops or reloads what it holds in memory. It names rows; it
+/// holds no key, no value and no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRow {
+    /// Position in the log (assigned by the backend: consecutive, in commit order).
+    pub seq: i64,
+    /// The process that made the change ([`ChangeLog::instance`]).
+    pub origin: String,
+    /// What changed: `key-created`, `key-changed`, `key-deleted`, `grant`, `counter-created`.
+    pub kind: String,
+    /// The owner of the key, grant or counter.
+    pub owner: String,
+    /// The key's id (0 for a counter).
+    pub id: i64,
+    /// For a grant, the grantee (empty otherwise).
+    pub grantee: String,
+}
+
+/// The change log of a database that several nodes share, and its notifications.
+pub trait ChangeLog {
+    /// This process's name in the log (its node name and a random part, so two processes
+    /// never take each other's changes for their own).
+    fn instance(&self) -> &str;
+    /// Appends a change in the current write transaction (its `seq` and `origin` are set
+    /// here); every listener is notified when the transaction commits.
+    fn note(&mut self, change: &ChangeRow) -> Result<(), StoreError>;
+    /// In a read transaction: the last position in the log, and up to `limit` changes after
+    /// `after`, oldest first.
+    fn since(&mut self, after: i64, limit: usize) -> Result<(i64, Vec<ChangeRow>), StoreError>;
+    /// Outside a transaction: waits up to `timeout` for a notification of a commit (`true`),
+    /// subscribing first if this connection is not subscribed yet.
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError>;
+    /// How many connections this handle has made: a new one may have missed notifications.
+    fn connections(&self) -> u64;
 }
 
 /// A transaction's kind.
@@ -136,6 +176,9 @@ pub trait Backend: Send {
     fn describe(&self) -> String;
     /// Another handle on the same database, for another thread.
     fn reader(&self) -> Result<Box<dyn Backend>, StoreError>;
+    /// The change log, when other processes may write the same database (PostgreSQL): every
+    /// node's caches follow it. `None` for a database one process holds (SQLite's lock).
+    fn change_log(&mut self) -> Option<&mut dyn ChangeLog>;
 
     /// Begins a transaction.
     fn begin(&mut self, tx: Tx) -> Result<(), StoreError>;
@@ -165,6 +208,8 @@ pub trait Backend: Send {
     fn label_in_use(&mut self, owner: &str, label: &str) -> Result<bool, StoreError>;
     /// How many rows of `table` each owner holds.
     fn count_by_owner(&mut self, table: Counted) -> Result<Vec<(String, i64)>, StoreError>;
+    /// How many rows of `table` `owner` holds.
+    fn count_owned(&mut self, table: Counted, owner: &str) -> Result<i64, StoreError>;
     /// The next id of `owner` (from 1), never handed out before, even for a deleted key.
     fn next_id(&mut self, owner: &str) -> Result<i64, StoreError>;
     /// Inserts a key row and its version rows.
@@ -189,6 +234,13 @@ pub trait Backend: Send {
 
     /// Every grant row.
     fn grants(&mut self) -> Result<Vec<GrantRow>, StoreError>;
+    /// One grant row.
+    fn grant(
+        &mut self,
+        owner: &str,
+        id: i64,
+        grantee: &str,
+    ) -> Result<Option<GrantRow>, StoreError>;
     /// Inserts a grant, or replaces the one for the same `(owner, id, grantee)`.
     fn put_grant(&mut self, g: &GrantRow) -> Result<(), StoreError>;
     /// Deletes a grant; whether there was one.

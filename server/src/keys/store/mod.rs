@@ -331,6 +331,9 @@ pub enum StoreError {
     /// The request does not fit the key (rotate a signing key, retire the current version).
     #[error("{0}")]
     Invalid(String),
+    /// A client is at a quota that the database counts (several nodes share it).
+    #[error("{0}")]
+    Quota(String),
     /// The database failed (I/O, disk full, locked, corrupt page).
     #[error("key store failure: {0}")]
     Backend(String),
@@ -359,10 +362,73 @@ impl StoreError {
             StoreError::CounterOverflow(_) => Status::CounterOverflow,
             StoreError::Invalid(_) => Status::InvalidArgument,
             StoreError::IdsExhausted => Status::Busy,
+            StoreError::Quota(_) => Status::QuotaExceeded,
             StoreError::Integrity { .. } => Status::KeyStoreIntegrity,
             StoreError::Backend(_) | StoreError::Open(_) => Status::StoreFailed,
         }
     }
+}
+
+/// What another node changed, as a node following the change log learns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// A key was created (it counts against its owner's quota).
+    KeyCreated {
+        /// Owner.
+        owner: Arc<str>,
+    },
+    /// A key was rotated or had versions retired: what is cached of it is stale.
+    KeyChanged {
+        /// Owner.
+        owner: Arc<str>,
+        /// Key id.
+        id: u32,
+    },
+    /// A key was deleted, with its grants.
+    KeyDeleted {
+        /// Owner.
+        owner: Arc<str>,
+        /// Key id.
+        id: u32,
+    },
+    /// A grant was made, changed or revoked; `now` is what the database holds now (its tag
+    /// checked), `None` when there is no grant (or none that authenticates).
+    Grant {
+        /// Owner of the key.
+        owner: Arc<str>,
+        /// Key id.
+        id: u32,
+        /// Grantee.
+        grantee: Arc<str>,
+        /// The grant as it stands.
+        now: Option<GrantRecord>,
+    },
+    /// A counter was created (it counts against its owner's quota).
+    CounterCreated {
+        /// Owner.
+        owner: Arc<str>,
+    },
+}
+
+/// One look at the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// Other nodes' changes after the position asked for, up to `upto` (when `upto < head`,
+    /// there is more to read).
+    Changes {
+        /// The last position read.
+        upto: i64,
+        /// The log's last position.
+        head: i64,
+        /// What other nodes changed (this process's own changes are left out).
+        changes: Vec<Changed>,
+    },
+    /// The log cannot say what changed since the position asked for (it was pruned past it,
+    /// or the database was replaced): everything held in memory must be reloaded.
+    Behind {
+        /// The log's last position.
+        head: i64,
+    },
 }
 
 /// One row of a listing: its id, and the key or why its row does not validate.

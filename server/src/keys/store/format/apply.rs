@@ -230,29 +230,35 @@ pub(super) fn grants(
     db: &mut dyn Backend,
     master: &MasterKey,
 ) -> Result<Vec<GrantRecord>, StoreError> {
-    let rows = db.grants()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let g = (|| {
-            Some(GrantRecord {
-                owner: row.owner.as_str().into(),
-                id: u32::try_from(row.id).ok()?,
-                grantee: row.grantee.as_str().into(),
-                ops: u16::try_from(row.ops)
-                    .ok()
-                    .and_then(|o| ferrohsm_proto::UsageSet::try_from(o).ok())?,
-                created: u64::try_from(row.created).ok()?,
-            })
-        })();
-        match g.filter(|g| master.open_with(grant_aad(g).bytes(), &row.tag).is_ok()) {
-            Some(g) => out.push(g),
-            None => tracing::error!(
-                client = %row.owner, id = row.id, grantee = %row.grantee,
-                "ALARM: a grant row failed its integrity check; it is ignored"
-            ),
-        }
+    Ok(db
+        .grants()?
+        .into_iter()
+        .filter_map(|row| grant_of(master, row))
+        .collect())
+}
+
+/// A grant row as a record, if its fields fit and its tag authenticates (else its alarm
+/// names it, and it is never honoured).
+pub(super) fn grant_of(master: &MasterKey, row: GrantRow) -> Option<GrantRecord> {
+    let g = (|| {
+        Some(GrantRecord {
+            owner: row.owner.as_str().into(),
+            id: u32::try_from(row.id).ok()?,
+            grantee: row.grantee.as_str().into(),
+            ops: u16::try_from(row.ops)
+                .ok()
+                .and_then(|o| ferrohsm_proto::UsageSet::try_from(o).ok())?,
+            created: u64::try_from(row.created).ok()?,
+        })
+    })();
+    let g = g.filter(|g| master.open_with(grant_aad(g).bytes(), &row.tag).is_ok());
+    if g.is_none() {
+        tracing::error!(
+            client = %row.owner, id = row.id, grantee = %row.grantee,
+            "ALARM: a grant row failed its integrity check; it is ignored"
+        );
     }
-    Ok(out)
+    g
 }
 
 fn revoke(

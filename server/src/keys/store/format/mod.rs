@@ -26,10 +26,12 @@ use crate::keys::store::{
 mod apply;
 mod audit;
 mod copy;
+mod follow;
 pub mod open;
 mod rows;
 
 pub use audit::AuditSnapshot;
+pub use follow::Snapshot;
 
 /// One key of a listing, opened: its id, and the key or why it does not open.
 pub type Opened = (u32, Result<KeyHandle, StoreError>);
@@ -42,6 +44,8 @@ pub struct Store {
     audit_key: Option<SigningKey>,
     // Keys opened through this handle (find_open, list_open): what a lookup cost.
     opened: u64,
+    // Quotas the database counts (set on a store several nodes share; follow.rs).
+    limits: Option<crate::keys::quota::Limits>,
 }
 
 impl std::fmt::Debug for Store {
@@ -59,6 +63,7 @@ impl Store {
             db,
             audit_key: None,
             opened: 0,
+            limits: None,
         }
     }
 
@@ -136,6 +141,7 @@ impl Store {
             Some(k) => k,
             None => self.in_tx(Tx::Read, |db| audit::signing_key(db, master, false))?,
         };
+        let limits = self.limits;
         let out = self.in_tx(Tx::Write, |db| {
             let mut head = audit::last(db)?;
             let start = head.0;
@@ -144,7 +150,13 @@ impl Store {
                 // A savepoint per mutation: one that fails leaves no trace and does not affect
                 // the others in the batch; its audit entry records the failure.
                 db.savepoint()?;
-                let r = apply::apply(db, master, mutation);
+                let note = follow::noted(&mutation);
+                let r = apply::apply(db, master, mutation).and_then(|applied| {
+                    if let Some(row) = note {
+                        follow::record(db, limits.as_ref(), row, &applied)?;
+                    }
+                    Ok(applied)
+                });
                 if r.is_ok() {
                     db.release_savepoint()?;
                 } else {
@@ -269,21 +281,7 @@ impl Store {
 
     /// How many keys and counters each owner holds (the quotas' starting counts).
     pub fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
-        let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-        self.in_tx(Tx::Read, |db| {
-            for table in [Counted::Keys, Counted::Counters] {
-                for (owner, n) in db.count_by_owner(table)? {
-                    let e = held.entry(owner).or_default();
-                    let n = usize::try_from(n).unwrap_or(0);
-                    match table {
-                        Counted::Keys => e.0 = n,
-                        Counted::Counters => e.1 = n,
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
+        self.in_tx(Tx::Read, held)
     }
 
     /// How the master key is stored.
@@ -312,6 +310,18 @@ impl Store {
             apply::write_counter(db, master, owner, name.as_str(), value, created)
         })
     }
+}
+
+/// (owner, keys, counters) for every owner that holds any.
+fn held(db: &mut dyn Backend) -> Result<Vec<(String, usize, usize)>, StoreError> {
+    let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for (owner, n) in db.count_by_owner(Counted::Keys)? {
+        held.entry(owner).or_default().0 = usize::try_from(n).unwrap_or(0);
+    }
+    for (owner, n) in db.count_by_owner(Counted::Counters)? {
+        held.entry(owner).or_default().1 = usize::try_from(n).unwrap_or(0);
+    }
+    Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
 }
 
 fn put_master_record(db: &mut dyn Backend, rec: &MasterRecord) -> Result<(), StoreError> {

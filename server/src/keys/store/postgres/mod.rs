@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use super::StoreError;
 use super::backend::{Backend, Tx};
 
+mod changes;
 mod nodes;
 mod rows;
 
@@ -95,6 +96,17 @@ CREATE TABLE nodes (
     registered BIGINT NOT NULL
 );
 ",
+    // 3: the change log every node follows (changes.rs).
+    "
+CREATE TABLE changes (
+    seq BIGINT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    id BIGINT NOT NULL,
+    grantee TEXT NOT NULL
+);
+",
 ];
 
 /// The schema version this build writes and understands.
@@ -115,6 +127,10 @@ pub struct PgSettings {
     pub timeout: Duration,
     /// Longest one connection attempt may take.
     pub connect_timeout: Duration,
+    /// Longest a cached key is used without the database confirming it.
+    pub revalidate: Duration,
+    /// This process in the change log: the node's name and a random part.
+    pub instance: String,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -123,8 +139,25 @@ impl std::fmt::Debug for PgSettings {
             .field("url", &self.url)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("revalidate", &self.revalidate)
+            .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
+}
+
+/// Default `[store] revalidate_ms`.
+pub const DEFAULT_REVALIDATE: Duration = Duration::from_millis(1000);
+
+/// This process's name in the change log: `node`, the process id and a random part (two
+/// processes, even with the same node name, never take each other's changes for their own).
+pub fn instance_name(node: &str) -> String {
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!(
+        "{node}/{}-{:08x}",
+        std::process::id(),
+        u32::from_le_bytes(r)
+    )
 }
 
 /// Checks a store URL: `postgres://` or `postgresql://`, a user, a host, a database, and no
@@ -196,6 +229,11 @@ pub struct PgBackend {
     // A transaction is open: a connection that breaks now is not replaced until it ends
     // (statements on a fresh connection would run outside the transaction and its lock).
     in_tx: bool,
+    // This transaction has sent its NOTIFY.
+    notified: bool,
+    // Connections made so far, and the one that LISTENs (changes.rs).
+    connections: u64,
+    listening: Option<u64>,
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -250,6 +288,9 @@ impl PgBackend {
             client: None,
             statements: HashMap::new(),
             in_tx: false,
+            notified: false,
+            connections: 0,
+            listening: None,
         })
     }
 
@@ -333,6 +374,7 @@ impl PgBackend {
             ))
             .map_err(|e| refused(&self.what, &e))?;
             self.client = Some(c);
+            self.connections += 1;
         }
         self.client
             .as_mut()
@@ -445,6 +487,7 @@ impl PgBackend {
         };
         // Open even when the lock was not granted: the caller rolls it back.
         self.in_tx = true;
+        self.notified = false;
         r
     }
 

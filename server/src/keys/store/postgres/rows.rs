@@ -9,7 +9,7 @@ use super::PgBackend;
 use crate::keys::audit::AuditRow;
 use crate::keys::store::StoreError;
 use crate::keys::store::backend::{
-    Backend, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+    Backend, ChangeLog, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
 };
 
 /// The key table's columns, in the order [`key_row`] reads them.
@@ -78,6 +78,10 @@ impl PgBackend {
 impl Backend for PgBackend {
     fn describe(&self) -> String {
         format!("postgres://{}", self.what)
+    }
+
+    fn change_log(&mut self) -> Option<&mut dyn ChangeLog> {
+        Some(self)
     }
 
     fn reader(&self) -> Result<Box<dyn Backend>, StoreError> {
@@ -202,6 +206,13 @@ impl Backend for PgBackend {
         self.rows(rows, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
     }
 
+    fn count_owned(&mut self, table: Counted, owner: &str) -> Result<i64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE owner = $1", table.table());
+        let rows = self.query(&sql, &[&owner])?;
+        self.rows(rows, |r| r.try_get::<_, i64>(0))
+            .map(|v| v.first().copied().unwrap_or(0))
+    }
+
     fn next_id(&mut self, owner: &str) -> Result<i64, StoreError> {
         self.execute(
             "INSERT INTO owners (owner, next_id) VALUES ($1, 1) ON CONFLICT (owner) DO NOTHING",
@@ -286,6 +297,29 @@ impl Backend for PgBackend {
             self.execute(sql, &[&owner, &id])?;
         }
         Ok(())
+    }
+
+    fn grant(
+        &mut self,
+        owner: &str,
+        id: i64,
+        grantee: &str,
+    ) -> Result<Option<GrantRow>, StoreError> {
+        let rows = self.query(
+            "SELECT ops, created, tag FROM grants WHERE owner = $1 AND id = $2 AND grantee = $3",
+            &[&owner, &id, &grantee],
+        )?;
+        let found = self.rows(rows, |r| {
+            Ok(GrantRow {
+                owner: owner.to_string(),
+                id,
+                grantee: grantee.to_string(),
+                ops: r.try_get(0)?,
+                created: r.try_get(1)?,
+                tag: r.try_get(2)?,
+            })
+        })?;
+        Ok(found.into_iter().next())
     }
 
     fn grants(&mut self) -> Result<Vec<GrantRow>, StoreError> {

@@ -19,6 +19,8 @@ fn settings(pg: &Cluster, db: &str) -> PgSettings {
         password: Some(Zeroizing::new(pg.password().to_string())),
         timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        revalidate: DEFAULT_REVALIDATE,
+        instance: instance_name("test"),
     }
 }
 
@@ -236,4 +238,114 @@ fn a_broken_connection_fails_the_request_and_the_next_one_reconnects() {
     pg.restart();
     let _ = s.label_in_use("alice", &"b".parse().unwrap());
     assert!(s.label_in_use("alice", &"b".parse().unwrap()).unwrap());
+}
+
+#[test]
+fn the_change_log_tells_other_nodes_what_changed_and_the_database_counts_quotas() {
+    use crate::keys::quota::Limits;
+    use crate::keys::store::{Changed, Followed};
+    let Some(pg) = Cluster::start() else { return };
+    let (mut a, master, _) = new_store(&pg, "log");
+    let mut b = Store::new(Box::new(
+        PgBackend::open(settings(&pg, "log"), Duration::from_secs(10)).unwrap(),
+    ));
+    assert!(a.shared() && b.shared());
+    let start = b.snapshot(&master).unwrap();
+    assert_eq!(start.head, 0);
+    // b listens before a commits: the commit is announced.
+    assert!(!b.wait_change(Duration::from_millis(10)).unwrap());
+    a.enforce_limits(Limits {
+        keys: 2,
+        counters: 10,
+        grants: 10,
+    });
+    let r = a
+        .commit(
+            &master,
+            vec![create("alice", "k1"), create("alice", "k2")],
+            vec![],
+        )
+        .unwrap();
+    let (k1, k2) = (id(&r[0]), id(&r[1]));
+    assert!(b.wait_change(Duration::from_secs(10)).unwrap(), "NOTIFY");
+    // A third key is over the quota the database counts, whatever a node's memory says.
+    let r = a
+        .commit(&master, vec![create("alice", "k3")], vec![])
+        .unwrap();
+    let e = r[0].as_ref().unwrap_err();
+    assert_eq!(e.status(), ferrohsm_proto::Status::QuotaExceeded, "{e}");
+    assert!(e.to_string().contains("max_keys_per_client"), "{e}");
+    assert!(!a.label_in_use("alice", &"k3".parse().unwrap()).unwrap());
+    let grant = GrantRecord {
+        owner: "alice".into(),
+        id: k1,
+        grantee: "bob".into(),
+        ops: ferrohsm_proto::UsageSet::of(&[ferrohsm_proto::Usage::Sign]),
+        created: 1,
+    };
+    let delete = change(Mutation::Delete {
+        owner: "alice".into(),
+        key: KeyRef::Id(k2),
+    });
+    a.commit(
+        &master,
+        vec![change(Mutation::Grant(grant.clone())), delete],
+        vec![],
+    )
+    .unwrap();
+    let Followed::Changes {
+        upto,
+        head,
+        changes,
+    } = b.follow(&master, 0).unwrap()
+    else {
+        panic!("behind")
+    };
+    assert_eq!((upto, head), (4, 4));
+    assert_eq!(
+        changes,
+        vec![
+            Changed::KeyCreated {
+                owner: "alice".into()
+            },
+            Changed::KeyCreated {
+                owner: "alice".into()
+            },
+            Changed::Grant {
+                owner: "alice".into(),
+                id: k1,
+                grantee: "bob".into(),
+                now: Some(grant.clone()),
+            },
+            Changed::KeyDeleted {
+                owner: "alice".into(),
+                id: k2
+            },
+        ]
+    );
+    // The writer's own changes are left out, except grants (read back, idempotent).
+    let Followed::Changes { changes, .. } = a.follow(&master, 0).unwrap() else {
+        panic!("behind")
+    };
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    // A grant row edited in the database is no grant.
+    pg.psql("log", "UPDATE grants SET ops = 65535");
+    let Followed::Changes { changes, .. } = b.follow(&master, 2).unwrap() else {
+        panic!("behind")
+    };
+    assert!(
+        matches!(&changes[0], Changed::Grant { now: None, .. }),
+        "{changes:?}"
+    );
+    // A position the log cannot explain (the database was replaced, or the log pruned past
+    // it) means starting over.
+    assert!(matches!(
+        b.follow(&master, 99).unwrap(),
+        Followed::Behind { head: 4 }
+    ));
+    pg.psql("log", "DELETE FROM changes WHERE seq = 3");
+    assert!(matches!(
+        b.follow(&master, 2).unwrap(),
+        Followed::Behind { head: 4 }
+    ));
 }

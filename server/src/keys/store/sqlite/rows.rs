@@ -8,7 +8,7 @@ use super::{SqliteBackend, backend};
 use crate::keys::audit::AuditRow;
 use crate::keys::store::StoreError;
 use crate::keys::store::backend::{
-    Backend, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+    Backend, ChangeLog, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
 };
 
 /// The key table's columns, in the order [`key_row`] reads them.
@@ -63,6 +63,11 @@ fn execute(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<usi
 impl Backend for SqliteBackend {
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn change_log(&mut self) -> Option<&mut dyn ChangeLog> {
+        // One process holds the file (its lock): there is nobody to tell.
+        None
     }
 
     fn reader(&self) -> Result<Box<dyn Backend>, StoreError> {
@@ -174,6 +179,16 @@ impl Backend for SqliteBackend {
             .map_err(backend)
     }
 
+    fn count_owned(&mut self, table: Counted, owner: &str) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM {} WHERE owner = ?1",
+                table.table()
+            ))
+            .and_then(|mut st| st.query_row([owner], |r| r.get(0)))
+            .map_err(backend)
+    }
+
     fn next_id(&mut self, owner: &str) -> Result<i64, StoreError> {
         execute(
             &self.conn,
@@ -263,6 +278,32 @@ impl Backend for SqliteBackend {
             execute(&self.conn, sql, params![owner, id])?;
         }
         Ok(())
+    }
+
+    fn grant(
+        &mut self,
+        owner: &str,
+        id: i64,
+        grantee: &str,
+    ) -> Result<Option<GrantRow>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT ops, created, tag FROM grants WHERE owner = ?1 AND id = ?2 AND grantee = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![owner, id, grantee], |r| {
+                    Ok(GrantRow {
+                        owner: owner.to_string(),
+                        id,
+                        grantee: grantee.to_string(),
+                        ops: r.get(0)?,
+                        created: r.get(1)?,
+                        tag: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(backend)
     }
 
     fn grants(&mut self) -> Result<Vec<GrantRow>, StoreError> {

@@ -1,0 +1,229 @@
+//! Several nodes on one database: each commit writes what it changed to the backend's change
+//! log ([`ChangeLog`]), the database counts the quotas (no node's memory knows what the others
+//! hold), and a node reads the log to learn what the others changed. The log names rows only;
+//! a grant it names is read back here with its tag checked, so a log row edited by hand can
+//! make a node drop a cached key or re-read a grant, never honour one that does not
+//! authenticate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Store, apply};
+use crate::keys::quota::Limits;
+use crate::keys::seal::MasterKey;
+use crate::keys::store::backend::{Backend, ChangeRow, Counted, Tx};
+use crate::keys::store::{Applied, Changed, Followed, GrantRecord, Mutation, StoreError};
+
+/// Where a node following the change log starts ([`Store::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The change log's last position.
+    pub head: i64,
+    /// Every grant that authenticates.
+    pub grants: Vec<GrantRecord>,
+    /// (owner, keys, counters) held.
+    pub held: Vec<(String, usize, usize)>,
+}
+
+/// Changes read from the log in one look, at most.
+const PAGE: usize = 4096;
+
+/// What a mutation will change, for the log (its id filled in from the result).
+pub(super) fn noted(m: &Mutation) -> Option<ChangeRow> {
+    let row = |kind: &str, owner: &str, id: u32, grantee: &str| ChangeRow {
+        seq: 0,
+        origin: String::new(),
+        kind: kind.into(),
+        owner: owner.into(),
+        id: i64::from(id),
+        grantee: grantee.into(),
+    };
+    Some(match m {
+        Mutation::Create { record, .. } => row("key-created", &record.owner, 0, ""),
+        Mutation::Delete { owner, .. } => row("key-deleted", owner, 0, ""),
+        Mutation::Rotate { owner, id, .. } | Mutation::Retire { owner, id, .. } => {
+            row("key-changed", owner, *id, "")
+        }
+        Mutation::Grant(g) => row("grant", &g.owner, g.id, &g.grantee),
+        Mutation::Revoke { owner, id, grantee } => row("revoke", owner, *id, grantee),
+        Mutation::CounterCreate { owner, .. } => row("counter-created", owner, 0, ""),
+        Mutation::CounterInc { .. } | Mutation::Record => return None,
+    })
+}
+
+/// After `applied` succeeded in the write transaction: the quota it counts against, checked
+/// against what the database holds (when several nodes share it), then its log row. An error
+/// here undoes the change (its savepoint is rolled back).
+pub(super) fn record(
+    db: &mut dyn Backend,
+    limits: Option<&Limits>,
+    mut row: ChangeRow,
+    applied: &Applied,
+) -> Result<(), StoreError> {
+    if db.change_log().is_none() {
+        return Ok(());
+    }
+    match applied {
+        Applied::Created(h) => row.id = i64::from(h.info.id),
+        Applied::Key(r) => row.id = i64::from(r.id),
+        Applied::Counter(_) | Applied::Done => {}
+    }
+    let counted = match row.kind.as_str() {
+        "key-created" => Some((Counted::Keys, limits.map(|l| l.keys))),
+        "counter-created" => Some((Counted::Counters, limits.map(|l| l.counters))),
+        "grant" => Some((Counted::Grants, limits.map(|l| l.grants))),
+        _ => None,
+    };
+    if let Some((table, Some(limit))) = counted {
+        // Under the write lock every node's commits are in order: this count is exact.
+        let held = db.count_owned(table, &row.owner)?;
+        if usize::try_from(held).unwrap_or(usize::MAX) > limit {
+            return Err(StoreError::Quota(format!(
+                "too many {} for client {}: the cluster holds {}, the most allowed ({} in \
+                 [limits])",
+                table.table(),
+                row.owner,
+                held - 1,
+                match table {
+                    Counted::Keys => "max_keys_per_client",
+                    Counted::Counters => "max_counters_per_client",
+                    Counted::Grants => "max_grants_per_client",
+                }
+            )));
+        }
+    }
+    match db.change_log() {
+        Some(log) => log.note(&row),
+        None => Ok(()),
+    }
+}
+
+impl Store {
+    /// Whether other processes write the same database (its changes must be followed).
+    pub fn shared(&mut self) -> bool {
+        self.db.change_log().is_some()
+    }
+
+    /// Counts the quotas in the database at every creation (a store several nodes share).
+    pub fn enforce_limits(&mut self, limits: Limits) {
+        self.limits = Some(limits);
+    }
+
+    /// How many connections this handle has made (a new one may have missed notifications).
+    pub fn connections(&mut self) -> u64 {
+        self.db.change_log().map_or(0, |l| l.connections())
+    }
+
+    /// Waits up to `timeout` for another commit to be announced (`false`: none was). A store
+    /// that nobody else writes only sleeps.
+    pub fn wait_change(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        match self.db.change_log() {
+            Some(log) => log.wait(timeout),
+            None => {
+                std::thread::sleep(timeout);
+                Ok(false)
+            }
+        }
+    }
+
+    /// In one snapshot: the change log's last position, every grant (each tag checked) and
+    /// how many keys and counters each owner holds: where a node following the log starts.
+    pub fn snapshot(&mut self, master: &MasterKey) -> Result<Snapshot, StoreError> {
+        self.in_tx(Tx::Read, |db| {
+            let head = match db.change_log() {
+                Some(log) => log.since(i64::MAX, 0)?.0,
+                None => 0,
+            };
+            Ok(Snapshot {
+                head,
+                grants: apply::grants(db, master)?,
+                held: super::held(db)?,
+            })
+        })
+    }
+
+    /// One grant as the database holds it now (`None`: none, or one that does not
+    /// authenticate).
+    pub fn grant(
+        &mut self,
+        master: &MasterKey,
+        owner: &str,
+        id: u32,
+        grantee: &str,
+    ) -> Result<Option<GrantRecord>, StoreError> {
+        self.in_tx(Tx::Read, |db| {
+            Ok(db
+                .grant(owner, i64::from(id), grantee)?
+                .and_then(|row| apply::grant_of(master, row)))
+        })
+    }
+
+    /// What other processes changed after position `after` of the change log, in one
+    /// snapshot (grants read back and checked).
+    pub fn follow(&mut self, master: &MasterKey, after: i64) -> Result<Followed, StoreError> {
+        self.in_tx(Tx::Read, |db| {
+            let Some(log) = db.change_log() else {
+                return Ok(Followed::Changes {
+                    upto: after,
+                    head: after,
+                    changes: Vec::new(),
+                });
+            };
+            let me = log.instance().to_string();
+            let (head, rows) = log.since(after, PAGE)?;
+            if head < after || (head > after && rows.first().is_none_or(|r| r.seq != after + 1)) {
+                return Ok(Followed::Behind { head });
+            }
+            let upto = rows.last().map_or(head, |r| r.seq);
+            let mut changes = Vec::with_capacity(rows.len());
+            for r in rows {
+                // This process applied its own changes when they committed; a grant is read
+                // back all the same (idempotent), so a reload racing with one cannot lose it.
+                if r.origin == me && !matches!(r.kind.as_str(), "grant" | "revoke") {
+                    continue;
+                }
+                match changed(db, master, r)? {
+                    Some(c) => changes.push(c),
+                    // A kind this build does not know (a newer node wrote it): start over.
+                    None => return Ok(Followed::Behind { head }),
+                }
+            }
+            Ok(Followed::Changes {
+                upto,
+                head,
+                changes,
+            })
+        })
+    }
+}
+
+/// A log row as a change (`None`: a row this build cannot read).
+fn changed(
+    db: &mut dyn Backend,
+    master: &MasterKey,
+    r: ChangeRow,
+) -> Result<Option<Changed>, StoreError> {
+    let owner: Arc<str> = Arc::from(r.owner.as_str());
+    let Ok(id) = u32::try_from(r.id) else {
+        return Ok(None);
+    };
+    Ok(Some(match r.kind.as_str() {
+        "key-created" => Changed::KeyCreated { owner },
+        "key-changed" => Changed::KeyChanged { owner, id },
+        "key-deleted" => Changed::KeyDeleted { owner, id },
+        "grant" | "revoke" => {
+            // A row that does not authenticate is no grant.
+            let now = db
+                .grant(&r.owner, r.id, &r.grantee)?
+                .and_then(|row| apply::grant_of(master, row));
+            Changed::Grant {
+                owner,
+                id,
+                grantee: Arc::from(r.grantee.as_str()),
+                now,
+            }
+        }
+        "counter-created" => Changed::CounterCreated { owner },
+        _ => return Ok(None),
+    }))
+}
