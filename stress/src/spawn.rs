@@ -5,6 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How a spawned node's data directory is made.
+enum Init<'a> {
+    /// `--clients s0,s1,...` (and `--store-url URL`).
+    Clients(usize, Option<&'a str>),
+    /// `--join D`.
+    Join(&'a Path),
+}
+
 /// A running `hsmd` started by us.
 pub struct Spawned {
     child: Child,
@@ -50,10 +58,44 @@ impl Spawned {
         server_extra: &str,
         audit_extra: &str,
     ) -> Result<Spawned, String> {
+        Spawned::start_init(
+            hsmd,
+            &Init::Clients(clients, None),
+            server_extra,
+            audit_extra,
+        )
+    }
+
+    /// Like [`Spawned::start`], with the key store in the PostgreSQL database `url` (its
+    /// password from `HSMD_STORE_PASSWORD` in this process's environment).
+    pub fn start_postgres(
+        hsmd: &Path,
+        clients: usize,
+        server_extra: &str,
+        url: &str,
+    ) -> Result<Spawned, String> {
+        Spawned::start_init(hsmd, &Init::Clients(clients, Some(url)), server_extra, "")
+    }
+
+    /// One more node of this one's cluster (`hsmd init --join`), started; this node's
+    /// profiles now list both, this node first.
+    pub fn join(&self, server_extra: &str) -> Result<Spawned, String> {
+        let mut s =
+            Spawned::start_init(&self.hsmd, &Init::Join(&self.data_dir()), server_extra, "")?;
+        s.clients = self.clients.clone();
+        Ok(s)
+    }
+
+    fn start_init(
+        hsmd: &Path,
+        init: &Init<'_>,
+        server_extra: &str,
+        audit_extra: &str,
+    ) -> Result<Spawned, String> {
         // A port found free may be taken before hsmd binds it: try again with fresh ones.
         let mut last = String::new();
         for _ in 0..5 {
-            match Spawned::try_start(hsmd, clients, server_extra, audit_extra) {
+            match Spawned::try_start(hsmd, init, server_extra, audit_extra) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }
@@ -63,24 +105,39 @@ impl Spawned {
 
     fn try_start(
         hsmd: &Path,
-        clients: usize,
+        init: &Init<'_>,
         server_extra: &str,
         audit_extra: &str,
     ) -> Result<Spawned, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let names: Vec<String> = (0..clients.max(1)).map(|i| format!("s{i}")).collect();
         let addr = |p: u16| format!("127.0.0.1:{p}");
         let (tcp, tls, psk) = (addr(free_port()?), addr(free_port()?), addr(free_port()?));
         let d = dir.path().join("hsm");
+        let mut args = vec!["init".to_string(), "--dir".into(), d.display().to_string()];
+        let names: Vec<String> = match init {
+            Init::Clients(n, url) => {
+                let names: Vec<String> = (0..(*n).max(1)).map(|i| format!("s{i}")).collect();
+                args.extend(["--clients".into(), names.join(",")]);
+                if let Some(url) = url {
+                    args.extend(["--store-url".into(), url.to_string()]);
+                }
+                names
+            }
+            Init::Join(from) => {
+                args.extend(["--join".into(), from.display().to_string()]);
+                Vec::new()
+            }
+        };
+        args.extend([
+            "--tcp".into(),
+            tcp,
+            "--tls".into(),
+            tls,
+            "--tls-psk".into(),
+            psk,
+        ]);
         let o = Command::new(hsmd)
-            .args([
-                "init",
-                "--dir",
-                &d.display().to_string(),
-                "--clients",
-                &names.join(","),
-            ])
-            .args(["--tcp", &tcp, "--tls", &tls, "--tls-psk", &psk])
+            .args(&args)
             .output()
             .map_err(|e| format!("cannot run {}: {e}", hsmd.display()))?;
         if !o.status.success() {
@@ -116,19 +173,7 @@ impl Spawned {
                 ));
             }
         }
-        // The ports were just released; retry briefly if the kernel has not let go yet.
-        let mut last = String::new();
-        for _ in 0..20 {
-            match launch(&self.hsmd, &self.config) {
-                Ok(c) => {
-                    self.child = c;
-                    return Ok(());
-                }
-                Err(e) => last = e,
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last)
+        self.relaunch()
     }
 
     /// The profile of client `name`.
@@ -152,6 +197,29 @@ impl Spawned {
     /// The server's process id (for its peak RSS).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL, as a host that dies: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts `hsmd` again on the same data directory and ports (after [`Spawned::kill`]);
+    /// the ports were just released, so it retries briefly if the kernel has not let go yet.
+    pub fn relaunch(&mut self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..20 {
+            match launch(&self.hsmd, &self.config) {
+                Ok(c) => {
+                    self.child = c;
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last)
     }
 
     /// SIGTERM and wait (SIGKILL after 10 s); the exit code.

@@ -9,6 +9,7 @@
 //!          \- client.rs: one client: its keys, requests kept in flight, latencies
 //!          \- audit.rs: sign throughput at audit level "all" against "changes"
 //!          \- search.rs: find by id and label among N keys against among 10
+//!          \- cluster.rs: PostgreSQL nodes against SQLite, two nodes, failover, invalidation
 //! ```
 //! On a shared machine one in-process sample is not enough, so the baselines and floors are
 //! sampled several times, interleaved with the transport rows (before the first transport and
@@ -17,6 +18,7 @@
 mod audit;
 mod baseline;
 mod client;
+pub mod cluster;
 mod floors;
 mod scale;
 mod search;

@@ -108,6 +108,12 @@ enum Command {
         /// made and deleted by the bench; the client's key quota must allow N + 10).
         #[arg(long, value_name = "N")]
         find_keys: Option<usize>,
+        /// With --spawn: also measure nodes on this PostgreSQL server (a database URL,
+        /// postgres://USER@HOST:PORT/DB; password from HSMD_STORE_PASSWORD) against SQLite,
+        /// two nodes against one, failover and invalidation times. The bench makes and drops
+        /// a database of its own there (CREATEDB needed).
+        #[arg(long, value_name = "URL", requires = "spawn")]
+        store_url: Option<String>,
     },
     /// The echo child of bench's floor-shm row (started by bench itself).
     #[command(hide = true)]
@@ -337,6 +343,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             sessions,
             idle_sessions,
             find_keys,
+            store_url,
         } => {
             let spawned = spawn(&server, 1)?;
             // A second spawned server at `[audit] level = "all"`, to measure what it costs.
@@ -374,7 +381,20 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 audit_all: audit_all.as_ref().map(|s| s.profile(&s.clients[0])),
                 find_keys,
             };
-            let r = ferrohsm_stress::bench::bench(&opts)?;
+            let mut r = ferrohsm_stress::bench::bench(&opts)?;
+            if let Some(url) = store_url {
+                let (rows, targets) = ferrohsm_stress::bench::cluster::measure(
+                    &ferrohsm_stress::bench::cluster::ClusterOptions {
+                        hsmd: server.hsmd.clone().unwrap_or_else(default_hsmd),
+                        url,
+                        secs: opts.secs,
+                        failovers: if quick { 3 } else { 10 },
+                        invalidations: if quick { 20 } else { 100 },
+                    },
+                )?;
+                r.results.extend(rows);
+                r.targets.extend(targets);
+            }
             print!("{}", report::bench_table(&r));
             write(&server.json, &report::bench_json(&r).to_string())?;
             write(&server.plot, &report::bench_svg(&r))?;

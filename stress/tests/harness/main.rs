@@ -115,6 +115,7 @@ fn op_count(r: &Value, op: &str) -> u64 {
 }
 
 mod bench;
+mod cluster;
 mod plot;
 mod run;
 
