@@ -226,6 +226,21 @@ impl Cluster {
     /// skip, or a failure under CI) when PostgreSQL is not installed; any other failure fails
     /// the test with the tool's output or the server log.
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(None)
+    }
+
+    /// [`Cluster::start`] with TLS on: a server certificate for `names` (DNS names or IP
+    /// addresses), issued by a CA of its own whose certificate is [`Cluster::ca`].
+    pub fn start_tls(names: &[&str]) -> Option<Cluster> {
+        Cluster::start_with(Some(names))
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate (a TLS cluster only).
+    pub fn ca(&self) -> PathBuf {
+        self.tmp.path().join("ca.pem")
+    }
+
+    fn start_with(tls: Option<&[&str]>) -> Option<Cluster> {
         let Some(bin) = binaries() else {
             ci::need(
                 false,
@@ -293,7 +308,35 @@ impl Cluster {
             String::from_utf8_lossy(&o.stderr)
         );
         let conf = data.join("postgresql.conf");
-        let base = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        let mut base = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        if let Some(names) = tls {
+            use ferrohsm_tls::pki;
+            let ca = pki::new_ca("FerroHSM test PostgreSQL CA").expect("CA");
+            let (from, until) = pki::validity(30);
+            let leaf = pki::issue(
+                &ca.cert_pem,
+                &ca.key_pem,
+                pki::Role::Server,
+                names,
+                from,
+                until,
+            )
+            .expect("server certificate");
+            std::fs::write(dir.join("ca.pem"), &ca.cert_pem).expect("ca.pem");
+            let (crt, key) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&crt, &leaf.cert_pem).expect("server.crt");
+            std::fs::write(&key, leaf.key_pem.as_bytes()).expect("server.key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod server.key");
+            if let Some((uid, gid)) = owner {
+                for p in [&crt, &key] {
+                    std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            base.push_str(
+                "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+        }
         let mut cluster = Cluster {
             tmp,
             bin,

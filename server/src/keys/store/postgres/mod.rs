@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, Config, NoTls, Statement};
+use postgres::{Client, Config, Statement};
 use zeroize::Zeroizing;
 
 use super::StoreError;
@@ -24,6 +24,7 @@ use super::backend::{Backend, Tx};
 mod changes;
 mod nodes;
 mod rows;
+pub mod tls;
 
 pub use nodes::NodeRow;
 
@@ -167,20 +168,8 @@ pub fn check_url(url: &str) -> Result<String, String> {
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
         .ok_or_else(|| "a store URL starts with postgres://".to_string())?;
-    // tokio-postgres knows only disable, prefer and require; name the others plainly.
-    if let Some(mode) = url
-        .split_once('?')
-        .into_iter()
-        .flat_map(|(_, q)| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("sslmode="))
-        .filter(|m| !matches!(*m, "disable" | "prefer" | "require"))
-    {
-        return Err(format!(
-            "sslmode={mode} is not supported: hsmd does not speak TLS to PostgreSQL yet; use \
-             sslmode=disable on loopback or a trusted network"
-        ));
-    }
-    let config: Config = url
+    let (_, client_url) = tls::Tls::from_url(url)?;
+    let config: Config = client_url
         .parse()
         .map_err(|_| "the store URL is not a valid postgres:// URL".to_string())?;
     let user = config.get_user().unwrap_or("");
@@ -204,12 +193,6 @@ pub fn check_url(url: &str) -> Result<String, String> {
              in HSMD_STORE_PASSWORD or [store] password_file (mode 0600)"
         ));
     }
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        return Err(format!(
-            "the store URL for {what} asks for sslmode=require, but hsmd does not speak TLS to \
-             PostgreSQL yet; use sslmode=disable on loopback or a trusted network"
-        ));
-    }
     if user.is_empty() || host.is_empty() || db.is_empty() {
         return Err(format!(
             "the store URL {what} must name a user, a host and a database: \
@@ -225,6 +208,7 @@ pub struct PgBackend {
     config: Config,
     what: String,
     client: Option<Client>,
+    tls: tls::Connector,
     statements: HashMap<String, Statement>,
     // A transaction is open: a connection that breaks now is not replaced until it ends
     // (statements on a fresh connection would run outside the transaction and its lock).
@@ -266,8 +250,12 @@ fn reason(e: &postgres::Error) -> String {
 impl PgBackend {
     fn new(settings: PgSettings) -> Result<PgBackend, StoreError> {
         let what = check_url(&settings.url).map_err(StoreError::Open)?;
-        let mut config: Config = settings
-            .url
+        let (tls, url) = tls::Tls::from_url(&settings.url)
+            .map_err(|e| StoreError::Open(format!("the store URL for {what}: {e}")))?;
+        let connector = tls
+            .connector()
+            .map_err(|e| StoreError::Open(format!("TLS to the database {what}: {e}")))?;
+        let mut config: Config = url
             .parse()
             .map_err(|_| StoreError::Open(format!("the store URL for {what} is not valid")))?;
         if let Some(p) = &settings.password {
@@ -286,6 +274,7 @@ impl PgBackend {
             config,
             what,
             client: None,
+            tls: connector,
             statements: HashMap::new(),
             in_tx: false,
             notified: false,
@@ -364,7 +353,7 @@ impl PgBackend {
             self.statements.clear();
             let mut c = self
                 .config
-                .connect(NoTls)
+                .connect(self.tls.clone())
                 .map_err(|e| refused(&self.what, &e))?;
             let ms = self.settings.timeout.as_millis().max(1);
             c.batch_execute(&format!(

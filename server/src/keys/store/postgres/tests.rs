@@ -57,12 +57,12 @@ fn urls_with_a_password_or_missing_parts_are_refused_naming_only_the_place() {
         ),
         ("mysql://hsm@db/keys", "starts with postgres://"),
         (
-            "postgres://hsm@db/keys?sslmode=require",
-            "does not speak TLS",
+            "postgres://hsm@db/keys?sslmode=allow",
+            "sslmode=allow is not known",
         ),
         (
             "postgres://hsm@db/keys?sslmode=verify-full",
-            "sslmode=verify-full is not supported",
+            "sslmode=verify-full needs sslrootcert",
         ),
     ] {
         let e = check_url(url).unwrap_err();
@@ -348,4 +348,76 @@ fn the_change_log_tells_other_nodes_what_changed_and_the_database_counts_quotas(
         b.follow(&master, 2).unwrap(),
         Followed::Behind { head: 4 }
     ));
+}
+
+#[test]
+fn tls_to_the_database_follows_sslmode_and_sslrootcert() {
+    // The server's certificate names 127.0.0.1 only.
+    let Some(pg) = Cluster::start_tls(&["127.0.0.1"]) else {
+        return;
+    };
+    pg.create_database("tls");
+    let ca = pg.ca().display().to_string();
+    let with = |host: &str, query: &str| PgSettings {
+        url: format!("postgres://hsm@{host}:{}/tls?{query}", pg.port()),
+        ..settings(&pg, "tls")
+    };
+    let encrypted = |pg: &Cluster| {
+        pg.psql(
+            "tls",
+            "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = 'hsmd'",
+        )
+    };
+    // verify-full: the chain and the name check out; the connection is encrypted.
+    let full = with(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let b = PgBackend::create(full, Duration::from_secs(10)).unwrap();
+    assert_eq!(encrypted(&pg), "t");
+    drop(b);
+    // The name does not match (localhost): verify-full refuses, verify-ca accepts.
+    let e = PgBackend::connect(
+        with(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    PgBackend::open(
+        with("localhost", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    // Another CA: refused, naming the certificate.
+    let other = std::env::temp_dir().join(format!("other-ca-{}.pem", std::process::id()));
+    let o = ferrohsm_tls::pki::new_ca("someone else").unwrap();
+    std::fs::write(&other, o.cert_pem).unwrap();
+    let e = PgBackend::connect(
+        with(
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={}", other.display()),
+        ),
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
+    let _ = std::fs::remove_file(&other);
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // require: encrypted without checking; disable: plain.
+    let b = PgBackend::open(
+        with("127.0.0.1", "sslmode=require"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(encrypted(&pg), "t");
+    drop(b);
+    let _b = PgBackend::open(
+        with("127.0.0.1", "sslmode=disable"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(encrypted(&pg), "f");
 }
