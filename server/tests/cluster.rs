@@ -179,10 +179,9 @@ fn deletes_grants_revokes_and_quotas_reach_every_node() {
         Status::KeyNotFound,
         "node 2 refuses the deleted key",
     );
-    eprintln!(
-        "delete on node 1 refused on node 2 after {:?}",
-        t0.elapsed()
-    );
+    // The contract's bound is revalidate_ms (1 s); the bench measures the lag. Here only a
+    // gross regression fails, on a machine busy with other tests.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 
     // Granted on node 1: bob uses it on node 2; revoked on node 1: bob is refused on node 2.
     let g = alice1
@@ -198,6 +197,9 @@ fn deletes_grants_revokes_and_quotas_reach_every_node() {
             UsageSet::of(&[Usage::Sign]),
         ))
         .unwrap();
+    // On the node that made it, the grant holds as soon as it is acknowledged.
+    let bob1 = d1.connect("bob");
+    sign(&bob1, &as_bob).unwrap();
     until(
         "bob signs on node 2 with the grant",
         Duration::from_secs(10),
@@ -206,6 +208,8 @@ fn deletes_grants_revokes_and_quotas_reach_every_node() {
     alice1
         .block_on(alice1.client().revoke(&KeyRef::Id(g.id), &label_of("bob")))
         .unwrap();
+    let e = sign(&bob1, &as_bob).unwrap_err();
+    assert_eq!(status_of(&e), Some(Status::KeyNotFound), "{e}");
     refused_within(
         &bob2,
         &as_bob,
@@ -283,7 +287,20 @@ fn a_node_that_loses_the_database_fails_closed_and_recovers() {
     );
     // A delete while node 2's follower reconnects still reaches it.
     pg.terminate_backends("outage");
-    alice1.block_on(alice1.client().delete(&id)).unwrap();
+    // The delete may meet a connection that is still being ended (store_failed, or an
+    // answer lost with it): tried until acknowledged, or found done.
+    until(
+        "node 1 deletes the key",
+        Duration::from_secs(10),
+        || match alice1.block_on(alice1.client().delete(&id)) {
+            Ok(()) => true,
+            Err(e) if status_of(&e) == Some(Status::KeyNotFound) => true,
+            Err(e) => {
+                assert_eq!(status_of(&e), Some(Status::StoreFailed), "{e}");
+                false
+            }
+        },
+    );
     until(
         "node 2 refuses the key deleted meanwhile",
         Duration::from_secs(10),
@@ -371,6 +388,24 @@ fn join_refuses_what_is_not_a_cluster_node() {
     assert_eq!(pg.psql("pass", "SELECT count(*) FROM nodes"), "1");
     let joined = d1.join(&[], &[("HSMD_PASSPHRASE", "right")]);
     assert!(!joined.dir.join("master.key").exists());
+    // An hsmd of an earlier version held the database alone and wrote no change log: while
+    // one serves (its lock held here), no node of this version starts beside it.
+    let mut old = postgres::Config::new();
+    old.host("127.0.0.1")
+        .port(pg.port())
+        .user(pg.user())
+        .password(pg.password())
+        .dbname("pass");
+    let mut old = old.connect(postgres::NoTls).unwrap();
+    old.execute("SELECT pg_advisory_lock($1)", &[&0x4665_7272_6f53_5256_i64])
+        .unwrap();
+    let (code, err) = joined.fails(
+        &["--config", &joined.config()],
+        &[("HSMD_PASSPHRASE", "right")],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("earlier version"), "{err}");
+    drop(old);
     let _n = joined.start_env(&[("HSMD_PASSPHRASE", "right")]);
     assert!(joined.connect("alice").list().unwrap().is_empty());
 }

@@ -93,6 +93,15 @@ pub(super) fn join(opts: &InitOptions, from: &Path) -> Result<InitReport, Server
             .display()
             .to_string(),
     };
+    let mut db = PgBackend::connect(pg.clone(), pg.connect_timeout)
+        .map_err(|e| ServerError::Init(e.to_string()))?;
+    let mut nodes = db.nodes().map_err(|e| ServerError::Init(e.to_string()))?;
+    if nodes.iter().any(|n| n.name == node) {
+        return Err(refuse(format!(
+            "a node named {node} is already registered in the database; give another --node"
+        )));
+    }
+    let existed = dir.exists();
     fs::create_dir_all(dir.join("clients"))
         .map_err(io_err(format!("cannot create {}", dir.display())))?;
     let shm_abs = fs::canonicalize(dir)
@@ -106,15 +115,100 @@ pub(super) fn join(opts: &InitOptions, from: &Path) -> Result<InitReport, Server
         shm: shm_abs.display().to_string(),
         registered: crate::keys::manager::now() as i64,
     };
-    let mut db = PgBackend::connect(pg.clone(), pg.connect_timeout)
-        .map_err(|e| ServerError::Init(e.to_string()))?;
-    db.register_node(&me, false)
-        .map_err(|e| ServerError::Init(e.to_string()))?;
-    let nodes = db.nodes().map_err(|e| ServerError::Init(e.to_string()))?;
+    nodes.push(me.clone());
+    // D2 is written whole first; only then is the node registered and D's profiles
+    // rewritten, so a join that fails leaves D and the database as they were.
+    let written = write_node(
+        opts,
+        from,
+        &config,
+        &nodes,
+        &node,
+        &shm_in_config,
+        &shm_abs,
+        &ca_cert,
+        &ca_key,
+    )
+    .and_then(|profiles| {
+        db.register_node(&me, false)
+            .map_err(|e| ServerError::Init(e.to_string()))?;
+        Ok(profiles)
+    });
+    let profiles = match written {
+        Ok(p) => p,
+        Err(e) => {
+            // Back to how it was: absent, or the empty directory given.
+            let _ = fs::remove_dir_all(dir);
+            if existed {
+                let _ = fs::create_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+    for entry in client_files(&from.join("clients"))? {
+        if entry.to_string_lossy().ends_with(".toml") {
+            rewrite_profile(&entry, &entry, &nodes, config_node(&config), None)?;
+        }
+    }
+    Ok(InitReport {
+        config: dir.join("hsmd.toml"),
+        profiles,
+    })
+}
 
-    // What D2 shares with D, copied with D's modes (secrets stay 0600).
-    for name in ["store.password", "master.key", "audit.pub"] {
-        copy(&from.join(name), &dir.join(name))?;
+/// The files of D's `clients/`, by name.
+fn client_files(clients: &Path) -> Result<Vec<std::path::PathBuf>, ServerError> {
+    let mut entries: Vec<std::path::PathBuf> = fs::read_dir(clients)
+        .and_then(|d| d.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>())
+        .map_err(io_err(format!("cannot read {}", clients.display())))?;
+    entries.sort();
+    Ok(entries)
+}
+
+/// Writes D2: shared files, its certificate, the clients' credentials and profiles, and its
+/// config. Answers the profiles written.
+#[allow(clippy::too_many_arguments)]
+fn write_node(
+    opts: &InitOptions,
+    from: &Path,
+    config: &Config,
+    nodes: &[NodeRow],
+    node: &str,
+    shm_in_config: &str,
+    shm_abs: &Path,
+    ca_cert: &str,
+    ca_key: &str,
+) -> Result<Vec<(String, std::path::PathBuf)>, ServerError> {
+    let dir = &opts.dir;
+    let cfg_path = from.join("hsmd.toml");
+    let mut t: toml::Table = fs::read_to_string(&cfg_path)
+        .map_err(io_err(format!("cannot read {}", cfg_path.display())))?
+        .parse()
+        .map_err(|e| refuse(format!("{}: {e}", cfg_path.display())))?;
+    // What D2 shares with D, copied with D's modes (secrets stay 0600): the files D's config
+    // names by relative path (an absolute path is the same on this host), and audit.pub.
+    let mut shared = vec!["audit.pub".to_string()];
+    if let Some(st) = t.get("store").and_then(toml::Value::as_table) {
+        for key in ["key_file", "password_file"] {
+            if let Some(rel) = st.get(key).and_then(toml::Value::as_str)
+                && Path::new(rel).is_relative()
+            {
+                if !from.join(rel).exists() {
+                    return Err(refuse(format!(
+                        "{} names {key} = {rel:?}, which is not there",
+                        cfg_path.display()
+                    )));
+                }
+                shared.push(rel.to_string());
+            }
+        }
+    }
+    for rel in &shared {
+        if let Some(parent) = dir.join(rel).parent() {
+            fs::create_dir_all(parent)
+                .map_err(io_err(format!("cannot create {}", parent.display())))?;
+        }
+        copy(&from.join(rel), &dir.join(rel))?;
     }
     let pki = dir.join("pki");
     fs::create_dir_all(&pki).map_err(io_err(format!("cannot create {}", pki.display())))?;
@@ -128,8 +222,8 @@ pub(super) fn join(opts: &InitOptions, from: &Path) -> Result<InitReport, Server
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (not_before, not_after) = ferrohsm_tls::pki::validity(LEAF_DAYS);
     let issued = ferrohsm_tls::pki::issue(
-        &ca_cert,
-        &ca_key,
+        ca_cert,
+        ca_key,
         Role::Server,
         &names,
         not_before,
@@ -138,16 +232,12 @@ pub(super) fn join(opts: &InitOptions, from: &Path) -> Result<InitReport, Server
     .map_err(|e| ServerError::Init(e.to_string()))?;
     write_new(&pki.join("server.key"), issued.key_pem.as_bytes(), 0o600)?;
     write_file(&pki.join("server.pem"), issued.cert_pem.as_bytes(), 0o644)?;
-    let clients_from = from.join("clients");
     let _ = fs::set_permissions(dir.join("clients"), fs::Permissions::from_mode(0o700));
     let mut profiles = Vec::new();
-    // Listed first: D's profiles are rewritten in the same directory.
-    let mut entries: Vec<fs::DirEntry> = fs::read_dir(&clients_from)
-        .and_then(|d| d.collect::<Result<_, _>>())
-        .map_err(io_err(format!("cannot read {}", clients_from.display())))?;
-    entries.sort_by_key(fs::DirEntry::file_name);
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for path in client_files(&from.join("clients"))? {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
         let to = dir.join("clients").join(&name);
         match name.strip_suffix(".toml") {
             Some(client) => {
@@ -155,52 +245,40 @@ pub(super) fn join(opts: &InitOptions, from: &Path) -> Result<InitReport, Server
                     None => "../hsmd.sock".to_string(),
                     Some(_) => shm_abs.display().to_string(),
                 };
-                rewrite_profile(&entry.path(), &to, &nodes, &node, Some(&shm))?;
-                rewrite_profile(
-                    &entry.path(),
-                    &entry.path(),
-                    &nodes,
-                    config_node(&config),
-                    None,
-                )?;
+                rewrite_profile(&path, &to, nodes, node, Some(&shm))?;
                 profiles.push((client.to_string(), to));
             }
-            None => copy(&entry.path(), &to)?,
+            None => copy(&path, &to)?,
         }
     }
     profiles.sort();
 
     // D's config with this node's name, listeners and certificate.
-    let mut t: toml::Table = fs::read_to_string(&cfg_path)
-        .map_err(io_err(format!("cannot read {}", cfg_path.display())))?
-        .parse()
-        .map_err(|e| refuse(format!("{}: {e}", cfg_path.display())))?;
     let set = |t: &mut toml::Table, section: &str, key: &str, v: toml::Value| {
         if let Some(s) = t.get_mut(section).and_then(toml::Value::as_table_mut) {
             s.insert(key.into(), v);
         }
     };
     let s = |v: String| toml::Value::String(v);
-    set(&mut t, "server", "node", s(node.clone()));
+    set(&mut t, "server", "node", s(node.to_string()));
     set(&mut t, "tcp", "addr", s(opts.tcp.to_string()));
     set(&mut t, "tls", "addr", s(opts.tls.to_string()));
     set(&mut t, "tls", "ca", s("pki/ca.pem".into()));
     set(&mut t, "tls", "cert", s("pki/server.pem".into()));
     set(&mut t, "tls", "key", s("pki/server.key".into()));
     set(&mut t, "tls_psk", "addr", s(opts.tls_psk.to_string()));
-    set(&mut t, "shm", "socket", s(shm_in_config));
+    set(&mut t, "shm", "socket", s(shm_in_config.to_string()));
     let text = format!(
         "# FerroHSM server configuration (written by hsmd init --join {}): node {node} of the \
          cluster on {}\n\n{t}",
         from.display(),
-        pg.url
+        config
+            .store
+            .as_ref()
+            .map_or_else(String::new, |st| st.describe())
     );
-    let config_path = dir.join("hsmd.toml");
-    write_file(&config_path, text.as_bytes(), 0o644)?;
-    Ok(InitReport {
-        config: config_path,
-        profiles,
-    })
+    write_file(&dir.join("hsmd.toml"), text.as_bytes(), 0o644)?;
+    Ok(profiles)
 }
 
 fn config_node(config: &Config) -> &str {

@@ -33,14 +33,25 @@ use crate::keys::store::{Changed, Followed, Store, StoreError};
 #[derive(Debug)]
 pub struct Following {
     base: Instant,
-    // Milliseconds after `base` when the last successful look began, plus one (0: never).
+    // Microseconds after `base` when the last successful look began, plus one (0: never).
     confirmed: AtomicU64,
     revalidate: Duration,
 }
 
 impl Following {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A point in time, for [`Following::settled_since`].
+    pub fn now(&self) -> u64 {
+        self.now_us()
+    }
+
+    /// Whether a look that began after `t` has succeeded: everything committed before `t` is
+    /// applied.
+    pub fn settled_since(&self, t: u64) -> bool {
+        self.confirmed.load(Ordering::Acquire) > t + 1
     }
 
     /// Whether memory was confirmed within `revalidate_ms`: cached keys and grants may be
@@ -48,7 +59,7 @@ impl Following {
     pub fn fresh(&self) -> bool {
         match self.confirmed.load(Ordering::Acquire) {
             0 => false,
-            at => self.now_ms().saturating_sub(at - 1) <= self.revalidate.as_millis() as u64,
+            at => self.now_us().saturating_sub(at - 1) <= self.revalidate.as_micros() as u64,
         }
     }
 }
@@ -93,7 +104,7 @@ fn run(mut store: Store, master: &MasterKey, on: &Followers, following: &Weak<Fo
     loop {
         let Some(f) = following.upgrade() else { return };
         let wait = (f.revalidate / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-        let began = f.now_ms();
+        let began = f.now_us();
         match look(&mut store, master, on, &mut pos) {
             Ok(()) => {
                 f.confirmed.store(began + 1, Ordering::Release);
@@ -114,10 +125,14 @@ fn run(mut store: Store, master: &MasterKey, on: &Followers, following: &Weak<Fo
         }
         let now = store.connections();
         if now != connections {
-            // A new connection may have missed notifications: start from the database.
+            // A new connection may have missed notifications, or reach another database (a
+            // standby promoted after losing commits can hand out the same log positions
+            // again): start over from the database.
             if connections != 0 {
-                on.cache.lock().clear();
-                tracing::info!("the change log connection was replaced; cached keys dropped");
+                pos = None;
+                tracing::info!(
+                    "the change log connection was replaced; reloading from the database"
+                );
             }
             connections = now;
         }
@@ -152,8 +167,8 @@ fn look(
                 head,
                 changes,
             } => {
-                for c in changes {
-                    apply(on, c);
+                for (c, own) in changes {
+                    apply(on, c, own);
                 }
                 *pos = Some(upto);
                 if upto >= head {
@@ -189,16 +204,28 @@ fn reload(
     on.quotas.rebase(counts);
 }
 
-fn apply(on: &Followers, c: Changed) {
+/// Applies one change. This process's own changes were counted when they committed, so
+/// only their idempotent effects are applied again (a cache entry or grant dropped twice is
+/// dropped once): a commit whose answer was lost (the connection broke after `COMMIT`) still
+/// invalidates.
+fn apply(on: &Followers, c: Changed, own: bool) {
     match c {
-        Changed::KeyCreated { owner } => on.quotas.add(&owner, Kind::Key, 1),
+        Changed::KeyCreated { owner } => {
+            if !own {
+                on.quotas.add(&owner, Kind::Key, 1);
+            }
+        }
         Changed::KeyChanged { owner, id } => on.cache.lock().remove(&owner, id),
         Changed::KeyDeleted { owner, id } => {
             on.cache.lock().remove(&owner, id);
             let grants = on.grants.write().remove_key(&owner, id);
-            on.quotas.release(&owner, Kind::Key, 1);
+            if !own {
+                on.quotas.release(&owner, Kind::Key, 1);
+            }
             on.quotas.release(&owner, Kind::Grant, grants);
         }
+        // On a shared store only the follower changes grants (the manager waits for it after
+        // its own grant or revoke), in log order, from what the database holds.
         Changed::Grant {
             owner,
             id,
@@ -216,6 +243,10 @@ fn apply(on: &Followers, c: Changed) {
                 }
             }
         },
-        Changed::CounterCreated { owner } => on.quotas.add(&owner, Kind::Counter, 1),
+        Changed::CounterCreated { owner } => {
+            if !own {
+                on.quotas.add(&owner, Kind::Counter, 1);
+            }
+        }
     }
 }

@@ -114,6 +114,12 @@ impl KeyManager {
             Mutation::Grant(rec.clone()),
         )
         .await?;
+        if self.followed() {
+            // The follower applies it, in log order with every other node's grants and
+            // revokes, and counts it (the place taken here is given back).
+            self.settle().await;
+            return Ok(());
+        }
         let new = self.grants.write().set(&rec);
         match (new, place) {
             (true, Some(place)) => place.keep(),
@@ -129,7 +135,22 @@ impl KeyManager {
     /// operations as its usage. A granted key that no longer opens is left out (its owner's
     /// alarm names it).
     pub async fn list_granted(&self, caller: &Caller) -> Result<Vec<KeyInfo>, OpError> {
-        let granted = self.grants.read().to(&caller.client);
+        let granted = if self.fresh() {
+            self.grants.read().to(&caller.client)
+        } else {
+            // Memory is not confirmed: the grants as the store holds them (or store_failed).
+            let me = caller.client.clone();
+            let mut all = self
+                .store
+                .read(move |s: &mut Store, m| s.grants(m))
+                .await?
+                .into_iter()
+                .filter(|g| g.grantee == me)
+                .map(|g| (g.owner, g.id, g.ops))
+                .collect::<Vec<_>>();
+            all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            all
+        };
         let mut out = Vec::with_capacity(granted.len());
         for (owner, id, ops) in granted {
             if let Ok(h) = self.lookup_persistent(&owner, &KeyRef::Id(id)).await {
@@ -152,6 +173,10 @@ impl KeyManager {
         };
         self.change(caller, "revoke", key_name, format!("from {from}"), m)
             .await?;
+        if self.followed() {
+            self.settle().await;
+            return Ok(());
+        }
         if self
             .grants
             .write()

@@ -136,21 +136,39 @@ fn store_err(e: store::StoreError) -> ServerError {
 }
 
 /// This process's claim on its store, held while it serves: the SQLite file's lock (one
-/// process per file). A PostgreSQL store has none: several nodes serve it, each following the
-/// others' changes (`store/format/follow.rs`).
+/// process per file), or a PostgreSQL connection holding the serve lock shared with every
+/// other node of this version (an earlier version, which held it alone and wrote no change
+/// log, cannot serve beside them).
 #[derive(Debug)]
 pub enum StoreClaim {
     /// A lock on `keys.db`.
     File(std::fs::File),
-    /// Shared by every node of the database.
-    Shared,
+    /// A thread holding the database's serve lock on a connection of its own (stopped when
+    /// this is dropped).
+    Database(Arc<std::sync::atomic::AtomicBool>),
+}
+
+impl Drop for StoreClaim {
+    fn drop(&mut self) {
+        if let StoreClaim::Database(stop) = self {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Claims the store `st` names for this process.
 pub fn claim(st: &StoreConfig) -> Result<StoreClaim, ServerError> {
     match &st.postgres {
         None => Ok(StoreClaim::File(lock_store(&st.path)?)),
-        Some(_) => Ok(StoreClaim::Shared),
+        Some(pg) => {
+            let c = PgBackend::claim(pg.clone(), pg.connect_timeout).map_err(store_err)?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            PgBackend::hold_claim(pg.clone(), c, stop.clone()).map_err(|e| ServerError::Io {
+                context: "cannot start the store claim thread".into(),
+                source: e,
+            })?;
+            Ok(StoreClaim::Database(stop))
+        }
     }
 }
 

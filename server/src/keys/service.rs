@@ -110,6 +110,7 @@ pub struct StoreService {
     queued: Arc<Mutex<Queued>>,
     // A handle for the thread that follows other nodes' changes (a shared store only).
     follower: Arc<Mutex<Option<FollowerHandle>>>,
+    shared: bool,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
@@ -167,6 +168,7 @@ impl StoreService {
             read_tx,
             read_slots: Arc::new(Semaphore::new(QUEUE)),
             queued,
+            shared: follower.is_some(),
             follower: Arc::new(Mutex::new(follower)),
             stats,
         })
@@ -176,6 +178,11 @@ impl StoreService {
     /// (`keys/follow.rs`): `None` when nobody else writes the store, or once taken.
     pub fn take_follower(&self) -> Option<FollowerHandle> {
         self.follower.lock().take()
+    }
+
+    /// Whether other processes write the store too (its changes must be followed).
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     /// Queues an audit entry for the next commit (never waits, never fails the request).

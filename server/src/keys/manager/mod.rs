@@ -151,8 +151,32 @@ impl KeyManager {
     /// Whether what is held in memory may be used without asking the store: always on a
     /// store this process alone writes; on a shared one, while the change log confirms it
     /// (`keys/follow.rs`).
-    fn fresh(&self) -> bool {
-        self.following.as_ref().is_none_or(|f| f.fresh())
+    pub(crate) fn fresh(&self) -> bool {
+        match &self.following {
+            Some(f) => f.fresh(),
+            // A shared store nobody follows is never confirmed.
+            None => !self.store.shared(),
+        }
+    }
+
+    /// Whether grants in memory are the follower's alone to change (a shared store).
+    pub(crate) fn followed(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// Waits (at most `revalidate_ms`) until the follower has applied everything committed
+    /// before now, so this node's answers after a change of its own reflect it.
+    pub(crate) async fn settle(&self) {
+        let Some(f) = &self.following else { return };
+        let t = f.now();
+        let deadline = std::time::Instant::now()
+            + self
+                .opts
+                .revalidate
+                .unwrap_or(crate::keys::store::postgres::DEFAULT_REVALIDATE);
+        while !f.settled_since(t) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+        }
     }
 
     /// The store service (for its counters).

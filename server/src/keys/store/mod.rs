@@ -420,8 +420,10 @@ pub enum Followed {
         upto: i64,
         /// The log's last position.
         head: i64,
-        /// What other nodes changed (this process's own changes are left out).
-        changes: Vec<Changed>,
+        /// What changed, each with whether this process made it (its own changes are
+        /// applied again where that is idempotent: a commit whose answer was lost still
+        /// invalidates; counts are not taken twice).
+        changes: Vec<(Changed, bool)>,
     },
     /// The log cannot say what changed since the position asked for (it was pruned past it,
     /// or the database was replaced): everything held in memory must be reloaded.

@@ -177,13 +177,9 @@ impl Store {
             let upto = rows.last().map_or(head, |r| r.seq);
             let mut changes = Vec::with_capacity(rows.len());
             for r in rows {
-                // This process applied its own changes when they committed; a grant is read
-                // back all the same (idempotent), so a reload racing with one cannot lose it.
-                if r.origin == me && !matches!(r.kind.as_str(), "grant" | "revoke") {
-                    continue;
-                }
+                let own = r.origin == me;
                 match changed(db, master, r)? {
-                    Some(c) => changes.push(c),
+                    Some(c) => changes.push((c, own)),
                     // A kind this build does not know (a newer node wrote it): start over.
                     None => return Ok(Followed::Behind { head }),
                 }

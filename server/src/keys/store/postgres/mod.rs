@@ -22,6 +22,7 @@ use super::StoreError;
 use super::backend::{Backend, Tx};
 
 mod changes;
+mod claim;
 mod nodes;
 mod rows;
 pub mod tls;
@@ -152,12 +153,18 @@ pub const DEFAULT_REVALIDATE: Duration = Duration::from_millis(1000);
 /// This process's name in the change log: `node`, the process id and a random part (two
 /// processes, even with the same node name, never take each other's changes for their own).
 pub fn instance_name(node: &str) -> String {
-    let mut r = [0u8; 4];
-    let _ = getrandom::fill(&mut r);
+    let mut r = [0u8; 8];
+    if getrandom::fill(&mut r).is_err() {
+        // Never all zeros: the clock's nanoseconds tell two processes apart just as well.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        r = t.to_le_bytes();
+    }
     format!(
-        "{node}/{}-{:08x}",
+        "{node}/{}-{:016x}",
         std::process::id(),
-        u32::from_le_bytes(r)
+        u64::from_le_bytes(r)
     )
 }
 

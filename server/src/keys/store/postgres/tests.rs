@@ -302,39 +302,41 @@ fn the_change_log_tells_other_nodes_what_changed_and_the_database_counts_quotas(
         panic!("behind")
     };
     assert_eq!((upto, head), (4, 4));
-    assert_eq!(
-        changes,
-        vec![
-            Changed::KeyCreated {
-                owner: "alice".into()
-            },
-            Changed::KeyCreated {
-                owner: "alice".into()
-            },
-            Changed::Grant {
-                owner: "alice".into(),
-                id: k1,
-                grantee: "bob".into(),
-                now: Some(grant.clone()),
-            },
-            Changed::KeyDeleted {
-                owner: "alice".into(),
-                id: k2
-            },
-        ]
-    );
-    // The writer's own changes are left out, except grants (read back, idempotent).
+    let want = vec![
+        Changed::KeyCreated {
+            owner: "alice".into(),
+        },
+        Changed::KeyCreated {
+            owner: "alice".into(),
+        },
+        Changed::Grant {
+            owner: "alice".into(),
+            id: k1,
+            grantee: "bob".into(),
+            now: Some(grant.clone()),
+        },
+        Changed::KeyDeleted {
+            owner: "alice".into(),
+            id: k2,
+        },
+    ];
+    let (what, own): (Vec<Changed>, Vec<bool>) = changes.into_iter().unzip();
+    assert_eq!(what, want);
+    assert_eq!(own, vec![false; 4], "another process's changes");
+    // The writer sees the same changes, marked as its own.
     let Followed::Changes { changes, .. } = a.follow(&master, 0).unwrap() else {
         panic!("behind")
     };
-    assert_eq!(changes.len(), 1, "{changes:?}");
+    let (what, own): (Vec<Changed>, Vec<bool>) = changes.into_iter().unzip();
+    assert_eq!(what, want);
+    assert_eq!(own, vec![true; 4]);
     // A grant row edited in the database is no grant.
     pg.psql("log", "UPDATE grants SET ops = 65535");
     let Followed::Changes { changes, .. } = b.follow(&master, 2).unwrap() else {
         panic!("behind")
     };
     assert!(
-        matches!(&changes[0], Changed::Grant { now: None, .. }),
+        matches!(&changes[0], (Changed::Grant { now: None, .. }, false)),
         "{changes:?}"
     );
     // A position the log cannot explain (the database was replaced, or the log pruned past
@@ -420,4 +422,97 @@ fn tls_to_the_database_follows_sslmode_and_sslrootcert() {
     )
     .unwrap();
     assert_eq!(encrypted(&pg), "f");
+}
+
+#[test]
+fn a_follower_drops_what_another_node_changed_and_fails_closed_without_the_database() {
+    use std::sync::Arc;
+
+    use parking_lot::{Mutex, RwLock};
+
+    use crate::keys::cache::Cache;
+    use crate::keys::follow::{Followers, start};
+    use crate::keys::grants::Grants;
+    use crate::keys::quota::{Kind, Limits, Quotas};
+    use crate::keys::session_keys::SessionKeys;
+    use ferrohsm_test_support::wait::until;
+
+    let Some(pg) = Cluster::start() else { return };
+    pg.create_database("fol");
+    let unlock = Unlock::KeyFile(KeyFileSecret::generate().unwrap());
+    let master = MasterKey::generate().unwrap();
+    let wrapped = master.wrap(&Kdf::KeyFile, &unlock).unwrap();
+    let rec = MasterRecord {
+        kdf: Kdf::KeyFile,
+        wrapped: wrapped.clone(),
+    };
+    let db = PgBackend::create(settings(&pg, "fol"), Duration::from_secs(10)).unwrap();
+    let (mut a, _) = Store::create(Box::new(db), &master, &rec).unwrap();
+    let r = a
+        .commit(&master, vec![create("alice", "k")], vec![])
+        .unwrap();
+    let k = id(&r[0]);
+    let grant = GrantRecord {
+        owner: "alice".into(),
+        id: k,
+        grantee: "bob".into(),
+        ops: ferrohsm_proto::UsageSet::of(&[ferrohsm_proto::Usage::Sign]),
+        created: 1,
+    };
+    a.commit(&master, vec![change(Mutation::Grant(grant))], vec![])
+        .unwrap();
+
+    // Node b: its own handle and master key, the key cached, a follower.
+    let mine = Arc::new(MasterKey::unwrap(&Kdf::KeyFile, &wrapped, &unlock).unwrap());
+    let mut b = Store::new(Box::new(
+        PgBackend::open(settings(&pg, "fol"), Duration::from_secs(10)).unwrap(),
+    ));
+    let h = b
+        .find_open(&mine, "alice", &KeyRef::Id(k))
+        .unwrap()
+        .unwrap();
+    let on = Followers {
+        cache: Arc::new(Mutex::new(Cache::new(16))),
+        grants: Arc::new(RwLock::new(Grants::default())),
+        quotas: Arc::new(Quotas::new(Limits::default(), [])),
+        sessions: Arc::new(Mutex::new(SessionKeys::default())),
+    };
+    let (cache, grants, quotas) = (on.cache.clone(), on.grants.clone(), on.quotas.clone());
+    let f = start(b, mine, Duration::from_millis(1000), on).unwrap();
+    let within = Duration::from_secs(10);
+    // It starts from the database: the grant and the counts.
+    until("the follower confirms", within, || f.fresh());
+    assert!(grants.read().get("bob", "alice", k).is_some());
+    assert_eq!(quotas.used("alice", Kind::Key), 1);
+    let e = cache.lock().epoch();
+    cache.lock().insert(Arc::new(h), e);
+    assert!(cache.lock().get("alice", &KeyRef::Id(k)).is_some());
+
+    // Revoked and deleted on node a: gone from node b's memory, counts followed.
+    let revoke = change(Mutation::Revoke {
+        owner: "alice".into(),
+        id: k,
+        grantee: "bob".into(),
+    });
+    let delete = change(Mutation::Delete {
+        owner: "alice".into(),
+        key: KeyRef::Id(k),
+    });
+    a.commit(&master, vec![revoke, delete], vec![]).unwrap();
+    until("the follower drops the deleted key", within, || {
+        cache.lock().get("alice", &KeyRef::Id(k)).is_none()
+    });
+    assert!(grants.read().get("bob", "alice", k).is_none());
+    assert_eq!(quotas.used("alice", Kind::Key), 0);
+    a.commit(&master, vec![create("alice", "k2")], vec![])
+        .unwrap();
+    until("the follower counts a new key", within, || {
+        quotas.used("alice", Kind::Key) == 1
+    });
+
+    // Without the database nothing is confirmed after revalidate_ms; back, it is again.
+    pg.stop();
+    until("memory is no longer confirmed", within, || !f.fresh());
+    pg.start_again();
+    until("memory is confirmed again", within, || f.fresh());
 }
