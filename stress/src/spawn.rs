@@ -5,6 +5,136 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A database made for this run, dropped when this is.
+pub struct Scratch {
+    admin: postgres::Client,
+    name: String,
+}
+
+impl Scratch {
+    /// `CREATE DATABASE ferrohsm_bench_PID_RAND` on `url`'s server; its URL.
+    pub fn create(url: &str) -> Result<(Scratch, String), String> {
+        let mut config: postgres::Config =
+            url.parse().map_err(|e| format!("--store-url {url}: {e}"))?;
+        if let Ok(p) = std::env::var("HSMD_STORE_PASSWORD") {
+            config.password(p);
+        }
+        config.connect_timeout(Duration::from_secs(5));
+        let mut admin = config
+            .connect(postgres::NoTls)
+            .map_err(|e| format!("cannot reach the database of --store-url {url}: {e}"))?;
+        let mut r = [0u8; 3];
+        getrandom::fill(&mut r).map_err(|e| e.to_string())?;
+        let name = format!(
+            "ferrohsm_bench_{}_{:02x}{:02x}{:02x}",
+            std::process::id(),
+            r[0],
+            r[1],
+            r[2]
+        );
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .map_err(|e| {
+                format!("cannot create a database for the bench (CREATEDB needed): {e}")
+            })?;
+        let base = url.split('?').next().unwrap_or(url);
+        let cut = base.rfind('/').unwrap_or(base.len());
+        let query = url.strip_prefix(base).unwrap_or("");
+        let own = format!("{}/{name}{query}", &base[..cut]);
+        Ok((Scratch { admin, name }, own))
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Several spawned nodes on one PostgreSQL database of their own (the first made by
+/// `hsmd init --store-url`, the others joined to it), or one node on SQLite.
+#[derive(Debug)]
+pub struct Nodes {
+    /// The nodes, first one first.
+    pub nodes: Vec<Spawned>,
+    next: usize,
+    // Dropped last: the nodes stop before their database goes.
+    _db: Option<Scratch>,
+}
+
+impl Nodes {
+    /// `n` nodes with `clients` identities; on a database of their own on `url`'s server
+    /// when given (else one node on SQLite).
+    pub fn start(
+        hsmd: &Path,
+        clients: usize,
+        server_extra: &str,
+        url: Option<&str>,
+        n: usize,
+    ) -> Result<Nodes, String> {
+        let Some(url) = url else {
+            if n > 1 {
+                return Err(
+                    "--nodes above 1 needs --store-url (nodes share a PostgreSQL store)".into(),
+                );
+            }
+            return Ok(Nodes {
+                nodes: vec![Spawned::start(hsmd, clients, server_extra)?],
+                next: 0,
+                _db: None,
+            });
+        };
+        let (db, own) = Scratch::create(url)?;
+        let first = Spawned::start_postgres(hsmd, clients, server_extra, &own)?;
+        let mut nodes = vec![first];
+        for _ in 1..n.max(1) {
+            let joined = nodes[0].join(server_extra)?;
+            nodes.push(joined);
+        }
+        Ok(Nodes {
+            nodes,
+            next: 0,
+            _db: Some(db),
+        })
+    }
+
+    /// One profile per identity, spread over the nodes (identity `i` through node `i mod n`,
+    /// whose profile lists that node first and the others after it).
+    pub fn profiles(&self) -> Vec<PathBuf> {
+        let first = &self.nodes[0];
+        first
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, name)| self.nodes[i % self.nodes.len()].profile(name))
+            .collect()
+    }
+
+    /// Restarts the nodes gracefully in turn, one per call.
+    pub fn restart_next(&mut self) -> Result<(), String> {
+        let i = self.next % self.nodes.len();
+        self.next += 1;
+        self.nodes[i].restart()
+    }
+
+    /// Stops every node; the first exit code that is not 0, else 0.
+    pub fn stop(&mut self) -> Option<i32> {
+        let codes: Vec<Option<i32>> = self.nodes.iter_mut().map(Spawned::stop).collect();
+        codes.into_iter().find(|c| *c != Some(0)).unwrap_or(Some(0))
+    }
+}
+
 /// How a spawned node's data directory is made.
 enum Init<'a> {
     /// `--clients s0,s1,...` (and `--store-url URL`).

@@ -221,15 +221,9 @@ fn write_node(
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (not_before, not_after) = ferrohsm_tls::pki::validity(LEAF_DAYS);
-    let issued = ferrohsm_tls::pki::issue(
-        ca_cert,
-        ca_key,
-        Role::Server,
-        &names,
-        not_before,
-        not_after,
-    )
-    .map_err(|e| ServerError::Init(e.to_string()))?;
+    let issued =
+        ferrohsm_tls::pki::issue(ca_cert, ca_key, Role::Server, &names, not_before, not_after)
+            .map_err(|e| ServerError::Init(e.to_string()))?;
     write_new(&pki.join("server.key"), issued.key_pem.as_bytes(), 0o600)?;
     write_file(&pki.join("server.pem"), issued.cert_pem.as_bytes(), 0o644)?;
     let _ = fs::set_permissions(dir.join("clients"), fs::Permissions::from_mode(0o700));

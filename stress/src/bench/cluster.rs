@@ -22,7 +22,7 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_proto::{KeyRef, KeyType, Status};
 
 use super::{BenchOp, BenchResult, Keys, Target, client_loop, keys, rt};
-use crate::spawn::Spawned;
+use crate::spawn::{Scratch, Spawned};
 
 /// What the cluster section needs.
 #[derive(Debug, Clone)]
@@ -37,55 +37,6 @@ pub struct ClusterOptions {
     pub failovers: usize,
     /// Invalidation rounds.
     pub invalidations: usize,
-}
-
-/// A database made for this run, dropped when this is.
-struct Scratch {
-    admin: postgres::Client,
-    name: String,
-}
-
-impl Scratch {
-    /// `CREATE DATABASE ferrohsm_bench_PID_RAND` on `url`'s server; its URL.
-    fn create(url: &str) -> Result<(Scratch, String), String> {
-        let mut config: postgres::Config =
-            url.parse().map_err(|e| format!("--store-url {url}: {e}"))?;
-        if let Ok(p) = std::env::var("HSMD_STORE_PASSWORD") {
-            config.password(p);
-        }
-        config.connect_timeout(Duration::from_secs(5));
-        let mut admin = config
-            .connect(postgres::NoTls)
-            .map_err(|e| format!("cannot reach the database of --store-url {url}: {e}"))?;
-        let mut r = [0u8; 3];
-        getrandom::fill(&mut r).map_err(|e| e.to_string())?;
-        let name = format!(
-            "ferrohsm_bench_{}_{:02x}{:02x}{:02x}",
-            std::process::id(),
-            r[0],
-            r[1],
-            r[2]
-        );
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .map_err(|e| {
-                format!("cannot create a database for the bench (CREATEDB needed): {e}")
-            })?;
-        let base = url.split('?').next().unwrap_or(url);
-        let cut = base.rfind('/').unwrap_or(base.len());
-        let query = url.strip_prefix(base).unwrap_or("");
-        let own = format!("{}/{name}{query}", &base[..cut]);
-        Ok((Scratch { admin, name }, own))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = self.admin.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
 }
 
 fn load(s: &Spawned) -> Result<Profile, String> {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ferrohsm_stress::bench::{BenchOp, BenchOptions};
 use ferrohsm_stress::run::{Fault, Restarter, RunOptions};
-use ferrohsm_stress::spawn::{Spawned, default_hsmd, peak_rss_kib};
+use ferrohsm_stress::spawn::{Nodes, Spawned, default_hsmd, peak_rss_kib};
 use ferrohsm_stress::{ALL_TRANSPORTS, parse_duration, parse_transports, report};
 
 #[derive(Debug, Parser)]
@@ -31,6 +31,16 @@ struct Server {
     /// The hsmd to spawn (default: beside hsm-stress).
     #[arg(long, value_name = "PATH")]
     hsmd: Option<PathBuf>,
+    /// With --spawn: keep the spawned nodes' keys in PostgreSQL, in a database the run makes
+    /// (and drops) on this server (postgres://USER@HOST:PORT/DB; password from
+    /// HSMD_STORE_PASSWORD; CREATEDB needed). bench also measures PostgreSQL against SQLite,
+    /// two nodes against one, failover and invalidation.
+    #[arg(long, value_name = "URL", requires = "spawn")]
+    store_url: Option<String>,
+    /// (run) With --spawn --store-url: this many nodes, the identities spread over them, each
+    /// profile listing every node (the restart fault restarts them in turn).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    nodes: usize,
     /// A `[server]` setting for the spawned hsmd, as TOML (`inline_max = 0`); repeatable.
     #[arg(long = "server-set", value_name = "KEY=VALUE")]
     server_set: Vec<String>,
@@ -108,12 +118,6 @@ enum Command {
         /// made and deleted by the bench; the client's key quota must allow N + 10).
         #[arg(long, value_name = "N")]
         find_keys: Option<usize>,
-        /// With --spawn: also measure nodes on this PostgreSQL server (a database URL,
-        /// postgres://USER@HOST:PORT/DB; password from HSMD_STORE_PASSWORD) against SQLite,
-        /// two nodes against one, failover and invalidation times. The bench makes and drops
-        /// a database of its own there (CREATEDB needed).
-        #[arg(long, value_name = "URL", requires = "spawn")]
-        store_url: Option<String>,
     },
     /// The echo child of bench's floor-shm row (started by bench itself).
     #[command(hide = true)]
@@ -131,6 +135,24 @@ fn write(path: &Option<PathBuf>, text: &str) -> Result<(), String> {
         }
         None => Ok(()),
     }
+}
+
+/// The nodes `run --spawn` starts: one, or `--nodes N` on PostgreSQL.
+fn spawn_nodes(server: &Server, clients: usize) -> Result<Option<Nodes>, String> {
+    if !server.spawn {
+        return Ok(None);
+    }
+    let hsmd = server.hsmd.clone().unwrap_or_else(default_hsmd);
+    let mut extra = vec!["max_connections_per_client = 4096".to_string()];
+    extra.extend(server.server_set.iter().cloned());
+    Nodes::start(
+        &hsmd,
+        clients,
+        &extra.join("\n"),
+        server.store_url.as_deref(),
+        server.nodes,
+    )
+    .map(Some)
 }
 
 fn spawn(server: &Server, clients: usize) -> Result<Option<Spawned>, String> {
@@ -248,22 +270,25 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             run_tag,
         } => {
             let run_tag = run_tag.unwrap_or_else(ferrohsm_stress::run::new_run_tag);
-            let spawned = spawn(&server, 4.min(clients.max(1)))?
+            let spawned = spawn_nodes(&server, 4.min(clients.max(1)))?
                 .map(|s| std::sync::Arc::new(std::sync::Mutex::new(s)));
-            let lock = |s: &std::sync::Arc<std::sync::Mutex<Spawned>>| {
-                s.lock().unwrap_or_else(|p| p.into_inner()).profiles_dir()
+            let lock = |s: &std::sync::Arc<std::sync::Mutex<Nodes>>| {
+                let n = s.lock().unwrap_or_else(|p| p.into_inner());
+                (n.nodes[0].profiles_dir(), n.profiles())
             };
-            let dir = match (&spawned, profiles) {
+            let (dir, paths) = match (&spawned, profiles) {
                 (Some(s), _) => lock(s),
-                (None, Some(d)) => d,
+                (None, Some(d)) => {
+                    let mut paths: Vec<PathBuf> = std::fs::read_dir(&d)
+                        .map_err(|e| format!("cannot read {}: {e}", d.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                        .collect();
+                    paths.sort();
+                    (d, paths)
+                }
                 (None, None) => return Err("give --profiles DIR or --spawn".into()),
             };
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
-            paths.sort();
             let duration = duration.or(if ops.is_none() {
                 Some(std::time::Duration::from_secs(10))
             } else {
@@ -297,7 +322,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                     progress: outcome_json.is_none(),
                     restart: spawned.clone().map(|s| {
                         Restarter(std::sync::Arc::new(move || {
-                            s.lock().unwrap_or_else(|p| p.into_inner()).restart()
+                            s.lock().unwrap_or_else(|p| p.into_inner()).restart_next()
                         }))
                     }),
                     first_client,
@@ -311,9 +336,9 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 write(&Some(f.clone()), &dump)?;
                 return Ok(true);
             }
-            let rss = spawned
-                .as_ref()
-                .and_then(|s| peak_rss_kib(s.lock().unwrap_or_else(|p| p.into_inner()).pid()));
+            let rss = spawned.as_ref().and_then(|s| {
+                peak_rss_kib(s.lock().unwrap_or_else(|p| p.into_inner()).nodes[0].pid())
+            });
             println!("{}", report::run_table(&outcome));
             if let Some(kib) = rss {
                 println!("hsmd peak RSS: {} MiB", kib / 1024);
@@ -343,7 +368,6 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             sessions,
             idle_sessions,
             find_keys,
-            store_url,
         } => {
             let spawned = spawn(&server, 1)?;
             // A second spawned server at `[audit] level = "all"`, to measure what it costs.
@@ -382,7 +406,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 find_keys,
             };
             let mut r = ferrohsm_stress::bench::bench(&opts)?;
-            if let Some(url) = store_url {
+            if let Some(url) = server.store_url.clone() {
                 let (rows, targets) = ferrohsm_stress::bench::cluster::measure(
                     &ferrohsm_stress::bench::cluster::ClusterOptions {
                         hsmd: server.hsmd.clone().unwrap_or_else(default_hsmd),

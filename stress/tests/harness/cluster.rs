@@ -68,3 +68,31 @@ fn the_cluster_bench_pairs_postgres_with_sqlite_and_times_failover_and_invalidat
         "0"
     );
 }
+
+#[test]
+fn a_run_over_two_nodes_with_restarts_and_faults_finds_nothing_wrong() {
+    let Some(pg) = Cluster::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let json_f = tmp.path().join("run.json");
+    // Two nodes on one database, the identities spread over them, each restarted in turn
+    // under load: every worker then checks each persistent key it made, through either node.
+    let out = succeeds(
+        stress()
+            .args(["run", "--spawn", "--nodes", "2", "--clients", "6"])
+            .args(["--store-url", &pg.url("postgres"), "--duration", "6s"])
+            .args(["--transports", "tcp,tls,tls-psk"])
+            .args(["--faults", "restart,disconnect,slow"])
+            .args(["--json", s(&json_f)])
+            .env("HSMD_STORE_PASSWORD", pg.password()),
+    );
+    let r = json(&json_f);
+    assert!(u(&r["restarts"]) >= 2, "both nodes restarted: {out}");
+    assert_clean_run(&r, &out);
+    assert!(u(&r["total_ops"]) > 0, "{out}");
+    // More than one node needs the shared store.
+    refused(
+        stress().args(["run", "--spawn", "--nodes", "2", "--duration", "1s"]),
+        1,
+        "--nodes above 1 needs --store-url",
+    );
+}
