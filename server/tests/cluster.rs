@@ -3,8 +3,9 @@
 //! ports. Every line of the consistency contract (docs/storage.md, the README's table) is
 //! shown here with real processes: a key made on one node is usable on the other at once; a
 //! delete, a revoke or a grant reaches the other node; counters, ids, labels and quotas hold
-//! across nodes; the audit chain covers both; a node that loses the database fails closed
-//! and recovers by itself.
+//! across nodes; the audit chain covers both; a node that loses the database (stopped,
+//! restarted with `pg_ctl restart -m fast`, or its connections terminated) fails closed and
+//! recovers by itself; a node SIGKILLed under load loses nothing acknowledged.
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
@@ -332,6 +333,33 @@ fn a_node_that_loses_the_database_fails_closed_and_recovers() {
             .is_ok()
     });
     assert_signs(&alice2, &label("after"));
+
+    // pg_ctl restart -m fast: every connection ends at once; both nodes carry on by
+    // themselves, and a delete made after it still reaches the other node.
+    pg.restart();
+    until(
+        "node 1 makes keys after the restart",
+        Duration::from_secs(15),
+        || {
+            alice1
+                .generate(&label_of("restarted"), KeyType::Ed25519)
+                .is_ok()
+        },
+    );
+    until(
+        "node 2 signs after the restart",
+        Duration::from_secs(15),
+        || sign(&alice2, &label("restarted")).is_ok(),
+    );
+    alice1
+        .block_on(alice1.client().delete(&label("restarted")))
+        .unwrap();
+    refused_within(
+        &alice2,
+        &label("restarted"),
+        Status::KeyNotFound,
+        "node 2 refuses a key deleted after the restart",
+    );
 }
 
 #[test]
