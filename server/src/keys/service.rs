@@ -413,9 +413,11 @@ mod tests {
         fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
             Ok(self.last.clone())
         }
-        fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError> {
-            self.last = Some((row.seq as i64, row.hash.to_vec()));
-            self.entries.push(row.clone());
+        fn audit_append(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+            for row in rows {
+                self.last = Some((row.seq as i64, row.hash.to_vec()));
+                self.entries.push(row.clone());
+            }
             Ok(())
         }
         fn key(&mut self, _: &str, _: &KeyRef) -> Result<Option<KeyRow>, StoreError> {
@@ -439,7 +441,7 @@ mod tests {
         fn count_owned(&mut self, _: Counted, _: &str) -> Result<i64, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn next_id(&mut self, _: &str) -> Result<i64, StoreError> {
+        fn claim_id(&mut self, _: &str, _: &str) -> Result<Option<i64>, StoreError> {
             unreachable!("the writer only commits")
         }
         fn insert_key(&mut self, _: &KeyRow) -> Result<(), StoreError> {

@@ -13,8 +13,11 @@
 //! - a read transaction sees one snapshot;
 //! - `(owner, label)` is unique among keys, and [`Backend::next_id`] never hands out an id
 //!   twice for one owner, even after the key is deleted;
-//! - savepoints nest inside a write transaction, and rolling one back undoes only what followed
-//!   it.
+//! - a savepoint marks each change; rolling back to it undoes what followed it, or, where
+//!   the backend keeps savepoints as marks only (PostgreSQL: two round trips per change
+//!   saved), succeeds only when nothing was written since and otherwise fails the batch. The
+//!   format layer checks every change before it writes, so a refused change has written
+//!   nothing.
 
 use ferrohsm_proto::{KeyRef, KeyType, Label};
 
@@ -101,7 +104,7 @@ pub struct KeyFilter {
 }
 
 /// The tables [`Backend::count_by_owner`] and [`Backend::count_owned`] count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counted {
     /// Keys.
     Keys,
@@ -146,9 +149,9 @@ pub trait ChangeLog {
     /// This process's name in the log (its node name and a random part, so two processes
     /// never take each other's changes for their own).
     fn instance(&self) -> &str;
-    /// Appends a change in the current write transaction (its `seq` and `origin` are set
-    /// here); every listener is notified when the transaction commits.
-    fn note(&mut self, change: &ChangeRow) -> Result<(), StoreError>;
+    /// Appends changes, in order, in the current write transaction (their `seq` and `origin`
+    /// are set here); every listener is notified when the transaction commits.
+    fn note(&mut self, changes: &[ChangeRow]) -> Result<(), StoreError>;
     /// In a read transaction: the last position in the log, and up to `limit` changes after
     /// `after`, oldest first.
     fn since(&mut self, after: i64, limit: usize) -> Result<(i64, Vec<ChangeRow>), StoreError>;
@@ -210,8 +213,10 @@ pub trait Backend: Send {
     fn count_by_owner(&mut self, table: Counted) -> Result<Vec<(String, i64)>, StoreError>;
     /// How many rows of `table` `owner` holds.
     fn count_owned(&mut self, table: Counted, owner: &str) -> Result<i64, StoreError>;
-    /// The next id of `owner` (from 1), never handed out before, even for a deleted key.
-    fn next_id(&mut self, owner: &str) -> Result<i64, StoreError>;
+    /// The next id of `owner` (from 1), never handed out before, even for a deleted key,
+    /// for a new key labelled `label`; `None` (and no id taken) when `owner` already has a
+    /// key with that label.
+    fn claim_id(&mut self, owner: &str, label: &str) -> Result<Option<i64>, StoreError>;
     /// Inserts a key row and its version rows.
     fn insert_key(&mut self, row: &KeyRow) -> Result<(), StoreError>;
     /// Inserts one version row of key `(owner, id)`.
@@ -261,8 +266,8 @@ pub trait Backend: Send {
 
     /// The last audit entry's sequence number and hash.
     fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
-    /// Appends an audit entry.
-    fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError>;
+    /// Appends audit entries, in order.
+    fn audit_append(&mut self, rows: &[AuditRow]) -> Result<(), StoreError>;
     /// Every owner with its next id.
     fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Sets an owner's next id (a copy of a store keeps them, so ids are never reused).

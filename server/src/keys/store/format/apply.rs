@@ -95,10 +95,10 @@ fn create(
         ));
     }
     let owner = record.owner.clone();
-    if db.label_in_use(&owner, record.label.as_str())? {
+    let Some(id) = db.claim_id(&owner, record.label.as_str())? else {
         return Err(StoreError::LabelInUse(record.label.clone()));
-    }
-    record.id = u32::try_from(db.next_id(&owner)?)
+    };
+    record.id = u32::try_from(id)
         .ok()
         .filter(|id| *id < SESSION_ID_BASE)
         .ok_or(StoreError::IdsExhausted)?;
@@ -121,10 +121,10 @@ fn create(
             sealed,
         });
     }
+    // Built before the row is written: nothing fails after a write (see `Store::commit`).
+    let handle = created_handle(record, versions)?;
     db.insert_key(&row)?;
-    Ok(Applied::Created(Arc::new(created_handle(
-        record, versions,
-    )?)))
+    Ok(Applied::Created(Arc::new(handle)))
 }
 
 fn delete(

@@ -120,16 +120,12 @@ pub(super) fn last(db: &mut dyn Backend) -> Result<(u64, [u8; 32]), StoreError> 
     }
 }
 
-/// Appends `e` after `head`, which becomes the new entry.
-pub(super) fn append(
-    db: &mut dyn Backend,
-    head: &mut (u64, [u8; 32]),
-    e: &AuditEvent,
-) -> Result<(), StoreError> {
+/// Chains `e` after `head`, which becomes the new entry; the row joins `out`, written with
+/// the rest of its batch.
+pub(super) fn append(out: &mut Vec<AuditRow>, head: &mut (u64, [u8; 32]), e: &AuditEvent) {
     let row = AuditRow::chain(e, head.0 + 1, head.1);
-    db.audit_append(&row)?;
     *head = (row.seq, row.hash);
-    Ok(())
+    out.push(row);
 }
 
 /// Stores the signed head.

@@ -74,8 +74,8 @@ fn copy(src: &mut dyn Backend, dst: &mut dyn Backend) -> Result<Copied, StoreErr
         dst.put_counter(&c)?;
     }
     let entries = src.audit_rows(0)?;
-    for e in &entries {
-        dst.audit_append(e)?;
+    for chunk in entries.chunks(1024) {
+        dst.audit_append(chunk)?;
     }
     Ok(Copied {
         keys,

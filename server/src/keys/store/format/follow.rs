@@ -51,39 +51,52 @@ pub(super) fn noted(m: &Mutation) -> Option<ChangeRow> {
     })
 }
 
-/// After `applied` succeeded in the write transaction: the quota it counts against, checked
-/// against what the database holds (when several nodes share it), then its log row. An error
-/// here undoes the change (its savepoint is rolled back).
-pub(super) fn record(
-    db: &mut dyn Backend,
-    limits: Option<&Limits>,
-    mut row: ChangeRow,
-    applied: &Applied,
-) -> Result<(), StoreError> {
-    if db.change_log().is_none() {
-        return Ok(());
-    }
-    match applied {
-        Applied::Created(h) => row.id = i64::from(h.info.id),
-        Applied::Key(r) => row.id = i64::from(r.id),
-        Applied::Counter(_) | Applied::Done => {}
-    }
-    let counted = match row.kind.as_str() {
-        "key-created" => Some((Counted::Keys, limits.map(|l| l.keys))),
-        "counter-created" => Some((Counted::Counters, limits.map(|l| l.counters))),
-        "grant" => Some((Counted::Grants, limits.map(|l| l.grants))),
-        _ => None,
-    };
-    if let Some((table, Some(limit))) = counted {
-        // Under the write lock every node's commits are in order: this count is exact.
-        let held = db.count_owned(table, &row.owner)?;
-        if usize::try_from(held).unwrap_or(usize::MAX) > limit {
+/// The quota counts a batch has read, kept up to date by its own changes (one read per owner
+/// and table per batch, not one per change).
+#[derive(Debug, Default)]
+pub(super) struct Counts(std::collections::HashMap<(Counted, String), i64>);
+
+impl Counts {
+    /// Before `m` is applied, in the write transaction: the quota it would count against,
+    /// checked against what the database holds when several nodes share it (under the write
+    /// lock every node's commits are in order, so the count is exact). Checked before any
+    /// write, so a refusal leaves nothing to undo.
+    pub(super) fn check(
+        &mut self,
+        db: &mut dyn Backend,
+        limits: Option<&Limits>,
+        m: &Mutation,
+    ) -> Result<(), StoreError> {
+        let Some(limits) = limits else { return Ok(()) };
+        if db.change_log().is_none() {
+            return Ok(());
+        }
+        let (table, owner, limit) = match m {
+            Mutation::Create { record, .. } => (Counted::Keys, &record.owner, limits.keys),
+            Mutation::CounterCreate { owner, .. } => (Counted::Counters, owner, limits.counters),
+            // Replacing a grant takes no new place.
+            Mutation::Grant(g) => {
+                if db.grant(&g.owner, i64::from(g.id), &g.grantee)?.is_some() {
+                    return Ok(());
+                }
+                (Counted::Grants, &g.owner, limits.grants)
+            }
+            _ => return Ok(()),
+        };
+        let key = (table, owner.to_string());
+        let held = match self.0.get(&key) {
+            Some(n) => *n,
+            None => {
+                let n = db.count_owned(table, owner)?;
+                self.0.insert(key, n);
+                n
+            }
+        };
+        if usize::try_from(held).unwrap_or(usize::MAX) >= limit {
             return Err(StoreError::Quota(format!(
-                "too many {} for client {}: the cluster holds {}, the most allowed ({} in \
-                 [limits])",
+                "too many {} for client {owner}: the cluster holds {held}, the most allowed \
+                 ({} in [limits])",
                 table.table(),
-                row.owner,
-                held - 1,
                 match table {
                     Counted::Keys => "max_keys_per_client",
                     Counted::Counters => "max_counters_per_client",
@@ -91,10 +104,51 @@ pub(super) fn record(
                 }
             )));
         }
+        Ok(())
     }
-    match db.change_log() {
-        Some(log) => log.note(&row),
-        None => Ok(()),
+
+    /// After a change succeeded: what it adds to the counts (or, where the count is not
+    /// known here, forgets it, to be read again).
+    fn applied(&mut self, row: &ChangeRow) {
+        let mut add = |table, n: i64| {
+            if let Some(c) = self.0.get_mut(&(table, row.owner.clone())) {
+                *c += n;
+            }
+        };
+        match row.kind.as_str() {
+            "key-created" => add(Counted::Keys, 1),
+            "counter-created" => add(Counted::Counters, 1),
+            "key-deleted" => {
+                add(Counted::Keys, -1);
+                // Its grants went with it.
+                self.0.remove(&(Counted::Grants, row.owner.clone()));
+            }
+            "grant" | "revoke" => {
+                self.0.remove(&(Counted::Grants, row.owner.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// After `applied` succeeded in the write transaction: its row for the change log (when
+    /// several nodes share the database), written with the rest of the batch.
+    pub(super) fn record(
+        &mut self,
+        db: &mut dyn Backend,
+        mut row: ChangeRow,
+        applied: &Applied,
+        out: &mut Vec<ChangeRow>,
+    ) {
+        if db.change_log().is_none() {
+            return;
+        }
+        match applied {
+            Applied::Created(h) => row.id = i64::from(h.info.id),
+            Applied::Key(r) => row.id = i64::from(r.id),
+            Applied::Counter(_) | Applied::Done => {}
+        }
+        self.applied(&row);
+        out.push(row);
     }
 }
 

@@ -146,17 +146,22 @@ impl Store {
             let mut head = audit::last(db)?;
             let start = head.0;
             let mut results = Vec::with_capacity(batch.len());
+            // The audit rows and change-log rows of the batch, written together at its end.
+            let (mut entries, mut changes) = (Vec::new(), Vec::new());
+            let mut counts = follow::Counts::default();
             for Change { mutation, audit } in batch {
                 // A savepoint per mutation: one that fails leaves no trace and does not affect
-                // the others in the batch; its audit entry records the failure.
+                // the others in the batch; its audit entry records the failure. Every change
+                // is checked before it writes anything, so a refusal never needs the database
+                // to undo writes (PostgreSQL's savepoints are marks, not statements).
                 db.savepoint()?;
                 let note = follow::noted(&mutation);
-                let r = apply::apply(db, master, mutation).and_then(|applied| {
-                    if let Some(row) = note {
-                        follow::record(db, limits.as_ref(), row, &applied)?;
-                    }
-                    Ok(applied)
-                });
+                let r = counts
+                    .check(db, limits.as_ref(), &mutation)
+                    .and_then(|()| apply::apply(db, master, mutation));
+                if let (Ok(applied), Some(row)) = (&r, note) {
+                    counts.record(db, row, applied, &mut changes);
+                }
                 if r.is_ok() {
                     db.release_savepoint()?;
                 } else {
@@ -172,12 +177,20 @@ impl Store {
                         Ok(Applied::Created(h)) => e.key = format!("{}:{}", h.owner, h.info.id),
                         _ => {}
                     }
-                    audit::append(db, &mut head, &e)?;
+                    audit::append(&mut entries, &mut head, &e);
                 }
                 results.push(r);
             }
             for e in &denials {
-                audit::append(db, &mut head, e)?;
+                audit::append(&mut entries, &mut head, e);
+            }
+            if !entries.is_empty() {
+                db.audit_append(&entries)?;
+            }
+            if let Some(log) = db.change_log()
+                && !changes.is_empty()
+            {
+                log.note(&changes)?;
             }
             if head.0 != start {
                 audit::put_head(db, &SignedHead::sign(&key, head.0, head.1))?;

@@ -14,11 +14,11 @@ use super::PgBackend;
 use crate::keys::store::StoreError;
 use crate::keys::store::backend::{ChangeLog, ChangeRow};
 
-/// The notification channel.
+/// The notification channel (batch.rs sends on it).
 const CHANNEL: &str = "ferrohsm_changes";
 /// Changes kept in the log (older ones are deleted as new ones are written).
 pub const KEEP: i64 = 100_000;
-/// The log is pruned when a position is a multiple of this.
+/// The log is pruned when a batch passes a position that is a multiple of this.
 const PRUNE_EVERY: i64 = 1024;
 
 impl ChangeLog for PgBackend {
@@ -26,26 +26,15 @@ impl ChangeLog for PgBackend {
         &self.settings.instance
     }
 
-    fn note(&mut self, c: &ChangeRow) -> Result<(), StoreError> {
-        let origin = self.settings.instance.clone();
-        // Under the write lock: no other transaction appends until this one ends.
-        let rows = self.query(
-            "INSERT INTO changes (seq, origin, kind, owner, id, grantee) \
-             SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4, $5 FROM changes RETURNING seq",
-            &[&origin, &c.kind, &c.owner, &c.id, &c.grantee],
-        )?;
-        let seq = self
-            .rows(rows, |r| r.try_get::<_, i64>(0))?
-            .first()
-            .copied()
-            .unwrap_or(0);
-        if seq % PRUNE_EVERY == 0 {
-            self.execute("DELETE FROM changes WHERE seq <= $1", &[&(seq - KEEP)])?;
+    fn note(&mut self, changes: &[ChangeRow]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
         }
-        if !self.notified {
-            // Delivered at commit, once per transaction (PostgreSQL folds duplicates anyway).
-            self.exec(&format!("NOTIFY {CHANNEL}"))?;
-            self.notified = true;
+        // The rows and the NOTIFY (delivered at commit) in one statement (batch.rs).
+        let last = self.note_now(changes)?;
+        let first = last - changes.len() as i64 + 1;
+        if (first - 1) / PRUNE_EVERY != last / PRUNE_EVERY {
+            self.execute("DELETE FROM changes WHERE seq <= $1", &[&(last - KEEP)])?;
         }
         Ok(())
     }

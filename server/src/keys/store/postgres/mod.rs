@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use super::StoreError;
 use super::backend::{Backend, Tx};
 
+mod batch;
 mod changes;
 mod claim;
 mod nodes;
@@ -108,6 +109,36 @@ CREATE TABLE changes (
     id BIGINT NOT NULL,
     grantee TEXT NOT NULL
 );
+",
+    // 4: how many keys, counters and grants each owner holds, kept by triggers, so a quota
+    // check reads one row instead of counting the owner's rows.
+    "
+CREATE TABLE held (
+    owner TEXT NOT NULL,
+    what TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (owner, what)
+);
+INSERT INTO held SELECT owner, 'keys', COUNT(*) FROM keys GROUP BY owner;
+INSERT INTO held SELECT owner, 'counters', COUNT(*) FROM counters GROUP BY owner;
+INSERT INTO held SELECT owner, 'grants', COUNT(*) FROM grants GROUP BY owner;
+CREATE FUNCTION ferrohsm_held() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO held VALUES (NEW.owner, TG_ARGV[0], 1)
+            ON CONFLICT (owner, what) DO UPDATE SET n = held.n + 1;
+    ELSE
+        UPDATE held SET n = n - 1 WHERE owner = OLD.owner AND what = TG_ARGV[0];
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keys_held AFTER INSERT OR DELETE ON keys
+    FOR EACH ROW EXECUTE FUNCTION ferrohsm_held('keys');
+CREATE TRIGGER counters_held AFTER INSERT OR DELETE ON counters
+    FOR EACH ROW EXECUTE FUNCTION ferrohsm_held('counters');
+CREATE TRIGGER grants_held AFTER INSERT OR DELETE ON grants
+    FOR EACH ROW EXECUTE FUNCTION ferrohsm_held('grants');
 ",
 ];
 
@@ -220,8 +251,10 @@ pub struct PgBackend {
     // A transaction is open: a connection that breaks now is not replaced until it ends
     // (statements on a fresh connection would run outside the transaction and its lock).
     in_tx: bool,
-    // This transaction has sent its NOTIFY.
-    notified: bool,
+    // Rows were written since the last savepoint mark; a statement of this transaction
+    // failed (PostgreSQL then refuses everything until it ends).
+    wrote: bool,
+    tx_failed: bool,
     // Connections made so far, and the one that LISTENs (changes.rs).
     connections: u64,
     listening: Option<u64>,
@@ -284,7 +317,8 @@ impl PgBackend {
             tls: connector,
             statements: HashMap::new(),
             in_tx: false,
-            notified: false,
+            wrote: false,
+            tx_failed: false,
             connections: 0,
             listening: None,
         })
@@ -363,9 +397,12 @@ impl PgBackend {
                 .connect(self.tls.clone())
                 .map_err(|e| refused(&self.what, &e))?;
             let ms = self.settings.timeout.as_millis().max(1);
+            // Every statement has an index to use; a plan made while a table was small (a new
+            // store) would otherwise keep scanning it whole as it grows, until statistics
+            // catch up.
             c.batch_execute(&format!(
                 "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
-                 SET idle_in_transaction_session_timeout = {}",
+                 SET idle_in_transaction_session_timeout = {}; SET enable_seqscan = off",
                 ms.saturating_mul(10)
             ))
             .map_err(|e| refused(&self.what, &e))?;
@@ -386,6 +423,9 @@ impl PgBackend {
 
     /// The error, forgetting a connection that broke so the next transaction makes a new one.
     fn failed(&mut self, what: &str, e: postgres::Error) -> StoreError {
+        if self.in_tx {
+            self.tx_failed = true;
+        }
         // Anything but an ordinary error of a statement may have left the connection unusable
         // (the server shut it down, the socket broke): it is not reused.
         let broken = e.is_closed()
@@ -483,11 +523,19 @@ impl PgBackend {
         };
         // Open even when the lock was not granted: the caller rolls it back.
         self.in_tx = true;
-        self.notified = false;
+        self.wrote = false;
+        self.tx_failed = r.is_err();
         r
     }
 
     fn tx_commit(&mut self) -> Result<(), StoreError> {
+        // COMMIT of a transaction that saw an error would answer ROLLBACK, not an error.
+        if self.tx_failed {
+            return Err(StoreError::Backend(format!(
+                "database {}: a statement of this transaction failed; nothing was committed",
+                self.what
+            )));
+        }
         let r = self.exec("COMMIT");
         if r.is_ok() {
             self.in_tx = false;

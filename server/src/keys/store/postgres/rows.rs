@@ -37,14 +37,21 @@ impl PgBackend {
         let st = self.statement(sql)?;
         let what = self.what.clone();
         let r = self.client()?.query(&st, params);
-        r.map_err(|e| self.failed(&what, e))
+        let rows = r.map_err(|e| self.failed(&what, e))?;
+        // A statement that is not a plain read and returned rows (RETURNING) wrote them.
+        if !rows.is_empty() && !sql.trim_start().starts_with("SELECT") {
+            self.wrote = true;
+        }
+        Ok(rows)
     }
 
     pub(super) fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
         let st = self.statement(sql)?;
         let what = self.what.clone();
         let r = self.client()?.execute(&st, params);
-        r.map_err(|e| self.failed(&what, e))
+        let n = r.map_err(|e| self.failed(&what, e))?;
+        self.wrote |= n > 0;
+        Ok(n)
     }
 
     /// Converts each row, a column of the wrong type being a store failure.
@@ -102,16 +109,29 @@ impl Backend for PgBackend {
         self.tx_rollback()
     }
 
+    // Savepoints are marks in memory, not statements (two round trips per change saved): the
+    // format layer checks every change before it writes, so a change it refuses has written
+    // nothing, and there is nothing to undo. A change that fails after writing (a statement
+    // error, which also aborts the transaction) cannot be undone alone: the whole batch is
+    // refused and rolled back.
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        self.exec("SAVEPOINT change")
+        self.wrote = false;
+        Ok(())
     }
 
     fn release_savepoint(&mut self) -> Result<(), StoreError> {
-        self.exec("RELEASE SAVEPOINT change")
+        Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
-        self.exec("ROLLBACK TO SAVEPOINT change; RELEASE SAVEPOINT change")
+        if self.wrote || self.tx_failed {
+            return Err(StoreError::Backend(format!(
+                "database {}: a change failed after it began writing; nothing in its batch was \
+                 committed",
+                self.what
+            )));
+        }
+        Ok(())
     }
 
     fn key(&mut self, owner: &str, key: &KeyRef) -> Result<Option<KeyRow>, StoreError> {
@@ -207,46 +227,21 @@ impl Backend for PgBackend {
     }
 
     fn count_owned(&mut self, table: Counted, owner: &str) -> Result<i64, StoreError> {
-        let sql = format!("SELECT COUNT(*) FROM {} WHERE owner = $1", table.table());
-        let rows = self.query(&sql, &[&owner])?;
+        // Kept by triggers (schema 4): one row, however many the owner holds.
+        let rows = self.query(
+            "SELECT COALESCE((SELECT n FROM held WHERE owner = $1 AND what = $2), 0)",
+            &[&owner, &table.table()],
+        )?;
         self.rows(rows, |r| r.try_get::<_, i64>(0))
             .map(|v| v.first().copied().unwrap_or(0))
     }
 
-    fn next_id(&mut self, owner: &str) -> Result<i64, StoreError> {
-        self.execute(
-            "INSERT INTO owners (owner, next_id) VALUES ($1, 1) ON CONFLICT (owner) DO NOTHING",
-            &[&owner],
-        )?;
-        let rows = self.query(
-            "UPDATE owners SET next_id = next_id + 1 WHERE owner = $1 RETURNING next_id - 1",
-            &[&owner],
-        )?;
-        self.rows(rows, |r| r.try_get::<_, i64>(0))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Backend(format!("database {}: no id returned", self.what)))
+    fn claim_id(&mut self, owner: &str, label: &str) -> Result<Option<i64>, StoreError> {
+        self.claim_id_now(owner, label)
     }
 
     fn insert_key(&mut self, row: &KeyRow) -> Result<(), StoreError> {
-        self.execute(
-            &format!("INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
-            &[
-                &row.owner,
-                &row.id,
-                &row.label,
-                &row.key_type,
-                &row.usage,
-                &row.exportable,
-                &row.origin,
-                &row.created,
-                &row.version,
-            ],
-        )?;
-        for v in &row.versions {
-            self.insert_version(&row.owner, row.id, v)?;
-        }
-        Ok(())
+        self.insert_key_now(row)
     }
 
     fn insert_version(&mut self, owner: &str, id: i64, v: &VersionRow) -> Result<(), StoreError> {
@@ -416,25 +411,8 @@ impl Backend for PgBackend {
             .next())
     }
 
-    fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO audit (seq, time, client, session, transport, op, key, detail, status, \
-             prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &(row.seq as i64),
-                &(row.time_ms as i64),
-                &row.client,
-                &(row.session as i64),
-                &row.transport,
-                &row.op,
-                &row.key,
-                &row.detail,
-                &row.status,
-                &&row.prev_hash[..],
-                &&row.hash[..],
-            ],
-        )?;
-        Ok(())
+    fn audit_append(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        self.audit_append_now(rows)
     }
 
     fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError> {

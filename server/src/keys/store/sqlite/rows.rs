@@ -189,7 +189,10 @@ impl Backend for SqliteBackend {
             .map_err(backend)
     }
 
-    fn next_id(&mut self, owner: &str) -> Result<i64, StoreError> {
+    fn claim_id(&mut self, owner: &str, label: &str) -> Result<Option<i64>, StoreError> {
+        if self.label_in_use(owner, label)? {
+            return Ok(None);
+        }
         execute(
             &self.conn,
             "INSERT INTO owners (owner, next_id) VALUES (?1, 1) ON CONFLICT (owner) DO NOTHING",
@@ -200,6 +203,7 @@ impl Backend for SqliteBackend {
                 "UPDATE owners SET next_id = next_id + 1 WHERE owner = ?1 RETURNING next_id - 1",
             )
             .and_then(|mut st| st.query_row(params![owner], |r| r.get(0)))
+            .map(Some)
             .map_err(backend)
     }
 
@@ -410,25 +414,27 @@ impl Backend for SqliteBackend {
             .map_err(backend)
     }
 
-    fn audit_append(&mut self, row: &AuditRow) -> Result<(), StoreError> {
-        execute(
-            &self.conn,
-            "INSERT INTO audit (seq, time, client, session, transport, op, key, detail, status, \
-             prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                row.seq as i64,
-                row.time_ms as i64,
-                row.client,
-                row.session as i64,
-                row.transport,
-                row.op,
-                row.key,
-                row.detail,
-                row.status,
-                &row.prev_hash[..],
-                &row.hash[..]
-            ],
-        )?;
+    fn audit_append(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        for row in rows {
+            execute(
+                &self.conn,
+                "INSERT INTO audit (seq, time, client, session, transport, op, key, detail, \
+                 status, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    row.seq as i64,
+                    row.time_ms as i64,
+                    row.client,
+                    row.session as i64,
+                    row.transport,
+                    row.op,
+                    row.key,
+                    row.detail,
+                    row.status,
+                    &row.prev_hash[..],
+                    &row.hash[..]
+                ],
+            )?;
+        }
         Ok(())
     }
 
