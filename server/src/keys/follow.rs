@@ -119,9 +119,20 @@ fn run(mut store: Store, master: &MasterKey, on: &Followers, following: &Weak<Fo
             }
         }
         drop(f);
-        if store.wait_change(wait).is_err() {
-            // The database is away: try again after a pause, not in a busy loop.
-            std::thread::sleep(wait);
+        // Until another process's commit is announced (this process's own are skipped), or
+        // the time for the next look comes.
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match store.wait_change(left) {
+                Ok(false) if !left.is_zero() => continue,
+                Ok(_) => break,
+                Err(_) => {
+                    // The database is away: try again after a pause, not in a busy loop.
+                    std::thread::sleep(left);
+                    break;
+                }
+            }
         }
         let now = store.connections();
         if now != connections {

@@ -98,6 +98,13 @@ impl PgBackend {
         let owner: Vec<&str> = changes.iter().map(|c| c.owner.as_str()).collect();
         let id: Vec<i64> = changes.iter().map(|c| c.id).collect();
         let grantee: Vec<&str> = changes.iter().map(|c| c.grantee.as_str()).collect();
+        // The notification names the writer, so its own follower need not look (it applied
+        // these when they committed) - unless a grant changed: grants are applied by the
+        // follower alone, on every node, so then every node looks (an empty name).
+        let grants = changes
+            .iter()
+            .any(|c| matches!(c.kind.as_str(), "grant" | "revoke"));
+        let from = if grants { "" } else { origin.as_str() };
         // Under the write lock: no other transaction appends until this one ends.
         let rows = self.query(
             "WITH base AS (SELECT COALESCE(MAX(seq), 0) AS m FROM changes), \
@@ -105,8 +112,8 @@ impl PgBackend {
              SELECT base.m + u.n, $1, u.kind, u.owner, u.id, u.grantee FROM base, \
              unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[]) WITH ORDINALITY \
              AS u(kind, owner, id, grantee, n) RETURNING seq) \
-             SELECT (SELECT MAX(seq) FROM added), pg_notify('ferrohsm_changes', '')",
-            &[&origin, &kind, &owner, &id, &grantee],
+             SELECT (SELECT MAX(seq) FROM added), pg_notify('ferrohsm_changes', $6)",
+            &[&origin, &kind, &owner, &id, &grantee, &from],
         )?;
         let last = self
             .rows(rows, |r| r.try_get::<_, Option<i64>>(0))?

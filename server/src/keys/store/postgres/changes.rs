@@ -40,32 +40,33 @@ impl ChangeLog for PgBackend {
     }
 
     fn since(&mut self, after: i64, limit: usize) -> Result<(i64, Vec<ChangeRow>), StoreError> {
-        let rows = self.query("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])?;
-        let head = self
-            .rows(rows, |r| r.try_get::<_, i64>(0))?
-            .first()
-            .copied()
-            .unwrap_or(0);
-        if head <= after {
-            return Ok((head, Vec::new()));
-        }
+        // The head and the rows after `after`, in one statement (one snapshot, one round
+        // trip): a row with a NULL position when there is nothing after it.
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.query(
-            "SELECT seq, origin, kind, owner, id, grantee FROM changes WHERE seq > $1 \
-             ORDER BY seq LIMIT $2",
+            "SELECT h.head, c.seq, c.origin, c.kind, c.owner, c.id, c.grantee \
+             FROM (SELECT COALESCE(MAX(seq), 0) AS head FROM changes) h \
+             LEFT JOIN LATERAL (SELECT * FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2) c \
+             ON TRUE ORDER BY c.seq",
             &[&after, &limit],
         )?;
-        let changes = self.rows(rows, |r| {
-            Ok(ChangeRow {
-                seq: r.try_get(0)?,
-                origin: r.try_get(1)?,
-                kind: r.try_get(2)?,
-                owner: r.try_get(3)?,
-                id: r.try_get(4)?,
-                grantee: r.try_get(5)?,
-            })
+        let read = self.rows(rows, |r| {
+            let head: i64 = r.try_get(0)?;
+            let change = match r.try_get::<_, Option<i64>>(1)? {
+                None => None,
+                Some(seq) => Some(ChangeRow {
+                    seq,
+                    origin: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    owner: r.try_get(4)?,
+                    id: r.try_get(5)?,
+                    grantee: r.try_get(6)?,
+                }),
+            };
+            Ok((head, change))
         })?;
-        Ok((head, changes))
+        let head = read.first().map_or(0, |(h, _)| *h);
+        Ok((head, read.into_iter().filter_map(|(_, c)| c).collect()))
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
@@ -75,13 +76,19 @@ impl ChangeLog for PgBackend {
             self.listening = Some(self.connections);
         }
         let what = self.what.clone();
+        let me = self.settings.instance.clone();
         let r = {
             let c = self.client()?;
             let mut n = c.notifications();
+            // Another process's commit, or any commit that changed a grant (an empty name);
+            // this process's own other commits are skipped (batch.rs).
+            let theirs = |p: &str| p != me;
             let first = n.timeout_iter(timeout).next();
-            // Take whatever else has arrived, without waiting: one look covers them all.
             match first {
-                Ok(Some(_)) => n.iter().count().map(|_| true),
+                // Take whatever else has arrived, without waiting: one look covers them all.
+                Ok(Some(note)) => n.iter().fold(theirs(note.payload()), |any, x| {
+                    Ok(any || theirs(x.payload()))
+                }),
                 Ok(None) => Ok(false),
                 Err(e) => Err(e),
             }
