@@ -35,6 +35,8 @@ pub struct Following {
     base: Instant,
     // Microseconds after `base` when the last successful look began, plus one (0: never).
     confirmed: AtomicU64,
+    // The change-log position applied so far.
+    applied: AtomicU64,
     revalidate: Duration,
 }
 
@@ -43,15 +45,9 @@ impl Following {
         u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// A point in time, for [`Following::settled_since`].
-    pub fn now(&self) -> u64 {
-        self.now_us()
-    }
-
-    /// Whether a look that began after `t` has succeeded: everything committed before `t` is
-    /// applied.
-    pub fn settled_since(&self, t: u64) -> bool {
-        self.confirmed.load(Ordering::Acquire) > t + 1
+    /// Whether every change up to log position `seq` is applied.
+    pub fn applied(&self, seq: u64) -> bool {
+        self.applied.load(Ordering::Acquire) >= seq
     }
 
     /// Whether memory was confirmed within `revalidate_ms`: cached keys and grants may be
@@ -88,6 +84,7 @@ pub fn start(
     let following = Arc::new(Following {
         base: Instant::now(),
         confirmed: AtomicU64::new(0),
+        applied: AtomicU64::new(0),
         revalidate,
     });
     let weak = Arc::downgrade(&following);
@@ -107,6 +104,10 @@ fn run(mut store: Store, master: &MasterKey, on: &Followers, following: &Weak<Fo
         let began = f.now_us();
         match look(&mut store, master, on, &mut pos) {
             Ok(()) => {
+                if let Some(p) = pos {
+                    f.applied
+                        .store(u64::try_from(p).unwrap_or(0), Ordering::Release);
+                }
                 f.confirmed.store(began + 1, Ordering::Release);
                 if std::mem::take(&mut failing) {
                     tracing::info!("following the other nodes' changes again");

@@ -97,6 +97,8 @@ pub struct StoreStats {
     pub mutations: AtomicU64,
     /// Audit entries appended.
     pub audited: AtomicU64,
+    /// The change-log position of the last commit (a store several nodes share; 0 before).
+    pub noted: AtomicU64,
 }
 
 /// Handle to the store threads; cheap to clone. The threads end when the last handle is
@@ -303,6 +305,9 @@ fn write_loop(
         match outcome {
             Ok(results) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .noted
+                    .store(u64::try_from(store.noted()).unwrap_or(0), Ordering::Release);
                 stats.mutations.fetch_add(n as u64, Ordering::Relaxed);
                 stats
                     .audited
@@ -441,10 +446,10 @@ mod tests {
         fn count_owned(&mut self, _: Counted, _: &str) -> Result<i64, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn claim_id(&mut self, _: &str, _: &str) -> Result<Option<i64>, StoreError> {
+        fn claim_ids(&mut self, _: &[(&str, &str)]) -> Result<Vec<Option<i64>>, StoreError> {
             unreachable!("the writer only commits")
         }
-        fn insert_key(&mut self, _: &KeyRow) -> Result<(), StoreError> {
+        fn insert_keys(&mut self, _: &[KeyRow]) -> Result<(), StoreError> {
             unreachable!("the writer only commits")
         }
         fn insert_version(&mut self, _: &str, _: i64, _: &VersionRow) -> Result<(), StoreError> {

@@ -164,17 +164,22 @@ impl KeyManager {
         self.store.shared()
     }
 
-    /// Waits (at most `revalidate_ms`) until the follower has applied everything committed
-    /// before now, so this node's answers after a change of its own reflect it.
+    /// Waits (at most `revalidate_ms`) until the follower has applied every change this
+    /// node committed so far (by log position), so this node's answers after a change of its
+    /// own reflect it.
     pub(crate) async fn settle(&self) {
         let Some(f) = &self.following else { return };
-        let t = f.now();
+        let seq = self
+            .store
+            .stats
+            .noted
+            .load(std::sync::atomic::Ordering::Acquire);
         let deadline = std::time::Instant::now()
             + self
                 .opts
                 .revalidate
                 .unwrap_or(crate::keys::store::postgres::DEFAULT_REVALIDATE);
-        while !f.settled_since(t) && std::time::Instant::now() < deadline {
+        while !f.applied(seq) && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_micros(500)).await;
         }
     }

@@ -150,8 +150,9 @@ pub trait ChangeLog {
     /// never take each other's changes for their own).
     fn instance(&self) -> &str;
     /// Appends changes, in order, in the current write transaction (their `seq` and `origin`
-    /// are set here); every listener is notified when the transaction commits.
-    fn note(&mut self, changes: &[ChangeRow]) -> Result<(), StoreError>;
+    /// are set here); every listener is notified when the transaction commits. Answers the
+    /// last position written.
+    fn note(&mut self, changes: &[ChangeRow]) -> Result<i64, StoreError>;
     /// In a read transaction: the last position in the log, and up to `limit` changes after
     /// `after`, oldest first.
     fn since(&mut self, after: i64, limit: usize) -> Result<(i64, Vec<ChangeRow>), StoreError>;
@@ -213,12 +214,12 @@ pub trait Backend: Send {
     fn count_by_owner(&mut self, table: Counted) -> Result<Vec<(String, i64)>, StoreError>;
     /// How many rows of `table` `owner` holds.
     fn count_owned(&mut self, table: Counted, owner: &str) -> Result<i64, StoreError>;
-    /// The next id of `owner` (from 1), never handed out before, even for a deleted key,
-    /// for a new key labelled `label`; `None` (and no id taken) when `owner` already has a
-    /// key with that label.
-    fn claim_id(&mut self, owner: &str, label: &str) -> Result<Option<i64>, StoreError>;
-    /// Inserts a key row and its version rows.
-    fn insert_key(&mut self, row: &KeyRow) -> Result<(), StoreError>;
+    /// For each new key `(owner, label)`, in order: the next id of its owner (from 1), never
+    /// handed out before, even for a deleted key; `None` (and no id taken) when the owner
+    /// already has a key with that label. The pairs are distinct.
+    fn claim_ids(&mut self, keys: &[(&str, &str)]) -> Result<Vec<Option<i64>>, StoreError>;
+    /// Inserts key rows with their version rows.
+    fn insert_keys(&mut self, rows: &[KeyRow]) -> Result<(), StoreError>;
     /// Inserts one version row of key `(owner, id)`.
     fn insert_version(&mut self, owner: &str, id: i64, v: &VersionRow) -> Result<(), StoreError>;
     /// Replaces the sealed material of one version.

@@ -3,18 +3,13 @@
 //! under the master key over every field, so a row edited or inserted in the database is
 //! refused, never honoured.
 
-use std::sync::Arc;
-
 use ferrohsm_proto::{KeyRef, KeyType};
 
-use super::open::created_handle;
-use super::rows::{key_row, parse};
+use super::rows::parse;
 use crate::keys::material::KeyMaterial;
 use crate::keys::seal::{Fields, MasterKey};
 use crate::keys::store::backend::{Backend, CounterRow, GrantRow, VersionRow};
-use crate::keys::store::{
-    Applied, GrantRecord, KeyRecord, Mutation, NewVersion, SESSION_ID_BASE, Sealed, StoreError,
-};
+use crate::keys::store::{Applied, GrantRecord, Mutation, Sealed, StoreError};
 
 /// Key types whose material may have versions (their outputs record the version).
 const ROTATABLE: [KeyType; 3] = [
@@ -57,7 +52,7 @@ fn integrity(owner: &str, id: u32, reason: impl Into<String>) -> StoreError {
     }
 }
 
-fn sealing(e: crate::keys::seal::SealError) -> StoreError {
+pub(super) fn sealing(e: crate::keys::seal::SealError) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
@@ -79,52 +74,8 @@ fn checked_key(
     Ok(s)
 }
 
-fn stored_time(t: u64) -> i64 {
+pub(super) fn stored_time(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
-}
-
-fn create(
-    db: &mut dyn Backend,
-    master: &MasterKey,
-    mut record: KeyRecord,
-    versions: Vec<NewVersion>,
-) -> Result<Applied, StoreError> {
-    if versions.last().is_none_or(|v| v.material.is_none()) {
-        return Err(StoreError::Invalid(
-            "a new key's current version has no material".into(),
-        ));
-    }
-    let owner = record.owner.clone();
-    let Some(id) = db.claim_id(&owner, record.label.as_str())? else {
-        return Err(StoreError::LabelInUse(record.label.clone()));
-    };
-    record.id = u32::try_from(id)
-        .ok()
-        .filter(|id| *id < SESSION_ID_BASE)
-        .ok_or(StoreError::IdsExhausted)?;
-    record.version = versions.len() as u32;
-    let mut row = key_row(&record);
-    for (i, v) in versions.iter().enumerate() {
-        let n = i as u32 + 1;
-        // The material's stored form exists only here, on the store writer, until sealed.
-        let sealed = match &v.material {
-            Some(m) => Some(
-                master
-                    .seal_version(&record, n, &m.to_stored())
-                    .map_err(sealing)?,
-            ),
-            None => None,
-        };
-        row.versions.push(VersionRow {
-            version: i64::from(n),
-            created: stored_time(v.created),
-            sealed,
-        });
-    }
-    // Built before the row is written: nothing fails after a write (see `Store::commit`).
-    let handle = created_handle(record, versions)?;
-    db.insert_key(&row)?;
-    Ok(Applied::Created(Arc::new(handle)))
 }
 
 fn delete(
@@ -325,7 +276,10 @@ pub(super) fn apply(
     m: Mutation,
 ) -> Result<Applied, StoreError> {
     match m {
-        Mutation::Create { record, versions } => create(db, master, record, versions),
+        // Every create goes through create.rs with its quota (`Store::commit`).
+        Mutation::Create { .. } => Err(StoreError::Backend(
+            "a new key is made with the others of its batch".into(),
+        )),
         Mutation::Delete { owner, key } => delete(db, master, &owner, &key),
         Mutation::Rotate {
             owner,

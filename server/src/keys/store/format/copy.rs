@@ -62,7 +62,7 @@ fn copy(src: &mut dyn Backend, dst: &mut dyn Backend) -> Result<Copied, StoreErr
                 StoreError::Backend(format!("key {owner}/{} has an id out of range", last.id))
             })?;
             for row in &page {
-                dst.insert_key(row)?;
+                dst.insert_keys(std::slice::from_ref(row))?;
             }
             keys += page.len();
         }

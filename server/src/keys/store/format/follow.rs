@@ -28,6 +28,18 @@ pub struct Snapshot {
 /// Changes read from the log in one look, at most.
 const PAGE: usize = 4096;
 
+/// The log row of a key just made.
+pub(super) fn created(h: &crate::keys::KeyHandle) -> ChangeRow {
+    ChangeRow {
+        seq: 0,
+        origin: String::new(),
+        kind: "key-created".into(),
+        owner: h.owner.to_string(),
+        id: i64::from(h.info.id),
+        grantee: String::new(),
+    }
+}
+
 /// What a mutation will change, for the log (its id filled in from the result).
 pub(super) fn noted(m: &Mutation) -> Option<ChangeRow> {
     let row = |kind: &str, owner: &str, id: u32, grantee: &str| ChangeRow {
@@ -83,6 +95,38 @@ impl Counts {
             }
             _ => return Ok(()),
         };
+        self.room(db, table, owner, limit)
+    }
+
+    /// A place for one more new key of `owner`, taken now (given back by
+    /// [`Counts::give_back`] if the key is not made after all).
+    pub(super) fn take_key(
+        &mut self,
+        db: &mut dyn Backend,
+        limits: Option<&Limits>,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(limits) = limits
+            && db.change_log().is_some()
+        {
+            self.room(db, Counted::Keys, owner, limits.keys)?;
+        }
+        self.add(Counted::Keys, owner, 1);
+        Ok(())
+    }
+
+    /// Gives back a place [`Counts::take_key`] took.
+    pub(super) fn give_back(&mut self, owner: &str) {
+        self.add(Counted::Keys, owner, -1);
+    }
+
+    fn room(
+        &mut self,
+        db: &mut dyn Backend,
+        table: Counted,
+        owner: &str,
+        limit: usize,
+    ) -> Result<(), StoreError> {
         let key = (table, owner.to_string());
         let held = match self.0.get(&key) {
             Some(n) => *n,
@@ -107,19 +151,19 @@ impl Counts {
         Ok(())
     }
 
+    fn add(&mut self, table: Counted, owner: &str, n: i64) {
+        if let Some(c) = self.0.get_mut(&(table, owner.to_string())) {
+            *c += n;
+        }
+    }
+
     /// After a change succeeded: what it adds to the counts (or, where the count is not
-    /// known here, forgets it, to be read again).
+    /// known here, forgets it, to be read again). A new key's place was taken already.
     fn applied(&mut self, row: &ChangeRow) {
-        let mut add = |table, n: i64| {
-            if let Some(c) = self.0.get_mut(&(table, row.owner.clone())) {
-                *c += n;
-            }
-        };
         match row.kind.as_str() {
-            "key-created" => add(Counted::Keys, 1),
-            "counter-created" => add(Counted::Counters, 1),
+            "counter-created" => self.add(Counted::Counters, &row.owner, 1),
             "key-deleted" => {
-                add(Counted::Keys, -1);
+                self.add(Counted::Keys, &row.owner, -1);
                 // Its grants went with it.
                 self.0.remove(&(Counted::Grants, row.owner.clone()));
             }

@@ -20,12 +20,13 @@ use crate::keys::audit::SignedHead;
 use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
 use crate::keys::store::backend::{Backend, Counted, KeyFilter, Tx};
 use crate::keys::store::{
-    Applied, AuditEvent, Change, GrantRecord, Listed, MasterRecord, Sealed, StoreError,
+    Applied, AuditEvent, Change, GrantRecord, Listed, MasterRecord, Mutation, Sealed, StoreError,
 };
 
 mod apply;
 mod audit;
 mod copy;
+mod create;
 mod follow;
 pub mod open;
 mod rows;
@@ -46,6 +47,8 @@ pub struct Store {
     opened: u64,
     // Quotas the database counts (set on a store several nodes share; follow.rs).
     limits: Option<crate::keys::quota::Limits>,
+    // The change-log position of the last commit through this handle.
+    noted: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -64,6 +67,7 @@ impl Store {
             audit_key: None,
             opened: 0,
             limits: None,
+            noted: 0,
         }
     }
 
@@ -149,7 +153,40 @@ impl Store {
             // The audit rows and change-log rows of the batch, written together at its end.
             let (mut entries, mut changes) = (Vec::new(), Vec::new());
             let mut counts = follow::Counts::default();
-            for Change { mutation, audit } in batch {
+            let mut noted = 0;
+            let mut batch = batch.into_iter().peekable();
+            while let Some(first) = batch.next() {
+                // New keys that follow each other are made together (create.rs).
+                if matches!(first.mutation, Mutation::Create { .. }) {
+                    let mut run = vec![first];
+                    while let Some(next) =
+                        batch.next_if(|c| matches!(c.mutation, Mutation::Create { .. }))
+                    {
+                        run.push(next);
+                    }
+                    let (keys, audits): (Vec<_>, Vec<_>) = run
+                        .into_iter()
+                        .map(|c| match c.mutation {
+                            Mutation::Create { record, versions } => ((record, versions), c.audit),
+                            _ => unreachable!("only creates are in the run"),
+                        })
+                        .unzip();
+                    db.savepoint()?;
+                    let made = create::create_run(db, master, keys, &mut counts, limits.as_ref())?;
+                    db.release_savepoint()?;
+                    for (r, audit) in made.into_iter().zip(audits) {
+                        if let Ok(applied @ Applied::Created(h)) = &r {
+                            let row = follow::created(h);
+                            counts.record(db, row, applied, &mut changes);
+                        }
+                        if let Some(e) = audit {
+                            audit::append(&mut entries, &mut head, &audited(e, &r));
+                        }
+                        results.push(r);
+                    }
+                    continue;
+                }
+                let Change { mutation, audit } = first;
                 // A savepoint per mutation: one that fails leaves no trace and does not affect
                 // the others in the batch; its audit entry records the failure. Every change
                 // is checked before it writes anything, so a refusal never needs the database
@@ -167,17 +204,8 @@ impl Store {
                 } else {
                     db.rollback_to_savepoint()?;
                 }
-                if let Some(mut e) = audit {
-                    e.status = match &r {
-                        Ok(_) => "ok",
-                        Err(err) => err.status().name(),
-                    };
-                    match &r {
-                        Ok(Applied::Key(rec)) => e.key = format!("{}:{}", rec.owner, rec.id),
-                        Ok(Applied::Created(h)) => e.key = format!("{}:{}", h.owner, h.info.id),
-                        _ => {}
-                    }
-                    audit::append(&mut entries, &mut head, &e);
+                if let Some(e) = audit {
+                    audit::append(&mut entries, &mut head, &audited(e, &r));
                 }
                 results.push(r);
             }
@@ -190,16 +218,25 @@ impl Store {
             if let Some(log) = db.change_log()
                 && !changes.is_empty()
             {
-                log.note(&changes)?;
+                noted = log.note(&changes)?;
             }
             if head.0 != start {
                 audit::put_head(db, &SignedHead::sign(&key, head.0, head.1))?;
             }
-            Ok(results)
+            Ok((results, noted))
         });
         // Kept whatever happened: the key does not change with a failed commit.
         self.audit_key = Some(key);
-        out
+        let (results, noted) = out?;
+        if noted > 0 {
+            self.noted = noted;
+        }
+        Ok(results)
+    }
+
+    /// The change-log position of this handle's last commit that wrote one (0: none yet).
+    pub fn noted(&self) -> i64 {
+        self.noted
     }
 
     /// Every grant, each checked against its tag (a grant that does not authenticate is never
@@ -335,6 +372,21 @@ fn held(db: &mut dyn Backend) -> Result<Vec<(String, usize, usize)>, StoreError>
         held.entry(owner).or_default().1 = usize::try_from(n).unwrap_or(0);
     }
     Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
+}
+
+/// A change's audit entry with its outcome: `ok` or the failure's status, and the key it made
+/// or changed.
+fn audited(mut e: AuditEvent, r: &Result<Applied, StoreError>) -> AuditEvent {
+    e.status = match r {
+        Ok(_) => "ok",
+        Err(err) => err.status().name(),
+    };
+    match r {
+        Ok(Applied::Key(rec)) => e.key = format!("{}:{}", rec.owner, rec.id),
+        Ok(Applied::Created(h)) => e.key = format!("{}:{}", h.owner, h.info.id),
+        _ => {}
+    }
+    e
 }
 
 fn put_master_record(db: &mut dyn Backend, rec: &MasterRecord) -> Result<(), StoreError> {

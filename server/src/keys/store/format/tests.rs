@@ -120,6 +120,31 @@ pub(crate) fn ids_labels_and_batches(s: &mut Store, master: &MasterKey) {
         .commit(master, vec![create("alice", "a")], vec![])
         .unwrap();
     assert_eq!(id(&r[0]), 2, "a deleted id is never reused");
+    // New keys of several owners in one batch, one of them refused: each owner's ids stay
+    // consecutive, and a refused key takes no id.
+    let r = s
+        .commit(
+            master,
+            vec![
+                create("alice", "b"),
+                create("alice", "a"),
+                create("bob", "b"),
+                create("alice", "c"),
+            ],
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(id(&r[0]), 3);
+    assert_eq!(
+        r[1].as_ref().unwrap_err(),
+        &StoreError::LabelInUse("a".parse().unwrap())
+    );
+    assert_eq!((id(&r[2]), id(&r[3])), (2, 4));
+    for (owner, label, want) in [("alice", "b", 3), ("bob", "b", 2), ("alice", "c", 4)] {
+        let found = s.find(owner, &label.parse().unwrap()).unwrap().unwrap();
+        assert_eq!(found.record.id, want, "{owner}:{label}");
+        assert!(master.open_record(&found.record, found.current()).is_ok());
+    }
 }
 
 #[test]
@@ -139,10 +164,10 @@ fn ids_labels_batches_and_reopen() {
     );
     assert!(s.find("carol", &KeyRef::Id(2)).unwrap().is_none());
     assert!(s.label_in_use("bob", &"a".parse().unwrap()).unwrap());
-    assert_eq!(s.list("alice", &all(), 0, 100).unwrap().len(), 1);
+    assert_eq!(s.list("alice", &all(), 0, 100).unwrap().len(), 3);
     assert!(s.list("alice", &all(), 0, 100).unwrap()[0].1.is_ok());
     let mut rd = s.reader().unwrap();
-    assert_eq!(rd.list("bob", &all(), 0, 100).unwrap().len(), 1);
+    assert_eq!(rd.list("bob", &all(), 0, 100).unwrap().len(), 2);
     let r = rd.commit(&master, vec![create("bob", "z")], vec![]);
     // The create itself fails inside its savepoint; its audit entry then cannot be written,
     // which fails the whole batch with SQLite's read-only refusal.
@@ -153,7 +178,7 @@ fn ids_labels_batches_and_reopen() {
     assert!(!s.label_in_use("bob", &"z".parse().unwrap()).unwrap());
     // Every change, failed ones too, is in the chain, and the chain verifies.
     let (rows, head, public) = s.audit_snapshot(1).unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 9);
     assert_eq!(rows[1].status, "label_in_use");
     assert_eq!(rows[0].key, "alice:1");
     crate::keys::audit::verify(rows, head.as_ref(), &public.unwrap(), None).unwrap();

@@ -1,8 +1,8 @@
 //! The writes of a batch in as few round trips as PostgreSQL allows: each one costs a trip
 //! across the network and a wake-up on both sides, and the store writer waits for each in
-//! turn. A new key is two statements (its id with the label check, then the row with every
-//! version); a batch's audit entries are one statement, and its change-log rows with their
-//! notification one more.
+//! turn. The new keys of a batch are two statements (their ids with the label checks, then
+//! the rows with every version); a batch's audit entries are one statement, and its
+//! change-log rows with their notification one more.
 
 use super::PgBackend;
 use crate::keys::audit::AuditRow;
@@ -10,56 +10,95 @@ use crate::keys::store::StoreError;
 use crate::keys::store::backend::{ChangeRow, KeyRow};
 
 impl PgBackend {
-    /// The next id of `owner` unless the label is taken, in one statement.
-    pub(super) fn claim_id_now(
+    /// For every new key of a batch, its owner's next id unless its label is taken, in one
+    /// statement: free labels are numbered per owner in request order, and each owner's
+    /// `next_id` moves past them all at once.
+    pub(super) fn claim_ids_now(
         &mut self,
-        owner: &str,
-        label: &str,
-    ) -> Result<Option<i64>, StoreError> {
+        keys: &[(&str, &str)],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owners: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let labels: Vec<&str> = keys.iter().map(|k| k.1).collect();
         let wrote = self.wrote;
         let rows = self.query(
-            "WITH taken AS (SELECT EXISTS (SELECT 1 FROM keys WHERE owner = $1 AND label = $2) \
-             AS t), \
-             claimed AS (INSERT INTO owners (owner, next_id) SELECT $1, 2 FROM taken WHERE NOT t \
-             ON CONFLICT (owner) DO UPDATE SET next_id = owners.next_id + 1 \
-             RETURNING next_id - 1 AS id) \
-             SELECT (SELECT id FROM claimed)",
-            &[&owner, &label],
+            "WITH req AS (SELECT * FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY \
+             AS r(owner, label, n)), \
+             free AS (SELECT r.owner, r.n, \
+             row_number() OVER (PARTITION BY r.owner ORDER BY r.n) AS k FROM req r \
+             WHERE NOT EXISTS (SELECT 1 FROM keys WHERE keys.owner = r.owner \
+             AND keys.label = r.label)), \
+             per AS (SELECT owner, COUNT(*) AS c FROM free GROUP BY owner), \
+             bumped AS (INSERT INTO owners (owner, next_id) SELECT owner, 1 + c FROM per \
+             ON CONFLICT (owner) DO UPDATE SET next_id = owners.next_id + excluded.next_id - 1 \
+             RETURNING owner, next_id) \
+             SELECT b.next_id - p.c + f.k - 1 FROM req r \
+             LEFT JOIN free f ON f.n = r.n LEFT JOIN per p ON p.owner = f.owner \
+             LEFT JOIN bumped b ON b.owner = f.owner ORDER BY r.n",
+            &[&owners, &labels],
         )?;
-        let id = self
-            .rows(rows, |r| r.try_get::<_, Option<i64>>(0))?
-            .into_iter()
-            .next()
-            .flatten();
+        let ids = self.rows(rows, |r| r.try_get::<_, Option<i64>>(0))?;
+        if ids.len() != keys.len() {
+            return Err(StoreError::Backend(format!(
+                "database {}: {} ids answered for {} new keys",
+                self.what,
+                ids.len(),
+                keys.len()
+            )));
+        }
         // Only a claimed id is a write (a taken label changed nothing).
-        self.wrote = wrote || id.is_some();
-        Ok(id)
+        self.wrote = wrote || ids.iter().any(Option::is_some);
+        Ok(ids)
     }
 
-    /// A key row with every version, in one statement.
-    pub(super) fn insert_key_now(&mut self, row: &KeyRow) -> Result<(), StoreError> {
-        let versions: Vec<i64> = row.versions.iter().map(|v| v.version).collect();
-        let created: Vec<i64> = row.versions.iter().map(|v| v.created).collect();
-        let sealed: Vec<Option<&[u8]>> = row.versions.iter().map(|v| v.sealed.as_deref()).collect();
+    /// Key rows with every version, in one statement.
+    pub(super) fn insert_keys_now(&mut self, rows: &[KeyRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&KeyRow) -> &str| -> Vec<&str> { rows.iter().map(f).collect() };
+        let int = |f: fn(&KeyRow) -> i64| -> Vec<i64> { rows.iter().map(f).collect() };
+        let (owner, label, key_type, origin) = (
+            col(|r| &r.owner),
+            col(|r| &r.label),
+            col(|r| &r.key_type),
+            col(|r| &r.origin),
+        );
+        let (id, usage, exportable) = (int(|r| r.id), int(|r| r.usage), int(|r| r.exportable));
+        let (created, version) = (int(|r| r.created), int(|r| r.version));
+        let all = || {
+            rows.iter()
+                .flat_map(|r| r.versions.iter().map(move |v| (r, v)))
+        };
+        let v_owner: Vec<&str> = all().map(|(r, _)| r.owner.as_str()).collect();
+        let v_id: Vec<i64> = all().map(|(r, _)| r.id).collect();
+        let v_version: Vec<i64> = all().map(|(_, v)| v.version).collect();
+        let v_created: Vec<i64> = all().map(|(_, v)| v.created).collect();
+        let v_sealed: Vec<Option<&[u8]>> = all().map(|(_, v)| v.sealed.as_deref()).collect();
         self.execute(
             "WITH k AS (INSERT INTO keys (owner, id, label, key_type, usage, exportable, origin, \
-             created, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)) \
+             created, version) SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], \
+             $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BIGINT[], $9::BIGINT[])) \
              INSERT INTO key_versions (owner, id, version, created, sealed) \
-             SELECT $1, $2, v, c, s FROM unnest($10::BIGINT[], $11::BIGINT[], $12::BYTEA[]) \
-             AS u(v, c, s)",
+             SELECT * FROM unnest($10::TEXT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], \
+             $14::BYTEA[])",
             &[
-                &row.owner,
-                &row.id,
-                &row.label,
-                &row.key_type,
-                &row.usage,
-                &row.exportable,
-                &row.origin,
-                &row.created,
-                &row.version,
-                &versions,
+                &owner,
+                &id,
+                &label,
+                &key_type,
+                &usage,
+                &exportable,
+                &origin,
                 &created,
-                &sealed,
+                &version,
+                &v_owner,
+                &v_id,
+                &v_version,
+                &v_created,
+                &v_sealed,
             ],
         )?;
         Ok(())

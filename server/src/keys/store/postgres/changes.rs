@@ -26,9 +26,9 @@ impl ChangeLog for PgBackend {
         &self.settings.instance
     }
 
-    fn note(&mut self, changes: &[ChangeRow]) -> Result<(), StoreError> {
+    fn note(&mut self, changes: &[ChangeRow]) -> Result<i64, StoreError> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         // The rows and the NOTIFY (delivered at commit) in one statement (batch.rs).
         let last = self.note_now(changes)?;
@@ -36,7 +36,7 @@ impl ChangeLog for PgBackend {
         if (first - 1) / PRUNE_EVERY != last / PRUNE_EVERY {
             self.execute("DELETE FROM changes WHERE seq <= $1", &[&(last - KEEP)])?;
         }
-        Ok(())
+        Ok(last)
     }
 
     fn since(&mut self, after: i64, limit: usize) -> Result<(i64, Vec<ChangeRow>), StoreError> {

@@ -38,8 +38,9 @@ impl PgBackend {
         let what = self.what.clone();
         let r = self.client()?.query(&st, params);
         let rows = r.map_err(|e| self.failed(&what, e))?;
-        // A statement that is not a plain read and returned rows (RETURNING) wrote them.
-        if !rows.is_empty() && !sql.trim_start().starts_with("SELECT") {
+        // Anything but a plain read may have written (a caller that knows better, the id
+        // claim, says so itself).
+        if !sql.trim_start().starts_with("SELECT") {
             self.wrote = true;
         }
         Ok(rows)
@@ -236,12 +237,12 @@ impl Backend for PgBackend {
             .map(|v| v.first().copied().unwrap_or(0))
     }
 
-    fn claim_id(&mut self, owner: &str, label: &str) -> Result<Option<i64>, StoreError> {
-        self.claim_id_now(owner, label)
+    fn claim_ids(&mut self, keys: &[(&str, &str)]) -> Result<Vec<Option<i64>>, StoreError> {
+        self.claim_ids_now(keys)
     }
 
-    fn insert_key(&mut self, row: &KeyRow) -> Result<(), StoreError> {
-        self.insert_key_now(row)
+    fn insert_keys(&mut self, rows: &[KeyRow]) -> Result<(), StoreError> {
+        self.insert_keys_now(rows)
     }
 
     fn insert_version(&mut self, owner: &str, id: i64, v: &VersionRow) -> Result<(), StoreError> {

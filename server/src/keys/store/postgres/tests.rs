@@ -89,7 +89,7 @@ fn the_format_holds_on_postgres() {
     assert_eq!(h.info.id, 2);
     assert!(other.label_in_use("bob", &"a".parse().unwrap()).unwrap());
     let all = KeyFilter::default();
-    assert_eq!(other.list("alice", &all, 0, 100).unwrap().len(), 1);
+    assert_eq!(other.list("alice", &all, 0, 100).unwrap().len(), 3);
     let by_label = KeyFilter {
         label: Some("a".parse().unwrap()),
         ..KeyFilter::default()
@@ -103,7 +103,15 @@ fn the_format_holds_on_postgres() {
     );
     assert_eq!(
         other.held().unwrap(),
-        vec![("alice".to_string(), 1, 0), ("bob".to_string(), 1, 0)]
+        vec![("alice".to_string(), 3, 0), ("bob".to_string(), 2, 0)]
+    );
+    // The triggers' counts agree with the rows.
+    assert_eq!(
+        pg.psql(
+            "format",
+            "SELECT string_agg(owner || '=' || n, ',' ORDER BY owner) FROM held WHERE what = 'keys'"
+        ),
+        "alice=3,bob=2"
     );
 
     // Versions, counters, grants.
@@ -150,7 +158,7 @@ fn the_format_holds_on_postgres() {
 
     // Every change is in the chain, which verifies.
     let (rows, head, public) = other.audit_snapshot(1).unwrap();
-    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.len(), 14);
     assert_eq!(rows[1].status, "label_in_use");
     crate::keys::audit::verify(rows, head.as_ref(), &public.unwrap(), None).unwrap();
 

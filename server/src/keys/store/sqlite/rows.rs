@@ -60,6 +60,48 @@ fn execute(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<usi
         .map_err(backend)
 }
 
+impl SqliteBackend {
+    fn claim_id(&mut self, owner: &str, label: &str) -> Result<Option<i64>, StoreError> {
+        if self.label_in_use(owner, label)? {
+            return Ok(None);
+        }
+        execute(
+            &self.conn,
+            "INSERT INTO owners (owner, next_id) VALUES (?1, 1) ON CONFLICT (owner) DO NOTHING",
+            params![owner],
+        )?;
+        self.conn
+            .prepare_cached(
+                "UPDATE owners SET next_id = next_id + 1 WHERE owner = ?1 RETURNING next_id - 1",
+            )
+            .and_then(|mut st| st.query_row(params![owner], |r| r.get(0)))
+            .map(Some)
+            .map_err(backend)
+    }
+
+    fn insert_key(&mut self, row: &KeyRow) -> Result<(), StoreError> {
+        execute(
+            &self.conn,
+            &format!("INSERT INTO keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                row.owner,
+                row.id,
+                row.label,
+                row.key_type,
+                row.usage,
+                row.exportable,
+                row.origin,
+                row.created,
+                row.version,
+            ],
+        )?;
+        for v in &row.versions {
+            self.insert_version(&row.owner, row.id, v)?;
+        }
+        Ok(())
+    }
+}
+
 impl Backend for SqliteBackend {
     fn describe(&self) -> String {
         self.path.display().to_string()
@@ -189,44 +231,14 @@ impl Backend for SqliteBackend {
             .map_err(backend)
     }
 
-    fn claim_id(&mut self, owner: &str, label: &str) -> Result<Option<i64>, StoreError> {
-        if self.label_in_use(owner, label)? {
-            return Ok(None);
-        }
-        execute(
-            &self.conn,
-            "INSERT INTO owners (owner, next_id) VALUES (?1, 1) ON CONFLICT (owner) DO NOTHING",
-            params![owner],
-        )?;
-        self.conn
-            .prepare_cached(
-                "UPDATE owners SET next_id = next_id + 1 WHERE owner = ?1 RETURNING next_id - 1",
-            )
-            .and_then(|mut st| st.query_row(params![owner], |r| r.get(0)))
-            .map(Some)
-            .map_err(backend)
+    fn claim_ids(&mut self, keys: &[(&str, &str)]) -> Result<Vec<Option<i64>>, StoreError> {
+        keys.iter()
+            .map(|(owner, label)| self.claim_id(owner, label))
+            .collect()
     }
 
-    fn insert_key(&mut self, row: &KeyRow) -> Result<(), StoreError> {
-        execute(
-            &self.conn,
-            &format!("INSERT INTO keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-            params![
-                row.owner,
-                row.id,
-                row.label,
-                row.key_type,
-                row.usage,
-                row.exportable,
-                row.origin,
-                row.created,
-                row.version,
-            ],
-        )?;
-        for v in &row.versions {
-            self.insert_version(&row.owner, row.id, v)?;
-        }
-        Ok(())
+    fn insert_keys(&mut self, rows: &[KeyRow]) -> Result<(), StoreError> {
+        rows.iter().try_for_each(|r| self.insert_key(r))
     }
 
     fn insert_version(&mut self, owner: &str, id: i64, v: &VersionRow) -> Result<(), StoreError> {
