@@ -149,10 +149,6 @@ pub trait ChangeLog {
     /// This process's name in the log (its node name and a random part, so two processes
     /// never take each other's changes for their own).
     fn instance(&self) -> &str;
-    /// Appends changes, in order, in the current write transaction (their `seq` and `origin`
-    /// are set here); every listener is notified when the transaction commits. Answers the
-    /// last position written.
-    fn note(&mut self, changes: &[ChangeRow]) -> Result<i64, StoreError>;
     /// In a read transaction: the last position in the log, and up to `limit` changes after
     /// `after`, oldest first.
     fn since(&mut self, after: i64, limit: usize) -> Result<(i64, Vec<ChangeRow>), StoreError>;
@@ -269,6 +265,30 @@ pub trait Backend: Send {
     fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
     /// Appends audit entries, in order.
     fn audit_append(&mut self, rows: &[AuditRow]) -> Result<(), StoreError>;
+    /// Ends a write batch: its audit entries, its change-log rows and the new signed audit
+    /// head (`meta` `audit_head`), written together where the database allows it (one
+    /// statement on PostgreSQL). A backend with a change log appends the changes (their `seq`
+    /// and `origin` set there, every listener notified at commit) and answers the last
+    /// position written; one without ([`Backend::change_log`] is `None`) is never given any.
+    fn finish(
+        &mut self,
+        audit: &[AuditRow],
+        changes: &[ChangeRow],
+        head: Option<&[u8]>,
+    ) -> Result<i64, StoreError> {
+        if !changes.is_empty() {
+            return Err(StoreError::Backend(
+                "this database keeps no change log".into(),
+            ));
+        }
+        if !audit.is_empty() {
+            self.audit_append(audit)?;
+        }
+        if let Some(h) = head {
+            self.put_meta("audit_head", h)?;
+        }
+        Ok(0)
+    }
     /// Every owner with its next id.
     fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Sets an owner's next id (a copy of a store keeps them, so ids are never reused).

@@ -128,11 +128,6 @@ pub(super) fn append(out: &mut Vec<AuditRow>, head: &mut (u64, [u8; 32]), e: &Au
     out.push(row);
 }
 
-/// Stores the signed head.
-pub(super) fn put_head(db: &mut dyn Backend, head: &SignedHead) -> Result<(), StoreError> {
-    db.put_meta("audit_head", &head.to_bytes())
-}
-
 /// The signed head as stored.
 pub(super) fn head(db: &mut dyn Backend) -> Result<Option<SignedHead>, StoreError> {
     db.meta("audit_head")?

@@ -153,7 +153,6 @@ impl Store {
             // The audit rows and change-log rows of the batch, written together at its end.
             let (mut entries, mut changes) = (Vec::new(), Vec::new());
             let mut counts = follow::Counts::default();
-            let mut noted = 0;
             let mut batch = batch.into_iter().peekable();
             while let Some(first) = batch.next() {
                 // New keys that follow each other are made together (create.rs).
@@ -212,17 +211,10 @@ impl Store {
             for e in &denials {
                 audit::append(&mut entries, &mut head, e);
             }
-            if !entries.is_empty() {
-                db.audit_append(&entries)?;
-            }
-            if let Some(log) = db.change_log()
-                && !changes.is_empty()
-            {
-                noted = log.note(&changes)?;
-            }
-            if head.0 != start {
-                audit::put_head(db, &SignedHead::sign(&key, head.0, head.1))?;
-            }
+            // The batch's audit entries, change-log rows and signed head, together.
+            let signed =
+                (head.0 != start).then(|| SignedHead::sign(&key, head.0, head.1).to_bytes());
+            let noted = db.finish(&entries, &changes, signed.as_deref())?;
             Ok((results, noted))
         });
         // Kept whatever happened: the key does not change with a failed commit.

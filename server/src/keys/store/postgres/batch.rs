@@ -1,10 +1,13 @@
 //! The writes of a batch in as few round trips as PostgreSQL allows: each one costs a trip
 //! across the network and a wake-up on both sides, and the store writer waits for each in
-//! turn. The new keys of a batch are two statements (their ids with the label checks, then
-//! the rows with every version); a batch's audit entries are one statement, and its
-//! change-log rows with their notification one more.
+//! turn. A write transaction begins, takes the lock and reads the audit head in one trip;
+//! the new keys of a batch are two statements (their ids with the label checks, then the rows
+//! with every version); and the batch ends with one statement for its audit entries, its
+//! change-log rows with their notification, and the signed head.
 
-use super::PgBackend;
+use postgres::SimpleQueryMessage;
+
+use super::{PgBackend, WRITE_LOCK};
 use crate::keys::audit::AuditRow;
 use crate::keys::store::StoreError;
 use crate::keys::store::backend::{ChangeRow, KeyRow};
@@ -106,32 +109,62 @@ impl PgBackend {
 
     /// Audit rows, in order, in one statement.
     pub(super) fn audit_append_now(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        self.finish_now(rows, &[], None).map(|_| ())
+    }
+
+    /// Begins a write transaction, takes the write lock and (with `head`) reads the audit
+    /// log's last entry, the batch's first question, in one round trip.
+    pub(super) fn begin_write(&mut self, head: bool) -> Result<(), StoreError> {
+        let what = self.what.clone();
+        let read = if head {
+            "; SELECT seq, encode(hash, 'hex') FROM audit ORDER BY seq DESC LIMIT 1"
+        } else {
+            ""
+        };
+        let r = self.client()?.simple_query(&format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK}){read}"
+        ));
+        let messages = r.map_err(|e| self.failed(&what, e))?;
+        let damaged =
+            || StoreError::Backend(format!("database {what}: the audit head is unreadable"));
+        let mut last = None;
+        for m in messages {
+            // The lock's row has one column; the audit head's has two.
+            if let SimpleQueryMessage::Row(row) = m
+                && row.len() == 2
+            {
+                let seq = row
+                    .get(0)
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or_else(damaged)?;
+                let hash = row
+                    .get(1)
+                    .and_then(crate::config::decode_hex)
+                    .ok_or_else(damaged)?;
+                last = Some((seq, hash));
+            }
+        }
+        self.audit_head = head.then_some(last);
+        Ok(())
+    }
+
+    /// A batch's audit rows, change-log rows (with their notification) and signed head, in
+    /// one statement; the last log position written (0: none).
+    pub(super) fn finish_now(
+        &mut self,
+        audit: &[AuditRow],
+        changes: &[ChangeRow],
+        head: Option<&[u8]>,
+    ) -> Result<i64, StoreError> {
         let int =
-            |f: fn(&AuditRow) -> u64| -> Vec<i64> { rows.iter().map(|r| f(r) as i64).collect() };
-        let text = |f: fn(&AuditRow) -> &str| -> Vec<&str> { rows.iter().map(f).collect() };
+            |f: fn(&AuditRow) -> u64| -> Vec<i64> { audit.iter().map(|r| f(r) as i64).collect() };
+        let text = |f: fn(&AuditRow) -> &str| -> Vec<&str> { audit.iter().map(f).collect() };
         let (seq, time, session) = (int(|r| r.seq), int(|r| r.time_ms), int(|r| r.session));
         let (client, transport, op) =
             (text(|r| &r.client), text(|r| &r.transport), text(|r| &r.op));
         let (key, detail, status) = (text(|r| &r.key), text(|r| &r.detail), text(|r| &r.status));
-        let prev: Vec<&[u8]> = rows.iter().map(|r| &r.prev_hash[..]).collect();
-        let hash: Vec<&[u8]> = rows.iter().map(|r| &r.hash[..]).collect();
-        self.execute(
-            "INSERT INTO audit (seq, time, client, session, transport, op, key, detail, status, \
-             prev_hash, hash) \
-             SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], \
-             $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BYTEA[], \
-             $11::BYTEA[])",
-            &[
-                &seq, &time, &client, &session, &transport, &op, &key, &detail, &status, &prev,
-                &hash,
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Change-log rows, in order, with consecutive positions after the last, and the
-    /// notification (delivered at commit), in one statement.
-    pub(super) fn note_now(&mut self, changes: &[ChangeRow]) -> Result<i64, StoreError> {
+        let prev: Vec<&[u8]> = audit.iter().map(|r| &r.prev_hash[..]).collect();
+        let hash: Vec<&[u8]> = audit.iter().map(|r| &r.hash[..]).collect();
         let origin = self.settings.instance.clone();
         let kind: Vec<&str> = changes.iter().map(|c| c.kind.as_str()).collect();
         let owner: Vec<&str> = changes.iter().map(|c| c.owner.as_str()).collect();
@@ -144,15 +177,26 @@ impl PgBackend {
             .iter()
             .any(|c| matches!(c.kind.as_str(), "grant" | "revoke"));
         let from = if grants { "" } else { origin.as_str() };
-        // Under the write lock: no other transaction appends until this one ends.
         let rows = self.query(
-            "WITH base AS (SELECT COALESCE(MAX(seq), 0) AS m FROM changes), \
+            "WITH a AS (INSERT INTO audit (seq, time, client, session, transport, op, key, \
+             detail, status, prev_hash, hash) \
+             SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], \
+             $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BYTEA[], \
+             $11::BYTEA[])), \
+             h AS (INSERT INTO meta (name, value) SELECT 'audit_head', $12::BYTEA \
+             WHERE $12::BYTEA IS NOT NULL \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value), \
+             base AS (SELECT COALESCE(MAX(seq), 0) AS m FROM changes), \
              added AS (INSERT INTO changes (seq, origin, kind, owner, id, grantee) \
-             SELECT base.m + u.n, $1, u.kind, u.owner, u.id, u.grantee FROM base, \
-             unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[]) WITH ORDINALITY \
+             SELECT base.m + u.n, $13, u.kind, u.owner, u.id, u.grantee FROM base, \
+             unnest($14::TEXT[], $15::TEXT[], $16::BIGINT[], $17::TEXT[]) WITH ORDINALITY \
              AS u(kind, owner, id, grantee, n) RETURNING seq) \
-             SELECT (SELECT MAX(seq) FROM added), pg_notify('ferrohsm_changes', $6)",
-            &[&origin, &kind, &owner, &id, &grantee, &from],
+             SELECT (SELECT MAX(seq) FROM added), \
+             (SELECT pg_notify('ferrohsm_changes', $18) WHERE cardinality($14::TEXT[]) > 0)",
+            &[
+                &seq, &time, &client, &session, &transport, &op, &key, &detail, &status, &prev,
+                &hash, &head, &origin, &kind, &owner, &id, &grantee, &from,
+            ],
         )?;
         let last = self
             .rows(rows, |r| r.try_get::<_, Option<i64>>(0))?
@@ -160,6 +204,9 @@ impl PgBackend {
             .next()
             .flatten()
             .unwrap_or(0);
+        if last > 0 {
+            self.pruned(last, changes.len())?;
+        }
         Ok(last)
     }
 }

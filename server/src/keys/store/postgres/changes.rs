@@ -21,22 +21,20 @@ pub const KEEP: i64 = 100_000;
 /// The log is pruned when a batch passes a position that is a multiple of this.
 const PRUNE_EVERY: i64 = 1024;
 
-impl ChangeLog for PgBackend {
-    fn instance(&self) -> &str {
-        &self.settings.instance
-    }
-
-    fn note(&mut self, changes: &[ChangeRow]) -> Result<i64, StoreError> {
-        if changes.is_empty() {
-            return Ok(0);
-        }
-        // The rows and the NOTIFY (delivered at commit) in one statement (batch.rs).
-        let last = self.note_now(changes)?;
-        let first = last - changes.len() as i64 + 1;
+impl PgBackend {
+    /// Prunes the log when the `n` rows up to `last` passed a multiple of [`PRUNE_EVERY`].
+    pub(super) fn pruned(&mut self, last: i64, n: usize) -> Result<(), StoreError> {
+        let first = last - n as i64 + 1;
         if (first - 1) / PRUNE_EVERY != last / PRUNE_EVERY {
             self.execute("DELETE FROM changes WHERE seq <= $1", &[&(last - KEEP)])?;
         }
-        Ok(last)
+        Ok(())
+    }
+}
+
+impl ChangeLog for PgBackend {
+    fn instance(&self) -> &str {
+        &self.settings.instance
     }
 
     fn since(&mut self, after: i64, limit: usize) -> Result<(i64, Vec<ChangeRow>), StoreError> {

@@ -251,6 +251,8 @@ pub struct PgBackend {
     // A transaction is open: a connection that breaks now is not replaced until it ends
     // (statements on a fresh connection would run outside the transaction and its lock).
     in_tx: bool,
+    // The audit log's last entry, read with the write lock at `BEGIN` (batch.rs), until used.
+    audit_head: Option<Option<(i64, Vec<u8>)>>,
     // Rows were written since the last savepoint mark; a statement of this transaction
     // failed (PostgreSQL then refuses everything until it ends).
     wrote: bool,
@@ -317,6 +319,7 @@ impl PgBackend {
             tls: connector,
             statements: HashMap::new(),
             in_tx: false,
+            audit_head: None,
             wrote: false,
             tx_failed: false,
             connections: 0,
@@ -475,7 +478,7 @@ impl PgBackend {
         if from >= SCHEMA_VERSION {
             return Ok(());
         }
-        self.begin(Tx::Write)?;
+        self.tx_begin_with(Tx::Write, false)?;
         let r = (|| {
             // Another node may have migrated while this one waited for the lock.
             let now = self.schema_version()?.unwrap_or(0);
@@ -503,23 +506,31 @@ impl PgBackend {
     }
 
     fn tx_begin(&mut self, tx: Tx) -> Result<(), StoreError> {
+        self.tx_begin_with(tx, true)
+    }
+
+    /// Begins a transaction; a write one reads the audit head too when `head` (not before
+    /// the schema exists: migrations).
+    fn tx_begin_with(&mut self, tx: Tx, head: bool) -> Result<(), StoreError> {
         // Never inside a transaction a failure left open.
         if self.in_tx {
             self.tx_rollback();
         }
-        let sql = match tx {
-            Tx::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_string(),
-            // READ COMMITTED: every statement after the lock sees what the previous holder
-            // committed (a REPEATABLE READ snapshot would be taken before the lock was granted).
-            Tx::Write => format!(
-                "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-            ),
-        };
-        let r = match self.exec(&sql) {
-            // The connection was found broken (the database restarted while it sat idle):
-            // nothing has been done yet, so begin once more on a new one.
-            Err(_) if self.client.is_none() => self.exec(&sql),
-            r => r,
+        self.audit_head = None;
+        let r = match tx {
+            Tx::Read => {
+                let sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+                match self.exec(sql) {
+                    // The connection was found broken (the database restarted while it sat
+                    // idle): nothing has been done yet, so begin once more on a new one.
+                    Err(_) if self.client.is_none() => self.exec(sql),
+                    r => r,
+                }
+            }
+            Tx::Write => match self.begin_write(head) {
+                Err(_) if self.client.is_none() => self.begin_write(head),
+                r => r,
+            },
         };
         // Open even when the lock was not granted: the caller rolls it back.
         self.in_tx = true;

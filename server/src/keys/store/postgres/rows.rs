@@ -9,7 +9,7 @@ use super::PgBackend;
 use crate::keys::audit::AuditRow;
 use crate::keys::store::StoreError;
 use crate::keys::store::backend::{
-    Backend, ChangeLog, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
+    Backend, ChangeLog, ChangeRow, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
 };
 
 /// The key table's columns, in the order [`key_row`] reads them.
@@ -405,6 +405,9 @@ impl Backend for PgBackend {
     }
 
     fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        if let Some(head) = self.audit_head.take() {
+            return Ok(head);
+        }
         let rows = self.query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
         Ok(self
             .rows(rows, |r| Ok((r.try_get(0)?, r.try_get(1)?)))?
@@ -413,7 +416,18 @@ impl Backend for PgBackend {
     }
 
     fn audit_append(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        self.audit_head = None;
         self.audit_append_now(rows)
+    }
+
+    fn finish(
+        &mut self,
+        audit: &[AuditRow],
+        changes: &[ChangeRow],
+        head: Option<&[u8]>,
+    ) -> Result<i64, StoreError> {
+        self.audit_head = None;
+        self.finish_now(audit, changes, head)
     }
 
     fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
