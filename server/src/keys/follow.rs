@@ -102,7 +102,11 @@ fn run(mut store: Store, master: &MasterKey, on: &Followers, following: &Weak<Fo
         let Some(f) = following.upgrade() else { return };
         let wait = (f.revalidate / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let began = f.now_us();
-        match look(&mut store, master, on, &mut pos) {
+        if pos.is_none() {
+            // A reload: nothing counts as applied until it is done.
+            f.applied.store(0, Ordering::Release);
+        }
+        match look(&mut store, master, on, &mut pos, &f.applied) {
             Ok(()) => {
                 if let Some(p) = pos {
                     f.applied
@@ -142,6 +146,11 @@ fn run(mut store: Store, master: &MasterKey, on: &Followers, following: &Weak<Fo
             // again): start over from the database.
             if connections != 0 {
                 pos = None;
+                // Positions may be handed out again from a lower head: nothing counts as
+                // applied until the reload.
+                if let Some(f) = following.upgrade() {
+                    f.applied.store(0, Ordering::Release);
+                }
                 tracing::info!(
                     "the change log connection was replaced; reloading from the database"
                 );
@@ -157,6 +166,7 @@ fn look(
     master: &MasterKey,
     on: &Followers,
     pos: &mut Option<i64>,
+    applied: &AtomicU64,
 ) -> Result<(), StoreError> {
     loop {
         let Some(after) = *pos else {
@@ -167,6 +177,7 @@ fn look(
         };
         match store.follow(master, after)? {
             Followed::Behind { head } => {
+                applied.store(0, Ordering::Release);
                 tracing::warn!(
                     position = after,
                     head,

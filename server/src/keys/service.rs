@@ -97,7 +97,8 @@ pub struct StoreStats {
     pub mutations: AtomicU64,
     /// Audit entries appended.
     pub audited: AtomicU64,
-    /// The change-log position of the last commit (a store several nodes share; 0 before).
+    /// The change-log position of the last commit that changed a grant (a store several nodes
+    /// share; 0 before).
     pub noted: AtomicU64,
 }
 

@@ -164,9 +164,9 @@ impl KeyManager {
         self.store.shared()
     }
 
-    /// Waits (at most `revalidate_ms`) until the follower has applied every change this
-    /// node committed so far (by log position), so this node's answers after a change of its
-    /// own reflect it.
+    /// Waits (at most `revalidate_ms`) until the follower has applied the last grant or
+    /// revoke this node committed (by log position), so this node's answers after it
+    /// reflect it.
     pub(crate) async fn settle(&self) {
         let Some(f) = &self.following else { return };
         let seq = self

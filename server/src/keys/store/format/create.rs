@@ -72,11 +72,14 @@ pub(super) fn create_run(
             out.push(Err(StoreError::LabelInUse(record.label.clone())));
             continue;
         };
-        // After the claim nothing may fail alone: an error now abandons the batch.
-        record.id = u32::try_from(id)
-            .ok()
-            .filter(|id| *id < SESSION_ID_BASE)
-            .ok_or(StoreError::IdsExhausted)?;
+        let Some(id) = u32::try_from(id).ok().filter(|id| *id < SESSION_ID_BASE) else {
+            // The owner's ids are used up: the id taken is never handed out anyway.
+            counts.give_back(&record.owner);
+            out.push(Err(StoreError::IdsExhausted));
+            continue;
+        };
+        // From here nothing may fail alone: an error now abandons the batch.
+        record.id = id;
         record.version = versions.len() as u32;
         let mut row = key_row(&record);
         for (i, v) in versions.iter().enumerate() {

@@ -214,8 +214,11 @@ impl Store {
             // The batch's audit entries, change-log rows and signed head, together.
             let signed =
                 (head.0 != start).then(|| SignedHead::sign(&key, head.0, head.1).to_bytes());
+            let grants = changes
+                .iter()
+                .any(|c| matches!(c.kind.as_str(), "grant" | "revoke"));
             let noted = db.finish(&entries, &changes, signed.as_deref())?;
-            Ok((results, noted))
+            Ok((results, if grants { noted } else { 0 }))
         });
         // Kept whatever happened: the key does not change with a failed commit.
         self.audit_key = Some(key);
@@ -226,7 +229,8 @@ impl Store {
         Ok(results)
     }
 
-    /// The change-log position of this handle's last commit that wrote one (0: none yet).
+    /// The change-log position of this handle's last commit that changed a grant (0: none
+    /// yet): what a grant or revoke waits for the follower to apply.
     pub fn noted(&self) -> i64 {
         self.noted
     }

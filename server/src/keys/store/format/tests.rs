@@ -389,3 +389,29 @@ fn a_search_opens_only_the_keys_it_returns() {
         assert_eq!(r.opened() - before, 13);
     }
 }
+
+#[test]
+fn an_owner_out_of_ids_is_refused_alone_in_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, master, _) = new_store(dir.path());
+    s.commit(&master, vec![create("carol", "first")], vec![])
+        .unwrap();
+    // As a store edited by hand (or 2^31 creations) would leave it.
+    rusqlite::Connection::open(dir.path().join("keys.db"))
+        .unwrap()
+        .execute(
+            "UPDATE owners SET next_id = 2147483648 WHERE owner = 'carol'",
+            [],
+        )
+        .unwrap();
+    let r = s
+        .commit(
+            &master,
+            vec![create("carol", "more"), create("alice", "fine")],
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap_err(), &StoreError::IdsExhausted);
+    assert_eq!(id(&r[1]), 1, "the rest of the batch is made");
+    assert!(!s.label_in_use("carol", &"more".parse().unwrap()).unwrap());
+}
