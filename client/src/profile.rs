@@ -128,11 +128,11 @@ pub struct PskProfile {
 pub enum Transport {
     /// Plain TCP.
     Tcp,
-    /// TLS with certificates (not in this build yet).
+    /// TLS 1.3 (or 1.2) with mutual certificates.
     Tls,
-    /// TLS 1.3 with a pre-shared key (not in this build yet).
+    /// TLS 1.3 with a pre-shared key (OpenSSL).
     TlsPsk,
-    /// Shared memory (not in this build yet).
+    /// Shared-memory rings on this host.
     Shm,
 }
 

@@ -18,7 +18,6 @@ use crate::keys::store::SESSION_ID_BASE;
 
 #[derive(Debug, Default)]
 struct ClientKeys {
-    next_id: u32,
     by_id: BTreeMap<u32, (u64, Arc<KeyHandle>)>,
     by_label: HashMap<Label, u32>,
     reserved: HashSet<Label>,
@@ -39,6 +38,10 @@ impl ClientKeys {
 pub struct SessionKeys {
     live: HashSet<u64>,
     clients: HashMap<Arc<str>, ClientKeys>,
+    // Per client, the session key ids handed out so far in this process: kept when the
+    // client's keys are all gone, so an id never names two keys (a handle that silently
+    // changed meaning would be the classic HSM confusion). One entry per configured client.
+    issued: HashMap<Arc<str>, u32>,
 }
 
 fn label_in_use(label: &Label) -> OpError {
@@ -119,19 +122,20 @@ impl SessionKeys {
         if !self.live.contains(&session) {
             return Err(OpError::new(Status::ShuttingDown, "the session ended"));
         }
-        let c = self.clients.entry(h.owner.clone()).or_default();
-        let next = c
-            .next_id
+        let issued = self.issued.entry(h.owner.clone()).or_default();
+        let next = issued
             .checked_add(1)
             .filter(|n| *n <= u32::MAX - SESSION_ID_BASE);
         let Some(next) = next else {
             return Err(OpError::new(
                 Status::Busy,
-                "session key id space exhausted for this client",
+                "session key ids exhausted for this client until hsmd restarts (2^31 per \
+                 client; an id is never reused)",
             ));
         };
-        c.next_id = next;
+        *issued = next;
         let id = SESSION_ID_BASE + next - 1;
+        let c = self.clients.entry(h.owner.clone()).or_default();
         h.info.id = id;
         let h = Arc::new(h);
         crate::harden::protect(&*h);
@@ -170,5 +174,44 @@ impl SessionKeys {
             .take(limit)
             .map(|(_, (_, h))| h.info.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::material::KeyMaterial;
+    use ferrohsm_proto::KeyType;
+
+    fn key(owner: &str, label: &str) -> KeyHandle {
+        let t = KeyType::HmacSha256;
+        KeyHandle {
+            owner: owner.into(),
+            info: crate::keys::manager::test_info(0, label, t, t.allowed_usage(), false),
+            material: KeyMaterial::generate(t).unwrap(),
+            older: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_session_key_id_is_never_reused_after_a_delete_or_a_closed_session() {
+        let mut s = SessionKeys::default();
+        let alice: Arc<str> = Arc::from("alice");
+        s.open(1);
+        let a = s.insert(1, key("alice", "a")).unwrap().info.id;
+        assert_eq!(a, SESSION_ID_BASE);
+        // Deleted: the client holds no session key any more, and the next one is new.
+        assert!(s.remove("alice", 1, &KeyRef::Id(a)).is_some());
+        let b = s.insert(1, key("alice", "b")).unwrap().info.id;
+        assert_ne!(a, b);
+        // The session closes and another opens: still new ids.
+        assert_eq!(s.end(&alice, 1), 1);
+        s.open(2);
+        let c = s.insert(2, key("alice", "c")).unwrap().info.id;
+        assert!(c > b, "{c} after {b}");
+        assert!(s.find("alice", 2, &KeyRef::Id(a)).is_none());
+        // Another client counts on its own.
+        let d = s.insert(2, key("bob", "d")).unwrap().info.id;
+        assert_eq!(d, SESSION_ID_BASE);
     }
 }

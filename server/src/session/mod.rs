@@ -350,10 +350,9 @@ impl Handler<Inbound> for Session {
             // Session-level: answered here, never reaching the key manager or the pool.
             return self.reply(opcode, rid, Ok(Response::Done), Some(ticket));
         }
-        let secret = matches!(
-            request,
-            Request::Export(_) | Request::Decrypt { .. } | Request::Random { .. }
-        );
+        // Plaintext, key bytes or random bytes: wiped once written (the PKCS#11 module's raw
+        // decryption was missing from the list this replaced).
+        let secret = request.secret_response();
         // Cheap work, and a lone signature, is answered right here (no task, no hop).
         let alone = !more && self.detached.get() == 0;
         let request = match crate::dispatch::inline(&self.shared, &caller, request, alone) {
