@@ -13,6 +13,7 @@ use crate::handshake::{Challenge, HelloReply, Welcome};
 use crate::status::{ErrorBody, Status};
 use crate::wire::{Buf, Raw};
 
+mod kind;
 mod request;
 mod types;
 pub use request::Request;

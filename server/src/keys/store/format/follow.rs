@@ -28,18 +28,6 @@ pub struct Snapshot {
 /// Changes read from the log in one look, at most.
 const PAGE: usize = 4096;
 
-/// The log row of a key just made.
-pub(super) fn created(h: &crate::keys::KeyHandle) -> ChangeRow {
-    ChangeRow {
-        seq: 0,
-        origin: String::new(),
-        kind: "key-created".into(),
-        owner: h.owner.to_string(),
-        id: i64::from(h.info.id),
-        grantee: String::new(),
-    }
-}
-
 /// What a mutation will change, for the log (its id filled in from the result).
 pub(super) fn noted(m: &Mutation) -> Option<ChangeRow> {
     let row = |kind: &str, owner: &str, id: u32, grantee: &str| ChangeRow {
@@ -84,7 +72,7 @@ impl Counts {
             return Ok(());
         }
         let (table, owner, limit) = match m {
-            Mutation::Create { record, .. } => (Counted::Keys, &record.owner, limits.keys),
+            // A new key takes its place in create.rs (`Counts::take_key`).
             Mutation::CounterCreate { owner, .. } => (Counted::Counters, owner, limits.counters),
             // Replacing a grant takes no new place.
             Mutation::Grant(g) => {

@@ -163,19 +163,21 @@ impl Store {
                     {
                         run.push(next);
                     }
-                    let (keys, audits): (Vec<_>, Vec<_>) = run
-                        .into_iter()
-                        .map(|c| match c.mutation {
-                            Mutation::Create { record, versions } => ((record, versions), c.audit),
+                    let mut keys = Vec::with_capacity(run.len());
+                    let mut after = Vec::with_capacity(run.len());
+                    for c in run {
+                        let note = follow::noted(&c.mutation);
+                        match c.mutation {
+                            Mutation::Create { record, versions } => keys.push((record, versions)),
                             _ => unreachable!("only creates are in the run"),
-                        })
-                        .unzip();
+                        }
+                        after.push((note, c.audit));
+                    }
                     db.savepoint()?;
                     let made = create::create_run(db, master, keys, &mut counts, limits.as_ref())?;
                     db.release_savepoint()?;
-                    for (r, audit) in made.into_iter().zip(audits) {
-                        if let Ok(applied @ Applied::Created(h)) = &r {
-                            let row = follow::created(h);
+                    for (r, (note, audit)) in made.into_iter().zip(after) {
+                        if let (Ok(applied), Some(row)) = (&r, note) {
                             counts.record(db, row, applied, &mut changes);
                         }
                         if let Some(e) = audit {
