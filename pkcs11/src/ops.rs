@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use cryptoki_sys::*;
-use ferrohsm_proto::{KeyRef, KeyType, Request, Usage};
+use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request};
 use sha2::Digest as _;
 use zeroize::Zeroizing;
 
@@ -137,14 +137,33 @@ pub fn key_for(
     Ok((k, class))
 }
 
-fn check_key(k: &Known, mech: CK_MECHANISM_TYPE, usage: Usage) -> Result<(), Rv> {
+/// Whether `k` fits `mech` and carries the usage flags that hsmd will ask of it for `sends`
+/// (read from the request kind's description, so the module and hsmd cannot disagree).
+fn check_key(k: &Known, mech: CK_MECHANISM_TYPE, sends: Opcode) -> Result<(), Rv> {
     if !mech::for_key(k.info.key_type).contains(&mech) {
         return Err(CKR_KEY_TYPE_INCONSISTENT);
     }
-    if !k.info.usage.contains(usage) {
+    let (usage, also) = sends.kind().key.usages();
+    if [usage, also]
+        .into_iter()
+        .flatten()
+        .any(|u| !k.info.usage.contains(u))
+    {
         return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
     }
     Ok(())
+}
+
+/// The request a sign or verify operation with `mech` sends.
+fn sign_opcode(mech: CK_MECHANISM_TYPE, verify: bool) -> Opcode {
+    match (mech, verify) {
+        (CKM_ECDSA, false) => Opcode::SignDigest,
+        (CKM_ECDSA, true) => Opcode::VerifyDigest,
+        (CKM_SHA256_HMAC, false) => Opcode::Mac,
+        (CKM_SHA256_HMAC, true) => Opcode::MacVerify,
+        (_, false) => Opcode::Sign,
+        (_, true) => Opcode::Verify,
+    }
 }
 
 /// `C_SignInit` / `C_VerifyInit`.
@@ -173,12 +192,7 @@ pub fn sign_init(
         &[Class::Private, Class::Secret]
     };
     let (k, _) = key_for(m, s, h, classes)?;
-    let usage = match (args.mech, verify) {
-        (CKM_SHA256_HMAC, _) => Usage::Mac,
-        (_, true) => Usage::Verify,
-        (_, false) => Usage::Sign,
-    };
-    check_key(&k, args.mech, usage)?;
+    check_key(&k, args.mech, sign_opcode(args.mech, verify))?;
     let op = SignOp {
         mech: args.mech,
         key: k.key_ref(),
@@ -238,14 +252,13 @@ fn take_sign(s: &mut Session, data: Option<&[u8]>, verify: bool) -> Result<SignO
 pub fn sign(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Vec<u8>, Rv> {
     let op = take_sign(s, data, false)?;
     let (key, data, mech) = (op.key.clone(), op.input.bytes.to_vec(), op.mech);
-    let out = s.bytes(
-        m,
-        match mech {
-            CKM_ECDSA => Request::SignDigest { key, digest: data },
-            CKM_SHA256_HMAC => Request::Mac { key, data },
-            _ => Request::Sign { key, data },
-        },
-    )?;
+    let req = match mech {
+        CKM_ECDSA => Request::SignDigest { key, digest: data },
+        CKM_SHA256_HMAC => Request::Mac { key, data },
+        _ => Request::Sign { key, data },
+    };
+    debug_assert_eq!(req.opcode(), sign_opcode(mech, false));
+    let out = s.bytes(m, req)?;
     if matches!(mech, CKM_ECDSA | CKM_ECDSA_SHA256) {
         encoding::der_to_raw(&out)
             .map(|r| r.to_vec())
@@ -275,26 +288,25 @@ pub fn verify(
         _ => signature.to_vec(),
     };
     let (key, data, mech) = (op.key.clone(), op.input.bytes.to_vec(), op.mech);
-    s.done(
-        m,
-        match mech {
-            CKM_ECDSA => Request::VerifyDigest {
-                key,
-                digest: data,
-                signature,
-            },
-            CKM_SHA256_HMAC => Request::MacVerify {
-                key,
-                data,
-                mac: signature,
-            },
-            _ => Request::Verify {
-                key,
-                data,
-                signature,
-            },
+    let req = match mech {
+        CKM_ECDSA => Request::VerifyDigest {
+            key,
+            digest: data,
+            signature,
         },
-    )
+        CKM_SHA256_HMAC => Request::MacVerify {
+            key,
+            data,
+            mac: signature,
+        },
+        _ => Request::Verify {
+            key,
+            data,
+            signature,
+        },
+    };
+    debug_assert_eq!(req.opcode(), sign_opcode(mech, true));
+    s.done(m, req)
 }
 
 /// `C_EncryptInit` / `C_DecryptInit`. Decryption honours the caller's nonce; encryption takes
@@ -332,9 +344,9 @@ pub fn crypt_init(
         &k,
         args.mech,
         if decrypt {
-            Usage::Decrypt
+            Opcode::DecryptRaw
         } else {
-            Usage::Encrypt
+            Opcode::EncryptRaw
         },
     )?;
     let op = AeadOp {

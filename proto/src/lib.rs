@@ -31,9 +31,10 @@ pub mod status;
 mod wire;
 
 pub use frame::{Decoded, Frame, FrameDecoder, FrameError, FrameReader, Header, Opcode};
+pub use message::kind;
 pub use message::{
-    DigestAlg, KeyInfo, KeyQuery, KeyRef, KeySpec, KeyType, Label, Lifetime, MAX_PAGE, Origin,
-    Page, Request, Response, Usage, UsageSet, VersionInfo,
+    DigestAlg, KeyInfo, KeyQuery, KeyRef, KeySpec, KeyType, Kind, Label, Lifetime, MAX_PAGE,
+    Origin, Page, Request, Response, Usage, UsageSet, VersionInfo,
 };
 pub use status::{ErrorBody, Status};
 

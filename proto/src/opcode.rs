@@ -85,7 +85,8 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    const ALL: [Opcode; 38] = [
+    /// Every opcode, requests and the server's own messages.
+    pub const ALL: [Opcode; 38] = [
         Opcode::Hello,
         Opcode::Challenge,
         Opcode::Proof,

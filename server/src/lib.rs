@@ -288,7 +288,7 @@ where
     {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
-    let stats = &shared.km.store().stats;
+    let stats = &shared.dispatcher.keys().store().stats;
     tracing::info!(
         commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         changes = stats.mutations.load(std::sync::atomic::Ordering::Relaxed),

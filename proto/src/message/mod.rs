@@ -13,9 +13,10 @@ use crate::handshake::{Challenge, HelloReply, Welcome};
 use crate::status::{ErrorBody, Status};
 use crate::wire::{Buf, Raw};
 
-mod kind;
+pub mod kind;
 mod request;
 mod types;
+pub use kind::Kind;
 pub use request::Request;
 pub use types::*;
 
@@ -183,51 +184,25 @@ impl Response {
 
     /// Decodes a successful response to a request with `opcode`.
     pub fn decode(opcode: u16, body: &[u8]) -> Result<Response, BodyError> {
+        use kind::Answer;
         let op = Opcode::from_u16(opcode).ok_or(BodyError::UnknownOpcode(opcode))?;
-        Ok(match op {
-            Opcode::Hello => match from_body(opcode, body)? {
+        Ok(match op.kind().answer {
+            Answer::Hello => match from_body(opcode, body)? {
                 HelloReply::Challenge(c) => Response::Challenge(c),
                 HelloReply::Welcome(w) => Response::Welcome(w),
             },
-            Opcode::Proof => Response::Welcome(from_body(opcode, body)?),
-            Opcode::Ping
-            | Opcode::Delete
-            | Opcode::Verify
-            | Opcode::MacVerify
-            | Opcode::VerifyDigest
-            | Opcode::Grant
-            | Opcode::Revoke => empty_body(opcode, body).map(|_| Response::Done)?,
-            Opcode::Random
-            | Opcode::Digest
-            | Opcode::Export
-            | Opcode::Sign
-            | Opcode::Encrypt
-            | Opcode::Decrypt
-            | Opcode::Mac
-            | Opcode::Wrap
-            | Opcode::SignDigest
-            | Opcode::EncryptRaw
-            | Opcode::DecryptRaw
-            | Opcode::Rewrap => Response::Bytes(from_body::<Buf>(opcode, body)?.0),
-            Opcode::Generate
-            | Opcode::Info
-            | Opcode::Derive
-            | Opcode::Import
-            | Opcode::Unwrap
-            | Opcode::Rotate
-            | Opcode::Retire => Response::Key(from_body(opcode, body)?),
-            Opcode::CounterCreate | Opcode::CounterRead | Opcode::CounterInc => {
-                Response::Counter(from_body(opcode, body)?)
-            }
-            Opcode::List | Opcode::ListGranted | Opcode::Find => {
-                Response::Keys(from_body(opcode, body)?)
-            }
-            Opcode::PublicKey => {
+            Answer::Welcome => Response::Welcome(from_body(opcode, body)?),
+            Answer::Done => empty_body(opcode, body).map(|_| Response::Done)?,
+            Answer::Bytes(_) => Response::Bytes(from_body::<Buf>(opcode, body)?.0),
+            Answer::Key => Response::Key(from_body(opcode, body)?),
+            Answer::Counter => Response::Counter(from_body(opcode, body)?),
+            Answer::Keys => Response::Keys(from_body(opcode, body)?),
+            Answer::PublicKey => {
                 let (key_type, Buf(bytes)) = from_body(opcode, body)?;
                 Response::PublicKey { key_type, bytes }
             }
-            Opcode::Status => Response::Status(from_body(opcode, body)?),
-            Opcode::Challenge | Opcode::Welcome => return Err(BodyError::UnknownOpcode(opcode)),
+            Answer::Status => Response::Status(from_body(opcode, body)?),
+            Answer::Nothing => return Err(BodyError::UnknownOpcode(opcode)),
         })
     }
 }

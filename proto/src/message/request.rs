@@ -255,7 +255,7 @@ struct DeriveBody {
 
 impl Request {
     /// The opcode of this request.
-    pub fn opcode(&self) -> Opcode {
+    pub const fn opcode(&self) -> Opcode {
         match self {
             Request::Hello(_) => Opcode::Hello,
             Request::Proof(_) => Opcode::Proof,

@@ -123,64 +123,14 @@ impl KeyedOp {
         })
     }
 
-    /// The request again (when the inline path hands it on).
-    pub(super) fn join(self, key: KeyRef) -> Request {
-        match self {
-            KeyedOp::Sign { data } => Request::Sign { key, data },
-            KeyedOp::SignDigest { digest } => Request::SignDigest { key, digest },
-            KeyedOp::VerifyDigest { digest, signature } => Request::VerifyDigest {
-                key,
-                digest,
-                signature,
-            },
-            KeyedOp::EncryptRaw { mut plaintext, aad } => Request::EncryptRaw {
-                key,
-                plaintext: std::mem::take(&mut *plaintext),
-                aad,
-            },
-            KeyedOp::DecryptRaw {
-                nonce,
-                ciphertext,
-                aad,
-            } => Request::DecryptRaw {
-                key,
-                nonce,
-                ciphertext,
-                aad,
-            },
-            KeyedOp::Verify { data, signature } => Request::Verify {
-                key,
-                data,
-                signature,
-            },
-            KeyedOp::Encrypt { mut plaintext, aad } => Request::Encrypt {
-                key,
-                plaintext: std::mem::take(&mut *plaintext),
-                aad,
-            },
-            KeyedOp::Decrypt { ciphertext, aad } => Request::Decrypt {
-                key,
-                ciphertext,
-                aad,
-            },
-            KeyedOp::Mac { data } => Request::Mac { key, data },
-            KeyedOp::MacVerify { data, mac } => Request::MacVerify { key, data, mac },
-            KeyedOp::Rewrap { ciphertext, aad } => Request::Rewrap {
-                key,
-                ciphertext,
-                aad,
-            },
-        }
-    }
-
     /// What the operation requires of its key.
     pub(super) fn requirement(&self) -> policy::Requirement {
         match self {
             KeyedOp::Sign { .. } => policy::SIGN,
             KeyedOp::SignDigest { .. } => policy::SIGN_DIGEST,
             KeyedOp::VerifyDigest { .. } => policy::VERIFY_DIGEST,
-            KeyedOp::EncryptRaw { .. } => policy::ENCRYPT,
-            KeyedOp::DecryptRaw { .. } => policy::DECRYPT,
+            KeyedOp::EncryptRaw { .. } => policy::ENCRYPT_RAW,
+            KeyedOp::DecryptRaw { .. } => policy::DECRYPT_RAW,
             KeyedOp::Verify { .. } => policy::VERIFY,
             KeyedOp::Encrypt { .. } => policy::ENCRYPT,
             KeyedOp::Decrypt { .. } => policy::DECRYPT,
@@ -208,18 +158,6 @@ impl KeyedOp {
                 ciphertext.len() + aad.len()
             }
         }
-    }
-
-    /// Cheap per byte (AEAD, HMAC): inline up to `inline_max` whatever else is in flight.
-    /// Signatures are not: inline only when they are the session's only request.
-    pub(super) fn is_cheap(&self) -> bool {
-        !matches!(
-            self,
-            KeyedOp::Sign { .. }
-                | KeyedOp::Verify { .. }
-                | KeyedOp::SignDigest { .. }
-                | KeyedOp::VerifyDigest { .. }
-        )
     }
 
     /// Runs the operation with `h`: encrypt and mac use the current version; decrypt and

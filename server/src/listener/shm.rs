@@ -235,7 +235,10 @@ async fn handshake(
             Err(e) => {
                 // Audited like a failed login on any other transport.
                 if matches!(e.status, Status::AuthFailed | Status::PeerNotAllowed) {
-                    shared.km.deny_login(&claimed, session_id, "shm", e.status);
+                    shared
+                        .dispatcher
+                        .keys()
+                        .deny_login(&claimed, session_id, "shm", e.status);
                 }
                 return Err((e, op, rid));
             }

@@ -14,39 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferrohsm_proto::frame::HEADER_LEN;
-use ferrohsm_proto::{Header, MAX_RANDOM, Opcode};
+use ferrohsm_proto::kind::Reply;
+use ferrohsm_proto::{Header, Opcode};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// The bytes a request may make the server hold: its frame and a bound on its response.
+/// The bytes a request may make the server hold: its frame and a bound on its response (the
+/// kind's [`Reply`]; an unknown opcode is bounded like a small answer, since its answer is an
+/// error).
 pub fn cost(h: &Header, max_body: u32) -> usize {
     let body = h.body_len as usize;
-    let frame = HEADER_LEN + body;
-    let response = match Opcode::from_u16(h.opcode) {
-        // Output about as large as the input (a signature, a MAC, a ciphertext, a plaintext).
-        Some(
-            Opcode::Sign
-            | Opcode::Verify
-            | Opcode::Mac
-            | Opcode::MacVerify
-            | Opcode::Encrypt
-            | Opcode::Decrypt
-            | Opcode::Rewrap
-            | Opcode::SignDigest
-            | Opcode::VerifyDigest
-            | Opcode::EncryptRaw
-            | Opcode::DecryptRaw
-            | Opcode::Digest,
-        ) => body + 1024,
-        Some(Opcode::Random) => MAX_RANDOM as usize + 1024,
-        // Answers that can be as large as a frame may be.
-        Some(Opcode::List | Opcode::ListGranted | Opcode::Find | Opcode::Wrap) => {
-            HEADER_LEN + max_body as usize
-        }
-        // Key descriptions, public keys, exports, errors.
-        _ => 64 * 1024,
-    };
-    frame + response
+    let reply = Opcode::from_u16(h.opcode).map_or(Reply::Small, |op| op.kind().reply);
+    HEADER_LEN + body + reply.bound(body, HEADER_LEN + max_body as usize)
 }
 
 /// One client's bytes charged; each session holds its client's account, so charging takes no

@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::auth::{Connection, Credential, PendingProof};
+use crate::dispatch::Started;
 use crate::error::OpError;
 use crate::keys::manager::Caller;
 use shared::InFlightGuard;
@@ -171,7 +172,7 @@ impl Actor for Session {
         if let State::Ready(caller) = std::mem::replace(&mut self.state, State::Closed) {
             tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "session ended");
             self.shared.leave_client(&caller.client);
-            self.shared.km.end_session(&caller);
+            self.shared.dispatcher.keys().end_session(&caller);
         }
     }
 }
@@ -238,7 +239,7 @@ impl Session {
             return self.close(ctx);
         }
         tracing::debug!(peer = %self.peer, client = %caller.client, session = self.id, "authenticated");
-        self.shared.km.open_session(&caller);
+        self.shared.dispatcher.keys().open_session(&caller);
         let _ = self.authed.set(caller.client.clone());
         self.state = State::Ready(caller);
         let welcome = Welcome {
@@ -331,7 +332,7 @@ impl Handler<Inbound> for Session {
                     }
                     Err(e) => {
                         if matches!(e.status, Status::AuthFailed | Status::PeerNotAllowed) {
-                            self.shared.km.deny_login(
+                            self.shared.dispatcher.keys().deny_login(
                                 self.claimed.as_deref().unwrap_or(""),
                                 self.id,
                                 self.credential.transport(),
@@ -355,17 +356,19 @@ impl Handler<Inbound> for Session {
         let secret = request.secret_response();
         // Cheap work, and a lone signature, is answered right here (no task, no hop).
         let alone = !more && self.detached.get() == 0;
-        let request = match crate::dispatch::inline(&self.shared, &caller, request, alone) {
-            Ok(resp) => return self.reply_secret(opcode, rid, resp, Some(ticket), secret),
-            Err(request) => request,
+        let job = match self.shared.dispatcher.start(&caller, request, alone) {
+            Started::Answered(resp) => {
+                return self.reply_secret(opcode, rid, resp, Some(ticket), secret);
+            }
+            Started::Later(job) => job,
         };
-        let shared = self.shared.clone();
+        let dispatcher = self.shared.dispatcher.clone();
         let out = self.out.clone();
         let detached = Detached::enter(&self.detached);
         // Detached (not ctx.spawn): a request that started finishes even if the session
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
-            let resp = crate::dispatch::dispatch(&shared, caller, request).await;
+            let resp = dispatcher.finish(job).await;
             let wire = response_wire(opcode, rid, resp, secret);
             drop(detached);
             let _ = out

@@ -11,6 +11,7 @@ use crate::arbiters::SessionArbiters;
 use crate::auth::{Authenticator, Credential};
 use crate::config::ClientConfig;
 use crate::crypto::pool::CryptoPool;
+use crate::dispatch::Dispatcher;
 use crate::error::OpError;
 use crate::keys::manager::KeyManager;
 use crate::listener::Slot;
@@ -55,14 +56,10 @@ impl Drop for InFlightGuard {
 pub struct Shared {
     /// Configured clients.
     pub clients: Arc<std::collections::BTreeMap<String, ClientConfig>>,
-    /// The key manager.
-    pub km: Arc<KeyManager>,
-    /// The crypto pool.
-    pub pool: CryptoPool,
+    /// Carries requests to the key manager and the crypto pool.
+    pub dispatcher: Arc<Dispatcher>,
     /// Maps credentials and proofs to clients.
     pub auth: Authenticator,
-    /// Inputs up to this many bytes run cheap operations inline (0: never).
-    pub inline_max: usize,
     arbiters: Arc<SessionArbiters>,
     /// Requests in flight per session.
     pub window: u32,
@@ -107,9 +104,7 @@ impl Shared {
         Shared {
             auth: Authenticator::new(clients.clone()),
             clients,
-            km,
-            pool,
-            inline_max: config.inline_max,
+            dispatcher: Arc::new(Dispatcher::new(km, pool, config.inline_max)),
             arbiters,
             window: config.window,
             max_body: config.max_body,

@@ -3,7 +3,7 @@
 //! an operation needs, what may be exported, which types may be derived and from what, the
 //! usage of a new key, and the length of a random request.
 
-use ferrohsm_proto::{KeyInfo, KeyRef, KeySpec, KeyType, Label, Status, Usage, UsageSet};
+use ferrohsm_proto::{KeyInfo, KeyRef, KeySpec, KeyType, Label, Opcode, Status, Usage, UsageSet};
 
 use crate::error::OpError;
 use crate::keys::store::Origin;
@@ -53,108 +53,77 @@ pub const GRANTABLE: UsageSet = UsageSet::of_const(&[
     Usage::Derive,
 ]);
 
-const fn needs(
-    verb: &'static str,
-    op: &'static str,
-    usage: Usage,
-    types: &'static [KeyType],
-) -> Requirement {
+/// What the description of `op`'s kind says it needs of its key (its usage flags, whether only
+/// the owner may do it, its name in the audit log), for key types `types`.
+const fn of(op: Opcode, verb: &'static str, types: &'static [KeyType]) -> Requirement {
+    let kind = op.kind();
+    let (usage, also) = kind.key.usages();
     Requirement {
         verb,
-        op,
-        usage: Some(usage),
-        also: None,
+        op: kind.name,
+        usage,
+        also,
         types,
         exportable: false,
-        owner_only: false,
-    }
-}
-
-const fn owner(verb: &'static str, op: &'static str, types: &'static [KeyType]) -> Requirement {
-    Requirement {
-        verb,
-        op,
-        usage: None,
-        also: None,
-        types,
-        exportable: false,
-        owner_only: true,
+        owner_only: kind.key.owner_only(),
     }
 }
 
 /// Sign.
-pub const SIGN: Requirement = needs("sign", "sign", Usage::Sign, SIGNERS);
+pub const SIGN: Requirement = of(Opcode::Sign, "sign", SIGNERS);
 /// Sign a digest (ECDSA only).
-pub const SIGN_DIGEST: Requirement = needs("sign a digest", "sign", Usage::Sign, &[KeyType::P256]);
+pub const SIGN_DIGEST: Requirement = of(Opcode::SignDigest, "sign a digest", &[KeyType::P256]);
 /// Verify over a digest (ECDSA only).
 pub const VERIFY_DIGEST: Requirement =
-    needs("verify a digest", "verify", Usage::Verify, &[KeyType::P256]);
+    of(Opcode::VerifyDigest, "verify a digest", &[KeyType::P256]);
 /// Verify.
-pub const VERIFY: Requirement = needs("verify", "verify", Usage::Verify, SIGNERS);
+pub const VERIFY: Requirement = of(Opcode::Verify, "verify", SIGNERS);
 /// Encrypt.
-pub const ENCRYPT: Requirement = needs("encrypt", "encrypt", Usage::Encrypt, AEADS);
+pub const ENCRYPT: Requirement = of(Opcode::Encrypt, "encrypt", AEADS);
+/// Encrypt in the standard layout (PKCS#11).
+pub const ENCRYPT_RAW: Requirement = of(Opcode::EncryptRaw, "encrypt", AEADS);
 /// Decrypt.
-pub const DECRYPT: Requirement = needs("decrypt", "decrypt", Usage::Decrypt, AEADS);
+pub const DECRYPT: Requirement = of(Opcode::Decrypt, "decrypt", AEADS);
+/// Decrypt the standard layout (PKCS#11).
+pub const DECRYPT_RAW: Requirement = of(Opcode::DecryptRaw, "decrypt", AEADS);
 /// Re-encrypt under the current version: decrypt and encrypt.
-pub const REWRAP: Requirement = Requirement {
-    also: Some(Usage::Encrypt),
-    ..needs("rewrap", "rewrap", Usage::Decrypt, AEADS)
-};
+pub const REWRAP: Requirement = of(Opcode::Rewrap, "rewrap", AEADS);
 /// MAC compute.
-pub const MAC: Requirement = needs("mac", "mac", Usage::Mac, &[KeyType::HmacSha256]);
+pub const MAC: Requirement = of(Opcode::Mac, "mac", &[KeyType::HmacSha256]);
 /// MAC verify.
-pub const MAC_VERIFY: Requirement = needs("mac", "mac-verify", Usage::Mac, &[KeyType::HmacSha256]);
+pub const MAC_VERIFY: Requirement = of(Opcode::MacVerify, "mac", &[KeyType::HmacSha256]);
 /// Derive.
-pub const DERIVE: Requirement = needs("derive", "derive", Usage::Derive, &[KeyType::X25519]);
+pub const DERIVE: Requirement = of(Opcode::Derive, "derive", &[KeyType::X25519]);
 /// Wrap another key with this one.
-pub const WRAP: Requirement = Requirement {
-    owner_only: true,
-    ..needs("wrap with", "wrap", Usage::Wrap, &[KeyType::Aes256Gcm])
-};
+pub const WRAP: Requirement = of(Opcode::Wrap, "wrap with", &[KeyType::Aes256Gcm]);
 /// Unwrap a blob with this key.
-pub const UNWRAP: Requirement = Requirement {
-    owner_only: true,
-    ..needs(
-        "unwrap with",
-        "unwrap",
-        Usage::Unwrap,
-        &[KeyType::Aes256Gcm],
-    )
-};
-/// Be wrapped (the key whose material leaves sealed).
-pub const WRAPPED: Requirement = owner("wrap", "wrap", &KeyType::ALL);
-/// Describe (info): any key of the caller's, or granted to the caller.
-pub const DESCRIBE: Requirement = Requirement {
-    verb: "describe",
-    op: "info",
+pub const UNWRAP: Requirement = of(Opcode::Unwrap, "unwrap with", &[KeyType::Aes256Gcm]);
+/// Be wrapped (the key whose material leaves sealed): the caller's own key, any type, no
+/// usage flag needed.
+pub const WRAPPED: Requirement = Requirement {
     usage: None,
     also: None,
-    types: &KeyType::ALL,
-    exportable: false,
-    owner_only: false,
+    ..of(Opcode::Wrap, "wrap", &KeyType::ALL)
 };
+/// Describe (info): any key of the caller's, or granted to the caller.
+pub const DESCRIBE: Requirement = of(Opcode::Info, "describe", &KeyType::ALL);
 /// Read the public half.
-pub const PUBLIC_KEY: Requirement = Requirement {
-    verb: "read the public key of",
-    op: "pubkey",
-    types: ASYMMETRIC,
-    ..DESCRIBE
-};
+pub const PUBLIC_KEY: Requirement = of(Opcode::PublicKey, "read the public key of", ASYMMETRIC);
 /// Export the raw secret.
 pub const EXPORT: Requirement = Requirement {
     exportable: true,
-    ..owner("export", "export", &KeyType::ALL)
+    ..of(Opcode::Export, "export", &KeyType::ALL)
 };
 /// Delete.
-pub const DELETE: Requirement = owner("delete", "delete", &KeyType::ALL);
+pub const DELETE: Requirement = of(Opcode::Delete, "delete", &KeyType::ALL);
 /// Grant to another client.
-pub const GRANT: Requirement = owner("grant", "grant", &KeyType::ALL);
+pub const GRANT: Requirement = of(Opcode::Grant, "grant", &KeyType::ALL);
 /// Revoke a grant.
-pub const REVOKE: Requirement = owner("revoke a grant of", "revoke", &KeyType::ALL);
+pub const REVOKE: Requirement = of(Opcode::Revoke, "revoke a grant of", &KeyType::ALL);
 /// Add a version.
-pub const ROTATE: Requirement = owner("rotate", "rotate", VERSIONED);
+pub const ROTATE: Requirement = of(Opcode::Rotate, "rotate", VERSIONED);
 /// Retire old versions.
-pub const RETIRE: Requirement = owner("retire versions of", "retire", VERSIONED);
+pub const RETIRE: Requirement = of(Opcode::Retire, "retire versions of", VERSIONED);
 
 /// Checks that `ops`, granted to the caller on `key`, cover `req`: only operations that use a
 /// key can be granted, so an owner-only operation (export, delete, wrap, grant, rotate, ...) is
