@@ -107,33 +107,3 @@ pub fn protect<T>(v: &T) {
         }
     }
 }
-
-/// The connection limits that fit in `nofile` descriptors: `max_connections` per listener
-/// (each connection costs `per_connection` descriptors), `max_handshakes` in all, and 64 kept
-/// for the store, logs and the listeners themselves. Returns the per-listener limit to use.
-pub fn fit_connections(
-    nofile: u64,
-    listeners: usize,
-    per_connection: usize,
-    max_connections: usize,
-    max_handshakes: usize,
-) -> usize {
-    let room = usize::try_from(nofile)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(64 + max_handshakes * per_connection);
-    let fit = room / (listeners.max(1) * per_connection.max(1));
-    max_connections.min(fit.max(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_limits_fit_the_descriptors() {
-        assert_eq!(fit_connections(1 << 20, 4, 3, 1024, 256), 1024);
-        // 1024 descriptors, 4 listeners, 3 each, 256 handshakes: (1024 - 64 - 768) / 12 = 16.
-        assert_eq!(fit_connections(1024, 4, 3, 1024, 256), 16);
-        assert_eq!(fit_connections(10, 4, 3, 1024, 256), 1);
-    }
-}

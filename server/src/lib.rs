@@ -3,27 +3,32 @@
 //! # Layout and threads
 //! ```text
 //!  listener/   one generic Listener actor per socket (tcp.rs, tls.rs, psk.rs, shm.rs), on the
-//!              main actix thread: accept, connection limit, bounded refusals; the accepted
-//!              std socket moves to the least-loaded session arbiter (arbiters.rs)
-//!       |  (socket) -> transport handshake on the arbiter -> (stream, Credential)
+//!              main actix thread: accept, take a handshake place (admission/), move the std
+//!              socket to the least-loaded session arbiter (arbiters.rs); there the transport's
+//!              own handshake (TLS) or set-up (shm segment) runs
+//!       |  (stream, Credential, admission::Slot)
 //!       v
 //!  session/    one actor per connection on its arbiter (N = session_threads, default one per
-//!              CPU): frames in and out, proto's ServerHandshake + auth::Authenticator decide the
-//!              client, per-client limit, in-flight window, ping
+//!              CPU): frames in and out (io.rs), the one login of every transport (login.rs:
+//!              proto's ServerHandshake + auth::Authenticator + the audit of a refusal),
+//!              per-client limit, in-flight window, memory budget (budget.rs), ping
 //!       |  (caller, request)
 //!       v
-//!  dispatch.rs inline on the arbiter: cheap ops up to inline_max and a lone sign/verify with
-//!              the key from memory; otherwise one way: keys::manager authorizes (caller, key,
-//!              op) -> handle; crypto/pool.rs runs the job on a worker; keys::manager creates
-//!              new keys (durable before it answers)
+//!  dispatch/   Dispatcher (key manager, pool, inline limit): splits a request once; cheap ops
+//!              up to inline_max and a lone signature answered on the arbiter with the key from
+//!              memory; otherwise a Job: keys::manager authorizes (caller, key, op) -> handle;
+//!              crypto/pool.rs runs the job on a worker; keys::manager creates new keys
+//!              (durable before it answers)
 //!       |  response (encoded in place, secrets wiped after the write)
 //!       v
 //!  session writer  response frame on the wire, window slot returned
 //!
-//!  keys/       manager (a concurrent read path: namespaces, cache, session keys behind short
-//!              locks, no actor), policy, seal (master key), service (store threads, group
-//!              commit), store/ (format over a backend: sqlite/, keys.db)
+//!  admission/  leaf: handshake places (gate.rs), connection slots, the descriptor budget
+//!  keys/       manager, policy, seal (master key), service (store threads, group commit),
+//!              store/ (format over a backend: sqlite/ keys.db, or postgres/ shared by nodes)
 //! ```
+//! What each request kind needs (its key, cost, whether its response is secret) is its
+//! description in proto ([`ferrohsm_proto::Kind`]); no layer keeps a list of its own.
 //! Actix types stay inside this crate. [`run`] opens and unlocks the key store (before any
 //! listener is bound), then blocks the calling thread with its own actix system until
 //! `shutdown` resolves; [`start`] runs it on a thread and returns the bound addresses (tests
@@ -31,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod arbiters;
 pub mod auth;
 pub mod config;
@@ -67,7 +73,7 @@ pub struct Bound {
     pub tls: Option<SocketAddr>,
     /// TLS-PSK listener.
     pub tls_psk: Option<SocketAddr>,
-    /// Shared-memory set-up socket.
+    /// Sessions-memory set-up socket.
     pub shm: Option<std::path::PathBuf>,
     /// In-memory connections (fuzzing, tests); not a configured listener.
     pub memory: Option<listener::memory::MemoryConnector>,
@@ -113,7 +119,7 @@ where
         .filter(|s| s.postgres.is_none())
         .map(|s| s.path.clone());
     let system = actix::System::new();
-    let served = system.block_on(serve(config, km, shutdown, ready));
+    let served = system.block_on(listen(config, km, shutdown, ready));
     // Fold the WAL into keys.db on a clean exit, so the file alone is the whole store (a
     // crash leaves the WAL, which SQLite replays on the next open).
     if let Some(db) = db {
@@ -191,7 +197,7 @@ fn quotas(
     Ok(keys::quota::Quotas::new(limits, held))
 }
 
-async fn serve<S, F>(
+async fn listen<S, F>(
     config: Config,
     km: Arc<keys::manager::KeyManager>,
     shutdown: S,
@@ -206,10 +212,36 @@ where
             .map_err(|e| ServerError::io("cannot start crypto workers", e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let arbiters = Arc::new(arbiters::SessionArbiters::start(config.session_threads));
-    let shared = Arc::new(session::Shared::new(
+    let listeners = usize::from(config.tcp.is_some())
+        + usize::from(config.tls.is_some())
+        + usize::from(config.tls_psk.is_some())
+        + usize::from(config.shm.is_some());
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let configured = admission::Fitted {
+        connections: config.max_connections,
+        handshakes: config.limits.max_handshakes,
+        per_source: config.limits.max_handshakes_per_source,
+    };
+    // A shm session holds its set-up socket and its segment; count 3 for every connection.
+    let threads = arbiters.len() + config.workers + 4;
+    let places = admission::fit(nofile, threads, listeners, 3, configured);
+    if places != configured {
+        tracing::warn!(
+            nofile,
+            max_connections = places.connections,
+            max_handshakes = places.handshakes,
+            max_handshakes_per_source = places.per_source,
+            "connection limits lowered to fit the file-descriptor limit"
+        );
+    }
+    let max = places.connections;
+    let dispatcher = Arc::new(dispatch::Dispatcher::new(km, pool, config.inline_max));
+    let shared = Arc::new(session::Sessions::new(
         &config,
-        km,
-        pool,
+        dispatcher,
+        places,
         arbiters.clone(),
         stop_rx,
     ));
@@ -227,29 +259,6 @@ where
         )?)),
         None => None,
     };
-    let listeners = usize::from(config.tcp.is_some())
-        + usize::from(config.tls.is_some())
-        + usize::from(config.tls_psk.is_some())
-        + usize::from(config.shm.is_some());
-    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(u64::MAX);
-    // A shm session holds its set-up socket and its segment; count 3 for every connection.
-    let max = harden::fit_connections(
-        nofile,
-        listeners,
-        3,
-        config.max_connections,
-        config.limits.max_handshakes,
-    );
-    if max < config.max_connections {
-        tracing::warn!(
-            nofile,
-            configured = config.max_connections,
-            using = max,
-            "server.max_connections lowered to fit the file-descriptor limit"
-        );
-    }
     let mut bound = Bound::default();
     let (memory_tx, memory_rx) = tokio::sync::mpsc::channel(64);
     bound.memory = Some(listener::memory::MemoryConnector(memory_tx));

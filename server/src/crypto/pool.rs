@@ -90,7 +90,7 @@ impl Queues {
     }
 }
 
-struct Shared {
+struct PoolState {
     queues: Mutex<Queues>,
     ready: Condvar,
     // Per client: places for jobs queued or running.
@@ -106,7 +106,7 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// The next job: spins (yielding the core between looks) for [`SPIN`], then blocks. `None`
 /// when the pool is closed and drained.
-fn next_job(sh: &Shared) -> Option<Job> {
+fn next_job(sh: &PoolState) -> Option<Job> {
     let start = std::time::Instant::now();
     while start.elapsed() < SPIN {
         if let Some(mut q) = sh.queues.try_lock() {
@@ -183,12 +183,12 @@ fn scrub<const WORDS: usize>() {
 /// queues are drained.
 #[derive(Clone)]
 pub struct CryptoPool {
-    shared: Arc<Shared>,
+    shared: Arc<PoolState>,
     _close: Arc<Closer>,
 }
 
 /// Closes the queues when the last pool handle goes.
-struct Closer(Arc<Shared>);
+struct Closer(Arc<PoolState>);
 
 impl Drop for Closer {
     fn drop(&mut self) {
@@ -210,7 +210,7 @@ impl CryptoPool {
     /// Starts `workers` threads; each client may have `queue` jobs queued or running; workers
     /// run `nice` steps nicer than the thread that starts them.
     pub fn start(workers: usize, queue: usize, nice: i32) -> std::io::Result<CryptoPool> {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PoolState {
             queues: Mutex::new(Queues::default()),
             ready: Condvar::new(),
             slots: Mutex::new(HashMap::new()),

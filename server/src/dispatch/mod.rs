@@ -78,7 +78,7 @@ enum Work {
         op: KeyedOp,
         handle: Option<Arc<KeyHandle>>,
     },
-    /// Everything else, served by [`Dispatcher::serve`].
+    /// Everything else, served by [`Dispatcher::unkeyed`].
     Other(Request),
 }
 
@@ -201,7 +201,7 @@ impl Dispatcher {
         let Job { caller, kind, work } = job;
         let out = match work {
             Work::Keyed { key, op, handle } => self.keyed(&caller, kind, key, op, handle).await,
-            Work::Other(request) => self.serve(caller, request).await,
+            Work::Other(request) => self.unkeyed(caller, request).await,
         };
         if kind.key_bytes {
             // Key bytes passed through this thread: wipe the frames this request's polls
@@ -257,7 +257,7 @@ impl Dispatcher {
     }
 
     /// Every request that is not one computation with one key.
-    async fn serve(&self, caller: Caller, request: Request) -> Result<Response, OpError> {
+    async fn unkeyed(&self, caller: Caller, request: Request) -> Result<Response, OpError> {
         let km = &self.km;
         let pool = &self.compute(&caller);
         let bytes = Response::Bytes;

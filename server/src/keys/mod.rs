@@ -1,16 +1,22 @@
 //! Keys: material (zeroizing secrets), policy, the key manager, and the durable store under it.
 //!
 //! ```text
-//!  manager.rs      KeyManager: authorize (caller, key, op) -> KeyHandle; create; delete; list
-//!     |   \--------- session_keys.rs  session keys, memory only; label reservations
+//!  manager/        KeyManager, a concurrent read path (no actor): resolve.rs finds a key as a
+//!     |            caller names it and authorizes (caller, key, requirement) -> KeyHandle;
+//!     |            lifecycle.rs creates, deletes, rotates, grants; audit.rs, records.rs, status.rs
+//!     |   \--------- session_keys.rs  session keys, memory only; ids never reused
 //!     |   \--------- cache.rs         bounded LRU of opened persistent keys
+//!     |   \--------- grants.rs, quota.rs   grants and per-client quotas in memory
+//!     |   \--------- follow.rs        on a shared (PostgreSQL) store: the change-log follower
 //!     v
 //!  service.rs      store threads: one writer (group commit), readers (find, list, open)
 //!     v
 //!  store/format/   the at-rest format: sealing, row tags, audit chain, row validation
-//!  store/backend   the Backend trait: rows in transactions; sqlite/ (keys.db)
+//!  store/backend   the Backend trait: rows in transactions; sqlite/ (keys.db), postgres/
 //!  seal.rs         master key (wrapped by argon2id passphrase or key file); AEAD
-//!  policy.rs       every rule about what may be done with a key
+//!  audit/          the hash-chained audit log's entries and checkpoints
+//!  policy/         every rule about what may be done with a key
+//!  wrap.rs         wrapped-key blobs
 //! ```
 
 pub mod audit;

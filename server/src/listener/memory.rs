@@ -10,9 +10,9 @@ use std::sync::Arc;
 use tokio::io::DuplexStream;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Slot, gate};
+use crate::admission::{Slot, gate};
 use crate::auth::Credential;
-use crate::session::{Conn, Shared, serve};
+use crate::session::{Conn, Sessions, serve};
 
 /// Bytes buffered in each direction of an in-memory connection.
 pub const PIPE_BYTES: usize = 64 * 1024;
@@ -33,7 +33,7 @@ impl MemoryConnector {
 
 /// Serves the connections sent to `rx` until the server stops.
 pub(crate) async fn accept(
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     mut rx: mpsc::Receiver<DuplexStream>,
     max_connections: usize,
 ) {

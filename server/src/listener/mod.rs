@@ -9,7 +9,6 @@
 //! authenticated sessions, taken when a session authenticates. An [`Accept`] is the bound
 //! socket; a [`Transport`] decides what happens to an accepted one on its arbiter.
 
-pub mod gate;
 pub mod memory;
 pub mod psk;
 pub mod shm;
@@ -25,83 +24,17 @@ use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{ErrorBody, Status};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::arbiters::Placement;
+use crate::admission::{Slot, gate};
 use crate::auth::Credential;
-use crate::error::OpError;
-use crate::session::{Conn, Shared, serve};
+use crate::session::{Conn, Sessions, serve};
 
 /// Tells a refused peer why, in one error frame, then closes.
 pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, message: &str) {
     let frame = error_frame(0, 0, &ErrorBody::new(status, message));
     let _ = wr.write_all(&frame.encode()).await;
     let _ = wr.shutdown().await;
-}
-
-/// A connection's places: its handshake place until it authenticates, then one of its
-/// listener's `max_connections`; and its arbiter's load count. Shared by the session and its
-/// writer; released when the connection ends.
-#[derive(Debug, Clone)]
-pub struct Slot(Arc<SlotInner>);
-
-#[derive(Debug)]
-struct SlotInner {
-    eviction: Arc<gate::Eviction>,
-    connections: Arc<Semaphore>,
-    places: parking_lot::Mutex<Places>,
-    _placement: Placement,
-}
-
-#[derive(Debug)]
-struct Places {
-    handshake: Option<gate::Handshake>,
-    session: Option<OwnedSemaphorePermit>,
-}
-
-impl Slot {
-    fn new(handshake: gate::Handshake, connections: Arc<Semaphore>, placement: Placement) -> Slot {
-        Slot(Arc::new(SlotInner {
-            eviction: handshake.eviction(),
-            connections,
-            places: parking_lot::Mutex::new(Places {
-                handshake: Some(handshake),
-                session: None,
-            }),
-            _placement: placement,
-        }))
-    }
-
-    /// The connection authenticated: it takes one of the listener's session places (or is
-    /// refused with `busy`) and gives back its handshake place. Idempotent.
-    pub fn authenticate(&self) -> Result<(), OpError> {
-        let mut p = self.0.places.lock();
-        if p.session.is_none() {
-            let permit = self
-                .0
-                .connections
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| {
-                    OpError::new(
-                        Status::Busy,
-                        "too many connections: this listener's max_connections sessions are open",
-                    )
-                })?;
-            p.session = Some(permit);
-        }
-        p.handshake = None;
-        Ok(())
-    }
-
-    /// Resolves if the connection, still in handshake, is evicted to make room for a newer one.
-    pub async fn evicted(&self) {
-        let ev = self.0.eviction.clone();
-        if self.0.places.lock().handshake.is_none() {
-            return std::future::pending().await;
-        }
-        ev.wait().await
-    }
 }
 
 /// A tokio socket that can leave the runtime it was accepted on and join another.
@@ -196,7 +129,7 @@ pub trait Transport: Clone + Send + Unpin + 'static {
     /// Handshakes and serves the connection; `slot` must live as long as it.
     fn start(
         self,
-        shared: Arc<Shared>,
+        shared: Arc<Sessions>,
         socket: <Self::Listen as Accept>::Socket,
         peer: <Self::Listen as Accept>::Peer,
         slot: Slot,
@@ -205,7 +138,7 @@ pub trait Transport: Clone + Send + Unpin + 'static {
 
 /// What differs between the TLS transports: how the handshake runs. Everything else is
 /// [`Secured`].
-pub trait Handshake: Clone + Send + Unpin + 'static {
+pub trait TlsHandshake: Clone + Send + Unpin + 'static {
     /// Name for logs.
     const NAME: &'static str;
     /// The encrypted stream.
@@ -223,11 +156,11 @@ pub trait Handshake: Clone + Send + Unpin + 'static {
 #[derive(Debug, Clone)]
 pub struct Secured<H>(pub H);
 
-impl<H: Handshake> Transport for Secured<H> {
+impl<H: TlsHandshake> Transport for Secured<H> {
     const NAME: &'static str = H::NAME;
     type Listen = TcpListener;
 
-    async fn start(self, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+    async fn start(self, shared: Arc<Sessions>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         let handshake = self.0.handshake(stream, shared.handshake_timeout);
         let done = tokio::select! {
             done = handshake => done,
@@ -266,7 +199,7 @@ impl<H: Handshake> Transport for Secured<H> {
 /// Accepts connections until shutdown; at most `max_connections` of them authenticated at once.
 pub struct Listener<T: Transport> {
     listener: Option<T::Listen>,
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     connections: Arc<Semaphore>,
     transport: T,
 }
@@ -283,7 +216,7 @@ impl<T: Transport> Listener<T> {
     /// A listener over an already bound socket.
     pub fn new(
         listener: T::Listen,
-        shared: Arc<Shared>,
+        shared: Arc<Sessions>,
         max_connections: usize,
         transport: T,
     ) -> Self {
@@ -298,7 +231,7 @@ impl<T: Transport> Listener<T> {
 
 /// Moves an accepted socket to the least-loaded session arbiter and runs `work` on it there.
 fn place<T: Transport, F, Fut>(
-    shared: &Arc<Shared>,
+    shared: &Arc<Sessions>,
     socket: <T::Listen as Accept>::Socket,
     handshake: gate::Handshake,
     connections: Arc<Semaphore>,

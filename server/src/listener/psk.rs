@@ -9,7 +9,7 @@ use ferrohsm_tls::TlsError;
 use ferrohsm_tls::psk::PskAcceptor;
 use tokio::net::TcpStream;
 
-use super::Handshake;
+use super::TlsHandshake;
 use crate::auth::Credential;
 use crate::config::ClientConfig;
 use crate::error::ServerError;
@@ -34,7 +34,7 @@ impl TlsPsk {
     }
 }
 
-impl Handshake for TlsPsk {
+impl TlsHandshake for TlsPsk {
     const NAME: &'static str = "tls-psk";
     type Stream = ferrohsm_tls::psk::PskStream;
 

@@ -11,24 +11,29 @@
 //!   ... requests over the rings ...
 //!   exit / crash: socket EOF        ->   session ends, segment freed
 //! ```
-//! The socket stays open for the whole session: it is how each side learns that the other is
+//! The hello, challenge and proof on the socket are the session's own login
+//! ([`crate::session::login`], the same authenticator and audit as every transport): this
+//! listener only moves their frames, then sets up the segment. The socket stays open for the
+//! whole session: it is how each side learns that the other is
 //! gone, within milliseconds.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use ferrohsm_proto::handshake::{ServerHandshake, ServerStep, Welcome};
+use ferrohsm_proto::Response;
+use ferrohsm_proto::handshake::Welcome;
 use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{Frame, FrameReader, Request, Response, Status};
-use ferrohsm_shm::handoff::{PeerCred, send_with_fd};
+use ferrohsm_shm::handoff::send_with_fd;
 use ferrohsm_shm::{Segment, ShmStream, Side, Waiting};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{Slot, Transport, UnixPeer};
-use crate::auth::{Connection, Credential};
+use super::{Transport, UnixPeer};
+use crate::admission::Slot;
+use crate::auth::Credential;
 use crate::error::{OpError, ServerError};
-use crate::session::{Conn, Shared, serve};
+use crate::session::login::{self, Login};
+use crate::session::{Conn, Sessions, serve};
 
 /// Binds the socket: a stale socket file from a previous run is replaced, anything else at the
 /// path is refused; the mode limits who can connect at all.
@@ -67,7 +72,7 @@ impl Transport for Shm {
 
     fn start(
         self,
-        shared: Arc<Shared>,
+        shared: Arc<Sessions>,
         socket: UnixStream,
         peer: UnixPeer,
         slot: Slot,
@@ -76,52 +81,31 @@ impl Transport for Shm {
     }
 }
 
-/// Reads one frame from the set-up socket.
-async fn read_frame(s: &mut UnixStream, frames: &mut FrameReader) -> Result<Frame, OpError> {
-    loop {
-        match frames.next_frame() {
-            Ok(Some(f)) => return Ok(f),
-            Ok(None) => {}
-            Err(e) => return Err(OpError::new(e.status(), e.to_string())),
-        }
-        match s.read_buf(frames.buffer()).await {
-            Ok(0) | Err(_) => return Err(OpError::new(Status::ProtocolViolation, "peer hung up")),
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn request(
-    s: &mut UnixStream,
-    frames: &mut FrameReader,
-) -> Result<(Request, u16, u64), OpError> {
-    let f = read_frame(s, frames).await?;
-    let (op, rid) = (f.header.opcode, f.header.request_id);
-    let r = Request::decode(op, &f.body).map_err(|e| OpError::new(e.status(), e.to_string()))?;
-    Ok((r, op, rid))
-}
-
 /// Hello, challenge, proof and the uid check on the socket; then the segment goes to the
 /// client and the session starts on it.
-async fn set_up(shared: Arc<Shared>, mut s: UnixStream, unix: UnixPeer, ring: u32, slot: Slot) {
+async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: u32, slot: Slot) {
     let (peer, cred) = (format!("shm:{unix}"), unix.0);
     let timeout = shared.handshake_timeout;
+    let session_id = shared.new_session_id();
+    // The session's own login (hello, challenge, proof; the authenticator also checks that
+    // this process may run as the client: allowed_uids), run on the set-up socket.
+    let mut login = Login::new(session_id, Credential::UnixPeer(cred));
     let shared2 = shared.clone();
     let outcome = tokio::select! {
-        o = tokio::time::timeout(timeout, handshake(&shared2, &mut s, &cred, &peer)) => o,
+        o = tokio::time::timeout(timeout, login::over_stream(&shared2, &mut s, &mut login, &peer)) => o,
         _ = slot.evicted() => return,
     };
-    let (client, session_id, op, rid) = match outcome {
-        Ok(Ok(ok)) => match slot.authenticate() {
-            Ok(()) => ok,
+    let (client, op, rid) = match outcome {
+        Ok((Ok(client), op, rid)) => match slot.authenticate() {
+            Ok(()) => (client, op, rid),
             Err(e) => {
                 let _ = s
-                    .write_all(&error_frame(ok.2, ok.3, &e.to_body()).encode())
+                    .write_all(&error_frame(op, rid, &e.to_body()).encode())
                     .await;
                 return;
             }
         },
-        Ok(Err((e, op, rid))) => {
+        Ok((Err(e), op, rid)) => {
             let _ = s
                 .write_all(&error_frame(op, rid, &e.to_body()).encode())
                 .await;
@@ -195,54 +179,4 @@ async fn set_up(shared: Arc<Shared>, mut s: UnixStream, unix: UnixPeer, ring: u3
     if let Some(why) = closer.error() {
         tracing::warn!(%peer, reason = %why, "shm session ended: the client broke its ring");
     }
-}
-
-type Fail = (OpError, u16, u64);
-
-async fn handshake(
-    shared: &Shared,
-    s: &mut UnixStream,
-    cred: &PeerCred,
-    peer: &str,
-) -> Result<(Arc<str>, u64, u16, u64), Fail> {
-    // Before authentication, frames are small: a hello or a proof.
-    let mut frames = FrameReader::new(shared.preauth_max_body);
-    let session_id = shared.new_session_id();
-    let credential = Credential::UnixPeer(*cred);
-    // The same handshake machine as a session's: hello, challenge, proof; the authenticator
-    // also checks that this process may run as the client (allowed_uids).
-    let mut hs = ServerHandshake::new(session_id);
-    let conn = Connection {
-        auth: &shared.auth,
-        credential: &credential,
-        peer,
-    };
-    // The name a hello claimed, for the audit entry of a failed login.
-    let mut claimed = String::new();
-    let (client, op, rid) = loop {
-        let (req, op, rid) = request(s, &mut frames).await.map_err(|e| (e, 0, 0))?;
-        if let Request::Hello(h) = &req {
-            claimed = h.client.chars().take(64).collect();
-        }
-        match hs.on_request(&conn, req) {
-            Ok(ServerStep::Challenge(c)) => {
-                let frame = Response::Challenge(c).to_frame(op, rid).encode();
-                s.write_all(&frame)
-                    .await
-                    .map_err(|_| (OpError::internal("write failed"), op, rid))?;
-            }
-            Ok(ServerStep::Open(client)) => break (client, op, rid),
-            Err(e) => {
-                // Audited like a failed login on any other transport.
-                if matches!(e.status, Status::AuthFailed | Status::PeerNotAllowed) {
-                    shared
-                        .dispatcher
-                        .keys()
-                        .deny_login(&claimed, session_id, "shm", e.status);
-                }
-                return Err((e, op, rid));
-            }
-        }
-    };
-    Ok((client, session_id, op, rid))
 }

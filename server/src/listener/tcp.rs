@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Slot, Transport};
+use super::Transport;
+use crate::admission::Slot;
 use crate::auth::Credential;
-use crate::session::{Conn, Shared, serve};
+use crate::session::{Conn, Sessions, serve};
 
 /// The plain TCP transport.
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +19,7 @@ impl Transport for Tcp {
     const NAME: &'static str = "tcp";
     type Listen = TcpListener;
 
-    async fn start(self, shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+    async fn start(self, shared: Arc<Sessions>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         let (rd, wr) = stream.into_split();
         let conn = Conn {
             peer: format!("tcp:{peer}"),

@@ -8,7 +8,7 @@ use ferrohsm_tls::TlsError;
 use ferrohsm_tls::server::CertAcceptor;
 use tokio::net::TcpStream;
 
-use super::Handshake;
+use super::TlsHandshake;
 use crate::auth::Credential;
 
 /// The certificate TLS transport.
@@ -24,7 +24,7 @@ impl CertTls {
     }
 }
 
-impl Handshake for CertTls {
+impl TlsHandshake for CertTls {
     const NAME: &'static str = "tls";
     type Stream = ferrohsm_tls::server::ServerStream;
 

@@ -9,11 +9,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::budget::{self, Charge};
-use super::{Close, Inbound, Outbound, Session, Shared, Ticket};
+use super::{Close, Inbound, Outbound, Session, Sessions, Ticket};
 
 /// A session's reader task: what it needs besides the socket.
 pub(super) struct Reader {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<Sessions>,
     pub(super) session: actix::Addr<Session>,
     pub(super) out: mpsc::Sender<Outbound>,
     pub(super) peer: String,
@@ -186,7 +186,7 @@ impl Reader {
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Outbound>,
-    slot: crate::listener::Slot,
+    slot: crate::admission::Slot,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut done: Vec<Outbound> = Vec::new();

@@ -24,6 +24,7 @@
 
 pub mod budget;
 mod io;
+pub mod login;
 mod shared;
 
 use std::sync::Arc;
@@ -31,18 +32,18 @@ use std::sync::Arc;
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
 };
-use ferrohsm_proto::handshake::{ServerHandshake, ServerStep, Welcome};
+use ferrohsm_proto::handshake::{ServerStep, Welcome};
 use ferrohsm_proto::message::{BodyError, error_frame_into};
 use ferrohsm_proto::{Header, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use crate::auth::{Connection, Credential, PendingProof};
 use crate::dispatch::Started;
 use crate::error::OpError;
 use crate::keys::manager::Caller;
+use login::Login;
 use shared::InFlightGuard;
-pub use shared::{Conn, InFlight, Shared};
+pub use shared::{Conn, InFlight, Sessions};
 
 /// Held from decode to write: one window slot, one global in-flight count, and (once the
 /// session is authenticated) the request's bytes charged to the memory budget.
@@ -103,8 +104,8 @@ struct Inbound {
 struct Close;
 
 enum State {
-    /// Hello and proof, as the one server handshake machine says.
-    Handshake(ServerHandshake<PendingProof>),
+    /// Hello and proof: the one login every transport runs.
+    Handshake(Login),
     Ready(Caller),
     Closed,
 }
@@ -113,12 +114,8 @@ enum State {
 pub struct Session {
     id: u64,
     peer: String,
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     state: State,
-    // What the transport proved (see crate::auth).
-    credential: Credential,
-    // The client name a hello claimed (before it is proven), for the audit log.
-    claimed: Option<String>,
     out: mpsc::Sender<Outbound>,
     // Requests of this session running detached (waiting for the store or a worker). The
     // session and its request futures share one arbiter thread, so a plain Rc counts them.
@@ -129,7 +126,7 @@ pub struct Session {
     // charges the client's requests to the memory budget.
     authed: Arc<std::sync::OnceLock<Arc<str>>>,
     // The connection's places (handshake, then session).
-    slot: crate::listener::Slot,
+    slot: crate::admission::Slot,
 }
 
 impl std::fmt::Debug for Session {
@@ -308,17 +305,9 @@ impl Handler<Inbound> for Session {
                 self.reply(opcode, rid, Err(e), Some(ticket));
                 return self.close(ctx);
             }
-            State::Handshake(hs) => {
-                if let Request::Hello(h) = &request {
-                    self.claimed = Some(h.client.chars().take(64).collect());
-                }
-                let conn = Connection {
-                    auth: &self.shared.auth,
-                    credential: &self.credential,
-                    peer: &self.peer,
-                };
-                let step = hs.on_request(&conn, request);
-                match step {
+            State::Handshake(login) => {
+                let transport = login.credential().transport();
+                match login.step(&self.shared, &self.peer, request) {
                     Ok(ServerStep::Challenge(c)) => {
                         self.reply(opcode, rid, Ok(Response::Challenge(c)), Some(ticket))
                     }
@@ -326,19 +315,11 @@ impl Handler<Inbound> for Session {
                         let caller = Caller {
                             client,
                             session: self.id,
-                            transport: self.credential.transport(),
+                            transport,
                         };
                         self.open(caller, opcode, rid, ticket, ctx)
                     }
                     Err(e) => {
-                        if matches!(e.status, Status::AuthFailed | Status::PeerNotAllowed) {
-                            self.shared.dispatcher.keys().deny_login(
-                                self.claimed.as_deref().unwrap_or(""),
-                                self.id,
-                                self.credential.transport(),
-                                e.status,
-                            );
-                        }
                         self.reply(opcode, rid, Err(e), Some(ticket));
                         self.close(ctx);
                     }
@@ -427,11 +408,11 @@ fn response_wire(
     }
 }
 
-/// Serves one connection until it closes. The transport has already been accepted (and, for
-/// TLS, handshaken); `peer` names it in logs; `proven` is the client the transport's credential
-/// proved (TLS certificate or PSK), or `None` when the client must answer a challenge.
-/// `conn_slot` is released when the connection ends.
-pub fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W, conn: Conn)
+/// Serves one connection until it closes: starts its session actor, reader and writer on the
+/// current arbiter. The transport has already accepted the connection (and, for TLS, run its
+/// handshake); `conn` says who the peer is, what the transport proved, and holds the
+/// connection's places, given back when it ends.
+pub fn serve<R, W>(shared: Arc<Sessions>, rd: R, wr: W, conn: Conn)
 where
     R: AsyncRead + Unpin + 'static,
     W: AsyncWrite + Unpin + 'static,
@@ -452,9 +433,7 @@ where
         id,
         peer: peer.clone(),
         shared: shared.clone(),
-        state: State::Handshake(ServerHandshake::new(id)),
-        credential,
-        claimed: None,
+        state: State::Handshake(Login::new(id, credential)),
         out: out_tx.clone(),
         detached: std::rc::Rc::default(),
         stop_reader: Some(stop_tx),

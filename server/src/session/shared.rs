@@ -7,14 +7,12 @@ use std::sync::{Arc, Mutex};
 use ferrohsm_proto::Status;
 use tokio::sync::{Notify, watch};
 
+use crate::admission::{Fitted, Slot, gate::Handshakes};
 use crate::arbiters::SessionArbiters;
 use crate::auth::{Authenticator, Credential};
 use crate::config::ClientConfig;
-use crate::crypto::pool::CryptoPool;
 use crate::dispatch::Dispatcher;
 use crate::error::OpError;
-use crate::keys::manager::KeyManager;
-use crate::listener::Slot;
 
 /// Counts requests in flight across all sessions, so shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -53,7 +51,7 @@ impl Drop for InFlightGuard {
 }
 
 /// What every session shares.
-pub struct Shared {
+pub struct Sessions {
     /// Configured clients.
     pub clients: Arc<std::collections::BTreeMap<String, ClientConfig>>,
     /// Carries requests to the key manager and the crypto pool.
@@ -68,7 +66,7 @@ pub struct Shared {
     /// Body cap before authentication.
     pub preauth_max_body: u32,
     /// Connections in handshake, on every listener.
-    pub handshakes: Arc<crate::listener::gate::Handshakes>,
+    pub handshakes: Arc<Handshakes>,
     /// Bytes of requests and responses buffered, server-wide.
     pub budget: Arc<super::budget::Budget>,
     /// Handshake deadline.
@@ -83,36 +81,36 @@ pub struct Shared {
     per_client: Mutex<HashMap<String, usize>>,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("Sessions")
             .field("clients", &self.clients.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Shared {
+impl Sessions {
     /// Bundles the shared state from a validated config.
     pub fn new(
         config: &crate::Config,
-        km: Arc<KeyManager>,
-        pool: CryptoPool,
+        dispatcher: Arc<Dispatcher>,
+        places: Fitted,
         arbiters: Arc<SessionArbiters>,
         shutdown: watch::Receiver<bool>,
-    ) -> Shared {
+    ) -> Sessions {
         let clients = Arc::new(config.clients.clone());
-        Shared {
+        Sessions {
             auth: Authenticator::new(clients.clone()),
             clients,
-            dispatcher: Arc::new(Dispatcher::new(km, pool, config.inline_max)),
+            dispatcher,
             arbiters,
             window: config.window,
             max_body: config.max_body,
             preauth_max_body: config.limits.preauth_max_body,
             // No real handshake takes a second; none is cut short before a third of its time.
-            handshakes: Arc::new(crate::listener::gate::Handshakes::new(
-                config.limits.max_handshakes,
-                config.limits.max_handshakes_per_source,
+            handshakes: Arc::new(Handshakes::new(
+                places.handshakes,
+                places.per_source,
                 (config.handshake_timeout / 3).min(std::time::Duration::from_secs(1)),
             )),
             budget: Arc::new(super::budget::Budget::new(

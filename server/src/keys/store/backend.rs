@@ -11,7 +11,7 @@
 //! - a write transaction is atomic and exclusive of other write transactions on the same
 //!   database, from any process or node; [`Backend::commit`] returns only once it is durable;
 //! - a read transaction sees one snapshot;
-//! - `(owner, label)` is unique among keys, and [`Backend::next_id`] never hands out an id
+//! - `(owner, label)` is unique among keys, and [`Backend::claim_ids`] never hands out an id
 //!   twice for one owner, even after the key is deleted;
 //! - a savepoint marks each change; rolling back to it undoes what followed it, or, where
 //!   the backend keeps savepoints as marks only (PostgreSQL: two round trips per change

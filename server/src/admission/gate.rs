@@ -5,7 +5,7 @@
 //! address, or a uid on the shm socket) and server-wide (`max_handshakes`). At a limit:
 //!
 //! - per source: the source's oldest handshake is evicted (closed) if it has waited at least
-//!   [`Handshakes::min_age`] (no real handshake takes that long), else the newcomer is refused;
+//!   the minimum age (no real handshake takes that long), else the newcomer is refused;
 //! - server-wide: the oldest handshake of the source holding the most places is evicted on
 //!   the same terms, so a source with few places (a real client) is never the one to go.
 //!
