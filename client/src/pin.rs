@@ -67,11 +67,23 @@ mod tests {
         assert!(h.verify(b"1234"));
         assert!(!h.verify(b"1235"));
         assert!(!h.verify(b""));
-        assert!(
+        assert_eq!(
             PinHash::parse("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA")
-                .is_err()
+                .unwrap_err(),
+            "the PIN hash uses argon2i, expected argon2id (made by `hsmctl hash-pin`)"
         );
-        assert!(PinHash::parse("1234").is_err());
-        assert!(hash_pin(b"").is_err());
+        assert_eq!(
+            PinHash::parse("1234").unwrap_err(),
+            "not a PHC string: password hash string missing field"
+        );
+        for pin in [&b""[..], &[b'1'; MAX_PIN_LEN + 1]] {
+            match hash_pin(pin) {
+                Err(ClientError::Local(m)) => assert_eq!(
+                    m,
+                    format!("a PIN of {} bytes: expected 1 to 256", pin.len())
+                ),
+                other => panic!("a PIN of {} bytes: {other:?}", pin.len()),
+            }
+        }
     }
 }

@@ -7,25 +7,19 @@
 use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_test_support::Data;
-use ferrohsm_test_support::daemon::{free_port, hsmctl_command, output_within};
+use ferrohsm_test_support::daemon::free_port;
 use ferrohsm_test_support::status::{assert_exit, ok};
 
-/// alice's profile, edited by `f`, written as `clients/NAME`.
-fn edit(d: &Data, name: &str, f: impl Fn(&mut toml::Table)) -> std::path::PathBuf {
+/// alice's profile, edited by `f`, written as `clients/NAME.toml` (for `d.ctl(NAME, ..)`):
+/// `NAME`.
+fn edit<'a>(d: &Data, name: &'a str, f: impl Fn(&mut toml::Table)) -> &'a str {
     let mut t: toml::Table = std::fs::read_to_string(d.profile("alice"))
         .unwrap()
         .parse()
         .unwrap();
     f(&mut t);
-    let p = d.dir.join("clients").join(name);
-    std::fs::write(&p, t.to_string()).unwrap();
-    p
-}
-
-fn ctl(profile: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut c = hsmctl_command(profile);
-    c.args(args);
-    output_within(&mut c, std::time::Duration::from_secs(60))
+    std::fs::write(d.profile(name), t.to_string()).unwrap();
+    name
 }
 
 const SECTIONS: [(&str, &str); 3] = [("tcp", "tcp"), ("tls", "tls"), ("tls_psk", "tls-psk")];
@@ -36,7 +30,7 @@ fn the_next_address_is_tried_when_one_is_down_on_every_socket_transport() {
     let _hsmd = d.start();
     // Nothing listens on `dead`: connecting there is refused at once.
     let dead = format!("127.0.0.1:{}", free_port());
-    let listed = edit(&d, "two.toml", |t| {
+    let listed = edit(&d, "two", |t| {
         for (section, _) in SECTIONS {
             let live = t[section]["addr"].clone();
             t[section].as_table_mut().unwrap().insert(
@@ -46,10 +40,10 @@ fn the_next_address_is_tried_when_one_is_down_on_every_socket_transport() {
         }
     });
     for (_, transport) in SECTIONS {
-        let out = ok(&ctl(&listed, &["--transport", transport, "ping"]));
+        let out = ok(&d.ctl(listed, &["--transport", transport, "ping"]));
         assert_eq!(out.trim(), "ok", "{transport}");
     }
-    let p = Profile::load(&listed).unwrap();
+    let p = d.load_profile(listed);
     assert_eq!(p.tcp_addrs.as_ref().unwrap()[0], dead);
     for t in [Transport::Tcp, Transport::Tls, Transport::TlsPsk] {
         let c = BlockingClient::connect(&p, Some(t)).unwrap();
@@ -64,13 +58,13 @@ fn when_no_address_answers_every_one_is_named_and_hsmctl_exits_3() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let none = edit(&d, "none.toml", |t| {
+    let none = edit(&d, "none", |t| {
         t["tcp"].as_table_mut().unwrap().insert(
             "addr".into(),
             toml::Value::Array(vec![a.clone().into(), b.clone().into()]),
         );
     });
-    let o = ctl(&none, &["ping"]);
+    let o = d.ctl(none, &["ping"]);
     assert_exit(&o, 3);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -85,23 +79,23 @@ fn when_no_address_answers_every_one_is_named_and_hsmctl_exits_3() {
 #[test]
 fn an_empty_address_list_or_a_zero_timeout_is_refused_before_connecting() {
     let d = Data::init("alice");
-    let empty = edit(&d, "empty.toml", |t| {
+    let empty = edit(&d, "empty", |t| {
         t["tcp"]
             .as_table_mut()
             .unwrap()
             .insert("addr".into(), toml::Value::Array(vec![]));
     });
-    let o = ctl(&empty, &["ping"]);
+    let o = d.ctl(empty, &["ping"]);
     assert_exit(&o, 2);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("[tcp] addr: expected an address or a list of them"),
         "{err}"
     );
-    let zero = edit(&d, "zero.toml", |t| {
+    let zero = edit(&d, "zero", |t| {
         t.insert("connect_timeout_ms".into(), 0.into());
     });
-    let o = ctl(&zero, &["ping"]);
+    let o = d.ctl(zero, &["ping"]);
     assert_exit(&o, 2);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -167,7 +161,7 @@ fn a_lost_connection_retries_a_read_once_and_never_a_change() {
         .unwrap()[0]
         .clone();
     // TCP login: a challenge, then the welcome (two frames); the first answer is cut.
-    let through = |name: &str| {
+    let through = |name: &'static str| {
         let proxy = cutting_proxy(live.clone(), 2);
         edit(&d, name, |t| {
             t["tcp"]
@@ -178,13 +172,13 @@ fn a_lost_connection_retries_a_read_once_and_never_a_change() {
     };
     // A read: its connection is cut before the answer; hsmctl sends it once more, on a new
     // connection, and it is answered.
-    let p = through("read.toml");
-    assert_eq!(ok(&ctl(&p, &["list"])).trim(), "");
-    assert_eq!(ok(&ctl(&p, &["ping"])).trim(), "ok");
+    let p = through("read");
+    assert_eq!(ok(&d.ctl(p, &["list"])).trim(), "");
+    assert_eq!(ok(&d.ctl(p, &["ping"])).trim(), "ok");
     // A change: cut the same way, it is not sent again. hsmctl says the outcome is unknown
     // (the server did receive it: the key exists, once).
-    let p = through("change.toml");
-    let o = ctl(&p, &["keygen", "--type", "ed25519", "--label", "once"]);
+    let p = through("change");
+    let o = d.ctl(p, &["keygen", "--type", "ed25519", "--label", "once"]);
     assert_exit(&o, 3);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("hsmctl: connection_lost: "), "{err}");
@@ -195,8 +189,8 @@ fn a_lost_connection_retries_a_read_once_and_never_a_change() {
     assert!(listed.contains("\tonce\t"), "{listed}");
     // In the library: a request in flight when the connection goes is `ConnectionLost`; one
     // submitted after it is a plain connection error (it was never sent).
-    let p = through("library.toml");
-    let c = BlockingClient::connect(&Profile::load(&p).unwrap(), Some(Transport::Tcp)).unwrap();
+    let p = through("library");
+    let c = BlockingClient::connect(&d.load_profile(p), Some(Transport::Tcp)).unwrap();
     let e = c.ping().unwrap_err();
     assert!(
         matches!(e, ferrohsm_client::ClientError::ConnectionLost(_)),

@@ -12,7 +12,7 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::handshake::Proof;
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
-use ferrohsm_test_support::keys::assert_signs;
+use ferrohsm_test_support::connect::{healthy, served};
 use ferrohsm_test_support::peer::status_of;
 use ferrohsm_test_support::peer::{
     ALL, Ending, Raw, header, hello, request as req, rss_kib, rt, wait_gate_full,
@@ -260,19 +260,6 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-/// A healthy client is served, correctly: its signature verifies, and not over other data.
-/// The client's timeout guards a hang.
-fn healthy(p: &Profile, t: Transport, what: &str) {
-    served(p, t).unwrap_or_else(|e| panic!("{what} over {t:?}: healthy client refused: {e}"));
-}
-
-/// Like [`healthy`], with the connection error if the client could not get in.
-fn served(p: &Profile, t: Transport) -> Result<(), ClientError> {
-    let c = BlockingClient::connect_within(p, Some(t), DEADLINE)?;
-    assert_signs(&c, &label("ed"));
-    Ok(())
-}
-
 async fn run_row(p: &Profile, t: Transport, keys: &Keys, row: &Row) -> Result<(), String> {
     let (name, when, bytes, expect) = row;
     // The shm set-up socket answers a peer that hangs up mid-frame with a protocol violation
@@ -410,7 +397,7 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
             if let Err(e) = rt.block_on(run_row(&p, t, &keys, &row)) {
                 failures.push(format!("{t:?}: {e}"));
             }
-            healthy(&p, t, row.0);
+            healthy(&p, t, Some(&label("ed")), DEADLINE, row.0);
         }
         // Slowloris: a hello (of the largest size allowed before login) one byte every
         // 100 ms, each byte well within the 1 s handshake timeout of the one before. The
@@ -440,7 +427,7 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
                 || timeouts(&daemon.log()) > timeouts_before,
             ),
         }
-        healthy(&p, t, "slowloris");
+        healthy(&p, t, Some(&label("ed")), DEADLINE, "slowloris");
     }
     let grown = rss_kib(pid).saturating_sub(before);
     drop(setup);
@@ -480,7 +467,7 @@ fn every_bad_input_over_every_transport_gets_its_answer_and_harms_no_one() {
         wait::eventually(
             &format!("alice to get in over {t:?}"),
             DEADLINE,
-            || match served(&p, t) {
+            || match served(&p, t, Some(&label("ed")), DEADLINE) {
                 Ok(()) => Some(()),
                 Err(ClientError::Connection(_) | ClientError::ConnectionLost(_)) => None,
                 Err(e) => panic!("2,800 idle connections, over {t:?}: {e}"),

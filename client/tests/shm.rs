@@ -54,14 +54,19 @@ fn child(mode: &str, profile: &Path, others: &str) -> Command {
     c
 }
 
-/// The body of the client processes that `several_client_processes_use_shm_at_once` and
-/// `a_client_killed_mid_request_frees_its_session` start; not a test of its own.
+/// Not a test: the entry point of the client processes that
+/// `several_client_processes_use_shm_at_once` and `a_client_killed_mid_request_frees_its_session`
+/// start (this binary, with [`CHILD`] set). libtest can only run it as an ignored test; run by
+/// hand (`--ignored`, `--include-ignored`) it fails, saying so, rather than pass having done
+/// nothing.
 #[test]
 #[ignore = "not a test: the client process the shm tests start (with FERROHSM_TEST_CHILD set)"]
 fn child_process_entry() {
     let Ok(mode) = std::env::var(CHILD) else {
-        eprintln!("child_process_entry: not a test; the shm tests run it as a client process");
-        return;
+        panic!(
+            "child_process_entry is not a test but the client process the shm tests start \
+             ({CHILD} unset): nothing was tested"
+        );
     };
     let profile = Profile::load(Path::new(&std::env::var(CHILD_PROFILE).unwrap())).unwrap();
     let others = std::env::var(CHILD_OTHERS).unwrap();

@@ -15,12 +15,13 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{BlockingClient, ClientError};
 use ferrohsm_proto::handshake::{ClientHandshake, ClientStep};
 use ferrohsm_proto::{Frame, FrameReader, KeyRef, KeyType, Request, Status};
+use ferrohsm_test_support::certs::{Valid, client_cert, dev_ca};
 use ferrohsm_test_support::connect::{connect_when_freed, refusal};
 use ferrohsm_test_support::daemon::{EXIT_DEADLINE, hsmctl_command, output_within};
 use ferrohsm_test_support::peer::{Ending, ending};
 use ferrohsm_test_support::status::assert_exit;
 use ferrohsm_test_support::{Data, TestServer, ci, status, wait};
-use ferrohsm_tls::pki::{self, Role};
+use ferrohsm_tls::pki;
 
 /// How long anything this file waits for may take on a busy 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -35,33 +36,6 @@ fn refused(r: Result<BlockingClient, ClientError>) -> ClientError {
         Err(e) => e,
         Ok(c) => panic!("connection was accepted: {c:?}"),
     }
-}
-
-/// Writes a certificate and key issued by `ca` for `names` into `dir`; returns their paths.
-fn issue(
-    dir: &Path,
-    ca: (&str, &str),
-    names: &[&str],
-    valid: (time::OffsetDateTime, time::OffsetDateTime),
-    tag: &str,
-) -> (PathBuf, PathBuf) {
-    let c = pki::issue(ca.0, ca.1, Role::Client, names, valid.0, valid.1).unwrap();
-    let (cert, key) = (
-        dir.join(format!("{tag}.pem")),
-        dir.join(format!("{tag}.key")),
-    );
-    std::fs::write(&cert, &c.cert_pem).unwrap();
-    std::fs::write(&key, c.key_pem.as_bytes()).unwrap();
-    (cert, key)
-}
-
-/// The development CA (certificate and key PEM) of a data directory.
-fn dev_ca(dir: &Path) -> (String, String) {
-    let pki = dir.join("pki");
-    (
-        std::fs::read_to_string(pki.join("ca.pem")).unwrap(),
-        std::fs::read_to_string(pki.join("ca.key")).unwrap(),
-    )
 }
 
 /// `p` presenting another certificate (or none).
@@ -95,7 +69,7 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     let secret = bob_client
         .generate(&"bobs".parse().unwrap(), KeyType::Ed25519)
         .unwrap();
-    let (ca_cert, ca_key) = dev_ca(srv.dir.path());
+    let ca = dev_ca(srv.dir.path());
     let tls_msg = |p: &Profile| refused(connect(p, Transport::Tls)).to_string();
 
     // No client certificate at all.
@@ -107,13 +81,7 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
 
     // A certificate for alice from another CA.
     let evil = pki::new_ca("Evil CA").unwrap();
-    let forged = issue(
-        tmp.path(),
-        (&evil.cert_pem, &evil.key_pem),
-        &["alice"],
-        pki::validity(30),
-        "evil",
-    );
+    let forged = client_cert(tmp.path(), &evil, &["alice"], Valid::Now, "evil");
     let e = tls_msg(&with_cert(&alice, Some(forged.clone())));
     assert!(
         e.contains("server rejected our certificate (UnknownCA)"),
@@ -121,12 +89,7 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     );
 
     // An expired certificate from the right CA.
-    let now = time::OffsetDateTime::now_utc();
-    let past = (
-        now - Duration::from_secs(10 * 86_400),
-        now - Duration::from_secs(86_400),
-    );
-    let expired = issue(tmp.path(), (&ca_cert, &ca_key), &["alice"], past, "expired");
+    let expired = client_cert(tmp.path(), &ca, &["alice"], Valid::Expired, "expired");
     let e = tls_msg(&with_cert(&alice, Some(expired)));
     assert!(
         e.contains("server rejected our certificate (CertificateExpired)"),
@@ -134,13 +97,7 @@ fn bad_credentials_are_refused_and_others_keep_being_served() {
     );
 
     // A valid certificate for a name that is not a configured client.
-    let mallory = issue(
-        tmp.path(),
-        (&ca_cert, &ca_key),
-        &["mallory"],
-        pki::validity(30),
-        "mallory",
-    );
+    let mallory = client_cert(tmp.path(), &ca, &["mallory"], Valid::Now, "mallory");
     let (s, m) = refusal(connect(&with_cert(&alice, Some(mallory)), Transport::Tls));
     assert_eq!(s, Status::AuthFailed, "{m}");
     assert!(m.contains("names no configured client"), "{m}");
@@ -470,15 +427,9 @@ fn listener_connection_limit_is_a_readable_busy_over_tls() {
 fn a_certificate_naming_two_clients_is_refused() {
     let srv = TestServer::start(&["alice", "bob"]);
     let tmp = tempfile::tempdir().unwrap();
-    let (ca_cert, ca_key) = dev_ca(srv.dir.path());
+    let ca = dev_ca(srv.dir.path());
     // CN alice, SANs alice and bob: the same CA, but the credential would mean two clients.
-    let both = issue(
-        tmp.path(),
-        (&ca_cert, &ca_key),
-        &["alice", "bob"],
-        pki::validity(30),
-        "both",
-    );
+    let both = client_cert(tmp.path(), &ca, &["alice", "bob"], Valid::Now, "both");
     for who in ["alice", "bob"] {
         let p = with_cert(&srv.profile(who), Some(both.clone()));
         let (s, m) = refusal(connect(&p, Transport::Tls));
@@ -547,12 +498,11 @@ fn allow_tls12_decides_whether_a_tls12_client_is_served() {
 #[test]
 fn tls_names_decide_which_certificates_mean_a_client() {
     let data = Data::init("alice,bob");
-    let (ca_cert, ca_key) = dev_ca(&data.dir);
-    let ca = (ca_cert.as_str(), ca_key.as_str());
+    let ca = dev_ca(&data.dir);
     let tmp = data.tmp();
-    let svc = issue(tmp, ca, &["alice-svc"], pki::validity(30), "svc");
-    let san = issue(tmp, ca, &["other", "svc.example"], pki::validity(30), "san");
-    let two = issue(tmp, ca, &["alice-svc", "bob"], pki::validity(30), "two");
+    let svc = client_cert(tmp, &ca, &["alice-svc"], Valid::Now, "svc");
+    let san = client_cert(tmp, &ca, &["other", "svc.example"], Valid::Now, "san");
+    let two = client_cert(tmp, &ca, &["alice-svc", "bob"], Valid::Now, "two");
     let alice = data.load_profile("alice");
     let own = alice.tls.as_ref().unwrap().identity.clone();
 

@@ -87,6 +87,9 @@ mod tests {
     fn a_lying_length_is_refused_not_allocated() {
         // Length 2^32 announced, 3 bytes present.
         let wire = [0x80, 0x80, 0x80, 0x80, 0x10, 1, 2, 3];
-        assert!(postcard::from_bytes::<Buf>(&wire).is_err());
+        assert_eq!(
+            postcard::from_bytes::<Buf>(&wire).unwrap_err(),
+            postcard::Error::DeserializeUnexpectedEnd
+        );
     }
 }

@@ -8,24 +8,11 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use ferrohsm_test_support::status::{assert_failed, ok};
+use ferrohsm_test_support::status::{assert_failed, ok, refused};
 use ferrohsm_test_support::{Data, wait};
 
 const PASS: &str = "HSMD_PASSPHRASE";
 const NEW_PASS: &str = "HSMD_NEW_PASSPHRASE";
-
-/// The one stderr line of an `hsmd` run that must exit 1 having printed nothing on stdout.
-fn refused(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "expected exit 1, stderr: {err}");
-    assert!(
-        o.stdout.is_empty(),
-        "a refusal printed: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert_eq!(err.trim_end().lines().count(), 1, "one error line: {err}");
-    err.trim_end().to_string()
-}
 
 /// Writes `text` to a file beside the data directory; its path.
 fn file(d: &Data, name: &str, text: &str) -> String {

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferrohsm_client::BlockingClient;
 use ferrohsm_proto::{KeyRef, KeyType, Status, Usage, UsageSet};
@@ -173,16 +173,14 @@ fn deletes_grants_revokes_and_quotas_reach_every_node() {
     let id = KeyRef::Id(k.id);
     sign(&alice2, &id).unwrap();
     alice1.block_on(alice1.client().delete(&id)).unwrap();
-    let t0 = Instant::now();
+    // The contract's bound is revalidate_ms (1 s), and the bench measures the lag; here the
+    // refusal must come at all, within the wait's generous deadline.
     refused_within(
         &alice2,
         &id,
         Status::KeyNotFound,
         "node 2 refuses the deleted key",
     );
-    // The contract's bound is revalidate_ms (1 s); the bench measures the lag. Here only a
-    // gross regression fails, on a machine busy with other tests.
-    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 
     // Granted on node 1: bob uses it on node 2; revoked on node 1: bob is refused on node 2.
     let g = alice1

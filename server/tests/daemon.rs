@@ -9,6 +9,7 @@ use std::time::Duration;
 use ferrohsm_client::BlockingClient;
 use ferrohsm_client::profile::Profile;
 use ferrohsm_test_support::daemon::{self, Daemon, EXIT_DEADLINE};
+use ferrohsm_test_support::files::contents_under;
 use ferrohsm_test_support::{Data, wait};
 
 fn run(cwd: &Path, args: &[&str]) -> Output {
@@ -146,21 +147,6 @@ fn without_arguments_hsmd_initialises_hsm_data_and_serves() {
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 
-/// The files of `dir` (one level), with their bytes.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn init_force_adds_a_client_and_hsmd_serves_both() {
     let d = Data::init("alice");
@@ -175,11 +161,11 @@ fn init_force_adds_a_client_and_hsmd_serves_both() {
     let (m, sig) = (m.display().to_string(), d.path("sig").display().to_string());
     ctl_ok("alice", &["sign", "s1", "--in", &m, "--out", &sig]);
     assert_eq!(daemon.terminate().code(), Some(0));
-    let alice: Vec<_> = files(&d.dir.join("clients"))
+    let alice: Vec<_> = contents_under(&d.dir.join("clients"))
         .into_iter()
         .filter(|(n, _)| n.starts_with("alice."))
         .collect();
-    let pki = files(&d.dir.join("pki"));
+    let pki = contents_under(&d.dir.join("pki"));
     let master = std::fs::read(d.dir.join("master.key")).unwrap();
 
     let ports = d.ports();
@@ -202,12 +188,12 @@ fn init_force_adds_a_client_and_hsmd_serves_both() {
     let out = ferrohsm_test_support::ok(&o);
     assert!(out.contains("client bob: hsmctl --profile "), "{out}");
     // alice's credentials, the PKI and the master key are kept byte for byte.
-    let now: Vec<_> = files(&d.dir.join("clients"))
+    let now: Vec<_> = contents_under(&d.dir.join("clients"))
         .into_iter()
         .filter(|(n, _)| n.starts_with("alice."))
         .collect();
     assert_eq!(now, alice, "alice's credentials changed");
-    assert_eq!(files(&d.dir.join("pki")), pki, "the PKI changed");
+    assert_eq!(contents_under(&d.dir.join("pki")), pki, "the PKI changed");
     assert_eq!(std::fs::read(d.dir.join("master.key")).unwrap(), master);
     assert!(d.profile("bob").exists());
 

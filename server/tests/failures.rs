@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use ferrohsm_server::keys::seal::{Fields, Unlock};
 use ferrohsm_server::keys::{open_store, read_key_file};
 use ferrohsm_test_support::daemon::{EXIT_DEADLINE, output_within};
+use ferrohsm_test_support::files::utf8;
 use ferrohsm_test_support::status::{assert_failed, failed_with_message, ok};
 use ferrohsm_test_support::{Data, ci};
 
@@ -23,7 +24,7 @@ struct Tmpfs {
 impl Tmpfs {
     fn over(dir: &Path, size: &str) -> Tmpfs {
         let stash = dir.with_extension("stash");
-        run("cp", &["-a", &s(dir), &s(&stash)]);
+        run("cp", &["-a", utf8(dir), utf8(&stash)]);
         run(
             "mount",
             &[
@@ -32,13 +33,13 @@ impl Tmpfs {
                 "-o",
                 &format!("size={size},mode=0700"),
                 "tmpfs",
-                &s(dir),
+                utf8(dir),
             ],
         );
         let t = Tmpfs {
             at: dir.to_path_buf(),
         };
-        run("cp", &["-a", &format!("{}/.", s(&stash)), &s(dir)]);
+        run("cp", &["-a", &format!("{}/.", utf8(&stash)), utf8(dir)]);
         std::fs::remove_dir_all(&stash).unwrap();
         t
     }
@@ -48,8 +49,8 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: unmounted even if a process still holds a file on it. Checked, unless the test
         // is already failing (a second panic in a drop would abort the run).
-        let at = s(&self.at);
-        let o = std::panic::catch_unwind(|| within("umount", &["-l", &at]));
+        let at = utf8(&self.at);
+        let o = std::panic::catch_unwind(|| within("umount", &["-l", at]));
         if !std::thread::panicking() {
             let o = o.unwrap_or_else(|_| panic!("umount -l {at} did not finish"));
             assert!(
@@ -59,10 +60,6 @@ impl Drop for Tmpfs {
             );
         }
     }
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
 }
 
 /// Runs `cmd ARGS` to its end within [`EXIT_DEADLINE`] (a failure otherwise).
@@ -124,7 +121,10 @@ fn a_full_disk_answers_store_failed_and_changes_nothing() {
     let m = d.path("m");
     std::fs::write(&m, b"hello").unwrap();
     let sig = d.path("sig");
-    ok(&d.ctl("alice", &["sign", "s1", "--in", &s(&m), "--out", &s(&sig)]));
+    ok(&d.ctl(
+        "alice",
+        &["sign", "s1", "--in", utf8(&m), "--out", utf8(&sig)],
+    ));
 
     // Room again: nothing of the failed changes happened, and the next ones work.
     std::fs::remove_file(&filler).unwrap();
@@ -148,7 +148,7 @@ fn a_full_disk_answers_store_failed_and_changes_nothing() {
     assert_eq!(
         ok(&d.ctl(
             "alice",
-            &["verify", "s1", "--in", &s(&m), "--sig", &s(&sig)]
+            &["verify", "s1", "--in", utf8(&m), "--sig", utf8(&sig)]
         )),
         "ok\n"
     );
@@ -263,10 +263,9 @@ fn a_commit_waits_for_another_writer_of_the_store() {
     };
     // While the lock is held the keygen is not answered (before the fix it failed at once
     // with store_failed); then the lock goes and the keygen completes.
-    assert!(
-        done_rx
-            .recv_timeout(std::time::Duration::from_millis(1500))
-            .is_err(),
+    assert_eq!(
+        done_rx.recv_timeout(std::time::Duration::from_millis(1500)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
         "the keygen was answered while another process held the write lock: {:?}",
         ctl.join().unwrap()
     );

@@ -1,4 +1,5 @@
-//! Files in a test's directories: every file under a directory, a whole tree copied.
+//! Files in a test's directories: every file under a directory (with its bytes), a whole tree
+//! copied, a path as a command-line argument.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,26 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Every regular file under `dir`, at any depth, with its bytes: `(path relative to dir,
+/// bytes)`, sorted by path.
+pub fn contents_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let name = p.strip_prefix(dir).expect("a file under dir");
+            (name.display().to_string(), bytes)
+        })
+        .collect()
+}
+
+/// `p` as a command-line argument: its UTF-8 text (a panic naming it otherwise, rather than a
+/// lossy copy that names some other file).
+pub fn utf8(p: &Path) -> &str {
+    p.to_str()
+        .unwrap_or_else(|| panic!("not a UTF-8 path: {}", p.display()))
 }
 
 /// Copies the tree at `from` to `to` (regular files and directories).

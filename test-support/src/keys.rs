@@ -27,11 +27,15 @@ pub fn spec(t: KeyType, l: &str) -> KeySpec {
 }
 
 /// `c` signs with `key` correctly: the signature verifies, and does not verify other data.
+/// Each call is bounded by the client's timeout if it has one
+/// ([`BlockingClient::connect_within`]): a hang then fails the test.
 pub fn assert_signs(c: &BlockingClient, key: &KeyRef) {
-    let sig = c.sign(key, b"still served").expect("sign");
-    c.verify(key, b"still served", &sig).expect("verify");
+    let data = b"still served".to_vec();
+    let sig = c.run(c.client().sign(key, data.clone())).expect("sign");
+    c.run(c.client().verify(key, data, sig.clone()))
+        .expect("verify");
     assert_eq!(
-        crate::status(c.verify(key, b"other data", &sig)),
+        crate::status(c.run(c.client().verify(key, b"other data".to_vec(), sig))),
         Status::BadSignature
     );
 }

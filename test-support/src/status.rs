@@ -1,4 +1,5 @@
-//! The status of what failed: a client call, an error frame, an `hsmctl` run.
+//! The status of what failed: a client call, an error frame, an `hsmctl` run, an `hsmd`
+//! command refused.
 
 use std::process::Output;
 
@@ -101,6 +102,17 @@ pub fn failed_with_message(o: &Output) -> (String, String) {
         text(o)
     );
     (name.to_string(), message.to_string())
+}
+
+/// The one stderr line of an `hsmd` run that was refused: exit 1, nothing on stdout, one line
+/// on stderr (what an operator reads).
+pub fn refused(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "expected exit 1: {}", text(o));
+    assert!(o.stdout.is_empty(), "a refusal printed: {}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err.trim_end();
+    assert_eq!(line.lines().count(), 1, "one error line: {}", text(o));
+    line.to_string()
 }
 
 /// Asserts that an `hsmctl` run failed with `want` (a status name such as `not_found`).

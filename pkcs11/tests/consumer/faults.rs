@@ -48,9 +48,7 @@ pub(crate) fn fork(s: &Session, p1: ObjectHandle, p1_pub: ObjectHandle) {
         // SAFETY: ends the child at once.
         unsafe { libc::_exit(code) };
     }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let status = wait_child(pid, HANG);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "the child did not sign and verify (exit {}, wait status {status:#x})",
@@ -59,6 +57,34 @@ pub(crate) fn fork(s: &Session, p1: ObjectHandle, p1_pub: ObjectHandle) {
     // The parent's own connection was left alone.
     s.sign(&Mechanism::Ecdsa, p1, &digest)
         .expect("parent signs after the fork");
+}
+
+/// The wait status of the forked child `pid`, which must end within `within`: polled, so a
+/// child that hangs is killed (and reaped) and fails the test instead of hanging it.
+fn wait_child(pid: libc::pid_t, within: Duration) -> libc::c_int {
+    let deadline = Instant::now() + within;
+    let mut status = 0;
+    loop {
+        // SAFETY: polls our own child; `status` is a live local.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return status;
+        }
+        let err = std::io::Error::last_os_error();
+        assert!(
+            r == 0 || err.kind() == std::io::ErrorKind::Interrupted,
+            "waitpid({pid}): {err}"
+        );
+        if Instant::now() >= deadline {
+            // SAFETY: kills and reaps our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("the forked child (pid {pid}) did not finish within {within:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A raw `C_SignInit` and `C_Sign` (ECDSA over `digest`) on session `h` with `key`, run on

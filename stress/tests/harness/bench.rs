@@ -15,7 +15,7 @@ fn a_quick_bench_reports_every_field_and_plots_every_row() {
             // bench below covers.
             .args(["--ops", "ping,chacha20poly1305-encrypt-64"])
             .args(["--inflight", "1,4", "--sessions", "6"])
-            .args(["--json", s(&json_f), "--plot", s(&svg)]),
+            .args(["--json", utf8(&json_f), "--plot", utf8(&svg)]),
     );
     let r = json(&json_f);
     assert!(u(&r["cpus"]) >= 1);
@@ -78,9 +78,14 @@ fn bench_measures_a_running_hsmd_given_by_a_profile() {
     let json_f = tmp.path().join("bench.json");
     let out = succeeds(
         stress()
-            .args(["bench", "--profile", s(&data.profile("alice")), "--quick"])
+            .args([
+                "bench",
+                "--profile",
+                utf8(&data.profile("alice")),
+                "--quick",
+            ])
             .args(["--transports", "tcp,tls-psk", "--ops", "ping,counter-inc"])
-            .args(["--inflight", "1", "--json", s(&json_f)]),
+            .args(["--inflight", "1", "--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     let results = r["results"].as_array().unwrap();
@@ -203,10 +208,15 @@ fn the_find_bench_compares_a_large_namespace_with_a_small_one_and_cleans_up() {
     let json_f = tmp.path().join("bench.json");
     let out = succeeds(
         stress()
-            .args(["bench", "--quick", "--profile", s(&data.profile("alice"))])
+            .args([
+                "bench",
+                "--quick",
+                "--profile",
+                utf8(&data.profile("alice")),
+            ])
             .args(["--transports", "tcp", "--ops", "ping", "--inflight", "1"])
             .args(["--idle-sessions", "0", "--find-keys", "300"])
-            .args(["--json", s(&json_f)]),
+            .args(["--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     let results = r["results"].as_array().unwrap();
@@ -271,7 +281,7 @@ fn spawned_bench(args: &[&str]) -> (Value, String) {
         stress()
             .args(["bench", "--spawn", "--quick"])
             .args(args)
-            .args(["--json", s(&json_f)]),
+            .args(["--json", utf8(&json_f)]),
     );
     (json(&json_f), out)
 }

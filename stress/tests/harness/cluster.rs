@@ -16,7 +16,7 @@ fn the_cluster_bench_pairs_postgres_with_sqlite_and_times_failover_and_invalidat
             .args(["bench", "--spawn", "--quick", "--transports", "tcp"])
             .args(["--ops", "ping", "--inflight", "1", "--idle-sessions", "0"])
             .args(["--store-url", &pg.url("postgres")])
-            .args(["--json", s(&json_f)])
+            .args(["--json", utf8(&json_f)])
             .env("HSMD_STORE_PASSWORD", pg.password()),
     );
     let r = json(&json_f);
@@ -82,7 +82,7 @@ fn a_run_over_two_nodes_with_restarts_and_faults_finds_nothing_wrong() {
             .args(["--store-url", &pg.url("postgres"), "--duration", "6s"])
             .args(["--transports", "tcp,tls,tls-psk"])
             .args(["--faults", "restart,disconnect,slow"])
-            .args(["--json", s(&json_f)])
+            .args(["--json", utf8(&json_f)])
             .env("HSMD_STORE_PASSWORD", pg.password()),
     );
     let r = json(&json_f);

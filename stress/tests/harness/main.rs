@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ferrohsm_proto::Status;
 use ferrohsm_test_support::daemon::output_within;
+use ferrohsm_test_support::files::utf8;
 use ferrohsm_test_support::keys::label_of;
 use ferrohsm_test_support::{Data, bins, status};
 use serde_json::Value;
@@ -70,10 +71,6 @@ fn u(v: &Value) -> u64 {
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The run report's verdict: nothing wrong, and its counts agree with each other: every

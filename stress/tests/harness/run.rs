@@ -13,7 +13,7 @@ fn a_short_run_with_faults_finds_nothing_wrong_and_plots_what_it_did() {
             .args(["run", "--spawn", "--clients", "8", "--duration", "3s"])
             .args(["--transports", "tcp,tls,tls-psk,shm"])
             .args(["--faults", "disconnect,reconnect,malformed,slow"])
-            .args(["--json", s(&json_f), "--plot", s(&svg)]),
+            .args(["--json", utf8(&json_f), "--plot", utf8(&svg)]),
     );
     let r = json(&json_f);
     assert_clean_run(&r, &out);
@@ -40,7 +40,7 @@ fn keys_survive_graceful_restarts_mid_run() {
             .args(["run", "--spawn", "--clients", "6", "--duration", "3s"])
             .args(["--transports", "tcp,tls,shm"])
             .args(["--faults", "restart,disconnect"])
-            .args(["--json", s(&json_f)]),
+            .args(["--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     assert!(u(&r["restarts"]) >= 1, "no restart happened: {out}");
@@ -48,7 +48,7 @@ fn keys_survive_graceful_restarts_mid_run() {
     assert!(u(&r["total_ops"]) > 0, "{out}");
     // Without a server of its own to restart, the fault is refused up front.
     refused(
-        stress().args(["run", "--profiles", s(tmp.path()), "--faults", "restart"]),
+        stress().args(["run", "--profiles", utf8(tmp.path()), "--faults", "restart"]),
         1,
         "hsm-stress: the restart fault needs --spawn (it restarts the hsmd it started)",
     );
@@ -63,9 +63,9 @@ fn run_spreads_clients_over_every_profile_as_separate_identities() {
     let clients = data.dir.join("clients");
     let out = succeeds(
         stress()
-            .args(["run", "--profiles", s(&clients), "--clients", "6"])
+            .args(["run", "--profiles", utf8(&clients), "--clients", "6"])
             .args(["--ops", "300", "--transports", "tcp,tls-psk"])
-            .args(["--json", s(&json_f)]),
+            .args(["--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     assert_clean_run(&r, &out);
@@ -98,9 +98,9 @@ fn run_with_ops_stops_after_exactly_that_many_operations() {
     let json_f = tmp.path().join("run.json");
     let out = succeeds(
         stress()
-            .args(["run", "--profiles", s(&data.dir.join("clients"))])
+            .args(["run", "--profiles", utf8(&data.dir.join("clients"))])
             .args(["--clients", "1", "--ops", "57", "--transports", "tcp"])
-            .args(["--json", s(&json_f)]),
+            .args(["--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     assert_clean_run(&r, &out);
@@ -117,9 +117,9 @@ fn run_with_ops_and_several_clients_stops_after_exactly_that_many_operations() {
     for _ in 0..5 {
         let out = succeeds(
             stress()
-                .args(["run", "--profiles", s(&data.dir.join("clients"))])
+                .args(["run", "--profiles", utf8(&data.dir.join("clients"))])
                 .args(["--clients", "8", "--ops", "50", "--transports", "tcp"])
-                .args(["--json", s(&json_f)]),
+                .args(["--json", utf8(&json_f)]),
         );
         assert_eq!(u(&json(&json_f)["total_ops"]), 50, "{out}");
     }
@@ -136,9 +136,9 @@ fn run_against_a_running_hsmd_can_be_repeated() {
         let json_f = tmp.path().join(format!("run{round}.json"));
         let (o, out) = run_within(
             stress()
-                .args(["run", "--profiles", s(&clients), "--clients", "2"])
+                .args(["run", "--profiles", utf8(&clients), "--clients", "2"])
                 .args(["--ops", "40", "--transports", "tcp"])
-                .args(["--json", s(&json_f)]),
+                .args(["--json", utf8(&json_f)]),
             Duration::from_secs(60),
         );
         assert!(o.status.success(), "round {round}: {out}");
@@ -159,7 +159,7 @@ fn run_with_ops_ends_when_no_client_can_connect() {
     std::fs::copy(data.profile("alice"), tmp.path().join("alice.toml")).unwrap();
     let (o, out) = run_within(
         stress()
-            .args(["run", "--profiles", s(tmp.path()), "--clients", "2"])
+            .args(["run", "--profiles", utf8(tmp.path()), "--clients", "2"])
             .args(["--ops", "30", "--transports", "tcp"]),
         Duration::from_secs(60),
     );
@@ -175,7 +175,7 @@ fn concurrent_deletes_and_reads_of_one_identity_raise_no_integrity_alarm() {
         let hsmd = data.start();
         let out = succeeds(
             stress()
-                .args(["run", "--profiles", s(&data.dir.join("clients"))])
+                .args(["run", "--profiles", utf8(&data.dir.join("clients"))])
                 .args([
                     "--clients",
                     "6",
@@ -199,7 +199,7 @@ fn the_flood_fault_times_the_last_identity_alone_and_under_the_first_ones_flood(
         stress()
             .args(["run", "--spawn", "--clients", "2", "--duration", "3s"])
             .args(["--transports", "tcp", "--faults", "flood"])
-            .args(["--json", s(&json_f)]),
+            .args(["--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     assert_clean_run(&r, &out);
@@ -243,7 +243,7 @@ fn clients_in_separate_processes_merge_into_one_report() {
             .args(["run", "--spawn", "--procs", "3", "--clients", "6"])
             .args(["--duration", "2s", "--transports", "shm,tcp"])
             .args(["--faults", "disconnect,malformed"])
-            .args(["--json", s(&json_f)]),
+            .args(["--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     assert_clean_run(&r, &out);
