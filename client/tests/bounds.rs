@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrohsm_client::profile::{Profile, Transport};
-use ferrohsm_client::{BlockingClient, ClientError};
+use ferrohsm_client::BlockingClient;
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
-use ferrohsm_test_support::keys::assert_signs;
+use ferrohsm_test_support::connect::{gets_in, healthy};
 use ferrohsm_test_support::peer::{
     ALL, Ending, Raw, Tcp, header, hello, rss_kib, rt, status_of, wait_gate_full,
 };
@@ -54,25 +54,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     assert!(!v.is_empty(), "no samples");
     v.sort();
     v[v.len() / 2]
-}
-
-static HEALTHY: AtomicUsize = AtomicUsize::new(0);
-
-/// A healthy client over `t` is served, and correctly: a new key signs, the signature verifies
-/// and does not verify other data. The client's timeout guards a hang.
-fn healthy(p: &Profile, who: &str, t: Transport) {
-    served(p, t).unwrap_or_else(|e| panic!("{who} over {t:?}: {e}"));
-}
-
-/// Like [`healthy`], with the connection error if the client could not get in.
-fn served(p: &Profile, t: Transport) -> Result<(), ClientError> {
-    let c = BlockingClient::connect_within(p, Some(t), DEADLINE)?;
-    let label = format!("healthy-{}", HEALTHY.fetch_add(1, Ordering::Relaxed));
-    let k = c
-        .generate(&label.parse().unwrap(), KeyType::Ed25519)
-        .unwrap();
-    assert_signs(&c, &KeyRef::Id(k.id));
-    Ok(())
 }
 
 #[test]
@@ -124,7 +105,7 @@ fn preauth_frames_are_capped_on_every_transport() {
         grown < 20 * 1024,
         "200 unfinished hellos grew hsmd by {grown} KiB"
     );
-    healthy(&p, "alice", Transport::Tcp);
+    healthy(&p, Transport::Tcp, None, DEADLINE, "alice");
     // hsmd still holds every one of them (its end of each socket is open).
     assert!(
         held.iter().all(|s| server_queues(s).is_some()),
@@ -182,7 +163,7 @@ fn clients_that_never_read_stay_within_the_memory_budget() {
     let daemon = d.start();
     let pid = daemon.pid();
     let (alice, bob) = (d.load_profile("alice"), d.load_profile("bob"));
-    healthy(&bob, "bob", Transport::Tcp);
+    healthy(&bob, Transport::Tcp, None, DEADLINE, "bob");
     let before = rss_kib(pid);
     // 16 sessions x 32 encrypts of 1 MB, never read: 512 MB of replies if nothing bounded them.
     let (sessions, n) = (16, 32);
@@ -227,7 +208,7 @@ fn clients_that_never_read_stay_within_the_memory_budget() {
         .block_on(c.client().decrypt(&KeyRef::Id(k.id), ct, Vec::new()))
         .unwrap();
     assert!(*back == plain, "bob's round trip changed his data");
-    healthy(&bob, "bob", Transport::Shm);
+    healthy(&bob, Transport::Shm, None, DEADLINE, "bob");
     // And alice is still held back: no writer got all its requests in.
     for (i, (_, c)) in held.iter().enumerate() {
         let c = c.load(Ordering::SeqCst);
@@ -277,15 +258,7 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
     // Once the idle sockets are older than any real handshake takes, a real client displaces
     // one: until then the gate refuses it by closing at once (a connection error, nothing else).
     for t in ALL {
-        wait::eventually(
-            &format!("alice to get in over {t:?}"),
-            DEADLINE,
-            || match served(&p, t) {
-                Ok(()) => Some(()),
-                Err(ClientError::Connection(_) | ClientError::ConnectionLost(_)) => None,
-                Err(e) => panic!("alice over {t:?}: {e}"),
-            },
-        );
+        gets_in(&p, t, DEADLINE);
     }
     // Attackers on other addresses reconnect as fast as they can: they only ever displace
     // each other, never the real client's handshake.
@@ -320,7 +293,7 @@ fn idle_unauthenticated_sockets_never_lock_out_a_real_client() {
     });
     let at_start = made.load(Ordering::Relaxed);
     for _ in 0..5 {
-        healthy(&p, "alice", Transport::Tcp);
+        healthy(&p, Transport::Tcp, None, DEADLINE, "alice");
     }
     stop.store(true, Ordering::Relaxed);
     for c in churn {
@@ -494,7 +467,13 @@ fn peer_strings_cannot_forge_or_flood_the_log() {
         let (s, _, _) = failed_login(&tcp, &forged);
         assert_eq!(s, Status::AuthFailed);
     }
-    healthy(&d.load_profile("alice"), "alice", Transport::Tcp);
+    healthy(
+        &d.load_profile("alice"),
+        Transport::Tcp,
+        None,
+        DEADLINE,
+        "alice",
+    );
     drop(daemon);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

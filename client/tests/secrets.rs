@@ -1,116 +1,26 @@
 //! Secrets in memory: after `delete`, no copy of an exported key's bytes is left anywhere in
 //! the real `hsmd` process (heap, freed blocks, worker and session stacks), read through
-//! `/proc/PID/mem`; core dumps are off and memory is locked.
+//! `/proc/PID/mem`; nor of any response the request kinds' description marks secret (random
+//! bytes, plaintexts: the PKCS#11 module's raw decryption too) once it is written; core dumps
+//! are off and memory is locked.
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
 use ferrohsm_client::BlockingClient;
 use ferrohsm_client::ClientError;
 use ferrohsm_client::profile::Transport;
 use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{KeyRef, KeyType, Request};
-use ferrohsm_test_support::peer::{proc_status_kib, rss_kib};
+use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Response};
+use ferrohsm_server::crypto::ops;
+use ferrohsm_server::keys::material::KeyMaterial;
+use ferrohsm_test_support::memory::{copies, leftovers, memory};
+use ferrohsm_test_support::peer::{Tcp, proc_status_kib, request, rss_kib, server_queues};
 use ferrohsm_test_support::{Data, ci, spec, wait};
 
 /// How long the deleted keys' last jobs may take to end on a busy machine (a hang guard).
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// One mapping: its `/proc/PID/maps` line and its bytes.
-type Region = (String, Vec<u8>);
-
-/// The `[start, end)` addresses and permissions of a `/proc/PID/maps` line.
-fn mapping(line: &str) -> (u64, u64, &str) {
-    let mut f = line.split_whitespace();
-    let (range, perms) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-    let (a, b) = range
-        .split_once('-')
-        .unwrap_or_else(|| panic!("a maps line without a range: {line}"));
-    let hex = |x: &str| u64::from_str_radix(x, 16).unwrap_or_else(|e| panic!("{line}: {e}"));
-    (hex(a), hex(b), perms)
-}
-
-/// Whether a mapping is one the scan must read: the heap, a thread stack, or anonymous
-/// memory (where the allocator and the threads keep everything a request touched).
-fn matters(line: &str) -> bool {
-    let path = line.split_whitespace().nth(5);
-    matches!(path, None | Some("[heap]")) || path.is_some_and(|p| p.starts_with("[stack"))
-}
-
-/// Every readable, writable mapping of `pid` (heap, stacks, anonymous memory), read whole.
-/// `None` when the kernel refuses (not root, no CAP_SYS_PTRACE over a non-dumpable process).
-/// A mapping that cannot be read fails the scan, naming it, unless it was unmapped while the
-/// scan ran (a thread ended, an allocation was freed); at least one heap or anonymous mapping
-/// must have been read.
-fn memory(pid: u32) -> Option<Vec<Region>> {
-    let maps_path = format!("/proc/{pid}/maps");
-    let maps = std::fs::read_to_string(&maps_path).ok()?;
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-    let mut out = Vec::new();
-    let mut unreadable = Vec::new();
-    for line in maps.lines() {
-        let (a, b, perms) = mapping(line);
-        if !perms.starts_with("rw") {
-            continue;
-        }
-        let mut buf = vec![0u8; (b - a) as usize];
-        match mem
-            .seek(SeekFrom::Start(a))
-            .and_then(|_| mem.read_exact(&mut buf))
-        {
-            Ok(()) => out.push((line.to_string(), buf)),
-            Err(e) => unreadable.push((line.to_string(), e)),
-        }
-    }
-    // A mapping still there, at the same place, after its read failed: unreadable.
-    if !unreadable.is_empty() {
-        let now = std::fs::read_to_string(&maps_path).expect("hsmd's maps");
-        let still: Vec<String> = unreadable
-            .iter()
-            .filter(|(line, _)| now.lines().any(|l| mapping(l).0 == mapping(line).0))
-            .map(|(line, e)| format!("{line}: {e}"))
-            .collect();
-        assert!(
-            still.is_empty(),
-            "the scan could not read {} of hsmd's mappings: {still:#?}",
-            still.len()
-        );
-    }
-    assert!(
-        out.iter().any(|(line, _)| matters(line)),
-        "the scan read no heap or anonymous mapping of hsmd; read: {:#?}",
-        out.iter().map(|(l, _)| l).collect::<Vec<_>>()
-    );
-    Some(out)
-}
-
-/// Where `needle` is: each copy as (mapping, bytes below the mapping's top: the depth on a
-/// thread stack).
-fn copies(regions: &[Region], needle: &[u8]) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    for (line, r) in regions {
-        for (off, w) in r.windows(needle.len()).enumerate() {
-            if w == needle {
-                out.push((line.clone(), r.len() - off));
-            }
-        }
-    }
-    out
-}
-
-/// Where each secret still has a copy in `pid`'s memory, one line each.
-fn leftovers(pid: u32, secrets: &[(String, Vec<u8>, KeyRef)]) -> Vec<String> {
-    let regions = memory(pid).expect("hsmd's memory is readable");
-    // Each copy left names its mapping and its depth below the mapping's top (on a thread
-    // stack, how deep the frame that left it was).
-    secrets
-        .iter()
-        .flat_map(|(n, b, _)| copies(&regions, b).into_iter().map(move |c| (n, c)))
-        .map(|(n, (line, depth))| format!("{n}: {depth} bytes below the top of {line}"))
-        .collect()
-}
 
 /// A reply that must be a success.
 fn served<T>(r: Result<T, ClientError>, what: &str) {
@@ -243,5 +153,198 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
         }
         last.is_empty()
     });
+    drop(daemon);
+}
+
+/// The secret bytes one request's response carries, checked against what was sent where the
+/// test knows it.
+fn answered(r: Result<Response, ClientError>, want: Option<&[u8]>, what: &str) -> Vec<u8> {
+    match r {
+        Ok(Response::Bytes(b)) => {
+            if let Some(want) = want {
+                assert_eq!(b, want, "{what}: the wrong plaintext");
+            }
+            b
+        }
+        Ok(other) => panic!("{what}: answered {}", other.kind()),
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Bytes in each secret answer: large enough that a pipelined batch fills the socket and the
+/// writer gathers responses into its reused buffer.
+const SIZE: usize = 4096;
+/// Plaintext bytes per answer to the reader that stops reading.
+const HELD: usize = 16 * 1024;
+/// Secret requests pipelined at once.
+const BATCH: usize = 24;
+
+/// 64 bytes from the middle of an answer: what the scan looks for.
+fn middle(b: &[u8]) -> Vec<u8> {
+    assert_eq!(b.len(), SIZE, "a secret answer of {} bytes", b.len());
+    b[SIZE / 2..SIZE / 2 + 64].to_vec()
+}
+
+#[test]
+fn no_secret_response_leaves_its_bytes_in_hsmd_memory_after_its_write() {
+    if !ci::root("reading hsmd's memory through /proc/PID/mem") {
+        return;
+    }
+    let d = Data::init("alice");
+    let daemon = d.start();
+    let pid = daemon.pid();
+    // A key whose bytes the test knows, so it can encrypt without hsmd: hsmd then sees each
+    // plaintext only in the response it writes.
+    let key_bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    let local = KeyMaterial::import(KeyType::Aes256Gcm, &key_bytes).unwrap();
+    let mut secrets: Vec<(String, Vec<u8>, KeyRef)> = Vec::new();
+    // The sessions stay open through the scan: a writer's reused buffer lives as long as its
+    // session (a closed one's memory is freed, and hsmd wipes every block it frees).
+    let mut open = Vec::new();
+    for transport in [Transport::Tcp, Transport::Shm] {
+        let c = BlockingClient::connect(
+            &ferrohsm_client::profile::Profile::load(&d.profile("alice")).unwrap(),
+            Some(transport),
+        )
+        .unwrap();
+        let k = c
+            .call(Request::Import {
+                spec: spec(KeyType::Aes256Gcm, &format!("known-{transport:?}")),
+                material: key_bytes.clone(),
+            })
+            .unwrap();
+        let Response::Key(k) = k else {
+            panic!("import answered {}", k.kind())
+        };
+        let key = KeyRef::Id(k.id);
+        // The kinds known to answer with plaintext or random bytes (whatever the description
+        // says of them), and every kind the description marks secret: a new one fails until it
+        // has a driver.
+        let known = [Opcode::Random, Opcode::Decrypt, Opcode::DecryptRaw];
+        let marked = Opcode::ALL
+            .into_iter()
+            .filter(|op| op.kind().secret_response() && !known.contains(op));
+        let kinds: Vec<Opcode> = known.into_iter().chain(marked).collect();
+        for op in kinds {
+            // Distinct plaintexts of SIZE bytes, so each copy found names its request (the scan looks
+            // for a window in the middle: a freed block's first bytes are the allocator's).
+            let plain = |n: usize| -> Vec<u8> {
+                format!("{op:?} over {transport:?}, plaintext number {n:03}. ")
+                    .into_bytes()
+                    .into_iter()
+                    .cycle()
+                    .take(SIZE)
+                    .collect()
+            };
+            let request = |n: usize| -> Request {
+                match op {
+                    Opcode::Decrypt => Request::Decrypt {
+                        key: key.clone(),
+                        ciphertext: ops::encrypt(&local, 1, &plain(n), b"").unwrap(),
+                        aad: Vec::new(),
+                    },
+                    // The PKCS#11 module's C_Decrypt sends exactly this.
+                    Opcode::DecryptRaw => {
+                        let sealed = ops::encrypt_raw(&local, &plain(n), b"").unwrap();
+                        Request::DecryptRaw {
+                            key: key.clone(),
+                            nonce: sealed[..12].to_vec(),
+                            ciphertext: sealed[12..].to_vec(),
+                            aad: Vec::new(),
+                        }
+                    }
+                    Opcode::Random => Request::Random { len: SIZE as u32 },
+                    other => panic!("no driver for the secret kind {other:?}: add one"),
+                }
+            };
+            if op == Opcode::Export {
+                // An export's bytes are the key's own, which live in hsmd as long as the key
+                // does: the test above exports, deletes and then scans.
+                continue;
+            }
+            let known = |n: usize| (op != Opcode::Random).then(|| plain(n));
+            // Alone (inline on the session's thread), then pipelined between other requests, so
+            // the writer gathers several responses into one buffer.
+            let what = format!("{op:?} over {transport:?}");
+            let b = answered(c.call(request(0)), known(0).as_deref(), &what);
+            secrets.push((format!("{what}, alone"), middle(&b), key.clone()));
+            let mut batch = Vec::new();
+            for n in 1..=BATCH {
+                batch.push(request(n));
+                batch.push(Request::Ping);
+            }
+            for (i, r) in c.pipeline(batch).into_iter().enumerate() {
+                if i % 2 == 1 {
+                    assert!(matches!(r, Ok(Response::Done)), "{what}: ping {r:?}");
+                    continue;
+                }
+                let n = i / 2 + 1;
+                let b = answered(r, known(n).as_deref(), &format!("{what} #{n}"));
+                secrets.push((format!("{what}, pipelined #{n}"), middle(&b), key.clone()));
+            }
+        }
+        open.push(c);
+    }
+    // A reader that stops reading: hsmd's writer blocks on the full socket while the rest of
+    // the batch's answers queue behind it, then gathers them into its reused buffer in one
+    // write, the case the wipe of that buffer is for.
+    let p = ferrohsm_client::profile::Profile::load(&d.profile("alice")).unwrap();
+    let mut held = Tcp::connect(&p.tcp_addrs.as_ref().unwrap()[0]);
+    held.login(&p.identity().unwrap());
+    let key = KeyRef::Label("known-Tcp".parse().unwrap());
+    let big = |n: usize| -> Vec<u8> {
+        format!("held reader, plaintext number {n:03}. ")
+            .into_bytes()
+            .into_iter()
+            .cycle()
+            .take(HELD)
+            .collect()
+    };
+    for n in 0..32 {
+        let sealed = ops::encrypt_raw(&local, &big(n), b"").unwrap();
+        let r = Request::DecryptRaw {
+            key: key.clone(),
+            nonce: sealed[..12].to_vec(),
+            ciphertext: sealed[12..].to_vec(),
+            aad: Vec::new(),
+        };
+        assert!(held.send_bytes(&request(r, 100 + n as u64)), "send #{n}");
+    }
+    wait::until(
+        "hsmd's writer to be blocked on the full socket",
+        DEADLINE,
+        || server_queues(&held.s).is_some_and(|(unsent, _)| unsent > 0),
+    );
+    for n in 0..32 {
+        let f = held
+            .frame(DEADLINE)
+            .unwrap_or_else(|| panic!("no answer #{n} for the held reader"));
+        let body = match Response::decode(f.header.opcode, &f.body) {
+            Ok(Response::Bytes(b)) => b,
+            other => panic!("held reader #{n}: {other:?}"),
+        };
+        let n = (f.header.request_id - 100) as usize;
+        assert_eq!(body, big(n), "held reader: the wrong plaintext");
+        secrets.push((
+            format!("held reader #{n}"),
+            body[HELD / 2..HELD / 2 + 64].to_vec(),
+            key.clone(),
+        ));
+    }
+    assert!(
+        secrets.len() >= 2 * 3 * (BATCH + 1),
+        "only {} secret responses were made",
+        secrets.len()
+    );
+    let mut last = Vec::new();
+    wait::until("no copy of a secret response in hsmd", DEADLINE, || {
+        let left = leftovers(pid, &secrets);
+        if left != last {
+            eprintln!("secret response bytes left in hsmd: {left:#?}");
+            last = left;
+        }
+        last.is_empty()
+    });
+    drop((open, held));
     drop(daemon);
 }

@@ -81,18 +81,23 @@ impl<'a> Ring<'a> {
         Ok(self.size - used as usize)
     }
 
-    /// Consumer: copies up to `out.len()` bytes out, advances `tail` and publishes it.
+    /// Consumer: copies up to `out.len()` bytes out, wipes them in the ring (they can be
+    /// plaintexts or key bytes, and the segment lives as long as the session), advances
+    /// `tail` and publishes it.
     pub fn read(&self, tail: &mut u64, out: &mut [u8]) -> Result<usize, ShmError> {
         let n = self.readable(*tail)?.min(out.len());
         let (off, first, second) = split(*tail, n, self.size);
         // SAFETY: `split` keeps `off + first <= size` and `second <= size`, so both source
         // ranges lie in the data area, valid for `'a`; `out` is private memory and cannot
         // overlap it. The producer does not write these bytes until we publish the new tail
-        // (a hostile one may, which only makes the copy garbage for the decoder to refuse).
+        // (a hostile one may, which only makes the copy garbage for the decoder to refuse),
+        // so zeroing the same ranges before publishing races with nothing of ours.
         #[allow(unsafe_code)]
         unsafe {
             std::ptr::copy_nonoverlapping(self.data.add(off), out.as_mut_ptr(), first);
             std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), second);
+            std::ptr::write_bytes(self.data.add(off), 0, first);
+            std::ptr::write_bytes(self.data, 0, second);
         }
         *tail = tail.wrapping_add(n as u64);
         self.ctl.tail.0.store(*tail, Ordering::Release);
@@ -142,6 +147,25 @@ mod tests {
         fn ring(&mut self) -> Ring<'_> {
             let size = self.data.len();
             Ring::new(&self.ctl, self.data.as_mut_ptr(), size)
+        }
+    }
+
+    #[test]
+    fn what_the_consumer_read_is_wiped_and_nothing_else() {
+        let mut local = Local::new(64, 40);
+        let (mut head, mut tail) = (40u64, 40u64);
+        {
+            let ring = local.ring();
+            // 50 bytes from offset 40: they wrap to offsets 0..26.
+            assert_eq!(ring.write(&mut head, &[7u8; 50]).unwrap(), 50);
+            let mut out = [0u8; 30];
+            assert_eq!(ring.read(&mut tail, &mut out).unwrap(), 30);
+            assert_eq!(out, [7u8; 30]);
+        }
+        // Read: offsets 40..64 and 0..6, now zero. Still in flight: 6..26, untouched.
+        for (off, b) in local.data.iter().enumerate() {
+            let in_flight = (6..26).contains(&off);
+            assert_eq!(*b, if in_flight { 7 } else { 0 }, "offset {off}");
         }
     }
 

@@ -89,7 +89,20 @@ impl Default for Ports {
 
 /// `hsmd` of this build, with no passphrase from the developer's environment.
 pub fn hsmd_command() -> Command {
-    let mut c = Command::new(bins::hsmd());
+    hsmd_under(&[])
+}
+
+/// `hsmd` of this build run by `prefix` (`["prlimit", "--nofile=256:256", "--"]`), with no
+/// passphrase from the developer's environment.
+pub fn hsmd_under(prefix: &[&str]) -> Command {
+    let mut c = match prefix {
+        [] => Command::new(bins::hsmd()),
+        [wrapper, rest @ ..] => {
+            let mut c = Command::new(wrapper);
+            c.args(rest).arg(bins::hsmd());
+            c
+        }
+    };
     c.env_remove("HSMD_PASSPHRASE")
         .env_remove("HSMD_NEW_PASSPHRASE")
         .env_remove("HSMD_STORE_PASSWORD")
@@ -102,6 +115,31 @@ pub fn run_hsmd(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = hsmd_command();
     c.args(args).envs(env.iter().copied());
     output_within(&mut c, EXIT_DEADLINE)
+}
+
+/// Runs `hsmd ARGS` (with `env`), which must exit, not serve, within [`EXIT_DEADLINE`] (it
+/// never printed its readiness line): its output.
+fn not_served(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let o = run_hsmd(args, env);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("listening"), "hsmd served: {out}");
+    o
+}
+
+/// Runs `hsmd ARGS` (with `env`), which must exit, not serve, within [`EXIT_DEADLINE`]: its
+/// exit code and stderr.
+pub fn fails(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let o = not_served(args, env);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs `hsmd ARGS` (with `env`), which must be refused within [`EXIT_DEADLINE`] without
+/// serving ([`crate::status::refused`]: exit 1, one stderr line): that line.
+pub fn refuses(args: &[&str], env: &[(&str, &str)]) -> String {
+    crate::status::refused(&not_served(args, env))
 }
 
 /// `hsmctl --profile PROFILE` of this build.
@@ -232,9 +270,20 @@ impl Daemon {
         env: &[(&str, &str)],
         log: &Path,
     ) -> Result<Daemon, StartError> {
+        Daemon::spawn_under(&[], cwd, args, env, log)
+    }
+
+    /// [`Daemon::spawn`] with hsmd run by `prefix` (see [`hsmd_under`]).
+    pub fn spawn_under(
+        prefix: &[&str],
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Daemon, StartError> {
         let file = std::fs::File::create(log)
             .unwrap_or_else(|e| panic!("log file {}: {e}", log.display()));
-        let mut child = hsmd_command()
+        let mut child = hsmd_under(prefix)
             .args(args)
             .current_dir(cwd)
             .envs(env.iter().copied())
@@ -486,13 +535,18 @@ impl Data {
     /// `hsmd --config D/hsmd.toml ARGS` with `env`, in the scratch directory. When hsmd finds
     /// a port taken, the configuration and profiles move to fresh ports and it starts again.
     pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.start_under(&[], args, env)
+    }
+
+    /// [`Data::start_with`] with hsmd run by `prefix` (see [`hsmd_under`]).
+    pub fn start_under(&self, prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let config = self.config();
         let args = [&["--config", config.as_str()][..], args].concat();
         let mut last = String::new();
         for _ in 0..5 {
             let n = LOGS.fetch_add(1, Ordering::Relaxed);
             let log = self.path(&format!("hsmd-{n}.log"));
-            match Daemon::spawn(self.tmp.path(), &args, env, &log) {
+            match Daemon::spawn_under(prefix, self.tmp.path(), &args, env, &log) {
                 Ok(d) => {
                     let want = self.ports().ready_line();
                     assert!(
@@ -537,16 +591,14 @@ impl Data {
         *ports = new;
     }
 
-    /// Runs `hsmd ARGS` (with `env`), which must exit, not serve, within [`EXIT_DEADLINE`]
-    /// (it never printed its readiness line); its exit code and stderr.
+    /// [`fails`] (`ARGS` name this directory's files, e.g. `--config D/hsmd.toml`).
     pub fn fails(&self, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-        let o = run_hsmd(args, env);
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(!out.contains("listening"), "hsmd served: {out}");
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
+        fails(args, env)
+    }
+
+    /// [`refuses`] (`ARGS` name this directory's files, e.g. `--config D/hsmd.toml`).
+    pub fn refuses(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        refuses(args, env)
     }
 
     /// `hsmd SUB... --config D/hsmd.toml` with `env` (`audit verify`, `backup --out F`, ...).

@@ -9,10 +9,16 @@
 //!   loopback port, a password-only superuser), for the PostgreSQL key store's tests.
 //! - [`peer`]: raw and logged-in streams on every transport, frames read with a deadline, and
 //!   [`peer::Ending`], which tells a closed connection from a silent one.
-//! - [`status`]: the status of a failed call, of an error frame, and of a failed `hsmctl` run.
+//! - [`status`]: the status of a failed call, of an error frame, of a failed `hsmctl` run, and
+//!   the line of a refused `hsmd` command.
 //! - [`keys`]: key specs and references, and a check that a client signs correctly.
-//! - [`connect`]: connecting once a place is free, and why a connection was refused.
-//! - [`files`]: every file under a directory, a tree copied.
+//! - [`connect`]: connecting once a place is free, why a connection was refused, and whether
+//!   a healthy client is still served.
+//! - [`certs`]: a data directory's development CA, and client certificates it issues.
+//! - [`files`]: every file under a directory (with its bytes), a tree copied, a path as an
+//!   argument.
+//! - [`memory`]: a live process's memory read through `/proc/PID/mem`, and where secrets
+//!   still have copies in it.
 //! - [`wait`]: waiting for a condition with a deadline instead of sleeping.
 //! - [`ci`]: the one rule for tools and privileges a test may lack: under `CI` (any non-empty
 //!   value) a missing one fails the test; elsewhere the test skips with one line on stderr.
@@ -25,11 +31,13 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod bins;
+pub mod certs;
 pub mod ci;
 pub mod connect;
 pub mod daemon;
 pub mod files;
 pub mod keys;
+pub mod memory;
 pub mod peer;
 pub mod postgres;
 pub mod server;

@@ -219,6 +219,47 @@ pub(crate) fn decrypt(t: &Token, s: &Session) {
         gcm_decrypt_parts(s, aes, &nonce, b"parts", &ct[..10]).1,
         CKR_ENCRYPTED_DATA_LEN_RANGE
     );
+    // C_Decrypt's plaintext (hsmd's DecryptRaw answer) is wiped in hsmd once written: its
+    // session writer's buffer, the response, the shared-memory ring keep no copy.
+    if !ferrohsm_test_support::ci::root("reading hsmd's memory through /proc/PID/mem") {
+        return;
+    }
+    let secrets: Vec<(String, Vec<u8>, ())> = (0..8u8)
+        .map(|n| {
+            let plain: Vec<u8> = format!("C_Decrypt's plaintext number {n}, never left in hsmd. ")
+                .into_bytes()
+                .into_iter()
+                .cycle()
+                .take(2048)
+                .collect();
+            let mut ct = plain.clone();
+            let nonce = [n; 12];
+            k.seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                &mut ct,
+            )
+            .expect("seal");
+            let mut iv = nonce;
+            let mech = Mechanism::AesGcm(GcmParams::new(&mut iv, &[], 128.into()).expect("gcm"));
+            assert_eq!(s.decrypt(&mech, aes, &ct).expect("C_Decrypt"), plain);
+            (format!("C_Decrypt #{n}"), plain[1024..1088].to_vec(), ())
+        })
+        .collect();
+    let pid = t.pid();
+    let mut last = Vec::new();
+    ferrohsm_test_support::wait::until(
+        "no copy of C_Decrypt's plaintext in hsmd",
+        Duration::from_secs(30),
+        || {
+            let left = ferrohsm_test_support::memory::leftovers(pid, &secrets);
+            if left != last {
+                eprintln!("C_Decrypt plaintext left in hsmd: {left:#?}");
+                last = left;
+            }
+            last.is_empty()
+        },
+    );
 }
 
 pub(crate) fn digest(s: &Session) {

@@ -130,6 +130,11 @@ impl Token {
         self.daemon.as_ref().expect("hsmd is running").signal(sig);
     }
 
+    /// hsmd's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("hsmd is running").pid()
+    }
+
     /// Stops hsmd (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(d) = self.daemon.take() {
