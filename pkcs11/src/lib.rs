@@ -21,6 +21,7 @@ mod mech;
 mod module;
 mod object;
 mod ops;
+mod session_ops;
 mod token;
 
-pub use abi::C_GetFunctionList;
+pub use abi::interface::C_GetFunctionList;

@@ -22,7 +22,7 @@ use ferrohsm_proto::{Request, Response, Status};
 
 use crate::config::ModuleConfig;
 use crate::object::Objects;
-use crate::ops::Operations;
+use crate::session_ops::Operations;
 
 /// A PKCS#11 return value.
 pub type Rv = CK_RV;

@@ -13,7 +13,7 @@
 
 use thiserror::Error;
 
-use crate::PROTOCOL_VERSION;
+use crate::limits::PROTOCOL_VERSION;
 pub use crate::opcode::Opcode;
 
 /// Frame magic.
@@ -189,11 +189,13 @@ pub enum FrameError {
 
 impl FrameError {
     /// The wire status for this error.
-    pub fn status(&self) -> crate::Status {
+    pub fn status(&self) -> crate::status::Status {
         match self {
-            FrameError::BadMagic | FrameError::ReservedFlags(_) => crate::Status::MalformedFrame,
-            FrameError::UnsupportedVersion(_) => crate::Status::UnsupportedVersion,
-            FrameError::BodyTooLarge { .. } => crate::Status::BodyTooLarge,
+            FrameError::BadMagic | FrameError::ReservedFlags(_) => {
+                crate::status::Status::MalformedFrame
+            }
+            FrameError::UnsupportedVersion(_) => crate::status::Status::UnsupportedVersion,
+            FrameError::BodyTooLarge { .. } => crate::status::Status::BodyTooLarge,
         }
     }
 }
@@ -251,7 +253,7 @@ impl FrameDecoder {
 
 impl Default for FrameDecoder {
     fn default() -> Self {
-        FrameDecoder::new(crate::DEFAULT_MAX_BODY)
+        FrameDecoder::new(crate::limits::DEFAULT_MAX_BODY)
     }
 }
 

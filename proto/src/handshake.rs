@@ -17,54 +17,7 @@
 //! and the client name, so a proof is good for exactly one connection and one name: replaying
 //! it on another connection fails because that connection has another nonce.
 
-use serde::{Deserialize, Serialize};
-
-/// Handshake step 1: the client names itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// Protocol version the client speaks.
-    pub version: u8,
-    /// Configured client name to authenticate as.
-    pub client: String,
-}
-
-/// Handshake step 2: the server's fresh challenge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Challenge {
-    /// Server-chosen session id.
-    pub session_id: u64,
-    /// 32 fresh random bytes.
-    pub nonce: [u8; 32],
-}
-
-/// The answer to a hello: a challenge to sign, or, when the transport already proved the
-/// client (TLS certificate or PSK), the welcome straight away.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HelloReply {
-    /// Sign this (plain TCP, shared memory).
-    Challenge(Challenge),
-    /// Session open (TLS).
-    Welcome(Welcome),
-}
-
-/// Handshake step 3: the client's proof of its auth key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proof {
-    /// Ed25519 signature (64 bytes) over [`transcript`].
-    #[serde(with = "crate::wire::bytes")]
-    pub signature: Vec<u8>,
-}
-
-/// Handshake step 4: the session is open.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Welcome {
-    /// Session id (the same as in the challenge).
-    pub session_id: u64,
-    /// Largest body the server accepts.
-    pub max_body: u32,
-    /// How many requests may be in flight at once.
-    pub window: u32,
-}
+pub use crate::message::hello::{Challenge, Hello, HelloReply, Proof, Welcome};
 
 const DOMAIN: &[u8] = b"FerroHSM auth v1\0";
 
@@ -85,7 +38,7 @@ pub fn transcript(client: &str, session_id: u64, nonce: &[u8; 32]) -> Vec<u8> {
 pub enum HandshakeError {
     /// The server refused (auth failed, busy, peer not allowed, version...).
     #[error("{}", .0.message)]
-    Refused(crate::ErrorBody),
+    Refused(crate::status::ErrorBody),
     /// The server answered with something the handshake does not expect.
     #[error("unexpected handshake answer: {0}")]
     Unexpected(String),
@@ -149,7 +102,7 @@ impl ClientHandshake {
     ) -> Result<ClientStep, HandshakeError> {
         if frame.header.is_error() {
             self.state = ClientState::Done;
-            let body = crate::message::decode_error(frame.header.opcode, &frame.body)
+            let body = crate::message::body::decode_error(frame.header.opcode, &frame.body)
                 .map_err(|e| HandshakeError::Unexpected(e.to_string()))?;
             return Err(HandshakeError::Refused(body));
         }

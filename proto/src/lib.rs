@@ -24,6 +24,7 @@
 
 pub mod frame;
 pub mod handshake;
+mod limits;
 pub mod message;
 mod opcode;
 pub mod pem;
@@ -31,16 +32,10 @@ pub mod status;
 mod wire;
 
 pub use frame::{Decoded, Frame, FrameDecoder, FrameError, FrameReader, Header, Opcode};
+pub use limits::{DEFAULT_MAX_BODY, MAX_RANDOM, PROTOCOL_VERSION};
 pub use message::kind;
 pub use message::{
     DigestAlg, KeyInfo, KeyQuery, KeyRef, KeySpec, KeyType, Kind, Label, Lifetime, MAX_PAGE,
     Origin, Page, Request, Response, Usage, UsageSet, VersionInfo,
 };
 pub use status::{ErrorBody, Status};
-
-/// Protocol version spoken by this crate (header byte and handshake field).
-pub const PROTOCOL_VERSION: u8 = 1;
-/// Default cap on a frame body; either side may configure a smaller or larger one.
-pub const DEFAULT_MAX_BODY: u32 = 1024 * 1024;
-/// Largest `random` request, in bytes.
-pub const MAX_RANDOM: u32 = 65536;

@@ -20,38 +20,13 @@
 //! No lock of any kind lives in shared memory.
 
 pub mod doorbell;
+mod error;
 pub mod handoff;
 pub mod pages;
 pub mod ring;
 pub mod segment;
 pub mod stream;
 
+pub use error::ShmError;
 pub use segment::{Segment, Side};
 pub use stream::{ShmReader, ShmStream, ShmWriter, Waiting};
-
-/// Errors of this crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ShmError {
-    /// A system call failed.
-    #[error("{context}: {source}")]
-    Os {
-        /// What was being done.
-        context: &'static str,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The segment is not one of ours, or its header is inconsistent.
-    #[error("invalid segment: {0}")]
-    Invalid(String),
-    /// The peer wrote indices that cannot be true; the session must end.
-    #[error("ring corrupted by the peer: {0}")]
-    Corrupt(String),
-}
-
-pub(crate) fn os(context: &'static str) -> impl FnOnce(rustix::io::Errno) -> ShmError {
-    move |e| ShmError::Os {
-        context,
-        source: e.into(),
-    }
-}

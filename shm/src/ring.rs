@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ShmError;
+use crate::error::ShmError;
 
 #[repr(C, align(64))]
 struct Line(AtomicU64);

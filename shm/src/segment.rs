@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use memmap2::{MmapMut, MmapOptions};
 use rustix::fs::{MemfdFlags, SealFlags};
 
+use crate::error::{ShmError, os};
 use crate::ring::{Ring, RingCtl};
-use crate::{ShmError, os};
 
 /// Segment magic.
 pub const MAGIC: [u8; 8] = *b"FHSMSHM1";

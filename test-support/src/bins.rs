@@ -81,7 +81,7 @@ fn built() -> &'static Result<(), String> {
         }
         // Generous: a cold build of the workspace on 2 cores, or waiting for another cargo's
         // lock; never forever.
-        let o = crate::daemon::output_within(&mut c, BUILD_DEADLINE);
+        let o = crate::process::output_within(&mut c, BUILD_DEADLINE);
         if o.status.success() {
             Ok(())
         } else {

@@ -3,7 +3,7 @@
 
 use cryptoki_sys::*;
 
-use super::{bytes, guard, mechanism, output, with_session, write_nonce};
+use super::ffi::{bytes, guard, mechanism, output, with_session, write_nonce};
 use crate::module::{Module, Session};
 use crate::ops;
 
@@ -60,7 +60,7 @@ unsafe fn crypt_update(
             let data = bytes(data, len)?;
             let part = if out.is_null() { &[][..] } else { data };
             with_session(h, |_, s| ops::crypt_update(s, decrypt, part))?;
-            super::put(out_len, 0)
+            super::ffi::put(out_len, 0)
         }
     })
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use cryptoki_sys::*;
 use sha2::Digest as _;
 
-use super::{bytes, guard, list, pad, put, with_session};
+use super::ffi::{bytes, guard, list, pad, put, with_session};
 use crate::module::{self, lock};
 use crate::{config, mech, token};
 

@@ -3,7 +3,7 @@
 
 use cryptoki_sys::*;
 
-use super::{guard, mechanism, put, template, with_session};
+use super::ffi::{guard, mechanism, put, template, with_session};
 use crate::object::Value;
 use crate::token;
 

@@ -5,9 +5,9 @@
 //! it, and keep no list of their own. The table names every opcode (no wildcard), so a new kind
 //! cannot be added without deciding each of these.
 
-use super::Request;
+use super::request::Request;
+use super::types::Usage;
 use crate::frame::Opcode;
-use crate::message::Usage;
 
 /// Everything the request path needs to know about one kind of request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,7 @@ impl Reply {
     pub const fn bound(self, body: usize, max_frame: usize) -> usize {
         match self {
             Reply::AsRequest => body + 1024,
-            Reply::Random => crate::MAX_RANDOM as usize + 1024,
+            Reply::Random => crate::limits::MAX_RANDOM as usize + 1024,
             Reply::Frame => max_frame,
             Reply::Small => 64 * 1024,
         }

@@ -6,89 +6,21 @@
 //! ([`Label`], [`UsageSet`], [`KeyRef`]) refuse invalid values while deserializing, so a decoded
 //! message is a valid one.
 
-use serde::{Serialize, de::DeserializeOwned};
-
 use crate::frame::{FLAG_ERROR, FLAG_RESPONSE, Frame, Opcode};
-use crate::handshake::{Challenge, HelloReply, Welcome};
-use crate::status::{ErrorBody, Status};
+use crate::status::ErrorBody;
 use crate::wire::{Buf, Raw};
+use body::{empty_body, from_body, to_body, to_body_into};
+use hello::{Challenge, HelloReply, Welcome};
 
+pub mod body;
+pub mod hello;
 pub mod kind;
 mod request;
 mod types;
+pub use body::{BodyError, decode_error};
 pub use kind::Kind;
 pub use request::Request;
 pub use types::*;
-
-/// Why a body did not decode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BodyError {
-    /// The opcode is not a request (or response) this side knows.
-    #[error("unknown opcode {0}")]
-    UnknownOpcode(u16),
-    /// The body does not decode into the opcode's message.
-    #[error("malformed body for opcode {opcode}: {reason}")]
-    Malformed {
-        /// Opcode.
-        opcode: u16,
-        /// Decoder's explanation.
-        reason: String,
-    },
-}
-
-impl BodyError {
-    /// The wire status for this error.
-    pub fn status(&self) -> Status {
-        match self {
-            BodyError::UnknownOpcode(_) => Status::UnknownOpcode,
-            BodyError::Malformed { .. } => Status::MalformedBody,
-        }
-    }
-}
-
-/// Appends to a borrowed buffer (postcard's `to_extend` wants an `Extend` by value).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter)
-    }
-}
-
-/// Appends `v`'s postcard encoding to `out`.
-fn to_body_into<T: Serialize>(v: &T, out: &mut Vec<u8>) {
-    // Invariant: serializing our own message types cannot fail (no maps with non-string keys,
-    // no unsupported types); an empty body would be refused by the peer.
-    let _ = postcard::to_extend(v, Append(out));
-}
-
-fn to_body<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    to_body_into(v, &mut out);
-    out
-}
-
-/// Decodes a whole body as `T`, refusing trailing bytes.
-fn from_body<T: DeserializeOwned>(opcode: u16, body: &[u8]) -> Result<T, BodyError> {
-    let malformed = |reason: String| BodyError::Malformed { opcode, reason };
-    let (v, rest) = postcard::take_from_bytes(body).map_err(|e| malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(malformed(format!("{} trailing bytes", rest.len())));
-    }
-    Ok(v)
-}
-
-fn empty_body(opcode: u16, body: &[u8]) -> Result<(), BodyError> {
-    if body.is_empty() {
-        Ok(())
-    } else {
-        Err(BodyError::Malformed {
-            opcode,
-            reason: format!("{} trailing bytes", body.len()),
-        })
-    }
-}
 
 /// A successful response. Which variant answers which opcode is fixed (see [`Response::decode`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,11 +149,6 @@ pub fn error_frame_into(opcode: u16, request_id: u64, err: &ErrorBody, out: &mut
     Frame::encode_with(FLAG_RESPONSE | FLAG_ERROR, opcode, request_id, out, |out| {
         to_body_into(err, out)
     })
-}
-
-/// Decodes an error frame body.
-pub fn decode_error(opcode: u16, body: &[u8]) -> Result<ErrorBody, BodyError> {
-    from_body(opcode, body)
 }
 
 #[cfg(test)]

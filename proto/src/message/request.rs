@@ -2,12 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    BodyError, DigestAlg, KeyQuery, KeyRef, KeySpec, Label, Page, UsageSet, empty_body, from_body,
-    to_body_into,
-};
+use super::body::{BodyError, empty_body, from_body, to_body_into};
+use super::hello::{Hello, Proof};
+use super::types::{DigestAlg, KeyQuery, KeyRef, KeySpec, Label, Page, UsageSet};
 use crate::frame::{Frame, Opcode};
-use crate::handshake::{Hello, Proof};
 use crate::wire::{Buf, Raw};
 
 /// A request from client to server.

@@ -1,6 +1,7 @@
 //! Round trips, refusals and fuzzed bodies for every message.
 
 use super::*;
+use crate::status::Status;
 use proptest::prelude::*;
 
 #[test]

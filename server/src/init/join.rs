@@ -22,7 +22,7 @@ use std::path::Path;
 use ferrohsm_tls::pki::Role;
 use zeroize::Zeroizing;
 
-use super::{InitOptions, InitReport, LEAF_DAYS, io_err, node_name, write_file, write_new};
+use super::shared::{InitOptions, InitReport, LEAF_DAYS, io_err, node_name, write_file, write_new};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::keys::store::postgres::{NodeRow, PgBackend};

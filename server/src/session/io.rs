@@ -9,12 +9,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::budget::{self, Charge};
-use super::{Close, Inbound, Outbound, Session, Sessions, Ticket};
+use super::messages::{Close, Inbound, Outbound, Ticket};
+use super::shared::Sessions;
 
 /// A session's reader task: what it needs besides the socket.
 pub(super) struct Reader {
     pub(super) shared: Arc<Sessions>,
-    pub(super) session: actix::Addr<Session>,
+    // The session actor: its requests, and the order to close.
+    pub(super) inbound: actix::Recipient<Inbound>,
+    pub(super) close: actix::Recipient<Close>,
     pub(super) out: mpsc::Sender<Outbound>,
     pub(super) peer: String,
     pub(super) authed: Arc<OnceLock<Arc<str>>>,
@@ -28,7 +31,7 @@ impl Reader {
         // However reading ended (EOF, error, malformed frame, shutdown), the session ends
         // with it; if the session itself asked us to stop, it is gone already and this is a
         // no-op.
-        let _ = self.session.send(Close).await;
+        let _ = self.close.send(Close).await;
     }
 
     /// Reads frames and hands them to the session, one window ticket each, until the peer
@@ -94,7 +97,7 @@ impl Reader {
                             ticket,
                             more,
                         };
-                        if self.session.send(inbound).await.is_err() {
+                        if self.inbound.send(inbound).await.is_err() {
                             return None;
                         }
                     }

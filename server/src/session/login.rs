@@ -11,7 +11,7 @@ use ferrohsm_proto::handshake::{ServerHandshake, ServerStep};
 use ferrohsm_proto::{Frame, FrameReader, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::Sessions;
+use super::shared::Sessions;
 use crate::auth::{Connection, Credential, PendingProof};
 use crate::error::OpError;
 

@@ -25,83 +25,24 @@
 pub mod budget;
 mod io;
 pub mod login;
+mod messages;
 mod shared;
 
 use std::sync::Arc;
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use ferrohsm_proto::handshake::{ServerStep, Welcome};
-use ferrohsm_proto::message::{BodyError, error_frame_into};
-use ferrohsm_proto::{Header, Request, Response, Status};
+use ferrohsm_proto::message::error_frame_into;
+use ferrohsm_proto::{Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::dispatch::Started;
 use crate::error::OpError;
 use crate::keys::manager::Caller;
 use login::Login;
-use shared::InFlightGuard;
+use messages::{Close, Inbound, Outbound, Ticket};
 pub use shared::{Conn, InFlight, Sessions};
-
-/// Held from decode to write: one window slot, one global in-flight count, and (once the
-/// session is authenticated) the request's bytes charged to the memory budget.
-#[derive(Debug)]
-struct Ticket {
-    _window: OwnedSemaphorePermit,
-    _inflight: InFlightGuard,
-    _charge: Option<budget::Charge>,
-}
-
-impl Ticket {
-    fn new(
-        window: OwnedSemaphorePermit,
-        inflight: &Arc<InFlight>,
-        charge: Option<budget::Charge>,
-    ) -> Ticket {
-        Ticket {
-            _window: window,
-            _inflight: inflight.enter(),
-            _charge: charge,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Outbound {
-    // The whole response frame, encoded in place.
-    wire: Vec<u8>,
-    // The body carries secret bytes (exported key, plaintext, random): wiped when this is
-    // dropped, whether it was written or its writer was gone; the writer also wipes its own
-    // buffer after writing it.
-    secret: bool,
-    _ticket: Option<Ticket>,
-}
-
-impl Drop for Outbound {
-    fn drop(&mut self) {
-        if self.secret {
-            zeroize::Zeroize::zeroize(&mut self.wire);
-        }
-    }
-}
-
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct Inbound {
-    header: Header,
-    // The body, decoded by the reader straight from the bytes it read.
-    request: Result<Request, BodyError>,
-    ticket: Ticket,
-    // Another whole frame was already buffered behind this one.
-    more: bool,
-}
-
-/// Ends the session (peer closed, transport error, shutdown).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct Close;
 
 enum State {
     /// Hello and proof: the one login every transport runs.
@@ -442,7 +383,8 @@ where
     actix::spawn(io::write_loop(wr, out_rx, conn_slot));
     let reader = io::Reader {
         shared,
-        session,
+        inbound: session.clone().recipient(),
+        close: session.recipient(),
         out: out_tx,
         peer,
         authed,

@@ -92,7 +92,7 @@ impl std::fmt::Debug for Sessions {
 impl Sessions {
     /// Bundles the shared state from a validated config.
     pub fn new(
-        config: &crate::Config,
+        config: &crate::config::Config,
         dispatcher: Arc<Dispatcher>,
         places: Fitted,
         arbiters: Arc<SessionArbiters>,

@@ -4,7 +4,8 @@
 
 use ferrohsm_client::profile::{Profile, Transport};
 
-use super::{BenchOp, client_loop, keys, rt};
+use super::client::{client_loop, keys, rt};
+use super::rows::BenchOp;
 
 /// Sign throughput at both audit levels, at one in-flight depth.
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::BenchOp;
+use super::rows::BenchOp;
 
 /// The same crypto in this process on one thread (ops/s); `None` for ping (nothing to do).
 pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {

@@ -10,17 +10,9 @@ use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{KeyRef, KeyType, Request, Response};
 use hdrhistogram::Histogram;
 
-use super::{BenchOp, floors};
-
-#[derive(Clone)]
-pub(crate) struct Keys {
-    pub(crate) ed: KeyRef,
-    pub(crate) ed_session: KeyRef,
-    pub(crate) p256: KeyRef,
-    pub(crate) aead: KeyRef,
-    pub(crate) hmac: KeyRef,
-    pub(crate) counter: ferrohsm_proto::Label,
-}
+use super::floors;
+use super::rows::BenchOp;
+pub(crate) use super::rows::Keys;
 
 pub(crate) fn rt() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_proto::{KeyRef, KeyType, Status};
 
-use super::{BenchOp, BenchResult, Keys, Target, client_loop, keys, rt};
+use super::client::{Keys, client_loop, keys, rt};
+use super::rows::{BenchOp, BenchResult};
+use super::targets::Target;
 use crate::spawn::{Scratch, Spawned};
 
 /// What the cluster section needs.

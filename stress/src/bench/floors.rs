@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ferrohsm_shm::{Segment, Side};
 use hdrhistogram::Histogram;
 
-use super::BenchResult;
+use super::rows::BenchResult;
 
 /// Bytes per round trip.
 const MSG: usize = 32;

@@ -20,6 +20,7 @@ mod baseline;
 mod client;
 pub mod cluster;
 mod floors;
+mod rows;
 mod scale;
 mod search;
 mod targets;
@@ -31,138 +32,15 @@ pub use scale::Idle;
 pub use baseline::in_process;
 pub use targets::Target;
 
-pub(crate) use client::{Keys, client_loop, keys, rt};
+pub(crate) use client::{client_loop, keys, rt};
+pub use rows::{Baseline, BenchOp, BenchResult};
 
 use std::path::PathBuf;
 
 use ferrohsm_client::ClientError;
 use ferrohsm_client::profile::{Profile, Transport};
-use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{KeyType, Request};
 
 use crate::transport_name;
-
-/// The benchmarked operations (names as in reports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BenchOp {
-    /// Session round trip.
-    Ping,
-    /// 32 random bytes.
-    Random32,
-    /// Ed25519 signature of 32 bytes.
-    Ed25519Sign,
-    /// ECDSA P-256 signature of 32 bytes.
-    P256Sign,
-    /// ChaCha20-Poly1305 encryption of 64 bytes.
-    ChaCha64,
-    /// ChaCha20-Poly1305 encryption of 16 KiB.
-    ChaCha16k,
-    /// HMAC-SHA256 of 1 KiB.
-    Hmac1k,
-    /// Ed25519 signature of 32 bytes with a session key (memory only): the reference for
-    /// signing with a cached persistent key.
-    Ed25519SignSession,
-    /// A new persistent Ed25519 key (durable before the answer).
-    KeygenPersistent,
-    /// A new Ed25519 session key (memory only).
-    KeygenSession,
-    /// A monotonic counter increment (durable before the answer).
-    CounterInc,
-}
-
-impl BenchOp {
-    /// Every operation, in report order.
-    pub const ALL: [BenchOp; 11] = [
-        BenchOp::Ping,
-        BenchOp::Random32,
-        BenchOp::Ed25519Sign,
-        BenchOp::Ed25519SignSession,
-        BenchOp::P256Sign,
-        BenchOp::ChaCha64,
-        BenchOp::ChaCha16k,
-        BenchOp::Hmac1k,
-        BenchOp::KeygenPersistent,
-        BenchOp::KeygenSession,
-        BenchOp::CounterInc,
-    ];
-
-    /// Report name.
-    pub fn name(self) -> &'static str {
-        match self {
-            BenchOp::Ping => "ping",
-            BenchOp::Random32 => "random-32",
-            BenchOp::Ed25519Sign => "ed25519-sign",
-            BenchOp::P256Sign => "p256-sign",
-            BenchOp::ChaCha64 => "chacha20poly1305-encrypt-64",
-            BenchOp::ChaCha16k => "chacha20poly1305-encrypt-16k",
-            BenchOp::Hmac1k => "hmac-sha256-1k",
-            BenchOp::Ed25519SignSession => "ed25519-sign-session",
-            BenchOp::KeygenPersistent => "keygen-persistent",
-            BenchOp::KeygenSession => "keygen-session",
-            BenchOp::CounterInc => "counter-inc",
-        }
-    }
-
-    /// The request; `label` names a new key (keygen ops only).
-    fn request(self, keys: &Keys, label: impl FnOnce() -> String) -> Request {
-        let keygen = |session: bool| {
-            Request::Generate(KeySpec {
-                key_type: KeyType::Ed25519,
-                // Labels made here follow the label rule: a letter, then [A-Za-z0-9-].
-                label: label().parse().unwrap_or_else(|_| unreachable!()),
-                usage: None,
-                exportable: false,
-                session,
-            })
-        };
-        match self {
-            BenchOp::KeygenPersistent => keygen(false),
-            BenchOp::KeygenSession => keygen(true),
-            BenchOp::Ed25519SignSession => Request::Sign {
-                key: keys.ed_session.clone(),
-                data: vec![0x5a; 32],
-            },
-            BenchOp::Ping => Request::Ping,
-            BenchOp::Random32 => Request::Random { len: 32 },
-            BenchOp::Ed25519Sign => Request::Sign {
-                key: keys.ed.clone(),
-                data: vec![0x5a; 32],
-            },
-            BenchOp::P256Sign => Request::Sign {
-                key: keys.p256.clone(),
-                data: vec![0x5a; 32],
-            },
-            BenchOp::ChaCha64 => Request::Encrypt {
-                key: keys.aead.clone(),
-                plaintext: vec![1; 64],
-                aad: vec![],
-            },
-            BenchOp::ChaCha16k => Request::Encrypt {
-                key: keys.aead.clone(),
-                plaintext: vec![1; 16384],
-                aad: vec![],
-            },
-            BenchOp::Hmac1k => Request::Mac {
-                key: keys.hmac.clone(),
-                data: vec![2; 1024],
-            },
-            BenchOp::CounterInc => Request::CounterInc(keys.counter.clone()),
-        }
-    }
-}
-
-impl std::str::FromStr for BenchOp {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        BenchOp::ALL
-            .into_iter()
-            .find(|o| o.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = BenchOp::ALL.iter().map(|o| o.name()).collect();
-                format!("unknown op {s:?}; expected one of {}", names.join(", "))
-            })
-    }
-}
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -196,36 +74,6 @@ pub struct BenchOptions {
     /// Measure `find` by id and by label in a namespace of this many keys against one of 10
     /// (over the first transport); `None` skips it.
     pub find_keys: Option<usize>,
-}
-
-/// One measurement.
-#[derive(Debug, Clone)]
-pub struct BenchResult {
-    /// Transport name.
-    pub transport: String,
-    /// Op name.
-    pub op: String,
-    /// Requests in flight per client.
-    pub inflight: usize,
-    /// Clients (connections).
-    pub clients: usize,
-    /// Throughput.
-    pub ops_per_sec: f64,
-    /// Median latency.
-    pub p50_us: f64,
-    /// 99th percentile latency.
-    pub p99_us: f64,
-    /// `ops_per_sec` / the in-process baseline, where there is one.
-    pub ratio: Option<f64>,
-}
-
-/// In-process, one thread.
-#[derive(Debug, Clone)]
-pub struct Baseline {
-    /// Op name.
-    pub op: String,
-    /// Throughput.
-    pub ops_per_sec: f64,
 }
 
 /// Everything measured in one run.

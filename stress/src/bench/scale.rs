@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use ferrohsm_client::profile::{Profile, Transport};
 
+use super::client::rt;
 use super::floors::ns_histogram;
-use super::{BenchResult, rt};
+use super::rows::BenchResult;
 use crate::transport_name;
 
 /// CPU use of a process while its clients sit idle.

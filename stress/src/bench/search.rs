@@ -10,7 +10,10 @@ use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_proto::message::{KeyQuery, KeySpec, Page};
 use ferrohsm_proto::{KeyRef, KeyType, Label, Request, Response};
 
-use super::{BenchResult, Target, floors, rt};
+use super::client::rt;
+use super::floors;
+use super::rows::BenchResult;
+use super::targets::Target;
 use crate::transport_name;
 
 /// Keys in the small namespace.

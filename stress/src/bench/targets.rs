@@ -6,7 +6,8 @@ use std::time::Instant;
 use ferrohsm_client::profile::{Profile, Transport};
 use hdrhistogram::Histogram;
 
-use super::{BenchOp, BenchResult, Keys, client_loop};
+use super::client::{Keys, client_loop};
+use super::rows::{Baseline, BenchOp, BenchResult};
 
 /// A target of the durable-keys issue, as a ratio measured in this run.
 #[derive(Debug, Clone)]
@@ -38,7 +39,7 @@ impl Target {
 
 /// The every-core targets, from rows of this run: latency ratios to the raw floors and to
 /// ping plus the in-process crypto, throughput ratios to the in-process baselines.
-pub(super) fn every_core(results: &[BenchResult], baseline: &[super::Baseline]) -> Vec<Target> {
+pub(super) fn every_core(results: &[BenchResult], baseline: &[Baseline]) -> Vec<Target> {
     let row = |t: &str, op: &str, inflight: usize, clients: usize| {
         results.iter().find(|r| {
             r.transport == t && r.op == op && r.inflight == inflight && r.clients == clients

@@ -9,8 +9,8 @@ use ferrohsm_client::Client;
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_proto::Request;
 
+use super::shared::{Restarter, Shared};
 use super::worker::connect;
-use super::{Restarter, Shared};
 
 /// Faults that can run beside the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_proto::{DigestAlg, KeyRef, KeySpec, KeyType, Request};
-use hdrhistogram::Histogram;
 
+use super::shared::{FloodReport, Shared, hist};
 use super::worker::connect;
-use super::{Shared, hist};
 
 /// Flooding sessions, each with a whole window of digests in flight.
 pub const FLOOD_SESSIONS: usize = 16;
@@ -20,21 +19,6 @@ pub const FLOOD_SESSIONS: usize = 16;
 pub const FLOOD_BYTES: usize = 512 * 1024;
 /// How long the light client is timed alone before the flood starts.
 const ALONE: Duration = Duration::from_millis(700);
-
-/// The light client's sign latency, alone and under the flood.
-#[derive(Debug, Clone)]
-pub struct FloodReport {
-    /// Who flooded and who was timed.
-    pub flooder: String,
-    /// The light client.
-    pub light: String,
-    /// Sign latencies (µs) with no flood.
-    pub alone: Histogram<u64>,
-    /// Sign latencies (µs) while the flood ran.
-    pub flooded: Histogram<u64>,
-    /// Flooding digests answered.
-    pub flood_ops: u64,
-}
 
 /// Runs the flood until the run is done; `None` when fewer than two identities are given.
 pub(super) fn run(

@@ -12,6 +12,7 @@
 mod faults;
 mod flood;
 pub mod procs;
+mod shared;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -21,11 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrohsm_client::profile::{Profile, Transport};
-use hdrhistogram::Histogram;
 
 pub use faults::Fault;
 use faults::run_fault;
-pub use flood::FloodReport;
+use shared::Shared;
+pub use shared::{FloodReport, Restarter, Stats};
 use worker::run_worker;
 
 /// What to run.
@@ -69,28 +70,6 @@ pub fn new_run_tag() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Restarts the server under test; returns once it listens again.
-#[derive(Clone)]
-pub struct Restarter(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
-
-impl std::fmt::Debug for Restarter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Restarter(..)")
-    }
-}
-
-/// Latency histograms and error counts per (transport, op), and a per-second timeline per
-/// transport.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// (transport, op) -> latencies in µs.
-    pub ops: BTreeMap<(String, String), Histogram<u64>>,
-    /// (transport, op) -> failed operations.
-    pub errors: BTreeMap<(String, String), u64>,
-    /// transport -> per-second latency histograms.
-    pub timeline: BTreeMap<String, Vec<Histogram<u64>>>,
-}
-
 /// Bytes per digest of the flood fault.
 pub fn flood_bytes() -> usize {
     flood::FLOOD_BYTES
@@ -99,52 +78,6 @@ pub fn flood_bytes() -> usize {
 /// Sessions of the flood fault's flooder.
 pub fn flood_sessions() -> usize {
     flood::FLOOD_SESSIONS
-}
-
-pub(crate) fn hist() -> Histogram<u64> {
-    // 1 µs .. 100 s at 3 significant digits; the bounds are constants, so this cannot fail.
-    Histogram::new_with_bounds(1, 100_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
-}
-
-impl Stats {
-    fn record(&mut self, transport: &str, op: &str, second: usize, us: u64) {
-        let h = self
-            .ops
-            .entry((transport.into(), op.into()))
-            .or_insert_with(hist);
-        let _ = h.record(us.max(1));
-        let tl = self.timeline.entry(transport.into()).or_default();
-        while tl.len() <= second {
-            tl.push(hist());
-        }
-        let _ = tl[second].record(us.max(1));
-    }
-
-    fn error(&mut self, transport: &str, op: &str) {
-        *self
-            .errors
-            .entry((transport.into(), op.into()))
-            .or_default() += 1;
-    }
-
-    pub(crate) fn merge(&mut self, other: Stats) {
-        for (k, h) in other.ops {
-            let _ = self.ops.entry(k).or_insert_with(hist).add(h);
-        }
-        for (k, n) in other.errors {
-            *self.errors.entry(k).or_default() += n;
-        }
-        for (t, tl) in other.timeline {
-            let mine = self.timeline.entry(t).or_default();
-            for (i, h) in tl.into_iter().enumerate() {
-                while mine.len() <= i {
-                    mine.push(hist());
-                }
-                let _ = mine[i].add(h);
-            }
-        }
-    }
 }
 
 /// The verdict and the numbers.
@@ -172,67 +105,6 @@ pub struct Outcome {
     pub stats: Stats,
     /// The flood fault's measurements.
     pub flood: Option<FloodReport>,
-}
-
-pub(crate) struct Shared {
-    stop: AtomicBool,
-    ops: AtomicU64,
-    // With --ops: operations taken by a client, finished or under way (see `reserve`).
-    reserved: AtomicU64,
-    problems_n: AtomicU64,
-    wrong: AtomicU64,
-    isolation: AtomicU64,
-    unexpected: AtomicU64,
-    faults: AtomicU64,
-    problems: Mutex<Vec<String>>,
-    // identity -> labels it created (probed by the other identities).
-    labels: Mutex<BTreeMap<String, Vec<String>>>,
-    start: Instant,
-    max_ops: Option<u64>,
-    // The restart fault: whether it runs, whether a restart is under way, how many finished.
-    restart_fault: bool,
-    restarting: AtomicBool,
-    restarts: AtomicU64,
-    flood: Mutex<Option<FloodReport>>,
-}
-
-impl Shared {
-    fn problem(&self, counter: &AtomicU64, what: String) {
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.problems_n.fetch_add(1, Ordering::Relaxed);
-        let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
-        if p.len() < 20 {
-            p.push(what);
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-            || self
-                .max_ops
-                .is_some_and(|m| self.ops.load(Ordering::Relaxed) >= m)
-    }
-
-    /// Takes one of the `--ops` operations before a client starts it; false while every one
-    /// is taken, so several clients never finish more than N between them.
-    fn reserve(&self) -> bool {
-        match self.max_ops {
-            None => true,
-            Some(m) => self
-                .reserved
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    (n < m).then_some(n + 1)
-                })
-                .is_ok(),
-        }
-    }
-
-    /// Gives back an operation that did not complete, for another attempt.
-    fn release(&self) {
-        if self.max_ops.is_some() {
-            self.reserved.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
 }
 
 /// Runs the load until the duration or operation count is reached.

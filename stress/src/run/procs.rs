@@ -8,7 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use super::{Outcome, Stats, hist};
+use super::Outcome;
+use super::shared::{Stats, hist};
 
 fn dump_hist(h: &Histogram<u64>) -> Value {
     json!(

@@ -9,9 +9,9 @@ use ferrohsm_proto::{KeyInfo, KeyRef, KeyType, Label, UsageSet, pem};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::args::{NewKeyArgs, aad, spec};
 use crate::files::{read, write_out};
 use crate::show::{self, info_json};
-use crate::{NewKeyArgs, aad, spec};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {

@@ -10,14 +10,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::{Client, ClientError};
-use ferrohsm_proto::message::KeySpec;
-use ferrohsm_proto::{DigestAlg, KeyInfo, KeyRef, KeyType, Label, UsageSet, pem};
+use ferrohsm_proto::{DigestAlg, KeyInfo, KeyRef, KeyType, pem};
 use serde_json::json;
 
+mod args;
 mod files;
 mod lifecycle;
 mod show;
 
+use args::{NewKeyArgs, aad, spec};
 use files::{file_to_file, read, two_files, write_out};
 use show::{hex, info_json, info_line};
 
@@ -37,22 +38,6 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, clap::Args)]
-pub(crate) struct NewKeyArgs {
-    /// Label, unique among your keys.
-    #[arg(long)]
-    label: Label,
-    /// Comma-separated usages (default: every usage that fits the type).
-    #[arg(long)]
-    usage: Option<UsageSet>,
-    /// Allow `export` of the raw key.
-    #[arg(long)]
-    exportable: bool,
-    /// Session key: deleted when the connection ends.
-    #[arg(long)]
-    session: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,20 +225,6 @@ fn hash_pin() -> Result<String, ClientError> {
         }
     }
     ferrohsm_client::pin::hash_pin(&pin)
-}
-
-pub(crate) fn spec(key_type: KeyType, a: NewKeyArgs) -> KeySpec {
-    KeySpec {
-        key_type,
-        label: a.label,
-        usage: a.usage,
-        exportable: a.exportable,
-        session: a.session,
-    }
-}
-
-pub(crate) fn aad(a: Option<String>) -> Vec<u8> {
-    a.map(String::into_bytes).unwrap_or_default()
 }
 
 /// Runs one command; returns what to print on stdout.

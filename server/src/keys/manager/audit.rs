@@ -4,7 +4,8 @@
 
 use ferrohsm_proto::{KeyRef, Status};
 
-use super::{Caller, KeyManager};
+use super::KeyManager;
+use super::caller::{Caller, qualified};
 use crate::error::OpError;
 use crate::keys::KeyHandle;
 use crate::keys::audit::Level;
@@ -24,14 +25,6 @@ pub(super) fn is_denial(s: Status) -> bool {
             | Status::KeyStoreIntegrity
             | Status::QuotaExceeded
     )
-}
-
-/// `key` as the audit log names it: always with its owner.
-pub(super) fn qualified(caller: &Caller, key: &KeyRef) -> String {
-    match key.owner() {
-        Some(_) => key.to_string(),
-        None => format!("{}:{key}", caller.client),
-    }
 }
 
 impl KeyManager {

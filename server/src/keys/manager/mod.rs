@@ -35,27 +35,19 @@ use crate::keys::store::{
 };
 
 mod audit;
+mod caller;
+mod node;
 mod records;
 mod resolve;
 mod status;
 
-pub use status::NodeInfo;
+pub use caller::Caller;
+pub use node::NodeInfo;
 
-use audit::qualified;
+use caller::qualified;
 #[cfg(test)]
 pub(crate) use records::test_info;
 pub(crate) use records::{alarm, now};
-
-/// Who is asking: the proven client name, its session and its transport.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Proven client name (the namespace).
-    pub client: Arc<str>,
-    /// Session id.
-    pub session: u64,
-    /// Transport name (tcp, tls, tls-psk, shm), for the audit log.
-    pub transport: &'static str,
-}
 
 /// What the manager needs from the configuration.
 #[derive(Debug, Clone, Default)]

@@ -13,7 +13,7 @@ use ferrohsm_proto::{KeyRef, KeyType, Status};
 
 mod step;
 
-use super::{Shared, Stats};
+use super::shared::{Shared, Stats};
 use crate::transport_name;
 
 /// One load client: its connection, identity and what it created.
