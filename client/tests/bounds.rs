@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_client::BlockingClient;
+use ferrohsm_client::profile::{Profile, Transport};
 use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Status};
 use ferrohsm_test_support::connect::{gets_in, healthy};
 use ferrohsm_test_support::peer::{
