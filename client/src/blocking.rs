@@ -3,8 +3,11 @@
 
 use ferrohsm_proto::{KeyInfo, KeyRef, KeyType, Label, Request, message::KeySpec};
 
+use crate::client::{Client, Pending};
+use crate::connect;
+use crate::error::ClientError;
+use crate::io::Reply;
 use crate::profile::{Profile, Transport};
-use crate::{Client, ClientError, Pending, Reply, connect};
 
 pub(crate) fn late(t: std::time::Duration) -> ClientError {
     ClientError::Connection(format!("no answer from hsmd within {} ms", t.as_millis()))

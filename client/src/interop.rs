@@ -3,7 +3,8 @@
 
 use ferrohsm_proto::{KeyInfo, KeyQuery, KeyRef, Page, Request, Response};
 
-use crate::{Client, ClientError, unexpected};
+use crate::client::{Client, unexpected};
+use crate::error::ClientError;
 
 impl Client {
     /// ECDSA P-256 over a digest the caller computed; DER, as [`Client::sign`] makes.

@@ -10,7 +10,10 @@ use ferrohsm_proto::{ErrorBody, Frame, FrameReader, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{ClientError, Reply};
+use crate::error::ClientError;
+
+/// A response, or why there is none.
+pub(crate) type Reply = Result<Response, ClientError>;
 
 /// Requests waiting for their response, and whether the connection has ended (after which
 /// nothing will ever answer, so new requests must fail instead of waiting).

@@ -2,7 +2,8 @@
 
 use ferrohsm_proto::{KeyInfo, KeyRef, KeySpec, Label, Request, Response, UsageSet};
 
-use crate::{Client, ClientError, unexpected};
+use crate::client::{Client, unexpected};
+use crate::error::ClientError;
 
 impl Client {
     /// Imports a key: PKCS#8 DER for ed25519, p256 and x25519; 32 raw bytes for the

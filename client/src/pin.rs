@@ -5,7 +5,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use zeroize::Zeroizing;
 
-use crate::ClientError;
+use crate::error::ClientError;
 
 /// Longest PIN accepted (PKCS#11 tokens announce it as `ulMaxPinLen`).
 pub const MAX_PIN_LEN: usize = 256;

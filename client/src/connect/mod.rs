@@ -9,28 +9,12 @@ pub mod tls;
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
+use crate::client::Client;
+use crate::error::ClientError;
 use crate::profile::{Profile, Transport};
-use crate::{Client, ClientError};
 
 /// The least time the last address to try gets to accept a connection.
 const LAST_ADDRESS: Duration = Duration::from_secs(5);
-
-/// Opens a TCP connection to `addr` within `within` (Nagle off).
-pub(crate) async fn tcp_stream(addr: &str, within: Duration) -> Result<TcpStream, ClientError> {
-    let stream = tokio::time::timeout(within, TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            ClientError::Connection(format!(
-                "timed out connecting to {addr} (after {} ms)",
-                within.as_millis()
-            ))
-        })?
-        .map_err(|e| ClientError::Connection(format!("cannot connect to {addr}: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
 
 /// Tries `addrs` in turn with `attempt` and answers the first that succeeds. A single address
 /// keeps its own error; when several all fail, a node that answered and refused (credentials,
@@ -105,7 +89,14 @@ pub async fn open_stream(
                 .tcp_addrs
                 .as_deref()
                 .ok_or_else(|| missing(profile, "tcp"))?;
-            Box::new(each(addrs, within, |a, w| async move { tcp_stream(&a, w).await }).await?)
+            Box::new(
+                each(
+                    addrs,
+                    within,
+                    |a, w| async move { tcp::tcp_stream(&a, w).await },
+                )
+                .await?,
+            )
         }
         Transport::Tls => {
             let t = profile

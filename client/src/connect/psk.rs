@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::client::Client;
+use crate::error::ClientError;
 use crate::profile::{Identity, PskProfile};
-use crate::{Client, ClientError};
 
 /// Connects to `addr` over TLS-PSK with the profile's identity and key file.
 pub async fn connect(
@@ -26,7 +27,7 @@ pub async fn stream(
         ferrohsm_tls::psk::load_psk(&p.key_file).map_err(|e| ClientError::Local(e.to_string()))?;
     let ctx = ferrohsm_tls::psk::client_context(&p.identity, key)
         .map_err(|e| ClientError::Local(e.to_string()))?;
-    let tcp = super::tcp_stream(addr, within).await?;
+    let tcp = super::tcp::tcp_stream(addr, within).await?;
     ferrohsm_tls::psk::connect(&ctx, tcp)
         .await
         .map_err(|e| ClientError::Connection(format!("TLS-PSK to {addr}: {e}")))

@@ -11,9 +11,10 @@ use ferrohsm_shm::{Segment, ShmStream, Side, Waiting};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
+use crate::client::{Client, handshake_error, signer};
+use crate::error::ClientError;
 use crate::io::{read_frame, send_frame};
 use crate::profile::Identity;
-use crate::{Client, ClientError, handshake_error, signer};
 
 fn conn(e: impl std::fmt::Display) -> ClientError {
     ClientError::Connection(e.to_string())

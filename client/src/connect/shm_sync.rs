@@ -17,9 +17,10 @@ use ferrohsm_proto::{Frame, FrameReader, Request, Response};
 use ferrohsm_shm::{Segment, Side, doorbell, stream::start_positions};
 
 use crate::blocking::{block_within, late, runtime};
+use crate::client::handshake_error;
+use crate::error::ClientError;
 use crate::io::decode_reply;
 use crate::profile::Profile;
-use crate::{ClientError, handshake_error};
 
 /// How long a wait spins before sleeping.
 pub const SPIN: Duration = Duration::from_micros(50);

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::client::Client;
+use crate::error::ClientError;
 use crate::profile::{Identity, TlsProfile};
-use crate::{Client, ClientError};
 
 /// Connects to `addr` over TLS with the profile's CA, server name and client certificate.
 pub async fn connect(
@@ -25,7 +26,7 @@ pub async fn stream(
     let identity = t.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let config = ferrohsm_tls::client::config(&t.ca, identity)
         .map_err(|e| ClientError::Local(e.to_string()))?;
-    let tcp = super::tcp_stream(addr, within).await?;
+    let tcp = super::tcp::tcp_stream(addr, within).await?;
     ferrohsm_tls::client::connect(config, &t.server_name, tcp)
         .await
         .map_err(|e| ClientError::Connection(format!("TLS to {addr}: {e}")))

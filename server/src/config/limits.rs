@@ -13,7 +13,7 @@
 
 use serde::Deserialize;
 
-use super::positive;
+use super::parse::positive;
 use crate::keys::quota;
 
 /// The limits, validated.

@@ -62,6 +62,7 @@
 //! ```
 //! Paths are relative to the config file.
 
+use parse::positive;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::error::ServerError;
 
 pub mod limits;
+mod parse;
 mod raw;
 pub mod store;
 use raw::RawConfig;
@@ -450,18 +452,6 @@ fn check_unique(c: &Config) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-pub(super) fn positive<T: PartialOrd + Default + Copy>(
-    v: Option<T>,
-    default: T,
-    key: &str,
-) -> Result<T, String> {
-    match v {
-        Some(v) if v <= T::default() => Err(format!("{key}: expected a positive number")),
-        Some(v) => Ok(v),
-        None => Ok(default),
-    }
 }
 
 /// Client names follow the label rule: `[A-Za-z][A-Za-z0-9._-]{0,63}`.

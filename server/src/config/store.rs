@@ -131,7 +131,7 @@ impl RawStore {
             postgres,
             key_file: self.key_file.map(|f| dir.join(f)),
             cache_keys: self.cache_keys.unwrap_or(4096),
-            readers: super::positive(self.readers, 2, "store.readers")?,
+            readers: super::parse::positive(self.readers, 2, "store.readers")?,
             passphrase: None,
         })
     }

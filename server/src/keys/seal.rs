@@ -19,7 +19,7 @@ use std::fmt;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
-use crate::keys::store::KeyRecord;
+use crate::keys::store::records::KeyRecord;
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -422,10 +422,19 @@ fn record_aad(r: &KeyRecord) -> Vec<u8> {
     out
 }
 
+/// How the master key is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRecord {
+    /// The KDF and its parameters.
+    pub kdf: Kdf,
+    /// The wrapped master key.
+    pub wrapped: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::store::Origin;
+    use crate::keys::store::records::Origin;
     use ferrohsm_proto::KeyType;
 
     fn rec(owner: &str, id: u32) -> KeyRecord {

@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 
-use crate::keys::store::AuditEvent;
+use crate::keys::store::records::AuditEvent;
 
 /// The hash before the first entry.
 pub const GENESIS: [u8; 32] = [0; 32];

@@ -22,7 +22,7 @@
 use ferrohsm_proto::{KeyRef, KeyType, Label};
 
 use crate::keys::audit::AuditRow;
-use crate::keys::store::StoreError;
+use crate::keys::store::records::StoreError;
 
 /// A key row as the database holds it, with its versions, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use super::rows::parse;
 use crate::keys::material::KeyMaterial;
 use crate::keys::seal::{Fields, MasterKey};
 use crate::keys::store::backend::{Backend, CounterRow, GrantRow, VersionRow};
-use crate::keys::store::{Applied, GrantRecord, Mutation, Sealed, StoreError};
+use crate::keys::store::records::{Applied, GrantRecord, Mutation, Sealed, StoreError};
 
 /// Key types whose material may have versions (their outputs record the version).
 const ROTATABLE: [KeyType; 3] = [

@@ -4,11 +4,11 @@
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
-use super::Store;
+use super::store::Store;
 use crate::keys::audit::{AuditRow, GENESIS, SignedHead};
 use crate::keys::seal::MasterKey;
 use crate::keys::store::backend::{Backend, Tx};
-use crate::keys::store::{AuditEvent, StoreError};
+use crate::keys::store::records::{AuditEvent, StoreError};
 
 /// The audit log, the signed head and the audit public key, as one snapshot read them.
 pub type AuditSnapshot = (

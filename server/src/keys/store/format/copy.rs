@@ -2,9 +2,9 @@
 //! a PostgreSQL store to a portable SQLite file, and how `hsmd restore` moves an SQLite backup
 //! into a PostgreSQL store (a single node growing into several).
 
-use super::Store;
-use crate::keys::store::StoreError;
+use super::store::Store;
 use crate::keys::store::backend::{Backend, KeyFilter, Tx};
+use crate::keys::store::records::StoreError;
 
 /// Keys read per page while copying.
 const PAGE: usize = 1000;

@@ -12,7 +12,7 @@ use super::rows::key_row;
 use crate::keys::quota::Limits;
 use crate::keys::seal::MasterKey;
 use crate::keys::store::backend::{Backend, VersionRow};
-use crate::keys::store::{Applied, KeyRecord, NewVersion, SESSION_ID_BASE, StoreError};
+use crate::keys::store::records::{Applied, KeyRecord, NewVersion, SESSION_ID_BASE, StoreError};
 
 /// One new key's outcome before it is written.
 enum Step {

@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Store, apply};
+use super::apply;
+use super::store::Store;
 use crate::keys::quota::Limits;
 use crate::keys::seal::MasterKey;
 use crate::keys::store::backend::{Backend, ChangeRow, Counted, Tx};
-use crate::keys::store::{Applied, Changed, Followed, GrantRecord, Mutation, StoreError};
+use crate::keys::store::records::{Applied, Changed, Followed, GrantRecord, Mutation, StoreError};
 
 /// Where a node following the change log starts ([`Store::snapshot`]).
 #[derive(Debug, Clone)]
@@ -223,7 +224,7 @@ impl Store {
             Ok(Snapshot {
                 head,
                 grants: apply::grants(db, master)?,
-                held: super::held(db)?,
+                held: held(db)?,
             })
         })
     }
@@ -308,4 +309,16 @@ fn changed(
         "counter-created" => Changed::CounterCreated { owner },
         _ => return Ok(None),
     }))
+}
+
+/// (owner, keys, counters) for every owner that holds any.
+pub(super) fn held(db: &mut dyn Backend) -> Result<Vec<(String, usize, usize)>, StoreError> {
+    let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for (owner, n) in db.count_by_owner(Counted::Keys)? {
+        held.entry(owner).or_default().0 = usize::try_from(n).unwrap_or(0);
+    }
+    for (owner, n) in db.count_by_owner(Counted::Counters)? {
+        held.entry(owner).or_default().1 = usize::try_from(n).unwrap_or(0);
+    }
+    Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
 }

@@ -12,15 +12,14 @@
 //! that was edited, moved, swapped or rolled back fails to open or authenticate and is refused
 //! with `key_store_integrity`, never used.
 
-use ed25519_dalek::SigningKey;
 use ferrohsm_proto::{KeyRef, Label};
 
-use crate::keys::KeyHandle;
 use crate::keys::audit::SignedHead;
-use crate::keys::seal::{Argon2Params, Kdf, MasterKey};
-use crate::keys::store::backend::{Backend, Counted, KeyFilter, Tx};
-use crate::keys::store::{
-    Applied, AuditEvent, Change, GrantRecord, Listed, MasterRecord, Mutation, Sealed, StoreError,
+use crate::keys::handle::KeyHandle;
+use crate::keys::seal::{Argon2Params, Kdf, MasterKey, MasterRecord};
+use crate::keys::store::backend::{Backend, KeyFilter, Tx};
+use crate::keys::store::records::{
+    Applied, AuditEvent, Change, GrantRecord, Listed, Mutation, Sealed, StoreError,
 };
 
 mod apply;
@@ -30,34 +29,14 @@ mod create;
 mod follow;
 pub mod open;
 mod rows;
+mod store;
 
 pub use audit::AuditSnapshot;
 pub use follow::Snapshot;
+pub use store::Store;
 
 /// One key of a listing, opened: its id, and the key or why it does not open.
 pub type Opened = (u32, Result<KeyHandle, StoreError>);
-
-/// The key store over one backend handle. Each store thread owns one (see
-/// [`Store::reader`]).
-pub struct Store {
-    db: Box<dyn Backend>,
-    // The audit signing key, once unsealed (the writer signs the head at every commit).
-    audit_key: Option<SigningKey>,
-    // Keys opened through this handle (find_open, list_open): what a lookup cost.
-    opened: u64,
-    // Quotas the database counts (set on a store several nodes share; follow.rs).
-    limits: Option<crate::keys::quota::Limits>,
-    // The change-log position of the last commit through this handle.
-    noted: i64,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("db", &self.db.describe())
-            .finish_non_exhaustive()
-    }
-}
 
 impl Store {
     /// The store on an opened backend.
@@ -329,7 +308,7 @@ impl Store {
 
     /// How many keys and counters each owner holds (the quotas' starting counts).
     pub fn held(&mut self) -> Result<Vec<(String, usize, usize)>, StoreError> {
-        self.in_tx(Tx::Read, held)
+        self.in_tx(Tx::Read, follow::held)
     }
 
     /// How the master key is stored.
@@ -358,18 +337,6 @@ impl Store {
             apply::write_counter(db, master, owner, name.as_str(), value, created)
         })
     }
-}
-
-/// (owner, keys, counters) for every owner that holds any.
-fn held(db: &mut dyn Backend) -> Result<Vec<(String, usize, usize)>, StoreError> {
-    let mut held: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-    for (owner, n) in db.count_by_owner(Counted::Keys)? {
-        held.entry(owner).or_default().0 = usize::try_from(n).unwrap_or(0);
-    }
-    for (owner, n) in db.count_by_owner(Counted::Counters)? {
-        held.entry(owner).or_default().1 = usize::try_from(n).unwrap_or(0);
-    }
-    Ok(held.into_iter().map(|(o, (k, c))| (o, k, c)).collect())
 }
 
 /// A change's audit entry with its outcome: `ok` or the failure's status, and the key it made

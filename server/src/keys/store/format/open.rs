@@ -3,10 +3,10 @@
 
 use ferrohsm_proto::{KeyInfo, Lifetime, VersionInfo};
 
-use crate::keys::KeyHandle;
+use crate::keys::handle::KeyHandle;
 use crate::keys::material::KeyMaterial;
 use crate::keys::seal::MasterKey;
-use crate::keys::store::{KeyRecord, NewVersion, Sealed, StoreError};
+use crate::keys::store::records::{KeyRecord, NewVersion, Sealed, StoreError};
 
 /// The public description of a key with this record.
 pub fn info_of(r: &KeyRecord, lifetime: Lifetime, versions: Vec<VersionInfo>) -> KeyInfo {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use ferrohsm_proto::{KeyType, Label, UsageSet};
 
 use crate::keys::store::backend::KeyRow;
-use crate::keys::store::{KeyRecord, Origin, SESSION_ID_BASE, Sealed, SealedVersion, StoreError};
+use crate::keys::store::records::{
+    KeyRecord, Origin, SESSION_ID_BASE, Sealed, SealedVersion, StoreError,
+};
 
 /// The stored id of a row, for naming it (out of range reads as `u32::MAX`, which
 /// [`parse`] refuses).

@@ -9,8 +9,8 @@ use postgres::SimpleQueryMessage;
 
 use super::{PgBackend, WRITE_LOCK};
 use crate::keys::audit::AuditRow;
-use crate::keys::store::StoreError;
 use crate::keys::store::backend::{ChangeRow, KeyRow};
+use crate::keys::store::records::StoreError;
 
 impl PgBackend {
     /// For every new key of a batch, its owner's next id unless its label is taken, in one

@@ -11,8 +11,8 @@ use std::time::Duration;
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::PgBackend;
-use crate::keys::store::StoreError;
 use crate::keys::store::backend::{ChangeLog, ChangeRow};
+use crate::keys::store::records::StoreError;
 
 /// The notification channel (batch.rs sends on it).
 const CHANNEL: &str = "ferrohsm_changes";

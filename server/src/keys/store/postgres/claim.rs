@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 
 use super::{PgBackend, PgSettings, refused};
-use crate::keys::store::StoreError;
+use crate::keys::store::records::StoreError;
 
 /// The advisory lock every serving node holds, shared ("FerroSRV"); an earlier version held it
 /// alone.

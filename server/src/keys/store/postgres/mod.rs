@@ -18,17 +18,18 @@ use std::time::{Duration, Instant};
 use postgres::{Client, Config, Statement};
 use zeroize::Zeroizing;
 
-use super::StoreError;
 use super::backend::{Backend, Tx};
+use super::records::StoreError;
 
 mod batch;
 mod changes;
 mod claim;
+mod node;
 mod nodes;
 mod rows;
 pub mod tls;
 
-pub use nodes::NodeRow;
+pub use node::NodeRow;
 
 /// Schema migrations; `MIGRATIONS[i]` takes version i to i + 1.
 const MIGRATIONS: &[&str] = &[

@@ -1,25 +1,9 @@
 //! The cluster in the database: the nodes registered by `hsmd init`.
 
 use super::PgBackend;
-use crate::keys::store::StoreError;
+use super::node::NodeRow;
 use crate::keys::store::backend::{Backend, Tx};
-
-/// A node of the cluster, as registered in the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRow {
-    /// `[server] node`.
-    pub name: String,
-    /// Listener addresses clients use ("" when the node has none).
-    pub tcp: String,
-    /// Certificate TLS.
-    pub tls: String,
-    /// TLS-PSK.
-    pub tls_psk: String,
-    /// Shared-memory socket path (per host).
-    pub shm: String,
-    /// Seconds since the Unix epoch.
-    pub registered: i64,
-}
+use crate::keys::store::records::StoreError;
 
 impl PgBackend {
     /// Registers a node (at `hsmd init`); a name already registered is refused, unless

@@ -7,10 +7,10 @@ use postgres::types::ToSql;
 
 use super::PgBackend;
 use crate::keys::audit::AuditRow;
-use crate::keys::store::StoreError;
 use crate::keys::store::backend::{
     Backend, ChangeLog, ChangeRow, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
 };
+use crate::keys::store::records::StoreError;
 
 /// The key table's columns, in the order [`key_row`] reads them.
 const COLUMNS: &str = "owner, id, label, key_type, usage, exportable, origin, created, version";

@@ -23,8 +23,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite::OpenFlags;
 
-use super::StoreError;
 use super::backend::{Backend, Tx};
+use super::records::StoreError;
 
 mod rows;
 

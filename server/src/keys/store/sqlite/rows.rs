@@ -6,10 +6,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{SqliteBackend, backend};
 use crate::keys::audit::AuditRow;
-use crate::keys::store::StoreError;
 use crate::keys::store::backend::{
     Backend, ChangeLog, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
 };
+use crate::keys::store::records::StoreError;
 
 /// The key table's columns, in the order [`key_row`] reads them.
 pub(super) const COLUMNS: &str =
