@@ -236,15 +236,18 @@ where
             "connection limits lowered to fit the file-descriptor limit"
         );
     }
-    let max = places.connections;
+    let admission = Arc::new(admission::Admission {
+        // No real handshake takes a second; none is cut short before a third of its time.
+        handshakes: Arc::new(admission::gate::Handshakes::new(
+            places.handshakes,
+            places.per_source,
+            (config.handshake_timeout / 3).min(Duration::from_secs(1)),
+        )),
+        arbiters: arbiters.clone(),
+        connections: places.connections,
+    });
     let dispatcher = Arc::new(dispatch::Dispatcher::new(km, pool, config.inline_max));
-    let shared = Arc::new(session::Sessions::new(
-        &config,
-        dispatcher,
-        places,
-        arbiters.clone(),
-        stop_rx,
-    ));
+    let shared = Arc::new(session::Sessions::new(&config, dispatcher, stop_rx));
     // Build every acceptor before binding anything, so a bad certificate or key fails fast.
     let cert_tls = match &config.tls {
         Some(t) => Some(listener::Secured(listener::tls::CertTls::new(
@@ -262,21 +265,25 @@ where
     let mut bound = Bound::default();
     let (memory_tx, memory_rx) = tokio::sync::mpsc::channel(64);
     bound.memory = Some(listener::memory::MemoryConnector(memory_tx));
-    actix::spawn(listener::memory::accept(shared.clone(), memory_rx, max));
+    actix::spawn(listener::memory::accept(
+        shared.clone(),
+        admission.clone(),
+        memory_rx,
+    ));
     if let Some(tcp) = &config.tcp {
         let l = bind(tcp.addr).await?;
         bound.tcp = l.local_addr().ok();
-        listener::Listener::new(l, shared.clone(), max, listener::tcp::Tcp).start();
+        listener::Listener::new(l, shared.clone(), admission.clone(), listener::tcp::Tcp).start();
     }
     if let (Some(t), Some(transport)) = (&config.tls, cert_tls) {
         let l = bind(t.addr).await?;
         bound.tls = l.local_addr().ok();
-        listener::Listener::new(l, shared.clone(), max, transport).start();
+        listener::Listener::new(l, shared.clone(), admission.clone(), transport).start();
     }
     if let (Some(t), Some(transport)) = (&config.tls_psk, psk) {
         let l = bind(t.addr).await?;
         bound.tls_psk = l.local_addr().ok();
-        listener::Listener::new(l, shared.clone(), max, transport).start();
+        listener::Listener::new(l, shared.clone(), admission.clone(), transport).start();
     }
     if let Some(t) = &config.shm {
         let l = listener::shm::bind(&t.socket, t.mode)?;
@@ -284,7 +291,7 @@ where
         let shm = listener::shm::Shm {
             ring_size: t.ring_size,
         };
-        listener::Listener::new(l, shared.clone(), max, shm).start();
+        listener::Listener::new(l, shared.clone(), admission.clone(), shm).start();
     }
     tracing::info!(listening = %bound, clients = config.clients.len(), workers = config.workers, session_threads = arbiters.len(), "hsmd ready");
     ready(&bound);

@@ -18,8 +18,20 @@ use std::sync::Arc;
 use ferrohsm_proto::Status;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::arbiters::Placement;
+use crate::arbiters::{Placement, SessionArbiters};
 use crate::error::OpError;
+
+/// What every listener shares to admit a connection: the handshake places, the session
+/// arbiters a connection is placed on, and how many sessions each listener may hold.
+#[derive(Debug)]
+pub struct Admission {
+    /// Connections in handshake, on every listener.
+    pub handshakes: Arc<gate::Handshakes>,
+    /// The session threads.
+    pub arbiters: Arc<SessionArbiters>,
+    /// Authenticated sessions per listener.
+    pub connections: usize,
+}
 
 /// Descriptors kept for everything but connections: the store, logs, the listeners, the
 /// runtimes' own (epoll, eventfd) on every thread.

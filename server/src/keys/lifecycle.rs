@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferrohsm_proto::{KeyInfo, KeyRef, Label, UsageSet};
+use ferrohsm_proto::{KeyInfo, KeyRef, Label, Opcode, UsageSet};
 
 use crate::error::OpError;
 use crate::keys::KeyHandle;
@@ -94,7 +94,7 @@ impl KeyManager {
             false => Some(
                 self.quotas
                     .reserve(&caller.client, Kind::Grant)
-                    .inspect_err(|e| self.deny(caller, "grant", key, e))?,
+                    .inspect_err(|e| self.deny(caller, policy::GRANT.op, key, e))?,
             ),
         };
         let rec = GrantRecord {
@@ -108,7 +108,7 @@ impl KeyManager {
         let key_name = format!("{}:{}", h.owner, h.info.id);
         self.change(
             caller,
-            "grant",
+            policy::GRANT.op,
             key_name,
             detail,
             Mutation::Grant(rec.clone()),
@@ -171,8 +171,14 @@ impl KeyManager {
             id: h.info.id,
             grantee: Arc::from(from.as_str()),
         };
-        self.change(caller, "revoke", key_name, format!("from {from}"), m)
-            .await?;
+        self.change(
+            caller,
+            policy::REVOKE.op,
+            key_name,
+            format!("from {from}"),
+            m,
+        )
+        .await?;
         if self.followed() {
             self.settle().await;
             return Ok(());
@@ -212,7 +218,8 @@ impl KeyManager {
         };
         let key_name = format!("{}:{}", h.owner, h.info.id);
         let detail = format!("version {}", h.info.current_version + 1);
-        self.change(caller, "rotate", key_name, detail, m).await?;
+        self.change(caller, policy::ROTATE.op, key_name, detail, m)
+            .await?;
         self.reload(caller, h.info.id).await
     }
 
@@ -231,8 +238,14 @@ impl KeyManager {
             below,
         };
         let key_name = format!("{}:{}", h.owner, h.info.id);
-        self.change(caller, "retire", key_name, format!("below {below}"), m)
-            .await?;
+        self.change(
+            caller,
+            policy::RETIRE.op,
+            key_name,
+            format!("below {below}"),
+            m,
+        )
+        .await?;
         let id = h.info.id;
         drop(h);
         self.reload(caller, id).await
@@ -244,7 +257,12 @@ impl KeyManager {
             .quotas
             .reserve(&caller.client, Kind::Counter)
             .inspect_err(|e| {
-                self.deny(caller, "counter-create", &KeyRef::Label(name.clone()), e)
+                self.deny(
+                    caller,
+                    Opcode::CounterCreate.kind().name,
+                    &KeyRef::Label(name.clone()),
+                    e,
+                )
             })?;
         let m = Mutation::CounterCreate {
             owner: caller.client.clone(),
@@ -252,7 +270,13 @@ impl KeyManager {
         };
         let key = format!("{}:{name}", caller.client);
         match self
-            .change(caller, "counter-create", key, String::new(), m)
+            .change(
+                caller,
+                Opcode::CounterCreate.kind().name,
+                key,
+                String::new(),
+                m,
+            )
             .await?
         {
             Applied::Counter(v) => {
@@ -271,7 +295,13 @@ impl KeyManager {
         };
         let key = format!("{}:{name}", caller.client);
         match self
-            .change(caller, "counter-inc", key, String::new(), m)
+            .change(
+                caller,
+                Opcode::CounterInc.kind().name,
+                key,
+                String::new(),
+                m,
+            )
             .await?
         {
             Applied::Counter(v) => Ok(v),

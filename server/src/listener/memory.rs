@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::io::DuplexStream;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::admission::{Slot, gate};
+use crate::admission::{Admission, Slot, gate};
 use crate::auth::Credential;
 use crate::session::{Conn, Sessions, serve};
 
@@ -34,10 +34,10 @@ impl MemoryConnector {
 /// Serves the connections sent to `rx` until the server stops.
 pub(crate) async fn accept(
     shared: Arc<Sessions>,
+    admission: Arc<Admission>,
     mut rx: mpsc::Receiver<DuplexStream>,
-    max_connections: usize,
 ) {
-    let connections = Arc::new(Semaphore::new(max_connections));
+    let connections = Arc::new(Semaphore::new(admission.connections));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let stream = tokio::select! {
@@ -45,11 +45,11 @@ pub(crate) async fn accept(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let source = gate::Source::ip(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let Some(handshake) = shared.handshakes.admit(source) else {
+        let Some(handshake) = admission.handshakes.admit(source) else {
             continue;
         };
         let (sh, conns) = (shared.clone(), connections.clone());
-        shared.arbiters().place(move |placement| async move {
+        admission.arbiters.place(move |placement| async move {
             let slot = Slot::new(handshake, conns, placement);
             let (rd, wr) = tokio::io::split(stream);
             let conn = Conn {

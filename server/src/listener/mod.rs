@@ -20,22 +20,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::{Actor, AsyncContext, Context, WrapFuture};
-use ferrohsm_proto::message::error_frame;
-use ferrohsm_proto::{ErrorBody, Status};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::admission::{Slot, gate};
+use crate::admission::{Admission, Slot, gate};
 use crate::auth::Credential;
 use crate::session::{Conn, Sessions, serve};
-
-/// Tells a refused peer why, in one error frame, then closes.
-pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, message: &str) {
-    let frame = error_frame(0, 0, &ErrorBody::new(status, message));
-    let _ = wr.write_all(&frame.encode()).await;
-    let _ = wr.shutdown().await;
-}
 
 /// A tokio socket that can leave the runtime it was accepted on and join another.
 pub trait Detach: Sized {
@@ -181,11 +172,6 @@ impl<H: TlsHandshake> Transport for Secured<H> {
             }
         };
         let (rd, wr) = tokio::io::split(tls);
-        // A credential that names no configured client is refused before any hello.
-        if let Err(why) = shared.auth.identify(&credential) {
-            tracing::warn!(transport = H::NAME, %peer, "{why}");
-            return refuse(wr, Status::AuthFailed, why).await;
-        }
         let conn = Conn {
             peer: format!("{}:{peer}", H::NAME),
             credential,
@@ -200,6 +186,7 @@ impl<H: TlsHandshake> Transport for Secured<H> {
 pub struct Listener<T: Transport> {
     listener: Option<T::Listen>,
     shared: Arc<Sessions>,
+    admission: Arc<Admission>,
     connections: Arc<Semaphore>,
     transport: T,
 }
@@ -213,17 +200,19 @@ impl<T: Transport> std::fmt::Debug for Listener<T> {
 }
 
 impl<T: Transport> Listener<T> {
-    /// A listener over an already bound socket.
+    /// A listener over an already bound socket: its connections are admitted by `admission`
+    /// (at most `admission.connections` sessions of its own) and served by `shared`.
     pub fn new(
         listener: T::Listen,
         shared: Arc<Sessions>,
-        max_connections: usize,
+        admission: Arc<Admission>,
         transport: T,
     ) -> Self {
         Listener {
             listener: Some(listener),
             shared,
-            connections: Arc::new(Semaphore::new(max_connections)),
+            connections: Arc::new(Semaphore::new(admission.connections)),
+            admission,
             transport,
         }
     }
@@ -231,7 +220,7 @@ impl<T: Transport> Listener<T> {
 
 /// Moves an accepted socket to the least-loaded session arbiter and runs `work` on it there.
 fn place<T: Transport, F, Fut>(
-    shared: &Arc<Sessions>,
+    admission: &Admission,
     socket: <T::Listen as Accept>::Socket,
     handshake: gate::Handshake,
     connections: Arc<Semaphore>,
@@ -246,7 +235,7 @@ fn place<T: Transport, F, Fut>(
             return tracing::warn!(transport = T::NAME, error = %e, "cannot hand over a connection");
         }
     };
-    shared.arbiters().place(move |placement| async move {
+    admission.arbiters.place(move |placement| async move {
         let slot = Slot::new(handshake, connections, placement);
         match <<T::Listen as Accept>::Socket as Detach>::attach(std) {
             Ok(socket) => work(socket, slot).await,
@@ -269,6 +258,7 @@ where
         };
         let transport = self.transport.clone();
         let shared = self.shared.clone();
+        let admission = self.admission.clone();
         let connections = self.connections.clone();
         let mut shutdown = shared.shutdown.clone();
         ctx.spawn(
@@ -289,11 +279,12 @@ where
                     };
                     let (t, sh) = (transport.clone(), shared.clone());
                     // Refused (its source's handshakes are all young): closed at once.
-                    let Some(handshake) = shared.handshakes.admit(T::Listen::source(&peer)) else {
+                    let Some(handshake) = admission.handshakes.admit(T::Listen::source(&peer))
+                    else {
                         continue;
                     };
                     place::<T, _, _>(
-                        &shared,
+                        &admission,
                         socket,
                         handshake,
                         connections.clone(),

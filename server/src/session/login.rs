@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use ferrohsm_proto::handshake::{ServerHandshake, ServerStep};
-use ferrohsm_proto::{Frame, FrameReader, Request, Response, Status};
+use ferrohsm_proto::message::error_frame;
+use ferrohsm_proto::{ErrorBody, Frame, FrameReader, Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::shared::Sessions;
@@ -124,4 +125,11 @@ async fn read_frame<S: AsyncRead + Unpin>(
             Ok(_) => {}
         }
     }
+}
+
+/// Tells a refused peer why, in one error frame, then closes.
+pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut wr: W, status: Status, message: &str) {
+    let frame = error_frame(0, 0, &ErrorBody::new(status, message));
+    let _ = wr.write_all(&frame.encode()).await;
+    let _ = wr.shutdown().await;
 }

@@ -4,12 +4,13 @@
 //!
 //! ```text
 //!  transport read half --> reader task --(Inbound + window ticket)--> Session actor
-//!                          (decode requests in                       (ServerHandshake, ping,
-//!                           place, wait for a                         dispatch::inline: cheap
-//!                           window ticket)                            ops, a lone signature)
-//!                                                                          |  otherwise
+//!   (io.rs)                (decode requests in                       (login.rs: the one login
+//!                           place, wait for a                         of every transport; ping;
+//!                           window ticket)                            Dispatcher::start: cheap
+//!                                                                     ops, a lone signature)
+//!                                                                          |  otherwise a Job
 //!                                                            spawned request future:
-//!                                                 dispatch: authorize -> pool -> (create)
+//!                                          Dispatcher::finish: authorize -> pool -> (create)
 //!                                                                          |
 //!  transport write half <-- writer task <--------(Outbound + ticket)-------+
 //! ```
@@ -19,8 +20,9 @@
 //! writer blocks, tickets are not returned and the reader stops too. Nothing is dropped and
 //! memory stays bounded by the window.
 //!
-//! `shared.rs` holds what every session shares (clients, key manager, pool, limits, the
-//! in-flight count); `io.rs` the reader and writer tasks that move frames.
+//! `shared.rs` holds what every session shares (the dispatcher, the authenticator, limits,
+//! the memory budget, the in-flight count); `messages.rs` what moves between the reader, the
+//! actor and the writer; `io.rs` the reader and writer tasks that move frames.
 
 pub mod budget;
 mod io;
@@ -364,6 +366,14 @@ where
         session_id,
         slot: conn_slot,
     } = conn;
+    // A credential that names no configured client (a certificate or PSK identity nobody
+    // has) is refused before any hello.
+    if let Err(why) = shared.auth.identify(&credential) {
+        tracing::warn!(%peer, "{why}");
+        drop(conn_slot);
+        actix::spawn(login::refuse(wr, Status::AuthFailed, why));
+        return;
+    }
     let id = session_id.unwrap_or_else(|| shared.new_session_id());
     let (out_tx, out_rx) = mpsc::channel::<Outbound>(shared.window as usize + 2);
     let (stop_tx, stop_rx) = oneshot::channel();

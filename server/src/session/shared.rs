@@ -7,10 +7,8 @@ use std::sync::{Arc, Mutex};
 use ferrohsm_proto::Status;
 use tokio::sync::{Notify, watch};
 
-use crate::admission::{Fitted, Slot, gate::Handshakes};
-use crate::arbiters::SessionArbiters;
+use crate::admission::Slot;
 use crate::auth::{Authenticator, Credential};
-use crate::config::ClientConfig;
 use crate::dispatch::Dispatcher;
 use crate::error::OpError;
 
@@ -52,21 +50,16 @@ impl Drop for InFlightGuard {
 
 /// What every session shares.
 pub struct Sessions {
-    /// Configured clients.
-    pub clients: Arc<std::collections::BTreeMap<String, ClientConfig>>,
     /// Carries requests to the key manager and the crypto pool.
     pub dispatcher: Arc<Dispatcher>,
     /// Maps credentials and proofs to clients.
     pub auth: Authenticator,
-    arbiters: Arc<SessionArbiters>,
     /// Requests in flight per session.
     pub window: u32,
     /// Body cap.
     pub max_body: u32,
     /// Body cap before authentication.
     pub preauth_max_body: u32,
-    /// Connections in handshake, on every listener.
-    pub handshakes: Arc<Handshakes>,
     /// Bytes of requests and responses buffered, server-wide.
     pub budget: Arc<super::budget::Budget>,
     /// Handshake deadline.
@@ -84,7 +77,7 @@ pub struct Sessions {
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
-            .field("clients", &self.clients.len())
+            .field("window", &self.window)
             .finish_non_exhaustive()
     }
 }
@@ -94,25 +87,15 @@ impl Sessions {
     pub fn new(
         config: &crate::config::Config,
         dispatcher: Arc<Dispatcher>,
-        places: Fitted,
-        arbiters: Arc<SessionArbiters>,
         shutdown: watch::Receiver<bool>,
     ) -> Sessions {
         let clients = Arc::new(config.clients.clone());
         Sessions {
-            auth: Authenticator::new(clients.clone()),
-            clients,
+            auth: Authenticator::new(clients),
             dispatcher,
-            arbiters,
             window: config.window,
             max_body: config.max_body,
             preauth_max_body: config.limits.preauth_max_body,
-            // No real handshake takes a second; none is cut short before a third of its time.
-            handshakes: Arc::new(Handshakes::new(
-                places.handshakes,
-                places.per_source,
-                (config.handshake_timeout / 3).min(std::time::Duration::from_secs(1)),
-            )),
             budget: Arc::new(super::budget::Budget::new(
                 config.limits.memory,
                 config.clients.len(),
@@ -125,11 +108,6 @@ impl Sessions {
             next_session: AtomicU64::new(1),
             per_client: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The session arbiters.
-    pub fn arbiters(&self) -> &SessionArbiters {
-        &self.arbiters
     }
 
     /// A fresh session id.

@@ -60,7 +60,7 @@ impl KeyManager {
             client,
             session,
             transport,
-            op: "login",
+            op: ferrohsm_proto::Opcode::Proof.kind().name,
             key: String::new(),
             detail: String::new(),
             status: s.name(),

@@ -323,10 +323,10 @@ impl KeyManager {
         }
         if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
             let e = OpError::not_found(key);
-            self.deny(caller, "delete", key, &e);
+            self.deny(caller, policy::DELETE.op, key, &e);
             return Err(e);
         }
-        let ev = self.event(caller, "delete", qualified(caller, key));
+        let ev = self.event(caller, policy::DELETE.op, qualified(caller, key));
         let record = self
             .store
             .write(Change {
