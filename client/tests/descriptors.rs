@@ -64,6 +64,7 @@ fn idle_sockets_under_a_low_descriptor_limit_never_lock_out_a_client_of_any_tran
     // descriptors hsmd has.
     let p = d.load_profile("alice");
     let tcp: SocketAddr = d.ports().tcp.parse().unwrap();
+    let before = open_fds(pid);
     let mut flood = Vec::new();
     for i in 0..300u64 {
         let from: SocketAddr = format!("127.0.0.{}:0", 2 + i % 40).parse().unwrap();
@@ -75,10 +76,16 @@ fn idle_sockets_under_a_low_descriptor_limit_never_lock_out_a_client_of_any_tran
             let _ = s.write_all(&header(Opcode::Hello as u16, i as u64, 100));
         }
     }
-    // hsmd took every socket it had room for and holds no more descriptors than it may.
-    wait::until("hsmd to hold its handshake places", DEADLINE, || {
-        open_fds(pid) >= places
+    // hsmd took a socket for every handshake place (one descriptor each) and no more: the
+    // rest were evicted or refused, none left it short of descriptors.
+    wait::until("hsmd to fill its handshake places", DEADLINE, || {
+        open_fds(pid) >= before + places
     });
+    let held = open_fds(pid) - before;
+    assert!(
+        held <= places + 4,
+        "hsmd holds {held} descriptors for {places} handshake places"
+    );
     // A real client gets in over every transport: the gate evicts an idle socket for it once
     // the idle ones are older than any real handshake takes.
     for t in ALL {

@@ -16,7 +16,7 @@ use ferrohsm_proto::{KeyRef, KeyType, Opcode, Request, Response};
 use ferrohsm_server::crypto::ops;
 use ferrohsm_server::keys::material::KeyMaterial;
 use ferrohsm_test_support::memory::{copies, leftovers, memory};
-use ferrohsm_test_support::peer::{Tcp, proc_status_kib, request, rss_kib, server_queues};
+use ferrohsm_test_support::peer::{Tcp, proc_status_kib, request, rss_kib};
 use ferrohsm_test_support::{Data, ci, spec, wait};
 
 /// How long the deleted keys' last jobs may take to end on a busy machine (a hang guard).
@@ -174,8 +174,12 @@ fn answered(r: Result<Response, ClientError>, want: Option<&[u8]>, what: &str) -
 /// Bytes in each secret answer: large enough that a pipelined batch fills the socket and the
 /// writer gathers responses into its reused buffer.
 const SIZE: usize = 4096;
-/// Plaintext bytes per answer to the reader that stops reading.
+/// Plaintext bytes per answer to the reader that stops reading: small enough that the writer
+/// gathers several into its reused buffer.
 const HELD: usize = 16 * 1024;
+/// Plaintext bytes of each of the held reader's first answers: 8 of them are more than the
+/// kernel's socket buffers hold, so the answers behind them wait in hsmd.
+const PROBE: usize = 512 * 1024;
 /// Secret requests pipelined at once.
 const BATCH: usize = 24;
 
@@ -201,7 +205,12 @@ fn no_secret_response_leaves_its_bytes_in_hsmd_memory_after_its_write() {
     // The sessions stay open through the scan: a writer's reused buffer lives as long as its
     // session (a closed one's memory is freed, and hsmd wipes every block it frees).
     let mut open = Vec::new();
-    for transport in [Transport::Tcp, Transport::Shm] {
+    for transport in [
+        Transport::Tcp,
+        Transport::Shm,
+        Transport::Tls,
+        Transport::TlsPsk,
+    ] {
         let c = BlockingClient::connect(
             &ferrohsm_client::profile::Profile::load(&d.profile("alice")).unwrap(),
             Some(transport),
@@ -285,35 +294,47 @@ fn no_secret_response_leaves_its_bytes_in_hsmd_memory_after_its_write() {
         }
         open.push(c);
     }
-    // A reader that stops reading: hsmd's writer blocks on the full socket while the rest of
-    // the batch's answers queue behind it, then gathers them into its reused buffer in one
-    // write, the case the wipe of that buffer is for.
+    // A reader that stops reading. Its first answers are too big for the socket buffers, so
+    // hsmd's writer blocks on them in user space while the small answers behind them complete
+    // and queue; once the reader reads, the writer gathers the small ones into its reused
+    // buffer, several per write: the case the wipe of that buffer is for.
     let p = ferrohsm_client::profile::Profile::load(&d.profile("alice")).unwrap();
     let mut held = Tcp::connect(&p.tcp_addrs.as_ref().unwrap()[0]);
     held.login(&p.identity().unwrap());
     let key = KeyRef::Label("known-Tcp".parse().unwrap());
-    let big = |n: usize| -> Vec<u8> {
-        format!("held reader, plaintext number {n:03}. ")
+    let plain = |n: usize, size: usize| -> Vec<u8> {
+        format!("held reader, plaintext number {n:03} of {size}. ")
             .into_bytes()
             .into_iter()
             .cycle()
-            .take(HELD)
+            .take(size)
             .collect()
     };
-    for n in 0..32 {
-        let sealed = ops::encrypt_raw(&local, &big(n), b"").unwrap();
+    let window = |b: &[u8]| b[b.len() / 2..b.len() / 2 + 64].to_vec();
+    // (request id, plaintext): 8 big, then 24 small; 32 in all, the session's window.
+    let batch: Vec<(u64, Vec<u8>)> = (0..32)
+        .map(|n| (100 + n as u64, plain(n, if n < 8 { PROBE } else { HELD })))
+        .collect();
+    for (id, text) in &batch {
+        let sealed = ops::encrypt_raw(&local, text, b"").unwrap();
         let r = Request::DecryptRaw {
             key: key.clone(),
             nonce: sealed[..12].to_vec(),
             ciphertext: sealed[12..].to_vec(),
             aad: Vec::new(),
         };
-        assert!(held.send_bytes(&request(r, 100 + n as u64)), "send #{n}");
+        assert!(held.send_bytes(&request(r, *id)), "send #{id}");
     }
+    // Positive control: the small answers wait in hsmd behind the big ones, and the scan sees
+    // them there.
+    let small: Vec<(String, Vec<u8>, KeyRef)> = batch[8..]
+        .iter()
+        .map(|(id, t)| (format!("held reader #{id}"), window(t), key.clone()))
+        .collect();
     wait::until(
-        "hsmd's writer to be blocked on the full socket",
+        "the scan to see a small answer waiting to be written",
         DEADLINE,
-        || server_queues(&held.s).is_some_and(|(unsent, _)| unsent > 0),
+        || leftovers(pid, &small).len() >= 2,
     );
     for n in 0..32 {
         let f = held
@@ -323,16 +344,12 @@ fn no_secret_response_leaves_its_bytes_in_hsmd_memory_after_its_write() {
             Ok(Response::Bytes(b)) => b,
             other => panic!("held reader #{n}: {other:?}"),
         };
-        let n = (f.header.request_id - 100) as usize;
-        assert_eq!(body, big(n), "held reader: the wrong plaintext");
-        secrets.push((
-            format!("held reader #{n}"),
-            body[HELD / 2..HELD / 2 + 64].to_vec(),
-            key.clone(),
-        ));
+        let (id, text) = &batch[(f.header.request_id - 100) as usize];
+        assert!(body == *text, "held reader #{id}: the wrong plaintext");
+        secrets.push((format!("held reader #{id}"), window(&body), key.clone()));
     }
     assert!(
-        secrets.len() >= 2 * 3 * (BATCH + 1),
+        secrets.len() >= 4 * 3 * (BATCH + 1),
         "only {} secret responses were made",
         secrets.len()
     );

@@ -225,8 +225,11 @@ where
         per_source: config.limits.max_handshakes_per_source,
     };
     // A shm session holds its set-up socket and its segment; count 3 for every connection.
-    let threads = arbiters.len() + config.workers + 4;
-    let places = admission::fit(nofile, threads, listeners, 3, configured);
+    let reserved = admission::reserved(
+        arbiters.len(),
+        config.store.as_ref().map_or(0, |s| s.readers) + 1,
+    );
+    let places = admission::fit(nofile, reserved, listeners, 3, configured);
     if places != configured {
         tracing::warn!(
             nofile,

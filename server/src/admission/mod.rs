@@ -33,9 +33,19 @@ pub struct Admission {
     pub connections: usize,
 }
 
-/// Descriptors kept for everything but connections: the store, logs, the listeners, the
-/// runtimes' own (epoll, eventfd) on every thread.
+/// Descriptors kept for everything but connections and threads: logs, the listeners, the
+/// signal and timer plumbing, a PostgreSQL connection or two.
 pub const RESERVED_FDS: usize = 64;
+
+/// The descriptors hsmd holds besides its connections: [`RESERVED_FDS`], two per session
+/// arbiter (its runtime's epoll and eventfd; the crypto workers are plain threads and hold
+/// none) and four per store thread (an SQLite connection's database, WAL and shared-memory
+/// files, or a PostgreSQL socket).
+pub fn reserved(arbiters: usize, store_threads: usize) -> usize {
+    RESERVED_FDS
+        .saturating_add(arbiters.saturating_mul(2))
+        .saturating_add(store_threads.saturating_mul(4))
+}
 
 /// The places, fitted to the descriptors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,29 +58,28 @@ pub struct Fitted {
     pub per_source: usize,
 }
 
-/// The places that fit in `nofile` descriptors (after [`RESERVED_FDS`] and the runtime's own
-/// descriptors, `threads` threads at 4 each): a connection in handshake holds one descriptor
-/// (its socket) and gets at most half of the room; each listener's sessions
-/// (`per_connection` descriptors each: a shm session holds its set-up socket and its
-/// segment) share the other half; and one source holds at most a quarter of the handshake
-/// places, so a flood from a few addresses always leaves places that eviction can give to
-/// another. Configured limits are only ever lowered.
+/// The places that fit in `nofile` descriptors, `reserved` of them kept (see [`reserved`]):
+/// a connection in handshake holds one descriptor (its socket) and gets at most half of the
+/// room; each listener's sessions (`per_connection` descriptors each: a shm session holds its
+/// set-up socket and its segment) share the other half. One source holds at most every
+/// handshake place, so at most half the descriptors, and a newcomer from another source evicts
+/// the oldest idle handshake of the biggest source (see [`gate`]) instead of finding no
+/// descriptor to be accepted with, which would lock every transport out. Configured limits
+/// are only ever lowered, and never below one.
 pub fn fit(
     nofile: u64,
-    threads: usize,
+    reserved: usize,
     listeners: usize,
     per_connection: usize,
     configured: Fitted,
 ) -> Fitted {
     let room = usize::try_from(nofile)
         .unwrap_or(usize::MAX)
-        .saturating_sub(RESERVED_FDS + 4 * threads);
+        .saturating_sub(reserved);
     let handshakes = configured.handshakes.min(room / 2).max(1);
     let rest = room.saturating_sub(handshakes);
-    let connections = configured
-        .connections
-        .min(rest / (listeners.max(1) * per_connection.max(1)))
-        .max(1);
+    let each = listeners.max(1).saturating_mul(per_connection.max(1));
+    let connections = configured.connections.min(rest / each).max(1);
     let per_source = configured.per_source.min(handshakes);
     Fitted {
         connections,
@@ -160,41 +169,60 @@ mod tests {
 
     #[test]
     fn places_fit_the_descriptors_and_handshakes_never_take_more_than_half() {
+        // 2 session arbiters and 3 store threads (this machine): 64 + 4 + 12 = 80 kept.
+        let kept = reserved(2, 3);
+        assert_eq!(kept, 80);
         // Plenty of descriptors: the configuration stands.
-        assert_eq!(fit(1 << 20, 2, 4, 3, DEFAULTS), DEFAULTS);
-        // 1024: room 1024 - 64 - 8 = 952; 256 handshakes; (952 - 256) / 12 = 58 sessions.
+        assert_eq!(fit(1 << 20, kept, 4, 3, DEFAULTS), DEFAULTS);
+        // 1024: room 944; 256 handshakes; (944 - 256) / 12 = 57 sessions per listener.
         assert_eq!(
-            fit(1024, 2, 4, 3, DEFAULTS),
+            fit(1024, kept, 4, 3, DEFAULTS),
             Fitted {
-                connections: 58,
+                connections: 57,
                 handshakes: 256,
                 per_source: 16
             }
         );
-        // 256: room 184; 92 handshakes (half); 92 / 12 = 7 sessions; 16 per source.
-        let low = fit(256, 2, 4, 3, DEFAULTS);
+        // 256: room 176; 88 handshakes (half); 88 / 12 = 7 sessions; 16 per source.
+        let low = fit(256, kept, 4, 3, DEFAULTS);
         assert_eq!(
             low,
             Fitted {
                 connections: 7,
-                handshakes: 92,
+                handshakes: 88,
                 per_source: 16
             }
         );
         // Every place together fits.
-        assert!(RESERVED_FDS + 8 + low.handshakes + 4 * 3 * low.connections <= 256);
-        // 128: room 56; 28 handshakes, so 16 from one source at most still fits.
-        assert_eq!(fit(128, 2, 4, 3, DEFAULTS).handshakes, 28);
-        // 96: room 24; 12 handshakes, all of them from one source at most.
-        assert_eq!(fit(96, 2, 4, 3, DEFAULTS).per_source, 12);
-        // Nothing left: one of each, never zero.
+        assert!(kept + low.handshakes + 4 * 3 * low.connections <= 256);
+        // 120: room 40; 20 handshakes, so 16 from one source still fits; at 100, 10 in all,
+        // and one source may hold them all.
+        assert_eq!(fit(120, kept, 4, 3, DEFAULTS).handshakes, 20);
+        assert_eq!(fit(100, kept, 4, 3, DEFAULTS).per_source, 10);
+        // A big machine: 64 arbiters and 3 store threads keep 204; 1024 leaves 820, so 256
+        // handshakes and (820 - 256) / 12 = 47 sessions per listener.
         assert_eq!(
-            fit(10, 2, 4, 3, DEFAULTS),
+            fit(1024, reserved(64, 3), 4, 3, DEFAULTS),
             Fitted {
-                connections: 1,
-                handshakes: 1,
-                per_source: 1
+                connections: 47,
+                handshakes: 256,
+                per_source: 16
             }
+        );
+        // Nothing left, or absurd inputs: one of each, never zero, no overflow.
+        let one = Fitted {
+            connections: 1,
+            handshakes: 1,
+            per_source: 1,
+        };
+        assert_eq!(fit(10, kept, 4, 3, DEFAULTS), one);
+        assert_eq!(
+            fit(1 << 20, reserved(usize::MAX, usize::MAX), 4, 3, DEFAULTS),
+            one
+        );
+        assert_eq!(
+            fit(u64::MAX, 0, usize::MAX, usize::MAX, DEFAULTS).connections,
+            1
         );
     }
 }

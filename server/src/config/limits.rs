@@ -10,6 +10,9 @@
 //! max_handshakes = 256             # connections not yet authenticated, all listeners together
 //! max_handshakes_per_source = 16   # of those, from one IP address (shm: one uid)
 //! ```
+//! `max_handshakes` (like `[server] max_connections`) is lowered at start to fit the
+//! file-descriptor limit, with a warning: at most half the descriptors left after hsmd's own
+//! go to connections in handshake (`admission::fit`).
 
 use serde::Deserialize;
 

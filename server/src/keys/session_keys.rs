@@ -134,6 +134,18 @@ impl SessionKeys {
             ));
         };
         *issued = next;
+        // Ids are never reused, so a client that makes session keys without end runs out
+        // (2^31, then `busy` until a restart): say so long before.
+        const LEFT_WARNINGS: [u32; 3] = [1 << 30, 1 << 26, 1 << 20];
+        let left = u32::MAX - SESSION_ID_BASE - next;
+        if LEFT_WARNINGS.contains(&left) {
+            tracing::warn!(
+                client = %h.owner,
+                left,
+                "this client's session key ids are running out (ids are never reused; a \
+                 restart of hsmd makes them available again)"
+            );
+        }
         let id = SESSION_ID_BASE + next - 1;
         let c = self.clients.entry(h.owner.clone()).or_default();
         h.info.id = id;

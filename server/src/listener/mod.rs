@@ -142,8 +142,8 @@ pub trait TlsHandshake: Clone + Send + Unpin + 'static {
     ) -> impl Future<Output = Result<(Self::Stream, Credential), ferrohsm_tls::TlsError>> + 'static;
 }
 
-/// A TLS transport: handshake (bounded by the handshake timeout, ended early if evicted), the
-/// client the credential names, then the session.
+/// A TLS transport: its handshake (bounded by the handshake timeout, ended early if evicted),
+/// then the session with what the handshake proved (the session decides what it means).
 #[derive(Debug, Clone)]
 pub struct Secured<H>(pub H);
 

@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use ferrohsm_proto::handshake::{ServerStep, Welcome};
+use ferrohsm_proto::kind::Cost;
 use ferrohsm_proto::message::error_frame_into;
 use ferrohsm_proto::{Request, Response, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -239,8 +240,11 @@ impl Handler<Inbound> for Session {
                 return self.close(ctx);
             }
         };
+        // What the session answers itself is the description's `Cost::Session`: the login's
+        // hello and proof, and ping (the only one of them once the session is open).
+        let kind = request.kind();
         let caller = match &mut self.state {
-            State::Ready(caller) if !matches!(request, Request::Hello(_) | Request::Proof(_)) => {
+            State::Ready(caller) if kind.cost != Cost::Session || request == Request::Ping => {
                 caller.clone()
             }
             State::Ready(_) => {
@@ -271,13 +275,13 @@ impl Handler<Inbound> for Session {
             }
             State::Closed => return,
         };
-        if request == Request::Ping {
-            // Session-level: answered here, never reaching the key manager or the pool.
+        if kind.cost == Cost::Session {
+            // Ping: answered here, never reaching the key manager or the pool.
             return self.reply(opcode, rid, Ok(Response::Done), Some(ticket));
         }
         // Plaintext, key bytes or random bytes: wiped once written (the PKCS#11 module's raw
         // decryption was missing from the list this replaced).
-        let secret = request.secret_response();
+        let secret = kind.secret_response();
         // Cheap work, and a lone signature, is answered right here (no task, no hop).
         let alone = !more && self.detached.get() == 0;
         let job = match self.shared.dispatcher.start(&caller, request, alone) {
@@ -370,8 +374,13 @@ where
     // has) is refused before any hello.
     if let Err(why) = shared.auth.identify(&credential) {
         tracing::warn!(%peer, "{why}");
-        drop(conn_slot);
-        actix::spawn(login::refuse(wr, Status::AuthFailed, why));
+        // The connection keeps its place until the refusal is written, or the handshake
+        // deadline passes.
+        let within = shared.handshake_timeout;
+        actix::spawn(async move {
+            let _ = tokio::time::timeout(within, login::refuse(wr, Status::AuthFailed, why)).await;
+            drop(conn_slot);
+        });
         return;
     }
     let id = session_id.unwrap_or_else(|| shared.new_session_id());

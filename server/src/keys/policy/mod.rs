@@ -339,10 +339,10 @@ impl NewKey {
     /// The hsmctl command that makes a key of this origin (for the audit log).
     pub fn op(&self) -> &'static str {
         match self.origin {
-            Origin::Generated => "keygen",
-            Origin::Derived => "derive",
-            Origin::Imported => "import",
-            Origin::Unwrapped => "unwrap",
+            Origin::Generated => Opcode::Generate.kind().name,
+            Origin::Derived => Opcode::Derive.kind().name,
+            Origin::Imported => Opcode::Import.kind().name,
+            Origin::Unwrapped => Opcode::Unwrap.kind().name,
         }
     }
 }
