@@ -16,7 +16,7 @@
 //!       v
 //!  dispatch/   Dispatcher (key manager, pool, inline limit): splits a request once; cheap ops
 //!              up to inline_max and a lone signature answered on the arbiter with the key from
-//!              memory; otherwise a Job: keys::manager authorizes (caller, key, op) -> handle;
+//!              memory; otherwise Deferred: keys::manager authorizes (caller, key, op) -> handle;
 //!              crypto/pool.rs runs the job on a worker; keys::manager creates new keys
 //!              (durable before it answers)
 //!       |  response (encoded in place, secrets wiped after the write)
@@ -184,16 +184,16 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
 fn quotas(
     store: &mut keys::store::Store,
     grants: &[keys::store::GrantRecord],
-    limits: keys::quota::Limits,
+    limits: keys::quota::QuotaLimits,
 ) -> Result<keys::quota::Quotas, keys::store::StoreError> {
-    use keys::quota::Kind;
-    let mut held: Vec<(Arc<str>, Kind, usize)> = Vec::new();
+    use keys::quota::Resource;
+    let mut held: Vec<(Arc<str>, Resource, usize)> = Vec::new();
     for (owner, k, c) in store.held()? {
         let owner: Arc<str> = Arc::from(owner);
-        held.push((owner.clone(), Kind::Key, k));
-        held.push((owner, Kind::Counter, c));
+        held.push((owner.clone(), Resource::Key, k));
+        held.push((owner, Resource::Counter, c));
     }
-    held.extend(grants.iter().map(|g| (g.owner.clone(), Kind::Grant, 1)));
+    held.extend(grants.iter().map(|g| (g.owner.clone(), Resource::Grant, 1)));
     Ok(keys::quota::Quotas::new(limits, held))
 }
 

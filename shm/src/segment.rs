@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset              size        what
-//! 0                   64          Header  { magic, version, ring_size, total_len }
+//! 0                   64          SegmentHeader  { magic, version, ring_size, total_len }
 //! BELLS_OFF = 64      64          Bells   { server: Bell, client: Bell }  (futex words)
 //! REQ_CTL_OFF = 128   128         RingCtl { head (line 1), tail (line 2) }  client -> server
 //! RESP_CTL_OFF = 256  128         RingCtl                                   server -> client
@@ -33,7 +33,7 @@ pub const MAX_RING: u32 = 64 << 20;
 
 /// Fixed header at offset 0.
 #[repr(C, align(64))]
-pub(crate) struct Header {
+pub(crate) struct SegmentHeader {
     magic: [u8; 8],
     version: AtomicU32,
     ring_size: AtomicU32,
@@ -58,12 +58,12 @@ pub(crate) struct Bells {
 }
 
 pub(crate) const HEADER_OFF: usize = 0;
-pub(crate) const BELLS_OFF: usize = HEADER_OFF + size_of::<Header>();
+pub(crate) const BELLS_OFF: usize = HEADER_OFF + size_of::<SegmentHeader>();
 pub(crate) const REQ_CTL_OFF: usize = BELLS_OFF + size_of::<Bells>();
 pub(crate) const RESP_CTL_OFF: usize = REQ_CTL_OFF + size_of::<RingCtl>();
 pub(crate) const DATA_OFF: usize = RESP_CTL_OFF + size_of::<RingCtl>();
 
-const _: () = assert!(size_of::<Header>() == 64 && size_of::<Bells>() == 64);
+const _: () = assert!(size_of::<SegmentHeader>() == 64 && size_of::<Bells>() == 64);
 const _: () = assert!(size_of::<RingCtl>() == 128 && DATA_OFF == 384);
 const _: () = assert!(
     BELLS_OFF.is_multiple_of(align_of::<Bells>())
@@ -224,7 +224,7 @@ impl Segment {
         }
     }
 
-    fn header(&self) -> &Header {
+    fn header(&self) -> &SegmentHeader {
         self.at(HEADER_OFF)
     }
 

@@ -23,7 +23,7 @@ use crate::keys::quota;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Per-client quotas.
-    pub quotas: quota::Limits,
+    pub quotas: quota::QuotaLimits,
     /// Bytes of requests and responses buffered by all sessions together, at most.
     pub memory: usize,
     /// Largest frame body before authentication.
@@ -37,7 +37,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            quotas: quota::Limits::default(),
+            quotas: quota::QuotaLimits::default(),
             memory: 256 << 20,
             preauth_max_body: 4096,
             max_handshakes: 256,
@@ -95,7 +95,7 @@ impl RawLimits {
             "limits.max_handshakes_per_source",
         )?;
         Ok(Limits {
-            quotas: quota::Limits {
+            quotas: quota::QuotaLimits {
                 keys: positive(
                     self.max_keys_per_client,
                     d.quotas.keys,

@@ -184,13 +184,13 @@ fn scrub<const WORDS: usize>() {
 #[derive(Clone)]
 pub struct CryptoPool {
     shared: Arc<PoolState>,
-    _close: Arc<Closer>,
+    _close: Arc<StopOnDrop>,
 }
 
 /// Closes the queues when the last pool handle goes.
-struct Closer(Arc<PoolState>);
+struct StopOnDrop(Arc<PoolState>);
 
-impl Drop for Closer {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.queues.lock().closed = true;
         self.0.ready.notify_all();
@@ -256,7 +256,7 @@ impl CryptoPool {
                 })?;
         }
         Ok(CryptoPool {
-            _close: Arc::new(Closer(shared.clone())),
+            _close: Arc::new(StopOnDrop(shared.clone())),
             shared,
         })
     }

@@ -6,7 +6,7 @@
 //!                          |  keyed: split into (key, operation) once; KeyManager::authorize_now
 //!                          |  decides from memory when it can (no payload goes there)
 //!                          +--> answered at once: cheap work, or a lone signature, inline
-//!                          +--> Job --> Dispatcher::finish (a detached future)
+//!                          +--> Deferred --> Dispatcher::finish (a detached future)
 //!                                         |  the key still to authorize: from the store, once
 //!                                         +--(handle, payload)--> crypto pool -> result
 //!                                         +--(new key)--> KeyManager::create (durable first)
@@ -53,25 +53,25 @@ pub enum Started {
     /// Answered on the session's own thread.
     Answered(Result<Response, OpError>),
     /// Waits for the store or a crypto worker: run it with [`Dispatcher::finish`].
-    Later(Job),
+    Later(Deferred),
 }
 
 /// A request on its way down, already split (and its key authorized when memory could decide).
-pub struct Job {
+pub struct Deferred {
     caller: Caller,
     kind: Kind,
-    work: Work,
+    work: Remaining,
 }
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
+        f.debug_struct("Deferred")
             .field("op", &self.kind.name)
             .finish_non_exhaustive()
     }
 }
 
-enum Work {
+enum Remaining {
     /// One computation with one key; `handle` is the key when memory authorized it.
     Keyed {
         key: KeyRef,
@@ -157,12 +157,12 @@ impl Dispatcher {
     /// and signatures and verifications when nothing else of this session waits (`alone`: a
     /// worker would only add its wake-up to the latency; with more in flight the pool spreads
     /// them over the cores), when the key's authorization is decided from memory. Anything
-    /// else becomes a [`Job`], split and (where memory could decide) authorized already.
+    /// else becomes a [`Deferred`], split and (where memory could decide) authorized already.
     pub fn start(&self, caller: &Caller, request: Request, alone: bool) -> Started {
         let kind = request.kind();
         let max = self.inline_max;
         let later = |work| {
-            Started::Later(Job {
+            Started::Later(Deferred {
                 caller: caller.clone(),
                 kind,
                 work,
@@ -189,19 +189,21 @@ impl Dispatcher {
                         }
                         None => None,
                     };
-                    later(Work::Keyed { key, op, handle })
+                    later(Remaining::Keyed { key, op, handle })
                 }
-                Err(other) => later(Work::Other(other)),
+                Err(other) => later(Remaining::Other(other)),
             },
         }
     }
 
-    /// Runs a [`Job`] to its response.
-    pub async fn finish(&self, job: Job) -> Result<Response, OpError> {
-        let Job { caller, kind, work } = job;
+    /// Runs a [`Deferred`] to its response.
+    pub async fn finish(&self, job: Deferred) -> Result<Response, OpError> {
+        let Deferred { caller, kind, work } = job;
         let out = match work {
-            Work::Keyed { key, op, handle } => self.keyed(&caller, kind, key, op, handle).await,
-            Work::Other(request) => self.unkeyed(caller, request).await,
+            Remaining::Keyed { key, op, handle } => {
+                self.keyed(&caller, kind, key, op, handle).await
+            }
+            Remaining::Other(request) => self.unkeyed(caller, request).await,
         };
         if kind.key_bytes {
             // Key bytes passed through this thread: wipe the frames this request's polls

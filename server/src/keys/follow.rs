@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::keys::cache::Cache;
 use crate::keys::grants::Grants;
-use crate::keys::quota::{Kind, Quotas};
+use crate::keys::quota::{Quotas, Resource};
 use crate::keys::seal::MasterKey;
 use crate::keys::session_keys::SessionKeys;
 use crate::keys::store::{Changed, Followed, Store, StoreError};
@@ -208,19 +208,19 @@ fn reload(
     held: Vec<(String, usize, usize)>,
 ) {
     on.cache.lock().clear();
-    let mut counts: Vec<(Arc<str>, Kind, usize)> = Vec::new();
+    let mut counts: Vec<(Arc<str>, Resource, usize)> = Vec::new();
     for (owner, keys, counters) in held {
         let owner: Arc<str> = Arc::from(owner);
-        counts.push((owner.clone(), Kind::Key, keys));
-        counts.push((owner, Kind::Counter, counters));
+        counts.push((owner.clone(), Resource::Key, keys));
+        counts.push((owner, Resource::Counter, counters));
     }
-    counts.extend(grants.iter().map(|g| (g.owner.clone(), Kind::Grant, 1)));
+    counts.extend(grants.iter().map(|g| (g.owner.clone(), Resource::Grant, 1)));
     counts.extend(
         on.sessions
             .lock()
             .counts()
             .into_iter()
-            .map(|(c, n)| (c, Kind::Key, n)),
+            .map(|(c, n)| (c, Resource::Key, n)),
     );
     // Grants first, then counts: both from one snapshot of the database.
     *on.grants.write() = Grants::from_records(grants);
@@ -235,7 +235,7 @@ fn apply(on: &Followers, c: Changed, own: bool) {
     match c {
         Changed::KeyCreated { owner } => {
             if !own {
-                on.quotas.add(&owner, Kind::Key, 1);
+                on.quotas.add(&owner, Resource::Key, 1);
             }
         }
         Changed::KeyChanged { owner, id } => on.cache.lock().remove(&owner, id),
@@ -243,9 +243,9 @@ fn apply(on: &Followers, c: Changed, own: bool) {
             on.cache.lock().remove(&owner, id);
             let grants = on.grants.write().remove_key(&owner, id);
             if !own {
-                on.quotas.release(&owner, Kind::Key, 1);
+                on.quotas.release(&owner, Resource::Key, 1);
             }
-            on.quotas.release(&owner, Kind::Grant, grants);
+            on.quotas.release(&owner, Resource::Grant, grants);
         }
         // On a shared store only the follower changes grants (the manager waits for it after
         // its own grant or revoke), in log order, from what the database holds.
@@ -257,18 +257,18 @@ fn apply(on: &Followers, c: Changed, own: bool) {
         } => match now {
             Some(g) => {
                 if on.grants.write().set(&g) {
-                    on.quotas.add(&owner, Kind::Grant, 1);
+                    on.quotas.add(&owner, Resource::Grant, 1);
                 }
             }
             None => {
                 if on.grants.write().remove(&owner, id, &grantee) {
-                    on.quotas.release(&owner, Kind::Grant, 1);
+                    on.quotas.release(&owner, Resource::Grant, 1);
                 }
             }
         },
         Changed::CounterCreated { owner } => {
             if !own {
-                on.quotas.add(&owner, Kind::Counter, 1);
+                on.quotas.add(&owner, Resource::Counter, 1);
             }
         }
     }

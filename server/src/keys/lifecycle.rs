@@ -11,7 +11,7 @@ use crate::keys::KeyHandle;
 use crate::keys::manager::{Caller, KeyManager, alarm, now};
 use crate::keys::material::KeyMaterial;
 use crate::keys::policy;
-use crate::keys::quota::Kind;
+use crate::keys::quota::Resource;
 use crate::keys::store::{Applied, Change, GrantRecord, Mutation, SESSION_ID_BASE, Store};
 
 fn is_session(h: &KeyHandle) -> bool {
@@ -93,7 +93,7 @@ impl KeyManager {
             true => None,
             false => Some(
                 self.quotas
-                    .reserve(&caller.client, Kind::Grant)
+                    .reserve(&caller.client, Resource::Grant)
                     .inspect_err(|e| self.deny(caller, policy::GRANT.op, key, e))?,
             ),
         };
@@ -124,7 +124,7 @@ impl KeyManager {
         match (new, place) {
             (true, Some(place)) => place.keep(),
             // Revoked between the check and now: it counts all the same.
-            (true, None) => self.quotas.add(&caller.client, Kind::Grant, 1),
+            (true, None) => self.quotas.add(&caller.client, Resource::Grant, 1),
             // Made by a concurrent grant of the same pair: that one holds the place.
             (false, _) => {}
         }
@@ -188,7 +188,7 @@ impl KeyManager {
             .write()
             .remove(&caller.client, h.info.id, from.as_str())
         {
-            self.quotas.release(&caller.client, Kind::Grant, 1);
+            self.quotas.release(&caller.client, Resource::Grant, 1);
         }
         Ok(())
     }
@@ -255,7 +255,7 @@ impl KeyManager {
     pub async fn counter_create(&self, caller: &Caller, name: &Label) -> Result<u64, OpError> {
         let place = self
             .quotas
-            .reserve(&caller.client, Kind::Counter)
+            .reserve(&caller.client, Resource::Counter)
             .inspect_err(|e| {
                 self.deny(
                     caller,

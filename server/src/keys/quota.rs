@@ -16,7 +16,7 @@ use crate::error::OpError;
 
 /// What is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum Resource {
     /// Keys, persistent and session.
     Key,
     /// Monotonic counters.
@@ -25,31 +25,31 @@ pub enum Kind {
     Grant,
 }
 
-impl Kind {
+impl Resource {
     fn index(self) -> usize {
         self as usize
     }
 
     fn plural(self) -> &'static str {
         match self {
-            Kind::Key => "keys",
-            Kind::Counter => "counters",
-            Kind::Grant => "grants",
+            Resource::Key => "keys",
+            Resource::Counter => "counters",
+            Resource::Grant => "grants",
         }
     }
 
     fn setting(self) -> &'static str {
         match self {
-            Kind::Key => "max_keys_per_client",
-            Kind::Counter => "max_counters_per_client",
-            Kind::Grant => "max_grants_per_client",
+            Resource::Key => "max_keys_per_client",
+            Resource::Counter => "max_counters_per_client",
+            Resource::Grant => "max_grants_per_client",
         }
     }
 }
 
 /// The limits, per client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct QuotaLimits {
     /// Keys (persistent and session).
     pub keys: usize,
     /// Counters.
@@ -58,9 +58,9 @@ pub struct Limits {
     pub grants: usize,
 }
 
-impl Default for Limits {
+impl Default for QuotaLimits {
     fn default() -> Self {
-        Limits {
+        QuotaLimits {
             keys: 10_000,
             counters: 10_000,
             grants: 10_000,
@@ -68,12 +68,12 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
-    fn of(&self, kind: Kind) -> usize {
+impl QuotaLimits {
+    fn of(&self, kind: Resource) -> usize {
         match kind {
-            Kind::Key => self.keys,
-            Kind::Counter => self.counters,
-            Kind::Grant => self.grants,
+            Resource::Key => self.keys,
+            Resource::Counter => self.counters,
+            Resource::Grant => self.grants,
         }
     }
 }
@@ -81,13 +81,16 @@ impl Limits {
 /// Every client's counts against the limits.
 #[derive(Debug)]
 pub struct Quotas {
-    limits: Limits,
+    limits: QuotaLimits,
     used: Mutex<HashMap<Arc<str>, [usize; 3]>>,
 }
 
 impl Quotas {
     /// Quotas with `limits`, starting from `held` (client, kind, count) as the store holds.
-    pub fn new(limits: Limits, held: impl IntoIterator<Item = (Arc<str>, Kind, usize)>) -> Quotas {
+    pub fn new(
+        limits: QuotaLimits,
+        held: impl IntoIterator<Item = (Arc<str>, Resource, usize)>,
+    ) -> Quotas {
         let mut used: HashMap<Arc<str>, [usize; 3]> = HashMap::new();
         for (client, kind, n) in held {
             used.entry(client).or_default()[kind.index()] += n;
@@ -99,7 +102,7 @@ impl Quotas {
     }
 
     /// How many of `kind` `client` holds (reservations included).
-    pub fn used(&self, client: &str, kind: Kind) -> usize {
+    pub fn used(&self, client: &str, kind: Resource) -> usize {
         self.used.lock().get(client).map_or(0, |u| u[kind.index()])
     }
 
@@ -108,7 +111,7 @@ impl Quotas {
     pub fn reserve(
         self: &Arc<Self>,
         client: &Arc<str>,
-        kind: Kind,
+        kind: Resource,
     ) -> Result<Reservation, OpError> {
         let limit = self.limits.of(kind);
         let mut used = self.used.lock();
@@ -135,7 +138,7 @@ impl Quotas {
 
     /// Starts the counts over from `held` (after changes by other nodes may have been
     /// missed). Creations in flight keep their places only in the database's own count.
-    pub fn rebase(&self, held: impl IntoIterator<Item = (Arc<str>, Kind, usize)>) {
+    pub fn rebase(&self, held: impl IntoIterator<Item = (Arc<str>, Resource, usize)>) {
         let mut used: HashMap<Arc<str>, [usize; 3]> = HashMap::new();
         for (client, kind, n) in held {
             used.entry(client).or_default()[kind.index()] += n;
@@ -144,12 +147,12 @@ impl Quotas {
     }
 
     /// Counts `n` places without the limit check (a change already made durable).
-    pub fn add(&self, client: &Arc<str>, kind: Kind, n: usize) {
+    pub fn add(&self, client: &Arc<str>, kind: Resource, n: usize) {
         self.used.lock().entry(client.clone()).or_default()[kind.index()] += n;
     }
 
     /// Gives back `n` places (a deleted key, an ended session's keys, revoked grants).
-    pub fn release(&self, client: &str, kind: Kind, n: usize) {
+    pub fn release(&self, client: &str, kind: Resource, n: usize) {
         if n == 0 {
             return;
         }
@@ -168,7 +171,7 @@ impl Quotas {
 pub struct Reservation {
     quotas: Arc<Quotas>,
     client: Arc<str>,
-    kind: Kind,
+    kind: Resource,
     kept: bool,
 }
 
@@ -193,16 +196,16 @@ mod tests {
 
     #[test]
     fn reserve_keep_release_and_the_limit_per_client() {
-        let limits = Limits {
+        let limits = QuotaLimits {
             keys: 2,
             counters: 1,
             grants: 1,
         };
         let alice: Arc<str> = Arc::from("alice");
         let bob: Arc<str> = Arc::from("bob");
-        let q = Arc::new(Quotas::new(limits, [(alice.clone(), Kind::Key, 1)]));
-        q.reserve(&alice, Kind::Key).unwrap().keep();
-        let e = q.reserve(&alice, Kind::Key).unwrap_err();
+        let q = Arc::new(Quotas::new(limits, [(alice.clone(), Resource::Key, 1)]));
+        q.reserve(&alice, Resource::Key).unwrap().keep();
+        let e = q.reserve(&alice, Resource::Key).unwrap_err();
         assert_eq!(e.status, Status::QuotaExceeded);
         assert!(
             e.message.contains("too many keys for client alice"),
@@ -211,15 +214,15 @@ mod tests {
         );
         assert!(e.message.contains("max_keys_per_client"), "{}", e.message);
         // Another client and another kind are unaffected.
-        q.reserve(&bob, Kind::Key).unwrap().keep();
-        q.reserve(&alice, Kind::Counter).unwrap().keep();
+        q.reserve(&bob, Resource::Key).unwrap().keep();
+        q.reserve(&alice, Resource::Counter).unwrap().keep();
         // A reservation dropped without keep gives its place back.
-        q.release(&alice, Kind::Key, 1);
-        drop(q.reserve(&alice, Kind::Key).unwrap());
-        assert_eq!(q.used("alice", Kind::Key), 1);
-        q.reserve(&alice, Kind::Key).unwrap().keep();
-        assert_eq!(q.used("alice", Kind::Key), 2);
-        q.release(&alice, Kind::Key, 5);
-        assert_eq!(q.used("alice", Kind::Key), 0);
+        q.release(&alice, Resource::Key, 1);
+        drop(q.reserve(&alice, Resource::Key).unwrap());
+        assert_eq!(q.used("alice", Resource::Key), 1);
+        q.reserve(&alice, Resource::Key).unwrap().keep();
+        assert_eq!(q.used("alice", Resource::Key), 2);
+        q.release(&alice, Resource::Key, 5);
+        assert_eq!(q.used("alice", Resource::Key), 0);
     }
 }

@@ -8,7 +8,7 @@
 //!                           place, wait for a                         of every transport; ping;
 //!                           window ticket)                            Dispatcher::start: cheap
 //!                                                                     ops, a lone signature)
-//!                                                                          |  otherwise a Job
+//!                                                                          |  otherwise Deferred
 //!                                                            spawned request future:
 //!                                          Dispatcher::finish: authorize -> pool -> (create)
 //!                                                                          |
@@ -284,11 +284,11 @@ impl Handler<Inbound> for Session {
         let secret = kind.secret_response();
         // Cheap work, and a lone signature, is answered right here (no task, no hop).
         let alone = !more && self.detached.get() == 0;
-        let job = match self.shared.dispatcher.start(&caller, request, alone) {
+        let deferred = match self.shared.dispatcher.start(&caller, request, alone) {
             Started::Answered(resp) => {
                 return self.reply_secret(opcode, rid, resp, Some(ticket), secret);
             }
-            Started::Later(job) => job,
+            Started::Later(deferred) => deferred,
         };
         let dispatcher = self.shared.dispatcher.clone();
         let out = self.out.clone();
@@ -296,7 +296,7 @@ impl Handler<Inbound> for Session {
         // Detached (not ctx.spawn): a request that started finishes even if the session
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
-            let resp = dispatcher.finish(job).await;
+            let resp = dispatcher.finish(deferred).await;
             let wire = response_wire(opcode, rid, resp, secret);
             drop(detached);
             let _ = out

@@ -25,7 +25,7 @@ use crate::keys::follow::{Followers, Following};
 use crate::keys::grants::Grants;
 use crate::keys::material::KeyMaterial;
 use crate::keys::policy::{self, NewKey};
-use crate::keys::quota::{Kind, Quotas};
+use crate::keys::quota::{Quotas, Resource};
 use crate::keys::service::StoreService;
 use crate::keys::session_keys::SessionKeys;
 use crate::keys::store::backend::KeyFilter;
@@ -161,7 +161,7 @@ impl KeyManager {
     pub fn end_session(&self, caller: &Caller) {
         self.node.ended(caller);
         let n = self.sessions.lock().end(&caller.client, caller.session);
-        self.quotas.release(&caller.client, Kind::Key, n);
+        self.quotas.release(&caller.client, Resource::Key, n);
         if n > 0 {
             tracing::debug!(client = %caller.client, session = caller.session, keys = n, "session keys dropped");
         }
@@ -207,7 +207,7 @@ impl KeyManager {
     ) -> Result<KeyInfo, OpError> {
         let place = self
             .quotas
-            .reserve(&caller.client, Kind::Key)
+            .reserve(&caller.client, Resource::Key)
             .inspect_err(|e| {
                 self.deny(caller, new.op(), &KeyRef::Label(new.label.clone()), e);
             })?;
@@ -318,7 +318,7 @@ impl KeyManager {
             .remove(&caller.client, caller.session, &local)
             .is_some()
         {
-            self.quotas.release(&caller.client, Kind::Key, 1);
+            self.quotas.release(&caller.client, Resource::Key, 1);
             return Ok(());
         }
         if matches!(*local, KeyRef::Id(id) if id >= SESSION_ID_BASE) {
@@ -341,8 +341,8 @@ impl KeyManager {
             .record()?;
         self.cache.lock().remove(&caller.client, record.id);
         let grants = self.grants.write().remove_key(&caller.client, record.id);
-        self.quotas.release(&caller.client, Kind::Key, 1);
-        self.quotas.release(&caller.client, Kind::Grant, grants);
+        self.quotas.release(&caller.client, Resource::Key, 1);
+        self.quotas.release(&caller.client, Resource::Grant, grants);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use super::apply::{sealing, stored_time};
 use super::follow::Counts;
 use super::open::created_handle;
 use super::rows::key_row;
-use crate::keys::quota::Limits;
+use crate::keys::quota::QuotaLimits;
 use crate::keys::seal::MasterKey;
 use crate::keys::store::backend::{Backend, VersionRow};
 use crate::keys::store::records::{Applied, KeyRecord, NewVersion, SESSION_ID_BASE, StoreError};
@@ -29,7 +29,7 @@ pub(super) fn create_run(
     master: &MasterKey,
     keys: Vec<(KeyRecord, Vec<NewVersion>)>,
     counts: &mut Counts,
-    limits: Option<&Limits>,
+    limits: Option<&QuotaLimits>,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     let mut steps = Vec::with_capacity(keys.len());
     let mut asked: Vec<(Arc<str>, String)> = Vec::new();

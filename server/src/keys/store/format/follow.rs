@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::apply;
 use super::store::Store;
-use crate::keys::quota::Limits;
+use crate::keys::quota::QuotaLimits;
 use crate::keys::seal::MasterKey;
 use crate::keys::store::backend::{Backend, ChangeRow, Counted, Tx};
 use crate::keys::store::records::{Applied, Changed, Followed, GrantRecord, Mutation, StoreError};
@@ -65,7 +65,7 @@ impl Counts {
     pub(super) fn check(
         &mut self,
         db: &mut dyn Backend,
-        limits: Option<&Limits>,
+        limits: Option<&QuotaLimits>,
         m: &Mutation,
     ) -> Result<(), StoreError> {
         let Some(limits) = limits else { return Ok(()) };
@@ -92,7 +92,7 @@ impl Counts {
     pub(super) fn take_key(
         &mut self,
         db: &mut dyn Backend,
-        limits: Option<&Limits>,
+        limits: Option<&QuotaLimits>,
         owner: &str,
     ) -> Result<(), StoreError> {
         if let Some(limits) = limits
@@ -192,7 +192,7 @@ impl Store {
     }
 
     /// Counts the quotas in the database at every creation (a store several nodes share).
-    pub fn enforce_limits(&mut self, limits: Limits) {
+    pub fn enforce_limits(&mut self, limits: QuotaLimits) {
         self.limits = Some(limits);
     }
 

@@ -36,7 +36,7 @@ pub use follow::Snapshot;
 pub use store::Store;
 
 /// One key of a listing, opened: its id, and the key or why it does not open.
-pub type Opened = (u32, Result<KeyHandle, StoreError>);
+pub type OpenedKey = (u32, Result<KeyHandle, StoreError>);
 
 impl Store {
     /// The store on an opened backend.
@@ -263,7 +263,7 @@ impl Store {
         filter: &KeyFilter,
         after: u32,
         limit: usize,
-    ) -> Result<Vec<Opened>, StoreError> {
+    ) -> Result<Vec<OpenedKey>, StoreError> {
         let rows = self.list(owner, filter, after, limit)?;
         self.opened += rows.len() as u64;
         Ok(rows

@@ -13,7 +13,7 @@ pub struct Store {
     // Keys opened through this handle (find_open, list_open): what a lookup cost.
     pub(super) opened: u64,
     // Quotas the database counts (set on a store several nodes share; follow.rs).
-    pub(super) limits: Option<crate::keys::quota::Limits>,
+    pub(super) limits: Option<crate::keys::quota::QuotaLimits>,
     // The change-log position of the last commit through this handle.
     pub(super) noted: i64,
 }

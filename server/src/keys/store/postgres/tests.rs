@@ -250,7 +250,7 @@ fn a_broken_connection_fails_the_request_and_the_next_one_reconnects() {
 
 #[test]
 fn the_change_log_tells_other_nodes_what_changed_and_the_database_counts_quotas() {
-    use crate::keys::quota::Limits;
+    use crate::keys::quota::QuotaLimits;
     use crate::keys::store::{Changed, Followed};
     let Some(pg) = Cluster::start() else { return };
     let (mut a, master, _) = new_store(&pg, "log");
@@ -262,7 +262,7 @@ fn the_change_log_tells_other_nodes_what_changed_and_the_database_counts_quotas(
     assert_eq!(start.head, 0);
     // b listens before a commits: the commit is announced.
     assert!(!b.wait_change(Duration::from_millis(10)).unwrap());
-    a.enforce_limits(Limits {
+    a.enforce_limits(QuotaLimits {
         keys: 2,
         counters: 10,
         grants: 10,
@@ -441,7 +441,7 @@ fn a_follower_drops_what_another_node_changed_and_fails_closed_without_the_datab
     use crate::keys::cache::Cache;
     use crate::keys::follow::{Followers, start};
     use crate::keys::grants::Grants;
-    use crate::keys::quota::{Kind, Limits, Quotas};
+    use crate::keys::quota::{QuotaLimits, Quotas, Resource};
     use crate::keys::session_keys::SessionKeys;
     use ferrohsm_test_support::wait::until;
 
@@ -482,7 +482,7 @@ fn a_follower_drops_what_another_node_changed_and_fails_closed_without_the_datab
     let on = Followers {
         cache: Arc::new(Mutex::new(Cache::new(16))),
         grants: Arc::new(RwLock::new(Grants::default())),
-        quotas: Arc::new(Quotas::new(Limits::default(), [])),
+        quotas: Arc::new(Quotas::new(QuotaLimits::default(), [])),
         sessions: Arc::new(Mutex::new(SessionKeys::default())),
     };
     let (cache, grants, quotas) = (on.cache.clone(), on.grants.clone(), on.quotas.clone());
@@ -491,7 +491,7 @@ fn a_follower_drops_what_another_node_changed_and_fails_closed_without_the_datab
     // It starts from the database: the grant and the counts.
     until("the follower confirms", within, || f.fresh());
     assert!(grants.read().get("bob", "alice", k).is_some());
-    assert_eq!(quotas.used("alice", Kind::Key), 1);
+    assert_eq!(quotas.used("alice", Resource::Key), 1);
     let e = cache.lock().epoch();
     cache.lock().insert(Arc::new(h), e);
     assert!(cache.lock().get("alice", &KeyRef::Id(k)).is_some());
@@ -511,11 +511,11 @@ fn a_follower_drops_what_another_node_changed_and_fails_closed_without_the_datab
         cache.lock().get("alice", &KeyRef::Id(k)).is_none()
     });
     assert!(grants.read().get("bob", "alice", k).is_none());
-    assert_eq!(quotas.used("alice", Kind::Key), 0);
+    assert_eq!(quotas.used("alice", Resource::Key), 0);
     a.commit(&master, vec![create("alice", "k2")], vec![])
         .unwrap();
     until("the follower counts a new key", within, || {
-        quotas.used("alice", Kind::Key) == 1
+        quotas.used("alice", Resource::Key) == 1
     });
 
     // Without the database nothing is confirmed after revalidate_ms; back, it is again.
