@@ -2,6 +2,9 @@
 //!
 //! - `floor-tcp`: a 32-byte echo round trip on loopback TCP with no protocol, against a
 //!   blocking echo server thread and a tokio echo server; the faster counts.
+//! - `floor-tcp-spin`: the same echo with both sides polling non-blocking sockets (yielding the
+//!   core every few looks) instead of sleeping in the kernel: what a round trip costs when no
+//!   side pays a wake-up, the floor a spinning transport is judged against.
 //! - `floor-shm`: a 32-byte round trip between this process and a child process (this binary
 //!   again, `hsm-stress floor-shm-echo`) over a shared-memory ring pair, both sides spinning,
 //!   no protocol, no doorbells.
@@ -107,6 +110,95 @@ pub(crate) fn floor_tcp(secs: f64) -> Result<BenchResult, String> {
     } else {
         blocking
     })
+}
+
+/// How many empty looks at a socket between two yields of the core.
+const LOOKS_PER_YIELD: u32 = 64;
+
+/// One look found nothing: spin, and every [`LOOKS_PER_YIELD`] looks give the core away.
+fn idle_look(looks: &mut u32) {
+    *looks += 1;
+    if (*looks).is_multiple_of(LOOKS_PER_YIELD) {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// Reads all of `buf` from a non-blocking socket by polling it.
+fn spin_read_exact(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    let (mut got, mut looks) = (0, 0u32);
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => idle_look(&mut looks),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` to a non-blocking socket by polling it.
+fn spin_write_all(s: &mut std::net::TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    let (mut put, mut looks) = (0, 0u32);
+    while put < buf.len() {
+        match s.write(&buf[put..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => put += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => idle_look(&mut looks),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Raw TCP echo on loopback with both sides polling non-blocking sockets.
+pub(crate) fn floor_tcp_spin(secs: f64) -> Result<BenchResult, String> {
+    let e = |e: std::io::Error| format!("floor-tcp-spin: {e}");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(e)?;
+    let addr = l.local_addr().map_err(e)?;
+    // The echo side ends when the measuring side closes (end of stream) or fails.
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept()
+            && s.set_nodelay(true).is_ok()
+            && s.set_nonblocking(true).is_ok()
+        {
+            let mut b = [0u8; MSG];
+            while spin_read_exact(&mut s, &mut b).is_ok() && spin_write_all(&mut s, &b).is_ok() {}
+        }
+    });
+    let measured = (|| {
+        let mut s = std::net::TcpStream::connect(addr).map_err(e)?;
+        s.set_nodelay(true).map_err(e)?;
+        s.set_nonblocking(true).map_err(e)?;
+        let mut h = ns_histogram()?;
+        let (out, mut back) = ([0x5au8; MSG], [0u8; MSG]);
+        for _ in 0..100 {
+            spin_write_all(&mut s, &out).map_err(e)?;
+            spin_read_exact(&mut s, &mut back).map_err(e)?;
+        }
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            let t0 = Instant::now();
+            spin_write_all(&mut s, &out).map_err(e)?;
+            spin_read_exact(&mut s, &mut back).map_err(e)?;
+            let _ = h.record(t0.elapsed().as_nanos().max(1) as u64);
+        }
+        if back != out {
+            return Err("floor-tcp-spin: the echo changed the bytes".to_string());
+        }
+        Ok(row("floor-tcp-spin", &h, start.elapsed()))
+    })();
+    // The measuring socket is closed by now (dropped in the closure): the echo side ends. If
+    // it never connected, a connection of our own ends the echo side's wait to accept.
+    if measured.is_err() {
+        let _ = std::net::TcpStream::connect(addr);
+    }
+    let _ = server.join();
+    measured
 }
 
 /// Spins until `n` bytes can be read from this side's ring into `out` (or `deadline`).
@@ -215,6 +307,17 @@ pub(crate) fn floor_shm(exe: &Path, secs: f64) -> Result<BenchResult, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tcp_spin_floor_measures_round_trips() {
+        let r = super::floor_tcp_spin(0.05).unwrap();
+        assert_eq!(r.op, "floor-tcp-spin");
+        assert_eq!(r.transport, "floor");
+        assert!(
+            r.ops_per_sec > 0.0 && r.p50_us > 0.0 && r.p99_us >= r.p50_us,
+            "{r:?}"
+        );
+    }
+
     #[test]
     fn tcp_floor_measures_round_trips() {
         let r = super::floor_tcp(0.05).unwrap();

@@ -113,7 +113,7 @@ impl Samples {
                 }
             }
         }
-        let mut floors = vec![floors::floor_tcp(secs)?];
+        let mut floors = vec![floors::floor_tcp(secs)?, floors::floor_tcp_spin(secs)?];
         if let Some(exe) = &opts.floor_exe {
             floors.push(floors::floor_shm(exe, secs)?);
         }

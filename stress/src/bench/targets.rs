@@ -57,7 +57,14 @@ pub(super) fn every_core(results: &[BenchResult], baseline: &[Baseline]) -> Vec<
             at_most,
         })
     };
-    for (t, floor, goal) in [("shm", "floor-shm", 4.0), ("tcp", "floor-tcp", 1.3)] {
+    // One request at a time, as fast as the wire allows: against a floor that sleeps in the
+    // kernel between requests, and against one whose two sides poll (no wake-up paid).
+    for (t, floor, goal) in [
+        ("shm", "floor-shm", 4.0),
+        ("tcp", "floor-tcp", 1.3),
+        ("tcp", "floor-tcp-spin", 1.5),
+        ("tls", "floor-tcp-spin", 2.0),
+    ] {
         if let (Some(p), Some(f)) = (row(t, "ping", 1, 1), row("floor", floor, 1, 1)) {
             push(
                 format!("ping p50 / {floor} p50"),

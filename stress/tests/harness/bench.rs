@@ -25,7 +25,11 @@ fn a_quick_bench_reports_every_field_and_plots_every_row() {
     let (floors, results): (Vec<_>, Vec<_>) = all.iter().partition(|x| x["transport"] == "floor");
     let mut floor_ops: Vec<_> = floors.iter().map(|x| x["op"].as_str().unwrap()).collect();
     floor_ops.sort();
-    assert_eq!(floor_ops, ["floor-shm", "floor-tcp"], "{out}");
+    assert_eq!(
+        floor_ops,
+        ["floor-shm", "floor-tcp", "floor-tcp-spin"],
+        "{out}"
+    );
     for fl in &floors {
         let (p50, p99) = (f(&fl["p50_us"]), f(&fl["p99_us"]));
         assert!(p50 > 0.0 && p99 >= p50, "{fl}");
