@@ -9,6 +9,8 @@
 //! inline_max = 16384        # bytes up to which cheap ops (random, digest, AEAD, HMAC, and a
 //!                           # lone sign/verify) run on the session's own thread instead of a
 //!                           # crypto worker; 0 = never
+//! spin_us = 50              # once all its answers are written, a TCP or TLS session looks for
+//!                           # its next request this long before its thread may sleep; 0 = never
 //! pool_queue = 1024         # crypto jobs queued or running per client, at most
 //! window = 32               # requests in flight per session
 //! max_body = 1048576        # largest frame body, bytes
@@ -156,6 +158,8 @@ pub struct Config {
     pub session_threads: usize,
     /// Largest input a cheap operation runs inline on the session's thread (0: never).
     pub inline_max: usize,
+    /// How long a socket session looks for its next request before its thread may sleep.
+    pub spin: std::time::Duration,
     /// How much nicer (Linux nice increment) crypto workers run than session arbiters.
     pub worker_nice: i32,
     /// Crypto jobs queued or running, at most.
@@ -197,6 +201,7 @@ impl Config {
             workers: default_workers(),
             session_threads: default_workers(),
             inline_max: DEFAULT_INLINE_MAX,
+            spin: DEFAULT_SPIN,
             worker_nice: DEFAULT_WORKER_NICE,
             pool_queue: 1024,
             window: 32,
@@ -242,6 +247,14 @@ impl Config {
         }
         if let Some(n) = s.inline_max {
             c.inline_max = n;
+        }
+        if let Some(us) = s.spin_us {
+            if us > 10_000 {
+                return Err(err(format!(
+                    "server.spin_us: {us} is more than 10000 (10 ms of a core per request)"
+                )));
+            }
+            c.spin = std::time::Duration::from_micros(us);
         }
         if let Some(n) = s.worker_nice {
             if !(0..=19).contains(&n) {
@@ -494,6 +507,10 @@ pub fn encode_hex(b: &[u8]) -> String {
 /// ChaCha20-Poly1305 takes for 19 KiB; at 16 KiB inline is as fast or faster at 1 and 16 in
 /// flight, and HMAC (1.4 GB/s) costs at most about one and a half hops.
 pub const DEFAULT_INLINE_MAX: usize = 16384;
+
+/// How long a TCP or TLS session looks for its next request before its thread may sleep
+/// (`[server] spin_us`; chosen by measurement, BENCHMARKS.md "Sessions that do not fall asleep").
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Crypto workers' nice increment. 0: measured on this project's 2-core machine (BENCHMARKS.md),
 /// nicer workers removed 4 ms scheduling stalls in some runs but cost throughput in others, so

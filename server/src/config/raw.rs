@@ -11,6 +11,7 @@ pub(super) struct RawServer {
     pub(super) workers: Option<usize>,
     pub(super) session_threads: Option<usize>,
     pub(super) inline_max: Option<usize>,
+    pub(super) spin_us: Option<u64>,
     pub(super) worker_nice: Option<i32>,
     pub(super) pool_queue: Option<usize>,
     pub(super) window: Option<u32>,

@@ -15,9 +15,21 @@ fn parses_and_reports_errors_by_key() {
     assert_eq!(c.window, 32);
     assert!(c.session_threads >= 1);
     assert_eq!(c.inline_max, DEFAULT_INLINE_MAX);
+    assert_eq!(c.spin, DEFAULT_SPIN);
     let tuned = format!("[server]\nsession_threads = 3\ninline_max = 0\nworker_nice = 4\n{ok}");
     let c = Config::parse(&tuned, p).unwrap();
     assert_eq!((c.session_threads, c.inline_max, c.worker_nice), (3, 0, 4));
+    let c = Config::parse(&format!("[server]\nspin_us = 0\n{ok}"), p).unwrap();
+    assert_eq!(c.spin, std::time::Duration::ZERO);
+    let c = Config::parse(&format!("[server]\nspin_us = 250\n{ok}"), p).unwrap();
+    assert_eq!(c.spin, std::time::Duration::from_micros(250));
+    let e = Config::parse(&format!("[server]\nspin_us = 10001\n{ok}"), p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server.spin_us: 10001 is more than 10000"),
+        "{e}"
+    );
     let e = Config::parse(&format!("[server]\nworker_nice = 20\n{ok}"), p)
         .unwrap_err()
         .to_string();

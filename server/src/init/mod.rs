@@ -97,6 +97,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          workers = 0              # crypto threads; 0 = one per CPU\n\
          session_threads = 0      # session arbiters (sockets, framing, cheap ops); 0 = one per CPU\n\
          inline_max = 16384       # bytes up to which cheap ops run on the session's thread\n\
+         spin_us = 50             # a TCP/TLS session looks for its next request this long before\n\
+                                  # its thread may sleep (0: never)\n\
          window = 32              # requests in flight per session\n\
          max_body = 1048576       # largest frame body in bytes\n\
          max_connections = 1024\n\

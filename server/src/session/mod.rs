@@ -370,6 +370,7 @@ where
         session_id,
         slot: conn_slot,
     } = conn;
+    let credential_spins = !matches!(credential, crate::auth::Credential::ShmSession { .. });
     // A credential that names no configured client (a certificate or PSK identity nobody
     // has) is refused before any hello.
     if let Err(why) = shared.auth.identify(&credential) {
@@ -400,7 +401,14 @@ where
     }
     .start();
     actix::spawn(io::write_loop(wr, out_rx, conn_slot));
+    // Shared memory has its own spinning (its rings are polled); sockets look here.
+    let spin = if credential_spins {
+        shared.spin
+    } else {
+        std::time::Duration::ZERO
+    };
     let reader = io::Reader {
+        spin,
         shared,
         inbound: session.clone().recipient(),
         close: session.recipient(),

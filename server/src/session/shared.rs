@@ -62,6 +62,8 @@ pub struct Sessions {
     pub preauth_max_body: u32,
     /// Bytes of requests and responses buffered, server-wide.
     pub budget: Arc<super::budget::Budget>,
+    /// How long a socket session looks for its next request before its thread may sleep.
+    pub spin: std::time::Duration,
     /// Handshake deadline.
     pub handshake_timeout: std::time::Duration,
     /// Sessions per client, at most.
@@ -101,6 +103,7 @@ impl Sessions {
                 config.clients.len(),
                 config.max_body,
             )),
+            spin: config.spin,
             handshake_timeout: config.handshake_timeout,
             max_per_client: config.max_connections_per_client,
             inflight: Arc::new(InFlight::default()),
