@@ -4,6 +4,8 @@
 //!   (a test never runs a stale binary left in `target/` by an earlier build).
 //! - [`daemon`]: a real `hsmd` process on a data directory made by the real `hsmd init`, started
 //!   one way, with a deadline, and retried only when a port turned out to be taken.
+//! - [`data`]: a data directory made by `hsmd init` on free ports, and hsmd started on it
+//!   (under a wrapper such as `prlimit` too), hsmctl and admin commands run against it.
 //! - [`server`]: the server library in this process, for tests that tweak its `Config`.
 //! - [`postgres`]: a real, private PostgreSQL cluster (real `initdb`, `postgres` on a free
 //!   loopback port, a password-only superuser), for the PostgreSQL key store's tests.
@@ -36,6 +38,7 @@ pub mod certs;
 pub mod ci;
 pub mod connect;
 pub mod daemon;
+pub mod data;
 pub mod files;
 pub mod keys;
 pub mod memory;
@@ -46,7 +49,8 @@ pub mod server;
 pub mod status;
 pub mod wait;
 
-pub use daemon::{Daemon, Data, Ports};
+pub use daemon::{Daemon, Ports};
+pub use data::Data;
 pub use keys::{label, spec};
 pub use server::TestServer;
 pub use status::{failed, ok, status};

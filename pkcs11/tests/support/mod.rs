@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ferrohsm_test_support::daemon::{self, Daemon, Data, output_within};
+use ferrohsm_test_support::daemon::{self, Daemon, output_within};
+use ferrohsm_test_support::data::Data;
 use ferrohsm_test_support::{bins, status};
 
 /// alice's PIN.

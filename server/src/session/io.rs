@@ -111,10 +111,11 @@ impl Reader {
                 }
             }
             frames.shrink();
-            // Look for the next request without sleeping only once every answer of this
-            // session is written (a client waiting for nothing is about to send); with
-            // requests in flight their answers come anyway, and the core is the workers'.
-            let spin = if window.available_permits() == shared.window as usize {
+            // Look for the next request without sleeping only for an authenticated session
+            // (an unauthenticated peer gets no core) once every answer of it is written (a
+            // client waiting for nothing is about to send); with requests in flight their
+            // answers come anyway, and the core is the workers'.
+            let spin = if client.is_some() && window.available_permits() == shared.window as usize {
                 self.spin
             } else {
                 std::time::Duration::ZERO
