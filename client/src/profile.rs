@@ -6,6 +6,8 @@
 //! auth_key = "alice.key"          # Ed25519 PKCS#8 PEM (TCP)
 //! default_transport = "tcp"       # tcp | tls | tls-psk | shm
 //! connect_timeout_ms = 1000      # per address before the next is tried (the last: 5 s or more)
+//! spin_us = 50                    # with one request out over TCP or TLS, look for its answer this
+//!                                 # long before the thread may sleep (0: never; at most 10000)
 //! [tcp]
 //! addr = "127.0.0.1:7301"         # or a list, tried in turn: ["10.0.0.1:7301", "10.0.0.2:7301"]
 //! [tls]
@@ -58,6 +60,14 @@ impl RawAddrs {
 /// Default `connect_timeout_ms`.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
+/// Default `spin_us`: how long a caller with one request out over TCP or TLS looks for its
+/// answer before its thread may sleep (chosen by measurement: BENCHMARKS.md, "One request at a
+/// time: the client spins too").
+pub const DEFAULT_SPIN_US: u64 = 50;
+
+/// The most `spin_us` may be: 10 ms of a core per request.
+pub const MAX_SPIN_US: u64 = 10_000;
+
 #[derive(Debug, Deserialize)]
 struct RawTcp {
     addr: RawAddrs,
@@ -97,6 +107,7 @@ struct RawProfile {
     tls_psk: Option<RawPsk>,
     shm: Option<RawShm>,
     connect_timeout_ms: Option<u64>,
+    spin_us: Option<u64>,
 }
 
 /// Certificate TLS settings of a profile (paths resolved).
@@ -210,6 +221,9 @@ pub struct Profile {
     pub shm_socket: Option<PathBuf>,
     /// How long one address may take to accept a connection before the next is tried.
     pub connect_timeout: std::time::Duration,
+    /// How long a caller with one request out over TCP or TLS looks for its answer before its
+    /// thread may sleep (zero: never).
+    pub spin: std::time::Duration,
 }
 
 impl Profile {
@@ -265,6 +279,15 @@ impl Profile {
                 }
                 Some(ms) => std::time::Duration::from_millis(ms),
                 None => std::time::Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+            },
+            spin: match raw.spin_us {
+                Some(us) if us > MAX_SPIN_US => {
+                    return Err(err(format!(
+                        "spin_us: {us} is more than {MAX_SPIN_US} (10 ms of a core per request)"
+                    )));
+                }
+                Some(us) => std::time::Duration::from_micros(us),
+                None => std::time::Duration::from_micros(DEFAULT_SPIN_US),
             },
         })
     }

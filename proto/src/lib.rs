@@ -20,6 +20,7 @@
 //! - [`status`]: the stable numeric [`status::Status`] codes carried by error frames.
 //! - [`handshake`]: hello / challenge / proof / welcome and the signed transcript.
 //! - [`pem`]: SubjectPublicKeyInfo and PKCS#8 encodings of the key types, as OpenSSL reads them.
+//! - [`spin`]: the budget of a side that looks for its peer's next frame before it sleeps.
 #![forbid(unsafe_code)]
 
 pub mod frame;
@@ -28,6 +29,7 @@ mod limits;
 pub mod message;
 mod opcode;
 pub mod pem;
+pub mod spin;
 pub mod status;
 mod wire;
 

@@ -230,7 +230,7 @@ pub fn run_svg(o: &Outcome) -> String {
 /// The bench results as a table.
 pub fn bench_table(r: &BenchReport) -> String {
     let mut s = format!(
-        "cpus {}, profile {}\n{:<12} {:<28} {:>8} {:>7} {:>11} {:>9} {:>9} {:>7}\n",
+        "cpus {}, profile {}\n{:<12} {:<28} {:>8} {:>7} {:>11} {:>9} {:>9} {:>7} {:>8} {:>8}\n",
         r.cpus,
         r.profile,
         "transport",
@@ -240,17 +240,28 @@ pub fn bench_table(r: &BenchReport) -> String {
         "ops/s",
         "p50 us",
         "p99 us",
-        "ratio"
+        "ratio",
+        "cpu cli",
+        "cpu srv"
     );
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
     for x in &r.results {
-        let ratio = x
-            .ratio
-            .map(|v| format!("{v:.2}"))
-            .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
-            "{:<12} {:<28} {:>8} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>7}",
-            x.transport, x.op, x.inflight, x.clients, x.ops_per_sec, x.p50_us, x.p99_us, ratio
+            "{:<12} {:<28} {:>8} {:>7} {:>11.0} {:>9.1} {:>9.1} {:>7} {:>8} {:>8}",
+            x.transport,
+            x.op,
+            x.inflight,
+            x.clients,
+            x.ops_per_sec,
+            x.p50_us,
+            x.p99_us,
+            opt(x.ratio, 2),
+            opt(x.cpu_us_client, 1),
+            opt(x.cpu_us_server, 1)
         );
     }
     for b in &r.baseline {
@@ -273,11 +284,11 @@ pub fn bench_table(r: &BenchReport) -> String {
             if t.met() { "met" } else { "MISSED" }
         );
     }
-    if let Some(i) = &r.idle {
+    for i in &r.idle {
         let _ = writeln!(
             s,
-            "idle hsmd with {} idle shm sessions: {:.1}% of one core over {:.1} s",
-            i.sessions, i.cpu_percent, i.seconds
+            "idle hsmd with {} idle {} sessions: {:.2}% of one core over {:.1} s",
+            i.sessions, i.transport, i.cpu_percent, i.seconds
         );
     }
     for a in &r.audit {
@@ -303,15 +314,17 @@ pub fn bench_json(r: &BenchReport) -> Value {
         "results": r.results.iter().map(|x| json!({
             "transport": x.transport, "op": x.op, "inflight": x.inflight, "clients": x.clients,
             "ops_per_sec": x.ops_per_sec, "p50_us": x.p50_us, "p99_us": x.p99_us, "ratio": x.ratio,
+            "cpu_us_client": x.cpu_us_client, "cpu_us_server": x.cpu_us_server,
         })).collect::<Vec<_>>(),
         "baseline": r.baseline.iter().map(|b| json!({"op": b.op, "ops_per_sec": b.ops_per_sec})).collect::<Vec<_>>(),
         "targets": r.targets.iter().map(|t| json!({
             "name": t.name, "transport": t.transport, "inflight": t.inflight, "ratio": t.ratio,
             "goal": t.goal, "at_most": t.at_most, "met": t.met(),
         })).collect::<Vec<_>>(),
-        "idle": r.idle.as_ref().map(|i| json!({
-            "sessions": i.sessions, "seconds": i.seconds, "cpu_percent": i.cpu_percent,
-        })),
+        "idle": r.idle.iter().map(|i| json!({
+            "transport": i.transport, "sessions": i.sessions, "seconds": i.seconds,
+            "cpu_percent": i.cpu_percent,
+        })).collect::<Vec<_>>(),
         "audit": r.audit.iter().map(|a| json!({
             "op": a.op, "transport": a.transport, "inflight": a.inflight,
             "changes_ops_per_sec": a.changes, "all_ops_per_sec": a.all, "ratio": a.ratio(),

@@ -140,7 +140,7 @@ pub async fn connect(
     transport: Option<Transport>,
 ) -> Result<Client, ClientError> {
     let within = profile.connect_timeout;
-    match transport.unwrap_or(profile.default_transport) {
+    let client = match transport.unwrap_or(profile.default_transport) {
         Transport::Tcp => {
             let addrs = profile
                 .tcp_addrs
@@ -182,7 +182,10 @@ pub async fn connect(
                 .shm_socket
                 .as_ref()
                 .ok_or_else(|| missing(profile, "shm"))?;
-            shm::connect(socket, &profile.identity()?).await
+            // The rings spin on their own: `spin_us` is for the socket transports.
+            return shm::connect(socket, &profile.identity()?).await;
         }
-    }
+    }?;
+    client.set_spin(profile.spin);
+    Ok(client)
 }

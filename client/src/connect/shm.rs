@@ -33,7 +33,7 @@ pub async fn connect(socket: &Path, id: &Identity) -> Result<Client, ClientError
             _ = closer.closed() => {}
         }
     });
-    Client::handshake(
+    let client = Client::handshake(
         rd,
         wr,
         &Identity {
@@ -41,7 +41,10 @@ pub async fn connect(socket: &Path, id: &Identity) -> Result<Client, ClientError
             auth_key: None,
         },
     )
-    .await
+    .await?;
+    // The rings spin on their own (`Waiting::InTask`).
+    client.set_spin(std::time::Duration::ZERO);
+    Ok(client)
 }
 
 /// The set-up half of [`connect`]: authenticates on the socket and maps the segment the server

@@ -41,6 +41,11 @@ mod shared;
 mod store;
 pub use shared::{DEFAULT_TCP, DEFAULT_TLS, DEFAULT_TLS_PSK, InitOptions, InitReport};
 use shared::{LEAF_DAYS, io_err, node_name, write_file, write_new};
+
+/// The `spin_us` written into client profiles: the client library's default
+/// (`ferrohsm_client::profile::DEFAULT_SPIN_US`, which a client test holds it to), written out so
+/// that users find the setting.
+const PROFILE_SPIN_US: u64 = 50;
 use store::{postgres_store, store};
 
 /// Runs `hsmd init`.
@@ -174,13 +179,16 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
         let profile_path = clients_dir.join(format!("{name}.toml"));
         let profile = format!(
             "# FerroHSM client profile for {name} (paths are relative to this file)\n\
-             name = \"{name}\"\nauth_key = \"{name}.key\"\ndefault_transport = \"tcp\"\n\n\
+             name = \"{name}\"\nauth_key = \"{name}.key\"\ndefault_transport = \"tcp\"\n\
+             # with one request out over TCP or TLS, look for its answer this long before the\n\
+             # thread may sleep (0: never)\n\
+             spin_us = {}\n\n\
              [tcp]\naddr = \"{}\"\n\n\
              [tls]\naddr = \"{}\"\nserver_name = \"localhost\"\nca = \"../pki/ca.pem\"\n\
              cert = \"{name}.pem\"\nkey = \"{name}.tls.key\"\n\n\
              [tls_psk]\naddr = \"{}\"\nidentity = \"{name}\"\nkey_file = \"{name}.psk\"\n\n\
              [shm]\nsocket = {:?}\n",
-            opts.tcp, opts.tls, opts.tls_psk, shm_in_profile
+            PROFILE_SPIN_US, opts.tcp, opts.tls, opts.tls_psk, shm_in_profile
         );
         write_file(&profile_path, profile.as_bytes(), 0o644)?;
         profiles.push((name.clone(), profile_path));

@@ -250,8 +250,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 /// is polled, and each look that finds nothing yields to the arbiter's other tasks. A yielded
 /// turn makes the runtime poll its sockets without waiting, so a request that arrives within
 /// the window is read at once instead of after a wake-up (tens of microseconds on a virtual
-/// machine). After the window, or with `spin` zero, it waits for readiness as usual, so an
-/// idle session costs nothing.
+/// machine). Every few looks the thread also gives its core away ([`ferrohsm_proto::spin`]), so
+/// on a busy machine the peer or a crypto worker runs instead. After the window, or with
+/// `spin` zero, it waits for readiness as usual, so an idle session costs nothing.
 async fn read_spinning<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut Vec<u8>,
@@ -259,19 +260,14 @@ async fn read_spinning<R: AsyncRead + Unpin>(
 ) -> std::io::Result<usize> {
     let read = rd.read_buf(buf);
     tokio::pin!(read);
-    if !spin.is_zero() {
-        let until = std::time::Instant::now() + spin;
-        loop {
-            let polled =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
-            if let std::task::Poll::Ready(r) = polled {
-                return r;
-            }
-            if std::time::Instant::now() >= until {
-                break;
-            }
-            tokio::task::yield_now().await;
+    let mut looks = ferrohsm_proto::spin::Looks::new(spin);
+    while looks.again() {
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(r) = polled {
+            return r;
         }
+        tokio::task::yield_now().await;
     }
     read.await
 }

@@ -54,9 +54,9 @@ pub fn audit_cost(
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for round in 0..3 {
             let tag = format!("audit-{n}-{round}");
-            let (done, _) = client_loop(changes, t, op, &k_changes, n.max(1), secs, &tag)?;
+            let done = client_loop(changes, t, op, &k_changes, n.max(1), secs, &tag, None)?.done;
             a.push(done as f64 / secs);
-            let (done, _) = client_loop(all, t, op, &k_all, n.max(1), secs, &tag)?;
+            let done = client_loop(all, t, op, &k_all, n.max(1), secs, &tag, None)?.done;
             b.push(done as f64 / secs);
         }
         a.sort_by(f64::total_cmp);

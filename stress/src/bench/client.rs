@@ -10,9 +10,9 @@ use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{KeyRef, KeyType, Request, Response};
 use hdrhistogram::Histogram;
 
-use super::floors;
 use super::rows::BenchOp;
 pub(crate) use super::rows::Keys;
+use super::{cpu, floors};
 
 pub(crate) fn rt() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
@@ -57,9 +57,26 @@ pub(crate) async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
     })
 }
 
+/// What one client measured over the timed part.
+pub(crate) struct Measured {
+    /// Requests completed.
+    pub(crate) done: u64,
+    pub(crate) latencies: Histogram<u64>,
+    /// The client thread's CPU time.
+    pub(crate) cpu_client: Option<Duration>,
+    /// The server's, when its process id is known.
+    pub(crate) cpu_server: Option<Duration>,
+}
+
+/// CPU times at one moment: this thread's, and the server's when `server` is known.
+fn cpu_now(server: Option<u32>) -> Result<(Duration, Option<Duration>), String> {
+    Ok((cpu::thread()?, server.map(cpu::process).transpose()?))
+}
+
 /// One client: keeps `inflight` requests outstanding for `warm + secs`, recording the timed
-/// part; deletes the persistent keys it made. Returns (completed in the timed part,
-/// latencies).
+/// part; deletes the persistent keys it made. Reads this thread's CPU time, and that of the
+/// server process `server` when given, at the start and the end of the timed part.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn client_loop(
     profile: &Profile,
     t: Transport,
@@ -68,7 +85,8 @@ pub(crate) fn client_loop(
     inflight: usize,
     secs: f64,
     tag: &str,
-) -> Result<(u64, Histogram<u64>), String> {
+    server: Option<u32>,
+) -> Result<Measured, String> {
     let rt = rt()?;
     rt.block_on(async {
         let c = ferrohsm_client::connect::connect(profile, Some(t))
@@ -96,6 +114,7 @@ pub(crate) fn client_loop(
         let mut done = 0u64;
         let mut n = 0u64;
         let mut made = Vec::new();
+        let (mut cpu_start, mut cpu_end) = (None, None);
         let pid = std::process::id();
         let submit = async |n: &mut u64| {
             *n += 1;
@@ -112,8 +131,14 @@ pub(crate) fn client_loop(
             }
             let now = Instant::now();
             if now > warm_until && now <= end {
+                if cpu_start.is_none() {
+                    cpu_start = Some(cpu_now(server)?);
+                }
                 done += 1;
                 let _ = h.record((now - t0).as_nanos().max(1) as u64);
+            }
+            if now > end && cpu_end.is_none() {
+                cpu_end = Some(cpu_now(server)?);
             }
             if now < end {
                 q.push_back((Instant::now(), submit(&mut n).await?));
@@ -135,6 +160,19 @@ pub(crate) fn client_loop(
                 p.wait().await.map_err(|e| format!("cleanup: {e}"))?;
             }
         }
-        Ok((done, h))
+        // Unknown when no request completed within the timed part.
+        let (cpu_client, cpu_server) = match (cpu_start, cpu_end) {
+            (Some((c0, s0)), Some((c1, s1))) => (
+                Some(c1.saturating_sub(c0)),
+                s0.zip(s1).map(|(a, b)| b.saturating_sub(a)),
+            ),
+            _ => (None, None),
+        };
+        Ok(Measured {
+            done,
+            latencies: h,
+            cpu_client,
+            cpu_server,
+        })
     })
 }

@@ -68,9 +68,9 @@ impl Tally {
         })
     }
 
-    fn add(&mut self, (n, h): (u64, hdrhistogram::Histogram<u64>)) {
-        self.n += n;
-        let _ = self.h.add(h);
+    fn add(&mut self, m: super::Measured) {
+        self.n += m.done;
+        let _ = self.h.add(m.latencies);
     }
 
     fn row(&self, op: String, inflight: usize, secs: f64, ratio: Option<f64>) -> BenchResult {
@@ -83,6 +83,8 @@ impl Tally {
             p50_us: self.h.value_at_quantile(0.5) as f64 / 1000.0,
             p99_us: self.h.value_at_quantile(0.99) as f64 / 1000.0,
             ratio,
+            cpu_us_client: None,
+            cpu_us_server: None,
         }
     }
 }
@@ -108,6 +110,7 @@ fn alternate(
             inflight,
             slice,
             &format!("{tag}a{r}"),
+            None,
         )?);
         tb.add(client_loop(
             b,
@@ -117,6 +120,7 @@ fn alternate(
             inflight,
             slice,
             &format!("{tag}b{r}"),
+            None,
         )?);
     }
     Ok((ta, tb))
@@ -142,10 +146,11 @@ fn two_vs_one(
             inflight,
             slice,
             &format!("one{r}"),
+            None,
         )?);
         let (p2, k2) = (n2.0.clone(), n2.1.clone());
         let other = std::thread::spawn(move || {
-            client_loop(&p2, t, op, &k2, inflight, slice, &format!("two{r}b"))
+            client_loop(&p2, t, op, &k2, inflight, slice, &format!("two{r}b"), None)
         });
         together.add(client_loop(
             n1.0,
@@ -155,6 +160,7 @@ fn two_vs_one(
             inflight,
             slice,
             &format!("two{r}a"),
+            None,
         )?);
         together.add(
             other

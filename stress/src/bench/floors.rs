@@ -39,6 +39,8 @@ fn row(op: &str, h: &Histogram<u64>, elapsed: Duration) -> BenchResult {
         p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
         ratio: None,
+        cpu_us_client: None,
+        cpu_us_server: None,
     }
 }
 

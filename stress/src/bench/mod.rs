@@ -19,6 +19,7 @@ mod audit;
 mod baseline;
 mod client;
 pub mod cluster;
+mod cpu;
 mod floors;
 mod rows;
 mod scale;
@@ -32,7 +33,7 @@ pub use scale::Idle;
 pub use baseline::in_process;
 pub use targets::Target;
 
-pub(crate) use client::{client_loop, keys, rt};
+pub(crate) use client::{Measured, client_loop, keys, rt};
 pub use rows::{Baseline, BenchOp, BenchResult};
 
 use std::path::PathBuf;
@@ -65,8 +66,8 @@ pub struct BenchOptions {
     pub floor_exe: Option<PathBuf>,
     /// Also measure ping with this many concurrent sessions spread over the transports.
     pub sessions: Option<usize>,
-    /// The server's process id and how many idle shm sessions to hold while measuring its
-    /// CPU use (a spawned server; `None` skips the measurement).
+    /// The server's process id and how many idle sessions to hold over each transport while
+    /// measuring its CPU use (a spawned server; `None` skips the measurement).
     pub idle: Option<(u32, usize)>,
     /// A profile of a second server running `[audit] level = "all"`: sign throughput is
     /// compared against the main one (`changes`); `None` skips it.
@@ -74,6 +75,11 @@ pub struct BenchOptions {
     /// Measure `find` by id and by label in a namespace of this many keys against one of 10
     /// (over the first transport); `None` skips it.
     pub find_keys: Option<usize>,
+    /// The clients' spin time, instead of the profile's `spin_us`.
+    pub client_spin: Option<std::time::Duration>,
+    /// The server's process id (a spawned server): each row then reports the server's CPU
+    /// time per request beside the clients'.
+    pub server: Option<u32>,
 }
 
 /// Everything measured in one run.
@@ -89,10 +95,47 @@ pub struct BenchReport {
     pub baseline: Vec<Baseline>,
     /// The durable-key targets, each measured as a paired ratio.
     pub targets: Vec<Target>,
-    /// CPU use of the idle server holding idle shm sessions, when measured.
-    pub idle: Option<Idle>,
+    /// CPU use of the idle server holding idle sessions, per transport, when measured.
+    pub idle: Vec<Idle>,
     /// Sign throughput at audit level "all" against "changes", when measured.
     pub audit: Vec<AuditCost>,
+}
+
+/// The CPU time the clients of one row measured over their timed parts.
+#[derive(Default)]
+struct Cpu {
+    clients: Option<std::time::Duration>,
+    /// The server's, as each client saw it (over nearly the same span), and how many saw it.
+    server: Option<(std::time::Duration, u32)>,
+    /// A client that could not tell its own.
+    unknown: bool,
+}
+
+impl Cpu {
+    fn add(&mut self, m: &Measured) {
+        match m.cpu_client {
+            Some(c) => *self.clients.get_or_insert_default() += c,
+            None => self.unknown = true,
+        }
+        if let Some(s) = m.cpu_server {
+            let (sum, n) = self.server.get_or_insert_default();
+            *sum += s;
+            *n += 1;
+        }
+    }
+
+    /// Microseconds of CPU per request: the clients' together, and the server's (the mean of
+    /// what each client saw).
+    fn per_request(&self, requests: u64) -> (Option<f64>, Option<f64>) {
+        if requests == 0 || self.unknown {
+            return (None, None);
+        }
+        let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / requests as f64;
+        (
+            self.clients.map(us),
+            self.server.map(|(sum, n)| us(sum / n.max(1))),
+        )
+    }
 }
 
 /// Baseline and floor samples, taken between the transport rows.
@@ -154,7 +197,10 @@ impl Samples {
 /// Measures every combination, with the in-process baselines and raw floors sampled before
 /// the first transport and after each one.
 pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
-    let profile = Profile::load(&opts.profile).map_err(|e| e.to_string())?;
+    let mut profile = Profile::load(&opts.profile).map_err(|e| e.to_string())?;
+    if let Some(spin) = opts.client_spin {
+        profile.spin = spin;
+    }
     let mut results = Vec::new();
     let mut targets = Vec::new();
     let mut samples = Samples::default();
@@ -176,20 +222,24 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
                             let (p, k) = (profile.clone(), keys.clone());
                             let secs = opts.secs;
                             let tag = format!("{}-{inflight}-{i}", transport_name(t));
+                            let server = opts.server;
                             std::thread::spawn(move || {
-                                client_loop(&p, t, op, &k, inflight.max(1), secs, &tag)
+                                client_loop(&p, t, op, &k, inflight.max(1), secs, &tag, server)
                             })
                         })
                         .collect();
                     let mut total = 0u64;
                     let mut h = floors::ns_histogram()?;
+                    let mut cpu = Cpu::default();
                     for j in handles {
-                        let (n, hh) = j
+                        let m = j
                             .join()
                             .map_err(|_| "bench client panicked".to_string())??;
-                        total += n;
-                        let _ = h.add(hh);
+                        total += m.done;
+                        let _ = h.add(&m.latencies);
+                        cpu.add(&m);
                     }
+                    let (cpu_us_client, cpu_us_server) = cpu.per_request(total);
                     results.push(BenchResult {
                         transport: transport_name(t).into(),
                         op: op.name().into(),
@@ -199,6 +249,8 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
                         p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
                         p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
                         ratio: None,
+                        cpu_us_client,
+                        cpu_us_server,
                     });
                 }
             }
@@ -234,13 +286,13 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
     if let Some(n) = opts.sessions {
         results.push(scale::sessions(&profile, &opts.transports, n, opts.secs)?);
     }
-    let idle = match opts.idle {
-        Some((pid, n)) if opts.transports.contains(&Transport::Shm) => {
-            let secs = if opts.secs < 1.0 { 1.0 } else { 3.0 };
-            Some(scale::idle_cpu(&profile, pid, n, secs)?)
+    let mut idle = Vec::new();
+    if let Some((pid, n)) = opts.idle {
+        let secs = if opts.secs < 1.0 { 1.0 } else { 3.0 };
+        for &t in &opts.transports {
+            idle.push(scale::idle_cpu(&profile, t, pid, n, secs)?);
         }
-        _ => None,
-    };
+    }
     let (baseline, floor_rows) = samples.medians();
     for r in &mut results {
         r.ratio = baseline

@@ -156,6 +156,10 @@ pub struct BenchResult {
     pub p99_us: f64,
     /// `ops_per_sec` / the in-process baseline, where there is one.
     pub ratio: Option<f64>,
+    /// The clients' CPU time per request, in microseconds, where measured.
+    pub cpu_us_client: Option<f64>,
+    /// The server's CPU time per request, in microseconds, where measured (a spawned server).
+    pub cpu_us_server: Option<f64>,
 }
 
 /// In-process, one thread.

@@ -1,6 +1,7 @@
 //! Many sessions at once: ping latency with N concurrent sessions spread over several
-//! transports, and the CPU an idle `hsmd` uses while holding idle shared-memory sessions (the
-//! rule that idle sessions must not spin a small machine to death).
+//! transports, and the CPU an idle `hsmd` uses while holding idle sessions over each transport
+//! (the rule that idle sessions must not spin a small machine to death, however long the shm
+//! rings and the socket sessions spin before they sleep).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use ferrohsm_client::profile::{Profile, Transport};
 
 use super::client::rt;
+use super::cpu;
 use super::floors::ns_histogram;
 use super::rows::BenchResult;
 use crate::transport_name;
@@ -15,7 +17,9 @@ use crate::transport_name;
 /// CPU use of a process while its clients sit idle.
 #[derive(Debug, Clone)]
 pub struct Idle {
-    /// Idle shared-memory sessions held open.
+    /// The transport of the sessions.
+    pub transport: String,
+    /// Idle sessions held open.
     pub sessions: usize,
     /// How long the server was watched.
     pub seconds: f64,
@@ -26,42 +30,33 @@ pub struct Idle {
 /// Client threads the sessions are spread over (each a current-thread runtime).
 const CLIENT_THREADS: usize = 2;
 
-/// User plus system CPU time of process `pid` so far, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Result<Duration, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("cannot read the server's CPU time: {e}"))?;
-    // The command name may contain spaces: fields are counted after its closing parenthesis.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or("unexpected /proc stat format")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    // The kernel reports them in USER_HZ ticks, 100 per second on Linux.
-    Ok(Duration::from_millis((ticks(11) + ticks(12)) * 10))
-}
-
-/// Opens `n` shared-memory sessions, lets them go idle, then measures the server's CPU use
-/// over `secs`.
-pub(crate) fn idle_cpu(profile: &Profile, pid: u32, n: usize, secs: f64) -> Result<Idle, String> {
+/// Opens `n` sessions over `t`, lets them go idle, then measures the server's CPU use over
+/// `secs`.
+pub(crate) fn idle_cpu(
+    profile: &Profile,
+    t: Transport,
+    pid: u32,
+    n: usize,
+    secs: f64,
+) -> Result<Idle, String> {
     let rt = rt()?;
     rt.block_on(async {
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
-            let c = ferrohsm_client::connect::connect(profile, Some(Transport::Shm))
+            let c = ferrohsm_client::connect::connect(profile, Some(t))
                 .await
-                .map_err(|e| format!("idle shm session: {e}"))?;
+                .map_err(|e| format!("idle {} session: {e}", transport_name(t)))?;
             c.ping().await.map_err(|e| e.to_string())?;
             clients.push(c);
         }
         // Past every spin window: from here on nothing should run.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (t0, c0) = (Instant::now(), cpu_time(pid)?);
+        let (t0, c0) = (Instant::now(), cpu::process(pid)?);
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let (elapsed, used) = (t0.elapsed(), cpu_time(pid)? - c0);
+        let (elapsed, used) = (t0.elapsed(), cpu::process(pid)?.saturating_sub(c0));
         drop(clients);
         Ok(Idle {
+            transport: transport_name(t).into(),
             sessions: n,
             seconds: elapsed.as_secs_f64(),
             cpu_percent: 100.0 * used.as_secs_f64() / elapsed.as_secs_f64(),
@@ -121,6 +116,8 @@ pub(crate) fn sessions(
         p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
         ratio: None,
+        cpu_us_client: None,
+        cpu_us_server: None,
     })
 }
 

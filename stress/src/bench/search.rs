@@ -187,6 +187,8 @@ pub(crate) fn find_scale(
                         p50_us: h.value_at_quantile(0.5) as f64 / 1000.0,
                         p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
                         ratio: None,
+                        cpu_us_client: None,
+                        cpu_us_server: None,
                     });
                 }
             }

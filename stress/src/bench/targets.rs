@@ -152,6 +152,8 @@ pub(super) fn fsync_floor(dir: &std::path::Path, n: usize) -> Result<BenchResult
         p50_us: h.value_at_quantile(0.5) as f64,
         p99_us: h.value_at_quantile(0.99) as f64,
         ratio: None,
+        cpu_us_client: None,
+        cpu_us_server: None,
     })
 }
 
@@ -189,8 +191,28 @@ fn paired(
 ) -> Result<f64, String> {
     let (mut na, mut nb) = (0u64, 0u64);
     for r in 0..rounds {
-        na += client_loop(profile, t, a, keys, inflight, slice, &format!("{tag}a{r}"))?.0;
-        nb += client_loop(profile, t, b, keys, inflight, slice, &format!("{tag}b{r}"))?.0;
+        na += client_loop(
+            profile,
+            t,
+            a,
+            keys,
+            inflight,
+            slice,
+            &format!("{tag}a{r}"),
+            None,
+        )?
+        .done;
+        nb += client_loop(
+            profile,
+            t,
+            b,
+            keys,
+            inflight,
+            slice,
+            &format!("{tag}b{r}"),
+            None,
+        )?
+        .done;
     }
     Ok(na as f64 / nb.max(1) as f64)
 }

@@ -111,13 +111,18 @@ enum Command {
         /// Also measure ping with N concurrent sessions spread over the transports.
         #[arg(long, value_name = "N")]
         sessions: Option<usize>,
-        /// Idle shm sessions held while measuring the spawned server's idle CPU use (0: skip).
+        /// Idle sessions held over each transport while measuring the spawned server's idle
+        /// CPU use (0: skip).
         #[arg(long, value_name = "N", default_value_t = 64)]
         idle_sessions: usize,
         /// Also measure find by id and by label among N keys against among 10 (the keys are
         /// made and deleted by the bench; the client's key quota must allow N + 10).
         #[arg(long, value_name = "N")]
         find_keys: Option<usize>,
+        /// The clients' spin time in microseconds, instead of the profile's `spin_us` (0: the
+        /// clients never spin).
+        #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+        client_spin_us: Option<u64>,
     },
     /// The echo child of bench's floor-shm row (started by bench itself).
     #[command(hide = true)]
@@ -368,6 +373,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             sessions,
             idle_sessions,
             find_keys,
+            client_spin_us,
         } => {
             let spawned = spawn(&server, 1)?;
             // A second spawned server at `[audit] level = "all"`, to measure what it costs.
@@ -404,6 +410,8 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                     .map(|s| (s.pid(), idle_sessions)),
                 audit_all: audit_all.as_ref().map(|s| s.profile(&s.clients[0])),
                 find_keys,
+                client_spin: client_spin_us.map(std::time::Duration::from_micros),
+                server: spawned.as_ref().map(|s| s.pid()),
             };
             let mut r = ferrohsm_stress::bench::bench(&opts)?;
             if let Some(url) = server.store_url.clone() {

@@ -57,15 +57,26 @@ fn a_quick_bench_reports_every_field_and_plots_every_row() {
         assert!(f(&x["ops_per_sec"]) > 0.0, "{x}");
         // Only ping has no in-process baseline.
         assert_eq!(x["ratio"].is_null(), x["op"] == "ping", "{x}");
+        // The price of a request in CPU, on each side (the server was spawned: its id is known).
+        assert!(f(&x["cpu_us_client"]) > 0.0, "{x}");
+        assert!(f(&x["cpu_us_server"]) > 0.0, "{x}");
     }
-    // The idle measurement ran over the default 64 idle shm sessions (how idle hsmd stays
-    // is a performance bound: `stress_idle_shm_sessions_leave_hsmd_idle`).
-    let idle = &r["idle"];
-    assert_eq!(idle["sessions"], 64, "{out}");
-    assert!(
-        f(&idle["seconds"]) > 0.0 && f(&idle["cpu_percent"]) >= 0.0,
-        "{out}"
-    );
+    // The idle measurement ran over the default 64 idle sessions of every transport (how idle
+    // hsmd stays is a performance bound: `stress_idle_sessions_leave_hsmd_idle`).
+    let idle = r["idle"].as_array().unwrap();
+    let mut idle_over: Vec<_> = idle
+        .iter()
+        .map(|i| i["transport"].as_str().unwrap())
+        .collect();
+    idle_over.sort();
+    assert_eq!(idle_over, ["shm", "tcp", "tls", "tls-psk"], "{out}");
+    for i in idle {
+        assert_eq!(i["sessions"], 64, "{out}");
+        assert!(
+            f(&i["seconds"]) > 0.0 && f(&i["cpu_percent"]) >= 0.0,
+            "{out}"
+        );
+    }
     let baseline = r["baseline"].as_array().unwrap();
     assert_eq!(baseline.len(), 1);
     assert_eq!(baseline[0]["op"], "chacha20poly1305-encrypt-64");
@@ -100,10 +111,13 @@ fn bench_measures_a_running_hsmd_given_by_a_profile() {
                 .find(|x| x["transport"] == t && x["op"] == op && x["inflight"] == 1)
                 .unwrap_or_else(|| panic!("no {op} over {t}: {out}"));
             assert!(f(&row["ops_per_sec"]) > 0.0, "{row}");
+            // Its own CPU the client knows; the server's, not started here, it does not.
+            assert!(f(&row["cpu_us_client"]) > 0.0, "{row}");
+            assert!(row["cpu_us_server"].is_null(), "{row}");
         }
     }
     // Nothing of its own was started: no idle measurement, no second hsmd for the audit cost.
-    assert!(r["idle"].is_null(), "{out}");
+    assert_eq!(r["idle"].as_array().unwrap().len(), 0, "{out}");
     assert_eq!(r["audit"].as_array().unwrap().len(), 0, "{out}");
     // It ran against this hsmd, as alice: her `bench-counter` went up, and the persistent
     // keys the bench made are gone again.
@@ -149,7 +163,7 @@ fn the_lifecycle_bench_reports_counter_increments_and_the_audit_cost() {
     }
     assert!(results.iter().any(|x| x["op"] == "fsync-4k"), "{out}");
     // --idle-sessions 0 skips the idle measurement.
-    assert!(r["idle"].is_null(), "{out}");
+    assert_eq!(r["idle"].as_array().unwrap().len(), 0, "{out}");
     let audit = r["audit"].as_array().unwrap();
     assert_eq!(audit.len(), 2, "{out}");
     let mut depths: Vec<u64> = audit.iter().map(|a| u(&a["inflight"])).collect();
@@ -292,15 +306,20 @@ fn spawned_bench(args: &[&str]) -> (Value, String) {
 
 // Performance bounds: measured, never asserted in a default run.
 
-/// 64 idle shm sessions leave the server idle (spinning is bounded to the spin window after
-/// each request, then every side sleeps on its futex): a spinning session would show as tens
-/// of percent of a core.
+/// 64 idle sessions over each transport leave the server idle (spinning is bounded to the spin
+/// window after each request, then every side sleeps on its futex or its socket): a spinning
+/// session would show as tens of percent of a core.
 #[test]
 #[ignore = "performance bound: run with --ignored on a quiet machine"]
-fn stress_idle_shm_sessions_leave_hsmd_idle() {
-    let (r, out) = spawned_bench(&["--transports", "shm", "--ops", "ping", "--inflight", "1"]);
-    assert_eq!(r["idle"]["sessions"], 64, "{out}");
-    assert!(f(&r["idle"]["cpu_percent"]) < 20.0, "{out}");
+fn stress_idle_sessions_leave_hsmd_idle() {
+    let (r, out) = spawned_bench(&["--ops", "ping", "--inflight", "1"]);
+    let idle = r["idle"].as_array().unwrap();
+    assert_eq!(idle.len(), 4, "{out}");
+    for i in idle {
+        assert_eq!(i["sessions"], 64, "{out}");
+        // Under 1% of a core per transport in the bench; a test on a shared machine allows more.
+        assert!(f(&i["cpu_percent"]) < 5.0, "{out}");
+    }
 }
 
 /// Durable increments share fsyncs: 16 in flight beat one at a time.
