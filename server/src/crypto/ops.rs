@@ -1,13 +1,11 @@
-//! One entry per algorithm. This module is the only place that knows which library does the
-//! work: ed25519-dalek / x25519-dalek for the 25519 curves, ring for P-256 and the AEADs (4.7x
-//! and 9x faster here than the pure-Rust crates), RustCrypto sha2/hmac/hkdf (SHA-NI accelerated).
-//! Everything here runs on a crypto worker thread, never on an actor's thread.
+//! One entry per algorithm but signing ([`super::sign`]). With it, the only place that knows
+//! which library does the work: x25519-dalek, ring for the AEADs (9x faster here than the
+//! pure-Rust crates), RustCrypto sha2/hmac/hkdf (SHA-NI accelerated). Everything here runs on a
+//! crypto worker thread, never on an actor's thread.
 
-use ed25519_dalek::{Signer as _, VerifyingKey};
 use ferrohsm_proto::{DigestAlg, KeyType, Status};
 use hmac::{Hmac, KeyInit, Mac};
 use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use sha2::{Digest as _, Sha256, Sha512};
 use zeroize::Zeroizing;
 
@@ -24,7 +22,7 @@ const HEADER_V2: usize = 6;
 /// Bytes a ciphertext adds to its plaintext: header, nonce, tag.
 pub const CIPHERTEXT_OVERHEAD: usize = HEADER_V2 + NONCE_LEN + TAG_LEN;
 
-fn wrong_type(op: &str, t: KeyType) -> OpError {
+pub(super) fn wrong_type(op: &str, t: KeyType) -> OpError {
     OpError::new(Status::WrongKeyType, format!("cannot {op} with a {t} key"))
 }
 
@@ -33,89 +31,6 @@ fn hmac_key(key: &KeyMaterial, op: &str) -> Result<Hmac<Sha256>, OpError> {
         KeyMaterial::HmacSha256(k) => <Hmac<Sha256> as KeyInit>::new_from_slice(k.as_ref())
             .map_err(|_| OpError::internal("bad HMAC key")),
         other => Err(wrong_type(op, other.key_type())),
-    }
-}
-
-/// Signs `data`: Ed25519 raw 64 bytes, ECDSA P-256/SHA-256 DER.
-pub fn sign(key: &KeyMaterial, data: &[u8]) -> Result<Vec<u8>, OpError> {
-    match key {
-        KeyMaterial::Ed25519(k) => Ok(k.sign(data).to_bytes().to_vec()),
-        KeyMaterial::P256 { pair, .. } => pair
-            .sign(&ring::rand::SystemRandom::new(), data)
-            .map(|s| s.as_ref().to_vec())
-            .map_err(|_| OpError::internal("P-256 signing failed")),
-        other => Err(wrong_type("sign", other.key_type())),
-    }
-}
-
-/// Verifies a signature made by [`sign`] (or by OpenSSL with the same key).
-pub fn verify(key: &KeyMaterial, data: &[u8], sig: &[u8]) -> Result<(), OpError> {
-    let bad = || OpError::new(Status::BadSignature, "signature does not verify");
-    match key {
-        KeyMaterial::Ed25519(k) => {
-            let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| bad())?;
-            let vk: VerifyingKey = k.verifying_key();
-            vk.verify_strict(data, &sig).map_err(|_| bad())
-        }
-        KeyMaterial::P256 { .. } => {
-            let public = key.public_key().unwrap_or_default();
-            UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public)
-                .verify(data, sig)
-                .map_err(|_| bad())
-        }
-        other => Err(wrong_type("verify", other.key_type())),
-    }
-}
-
-/// The digest lengths ECDSA P-256 signs: half the curve size up to SHA-512's (ECDSA uses the
-/// leftmost 256 bits of longer ones).
-const DIGEST_LENS: std::ops::RangeInclusive<usize> = 16..=64;
-
-fn check_digest(digest: &[u8]) -> Result<(), OpError> {
-    if DIGEST_LENS.contains(&digest.len()) {
-        Ok(())
-    } else {
-        Err(OpError::invalid(format!(
-            "a digest of {} bytes cannot be signed: expected 16 to 64 bytes",
-            digest.len()
-        )))
-    }
-}
-
-/// ECDSA P-256 over a digest the caller computed, DER like [`sign`]. OpenSSL signs (ring
-/// cannot sign a digest; OpenSSL is linked already, for TLS-PSK, and is 5-9x faster here than
-/// the pure-Rust p256 crate).
-pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError> {
-    let signer = match key {
-        KeyMaterial::P256 { .. } => key
-            .digest_key()
-            .ok_or_else(|| OpError::internal("P-256 scalar does not parse"))?,
-        other => return Err(wrong_type("sign a digest", other.key_type())),
-    };
-    check_digest(digest)?;
-    openssl::ecdsa::EcdsaSig::sign(digest, signer)
-        .and_then(|s| s.to_der())
-        .map_err(|_| OpError::internal("P-256 digest signing failed"))
-}
-
-/// Verifies a DER ECDSA P-256 signature over a digest.
-pub fn verify_digest(key: &KeyMaterial, digest: &[u8], sig: &[u8]) -> Result<(), OpError> {
-    let bad = || OpError::new(Status::BadSignature, "signature does not verify");
-    let KeyMaterial::P256 { .. } = key else {
-        return Err(wrong_type("verify a digest", key.key_type()));
-    };
-    check_digest(digest)?;
-    let k = key
-        .digest_key()
-        .ok_or_else(|| OpError::internal("P-256 key does not parse"))?;
-    let parsed = openssl::ecdsa::EcdsaSig::from_der(sig).map_err(|_| bad())?;
-    // Only the one canonical DER encoding of a signature is accepted.
-    if parsed.to_der().map_err(|_| bad())? != sig {
-        return Err(bad());
-    }
-    match parsed.verify(digest, k) {
-        Ok(true) => Ok(()),
-        _ => Err(bad()),
     }
 }
 
@@ -353,27 +268,6 @@ mod tests {
     }
 
     #[test]
-    fn sign_verify_and_tamper() {
-        for t in [KeyType::Ed25519, KeyType::P256] {
-            let k = key(t);
-            let sig = sign(&k, b"msg").unwrap();
-            verify(&k, b"msg", &sig).unwrap();
-            assert_eq!(
-                verify(&k, b"msh", &sig).unwrap_err().status,
-                Status::BadSignature
-            );
-            assert_eq!(
-                verify(&k, b"msg", &sig[1..]).unwrap_err().status,
-                Status::BadSignature
-            );
-        }
-        assert_eq!(
-            sign(&key(KeyType::X25519), b"m").unwrap_err().status,
-            Status::WrongKeyType
-        );
-    }
-
-    #[test]
     fn pooled_nonces_never_repeat_across_refills() {
         let n: std::collections::HashSet<[u8; NONCE_LEN]> =
             (0..3 * 341 + 7).map(|_| fresh_nonce().unwrap()).collect();
@@ -450,34 +344,6 @@ mod tests {
             matches!(&r, Err(e) if e.status == Status::InvalidArgument
                 && e.message.contains("must be 32 bytes")),
             "short peer: {r:?}"
-        );
-    }
-
-    #[test]
-    fn digest_signatures_match_message_signatures() {
-        let k = key(KeyType::P256);
-        let msg = b"the message";
-        let digest = super::digest(DigestAlg::Sha256, msg);
-        // Either way round: a digest signature verifies as a message signature and back.
-        let by_digest = sign_digest(&k, &digest).unwrap();
-        verify(&k, msg, &by_digest).unwrap();
-        let by_message = sign(&k, msg).unwrap();
-        verify_digest(&k, &digest, &by_message).unwrap();
-        let mut other = digest.clone();
-        other[0] ^= 1;
-        assert_eq!(
-            verify_digest(&k, &other, &by_digest).unwrap_err().status,
-            Status::BadSignature
-        );
-        assert_eq!(
-            sign_digest(&k, &[0; 15]).unwrap_err().status,
-            Status::InvalidArgument
-        );
-        assert_eq!(
-            sign_digest(&key(KeyType::Ed25519), &digest)
-                .unwrap_err()
-                .status,
-            Status::WrongKeyType
         );
     }
 

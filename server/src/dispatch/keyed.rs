@@ -4,7 +4,7 @@
 use ferrohsm_proto::{KeyRef, Request, Response, Status};
 use zeroize::Zeroizing;
 
-use crate::crypto::ops;
+use crate::crypto::{ops, sign};
 use crate::error::OpError;
 use crate::keys::KeyHandle;
 use crate::keys::policy;
@@ -165,13 +165,13 @@ impl KeyedOp {
     pub(super) fn run(&self, h: &KeyHandle) -> Result<Response, OpError> {
         let key = &h.material;
         match self {
-            KeyedOp::Sign { data } => ops::sign(key, data).map(Response::Bytes),
+            KeyedOp::Sign { data } => sign::sign(key, data).map(Response::Bytes),
             KeyedOp::Verify { data, signature } => {
-                ops::verify(key, data, signature).map(|_| Response::Done)
+                sign::verify(key, data, signature).map(|_| Response::Done)
             }
-            KeyedOp::SignDigest { digest } => ops::sign_digest(key, digest).map(Response::Bytes),
+            KeyedOp::SignDigest { digest } => sign::sign_digest(key, digest).map(Response::Bytes),
             KeyedOp::VerifyDigest { digest, signature } => {
-                ops::verify_digest(key, digest, signature).map(|_| Response::Done)
+                sign::verify_digest(key, digest, signature).map(|_| Response::Done)
             }
             KeyedOp::EncryptRaw { plaintext, aad } => {
                 ops::encrypt_raw(key, plaintext, aad).map(Response::Bytes)

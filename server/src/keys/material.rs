@@ -1,15 +1,18 @@
 //! Key material: every secret lives in a type that zeroizes on drop and whose `Debug` prints no
 //! secret.
 //!
-//! P-256 keeps ring's parsed key pair next to the zeroizing scalar, so that signing does not
-//! re-validate the key (a scalar multiplication) every time. ring does not zeroize its own key
-//! objects on drop; that copy lives only in this process's memory, and is the price of 4.7x
-//! faster P-256 signing than the pure-Rust alternative.
+//! Ed25519 and P-256 keep aws-lc's parsed key pair next to the zeroizing secret, so that
+//! signing does not expand or re-validate the key every time: aws-lc signs Ed25519 2x and P-256
+//! 1.1x as fast as the next best here (BENCHMARKS.md, "The fastest signing code"). aws-lc keeps
+//! the pair in memory it allocated, and clears every allocation when it frees it.
 
 use std::fmt;
 
+use aws_lc_rs::encoding::AsBigEndian as _;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
+};
 use ferrohsm_proto::KeyType;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use zeroize::Zeroizing;
 
 use crate::error::OpError;
@@ -19,9 +22,16 @@ pub type SecretBytes = Zeroizing<[u8; 32]>;
 
 /// The secret half of a key.
 pub enum KeyMaterial {
-    /// Ed25519 (dalek zeroizes on drop).
-    Ed25519(ed25519_dalek::SigningKey),
-    /// ECDSA P-256: the 32-byte scalar and ring's parsed pair.
+    /// Ed25519: the 32-byte seed, aws-lc's expanded pair and the public key.
+    Ed25519 {
+        /// The seed (RFC 8032's private key).
+        seed: SecretBytes,
+        /// Expanded key pair used for signing.
+        pair: Box<Ed25519KeyPair>,
+        /// The public key, decompressed once, that verifies (strictly).
+        public: ed25519_dalek::VerifyingKey,
+    },
+    /// ECDSA P-256: the 32-byte scalar and aws-lc's parsed pair.
     P256 {
         /// Private scalar.
         scalar: SecretBytes,
@@ -47,15 +57,11 @@ impl fmt::Debug for KeyMaterial {
     }
 }
 
-/// Offset of the private scalar inside ring's P-256 PKCS#8 v1 document: ring writes a fixed
-/// template `SEQ { INT 0, AlgId, OCTET STRING { ECPrivateKey { INT 1, OCTET STRING(32) ...`.
-const P256_PKCS8_SCALAR_MARKER: [u8; 5] = [0x02, 0x01, 0x01, 0x04, 0x20];
-
 impl KeyMaterial {
     /// The key's type.
     pub fn key_type(&self) -> KeyType {
         match self {
-            KeyMaterial::Ed25519(_) => KeyType::Ed25519,
+            KeyMaterial::Ed25519 { .. } => KeyType::Ed25519,
             KeyMaterial::P256 { .. } => KeyType::P256,
             KeyMaterial::X25519(_) => KeyType::X25519,
             KeyMaterial::ChaCha20Poly1305(_) => KeyType::ChaCha20Poly1305,
@@ -67,29 +73,11 @@ impl KeyMaterial {
     /// A fresh random key of type `t`. Runs on a crypto worker (P-256 needs a scalar
     /// multiplication).
     pub fn generate(t: KeyType) -> Result<KeyMaterial, OpError> {
-        let rng = ring::rand::SystemRandom::new();
         match t {
             KeyType::P256 => {
-                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
                     .map_err(|_| OpError::internal("P-256 key generation failed"))?;
-                let der = Zeroizing::new(doc.as_ref().to_vec());
-                let at = der
-                    .windows(P256_PKCS8_SCALAR_MARKER.len())
-                    .position(|w| w == P256_PKCS8_SCALAR_MARKER)
-                    .map(|p| p + P256_PKCS8_SCALAR_MARKER.len())
-                    .ok_or_else(|| OpError::internal("unexpected P-256 PKCS#8 layout"))?;
-                let mut scalar = Zeroizing::new([0u8; 32]);
-                scalar.copy_from_slice(
-                    der.get(at..at + 32)
-                        .ok_or_else(|| OpError::internal("short PKCS#8"))?,
-                );
-                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
-                    .map_err(|_| OpError::internal("P-256 key parse failed"))?;
-                Ok(KeyMaterial::P256 {
-                    scalar,
-                    pair: Box::new(pair),
-                    prehash: std::sync::OnceLock::new(),
-                })
+                p256_with_scalar(pair).ok_or_else(|| OpError::internal("P-256 scalar too long"))
             }
             _ => KeyMaterial::from_secret(t, &random_secret()?),
         }
@@ -99,7 +87,17 @@ impl KeyMaterial {
     pub fn from_secret(t: KeyType, secret: &SecretBytes) -> Result<KeyMaterial, OpError> {
         let bytes = Zeroizing::new(**secret);
         Ok(match t {
-            KeyType::Ed25519 => KeyMaterial::Ed25519(ed25519_dalek::SigningKey::from_bytes(&bytes)),
+            KeyType::Ed25519 => {
+                let pair = Ed25519KeyPair::from_seed_unchecked(bytes.as_ref())
+                    .map_err(|_| OpError::internal("Ed25519 seed refused"))?;
+                let public = ed25519_dalek::VerifyingKey::try_from(pair.public_key().as_ref())
+                    .map_err(|_| OpError::internal("Ed25519 public key does not decompress"))?;
+                KeyMaterial::Ed25519 {
+                    seed: bytes,
+                    pair: Box::new(pair),
+                    public,
+                }
+            }
             KeyType::X25519 => KeyMaterial::X25519(x25519_dalek::StaticSecret::from(*bytes)),
             KeyType::ChaCha20Poly1305 => KeyMaterial::ChaCha20Poly1305(bytes),
             KeyType::Aes256Gcm => KeyMaterial::Aes256Gcm(bytes),
@@ -115,7 +113,7 @@ impl KeyMaterial {
     /// The raw public key, for asymmetric types.
     pub fn public_key(&self) -> Option<Vec<u8>> {
         match self {
-            KeyMaterial::Ed25519(k) => Some(k.verifying_key().to_bytes().to_vec()),
+            KeyMaterial::Ed25519 { public, .. } => Some(public.to_bytes().to_vec()),
             KeyMaterial::P256 { pair, .. } => Some(pair.public_key().as_ref().to_vec()),
             KeyMaterial::X25519(k) => Some(x25519_dalek::PublicKey::from(k).to_bytes().to_vec()),
             _ => None,
@@ -150,7 +148,7 @@ impl KeyMaterial {
     /// The raw secret bytes (for `export` of exportable keys only).
     pub fn secret_bytes(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(match self {
-            KeyMaterial::Ed25519(k) => k.to_bytes().to_vec(),
+            KeyMaterial::Ed25519 { seed, .. } => seed.to_vec(),
             KeyMaterial::P256 { scalar, .. } => scalar.to_vec(),
             KeyMaterial::X25519(k) => k.to_bytes().to_vec(),
             KeyMaterial::ChaCha20Poly1305(k)
@@ -162,7 +160,7 @@ impl KeyMaterial {
 
 impl KeyMaterial {
     /// The bytes sealed into the key store: the 32-byte secret, and for P-256 the 65-byte
-    /// public point after it (ring rebuilds a P-256 key pair only from both halves).
+    /// public point after it (the pair is rebuilt from both halves, which must agree).
     pub fn to_stored(&self) -> Zeroizing<Vec<u8>> {
         let mut out = self.secret_bytes();
         if let KeyMaterial::P256 { pair, .. } = self {
@@ -184,7 +182,6 @@ impl KeyMaterial {
                     &ECDSA_P256_SHA256_ASN1_SIGNING,
                     secret,
                     public,
-                    &ring::rand::SystemRandom::new(),
                 )
                 .ok()?;
                 let mut scalar = Zeroizing::new([0u8; 32]);
@@ -226,24 +223,11 @@ impl KeyMaterial {
                 KeyMaterial::from_secret(t, &k)
             }
             KeyType::P256 => {
-                let rng = ring::rand::SystemRandom::new();
-                // ring checks the document (curve, scalar range, that the public key belongs)
-                // before we take the scalar out of it.
-                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, bytes, &rng)
+                // aws-lc checks the document (curve, scalar range, that a public key given in
+                // it belongs) before we take the scalar out of it.
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, bytes)
                     .map_err(|_| pkcs8("P-256"))?;
-                let at = bytes
-                    .windows(P256_PKCS8_SCALAR_MARKER.len())
-                    .position(|w| w == P256_PKCS8_SCALAR_MARKER)
-                    .map(|p| p + P256_PKCS8_SCALAR_MARKER.len())
-                    .ok_or_else(|| pkcs8("P-256"))?;
-                let mut stored = Zeroizing::new(
-                    bytes
-                        .get(at..at + 32)
-                        .ok_or_else(|| pkcs8("P-256"))?
-                        .to_vec(),
-                );
-                stored.extend_from_slice(pair.public_key().as_ref());
-                KeyMaterial::from_stored(t, &stored).ok_or_else(|| pkcs8("P-256"))
+                p256_with_scalar(pair).ok_or_else(|| pkcs8("P-256"))
             }
             _ => {
                 let raw: [u8; 32] = bytes.try_into().map_err(|_| {
@@ -256,6 +240,21 @@ impl KeyMaterial {
             }
         }
     }
+}
+
+/// A P-256 key from aws-lc's pair: its scalar taken out, big-endian in 32 bytes (`None` if it
+/// does not fit, which a valid P-256 scalar always does).
+fn p256_with_scalar(pair: EcdsaKeyPair) -> Option<KeyMaterial> {
+    let bin = pair.private_key().as_be_bytes().ok()?;
+    let be: &[u8] = bin.as_ref();
+    let mut scalar = Zeroizing::new([0u8; 32]);
+    let pad = 32usize.checked_sub(be.len())?;
+    scalar[pad..].copy_from_slice(be);
+    Some(KeyMaterial::P256 {
+        scalar,
+        pair: Box::new(pair),
+        prehash: std::sync::OnceLock::new(),
+    })
 }
 
 /// 32 bytes from the OS CSPRNG.
@@ -306,7 +305,6 @@ mod tests {
             &ECDSA_P256_SHA256_ASN1_SIGNING,
             scalar.as_ref(),
             pair.public_key().as_ref(),
-            &ring::rand::SystemRandom::new(),
         );
         assert!(
             rebuilt.is_ok(),

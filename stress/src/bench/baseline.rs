@@ -1,4 +1,6 @@
-//! The same crypto in this process on one thread: the baseline every ratio is taken against.
+//! The same crypto in this process on one thread, with the code hsmd uses for it (aws-lc for
+//! Ed25519 and P-256 signing, ring for the AEADs, RustCrypto for HMAC): the baseline every
+//! ratio is taken against.
 
 use std::time::Instant;
 
@@ -6,11 +8,10 @@ use super::rows::BenchOp;
 
 /// The same crypto in this process on one thread (ops/s); `None` for ping (nothing to do).
 pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {
-    use ed25519_dalek::Signer as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
     use hmac::{KeyInit, Mac};
     use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-    let rng = ring::rand::SystemRandom::new();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
     let mut work: Box<dyn FnMut()> = match op {
         BenchOp::Ping | BenchOp::CounterInc => return None,
         BenchOp::Random32 => Box::new(|| {
@@ -21,19 +22,21 @@ pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {
         BenchOp::KeygenPersistent | BenchOp::KeygenSession => Box::new(|| {
             let mut seed = [0u8; 32];
             let _ = getrandom::fill(&mut seed);
-            let k = ed25519_dalek::SigningKey::from_bytes(&seed);
-            std::hint::black_box(k.verifying_key());
+            // As hsmd does: aws-lc's pair, and the public key decompressed for verifying.
+            if let Ok(k) = Ed25519KeyPair::from_seed_unchecked(&seed) {
+                use aws_lc_rs::signature::KeyPair as _;
+                let public = ed25519_dalek::VerifyingKey::try_from(k.public_key().as_ref());
+                std::hint::black_box((k, public.ok()));
+            }
         }),
         BenchOp::Ed25519Sign | BenchOp::Ed25519SignSession => {
-            let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            let k = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).ok()?;
             Box::new(move || {
                 std::hint::black_box(k.sign(std::hint::black_box(&[0x5a; 32])));
             })
         }
         BenchOp::P256Sign => {
-            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).ok()?;
-            let k = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref(), &rng)
-                .ok()?;
+            let k = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).ok()?;
             Box::new(move || {
                 std::hint::black_box(k.sign(&rng, &[0x5a; 32]).ok());
             })
