@@ -6,8 +6,10 @@
 #   pkcs11/bench.sh [SECONDS] [JSON_OUT] [REPS]   (defaults: 5 s a run, no JSON file, 3 runs)
 #
 # Each row is REPS interleaved runs of the three (the order turning each time, so no module
-# always follows the same one); the table gives each one's median and the range of the
-# per-run shm / SoftHSM2 ratio. This machine is shared: compare within a row, never across.
+# always follows the same one); the table gives each one's median, the range of the per-run
+# shm / SoftHSM2 ratio and the median per-run TCP / shm ratio (the one-request-at-a-time goal:
+# P-256 at one thread over TCP at least half of shm). This machine is shared: compare within a
+# row, never across.
 #
 # Installs SoftHSM2 and OpenSC from Debian's packages when missing (needs root for that).
 set -euo pipefail
@@ -67,27 +69,28 @@ run() { # NAME MODULE CONFIG PIN KEY MECH THREADS
 }
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 rows=()
-printf '| mechanism | threads | FerroHSM over shm | FerroHSM over TCP | SoftHSM2 | shm / SoftHSM2 (median, range of %s runs) |\n|---|---|---|---|---|---|\n' "$reps"
+printf '| mechanism | threads | FerroHSM over shm | FerroHSM over TCP | SoftHSM2 | shm / SoftHSM2 (median, range of %s runs) | TCP / shm |\n|---|---|---|---|---|---|---|\n' "$reps"
 for mk in ecdsa:p1 eddsa:e1; do
     mech="${mk%:*}"; key="${mk#*:}"
     for th in 1 4; do
-        softs=(); shms=(); tcps=(); ratios=()
+        softs=(); shms=(); tcps=(); ratios=(); tcp_ratios=()
         for r in $(seq "$reps"); do
-            soft=""; shm=""
+            soft=""; shm=""; tcp=""
             for who in $(case $((r % 3)) in 1) echo soft shm tcp;; 2) echo shm tcp soft;; *) echo tcp soft shm;; esac); do
                 case $who in
                     soft) soft="$(run softhsm "$softhsm" /dev/null 1234 "$key" "$mech" "$th")"; softs+=("$soft");;
                     shm) shm="$(run ferro "$module" "$work/ferro-shm.toml" "" "$key" "$mech" "$th")"; shms+=("$shm");;
-                    tcp) tcps+=("$(run ferro "$module" "$work/ferro-tcp.toml" "" "$key" "$mech" "$th")");;
+                    tcp) tcp="$(run ferro "$module" "$work/ferro-tcp.toml" "" "$key" "$mech" "$th")"; tcps+=("$tcp");;
                 esac
             done
             ratios+=("$(python3 -c "print(f'{$shm/$soft:.2f}')")")
+            tcp_ratios+=("$(python3 -c "print(f'{$tcp/$shm:.2f}')")")
         done
         m_soft="$(median "${softs[@]}")"; m_shm="$(median "${shms[@]}")"; m_tcp="$(median "${tcps[@]}")"
-        m_ratio="$(median "${ratios[@]}")"
+        m_ratio="$(median "${ratios[@]}")"; m_tcp_ratio="$(median "${tcp_ratios[@]}")"
         lo="$(printf '%s\n' "${ratios[@]}" | sort -n | head -1)"; hi="$(printf '%s\n' "${ratios[@]}" | sort -n | tail -1)"
-        printf '| %s | %s | %.0f | %.0f | %.0f | %sx (%s–%s) |\n' "$mech" "$th" "$m_shm" "$m_tcp" "$m_soft" "$m_ratio" "$lo" "$hi"
-        rows+=("{\"mechanism\":\"$mech\",\"threads\":$th,\"ferrohsm_shm\":$m_shm,\"ferrohsm_tcp\":$m_tcp,\"softhsm2\":$m_soft,\"ratio_shm\":$m_ratio,\"ratios\":[$(IFS=,; echo "${ratios[*]}")]}")
+        printf '| %s | %s | %.0f | %.0f | %.0f | %sx (%s–%s) | %sx |\n' "$mech" "$th" "$m_shm" "$m_tcp" "$m_soft" "$m_ratio" "$lo" "$hi" "$m_tcp_ratio"
+        rows+=("{\"mechanism\":\"$mech\",\"threads\":$th,\"ferrohsm_shm\":$m_shm,\"ferrohsm_tcp\":$m_tcp,\"softhsm2\":$m_soft,\"ratio_shm\":$m_ratio,\"ratio_tcp_shm\":$m_tcp_ratio,\"ratios\":[$(IFS=,; echo "${ratios[*]}")]}")
     done
 done
 if [ -n "$json_out" ]; then

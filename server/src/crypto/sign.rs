@@ -1,7 +1,7 @@
 //! Signatures: the fastest code measured here for each algorithm (BENCHMARKS.md, "The fastest
 //! signing code"): aws-lc signs Ed25519 (2x ed25519-dalek) and P-256 (1.1x ring) and verifies
-//! P-256; ed25519-dalek verifies Ed25519 (strictly, and 1.25x aws-lc); OpenSSL signs and
-//! verifies caller-made P-256 digests. Runs on a crypto worker thread.
+//! P-256; ed25519-dalek verifies Ed25519 (strictly, a little faster than aws-lc); OpenSSL
+//! signs and verifies caller-made P-256 digests. Runs on a crypto worker thread.
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use ferrohsm_proto::Status;
