@@ -65,9 +65,21 @@ impl Pending {
     /// woken (tens of microseconds on a virtual machine). Then it waits as usual. With more
     /// requests out (pipelining), nobody spins: answers keep arriving anyway. Every few looks
     /// the thread gives its core away, so on a busy machine the server runs instead.
+    ///
+    /// Only on a current-thread runtime (the blocking client's, the PKCS#11 module's, most
+    /// tools'): there the yielded turn is what polls the socket. On a multi-thread runtime the
+    /// socket is usually polled by another worker asleep in the kernel, which a yield does not
+    /// reach, so spinning there would burn a core and save nothing.
     pub async fn wait(mut self) -> Reply {
         let alone = self.slot.semaphore().available_permits() + 1 >= self.window;
-        let mut looks = Looks::new(if alone { self.spin } else { Duration::ZERO });
+        let polls_here = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        let window = if alone && polls_here {
+            self.spin
+        } else {
+            Duration::ZERO
+        };
+        let mut looks = Looks::new(window);
         while looks.again() {
             match self.rx.try_recv() {
                 Ok(reply) => return reply,
@@ -159,9 +171,13 @@ impl Client {
     /// Sets how long a caller with one request out looks for its answer before its thread may
     /// sleep (zero: never; see [`Pending::wait`]). A connection starts with the profile's
     /// `spin_us` over TCP and TLS, and with zero over shared memory, whose rings spin on their
-    /// own. Applies to requests sent from now on; every clone shares it.
+    /// own. At most [`crate::profile::MAX_SPIN_US`] (longer is cut to it). Applies to requests
+    /// sent from now on; every clone shares it. Spinning happens only on a current-thread
+    /// runtime (see [`Pending::wait`]).
     pub fn set_spin(&self, spin: Duration) {
-        let us = u64::try_from(spin.as_micros()).unwrap_or(u64::MAX);
+        let us = u64::try_from(spin.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(crate::profile::MAX_SPIN_US);
         self.inner.spin_us.store(us, Ordering::Relaxed);
     }
 

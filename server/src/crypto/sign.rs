@@ -56,9 +56,9 @@ fn check_digest(digest: &[u8]) -> Result<(), OpError> {
     }
 }
 
-/// ECDSA P-256 over a digest the caller computed, DER like [`sign`]. OpenSSL signs (ring
-/// cannot sign a digest; OpenSSL is linked already, for TLS-PSK, and is 5-9x faster here than
-/// the pure-Rust p256 crate).
+/// ECDSA P-256 over a digest the caller computed (16 to 64 bytes, of any hash), DER like
+/// [`sign`]. OpenSSL signs: it takes digest bytes as they are, is linked already (for
+/// TLS-PSK), and is 5-9x faster here than the pure-Rust p256 crate.
 pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError> {
     let signer = match key {
         KeyMaterial::P256 { .. } => key

@@ -37,7 +37,8 @@ pub enum KeyMaterial {
         scalar: SecretBytes,
         /// Parsed key pair used for signing.
         pair: Box<EcdsaKeyPair>,
-        /// The OpenSSL key that signs caller-made digests (ring cannot), made on first use;
+        /// The OpenSSL key that signs caller-made digests
+        /// ([`crate::crypto::sign::sign_digest`]), made on first use;
         /// OpenSSL clears its scalar when the key is freed.
         prehash: std::sync::OnceLock<openssl::ec::EcKey<openssl::pkey::Private>>,
     },
@@ -202,7 +203,9 @@ impl KeyMaterial {
 
 impl KeyMaterial {
     /// A key brought in from outside: PKCS#8 DER for ed25519, p256 and x25519 (what `openssl
-    /// genpkey` writes), exactly 32 raw bytes for the symmetric types.
+    /// genpkey` writes), exactly 32 raw bytes for the symmetric types. For P-256, aws-lc takes
+    /// PKCS#8 v1 or v2 with the named curve (or its explicit parameters), with or without the
+    /// public key: computed when absent, and when present checked to belong to the secret.
     pub fn import(t: KeyType, bytes: &[u8]) -> Result<KeyMaterial, OpError> {
         let pkcs8 = |what: &str| {
             OpError::invalid(format!(
@@ -293,6 +296,52 @@ mod tests {
         let b = KeyMaterial::generate(KeyType::P256).unwrap().to_stored();
         let mixed = [&a[..32], &b[32..]].concat();
         assert!(KeyMaterial::from_stored(KeyType::P256, &mixed).is_none());
+    }
+
+    /// What `openssl genpkey` writes imports, keeping its public key; a document whose public
+    /// key belongs to another key, a key on another curve, and damaged documents are refused.
+    #[test]
+    fn p256_import_takes_openssl_keys_and_refuses_what_does_not_belong() {
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::nid::Nid;
+        let pkcs8 = |nid: Nid| {
+            let k = EcKey::generate(&EcGroup::from_curve_name(nid).unwrap()).unwrap();
+            let public = k
+                .public_key()
+                .to_bytes(
+                    k.group(),
+                    openssl::ec::PointConversionForm::UNCOMPRESSED,
+                    &mut openssl::bn::BigNumContext::new().unwrap(),
+                )
+                .unwrap();
+            let der = openssl::pkey::PKey::from_ec_key(k)
+                .unwrap()
+                .private_key_to_pkcs8()
+                .unwrap();
+            (der, public)
+        };
+        let (a, a_public) = pkcs8(Nid::X9_62_PRIME256V1);
+        let k = KeyMaterial::import(KeyType::P256, &a).unwrap();
+        assert_eq!(k.public_key().unwrap(), a_public);
+        // The halves of the stored form belong together.
+        assert!(KeyMaterial::from_stored(KeyType::P256, &k.to_stored()).is_some());
+        // A's secret with B's public key (the point closes the document).
+        let (b, b_public) = pkcs8(Nid::X9_62_PRIME256V1);
+        assert!(b.ends_with(&b_public) && a.ends_with(&a_public));
+        let mixed = [&a[..a.len() - 65], &b_public[..]].concat();
+        let refused = |bytes: &[u8], what: &str| {
+            let e = KeyMaterial::import(KeyType::P256, bytes).unwrap_err();
+            assert_eq!(e.status, ferrohsm_proto::Status::InvalidArgument, "{what}");
+            assert!(
+                e.message.contains("P-256 private key in PKCS#8"),
+                "{what}: {e:?}"
+            );
+        };
+        refused(&mixed, "another key's public key");
+        refused(&pkcs8(Nid::SECP384R1).0, "a P-384 key");
+        refused(&a[..a.len() - 1], "a truncated document");
+        refused(b"", "nothing");
+        refused(&[0x30; 64], "garbage");
     }
 
     #[test]

@@ -68,9 +68,13 @@ pub(crate) struct Measured {
     pub(crate) cpu_server: Option<Duration>,
 }
 
-/// CPU times at one moment: this thread's, and the server's when `server` is known.
-fn cpu_now(server: Option<u32>) -> Result<(Duration, Option<Duration>), String> {
-    Ok((cpu::thread()?, server.map(cpu::process).transpose()?))
+/// CPU times at one moment: this thread's, and the server's when `server` is known. `None`
+/// where the kernel does not tell (no `/proc/.../sched`): the row then reports none.
+fn cpu_now(server: Option<u32>) -> (Option<Duration>, Option<Duration>) {
+    (
+        cpu::thread().ok(),
+        server.and_then(|pid| cpu::process(pid).ok()),
+    )
 }
 
 /// One client: keeps `inflight` requests outstanding for `warm + secs`, recording the timed
@@ -132,13 +136,13 @@ pub(crate) fn client_loop(
             let now = Instant::now();
             if now > warm_until && now <= end {
                 if cpu_start.is_none() {
-                    cpu_start = Some(cpu_now(server)?);
+                    cpu_start = Some(cpu_now(server));
                 }
                 done += 1;
                 let _ = h.record((now - t0).as_nanos().max(1) as u64);
             }
             if now > end && cpu_end.is_none() {
-                cpu_end = Some(cpu_now(server)?);
+                cpu_end = Some(cpu_now(server));
             }
             if now < end {
                 q.push_back((Instant::now(), submit(&mut n).await?));
@@ -160,10 +164,10 @@ pub(crate) fn client_loop(
                 p.wait().await.map_err(|e| format!("cleanup: {e}"))?;
             }
         }
-        // Unknown when no request completed within the timed part.
+        // Unknown when no request completed within the timed part, or the kernel did not say.
         let (cpu_client, cpu_server) = match (cpu_start, cpu_end) {
             (Some((c0, s0)), Some((c1, s1))) => (
-                Some(c1.saturating_sub(c0)),
+                c0.zip(c1).map(|(a, b)| b.saturating_sub(a)),
                 s0.zip(s1).map(|(a, b)| b.saturating_sub(a)),
             ),
             _ => (None, None),

@@ -304,7 +304,9 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
     targets.extend(targets::every_core(&results, &baseline));
     let audit = match &opts.audit_all {
         Some(all) if opts.ops.contains(&BenchOp::Ed25519Sign) => {
-            let all = Profile::load(all).map_err(|e| e.to_string())?;
+            let mut all = Profile::load(all).map_err(|e| e.to_string())?;
+            // Both sides of the comparison spin alike.
+            all.spin = profile.spin;
             audit::audit_cost(&profile, &all, &opts.inflight, opts.secs)?
         }
         _ => Vec::new(),
