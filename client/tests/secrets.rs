@@ -118,7 +118,6 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
                                 session: true,
                             },
                         },
-                        _ => unreachable!(),
                     }
                 };
                 let what = format!("{t:?} over {transport:?}, {} bytes", data.len());

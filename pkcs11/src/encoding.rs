@@ -38,7 +38,7 @@ pub fn params_of(t: KeyType) -> Option<&'static [u8]> {
         KeyType::P256 => Some(P256_PARAMS),
         KeyType::Ed25519 => Some(ED25519_PARAMS),
         KeyType::X25519 => Some(X25519_PARAMS),
-        _ => None,
+        KeyType::ChaCha20Poly1305 | KeyType::Aes256Gcm | KeyType::HmacSha256 => None,
     }
 }
 

@@ -47,7 +47,8 @@ pub fn for_key(t: KeyType) -> &'static [CK_MECHANISM_TYPE] {
         KeyType::Aes256Gcm => &[CKM_AES_GCM],
         KeyType::ChaCha20Poly1305 => &[CKM_CHACHA20_POLY1305],
         KeyType::HmacSha256 => &[CKM_SHA256_HMAC],
-        _ => &[],
+        // Derivation is not offered through the module.
+        KeyType::X25519 => &[],
     }
 }
 
@@ -59,7 +60,7 @@ pub fn generator(t: KeyType) -> Option<CK_MECHANISM_TYPE> {
         KeyType::Aes256Gcm => CKM_AES_KEY_GEN,
         KeyType::ChaCha20Poly1305 => CKM_CHACHA20_KEY_GEN,
         KeyType::HmacSha256 => CKM_GENERIC_SECRET_KEY_GEN,
-        _ => return None,
+        KeyType::X25519 => return None,
     })
 }
 

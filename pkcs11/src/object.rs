@@ -205,7 +205,7 @@ pub fn ck_key_type(t: KeyType) -> CK_KEY_TYPE {
         KeyType::X25519 => CKK_EC_MONTGOMERY,
         KeyType::Aes256Gcm => CKK_AES,
         KeyType::ChaCha20Poly1305 => CKK_CHACHA20,
-        _ => CKK_GENERIC_SECRET,
+        KeyType::HmacSha256 => CKK_GENERIC_SECRET,
     }
 }
 

@@ -358,7 +358,11 @@ pub fn generate_key(
     }
     let map: &[(CK_ATTRIBUTE_TYPE, Usage)] = match key_type {
         KeyType::HmacSha256 => &[(CKA_SIGN, Usage::Mac)],
-        _ => &[(CKA_ENCRYPT, Usage::Encrypt), (CKA_DECRYPT, Usage::Decrypt)],
+        KeyType::Aes256Gcm | KeyType::ChaCha20Poly1305 => {
+            &[(CKA_ENCRYPT, Usage::Encrypt), (CKA_DECRYPT, Usage::Decrypt)]
+        }
+        // Key pairs come from C_GenerateKeyPair.
+        KeyType::Ed25519 | KeyType::P256 | KeyType::X25519 => return Err(CKR_MECHANISM_INVALID),
     };
     let spec = KeySpec {
         key_type,

@@ -30,7 +30,7 @@ fn spki_prefix(t: KeyType) -> Option<(&'static [u8], usize)> {
         KeyType::Ed25519 => Some((ED25519_SPKI, 32)),
         KeyType::X25519 => Some((X25519_SPKI, 32)),
         KeyType::P256 => Some((P256_SPKI, 65)),
-        _ => None,
+        KeyType::ChaCha20Poly1305 | KeyType::Aes256Gcm | KeyType::HmacSha256 => None,
     }
 }
 

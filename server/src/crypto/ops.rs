@@ -30,7 +30,11 @@ fn hmac_key(key: &KeyMaterial, op: &str) -> Result<Hmac<Sha256>, OpError> {
     match key {
         KeyMaterial::HmacSha256(k) => <Hmac<Sha256> as KeyInit>::new_from_slice(k.as_ref())
             .map_err(|_| OpError::internal("bad HMAC key")),
-        other => Err(wrong_type(op, other.key_type())),
+        other @ (KeyMaterial::Ed25519 { .. }
+        | KeyMaterial::P256 { .. }
+        | KeyMaterial::X25519(_)
+        | KeyMaterial::ChaCha20Poly1305(_)
+        | KeyMaterial::Aes256Gcm(_)) => Err(wrong_type(op, other.key_type())),
     }
 }
 
@@ -90,7 +94,10 @@ fn aead_key(key: &KeyMaterial, op: &str) -> Result<(u8, LessSafeKey), OpError> {
     let (alg_id, alg, bytes) = match key {
         KeyMaterial::ChaCha20Poly1305(k) => (1u8, &CHACHA20_POLY1305, k),
         KeyMaterial::Aes256Gcm(k) => (2u8, &AES_256_GCM, k),
-        other => return Err(wrong_type(op, other.key_type())),
+        other @ (KeyMaterial::Ed25519 { .. }
+        | KeyMaterial::P256 { .. }
+        | KeyMaterial::X25519(_)
+        | KeyMaterial::HmacSha256(_)) => return Err(wrong_type(op, other.key_type())),
     };
     let unbound =
         UnboundKey::new(alg, bytes.as_ref()).map_err(|_| OpError::internal("bad AEAD key"))?;

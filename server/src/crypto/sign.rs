@@ -19,7 +19,10 @@ pub fn sign(key: &KeyMaterial, data: &[u8]) -> Result<Vec<u8>, OpError> {
             .sign(&aws_lc_rs::rand::SystemRandom::new(), data)
             .map(|s| s.as_ref().to_vec())
             .map_err(|_| OpError::internal("P-256 signing failed")),
-        other => Err(wrong_type("sign", other.key_type())),
+        other @ (KeyMaterial::X25519(_)
+        | KeyMaterial::ChaCha20Poly1305(_)
+        | KeyMaterial::Aes256Gcm(_)
+        | KeyMaterial::HmacSha256(_)) => Err(wrong_type("sign", other.key_type())),
     }
 }
 
@@ -37,7 +40,10 @@ pub fn verify(key: &KeyMaterial, data: &[u8], sig: &[u8]) -> Result<(), OpError>
                 .verify(data, sig)
                 .map_err(|_| bad())
         }
-        other => Err(wrong_type("verify", other.key_type())),
+        other @ (KeyMaterial::X25519(_)
+        | KeyMaterial::ChaCha20Poly1305(_)
+        | KeyMaterial::Aes256Gcm(_)
+        | KeyMaterial::HmacSha256(_)) => Err(wrong_type("verify", other.key_type())),
     }
 }
 
@@ -64,7 +70,13 @@ pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError>
         KeyMaterial::P256 { .. } => key
             .digest_key()
             .ok_or_else(|| OpError::internal("P-256 scalar does not parse"))?,
-        other => return Err(wrong_type("sign a digest", other.key_type())),
+        other @ (KeyMaterial::Ed25519 { .. }
+        | KeyMaterial::X25519(_)
+        | KeyMaterial::ChaCha20Poly1305(_)
+        | KeyMaterial::Aes256Gcm(_)
+        | KeyMaterial::HmacSha256(_)) => {
+            return Err(wrong_type("sign a digest", other.key_type()));
+        }
     };
     check_digest(digest)?;
     openssl::ecdsa::EcdsaSig::sign(digest, signer)

@@ -80,7 +80,11 @@ impl KeyMaterial {
                     .map_err(|_| OpError::internal("P-256 key generation failed"))?;
                 p256_with_scalar(pair).ok_or_else(|| OpError::internal("P-256 scalar too long"))
             }
-            _ => KeyMaterial::from_secret(t, &random_secret()?),
+            KeyType::Ed25519
+            | KeyType::X25519
+            | KeyType::ChaCha20Poly1305
+            | KeyType::Aes256Gcm
+            | KeyType::HmacSha256 => KeyMaterial::from_secret(t, &random_secret()?),
         }
     }
 
@@ -103,10 +107,8 @@ impl KeyMaterial {
             KeyType::ChaCha20Poly1305 => KeyMaterial::ChaCha20Poly1305(bytes),
             KeyType::Aes256Gcm => KeyMaterial::Aes256Gcm(bytes),
             KeyType::HmacSha256 => KeyMaterial::HmacSha256(bytes),
-            other => {
-                return Err(OpError::invalid(format!(
-                    "a {other} key cannot be made from bytes"
-                )));
+            KeyType::P256 => {
+                return Err(OpError::invalid("a p256 key cannot be made from 32 bytes"));
             }
         })
     }
@@ -117,7 +119,9 @@ impl KeyMaterial {
             KeyMaterial::Ed25519 { public, .. } => Some(public.to_bytes().to_vec()),
             KeyMaterial::P256 { pair, .. } => Some(pair.public_key().as_ref().to_vec()),
             KeyMaterial::X25519(k) => Some(x25519_dalek::PublicKey::from(k).to_bytes().to_vec()),
-            _ => None,
+            KeyMaterial::ChaCha20Poly1305(_)
+            | KeyMaterial::Aes256Gcm(_)
+            | KeyMaterial::HmacSha256(_) => None,
         }
     }
 
@@ -193,7 +197,11 @@ impl KeyMaterial {
                     prehash: std::sync::OnceLock::new(),
                 })
             }
-            _ => {
+            KeyType::Ed25519
+            | KeyType::X25519
+            | KeyType::ChaCha20Poly1305
+            | KeyType::Aes256Gcm
+            | KeyType::HmacSha256 => {
                 let secret: [u8; 32] = bytes.try_into().ok()?;
                 KeyMaterial::from_secret(t, &Zeroizing::new(secret)).ok()
             }
@@ -232,7 +240,7 @@ impl KeyMaterial {
                     .map_err(|_| pkcs8("P-256"))?;
                 p256_with_scalar(pair).ok_or_else(|| pkcs8("P-256"))
             }
-            _ => {
+            KeyType::ChaCha20Poly1305 | KeyType::Aes256Gcm | KeyType::HmacSha256 => {
                 let raw: [u8; 32] = bytes.try_into().map_err(|_| {
                     OpError::invalid(format!(
                         "a {t} key is exactly 32 raw bytes; the input has {}",

@@ -120,7 +120,13 @@ impl Worker {
                     let k = self.hsm.block_on(c.export(&KeyRef::Label(info.label)))?;
                     self.hmac.push((label, k.to_vec()));
                 }
-                _ => self.x.push(label),
+                KeyType::X25519 => self.x.push(label),
+                KeyType::P256 | KeyType::Aes256Gcm => {
+                    return Err(ClientError::Local(format!(
+                        "set-up asked for no {} key",
+                        info.key_type
+                    )));
+                }
             }
         }
         // Counters are never deleted, so one left by an earlier run (or by a set-up attempt a
