@@ -22,6 +22,8 @@
 //! - [`memory`]: a live process's memory read through `/proc/PID/mem`, and where secrets
 //!   still have copies in it.
 //! - [`process`]: a command run to its end under a deadline.
+//! - [`python`]: peers from PyPI (pyca/cryptography, python-pkcs11) in a virtual environment
+//!   under `target/`, made by the first test that needs them.
 //! - [`wait`]: waiting for a condition with a deadline instead of sleeping.
 //! - [`ci`]: the one rule for tools and privileges a test may lack: under `CI` (any non-empty
 //!   value) a missing one fails the test; elsewhere the test skips with one line on stderr.
@@ -45,6 +47,7 @@ pub mod memory;
 pub mod peer;
 pub mod postgres;
 pub mod process;
+pub mod python;
 pub mod server;
 pub mod status;
 pub mod wait;
