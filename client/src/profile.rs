@@ -60,13 +60,7 @@ impl RawAddrs {
 /// Default `connect_timeout_ms`.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
-/// Default `spin_us`: how long a caller with one request out over TCP or TLS looks for its
-/// answer before its thread may sleep (chosen by measurement: BENCHMARKS.md, "One request at a
-/// time: the client spins too").
-pub const DEFAULT_SPIN_US: u64 = 50;
-
-/// The most `spin_us` may be: 10 ms of a core per request.
-pub const MAX_SPIN_US: u64 = 10_000;
+pub use ferrohsm_proto::spin::{DEFAULT_SPIN_US, MAX_SPIN_US};
 
 #[derive(Debug, Deserialize)]
 struct RawTcp {

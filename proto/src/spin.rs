@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 /// Looks between two gifts of the core.
 pub const YIELD_EVERY: u32 = 4;
 
+/// The default window, in microseconds, on either side (`[server] spin_us`, a client profile's
+/// `spin_us`): it covers the slowest lone request measured here, a P-256 signature over TLS
+/// (BENCHMARKS.md, "One request at a time").
+pub const DEFAULT_SPIN_US: u64 = 50;
+
+/// The longest window either side accepts, in microseconds: 10 ms of a core per request.
+pub const MAX_SPIN_US: u64 = 10_000;
+
 /// One wait's looks.
 #[derive(Debug)]
 pub struct Looks {

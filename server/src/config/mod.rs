@@ -71,6 +71,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
+use ferrohsm_proto::spin::{DEFAULT_SPIN_US, MAX_SPIN_US};
 
 use crate::error::ServerError;
 
@@ -249,9 +250,9 @@ impl Config {
             c.inline_max = n;
         }
         if let Some(us) = s.spin_us {
-            if us > 10_000 {
+            if us > MAX_SPIN_US {
                 return Err(err(format!(
-                    "server.spin_us: {us} is more than 10000 (10 ms of a core per request)"
+                    "server.spin_us: {us} is more than {MAX_SPIN_US} (10 ms of a core per request)"
                 )));
             }
             c.spin = std::time::Duration::from_micros(us);
@@ -510,7 +511,7 @@ pub const DEFAULT_INLINE_MAX: usize = 16384;
 
 /// How long a TCP or TLS session looks for its next request before its thread may sleep
 /// (`[server] spin_us`; chosen by measurement, BENCHMARKS.md "Sessions that do not fall asleep").
-pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(DEFAULT_SPIN_US);
 
 /// Crypto workers' nice increment. 0: measured on this project's 2-core machine (BENCHMARKS.md),
 /// nicer workers removed 4 ms scheduling stalls in some runs but cost throughput in others, so

@@ -42,10 +42,6 @@ mod store;
 pub use shared::{DEFAULT_TCP, DEFAULT_TLS, DEFAULT_TLS_PSK, InitOptions, InitReport};
 use shared::{LEAF_DAYS, io_err, node_name, write_file, write_new};
 
-/// The `spin_us` written into client profiles: the client library's default
-/// (`ferrohsm_client::profile::DEFAULT_SPIN_US`, which a client test holds it to), written out so
-/// that users find the setting.
-const PROFILE_SPIN_US: u64 = 50;
 use store::{postgres_store, store};
 
 /// Runs `hsmd init`.
@@ -188,7 +184,11 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
              cert = \"{name}.pem\"\nkey = \"{name}.tls.key\"\n\n\
              [tls_psk]\naddr = \"{}\"\nidentity = \"{name}\"\nkey_file = \"{name}.psk\"\n\n\
              [shm]\nsocket = {:?}\n",
-            PROFILE_SPIN_US, opts.tcp, opts.tls, opts.tls_psk, shm_in_profile
+            ferrohsm_proto::spin::DEFAULT_SPIN_US,
+            opts.tcp,
+            opts.tls,
+            opts.tls_psk,
+            shm_in_profile
         );
         write_file(&profile_path, profile.as_bytes(), 0o644)?;
         profiles.push((name.clone(), profile_path));
