@@ -31,6 +31,7 @@ mod interop;
 mod io;
 mod lifecycle;
 pub mod pin;
+mod pq;
 pub mod profile;
 
 pub use blocking::BlockingClient;

@@ -70,6 +70,8 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
         KeyType::Ed25519,
         KeyType::P256,
         KeyType::X25519,
+        KeyType::MlDsa65,
+        KeyType::MlKem768,
     ];
     let mut secrets = Vec::new();
     for transport in [Transport::Tcp, Transport::Shm] {
@@ -103,10 +105,28 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
                             plaintext: data,
                             aad: Vec::new(),
                         },
-                        KeyType::Ed25519 | KeyType::P256 => Request::Sign {
+                        KeyType::Ed25519
+                        | KeyType::P256
+                        | KeyType::MlDsa44
+                        | KeyType::MlDsa65
+                        | KeyType::MlDsa87 => Request::Sign {
                             key: key.clone(),
                             data,
                         },
+                        KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
+                            Request::Decapsulate {
+                                key: key.clone(),
+                                // Implicit rejection: a secret all the same.
+                                ciphertext: vec![7; 1088],
+                                spec: KeySpec {
+                                    key_type: KeyType::HmacSha256,
+                                    label: format!("k{i}-{transport:?}-{n}").parse().unwrap(),
+                                    usage: None,
+                                    exportable: false,
+                                    session: true,
+                                },
+                            }
+                        }
                         KeyType::X25519 => Request::Derive {
                             key: key.clone(),
                             peer: vec![9; 32],

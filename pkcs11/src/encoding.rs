@@ -39,6 +39,13 @@ pub fn params_of(t: KeyType) -> Option<&'static [u8]> {
         KeyType::Ed25519 => Some(ED25519_PARAMS),
         KeyType::X25519 => Some(X25519_PARAMS),
         KeyType::ChaCha20Poly1305 | KeyType::Aes256Gcm | KeyType::HmacSha256 => None,
+        // Not elliptic curves: their parameter set is CKA_PARAMETER_SET.
+        KeyType::MlDsa44
+        | KeyType::MlDsa65
+        | KeyType::MlDsa87
+        | KeyType::MlKem512
+        | KeyType::MlKem768
+        | KeyType::MlKem1024 => None,
     }
 }
 

@@ -49,6 +49,8 @@ pub fn for_key(t: KeyType) -> &'static [CK_MECHANISM_TYPE] {
         KeyType::HmacSha256 => &[CKM_SHA256_HMAC],
         // Derivation is not offered through the module.
         KeyType::X25519 => &[],
+        KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => &[CKM_ML_DSA],
+        KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => &[CKM_ML_KEM],
     }
 }
 
@@ -61,6 +63,8 @@ pub fn generator(t: KeyType) -> Option<CK_MECHANISM_TYPE> {
         KeyType::ChaCha20Poly1305 => CKM_CHACHA20_KEY_GEN,
         KeyType::HmacSha256 => CKM_GENERIC_SECRET_KEY_GEN,
         KeyType::X25519 => return None,
+        KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => CKM_ML_DSA_KEY_PAIR_GEN,
+        KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => CKM_ML_KEM_KEY_PAIR_GEN,
     })
 }
 

@@ -206,6 +206,8 @@ pub fn ck_key_type(t: KeyType) -> CK_KEY_TYPE {
         KeyType::Aes256Gcm => CKK_AES,
         KeyType::ChaCha20Poly1305 => CKK_CHACHA20,
         KeyType::HmacSha256 => CKK_GENERIC_SECRET,
+        KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => CKK_ML_DSA,
+        KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => CKK_ML_KEM,
     }
 }
 

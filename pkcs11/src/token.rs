@@ -362,7 +362,15 @@ pub fn generate_key(
             &[(CKA_ENCRYPT, Usage::Encrypt), (CKA_DECRYPT, Usage::Decrypt)]
         }
         // Key pairs come from C_GenerateKeyPair.
-        KeyType::Ed25519 | KeyType::P256 | KeyType::X25519 => return Err(CKR_MECHANISM_INVALID),
+        KeyType::Ed25519
+        | KeyType::P256
+        | KeyType::X25519
+        | KeyType::MlDsa44
+        | KeyType::MlDsa65
+        | KeyType::MlDsa87
+        | KeyType::MlKem512
+        | KeyType::MlKem768
+        | KeyType::MlKem1024 => return Err(CKR_MECHANISM_INVALID),
     };
     let spec = KeySpec {
         key_type,

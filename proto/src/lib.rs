@@ -34,10 +34,10 @@ pub mod status;
 mod wire;
 
 pub use frame::{Decoded, Frame, FrameDecoder, FrameError, FrameReader, Header, Opcode};
-pub use limits::{DEFAULT_MAX_BODY, MAX_RANDOM, PROTOCOL_VERSION};
+pub use limits::{DEFAULT_MAX_BODY, MAX_CONTEXT, MAX_RANDOM, PROTOCOL_VERSION};
 pub use message::kind;
 pub use message::{
-    DigestAlg, KeyInfo, KeyQuery, KeyRef, KeySpec, KeyType, Kind, Label, Lifetime, MAX_PAGE,
-    Origin, Page, Request, Response, Usage, UsageSet, VersionInfo,
+    DigestAlg, Family, KeyInfo, KeyQuery, KeyRef, KeySpec, KeyType, Kind, Label, Lifetime,
+    MAX_PAGE, Origin, Page, PublicForm, Request, Response, TypeInfo, Usage, UsageSet, VersionInfo,
 };
 pub use status::{ErrorBody, Status};

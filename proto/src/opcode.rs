@@ -58,6 +58,16 @@ pub enum Opcode {
     EncryptRaw = 58,
     /// AEAD decrypt of the standard layout with the caller's nonce.
     DecryptRaw = 59,
+    /// ML-DSA sign with a context string.
+    SignContext = 60,
+    /// ML-DSA verify with a context string.
+    VerifyContext = 61,
+    /// ML-KEM encapsulate to a key in the HSM; the shared secret becomes a new key.
+    Encapsulate = 62,
+    /// ML-KEM encapsulate to a public key from outside; the shared secret becomes a new key.
+    EncapsulatePeer = 63,
+    /// ML-KEM decapsulate a ciphertext; the shared secret becomes a new key.
+    Decapsulate = 47,
     /// Import a key.
     Import = 38,
     /// Wrap a key under a wrap key.
@@ -86,7 +96,7 @@ pub enum Opcode {
 
 impl Opcode {
     /// Every opcode, requests and the server's own messages.
-    pub const ALL: [Opcode; 38] = [
+    pub const ALL: [Opcode; 43] = [
         Opcode::Hello,
         Opcode::Challenge,
         Opcode::Proof,
@@ -125,6 +135,11 @@ impl Opcode {
         Opcode::CounterCreate,
         Opcode::CounterRead,
         Opcode::CounterInc,
+        Opcode::SignContext,
+        Opcode::VerifyContext,
+        Opcode::Encapsulate,
+        Opcode::EncapsulatePeer,
+        Opcode::Decapsulate,
     ];
 
     /// Looks up a wire opcode.

@@ -1,23 +1,16 @@
 //! DER and PEM encodings of the key types, as OpenSSL reads and writes them.
 //!
-//! Only the fixed-shape encodings FerroHSM needs are supported, so they are built and parsed as
-//! a known prefix followed by the raw key (RFC 8410 for Ed25519/X25519, RFC 5480 for P-256).
+//! Only the fixed-shape encodings FerroHSM needs are supported: public keys as the type's
+//! AlgorithmIdentifier (from [`KeyType::describe`]) and the raw key (RFC 8410 for
+//! Ed25519/X25519, RFC 5480 for P-256, the NIST OIDs for ML-DSA and ML-KEM); Ed25519 and X25519
+//! private keys as a known prefix and the seed; ML-DSA and ML-KEM private keys in their
+//! seed/expandedKey/both CHOICE.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::KeyType;
 
-const ED25519_SPKI: &[u8] = &[
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
-const X25519_SPKI: &[u8] = &[
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
-];
-const P256_SPKI: &[u8] = &[
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
 const ED25519_PKCS8: &[u8] = &[
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
@@ -25,30 +18,159 @@ const X25519_PKCS8: &[u8] = &[
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
 ];
 
-fn spki_prefix(t: KeyType) -> Option<(&'static [u8], usize)> {
-    match t {
-        KeyType::Ed25519 => Some((ED25519_SPKI, 32)),
-        KeyType::X25519 => Some((X25519_SPKI, 32)),
-        KeyType::P256 => Some((P256_SPKI, 65)),
-        KeyType::ChaCha20Poly1305 | KeyType::Aes256Gcm | KeyType::HmacSha256 => None,
+/// A DER TLV: `tag`, the definite length (short or long form), `content`.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let n = content.len();
+    let mut out = vec![tag];
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let be = n.to_be_bytes();
+        let skip = be.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (be.len() - skip) as u8);
+        out.extend_from_slice(&be[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// SubjectPublicKeyInfo DER of a raw public key: the type's AlgorithmIdentifier and the key
+/// in a BIT STRING; `None` for symmetric types or a wrong length.
+pub fn spki_der(t: KeyType, raw: &[u8]) -> Option<Vec<u8>> {
+    let form = t.describe().public?;
+    (raw.len() == form.len).then(|| {
+        let bits = tlv(0x03, &[&[0u8][..], raw].concat());
+        tlv(0x30, &[form.algorithm, &bits[..]].concat())
+    })
+}
+
+/// Parses SubjectPublicKeyInfo DER into its key type and raw public key: the DER must be
+/// exactly what [`spki_der`] makes for some type (one algorithm, no parameters beyond the
+/// P-256 curve, the whole input consumed).
+pub fn parse_spki(der: &[u8]) -> Option<(KeyType, Vec<u8>)> {
+    let (body, rest) = read_tlv(der, 0x30)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    KeyType::ALL.into_iter().find_map(|t| {
+        let form = t.describe().public?;
+        let bits = body.strip_prefix(form.algorithm)?;
+        let (bits, rest) = read_tlv(bits, 0x03)?;
+        let raw = bits.strip_prefix(&[0u8])?;
+        (rest.is_empty() && raw.len() == form.len).then(|| (t, raw.to_vec()))
+    })
+}
+
+/// Reads one DER TLV of tag `tag` at the start of `der`: its content and what follows. Only
+/// minimal definite lengths are taken (DER), up to 4 length bytes.
+fn read_tlv(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = der.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n || rest[0] == 0 {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | *b as usize);
+        if len < 0x80 {
+            return None;
+        }
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// The private key of an ML-DSA or ML-KEM PKCS#8 document (RFC 9881 and the ML-KEM profile,
+/// which share one shape): the CHOICE of seed, expanded key, or both.
+#[derive(PartialEq, Eq)]
+pub enum PqPrivateKey {
+    /// `seed [0] IMPLICIT OCTET STRING`: ML-DSA's 32-byte ξ or ML-KEM's 64-byte `d || z`.
+    Seed(zeroize::Zeroizing<Vec<u8>>),
+    /// `expandedKey OCTET STRING`: the expanded secret key alone.
+    Expanded,
+    /// `both SEQUENCE { seed, expandedKey }`.
+    Both {
+        /// The seed.
+        seed: zeroize::Zeroizing<Vec<u8>>,
+        /// The expanded secret key, to check against the seed.
+        expanded: zeroize::Zeroizing<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for PqPrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PqPrivateKey::Seed(_) => "PqPrivateKey::Seed(..)",
+            PqPrivateKey::Expanded => "PqPrivateKey::Expanded",
+            PqPrivateKey::Both { .. } => "PqPrivateKey::Both(..)",
+        })
     }
 }
 
-/// SubjectPublicKeyInfo DER of a raw public key; `None` for symmetric types or a wrong length.
-pub fn spki_der(t: KeyType, raw: &[u8]) -> Option<Vec<u8>> {
-    let (prefix, len) = spki_prefix(t)?;
-    (raw.len() == len).then(|| [prefix, raw].concat())
+/// Parses an ML-DSA or ML-KEM PKCS#8 private key (DER): its type (from the algorithm OID)
+/// and its private-key CHOICE; `None` if it is not one (another algorithm, bad DER, trailing
+/// bytes). Attributes and a v2 public key after the private key are allowed and ignored.
+pub fn parse_pq_pkcs8(der: &[u8]) -> Option<(KeyType, PqPrivateKey)> {
+    use zeroize::Zeroizing;
+    let (body, rest) = read_tlv(der, 0x30)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let (version, body) = read_tlv(body, 0x02)?;
+    if version != [0] && version != [1] {
+        return None;
+    }
+    let t = KeyType::ALL.into_iter().find(|t| {
+        (t.is_ml_dsa() || t.is_ml_kem())
+            && t.describe()
+                .public
+                .is_some_and(|p| body.starts_with(p.algorithm))
+    })?;
+    let body = &body[t.describe().public?.algorithm.len()..];
+    let (key, _attributes_and_public) = read_tlv(body, 0x04)?;
+    let own = |b: &[u8]| Zeroizing::new(b.to_vec());
+    let choice = match key.first()? {
+        0x80 => {
+            let (seed, rest) = read_tlv(key, 0x80)?;
+            rest.is_empty().then(|| PqPrivateKey::Seed(own(seed)))?
+        }
+        0x04 => {
+            let (_, rest) = read_tlv(key, 0x04)?;
+            rest.is_empty().then_some(PqPrivateKey::Expanded)?
+        }
+        0x30 => {
+            let (both, rest) = read_tlv(key, 0x30)?;
+            let (seed, after) = read_tlv(both, 0x04)?;
+            let (expanded, end) = read_tlv(after, 0x04)?;
+            (rest.is_empty() && end.is_empty()).then(|| PqPrivateKey::Both {
+                seed: own(seed),
+                expanded: own(expanded),
+            })?
+        }
+        _ => return None,
+    };
+    Some((t, choice))
 }
 
-/// Parses SubjectPublicKeyInfo DER into its key type and raw public key.
-pub fn parse_spki(der: &[u8]) -> Option<(KeyType, Vec<u8>)> {
-    [KeyType::Ed25519, KeyType::X25519, KeyType::P256]
-        .into_iter()
-        .find_map(|t| {
-            let (prefix, len) = spki_prefix(t)?;
-            let raw = der.strip_prefix(prefix)?;
-            (raw.len() == len).then(|| (t, raw.to_vec()))
-        })
+/// PKCS#8 DER of an ML-DSA or ML-KEM seed in the `seed` form (what `openssl genpkey` and
+/// pyca/cryptography write); `None` for other types.
+pub fn pq_seed_pkcs8(t: KeyType, seed: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    if !(t.is_ml_dsa() || t.is_ml_kem()) {
+        return None;
+    }
+    let alg = t.describe().public?.algorithm;
+    let key = tlv(0x04, &tlv(0x80, seed));
+    Some(zeroize::Zeroizing::new(tlv(
+        0x30,
+        &[&[0x02, 0x01, 0x00][..], alg, &key].concat(),
+    )))
 }
 
 /// PKCS#8 DER of an Ed25519 private key seed (as `openssl genpkey -algorithm ed25519` writes).
@@ -97,13 +219,53 @@ pub fn pem_decode(label: &str, text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// The prefixes OpenSSL writes, byte for byte (the old constants of this module).
+    #[test]
+    fn classic_spki_bytes_unchanged() {
+        let ed = spki_der(KeyType::Ed25519, &[7; 32]).unwrap();
+        assert_eq!(
+            &ed[..12],
+            &[
+                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00
+            ]
+        );
+        let p = spki_der(KeyType::P256, &[4; 65]).unwrap();
+        assert_eq!(&p[..4], &[0x30, 0x59, 0x30, 0x13]);
+        assert_eq!(&p[23..26], &[0x03, 0x42, 0x00]);
+        let m = spki_der(KeyType::MlDsa44, &[1; 1312]).unwrap();
+        assert_eq!(&m[..4], &[0x30, 0x82, 0x05, 0x32]);
+        assert_eq!(&m[17..22], &[0x03, 0x82, 0x05, 0x21, 0x00]);
+    }
+
+    #[test]
+    fn pq_pkcs8_forms() {
+        for t in KeyType::ALL
+            .into_iter()
+            .filter(|t| t.is_ml_dsa() || t.is_ml_kem())
+        {
+            let n = t.describe().secret_len;
+            let seed = vec![3u8; n];
+            let der = pq_seed_pkcs8(t, &seed).unwrap();
+            match parse_pq_pkcs8(&der) {
+                Some((got, PqPrivateKey::Seed(s))) => {
+                    assert_eq!(got, t);
+                    assert_eq!(*s, seed);
+                }
+                other => panic!("{t}: {other:?}"),
+            }
+            assert!(parse_pq_pkcs8(&der[..der.len() - 1]).is_none());
+            assert!(parse_pq_pkcs8(&[&der[..], &[0]].concat()).is_none());
+        }
+        assert!(pq_seed_pkcs8(KeyType::Ed25519, &[0; 32]).is_none());
+        assert!(parse_pq_pkcs8(&ed25519_pkcs8(&[1; 32])).is_none());
+    }
+
     #[test]
     fn spki_round_trip_and_refusals() {
-        for (t, len) in [
-            (KeyType::Ed25519, 32),
-            (KeyType::X25519, 32),
-            (KeyType::P256, 65),
-        ] {
+        for (t, len) in KeyType::ALL
+            .into_iter()
+            .filter_map(|t| Some((t, t.describe().public?.len)))
+        {
             let raw = vec![4u8; len];
             let der = spki_der(t, &raw).unwrap();
             assert_eq!(parse_spki(&der), Some((t, raw.clone())));

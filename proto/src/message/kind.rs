@@ -89,6 +89,8 @@ pub enum Answer {
     Counter,
     /// The node's status.
     Status,
+    /// A ciphertext and a new key's description.
+    Encapsulated,
     /// No response: a server's message, never a request.
     Nothing,
 }
@@ -138,6 +140,9 @@ pub enum Reply {
     /// About as large as the request (a signature, a MAC, a ciphertext, a plaintext), plus
     /// 1 KiB.
     AsRequest,
+    /// As large as the request plus the largest signature (ML-DSA-87, 4627 bytes), plus
+    /// 1 KiB.
+    Signed,
     /// The largest random request, plus 1 KiB.
     Random,
     /// As large as a frame may be (lists, wrapped keys).
@@ -151,6 +156,7 @@ impl Reply {
     pub const fn bound(self, body: usize, max_frame: usize) -> usize {
         match self {
             Reply::AsRequest => body + 1024,
+            Reply::Signed => body + 4627 + 1024,
             Reply::Random => crate::limits::MAX_RANDOM as usize + 1024,
             Reply::Frame => max_frame,
             Reply::Small => 64 * 1024,
@@ -199,7 +205,7 @@ impl Kind {
         use Cost::{Cheap, Pooled, Session, Signature};
         use KeyUse::{Own, OwnUses, Uses, UsesBoth, Visible};
         use Opcode as O;
-        use Reply::{AsRequest, Frame, Random};
+        use Reply::{AsRequest, Frame, Random, Signed};
         let none = KeyUse::None;
         let k = Kind::new;
         match opcode {
@@ -230,13 +236,15 @@ impl Kind {
             O::PublicKey => k(opcode, "pubkey", Visible, A::PublicKey).runs(Pooled),
             O::Export => k(opcode, "export", Own, A::Bytes(B::KeyBytes)).holds_key_bytes(),
             O::Delete => k(opcode, "delete", Own, A::Done).changes(),
-            O::Sign => k(opcode, "sign", Uses(Usage::Sign), A::Bytes(B::Signature))
-                .runs(Signature)
-                .replies(AsRequest),
+            O::Sign | O::SignContext => {
+                k(opcode, "sign", Uses(Usage::Sign), A::Bytes(B::Signature))
+                    .runs(Signature)
+                    .replies(Signed)
+            }
             O::SignDigest => k(opcode, "sign", Uses(Usage::Sign), A::Bytes(B::Signature))
                 .runs(Signature)
                 .replies(AsRequest),
-            O::Verify => k(opcode, "verify", Uses(Usage::Verify), A::Done)
+            O::Verify | O::VerifyContext => k(opcode, "verify", Uses(Usage::Verify), A::Done)
                 .runs(Signature)
                 .replies(AsRequest),
             O::VerifyDigest => k(opcode, "verify", Uses(Usage::Verify), A::Done)
@@ -273,6 +281,23 @@ impl Kind {
                 .runs(Cheap)
                 .replies(AsRequest),
             O::Derive => k(opcode, "derive", Uses(Usage::Derive), A::Key)
+                .runs(Pooled)
+                .changes()
+                .holds_key_bytes(),
+            O::Encapsulate => k(
+                opcode,
+                "encapsulate",
+                Uses(Usage::Encapsulate),
+                A::Encapsulated,
+            )
+            .runs(Pooled)
+            .changes()
+            .holds_key_bytes(),
+            O::EncapsulatePeer => k(opcode, "encapsulate", none, A::Encapsulated)
+                .runs(Pooled)
+                .changes()
+                .holds_key_bytes(),
+            O::Decapsulate => k(opcode, "decapsulate", Uses(Usage::Decapsulate), A::Key)
                 .runs(Pooled)
                 .changes()
                 .holds_key_bytes(),

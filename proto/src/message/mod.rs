@@ -14,10 +14,13 @@ use hello::{Challenge, HelloReply, Welcome};
 
 pub mod body;
 pub mod hello;
+mod key_type;
 pub mod kind;
 mod request;
 mod types;
+mod usage;
 pub use body::{BodyError, decode_error};
+pub use key_type::{Family, KeyType, PublicForm, TypeInfo};
 pub use kind::Kind;
 pub use request::Request;
 pub use types::*;
@@ -47,6 +50,14 @@ pub enum Response {
     },
     /// A counter's value (counter create, read, inc).
     Counter(u64),
+    /// An encapsulation: the ciphertext for the peer, and the new key holding the shared
+    /// secret.
+    Encapsulated {
+        /// The ML-KEM ciphertext.
+        ciphertext: Vec<u8>,
+        /// The new key.
+        key: KeyInfo,
+    },
     /// The node's status.
     Status(NodeStatus),
 }
@@ -71,6 +82,9 @@ impl Response {
             Response::PublicKey { key_type, bytes } => to_body_into(&(key_type, Raw(bytes)), out),
             Response::Counter(v) => to_body_into(v, out),
             Response::Status(s) => to_body_into(s, out),
+            Response::Encapsulated { ciphertext, key } => {
+                to_body_into(&(Raw(ciphertext), key), out)
+            }
         }
     }
 
@@ -98,6 +112,7 @@ impl Response {
             Response::PublicKey { .. } => "public key",
             Response::Counter(_) => "counter",
             Response::Status(_) => "status",
+            Response::Encapsulated { .. } => "encapsulation",
         }
     }
 
@@ -134,6 +149,10 @@ impl Response {
                 Response::PublicKey { key_type, bytes }
             }
             Answer::Status => Response::Status(from_body(opcode, body)?),
+            Answer::Encapsulated => {
+                let (Buf(ciphertext), key) = from_body(opcode, body)?;
+                Response::Encapsulated { ciphertext, key }
+            }
             Answer::Nothing => return Err(BodyError::UnknownOpcode(opcode)),
         })
     }

@@ -65,6 +65,52 @@ pub enum Request {
         /// Signature (Ed25519 raw 64 bytes, ECDSA DER).
         signature: Vec<u8>,
     },
+    /// ML-DSA sign with a FIPS 204 context string (1 to 255 bytes; an empty context is a
+    /// plain `Sign`).
+    SignContext {
+        /// Key.
+        key: KeyRef,
+        /// Message.
+        data: Vec<u8>,
+        /// Context string.
+        context: Vec<u8>,
+    },
+    /// ML-DSA verify with a FIPS 204 context string.
+    VerifyContext {
+        /// Key.
+        key: KeyRef,
+        /// Message.
+        data: Vec<u8>,
+        /// Signature.
+        signature: Vec<u8>,
+        /// Context string.
+        context: Vec<u8>,
+    },
+    /// ML-KEM: encapsulate to the key; the answer is the ciphertext, and the 32-byte shared
+    /// secret becomes a new key of the caller's (`spec`: aes256gcm, chacha20poly1305 or
+    /// hmac-sha256).
+    Encapsulate {
+        /// The ML-KEM key (usage encapsulate).
+        key: KeyRef,
+        /// The new key.
+        spec: KeySpec,
+    },
+    /// ML-KEM: encapsulate to a public key from outside (SubjectPublicKeyInfo DER).
+    EncapsulatePeer {
+        /// The peer's ML-KEM public key, SubjectPublicKeyInfo DER.
+        peer: Vec<u8>,
+        /// The new key.
+        spec: KeySpec,
+    },
+    /// ML-KEM: decapsulate a ciphertext; the shared secret becomes a new key.
+    Decapsulate {
+        /// The ML-KEM key (usage decapsulate).
+        key: KeyRef,
+        /// The ciphertext.
+        ciphertext: Vec<u8>,
+        /// The new key.
+        spec: KeySpec,
+    },
     /// ECDSA P-256 over a digest the caller computed (16 to 64 bytes, used as ECDSA
     /// prescribes: its leftmost 256 bits); the signature is DER, as `Sign` makes.
     SignDigest {
@@ -272,6 +318,11 @@ impl Request {
             Request::Sign { .. } => Opcode::Sign,
             Request::Verify { .. } => Opcode::Verify,
             Request::SignDigest { .. } => Opcode::SignDigest,
+            Request::SignContext { .. } => Opcode::SignContext,
+            Request::VerifyContext { .. } => Opcode::VerifyContext,
+            Request::Encapsulate { .. } => Opcode::Encapsulate,
+            Request::EncapsulatePeer { .. } => Opcode::EncapsulatePeer,
+            Request::Decapsulate { .. } => Opcode::Decapsulate,
             Request::VerifyDigest { .. } => Opcode::VerifyDigest,
             Request::EncryptRaw { .. } => Opcode::EncryptRaw,
             Request::DecryptRaw { .. } => Opcode::DecryptRaw,
@@ -357,6 +408,20 @@ impl Request {
                 digest,
                 signature,
             } => kdt(key, digest, signature, out),
+            Request::SignContext { key, data, context } => kdt(key, data, context, out),
+            Request::VerifyContext {
+                key,
+                data,
+                signature,
+                context,
+            } => to_body_into(&(key, Raw(data), Raw(signature), Raw(context)), out),
+            Request::Encapsulate { key, spec } => to_body_into(&(key, spec), out),
+            Request::EncapsulatePeer { peer, spec } => to_body_into(&(Raw(peer), spec), out),
+            Request::Decapsulate {
+                key,
+                ciphertext,
+                spec,
+            } => to_body_into(&(key, Raw(ciphertext), spec), out),
             Request::EncryptRaw {
                 key,
                 plaintext,
@@ -457,6 +522,36 @@ impl Request {
                 key: b.key,
                 digest: b.data.0,
             })?,
+            Opcode::SignContext => kdt().map(|b| Request::SignContext {
+                key: b.key,
+                data: b.data.0,
+                context: b.tag.0,
+            })?,
+            Opcode::VerifyContext => {
+                let (key, Buf(data), Buf(signature), Buf(context)) = from_body(opcode, body)?;
+                Request::VerifyContext {
+                    key,
+                    data,
+                    signature,
+                    context,
+                }
+            }
+            Opcode::Encapsulate => {
+                let (key, spec) = from_body(opcode, body)?;
+                Request::Encapsulate { key, spec }
+            }
+            Opcode::EncapsulatePeer => {
+                let (Buf(peer), spec) = from_body(opcode, body)?;
+                Request::EncapsulatePeer { peer, spec }
+            }
+            Opcode::Decapsulate => {
+                let (key, Buf(ciphertext), spec) = from_body(opcode, body)?;
+                Request::Decapsulate {
+                    key,
+                    ciphertext,
+                    spec,
+                }
+            }
             Opcode::VerifyDigest => kdt().map(|b| Request::VerifyDigest {
                 key: b.key,
                 digest: b.data.0,

@@ -325,7 +325,8 @@ fn malformed_bodies_are_refused() {
     body.extend(postcard::to_stdvec("9bad").unwrap());
     assert!(Request::decode(Opcode::Info as u16, &body).is_err());
     // Unknown usage bits.
-    assert!(UsageSet::try_from(0x100).is_err());
+    assert!(UsageSet::try_from(0x400).is_err());
+    assert!(UsageSet::try_from(0x3ff).is_ok());
 }
 
 #[test]

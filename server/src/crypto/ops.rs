@@ -34,7 +34,9 @@ fn hmac_key(key: &KeyMaterial, op: &str) -> Result<Hmac<Sha256>, OpError> {
         | KeyMaterial::P256 { .. }
         | KeyMaterial::X25519(_)
         | KeyMaterial::ChaCha20Poly1305(_)
-        | KeyMaterial::Aes256Gcm(_)) => Err(wrong_type(op, other.key_type())),
+        | KeyMaterial::Aes256Gcm(_)
+        | KeyMaterial::MlDsa(_)
+        | KeyMaterial::MlKem(_)) => Err(wrong_type(op, other.key_type())),
     }
 }
 
@@ -97,7 +99,9 @@ fn aead_key(key: &KeyMaterial, op: &str) -> Result<(u8, LessSafeKey), OpError> {
         other @ (KeyMaterial::Ed25519 { .. }
         | KeyMaterial::P256 { .. }
         | KeyMaterial::X25519(_)
-        | KeyMaterial::HmacSha256(_)) => return Err(wrong_type(op, other.key_type())),
+        | KeyMaterial::HmacSha256(_)
+        | KeyMaterial::MlDsa(_)
+        | KeyMaterial::MlKem(_)) => return Err(wrong_type(op, other.key_type())),
     };
     let unbound =
         UnboundKey::new(alg, bytes.as_ref()).map_err(|_| OpError::internal("bad AEAD key"))?;

@@ -1,7 +1,9 @@
 //! Signatures: the fastest code measured here for each algorithm (BENCHMARKS.md, "The fastest
 //! signing code"): aws-lc signs Ed25519 (2x ed25519-dalek) and P-256 (1.1x ring) and verifies
 //! P-256; ed25519-dalek verifies Ed25519 (strictly, a little faster than aws-lc); OpenSSL
-//! signs and verifies caller-made P-256 digests. Runs on a crypto worker thread.
+//! signs and verifies caller-made P-256 digests; libcrux signs and verifies ML-DSA, with or
+//! without a context string (BENCHMARKS.md, "Post-quantum implementations"). Runs on a crypto
+//! worker thread, or inline for a lone request.
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use ferrohsm_proto::Status;
@@ -10,9 +12,11 @@ use super::ops::wrong_type;
 use crate::error::OpError;
 use crate::keys::material::KeyMaterial;
 
-/// Signs `data`: Ed25519 raw 64 bytes, ECDSA P-256/SHA-256 DER.
+/// Signs `data`: Ed25519 raw 64 bytes, ECDSA P-256/SHA-256 DER, ML-DSA (hedged, empty
+/// context) in FIPS 204's encoding.
 pub fn sign(key: &KeyMaterial, data: &[u8]) -> Result<Vec<u8>, OpError> {
     match key {
+        KeyMaterial::MlDsa(k) => k.sign(data, &[]),
         KeyMaterial::Ed25519 { pair, .. } => Ok(pair.sign(data).as_ref().to_vec()),
         // aws-lc draws the nonce's randomness itself (the argument is ring's API).
         KeyMaterial::P256 { pair, .. } => pair
@@ -22,8 +26,47 @@ pub fn sign(key: &KeyMaterial, data: &[u8]) -> Result<Vec<u8>, OpError> {
         other @ (KeyMaterial::X25519(_)
         | KeyMaterial::ChaCha20Poly1305(_)
         | KeyMaterial::Aes256Gcm(_)
-        | KeyMaterial::HmacSha256(_)) => Err(wrong_type("sign", other.key_type())),
+        | KeyMaterial::HmacSha256(_)
+        | KeyMaterial::MlKem(_)) => Err(wrong_type("sign", other.key_type())),
     }
+}
+
+/// The ML-DSA key of a request that carries a context string: only ML-DSA takes one.
+fn with_context<'a>(
+    key: &'a KeyMaterial,
+    op: &str,
+) -> Result<&'a crate::keys::material::MlDsaKey, OpError> {
+    match key {
+        KeyMaterial::MlDsa(k) => Ok(k),
+        other @ (KeyMaterial::Ed25519 { .. }
+        | KeyMaterial::P256 { .. }
+        | KeyMaterial::X25519(_)
+        | KeyMaterial::ChaCha20Poly1305(_)
+        | KeyMaterial::Aes256Gcm(_)
+        | KeyMaterial::HmacSha256(_)
+        | KeyMaterial::MlKem(_)) => Err(OpError::new(
+            Status::WrongKeyType,
+            format!(
+                "cannot {op} with a context using a {} key: only ML-DSA takes a context",
+                other.key_type()
+            ),
+        )),
+    }
+}
+
+/// ML-DSA over `data` with a FIPS 204 context string (at most 255 bytes).
+pub fn sign_context(key: &KeyMaterial, data: &[u8], context: &[u8]) -> Result<Vec<u8>, OpError> {
+    with_context(key, "sign")?.sign(data, context)
+}
+
+/// Verifies an ML-DSA signature made with a context string.
+pub fn verify_context(
+    key: &KeyMaterial,
+    data: &[u8],
+    context: &[u8],
+    sig: &[u8],
+) -> Result<(), OpError> {
+    with_context(key, "verify")?.verify(data, context, sig)
 }
 
 /// Verifies a signature made by [`sign`] (or by OpenSSL with the same key).
@@ -40,10 +83,12 @@ pub fn verify(key: &KeyMaterial, data: &[u8], sig: &[u8]) -> Result<(), OpError>
                 .verify(data, sig)
                 .map_err(|_| bad())
         }
+        KeyMaterial::MlDsa(k) => k.verify(data, &[], sig),
         other @ (KeyMaterial::X25519(_)
         | KeyMaterial::ChaCha20Poly1305(_)
         | KeyMaterial::Aes256Gcm(_)
-        | KeyMaterial::HmacSha256(_)) => Err(wrong_type("verify", other.key_type())),
+        | KeyMaterial::HmacSha256(_)
+        | KeyMaterial::MlKem(_)) => Err(wrong_type("verify", other.key_type())),
     }
 }
 
@@ -74,7 +119,9 @@ pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError>
         | KeyMaterial::X25519(_)
         | KeyMaterial::ChaCha20Poly1305(_)
         | KeyMaterial::Aes256Gcm(_)
-        | KeyMaterial::HmacSha256(_)) => {
+        | KeyMaterial::HmacSha256(_)
+        | KeyMaterial::MlDsa(_)
+        | KeyMaterial::MlKem(_)) => {
             return Err(wrong_type("sign a digest", other.key_type()));
         }
     };

@@ -18,6 +18,15 @@ pub(super) enum KeyedOp {
     SignDigest {
         digest: Vec<u8>,
     },
+    SignContext {
+        data: Vec<u8>,
+        context: Vec<u8>,
+    },
+    VerifyContext {
+        data: Vec<u8>,
+        signature: Vec<u8>,
+        context: Vec<u8>,
+    },
     VerifyDigest {
         digest: Vec<u8>,
         signature: Vec<u8>,
@@ -58,10 +67,29 @@ pub(super) enum KeyedOp {
 
 impl KeyedOp {
     /// The key and the operation of a keyed request; any other request comes back.
+    // The request comes back whole, by move (a copy of its fields, never of a payload):
+    // boxing it would add an allocation to every request that is not keyed.
+    #[allow(clippy::result_large_err)]
     pub(super) fn split(request: Request) -> Result<(KeyRef, KeyedOp), Request> {
         Ok(match request {
             Request::Sign { key, data } => (key, KeyedOp::Sign { data }),
             Request::SignDigest { key, digest } => (key, KeyedOp::SignDigest { digest }),
+            Request::SignContext { key, data, context } => {
+                (key, KeyedOp::SignContext { data, context })
+            }
+            Request::VerifyContext {
+                key,
+                data,
+                signature,
+                context,
+            } => (
+                key,
+                KeyedOp::VerifyContext {
+                    data,
+                    signature,
+                    context,
+                },
+            ),
             Request::VerifyDigest {
                 key,
                 digest,
@@ -128,6 +156,8 @@ impl KeyedOp {
         match self {
             KeyedOp::Sign { .. } => policy::SIGN,
             KeyedOp::SignDigest { .. } => policy::SIGN_DIGEST,
+            KeyedOp::SignContext { .. } => policy::SIGN_CONTEXT,
+            KeyedOp::VerifyContext { .. } => policy::VERIFY_CONTEXT,
             KeyedOp::VerifyDigest { .. } => policy::VERIFY_DIGEST,
             KeyedOp::EncryptRaw { .. } => policy::ENCRYPT_RAW,
             KeyedOp::DecryptRaw { .. } => policy::DECRYPT_RAW,
@@ -146,7 +176,9 @@ impl KeyedOp {
             KeyedOp::Sign { data }
             | KeyedOp::Verify { data, .. }
             | KeyedOp::Mac { data }
-            | KeyedOp::MacVerify { data, .. } => data.len(),
+            | KeyedOp::MacVerify { data, .. }
+            | KeyedOp::SignContext { data, .. }
+            | KeyedOp::VerifyContext { data, .. } => data.len(),
             KeyedOp::SignDigest { digest } | KeyedOp::VerifyDigest { digest, .. } => digest.len(),
             KeyedOp::Encrypt { plaintext, aad } | KeyedOp::EncryptRaw { plaintext, aad } => {
                 plaintext.len() + aad.len()
@@ -170,6 +202,14 @@ impl KeyedOp {
                 sign::verify(key, data, signature).map(|_| Response::Done)
             }
             KeyedOp::SignDigest { digest } => sign::sign_digest(key, digest).map(Response::Bytes),
+            KeyedOp::SignContext { data, context } => {
+                sign::sign_context(key, data, context).map(Response::Bytes)
+            }
+            KeyedOp::VerifyContext {
+                data,
+                signature,
+                context,
+            } => sign::verify_context(key, data, context, signature).map(|_| Response::Done),
             KeyedOp::VerifyDigest { digest, signature } => {
                 sign::verify_digest(key, digest, signature).map(|_| Response::Done)
             }

@@ -26,8 +26,8 @@ use ferrohsm_proto::kind::Cost;
 use ferrohsm_proto::{KeyRef, Kind, Request, Response, Status};
 use zeroize::Zeroizing;
 
-use crate::crypto::ops;
 use crate::crypto::pool::CryptoPool;
+use crate::crypto::{kem, ops};
 use crate::error::OpError;
 use crate::keys::KeyHandle;
 use crate::keys::audit::Level;
@@ -287,6 +287,44 @@ impl Dispatcher {
                 let material = pool
                     .run(0, move || {
                         ops::derive(&base.material, &peer, t).map(Box::new)
+                    })
+                    .await?;
+                km.create(&caller, new, material).await.map(Response::Key)
+            }
+            Request::Encapsulate { key, spec } => {
+                let base = km.authorize(&caller, &key, policy::ENCAPSULATE).await?;
+                let new = policy::encapsulated(&spec)?;
+                let t = new.key_type;
+                let (ciphertext, material) = pool
+                    .run(0, move || {
+                        kem::encapsulate(&base.material, t).map(|(c, m)| (c, Box::new(m)))
+                    })
+                    .await?;
+                let key = km.create(&caller, new, material).await?;
+                Ok(Response::Encapsulated { ciphertext, key })
+            }
+            Request::EncapsulatePeer { peer, spec } => {
+                let new = policy::encapsulated(&spec)?;
+                let t = new.key_type;
+                let (ciphertext, material) = pool
+                    .run(peer.len(), move || {
+                        kem::encapsulate_peer(&peer, t).map(|(c, m)| (c, Box::new(m)))
+                    })
+                    .await?;
+                let key = km.create(&caller, new, material).await?;
+                Ok(Response::Encapsulated { ciphertext, key })
+            }
+            Request::Decapsulate {
+                key,
+                ciphertext,
+                spec,
+            } => {
+                let base = km.authorize(&caller, &key, policy::DECAPSULATE).await?;
+                let new = policy::decapsulated(&base.info, &spec)?;
+                let t = new.key_type;
+                let material = pool
+                    .run(ciphertext.len(), move || {
+                        kem::decapsulate(&base.material, &ciphertext, t).map(Box::new)
                     })
                     .await?;
                 km.create(&caller, new, material).await.map(Response::Key)

@@ -15,10 +15,11 @@ use serde_json::json;
 
 mod args;
 mod files;
+mod kem;
 mod lifecycle;
 mod show;
 
-use args::{NewKeyArgs, aad, spec};
+use args::{Context, NewKeyArgs, aad, context, spec};
 use files::{file_to_file, read, two_files, write_out};
 use show::{hex, info_json, info_line};
 
@@ -101,6 +102,9 @@ enum Command {
         input: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// ML-DSA context string, in hex (at most 255 bytes; empty is none).
+        #[arg(long, value_name = "HEX")]
+        context: Option<Context>,
     },
     /// Verify a signature; prints `ok`.
     Verify {
@@ -109,6 +113,9 @@ enum Command {
         input: PathBuf,
         #[arg(long)]
         sig: PathBuf,
+        /// ML-DSA context string the signature was made with, in hex.
+        #[arg(long, value_name = "HEX")]
+        context: Option<Context>,
     },
     /// AEAD-encrypt a file.
     Encrypt {
@@ -160,6 +167,8 @@ enum Command {
     },
     #[command(flatten)]
     Lifecycle(lifecycle::Command),
+    #[command(flatten)]
+    Kem(kem::Command),
 }
 
 fn main() -> ExitCode {
@@ -335,17 +344,26 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             hsm().await?.delete(&key).await?;
             ok()
         }
-        Command::Sign { key, input, out } => {
-            file_to_file(&input, &out, false, async |d| {
-                hsm().await?.sign(&key, d).await
-            })
-            .await?
+        Command::Sign {
+            key,
+            input,
+            out,
+            context: c,
+        } => {
+            let op = async |d| hsm().await?.sign_with_context(&key, d, context(c)).await;
+            file_to_file(&input, &out, false, op).await?
         }
-        Command::Verify { key, input, sig } => {
-            two_files(&input, &sig, async |d, s| {
-                hsm().await?.verify(&key, d, s).await
-            })
-            .await?;
+        Command::Verify {
+            key,
+            input,
+            sig,
+            context: c,
+        } => {
+            let op = async |d, s| {
+                let c = context(c);
+                hsm().await?.verify_with_context(&key, d, s, c).await
+            };
+            two_files(&input, &sig, op).await?;
             ok()
         }
         Command::Encrypt {
@@ -400,5 +418,6 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             new_key(hsm().await?.derive(&key, raw, spec(key_type, new)).await?)
         }
         Command::Lifecycle(cmd) => lifecycle::run(cmd, json, hsm).await?,
+        Command::Kem(cmd) => kem::run(cmd, json, hsm).await?,
     })
 }

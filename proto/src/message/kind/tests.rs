@@ -92,6 +92,30 @@ fn samples() -> Vec<Request> {
             peer: vec![],
             spec: spec.clone(),
         },
+        Request::SignContext {
+            key: k(),
+            data: vec![],
+            context: vec![1],
+        },
+        Request::VerifyContext {
+            key: k(),
+            data: vec![],
+            signature: vec![],
+            context: vec![1],
+        },
+        Request::Encapsulate {
+            key: k(),
+            spec: spec.clone(),
+        },
+        Request::EncapsulatePeer {
+            peer: vec![],
+            spec: spec.clone(),
+        },
+        Request::Decapsulate {
+            key: k(),
+            ciphertext: vec![],
+            spec: spec.clone(),
+        },
         Request::Import {
             spec,
             material: vec![],
@@ -155,6 +179,11 @@ fn every_variant(r: &Request) {
         | Request::Mac { .. }
         | Request::MacVerify { .. }
         | Request::Derive { .. }
+        | Request::SignContext { .. }
+        | Request::VerifyContext { .. }
+        | Request::Encapsulate { .. }
+        | Request::EncapsulatePeer { .. }
+        | Request::Decapsulate { .. }
         | Request::Import { .. }
         | Request::Wrap { .. }
         | Request::Unwrap { .. }
@@ -248,7 +277,7 @@ fn the_parts_of_each_description_agree() {
                     "{op:?}"
                 );
                 assert!(
-                    matches!(k.reply, Reply::AsRequest | Reply::Random),
+                    matches!(k.reply, Reply::AsRequest | Reply::Signed | Reply::Random),
                     "{op:?}"
                 );
                 assert!(!k.changes_state && !k.key_bytes, "{op:?}");
@@ -266,8 +295,10 @@ fn the_parts_of_each_description_agree() {
             assert!(k.key.owner_only() && k.key_bytes, "{op:?}");
         }
         // Every kind that changes a key the caller names is the owner's alone, except
-        // derive, which makes a new key of the caller's from a key it may only use.
-        if k.changes_state && k.key != KeyUse::None && op != Opcode::Derive {
+        // derive, encapsulate and decapsulate, which make a new key of the caller's from a
+        // key it may only use.
+        let makes_from_a_used_key = [Opcode::Derive, Opcode::Encapsulate, Opcode::Decapsulate];
+        if k.changes_state && k.key != KeyUse::None && !makes_from_a_used_key.contains(&op) {
             assert!(k.key.owner_only(), "{op:?}");
         }
     }
@@ -280,6 +311,7 @@ fn a_response_bound_covers_what_it_names() {
         Reply::Random.bound(4, 1 << 20),
         crate::MAX_RANDOM as usize + 1024
     );
+    assert_eq!(Reply::Signed.bound(100, 1 << 20), 100 + 4627 + 1024);
     assert_eq!(Reply::Frame.bound(4, 1 << 20), 1 << 20);
     assert_eq!(Reply::Small.bound(4, 1 << 20), 64 * 1024);
 }

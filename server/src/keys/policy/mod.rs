@@ -27,10 +27,28 @@ pub struct Requirement {
     pub owner_only: bool,
 }
 
-const SIGNERS: &[KeyType] = &[KeyType::Ed25519, KeyType::P256];
+const SIGNERS: &[KeyType] = &[
+    KeyType::Ed25519,
+    KeyType::P256,
+    KeyType::MlDsa44,
+    KeyType::MlDsa65,
+    KeyType::MlDsa87,
+];
+const ML_DSA: &[KeyType] = &[KeyType::MlDsa44, KeyType::MlDsa65, KeyType::MlDsa87];
+const ML_KEM: &[KeyType] = &[KeyType::MlKem512, KeyType::MlKem768, KeyType::MlKem1024];
 const AEADS: &[KeyType] = &[KeyType::ChaCha20Poly1305, KeyType::Aes256Gcm];
-const ASYMMETRIC: &[KeyType] = &[KeyType::Ed25519, KeyType::P256, KeyType::X25519];
-/// Types a derive may produce.
+const ASYMMETRIC: &[KeyType] = &[
+    KeyType::Ed25519,
+    KeyType::P256,
+    KeyType::X25519,
+    KeyType::MlDsa44,
+    KeyType::MlDsa65,
+    KeyType::MlDsa87,
+    KeyType::MlKem512,
+    KeyType::MlKem768,
+    KeyType::MlKem1024,
+];
+/// Types a derive, an encapsulation or a decapsulation may produce.
 const DERIVABLE: &[KeyType] = &[
     KeyType::ChaCha20Poly1305,
     KeyType::Aes256Gcm,
@@ -51,6 +69,8 @@ pub const GRANTABLE: UsageSet = UsageSet::of_const(&[
     Usage::Decrypt,
     Usage::Mac,
     Usage::Derive,
+    Usage::Encapsulate,
+    Usage::Decapsulate,
 ]);
 
 /// What the description of `op`'s kind says it needs of its key (its usage flags, whether only
@@ -78,6 +98,14 @@ pub const VERIFY_DIGEST: Requirement =
     of(Opcode::VerifyDigest, "verify a digest", &[KeyType::P256]);
 /// Verify.
 pub const VERIFY: Requirement = of(Opcode::Verify, "verify", SIGNERS);
+/// Sign with a context string (ML-DSA only).
+pub const SIGN_CONTEXT: Requirement = of(Opcode::SignContext, "sign with a context", ML_DSA);
+/// Verify with a context string (ML-DSA only).
+pub const VERIFY_CONTEXT: Requirement = of(Opcode::VerifyContext, "verify with a context", ML_DSA);
+/// Encapsulate to a key (ML-KEM).
+pub const ENCAPSULATE: Requirement = of(Opcode::Encapsulate, "encapsulate to", ML_KEM);
+/// Decapsulate with a key (ML-KEM).
+pub const DECAPSULATE: Requirement = of(Opcode::Decapsulate, "decapsulate with", ML_KEM);
 /// Encrypt.
 pub const ENCRYPT: Requirement = of(Opcode::Encrypt, "encrypt", AEADS);
 /// Encrypt in the standard layout (PKCS#11).
@@ -248,6 +276,8 @@ pub struct NewKey {
     pub session: bool,
     /// Where it comes from.
     pub origin: Origin,
+    /// The operation that makes it, for the audit log (hsmctl's command name).
+    pub made_by: &'static str,
 }
 
 /// The usage set of a new key: the request's, which must be non-empty and fit the type, or
@@ -275,6 +305,7 @@ pub fn generated(spec: &KeySpec) -> Result<NewKey, OpError> {
         exportable: spec.exportable,
         session: spec.session,
         origin: Origin::Generated,
+        made_by: Opcode::Generate.kind().name,
     })
 }
 
@@ -299,14 +330,58 @@ pub fn derived(base: &KeyInfo, spec: &KeySpec) -> Result<NewKey, OpError> {
     }
     Ok(NewKey {
         origin: Origin::Derived,
+        made_by: Opcode::Derive.kind().name,
         ..generated(spec)?
     })
+}
+
+/// The key an encapsulation makes (its 32-byte shared secret): a symmetric type, as for
+/// derive. It may be exportable: the secret is fresh, and the peer learns it anyway.
+pub fn encapsulated(spec: &KeySpec) -> Result<NewKey, OpError> {
+    check_secret_type("an encapsulated", spec.key_type)?;
+    Ok(NewKey {
+        origin: Origin::Derived,
+        made_by: Opcode::Encapsulate.kind().name,
+        ..generated(spec)?
+    })
+}
+
+/// The key a decapsulation with `base` (already authorized for [`DECAPSULATE`]) makes: a
+/// symmetric type, never more exportable than `base`, by derive's reasoning: decapsulating
+/// the same ciphertext again gives the same secret, so an exportable copy would reveal a
+/// non-exportable key made before.
+pub fn decapsulated(base: &KeyInfo, spec: &KeySpec) -> Result<NewKey, OpError> {
+    check_secret_type("a decapsulated", spec.key_type)?;
+    if spec.exportable && !base.exportable {
+        return Err(OpError::new(
+            Status::NotExportable,
+            format!(
+                "key {} is not exportable, so a key decapsulated with it cannot be either",
+                base.label
+            ),
+        ));
+    }
+    Ok(NewKey {
+        origin: Origin::Derived,
+        made_by: Opcode::Decapsulate.kind().name,
+        ..generated(spec)?
+    })
+}
+
+fn check_secret_type(what: &str, t: KeyType) -> Result<(), OpError> {
+    if DERIVABLE.contains(&t) {
+        return Ok(());
+    }
+    Err(OpError::invalid(format!(
+        "{what} secret cannot be a {t} key; expected aes256gcm, chacha20poly1305 or hmac-sha256"
+    )))
 }
 
 /// A key to import.
 pub fn imported(spec: &KeySpec) -> Result<NewKey, OpError> {
     Ok(NewKey {
         origin: Origin::Imported,
+        made_by: Opcode::Import.kind().name,
         ..generated(spec)?
     })
 }
@@ -332,18 +407,14 @@ pub fn unwrapped(
         exportable,
         session: false,
         origin: Origin::Unwrapped,
+        made_by: Opcode::Unwrap.kind().name,
     })
 }
 
 impl NewKey {
-    /// The hsmctl command that makes a key of this origin (for the audit log).
+    /// The hsmctl command that makes the key (for the audit log).
     pub fn op(&self) -> &'static str {
-        match self.origin {
-            Origin::Generated => Opcode::Generate.kind().name,
-            Origin::Derived => Opcode::Derive.kind().name,
-            Origin::Imported => Opcode::Import.kind().name,
-            Origin::Unwrapped => Opcode::Unwrap.kind().name,
-        }
+        self.made_by
     }
 }
 

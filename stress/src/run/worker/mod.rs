@@ -121,7 +121,14 @@ impl Worker {
                     self.hmac.push((label, k.to_vec()));
                 }
                 KeyType::X25519 => self.x.push(label),
-                KeyType::P256 | KeyType::Aes256Gcm => {
+                KeyType::P256
+                | KeyType::Aes256Gcm
+                | KeyType::MlDsa44
+                | KeyType::MlDsa65
+                | KeyType::MlDsa87
+                | KeyType::MlKem512
+                | KeyType::MlKem768
+                | KeyType::MlKem1024 => {
                     return Err(ClientError::Local(format!(
                         "set-up asked for no {} key",
                         info.key_type

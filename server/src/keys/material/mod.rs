@@ -5,6 +5,11 @@
 //! signing does not expand or re-validate the key every time: aws-lc signs Ed25519 2x and P-256
 //! 1.1x as fast as the next best here (BENCHMARKS.md, "The fastest signing code"). aws-lc keeps
 //! the pair in memory it allocated, and clears every allocation when it frees it.
+//!
+//! The post-quantum types are one module each ([`ml_dsa`], [`ml_kem`]), behind [`KeyForm`]:
+//! what hsmd asks of any key (generate, the stored, exported and public forms, import). A new
+//! family is a module implementing it and one variant here; the compiler then names every
+//! match that must learn it (no arm over key types or material is a wildcard).
 
 use std::fmt;
 
@@ -16,6 +21,14 @@ use ferrohsm_proto::KeyType;
 use zeroize::Zeroizing;
 
 use crate::error::OpError;
+
+mod form;
+pub mod ml_dsa;
+pub mod ml_kem;
+
+pub use form::{KeyForm, random_bytes};
+pub use ml_dsa::MlDsaKey;
+pub use ml_kem::MlKemKey;
 
 /// Secret bytes of a symmetric key.
 pub type SecretBytes = Zeroizing<[u8; 32]>;
@@ -50,6 +63,10 @@ pub enum KeyMaterial {
     Aes256Gcm(SecretBytes),
     /// HMAC-SHA256 key.
     HmacSha256(SecretBytes),
+    /// ML-DSA-44, -65 or -87.
+    MlDsa(Box<MlDsaKey>),
+    /// ML-KEM-512, -768 or -1024.
+    MlKem(Box<MlKemKey>),
 }
 
 impl fmt::Debug for KeyMaterial {
@@ -68,6 +85,8 @@ impl KeyMaterial {
             KeyMaterial::ChaCha20Poly1305(_) => KeyType::ChaCha20Poly1305,
             KeyMaterial::Aes256Gcm(_) => KeyType::Aes256Gcm,
             KeyMaterial::HmacSha256(_) => KeyType::HmacSha256,
+            KeyMaterial::MlDsa(k) => k.key_type(),
+            KeyMaterial::MlKem(k) => k.key_type(),
         }
     }
 
@@ -85,10 +104,17 @@ impl KeyMaterial {
             | KeyType::ChaCha20Poly1305
             | KeyType::Aes256Gcm
             | KeyType::HmacSha256 => KeyMaterial::from_secret(t, &random_secret()?),
+            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
+                MlDsaKey::generate(t).map(|k| KeyMaterial::MlDsa(Box::new(k)))
+            }
+            KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
+                MlKemKey::generate(t).map(|k| KeyMaterial::MlKem(Box::new(k)))
+            }
         }
     }
 
-    /// Builds a key of a non-P-256 type from 32 secret bytes (generation, derivation).
+    /// Builds a key of a type made of 32 secret bytes (Ed25519, X25519 and the symmetric
+    /// types) from them: generation, derivation, a decapsulated secret.
     pub fn from_secret(t: KeyType, secret: &SecretBytes) -> Result<KeyMaterial, OpError> {
         let bytes = Zeroizing::new(**secret);
         Ok(match t {
@@ -107,8 +133,16 @@ impl KeyMaterial {
             KeyType::ChaCha20Poly1305 => KeyMaterial::ChaCha20Poly1305(bytes),
             KeyType::Aes256Gcm => KeyMaterial::Aes256Gcm(bytes),
             KeyType::HmacSha256 => KeyMaterial::HmacSha256(bytes),
-            KeyType::P256 => {
-                return Err(OpError::invalid("a p256 key cannot be made from 32 bytes"));
+            KeyType::P256
+            | KeyType::MlDsa44
+            | KeyType::MlDsa65
+            | KeyType::MlDsa87
+            | KeyType::MlKem512
+            | KeyType::MlKem768
+            | KeyType::MlKem1024 => {
+                return Err(OpError::invalid(format!(
+                    "a {t} key cannot be made from 32 secret bytes"
+                )));
             }
         })
     }
@@ -119,6 +153,8 @@ impl KeyMaterial {
             KeyMaterial::Ed25519 { public, .. } => Some(public.to_bytes().to_vec()),
             KeyMaterial::P256 { pair, .. } => Some(pair.public_key().as_ref().to_vec()),
             KeyMaterial::X25519(k) => Some(x25519_dalek::PublicKey::from(k).to_bytes().to_vec()),
+            KeyMaterial::MlDsa(k) => Some(k.public()),
+            KeyMaterial::MlKem(k) => Some(k.public()),
             KeyMaterial::ChaCha20Poly1305(_)
             | KeyMaterial::Aes256Gcm(_)
             | KeyMaterial::HmacSha256(_) => None,
@@ -150,9 +186,12 @@ impl KeyMaterial {
         Some(prehash.get_or_init(|| k))
     }
 
-    /// The raw secret bytes (for `export` of exportable keys only).
+    /// The raw secret bytes (for `export` of exportable keys only): the seed for Ed25519
+    /// and the post-quantum types.
     pub fn secret_bytes(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(match self {
+            KeyMaterial::MlDsa(k) => return k.exported(),
+            KeyMaterial::MlKem(k) => return k.exported(),
             KeyMaterial::Ed25519 { seed, .. } => seed.to_vec(),
             KeyMaterial::P256 { scalar, .. } => scalar.to_vec(),
             KeyMaterial::X25519(k) => k.to_bytes().to_vec(),
@@ -165,8 +204,14 @@ impl KeyMaterial {
 
 impl KeyMaterial {
     /// The bytes sealed into the key store: the 32-byte secret, and for P-256 the 65-byte
-    /// public point after it (the pair is rebuilt from both halves, which must agree).
+    /// public point after it (the pair is rebuilt from both halves, which must agree); the
+    /// seed for the post-quantum types.
     pub fn to_stored(&self) -> Zeroizing<Vec<u8>> {
+        match self {
+            KeyMaterial::MlDsa(k) => return k.stored(),
+            KeyMaterial::MlKem(k) => return k.stored(),
+            _ => {}
+        }
         let mut out = self.secret_bytes();
         if let KeyMaterial::P256 { pair, .. } = self {
             out.extend_from_slice(pair.public_key().as_ref());
@@ -204,6 +249,12 @@ impl KeyMaterial {
             | KeyType::HmacSha256 => {
                 let secret: [u8; 32] = bytes.try_into().ok()?;
                 KeyMaterial::from_secret(t, &Zeroizing::new(secret)).ok()
+            }
+            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
+                MlDsaKey::from_stored(t, bytes).map(|k| KeyMaterial::MlDsa(Box::new(k)))
+            }
+            KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
+                MlKemKey::from_stored(t, bytes).map(|k| KeyMaterial::MlKem(Box::new(k)))
             }
         }
     }
@@ -249,6 +300,12 @@ impl KeyMaterial {
                 })?;
                 KeyMaterial::from_secret(t, &Zeroizing::new(raw))
             }
+            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
+                MlDsaKey::import(t, bytes).map(|k| KeyMaterial::MlDsa(Box::new(k)))
+            }
+            KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
+                MlKemKey::import(t, bytes).map(|k| KeyMaterial::MlKem(Box::new(k)))
+            }
         }
     }
 }
@@ -270,9 +327,7 @@ fn p256_with_scalar(pair: EcdsaKeyPair) -> Option<KeyMaterial> {
 
 /// 32 bytes from the OS CSPRNG.
 pub fn random_secret() -> Result<SecretBytes, OpError> {
-    let mut s = Zeroizing::new([0u8; 32]);
-    getrandom::fill(s.as_mut()).map_err(|_| OpError::internal("OS random source failed"))?;
-    Ok(s)
+    random_bytes::<32>()
 }
 
 #[cfg(test)]
@@ -286,7 +341,7 @@ mod tests {
             let dbg = format!("{k:?}");
             assert_eq!(dbg, format!("KeyMaterial::{}(..)", t.name()));
             assert_eq!(k.key_type(), t);
-            assert_eq!(k.secret_bytes().len(), 32);
+            assert_eq!(k.secret_bytes().len(), t.describe().secret_len);
             assert_eq!(k.public_key().is_some(), t.is_asymmetric());
         }
     }

@@ -1,0 +1,89 @@
+//! What every key family provides ([`KeyForm`]), and what the seed-based families share:
+//! random seeds and their PKCS#8 documents.
+
+use ferrohsm_proto::pem::{PqPrivateKey, parse_pq_pkcs8};
+use ferrohsm_proto::{KeyType, Status};
+use zeroize::Zeroizing;
+
+use crate::error::OpError;
+
+/// What hsmd asks of a key of any family: implemented once per family module.
+pub trait KeyForm: Sized {
+    /// The key's type.
+    fn key_type(&self) -> KeyType;
+    /// A fresh random key of type `t`.
+    fn generate(t: KeyType) -> Result<Self, OpError>;
+    /// The bytes the store seals and wrap carries.
+    fn stored(&self) -> Zeroizing<Vec<u8>>;
+    /// The key from [`KeyForm::stored`] bytes; `None` if they do not make one of type `t`.
+    fn from_stored(t: KeyType, bytes: &[u8]) -> Option<Self>;
+    /// The secret `export` writes.
+    fn exported(&self) -> Zeroizing<Vec<u8>>;
+    /// The raw public key.
+    fn public(&self) -> Vec<u8>;
+    /// A key brought in from outside, in the forms the type takes.
+    fn import(t: KeyType, bytes: &[u8]) -> Result<Self, OpError>;
+}
+
+/// `N` bytes from the OS CSPRNG.
+pub fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, OpError> {
+    let mut s = Zeroizing::new([0u8; N]);
+    getrandom::fill(s.as_mut()).map_err(|_| OpError::internal("OS random source failed"))?;
+    Ok(s)
+}
+
+/// A seed-based key brought in from outside: exactly `N` bytes are the raw seed; anything else
+/// must be an ML-DSA or ML-KEM PKCS#8 document for type `t` (DER; hsmctl removes PEM armour)
+/// in the `seed` form, or `both`, when `expanded_of(seed)` gives its expanded half; the
+/// `expandedKey` form is refused (the seed, which is what hsmd keeps and exports, cannot be
+/// recovered from it).
+pub(crate) fn seed_of<const N: usize>(
+    t: KeyType,
+    bytes: &[u8],
+    expanded_of: impl FnOnce(&[u8; N]) -> Result<Zeroizing<Vec<u8>>, OpError>,
+) -> Result<Zeroizing<[u8; N]>, OpError> {
+    if let Ok(seed) = <[u8; N]>::try_from(bytes) {
+        return Ok(Zeroizing::new(seed));
+    }
+    let Some((found, choice)) = parse_pq_pkcs8(bytes) else {
+        return Err(OpError::invalid(format!(
+            "the input is not an {t} private key: expected the {N}-byte raw seed, or PKCS#8 \
+             (PEM or DER) in the seed or both form"
+        )));
+    };
+    if found != t {
+        return Err(OpError::invalid(format!(
+            "the PKCS#8 document holds an {found} key, not {t}"
+        )));
+    }
+    let (seed, expanded) = match choice {
+        PqPrivateKey::Seed(seed) => (seed, None),
+        PqPrivateKey::Both { seed, expanded } => (seed, Some(expanded)),
+        PqPrivateKey::Expanded => {
+            return Err(OpError::invalid(format!(
+                "the PKCS#8 document holds the {t} key in the expandedKey form, which is \
+                 refused: the seed cannot be recovered from it; give the seed or both form"
+            )));
+        }
+    };
+    let seed: Zeroizing<[u8; N]> = Zeroizing::new(seed.as_slice().try_into().map_err(|_| {
+        OpError::invalid(format!(
+            "the PKCS#8 seed of an {t} key is {N} bytes; this one has {}",
+            seed.len()
+        ))
+    })?);
+    if let Some(expanded) = expanded
+        && *expanded != *expanded_of(&seed)?
+    {
+        return Err(halves_disagree(t));
+    }
+    Ok(seed)
+}
+
+/// The two halves of a `both` document describe different keys.
+fn halves_disagree(t: KeyType) -> OpError {
+    OpError::new(
+        Status::InvalidArgument,
+        format!("the PKCS#8 document's seed and expandedKey disagree: they are not one {t} key"),
+    )
+}
