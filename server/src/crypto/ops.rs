@@ -214,7 +214,9 @@ pub fn derive(key: &KeyMaterial, peer: &[u8], t: KeyType) -> Result<KeyMaterial,
     let peer: [u8; 32] = peer
         .try_into()
         .map_err(|_| OpError::invalid("peer public key must be 32 bytes of X25519"))?;
-    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer));
+    let shared = secret
+        .secret()
+        .diffie_hellman(&x25519_dalek::PublicKey::from(peer));
     if !shared.was_contributory() {
         return Err(OpError::invalid("peer public key is a low-order point"));
     }

@@ -17,9 +17,10 @@ use crate::keys::material::KeyMaterial;
 pub fn sign(key: &KeyMaterial, data: &[u8]) -> Result<Vec<u8>, OpError> {
     match key {
         KeyMaterial::MlDsa(k) => k.sign(data, &[]),
-        KeyMaterial::Ed25519 { pair, .. } => Ok(pair.sign(data).as_ref().to_vec()),
+        KeyMaterial::Ed25519(k) => Ok(k.pair.sign(data).as_ref().to_vec()),
         // aws-lc draws the nonce's randomness itself (the argument is ring's API).
-        KeyMaterial::P256 { pair, .. } => pair
+        KeyMaterial::P256(k) => k
+            .pair
             .sign(&aws_lc_rs::rand::SystemRandom::new(), data)
             .map(|s| s.as_ref().to_vec())
             .map_err(|_| OpError::internal("P-256 signing failed")),
@@ -73,7 +74,8 @@ pub fn verify_context(
 pub fn verify(key: &KeyMaterial, data: &[u8], sig: &[u8]) -> Result<(), OpError> {
     let bad = || OpError::new(Status::BadSignature, "signature does not verify");
     match key {
-        KeyMaterial::Ed25519 { public, .. } => {
+        KeyMaterial::Ed25519(k) => {
+            let public = &k.public;
             let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| bad())?;
             public.verify_strict(data, &sig).map_err(|_| bad())
         }
@@ -112,7 +114,7 @@ fn check_digest(digest: &[u8]) -> Result<(), OpError> {
 /// TLS-PSK), and is 5-9x faster here than the pure-Rust p256 crate.
 pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError> {
     let signer = match key {
-        KeyMaterial::P256 { .. } => key
+        KeyMaterial::P256(k) => k
             .digest_key()
             .ok_or_else(|| OpError::internal("P-256 scalar does not parse"))?,
         other @ (KeyMaterial::Ed25519 { .. }
@@ -134,11 +136,11 @@ pub fn sign_digest(key: &KeyMaterial, digest: &[u8]) -> Result<Vec<u8>, OpError>
 /// Verifies a DER ECDSA P-256 signature over a digest.
 pub fn verify_digest(key: &KeyMaterial, digest: &[u8], sig: &[u8]) -> Result<(), OpError> {
     let bad = || OpError::new(Status::BadSignature, "signature does not verify");
-    let KeyMaterial::P256 { .. } = key else {
+    let KeyMaterial::P256(k) = key else {
         return Err(wrong_type("verify a digest", key.key_type()));
     };
     check_digest(digest)?;
-    let k = key
+    let k = k
         .digest_key()
         .ok_or_else(|| OpError::internal("P-256 key does not parse"))?;
     let parsed = openssl::ecdsa::EcdsaSig::from_der(sig).map_err(|_| bad())?;
@@ -218,7 +220,10 @@ mod tests {
     fn p256_signatures_verify_under_ring_and_openssl() {
         let k = key(KeyType::P256);
         let public = k.public_key().unwrap();
-        let ossl = k.digest_key().unwrap();
+        let KeyMaterial::P256(p) = &k else {
+            panic!("not P-256")
+        };
+        let ossl = p.digest_key().unwrap();
         for len in [0usize, 32, 1000] {
             let msg = vec![7u8; len];
             let sig = sign(&k, &msg).unwrap();

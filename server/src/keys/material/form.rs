@@ -7,6 +7,16 @@ use zeroize::Zeroizing;
 
 use crate::error::OpError;
 
+/// 32 secret bytes: a symmetric key, an Ed25519 seed, a scalar.
+pub type SecretBytes = Zeroizing<[u8; 32]>;
+
+/// The input is not a private key of the family in PKCS#8.
+pub(crate) fn wrong_form(what: &str) -> OpError {
+    OpError::invalid(format!(
+        "the input is not a {what} private key in PKCS#8 (as `openssl genpkey` writes it)"
+    ))
+}
+
 /// What hsmd asks of a key of any family: implemented once per family module.
 pub trait KeyForm: Sized {
     /// The key's type.
@@ -19,8 +29,8 @@ pub trait KeyForm: Sized {
     fn from_stored(t: KeyType, bytes: &[u8]) -> Option<Self>;
     /// The secret `export` writes.
     fn exported(&self) -> Zeroizing<Vec<u8>>;
-    /// The raw public key.
-    fn public(&self) -> Vec<u8>;
+    /// The raw public key (`None` for symmetric types).
+    fn public(&self) -> Option<Vec<u8>>;
     /// A key brought in from outside, in the forms the type takes.
     fn import(t: KeyType, bytes: &[u8]) -> Result<Self, OpError>;
 }

@@ -1,72 +1,99 @@
 //! Key material: every secret lives in a type that zeroizes on drop and whose `Debug` prints no
 //! secret.
 //!
+//! A key family is one module implementing [`KeyForm`] (generate; the stored, exported and
+//! public forms; import): [`ed25519`], [`p256`], [`x25519`], [`symmetric`], [`ml_dsa`],
+//! [`ml_kem`]. [`KeyMaterial`] holds one key of any family, and `by_type!` below is the one
+//! table from a key type to the module that makes it and the variant that holds it. A new
+//! family is a module, a variant and a row there; the compiler then names every match that must
+//! learn it (no arm over key types or material is a wildcard).
+//!
 //! Ed25519 and P-256 keep aws-lc's parsed key pair next to the zeroizing secret, so that
 //! signing does not expand or re-validate the key every time: aws-lc signs Ed25519 2x and P-256
 //! 1.1x as fast as the next best here (BENCHMARKS.md, "The fastest signing code"). aws-lc keeps
 //! the pair in memory it allocated, and clears every allocation when it frees it.
-//!
-//! The post-quantum types are one module each ([`ml_dsa`], [`ml_kem`]), behind [`KeyForm`]:
-//! what hsmd asks of any key (generate, the stored, exported and public forms, import). A new
-//! family is a module implementing it and one variant here; the compiler then names every
-//! match that must learn it (no arm over key types or material is a wildcard).
 
 use std::fmt;
 
-use aws_lc_rs::encoding::AsBigEndian as _;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
-};
 use ferrohsm_proto::KeyType;
 use zeroize::Zeroizing;
 
 use crate::error::OpError;
 
+pub mod ed25519;
 mod form;
 pub mod ml_dsa;
 pub mod ml_kem;
+pub mod p256;
+pub mod symmetric;
+pub mod x25519;
 
-pub use form::{KeyForm, random_bytes};
+pub use ed25519::Ed25519Key;
+pub use form::{KeyForm, SecretBytes, random_bytes};
 pub use ml_dsa::MlDsaKey;
 pub use ml_kem::MlKemKey;
+pub use p256::P256Key;
+pub use symmetric::SymmetricKey;
+pub use x25519::X25519Key;
 
-/// Secret bytes of a symmetric key.
-pub type SecretBytes = Zeroizing<[u8; 32]>;
-
-/// The secret half of a key.
+/// The secret half of a key, of any family.
 pub enum KeyMaterial {
-    /// Ed25519: the 32-byte seed, aws-lc's expanded pair and the public key.
-    Ed25519 {
-        /// The seed (RFC 8032's private key).
-        seed: SecretBytes,
-        /// Expanded key pair used for signing.
-        pair: Box<Ed25519KeyPair>,
-        /// The public key, decompressed once, that verifies (strictly).
-        public: ed25519_dalek::VerifyingKey,
-    },
-    /// ECDSA P-256: the 32-byte scalar and aws-lc's parsed pair.
-    P256 {
-        /// Private scalar.
-        scalar: SecretBytes,
-        /// Parsed key pair used for signing.
-        pair: Box<EcdsaKeyPair>,
-        /// The OpenSSL key that signs caller-made digests
-        /// ([`crate::crypto::sign::sign_digest`]), made on first use;
-        /// OpenSSL clears its scalar when the key is freed.
-        prehash: std::sync::OnceLock<openssl::ec::EcKey<openssl::pkey::Private>>,
-    },
-    /// X25519 (dalek zeroizes on drop).
-    X25519(x25519_dalek::StaticSecret),
-    /// ChaCha20-Poly1305 key.
-    ChaCha20Poly1305(SecretBytes),
-    /// AES-256-GCM key.
-    Aes256Gcm(SecretBytes),
-    /// HMAC-SHA256 key.
-    HmacSha256(SecretBytes),
+    /// Ed25519.
+    Ed25519(Box<Ed25519Key>),
+    /// ECDSA P-256.
+    P256(Box<P256Key>),
+    /// X25519.
+    X25519(X25519Key),
+    /// ChaCha20-Poly1305.
+    ChaCha20Poly1305(SymmetricKey),
+    /// AES-256-GCM.
+    Aes256Gcm(SymmetricKey),
+    /// HMAC-SHA256.
+    HmacSha256(SymmetricKey),
     /// ML-DSA-44, -65 or -87.
     MlDsa(Box<MlDsaKey>),
     /// ML-KEM-512, -768 or -1024.
     MlKem(Box<MlKemKey>),
+}
+
+/// The one table: for key type `$t`, calls `$f` of the family module that makes keys of it
+/// (a constructor of [`KeyForm`], which answers a `Result` or an `Option`) and wraps the key in
+/// its variant.
+macro_rules! by_type {
+    ($t:expr, $f:ident($($arg:expr),*)) => {
+        match $t {
+            KeyType::Ed25519 => Ed25519Key::$f($($arg),*).map(|k| KeyMaterial::Ed25519(Box::new(k))),
+            KeyType::P256 => P256Key::$f($($arg),*).map(|k| KeyMaterial::P256(Box::new(k))),
+            KeyType::X25519 => X25519Key::$f($($arg),*).map(KeyMaterial::X25519),
+            KeyType::ChaCha20Poly1305 => {
+                SymmetricKey::$f($($arg),*).map(KeyMaterial::ChaCha20Poly1305)
+            }
+            KeyType::Aes256Gcm => SymmetricKey::$f($($arg),*).map(KeyMaterial::Aes256Gcm),
+            KeyType::HmacSha256 => SymmetricKey::$f($($arg),*).map(KeyMaterial::HmacSha256),
+            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
+                MlDsaKey::$f($($arg),*).map(|k| KeyMaterial::MlDsa(Box::new(k)))
+            }
+            KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
+                MlKemKey::$f($($arg),*).map(|k| KeyMaterial::MlKem(Box::new(k)))
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$k` the key inside `$m`, whatever its family.
+macro_rules! each {
+    ($m:expr, $k:ident => $body:expr) => {
+        match $m {
+            KeyMaterial::Ed25519($k) => $body,
+            KeyMaterial::P256($k) => $body,
+            KeyMaterial::X25519($k) => $body,
+            KeyMaterial::ChaCha20Poly1305($k)
+            | KeyMaterial::Aes256Gcm($k)
+            | KeyMaterial::HmacSha256($k) => $body,
+            KeyMaterial::MlDsa($k) => $body,
+            KeyMaterial::MlKem($k) => $body,
+        }
+    };
 }
 
 impl fmt::Debug for KeyMaterial {
@@ -78,61 +105,26 @@ impl fmt::Debug for KeyMaterial {
 impl KeyMaterial {
     /// The key's type.
     pub fn key_type(&self) -> KeyType {
-        match self {
-            KeyMaterial::Ed25519 { .. } => KeyType::Ed25519,
-            KeyMaterial::P256 { .. } => KeyType::P256,
-            KeyMaterial::X25519(_) => KeyType::X25519,
-            KeyMaterial::ChaCha20Poly1305(_) => KeyType::ChaCha20Poly1305,
-            KeyMaterial::Aes256Gcm(_) => KeyType::Aes256Gcm,
-            KeyMaterial::HmacSha256(_) => KeyType::HmacSha256,
-            KeyMaterial::MlDsa(k) => k.key_type(),
-            KeyMaterial::MlKem(k) => k.key_type(),
-        }
+        each!(self, k => k.key_type())
     }
 
     /// A fresh random key of type `t`. Runs on a crypto worker (P-256 needs a scalar
-    /// multiplication).
+    /// multiplication, ML-DSA and ML-KEM expand their seeds).
     pub fn generate(t: KeyType) -> Result<KeyMaterial, OpError> {
-        match t {
-            KeyType::P256 => {
-                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
-                    .map_err(|_| OpError::internal("P-256 key generation failed"))?;
-                p256_with_scalar(pair).ok_or_else(|| OpError::internal("P-256 scalar too long"))
-            }
-            KeyType::Ed25519
-            | KeyType::X25519
-            | KeyType::ChaCha20Poly1305
-            | KeyType::Aes256Gcm
-            | KeyType::HmacSha256 => KeyMaterial::from_secret(t, &random_secret()?),
-            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
-                MlDsaKey::generate(t).map(|k| KeyMaterial::MlDsa(Box::new(k)))
-            }
-            KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
-                MlKemKey::generate(t).map(|k| KeyMaterial::MlKem(Box::new(k)))
-            }
-        }
+        by_type!(t, generate(t))
     }
 
     /// Builds a key of a type made of 32 secret bytes (Ed25519, X25519 and the symmetric
-    /// types) from them: generation, derivation, a decapsulated secret.
+    /// types) from them: derivation, a KEM's shared secret, tests.
     pub fn from_secret(t: KeyType, secret: &SecretBytes) -> Result<KeyMaterial, OpError> {
-        let bytes = Zeroizing::new(**secret);
         Ok(match t {
-            KeyType::Ed25519 => {
-                let pair = Ed25519KeyPair::from_seed_unchecked(bytes.as_ref())
-                    .map_err(|_| OpError::internal("Ed25519 seed refused"))?;
-                let public = ed25519_dalek::VerifyingKey::try_from(pair.public_key().as_ref())
-                    .map_err(|_| OpError::internal("Ed25519 public key does not decompress"))?;
-                KeyMaterial::Ed25519 {
-                    seed: bytes,
-                    pair: Box::new(pair),
-                    public,
-                }
+            KeyType::Ed25519 => KeyMaterial::Ed25519(Box::new(Ed25519Key::from_seed(secret)?)),
+            KeyType::X25519 => KeyMaterial::X25519(X25519Key::from_bytes(secret)),
+            KeyType::ChaCha20Poly1305 => {
+                KeyMaterial::ChaCha20Poly1305(SymmetricKey::new(t, secret))
             }
-            KeyType::X25519 => KeyMaterial::X25519(x25519_dalek::StaticSecret::from(*bytes)),
-            KeyType::ChaCha20Poly1305 => KeyMaterial::ChaCha20Poly1305(bytes),
-            KeyType::Aes256Gcm => KeyMaterial::Aes256Gcm(bytes),
-            KeyType::HmacSha256 => KeyMaterial::HmacSha256(bytes),
+            KeyType::Aes256Gcm => KeyMaterial::Aes256Gcm(SymmetricKey::new(t, secret)),
+            KeyType::HmacSha256 => KeyMaterial::HmacSha256(SymmetricKey::new(t, secret)),
             KeyType::P256
             | KeyType::MlDsa44
             | KeyType::MlDsa65
@@ -149,180 +141,33 @@ impl KeyMaterial {
 
     /// The raw public key, for asymmetric types.
     pub fn public_key(&self) -> Option<Vec<u8>> {
-        match self {
-            KeyMaterial::Ed25519 { public, .. } => Some(public.to_bytes().to_vec()),
-            KeyMaterial::P256 { pair, .. } => Some(pair.public_key().as_ref().to_vec()),
-            KeyMaterial::X25519(k) => Some(x25519_dalek::PublicKey::from(k).to_bytes().to_vec()),
-            KeyMaterial::MlDsa(k) => Some(k.public()),
-            KeyMaterial::MlKem(k) => Some(k.public()),
-            KeyMaterial::ChaCha20Poly1305(_)
-            | KeyMaterial::Aes256Gcm(_)
-            | KeyMaterial::HmacSha256(_) => None,
-        }
+        each!(self, k => k.public())
     }
 
-    /// The OpenSSL form of a P-256 key, which signs and verifies digests (made on first use,
-    /// then kept with the key).
-    pub fn digest_key(&self) -> Option<&openssl::ec::EcKeyRef<openssl::pkey::Private>> {
-        use openssl::bn::{BigNum, BigNumContext};
-        use openssl::ec::{EcGroup, EcKey, EcPoint};
-        let KeyMaterial::P256 {
-            scalar,
-            pair,
-            prehash,
-        } = self
-        else {
-            return None;
-        };
-        if let Some(k) = prehash.get() {
-            return Some(k);
-        }
-        let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).ok()?;
-        let mut ctx = BigNumContext::new_secure().ok()?;
-        let d = BigNum::from_slice(scalar.as_ref()).ok()?;
-        let q = EcPoint::from_bytes(&group, pair.public_key().as_ref(), &mut ctx).ok()?;
-        let k = EcKey::from_private_components(&group, &d, &q).ok()?;
-        k.check_key().ok()?;
-        Some(prehash.get_or_init(|| k))
-    }
-
-    /// The raw secret bytes (for `export` of exportable keys only): the seed for Ed25519
-    /// and the post-quantum types.
+    /// The raw secret bytes (for `export` of exportable keys only): the seed for Ed25519,
+    /// ML-DSA and ML-KEM, the scalar for P-256 and X25519, the key for the symmetric types.
     pub fn secret_bytes(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(match self {
-            KeyMaterial::MlDsa(k) => return k.exported(),
-            KeyMaterial::MlKem(k) => return k.exported(),
-            KeyMaterial::Ed25519 { seed, .. } => seed.to_vec(),
-            KeyMaterial::P256 { scalar, .. } => scalar.to_vec(),
-            KeyMaterial::X25519(k) => k.to_bytes().to_vec(),
-            KeyMaterial::ChaCha20Poly1305(k)
-            | KeyMaterial::Aes256Gcm(k)
-            | KeyMaterial::HmacSha256(k) => k.to_vec(),
-        })
+        each!(self, k => k.exported())
     }
-}
 
-impl KeyMaterial {
-    /// The bytes sealed into the key store: the 32-byte secret, and for P-256 the 65-byte
-    /// public point after it (the pair is rebuilt from both halves, which must agree); the
-    /// seed for the post-quantum types.
+    /// The bytes sealed into the key store and carried by wrap: the secret, and for P-256 its
+    /// public point after it (the pair is rebuilt from both halves, which must agree).
     pub fn to_stored(&self) -> Zeroizing<Vec<u8>> {
-        match self {
-            KeyMaterial::MlDsa(k) => return k.stored(),
-            KeyMaterial::MlKem(k) => return k.stored(),
-            _ => {}
-        }
-        let mut out = self.secret_bytes();
-        if let KeyMaterial::P256 { pair, .. } = self {
-            out.extend_from_slice(pair.public_key().as_ref());
-        }
-        out
+        each!(self, k => k.stored())
     }
 
     /// Rebuilds a key from [`KeyMaterial::to_stored`] bytes; `None` if they do not form a key
     /// of type `t` (for P-256, if the halves do not belong together).
     pub fn from_stored(t: KeyType, bytes: &[u8]) -> Option<KeyMaterial> {
-        match t {
-            KeyType::P256 => {
-                if bytes.len() != 32 + 65 {
-                    return None;
-                }
-                let (secret, public) = bytes.split_at(32);
-                let pair = EcdsaKeyPair::from_private_key_and_public_key(
-                    &ECDSA_P256_SHA256_ASN1_SIGNING,
-                    secret,
-                    public,
-                )
-                .ok()?;
-                let mut scalar = Zeroizing::new([0u8; 32]);
-                scalar.copy_from_slice(secret);
-                Some(KeyMaterial::P256 {
-                    scalar,
-                    pair: Box::new(pair),
-                    prehash: std::sync::OnceLock::new(),
-                })
-            }
-            KeyType::Ed25519
-            | KeyType::X25519
-            | KeyType::ChaCha20Poly1305
-            | KeyType::Aes256Gcm
-            | KeyType::HmacSha256 => {
-                let secret: [u8; 32] = bytes.try_into().ok()?;
-                KeyMaterial::from_secret(t, &Zeroizing::new(secret)).ok()
-            }
-            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
-                MlDsaKey::from_stored(t, bytes).map(|k| KeyMaterial::MlDsa(Box::new(k)))
-            }
-            KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
-                MlKemKey::from_stored(t, bytes).map(|k| KeyMaterial::MlKem(Box::new(k)))
-            }
-        }
+        by_type!(t, from_stored(t, bytes))
     }
-}
 
-impl KeyMaterial {
     /// A key brought in from outside: PKCS#8 DER for ed25519, p256 and x25519 (what `openssl
-    /// genpkey` writes), exactly 32 raw bytes for the symmetric types. For P-256, aws-lc takes
-    /// PKCS#8 v1 or v2 with the named curve (or its explicit parameters), with or without the
-    /// public key: computed when absent, and when present checked to belong to the secret.
+    /// genpkey` writes), exactly 32 raw bytes for the symmetric types, the raw seed or PKCS#8
+    /// for ML-DSA and ML-KEM (each family's `import` says what it takes).
     pub fn import(t: KeyType, bytes: &[u8]) -> Result<KeyMaterial, OpError> {
-        let pkcs8 = |what: &str| {
-            OpError::invalid(format!(
-                "the input is not a {what} private key in PKCS#8 (as `openssl genpkey` writes it)"
-            ))
-        };
-        match t {
-            KeyType::Ed25519 => {
-                let seed = ferrohsm_proto::pem::parse_ed25519_pkcs8(bytes)
-                    .map(Zeroizing::new)
-                    .ok_or_else(|| pkcs8("Ed25519"))?;
-                KeyMaterial::from_secret(t, &seed)
-            }
-            KeyType::X25519 => {
-                let k = ferrohsm_proto::pem::parse_x25519_pkcs8(bytes)
-                    .map(Zeroizing::new)
-                    .ok_or_else(|| pkcs8("X25519"))?;
-                KeyMaterial::from_secret(t, &k)
-            }
-            KeyType::P256 => {
-                // aws-lc checks the document (curve, scalar range, that a public key given in
-                // it belongs) before we take the scalar out of it.
-                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, bytes)
-                    .map_err(|_| pkcs8("P-256"))?;
-                p256_with_scalar(pair).ok_or_else(|| pkcs8("P-256"))
-            }
-            KeyType::ChaCha20Poly1305 | KeyType::Aes256Gcm | KeyType::HmacSha256 => {
-                let raw: [u8; 32] = bytes.try_into().map_err(|_| {
-                    OpError::invalid(format!(
-                        "a {t} key is exactly 32 raw bytes; the input has {}",
-                        bytes.len()
-                    ))
-                })?;
-                KeyMaterial::from_secret(t, &Zeroizing::new(raw))
-            }
-            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
-                MlDsaKey::import(t, bytes).map(|k| KeyMaterial::MlDsa(Box::new(k)))
-            }
-            KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => {
-                MlKemKey::import(t, bytes).map(|k| KeyMaterial::MlKem(Box::new(k)))
-            }
-        }
+        by_type!(t, import(t, bytes))
     }
-}
-
-/// A P-256 key from aws-lc's pair: its scalar taken out, big-endian in 32 bytes (`None` if it
-/// does not fit, which a valid P-256 scalar always does).
-fn p256_with_scalar(pair: EcdsaKeyPair) -> Option<KeyMaterial> {
-    let bin = pair.private_key().as_be_bytes().ok()?;
-    let be: &[u8] = bin.as_ref();
-    let mut scalar = Zeroizing::new([0u8; 32]);
-    let pad = 32usize.checked_sub(be.len())?;
-    scalar[pad..].copy_from_slice(be);
-    Some(KeyMaterial::P256 {
-        scalar,
-        pair: Box::new(pair),
-        prehash: std::sync::OnceLock::new(),
-    })
 }
 
 /// 32 bytes from the OS CSPRNG.
@@ -409,14 +254,14 @@ mod tests {
 
     #[test]
     fn p256_scalar_matches_public_key() {
-        let KeyMaterial::P256 { scalar, pair, .. } = KeyMaterial::generate(KeyType::P256).unwrap()
-        else {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let KeyMaterial::P256(k) = KeyMaterial::generate(KeyType::P256).unwrap() else {
             panic!("wrong type")
         };
         let rebuilt = EcdsaKeyPair::from_private_key_and_public_key(
             &ECDSA_P256_SHA256_ASN1_SIGNING,
-            scalar.as_ref(),
-            pair.public_key().as_ref(),
+            k.scalar(),
+            k.pair.public_key().as_ref(),
         );
         assert!(
             rebuilt.is_ok(),
