@@ -62,6 +62,68 @@ fn requests() -> Vec<Request> {
     ]
 }
 
+/// Requests for every key type, from the key-type table (appended after [`requests`], so the
+/// seeds written before keep their names): a generation of each type, an import of each
+/// type's raw secret, and the post-quantum operations with inputs of the right sizes.
+fn per_key_type() -> Vec<Request> {
+    use ferrohsm_proto::Family;
+    let key = KeyRef::Label("k".parse().expect("label"));
+    let spec = |t: KeyType| KeySpec {
+        key_type: t,
+        label: "n".parse().expect("label"),
+        usage: None,
+        exportable: false,
+        session: false,
+    };
+    let mut out = Vec::new();
+    for t in KeyType::ALL {
+        let d = t.describe();
+        out.push(Request::Generate(spec(t)));
+        out.push(Request::Import {
+            spec: spec(t),
+            material: vec![7; d.secret_len],
+        });
+        match d.family {
+            Family::MlDsa { signature_len, .. } => {
+                out.push(Request::SignContext {
+                    key: key.clone(),
+                    data: b"m".to_vec(),
+                    context: b"ctx".to_vec(),
+                });
+                out.push(Request::VerifyContext {
+                    key: key.clone(),
+                    data: b"m".to_vec(),
+                    signature: vec![0; signature_len],
+                    context: b"ctx".to_vec(),
+                });
+            }
+            Family::MlKem { ciphertext_len, .. } => {
+                let public = d.public.map_or(0, |p| p.len);
+                let peer = ferrohsm_proto::pem::spki_der(t, &vec![0; public]).expect("spki");
+                out.push(Request::Encapsulate {
+                    key: key.clone(),
+                    spec: spec(KeyType::Aes256Gcm),
+                });
+                out.push(Request::EncapsulatePeer {
+                    peer,
+                    spec: spec(KeyType::HmacSha256),
+                });
+                out.push(Request::Decapsulate {
+                    key: key.clone(),
+                    ciphertext: vec![0; ciphertext_len],
+                    spec: spec(KeyType::ChaCha20Poly1305),
+                });
+            }
+            Family::Ed25519
+            | Family::EcdsaP256
+            | Family::X25519
+            | Family::Aead
+            | Family::Hmac => {}
+        }
+    }
+    out
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(dir).expect("corpus dir");
     std::fs::write(dir.join(name), bytes).expect("seed");
@@ -69,7 +131,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let reqs = requests();
+    let reqs: Vec<Request> = requests().into_iter().chain(per_key_type()).collect();
     let mut all = Vec::new();
     // After the login: every request but the handshake's own (hello, proof come first).
     let mut session = Vec::new();

@@ -1,5 +1,6 @@
 //! The same crypto in this process on one thread, with the code hsmd uses for it (aws-lc for
-//! Ed25519 and P-256 signing, ring for the AEADs, RustCrypto for HMAC): the baseline every
+//! Ed25519 and P-256 signing, ring for the AEADs, RustCrypto for HMAC, libcrux for ML-DSA,
+//! RustCrypto's seed expansion and modulus check with aws-lc for ML-KEM): the baseline every
 //! ratio is taken against.
 
 use std::time::Instant;
@@ -56,6 +57,60 @@ pub fn in_process(op: BenchOp, secs: f64) -> Option<f64> {
                 );
                 std::hint::black_box(tag.ok());
             })
+        }
+        BenchOp::MlDsa65Keygen => Box::new(|| {
+            let mut seed = [0u8; 32];
+            let _ = getrandom::fill(&mut seed);
+            std::hint::black_box(libcrux_ml_dsa::ml_dsa_65::generate_key_pair(seed));
+        }),
+        BenchOp::MlDsa65Sign | BenchOp::MlDsa65Verify => {
+            use libcrux_ml_dsa::ml_dsa_65;
+            let k = ml_dsa_65::generate_key_pair([7; 32]);
+            let msg = [0x5a; 32];
+            let sig = ml_dsa_65::sign(&k.signing_key, &msg, &[], [1; 32]).ok()?;
+            if op == BenchOp::MlDsa65Sign {
+                Box::new(move || {
+                    // Hedged, as hsmd signs: fresh randomness each time.
+                    let mut rnd = [0u8; 32];
+                    let _ = getrandom::fill(&mut rnd);
+                    std::hint::black_box(ml_dsa_65::sign(&k.signing_key, &msg, &[], rnd).ok());
+                })
+            } else {
+                Box::new(move || {
+                    let ok = ml_dsa_65::verify(&k.verification_key, &msg, &[], &sig).is_ok();
+                    std::hint::black_box(ok);
+                })
+            }
+        }
+        BenchOp::MlKem768Encapsulate | BenchOp::MlKem768Decapsulate => {
+            use aws_lc_rs::kem::{Ciphertext, DecapsulationKey, EncapsulationKey, ML_KEM_768};
+            use ml_kem::{KeyExport as _, TryKeyInit as _};
+            let dk = DecapsulationKey::generate(&ML_KEM_768).ok()?;
+            let public = dk
+                .encapsulation_key()
+                .ok()?
+                .key_bytes()
+                .ok()?
+                .as_ref()
+                .to_vec();
+            if op == BenchOp::MlKem768Encapsulate {
+                Box::new(move || {
+                    // As hsmd does: FIPS 203's modulus check (RustCrypto), then aws-lc.
+                    let checked = ml_kem::EncapsulationKey768::new_from_slice(&public);
+                    std::hint::black_box(checked.map(|k| k.to_bytes()).ok());
+                    let ek = EncapsulationKey::new(&ML_KEM_768, &public);
+                    std::hint::black_box(ek.ok().and_then(|k| k.encapsulate().ok()));
+                })
+            } else {
+                let (ct, _) = EncapsulationKey::new(&ML_KEM_768, &public)
+                    .ok()?
+                    .encapsulate()
+                    .ok()?;
+                let ct = ct.as_ref().to_vec();
+                Box::new(move || {
+                    std::hint::black_box(dk.decapsulate(Ciphertext::from(&ct[..])).ok());
+                })
+            }
         }
         BenchOp::Hmac1k => {
             let data = vec![2u8; 1024];

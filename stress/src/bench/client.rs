@@ -29,6 +29,8 @@ pub(crate) async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
         (KeyType::P256, false),
         (KeyType::ChaCha20Poly1305, false),
         (KeyType::HmacSha256, false),
+        (KeyType::MlDsa65, false),
+        (KeyType::MlKem768, false),
     ] {
         let label = format!("bench-{}-{tag}-{}-{session}", std::process::id(), t.name());
         let spec = KeySpec {
@@ -47,6 +49,11 @@ pub(crate) async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
         Err(e) if e.status() == Some(ferrohsm_proto::Status::LabelInUse) => {}
         Err(e) => return Err(e),
     }
+    let ml_dsa_sig = c.sign(&out[5], vec![0x5a; 32]).await?;
+    let (_, public) = c.public_key(&out[6]).await?;
+    let ml_kem_ct = crate::verify::encapsulate(KeyType::MlKem768, &public)
+        .map(|(ct, _)| ct)
+        .ok_or_else(|| ClientError::Local("ML-KEM-768 public key does not parse".into()))?;
     Ok(Keys {
         counter,
         ed: out[0].clone(),
@@ -54,6 +61,10 @@ pub(crate) async fn keys(c: &Client, tag: &str) -> Result<Keys, ClientError> {
         p256: out[2].clone(),
         aead: out[3].clone(),
         hmac: out[4].clone(),
+        ml_dsa: out[5].clone(),
+        ml_dsa_sig,
+        ml_kem: out[6].clone(),
+        ml_kem_ct,
     })
 }
 

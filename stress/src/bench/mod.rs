@@ -265,13 +265,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport, String> {
         )?);
         // Leave the server as we found it.
         rt.block_on(async {
-            for k in [
-                &keys.ed,
-                &keys.ed_session,
-                &keys.p256,
-                &keys.aead,
-                &keys.hmac,
-            ] {
+            for k in keys.all() {
                 let _ = setup_client.delete(k).await;
             }
         });

@@ -13,6 +13,27 @@ pub(crate) struct Keys {
     pub(crate) aead: KeyRef,
     pub(crate) hmac: KeyRef,
     pub(crate) counter: ferrohsm_proto::Label,
+    pub(crate) ml_dsa: KeyRef,
+    /// An ML-DSA-65 signature of the bench message by `ml_dsa`, for the verify row.
+    pub(crate) ml_dsa_sig: Vec<u8>,
+    pub(crate) ml_kem: KeyRef,
+    /// A ciphertext to `ml_kem`, for the decapsulate row.
+    pub(crate) ml_kem_ct: Vec<u8>,
+}
+
+impl Keys {
+    /// Every key the set-up made, to delete when the bench is done.
+    pub(crate) fn all(&self) -> [&KeyRef; 7] {
+        [
+            &self.ed,
+            &self.ed_session,
+            &self.p256,
+            &self.aead,
+            &self.hmac,
+            &self.ml_dsa,
+            &self.ml_kem,
+        ]
+    }
 }
 
 /// The benchmarked operations (names as in reports).
@@ -41,11 +62,21 @@ pub enum BenchOp {
     KeygenSession,
     /// A monotonic counter increment (durable before the answer).
     CounterInc,
+    /// A new ML-DSA-65 session key (memory only: the computation, not the disk).
+    MlDsa65Keygen,
+    /// ML-DSA-65 signature of 32 bytes (hedged, no context).
+    MlDsa65Sign,
+    /// ML-DSA-65 verification of a signature of 32 bytes.
+    MlDsa65Verify,
+    /// ML-KEM-768 encapsulation to a key in hsmd, the secret kept as a session key.
+    MlKem768Encapsulate,
+    /// ML-KEM-768 decapsulation, the secret kept as a session key.
+    MlKem768Decapsulate,
 }
 
 impl BenchOp {
     /// Every operation, in report order.
-    pub const ALL: [BenchOp; 11] = [
+    pub const ALL: [BenchOp; 16] = [
         BenchOp::Ping,
         BenchOp::Random32,
         BenchOp::Ed25519Sign,
@@ -57,6 +88,11 @@ impl BenchOp {
         BenchOp::KeygenPersistent,
         BenchOp::KeygenSession,
         BenchOp::CounterInc,
+        BenchOp::MlDsa65Keygen,
+        BenchOp::MlDsa65Sign,
+        BenchOp::MlDsa65Verify,
+        BenchOp::MlKem768Encapsulate,
+        BenchOp::MlKem768Decapsulate,
     ];
 
     /// Report name.
@@ -73,24 +109,46 @@ impl BenchOp {
             BenchOp::KeygenPersistent => "keygen-persistent",
             BenchOp::KeygenSession => "keygen-session",
             BenchOp::CounterInc => "counter-inc",
+            BenchOp::MlDsa65Keygen => "ml-dsa-65-keygen",
+            BenchOp::MlDsa65Sign => "ml-dsa-65-sign",
+            BenchOp::MlDsa65Verify => "ml-dsa-65-verify",
+            BenchOp::MlKem768Encapsulate => "ml-kem-768-encapsulate",
+            BenchOp::MlKem768Decapsulate => "ml-kem-768-decapsulate",
         }
     }
 
-    /// The request; `label` names a new key (keygen ops only).
+    /// The request; `label` names a new key (the ops that make one).
     pub(super) fn request(self, keys: &Keys, label: impl FnOnce() -> String) -> Request {
-        let keygen = |session: bool| {
-            Request::Generate(KeySpec {
-                key_type: KeyType::Ed25519,
-                // Labels made here follow the label rule: a letter, then [A-Za-z0-9-].
-                label: label().parse().unwrap_or_else(|_| unreachable!()),
-                usage: None,
-                exportable: false,
-                session,
-            })
+        let new = |key_type, session: bool| KeySpec {
+            key_type,
+            // Labels made here follow the label rule: a letter, then [A-Za-z0-9-].
+            label: label().parse().unwrap_or_else(|_| unreachable!()),
+            usage: None,
+            exportable: false,
+            session,
         };
         match self {
-            BenchOp::KeygenPersistent => keygen(false),
-            BenchOp::KeygenSession => keygen(true),
+            BenchOp::KeygenPersistent => Request::Generate(new(KeyType::Ed25519, false)),
+            BenchOp::KeygenSession => Request::Generate(new(KeyType::Ed25519, true)),
+            BenchOp::MlDsa65Keygen => Request::Generate(new(KeyType::MlDsa65, true)),
+            BenchOp::MlDsa65Sign => Request::Sign {
+                key: keys.ml_dsa.clone(),
+                data: vec![0x5a; 32],
+            },
+            BenchOp::MlDsa65Verify => Request::Verify {
+                key: keys.ml_dsa.clone(),
+                data: vec![0x5a; 32],
+                signature: keys.ml_dsa_sig.clone(),
+            },
+            BenchOp::MlKem768Encapsulate => Request::Encapsulate {
+                key: keys.ml_kem.clone(),
+                spec: new(KeyType::Aes256Gcm, true),
+            },
+            BenchOp::MlKem768Decapsulate => Request::Decapsulate {
+                key: keys.ml_kem.clone(),
+                ciphertext: keys.ml_kem_ct.clone(),
+                spec: new(KeyType::Aes256Gcm, true),
+            },
             BenchOp::Ed25519SignSession => Request::Sign {
                 key: keys.ed_session.clone(),
                 data: vec![0x5a; 32],

@@ -78,7 +78,7 @@ pub(super) fn every_core(results: &[BenchResult], baseline: &[Baseline]) -> Vec<
     }
     // One request in flight: sign p50 <= ping p50 + 1.2 x one in-process sign.
     for t in ["tcp", "tls", "shm"] {
-        for op in ["ed25519-sign", "p256-sign"] {
+        for op in ["ed25519-sign", "p256-sign", "ml-dsa-65-sign"] {
             if let (Some(s), Some(p), Some(b)) = (row(t, op, 1, 1), row(t, "ping", 1, 1), base(op))
             {
                 let budget = p.p50_us + 1.2 * 1e6 / b;
@@ -99,6 +99,7 @@ pub(super) fn every_core(results: &[BenchResult], baseline: &[Baseline]) -> Vec<
         ("tls", "chacha20poly1305-encrypt-16k", 16, 1, 0.35),
         ("shm", "ed25519-sign", 16, 2, 1.4),
         ("shm", "p256-sign", 16, 2, 1.4),
+        ("shm", "ml-dsa-65-sign", 16, 2, 1.4),
     ] {
         if let Some(r) = row(t, op, inflight, clients).and_then(|r| r.ratio.map(|x| (r, x))) {
             push(

@@ -64,13 +64,15 @@ fn run_spreads_clients_over_every_profile_as_separate_identities() {
     let out = succeeds(
         stress()
             .args(["run", "--profiles", utf8(&clients), "--clients", "6"])
-            .args(["--ops", "300", "--transports", "tcp,tls-psk"])
+            .args(["--ops", "400", "--transports", "tcp,tls-psk"])
             .args(["--json", utf8(&json_f)]),
     );
     let r = json(&json_f);
     assert_clean_run(&r, &out);
-    // Every identity's keys were probed by the others, and nothing was reachable.
+    // Every identity's keys (ML-DSA and ML-KEM among them) were probed by the others, and
+    // nothing was reachable; ML-KEM secrets were compared (a wrong one fails the clean run).
     assert!(op_count(&r, "probe") > 0, "{out}");
+    assert!(op_count(&r, "kem") > 0, "{out}");
     // Client i runs as profile i mod 3 (sorted: alice, bob, carol) and keeps a counter
     // `NAME-wI-TAG-ctr` in its own identity's namespace, which no other identity sees.
     let tag = r["run_tag"].as_str().unwrap();

@@ -24,7 +24,10 @@ struct Worker {
     prefix: String,
     others: Vec<String>,
     n: u64,
-    ed: Vec<(String, Vec<u8>)>,
+    // Signing keys (Ed25519 and ML-DSA-65): label, type, raw public key.
+    signers: Vec<(String, KeyType, Vec<u8>)>,
+    // ML-KEM keys: label, type, raw public key.
+    kem: Vec<(String, KeyType, Vec<u8>)>,
     aead: Vec<String>,
     hmac: Vec<(String, Vec<u8>)>,
     x: Vec<String>,
@@ -38,8 +41,9 @@ struct Worker {
     conn_gen: u64,
 }
 
-const OPS: [(&str, u32); 13] = [
+const OPS: [(&str, u32); 14] = [
     ("sign", 22),
+    ("kem", 4),
     ("verify", 8),
     ("encrypt", 10),
     ("decrypt", 10),
@@ -100,20 +104,25 @@ impl Worker {
             KeyType::HmacSha256,
             KeyType::X25519,
             KeyType::X25519,
+            KeyType::MlDsa65,
+            KeyType::MlKem768,
         ] {
-            // The X25519 bases are exportable so their derived keys may be exported and
-            // compared (a derived key is never more exportable than its base).
-            let exportable = matches!(t, KeyType::HmacSha256 | KeyType::X25519);
+            // The X25519 and ML-KEM bases are exportable so the keys they make may be
+            // exported and compared (such a key is never more exportable than its base).
+            let exportable = matches!(t, KeyType::HmacSha256 | KeyType::X25519 | KeyType::MlKem768);
             let spec = self.spec(t, t.name(), exportable, false);
             let label = spec.label.to_string();
             let info = self.hsm.block_on(c.generate_spec(spec))?;
             made.push(label.clone());
+            let public = |l| self.hsm.block_on(c.public_key(&KeyRef::Label(l)));
             match info.key_type {
-                KeyType::Ed25519 => {
-                    let (_, pk) = self
-                        .hsm
-                        .block_on(c.public_key(&KeyRef::Label(info.label)))?;
-                    self.ed.push((label, pk));
+                t @ (KeyType::Ed25519 | KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87) => {
+                    let (_, pk) = public(info.label)?;
+                    self.signers.push((label, t, pk));
+                }
+                t @ (KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024) => {
+                    let (_, pk) = public(info.label)?;
+                    self.kem.push((label, t, pk));
                 }
                 KeyType::ChaCha20Poly1305 => self.aead.push(label),
                 KeyType::HmacSha256 => {
@@ -121,14 +130,7 @@ impl Worker {
                     self.hmac.push((label, k.to_vec()));
                 }
                 KeyType::X25519 => self.x.push(label),
-                KeyType::P256
-                | KeyType::Aes256Gcm
-                | KeyType::MlDsa44
-                | KeyType::MlDsa65
-                | KeyType::MlDsa87
-                | KeyType::MlKem512
-                | KeyType::MlKem768
-                | KeyType::MlKem1024 => {
+                KeyType::P256 | KeyType::Aes256Gcm => {
                     return Err(ClientError::Local(format!(
                         "set-up asked for no {} key",
                         info.key_type
@@ -239,7 +241,8 @@ impl Worker {
     }
 
     fn mine(&self) -> HashSet<String> {
-        let mut s: HashSet<String> = self.ed.iter().map(|(l, _)| l.clone()).collect();
+        let mut s: HashSet<String> = self.signers.iter().map(|(l, ..)| l.clone()).collect();
+        s.extend(self.kem.iter().map(|(l, ..)| l.clone()));
         s.extend(self.aead.iter().cloned());
         s.extend(self.hmac.iter().map(|(l, _)| l.clone()));
         s.extend(self.x.iter().cloned());
@@ -277,7 +280,8 @@ pub(super) fn run_worker(
                     prefix: prefix.clone(),
                     others: others.clone(),
                     n: 0,
-                    ed: vec![],
+                    signers: vec![],
+                    kem: vec![],
                     aead: vec![],
                     hmac: vec![],
                     x: vec![],

@@ -18,11 +18,11 @@ impl Worker {
         let wrong = |what: String| shared.problem(&shared.wrong, format!("[{transport}] {what}"));
         match op {
             "sign" | "verify" => {
-                let i = self.next() as usize % self.ed.len();
-                let (label, pk) = self.ed[i].clone();
+                let i = self.next() as usize % self.signers.len();
+                let (label, t, pk) = self.signers[i].clone();
                 let sig = self.hsm.block_on(c.sign(&r(&label), msg.clone()))?;
-                if !verify::signature_ok(&pk, &msg, &sig) {
-                    wrong(format!("signature by {label} does not verify locally"));
+                if !verify::signature_ok(t, &pk, &msg, &sig) {
+                    wrong(format!("{t} signature by {label} does not verify locally"));
                 }
                 if op == "verify" {
                     self.hsm
@@ -99,7 +99,7 @@ impl Worker {
                 let label = spec.label.to_string();
                 let info = self.hsm.block_on(c.generate_spec(spec))?;
                 let (_, pk) = self.hsm.block_on(c.public_key(&KeyRef::Id(info.id)))?;
-                self.ed.push((label.clone(), pk));
+                self.signers.push((label.clone(), KeyType::Ed25519, pk));
                 shared
                     .labels
                     .lock()
@@ -109,11 +109,12 @@ impl Worker {
                     .push(label);
             }
             "delete" => {
-                if self.ed.len() <= 2 {
-                    // Keep two signing keys for the other operations: delete a fresh one.
+                if self.signers.len() <= 3 {
+                    // Keep the set-up's signing keys for the other operations: delete a
+                    // fresh one.
                     self.step("keygen", shared)?;
                 }
-                let (label, _) = self.ed.remove(self.ed.len() - 1);
+                let (label, ..) = self.signers.remove(self.signers.len() - 1);
                 self.hsm.block_on(c.delete(&r(&label)))?;
                 match self.hsm.block_on(c.info(&r(&label))) {
                     Err(e) if status(&e) == Some(Status::KeyNotFound) => {}
@@ -156,6 +157,7 @@ impl Worker {
                     );
                 }
             }
+            "kem" => self.kem_step(shared)?,
             "derive" => {
                 let (a, b) = (self.x[0].clone(), self.x[1].clone());
                 let (_, pa) = self.hsm.block_on(c.public_key(&r(&a)))?;
@@ -192,10 +194,17 @@ impl Worker {
                 let owned = format!("{owner}:{target}")
                     .parse::<KeyRef>()
                     .unwrap_or_else(|_| unreachable!());
+                let probe_spec = self.spec(KeyType::HmacSha256, "probe", false, true);
                 let answers = [
                     ("info", self.hsm.block_on(c.info(&key)).map(|_| ())),
                     ("sign", self.hsm.block_on(c.sign(&key, vec![1])).map(|_| ())),
                     ("export", self.hsm.block_on(c.export(&key)).map(|_| ())),
+                    (
+                        "decapsulate",
+                        self.hsm
+                            .block_on(c.decapsulate(&key, vec![0; 1088], probe_spec))
+                            .map(|_| ()),
+                    ),
                     ("delete", self.hsm.block_on(c.delete(&key))),
                     (
                         "sign as OWNER:LABEL",
@@ -241,6 +250,63 @@ impl Worker {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// ML-KEM: a secret encapsulated here (aws-lc) is what hsmd decapsulates; hsmd's own
+    /// encapsulation and decapsulation agree; a tampered ciphertext gives another secret
+    /// (implicit rejection), not an error. Every new key is an exportable session key, so it
+    /// can be compared and vanishes with the connection.
+    fn kem_step(&mut self, shared: &Shared) -> Result<(), ClientError> {
+        let c = self.hsm.client().clone();
+        let transport = self.transport;
+        let wrong = |what: String| shared.problem(&shared.wrong, format!("[{transport}] {what}"));
+        let i = self.next() as usize % self.kem.len();
+        let (label, t, pk) = self.kem[i].clone();
+        let key = KeyRef::Label(label.parse().unwrap_or_else(|_| unreachable!()));
+        let Some((ct, want)) = verify::encapsulate(t, &pk) else {
+            wrong(format!(
+                "{t} public key of {label} does not encapsulate locally"
+            ));
+            return Ok(());
+        };
+        let mut made = Vec::new();
+        let mut secret_of = |w: &mut Worker, info: ferrohsm_proto::KeyInfo| {
+            made.push(info.label.to_string());
+            w.hsm.block_on(c.export(&KeyRef::Id(info.id)))
+        };
+        let spec = self.spec(KeyType::HmacSha256, "kem", true, true);
+        let info = self.hsm.block_on(c.decapsulate(&key, ct.clone(), spec))?;
+        if *secret_of(self, info)? != want {
+            wrong(format!(
+                "{label} decapsulated another secret than was encapsulated"
+            ));
+        }
+        let spec = self.spec(KeyType::HmacSha256, "kem", true, true);
+        let (ct2, sent) = self.hsm.block_on(c.encapsulate(&key, spec))?;
+        let spec = self.spec(KeyType::HmacSha256, "kem", true, true);
+        let got = self.hsm.block_on(c.decapsulate(&key, ct2, spec))?;
+        let (sent, got) = (secret_of(self, sent)?, secret_of(self, got)?);
+        if sent != got {
+            wrong(format!(
+                "{label}: encapsulated and decapsulated secrets differ"
+            ));
+        }
+        let mut bad = ct;
+        bad[0] ^= 1;
+        let spec = self.spec(KeyType::HmacSha256, "kem", true, true);
+        match self.hsm.block_on(c.decapsulate(&key, bad, spec)) {
+            Ok(info) => {
+                if *secret_of(self, info)? == want {
+                    wrong(format!(
+                        "{label}: a tampered ciphertext gave the real secret"
+                    ));
+                }
+            }
+            Err(e) if cut_off(&e) => return Err(e),
+            Err(e) => wrong(format!("{label}: a tampered ciphertext answered {e}")),
+        }
+        self.session.extend(made);
         Ok(())
     }
 }
