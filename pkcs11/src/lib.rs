@@ -5,8 +5,9 @@
 //! over the profile's default transport) and every key operation is a request there.
 //!
 //! ```text
-//!  abi/ (C ABI: pointers in and out, panics caught)
-//!    -> token.rs (login, search, attributes, key generation)  ops.rs (sign, crypt, digest)
+//!  abi/ (C ABI: pointers in and out, panics caught; the 2.40, 3.0 and 3.2 function lists)
+//!    -> token.rs (login, search, attributes)  keygen.rs (keys from templates)
+//!       ops.rs (sign, crypt, digest)  kem.rs (ML-KEM encapsulate, decapsulate)
 //!      -> module.rs (slots, sessions, each session's connection; fork and timeouts)
 //!        -> ferrohsm-client -> hsmd
 //!  object.rs (keys as objects, attributes)  encoding.rs (EC and signature encodings)
@@ -17,6 +18,8 @@
 mod abi;
 pub mod config;
 pub mod encoding;
+mod kem;
+mod keygen;
 mod mech;
 mod module;
 mod object;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use cryptoki_sys::*;
 use ferrohsm_proto::{KeyInfo, KeyRef, KeyType, Label, Lifetime, Origin, Usage};
 use sha2::Digest as _;
+use zeroize::Zeroizing;
 
 use crate::encoding;
 use crate::mech;
@@ -178,16 +179,34 @@ pub fn decode(h: CK_OBJECT_HANDLE) -> Option<(usize, Class)> {
 }
 
 /// An attribute's answer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Value {
     /// The value's bytes as PKCS#11 lays them out.
     Bytes(Vec<u8>),
+    /// An exportable secret key's bytes, read from hsmd for this answer (wiped when dropped).
+    Secret(Zeroizing<Vec<u8>>),
     /// The object has no such attribute.
     Invalid,
     /// The attribute exists but is never revealed (a secret value).
     Sensitive,
     /// The attribute needs the public key, not fetched yet.
     NeedsPublic,
+    /// The attribute is the key's secret value, which hsmd exports to its owner.
+    NeedsSecret,
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Bytes(b) => f.debug_tuple("Bytes").field(b).finish(),
+            // Never the secret itself.
+            Value::Secret(_) => f.write_str("Secret(..)"),
+            Value::Invalid => f.write_str("Invalid"),
+            Value::Sensitive => f.write_str("Sensitive"),
+            Value::NeedsPublic => f.write_str("NeedsPublic"),
+            Value::NeedsSecret => f.write_str("NeedsSecret"),
+        }
+    }
 }
 
 fn b(v: bool) -> Value {
@@ -209,6 +228,36 @@ pub fn ck_key_type(t: KeyType) -> CK_KEY_TYPE {
         KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => CKK_ML_DSA,
         KeyType::MlKem512 | KeyType::MlKem768 | KeyType::MlKem1024 => CKK_ML_KEM,
     }
+}
+
+/// CKA_PARAMETER_SET of a key type (ML-DSA and ML-KEM; None for the others).
+pub fn parameter_set(t: KeyType) -> Option<CK_ULONG> {
+    match t {
+        KeyType::MlDsa44 => Some(CKP_ML_DSA_44),
+        KeyType::MlDsa65 => Some(CKP_ML_DSA_65),
+        KeyType::MlDsa87 => Some(CKP_ML_DSA_87),
+        KeyType::MlKem512 => Some(CKP_ML_KEM_512),
+        KeyType::MlKem768 => Some(CKP_ML_KEM_768),
+        KeyType::MlKem1024 => Some(CKP_ML_KEM_1024),
+        KeyType::P256
+        | KeyType::Ed25519
+        | KeyType::X25519
+        | KeyType::Aes256Gcm
+        | KeyType::ChaCha20Poly1305
+        | KeyType::HmacSha256 => None,
+    }
+}
+
+/// The key types a CKA_KEY_TYPE names (several: one per parameter set of ML-DSA and ML-KEM).
+pub fn key_types_of(k: CK_KEY_TYPE) -> impl Iterator<Item = KeyType> {
+    KeyType::ALL
+        .into_iter()
+        .filter(move |t| ck_key_type(*t) == k)
+}
+
+/// The key type of CKA_KEY_TYPE `k` with CKA_PARAMETER_SET `set`, if there is one.
+pub fn key_type_of_set(k: CK_KEY_TYPE, set: CK_ULONG) -> Option<KeyType> {
+    key_types_of(k).find(|t| parameter_set(*t) == Some(set))
 }
 
 /// The value of attribute `a` of object `class` of key `k`.
@@ -240,21 +289,22 @@ pub fn attribute(k: &Known, class: Class, a: CK_ATTRIBUTE_TYPE) -> Value {
             let ms = mech::for_key(t);
             return Value::Bytes(ms.iter().flat_map(|m| m.to_ne_bytes()).collect());
         }
+        CKA_PARAMETER_SET => return parameter_set(t).map_or(Value::Invalid, ul),
         _ => {}
     }
-    let ec = |a: CK_ATTRIBUTE_TYPE| match a {
-        CKA_EC_PARAMS => {
-            encoding::params_of(t).map_or(Value::Invalid, |p| Value::Bytes(p.to_vec()))
-        }
-        CKA_EC_POINT => {
+    // The curve attributes, on elliptic-curve keys only.
+    let curve = encoding::params_of(t);
+    let ec = |a: CK_ATTRIBUTE_TYPE| match (a, curve) {
+        (CKA_EC_PARAMS, Some(p)) => Value::Bytes(p.to_vec()),
+        (CKA_EC_POINT, Some(_)) => {
             public().map_or(Value::NeedsPublic, |p| Value::Bytes(encoding::ec_point(p)))
         }
-        CKA_PUBLIC_KEY_INFO => public().map_or(Value::NeedsPublic, |p| {
+        (CKA_PUBLIC_KEY_INFO, _) => public().map_or(Value::NeedsPublic, |p| {
             ferrohsm_proto::pem::spki_der(t, p).map_or(Value::Invalid, Value::Bytes)
         }),
         _ => Value::Invalid,
     };
-    // Never out: a key's secret bytes.
+    // Never out: an asymmetric key's private half.
     let sensitive = || b(true);
     let always_sensitive = info.origin != Origin::Imported;
     let never_extractable =
@@ -263,13 +313,19 @@ pub fn attribute(k: &Known, class: Class, a: CK_ATTRIBUTE_TYPE) -> Value {
         Class::Public => match a {
             CKA_SUBJECT => Value::Bytes(Vec::new()),
             CKA_VERIFY => b(uses(Usage::Verify)),
+            CKA_ENCAPSULATE => b(uses(Usage::Encapsulate)),
             CKA_ENCRYPT | CKA_VERIFY_RECOVER | CKA_WRAP | CKA_TRUSTED => b(false),
+            // ML-DSA and ML-KEM: the raw FIPS 204/203 public key (EC keys have CKA_EC_POINT).
+            CKA_VALUE if curve.is_none() => {
+                public().map_or(Value::NeedsPublic, |p| Value::Bytes(p.clone()))
+            }
             other => ec(other),
         },
         Class::Private => match a {
             CKA_SUBJECT => Value::Bytes(Vec::new()),
             CKA_SENSITIVE => sensitive(),
             CKA_SIGN => b(uses(Usage::Sign)),
+            CKA_DECAPSULATE => b(uses(Usage::Decapsulate)),
             CKA_DECRYPT
             | CKA_SIGN_RECOVER
             | CKA_UNWRAP
@@ -279,27 +335,41 @@ pub fn attribute(k: &Known, class: Class, a: CK_ATTRIBUTE_TYPE) -> Value {
             CKA_ALWAYS_SENSITIVE => b(always_sensitive),
             CKA_NEVER_EXTRACTABLE => b(never_extractable),
             CKA_VALUE => Value::Sensitive,
+            CKA_SEED if curve.is_none() => Value::Sensitive,
             other => ec(other),
         },
-        Class::Secret => match a {
-            CKA_SENSITIVE => sensitive(),
-            CKA_ENCRYPT => b(uses(Usage::Encrypt)),
-            CKA_DECRYPT => b(uses(Usage::Decrypt)),
-            CKA_SIGN | CKA_VERIFY => b(uses(Usage::Mac)),
-            CKA_WRAP | CKA_UNWRAP | CKA_WRAP_WITH_TRUSTED | CKA_TRUSTED => b(false),
-            CKA_EXTRACTABLE => b(info.exportable),
-            CKA_ALWAYS_SENSITIVE => b(always_sensitive),
-            CKA_NEVER_EXTRACTABLE => b(never_extractable),
-            CKA_VALUE_LEN => ul(32),
-            CKA_VALUE => Value::Sensitive,
-            _ => Value::Invalid,
-        },
+        // A secret key is sensitive unless exportable: hsmd hands an exportable key's bytes
+        // to its owner, so CKA_VALUE is then readable (never for a granted key). A derived
+        // key (a KEM or key-agreement secret) is also known to the peer: never "always
+        // sensitive" or "never extractable" (PKCS#11 3.2, C_EncapsulateKey).
+        Class::Secret => {
+            let readable = info.exportable && !k.granted;
+            let shared = info.origin == Origin::Derived;
+            match a {
+                CKA_SENSITIVE => b(!readable),
+                CKA_ENCRYPT => b(uses(Usage::Encrypt)),
+                CKA_DECRYPT => b(uses(Usage::Decrypt)),
+                CKA_SIGN | CKA_VERIFY => b(uses(Usage::Mac)),
+                CKA_WRAP | CKA_UNWRAP | CKA_WRAP_WITH_TRUSTED | CKA_TRUSTED => b(false),
+                CKA_EXTRACTABLE => b(info.exportable),
+                CKA_ALWAYS_SENSITIVE => b(always_sensitive && !shared && !info.exportable),
+                CKA_NEVER_EXTRACTABLE => b(never_extractable && !shared),
+                CKA_VALUE_LEN => ul(t.describe().secret_len as CK_ULONG),
+                CKA_VALUE if readable => Value::NeedsSecret,
+                CKA_VALUE => Value::Sensitive,
+                _ => Value::Invalid,
+            }
+        }
     }
 }
 
-/// Whether an attribute needs the public key.
-pub fn needs_public(a: CK_ATTRIBUTE_TYPE) -> bool {
-    matches!(a, CKA_EC_POINT | CKA_PUBLIC_KEY_INFO)
+/// Whether attribute `a` of an object of `class` needs the key's public half.
+pub fn needs_public(class: Class, a: CK_ATTRIBUTE_TYPE) -> bool {
+    match a {
+        CKA_EC_POINT | CKA_PUBLIC_KEY_INFO => class != Class::Secret,
+        CKA_VALUE => class == Class::Public,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -352,6 +422,83 @@ mod tests {
         assert_eq!(
             attribute(&own, Class::Private, CKA_EC_PARAMS),
             Value::Bytes(encoding::P256_PARAMS.to_vec())
+        );
+    }
+
+    #[test]
+    fn post_quantum_objects() {
+        let mut k = known(KeyType::MlDsa65, false);
+        assert_eq!(attribute(&k, Class::Public, CKA_KEY_TYPE), ul(CKK_ML_DSA));
+        assert_eq!(
+            attribute(&k, Class::Private, CKA_PARAMETER_SET),
+            ul(CKP_ML_DSA_65)
+        );
+        assert_eq!(attribute(&k, Class::Public, CKA_VALUE), Value::NeedsPublic);
+        assert_eq!(attribute(&k, Class::Public, CKA_EC_POINT), Value::Invalid);
+        assert_eq!(attribute(&k, Class::Public, CKA_EC_PARAMS), Value::Invalid);
+        k.public = Some(vec![7; 1952]);
+        assert_eq!(
+            attribute(&k, Class::Public, CKA_VALUE),
+            Value::Bytes(vec![7; 1952])
+        );
+        assert_eq!(attribute(&k, Class::Private, CKA_VALUE), Value::Sensitive);
+        assert_eq!(attribute(&k, Class::Private, CKA_SEED), Value::Sensitive);
+        assert_eq!(attribute(&k, Class::Private, CKA_SIGN), b(true));
+        assert_eq!(attribute(&k, Class::Public, CKA_ENCAPSULATE), b(false));
+        let kem = known(KeyType::MlKem1024, false);
+        assert_eq!(attribute(&kem, Class::Public, CKA_ENCAPSULATE), b(true));
+        assert_eq!(attribute(&kem, Class::Private, CKA_DECAPSULATE), b(true));
+        assert_eq!(attribute(&kem, Class::Private, CKA_SIGN), b(false));
+        assert_eq!(
+            attribute(&kem, Class::Public, CKA_PARAMETER_SET),
+            ul(CKP_ML_KEM_1024)
+        );
+        // EC keys keep their attributes: no parameter set, seed or public CKA_VALUE.
+        let ec = known(KeyType::P256, false);
+        assert_eq!(
+            attribute(&ec, Class::Public, CKA_PARAMETER_SET),
+            Value::Invalid
+        );
+        assert_eq!(attribute(&ec, Class::Private, CKA_SEED), Value::Invalid);
+        assert_eq!(attribute(&ec, Class::Public, CKA_VALUE), Value::Invalid);
+        assert!(needs_public(Class::Public, CKA_VALUE));
+        assert!(!needs_public(Class::Private, CKA_VALUE));
+        assert!(!needs_public(Class::Secret, CKA_EC_POINT));
+        // One CKK, one type per parameter set.
+        assert_eq!(key_types_of(CKK_ML_KEM).count(), 3);
+        assert_eq!(
+            key_type_of_set(CKK_ML_DSA, CKP_ML_DSA_87),
+            Some(KeyType::MlDsa87)
+        );
+        assert_eq!(key_type_of_set(CKK_ML_DSA, 4), None);
+    }
+
+    #[test]
+    fn exportable_secret_keys_are_readable_and_not_sensitive() {
+        let mut k = known(KeyType::Aes256Gcm, false);
+        assert_eq!(attribute(&k, Class::Secret, CKA_VALUE), Value::Sensitive);
+        assert_eq!(attribute(&k, Class::Secret, CKA_SENSITIVE), b(true));
+        assert_eq!(attribute(&k, Class::Secret, CKA_ALWAYS_SENSITIVE), b(true));
+        k.info.exportable = true;
+        assert_eq!(attribute(&k, Class::Secret, CKA_VALUE), Value::NeedsSecret);
+        assert_eq!(attribute(&k, Class::Secret, CKA_SENSITIVE), b(false));
+        assert_eq!(attribute(&k, Class::Secret, CKA_ALWAYS_SENSITIVE), b(false));
+        assert_eq!(attribute(&k, Class::Secret, CKA_EXTRACTABLE), b(true));
+        // A granted key is its owner's to export.
+        k.granted = true;
+        assert_eq!(attribute(&k, Class::Secret, CKA_VALUE), Value::Sensitive);
+        // A KEM secret is known to the peer too.
+        let mut d = known(KeyType::HmacSha256, false);
+        d.info.origin = Origin::Derived;
+        assert_eq!(attribute(&d, Class::Secret, CKA_ALWAYS_SENSITIVE), b(false));
+        assert_eq!(
+            attribute(&d, Class::Secret, CKA_NEVER_EXTRACTABLE),
+            b(false)
+        );
+        assert_eq!(attribute(&d, Class::Secret, CKA_SENSITIVE), b(true));
+        assert_eq!(
+            format!("{:?}", Value::Secret(Zeroizing::new(vec![1]))),
+            "Secret(..)"
         );
     }
 }

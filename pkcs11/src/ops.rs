@@ -4,7 +4,7 @@
 //! too-small output buffer ends it.
 
 use cryptoki_sys::*;
-use ferrohsm_proto::{KeyType, Opcode, Request};
+use ferrohsm_proto::{KeyType, MAX_CONTEXT, Opcode, Request};
 use sha2::Digest as _;
 use zeroize::Zeroizing;
 
@@ -38,7 +38,7 @@ pub fn key_for(
 
 /// Whether `k` fits `mech` and carries the usage flags that hsmd will ask of it for `sends`
 /// (read from the request kind's description, so the module and hsmd cannot disagree).
-fn check_key(k: &Known, mech: CK_MECHANISM_TYPE, sends: Opcode) -> Result<(), Rv> {
+pub(crate) fn check_key(k: &Known, mech: CK_MECHANISM_TYPE, sends: Opcode) -> Result<(), Rv> {
     if !mech::for_key(k.info.key_type).contains(&mech) {
         return Err(CKR_KEY_TYPE_INCONSISTENT);
     }
@@ -53,16 +53,32 @@ fn check_key(k: &Known, mech: CK_MECHANISM_TYPE, sends: Opcode) -> Result<(), Rv
     Ok(())
 }
 
-/// The request a sign or verify operation with `mech` sends.
-fn sign_opcode(mech: CK_MECHANISM_TYPE, verify: bool) -> Opcode {
-    match (mech, verify) {
-        (CKM_ECDSA, false) => Opcode::SignDigest,
-        (CKM_ECDSA, true) => Opcode::VerifyDigest,
-        (CKM_SHA256_HMAC, false) => Opcode::Mac,
-        (CKM_SHA256_HMAC, true) => Opcode::MacVerify,
-        (_, false) => Opcode::Sign,
-        (_, true) => Opcode::Verify,
+/// The request a sign or verify operation with `mech` (and an ML-DSA context or not) sends.
+fn sign_opcode(mech: CK_MECHANISM_TYPE, verify: bool, context: bool) -> Opcode {
+    match (mech, verify, context) {
+        (CKM_ECDSA, false, _) => Opcode::SignDigest,
+        (CKM_ECDSA, true, _) => Opcode::VerifyDigest,
+        (CKM_SHA256_HMAC, false, _) => Opcode::Mac,
+        (CKM_SHA256_HMAC, true, _) => Opcode::MacVerify,
+        (CKM_ML_DSA, false, true) => Opcode::SignContext,
+        (CKM_ML_DSA, true, true) => Opcode::VerifyContext,
+        (_, false, _) => Opcode::Sign,
+        (_, true, _) => Opcode::Verify,
     }
+}
+
+/// The context string of an ML-DSA operation, from its optional `CK_SIGN_ADDITIONAL_CONTEXT`.
+/// hsmd always signs hedged (fresh randomness), so a signature may prefer or require hedging
+/// but not ask to be deterministic; verification ignores the hedge variant (PKCS#11 3.2).
+fn ml_dsa_context(args: &MechArgs, verify: bool) -> Result<Vec<u8>, Rv> {
+    let Some(c) = &args.ml_dsa else {
+        return Ok(Vec::new());
+    };
+    let hedge_ok = verify || matches!(c.hedge, CKH_HEDGE_PREFERRED | CKH_HEDGE_REQUIRED);
+    if !hedge_ok || c.context.len() > MAX_CONTEXT {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    Ok(c.context.clone())
 }
 
 /// `C_SignInit` / `C_VerifyInit`.
@@ -78,23 +94,30 @@ pub fn sign_init(
     }
     if !matches!(
         args.mech,
-        CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_EDDSA | CKM_SHA256_HMAC
+        CKM_ECDSA | CKM_ECDSA_SHA256 | CKM_EDDSA | CKM_SHA256_HMAC | CKM_ML_DSA
     ) {
         return Err(CKR_MECHANISM_INVALID);
     }
     if args.eddsa_variant {
         return Err(CKR_MECHANISM_PARAM_INVALID);
     }
+    let context = ml_dsa_context(args, verify)?;
     let classes: &[Class] = if verify {
         &[Class::Public, Class::Private, Class::Secret]
     } else {
         &[Class::Private, Class::Secret]
     };
     let (k, _) = key_for(m, s, h, classes)?;
-    check_key(&k, args.mech, sign_opcode(args.mech, verify))?;
+    check_key(
+        &k,
+        args.mech,
+        sign_opcode(args.mech, verify, !context.is_empty()),
+    )?;
     let op = SignOp {
         mech: args.mech,
         key: k.key_ref(),
+        sig_len: mech::signature_len(k.info.key_type),
+        context,
         input: Input::default(),
     };
     *sign_slot(s, verify) = Some(op);
@@ -114,7 +137,7 @@ pub fn sign_len(s: &Session) -> Result<usize, Rv> {
     s.ops
         .sign
         .as_ref()
-        .map(|op| mech::signature_len(op.mech))
+        .map(|op| op.sig_len)
         .ok_or(CKR_OPERATION_NOT_INITIALIZED)
 }
 
@@ -151,12 +174,18 @@ fn take_sign(s: &mut Session, data: Option<&[u8]>, verify: bool) -> Result<SignO
 pub fn sign(m: &Module, s: &mut Session, data: Option<&[u8]>) -> Result<Vec<u8>, Rv> {
     let op = take_sign(s, data, false)?;
     let (key, data, mech) = (op.key.clone(), op.input.bytes.to_vec(), op.mech);
+    let has_context = !op.context.is_empty();
     let req = match mech {
         CKM_ECDSA => Request::SignDigest { key, digest: data },
         CKM_SHA256_HMAC => Request::Mac { key, data },
+        CKM_ML_DSA if has_context => Request::SignContext {
+            key,
+            data,
+            context: op.context,
+        },
         _ => Request::Sign { key, data },
     };
-    debug_assert_eq!(req.opcode(), sign_opcode(mech, false));
+    debug_assert_eq!(req.opcode(), sign_opcode(mech, false, has_context));
     let out = s.bytes(m, req)?;
     if matches!(mech, CKM_ECDSA | CKM_ECDSA_SHA256) {
         encoding::der_to_raw(&out)
@@ -175,7 +204,7 @@ pub fn verify(
     signature: &[u8],
 ) -> Result<(), Rv> {
     let op = take_sign(s, data, true)?;
-    if signature.len() != mech::signature_len(op.mech) {
+    if signature.len() != op.sig_len {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
     let signature = match op.mech {
@@ -187,7 +216,14 @@ pub fn verify(
         _ => signature.to_vec(),
     };
     let (key, data, mech) = (op.key.clone(), op.input.bytes.to_vec(), op.mech);
+    let has_context = !op.context.is_empty();
     let req = match mech {
+        CKM_ML_DSA if has_context => Request::VerifyContext {
+            key,
+            data,
+            signature,
+            context: op.context,
+        },
         CKM_ECDSA => Request::VerifyDigest {
             key,
             digest: data,
@@ -204,7 +240,7 @@ pub fn verify(
             signature,
         },
     };
-    debug_assert_eq!(req.opcode(), sign_opcode(mech, true));
+    debug_assert_eq!(req.opcode(), sign_opcode(mech, true, has_context));
     s.done(m, req)
 }
 

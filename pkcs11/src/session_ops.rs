@@ -30,6 +30,17 @@ pub struct MechArgs {
     pub tag_bits: Option<CK_ULONG>,
     /// EdDSA: the prehash flag (Ed25519ph), or a context, asked for.
     pub eddsa_variant: bool,
+    /// ML-DSA: the optional `CK_SIGN_ADDITIONAL_CONTEXT`.
+    pub ml_dsa: Option<SignContext>,
+}
+
+/// An ML-DSA `CK_SIGN_ADDITIONAL_CONTEXT`, copied out of the caller's memory.
+#[derive(Debug, Default, Clone)]
+pub struct SignContext {
+    /// `hedgeVariant` (CKH_HEDGE_PREFERRED, CKH_HEDGE_REQUIRED, CKH_DETERMINISTIC_REQUIRED).
+    pub hedge: CK_ULONG,
+    /// The FIPS 204 context string (empty: none).
+    pub context: Vec<u8>,
 }
 
 /// What an operation gathers: a single-part call's input, or its updates'.
@@ -68,6 +79,10 @@ impl Input {
 pub struct SignOp {
     pub(crate) mech: CK_MECHANISM_TYPE,
     pub(crate) key: KeyRef,
+    /// The signature's length (by key type: ML-DSA's depends on the parameter set).
+    pub(crate) sig_len: usize,
+    /// ML-DSA: the context string (empty: none).
+    pub(crate) context: Vec<u8>,
     pub(crate) input: Input,
 }
 

@@ -1,20 +1,18 @@
-//! Token-level work of a session: login, object search and attributes, key generation and
-//! deletion, random bytes.
+//! Token-level work of a session: login, object search and attributes, deletion, random
+//! bytes. (Keys are made in `keygen.rs` and `kem.rs`.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cryptoki_sys::*;
-use ferrohsm_proto::message::KeySpec;
 use ferrohsm_proto::{
-    KeyInfo, KeyQuery, KeyType, Label, Lifetime, MAX_RANDOM, Page, Request, Response, Usage,
-    UsageSet,
+    KeyInfo, KeyQuery, KeyType, Label, Lifetime, MAX_RANDOM, Page, Request, Response,
 };
+use zeroize::Zeroizing;
 
-use crate::encoding;
 use crate::module::{Module, Rv, Session, Slot, lock};
-use crate::object::{Class, Value, attribute, classes, handle, needs_public};
+use crate::object::{Class, Known, Value, attribute, classes, handle, key_types_of, needs_public};
 
 /// A template: attribute types and their values' bytes.
 pub type Template = Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>;
@@ -57,35 +55,6 @@ pub fn logout(slot: &Slot) -> Result<(), Rv> {
     }
 }
 
-fn get(t: &Template, a: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
-    t.iter().find(|(x, _)| *x == a).map(|(_, v)| v.as_slice())
-}
-
-fn get_bool(t: &Template, a: CK_ATTRIBUTE_TYPE) -> Result<Option<bool>, Rv> {
-    match get(t, a) {
-        None => Ok(None),
-        Some([v]) => Ok(Some(*v != 0)),
-        Some(_) => Err(CKR_ATTRIBUTE_VALUE_INVALID),
-    }
-}
-
-fn get_ulong(t: &Template, a: CK_ATTRIBUTE_TYPE) -> Result<Option<CK_ULONG>, Rv> {
-    match get(t, a) {
-        None => Ok(None),
-        Some(v) => v
-            .try_into()
-            .map(|b| Some(CK_ULONG::from_ne_bytes(b)))
-            .map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID),
-    }
-}
-
-/// The key type a CKA_KEY_TYPE names.
-fn key_type_of(k: CK_KEY_TYPE) -> Option<KeyType> {
-    KeyType::ALL
-        .into_iter()
-        .find(|t| crate::object::ck_key_type(*t) == k)
-}
-
 /// `C_FindObjectsInit`: the search narrowed at hsmd by label, id and type, then every
 /// attribute of the template matched here.
 pub fn find_init(m: &Module, s: &mut Session, template: Template) -> Result<(), Rv> {
@@ -116,13 +85,14 @@ pub fn find_init(m: &Module, s: &mut Session, template: Template) -> Result<(), 
                 Err(_) => (own, granted) = (false, false),
             },
             CKA_KEY_TYPE => {
-                match <[u8; 8]>::try_from(v.as_slice())
-                    .ok()
-                    .map(CK_ULONG::from_ne_bytes)
-                    .and_then(key_type_of)
-                {
-                    Some(kt) => query.key_type = Some(kt),
-                    None => (own, granted) = (false, false),
+                let ckk = <[u8; 8]>::try_from(v.as_slice()).map(CK_ULONG::from_ne_bytes);
+                // One hsmd type narrows the search there; CKK_ML_DSA and CKK_ML_KEM name
+                // one per parameter set, so they are matched here.
+                let types: Vec<KeyType> = ckk.map_or(Vec::new(), |k| key_types_of(k).collect());
+                match types[..] {
+                    [] => (own, granted) = (false, false),
+                    [kt] => query.key_type = Some(kt),
+                    _ => {}
                 }
             }
             _ => {}
@@ -151,12 +121,16 @@ pub fn find_init(m: &Module, s: &mut Session, template: Template) -> Result<(), 
         );
     }
     let slot = &m.slots[s.slot];
-    let wants_public = template.iter().any(|(t, _)| needs_public(*t));
+    let wants_public = |t: KeyType| {
+        classes(t)
+            .iter()
+            .any(|c| template.iter().any(|(a, _)| needs_public(*c, *a)))
+    };
     let mut handles = VecDeque::new();
     for (info, is_granted) in found {
         let t = info.key_type;
         let index = lock(&slot.objects).learn(info, is_granted);
-        if wants_public {
+        if wants_public(t) {
             // A key whose public half cannot be read simply does not match.
             let _ = fetch_public(m, s, index);
         }
@@ -211,7 +185,7 @@ pub fn attributes(
     if class != Class::Public && !slot.unlocked() {
         return Err(CKR_OBJECT_HANDLE_INVALID);
     }
-    let k = if types.iter().any(|t| needs_public(*t)) && k.public.is_none() {
+    let k = if types.iter().any(|t| needs_public(class, *t)) && k.public.is_none() {
         fetch_public(m, s, index)?;
         lock(&slot.objects)
             .get(index)
@@ -220,167 +194,24 @@ pub fn attributes(
     } else {
         k
     };
-    Ok(types
+    types
         .iter()
         .map(|t| match attribute(&k, class, *t) {
-            Value::NeedsPublic => Value::Invalid,
-            v => v,
+            Value::NeedsPublic => Ok(Value::Invalid),
+            Value::NeedsSecret => secret_value(m, s, &k),
+            v => Ok(v),
         })
-        .collect())
+        .collect()
 }
 
-/// The label of a new key: CKA_LABEL of the first template that has one, else a fresh one.
-fn new_label(templates: &[&Template]) -> Result<Label, Rv> {
-    for t in templates {
-        match get(t, CKA_LABEL) {
-            Some([]) | None => continue,
-            Some(v) => {
-                return std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|l| l.parse().ok())
-                    .ok_or(CKR_ATTRIBUTE_VALUE_INVALID);
-            }
-        }
+/// An exportable secret key's bytes, read from hsmd (its export rule: the owner's key, and
+/// exportable) each time they are asked for; never kept in the module.
+fn secret_value(m: &Module, s: &mut Session, k: &Known) -> Result<Value, Rv> {
+    let bytes = Zeroizing::new(s.bytes(m, Request::Export(k.key_ref()))?);
+    if bytes.len() != k.info.key_type.describe().secret_len {
+        return Err(CKR_DEVICE_ERROR);
     }
-    let mut r = [0u8; 6];
-    getrandom::fill(&mut r).map_err(|_| CKR_FUNCTION_FAILED)?;
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("p11-{hex}")
-        .parse()
-        .map_err(|_| CKR_FUNCTION_FAILED)
-}
-
-/// Whether the new key is a token object (persistent) or a session object: CKA_TOKEN,
-/// false unless given (PKCS#11's default).
-fn is_token(templates: &[&Template]) -> Result<bool, Rv> {
-    for t in templates {
-        if let Some(v) = get_bool(t, CKA_TOKEN)? {
-            return Ok(v);
-        }
-    }
-    Ok(false)
-}
-
-/// Creates a key at hsmd from a spec and records it; returns its index.
-fn create(m: &Module, s: &mut Session, spec: KeySpec) -> Result<usize, Rv> {
-    let slot = &m.slots[s.slot];
-    if !slot.unlocked() {
-        return Err(CKR_USER_NOT_LOGGED_IN);
-    }
-    if !spec.session && !s.rw {
-        return Err(CKR_SESSION_READ_ONLY);
-    }
-    let info = match s.request(m, Request::Generate(spec))? {
-        Response::Key(k) => k,
-        _ => return Err(CKR_DEVICE_ERROR),
-    };
-    Ok(lock(&slot.objects).learn(info, false))
-}
-
-/// The usage a template asks for: the type's default, less what the template turns off.
-fn usage_of(
-    t: KeyType,
-    templates: &[(&Template, &[(CK_ATTRIBUTE_TYPE, Usage)])],
-) -> Result<Option<UsageSet>, Rv> {
-    let mut usage = t.allowed_usage();
-    let mut changed = false;
-    for (template, map) in templates {
-        for (a, u) in *map {
-            if get_bool(template, *a)? == Some(false) {
-                usage = UsageSet::of(&usage.iter().filter(|x| x != u).collect::<Vec<_>>());
-                changed = true;
-            }
-        }
-    }
-    if usage.iter().next().is_none() {
-        return Err(CKR_TEMPLATE_INCONSISTENT);
-    }
-    Ok(changed.then_some(usage))
-}
-
-/// `C_GenerateKeyPair`: P-256 (CKM_EC_KEY_PAIR_GEN with prime256v1) or Ed25519.
-pub fn generate_key_pair(
-    m: &Module,
-    s: &mut Session,
-    mech: CK_MECHANISM_TYPE,
-    public: &Template,
-    private: &Template,
-) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE), Rv> {
-    let params = get(public, CKA_EC_PARAMS).or_else(|| get(private, CKA_EC_PARAMS));
-    let key_type = match (mech, params) {
-        (CKM_EC_KEY_PAIR_GEN, Some(p)) => match encoding::key_type_of_params(p) {
-            Some(KeyType::P256) => KeyType::P256,
-            _ => return Err(CKR_CURVE_NOT_SUPPORTED),
-        },
-        (CKM_EC_KEY_PAIR_GEN, None) => return Err(CKR_TEMPLATE_INCOMPLETE),
-        (CKM_EC_EDWARDS_KEY_PAIR_GEN, None) => KeyType::Ed25519,
-        (CKM_EC_EDWARDS_KEY_PAIR_GEN, Some(p)) => match encoding::key_type_of_params(p) {
-            Some(KeyType::Ed25519) => KeyType::Ed25519,
-            _ => return Err(CKR_CURVE_NOT_SUPPORTED),
-        },
-        _ => return Err(CKR_MECHANISM_INVALID),
-    };
-    let usage = usage_of(
-        key_type,
-        &[
-            (private, &[(CKA_SIGN, Usage::Sign)]),
-            (public, &[(CKA_VERIFY, Usage::Verify)]),
-        ],
-    )?;
-    let spec = KeySpec {
-        key_type,
-        label: new_label(&[private, public])?,
-        usage,
-        exportable: get_bool(private, CKA_EXTRACTABLE)?.unwrap_or(false),
-        session: !is_token(&[private, public])?,
-    };
-    let index = create(m, s, spec)?;
-    Ok((handle(index, Class::Public), handle(index, Class::Private)))
-}
-
-/// `C_GenerateKey`: AES-256, ChaCha20 or a 32-byte HMAC-SHA256 key.
-pub fn generate_key(
-    m: &Module,
-    s: &mut Session,
-    mech: CK_MECHANISM_TYPE,
-    template: &Template,
-) -> Result<CK_OBJECT_HANDLE, Rv> {
-    let key_type = crate::ops::secret_type(mech).ok_or(CKR_MECHANISM_INVALID)?;
-    if get_ulong(template, CKA_VALUE_LEN)?.is_some_and(|len| len != 32) {
-        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
-    }
-    if let Some(kt) = get_ulong(template, CKA_KEY_TYPE)? {
-        let ok = kt == crate::object::ck_key_type(key_type)
-            || (key_type == KeyType::HmacSha256 && kt == CKK_SHA256_HMAC);
-        if !ok {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
-    }
-    let map: &[(CK_ATTRIBUTE_TYPE, Usage)] = match key_type {
-        KeyType::HmacSha256 => &[(CKA_SIGN, Usage::Mac)],
-        KeyType::Aes256Gcm | KeyType::ChaCha20Poly1305 => {
-            &[(CKA_ENCRYPT, Usage::Encrypt), (CKA_DECRYPT, Usage::Decrypt)]
-        }
-        // Key pairs come from C_GenerateKeyPair.
-        KeyType::Ed25519
-        | KeyType::P256
-        | KeyType::X25519
-        | KeyType::MlDsa44
-        | KeyType::MlDsa65
-        | KeyType::MlDsa87
-        | KeyType::MlKem512
-        | KeyType::MlKem768
-        | KeyType::MlKem1024 => return Err(CKR_MECHANISM_INVALID),
-    };
-    let spec = KeySpec {
-        key_type,
-        label: new_label(&[template])?,
-        usage: usage_of(key_type, &[(template, map)])?,
-        exportable: get_bool(template, CKA_EXTRACTABLE)?.unwrap_or(false),
-        session: !is_token(&[template])?,
-    };
-    let index = create(m, s, spec)?;
-    Ok(handle(index, Class::Secret))
+    Ok(Value::Secret(bytes))
 }
 
 /// `C_DestroyObject`: deletes the key. A public object is the visible half of a private key

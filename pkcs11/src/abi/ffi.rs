@@ -5,9 +5,11 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use cryptoki_sys::*;
+use ferrohsm_proto::MAX_CONTEXT;
 
 use crate::module::{self, Module, Rv, Session, lock};
 use crate::ops::MechArgs;
+use crate::session_ops::SignContext;
 use crate::token::Template;
 
 /// Runs one call: its answer, `CKR_GENERAL_ERROR` if it panicked.
@@ -161,6 +163,24 @@ pub(super) unsafe fn mechanism(p: *const CK_MECHANISM) -> Result<MechArgs, Rv> {
             // SAFETY: an optional CK_EDDSA_PARAMS.
             let e: CK_EDDSA_PARAMS = unsafe { param(&m) }?;
             args.eddsa_variant = e.phFlag != 0 || e.ulContextDataLen != 0;
+        }
+        CKM_ML_DSA if !m.pParameter.is_null() => {
+            // SAFETY: an optional CK_SIGN_ADDITIONAL_CONTEXT.
+            let c: CK_SIGN_ADDITIONAL_CONTEXT = unsafe { param(&m) }?;
+            // Longer than FIPS 204 allows: refused before the caller's memory is read.
+            if c.ulContextLen > MAX_CONTEXT as CK_ULONG {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            // SAFETY: the context is a (pointer, length) pair of the caller's.
+            let context = unsafe { bytes(c.pContext, c.ulContextLen) }?.to_vec();
+            args.ml_dsa = Some(SignContext {
+                hedge: c.hedgeVariant,
+                context,
+            });
+        }
+        // ML-KEM has no parameter.
+        CKM_ML_KEM if !m.pParameter.is_null() || m.ulParameterLen != 0 => {
+            return Err(CKR_MECHANISM_PARAM_INVALID);
         }
         _ => {}
     }

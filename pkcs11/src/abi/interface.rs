@@ -1,6 +1,6 @@
 //! The entry points that hand out the functions: `C_GetFunctionList` (the PKCS#11 2.40 list)
-//! and the PKCS#11 3.0 interface (`C_GetInterfaceList`, `C_GetInterface`), with the function
-//! lists they point to.
+//! and the PKCS#11 3.0 and 3.2 interfaces (`C_GetInterfaceList`, `C_GetInterface`), with the
+//! function lists they point to.
 #![allow(non_snake_case)]
 #![allow(unsafe_code)]
 
@@ -9,14 +9,15 @@ use std::os::raw::c_void;
 use cryptoki_sys::*;
 
 use super::ffi::{guard, list, put};
-use super::{crypto, general, objects, unsupported, v3};
+use super::{crypto, general, objects, unsupported, v3, v32};
 
 /// The interface name PKCS#11 defines.
 const NAME: &[u8] = b"PKCS 11\0";
 
-/// The interfaces: 3.0 first (the default), then 2.40. Both are fork-tolerant: a forked child
-/// reconnects and never touches its parent's connections.
-struct Interfaces([CK_INTERFACE; 2]);
+/// The interfaces: 3.0 first (the default, which callers asking for no version get), then
+/// 3.2 (3.0 and the KEM functions) and 2.40. All are fork-tolerant: a forked child reconnects
+/// and never touches its parent's connections.
+struct Interfaces([CK_INTERFACE; 3]);
 
 // SAFETY: the pointers name static, never-written data (the name and the function lists), so
 // sharing them between threads is sound.
@@ -30,12 +31,17 @@ static INTERFACES: Interfaces = Interfaces([
     },
     CK_INTERFACE {
         pInterfaceName: NAME.as_ptr() as *mut CK_UTF8CHAR,
+        pFunctionList: &FUNCTIONS_3_2 as *const CK_FUNCTION_LIST_3_2 as *mut c_void,
+        flags: CKF_INTERFACE_FORK_SAFE,
+    },
+    CK_INTERFACE {
+        pInterfaceName: NAME.as_ptr() as *mut CK_UTF8CHAR,
         pFunctionList: &FUNCTIONS as *const CK_FUNCTION_LIST as *mut c_void,
         flags: CKF_INTERFACE_FORK_SAFE,
     },
 ]);
 
-/// The version of the function list an interface carries (both lists start with it).
+/// The version of the function list an interface carries (every list starts with it).
 fn version_of(i: &CK_INTERFACE) -> CK_VERSION {
     // SAFETY: every pFunctionList above points to a list whose first field is its version.
     unsafe { *(i.pFunctionList as *const CK_VERSION) }
@@ -51,7 +57,8 @@ pub unsafe extern "C" fn C_GetInterfaceList(out: *mut CK_INTERFACE, count: *mut 
     guard(|| unsafe { list(&INTERFACES.0, out, count) })
 }
 
-/// `C_GetInterface`: by name ("PKCS 11" or null), version (null: 3.0) and flags.
+/// `C_GetInterface`: by name ("PKCS 11" or null), version (null: 3.0; 3.2 and 2.40 on
+/// request) and flags.
 ///
 /// # Safety
 /// `name` null or a NUL-terminated string; `version` null or readable; `out` writable.
@@ -89,7 +96,7 @@ pub unsafe extern "C" fn C_GetInterface(
     })
 }
 
-/// A function list: every PKCS#11 2.40 function, then `$extra` (the 3.0 additions).
+/// A function list: every PKCS#11 2.40 function, then `$extra` (the 3.x additions).
 macro_rules! function_list {
     ($ty:ident, $major:expr, $minor:expr, { $($extra:ident: $val:expr,)* }) => {
         $ty {
@@ -170,32 +177,57 @@ macro_rules! function_list {
 /// The PKCS#11 2.40 list (`C_GetFunctionList`).
 static FUNCTIONS: CK_FUNCTION_LIST = function_list!(CK_FUNCTION_LIST, 2, 40, {});
 
-/// The PKCS#11 3.0 list (`C_GetInterface`): the same functions, and the 3.0 ones.
-static FUNCTIONS_3_0: CK_FUNCTION_LIST_3_0 = function_list!(CK_FUNCTION_LIST_3_0, 3, 0, {
-    C_GetInterfaceList: C_GetInterfaceList,
-    C_GetInterface: C_GetInterface,
-    C_LoginUser: v3::C_LoginUser,
-    C_SessionCancel: v3::C_SessionCancel,
-    C_MessageEncryptInit: unsupported::C_MessageEncryptInit,
-    C_EncryptMessage: unsupported::C_EncryptMessage,
-    C_EncryptMessageBegin: unsupported::C_EncryptMessageBegin,
-    C_EncryptMessageNext: unsupported::C_EncryptMessageNext,
-    C_MessageEncryptFinal: unsupported::C_MessageEncryptFinal,
-    C_MessageDecryptInit: unsupported::C_MessageDecryptInit,
-    C_DecryptMessage: unsupported::C_DecryptMessage,
-    C_DecryptMessageBegin: unsupported::C_DecryptMessageBegin,
-    C_DecryptMessageNext: unsupported::C_DecryptMessageNext,
-    C_MessageDecryptFinal: unsupported::C_MessageDecryptFinal,
-    C_MessageSignInit: unsupported::C_MessageSignInit,
-    C_SignMessage: unsupported::C_SignMessage,
-    C_SignMessageBegin: unsupported::C_SignMessageBegin,
-    C_SignMessageNext: unsupported::C_SignMessageNext,
-    C_MessageSignFinal: unsupported::C_MessageSignFinal,
-    C_MessageVerifyInit: unsupported::C_MessageVerifyInit,
-    C_VerifyMessage: unsupported::C_VerifyMessage,
-    C_VerifyMessageBegin: unsupported::C_VerifyMessageBegin,
-    C_VerifyMessageNext: unsupported::C_VerifyMessageNext,
-    C_MessageVerifyFinal: unsupported::C_MessageVerifyFinal,
+/// A PKCS#11 3.x function list: the 2.40 functions, the 3.0 ones, then `$extra` (3.2's).
+macro_rules! function_list_3 {
+    ($ty:ident, $major:expr, $minor:expr, { $($extra:ident: $val:expr,)* }) => {
+        function_list!($ty, $major, $minor, {
+            C_GetInterfaceList: C_GetInterfaceList,
+            C_GetInterface: C_GetInterface,
+            C_LoginUser: v3::C_LoginUser,
+            C_SessionCancel: v3::C_SessionCancel,
+            C_MessageEncryptInit: unsupported::C_MessageEncryptInit,
+            C_EncryptMessage: unsupported::C_EncryptMessage,
+            C_EncryptMessageBegin: unsupported::C_EncryptMessageBegin,
+            C_EncryptMessageNext: unsupported::C_EncryptMessageNext,
+            C_MessageEncryptFinal: unsupported::C_MessageEncryptFinal,
+            C_MessageDecryptInit: unsupported::C_MessageDecryptInit,
+            C_DecryptMessage: unsupported::C_DecryptMessage,
+            C_DecryptMessageBegin: unsupported::C_DecryptMessageBegin,
+            C_DecryptMessageNext: unsupported::C_DecryptMessageNext,
+            C_MessageDecryptFinal: unsupported::C_MessageDecryptFinal,
+            C_MessageSignInit: unsupported::C_MessageSignInit,
+            C_SignMessage: unsupported::C_SignMessage,
+            C_SignMessageBegin: unsupported::C_SignMessageBegin,
+            C_SignMessageNext: unsupported::C_SignMessageNext,
+            C_MessageSignFinal: unsupported::C_MessageSignFinal,
+            C_MessageVerifyInit: unsupported::C_MessageVerifyInit,
+            C_VerifyMessage: unsupported::C_VerifyMessage,
+            C_VerifyMessageBegin: unsupported::C_VerifyMessageBegin,
+            C_VerifyMessageNext: unsupported::C_VerifyMessageNext,
+            C_MessageVerifyFinal: unsupported::C_MessageVerifyFinal,
+            $($extra: $val,)*
+        })
+    };
+}
+
+/// The PKCS#11 3.0 list (`C_GetInterface`'s default): the 2.40 functions and the 3.0 ones.
+static FUNCTIONS_3_0: CK_FUNCTION_LIST_3_0 = function_list_3!(CK_FUNCTION_LIST_3_0, 3, 0, {});
+
+/// The PKCS#11 3.2 list: the 3.0 list, `C_EncapsulateKey` and `C_DecapsulateKey`, and 3.2's
+/// other additions (not offered).
+static FUNCTIONS_3_2: CK_FUNCTION_LIST_3_2 = function_list_3!(CK_FUNCTION_LIST_3_2, 3, 2, {
+    C_EncapsulateKey: v32::C_EncapsulateKey,
+    C_DecapsulateKey: v32::C_DecapsulateKey,
+    C_VerifySignatureInit: unsupported::C_VerifySignatureInit,
+    C_VerifySignature: unsupported::C_VerifySignature,
+    C_VerifySignatureUpdate: unsupported::C_VerifySignatureUpdate,
+    C_VerifySignatureFinal: unsupported::C_VerifySignatureFinal,
+    C_GetSessionValidationFlags: unsupported::C_GetSessionValidationFlags,
+    C_AsyncComplete: unsupported::C_AsyncComplete,
+    C_AsyncGetID: unsupported::C_AsyncGetID,
+    C_AsyncJoin: unsupported::C_AsyncJoin,
+    C_WrapKeyAuthenticated: unsupported::C_WrapKeyAuthenticated,
+    C_UnwrapKeyAuthenticated: unsupported::C_UnwrapKeyAuthenticated,
 });
 
 /// The module's entry point: the PKCS#11 2.40 function list.

@@ -11,3 +11,4 @@ pub(crate) mod interface;
 mod objects;
 mod unsupported;
 mod v3;
+mod v32;

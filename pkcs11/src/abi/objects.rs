@@ -4,6 +4,7 @@
 use cryptoki_sys::*;
 
 use super::ffi::{guard, mechanism, put, template, with_session};
+use crate::keygen;
 use crate::object::Value;
 use crate::token;
 
@@ -94,27 +95,31 @@ pub unsafe extern "C" fn C_GetAttributeValue(
         let values = with_session(h, |m, s| token::attributes(m, s, o, &types))?;
         let (mut sensitive, mut invalid, mut small) = (false, false, false);
         for (a, v) in attrs.iter_mut().zip(values) {
-            match v {
-                Value::Bytes(v) if a.pValue.is_null() => a.ulValueLen = v.len() as CK_ULONG,
-                Value::Bytes(v) if a.ulValueLen as usize >= v.len() => {
-                    // SAFETY: the caller's buffer holds ulValueLen >= v.len() bytes.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len())
-                    };
-                    a.ulValueLen = v.len() as CK_ULONG;
-                }
-                Value::Bytes(_) => {
-                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                    small = true;
-                }
+            let bytes: &[u8] = match &v {
+                Value::Bytes(v) => v,
+                Value::Secret(v) => v,
                 Value::Sensitive => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     sensitive = true;
+                    continue;
                 }
-                Value::Invalid | Value::NeedsPublic => {
+                Value::Invalid | Value::NeedsPublic | Value::NeedsSecret => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     invalid = true;
+                    continue;
                 }
+            };
+            if a.pValue.is_null() {
+                a.ulValueLen = bytes.len() as CK_ULONG;
+            } else if a.ulValueLen as usize >= bytes.len() {
+                // SAFETY: the caller's buffer holds ulValueLen >= bytes.len() bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), a.pValue as *mut u8, bytes.len())
+                };
+                a.ulValueLen = bytes.len() as CK_ULONG;
+            } else {
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                small = true;
             }
         }
         match (sensitive, invalid, small) {
@@ -171,7 +176,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
             )
         };
         let (p, k) = with_session(h, |m, s| {
-            token::generate_key_pair(m, s, args.mech, &public, &private)
+            keygen::generate_key_pair(m, s, args.mech, &public, &private)
         })?;
         // SAFETY: both checked non-null, the caller's writable handles.
         unsafe {
@@ -199,7 +204,7 @@ pub unsafe extern "C" fn C_GenerateKey(
         }
         // SAFETY: the caller's mechanism and template.
         let (args, t) = unsafe { (mechanism(mech)?, template(t, n)?) };
-        let k = with_session(h, |m, s| token::generate_key(m, s, args.mech, &t))?;
+        let k = with_session(h, |m, s| keygen::generate_key(m, s, args.mech, &t))?;
         // SAFETY: checked non-null.
         unsafe { put(out, k) }
     })

@@ -108,4 +108,24 @@ unsupported! {
     C_VerifyMessageNext(CK_SESSION_HANDLE, *mut c_void, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
     /// See `C_MessageVerifyInit`.
     C_MessageVerifyFinal(CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// PKCS#11 3.2 verification with the signature given first is not offered.
+    C_VerifySignatureInit(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_VerifySignatureInit`.
+    C_VerifySignature(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_VerifySignatureInit`.
+    C_VerifySignatureUpdate(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_VerifySignatureInit`.
+    C_VerifySignatureFinal(CK_SESSION_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// The module keeps no validation (FIPS) state.
+    C_GetSessionValidationFlags(CK_SESSION_HANDLE, CK_SESSION_VALIDATION_FLAGS_TYPE, *mut CK_FLAGS) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// PKCS#11 3.2 asynchronous operations are not offered.
+    C_AsyncComplete(CK_SESSION_HANDLE, *mut CK_UTF8CHAR, *mut CK_ASYNC_DATA) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_AsyncComplete`.
+    C_AsyncGetID(CK_SESSION_HANDLE, *mut CK_UTF8CHAR, *mut CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_AsyncComplete`.
+    C_AsyncJoin(CK_SESSION_HANDLE, *mut CK_UTF8CHAR, CK_ULONG, *mut CK_BYTE, CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_WrapKey`.
+    C_WrapKeyAuthenticated(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG) => CKR_FUNCTION_NOT_SUPPORTED;
+    /// See `C_WrapKey`.
+    C_UnwrapKeyAuthenticated(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, *mut CK_BYTE, CK_ULONG, *mut CK_ATTRIBUTE, CK_ULONG, *mut CK_BYTE, CK_ULONG, *mut CK_OBJECT_HANDLE) => CKR_FUNCTION_NOT_SUPPORTED;
 }

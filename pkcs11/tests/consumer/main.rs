@@ -1,6 +1,7 @@
 //! The module through a real PKCS#11 consumer, the Rust `cryptoki` crate, against a real
 //! hsmd: sessions, login and logout, search, attributes, the mechanism list, every mechanism
-//! single- and multi-part, bad input, many threads, a fork, and hsmd stopped mid-session.
+//! single- and multi-part, bad input, many threads, a fork, hsmd stopped mid-session, and the
+//! post-quantum keys with the 3.2 KEM functions (`pq.rs`, `kem.rs`).
 //!
 //! One test function for the whole suite: a process loads and initializes a PKCS#11 module
 //! once at a time (a test that needs its own takes [`ONE_MODULE`]).
@@ -13,9 +14,11 @@ mod support;
 
 mod crypto;
 mod faults;
+mod kem;
 mod mechanisms;
 mod multipart;
 mod objects;
+mod pq;
 mod raw;
 
 use std::time::{Duration, Instant};
@@ -105,7 +108,9 @@ fn boolean(s: &Session, o: ObjectHandle, a: AttributeType) -> bool {
             | Attribute::Sensitive(v)
             | Attribute::Extractable(v)
             | Attribute::Token(v)
-            | Attribute::Sign(v),
+            | Attribute::Sign(v)
+            | Attribute::Encapsulate(v)
+            | Attribute::Decapsulate(v),
         ) => v,
         other => panic!("{a:?}: {other:?}"),
     }

@@ -9,7 +9,7 @@ const EC: CK_FLAGS = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
 /// What the module offers: (mechanism, min key size, max key size, flags). EC sizes are in
 /// bits, symmetric ones in bytes, as PKCS#11 counts them. Written out here, not read from
 /// the module's table, so a change to the table shows up as a failure.
-const OFFERED: [(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS); 13] = [
+const OFFERED: [(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS); 17] = [
     (CKM_EC_KEY_PAIR_GEN, 256, 256, CKF_GENERATE_KEY_PAIR | EC),
     (CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 255, CKF_GENERATE_KEY_PAIR),
     (CKM_ECDSA, 256, 256, CKF_SIGN | CKF_VERIFY | EC),
@@ -23,6 +23,11 @@ const OFFERED: [(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS); 13] = [
     (CKM_SHA256_HMAC, 32, 32, CKF_SIGN | CKF_VERIFY),
     (CKM_SHA256, 0, 0, CKF_DIGEST),
     (CKM_SHA512, 0, 0, CKF_DIGEST),
+    // ML-DSA and ML-KEM: the range of their public keys in bytes (PKCS#11 3.2).
+    (CKM_ML_DSA_KEY_PAIR_GEN, 1312, 2592, CKF_GENERATE_KEY_PAIR),
+    (CKM_ML_DSA, 1312, 2592, CKF_SIGN | CKF_VERIFY),
+    (CKM_ML_KEM_KEY_PAIR_GEN, 800, 1568, CKF_GENERATE_KEY_PAIR),
+    (CKM_ML_KEM, 800, 1568, CKF_ENCAPSULATE | CKF_DECAPSULATE),
 ];
 
 pub(crate) fn list_and_info(slots: &[Slot]) {
@@ -37,15 +42,15 @@ pub(crate) fn list_and_info(slots: &[Slot]) {
             // CKR_BUFFER_TOO_SMALL.
             let mut n: CK_ULONG = 0;
             assert_eq!(f.C_GetMechanismList.unwrap()(id, null(), &mut n), CKR_OK);
-            assert_eq!(n, 13);
-            let mut got = [0 as CK_MECHANISM_TYPE; 16];
+            assert_eq!(n, 17);
+            let mut got = [0 as CK_MECHANISM_TYPE; 20];
             n = 2;
             assert_eq!(
                 f.C_GetMechanismList.unwrap()(id, got.as_mut_ptr(), &mut n),
                 CKR_BUFFER_TOO_SMALL
             );
-            assert_eq!(n, 13);
-            n = 16;
+            assert_eq!(n, 17);
+            n = 20;
             assert_eq!(
                 f.C_GetMechanismList.unwrap()(id, got.as_mut_ptr(), &mut n),
                 CKR_OK

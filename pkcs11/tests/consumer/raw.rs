@@ -1,4 +1,4 @@
-//! The C ABI straight: bad pointers, the 3.0 interface, ChaCha20-Poly1305 and batched
+//! The C ABI straight: bad pointers, the 3.x interfaces, ChaCha20-Poly1305 and batched
 //! attributes, which the cryptoki crate does not reach.
 
 use super::*;
@@ -147,7 +147,8 @@ pub(crate) fn raw_abi(s: &Session, p1: ObjectHandle) {
     }
 }
 
-/// The PKCS#11 3.0 interface: listed, found by name and version, and its two session calls.
+/// The PKCS#11 3.0 and 3.2 interfaces: listed, found by name and version, and 3.0's two
+/// session calls (3.2's are in `pq`).
 pub(crate) fn interfaces(s: &Session, p1: ObjectHandle) {
     // SAFETY: the library stays loaded (see `functions`); the symbols have the PKCS#11
     // signatures and every pointer passed is valid or null.
@@ -166,7 +167,22 @@ pub(crate) fn interfaces(s: &Session, p1: ObjectHandle) {
         let get: libloading::Symbol<Get> = lib.get(b"C_GetInterface").expect("symbol");
         let mut n: CK_ULONG = 0;
         assert_eq!(get_list(null(), &mut n), CKR_OK);
-        assert_eq!(n, 2);
+        assert_eq!(n, 3);
+        // 3.0 first (the default), then 3.2, then 2.40.
+        let mut all = [CK_INTERFACE {
+            pInterfaceName: null(),
+            pFunctionList: null(),
+            flags: 0,
+        }; 3];
+        assert_eq!(get_list(all.as_mut_ptr(), &mut n), CKR_OK);
+        let versions: Vec<(u8, u8)> = all
+            .iter()
+            .map(|i| {
+                let v = *(i.pFunctionList as *const CK_VERSION);
+                (v.major, v.minor)
+            })
+            .collect();
+        assert_eq!(versions, [(3, 0), (3, 2), (2, 40)]);
         let mut name = *b"PKCS 11\0";
         let mut out: *mut CK_INTERFACE = null();
         let mut v3 = CK_VERSION { major: 3, minor: 0 };
@@ -193,6 +209,15 @@ pub(crate) fn interfaces(s: &Session, p1: ObjectHandle) {
             get(other.as_mut_ptr(), null(), &mut out, 0),
             CKR_ARGUMENTS_BAD
         );
+        // No version asked for: 3.0, the default.
+        assert_eq!(get(null(), null(), &mut out, 0), CKR_OK);
+        let default = &*((*out).pFunctionList as *const CK_FUNCTION_LIST_3_0);
+        assert_eq!((default.version.major, default.version.minor), (3, 0));
+        let mut v32 = CK_VERSION { major: 3, minor: 2 };
+        assert_eq!(get(name.as_mut_ptr(), &mut v32, &mut out, 0), CKR_OK);
+        let new = &*((*out).pFunctionList as *const CK_FUNCTION_LIST_3_2);
+        assert_eq!((new.version.major, new.version.minor), (3, 2));
+        assert!(new.C_EncapsulateKey.is_some() && new.C_LoginUser.is_some());
         let mut v9 = CK_VERSION { major: 9, minor: 9 };
         assert_eq!(get(null(), &mut v9, &mut out, 0), CKR_ARGUMENTS_BAD);
         // C_SessionCancel ends an active operation.
