@@ -559,6 +559,22 @@ fn ml_kem_inside_hsmd_and_its_bad_inputs() {
         ],
     );
     usage_error(&o, "expected an ML-KEM public key");
+    // An output that cannot be written stops the command before any key is made.
+    let o = d.ctl(
+        "alice",
+        &[
+            "encapsulate",
+            "ml-kem-768",
+            "--out",
+            "no/such/dir/ct",
+            "--type",
+            "aes256gcm",
+            "--label",
+            "lost",
+        ],
+    );
+    usage_error(&o, "cannot write no/such/dir/ct");
+    assert_failed(&d.ctl("alice", &["info", "lost"]), "key_not_found");
     // Neither KEY nor --peer, or both.
     let o = d.ctl(
         "alice",

@@ -233,3 +233,72 @@ fn kem_secrets_can_be_session_keys_and_keys_with_fewer_usages() {
         Status::KeyNotFound
     );
 }
+
+#[test]
+fn kem_keys_are_audited_counted_and_refused_where_they_do_not_fit() {
+    let d = Data::init("alice");
+    d.set("limits", "max_keys_per_client", "4");
+    let _hsmd = d.start();
+    let c = d.connect("alice");
+    let a = c.client();
+    c.run(a.generate_spec(spec(KeyType::MlKem768, "k")))
+        .unwrap();
+    c.run(a.generate_spec(spec(KeyType::MlDsa44, "s"))).unwrap();
+    // Not a key agreement: derive with an ML-KEM key is the wrong type, and so is a KEM
+    // operation with an ML-DSA key or a signature with an ML-KEM key.
+    let hmac_spec = |l: &str| spec(KeyType::HmacSha256, l);
+    assert_eq!(
+        status(c.run(a.derive(&label("k"), vec![9; 32], hmac_spec("d")))),
+        Status::WrongKeyType
+    );
+    assert_eq!(
+        status(c.run(a.encapsulate(&label("s"), hmac_spec("e")))),
+        Status::WrongKeyType
+    );
+    assert_eq!(
+        status(c.run(a.sign(&label("k"), b"m".to_vec()))),
+        Status::WrongKeyType
+    );
+    // The quota counts a KEM's new keys like any other: the third and fourth keys fit, the
+    // fifth not, and the refused one leaves no key behind.
+    let (ct, _) = c.run(a.encapsulate(&label("k"), hmac_spec("e1"))).unwrap();
+    c.run(a.decapsulate(&label("k"), ct.clone(), hmac_spec("e2")))
+        .unwrap();
+    assert_eq!(
+        status(c.run(a.decapsulate(&label("k"), ct, hmac_spec("e3")))),
+        Status::QuotaExceeded
+    );
+    assert_eq!(c.run(a.list()).unwrap().len(), 4);
+    // The audit chain names the operations that made keys, with their outcome (a denial
+    // reaches the log in the background: wait for it, with a deadline).
+    let ops = |d: &Data| -> Vec<(String, String)> {
+        let shown = d.admin(&["audit", "show", "--json"], &[]);
+        let rows: serde_json::Value =
+            serde_json::from_str(&ferrohsm_test_support::ok(&shown)).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| Some((r["op"].as_str()?.into(), r["status"].as_str()?.into())))
+            .collect()
+    };
+    let want = [
+        ("encapsulate", "ok"),
+        ("decapsulate", "ok"),
+        ("decapsulate", "quota_exceeded"),
+    ];
+    let has_all = |seen: &[(String, String)]| {
+        want.iter()
+            .all(|(o, s)| seen.iter().any(|(a, b)| a == o && b == s))
+    };
+    let seen = ferrohsm_test_support::wait::eventually(
+        "the KEM operations in the audit log",
+        std::time::Duration::from_secs(30),
+        || {
+            let seen = ops(&d);
+            has_all(&seen).then_some(seen)
+        },
+    );
+    assert!(has_all(&seen), "{seen:?}");
+    let v = ferrohsm_test_support::ok(&d.admin(&["audit", "verify"], &[]));
+    assert!(v.starts_with("audit chain ok: "), "{v}");
+}

@@ -70,7 +70,7 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
         KeyType::Ed25519,
         KeyType::P256,
         KeyType::X25519,
-        KeyType::MlDsa65,
+        KeyType::MlDsa87,
         KeyType::MlKem768,
     ];
     let mut secrets = Vec::new();
@@ -156,10 +156,39 @@ fn after_delete_no_copy_of_an_exported_key_remains_in_hsmd_memory() {
             !copies(&regions, hmac).is_empty(),
             "the scanner cannot see {name}'s live key"
         );
+        // And an ML-DSA key's expanded secret (which the scan below looks for).
+        let (name, seed, _) = secrets[secrets.len() - types.len()..]
+            .iter()
+            .find(|(n, ..)| n.starts_with("MlDsa87"))
+            .unwrap();
+        let seed: [u8; 32] = seed.as_slice().try_into().unwrap();
+        let k = libcrux_ml_dsa::ml_dsa_87::generate_key_pair(seed);
+        assert!(
+            !copies(&regions, &k.signing_key.as_slice()[32..64]).is_empty(),
+            "the scanner cannot see {name}'s live expanded key"
+        );
         for (_, _, key) in &secrets[secrets.len() - types.len()..] {
             c.block_on(c.client().delete(key)).unwrap();
         }
     }
+    // An ML-DSA key (ML-DSA-87: the largest working set) is its seed and the expanded signing key libcrux signs with (which
+    // libcrux itself never clears): look for the expanded key's secret parts too, K (bytes
+    // 32..64) and the start of s1 (from byte 128).
+    let expanded: Vec<_> = secrets
+        .iter()
+        .filter(|(name, ..)| name.starts_with("MlDsa87"))
+        .flat_map(|(name, seed, key)| {
+            let seed: [u8; 32] = seed.as_slice().try_into().unwrap();
+            let k = libcrux_ml_dsa::ml_dsa_87::generate_key_pair(seed);
+            let sk = k.signing_key.as_slice();
+            [
+                (format!("{name}: K"), sk[32..64].to_vec(), key.clone()),
+                (format!("{name}: s1"), sk[128..160].to_vec(), key.clone()),
+            ]
+        })
+        .collect();
+    assert_eq!(expanded.len(), 4, "ML-DSA keys over both transports");
+    secrets.extend(expanded);
     // The deleted keys' handles go when the last job holding them ends: wait for that, with a
     // deadline, then the scan must find nothing.
     // Where copies are left is printed as it changes (shown if the wait fails).

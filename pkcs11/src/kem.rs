@@ -68,7 +68,7 @@ pub fn prepare_encapsulate(
     template: &Template,
 ) -> Result<Encapsulation, Rv> {
     let (k, ciphertext_len) = kem_key(m, s, args, h, Class::Public, Opcode::Encapsulate)?;
-    let spec = secret_spec(secret_type(template)?, template)?;
+    let spec = secret_spec(secret_type(template)?, template, true)?;
     may_create(m, s, &spec)?;
     Ok(Encapsulation {
         key: k.key_ref(),
@@ -115,7 +115,7 @@ pub fn decapsulate(
     if ciphertext.len() != len {
         return Err(CKR_WRAPPED_KEY_LEN_RANGE);
     }
-    let spec = secret_spec(secret_type(template)?, template)?;
+    let spec = secret_spec(secret_type(template)?, template, true)?;
     may_create(m, s, &spec)?;
     if spec.exportable && !k.info.exportable {
         return Err(CKR_TEMPLATE_INCONSISTENT);

@@ -188,13 +188,19 @@ pub fn generate_key_pair(
 }
 
 /// The spec of a new secret key of `key_type` (AES-256, ChaCha20 or a 32-byte HMAC-SHA256
-/// key) from its template, for `C_GenerateKey`, `C_EncapsulateKey` and `C_DecapsulateKey`.
+/// key) from its template, for `C_GenerateKey` and (`kem`) `C_EncapsulateKey` and
+/// `C_DecapsulateKey`.
 ///
-/// The key is exportable when CKA_EXTRACTABLE is true; such a key is not sensitive (hsmd
-/// hands its bytes to its owner, so its CKA_VALUE is readable), and a template asking for one
-/// that is both extractable and sensitive (which PKCS#11 means as "leaves only wrapped") is
-/// refused with CKR_TEMPLATE_INCONSISTENT, since the module has no `C_WrapKey`.
-pub(crate) fn secret_spec(key_type: KeyType, template: &Template) -> Result<KeySpec, Rv> {
+/// The key is exportable when CKA_EXTRACTABLE is true. A KEM secret made exportable is not
+/// sensitive (its CKA_VALUE is readable, as PKCS#11 3.2 asks), so a KEM template asking for
+/// one both extractable and sensitive (which PKCS#11 means as "leaves only wrapped") is
+/// refused with CKR_TEMPLATE_INCONSISTENT, since the module has no `C_WrapKey`. A generated
+/// key stays sensitive whatever its template says, as it always was (hsmctl exports it).
+pub(crate) fn secret_spec(
+    key_type: KeyType,
+    template: &Template,
+    kem: bool,
+) -> Result<KeySpec, Rv> {
     if get_ulong(template, CKA_CLASS)?.is_some_and(|c| c != CKO_SECRET_KEY) {
         return Err(CKR_TEMPLATE_INCONSISTENT);
     }
@@ -225,7 +231,7 @@ pub(crate) fn secret_spec(key_type: KeyType, template: &Template) -> Result<KeyS
         | KeyType::MlKem1024 => return Err(CKR_TEMPLATE_INCONSISTENT),
     };
     let exportable = get_bool(template, CKA_EXTRACTABLE)?.unwrap_or(false);
-    if exportable && get_bool(template, CKA_SENSITIVE)? == Some(true) {
+    if kem && exportable && get_bool(template, CKA_SENSITIVE)? == Some(true) {
         return Err(CKR_TEMPLATE_INCONSISTENT);
     }
     Ok(KeySpec {
@@ -245,7 +251,7 @@ pub fn generate_key(
     template: &Template,
 ) -> Result<CK_OBJECT_HANDLE, Rv> {
     let key_type = crate::ops::secret_type(mech).ok_or(CKR_MECHANISM_INVALID)?;
-    let spec = secret_spec(key_type, template)?;
+    let spec = secret_spec(key_type, template, false)?;
     let index = create(m, s, spec)?;
     Ok(handle(index, Class::Secret))
 }
@@ -294,30 +300,33 @@ mod tests {
         let spec = secret_spec(
             aes,
             &vec![b(CKA_EXTRACTABLE, true), b(CKA_SENSITIVE, false)],
+            true,
         );
         assert!(spec.is_ok_and(|s| s.exportable && s.session));
-        let spec = secret_spec(aes, &vec![b(CKA_TOKEN, true)]);
+        let spec = secret_spec(aes, &vec![b(CKA_TOKEN, true)], true);
         assert!(spec.is_ok_and(|s| !s.exportable && !s.session));
         // Extractable and sensitive: "leaves only wrapped", which the module cannot offer.
         let both = vec![b(CKA_EXTRACTABLE, true), b(CKA_SENSITIVE, true)];
         assert_eq!(
-            secret_spec(aes, &both).err(),
+            secret_spec(aes, &both, true).err(),
             Some(CKR_TEMPLATE_INCONSISTENT)
         );
+        // C_GenerateKey takes it, as it always did: an exportable, sensitive key.
+        assert!(secret_spec(aes, &both, false).is_ok_and(|s| s.exportable));
         let len = vec![ul(CKA_VALUE_LEN, 16)];
         assert_eq!(
-            secret_spec(aes, &len).err(),
+            secret_spec(aes, &len, true).err(),
             Some(CKR_ATTRIBUTE_VALUE_INVALID)
         );
         let class = vec![ul(CKA_CLASS, CKO_PRIVATE_KEY)];
         assert_eq!(
-            secret_spec(aes, &class).err(),
+            secret_spec(aes, &class, true).err(),
             Some(CKR_TEMPLATE_INCONSISTENT)
         );
         let hmac = vec![ul(CKA_KEY_TYPE, CKK_SHA256_HMAC)];
-        assert!(secret_spec(KeyType::HmacSha256, &hmac).is_ok());
+        assert!(secret_spec(KeyType::HmacSha256, &hmac, true).is_ok());
         assert_eq!(
-            secret_spec(KeyType::MlKem768, &Vec::new()).err(),
+            secret_spec(KeyType::MlKem768, &Vec::new(), true).err(),
             Some(CKR_TEMPLATE_INCONSISTENT)
         );
     }

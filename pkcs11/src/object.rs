@@ -338,13 +338,14 @@ pub fn attribute(k: &Known, class: Class, a: CK_ATTRIBUTE_TYPE) -> Value {
             CKA_SEED if curve.is_none() => Value::Sensitive,
             other => ec(other),
         },
-        // A secret key is sensitive unless exportable: hsmd hands an exportable key's bytes
-        // to its owner, so CKA_VALUE is then readable (never for a granted key). A derived
-        // key (a KEM or key-agreement secret) is also known to the peer: never "always
-        // sensitive" or "never extractable" (PKCS#11 3.2, C_EncapsulateKey).
+        // A secret key is sensitive, as it always was, except an exportable KEM or
+        // key-agreement secret (origin "derived"), whose CKA_VALUE is read through hsmd's
+        // export (never for a granted key): PKCS#11 3.2 makes such a key extractable and
+        // non-sensitive when the template asks. A derived key is also known to the peer: never
+        // "always sensitive" or "never extractable" (PKCS#11 3.2, C_EncapsulateKey).
         Class::Secret => {
-            let readable = info.exportable && !k.granted;
             let shared = info.origin == Origin::Derived;
+            let readable = info.exportable && !k.granted && shared;
             match a {
                 CKA_SENSITIVE => b(!readable),
                 CKA_ENCRYPT => b(uses(Usage::Encrypt)),
@@ -474,11 +475,19 @@ mod tests {
     }
 
     #[test]
-    fn exportable_secret_keys_are_readable_and_not_sensitive() {
+    fn exportable_kem_secrets_are_readable_and_not_sensitive() {
+        // A generated key stays sensitive, exportable or not (as before PKCS#11 3.2).
+        let mut g = known(KeyType::Aes256Gcm, false);
+        assert_eq!(attribute(&g, Class::Secret, CKA_VALUE), Value::Sensitive);
+        assert_eq!(attribute(&g, Class::Secret, CKA_SENSITIVE), b(true));
+        assert_eq!(attribute(&g, Class::Secret, CKA_ALWAYS_SENSITIVE), b(true));
+        g.info.exportable = true;
+        assert_eq!(attribute(&g, Class::Secret, CKA_VALUE), Value::Sensitive);
+        assert_eq!(attribute(&g, Class::Secret, CKA_SENSITIVE), b(true));
+        assert_eq!(attribute(&g, Class::Secret, CKA_EXTRACTABLE), b(true));
+        // A KEM secret made exportable is readable.
         let mut k = known(KeyType::Aes256Gcm, false);
-        assert_eq!(attribute(&k, Class::Secret, CKA_VALUE), Value::Sensitive);
-        assert_eq!(attribute(&k, Class::Secret, CKA_SENSITIVE), b(true));
-        assert_eq!(attribute(&k, Class::Secret, CKA_ALWAYS_SENSITIVE), b(true));
+        k.info.origin = Origin::Derived;
         k.info.exportable = true;
         assert_eq!(attribute(&k, Class::Secret, CKA_VALUE), Value::NeedsSecret);
         assert_eq!(attribute(&k, Class::Secret, CKA_SENSITIVE), b(false));

@@ -114,19 +114,34 @@ impl std::fmt::Debug for PqPrivateKey {
     }
 }
 
-/// Parses an ML-DSA or ML-KEM PKCS#8 private key (DER): its type (from the algorithm OID)
-/// and its private-key CHOICE; `None` if it is not one (another algorithm, bad DER, trailing
-/// bytes). Attributes and a v2 public key after the private key are allowed and ignored.
-pub fn parse_pq_pkcs8(der: &[u8]) -> Option<(KeyType, PqPrivateKey)> {
+/// An ML-DSA or ML-KEM PKCS#8 private key, parsed.
+#[derive(Debug)]
+pub struct PqDocument {
+    /// The type its algorithm OID names.
+    pub key_type: KeyType,
+    /// The private key.
+    pub private: PqPrivateKey,
+    /// The public key a version 2 document carries (`[1] publicKey`), to check against the
+    /// one the private key makes.
+    pub public: Option<Vec<u8>>,
+}
+
+/// Parses an ML-DSA or ML-KEM PKCS#8 private key (DER, RFC 5958): its type (from the
+/// algorithm OID), its private-key CHOICE and, in a version 2 document, its public key; `None`
+/// if it is not one (another algorithm, bad DER, anything after the private key but optional
+/// `[0] attributes` and, in version 2, `[1] publicKey`, trailing bytes).
+pub fn parse_pq_pkcs8(der: &[u8]) -> Option<PqDocument> {
     use zeroize::Zeroizing;
     let (body, rest) = read_tlv(der, 0x30)?;
     if !rest.is_empty() {
         return None;
     }
     let (version, body) = read_tlv(body, 0x02)?;
-    if version != [0] && version != [1] {
-        return None;
-    }
+    let v2 = match version {
+        [0] => false,
+        [1] => true,
+        _ => return None,
+    };
     let t = KeyType::ALL.into_iter().find(|t| {
         (t.is_ml_dsa() || t.is_ml_kem())
             && t.describe()
@@ -134,7 +149,19 @@ pub fn parse_pq_pkcs8(der: &[u8]) -> Option<(KeyType, PqPrivateKey)> {
                 .is_some_and(|p| body.starts_with(p.algorithm))
     })?;
     let body = &body[t.describe().public?.algorithm.len()..];
-    let (key, _attributes_and_public) = read_tlv(body, 0x04)?;
+    let (key, mut rest) = read_tlv(body, 0x04)?;
+    if rest.first() == Some(&0xa0) {
+        rest = read_tlv(rest, 0xa0)?.1;
+    }
+    let mut public = None;
+    if v2 && rest.first() == Some(&0x81) {
+        let (bits, after) = read_tlv(rest, 0x81)?;
+        public = Some(bits.strip_prefix(&[0u8])?.to_vec());
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return None;
+    }
     let own = |b: &[u8]| Zeroizing::new(b.to_vec());
     let choice = match key.first()? {
         0x80 => {
@@ -156,7 +183,11 @@ pub fn parse_pq_pkcs8(der: &[u8]) -> Option<(KeyType, PqPrivateKey)> {
         }
         _ => return None,
     };
-    Some((t, choice))
+    Some(PqDocument {
+        key_type: t,
+        private: choice,
+        public,
+    })
 }
 
 /// PKCS#8 DER of an ML-DSA or ML-KEM seed in the `seed` form (what `openssl genpkey` and
@@ -165,12 +196,12 @@ pub fn pq_seed_pkcs8(t: KeyType, seed: &[u8]) -> Option<zeroize::Zeroizing<Vec<u
     if !(t.is_ml_dsa() || t.is_ml_kem()) {
         return None;
     }
+    use zeroize::Zeroizing;
     let alg = t.describe().public?.algorithm;
-    let key = tlv(0x04, &tlv(0x80, seed));
-    Some(zeroize::Zeroizing::new(tlv(
-        0x30,
-        &[&[0x02, 0x01, 0x00][..], alg, &key].concat(),
-    )))
+    let inner = Zeroizing::new(tlv(0x80, seed));
+    let key = Zeroizing::new(tlv(0x04, &inner));
+    let body = Zeroizing::new([&[0x02, 0x01, 0x00][..], alg, &key].concat());
+    Some(Zeroizing::new(tlv(0x30, &body)))
 }
 
 /// PKCS#8 DER of an Ed25519 private key seed (as `openssl genpkey -algorithm ed25519` writes).
@@ -247,12 +278,35 @@ mod tests {
             let seed = vec![3u8; n];
             let der = pq_seed_pkcs8(t, &seed).unwrap();
             match parse_pq_pkcs8(&der) {
-                Some((got, PqPrivateKey::Seed(s))) => {
-                    assert_eq!(got, t);
+                Some(PqDocument {
+                    key_type,
+                    private: PqPrivateKey::Seed(s),
+                    public: None,
+                }) => {
+                    assert_eq!(key_type, t);
                     assert_eq!(*s, seed);
                 }
                 other => panic!("{t}: {other:?}"),
             }
+            // Attributes may follow; a public key only in version 2; nothing else.
+            // The seed documents are short: a 2-byte header.
+            assert!(der[1] < 0x80);
+            let body = &der[2..];
+            let with = |version: u8, extra: &[u8]| {
+                let mut b = body.to_vec();
+                b[2] = version;
+                b.extend_from_slice(extra);
+                tlv(0x30, &b)
+            };
+            let attrs = tlv(0xa0, &tlv(0x30, &[]));
+            let public = tlv(0x81, &[0, 1, 2, 3]);
+            assert!(parse_pq_pkcs8(&with(0, &attrs)).is_some());
+            let v2 = parse_pq_pkcs8(&with(1, &[&attrs[..], &public[..]].concat())).unwrap();
+            assert_eq!(v2.public, Some(vec![1, 2, 3]));
+            assert!(parse_pq_pkcs8(&with(0, &public)).is_none());
+            assert!(parse_pq_pkcs8(&with(1, &[&public[..], &attrs[..]].concat())).is_none());
+            assert!(parse_pq_pkcs8(&with(0, &tlv(0x04, &[1]))).is_none());
+            assert!(parse_pq_pkcs8(&with(2, &[])).is_none());
             assert!(parse_pq_pkcs8(&der[..der.len() - 1]).is_none());
             assert!(parse_pq_pkcs8(&[&der[..], &[0]].concat()).is_none());
         }

@@ -36,6 +36,29 @@ pub(crate) fn write_out(path: &Path, data: &[u8], secret: bool) -> Result<(), Cl
     Ok(())
 }
 
+/// Checks, before connecting, that `write_out` can write `path` (its temporary file can be
+/// made beside it), for commands whose server-side effect cannot be undone when the output
+/// is lost (an encapsulation makes a key).
+pub(crate) fn check_writable(path: &Path) -> Result<(), ClientError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".hsmctl-tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| ClientError::Local(format!("cannot write {}: {e}", path.display())))?;
+    let _ = std::fs::remove_file(&tmp);
+    if path.is_dir() {
+        return Err(ClientError::Local(format!(
+            "cannot write {}: it is a directory",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads `input` (before connecting), runs `op` on it, writes the result to `out`.
 pub(crate) async fn file_to_file<T: AsRef<[u8]>>(
     input: &Path,

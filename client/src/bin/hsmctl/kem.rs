@@ -8,7 +8,7 @@ use ferrohsm_client::{Client, ClientError};
 use ferrohsm_proto::{KeyRef, KeyType, pem};
 
 use crate::args::{NewKeyArgs, spec};
-use crate::files::{read, write_out};
+use crate::files::{check_writable, read, write_out};
 use crate::show;
 
 #[derive(Debug, clap::Subcommand)]
@@ -79,6 +79,10 @@ where
             new,
         } => {
             let spec = spec(key_type, new);
+            // The key is made before the ciphertext is written: an output that cannot be
+            // written must stop the command first, or the new key would hold a secret nobody
+            // else can ever learn.
+            check_writable(&out)?;
             let (ciphertext, info) = match (key, peer) {
                 (_, Some(peer)) => {
                     let der = peer_spki(&peer)?;

@@ -42,31 +42,39 @@ pub fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, OpError> {
     Ok(s)
 }
 
+/// What a seed-based family gives [`seed_of`] to check a document against: the key its seed
+/// makes, that key's expanded secret and its public key.
+pub(crate) trait SeedKey: Sized {
+    /// The key of type `t` that `seed` makes.
+    fn from_seed_bytes(t: KeyType, seed: &[u8]) -> Result<Self, OpError>;
+    /// Its expanded secret key (FIPS 203/204 encoding).
+    fn expanded_secret(&self) -> Result<Zeroizing<Vec<u8>>, OpError>;
+    /// Its raw public key.
+    fn public_raw(&self) -> Vec<u8>;
+}
+
 /// A seed-based key brought in from outside: exactly `N` bytes are the raw seed; anything else
 /// must be an ML-DSA or ML-KEM PKCS#8 document for type `t` (DER; hsmctl removes PEM armour)
-/// in the `seed` form, or `both`, when `expanded_of(seed)` gives its expanded half; the
+/// in the `seed` form, or `both` when its expanded half is the one the seed makes; the
 /// `expandedKey` form is refused (the seed, which is what hsmd keeps and exports, cannot be
-/// recovered from it).
-pub(crate) fn seed_of<const N: usize>(
-    t: KeyType,
-    bytes: &[u8],
-    expanded_of: impl FnOnce(&[u8; N]) -> Result<Zeroizing<Vec<u8>>, OpError>,
-) -> Result<Zeroizing<[u8; N]>, OpError> {
-    if let Ok(seed) = <[u8; N]>::try_from(bytes) {
-        return Ok(Zeroizing::new(seed));
+/// recovered from it). A public key in a version 2 document must be the seed's.
+pub(crate) fn seed_of<const N: usize, K: SeedKey>(t: KeyType, bytes: &[u8]) -> Result<K, OpError> {
+    if bytes.len() == N {
+        return K::from_seed_bytes(t, bytes);
     }
-    let Some((found, choice)) = parse_pq_pkcs8(bytes) else {
+    let Some(doc) = parse_pq_pkcs8(bytes) else {
         return Err(OpError::invalid(format!(
             "the input is not an {t} private key: expected the {N}-byte raw seed, or PKCS#8 \
              (PEM or DER) in the seed or both form"
         )));
     };
+    let found = doc.key_type;
     if found != t {
         return Err(OpError::invalid(format!(
             "the PKCS#8 document holds an {found} key, not {t}"
         )));
     }
-    let (seed, expanded) = match choice {
+    let (seed, expanded) = match doc.private {
         PqPrivateKey::Seed(seed) => (seed, None),
         PqPrivateKey::Both { seed, expanded } => (seed, Some(expanded)),
         PqPrivateKey::Expanded => {
@@ -76,24 +84,29 @@ pub(crate) fn seed_of<const N: usize>(
             )));
         }
     };
-    let seed: Zeroizing<[u8; N]> = Zeroizing::new(seed.as_slice().try_into().map_err(|_| {
-        OpError::invalid(format!(
+    if seed.len() != N {
+        return Err(OpError::invalid(format!(
             "the PKCS#8 seed of an {t} key is {N} bytes; this one has {}",
             seed.len()
-        ))
-    })?);
-    if let Some(expanded) = expanded
-        && *expanded != *expanded_of(&seed)?
-    {
-        return Err(halves_disagree(t));
+        )));
     }
-    Ok(seed)
+    let key = K::from_seed_bytes(t, &seed)?;
+    if let Some(expanded) = expanded {
+        let ours = key.expanded_secret()?;
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&expanded, &ours).is_err() {
+            return Err(halves_disagree(t, "expandedKey"));
+        }
+    }
+    if doc.public.is_some_and(|p| p != key.public_raw()) {
+        return Err(halves_disagree(t, "publicKey"));
+    }
+    Ok(key)
 }
 
-/// The two halves of a `both` document describe different keys.
-fn halves_disagree(t: KeyType) -> OpError {
+/// The parts of a document describe different keys.
+fn halves_disagree(t: KeyType, what: &str) -> OpError {
     OpError::new(
         Status::InvalidArgument,
-        format!("the PKCS#8 document's seed and expandedKey disagree: they are not one {t} key"),
+        format!("the PKCS#8 document's seed and {what} disagree: they are not one {t} key"),
     )
 }

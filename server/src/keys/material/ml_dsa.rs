@@ -13,7 +13,7 @@ use ferrohsm_proto::{KeyType, Status};
 use libcrux_ml_dsa::{MLDSASignature, ml_dsa_44, ml_dsa_65, ml_dsa_87};
 use zeroize::{Zeroize as _, Zeroizing};
 
-use super::form::{KeyForm, random_bytes, seed_of};
+use super::form::{KeyForm, SeedKey, random_bytes, seed_of};
 use crate::error::OpError;
 
 use ferrohsm_proto::MAX_CONTEXT;
@@ -169,10 +169,25 @@ impl KeyForm for MlDsaKey {
 
     /// The raw 32-byte seed, or PKCS#8 by [`seed_of`]'s rules.
     fn import(t: KeyType, bytes: &[u8]) -> Result<MlDsaKey, OpError> {
-        let seed = seed_of::<32>(t, bytes, |seed| {
-            MlDsaKey::from_seed(t, seed).map(|k| Zeroizing::new(k.expanded().to_vec()))
-        })?;
+        seed_of::<32, MlDsaKey>(t, bytes)
+    }
+}
+
+impl SeedKey for MlDsaKey {
+    fn from_seed_bytes(t: KeyType, seed: &[u8]) -> Result<MlDsaKey, OpError> {
+        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
+            seed.try_into()
+                .map_err(|_| OpError::internal("an ML-DSA seed is 32 bytes"))?,
+        );
         MlDsaKey::from_seed(t, &seed)
+    }
+
+    fn expanded_secret(&self) -> Result<Zeroizing<Vec<u8>>, OpError> {
+        Ok(Zeroizing::new(self.expanded().to_vec()))
+    }
+
+    fn public_raw(&self) -> Vec<u8> {
+        with_level!(&self.pair, p => p.verification_key.as_slice().to_vec())
     }
 }
 

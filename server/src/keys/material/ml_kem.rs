@@ -15,7 +15,7 @@ use ferrohsm_proto::{Family, KeyType};
 use ml_kem::KeyExport as _;
 use zeroize::{Zeroize as _, Zeroizing};
 
-use super::form::{KeyForm, random_bytes, seed_of};
+use super::form::{KeyForm, SeedKey, random_bytes, seed_of};
 use crate::error::OpError;
 
 /// The shared secret of an encapsulation: 32 bytes, which become a new key.
@@ -76,7 +76,15 @@ fn expand(t: KeyType, seed: &[u8; 64]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), 
         KeyType::MlKem512 => run!(ml_kem::DecapsulationKey512),
         KeyType::MlKem768 => run!(ml_kem::DecapsulationKey768),
         KeyType::MlKem1024 => run!(ml_kem::DecapsulationKey1024),
-        other => {
+        other @ (KeyType::Ed25519
+        | KeyType::P256
+        | KeyType::X25519
+        | KeyType::ChaCha20Poly1305
+        | KeyType::Aes256Gcm
+        | KeyType::HmacSha256
+        | KeyType::MlDsa44
+        | KeyType::MlDsa65
+        | KeyType::MlDsa87) => {
             return Err(OpError::internal(format!("{other} is not an ML-KEM type")));
         }
     })
@@ -109,9 +117,15 @@ impl MlKemKey {
         secret32(ss.as_ref())
     }
 
-    /// Encapsulates to this key's public half.
+    /// Encapsulates to this key's public half (made here from the seed: no input check
+    /// needed, unlike a peer's in [`encapsulate_to`]).
     pub fn encapsulate(&self) -> Result<(Vec<u8>, SharedSecret), OpError> {
-        encapsulate_to(self.key_type, &self.public)
+        let ek = EncapsulationKey::new(algorithm(self.key_type)?, &self.public)
+            .map_err(|_| OpError::internal("aws-lc refused an ML-KEM public key it made"))?;
+        let (ct, ss) = ek
+            .encapsulate()
+            .map_err(|_| OpError::internal("ML-KEM encapsulation failed"))?;
+        Ok((ct.as_ref().to_vec(), secret32(ss.as_ref())?))
     }
 }
 
@@ -149,7 +163,15 @@ pub fn encapsulate_to(t: KeyType, public: &[u8]) -> Result<(Vec<u8>, SharedSecre
         KeyType::MlKem512 => ml_kem::EncapsulationKey512::new_from_slice(public).is_ok(),
         KeyType::MlKem768 => ml_kem::EncapsulationKey768::new_from_slice(public).is_ok(),
         KeyType::MlKem1024 => ml_kem::EncapsulationKey1024::new_from_slice(public).is_ok(),
-        _ => false,
+        KeyType::Ed25519
+        | KeyType::P256
+        | KeyType::X25519
+        | KeyType::ChaCha20Poly1305
+        | KeyType::Aes256Gcm
+        | KeyType::HmacSha256
+        | KeyType::MlDsa44
+        | KeyType::MlDsa65
+        | KeyType::MlDsa87 => false,
     };
     if !valid {
         return Err(refused());
@@ -189,8 +211,30 @@ impl KeyForm for MlKemKey {
 
     /// The raw 64-byte seed `d || z`, or PKCS#8 by [`seed_of`]'s rules.
     fn import(t: KeyType, bytes: &[u8]) -> Result<MlKemKey, OpError> {
-        let seed = seed_of::<64>(t, bytes, |seed| expand(t, seed).map(|(dk, _)| dk))?;
+        seed_of::<64, MlKemKey>(t, bytes)
+    }
+}
+
+impl SeedKey for MlKemKey {
+    fn from_seed_bytes(t: KeyType, seed: &[u8]) -> Result<MlKemKey, OpError> {
+        let seed: Zeroizing<[u8; 64]> = Zeroizing::new(
+            seed.try_into()
+                .map_err(|_| OpError::internal("an ML-KEM seed is 64 bytes"))?,
+        );
         MlKemKey::from_seed(t, &seed)
+    }
+
+    /// aws-lc's copy of the expanded decapsulation key.
+    fn expanded_secret(&self) -> Result<Zeroizing<Vec<u8>>, OpError> {
+        let bytes = self
+            .dk
+            .key_bytes()
+            .map_err(|_| OpError::internal("aws-lc did not give the ML-KEM key's bytes"))?;
+        Ok(Zeroizing::new(bytes.as_ref().to_vec()))
+    }
+
+    fn public_raw(&self) -> Vec<u8> {
+        self.public.clone()
     }
 }
 
@@ -290,6 +334,18 @@ mod tests {
             assert!(e.message.contains("disagree"), "{t}: {e:?}");
             let e = import(&document(t, &tlv(0x04, &expanded))).unwrap_err();
             assert!(e.message.contains("expandedKey form"), "{t}: {e:?}");
+            // A version 2 document's public key must be the seed's.
+            let v2 = |public: &[u8]| {
+                let alg = t.describe().public.unwrap().algorithm;
+                let key = tlv(0x04, &tlv(0x80, &seed));
+                let bits = tlv(0x81, &[&[0u8][..], public].concat());
+                tlv(0x30, &[&[0x02, 0x01, 0x01][..], alg, &key, &bits].concat())
+            };
+            assert_eq!(import(&v2(&want)).unwrap(), want, "{t}: v2");
+            let mut wrong = want.clone();
+            wrong[3] ^= 1;
+            let e = import(&v2(&wrong)).unwrap_err();
+            assert!(e.message.contains("publicKey disagree"), "{t}: {e:?}");
             // A seed of the wrong length inside the document.
             let e = import(&document(t, &tlv(0x80, &seed[1..]))).unwrap_err();
             assert!(e.message.contains("PKCS#8 seed"), "{t}: {e:?}");
