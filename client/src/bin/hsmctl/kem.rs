@@ -47,6 +47,16 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// Where the command writes its result (`--out`), if it has one.
+    pub(crate) fn out(&self) -> Option<&Path> {
+        match self {
+            Command::Encapsulate { out, .. } => Some(out),
+            Command::Decapsulate { .. } => None,
+        }
+    }
+}
+
 /// The SubjectPublicKeyInfo DER of an ML-KEM public key in a PEM file.
 fn peer_spki(path: &Path) -> Result<Vec<u8>, ClientError> {
     let bad = || {

@@ -86,6 +86,22 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// Where the command writes its result (`--out`), if it has one.
+    pub(crate) fn out(&self) -> Option<&Path> {
+        match self {
+            Command::Wrap { out, .. } | Command::Rewrap { out, .. } => Some(out),
+            Command::Import { .. }
+            | Command::Unwrap { .. }
+            | Command::Grant { .. }
+            | Command::Revoke { .. }
+            | Command::Rotate { .. }
+            | Command::Retire { .. }
+            | Command::Counter { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum CounterCommand {
     /// Create a counter at 0.

@@ -171,8 +171,44 @@ enum Command {
     Kem(kem::Command),
 }
 
+impl Command {
+    /// Where the command writes its result (`--out`), if it has one.
+    fn out(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Export { out, .. }
+            | Command::Sign { out, .. }
+            | Command::Encrypt { out, .. }
+            | Command::Decrypt { out, .. }
+            | Command::Mac { out, .. } => Some(out),
+            Command::Lifecycle(c) => c.out(),
+            Command::Kem(c) => c.out(),
+            Command::Ping
+            | Command::Status
+            | Command::HashPin
+            | Command::Random { .. }
+            | Command::Digest { .. }
+            | Command::Keygen { .. }
+            | Command::List { .. }
+            | Command::Info { .. }
+            | Command::Pubkey { .. }
+            | Command::Delete { .. }
+            | Command::Verify { .. }
+            | Command::MacVerify { .. }
+            | Command::Derive { .. } => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `--out -` puts the result on stdout: what the command would print (`ok`, `<id>
+    // <label>`) goes to stderr instead, and --json, which is for stdout, cannot be had too.
+    let to_stdout = cli.command.out().is_some_and(files::is_stdout);
+    if to_stdout && cli.json {
+        return fail(&ClientError::Local(
+            "--json cannot be used with --out -: both would write to stdout".into(),
+        ));
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -181,6 +217,12 @@ fn main() -> ExitCode {
         Err(e) => return fail(&ClientError::Local(format!("cannot start runtime: {e}"))),
     };
     match rt.block_on(run(cli)) {
+        Ok(out) if to_stdout => {
+            if !out.is_empty() {
+                eprintln!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
             if !out.is_empty() && writeln!(stdout, "{out}").is_err() {
