@@ -48,6 +48,7 @@ pub mod init;
 pub mod keys;
 pub mod listener;
 pub mod logsafe;
+pub mod notify;
 pub mod session;
 
 use std::future::Future;
@@ -298,7 +299,9 @@ where
     }
     tracing::info!(listening = %bound, clients = config.clients.len(), workers = config.workers, session_threads = arbiters.len(), "hsmd ready");
     ready(&bound);
+    notify::ready(&bound.to_string());
     shutdown.await;
+    notify::stopping();
     tracing::info!("shutting down: no new work; finishing requests in flight");
     let _ = stop_tx.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, shared.inflight.wait_idle())
