@@ -289,9 +289,11 @@ where
         bound.tls_psk = l.local_addr().ok();
         listener::Listener::new(l, shared.clone(), admission.clone(), transport).start();
     }
+    let mut shm_socket = None;
     if let Some(t) = &config.shm {
         let l = listener::shm::bind(&t.socket, t.mode)?;
         bound.shm = Some(t.socket.clone());
+        shm_socket = listener::shm::Bound::of(&t.socket);
         let shm = listener::shm::Shm {
             ring_size: t.ring_size,
         };
@@ -309,6 +311,16 @@ where
         .is_err()
     {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+    // Everything acknowledged goes back into the main database file (SQLite's WAL emptied),
+    // so a copy of it alone is complete after a clean stop.
+    match shared.dispatcher.keys().store().close().await {
+        Ok(()) => tracing::info!("key store closed: its main file holds every change"),
+        Err(e) => tracing::warn!(error = %e, "key store not checkpointed at stop"),
+    }
+    // The shm socket goes with the listener, if it is still the one this process bound.
+    if let Some(s) = shm_socket {
+        s.remove();
     }
     let stats = &shared.dispatcher.keys().store().stats;
     tracing::info!(

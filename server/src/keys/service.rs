@@ -260,6 +260,21 @@ impl StoreService {
     }
 }
 
+impl StoreService {
+    /// At a clean stop, once no request is in flight: commits the audit entries still
+    /// queued, then writes everything back into the main database file (SQLite's WAL), so a
+    /// copy of `keys.db` alone holds every acknowledged change.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.write(Change {
+            mutation: Mutation::Record,
+            audit: None,
+        })
+        .await
+        .map(|_| ())?;
+        self.read(|store, _| store.checkpoint()).await
+    }
+}
+
 fn write_loop(
     mut store: Store,
     master: &MasterKey,

@@ -46,6 +46,23 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
                 path.display()
             )));
         }
+        // A socket file left by an hsmd that crashed is replaced; one that answers belongs to
+        // a running hsmd, which keeps it.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(ServerError::Config(format!(
+                    "shm.socket {} is in use: another hsmd answers on it",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => {
+                return Err(ServerError::io(
+                    format!("cannot tell whether {} is in use", path.display()),
+                    e,
+                ));
+            }
+        }
         std::fs::remove_file(path)
             .map_err(|e| ServerError::io(format!("cannot replace {}", path.display()), e))?;
     }
@@ -56,6 +73,41 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| ServerError::io(format!("cannot set the mode of {}", path.display()), e))?;
     Ok(l)
+}
+
+/// The socket file this process bound, to remove at a clean stop: by its device and inode, so
+/// a file another process put there since is left alone.
+#[derive(Debug)]
+pub struct Bound {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Bound {
+    /// The socket at `path`, as it is now (just after the bind).
+    pub fn of(path: &Path) -> Option<Bound> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(Bound {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Removes the socket file if it is still the one bound.
+    pub fn remove(self) {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove the shm socket");
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The shared-memory transport: set-up handshake on the Unix socket, then the session on

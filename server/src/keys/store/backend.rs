@@ -176,6 +176,12 @@ pub trait Backend: Send {
     fn describe(&self) -> String;
     /// Another handle on the same database, for another thread.
     fn reader(&self) -> Result<Box<dyn Backend>, StoreError>;
+    /// Outside a transaction, at a clean stop: writes back into the main database what it
+    /// keeps in side files, so the main file alone is complete (SQLite: the WAL, checkpointed
+    /// and truncated to nothing). Nothing to do where there is no such file (PostgreSQL).
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The change log, when other processes may write the same database (PostgreSQL): every
     /// node's caches follow it. `None` for a database one process holds (SQLite's lock).
     fn change_log(&mut self) -> Option<&mut dyn ChangeLog>;

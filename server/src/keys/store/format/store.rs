@@ -25,3 +25,10 @@ impl std::fmt::Debug for Store {
             .finish_non_exhaustive()
     }
 }
+
+impl Store {
+    /// [`Backend::checkpoint`] on this handle's database (a clean stop).
+    pub fn checkpoint(&mut self) -> Result<(), crate::keys::store::records::StoreError> {
+        self.db.checkpoint()
+    }
+}

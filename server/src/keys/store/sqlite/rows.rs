@@ -116,6 +116,26 @@ impl Backend for SqliteBackend {
         super::reader(&self.path)
     }
 
+    /// `PRAGMA wal_checkpoint(TRUNCATE)`: every committed page back in keys.db and the WAL
+    /// emptied; a checkpoint another connection kept from finishing (busy) is an error.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let (busy, log, done): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| {
+                StoreError::Backend(format!("checkpoint of {}: {e}", self.path.display()))
+            })?;
+        if busy != 0 || done < log {
+            return Err(StoreError::Backend(format!(
+                "checkpoint of {}: {done} of {log} WAL pages written back (busy)",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn begin(&mut self, tx: Tx) -> Result<(), StoreError> {
         self.tx_begin(tx)
     }
