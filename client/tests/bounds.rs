@@ -457,8 +457,22 @@ fn a_failed_login_answers_the_same_for_an_unknown_name_as_for_a_known_one() {
 
 #[test]
 fn peer_strings_cannot_forge_or_flood_the_log() {
+    peer_strings_in_the_log(false);
+}
+
+/// The same with `[log] format = "json"`: every line is one JSON object, the escaped name is a
+/// string value inside one, and the flood is as rate limited as in text.
+#[test]
+fn peer_strings_cannot_forge_or_flood_the_json_log() {
+    peer_strings_in_the_log(true);
+}
+
+fn peer_strings_in_the_log(json: bool) {
     let _serial = serial();
     let d = Data::init("alice");
+    if json {
+        d.set("log", "format", "\"json\"");
+    }
     let daemon = d.start_env(&[("RUST_LOG", "info")]);
     let log = daemon.log_path().to_path_buf();
     let tcp = d.ports().tcp;
@@ -495,8 +509,25 @@ fn peer_strings_cannot_forge_or_flood_the_log() {
         "{failures} failure lines for 200 attempts from one source"
     );
     assert!(text.len() < 20_000, "the log grew to {} bytes", text.len());
-    assert!(
-        text.contains("eve\\nINFO"),
-        "the name is shown escaped: {text}"
-    );
+    if !json {
+        assert!(
+            text.contains("eve\\nINFO"),
+            "the name is shown escaped: {text}"
+        );
+        return;
+    }
+    // Every line is a JSON object with a level and fields; the name is in one of them,
+    // escaped (a backslash and an n, never a newline).
+    let mut named = false;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object a line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        named |= v["fields"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|f| f.as_str().is_some_and(|s| s.contains("eve\\nINFO")));
+    }
+    assert!(named, "the escaped name is in a field: {text}");
 }

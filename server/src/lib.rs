@@ -59,7 +59,7 @@ use std::time::Duration;
 use actix::Actor;
 use tokio::sync::watch;
 
-pub use config::Config;
+pub use config::{Config, LogFormat};
 pub use error::{OpError, ServerError};
 
 /// How long shutdown waits for in-flight requests before giving up on them.

@@ -142,7 +142,11 @@ fn passphrase(file: Option<&PathBuf>, var: &str) -> Result<Option<Passphrase>, S
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Serving logs in the format its config names, once the config is read; every other
+    // command logs text.
+    if cli.command.is_some() {
+        init_logging(ferrohsm_server::LogFormat::Text);
+    }
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -259,6 +263,7 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 None => default_data_dir(pass.clone())?,
             };
             let mut config = Config::load(&config_path)?;
+            init_logging(config.log_format);
             if let Some(st) = config.store.as_mut() {
                 st.passphrase = pass;
             }
@@ -316,7 +321,7 @@ fn default_addr(a: &str) -> Result<SocketAddr, ServerError> {
         .map_err(|_| ServerError::Config(format!("bad built-in address {a}")))
 }
 
-fn init_logging() {
+fn init_logging(format: ferrohsm_server::LogFormat) {
     use tracing_subscriber::filter::LevelFilter;
     let level = match std::env::var("RUST_LOG")
         .unwrap_or_default()
@@ -331,10 +336,14 @@ fn init_logging() {
         _ => LevelFilter::INFO,
     };
     use std::io::IsTerminal as _;
-    // Colour only on a terminal: logs redirected to files or journald stay plain text.
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Colour only on a terminal: logs redirected to files or journald stay plain text.
+        ferrohsm_server::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object a line: timestamp, level, target, and the event's fields (peer
+        // strings escaped as in text, then JSON-escaped).
+        ferrohsm_server::LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
 }

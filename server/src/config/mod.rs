@@ -150,6 +150,15 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
+/// How hsmd writes its log (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    Text,
+    /// One JSON object per line (tracing's JSON formatter), for log shippers.
+    Json,
+}
+
 /// Validated server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -191,6 +200,8 @@ pub struct Config {
     pub clients: BTreeMap<String, ClientConfig>,
     /// How much goes into the audit chain.
     pub audit: crate::keys::audit::Level,
+    /// `[log] format`: how hsmd writes its log lines.
+    pub log_format: LogFormat,
     /// `[limits]`.
     pub limits: limits::Limits,
 }
@@ -219,6 +230,7 @@ impl Config {
             shm: None,
             clients: BTreeMap::new(),
             audit: crate::keys::audit::Level::Changes,
+            log_format: LogFormat::Text,
         }
     }
 
@@ -397,6 +409,15 @@ impl Config {
                 },
             );
         }
+        c.log_format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(format!(
+                    "log.format: expected \"text\" or \"json\", got {other:?}"
+                )));
+            }
+        };
         c.audit = match raw.audit.level.as_deref() {
             None | Some("changes") => crate::keys::audit::Level::Changes,
             Some("all") => crate::keys::audit::Level::All,

@@ -72,6 +72,12 @@ pub(super) struct RawAudit {
     pub(super) level: Option<String>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) format: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -86,6 +92,8 @@ pub(super) struct RawConfig {
     pub(super) clients: BTreeMap<String, RawClient>,
     #[serde(default)]
     pub(super) audit: RawAudit,
+    #[serde(default)]
+    pub(super) log: RawLog,
     #[serde(default)]
     pub(super) limits: super::limits::RawLimits,
 }

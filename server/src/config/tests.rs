@@ -76,3 +76,24 @@ fn parses_and_reports_errors_by_key() {
         .to_string();
     assert!(e.contains("bogus"), "{e}");
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    let p = Path::new("t.toml");
+    let ok = format!(
+        "[store]\npath = \"k.db\"\n[tcp]\naddr = \"127.0.0.1:0\"\n[clients.alice]\nauth_public_key = \"{KEY}\"\n"
+    );
+    assert_eq!(Config::parse(&ok, p).unwrap().log_format, LogFormat::Text);
+    let json = format!("[log]\nformat = \"json\"\n{ok}");
+    assert_eq!(Config::parse(&json, p).unwrap().log_format, LogFormat::Json);
+    let text = format!("[log]\nformat = \"text\"\n{ok}");
+    assert_eq!(Config::parse(&text, p).unwrap().log_format, LogFormat::Text);
+    let e = Config::parse(&format!("[log]\nformat = \"xml\"\n{ok}"), p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("log.format") && e.contains("\"xml\""), "{e}");
+    let e = Config::parse(&format!("[log]\nlevel = \"info\"\n{ok}"), p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("level"), "{e}");
+}
