@@ -132,14 +132,43 @@ fn without_arguments_hsmd_initialises_hsm_data_and_serves() {
     }
     let log = tmp.path().join("hsmd.log");
     let daemon = Daemon::start(tmp.path(), &[], &[], &log);
-    let line = daemon.ready_line();
+    let line = daemon.ready_line().to_string();
     assert!(
         line.contains("127.0.0.1:7301")
-            && line.contains("hsmctl --profile hsm-data/clients/default.toml ping"),
+            && line.ends_with(" --profile hsm-data/clients/default.toml ping"),
         "{line}"
     );
+    // The command it names runs from where hsmd was started: here the hsmctl built beside
+    // it (by its path, since this directory is not above it and it is not on PATH).
+    let command = line.split_once("connect with: ").unwrap().1;
+    let beside = ferrohsm_test_support::bins::hsmd().with_file_name("hsmctl");
+    assert!(command.starts_with(beside.to_str().unwrap()), "{line}");
+    let o = std::process::Command::new("sh")
+        .args(["-c", command])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok", "{o:?}");
     let profile = tmp.path().join("hsm-data/clients/default.toml");
     ping(&profile);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // An hsmd with no hsmctl beside it (as `cargo run --release --bin hsmd` builds it) names
+    // the cargo command that builds and runs hsmctl.
+    let alone = tmp.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(ferrohsm_test_support::bins::hsmd(), alone.join("hsmd")).unwrap();
+    // (Run through sh, which gets this build's hsmd as $0 and execs the copy instead.)
+    let script = format!("exec '{}' \"$@\"", alone.join("hsmd").display());
+    let daemon = Daemon::spawn_under(&["sh", "-c", &script], tmp.path(), &[], &[], &log)
+        .unwrap_or_else(|e| panic!("the lone hsmd did not start: {e:?}"));
+    assert!(
+        daemon.ready_line().ends_with(
+            "connect with: cargo run --release --bin hsmctl -- --profile \
+             hsm-data/clients/default.toml ping"
+        ),
+        "{}",
+        daemon.ready_line()
+    );
     assert_eq!(daemon.terminate().code(), Some(0));
     // The second start reuses the directory and its keys.
     let daemon = Daemon::start(tmp.path(), &[], &[], &log);

@@ -276,12 +276,42 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
                 "process hardened"
             );
             ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| match hint {
-                Some(h) => {
-                    println!("hsmd: listening on {bound}; connect with: hsmctl --profile {h} ping")
-                }
+                Some(h) => println!(
+                    "hsmd: listening on {bound}; connect with: {} --profile {h} ping",
+                    hsmctl_command()
+                ),
                 None => println!("hsmd: listening on {bound}"),
             })
         }
+    }
+}
+
+/// The hsmctl command a newcomer can run from where they stand: the hsmctl beside this hsmd
+/// when there is one (on PATH by its name, else by its path), or cargo building it (after `cargo
+/// run --release --bin hsmd`, which builds hsmd alone).
+fn hsmctl_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "hsmctl".into();
+    };
+    let beside = exe.with_file_name("hsmctl");
+    if !beside.is_file() {
+        let profile = if exe.parent().is_some_and(|p| p.ends_with("debug")) {
+            ""
+        } else {
+            " --release"
+        };
+        return format!("cargo run{profile} --bin hsmctl --");
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("hsmctl") == beside));
+    if on_path {
+        return "hsmctl".into();
+    }
+    // Relative to the working directory when it is below it (target/release/hsmctl).
+    let cwd = std::env::current_dir().ok();
+    match cwd.as_deref().and_then(|c| beside.strip_prefix(c).ok()) {
+        Some(rel) => format!("./{}", rel.display()),
+        None => beside.display().to_string(),
     }
 }
 
