@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::bench::BenchReport;
+use crate::bench::{BenchReport, BenchResult};
 use crate::run::Outcome;
 
 fn pct(h: &Histogram<u64>) -> Value {
@@ -332,63 +332,156 @@ pub fn bench_json(r: &BenchReport) -> Value {
     })
 }
 
-/// Horizontal bars: ops/s per result, the baseline of its op drawn as a tick.
+/// Panels a row of the bench chart holds.
+const PANEL_COLUMNS: usize = 3;
+/// One panel's size and inner margins, in pixels.
+const PANEL_W: f64 = 300.0;
+const PANEL_H: f64 = 180.0;
+const PANEL_TOP: f64 = 34.0;
+const PANEL_BOTTOM: f64 = 30.0;
+const PANEL_SIDE: f64 = 10.0;
+
+/// The bench chart, as small multiples: one panel per operation in report order, each with its
+/// own scale (a 2k/s keygen and a 1M/s ping are both readable); in a panel, the transports side
+/// by side, each a group of bars for its in-flight depths and client counts (one at a time
+/// first, then pipelined; labelled under the bar), coloured by transport; the operation's
+/// in-process baseline is a dashed line across the panel. Every bar carries its row in
+/// `data-*` attributes and a tooltip.
 pub fn bench_svg(r: &BenchReport) -> String {
-    let (w, bar, pad) = (900.0, 16.0, 260.0);
-    let h = 40.0 + bar * 1.4 * r.results.len() as f64;
-    let max = r
-        .results
-        .iter()
-        .map(|x| x.ops_per_sec)
-        .chain(r.baseline.iter().map(|b| b.ops_per_sec))
-        .fold(1.0, f64::max);
-    let scale = |v: f64| v / max * (w - pad - 80.0);
+    let mut ops: Vec<&str> = Vec::new();
+    let mut transports: Vec<&str> = Vec::new();
+    for x in &r.results {
+        if !ops.contains(&x.op.as_str()) {
+            ops.push(&x.op);
+        }
+        if !transports.contains(&x.transport.as_str()) {
+            transports.push(&x.transport);
+        }
+    }
+    let rows = ops.len().div_ceil(PANEL_COLUMNS).max(1);
+    let (w, h) = (PANEL_W * PANEL_COLUMNS as f64, 40.0 + PANEL_H * rows as f64);
     let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"4\" y=\"14\">ops/s (black tick: in-process baseline); cpus {}, {} build</text>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"10\">\n<text x=\"4\" y=\"14\">ops/s per operation, each panel on its own scale; bars: in flight (xN clients); dashed: in-process baseline; cpus {}, {} build</text>\n",
         r.cpus, r.profile
     );
-    let transports: Vec<&str> = {
-        let mut t: Vec<&str> = r.results.iter().map(|x| x.transport.as_str()).collect();
-        t.dedup();
-        t
-    };
-    for (i, x) in r.results.iter().enumerate() {
-        let y = 30.0 + bar * 1.4 * i as f64;
-        let c = COLORS[transports
+    // The legend: one colour per transport.
+    for (i, t) in transports.iter().enumerate() {
+        let x = 4.0 + 110.0 * i as f64;
+        let _ = writeln!(
+            out,
+            "<rect x=\"{x}\" y=\"22\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"31\">{}</text>",
+            COLORS[i % COLORS.len()],
+            x + 14.0,
+            esc(t)
+        );
+    }
+    for (p, op) in ops.iter().enumerate() {
+        let (px, py) = (
+            PANEL_W * (p % PANEL_COLUMNS) as f64,
+            40.0 + PANEL_H * (p / PANEL_COLUMNS) as f64,
+        );
+        let mine: Vec<&BenchResult> = r.results.iter().filter(|x| x.op == *op).collect();
+        let base = r.baseline.iter().find(|b| b.op == *op);
+        let max = mine
             .iter()
-            .position(|t| *t == x.transport)
-            .unwrap_or(0)
-            % COLORS.len()];
+            .map(|x| x.ops_per_sec)
+            .chain(base.map(|b| b.ops_per_sec))
+            .fold(1.0, f64::max);
+        let (top, bottom) = (py + PANEL_TOP, py + PANEL_H - PANEL_BOTTOM);
+        let y_of = |v: f64| bottom - v / max * (bottom - top);
         let _ = writeln!(
             out,
-            "<text x=\"4\" y=\"{}\">{} {} x{} c{}</text>",
-            y + 12.0,
-            esc(&x.transport),
-            esc(&x.op),
-            x.inflight,
-            x.clients
+            "<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            px + PANEL_SIDE,
+            py + 18.0,
+            esc(op),
+            px + PANEL_W - PANEL_SIDE,
+            py + 18.0,
+            si(max)
         );
         let _ = writeln!(
             out,
-            "<rect x=\"{pad}\" y=\"{y}\" width=\"{:.1}\" height=\"{bar}\" fill=\"{c}\"/>",
-            scale(x.ops_per_sec)
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{bottom}\" y2=\"{bottom}\" stroke=\"#888\"/>",
+            px + PANEL_SIDE,
+            px + PANEL_W - PANEL_SIDE
         );
-        let _ = writeln!(
-            out,
-            "<text x=\"{:.1}\" y=\"{}\">{:.0}</text>",
-            pad + scale(x.ops_per_sec) + 4.0,
-            y + 12.0,
-            x.ops_per_sec
-        );
-        if let Some(b) = r.baseline.iter().find(|b| b.op == x.op) {
-            let bx = pad + scale(b.ops_per_sec);
+        let bars = mine.len().max(1) as f64;
+        let groups = transports
+            .iter()
+            .filter(|t| mine.iter().any(|x| x.transport == **t))
+            .count()
+            .max(1) as f64;
+        // A gap of one bar between transport groups.
+        let slot = (PANEL_W - 2.0 * PANEL_SIDE) / (bars + groups - 1.0 + 0.0001);
+        let mut x = px + PANEL_SIDE;
+        let mut first = true;
+        for (ti, t) in transports.iter().enumerate() {
+            let mut group: Vec<&&BenchResult> = mine.iter().filter(|b| b.transport == *t).collect();
+            if group.is_empty() {
+                continue;
+            }
+            if !first {
+                x += slot;
+            }
+            first = false;
+            group.sort_by_key(|b| (b.clients, b.inflight));
+            for b in group {
+                let y = y_of(b.ops_per_sec);
+                let label = if b.clients > 1 {
+                    format!("{}x{}", b.inflight, b.clients)
+                } else {
+                    b.inflight.to_string()
+                };
+                let _ = writeln!(
+                    out,
+                    "<rect class=\"bar\" data-transport=\"{}\" data-op=\"{}\" data-inflight=\"{}\" data-clients=\"{}\" data-ops=\"{:.1}\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {} x{} c{}: {:.0}/s</title></rect>",
+                    esc(&b.transport),
+                    esc(&b.op),
+                    b.inflight,
+                    b.clients,
+                    b.ops_per_sec,
+                    x + 1.0,
+                    (slot - 2.0).max(1.0),
+                    bottom - y,
+                    COLORS[ti % COLORS.len()],
+                    esc(&b.transport),
+                    esc(&b.op),
+                    b.inflight,
+                    b.clients,
+                    b.ops_per_sec
+                );
+                let _ = writeln!(
+                    out,
+                    "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\" font-size=\"8\">{label}</text>",
+                    x + slot / 2.0,
+                    bottom + 10.0
+                );
+                x += slot;
+            }
+        }
+        if let Some(b) = base {
+            let y = y_of(b.ops_per_sec);
             let _ = writeln!(
                 out,
-                "<line x1=\"{bx:.1}\" x2=\"{bx:.1}\" y1=\"{y}\" y2=\"{}\" stroke=\"black\" stroke-width=\"2\"/>",
-                y + bar
+                "<line class=\"baseline\" data-op=\"{}\" data-ops=\"{:.1}\" x1=\"{}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"black\" stroke-dasharray=\"4 3\"/>",
+                esc(op),
+                b.ops_per_sec,
+                px + PANEL_SIDE,
+                px + PANEL_W - PANEL_SIDE
             );
         }
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A throughput with an SI suffix: 950, 12.3k, 1.12M.
+fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M/s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k/s", v / 1e3)
+    } else {
+        format!("{v:.0}/s")
+    }
 }

@@ -115,9 +115,22 @@ pub(crate) fn assert_run_plot(svg: &str, r: &Value, out: &str) {
     }
 }
 
-/// The bench chart (`--plot`): one bar per result row, labelled `TRANSPORT OP xINFLIGHT
-/// cCLIENTS`, its length proportional to the row's ops/s, and a black tick at the in-process
-/// baseline of its op.
+/// The value of attribute `name` in an SVG element's line.
+fn attr<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split(&format!(" {name}=\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .split('"')
+        .next()
+        .unwrap()
+}
+
+/// The bench chart (`--plot`), as small multiples: one bar per result row (its transport, op,
+/// in-flight depth, clients and ops/s in `data-*` attributes), grouped in one panel per
+/// operation, each panel on its own scale: a bar's height is its ops/s over the panel's
+/// largest value (rows and the op's baseline) times the same plot height in every panel; the
+/// transports sit side by side in a panel, one at a time before pipelined; one dashed baseline
+/// line per operation that has one, at its height; no panel taller than the chart.
 pub(crate) fn assert_bench_plot(svg: &str, r: &Value) {
     assert!(
         svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
@@ -126,52 +139,86 @@ pub(crate) fn assert_bench_plot(svg: &str, r: &Value) {
     assert!(svg.ends_with("</svg>\n"), "{svg}");
     let rows = r["results"].as_array().unwrap();
     let baseline = r["baseline"].as_array().unwrap();
-    let lines: Vec<&str> = svg.lines().collect();
-    let bars: Vec<(&str, f64)> = lines
-        .windows(2)
-        .filter(|w| w[0].starts_with("<text x=\"4\"") && w[1].starts_with("<rect"))
-        .map(|w| {
-            let width = w[1]
-                .split("width=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap();
-            (text_of(w[0]), width.parse().unwrap())
-        })
+    let bars: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.starts_with("<rect class=\"bar\""))
         .collect();
     assert_eq!(bars.len(), rows.len(), "one bar per result: {svg}");
-    let max = rows
-        .iter()
-        .map(|x| f(&x["ops_per_sec"]))
-        .chain(baseline.iter().map(|b| f(&b["ops_per_sec"])))
-        .fold(1.0, f64::max);
-    for ((label, width), x) in bars.iter().zip(rows) {
-        let want = format!(
-            "{} {} x{} c{}",
-            x["transport"].as_str().unwrap(),
-            x["op"].as_str().unwrap(),
-            x["inflight"],
-            x["clients"]
-        );
-        assert_eq!(*label, want, "{svg}");
-        let expect = f(&x["ops_per_sec"]) / max * (900.0 - 260.0 - 80.0);
+    let base_of = |op: &str| {
+        baseline
+            .iter()
+            .find(|b| b["op"] == op)
+            .map(|b| f(&b["ops_per_sec"]))
+    };
+    let max_of = |op: &str| {
+        rows.iter()
+            .filter(|x| x["op"] == op)
+            .map(|x| f(&x["ops_per_sec"]))
+            .chain(base_of(op))
+            .fold(1.0, f64::max)
+    };
+    // The plot height of a panel: 180 px less 34 above and 30 below.
+    let plot = 180.0 - 34.0 - 30.0;
+    for x in rows {
+        let (t, op) = (x["transport"].as_str().unwrap(), x["op"].as_str().unwrap());
+        let (inflight, clients) = (x["inflight"].to_string(), x["clients"].to_string());
+        let bar = bars
+            .iter()
+            .find(|b| {
+                attr(b, "data-transport") == t
+                    && attr(b, "data-op") == op
+                    && attr(b, "data-inflight") == inflight
+                    && attr(b, "data-clients") == clients
+            })
+            .unwrap_or_else(|| panic!("no bar for {x}: {svg}"));
+        let ops: f64 = attr(bar, "data-ops").parse().unwrap();
+        assert!((ops - f(&x["ops_per_sec"])).abs() <= 0.1, "{bar}");
+        let height: f64 = attr(bar, "height").parse().unwrap();
+        let expect = f(&x["ops_per_sec"]) / max_of(op) * plot;
         assert!(
-            (width - expect).abs() <= 0.1,
-            "{want}: {width} px, expected {expect:.2}"
+            (height - expect).abs() <= 0.1,
+            "{t} {op}: {height} px high, expected {expect:.2}: {bar}"
         );
     }
-    let with_baseline = rows
-        .iter()
-        .filter(|x| baseline.iter().any(|b| b["op"] == x["op"]))
-        .count();
-    let ticks = lines
-        .iter()
-        .filter(|l| l.starts_with("<line") && l.contains("stroke=\"black\""))
-        .count();
+    // In each panel, transports side by side (all of one before the next), and within one,
+    // one at a time before pipelined.
+    let mut ops: Vec<&str> = bars.iter().map(|b| attr(b, "data-op")).collect();
+    ops.dedup();
+    for op in &ops {
+        let mine: Vec<&&str> = bars.iter().filter(|b| attr(b, "data-op") == *op).collect();
+        let xs: Vec<f64> = mine.iter().map(|b| attr(b, "x").parse().unwrap()).collect();
+        assert!(
+            xs.windows(2).all(|w| w[0] < w[1]),
+            "{op}: bars left to right"
+        );
+        let mut seen: Vec<&str> = Vec::new();
+        for b in &mine {
+            let t = attr(b, "data-transport");
+            if seen.last() != Some(&t) {
+                assert!(!seen.contains(&t), "{op}: {t}'s bars are not together");
+                seen.push(t);
+            }
+        }
+    }
+    let lines: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.starts_with("<line class=\"baseline\""))
+        .collect();
+    let with_baseline = ops.iter().filter(|op| base_of(op).is_some()).count();
     assert_eq!(
-        ticks, with_baseline,
-        "a baseline tick per row with one: {svg}"
+        lines.len(),
+        with_baseline,
+        "one baseline per op with one: {svg}"
     );
+    for l in lines {
+        let op = attr(l, "data-op");
+        let b = base_of(op).unwrap();
+        assert!(
+            (attr(l, "data-ops").parse::<f64>().unwrap() - b).abs() <= 0.1,
+            "{l}"
+        );
+    }
+    // Small multiples stay small: the chart is as tall as its rows of three panels.
+    let height: f64 = attr(svg.lines().next().unwrap(), "height").parse().unwrap();
+    assert_eq!(height, 40.0 + 180.0 * ops.len().div_ceil(3) as f64, "{svg}");
 }
