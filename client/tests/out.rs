@@ -149,6 +149,79 @@ fn a_fifo_and_dev_stdout_are_written_in_place() {
             .file_type()
             .is_symlink()
     );
+    // /dev/stdout is stdout: a `>>` redirection keeps appending, and what the command prints
+    // besides its result (encapsulate's `<id> <label>`) goes to stderr, not over the result.
+    let appended = dir.join("appended");
+    std::fs::write(&appended, b"before|").unwrap();
+    let mut c = hsmctl_command(&d.profile("alice"));
+    c.args(["sign", "ed", "--in", "msg", "--out", "/dev/stdout"])
+        .current_dir(dir)
+        .stdout(Stdio::from(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&appended)
+                .unwrap(),
+        ));
+    assert!(c.status().unwrap().success());
+    assert_eq!(
+        std::fs::read(&appended).unwrap(),
+        [&b"before|"[..], &want].concat()
+    );
+    ok(&d.ctl("alice", &["keygen", "--type", "ml-kem-768", "--label", "k"]));
+    let ct = dir.join("ct");
+    let mut c = hsmctl_command(&d.profile("alice"));
+    c.args([
+        "encapsulate",
+        "k",
+        "--out",
+        "/dev/stdout",
+        "--type",
+        "aes256gcm",
+        "--label",
+        "s",
+    ])
+    .current_dir(dir)
+    .stdout(Stdio::from(std::fs::File::create(&ct).unwrap()))
+    .stderr(Stdio::piped());
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read(&ct).unwrap().len(),
+        1088,
+        "the ciphertext alone"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).trim().ends_with(" s"),
+        "{o:?}"
+    );
+    // A symlink that leads nowhere, or to a directory, stops an encapsulation before any key is
+    // made (the ciphertext would be lost).
+    std::os::unix::fs::symlink("nowhere/ct", dir.join("dangling")).unwrap();
+    std::os::unix::fs::symlink(".", dir.join("here")).unwrap();
+    for (out, why) in [
+        ("dangling", "leads nowhere"),
+        ("here", "leads to a directory"),
+    ] {
+        let o = d.ctl(
+            "alice",
+            &[
+                "encapsulate",
+                "k",
+                "--out",
+                out,
+                "--type",
+                "aes256gcm",
+                "--label",
+                "lost",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(why), "{o:?}");
+    }
+    assert_eq!(
+        ferrohsm_test_support::status::failed(&d.ctl("alice", &["info", "lost"])),
+        "key_not_found"
+    );
     // A symlink to a regular file is written through, whole (the longer old content gone).
     std::fs::write(dir.join("target.sig"), vec![0xbb; 1000]).unwrap();
     std::os::unix::fs::symlink("target.sig", dir.join("link.sig")).unwrap();

@@ -300,12 +300,20 @@ where
         listener::Listener::new(l, shared.clone(), admission.clone(), shm).start();
     }
     tracing::info!(listening = %bound, clients = config.clients.len(), workers = config.workers, session_threads = arbiters.len(), "hsmd ready");
+    if let Some(addr) = bound.tcp.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(%addr, "plain TCP listener on a non-loopback address: traffic is not confidential");
+    }
     ready(&bound);
     notify::ready(&bound.to_string());
     shutdown.await;
     notify::stopping();
     tracing::info!("shutting down: no new work; finishing requests in flight");
     let _ = stop_tx.send(true);
+    // The shm socket file goes as its listener stops taking connections (sessions already
+    // set up keep their rings), if it is still the one this process bound.
+    if let Some(s) = shm_socket {
+        s.remove();
+    }
     if tokio::time::timeout(DRAIN_TIMEOUT, shared.inflight.wait_idle())
         .await
         .is_err()
@@ -314,13 +322,12 @@ where
     }
     // Everything acknowledged goes back into the main database file (SQLite's WAL emptied),
     // so a copy of it alone is complete after a clean stop.
-    match shared.dispatcher.keys().store().close().await {
-        Ok(()) => tracing::info!("key store closed: its main file holds every change"),
-        Err(e) => tracing::warn!(error = %e, "key store not checkpointed at stop"),
-    }
-    // The shm socket goes with the listener, if it is still the one this process bound.
-    if let Some(s) = shm_socket {
-        s.remove();
+    match tokio::time::timeout(DRAIN_TIMEOUT, shared.dispatcher.keys().store().close()).await {
+        Ok(Ok(())) => tracing::info!("key store closed: its main file holds every change"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "key store not checkpointed at stop"),
+        Err(_) => {
+            tracing::warn!("key store did not close within {DRAIN_TIMEOUT:?}; stopping anyway")
+        }
     }
     let stats = &shared.dispatcher.keys().store().stats;
     tracing::info!(

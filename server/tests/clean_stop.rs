@@ -70,8 +70,10 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     );
 }
 
-/// In this process, where nothing exits after the stop to close the database for hsmd: the
-/// stop itself must leave the WAL empty, before it returns.
+/// In this process, with another connection to the database held open across the stop: the
+/// WAL is empty when the stop returns. (Removing hsmd's explicit checkpoint did not make this
+/// fail on this machine: something else, not yet found, also empties the WAL at the stop. The
+/// test guards the outcome, not the mechanism.)
 #[test]
 fn the_stop_itself_checkpoints_the_wal() {
     let mut s = ferrohsm_test_support::TestServer::start(&["alice"]);
@@ -83,10 +85,21 @@ fn the_stop_itself_checkpoints_the_wal() {
     drop(c);
     let wal = s.dir.path().join("keys.db-wal");
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let held = rusqlite::Connection::open_with_flags(
+        s.dir.path().join("keys.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    // A read opens the WAL for this connection too.
+    let n: i64 = held
+        .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 20);
     s.handle.take().unwrap().shutdown().unwrap();
     assert_eq!(
         std::fs::metadata(&wal).map_or(0, |m| m.len()),
         0,
         "the WAL holds commits after the stop returned"
     );
+    drop(held);
 }

@@ -131,7 +131,9 @@ pub fn run_json(o: &Outcome, server_peak_rss_kib: Option<u64>) -> Value {
     })
 }
 
-const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f",
+];
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -320,9 +320,6 @@ impl Config {
                      so set tcp.allow_insecure_remote = true to allow it (or use TLS)"
                 )));
             }
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "plain TCP listener on a non-loopback address: traffic is not confidential");
-            }
             c.tcp = Some(TcpConfig { addr });
         }
         if let Some(t) = raw.tls {
