@@ -277,8 +277,9 @@ fn real_main(cli: Cli) -> Result<(), ServerError> {
             );
             ferrohsm_server::run(config, ferrohsm_server::signal(), move |bound| match hint {
                 Some(h) => println!(
-                    "hsmd: listening on {bound}; connect with: {} --profile {h} ping",
-                    hsmctl_command()
+                    "hsmd: listening on {bound}; connect with: {} --profile {} ping",
+                    hsmctl_command(),
+                    shell_word(&h)
                 ),
                 None => println!("hsmd: listening on {bound}"),
             })
@@ -310,8 +311,19 @@ fn hsmctl_command() -> String {
     // Relative to the working directory when it is below it (target/release/hsmctl).
     let cwd = std::env::current_dir().ok();
     match cwd.as_deref().and_then(|c| beside.strip_prefix(c).ok()) {
-        Some(rel) => format!("./{}", rel.display()),
-        None => beside.display().to_string(),
+        Some(rel) => shell_word(&format!("./{}", rel.display())),
+        None => shell_word(&beside.display().to_string()),
+    }
+}
+
+/// `s` as one word for a POSIX shell: as it is when it holds only safe characters, else in
+/// single quotes (a quote inside written as '\'').
+fn shell_word(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
@@ -375,5 +387,28 @@ fn init_logging(format: ferrohsm_server::LogFormat) {
         // One JSON object a line: timestamp, level, target, and the event's fields (peer
         // strings escaped as in text, then JSON-escaped).
         ferrohsm_server::LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    /// The printed command survives a shell: a word with a space or a quote stays one word,
+    /// with the same bytes.
+    #[test]
+    fn shell_words_survive_a_shell() {
+        assert_eq!(
+            shell_word("hsm-data/clients/default.toml"),
+            "hsm-data/clients/default.toml"
+        );
+        for s in ["my dir/hsmctl", "it's", "a;b", "$HOME", ""] {
+            let quoted = shell_word(s);
+            let o = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {quoted}")])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(o.stdout).unwrap(), s, "{quoted}");
+        }
     }
 }

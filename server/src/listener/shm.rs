@@ -47,8 +47,17 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
             )));
         }
         // A socket file left by an hsmd that crashed is replaced; one that answers belongs to
-        // a running hsmd, which keeps it.
-        match std::os::unix::net::UnixStream::connect(path) {
+        // a running hsmd, which keeps it. The probe is bounded: a connect that hangs (a stuck
+        // hsmd with a full backlog) counts as someone there.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::os::unix::net::UnixStream::connect(probe).map(drop));
+        });
+        let answered = rx
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .unwrap_or(Ok(()));
+        match answered {
             Ok(_) => {
                 return Err(ServerError::Config(format!(
                     "shm.socket {} is in use: another hsmd answers on it",
