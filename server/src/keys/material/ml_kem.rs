@@ -35,11 +35,20 @@ impl fmt::Debug for MlKemKey {
     }
 }
 
-fn algorithm(t: KeyType) -> Result<&'static aws_lc_rs::kem::Algorithm, OpError> {
+/// An ML-KEM parameter set: the one place a key type is mapped to it (every other match in
+/// this module is over the three sets alone).
+#[derive(Clone, Copy)]
+enum Level {
+    L512,
+    L768,
+    L1024,
+}
+
+fn level(t: KeyType) -> Result<Level, OpError> {
     Ok(match t {
-        KeyType::MlKem512 => &ML_KEM_512,
-        KeyType::MlKem768 => &ML_KEM_768,
-        KeyType::MlKem1024 => &ML_KEM_1024,
+        KeyType::MlKem512 => Level::L512,
+        KeyType::MlKem768 => Level::L768,
+        KeyType::MlKem1024 => Level::L1024,
         KeyType::Ed25519
         | KeyType::P256
         | KeyType::X25519
@@ -51,6 +60,14 @@ fn algorithm(t: KeyType) -> Result<&'static aws_lc_rs::kem::Algorithm, OpError> 
         | KeyType::MlDsa87 => {
             return Err(OpError::internal(format!("{t} is not an ML-KEM type")));
         }
+    })
+}
+
+fn algorithm(t: KeyType) -> Result<&'static aws_lc_rs::kem::Algorithm, OpError> {
+    Ok(match level(t)? {
+        Level::L512 => &ML_KEM_512,
+        Level::L768 => &ML_KEM_768,
+        Level::L1024 => &ML_KEM_1024,
     })
 }
 
@@ -72,21 +89,10 @@ fn expand(t: KeyType, seed: &[u8; 64]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), 
             (export(&dk), dk.encapsulation_key().to_bytes().to_vec())
         }};
     }
-    Ok(match t {
-        KeyType::MlKem512 => run!(ml_kem::DecapsulationKey512),
-        KeyType::MlKem768 => run!(ml_kem::DecapsulationKey768),
-        KeyType::MlKem1024 => run!(ml_kem::DecapsulationKey1024),
-        other @ (KeyType::Ed25519
-        | KeyType::P256
-        | KeyType::X25519
-        | KeyType::ChaCha20Poly1305
-        | KeyType::Aes256Gcm
-        | KeyType::HmacSha256
-        | KeyType::MlDsa44
-        | KeyType::MlDsa65
-        | KeyType::MlDsa87) => {
-            return Err(OpError::internal(format!("{other} is not an ML-KEM type")));
-        }
+    Ok(match level(t)? {
+        Level::L512 => run!(ml_kem::DecapsulationKey512),
+        Level::L768 => run!(ml_kem::DecapsulationKey768),
+        Level::L1024 => run!(ml_kem::DecapsulationKey1024),
     })
 }
 
@@ -159,19 +165,10 @@ pub fn encapsulate_to(t: KeyType, public: &[u8]) -> Result<(Vec<u8>, SharedSecre
     let alg = algorithm(t)?;
     let refused = || OpError::invalid(format!("the peer key is not a valid {t} public key"));
     // aws-lc checks only the length here: RustCrypto applies FIPS 203's modulus check first.
-    let valid = match t {
-        KeyType::MlKem512 => ml_kem::EncapsulationKey512::new_from_slice(public).is_ok(),
-        KeyType::MlKem768 => ml_kem::EncapsulationKey768::new_from_slice(public).is_ok(),
-        KeyType::MlKem1024 => ml_kem::EncapsulationKey1024::new_from_slice(public).is_ok(),
-        KeyType::Ed25519
-        | KeyType::P256
-        | KeyType::X25519
-        | KeyType::ChaCha20Poly1305
-        | KeyType::Aes256Gcm
-        | KeyType::HmacSha256
-        | KeyType::MlDsa44
-        | KeyType::MlDsa65
-        | KeyType::MlDsa87 => false,
+    let valid = match level(t)? {
+        Level::L512 => ml_kem::EncapsulationKey512::new_from_slice(public).is_ok(),
+        Level::L768 => ml_kem::EncapsulationKey768::new_from_slice(public).is_ok(),
+        Level::L1024 => ml_kem::EncapsulationKey1024::new_from_slice(public).is_ok(),
     };
     if !valid {
         return Err(refused());
