@@ -48,6 +48,7 @@ pub mod init;
 pub mod keys;
 pub mod listener;
 pub mod logsafe;
+pub mod metrics;
 pub mod notify;
 pub mod session;
 
@@ -78,10 +79,13 @@ pub struct Bound {
     pub shm: Option<std::path::PathBuf>,
     /// In-memory connections (fuzzing, tests); not a configured listener.
     pub memory: Option<listener::memory::MemoryConnector>,
+    /// The metrics and health endpoint (HTTP).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl std::fmt::Display for Bound {
-    /// `tcp 127.0.0.1:7301, tls 127.0.0.1:7302, tls-psk 127.0.0.1:7303, shm D/hsmd.sock`
+    /// `tcp 127.0.0.1:7301, tls 127.0.0.1:7302, tls-psk 127.0.0.1:7303, shm D/hsmd.sock`, then
+    /// `metrics http://127.0.0.1:9301` when that endpoint is on
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts: Vec<String> = [
             ("tcp", self.tcp),
@@ -91,6 +95,7 @@ impl std::fmt::Display for Bound {
         .into_iter()
         .filter_map(|(n, a)| a.map(|a| format!("{n} {a}")))
         .chain(self.shm.as_ref().map(|p| format!("shm {}", p.display())))
+        .chain(self.metrics.map(|a| format!("metrics http://{a}")))
         .collect();
         f.write_str(&parts.join(", "))
     }
@@ -250,8 +255,38 @@ where
         arbiters: arbiters.clone(),
         connections: places.connections,
     });
+    let store_place = config
+        .store
+        .as_ref()
+        .map(|s| s.describe())
+        .unwrap_or_default();
+    let health = Arc::new(metrics::health::Health::new(
+        km.store().clone(),
+        store_place,
+    ));
     let dispatcher = Arc::new(dispatch::Dispatcher::new(km, pool, config.inline_max));
     let shared = Arc::new(session::Sessions::new(&config, dispatcher, stop_rx));
+    // The metrics endpoint is bound first and stopped last: it answers `draining` while the
+    // session listeners are closed and requests in flight finish.
+    let (metrics_stop, metrics_stopped) = watch::channel(false);
+    let mut bound = Bound::default();
+    if let Some(m) = &config.metrics {
+        let l = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: format!("{} ([metrics] listen)", m.listen),
+                source,
+            })?;
+        bound.metrics = l.local_addr().ok();
+        let scrape = Arc::new(metrics::http::Scrape {
+            metrics: shared.metrics.clone(),
+            health: health.clone(),
+            keys: shared.dispatcher.keys().clone(),
+            pool: shared.dispatcher.pool().clone(),
+            budget: shared.budget.clone(),
+        });
+        actix::spawn(metrics::http::serve(l, scrape, metrics_stopped));
+    }
     // Build every acceptor before binding anything, so a bad certificate or key fails fast.
     let cert_tls = match &config.tls {
         Some(t) => Some(listener::Secured(listener::tls::CertTls::new(
@@ -266,7 +301,6 @@ where
         )?)),
         None => None,
     };
-    let mut bound = Bound::default();
     let (memory_tx, memory_rx) = tokio::sync::mpsc::channel(64);
     bound.memory = Some(listener::memory::MemoryConnector(memory_tx));
     actix::spawn(listener::memory::accept(
@@ -307,6 +341,7 @@ where
     notify::ready(&bound.to_string());
     shutdown.await;
     notify::stopping();
+    health.drain();
     tracing::info!("shutting down: no new work; finishing requests in flight");
     let _ = stop_tx.send(true);
     // The shm socket file goes as its listener stops taking connections (sessions already
@@ -335,6 +370,7 @@ where
         changes = stats.mutations.load(std::sync::atomic::Ordering::Relaxed),
         "key store: every acknowledged change is on disk"
     );
+    let _ = metrics_stop.send(true);
     drop(shared);
     arbiters.stop();
     actix::System::current().stop();

@@ -1,6 +1,7 @@
 //! Peers from PyPI, implementations nobody here wrote: pyca/cryptography (51 or later: ML-DSA and
 //! ML-KEM besides the classic curves), its published test vectors (`cryptography_vectors`: the
-//! FIPS 203/204 known answers) and python-pkcs11, in a virtual environment under the
+//! FIPS 203/204 known answers), python-pkcs11, and Prometheus' own client library (its parser
+//! of the text exposition format), in a virtual environment under the
 //! build directory (`target/<profile>/peers-venv`). The first test that needs it makes it
 //! (`python3 -m venv`, then `pip install`); later tests and runs reuse it. Missing Python or an
 //! unreachable package index follows the one rule of [`crate::ci`]: a failure under CI, a skip
@@ -14,14 +15,15 @@ use std::time::Duration;
 use crate::process::output_within;
 
 /// The packages, as pip takes them.
-const PACKAGES: [&str; 3] = [
+const PACKAGES: [&str; 4] = [
     "cryptography>=51",
     "cryptography_vectors>=46",
     "python-pkcs11>=0.9",
+    "prometheus_client>=0.20",
 ];
 
 /// What proves the environment is whole: every module the tests import.
-const PROBE: &str = "import pkcs11, cryptography_vectors\n\
+const PROBE: &str = "import pkcs11, cryptography_vectors, prometheus_client.parser\n\
                      from cryptography.hazmat.primitives.asymmetric import ed25519, ec, mldsa, mlkem\n";
 
 /// How long making the environment may take (a cold `pip install` downloads two wheels).

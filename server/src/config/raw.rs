@@ -78,6 +78,12 @@ pub(super) struct RawLog {
     pub(super) format: Option<String>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -94,6 +100,8 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     #[serde(default)]
     pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
     #[serde(default)]
     pub(super) limits: super::limits::RawLimits,
 }

@@ -261,6 +261,12 @@ impl CryptoPool {
         })
     }
 
+    /// Jobs queued for a worker now (not yet running), over every client.
+    pub fn queued(&self) -> usize {
+        let q = self.shared.queues.lock();
+        q.by_client.values().map(|c| c.jobs.len()).sum()
+    }
+
     fn slots_of(&self, client: &Arc<str>) -> Arc<Semaphore> {
         self.shared
             .slots

@@ -143,6 +143,11 @@ impl Dispatcher {
         &self.km
     }
 
+    /// The crypto pool (metrics read its queue).
+    pub fn pool(&self) -> &CryptoPool {
+        &self.pool
+    }
+
     fn compute<'a>(&'a self, caller: &'a Caller) -> Compute<'a> {
         Compute {
             pool: &self.pool,

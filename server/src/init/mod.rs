@@ -147,6 +147,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, ServerError> {
          [shm]\nsocket = {:?}\nmode = \"0660\"            # who may connect at all\nring_kib = 256\n\n\
          [audit]\nlevel = \"changes\"         # \"all\": also every sign, verify, encrypt, decrypt, mac\n\n\
          [log]\nformat = \"text\"          # \"json\": one JSON object a line, for log shippers\n\n\
+         # [metrics]               # GET /metrics (Prometheus) and GET /health; off unless set\n\
+         # listen = \"127.0.0.1:9301\"\n\n\
          [limits]                  # see SECURITY.md for every limit and what a client sees\n\
          max_keys_per_client = 10000\nmax_counters_per_client = 10000\nmax_grants_per_client = 10000\n\
          memory_mib = 256          # requests and responses buffered by all sessions\n\

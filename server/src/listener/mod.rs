@@ -155,11 +155,16 @@ impl<H: TlsHandshake> Transport for Secured<H> {
         let handshake = self.0.handshake(stream, shared.handshake_timeout);
         let done = tokio::select! {
             done = handshake => done,
-            _ = slot.evicted() => return,
+            _ = slot.evicted() => {
+                return shared.metrics.refused(H::NAME, crate::metrics::Refusal::Evicted);
+            }
         };
         let (tls, credential) = match done {
             Ok(ok) => ok,
             Err(e) => {
+                shared
+                    .metrics
+                    .refused(H::NAME, crate::metrics::Refusal::Tls);
                 return crate::logsafe::limited(
                     "tls",
                     &peer.ip().to_string(),
@@ -281,6 +286,9 @@ where
                     // Refused (its source's handshakes are all young): closed at once.
                     let Some(handshake) = admission.handshakes.admit(T::Listen::source(&peer))
                     else {
+                        shared
+                            .metrics
+                            .refused(T::NAME, crate::metrics::Refusal::Busy);
                         continue;
                     };
                     place::<T, _, _>(

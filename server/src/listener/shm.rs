@@ -32,6 +32,7 @@ use super::{Transport, UnixPeer};
 use crate::admission::Slot;
 use crate::auth::Credential;
 use crate::error::{OpError, ServerError};
+use crate::metrics::Refusal;
 use crate::session::login::{self, Login};
 use crate::session::{Conn, Sessions, serve};
 
@@ -152,14 +153,16 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
     // this process may run as the client: allowed_uids), run on the set-up socket.
     let mut login = Login::new(session_id, Credential::UnixPeer(cred));
     let shared2 = shared.clone();
+    let refused = |why| shared.metrics.refused("shm", why);
     let outcome = tokio::select! {
         o = tokio::time::timeout(timeout, login::over_stream(&shared2, &mut s, &mut login, &peer)) => o,
-        _ = slot.evicted() => return,
+        _ = slot.evicted() => return refused(Refusal::Evicted),
     };
     let (client, op, rid) = match outcome {
         Ok((Ok(client), op, rid)) => match slot.authenticate() {
             Ok(()) => (client, op, rid),
             Err(e) => {
+                refused(Refusal::ConnectionLimit);
                 let _ = s
                     .write_all(&error_frame(op, rid, &e.to_body()).encode())
                     .await;
@@ -167,12 +170,14 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
             }
         },
         Ok((Err(e), op, rid)) => {
+            refused(Refusal::AuthFailed);
             let _ = s
                 .write_all(&error_frame(op, rid, &e.to_body()).encode())
                 .await;
             return;
         }
         Err(_) => {
+            refused(Refusal::Timeout);
             tracing::info!(%peer, "shm handshake timed out; closing");
             return;
         }
@@ -180,6 +185,7 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
     let seg = match Segment::create(ring) {
         Ok(seg) => seg,
         Err(e) => {
+            refused(Refusal::Setup);
             tracing::error!(%peer, error = %e, "cannot create a shared-memory segment");
             let e = OpError::internal("cannot create a shared-memory segment");
             let _ = s
@@ -207,11 +213,12 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
         }
     };
     if !sent {
-        return;
+        return refused(Refusal::Setup);
     }
     let (rd, wr, closer) = match ShmStream::start(seg, Side::Server, Waiting::InTask) {
         Ok(x) => x,
         Err(e) => {
+            refused(Refusal::Setup);
             tracing::error!(%peer, error = %e, "cannot start the shared-memory watcher");
             return;
         }

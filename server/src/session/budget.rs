@@ -71,6 +71,11 @@ impl Budget {
         }
     }
 
+    /// The budget, in bytes.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// Bytes charged now, in all.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)

@@ -16,6 +16,8 @@ use super::shared::{InFlight, InFlightGuard};
 /// session is authenticated) the request's bytes charged to the memory budget.
 #[derive(Debug)]
 pub(super) struct Ticket {
+    // When the request's frame was read (its duration in the metrics starts here).
+    pub(super) started: std::time::Instant,
     _window: OwnedSemaphorePermit,
     _inflight: InFlightGuard,
     _charge: Option<budget::Charge>,
@@ -28,6 +30,7 @@ impl Ticket {
         charge: Option<budget::Charge>,
     ) -> Ticket {
         Ticket {
+            started: std::time::Instant::now(),
             _window: window,
             _inflight: inflight.enter(),
             _charge: charge,

@@ -58,6 +58,8 @@ enum State {
 pub struct Session {
     id: u64,
     peer: String,
+    // The transport's place among the metrics' transports.
+    transport: usize,
     shared: Arc<Sessions>,
     state: State,
     out: mpsc::Sender<Outbound>,
@@ -88,6 +90,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_later(self.shared.handshake_timeout, |act, ctx| {
             if matches!(act.state, State::Handshake(_)) {
+                act.refused(crate::metrics::Refusal::Timeout);
                 crate::logsafe::limited(
                     "handshake-timeout",
                     crate::logsafe::source_of(&act.peer),
@@ -103,6 +106,7 @@ impl Actor for Session {
                 .into_actor(self)
                 .map(|_, act, ctx| {
                     if matches!(act.state, State::Handshake(_)) {
+                        act.refused(crate::metrics::Refusal::Evicted);
                         act.close(ctx);
                     }
                 }),
@@ -137,6 +141,10 @@ impl Session {
         ticket: Option<Ticket>,
         secret: bool,
     ) {
+        if let Some(t) = &ticket {
+            let status = resp.as_ref().err().map(|e| e.status);
+            (self.shared.metrics).answered(opcode, self.transport, status, t.started);
+        }
         let wire = response_wire(opcode, request_id, resp, secret);
         // Capacity is window + 2 and every ticketed frame holds a window permit, so this only
         // fails when the writer has gone (peer disconnected): then there is no one to tell.
@@ -145,6 +153,12 @@ impl Session {
             secret,
             _ticket: ticket,
         });
+    }
+
+    /// Counts this connection as one that did not become a session.
+    fn refused(&self, why: crate::metrics::Refusal) {
+        let transport = crate::metrics::TRANSPORTS[self.transport];
+        self.shared.metrics.refused(transport, why);
     }
 
     fn close(&mut self, ctx: &mut Context<Self>) {
@@ -171,10 +185,12 @@ impl Session {
                     self.peer, caller.client
                 ),
             );
+            self.refused(crate::metrics::Refusal::ConnectionLimit);
             self.reply(opcode, rid, Err(e), Some(ticket));
             return self.close(ctx);
         }
         if let Err(e) = self.shared.enter_client(&caller.client) {
+            self.refused(crate::metrics::Refusal::ConnectionLimit);
             tracing::warn!(peer = %self.peer, client = %caller.client, "per-client connection limit reached");
             self.reply(opcode, rid, Err(e), Some(ticket));
             return self.close(ctx);
@@ -267,6 +283,7 @@ impl Handler<Inbound> for Session {
                         self.open(caller, opcode, rid, ticket, ctx)
                     }
                     Err(e) => {
+                        self.refused(crate::metrics::Refusal::AuthFailed);
                         self.reply(opcode, rid, Err(e), Some(ticket));
                         self.close(ctx);
                     }
@@ -291,12 +308,15 @@ impl Handler<Inbound> for Session {
             Started::Later(deferred) => deferred,
         };
         let dispatcher = self.shared.dispatcher.clone();
+        let (metrics, transport) = (self.shared.metrics.clone(), self.transport);
         let out = self.out.clone();
         let detached = Detached::enter(&self.detached);
         // Detached (not ctx.spawn): a request that started finishes even if the session
         // closes, so its response is written or its key insert refused cleanly.
         actix::spawn(async move {
             let resp = dispatcher.finish(deferred).await;
+            let status = resp.as_ref().err().map(|e| e.status);
+            metrics.answered(opcode, transport, status, ticket.started);
             let wire = response_wire(opcode, rid, resp, secret);
             drop(detached);
             let _ = out
@@ -371,10 +391,15 @@ where
         slot: conn_slot,
     } = conn;
     let credential_spins = !matches!(credential, crate::auth::Credential::ShmSession { .. });
+    let transport = crate::metrics::transport(credential.transport());
     // A credential that names no configured client (a certificate or PSK identity nobody
     // has) is refused before any hello.
     if let Err(why) = shared.auth.identify(&credential) {
         tracing::warn!(%peer, "{why}");
+        (shared.metrics).refused(
+            credential.transport(),
+            crate::metrics::Refusal::UnknownCredential,
+        );
         // The connection keeps its place until the refusal is written, or the handshake
         // deadline passes.
         let within = shared.handshake_timeout;
@@ -392,6 +417,7 @@ where
         authed: authed.clone(),
         slot: conn_slot.clone(),
         id,
+        transport,
         peer: peer.clone(),
         shared: shared.clone(),
         state: State::Handshake(Login::new(id, credential)),

@@ -72,6 +72,8 @@ pub struct Sessions {
     pub inflight: Arc<InFlight>,
     /// Flips to true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// What `/metrics` shows: requests answered, handshakes refused.
+    pub metrics: Arc<crate::metrics::Metrics>,
     next_session: AtomicU64,
     per_client: Mutex<HashMap<String, usize>>,
 }
@@ -108,6 +110,7 @@ impl Sessions {
             max_per_client: config.max_connections_per_client,
             inflight: Arc::new(InFlight::default()),
             shutdown,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             next_session: AtomicU64::new(1),
             per_client: Mutex::new(HashMap::new()),
         }

@@ -141,6 +141,11 @@ impl KeyManager {
         })
     }
 
+    /// This node's name, backend and sessions open.
+    pub fn node_info(&self) -> &NodeInfo {
+        &self.node
+    }
+
     /// The store service (for its counters).
     pub fn store(&self) -> &StoreService {
         &self.store

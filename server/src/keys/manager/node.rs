@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::caller::Caller;
 
-/// The transports, in the order of [`NodeStatus::sessions`].
-const TRANSPORTS: [&str; 4] = ["tcp", "tls", "tls-psk", "shm"];
+use crate::metrics::TRANSPORTS;
 
 /// What the status reports besides the store's answer.
 #[derive(Debug)]
@@ -39,6 +38,12 @@ impl NodeInfo {
             .iter()
             .position(|t| *t == caller.transport)
             .map(|i| &self.sessions[i])
+    }
+
+    /// Sessions open now, by transport (in the order of [`TRANSPORTS`] and of
+    /// `NodeStatus::sessions`).
+    pub fn sessions(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.sessions[i].load(Ordering::Relaxed))
     }
 
     /// A session opened.

@@ -1,8 +1,6 @@
 //! `hsmctl status`: this node's name, version, uptime, whether its store answers, and its open
 //! sessions per transport. It answers within the store's timeout even when the store does not.
 
-use std::sync::atomic::Ordering;
-
 use ferrohsm_proto::message::NodeStatus;
 
 use super::KeyManager;
@@ -24,7 +22,7 @@ impl KeyManager {
             uptime_s: n.started.elapsed().as_secs(),
             store_backend: n.backend.to_string(),
             store_reachable: reachable,
-            sessions: std::array::from_fn(|i| n.sessions[i].load(Ordering::Relaxed)),
+            sessions: n.sessions(),
         }
     }
 }

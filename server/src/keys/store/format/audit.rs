@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 use super::store::Store;
 use crate::keys::audit::{AuditRow, GENESIS, SignedHead};
 use crate::keys::seal::MasterKey;
-use crate::keys::store::backend::{Backend, Tx};
+use crate::keys::store::backend::{Backend, Counted, Tx};
 use crate::keys::store::records::{AuditEvent, StoreError};
 
 /// The audit log, the signed head and the audit public key, as one snapshot read them.
@@ -18,6 +18,20 @@ pub type AuditSnapshot = (
 );
 
 impl Store {
+    /// Keys stored, and audit entries in the chain (its last sequence number: the chain
+    /// starts at 1 and has no gaps).
+    pub fn stored(&mut self) -> Result<(u64, u64), StoreError> {
+        self.in_tx(Tx::Read, |db| {
+            let keys: i64 = db
+                .count_by_owner(Counted::Keys)?
+                .into_iter()
+                .map(|(_, n)| n)
+                .sum();
+            let audit = last(db)?.0;
+            Ok((u64::try_from(keys).unwrap_or(0), audit))
+        })
+    }
+
     /// The audit key's public half, creating the audit key (sealed under `master`) if this
     /// store has none yet.
     pub fn ensure_audit_key(

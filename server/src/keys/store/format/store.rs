@@ -3,6 +3,7 @@
 use ed25519_dalek::SigningKey;
 
 use crate::keys::store::backend::Backend;
+use crate::keys::store::records::StoreError;
 
 /// The key store over one backend handle. Each store thread owns one (see
 /// [`Store::reader`]).
@@ -28,7 +29,7 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// [`Backend::checkpoint`] on this handle's database (a clean stop).
-    pub fn checkpoint(&mut self) -> Result<(), crate::keys::store::records::StoreError> {
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.db.checkpoint()
     }
 }

@@ -29,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::keys::seal::MasterKey;
 use crate::keys::store::{Applied, AuditEvent, Change, Mutation, Store, StoreError};
+use crate::metrics::histogram::Histogram;
 
 /// Most mutations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -83,13 +84,25 @@ struct WriteJob {
     _slot: OwnedSemaphorePermit,
 }
 
+/// What the writer takes: a change to commit, or a health check to answer.
+// Nearly every job is a write: the queue's slots are as large as before the checks joined it.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Write(WriteJob),
+    // Answered once the writer reaches it (after the commit it was in) and a read succeeds.
+    Ping(
+        oneshot::Sender<Result<(), StoreError>>,
+        OwnedSemaphorePermit,
+    ),
+}
+
 struct ReadJob {
     work: ReadWork,
     _slot: OwnedSemaphorePermit,
 }
 
-/// Counters, for logs and benchmarks.
-#[derive(Debug, Default)]
+/// Counters, for logs, metrics and benchmarks.
+#[derive(Debug)]
 pub struct StoreStats {
     /// Transactions committed.
     pub commits: AtomicU64,
@@ -100,13 +113,30 @@ pub struct StoreStats {
     /// The change-log position of the last commit that changed a grant (a store several nodes
     /// share; 0 before).
     pub noted: AtomicU64,
+    /// How long each commit took (its transaction and fsync).
+    pub commit_seconds: Histogram,
+    /// Changes per commit (audit entries of denied requests aside).
+    pub batch_size: Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> StoreStats {
+        StoreStats {
+            commits: AtomicU64::new(0),
+            mutations: AtomicU64::new(0),
+            audited: AtomicU64::new(0),
+            noted: AtomicU64::new(0),
+            commit_seconds: Histogram::seconds(),
+            batch_size: Histogram::new(crate::metrics::histogram::BATCH, 1.0),
+        }
+    }
 }
 
 /// Handle to the store threads; cheap to clone. The threads end when the last handle is
 /// dropped and their queues are drained.
 #[derive(Clone)]
 pub struct StoreService {
-    write_tx: Sender<WriteJob>,
+    write_tx: Sender<Job>,
     write_slots: Arc<Semaphore>,
     read_tx: Sender<ReadJob>,
     read_slots: Arc<Semaphore>,
@@ -156,7 +186,7 @@ impl StoreService {
                 })
                 .map_err(spawn_err)?;
         }
-        let (write_tx, write_rx) = crossbeam_channel::bounded::<WriteJob>(QUEUE);
+        let (write_tx, write_rx) = crossbeam_channel::bounded::<Job>(QUEUE);
         let stats = Arc::new(StoreStats::default());
         let s = stats.clone();
         let queued = Arc::new(Mutex::new(Queued::default()));
@@ -204,19 +234,40 @@ impl StoreService {
         };
         if flush && let Ok(slot) = self.write_slots.clone().try_acquire_owned() {
             let (reply, _) = oneshot::channel();
-            let _ = self.write_tx.try_send(WriteJob {
+            let _ = self.write_tx.try_send(Job::Write(WriteJob {
                 change: Change {
                     mutation: Mutation::Record,
                     audit: None,
                 },
                 reply,
                 _slot: slot,
-            });
+            }));
         }
     }
 
     /// Applies one change with its audit entry; answers once both are durable (or refused).
     pub async fn write(&self, change: Change) -> Written {
+        self.to_writer(|reply, slot| {
+            Job::Write(WriteJob {
+                change,
+                reply,
+                _slot: slot,
+            })
+        })
+        .await
+    }
+
+    /// Whether the store answers: the writer reaches this (after whatever it is committing)
+    /// and reads from the database. Changes nothing.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.to_writer(Job::Ping).await
+    }
+
+    /// Queues the job `make` builds around its reply and queue slot; its answer.
+    async fn to_writer<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>, OwnedSemaphorePermit) -> Job,
+    ) -> Result<T, StoreError> {
         let slot = self
             .write_slots
             .clone()
@@ -226,13 +277,15 @@ impl StoreService {
         let (reply, rx) = oneshot::channel();
         // Permits equal channel slots, so with a permit in hand try_send cannot be Full.
         self.write_tx
-            .try_send(WriteJob {
-                change,
-                reply,
-                _slot: slot,
-            })
+            .try_send(make(reply, slot))
             .map_err(|_| unavailable())?;
         rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Keys stored, and audit entries in the chain (a reader's query: the whole database's,
+    /// every node's on a shared store).
+    pub async fn stored(&self) -> Result<(u64, u64), StoreError> {
+        self.read(|store, _| store.stored()).await
     }
 
     /// Runs `f` on a reader thread with its store handle and the master key.
@@ -278,7 +331,7 @@ impl StoreService {
 fn write_loop(
     mut store: Store,
     master: &MasterKey,
-    rx: &Receiver<WriteJob>,
+    rx: &Receiver<Job>,
     queued: &Mutex<Queued>,
     stats: &StoreStats,
 ) {
@@ -306,20 +359,36 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        let mut pings = Vec::new();
         let (changes, replies): (Vec<_>, Vec<_>) = jobs
             .into_iter()
-            .map(|j| (j.change, (j.reply, j._slot)))
+            .filter_map(|j| match j {
+                Job::Write(j) => Some((j.change, (j.reply, j._slot))),
+                Job::Ping(reply, slot) => {
+                    pings.push((reply, slot));
+                    None
+                }
+            })
             .unzip();
         let n = changes.len();
         let audited = changes.iter().filter(|c| c.audit.is_some()).count();
         let denials = queued.lock().take();
         let d = denials.len();
+        if n == 0 && d == 0 {
+            answer_pings(&mut store, pings);
+            continue;
+        }
+        let started = std::time::Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| store.commit(master, changes, denials)))
             .unwrap_or_else(|_| Err(StoreError::Backend("store commit panicked".into())));
         // Sealing passed key bytes through this stack.
         crate::crypto::pool::scrub_stack();
         match outcome {
             Ok(results) => {
+                stats.commit_seconds.observe_duration(started.elapsed());
+                if n > 0 {
+                    stats.batch_size.observe(n as u64);
+                }
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
                     .noted
@@ -339,266 +408,27 @@ fn write_loop(
                 }
             }
         }
+        answer_pings(&mut store, pings);
+    }
+}
+
+/// Answers health checks that reached the writer: whether a read of the database succeeds.
+fn answer_pings(
+    store: &mut Store,
+    pings: Vec<(
+        oneshot::Sender<Result<(), StoreError>>,
+        OwnedSemaphorePermit,
+    )>,
+) {
+    if pings.is_empty() {
+        return;
+    }
+    let answer = catch_unwind(AssertUnwindSafe(|| store.ping()))
+        .unwrap_or_else(|_| Err(StoreError::Backend("store check panicked".into())));
+    for (reply, _slot) in pings {
+        let _ = reply.send(answer.clone());
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-    use std::sync::mpsc;
-
-    use ferrohsm_proto::KeyRef;
-
-    use super::*;
-    use crate::keys::audit::AuditRow;
-    use crate::keys::store::backend::{
-        Backend, ChangeLog, Counted, CounterRow, GrantRow, KeyFilter, KeyRow, Tx, VersionRow,
-    };
-
-    /// An audit entry as written: operation, detail, status.
-    type Entry = (String, String, String);
-    /// What one commit held: how many changes, and the audit entries written with them.
-    type Committed = (usize, Vec<Entry>);
-
-    /// A backend that keeps the audit entries of a transaction in memory, reports them at
-    /// commit, then holds the writer inside the commit until `hold` (the sender of `held`) is
-    /// dropped: the test fills the audit queue while the writer is busy.
-    struct HeldBackend {
-        committed: mpsc::Sender<Committed>,
-        held: Receiver<()>,
-        meta: HashMap<String, Vec<u8>>,
-        changes: usize,
-        entries: Vec<AuditRow>,
-        last: Option<(i64, Vec<u8>)>,
-    }
-
-    impl Backend for HeldBackend {
-        fn describe(&self) -> String {
-            "held".into()
-        }
-        fn reader(&self) -> Result<Box<dyn Backend>, StoreError> {
-            Ok(Box::new(HeldBackend {
-                committed: self.committed.clone(),
-                held: self.held.clone(),
-                meta: HashMap::new(),
-                changes: 0,
-                entries: Vec::new(),
-                last: None,
-            }))
-        }
-        fn change_log(&mut self) -> Option<&mut dyn ChangeLog> {
-            None
-        }
-        fn begin(&mut self, _: Tx) -> Result<(), StoreError> {
-            self.changes = 0;
-            self.entries.clear();
-            Ok(())
-        }
-        fn commit(&mut self) -> Result<(), StoreError> {
-            if self.changes == 0 && self.entries.is_empty() {
-                // Making the audit key, before the service starts.
-                return Ok(());
-            }
-            let entries = self
-                .entries
-                .drain(..)
-                .map(|r| (r.op.clone(), r.detail.clone(), r.status.clone()))
-                .collect();
-            let _ = self.committed.send((self.changes, entries));
-            // Returns at once when the sender is gone (the gate is open).
-            let _ = self.held.recv();
-            Ok(())
-        }
-        fn rollback(&mut self) {}
-        fn savepoint(&mut self) -> Result<(), StoreError> {
-            self.changes += 1;
-            Ok(())
-        }
-        fn release_savepoint(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(self.meta.get(name).cloned())
-        }
-        fn put_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.meta.insert(name.into(), value.to_vec());
-            Ok(())
-        }
-        fn delete_meta(&mut self, name: &str) -> Result<(), StoreError> {
-            self.meta.remove(name);
-            Ok(())
-        }
-        fn audit_last(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
-            Ok(self.last.clone())
-        }
-        fn audit_append(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
-            for row in rows {
-                self.last = Some((row.seq as i64, row.hash.to_vec()));
-                self.entries.push(row.clone());
-            }
-            Ok(())
-        }
-        fn key(&mut self, _: &str, _: &KeyRef) -> Result<Option<KeyRow>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn keys(
-            &mut self,
-            _: &str,
-            _: &KeyFilter,
-            _: u32,
-            _: usize,
-        ) -> Result<Vec<KeyRow>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn label_in_use(&mut self, _: &str, _: &str) -> Result<bool, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn count_by_owner(&mut self, _: Counted) -> Result<Vec<(String, i64)>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn count_owned(&mut self, _: Counted, _: &str) -> Result<i64, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn claim_ids(&mut self, _: &[(&str, &str)]) -> Result<Vec<Option<i64>>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn insert_keys(&mut self, _: &[KeyRow]) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn insert_version(&mut self, _: &str, _: i64, _: &VersionRow) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn set_sealed(&mut self, _: &str, _: i64, _: i64, _: &[u8]) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn retire_below(&mut self, _: &str, _: i64, _: i64) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn set_version(&mut self, _: &str, _: i64, _: i64) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn delete_key(&mut self, _: &str, _: i64) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn grants(&mut self) -> Result<Vec<GrantRow>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn grant(&mut self, _: &str, _: i64, _: &str) -> Result<Option<GrantRow>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn put_grant(&mut self, _: &GrantRow) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn delete_grant(&mut self, _: &str, _: i64, _: &str) -> Result<bool, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn counter(&mut self, _: &str, _: &str) -> Result<Option<CounterRow>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn put_counter(&mut self, _: &CounterRow) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn audit_rows(&mut self, _: u64) -> Result<Vec<AuditRow>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn owners(&mut self) -> Result<Vec<(String, i64)>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn put_owner(&mut self, _: &str, _: i64) -> Result<(), StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn counters(&mut self) -> Result<Vec<CounterRow>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn meta_all(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-            unreachable!("the writer only commits")
-        }
-        fn is_empty(&mut self) -> Result<bool, StoreError> {
-            unreachable!("the writer only commits")
-        }
-    }
-
-    fn denied(i: usize) -> AuditEvent {
-        AuditEvent {
-            time_ms: 1,
-            client: "mallory".into(),
-            session: 1,
-            transport: "tcp",
-            op: "sign",
-            key: "alice:k".into(),
-            detail: format!("entry {i}"),
-            status: "key_not_found",
-        }
-    }
-
-    const WAIT: Duration = Duration::from_secs(30);
-
-    #[test]
-    fn a_full_audit_queue_counts_what_it_drops_and_commits_the_count() {
-        let (committed_tx, committed) = mpsc::channel();
-        let (hold, held) = crossbeam_channel::bounded::<()>(0);
-        let store = Store::new(Box::new(HeldBackend {
-            committed: committed_tx,
-            held,
-            meta: HashMap::new(),
-            changes: 0,
-            entries: Vec::new(),
-            last: None,
-        }));
-        let mut store = store;
-        let master = MasterKey::generate().unwrap();
-        store.ensure_audit_key(&master).unwrap();
-        let s = StoreService::start(store, master, 1).unwrap();
-        let entry = |i: usize| -> Entry {
-            let e = denied(i);
-            (e.op.to_string(), e.detail, e.status.to_string())
-        };
-        // One entry, committed on its own after at most AUDIT_FLUSH; the writer then sits in
-        // that commit, so everything queued next waits.
-        s.audit_later(denied(0));
-        let (n, first) = committed
-            .recv_timeout(WAIT)
-            .expect("the first entry's commit");
-        assert_eq!(n, 0);
-        assert_eq!(first, vec![entry(0)]);
-        // The queue's bound, and three more, while the writer is held.
-        for i in 1..=AUDIT_CAP + 3 {
-            s.audit_later(denied(i));
-        }
-        assert!(
-            committed.try_recv().is_err(),
-            "nothing commits while the writer is held"
-        );
-        drop(hold);
-        // The queue reaching AUDIT_QUEUE asked for a commit at once (one empty `Record`
-        // change); it carries every entry the bound kept, then the count of the rest.
-        let (n, second) = committed.recv_timeout(WAIT).expect("the queue's commit");
-        assert_eq!(n, 1, "one flush request for the full queue");
-        assert_eq!(second.len(), AUDIT_CAP + 1);
-        let (overflow, kept) = second.split_last().unwrap();
-        assert_eq!(kept.first(), Some(&entry(1)));
-        assert_eq!(
-            kept.last(),
-            Some(&entry(AUDIT_CAP)),
-            "the newest three went"
-        );
-        assert!(kept.iter().all(|e| e.0 == "sign"));
-        assert_eq!(
-            overflow,
-            &(
-                "audit-overflow".to_string(),
-                "3 entries dropped: the audit queue was full".to_string(),
-                "dropped".to_string()
-            )
-        );
-        // The count starts again from zero: the next entry commits alone.
-        s.audit_later(denied(0));
-        let (n, third) = committed
-            .recv_timeout(WAIT)
-            .expect("the next entry's commit");
-        assert_eq!((n, third), (0, vec![entry(0)]));
-    }
-}
+mod tests;
