@@ -21,6 +21,63 @@ pub fn build_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
+/// Where the running test's build lives, in the terms cargo's flags use.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The target directory (`--target-dir`).
+    pub target_dir: PathBuf,
+    /// The `--target` triple, if the build had one.
+    pub triple: Option<String>,
+    /// The profile's directory under it: `debug` for the dev profile, else the profile's name.
+    pub profile_dir: String,
+}
+
+/// The layout of the running test's build: `target/<profile>`, or `target/<triple>/<profile>`
+/// for a build with `--target` (cargo marks the target directory itself with CACHEDIR.TAG).
+pub fn layout() -> Layout {
+    let dir = build_dir();
+    let profile_dir = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = dir.parent().expect("target dir");
+    let (target_dir, triple) = if parent.join("CACHEDIR.TAG").exists() {
+        (parent, None)
+    } else {
+        let root = parent.parent().expect("target dir");
+        (root, parent.file_name())
+    };
+    Layout {
+        target_dir: target_dir.to_path_buf(),
+        triple: triple.map(|t| t.to_string_lossy().into_owned()),
+        profile_dir,
+    }
+}
+
+/// The cargo that runs this test (`$CARGO`), as a command of its own: without what cargo set
+/// for this test process, which describes the test's package. Left in place it would make a
+/// build's fingerprints differ from the one the developer runs, and each would rebuild what the
+/// other built.
+pub fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.env("CARGO_TERM_COLOR", "never");
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || k.starts_with("CARGO_CRATE_")
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "LD_LIBRARY_PATH"
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
+    c
+}
+
 /// How long the build of the binaries may take.
 const BUILD_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
@@ -28,44 +85,17 @@ const BUILD_DEADLINE: Duration = Duration::from_secs(30 * 60);
 fn built() -> &'static Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = build_dir();
-        let profile = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // `target/<profile>`, or `target/<triple>/<profile>` for a build with `--target`:
-        // cargo marks the target directory itself with CACHEDIR.TAG.
-        let parent = dir.parent().expect("target dir");
-        let (target, triple) = if parent.join("CACHEDIR.TAG").exists() {
-            (parent, None)
-        } else {
-            let root = parent.parent().expect("target dir");
-            (root, parent.file_name())
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut c = Command::new(cargo);
+        let Layout {
+            target_dir,
+            triple,
+            profile_dir: profile,
+        } = layout();
+        let mut c = cargo();
         c.args(["build", "--workspace", "--bins", "--lib"])
             .arg("--target-dir")
-            .arg(target)
-            .env("CARGO_TERM_COLOR", "never");
+            .arg(&target_dir);
         if let Some(triple) = triple {
             c.arg("--target").arg(triple);
-        }
-        // What cargo set for this test process describes the test's package; left in place it
-        // would make this build's fingerprints differ from the one the developer runs, and
-        // each would rebuild what the other built.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || k.starts_with("CARGO_BIN_EXE_")
-                || k.starts_with("CARGO_CRATE_")
-                || k == "CARGO_PRIMARY_PACKAGE"
-                || k == "CARGO_TARGET_TMPDIR"
-                || k == "LD_LIBRARY_PATH"
-            {
-                c.env_remove(k.as_ref());
-            }
         }
         if locked() {
             c.arg("--locked");

@@ -91,14 +91,24 @@ pub fn hsmd_command() -> Command {
 /// `hsmd` of this build run by `prefix` (`["prlimit", "--nofile=256:256", "--"]`), with no
 /// passphrase from the developer's environment.
 pub fn hsmd_under(prefix: &[&str]) -> Command {
-    let mut c = match prefix {
-        [] => Command::new(bins::hsmd()),
+    match prefix {
+        [] => hsmd_at(&bins::hsmd()),
         [wrapper, rest @ ..] => {
             let mut c = Command::new(wrapper);
             c.args(rest).arg(bins::hsmd());
-            c
+            quiet(c)
         }
-    };
+    }
+}
+
+/// The `hsmd` at `path` (one a package installed, say), with no passphrase from the
+/// developer's environment.
+pub fn hsmd_at(path: &Path) -> Command {
+    quiet(Command::new(path))
+}
+
+/// `c` without the developer's passphrases, logging warnings only.
+fn quiet(mut c: Command) -> Command {
     c.env_remove("HSMD_PASSPHRASE")
         .env_remove("HSMD_NEW_PASSPHRASE")
         .env_remove("HSMD_STORE_PASSWORD")
@@ -230,9 +240,20 @@ impl Daemon {
         env: &[(&str, &str)],
         log: &Path,
     ) -> Result<Daemon, StartError> {
+        Daemon::spawn_command(hsmd_under(prefix), cwd, args, env, log)
+    }
+
+    /// [`Daemon::spawn`] with hsmd run as `hsmd` says ([`hsmd_at`], [`hsmd_under`]).
+    pub fn spawn_command(
+        mut hsmd: Command,
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Daemon, StartError> {
         let file = std::fs::File::create(log)
             .unwrap_or_else(|e| panic!("log file {}: {e}", log.display()));
-        let mut child = hsmd_under(prefix)
+        let mut child = hsmd
             .args(args)
             .current_dir(cwd)
             .envs(env.iter().copied())
