@@ -2,6 +2,7 @@
 //! window stops reading the socket), frames out (coalesced into few writes).
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use ferrohsm_proto::message::error_frame;
 use ferrohsm_proto::{ErrorBody, FrameError, FrameReader, Status};
@@ -59,6 +60,11 @@ impl Reader {
         let mut charge: Option<Charge> = None;
         let window = Arc::new(Semaphore::new(shared.window as usize));
         let mut shutdown = shared.shutdown.clone();
+        // When the frames in hand were read (or last waited for): the start of their
+        // duration in the metrics. One clock read serves every frame of one read that is
+        // handed on without waiting (a clock read costs about what the rest of a ping's
+        // bookkeeping does).
+        let mut read_at: Option<Instant> = None;
         loop {
             // Hand over every whole frame already buffered.
             loop {
@@ -73,6 +79,7 @@ impl Reader {
                     && let Some(h) = frames.peek_header()
                 {
                     let n = budget::cost(&h, shared.max_body);
+                    read_at = None;
                     charge = tokio::select! {
                         c = shared.budget.charge(c, n) => Some(c),
                         _ = &mut *stop => return None,
@@ -83,15 +90,26 @@ impl Reader {
                     .next_with(|h, body| (*h, ferrohsm_proto::Request::decode(h.opcode, body)));
                 match decoded {
                     Ok(Some((header, request))) => {
-                        let permit = tokio::select! {
-                            p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return None },
-                            _ = &mut *stop => return None,
-                            _ = shutdown.wait_for(|s| *s) => {
-                                self.refuse(header.opcode, header.request_id).await;
-                                return Some((rd, frames));
+                        let permit = match window.clone().try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                read_at = None;
+                                None
                             }
                         };
-                        let ticket = Ticket::new(permit, &shared.inflight, charge.take());
+                        let permit = match permit {
+                            Some(p) => p,
+                            None => tokio::select! {
+                                p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return None },
+                                _ = &mut *stop => return None,
+                                _ = shutdown.wait_for(|s| *s) => {
+                                    self.refuse(header.opcode, header.request_id).await;
+                                    return Some((rd, frames));
+                                }
+                            },
+                        };
+                        let at = *read_at.get_or_insert_with(Instant::now);
+                        let ticket = Ticket::new(at, permit, &shared.inflight, charge.take());
                         let more = frames.frame_ready();
                         let inbound = Inbound {
                             header,
@@ -127,7 +145,7 @@ impl Reader {
             };
             match n {
                 Ok(0) | Err(_) => return None,
-                Ok(_) => {}
+                Ok(_) => read_at = None,
             }
         }
     }

@@ -25,12 +25,13 @@ pub(super) struct Ticket {
 
 impl Ticket {
     pub(super) fn new(
+        started: std::time::Instant,
         window: OwnedSemaphorePermit,
         inflight: &Arc<InFlight>,
         charge: Option<budget::Charge>,
     ) -> Ticket {
         Ticket {
-            started: std::time::Instant::now(),
+            started,
             _window: window,
             _inflight: inflight.enter(),
             _charge: charge,
