@@ -24,6 +24,8 @@
 //!  session writer  response frame on the wire, window slot returned
 //!
 //!  admission/  leaf: handshake places (gate.rs), connection slots, the descriptor budget
+//!  metrics/    counters the sessions, listeners and store writer add to (relaxed atomics);
+//!              with `[metrics] listen`, /metrics and /health over HTTP (hyper), stopped last
 //!  keys/       manager, policy, seal (master key), service (store threads, group commit),
 //!              store/ (format over a backend: sqlite/ keys.db, or postgres/ shared by nodes)
 //! ```
@@ -337,9 +339,20 @@ where
     if let Some(addr) = bound.tcp.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%addr, "plain TCP listener on a non-loopback address: traffic is not confidential");
     }
-    ready(&bound);
-    notify::ready(&bound.to_string());
-    shutdown.await;
+    // The shutdown future is polled once before anyone hears that hsmd is up, so the signal
+    // handlers it installs (`signal()`) are in place: a SIGTERM right after the readiness line
+    // drains like any other instead of ending the process by the default action.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stopped_early = tokio::select! {
+        biased;
+        _ = &mut shutdown => true,
+        _ = std::future::ready(()) => false,
+    };
+    if !stopped_early {
+        ready(&bound);
+        notify::ready(&bound.to_string());
+        shutdown.await;
+    }
     notify::stopping();
     health.drain();
     tracing::info!("shutting down: no new work; finishing requests in flight");
