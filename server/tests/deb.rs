@@ -330,7 +330,6 @@ fn the_maintainer_scripts_make_the_user_and_never_delete_keys() {
     let postinst = p.control_file("postinst");
     let code = settings(&postinst);
     for want in [
-        "adduser --system --group --quiet --home /var/lib/ferrohsm --no-create-home \\",
         "install -d -o ferrohsm -g ferrohsm -m 0700 /var/lib/ferrohsm",
         // Enabled at install; restarted after an upgrade only if it runs; never started here.
         "deb-systemd-helper enable hsmd.service >/dev/null || true",
@@ -358,6 +357,107 @@ fn the_maintainer_scripts_make_the_user_and_never_delete_keys() {
         );
     }
     assert!(settings(&postrm).contains(&"rmdir /var/lib/ferrohsm 2>/dev/null || true"));
+}
+
+/// Runs the package's postinst (`configure`) with every command it calls replaced by a stub
+/// that logs its arguments; `getent` finds the user and the group as told. The commands run,
+/// one a line.
+fn postinst_calls(p: &Package, user: bool, group: bool) -> Vec<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let stubs = tmp.path().join("bin");
+    std::fs::create_dir(&stubs).unwrap();
+    let log = tmp.path().join("calls");
+    let stub = |name: &str, body: &str| {
+        let f = stubs.join(name);
+        std::fs::write(
+            &f,
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> '{}'\n{body}",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    stub(
+        "getent",
+        &format!(
+            "case \"$1\" in passwd) exit {};; group) exit {};; esac\nexit 2\n",
+            if user { 0 } else { 2 },
+            if group { 0 } else { 2 }
+        ),
+    );
+    for name in [
+        "adduser",
+        "addgroup",
+        "install",
+        "deb-systemd-helper",
+        "deb-systemd-invoke",
+        "systemctl",
+        "dpkg-maintscript-helper",
+    ] {
+        stub(name, "exit 0\n");
+    }
+    run(Command::new("/bin/sh")
+        .arg(p.control.join("postinst"))
+        .arg("configure")
+        .env_clear()
+        .env("PATH", &stubs)
+        .env("DPKG_MAINTSCRIPT_PACKAGE", PACKAGE));
+    std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_postinst_makes_only_what_is_missing_of_the_user_and_its_group() {
+    let Some(p) = package() else { return };
+    let made = |calls: &[String], cmd: &str| calls.iter().any(|c| c.starts_with(cmd));
+    let adduser = "adduser --system --quiet --ingroup ferrohsm --home /var/lib/ferrohsm \
+                   --no-create-home --shell /usr/sbin/nologin ferrohsm";
+    // A first install: the group, then the user in it.
+    let calls = postinst_calls(p, false, false);
+    let group_at = calls
+        .iter()
+        .position(|c| c == "addgroup --system --quiet ferrohsm");
+    let user_at = calls.iter().position(|c| c == adduser);
+    assert!(
+        group_at.is_some() && user_at.is_some() && group_at < user_at,
+        "{calls:#?}"
+    );
+    // Reinstalled, or both made by the admin: neither again.
+    let calls = postinst_calls(p, true, true);
+    assert!(
+        !made(&calls, "addgroup") && !made(&calls, "adduser"),
+        "{calls:#?}"
+    );
+    // A user the admin made without a group of its name: the group is made, the user kept.
+    let calls = postinst_calls(p, true, false);
+    assert!(
+        made(&calls, "addgroup") && !made(&calls, "adduser"),
+        "{calls:#?}"
+    );
+    // A group without the user: the user joins it.
+    let calls = postinst_calls(p, false, true);
+    assert!(
+        !made(&calls, "addgroup") && made(&calls, adduser),
+        "{calls:#?}"
+    );
+    // Enabled, never started here.
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("deb-systemd-helper") && c.contains("hsmd.service")),
+        "{calls:#?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("deb-systemd-invoke start") || c.contains("hsmd init")),
+        "{calls:#?}"
+    );
 }
 
 #[test]
