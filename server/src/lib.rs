@@ -185,6 +185,16 @@ fn open_keys(config: &Config) -> Result<Arc<keys::manager::KeyManager>, ServerEr
                 context: "cannot start the store follower thread".into(),
                 source: e,
             })?;
+    // A node of a shared store serves once it follows the other nodes' changes.
+    let within = st
+        .postgres
+        .as_ref()
+        .map_or(Duration::ZERO, |pg| pg.connect_timeout + pg.timeout);
+    if !km.wait_following(within) {
+        tracing::warn!(
+            "not yet following the other nodes' changes; keys are read from the database until it does"
+        );
+    }
     Ok(Arc::new(km))
 }
 
@@ -233,10 +243,14 @@ where
         per_source: config.limits.max_handshakes_per_source,
     };
     // A shm session holds its set-up socket and its segment; count 3 for every connection.
+    // The metrics endpoint's connections (and the one it closes unanswered) come off the top.
     let reserved = admission::reserved(
         arbiters.len(),
         config.store.as_ref().map_or(0, |s| s.readers) + 1,
-    );
+    ) + config
+        .metrics
+        .as_ref()
+        .map_or(0, |_| metrics::http::MAX_CONNECTIONS + 3);
     let places = admission::fit(nofile, reserved, listeners, 3, configured);
     if places != configured {
         tracing::warn!(
@@ -257,38 +271,13 @@ where
         arbiters: arbiters.clone(),
         connections: places.connections,
     });
-    let store_place = config
-        .store
-        .as_ref()
-        .map(|s| s.describe())
-        .unwrap_or_default();
+    let store_place = config.store.as_ref().map(|s| s.place()).unwrap_or_default();
     let health = Arc::new(metrics::health::Health::new(
         km.store().clone(),
         store_place,
     ));
     let dispatcher = Arc::new(dispatch::Dispatcher::new(km, pool, config.inline_max));
     let shared = Arc::new(session::Sessions::new(&config, dispatcher, stop_rx));
-    // The metrics endpoint is bound first and stopped last: it answers `draining` while the
-    // session listeners are closed and requests in flight finish.
-    let (metrics_stop, metrics_stopped) = watch::channel(false);
-    let mut bound = Bound::default();
-    if let Some(m) = &config.metrics {
-        let l = tokio::net::TcpListener::bind(m.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: format!("{} ([metrics] listen)", m.listen),
-                source,
-            })?;
-        bound.metrics = l.local_addr().ok();
-        let scrape = Arc::new(metrics::http::Scrape {
-            metrics: shared.metrics.clone(),
-            health: health.clone(),
-            keys: shared.dispatcher.keys().clone(),
-            pool: shared.dispatcher.pool().clone(),
-            budget: shared.budget.clone(),
-        });
-        actix::spawn(metrics::http::serve(l, scrape, metrics_stopped));
-    }
     // Build every acceptor before binding anything, so a bad certificate or key fails fast.
     let cert_tls = match &config.tls {
         Some(t) => Some(listener::Secured(listener::tls::CertTls::new(
@@ -303,6 +292,30 @@ where
         )?)),
         None => None,
     };
+    // The metrics endpoint is bound first (it answers `starting` until every listener is
+    // bound) and stopped last: it answers `draining` while the session listeners are closed
+    // and requests in flight finish. It runs on a thread of its own.
+    let (metrics_stop, metrics_stopped) = watch::channel(false);
+    let mut bound = Bound::default();
+    let mut metrics_thread = None;
+    if let Some(m) = &config.metrics {
+        let l = std::net::TcpListener::bind(m.listen).map_err(|source| ServerError::Bind {
+            addr: format!("{} ([metrics] listen)", m.listen),
+            source,
+        })?;
+        bound.metrics = l.local_addr().ok();
+        let scrape = Arc::new(metrics::http::Scrape {
+            metrics: shared.metrics.clone(),
+            health: health.clone(),
+            keys: shared.dispatcher.keys().clone(),
+            pool: shared.dispatcher.pool().clone(),
+            budget: shared.budget.clone(),
+        });
+        metrics_thread = Some(
+            metrics::http::start(l, scrape, metrics_stopped)
+                .map_err(|e| ServerError::io("cannot start the metrics endpoint", e))?,
+        );
+    }
     let (memory_tx, memory_rx) = tokio::sync::mpsc::channel(64);
     bound.memory = Some(listener::memory::MemoryConnector(memory_tx));
     actix::spawn(listener::memory::accept(
@@ -327,9 +340,9 @@ where
     }
     let mut shm_socket = None;
     if let Some(t) = &config.shm {
-        let l = listener::shm::bind(&t.socket, t.mode)?;
+        let (l, socket) = listener::shm::bind(&t.socket, t.mode)?;
         bound.shm = Some(t.socket.clone());
-        shm_socket = listener::shm::Bound::of(&t.socket);
+        shm_socket = Some(socket);
         let shm = listener::shm::Shm {
             ring_size: t.ring_size,
         };
@@ -349,6 +362,7 @@ where
         _ = std::future::ready(()) => false,
     };
     if !stopped_early {
+        health.serving();
         ready(&bound);
         notify::ready(&bound.to_string());
         shutdown.await;
@@ -384,6 +398,11 @@ where
         "key store: every acknowledged change is on disk"
     );
     let _ = metrics_stop.send(true);
+    if let Some(t) = metrics_thread
+        && t.join().is_err()
+    {
+        tracing::warn!("the metrics endpoint's thread panicked");
+    }
     drop(shared);
     arbiters.stop();
     actix::System::current().stop();

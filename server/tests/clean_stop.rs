@@ -70,6 +70,38 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     );
 }
 
+/// Of two hsmd starting at once on one stale socket file, only the one holding the lock beside
+/// it replaces the file: here the test holds that lock, and hsmd is refused, naming it, with
+/// the stale file left alone; once the lock is free hsmd takes it.
+#[test]
+fn the_lock_beside_the_socket_decides_who_replaces_a_stale_one() {
+    let d = Data::init("alice");
+    let socket = d.dir.join("hsmd.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let lock_path = d.dir.join("hsmd.sock.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    let err = d.refuses(&["--config", &d.config()], &[]);
+    assert!(
+        err.contains("is in use") && err.contains(lock_path.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(
+        socket.exists(),
+        "the stale socket was left for the lock's holder"
+    );
+    drop(lock);
+    let hsmd = d.start();
+    assert_eq!(
+        ok(&d.ctl_over("alice", "shm", &["ping"], d.tmp())).trim(),
+        "ok"
+    );
+    assert!(hsmd.terminate().success());
+    assert!(!socket.exists());
+    // The lock file stays: removing it would let two later starts lock two different files.
+    assert!(lock_path.exists());
+}
+
 /// In this process, with another connection to the database held open across the stop: the
 /// WAL is empty when the stop returns. (Removing hsmd's explicit checkpoint did not make this
 /// fail on this machine: something else, not yet found, also empties the WAL at the stop. The

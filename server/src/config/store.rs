@@ -63,6 +63,18 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// Where the store is, for an unauthenticated reader (`/health`): its file, or
+    /// `HOST:PORT/DB` (no user, no options).
+    pub fn place(&self) -> String {
+        match &self.postgres {
+            Some(pg) => crate::keys::store::postgres::check_url(&pg.url)
+                .ok()
+                .and_then(|what| what.split_once('@').map(|(_, at)| at.to_string()))
+                .unwrap_or_else(|| "postgres".into()),
+            None => self.path.display().to_string(),
+        }
+    }
+
     /// The store's name in messages: its file, or `postgres://USER@HOST:PORT/DB`.
     pub fn describe(&self) -> String {
         match &self.postgres {

@@ -262,14 +262,24 @@ fn write_node(
     set(&mut t, "tls", "key", s("pki/server.key".into()));
     set(&mut t, "tls_psk", "addr", s(opts.tls_psk.to_string()));
     set(&mut t, "shm", "socket", s(shm_in_config.to_string()));
+    // The metrics address is this host's, like the listeners': off until set here (D's on
+    // the same host would be taken).
+    let metrics = t.remove("metrics").is_some();
     let text = format!(
         "# FerroHSM server configuration (written by hsmd init --join {}): node {node} of the \
-         cluster on {}\n\n{t}",
+         cluster on {}\n\n{t}{}",
         from.display(),
         config
             .store
             .as_ref()
-            .map_or_else(String::new, |st| st.describe())
+            .map_or_else(String::new, |st| st.describe()),
+        if metrics {
+            "\n# [metrics]   # GET /metrics and /health: D's address was not copied; set this node's\n\
+             # listen = \"127.0.0.1:9301\"\n"
+        } else {
+            "\n# [metrics]   # GET /metrics (Prometheus) and GET /health; off unless set\n\
+             # listen = \"127.0.0.1:9301\"\n"
+        }
     );
     write_file(&dir.join("hsmd.toml"), text.as_bytes(), 0o644)?;
     Ok(profiles)

@@ -50,6 +50,19 @@ impl Following {
         self.applied.load(Ordering::Acquire) >= seq
     }
 
+    /// Waits up to `within` for the follower's first look (which drops whatever was cached
+    /// before it); whether it came.
+    pub fn wait_first_look(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while self.confirmed.load(Ordering::Acquire) == 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
     /// Whether memory was confirmed within `revalidate_ms`: cached keys and grants may be
     /// used without asking the database.
     pub fn fresh(&self) -> bool {

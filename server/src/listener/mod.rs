@@ -152,6 +152,7 @@ impl<H: TlsHandshake> Transport for Secured<H> {
     type Listen = TcpListener;
 
     async fn start(self, shared: Arc<Sessions>, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+        let started = std::time::Instant::now();
         let handshake = self.0.handshake(stream, shared.handshake_timeout);
         let done = tokio::select! {
             done = handshake => done,
@@ -162,9 +163,14 @@ impl<H: TlsHandshake> Transport for Secured<H> {
         let (tls, credential) = match done {
             Ok(ok) => ok,
             Err(e) => {
-                shared
-                    .metrics
-                    .refused(H::NAME, crate::metrics::Refusal::Tls);
+                // The handshake's deadline is the transport's own: one that ran out is a
+                // timeout, anything else a TLS failure (a bad certificate, an unknown PSK).
+                let why = if started.elapsed() >= shared.handshake_timeout {
+                    crate::metrics::Refusal::Timeout
+                } else {
+                    crate::metrics::Refusal::Tls
+                };
+                shared.metrics.refused(H::NAME, why);
                 return crate::logsafe::limited(
                     "tls",
                     &peer.ip().to_string(),

@@ -36,10 +36,46 @@ use crate::metrics::Refusal;
 use crate::session::login::{self, Login};
 use crate::session::{Conn, Sessions, serve};
 
+/// The lock file beside the socket: `hsmd.sock.lock` for `hsmd.sock`.
+pub fn lock_path(socket: &Path) -> std::path::PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
 /// Binds the socket: a stale socket file from a previous run is replaced, anything else at the
 /// path is refused; the mode limits who can connect at all.
-pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+///
+/// First the lock file beside it is taken (and held while this process serves): of two hsmd
+/// starting at once on one stale socket file, one replaces it and the other is refused,
+/// instead of the second unlinking the first's fresh socket. The lock file stays after a stop
+/// (removing it would let two later starts lock two different files).
+pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, Bound), ServerError> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let lock_at = lock_path(path);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_at)
+        .map_err(|e| ServerError::io(format!("cannot open {}", lock_at.display()), e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(ServerError::Config(format!(
+                "shm.socket {} is in use: another hsmd holds {}",
+                path.display(),
+                lock_at.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(ServerError::io(
+                format!("cannot lock {}", lock_at.display()),
+                e,
+            ));
+        }
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ServerError::Config(format!(
@@ -82,31 +118,39 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| ServerError::io(format!("cannot set the mode of {}", path.display()), e))?;
-    Ok(l)
+    let bound = Bound::of(path, lock).ok_or_else(|| {
+        ServerError::Config(format!(
+            "shm.socket {} vanished as it was bound",
+            path.display()
+        ))
+    })?;
+    Ok((l, bound))
 }
 
 /// The socket file this process bound, to remove at a clean stop: by its device and inode, so
-/// a file another process put there since is left alone.
+/// a file another process put there since is left alone. Holds the lock file's lock until then.
 #[derive(Debug)]
 pub struct Bound {
     path: std::path::PathBuf,
     dev: u64,
     ino: u64,
+    _lock: std::fs::File,
 }
 
 impl Bound {
-    /// The socket at `path`, as it is now (just after the bind).
-    pub fn of(path: &Path) -> Option<Bound> {
+    /// The socket at `path`, as it is now (just after the bind), and the lock held for it.
+    fn of(path: &Path, lock: std::fs::File) -> Option<Bound> {
         use std::os::unix::fs::MetadataExt as _;
         let m = std::fs::symlink_metadata(path).ok()?;
         Some(Bound {
             path: path.to_path_buf(),
             dev: m.dev(),
             ino: m.ino(),
+            _lock: lock,
         })
     }
 
-    /// Removes the socket file if it is still the one bound.
+    /// Removes the socket file if it is still the one bound, then lets the lock go.
     pub fn remove(self) {
         use std::os::unix::fs::MetadataExt as _;
         match std::fs::symlink_metadata(&self.path) {

@@ -1,23 +1,35 @@
-//! Whether this node serves: not draining, and its store answered within the last second.
+//! Whether this node serves: started, not draining, and its store answered within the last
+//! second; and what the store holds, for the `_stored` gauges.
 //!
-//! The store check runs when asked (a `/health` or a scrape), at most one at a time, and its
-//! answer is reused for up to [`FRESH`]: a load balancer polling every 100 ms costs one store
-//! round trip a second. On SQLite the check is the writer answering (behind any commit it is
-//! in: a stuck disk makes the node unhealthy), then a read; on PostgreSQL a read transaction
-//! on the writer's connection.
+//! Nothing here runs per request of the HSM. A store check is one job at a time, whoever asks
+//! and however often: it runs on its own (a waiter that gives up does not cancel it, and no
+//! second one starts while it runs), its answer stands for [`FRESH`], and a failed one is not
+//! tried again sooner. A load balancer polling every 100 ms costs one check a second; a peer
+//! hammering `/metrics` costs one count of the keys per [`STORED_FRESH`]. On SQLite the check is the store writer answering (behind
+//! any commit it is in: a stuck disk makes the node unhealthy) with a read; on PostgreSQL the
+//! same read over the writer's connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::keys::service::StoreService;
 
-/// How long a store check's answer stands.
+/// How long a store check's success stands.
 pub const FRESH: Duration = Duration::from_secs(1);
 
-/// How long a store check may take before the store counts as unreachable.
+/// How long `/health` waits for a store check before it calls the store unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the keys and audit entries counted stand (a count of the keys reads every key's
+/// row: not something an unauthenticated peer may make the store do more often).
+pub const STORED_FRESH: Duration = Duration::from_secs(15);
+
+/// How old a count may be and still be shown while a newer one is being made.
+pub const STORED_STALE: Duration = Duration::from_secs(60);
 
 /// What is stored, for the `_stored` gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,112 +40,166 @@ pub struct Stored {
     pub audit_entries: u64,
 }
 
-/// A value worth asking for at most once per [`FRESH`].
+/// A store question asked by one job at a time and at most once per `gap`, its last answer
+/// kept with when it came.
 #[derive(Debug)]
-struct Cached<T> {
+struct Probe<T> {
     last: Mutex<Option<(Instant, T)>>,
-    // One question at a time: the others wait for its answer.
-    asking: tokio::sync::Mutex<()>,
+    // When the last job started: a failure is not asked again sooner than `gap` after.
+    tried: Mutex<Option<Instant>>,
+    gap: Duration,
+    running: AtomicBool,
+    answered: Notify,
 }
 
-impl<T> Default for Cached<T> {
-    fn default() -> Self {
-        Cached {
+impl<T: Clone + Send + 'static> Probe<T> {
+    fn new(gap: Duration) -> Arc<Probe<T>> {
+        Arc::new(Probe {
             last: Mutex::new(None),
-            asking: tokio::sync::Mutex::new(()),
-        }
+            tried: Mutex::new(None),
+            gap,
+            running: AtomicBool::new(false),
+            answered: Notify::new(),
+        })
     }
-}
 
-impl<T: Clone> Cached<T> {
-    fn fresh(&self) -> Option<T> {
+    /// The last answer, if it came within `fresh`.
+    fn within(&self, fresh: Duration) -> Option<T> {
         let last = self.last.lock();
         last.as_ref()
-            .filter(|(at, _)| at.elapsed() < FRESH)
+            .filter(|(at, _)| at.elapsed() < fresh)
             .map(|(_, v)| v.clone())
     }
 
-    async fn get<F: Future<Output = T>>(&self, ask: impl FnOnce() -> F) -> T {
-        if let Some(v) = self.fresh() {
-            return v;
+    /// Starts `ask` unless a job is running; it records its answer (`None`: none to keep)
+    /// whenever it finishes, whether or not anyone still waits.
+    fn start<F>(self: &Arc<Self>, ask: F)
+    where
+        F: Future<Output = Option<T>> + 'static,
+    {
+        {
+            let mut tried = self.tried.lock();
+            if tried.is_some_and(|t| t.elapsed() < self.gap) {
+                return;
+            }
+            if self.running.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *tried = Some(Instant::now());
         }
-        let _one = self.asking.lock().await;
-        if let Some(v) = self.fresh() {
-            return v;
-        }
-        let v = ask().await;
-        *self.last.lock() = Some((Instant::now(), v.clone()));
-        v
+        let me = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Some(v) = ask.await {
+                *me.last.lock() = Some((Instant::now(), v));
+            }
+            me.running.store(false, Ordering::Release);
+            me.answered.notify_waiters();
+        });
+    }
+
+    /// Waits up to `within` for the running job, if any, to answer.
+    async fn wait(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                let answered = self.answered.notified();
+                if !self.running.load(Ordering::Acquire) {
+                    return;
+                }
+                answered.await;
+            }
+        })
+        .await;
     }
 }
+
+/// Where the node is in its life, as `/health` reports it.
+const STARTING: u8 = 0;
+const SERVING: u8 = 1;
+const DRAINING: u8 = 2;
 
 /// The node's health, as `/health` reports it.
 #[derive(Debug)]
 pub struct Health {
     store: StoreService,
-    // Where the store is (a path, or postgres://user@host:port/db), for the 503's body.
+    // Where the store is (a path, or host:port/db), for the 503's body.
     place: String,
-    draining: AtomicBool,
-    check: Cached<Result<(), String>>,
-    stored: Cached<Option<Stored>>,
+    phase: AtomicU8,
+    // When the store last answered a check.
+    check: Arc<Probe<()>>,
+    stored: Arc<Probe<Stored>>,
 }
 
 impl Health {
-    /// Health over `store`, described as `place` in messages.
+    /// Health over `store`, described as `place` in the unreachable answer.
     pub fn new(store: StoreService, place: String) -> Health {
         Health {
             store,
             place,
-            draining: AtomicBool::new(false),
-            check: Cached::default(),
-            stored: Cached::default(),
+            phase: AtomicU8::new(STARTING),
+            check: Probe::new(FRESH),
+            stored: Probe::new(STORED_FRESH),
         }
+    }
+
+    /// Every listener is bound: the node serves.
+    pub fn serving(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(STARTING, SERVING, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The node has begun to drain: from now on it is not healthy.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.phase.store(DRAINING, Ordering::Release);
     }
 
     /// `Ok` while the node serves and its store answers; otherwise the reason, as `/health`'s
-    /// body says it (`draining`, `store unreachable: <where>`).
+    /// body says it (`starting`, `draining`, `store unreachable: <where>`).
     pub async fn check(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::Acquire) {
-            return Err("draining".into());
+        match self.phase.load(Ordering::Acquire) {
+            STARTING => return Err("starting".into()),
+            DRAINING => return Err("draining".into()),
+            _ => {}
         }
-        self.check
-            .get(|| async {
-                match tokio::time::timeout(PROBE_TIMEOUT, self.store.ping()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "health: the key store did not answer");
-                        Err(format!("store unreachable: {}", self.place))
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            "health: the key store did not answer within {PROBE_TIMEOUT:?}"
-                        );
-                        Err(format!("store unreachable: {}", self.place))
-                    }
+        if self.check.within(FRESH).is_some() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        self.check.start(async move {
+            match store.ping().await {
+                Ok(()) => Some(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "health: the key store did not answer");
+                    None
                 }
-            })
-            .await
+            }
+        });
+        self.check.wait(PROBE_TIMEOUT).await;
+        match self.check.within(FRESH) {
+            Some(()) => Ok(()),
+            None => Err(format!("store unreachable: {}", self.place)),
+        }
     }
 
-    /// Keys and audit entries stored (`None` when the store does not answer in time).
+    /// Keys and audit entries stored: counted at most once per [`STORED_FRESH`]; `None`
+    /// when the store has not answered a count for [`STORED_STALE`].
     pub async fn stored(&self) -> Option<Stored> {
-        self.stored
-            .get(|| async {
-                tokio::time::timeout(PROBE_TIMEOUT, self.store.stored())
-                    .await
-                    .ok()?
-                    .ok()
-                    .map(|(keys, audit_entries)| Stored {
-                        keys,
-                        audit_entries,
-                    })
-            })
-            .await
+        if let Some(s) = self.stored.within(STORED_FRESH) {
+            return Some(s);
+        }
+        let store = self.store.clone();
+        self.stored.start(async move {
+            store
+                .stored()
+                .await
+                .ok()
+                .map(|(keys, audit_entries)| Stored {
+                    keys,
+                    audit_entries,
+                })
+        });
+        self.stored.wait(PROBE_TIMEOUT).await;
+        self.stored.within(STORED_STALE)
     }
 
     /// The store's commit counters.

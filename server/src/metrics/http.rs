@@ -1,16 +1,21 @@
 //! The HTTP endpoint (`[metrics] listen`): `GET /metrics` and `GET /health`, nothing else.
 //!
 //! hyper serves each connection (HTTP/1.1, no keep-alive: one request, then the connection
-//! closes), on the main thread's runtime, apart from the HSM's own listeners. Bounded: at most
-//! [`MAX_CONNECTIONS`] at once (more are closed as they arrive), the request's head within
-//! [`HEAD_TIMEOUT`] and at most 8 KiB, the whole exchange within [`CONNECTION_TIMEOUT`].
-//! A request body is never read.
+//! closes) on a thread of its own (`hsm-metrics`), apart from the HSM's listeners and
+//! sessions. Bounded: at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_SOURCE`] from one
+//! address (more are closed as they arrive, so one peer cannot take every place from a load
+//! balancer's checks), the request's head within [`HEAD_TIMEOUT`] and at most 8 KiB, the whole
+//! exchange within [`CONNECTION_TIMEOUT`]. A request body is never read.
 //!
 //! It stops after the session listeners and the drain, so while the node drains `/health`
 //! answers 503 `draining`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +35,8 @@ use crate::session::budget::Budget;
 
 /// Connections served at once, at most.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Connections from one address served at once, at most.
+pub const MAX_PER_SOURCE: usize = 4;
 /// Longest a client may take to send its request line and headers.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a whole connection may last.
@@ -52,15 +59,72 @@ pub struct Scrape {
     pub budget: Arc<Budget>,
 }
 
-/// Serves `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>, mut stop: watch::Receiver<bool>) {
+/// Serves `listener` on a thread of its own until `stop` turns true; the thread ends then
+/// (connections still open are closed).
+pub fn start(
+    listener: std::net::TcpListener,
+    scrape: Arc<Scrape>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("hsm-metrics".into())
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, scrape, stop).await,
+                    Err(e) => tracing::error!(error = %e, "metrics: cannot serve its socket"),
+                }
+            });
+        })
+}
+
+/// A place taken by one source's connection, given back on drop.
+struct SourcePlace {
+    ip: IpAddr,
+    taken: Rc<RefCell<HashMap<IpAddr, usize>>>,
+}
+
+impl SourcePlace {
+    fn take(taken: &Rc<RefCell<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<SourcePlace> {
+        let mut map = taken.borrow_mut();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourcePlace {
+            ip,
+            taken: taken.clone(),
+        })
+    }
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut map = self.taken.borrow_mut();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, scrape: Arc<Scrape>, mut stop: watch::Receiver<bool>) {
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources = Rc::new(RefCell::new(HashMap::new()));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: accept failed");
@@ -68,12 +132,15 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>, mut stop: watch::
                 continue;
             }
         };
-        // Full: this one is closed at once, unanswered; the HSM's listeners never notice.
+        // Full, or its source's places all taken: closed at once, unanswered.
+        let Some(source) = SourcePlace::take(&sources, peer.ip()) else {
+            continue;
+        };
         let Ok(place) = places.clone().try_acquire_owned() else {
             continue;
         };
         let scrape = scrape.clone();
-        actix::spawn(async move {
+        tokio::task::spawn_local(async move {
             let service = hyper::service::service_fn(move |req| {
                 let scrape = scrape.clone();
                 async move { Ok::<_, Infallible>(scrape.answer(req).await) }
@@ -85,7 +152,7 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>, mut stop: watch::
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(place);
+            drop((place, source));
         });
     }
 }

@@ -90,7 +90,8 @@ impl Budget {
             .clone()
     }
 
-    fn try_charge(self: &Arc<Self>, account: &Arc<Account>, n: usize) -> Option<Charge> {
+    /// Charges `n` bytes to `account` if that fits now, without waiting.
+    pub fn try_charge(self: &Arc<Self>, account: &Arc<Account>, n: usize) -> Option<Charge> {
         // A request larger than a share is charged as a whole share (it waits for the
         // client's other requests to finish, never forever).
         let n = n.min(self.per_client);

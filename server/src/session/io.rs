@@ -21,6 +21,8 @@ pub(super) struct Reader {
     pub(super) close: actix::Recipient<Close>,
     pub(super) out: mpsc::Sender<Outbound>,
     pub(super) peer: String,
+    // The transport's place among the metrics' transports.
+    pub(super) transport: usize,
     pub(super) authed: Arc<OnceLock<Arc<str>>>,
     // How long to look for the next request before the thread may sleep (zero: not at all).
     pub(super) spin: std::time::Duration,
@@ -79,11 +81,16 @@ impl Reader {
                     && let Some(h) = frames.peek_header()
                 {
                     let n = budget::cost(&h, shared.max_body);
-                    read_at = None;
-                    charge = tokio::select! {
-                        c = shared.budget.charge(c, n) => Some(c),
-                        _ = &mut *stop => return None,
-                        _ = shutdown.wait_for(|s| *s) => return Some((rd, frames)),
+                    charge = match shared.budget.try_charge(c, n) {
+                        Some(c) => Some(c),
+                        None => {
+                            read_at = None;
+                            tokio::select! {
+                                c = shared.budget.charge(c, n) => Some(c),
+                                _ = &mut *stop => return None,
+                                _ = shutdown.wait_for(|s| *s) => return Some((rd, frames)),
+                            }
+                        }
                     };
                 }
                 let decoded = frames
@@ -181,6 +188,8 @@ impl Reader {
 
     /// Answers one request `shutting_down`.
     async fn refuse(&self, opcode: u16, request_id: u64) {
+        let status = Some(Status::ShuttingDown);
+        (self.shared.metrics).answered(opcode, self.transport, status, Instant::now());
         let body = ErrorBody::new(
             Status::ShuttingDown,
             "hsmd is shutting down: it takes no new work",
@@ -203,6 +212,9 @@ impl Reader {
             message.push_str(" allowed before authentication");
         }
         tracing::info!(peer = %self.peer, error = %message, "malformed frame; closing connection");
+        // Its operation is unknown: the header did not read (or its body was not taken).
+        let unknown = u16::MAX;
+        (self.shared.metrics).answered(unknown, self.transport, Some(e.status()), Instant::now());
         let frame = error_frame(0, 0, &ErrorBody::new(e.status(), message));
         let _ = self
             .out

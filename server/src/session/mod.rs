@@ -440,6 +440,7 @@ where
         close: session.recipient(),
         out: out_tx,
         peer,
+        transport,
         authed,
     };
     actix::spawn(reader.run(rd, stop_rx));

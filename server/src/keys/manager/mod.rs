@@ -141,6 +141,15 @@ impl KeyManager {
         })
     }
 
+    /// On a store several nodes share: waits up to `within` for the follower's first look
+    /// of the change log, so a node serves only once it follows the others (a key cached
+    /// before that look would be dropped by it). `true` at once on a store of its own.
+    pub fn wait_following(&self, within: std::time::Duration) -> bool {
+        self.following
+            .as_ref()
+            .is_none_or(|f| f.wait_first_look(within))
+    }
+
     /// This node's name, backend and sessions open.
     pub fn node_info(&self) -> &NodeInfo {
         &self.node

@@ -113,7 +113,7 @@ pub struct StoreStats {
     /// The change-log position of the last commit that changed a grant (a store several nodes
     /// share; 0 before).
     pub noted: AtomicU64,
-    /// How long each commit took (its transaction and fsync).
+    /// How long each commit took (its transaction and fsync), failed ones too.
     pub commit_seconds: Histogram,
     /// Changes per commit (audit entries of denied requests aside).
     pub batch_size: Histogram,
@@ -381,11 +381,12 @@ fn write_loop(
         let started = std::time::Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| store.commit(master, changes, denials)))
             .unwrap_or_else(|_| Err(StoreError::Backend("store commit panicked".into())));
+        // Failed commits are timed too: a disk that fails slowly shows.
+        stats.commit_seconds.observe_duration(started.elapsed());
         // Sealing passed key bytes through this stack.
         crate::crypto::pool::scrub_stack();
         match outcome {
             Ok(results) => {
-                stats.commit_seconds.observe_duration(started.elapsed());
                 if n > 0 {
                     stats.batch_size.observe(n as u64);
                 }
