@@ -81,17 +81,25 @@ impl Reader {
                     && let Some(h) = frames.peek_header()
                 {
                     let n = budget::cost(&h, shared.max_body);
-                    charge = match shared.budget.try_charge(c, n) {
-                        Some(c) => Some(c),
-                        None => {
-                            read_at = None;
-                            tokio::select! {
-                                c = shared.budget.charge(c, n) => Some(c),
-                                _ = &mut *stop => return None,
-                                _ = shutdown.wait_for(|s| *s) => return Some((rd, frames)),
+                    // A charge that had to wait starts the frame's time again.
+                    let mut waited = false;
+                    let charged = async {
+                        match shared.budget.try_charge(c, n) {
+                            Some(c) => c,
+                            None => {
+                                waited = true;
+                                shared.budget.charge(c, n).await
                             }
                         }
                     };
+                    charge = tokio::select! {
+                        c = charged => Some(c),
+                        _ = &mut *stop => return None,
+                        _ = shutdown.wait_for(|s| *s) => return Some((rd, frames)),
+                    };
+                    if waited {
+                        read_at = None;
+                    }
                 }
                 let decoded = frames
                     .next_with(|h, body| (*h, ferrohsm_proto::Request::decode(h.opcode, body)));

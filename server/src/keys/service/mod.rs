@@ -115,7 +115,8 @@ pub struct StoreStats {
     pub noted: AtomicU64,
     /// How long each commit took (its transaction and fsync), failed ones too.
     pub commit_seconds: Histogram,
-    /// Changes per commit (audit entries of denied requests aside).
+    /// Changes per commit that carried any (audit entries of denied requests, and the
+    /// writer's own flushes of them, aside).
     pub batch_size: Histogram,
 }
 
@@ -371,6 +372,12 @@ fn write_loop(
             })
             .unzip();
         let n = changes.len();
+        // What the batch-size histogram counts: changes a caller asked for, not the writer's
+        // own requests to commit queued audit entries (an empty `Record`).
+        let asked = changes
+            .iter()
+            .filter(|c| !matches!(c.mutation, Mutation::Record) || c.audit.is_some())
+            .count();
         let audited = changes.iter().filter(|c| c.audit.is_some()).count();
         let denials = queued.lock().take();
         let d = denials.len();
@@ -387,8 +394,8 @@ fn write_loop(
         crate::crypto::pool::scrub_stack();
         match outcome {
             Ok(results) => {
-                if n > 0 {
-                    stats.batch_size.observe(n as u64);
+                if asked > 0 {
+                    stats.batch_size.observe(asked as u64);
                 }
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
