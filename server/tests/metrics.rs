@@ -209,6 +209,12 @@ fn metrics_parse_as_prometheus_text_and_count_what_happened_without_naming_anyon
             "ferrohsm_requests_total{op=\"ping\",status=\"ok\",transport=\"shm\"}"
         ) >= 1.0
     );
+    // The shm login runs on its set-up socket (hello, proof), before the rings, where the
+    // client says hello again (welcomed at once): counted all the same.
+    for (op, n) in [("hello", 2.0), ("login", 1.0)] {
+        let key = format!("ferrohsm_requests_total{{op=\"{op}\",status=\"ok\",transport=\"shm\"}}");
+        assert_eq!(sample(&s, &key), n, "{key}");
+    }
     assert_eq!(
         sample(&s, "ferrohsm_request_duration_seconds_count{op=\"sign\"}"),
         3.0

@@ -35,6 +35,7 @@ use crate::error::{OpError, ServerError};
 use crate::metrics::Refusal;
 use crate::session::login::{self, Login};
 use crate::session::{Conn, Sessions, serve};
+use std::time::Instant;
 
 /// The lock file beside the socket: `hsmd.sock.lock` for `hsmd.sock`.
 pub fn lock_path(socket: &Path) -> std::path::PathBuf {
@@ -202,10 +203,15 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
         o = tokio::time::timeout(timeout, login::over_stream(&shared2, &mut s, &mut login, &peer)) => o,
         _ = slot.evicted() => return refused(Refusal::Evicted),
     };
+    // The login's last answer, as a session would count it (the challenge was counted where
+    // it was written).
+    let shm = crate::metrics::transport("shm");
+    let answered = |op, status| shared.metrics.answered(op, shm, status, Instant::now());
     let (client, op, rid) = match outcome {
         Ok((Ok(client), op, rid)) => match slot.authenticate() {
             Ok(()) => (client, op, rid),
             Err(e) => {
+                answered(op, Some(e.status));
                 refused(Refusal::ConnectionLimit);
                 let _ = s
                     .write_all(&error_frame(op, rid, &e.to_body()).encode())
@@ -214,6 +220,7 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
             }
         },
         Ok((Err(e), op, rid)) => {
+            answered(op, Some(e.status));
             refused(Refusal::AuthFailed);
             let _ = s
                 .write_all(&error_frame(op, rid, &e.to_body()).encode())
@@ -232,6 +239,7 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
             refused(Refusal::Setup);
             tracing::error!(%peer, error = %e, "cannot create a shared-memory segment");
             let e = OpError::internal("cannot create a shared-memory segment");
+            answered(op, Some(e.status));
             let _ = s
                 .write_all(&error_frame(op, rid, &e.to_body()).encode())
                 .await;
@@ -244,6 +252,7 @@ async fn set_up(shared: Arc<Sessions>, mut s: UnixStream, unix: UnixPeer, ring: 
         window: shared.window,
     });
     let bytes = welcome.to_frame(op, rid).encode();
+    answered(op, None);
     let sent = loop {
         if s.writable().await.is_err() {
             break false;

@@ -86,18 +86,24 @@ pub(crate) async fn over_stream<S: AsyncRead + AsyncWrite + Unpin>(
     peer: &str,
 ) -> Outcome {
     let mut frames = FrameReader::new(shared.preauth_max_body);
+    let transport = crate::metrics::transport(login.credential().transport());
     loop {
         let f = match read_frame(s, &mut frames).await {
             Ok(f) => f,
             Err(e) => return (Err(e), 0, 0),
         };
         let (op, rid) = (f.header.opcode, f.header.request_id);
+        // Each answer here is counted like a session's; the last one (the welcome, or the
+        // refusal that replaces it) is counted by the caller, which writes it.
+        let read_at = std::time::Instant::now();
+        let count = |status| shared.metrics.answered(op, transport, status, read_at);
         let request = match Request::decode(op, &f.body) {
             Ok(r) => r,
             Err(e) => return (Err(OpError::new(e.status(), e.to_string())), op, rid),
         };
         match login.step(shared, peer, request) {
             Ok(ServerStep::Challenge(c)) => {
+                count(None);
                 let frame = Response::Challenge(c).to_frame(op, rid).encode();
                 if s.write_all(&frame).await.is_err() {
                     return (Err(OpError::internal("write failed")), op, rid);
