@@ -8,6 +8,7 @@
 
 use std::process::Output;
 
+use ferrohsm_test_support::files::hex;
 use ferrohsm_test_support::status::{assert_failed, failed_with_message, ok};
 use ferrohsm_test_support::{Data, python};
 
@@ -64,17 +65,6 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 key = getattr(mlkem, f"MLKEM{sys.argv[1]}PrivateKey").from_seed_bytes(bytes.fromhex(sys.argv[2]))
 print(key.decapsulate(open(sys.argv[3], "rb").read()).hex())
 "#;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `hsmctl export` of `label` into a file, read back.
-fn export(d: &Data, label: &str) -> Vec<u8> {
-    let out = format!("{label}.raw");
-    ok(&d.ctl("alice", &["export", label, "--out", &out]));
-    std::fs::read(d.tmp().join(out)).unwrap()
-}
 
 /// A usage error: exit 2 before connecting, nothing on stdout, a message naming `what`.
 fn usage_error(o: &Output, what: &str) {
@@ -246,7 +236,11 @@ fn seeds_make_the_keys_pyca_makes_and_export_gives_them_back() {
             ));
             let ours = ok(&d.ctl("alice", &["pubkey", &label, "--pem"]));
             assert_eq!(ours.trim(), theirs.trim(), "{t} from the {form} seed");
-            assert_eq!(export(&d, &label), seed, "{t}: export is the raw seed");
+            assert_eq!(
+                d.exported("alice", &label),
+                seed,
+                "{t}: export is the raw seed"
+            );
         }
         // The document of another parameter set is refused, naming both.
         let other = if kind == "dsa" {
@@ -342,7 +336,11 @@ fn ml_kem_secrets_agree_with_pyca_both_ways() {
             ],
         ));
         assert!(line.trim().ends_with(&label), "{line}");
-        assert_eq!(hex(&export(&d, &label)), theirs.trim(), "{t}: decapsulated");
+        assert_eq!(
+            hex(&d.exported("alice", &label)),
+            theirs.trim(),
+            "{t}: decapsulated"
+        );
 
         // hsmd encapsulates to pyca's key; pyca decapsulates the same secret.
         let seed: Vec<u8> = (0..64).map(|j| j as u8 ^ 0x5a).collect();
@@ -371,7 +369,11 @@ fn ml_kem_secrets_agree_with_pyca_both_ways() {
             ],
         ));
         let theirs = python::run(py, DECAPSULATE, &[level, &hex(&seed), &ct2], dir);
-        assert_eq!(hex(&export(&d, &label)), theirs.trim(), "{t}: encapsulated");
+        assert_eq!(
+            hex(&d.exported("alice", &label)),
+            theirs.trim(),
+            "{t}: encapsulated"
+        );
 
         // A tampered ciphertext decapsulates (implicit rejection) to another secret, the
         // same one each time, and pyca's key gives that same secret too.
@@ -410,7 +412,7 @@ fn ml_kem_secrets_agree_with_pyca_both_ways() {
             ],
         ));
         assert_eq!(
-            hex(&export(&d, &label)),
+            hex(&d.exported("alice", &label)),
             rejected.trim(),
             "{t}: FIPS 203's implicit rejection"
         );

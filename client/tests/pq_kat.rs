@@ -4,19 +4,9 @@
 // Tests may panic on unexpected results: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+use ferrohsm_test_support::files::{hex, unhex};
 use ferrohsm_test_support::status::{assert_failed, ok};
 use ferrohsm_test_support::{Data, python};
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `hsmctl export` of `label` into a file, read back.
-fn export(d: &Data, label: &str) -> Vec<u8> {
-    let out = format!("{label}.raw");
-    ok(&d.ctl("alice", &["export", label, "--out", &out]));
-    std::fs::read(d.tmp().join(out)).unwrap()
-}
 
 /// argv: how many vectors of each file. Prints one JSON object per vector of the FIPS 203/204
 /// known-answer files that pyca/cryptography publishes (`cryptography_vectors`): ML-DSA's
@@ -52,13 +42,6 @@ for level in ("512", "768", "1024"):
         print(json.dumps({"type": f"ml-kem-{level}", "seed": b["d"] + b["z"], "pk": b["pk"],
                           "ct": b["ct"], "ss": b["ss"], "ct_n": b["ct_n"], "ss_n": b["ss_n"]}))
 "#;
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 /// The published FIPS 203/204 known answers: from each vector's seed hsmd makes the published
 /// public key; it verifies the published ML-DSA signature under its context (and not under
@@ -136,7 +119,11 @@ fn published_known_answers() {
                         "--exportable",
                     ],
                 ));
-                assert_eq!(hex(&export(&d, &new)), s(ss), "{t} vector {i}: the {what}");
+                assert_eq!(
+                    hex(&d.exported("alice", &new)),
+                    s(ss),
+                    "{t} vector {i}: the {what}"
+                );
             }
         }
     }

@@ -197,6 +197,13 @@ impl Data {
         output_within(&mut c, EXIT_DEADLINE)
     }
 
+    /// `hsmctl --profile WHO export LABEL --out LABEL.raw` (which must succeed), read back.
+    pub fn exported(&self, who: &str, label: &str) -> Vec<u8> {
+        let out = format!("{label}.raw");
+        crate::status::ok(&self.ctl(who, &["export", label, "--out", &out]));
+        std::fs::read(self.tmp().join(out)).expect("the exported file")
+    }
+
     /// `hsmctl --profile WHO --transport T ARGS` (run in `cwd`).
     pub fn ctl_over(&self, who: &str, transport: &str, args: &[&str], cwd: &Path) -> Output {
         let mut c = hsmctl_command(&self.profile(who));

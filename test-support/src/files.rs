@@ -1,5 +1,6 @@
 //! Files in a test's directories: every file under a directory (with its bytes), a whole tree
-//! copied, a path as a command-line argument.
+//! copied, a path as a command-line argument; bytes as hex and back (what the Python peers
+//! print and take).
 
 use std::path::{Path, PathBuf};
 
@@ -54,4 +55,18 @@ pub fn copy_dir(from: &Path, to: &Path) {
             });
         }
     }
+}
+
+/// Bytes as lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Hex (either case) as bytes; panics on anything else.
+pub fn unhex(s: &str) -> Vec<u8> {
+    assert!(s.len().is_multiple_of(2), "odd-length hex: {s:?}");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_else(|_| panic!("not hex: {s:?}")))
+        .collect()
 }

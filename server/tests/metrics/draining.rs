@@ -135,18 +135,30 @@ fn health_says_draining_while_requests_in_flight_finish_and_the_endpoint_closes_
     );
 }
 
+/// Where hsmd reads its store's password from.
+const PASSWORD: &str = "HSMD_STORE_PASSWORD";
+
+/// A node with metrics on a new database `db` of `pg`.
+fn on_postgres(pg: &Cluster, db: &str) -> Data {
+    pg.create_database(db);
+    let url = pg.url(db);
+    let d = Data::init_with(
+        "alice",
+        &["--store-url", url.as_str()],
+        &[(PASSWORD, pg.password())],
+    );
+    d.set("metrics", "listen", "\"127.0.0.1:0\"");
+    d
+}
+
 #[test]
 fn health_names_a_postgres_store_that_stopped_answering_and_recovers_with_it() {
     if !have_curl() {
         return;
     }
     let Some(pg) = Cluster::start() else { return };
-    pg.create_database("health");
-    let url = pg.url("health");
-    let password = [("HSMD_STORE_PASSWORD", pg.password())];
-    let d = Data::init_with("alice", &["--store-url", url.as_str()], &password);
-    d.set("metrics", "listen", "\"127.0.0.1:0\"");
-    let hsmd = d.start_env(&password);
+    let d = on_postgres(&pg, "health");
+    let hsmd = d.start_env(&[(PASSWORD, pg.password())]);
     let addr = bound(hsmd.ready_line(), "metrics");
     assert_eq!(curl(d.tmp(), addr, "/health", &[]).body, "ok");
 
@@ -164,6 +176,7 @@ fn health_names_a_postgres_store_that_stopped_answering_and_recovers_with_it() {
     );
     let r = last.unwrap();
     // Where the store is, for anyone who asks: host, port and database, not the user.
+    let url = pg.url("health");
     let place = url.split_once('@').unwrap().1.split('?').next().unwrap();
     assert_eq!(r.body, format!("store unreachable: {place}"), "{r:?}");
     assert!(!r.body.contains(pg.user()), "{r:?}");
@@ -186,11 +199,7 @@ fn a_joined_node_does_not_take_its_first_nodes_metrics_address() {
         return;
     }
     let Some(pg) = Cluster::start() else { return };
-    pg.create_database("joined");
-    let url = pg.url("joined");
-    let password = [("HSMD_STORE_PASSWORD", pg.password())];
-    let d1 = Data::init_with("alice", &["--store-url", url.as_str()], &password);
-    d1.set("metrics", "listen", "\"127.0.0.1:0\"");
+    let d1 = on_postgres(&pg, "joined");
     let d2 = d1.join(&[], &[]);
     let config = std::fs::read_to_string(d2.config()).unwrap();
     assert!(

@@ -164,7 +164,7 @@ impl KeyForm for MlDsaKey {
     }
 
     fn public(&self) -> Option<Vec<u8>> {
-        Some(with_level!(&self.pair, p => p.verification_key.as_slice().to_vec()))
+        Some(self.public_raw())
     }
 
     /// The raw 32-byte seed, or PKCS#8 by [`seed_of`]'s rules.

@@ -203,7 +203,7 @@ impl KeyForm for MlKemKey {
     }
 
     fn public(&self) -> Option<Vec<u8>> {
-        Some(self.public.clone())
+        Some(self.public_raw())
     }
 
     /// The raw 64-byte seed `d || z`, or PKCS#8 by [`seed_of`]'s rules.
